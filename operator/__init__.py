@@ -1,0 +1,1 @@
+"""chronoshard control plane: Kopf handlers and the pure manifest builders they use."""

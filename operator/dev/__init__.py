@@ -1,0 +1,1 @@
+"""Local development cluster: the envtest control plane and the process node agent."""

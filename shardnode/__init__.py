@@ -1,0 +1,1 @@
+"""chronoshard data plane: store, keyring, decryption cache, predictors and their servers."""
