@@ -1,0 +1,1 @@
+"""Parsed, validated models of the chronoshard custom resources' specs (one module per kind)."""
