@@ -13,6 +13,8 @@ Three pieces, all driven by the mounted partition map (``map.json``, format in d
   owner's cache instead, with ``X-Chronoshard-Forwarded: <epoch>``; a request that already carries
   that header is never forwarded again (at most one hop, no loops), and a forwarded request whose
   epoch differs from the receiver's map is answered 421 with the receiver's owner and epoch.
+  Map-aware clients send ``X-Chronoshard-Routed: <epoch>``, which gets the same treatment, so a
+  client with a stale map learns it from the first refusal instead of being silently forwarded.
 * ``PeerURLs`` turns a shard index into a base URL: a template such as
   ``http://{shardset}-{shard}.{service}.{namespace}.svc:7401`` in a cluster, or a list of URLs for
   local processes on 127.0.0.x / free ports.
@@ -47,6 +49,8 @@ from yarl import URL
 log = logging.getLogger(__name__)
 
 FORWARDED_HEADER = "X-Chronoshard-Forwarded"
+# Sent by map-aware clients: "I routed this by epoch N; do not forward it, refuse it if I am wrong".
+ROUTED_HEADER = "X-Chronoshard-Routed"
 EPOCH_HEADER = "X-Chronoshard-Epoch"
 DEFAULT_PEER_TEMPLATE = "http://{shardset}-{shard}.{service}.{namespace}.svc:{port}"
 DEFAULT_CACHE_PORT = 7401
@@ -345,10 +349,12 @@ def ownership_middleware(
             return web.json_response({"error": "unavailable", "message": str(exc)}, status=503)
         table, key = tk
         owner = pmap.owner_of(keyspace_id(table, key)).shard
-        forwarded = request.headers.get(FORWARDED_HEADER)
+        # A request forwarded by a cache or routed by a map-aware client has had its hop: never
+        # forward it again (no loops), and refuse it if it was routed under another epoch.
+        forwarded = request.headers.get(FORWARDED_HEADER) or request.headers.get(ROUTED_HEADER)
         if forwarded is not None and forwarded != str(pmap.epoch):
-            # The sender routed under another map: neither side can be trusted to own the key, so
-            # tell the caller who owns it under ours instead of serving or forwarding.
+            # The sender routed under another map: tell it who owns the key under ours (and our
+            # epoch) instead of serving, so it refreshes its map rather than trusting a stale one.
             return misdirected_response(Misdirection(table, key, owner, pmap.epoch))
         if owner == shard_index:
             return await handler(request)

@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestServer
 from chronoshard.shardnode.partitioning import Partition, PartitionMap, initial_map, keyspace_id, rescale
 from chronoshard.shardnode.routing import (
     FORWARDED_HEADER,
+    ROUTED_HEADER,
     NoPartitionMap,
     PartitionMapSource,
     PeerURLs,
@@ -278,6 +279,14 @@ async def test_cache_forwards_once_to_owner():
         hdr = {FORWARDED_HEADER: "7"}
         status, body, _ = await _req("GET", f"{urls[2]}/v1/tables/t/blocks/{k2}", headers=hdr)
         assert status == 421 and b'"owner": 2' in body
+        # A client that routed by the current epoch is served by the owner, refused elsewhere.
+        hdr = {ROUTED_HEADER: "1"}
+        assert (await _req("GET", f"{urls[2]}/v1/tables/t/blocks/{k2}", headers=hdr))[0] == 404
+        status, body, _ = await _req("GET", f"{urls[1]}/v1/tables/t/blocks/{k2}", headers=hdr)
+        assert status == 421 and json.loads(body)["owner"] == 2
+        # ... and a client with a stale epoch is told even by the owner, so it refreshes its map.
+        hdr = {ROUTED_HEADER: "0"}
+        assert (await _req("GET", f"{urls[2]}/v1/tables/t/blocks/{k2}", headers=hdr))[0] == 421
     finally:
         for s in servers:
             await s.close()
