@@ -1,0 +1,238 @@
+"""Load the keyring directory (kubelet Secret layout), derive per-table keys, and watch for changes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "keyring.json"
+KEY_SIZE = 32
+STATES = ("primary", "decrypt-only")
+TABLE_KEY_INFO = b"chronoshard/table-key/v1/"
+# Bounded so a client inventing table names cannot grow memory without limit.
+_AEAD_CACHE_MAX = 4096
+
+
+class KeyringError(ValueError):
+    """The keyring directory could not be loaded; the message never contains key material."""
+
+
+class MissingKeyVersion(LookupError):
+    """A block names a key version this keyring does not hold (retired or not yet loaded)."""
+
+    def __init__(self, version: int) -> None:
+        super().__init__(f"key version {version} is not in the loaded keyring")
+        self.version = version
+
+
+@dataclass(frozen=True)
+class KeyVersion:
+    """One listed key version and its state; carries no key bytes."""
+
+    id: int
+    state: str
+    created: str | None = None
+
+
+def derive_table_key(master: bytes, table: str) -> bytes:
+    """HKDF-SHA256 table key for ``table`` from one version's 32-byte master key (docs/interfaces.md)."""
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=TABLE_KEY_INFO + table.encode()).derive(master)
+
+
+class Keyring:
+    """An immutable loaded keyring: versions, the primary, and lazily derived per-table AEADs."""
+
+    def __init__(self, generation: int, versions: list[KeyVersion], keys: dict[int, bytes]) -> None:
+        self.generation = generation
+        self.versions = tuple(sorted(versions, key=lambda v: v.id))
+        primaries = [v.id for v in self.versions if v.state == "primary"]
+        if len(primaries) != 1:
+            raise KeyringError(f"exactly one primary version required, found {len(primaries)}")
+        self.primary = primaries[0]
+        self.__keys = dict(keys)
+        self._aeads: dict[tuple[int, str], AESGCM] = {}
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:  # never show key bytes
+        ids = [v.id for v in self.versions]
+        return f"Keyring(generation={self.generation}, primary={self.primary}, versions={ids})"
+
+    def has(self, version: int) -> bool:
+        """True if ``version`` can decrypt."""
+        return version in self.__keys
+
+    def aead(self, version: int, table: str) -> AESGCM:
+        """The AES-256-GCM instance for ``table`` under ``version``; MissingKeyVersion if not held."""
+        cached = self._aeads.get((version, table))
+        if cached is not None:
+            return cached
+        master = self.__keys.get(version)
+        if master is None:
+            raise MissingKeyVersion(version)
+        aead = AESGCM(derive_table_key(master, table))
+        with self._lock:
+            if len(self._aeads) >= _AEAD_CACHE_MAX:
+                self._aeads.clear()
+            self._aeads[(version, table)] = aead
+        return aead
+
+    def describe(self) -> dict[str, Any]:
+        """The `/v1/keys` view of this keyring (no key material)."""
+        return {
+            "generation": self.generation,
+            "primary": self.primary,
+            "versions": [{"id": v.id, "state": v.state} for v in self.versions],
+        }
+
+
+def snapshot_dir(directory: Path) -> Path:
+    """The directory to read from: the target of kubelet's ``..data`` symlink if present, else ``directory``."""
+    data = directory / "..data"
+    if data.is_symlink() or data.is_dir():
+        return Path(os.path.realpath(data))
+    return directory
+
+
+def parse_manifest(text: str) -> tuple[int, list[KeyVersion]]:
+    """Validate a keyring.json document; return (generation, versions)."""
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise KeyringError(f"{MANIFEST} is not valid JSON (line {exc.lineno})") from None
+    if not isinstance(doc, dict):
+        raise KeyringError(f"{MANIFEST} must be a JSON object")
+    if doc.get("format") != 1:
+        raise KeyringError(f"{MANIFEST}: unsupported format {doc.get('format')!r}")
+    if doc.get("algorithm", "AES-256-GCM") != "AES-256-GCM":
+        raise KeyringError(f"{MANIFEST}: unsupported algorithm {doc.get('algorithm')!r}")
+    generation = doc.get("generation")
+    if not isinstance(generation, int) or isinstance(generation, bool) or generation < 0:
+        raise KeyringError(f"{MANIFEST}: generation must be a non-negative integer")
+    raw_versions = doc.get("versions")
+    if not isinstance(raw_versions, list) or not raw_versions:
+        raise KeyringError(f"{MANIFEST}: versions must be a non-empty list")
+    versions: list[KeyVersion] = []
+    seen: set[int] = set()
+    for item in raw_versions:
+        if not isinstance(item, dict):
+            raise KeyringError(f"{MANIFEST}: every version must be an object")
+        vid, state = item.get("id"), item.get("state")
+        if not isinstance(vid, int) or isinstance(vid, bool) or not 0 < vid <= 0xFFFFFFFF:
+            raise KeyringError(f"{MANIFEST}: version id {vid!r} must be an integer in 1..2^32-1")
+        if vid in seen:
+            raise KeyringError(f"{MANIFEST}: version {vid} listed twice")
+        if state not in STATES:
+            raise KeyringError(f"{MANIFEST}: version {vid} has unknown state {state!r}")
+        seen.add(vid)
+        created = item.get("created")
+        versions.append(KeyVersion(vid, state, created if isinstance(created, str) else None))
+    if sum(v.state == "primary" for v in versions) != 1:
+        raise KeyringError(f"{MANIFEST}: exactly one version must be primary")
+    return generation, versions
+
+
+def load_keyring(directory: Path) -> Keyring:
+    """Read one consistent snapshot of the keyring directory; KeyringError on any problem."""
+    base = snapshot_dir(Path(directory))
+    try:
+        text = (base / MANIFEST).read_text()
+    except OSError as exc:
+        raise KeyringError(f"cannot read {MANIFEST}: {exc.strerror}") from None
+    generation, versions = parse_manifest(text)
+    keys: dict[int, bytes] = {}
+    for v in versions:
+        try:
+            material = (base / f"v{v.id}.key").read_bytes()
+        except OSError as exc:
+            raise KeyringError(f"cannot read key file for version {v.id}: {exc.strerror}") from None
+        if len(material) != KEY_SIZE:
+            # Report only the length, never the content.
+            raise KeyringError(f"key file for version {v.id} holds {len(material)} bytes, expected {KEY_SIZE}")
+        keys[v.id] = material
+    return Keyring(generation, versions, keys)
+
+
+def fingerprint(directory: Path) -> tuple[Any, ...]:
+    """A cheap value that changes whenever the mounted keyring changes (symlink swap or file rewrite)."""
+    directory = Path(directory)
+    data = directory / "..data"
+    target = os.readlink(data) if data.is_symlink() else None
+    base = snapshot_dir(directory)
+    entries = []
+    try:
+        for entry in sorted(os.scandir(base), key=lambda e: e.name):
+            try:
+                st = entry.stat()
+            except OSError:
+                continue
+            entries.append((entry.name, st.st_ino, st.st_mtime_ns, st.st_size))
+    except OSError:
+        entries.append(("<unreadable>",))
+    return (target, tuple(entries))
+
+
+class KeyringWatcher:
+    """Holds the current keyring; reloads it when the directory changes and keeps the old one on error."""
+
+    def __init__(self, directory: Path, on_reload: Callable[[Keyring | None, str | None], None] | None = None) -> None:
+        self.directory = Path(directory)
+        self.keyring: Keyring | None = None
+        self.load_error: str | None = None
+        self._fingerprint: tuple[Any, ...] | None = None
+        self._on_reload = on_reload
+
+    def poll(self) -> bool:
+        """Reload if the directory changed; return True if a new keyring was installed."""
+        fp = fingerprint(self.directory)
+        if fp == self._fingerprint:
+            return False
+        self._fingerprint = fp
+        try:
+            ring = load_keyring(self.directory)
+        except KeyringError as exc:
+            self.load_error = str(exc)
+            if self.keyring is None:
+                log.error("keyring load failed: %s", exc)
+            else:
+                log.error("keyring reload failed, keeping generation %s: %s", self.keyring.generation, exc)
+            if self._on_reload:
+                self._on_reload(None, self.load_error)
+            return False
+        self.keyring = ring
+        self.load_error = None
+        log.info("keyring loaded: generation %s, primary %s, versions %s",
+                 ring.generation, ring.primary, [v.id for v in ring.versions])
+        if self._on_reload:
+            self._on_reload(ring, None)
+        return True
+
+    def describe(self) -> dict[str, Any]:
+        """The `/v1/keys` body: loaded versions and the last load error (null if the last load worked)."""
+        if self.keyring is None:
+            body: dict[str, Any] = {"generation": None, "primary": None, "versions": []}
+        else:
+            body = self.keyring.describe()
+        body["loadError"] = self.load_error
+        return body
+
+    async def run(self, interval: float) -> None:
+        """Poll forever (cancel to stop); file reads run in a thread so the event loop never blocks."""
+        while True:
+            try:
+                await asyncio.to_thread(self.poll)
+            except Exception:  # a watcher crash would freeze the keyring forever; log and keep polling
+                log.exception("keyring watcher poll failed")
+            await asyncio.sleep(interval)

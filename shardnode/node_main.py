@@ -1,0 +1,65 @@
+"""`chronoshard-node`: serve one shard's block store on --host:--port."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from .http_common import load_json_config
+from .node_server import NodeConfig, create_app
+
+log = logging.getLogger("chronoshard.node")
+
+
+def partition_middlewares(map_path: str | None) -> list[Any]:
+    """Partition-ownership hook: the issue-8 routing middleware (421 for keys this shard does not own)."""
+    if not map_path:
+        return []
+    try:
+        from . import routing  # written for issue 8; optional until it lands
+    except ImportError:
+        log.warning("--partition-map given but chronoshard.shardnode.routing is not available; not enforcing")
+        return []
+    factory = getattr(routing, "node_middleware", None)
+    if factory is None:
+        log.warning("routing module has no node_middleware(); partition map not enforced")
+        return []
+    return [factory(Path(map_path))]
+
+
+def parser() -> argparse.ArgumentParser:
+    """Command-line flags (docs/interfaces.md); each falls back to a CHRONOSHARD_NODE_* variable."""
+    env = os.environ.get
+    p = argparse.ArgumentParser(prog="chronoshard-node", description="chronoshard shard node (encrypted block store)")
+    p.add_argument("--host", default=env("CHRONOSHARD_NODE_HOST", env("POD_IP", "127.0.0.1")),
+                   help="address to bind (default: $POD_IP or 127.0.0.1)")
+    p.add_argument("--port", type=int, default=int(env("CHRONOSHARD_NODE_PORT", "7400")))
+    data_dir, keyring_dir = env("CHRONOSHARD_NODE_DATA_DIR"), env("CHRONOSHARD_KEYRING_DIR")
+    p.add_argument("--data-dir", default=data_dir, required=not data_dir, help="directory holding the SQLite store")
+    p.add_argument("--keyring-dir", default=keyring_dir, required=not keyring_dir,
+                   help="mounted keyring Secret directory")
+    p.add_argument("--partition-map", default=env("CHRONOSHARD_PARTITION_MAP"), help="partition map file (map.json)")
+    p.add_argument("--config", default=env("CHRONOSHARD_NODE_CONFIG"), help="node.json settings file")
+    p.add_argument("--log-level", default=env("CHRONOSHARD_LOG_LEVEL", "INFO"))
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point."""
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = NodeConfig(data_dir=Path(args.data_dir), keyring_dir=Path(args.keyring_dir))
+    cfg.apply(load_json_config(args.config))
+    cfg.middlewares = partition_middlewares(args.partition_map)
+    web.run_app(create_app(cfg), host=args.host, port=args.port, access_log=None, print=None)
+
+
+if __name__ == "__main__":
+    main()
