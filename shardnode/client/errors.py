@@ -1,0 +1,43 @@
+"""Exceptions raised by the chronoshard client (one base class, one subclass per way a call can fail)."""
+
+from __future__ import annotations
+
+
+class ChronoshardError(Exception):
+    """Base class of every client error."""
+
+
+class NotFound(ChronoshardError):
+    """The block does not exist."""
+
+    def __init__(self, table: str, key: str) -> None:
+        self.table, self.key = table, key
+        super().__init__(f"block {key!r} not found in table {table!r}")
+
+
+class Misdirected(ChronoshardError):
+    """A shard refused the key even after the client refreshed its partition map."""
+
+    def __init__(self, message: str, owner: int | None, epoch: int | None) -> None:
+        self.owner, self.epoch = owner, epoch
+        super().__init__(message)
+
+
+class Unavailable(ChronoshardError):
+    """A shard could not be reached, timed out or answered 5xx."""
+
+    def __init__(self, url: str, reason: str, status: int | None = None) -> None:
+        self.url, self.reason, self.status = url, reason, status
+        super().__init__(f"{url}: {reason}")
+
+
+class RequestRejected(ChronoshardError):
+    """The server answered 4xx (bad table name, bad key, body too large, ...)."""
+
+    def __init__(self, status: int, error: str, message: str) -> None:
+        self.status, self.error, self.message = status, error, message
+        super().__init__(f"HTTP {status} {error}: {message}")
+
+
+class MapUnavailable(ChronoshardError):
+    """No partition map could be obtained from any source."""

@@ -1,0 +1,115 @@
+"""The blocking client: the asyncio client run on a private event loop in a background thread.
+
+Example::
+
+    from chronoshard.shardnode.client import Client, ConfigMapMap
+
+    with Client(ConfigMapMap("orders", "team-a"), PeerURLs.from_env()) as c:
+        c.put("orders", "o-1", b"...")
+        print(c.get("orders", "o-1"))
+
+A private loop (rather than ``asyncio.run`` per call) keeps one connection pool for the client's
+life and lets it be used from any thread, including inside programs that already run a loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+from chronoshard.shardnode.client.aio import DEFAULT_TIMEOUT, AsyncClient, BlockInfo
+from chronoshard.shardnode.client.discovery import MapProvider
+from chronoshard.shardnode.partitioning import PartitionMap
+
+T = TypeVar("T")
+
+
+class Client:
+    """Blocking put/get/delete/batch-get/scan; same arguments and errors as ``AsyncClient``."""
+
+    def __init__(
+        self,
+        maps: MapProvider | PartitionMap | None,
+        endpoints: Sequence[str] | Callable[[int], str] | None = None,
+        *,
+        service_url: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        concurrency: int = 64,
+    ) -> None:
+        """Either ``maps`` + ``endpoints`` (direct routing) or ``service_url`` (one address, caches forward)."""
+        if (service_url is None) == (endpoints is None):
+            raise ValueError("give either endpoints (direct routing) or service_url")
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="chronoshard-client", daemon=True)
+        self._thread.start()
+
+        async def make() -> AsyncClient:
+            # Built on the private loop so its lock and session belong to that loop.
+            if service_url is not None:
+                return AsyncClient.via_service(service_url, maps=maps if not isinstance(maps, PartitionMap)
+                                               else None, timeout=timeout, concurrency=concurrency)
+            assert maps is not None and endpoints is not None
+            return AsyncClient(maps, endpoints, timeout=timeout, concurrency=concurrency)
+
+        self._aio = self._run(make())
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        if self._loop.is_closed():
+            raise RuntimeError("client is closed")
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close connections and stop the private loop."""
+        if self._loop.is_closed():
+            return
+        self._run(self._aio.close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+    @property
+    def aio(self) -> AsyncClient:
+        """The underlying async client (only use it on this client's loop)."""
+        return self._aio
+
+    def partition_map(self) -> PartitionMap:
+        """The map in use (fetched on first use)."""
+        return self._run(self._aio.partition_map())
+
+    def refresh_map(self) -> PartitionMap:
+        """Fetch the map again."""
+        return self._run(self._aio.refresh_map())
+
+    def put(self, table: str, key: str, value: bytes) -> dict[str, Any]:
+        """Store a block; returns the node's acknowledgement."""
+        return self._run(self._aio.put(table, key, value))
+
+    def get(self, table: str, key: str) -> bytes:
+        """A block's bytes; NotFound if missing."""
+        return self._run(self._aio.get(table, key))
+
+    def delete(self, table: str, key: str, *, missing_ok: bool = False) -> bool:
+        """Delete a block; True if it existed."""
+        return self._run(self._aio.delete(table, key, missing_ok=missing_ok))
+
+    def batch_get(self, table: str, keys: Iterable[str]) -> dict[str, bytes | None]:
+        """Many blocks at once; missing keys map to None."""
+        return self._run(self._aio.batch_get(table, list(keys)))
+
+    def scan(self, table: str, *, prefix: str = "", limit: int | None = None) -> Iterator[BlockInfo]:
+        """Blocks of a table in key order across all shards (collected, then yielded)."""
+
+        async def collect() -> list[BlockInfo]:
+            return [b async for b in self._aio.scan(table, prefix=prefix, limit=limit)]
+
+        yield from self._run(collect())
