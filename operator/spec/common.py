@@ -123,8 +123,14 @@ class Fields:
         """A nested object; absent → empty (mirrors `default: {}` in the schema)."""
         return Fields(self._get(key, required), self.sub(key))
 
+    def maybe_obj(self, key: str) -> Fields | None:
+        """A nested optional object without a default: None when absent."""
+        value = self._get(key, False)
+        return None if value is None else Fields(value, self.sub(key))
+
     def has(self, key: str) -> bool:
-        """True when the key is present and not null."""
+        """True when the key is present and not null (the key counts as read)."""
+        self._seen.add(key)
         return self.data.get(key) is not None
 
     def int(self, key: str, *, default: int | None = None, required: bool = False,

@@ -1,0 +1,157 @@
+"""MirrorSet spec: a source ShardSet, its mirrors, health thresholds, prediction, failover and token tiers."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from chronoshard.operator.spec.common import NAME_PATTERN, Fields, SpecError, check_str
+
+REPLICATION_MODES = ("async",)
+PREDICTION_MODELS = ("logistic-regression", "gradient-boosting")
+FAILOVER_POLICIES = ("automatic", "predictive", "manual")
+FAILBACK_POLICIES = ("automatic", "manual")
+DEFAULT_WINDOWS = ("5m", "15m", "30m")
+
+
+@dataclass(frozen=True)
+class Mirror:
+    """One mirror ShardSet; namespace None means the MirrorSet's own namespace."""
+
+    shardset: str
+    namespace: str | None = None
+    zone: str | None = None
+
+
+@dataclass(frozen=True)
+class Health:
+    """Health monitor thresholds."""
+
+    latency_threshold_ms: int = 250
+    error_rate_threshold: float = 0.05
+    capacity_threshold: float = 0.9
+    probe_interval: timedelta = timedelta(seconds=10)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The predicted-unavailability model."""
+
+    windows: tuple[timedelta, ...] = tuple(timedelta(minutes=m) for m in (5, 15, 30))
+    unavailability_threshold: float = 0.7
+    model: str = "gradient-boosting"
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """Lifetimes of the three token tiers."""
+
+    temporary_ttl: timedelta = timedelta(minutes=5)
+    provisional_ttl: timedelta = timedelta(minutes=15)
+    valid_ttl: timedelta = timedelta(hours=1)
+
+
+@dataclass(frozen=True)
+class MirrorSetSpec:
+    """A parsed, defaulted MirrorSet spec."""
+
+    source: str
+    mirrors: tuple[Mirror, ...]
+    replication_mode: str = "async"
+    max_lag: timedelta = timedelta(seconds=30)
+    health: Health = field(default_factory=Health)
+    prediction: Prediction = field(default_factory=Prediction)
+    failover_policy: str = "predictive"
+    failback: str = "manual"
+    tokens: Tokens = field(default_factory=Tokens)
+
+
+def parse_mirrorset(spec: Mapping[str, Any] | None) -> MirrorSetSpec:
+    """Validate and default a MirrorSet `spec` exactly as the CRD schema does; raise SpecError otherwise."""
+    f = Fields(spec, "spec")
+    source = f.ref("sourceRef")
+    mirrors = tuple(_mirror(Fields(item, f"spec.mirrors[{i}]"))
+                    for i, item in enumerate(f.list("mirrors", required=True, min_items=1, max_items=8)))
+
+    r = f.obj("replication")
+    mode = r.str("mode", default="async", enum=REPLICATION_MODES)
+    max_lag = r.duration("maxLag", default="30s", positive=True)
+    r.done()
+
+    h = f.obj("health")
+    health = Health(
+        latency_threshold_ms=int(h.int("latencyThresholdMs", default=250, minimum=1, maximum=600000) or 0),
+        error_rate_threshold=float(h.number("errorRateThreshold", default=0.05, minimum=0, maximum=1) or 0),
+        capacity_threshold=float(h.number("capacityThreshold", default=0.9, minimum=0, maximum=1) or 0),
+        probe_interval=h.duration("probeInterval", default="10s", positive=True) or timedelta(0),
+    )
+    h.done()
+
+    p = f.obj("prediction")
+    prediction = Prediction(
+        windows=_windows(p),
+        unavailability_threshold=float(p.number("unavailabilityThreshold", default=0.7, minimum=0, maximum=1) or 0),
+        model=str(p.str("model", default="gradient-boosting", enum=PREDICTION_MODELS)),
+    )
+    p.done()
+
+    fo = f.obj("failover")
+    policy = fo.str("policy", default="predictive", enum=FAILOVER_POLICIES)
+    failback = fo.str("failback", default="manual", enum=FAILBACK_POLICIES)
+    fo.done()
+
+    t = f.obj("tokens")
+    tokens = Tokens(
+        temporary_ttl=t.duration("temporaryTTL", default="5m", positive=True) or timedelta(0),
+        provisional_ttl=t.duration("provisionalTTL", default="15m", positive=True) or timedelta(0),
+        valid_ttl=t.duration("validTTL", default="1h", positive=True) or timedelta(0),
+    )
+    t.done()
+    f.done()
+
+    assert source is not None and max_lag is not None
+    for m in mirrors:
+        if m.namespace is None and m.shardset == source:
+            raise SpecError("spec.mirrors", "a mirror must not be the source ShardSet itself "
+                            "(mirrors[].shardSetRef.name equals sourceRef.name in the same namespace)")
+    if len({(m.namespace, m.shardset) for m in mirrors}) != len(mirrors):
+        raise SpecError("spec.mirrors",
+                        "mirrors must be distinct (the same shardSetRef.name and namespace appear twice)")
+    return MirrorSetSpec(
+        source=source,
+        mirrors=mirrors,
+        replication_mode=str(mode),
+        max_lag=max_lag,
+        health=health,
+        prediction=prediction,
+        failover_policy=str(policy),
+        failback=str(failback),
+        tokens=tokens,
+    )
+
+
+def _mirror(f: Fields) -> Mirror:
+    name = f.ref("shardSetRef")
+    namespace = f.str("namespace", pattern=NAME_PATTERN, max_length=63)
+    zone = f.str("zone", max_length=63)
+    f.done()
+    assert name is not None
+    return Mirror(shardset=name, namespace=namespace, zone=zone)
+
+
+def _windows(p: Fields) -> tuple[timedelta, ...]:
+    raw = p.list("windows", min_items=1, max_items=8, default=list(DEFAULT_WINDOWS))
+    seen: list[str] = []
+    windows: list[timedelta] = []
+    for i, item in enumerate(raw):
+        path = f"spec.prediction.windows[{i}]"
+        text = check_str(item, path, max_length=32)
+        if text in seen:  # x-kubernetes-list-type: set
+            raise SpecError(path, f"Duplicate value: {text!r}")
+        seen.append(text)
+        window = Fields({"w": text}, "spec.prediction.windows").duration("w", positive=True)
+        assert window is not None
+        windows.append(window)
+    return tuple(windows)

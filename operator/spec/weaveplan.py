@@ -1,0 +1,73 @@
+"""WeavePlan spec: forecast window and confidence, split thresholds, cadence and woven-snapshot retention."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from chronoshard.operator.spec.common import Fields, SpecError, parse_quantity
+
+MODES = ("forecast", "weave", "split")
+MODELS = ("linear", "exponential-smoothing", "arima")
+
+
+@dataclass(frozen=True)
+class WeavePlanSpec:
+    """A parsed, defaulted WeavePlan spec."""
+
+    shardset: str
+    prediction_window: timedelta = timedelta(hours=24)
+    confidence_threshold: float = 0.75
+    split_size_threshold_bytes: int = 512 * 2**20
+    split_load_threshold: int = 1000
+    min_partition_size_bytes: int | None = None
+    interval: timedelta = timedelta(hours=1)
+    mode: str = "weave"
+    max_snapshots: int = 10
+    max_age: timedelta = timedelta(hours=168)
+    model: str = "linear"
+
+
+def parse_weaveplan(spec: Mapping[str, Any] | None) -> WeavePlanSpec:
+    """Validate and default a WeavePlan `spec` exactly as the CRD schema does; raise SpecError otherwise."""
+    f = Fields(spec, "spec")
+    shardset = f.ref("shardSetRef")
+    window = f.duration("predictionWindow", default="24h", positive=True)
+    confidence = f.number("confidenceThreshold", default=0.75, minimum=0, maximum=1)
+
+    s = f.obj("split")
+    size = s.quantity("sizeThreshold", default="512Mi")
+    load = s.int("loadThreshold", default=1000, minimum=1, maximum=10_000_000)
+    min_size = s.quantity("minPartitionSize")
+    s.done()
+
+    interval = f.duration("interval", default="1h", positive=True)
+    mode = f.str("mode", default="weave", enum=MODES)
+
+    r = f.obj("retention")
+    max_snapshots = r.int("maxSnapshots", default=10, minimum=1, maximum=1000)
+    max_age = r.duration("maxAge", default="168h", positive=True)
+    r.done()
+    model = f.str("model", default="linear", enum=MODELS)
+    f.done()
+
+    assert shardset is not None and window is not None and interval is not None and max_age is not None
+    assert size is not None
+    if interval > window:
+        raise SpecError("spec.interval",
+                        "interval must not be longer than predictionWindow (forecasts would leave gaps)")
+    return WeavePlanSpec(
+        shardset=shardset,
+        prediction_window=window,
+        confidence_threshold=float(confidence or 0),
+        split_size_threshold_bytes=parse_quantity(size, "spec.split.sizeThreshold"),
+        split_load_threshold=int(load or 0),
+        min_partition_size_bytes=None if min_size is None else parse_quantity(min_size, "spec.split.minPartitionSize"),
+        interval=interval,
+        mode=str(mode),
+        max_snapshots=int(max_snapshots or 0),
+        max_age=max_age,
+        model=str(model),
+    )
