@@ -18,6 +18,7 @@ once at the right shard. ``AsyncClient.via_service(url)`` instead sends everythi
 from __future__ import annotations
 
 import asyncio
+import base64
 import heapq
 import json
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -40,6 +41,7 @@ from chronoshard.shardnode.partitioning import Partition, PartitionMap
 ROUTED_HEADER = "X-Chronoshard-Routed"  # same value as chronoshard.shardnode.routing.ROUTED_HEADER
 DEFAULT_TIMEOUT = 10.0
 SCAN_PAGE = 500
+BATCH_KEYS = 500  # below the node's 1000-key batch limit
 
 
 @dataclass(frozen=True)
@@ -224,8 +226,27 @@ class AsyncClient:
         return status != 404
 
     async def batch_get(self, table: str, keys: Iterable[str]) -> dict[str, bytes | None]:
-        """Fetch many keys concurrently (bounded); missing keys map to None."""
+        """Fetch many keys (one ``blocks:batchGet`` per owning shard); missing keys map to None."""
         unique = list(dict.fromkeys(keys))
+        if self._service is not None:
+            # Through the client Service only keyed routes are forwarded, so fetch key by key.
+            return await self._gather_gets(table, unique)
+        pmap = await self.partition_map()
+        by_shard: dict[int, list[str]] = {}
+        for k in unique:
+            by_shard.setdefault(pmap.shard_of(table, k), []).append(k)
+        chunks = [(s, ks[i:i + BATCH_KEYS]) for s, ks in by_shard.items() for i in range(0, len(ks), BATCH_KEYS)]
+        out: dict[str, bytes | None] = {}
+        refused: list[str] = []
+        for part, wrong in await asyncio.gather(*(self._batch_shard(s, table, ks) for s, ks in chunks)):
+            out.update(part)
+            refused.extend(wrong)
+        if refused:
+            # Keys a shard no longer owns: the single-key path refreshes the map and retries.
+            out.update(await self._gather_gets(table, refused))
+        return {k: out[k] for k in unique}
+
+    async def _gather_gets(self, table: str, keys: list[str]) -> dict[str, bytes | None]:
         sem = asyncio.Semaphore(self._concurrency)
 
         async def one(k: str) -> tuple[str, bytes | None]:
@@ -235,7 +256,26 @@ class AsyncClient:
                 except NotFound:
                     return k, None
 
-        return dict(await asyncio.gather(*(one(k) for k in unique)))
+        return dict(await asyncio.gather(*(one(k) for k in keys)))
+
+    async def _batch_shard(self, shard: int, table: str,
+                           keys: list[str]) -> tuple[dict[str, bytes | None], list[str]]:
+        url = f"{self.shard_url(shard)}/v1/tables/{quote(table, safe='')}/blocks:batchGet"
+        status, payload = await self._send("POST", url, {"Content-Type": "application/json"},
+                                           json.dumps({"keys": keys}).encode())
+        raise_for(status, payload, url, table, None)
+        found: dict[str, bytes | None] = {}
+        refused: list[str] = []
+        for item in _error_body(payload).get("blocks", []):
+            err = item.get("error")
+            if err and err.get("error") == "misdirected":
+                refused.append(item["key"])
+            elif err:
+                # A block that failed verification or a shard without its map: the batch cannot be trusted.
+                raise Unavailable(url, f"key {item['key']!r}: {err.get('error')}: {err.get('message')}")
+            else:
+                found[item["key"]] = base64.b64decode(item["value"]) if item.get("found") else None
+        return found, refused
 
     async def scan(self, table: str, *, prefix: str = "", limit: int | None = None,
                    page: int = SCAN_PAGE) -> AsyncIterator[BlockInfo]:
@@ -259,11 +299,11 @@ class AsyncClient:
                           page: int) -> AsyncIterator[BlockInfo]:
         base = self._service if shard is None else self.shard_url(shard)
         assert base is not None
-        after: str | None = None
+        # Keys sort as strings, so every key with the prefix comes after the largest key below it;
+        # the node has no prefix filter, so start the scan just before the prefix and stop past it.
+        after: str | None = _just_below(prefix) if prefix else None
         while True:
             params = {"limit": str(page)}
-            if prefix:
-                params["prefix"] = prefix
             if after is not None:
                 params["after"] = after
             url = f"{base}/v1/tables/{quote(table, safe='')}/blocks"
@@ -277,8 +317,12 @@ class AsyncClient:
                 raise Unavailable(url, f"{type(exc).__name__}: {exc}") from None
             raise_for(status, payload, url, table, None)
             doc = _error_body(payload)
-            blocks = doc.get("blocks", [])
+            blocks = doc.get("items", [])
             for b in blocks:
+                if prefix and not b["key"].startswith(prefix):
+                    if b["key"] > prefix:
+                        return
+                    continue
                 yield BlockInfo(b["key"], b.get("size"), shard if shard is not None else b.get("shard"),
                                 {k: v for k, v in b.items() if k not in ("key", "size")})
             after = doc.get("next")
@@ -300,6 +344,17 @@ class AsyncClient:
         from chronoshard.shardnode.partitioning import keyspace_id
 
         return self._map.owner_of(keyspace_id(table, key))
+
+
+def _just_below(prefix: str) -> str | None:
+    """A string ordered just before every string starting with ``prefix`` (None: start at the top)."""
+    # "abc" > "abb\U0010ffff..." > every key starting "abb"; keys equal to "abb\U0010ffff" are
+    # impossible in practice and would only be re-filtered anyway.
+    last = ord(prefix[-1])
+    if last == 0:
+        return prefix[:-1] or None
+    below = last - 1 if not 0xD800 <= last - 1 <= 0xDFFF else 0xD7FF  # surrogates cannot be encoded
+    return prefix[:-1] + chr(below) + "\U0010ffff"
 
 
 class _NoMap:

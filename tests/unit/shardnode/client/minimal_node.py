@@ -1,12 +1,14 @@
 """A minimal in-memory block server wrapped in the real ownership middleware, on 127.0.0.1.
 
-It stands in for ``chronoshard-node``/``chronoshard-cache`` in client tests until those commands serve
-the partition map; it speaks the same HTTP paths (put/get/delete a block, scan a table, partitions).
+Fast unit tests of the client use it instead of real processes (the integration tests use the real
+``chronoshard-node``); it speaks the same paths as ``shardnode/node_server.py``: put/get/delete a
+block, batch get, scan a table, the partition map.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -45,7 +47,7 @@ def make_app(source: PartitionMapSource, state: NodeState, peers: PeerURLs | Non
         state.requests += 1
         t, k = request.match_info["table"], request.match_info["key"]
         state.blocks[t, k] = await request.read()
-        return web.json_response({"table": t, "key": k, "shard": state.shard}, status=201)
+        return web.json_response({"table": t, "key": k, "shard": state.shard})
 
     async def delete_block(request: web.Request) -> web.Response:
         state.requests += 1
@@ -57,12 +59,24 @@ def make_app(source: PartitionMapSource, state: NodeState, peers: PeerURLs | Non
     async def scan(request: web.Request) -> web.Response:
         t = request.match_info["table"]
         after = request.query.get("after")
-        prefix = request.query.get("prefix", "")
         limit = int(request.query.get("limit", "100"))
-        keys = sorted(k for (tt, k) in state.blocks if tt == t and k.startswith(prefix)
-                      and (after is None or k > after))[:limit]
+        keys = sorted(k for (tt, k) in state.blocks if tt == t and (after is None or k > after))[:limit]
         blocks = [{"key": k, "size": len(state.blocks[t, k])} for k in keys]
-        return web.json_response({"blocks": blocks, "next": keys[-1] if len(keys) == limit else None})
+        return web.json_response({"items": blocks, "next": keys[-1] if len(keys) == limit else None})
+
+    async def batch_get(request: web.Request) -> web.Response:
+        state.requests += 1
+        t = request.match_info["table"]
+        out = []
+        for k in (await request.json())["keys"]:
+            wrong = source.check(state.shard, t, k)
+            if wrong is not None:
+                out.append({"key": k, "found": False, "error": wrong.body()})
+            elif (t, k) in state.blocks:
+                out.append({"key": k, "found": True, "value": base64.b64encode(state.blocks[t, k]).decode()})
+            else:
+                out.append({"key": k, "found": False})
+        return web.json_response({"blocks": out})
 
     app = web.Application(middlewares=[ownership_middleware(source, state.shard, peers=peers)])
     if peers is not None:
@@ -70,6 +84,7 @@ def make_app(source: PartitionMapSource, state: NodeState, peers: PeerURLs | Non
     app[STATE] = state
     app.router.add_get("/v1/partitions", partitions_handler(source))
     app.router.add_get("/v1/tables/{table}/blocks", scan)
+    app.router.add_post("/v1/tables/{table}/blocks:batchGet", batch_get)
     app.router.add_get("/v1/tables/{table}/blocks/{key:.+}", get_block)
     app.router.add_put("/v1/tables/{table}/blocks/{key:.+}", put_block)
     app.router.add_delete("/v1/tables/{table}/blocks/{key:.+}", delete_block)

@@ -198,3 +198,38 @@ async def test_sync_client_in_a_thread():
         assert batch == {"s1": b"1", "nope": None}
         assert keys == sorted(f"s{i}" for i in range(30))
         assert existed and missing
+
+
+async def test_batch_get_uses_one_request_per_shard_and_recovers_refused_keys(tmp_path):
+    async with Cluster([M3] * 3) as cl, AsyncClient(M3, cl.urls) as c:
+        keys = [f"b{i}" for i in range(90)]
+        for k in keys:
+            await c.put("t", k, k.encode())
+        before = sum(s.requests for s in cl.states)
+        got = await c.batch_get("t", keys + ["absent"])
+        assert got == {k: k.encode() for k in keys} | {"absent": None}
+        assert sum(s.requests for s in cl.states) - before == 3
+
+    # The shards moved everything of shard 0 to shard 1 (epoch 2); the client still has epoch 1.
+    new = PartitionMap(2, 3, tuple(Partition(p.id, p.start, p.end, 1 if p.shard == 0 else p.shard)
+                                   for p in M3.partitions))
+    path = tmp_path / "map.json"
+    path.write_text(M3.to_json())
+    async with Cluster([new] * 3) as cl, AsyncClient(FileMap(path), cl.urls) as c:
+        await c.partition_map()
+        path.write_text(new.to_json())
+        for i in range(30):
+            cl.states[new.shard_of("t", f"b{i}")].blocks["t", f"b{i}"] = b"x%d" % i
+        got = await c.batch_get("t", [f"b{i}" for i in range(30)])
+        assert got == {f"b{i}": b"x%d" % i for i in range(30)}
+        assert (await c.partition_map()).epoch == 2
+
+
+async def test_prefix_scan_edges():
+    async with Cluster([M3] * 3) as cl, AsyncClient(M3, cl.urls) as c:
+        keys = ["a", "ab", "abc", "abd", "ac", "b", "aa\U0010ffff", "ab\x00", "\x00x"]
+        for k in keys:
+            await c.put("t", k, b"1")
+        for prefix in ["a", "ab", "abc", "b", "zz", "\x00", "ab\x00"]:
+            got = [b.key async for b in c.scan("t", prefix=prefix, page=2)]
+            assert got == sorted(k for k in keys if k.startswith(prefix)), prefix
