@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from chronoshard.operator.spec.common import NAME_PATTERN, Fields, SpecError, check_str
+from chronoshard.operator.spec.common import NAME_PATTERN, Fields, SpecError, check_str, parse_duration
 
 REPLICATION_MODES = ("async",)
 PREDICTION_MODELS = ("logistic-regression", "gradient-boosting")
@@ -151,7 +151,8 @@ def _windows(p: Fields) -> tuple[timedelta, ...]:
         if text in seen:  # x-kubernetes-list-type: set
             raise SpecError(path, f"Duplicate value: {text!r}")
         seen.append(text)
-        window = Fields({"w": text}, "spec.prediction.windows").duration("w", positive=True)
-        assert window is not None
+        window = parse_duration(text, path)
+        if window <= timedelta(0):
+            raise SpecError(path, "prediction.windows entries must be durations longer than 0s")
         windows.append(window)
     return tuple(windows)
