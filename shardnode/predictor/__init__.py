@@ -1,0 +1,1 @@
+"""Predictive prefetching: access log -> features -> scores -> prefetch hints (pure parts + the engine)."""

@@ -1,0 +1,189 @@
+"""Feedback: which hints were used within the horizon, and how the threshold and budget react.
+
+Every candidate scored at or above the configured threshold is tracked, sent or not ("shadow"
+candidates): the log says whether it was requested in time either way. That is what lets the
+loop recover: after a bad phase has raised the threshold and cut the budget, the unsent
+candidates show when precision is back, and the threshold comes down again.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(slots=True)
+class _Pending:
+    deadline: float
+    score: float
+    sent: bool
+    size: int
+    features: np.ndarray | None
+    done: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """A resolved candidate: used within the horizon or not."""
+
+    score: float
+    sent: bool
+    used: bool
+    size: int
+    features: np.ndarray | None
+
+
+@dataclass
+class OutcomeTracker:
+    """Pending candidates per block until they are requested (used) or their horizon passes (wasted)."""
+
+    pending: dict[tuple[str, str], list[_Pending]] = field(default_factory=dict)
+    _heap: list[tuple[float, int, tuple[str, str]]] = field(default_factory=list)
+    _n: int = 0
+
+    def add(self, table: str, key: str, score: float, sent: bool, size: int, now: float, horizon_s: float,
+            features: np.ndarray | None = None) -> None:
+        """Track one candidate proposed at `now`; a block already pending is counted once (a sent hint upgrades it)."""
+        tk = (table, key)
+        live = [p for p in self.pending.get(tk, ()) if not p.done]
+        if live:
+            # The same block proposed again (a run's 2nd-next block becomes the next one): one outcome, not two.
+            if sent and not live[0].sent:
+                live[0].sent, live[0].score, live[0].size = True, max(score, live[0].score), size
+                live[0].deadline = now + horizon_s
+                self._n += 1
+                heapq.heappush(self._heap, (now + horizon_s, self._n, tk))
+            return
+        self.pending[tk] = [_Pending(now + horizon_s, score, sent, size, features)]
+        self._n += 1
+        heapq.heappush(self._heap, (now + horizon_s, self._n, tk))
+
+    def is_pending(self, table: str, key: str) -> bool:
+        """True if a candidate for this block still waits for its request."""
+        return any(not p.done for p in self.pending.get((table, key), ()))
+
+    def is_pending_sent(self, table: str, key: str) -> bool:
+        """True if a sent hint for this block is still waiting for its request."""
+        return any(p.sent and not p.done for p in self.pending.get((table, key), ()))
+
+    def access(self, table: str, key: str, now: float) -> list[Outcome]:
+        """A request for the block: every candidate for it still inside its horizon was used."""
+        out: list[Outcome] = []
+        for p in self.pending.pop((table, key), ()):
+            if not p.done:
+                p.done = True
+                out.append(Outcome(p.score, p.sent, p.deadline >= now, p.size, p.features))
+        return out
+
+    def evicted(self, table: str, key: str) -> list[Outcome]:
+        """The cache dropped the block before it was requested: its sent hints are wasted."""
+        out: list[Outcome] = []
+        for p in self.pending.get((table, key), ()):
+            if p.sent and not p.done:
+                p.done = True
+                out.append(Outcome(p.score, True, False, p.size, p.features))
+        return out
+
+    def expire(self, now: float) -> list[Outcome]:
+        """Candidates whose horizon has passed without a request: wasted."""
+        out: list[Outcome] = []
+        while self._heap and self._heap[0][0] < now:
+            _, _, tk = heapq.heappop(self._heap)
+            lst = self.pending.get(tk)
+            if not lst:
+                continue
+            keep = []
+            for p in lst:
+                if p.done:
+                    continue
+                if p.deadline < now:
+                    p.done = True
+                    out.append(Outcome(p.score, p.sent, False, p.size, p.features))
+                else:
+                    keep.append(p)
+            if keep:
+                self.pending[tk] = keep
+            else:
+                del self.pending[tk]
+        return out
+
+
+@dataclass
+class FeedbackController:
+    """Per window of resolved candidates, picks the lowest threshold meeting the precision target.
+
+    If even the highest threshold misses the target, the hint budget is halved (down to a floor);
+    when the target is met again it grows back. Disabled feedback keeps the base settings.
+    """
+
+    base_threshold: float
+    target_precision: float = 0.5
+    window: int = 200
+    max_threshold: float = 0.95
+    min_budget_factor: float = 0.05
+    enabled: bool = True
+    threshold: float = field(init=False)
+    budget_factor: float = field(init=False, default=1.0)
+    last_precision: float | None = field(init=False, default=None)
+    _scores: list[float] = field(init=False, default_factory=list)
+    _used: list[bool] = field(init=False, default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.threshold = self.base_threshold
+
+    def record(self, outcomes: list[Outcome]) -> None:
+        """Feed resolved candidates; adjusts at the end of each window."""
+        for o in outcomes:
+            self._scores.append(o.score)
+            self._used.append(o.used)
+            if len(self._scores) >= self.window:
+                self._adjust()
+
+    def _adjust(self) -> None:
+        scores = np.array(self._scores)
+        used = np.array(self._used, dtype=bool)
+        self._scores.clear()
+        self._used.clear()
+        sent = scores >= self.threshold
+        self.last_precision = float(used[sent].mean()) if sent.any() else None
+        if not self.enabled:
+            return
+        grid = np.linspace(self.base_threshold, self.max_threshold, 19)
+        chosen = None
+        for t in grid:
+            sel = scores >= t
+            # Fewer than 5 candidates at a threshold say too little to trust.
+            if sel.sum() >= 5 and used[sel].mean() >= self.target_precision:
+                chosen = float(t)
+                break
+        if chosen is None:
+            self.threshold = self.max_threshold
+            self.budget_factor = max(self.min_budget_factor, self.budget_factor * 0.5)
+        else:
+            self.threshold = chosen
+            self.budget_factor = min(1.0, self.budget_factor * 2.0)
+
+
+@dataclass
+class TokenBucket:
+    """Rate limit: `rate` units per second, bursts up to `burst`."""
+
+    rate: float
+    burst: float
+    tokens: float = field(init=False)
+    last: float | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        self.tokens = self.burst
+
+    def take(self, amount: float, now: float, factor: float = 1.0) -> bool:
+        """Take `amount` if the bucket (refilled at rate*factor) holds it."""
+        if self.last is not None and now > self.last:
+            self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate * factor)
+        self.last = now if self.last is None else max(self.last, now)
+        if amount <= self.tokens:
+            self.tokens -= amount
+            return True
+        return False

@@ -1,0 +1,320 @@
+"""Replay a block trace through LRU/ARC/S3-FIFO/SIEVE/Belady (libCacheSim) and through our cache + predictor.
+
+    python -m tests.bench.bench_prefetch_trace --data /work/shared/data/cache/cloudPhysicsIO/cloudPhysicsIO.vscsi
+
+The first --train-frac of the requests trains the predictor and warms every cache; only the rest
+is scored. Every request counts (reads and writes, as libCacheSim does); objects are start blocks
+with the size of their first request (libCacheSim's oracleGeneral convention). Prints object and
+byte miss ratios at 1/5/10% of the footprint, our prefetch precision and the prefetched bytes that
+were wasted (evicted, or not requested within the horizon) as a share of the bytes requested.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from chronoshard.shardnode.predictor.access import Access
+from chronoshard.shardnode.predictor.features import KINDS, CandidateGenerator, GeneratorSettings
+from chronoshard.shardnode.predictor.feedback import FeedbackController, OutcomeTracker, TokenBucket
+from chronoshard.shardnode.predictor.labels import label_candidates
+from chronoshard.shardnode.predictor.scorers import MODEL_KINDS, fit_auto, make_scorer
+from chronoshard.shardnode.predictor.traces import FORMATS, Trace, read_trace
+
+try:  # The shard-node engineer's eviction policies, once they exist; until then the stand-in below.
+    from chronoshard.shardnode.cache.eviction import LRUPolicy  # type: ignore[import-not-found]
+
+    POLICY_SOURCE = "chronoshard.shardnode.cache.eviction.LRUPolicy"
+except ImportError:
+    POLICY_SOURCE = "bench stand-in LRU (shardnode/cache/eviction.py not there yet)"
+
+    class LRUPolicy:  # type: ignore[no-redef]
+        """Stand-in with the cache's eviction-policy interface."""
+
+        def __init__(self) -> None:
+            self._order: OrderedDict[object, int] = OrderedDict()
+
+        def insert(self, key: object, size: int, prefetch_score: float = 0.0) -> None:
+            self._order[key] = size
+            self._order.move_to_end(key)
+
+        def touch(self, key: object) -> None:
+            self._order.move_to_end(key)
+
+        def remove(self, key: object) -> None:
+            self._order.pop(key, None)
+
+        def victim(self) -> object:
+            return next(iter(self._order))
+
+        def __contains__(self, key: object) -> bool:
+            return key in self._order
+
+        def __len__(self) -> int:
+            return len(self._order)
+
+
+TABLE = "trace"
+BASELINES = ("LRU", "ARC", "S3FIFO", "Sieve", "Belady")
+
+
+@dataclass
+class Result:
+    obj_miss: float
+    byte_miss: float
+    precision: float = float("nan")
+    hints: int = 0
+    prefetched_pct: float = 0.0
+    wasted_pct: float = 0.0
+
+
+def run_baseline(name: str, trace: Trace, obj_size: np.ndarray, nxt: np.ndarray, capacity: int, unit: bool,
+                 split: int) -> tuple[float, float]:
+    """Miss ratios (object, byte) of one libCacheSim policy on requests [split:], warmed on [:split]."""
+    import libcachesim as lcs
+
+    cache = getattr(lcs, name)(cache_size=capacity)
+    req = lcs.Request()
+    req.op = lcs.ReqOp.OP_GET
+    ids, sizes, times, nx = trace.obj_id.tolist(), obj_size.tolist(), trace.time.tolist(), nxt.tolist()
+    n_req = n_hit = 0
+    b_req = b_hit = 0
+    for i in range(len(ids)):
+        req.obj_id = ids[i]
+        req.obj_size = 1 if unit else sizes[i]
+        req.clock_time = int(times[i])
+        # libCacheSim's Belady reads the (1-based) virtual time of the next request; "never" is far away.
+        req.next_access_vtime = nx[i] + 1 if nx[i] >= 0 else 1 << 62
+        hit = cache.get(req)
+        if i >= split:
+            n_req += 1
+            b_req += sizes[i]
+            if hit:
+                n_hit += 1
+                b_hit += sizes[i]
+    return 1 - n_hit / n_req, 1 - b_hit / b_req
+
+
+@dataclass
+class Rows:
+    origin: np.ndarray
+    keys: list[str]
+    sizes: np.ndarray
+    kind: np.ndarray
+    x: np.ndarray
+
+
+def build_rows(accesses: list[Access], settings: GeneratorSettings) -> Rows:
+    """Run the candidate generator over the whole trace (it only sees the past at each step)."""
+    gen = CandidateGenerator(settings)
+    origin: list[int] = []
+    keys: list[str] = []
+    sizes: list[int] = []
+    kinds: list[int] = []
+    feats: list[np.ndarray] = []
+    for i, a in enumerate(accesses):
+        for c in gen.observe(a):
+            origin.append(i)
+            keys.append(c.key)
+            sizes.append(c.size)
+            kinds.append(c.kind)
+            feats.append(c.features)
+    return Rows(np.array(origin), keys, np.array(sizes), np.array(kinds), np.vstack(feats))
+
+
+def simulate(accesses: list[Access], obj_size: dict[str, int], rows: Rows, scores: np.ndarray, capacity: int,
+             unit: bool, split: int, args: argparse.Namespace) -> Result:
+    """Our cache fed by the predictor's hints: demand misses insert, hints above threshold prefetch."""
+    policy = LRUPolicy()
+    used_bytes = 0
+    sizes_in: dict[str, int] = {}
+    tracker = OutcomeTracker()
+    fb = FeedbackController(base_threshold=args.threshold, target_precision=args.target_precision,
+                            enabled=not args.no_feedback)
+    hints_bucket = TokenBucket(args.hints_per_s, args.hints_per_s)
+    bytes_bucket = TokenBucket(args.bytes_per_s, args.bytes_per_s)
+    n_req = n_hit = b_req = b_hit = 0
+    sent = used = 0
+    pf_bytes = wasted_bytes = 0
+    origin = rows.origin.tolist()
+    rkeys, rsizes, sc = rows.keys, rows.sizes.tolist(), scores.tolist()
+    j, n_rows = 0, len(origin)
+
+    def account(outs: list, counted: bool) -> None:
+        nonlocal used, wasted_bytes
+        fb.record(outs)
+        if counted:
+            for o in outs:
+                if o.sent:
+                    if o.used:
+                        used += 1
+                    else:
+                        wasted_bytes += o.size
+
+    def make_room(need: int) -> None:
+        nonlocal used_bytes
+        while used_bytes + need > capacity and len(policy):
+            v = policy.victim()
+            policy.remove(v)
+            used_bytes -= sizes_in.pop(v)
+            account(tracker.evicted(TABLE, v), True)
+
+    for i, a in enumerate(accesses):
+        now = a.time
+        counted = i >= split
+        account(tracker.expire(now), counted)
+        size = 1 if unit else obj_size[a.key]
+        account(tracker.access(TABLE, a.key, now), counted)
+        hit = a.key in policy
+        if hit:
+            policy.touch(a.key)
+        elif size <= capacity:
+            make_room(size)
+            policy.insert(a.key, size)
+            sizes_in[a.key] = size
+            used_bytes += size
+        if counted:
+            n_req += 1
+            b_req += obj_size[a.key]
+            if hit:
+                n_hit += 1
+                b_hit += obj_size[a.key]
+        while j < n_rows and origin[j] == i:
+            s, key = sc[j], rkeys[j]
+            j += 1
+            if s < args.threshold:
+                continue
+            psize = obj_size.get(key, rsizes[j - 1])
+            csize = 1 if unit else psize
+            go = (s >= fb.threshold and key not in policy and not tracker.is_pending_sent(TABLE, key)
+                  and csize <= capacity
+                  and hints_bucket.take(1, now, fb.budget_factor)
+                  and bytes_bucket.take(psize, now, fb.budget_factor))
+            if go:
+                make_room(csize)
+                policy.insert(key, csize, prefetch_score=s)
+                sizes_in[key] = csize
+                used_bytes += csize
+                if counted:
+                    sent += 1
+                    pf_bytes += psize
+            tracker.add(TABLE, key, s, go and counted, psize, now, args.horizon)
+    account(tracker.expire(float("inf")), True)
+    return Result(1 - n_hit / n_req, 1 - b_hit / b_req, used / sent if sent else float("nan"), sent,
+                  100.0 * pf_bytes / b_req, 100.0 * wasted_bytes / b_req)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark and print the tables."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, required=True, help="trace file")
+    p.add_argument("--format", choices=FORMATS, default=None, help="default: from the file name")
+    p.add_argument("--train-frac", type=float, default=0.3)
+    p.add_argument("--sizes", default="0.01,0.05,0.1")
+    p.add_argument("--models", default="auto", help="comma list of auto," + ",".join(MODEL_KINDS))
+    p.add_argument("--horizon", type=float, default=10.0, help="seconds a hint may wait for its request")
+    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--target-precision", type=float, default=0.5)
+    p.add_argument("--no-feedback", action="store_true")
+    p.add_argument("--hints-per-s", type=float, default=200.0)
+    p.add_argument("--bytes-per-s", type=float, default=64 * 2**20)
+    p.add_argument("--block-bytes", type=int, default=512)
+    p.add_argument("--skip-baselines", action="store_true")
+    args = p.parse_args(argv)
+    if not 0.0 <= args.train_frac < 1.0:
+        p.error("--train-frac must be in [0, 1)")
+
+    t0 = time.time()
+    trace = read_trace(args.data, args.format)
+    n = len(trace)
+    split = int(n * args.train_frac)
+    obj_size_arr = trace.object_sizes()
+    nxt = trace.next_access()
+    uniq, first = np.unique(trace.obj_id, return_index=True)
+    wss_bytes = int(obj_size_arr[first].sum())
+    print(f"trace {args.data.name}: {n} requests, {len(uniq)} objects, footprint {wss_bytes} B, "
+          f"{int(trace.write.sum())} writes; train/warm-up = first {split} requests, scored = {n - split}")
+    print(f"our eviction policy: {POLICY_SOURCE}")
+    fracs = [float(x) for x in args.sizes.split(",")]
+    caps = {True: [max(1, round(f * len(uniq))) for f in fracs], False: [max(1, round(f * wss_bytes)) for f in fracs]}
+
+    base: dict[tuple[bool, int, str], tuple[float, float]] = {}
+    if not args.skip_baselines:
+        for unit in (True, False):
+            for k, cap in enumerate(caps[unit]):
+                for name in BASELINES:
+                    base[(unit, k, name)] = run_baseline(name, trace, obj_size_arr, nxt, cap, unit, split)
+        print(f"baselines done in {time.time() - t0:.1f}s")
+
+    accesses = [Access(time=t, table=TABLE, key=str(o), size=s, write=w) for t, o, s, w in
+                zip(trace.time.tolist(), trace.obj_id.tolist(), trace.size.tolist(), trace.write.tolist(),
+                    strict=True)]
+    obj_size = {str(o): int(s) for o, s in zip(trace.obj_id.tolist(), obj_size_arr.tolist(), strict=True)}
+    settings = GeneratorSettings(block_bytes=args.block_bytes)
+    t1 = time.time()
+    rows = build_rows(accesses, settings)
+    y = label_candidates(accesses, rows.origin.tolist(), [(TABLE, k) for k in rows.keys], args.horizon)
+    split_time = accesses[split - 1].time if split else -np.inf
+    times = trace.time[rows.origin]
+    train = (rows.origin < split) & (times + args.horizon <= split_time)
+    test = rows.origin >= split
+    per_kind = ", ".join(f"{k}: {int((rows.kind == i).sum())}" for i, k in enumerate(KINDS))
+    print(f"{len(rows.keys)} candidates ({per_kind})"
+          f", {int(train.sum())} labelled for training, in {time.time() - t1:.1f}s; "
+          f"share requested within {args.horizon:g}s: {y[test].mean():.3f} of test candidates")
+
+    models: dict[str, np.ndarray] = {}
+    for m in args.models.split(","):
+        t2 = time.time()
+        if train.sum() < 20:
+            print(f"model {m}: too little training data, predictor off")
+            models[m] = np.zeros(len(rows.keys))
+            continue
+        if m == "auto":
+            choice = fit_auto(rows.x[train], y[train])
+            scorer = choice.scorer
+            losses = ", ".join(f"{k}={v:.4f}" for k, v in choice.validation_loss.items())
+            label = f"auto->{scorer.kind}"
+            print(f"model auto: held-out log loss {losses}; chose {scorer.kind}")
+        else:
+            scorer = make_scorer(m).fit(rows.x[train], y[train])
+            label = m
+        models[label] = scorer.predict(rows.x)
+        from sklearn.metrics import average_precision_score
+
+        ap = average_precision_score(y[test], models[label][test]) if len(np.unique(y[test])) > 1 else float("nan")
+        print(f"model {label}: trained in {time.time() - t2:.1f}s, test average precision {ap:.3f}")
+
+    for unit in (True, False):
+        print()
+        print(("OBJECT miss ratio (unit-size objects)" if unit else "BYTE miss ratio (real sizes)") +
+              "; ours = cache + predictor hints; prec = used hints / sent hints; "
+              "pf% / waste% = prefetched / wasted bytes as % of bytes requested")
+        hdr = f"{'size':>5} {'cap':>11} " + " ".join(f"{b:>7}" for b in BASELINES)
+        hdr += f" {'best4':>7} " + " ".join(f"{m:>20}" for m in models)
+        print(hdr)
+        for k, f in enumerate(fracs):
+            cap = caps[unit][k]
+            line = f"{f * 100:4g}% {cap:>11} "
+            vals = []
+            for name in BASELINES:
+                v = base.get((unit, k, name))
+                mr = (v[0] if unit else v[1]) if v else float("nan")
+                vals.append(mr)
+                line += f"{mr:7.4f} "
+            line += f"{min(vals[:4]):7.4f} "
+            for scores in models.values():
+                r = simulate(accesses, obj_size, rows, scores, cap, unit, split, args)
+                mr = r.obj_miss if unit else r.byte_miss
+                line += f" {mr:.4f} p{r.precision:.2f} w{r.wasted_pct:4.1f}%"
+            print(line)
+    print(f"\nours per cell: miss ratio, p = precision, w = wasted prefetched bytes % of bytes requested. "
+          f"total {time.time() - t0:.1f}s")
+
+
+if __name__ == "__main__":
+    main()
