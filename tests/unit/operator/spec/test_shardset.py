@@ -1,0 +1,73 @@
+"""ShardSet spec parsing: the sample, the defaults the controller relies on, and every invalid case."""
+
+import dataclasses
+
+import pytest
+from chronoshard.operator.spec import SpecError, parse_shardset
+
+from tests.unit.operator.spec.crdcases import invalid_cases, sample
+
+
+def test_sample_parses_into_the_controller_model():
+    spec = parse_shardset(sample("ShardSet")["spec"])
+    assert spec.shards == 3
+    assert spec.image == "ghcr.io/chronoshard/chronoshard:0.1.0"
+    assert spec.image_pull_policy == "IfNotPresent"
+    assert spec.tables == ("orders", "customers")
+    assert spec.table_descriptions == {"orders": "Order documents."}
+    assert spec.key_algorithm == "AES-256-GCM"
+    assert spec.storage_size == "2Gi"
+    assert spec.storage_class is None
+    assert (spec.cache_size, spec.cache_size_bytes, spec.eviction_policy) == ("256Mi", 256 * 2**20, "scored")
+    assert spec.resources["node"] == {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}}
+    assert spec.resources["predictor"] == {"requests": {"cpu": "50m", "memory": "128Mi"}}
+    assert spec.pod_template == {"labels": {"team": "payments"}}
+    assert spec.pdb_max_unavailable == 1
+
+
+def test_minimal_spec_gets_the_schema_defaults():
+    spec = parse_shardset({"shards": 1})
+    assert spec.image == "ghcr.io/chronoshard/chronoshard:0.1.0"
+    assert spec.tables == ("default",)
+    assert (spec.storage_size, spec.storage_class) == ("1Gi", None)
+    assert (spec.cache_size, spec.cache_size_bytes) == ("256Mi", 256 * 2**20)
+    assert spec.resources == {"node": {}, "cache": {}, "predictor": {}}
+    assert spec.pod_template == {}
+    assert spec.pdb_max_unavailable == 1
+
+
+def test_pod_template_and_storage_class_are_kept_in_kubernetes_shape():
+    spec = parse_shardset({
+        "shards": 2,
+        "storage": {"size": 10 * 2**30, "storageClassName": "fast"},
+        "podTemplate": {
+            "annotations": {"a": "b"},
+            "nodeSelector": {"disk": "ssd"},
+            "tolerations": [{"key": "k", "operator": "Exists", "effect": "NoSchedule"}],
+            "priorityClassName": "high",
+        },
+    })
+    assert (spec.storage_size, spec.storage_class) == (10 * 2**30, "fast")
+    assert spec.pod_template == {
+        "annotations": {"a": "b"},
+        "nodeSelector": {"disk": "ssd"},
+        "tolerations": [{"key": "k", "operator": "Exists", "effect": "NoSchedule"}],
+        "priorityClassName": "high",
+    }
+
+
+def test_model_is_frozen():
+    spec = parse_shardset({"shards": 1})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.shards = 2  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("case", invalid_cases("ShardSet"), ids=lambda c: c.id)
+def test_invalid_case_is_refused_naming_the_field(case):
+    with pytest.raises(SpecError) as err:
+        parse_shardset(case.obj["spec"])
+    assert case.field in str(err.value)
+
+
+def test_there_are_at_least_three_invalid_cases():
+    assert len(invalid_cases("ShardSet")) >= 3
