@@ -17,20 +17,18 @@ from .node_server import NodeConfig, create_app
 log = logging.getLogger("chronoshard.node")
 
 
-def partition_middlewares(map_path: str | None) -> list[Any]:
-    """Partition-ownership hook: the issue-8 routing middleware (421 for keys this shard does not own)."""
+def partition_setup(map_path: str | None, shard_index: int | None) -> tuple[Any, int | None]:
+    """The partition-map source and this shard's index when --partition-map is given (else (None, None))."""
     if not map_path:
-        return []
-    try:
-        from . import routing  # written for issue 8; optional until it lands
-    except ImportError:
-        log.warning("--partition-map given but chronoshard.shardnode.routing is not available; not enforcing")
-        return []
-    factory = getattr(routing, "node_middleware", None)
-    if factory is None:
-        log.warning("routing module has no node_middleware(); partition map not enforced")
-        return []
-    return [factory(Path(map_path))]
+        return None, None
+    from . import routing  # issue 8: map watcher + 421 ownership middleware
+
+    if shard_index is None:
+        pod = os.environ.get("POD_NAME")
+        if not pod:
+            raise SystemExit("--partition-map needs --shard-index or POD_NAME to know which shard this is")
+        shard_index = routing.shard_index_from_pod_name(pod)
+    return routing.PartitionMapSource(map_path), shard_index
 
 
 def parser() -> argparse.ArgumentParser:
@@ -45,6 +43,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--keyring-dir", default=keyring_dir, required=not keyring_dir,
                    help="mounted keyring Secret directory")
     p.add_argument("--partition-map", default=env("CHRONOSHARD_PARTITION_MAP"), help="partition map file (map.json)")
+    p.add_argument("--shard-index", type=int, default=None,
+                   help="this shard's index (default: the ordinal in $POD_NAME)")
     p.add_argument("--config", default=env("CHRONOSHARD_NODE_CONFIG"), help="node.json settings file")
     p.add_argument("--log-level", default=env("CHRONOSHARD_LOG_LEVEL", "INFO"))
     return p
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = NodeConfig(data_dir=Path(args.data_dir), keyring_dir=Path(args.keyring_dir))
     cfg.apply(load_json_config(args.config))
-    cfg.middlewares = partition_middlewares(args.partition_map)
+    cfg.partitions, cfg.shard_index = partition_setup(args.partition_map, args.shard_index)
     web.run_app(create_app(cfg), host=args.host, port=args.port, access_log=None, print=None)
 
 

@@ -6,7 +6,7 @@ import asyncio
 import base64
 import logging
 import sqlite3
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,8 @@ class NodeConfig:
     keyring_poll_seconds: float = 1.0
     rewrap_batch_size: int = rewrap.DEFAULT_BATCH
     rewrap_pause_seconds: float = 0.0
-    middlewares: list[Any] = field(default_factory=list)  # e.g. the partition-routing middleware
+    partitions: Any = None  # routing.PartitionMapSource when --partition-map is given
+    shard_index: int | None = None
 
     def apply(self, settings: dict[str, Any]) -> None:
         """Overlay settings from node.json (unknown keys ignored, wrong types logged and ignored)."""
@@ -142,6 +143,17 @@ class Node:
                            reason=exc.reason) from None
 
 
+def misdirected(node: Node, table: str, key: str) -> dict[str, Any] | None:
+    """Inline 421-style error for one key of a batch that this shard does not own (None if owned)."""
+    if node.cfg.partitions is None:
+        return None
+    try:
+        m = node.cfg.partitions.check(node.cfg.shard_index or 0, table, key)
+    except RuntimeError as exc:  # routing.NoPartitionMap: refuse rather than guess ownership
+        return {"error": "unavailable", "message": str(exc)}
+    return None if m is None else m.body()
+
+
 def node_of(request: web.Request) -> Node:
     """The Node behind this app."""
     node: Node = request.app["node"]
@@ -203,6 +215,10 @@ async def batch_get_blocks(request: web.Request) -> web.Response:
     def work(c: sqlite3.Connection) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         for k in keys:
+            wrong = misdirected(node, table, k)
+            if wrong is not None:
+                out.append({"key": k, "found": False, "error": wrong})
+                continue
             block = get_block(c, table, k)
             if block is None:
                 out.append({"key": k, "found": False})
@@ -245,7 +261,11 @@ async def batch_get_frames(request: web.Request) -> web.Response:
     table = table_param(request)
     keys = keys_list(await json_body(request))
     blocks = await node.db.read(lambda c: [get_block(c, table, k) for k in keys])
-    return web.json_response({"frames": [frame_json(b, k) for b, k in zip(blocks, keys, strict=True)]})
+    out = []
+    for b, k in zip(blocks, keys, strict=True):
+        wrong = misdirected(node, table, k)
+        out.append(frame_json(b, k) if wrong is None else {"key": k, "found": False, "error": wrong})
+    return web.json_response({"frames": out})
 
 
 async def scan(request: web.Request) -> web.Response:
@@ -418,8 +438,12 @@ async def metrics(request: web.Request) -> web.Response:
 def create_app(cfg: NodeConfig) -> web.Application:
     """Build the node application (the store opens on startup, closes on cleanup)."""
     node = Node(cfg)
-    app = web.Application(middlewares=[error_middleware(node.metrics.requests), *cfg.middlewares],
-                          client_max_size=cfg.max_block_bytes + (1 << 20))
+    middlewares: list[Any] = [error_middleware(node.metrics.requests)]
+    if cfg.partitions is not None:
+        from . import routing
+
+        middlewares.append(routing.ownership_middleware(cfg.partitions, cfg.shard_index or 0))
+    app = web.Application(middlewares=middlewares, client_max_size=cfg.max_block_bytes + (1 << 20))
     app["node"] = node
     app.on_startup.append(node.start)
     app.on_cleanup.append(node.stop)
@@ -441,6 +465,8 @@ def create_app(cfg: NodeConfig) -> web.Application:
     app.router.add_get("/readyz", readyz, allow_head=False)
     app.router.add_get("/metrics", metrics, allow_head=False)
     app.router.add_get("/openapi.json", openapi_handler("node"), allow_head=False)
+    if cfg.partitions is not None:
+        app.router.add_get("/v1/partitions", routing.partitions_handler(cfg.partitions), allow_head=False)
     return app
 
 

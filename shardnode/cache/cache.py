@@ -1,0 +1,283 @@
+"""The decryption cache: plaintext blocks in memory under a byte budget, read-through and write-through."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..crypto import IntegrityError, open_block
+from ..keyring import Keyring, MissingKeyVersion
+from ..metrics import CacheMetrics
+from .eviction import EvictionPolicy
+from .node_client import FetchedFrame, NodeClient, UpstreamError
+
+log = logging.getLogger(__name__)
+
+BlockId = tuple[str, str]  # (table, key)
+
+
+class NotFound(LookupError):
+    """The node has no such block."""
+
+
+class DecryptError(Exception):
+    """A fetched block could not be opened: never served, never cached."""
+
+    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.extra = status, code, message, extra
+
+
+@dataclass
+class Entry:
+    """One cached plaintext block."""
+
+    value: bytes
+    key_version: int
+    lsn: int
+    prefetched: bool = False
+    used: bool = False
+
+
+class _Fetch:
+    """An in-flight node fetch shared by concurrent readers; ``stale`` once a write overtakes it."""
+
+    __slots__ = ("future", "stale")
+
+    def __init__(self, future: asyncio.Future[Entry]) -> None:
+        self.future = future
+        self.stale = False
+
+
+class BlockCache:
+    """All state lives on the event loop thread, so no locks: writes poison in-flight fetches they overtake."""
+
+    def __init__(self, budget: int, policy: EvictionPolicy, keyring: Callable[[], Keyring | None],
+                 node: NodeClient, metrics: CacheMetrics, prefetch_budget_fraction: float = 0.5) -> None:
+        self.budget = budget
+        self.policy = policy
+        self._keyring = keyring
+        self.node = node
+        self.metrics = metrics
+        self.entries: dict[BlockId, Entry] = {}
+        self.bytes = 0
+        self.prefetch_budget = int(budget * prefetch_budget_fraction)
+        self.unused_prefetch_bytes = 0
+        self._inflight: dict[BlockId, _Fetch] = {}
+        self._writing: Counter[BlockId] = Counter()
+        metrics.budget.set(budget)
+
+    # ---- decrypt -------------------------------------------------------------------------------
+    def decrypt(self, bid: BlockId, fetched: FetchedFrame) -> bytes:
+        """Open a fetched frame with whichever version it names; DecryptError if it must not be served."""
+        ring = self._keyring()
+        if ring is None:
+            raise DecryptError(503, "no_keyring", "no keyring is loaded")
+        try:
+            value = open_block(ring, bid[0], bid[1], fetched.frame, fetched.checksum)
+        except MissingKeyVersion as exc:
+            self.metrics.decrypt_failures.labels("missing_key").inc()
+            raise DecryptError(503, "key_version_missing", str(exc), keyVersion=exc.version) from None
+        except IntegrityError as exc:
+            self.metrics.decrypt_failures.labels(exc.reason).inc()
+            raise DecryptError(502, "integrity_error",
+                               f"block {bid[0]}/{bid[1]} from the node failed verification: {exc}",
+                               reason=exc.reason) from None
+        self.metrics.decrypts.labels(str(fetched.key_version)).inc()
+        return value
+
+    # ---- membership ----------------------------------------------------------------------------
+    def _drop(self, bid: BlockId, evicted: bool) -> None:
+        entry = self.entries.pop(bid, None)
+        if entry is None:
+            return
+        self.policy.remove(bid)
+        self.bytes -= len(entry.value)
+        if entry.prefetched and not entry.used:
+            self.unused_prefetch_bytes -= len(entry.value)
+            self.metrics.prefetch_wasted.inc()
+        if evicted:
+            self.metrics.evictions.inc()
+
+    def install(self, bid: BlockId, entry: Entry, score: float = 0.0) -> bool:
+        """Cache ``entry`` (evicting until it fits); False if it can never fit or would overrun prefetch budget."""
+        size = len(entry.value)
+        if size > self.budget:
+            return False
+        current = self.entries.get(bid)
+        if current is not None and current.lsn > entry.lsn:
+            return False  # never replace a newer copy with an older one
+        if entry.prefetched and self.unused_prefetch_bytes + size > self.prefetch_budget:
+            self.metrics.prefetch_dropped.labels("budget").inc()
+            return False
+        self._drop(bid, evicted=False)
+        while self.bytes + size > self.budget:
+            self._drop(self.policy.victim(), evicted=True)  # type: ignore[arg-type]
+        self.entries[bid] = entry
+        self.policy.insert(bid, size, score)
+        self.bytes += size
+        if entry.prefetched:
+            self.unused_prefetch_bytes += size
+        self._gauges()
+        return True
+
+    def invalidate(self, bid: BlockId, newer_than: int | None = None) -> None:
+        """Forget a cached block (only if its LSN is older than ``newer_than`` when given)."""
+        fetch = self._inflight.pop(bid, None)
+        if fetch is not None:
+            fetch.stale = True
+        entry = self.entries.get(bid)
+        if entry is not None and (newer_than is None or entry.lsn < newer_than):
+            self._drop(bid, evicted=False)
+            self._gauges()
+
+    def _gauges(self) -> None:
+        self.metrics.bytes.set(self.bytes)
+        self.metrics.entries.set(len(self.entries))
+
+    # ---- reads ---------------------------------------------------------------------------------
+    def lookup(self, bid: BlockId) -> Entry | None:
+        """A hit (counts as an access for the policy and the prefetch metrics) or None."""
+        entry = self.entries.get(bid)
+        if entry is None:
+            return None
+        self.policy.touch(bid)
+        if entry.prefetched and not entry.used:
+            entry.used = True
+            self.unused_prefetch_bytes -= len(entry.value)
+            self.metrics.prefetch_used.inc()
+        return entry
+
+    async def get(self, table: str, key: str) -> tuple[bytes, bool]:
+        """(plaintext, hit?) — from memory, else fetched, decrypted, verified and cached."""
+        bid = (table, key)
+        entry = self.lookup(bid)
+        if entry is not None:
+            self.metrics.hits.inc()
+            return entry.value, True
+        self.metrics.misses.inc()
+        entry = await self._fetch(bid, prefetch=False)
+        return entry.value, False
+
+    async def _fetch(self, bid: BlockId, prefetch: bool, score: float = 0.0) -> Entry:
+        fetch = self._inflight.get(bid)
+        if fetch is not None and not fetch.stale:
+            return await asyncio.shield(fetch.future)
+        loop = asyncio.get_running_loop()
+        fetch = _Fetch(loop.create_future())
+        self._inflight[bid] = fetch
+        try:
+            fetched = await self.node.get_frame(*bid)
+            if fetched is None:
+                raise NotFound(f"no block {bid[0]}/{bid[1]}")
+            entry = Entry(self.decrypt(bid, fetched), fetched.key_version, fetched.lsn, prefetched=prefetch)
+        except BaseException as exc:
+            if not fetch.future.done():
+                fetch.future.set_exception(exc)
+                fetch.future.exception()  # mark retrieved: waiters are optional
+            raise
+        finally:
+            if self._inflight.get(bid) is fetch:
+                del self._inflight[bid]
+        if not fetch.stale and not self._writing[bid]:
+            self.install(bid, entry, score)
+        fetch.future.set_result(entry)
+        return entry
+
+    async def get_many(self, table: str, keys: list[str]) -> list[tuple[str, Any]]:
+        """Batch read: per key ("hit"|"miss", plaintext) or ("absent", None) or ("error", DecryptError/dict)."""
+        out: list[tuple[str, Any]] = [("", None)] * len(keys)
+        missing: list[int] = []
+        for i, k in enumerate(keys):
+            entry = self.lookup((table, k))
+            if entry is not None:
+                self.metrics.hits.inc()
+                out[i] = ("hit", entry.value)
+            else:
+                missing.append(i)
+        if missing:
+            self.metrics.misses.inc(len(missing))
+            frames = await self.node.get_frames(table, [keys[i] for i in missing])
+            for i, fetched in zip(missing, frames, strict=True):
+                bid = (table, keys[i])
+                if fetched is None:
+                    out[i] = ("absent", None)
+                elif isinstance(fetched, dict):
+                    out[i] = ("error", fetched)
+                else:
+                    try:
+                        entry = Entry(self.decrypt(bid, fetched), fetched.key_version, fetched.lsn)
+                    except DecryptError as exc:
+                        out[i] = ("error", exc)
+                        continue
+                    if not self._writing[bid] and bid not in self._inflight:
+                        self.install(bid, entry)
+                    out[i] = ("miss", entry.value)
+        return out
+
+    async def prefetch(self, table: str, key: str, score: float) -> bool:
+        """Fetch into the cache ahead of a read; True if a node fetch was issued."""
+        bid = (table, key)
+        if bid in self.entries or bid in self._inflight:
+            self.metrics.prefetch_dropped.labels("cached").inc()
+            return False
+        self.metrics.prefetch_issued.inc()
+        try:
+            await self._fetch(bid, prefetch=True, score=score)
+        except (NotFound, DecryptError, UpstreamError):
+            pass  # a wrong prediction or a bad block: nothing cached, counted by the fetch path
+        return True
+
+    # ---- writes --------------------------------------------------------------------------------
+    async def put(self, table: str, key: str, body: bytes, headers: dict[str, str] | None = None) -> dict[str, Any]:
+        """Write through to the node; the acknowledged value is what the next read sees."""
+        bid = (table, key)
+        self.invalidate(bid)
+        self._writing[bid] += 1
+        try:
+            result = await self.node.put(table, key, body, headers)
+        except BaseException:
+            self.invalidate(bid)  # the write may or may not have committed: read it back from the node
+            raise
+        finally:
+            self._writing[bid] -= 1
+            if not self._writing[bid]:
+                del self._writing[bid]
+        if self._writing[bid]:
+            self.invalidate(bid)  # another write to this key is in flight: its order is unknown here
+        else:
+            self.install(bid, Entry(body, int(result["keyVersion"]), int(result["lsn"])))
+        return result
+
+    async def delete(self, table: str, key: str, headers: dict[str, str] | None = None) -> dict[str, Any]:
+        """Delete through to the node and drop the cached copy."""
+        bid = (table, key)
+        self.invalidate(bid)
+        self._writing[bid] += 1
+        try:
+            return await self.node.delete(table, key, headers)
+        finally:
+            self.invalidate(bid)
+            self._writing[bid] -= 1
+            if not self._writing[bid]:
+                del self._writing[bid]
+
+    async def follow_changes(self, poll_wait: float = 10.0) -> None:
+        """Invalidate blocks changed on the node by other writers (change-log tail); runs until cancelled."""
+        after: int | None = None
+        while True:
+            try:
+                if after is None:
+                    after = int((await self.node.changes(0, 1, wait=0))["lastLsn"])
+                page = await self.node.changes(after, 1000, wait=poll_wait)
+                for ch in page["changes"]:
+                    if ch["op"] in ("put", "delete"):
+                        self.invalidate((ch["table"], ch["key"]), newer_than=ch["lsn"])
+                after = int(page["next"])
+            except UpstreamError as exc:
+                log.warning("change-log tail failed (%s); retrying", exc)
+                await asyncio.sleep(1.0)

@@ -1,0 +1,357 @@
+"""The cache's HTTP API: the node's block paths (read-through, write-through), prefetch hints, access log."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from ..http_common import (
+    TABLE_RE,
+    ApiError,
+    bool_query,
+    check_key,
+    error_middleware,
+    int_query,
+    json_body,
+    key_param,
+    keys_list,
+    openapi_handler,
+    table_param,
+)
+from ..keyring import KeyringWatcher
+from ..metrics import CacheMetrics
+from .access_log import AccessLog
+from .cache import BlockCache, DecryptError, NotFound
+from .eviction import make_policy
+from .node_client import NodeClient, UpstreamError
+
+log = logging.getLogger(__name__)
+
+# Routing headers a client sends are passed on to the node with writes (see routing.py).
+PASS_HEADERS = ("X-Chronoshard-Forwarded", "X-Chronoshard-Routed")
+MAX_HINTS = 1000
+
+
+@dataclass
+class CacheConfig:
+    """Process settings (flags, then cache.json)."""
+
+    node_url: str
+    keyring_dir: Path
+    budget_bytes: int = 256 << 20
+    eviction: str = "scored"
+    max_block_bytes: int = 4 << 20
+    keyring_poll_seconds: float = 1.0
+    access_log_size: int = 100_000
+    prefetch_queue: int = 10_000
+    prefetch_workers: int = 4
+    prefetch_min_score: float = 0.0
+    prefetch_budget_fraction: float = 0.5
+    follow_changes: bool = True
+    partitions: Any = None  # routing.PartitionMapSource
+    shard_index: int | None = None
+    peers: Any = None  # routing.PeerURLs
+
+    def apply(self, settings: dict[str, Any]) -> None:
+        """Overlay settings from cache.json (unknown keys ignored; bad values logged and ignored)."""
+        numeric = (("budgetBytes", "budget_bytes", int), ("maxBlockBytes", "max_block_bytes", int),
+                   ("keyringPollSeconds", "keyring_poll_seconds", float), ("accessLogSize", "access_log_size", int),
+                   ("prefetchQueue", "prefetch_queue", int), ("prefetchWorkers", "prefetch_workers", int),
+                   ("prefetchMinScore", "prefetch_min_score", float),
+                   ("prefetchBudgetFraction", "prefetch_budget_fraction", float))
+        for name, attr, typ in numeric:
+            if name not in settings:
+                continue
+            v = settings[name]
+            ok = isinstance(v, int | float) and not isinstance(v, bool) and (typ is float or isinstance(v, int))
+            if ok and v >= 0:
+                setattr(self, attr, typ(v))
+            else:
+                log.error("config %s=%r ignored", name, v)
+        if "eviction" in settings:
+            if settings["eviction"] in ("lru", "scored"):
+                self.eviction = settings["eviction"]
+            else:
+                log.error("config eviction=%r ignored: lru or scored", settings["eviction"])
+
+
+class CacheApp:
+    """State shared by the cache's handlers."""
+
+    def __init__(self, cfg: CacheConfig) -> None:
+        self.cfg = cfg
+        self.metrics = CacheMetrics()
+        self.keys = KeyringWatcher(cfg.keyring_dir, on_reload=self.metrics.keyring.observe)
+        self.log = AccessLog(cfg.access_log_size)
+        self.session: aiohttp.ClientSession | None = None
+        self.cache: BlockCache | None = None
+        self.hints: asyncio.Queue[tuple[str, str, float]] = asyncio.Queue(cfg.prefetch_queue)
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    async def start(self, app: web.Application) -> None:
+        """Load the keyring, open the node session, start the watcher, prefetch workers and change tail."""
+        await asyncio.to_thread(self.keys.poll)
+        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256))
+        node = NodeClient(self.cfg.node_url, self.session)
+        self.cache = BlockCache(self.cfg.budget_bytes, make_policy(self.cfg.eviction), lambda: self.keys.keyring,
+                                node, self.metrics, self.cfg.prefetch_budget_fraction)
+        self._tasks.append(asyncio.create_task(self.keys.run(self.cfg.keyring_poll_seconds)))
+        for _ in range(self.cfg.prefetch_workers):
+            self._tasks.append(asyncio.create_task(self._prefetch_worker()))
+        if self.cfg.follow_changes:
+            self._tasks.append(asyncio.create_task(self.cache.follow_changes()))
+
+    async def stop(self, app: web.Application) -> None:
+        """Cancel background tasks and close the session."""
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.session:
+            await self.session.close()
+
+    async def _prefetch_worker(self) -> None:
+        while True:
+            table, key, score = await self.hints.get()
+            try:
+                assert self.cache is not None
+                await self.cache.prefetch(table, key, score)
+            except Exception:  # one bad hint must not kill the worker
+                log.exception("prefetch of %s/%s failed", table, key)
+
+    @property
+    def bc(self) -> BlockCache:
+        """The block cache (503 before start-up finished)."""
+        if self.cache is None:
+            raise ApiError(503, "not_ready", "cache is starting")
+        return self.cache
+
+
+def state(request: web.Request) -> CacheApp:
+    """The CacheApp behind this app."""
+    st: CacheApp = request.app["cache"]
+    return st
+
+
+def client_id(request: web.Request) -> str:
+    """Who is reading: the X-Client-Id header, else the peer address."""
+    return request.headers.get("X-Client-Id", "")[:128] or (request.remote or "unknown")
+
+
+def upstream(exc: UpstreamError) -> web.Response:
+    """Pass a node error through unchanged (status and JSON body)."""
+    return web.json_response(exc.body, status=exc.status)
+
+
+def decrypt_error(exc: DecryptError) -> ApiError:
+    """A DecryptError as an API error."""
+    return ApiError(exc.status, exc.code, exc.message, **exc.extra)
+
+
+def routing_headers(request: web.Request) -> dict[str, str]:
+    """Routing headers to pass on to the node."""
+    return {h: request.headers[h] for h in PASS_HEADERS if h in request.headers}
+
+
+async def get_block(request: web.Request) -> web.StreamResponse:
+    """GET a block: from memory if cached, else fetched, decrypted, verified and cached."""
+    st = state(request)
+    table, key = table_param(request), key_param(request)
+    try:
+        value, hit = await st.bc.get(table, key)
+    except NotFound:
+        st.log.append(table, key, client_id(request), False, 0)
+        raise ApiError(404, "not_found", f"no block {table}/{key}") from None
+    except DecryptError as exc:
+        raise decrypt_error(exc) from None
+    except UpstreamError as exc:
+        return upstream(exc)
+    st.log.append(table, key, client_id(request), hit, len(value))
+    return web.Response(body=value, content_type="application/octet-stream",
+                        headers={"X-Chronoshard-Cache": "hit" if hit else "miss"})
+
+
+async def put_block(request: web.Request) -> web.StreamResponse:
+    """PUT a block through to the node; the cached copy becomes the acknowledged value."""
+    st = state(request)
+    table, key = table_param(request), key_param(request)
+    if request.content_length is not None and request.content_length > st.cfg.max_block_bytes:
+        raise ApiError(413, "too_large", f"block larger than {st.cfg.max_block_bytes} bytes")
+    body = await request.read()
+    if len(body) > st.cfg.max_block_bytes:
+        raise ApiError(413, "too_large", f"block larger than {st.cfg.max_block_bytes} bytes")
+    try:
+        return web.json_response(await st.bc.put(table, key, body, routing_headers(request)))
+    except UpstreamError as exc:
+        return upstream(exc)
+
+
+async def delete_block(request: web.Request) -> web.StreamResponse:
+    """DELETE a block through to the node and drop the cached copy."""
+    st = state(request)
+    table, key = table_param(request), key_param(request)
+    try:
+        return web.json_response(await st.bc.delete(table, key, routing_headers(request)))
+    except UpstreamError as exc:
+        return upstream(exc)
+
+
+async def batch_get(request: web.Request) -> web.StreamResponse:
+    """POST blocks:batchGet: hits from memory, misses in one node round trip."""
+    st = state(request)
+    table = table_param(request)
+    keys = keys_list(await json_body(request))
+    try:
+        results = await st.bc.get_many(table, keys)
+    except UpstreamError as exc:
+        return upstream(exc)
+    who = client_id(request)
+    out: list[dict[str, Any]] = []
+    for k, (kind, value) in zip(keys, results, strict=True):
+        if kind in ("hit", "miss"):
+            st.log.append(table, k, who, kind == "hit", len(value))
+            out.append({"key": k, "found": True, "value": base64.b64encode(value).decode()})
+        elif kind == "absent":
+            st.log.append(table, k, who, False, 0)
+            out.append({"key": k, "found": False})
+        elif isinstance(value, DecryptError):
+            out.append({"key": k, "found": True, "error": {"error": value.code, "message": value.message}})
+        else:
+            out.append({"key": k, "found": False, "error": value})
+    return web.json_response({"blocks": out})
+
+
+async def scan(request: web.Request) -> web.StreamResponse:
+    """GET blocks (scan): passed through to the node."""
+    st = state(request)
+    table = table_param(request)
+    int_query(request, "limit", 100, 1, 1000)
+    bool_query(request, "values")
+    after = request.query.get("after")
+    if after is not None and len(after) > 1024:
+        raise ApiError(400, "invalid_parameter", "after must be at most 1024 characters")
+    try:
+        status, body, _ = await st.bc.node.passthrough("GET", ["v1", "tables", table, "blocks"], request.query)
+    except UpstreamError as exc:
+        return upstream(exc)
+    return web.Response(status=status, body=body, content_type="application/json")
+
+
+async def prefetch(request: web.Request) -> web.StreamResponse:
+    """POST /v1/prefetch {"hints": [{"table", "key", "score"}]}: queue background fetches (never blocks)."""
+    st = state(request)
+    doc = await json_body(request)
+    hints = doc.get("hints")
+    if not isinstance(hints, list) or len(hints) > MAX_HINTS:
+        raise ApiError(400, "invalid_body", f"hints must be an array of at most {MAX_HINTS} objects")
+    parsed: list[tuple[str, str, float]] = []
+    for h in hints:  # validate everything first: a bad hint rejects the request and queues nothing
+        if not isinstance(h, dict):
+            raise ApiError(400, "invalid_body", "each hint must be an object")
+        table, key, score = h.get("table"), h.get("key"), h.get("score", 0.5)
+        if not isinstance(table, str):
+            raise ApiError(400, "invalid_table", "hint table must be a string")
+        if not TABLE_RE.fullmatch(table):
+            raise ApiError(400, "invalid_table", "hint table must match [A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+        check_key(key)
+        if (not isinstance(score, int | float) or isinstance(score, bool) or not math.isfinite(score)
+                or not 0 <= score <= 1):
+            raise ApiError(400, "invalid_body", "hint score must be a number between 0 and 1")
+        parsed.append((table, key, float(score)))
+    queued = dropped = 0
+    for table, key, score in parsed:
+        if score < st.cfg.prefetch_min_score:
+            st.metrics.prefetch_dropped.labels("threshold").inc()
+            dropped += 1
+            continue
+        try:
+            st.hints.put_nowait((table, key, score))
+            queued += 1
+        except asyncio.QueueFull:
+            st.metrics.prefetch_dropped.labels("queue_full").inc()
+            dropped += 1
+    return web.json_response({"queued": queued, "dropped": dropped}, status=202)
+
+
+async def access_log(request: web.Request) -> web.StreamResponse:
+    """GET /v1/access-log?after=&limit=: entries after a sequence number (oldest first)."""
+    st = state(request)
+    after = int_query(request, "after", 0, 0, 2**63 - 1)
+    limit = int_query(request, "limit", 1000, 1, 10000)
+    entries = st.log.after(after, limit)
+    return web.json_response({"entries": [e.to_json() for e in entries],
+                              "next": entries[-1].seq if entries else after,
+                              "first": st.log.first_seq, "last": st.log.last_seq})
+
+
+async def keys(request: web.Request) -> web.StreamResponse:
+    """GET /v1/keys: the cache's loaded keyring (no key material)."""
+    return web.json_response(state(request).keys.describe())
+
+
+async def stats(request: web.Request) -> web.StreamResponse:
+    """GET /v1/cache: size, budget and policy (for operators and tests)."""
+    st = state(request)
+    bc = st.bc
+    return web.json_response({"bytes": bc.bytes, "entries": len(bc.entries), "budget": bc.budget,
+                              "policy": st.cfg.eviction, "prefetchQueue": st.hints.qsize()})
+
+
+async def healthz(request: web.Request) -> web.StreamResponse:
+    """Liveness."""
+    return web.json_response({"ok": True})
+
+
+async def readyz(request: web.Request) -> web.StreamResponse:
+    """Ready once a keyring is loaded and the node session is open."""
+    st = state(request)
+    ready = st.cache is not None and st.keys.keyring is not None
+    return web.json_response({"ready": ready, "keyring": st.keys.keyring is not None}, status=200 if ready else 503)
+
+
+async def metrics(request: web.Request) -> web.StreamResponse:
+    """Prometheus exposition."""
+    return web.Response(body=generate_latest(state(request).metrics.registry),
+                        headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def create_app(cfg: CacheConfig) -> web.Application:
+    """Build the cache application."""
+    st = CacheApp(cfg)
+    middlewares: list[Any] = [error_middleware(st.metrics.requests)]
+    if cfg.partitions is not None:
+        from .. import routing
+
+        middlewares.append(routing.ownership_middleware(cfg.partitions, cfg.shard_index or 0, peers=cfg.peers))
+    app = web.Application(middlewares=middlewares, client_max_size=cfg.max_block_bytes + (1 << 20))
+    app["cache"] = st
+    app.on_startup.append(st.start)
+    app.on_cleanup.append(st.stop)
+    t = "/v1/tables/{table}"
+    app.router.add_get(t + "/blocks/{key}", get_block, allow_head=False)
+    app.router.add_put(t + "/blocks/{key}", put_block)
+    app.router.add_delete(t + "/blocks/{key}", delete_block)
+    app.router.add_post(t + "/blocks:batchGet", batch_get)
+    app.router.add_get(t + "/blocks", scan, allow_head=False)
+    app.router.add_post("/v1/prefetch", prefetch)
+    app.router.add_get("/v1/access-log", access_log, allow_head=False)
+    app.router.add_get("/v1/keys", keys, allow_head=False)
+    app.router.add_get("/v1/cache", stats, allow_head=False)
+    app.router.add_get("/healthz", healthz, allow_head=False)
+    app.router.add_get("/readyz", readyz, allow_head=False)
+    app.router.add_get("/metrics", metrics, allow_head=False)
+    app.router.add_get("/openapi.json", openapi_handler("cache"), allow_head=False)
+    if cfg.partitions is not None:
+        from .. import routing
+
+        app.cleanup_ctx.append(routing.forward_session_ctx)
+        app.router.add_get("/v1/partitions", routing.partitions_handler(cfg.partitions), allow_head=False)
+    return app

@@ -1,0 +1,64 @@
+"""`chronoshard-cache`: the decryption cache in front of one shard node."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+from .cache.server import CacheConfig, create_app
+from .http_common import load_json_config
+
+
+def parser() -> argparse.ArgumentParser:
+    """Command-line flags (docs/interfaces.md); each falls back to a CHRONOSHARD_CACHE_* variable."""
+    env = os.environ.get
+    p = argparse.ArgumentParser(prog="chronoshard-cache", description="chronoshard decryption cache")
+    p.add_argument("--host", default=env("CHRONOSHARD_CACHE_HOST", env("POD_IP", "127.0.0.1")),
+                   help="address to bind (default: $POD_IP or 127.0.0.1)")
+    p.add_argument("--port", type=int, default=int(env("CHRONOSHARD_CACHE_PORT", "7401")))
+    node_url, keyring_dir = env("CHRONOSHARD_NODE_URL"), env("CHRONOSHARD_KEYRING_DIR")
+    p.add_argument("--node-url", default=node_url, required=not node_url, help="base URL of this shard's node")
+    p.add_argument("--keyring-dir", default=keyring_dir, required=not keyring_dir,
+                   help="mounted keyring Secret directory")
+    p.add_argument("--partition-map", default=env("CHRONOSHARD_PARTITION_MAP"), help="partition map file (map.json)")
+    p.add_argument("--shard-index", type=int, default=None,
+                   help="this shard's index (default: the ordinal in $POD_NAME)")
+    p.add_argument("--config", default=env("CHRONOSHARD_CACHE_CONFIG"), help="cache.json settings file")
+    p.add_argument("--budget-bytes", type=int, default=None, help="override the byte budget")
+    p.add_argument("--eviction", choices=["lru", "scored"], default=None, help="override the eviction policy")
+    p.add_argument("--log-level", default=env("CHRONOSHARD_LOG_LEVEL", "INFO"))
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point."""
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = CacheConfig(node_url=args.node_url, keyring_dir=Path(args.keyring_dir))
+    cfg.apply(load_json_config(args.config))
+    if args.budget_bytes is not None:
+        cfg.budget_bytes = args.budget_bytes
+    if args.eviction is not None:
+        cfg.eviction = args.eviction
+    if args.partition_map:
+        from . import routing
+
+        shard = args.shard_index
+        if shard is None:
+            pod = os.environ.get("POD_NAME")
+            if not pod:
+                raise SystemExit("--partition-map needs --shard-index or POD_NAME to know which shard this is")
+            shard = routing.shard_index_from_pod_name(pod)
+        cfg.partitions, cfg.shard_index = routing.PartitionMapSource(args.partition_map), shard
+        cfg.peers = routing.PeerURLs.from_env()
+    web.run_app(create_app(cfg), host=args.host, port=args.port, access_log=None, print=None)
+
+
+if __name__ == "__main__":
+    main()
