@@ -1,0 +1,163 @@
+"""Run a ShardSet's shard processes on 127.0.0.1 the way the pod spec runs them (docs/interfaces.md).
+
+Each shard gets a real ``chronoshard-node`` (its own data dir, the shared keyring and partition-map
+volumes in kubelet's ``..data`` layout, ``--shard-index i``) on a free port. In front of each node runs
+``chronoshard-cache`` when that command serves the partition map; until then ``ForwardingFront`` (the
+real ownership middleware + forwarding in a tiny process-local app that relays to its own node) plays
+the cache's routing role so forwarding is tested against real nodes.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from chronoshard.shardnode.partitioning import PartitionMap
+from chronoshard.shardnode.routing import (
+    FORWARD_SESSION,
+    PartitionMapSource,
+    PeerURLs,
+    forward,
+    forward_session_ctx,
+    ownership_middleware,
+    partitions_handler,
+)
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def publish(volume: Path, files: dict[str, bytes]) -> None:
+    """Write files as kubelet updates a Secret/ConfigMap volume: new snapshot, atomic ``..data`` swap."""
+    volume.mkdir(parents=True, exist_ok=True)
+    snap = volume / f"..{time.strftime('%Y_%m_%d_%H_%M_%S')}.{time.monotonic_ns()}"
+    snap.mkdir()
+    for name, data in files.items():
+        (snap / name).write_bytes(data)
+    tmp = volume / "..data_tmp"
+    if tmp.is_symlink():
+        tmp.unlink()
+    tmp.symlink_to(snap.name)
+    os.replace(tmp, volume / "..data")
+    for name in files:
+        link = volume / name
+        if not link.is_symlink():
+            link.symlink_to(f"..data/{name}")
+
+
+def write_keyring(volume: Path) -> None:
+    manifest = (b'{"format": 1, "generation": 1, "algorithm": "AES-256-GCM", "versions": '
+                b'[{"id": 1, "state": "primary", "created": "2026-11-21T10:00:00Z"}]}')
+    publish(volume, {"keyring.json": manifest, "v1.key": secrets.token_bytes(32)})
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} not ready within {timeout} s")
+
+
+class ShardNodes:
+    """N ``chronoshard-node`` processes sharing one keyring and one partition-map volume."""
+
+    def __init__(self, root: Path, pmap: PartitionMap, count: int | None = None) -> None:
+        self.root = root
+        self.keyring = root / "keyring"
+        self.partitions = root / "partitions"
+        write_keyring(self.keyring)
+        self.publish_map(pmap)
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.urls: list[str] = []
+        for _ in range(count if count is not None else pmap.shards):
+            self.add()
+
+    def publish_map(self, pmap: PartitionMap) -> None:
+        """What the operator does: update the partition ConfigMap (kubelet swaps the volume)."""
+        publish(self.partitions, {"map.json": pmap.to_json().encode()})
+
+    def add(self) -> str:
+        """Start the next shard's node; returns its URL once ready."""
+        i = len(self.procs)
+        port = free_port()
+        data = self.root / f"data-{i}"
+        data.mkdir()
+        with open(self.root / f"node-{i}.log", "wb") as log:
+            proc = subprocess.Popen(
+                [str(BIN / "chronoshard-node"), "--host", "127.0.0.1", "--port", str(port),
+                 "--data-dir", str(data), "--keyring-dir", str(self.keyring),
+                 "--partition-map", str(self.partitions / "map.json"), "--shard-index", str(i),
+                 "--log-level", "WARNING"],
+                stdout=log, stderr=subprocess.STDOUT,
+            )
+        url = f"http://127.0.0.1:{port}"
+        self.procs.append(proc)
+        self.urls.append(url)
+        wait_ready(url, proc)
+        return url
+
+    def stop(self) -> None:
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+class ForwardingFront:
+    """Per shard: the ownership middleware with forwarding, relaying owned keys to that shard's node."""
+
+    def __init__(self, nodes: ShardNodes) -> None:
+        self.nodes = nodes
+        self.servers: list[TestServer] = []
+        self.urls: list[str] = []
+
+    async def start(self) -> ForwardingFront:
+        ports = [free_port() for _ in self.nodes.urls]
+        self.urls = [f"http://127.0.0.1:{p}" for p in ports]
+        peers = PeerURLs(urls=self.urls)
+        for i, (node_url, port) in enumerate(zip(self.nodes.urls, ports, strict=True)):
+            source = PartitionMapSource(self.nodes.partitions / "map.json", min_interval=0.2)
+
+            async def relay(request: web.Request, node_url: str = node_url,
+                            source: PartitionMapSource = source) -> web.StreamResponse:
+                # The front already checked ownership under its epoch; the node re-checks that epoch.
+                return await forward(request, node_url, source.epoch or 0, session=request.app.get(FORWARD_SESSION))
+
+            app = web.Application(middlewares=[ownership_middleware(source, i, peers=peers)])
+            app.cleanup_ctx.append(forward_session_ctx)
+            app.router.add_get("/v1/partitions", partitions_handler(source))
+            app.router.add_route("*", "/v1/tables/{table}/blocks/{key}", relay)
+            srv = TestServer(app, host="127.0.0.1", port=port)
+            await srv.start_server()
+            self.servers.append(srv)
+        return self
+
+    async def close(self) -> None:
+        for s in self.servers:
+            await s.close()
+
