@@ -145,15 +145,29 @@ def write_atomic(target: Path, payload: Mapping[str, tuple[bytes, int]]) -> bool
 
 
 def read_snapshot(target: Path) -> dict[str, bytes]:
-    """Read every file of a materialised volume from ONE resolved ``..data`` snapshot."""
-    snapshot = target / os.readlink(target / DATA_DIR)
-    out: dict[str, bytes] = {}
-    for root, _dirs, files in os.walk(snapshot):
-        for name in files:
-            full = os.path.join(root, name)
-            with open(full, "rb") as fh:
-                out[os.path.relpath(full, snapshot)] = fh.read()
-    return out
+    """Read every file of a materialised volume from ONE ``..data`` snapshot (the reader protocol).
+
+    Resolve ``..data``, read, then check it still names the same snapshot: if a writer swapped it
+    meanwhile, the old directory may have been half removed, so read again from the new one.
+    """
+    while True:
+        name = os.readlink(target / DATA_DIR)
+        snapshot = target / name
+        out: dict[str, bytes] = {}
+        try:
+            for root, _dirs, files in os.walk(snapshot, onerror=_raise):
+                for fname in files:
+                    full = os.path.join(root, fname)
+                    with open(full, "rb") as fh:
+                        out[os.path.relpath(full, snapshot)] = fh.read()
+        except FileNotFoundError:
+            continue
+        if os.readlink(target / DATA_DIR) == name:
+            return out
+
+
+def _raise(exc: OSError) -> None:
+    raise exc
 
 
 def volume_payload(

@@ -1,0 +1,13 @@
+from chronoshard.operator.dev.nodeagent.ipam import IPAllocator
+
+
+def test_allocates_distinct_ips_reuses_and_persists(tmp_path):
+    path = tmp_path / "ips.json"
+    ipam = IPAllocator(path)
+    a, b, c = ipam.allocate("a"), ipam.allocate("b"), ipam.allocate("c")
+    assert (a, b, c) == ("127.0.0.2", "127.0.0.3", "127.0.0.4")
+    assert ipam.allocate("b") == b
+    ipam.release("b")
+    again = IPAllocator(path)  # a restarted agent reads the same table
+    assert again.allocations() == {"a": a, "c": c}
+    assert again.allocate("d") == "127.0.0.3", "a released address is handed out again"
