@@ -114,7 +114,8 @@ class AsyncClient:
     def via_service(cls, url: str, *, maps: MapProvider | None = None, timeout: float = DEFAULT_TIMEOUT,
                     concurrency: int = 64) -> AsyncClient:
         """A client that sends every request to one URL (the client Service); caches forward."""
-        client = cls(maps or _NoMap(), lambda _shard: url.rstrip("/"), timeout=timeout, concurrency=concurrency)
+        client = cls(maps or _NoMap(), lambda _shard: url.rstrip("/"), timeout=timeout,
+                     concurrency=concurrency)
         client._service = url.rstrip("/")
         return client
 
@@ -235,7 +236,8 @@ class AsyncClient:
         by_shard: dict[int, list[str]] = {}
         for k in unique:
             by_shard.setdefault(pmap.shard_of(table, k), []).append(k)
-        chunks = [(s, ks[i:i + BATCH_KEYS]) for s, ks in by_shard.items() for i in range(0, len(ks), BATCH_KEYS)]
+        chunks = [(s, ks[i:i + BATCH_KEYS]) for s, ks in by_shard.items()
+                  for i in range(0, len(ks), BATCH_KEYS)]
         out: dict[str, bytes | None] = {}
         refused: list[str] = []
         for part, wrong in await asyncio.gather(*(self._batch_shard(s, table, ks) for s, ks in chunks)):

@@ -78,7 +78,8 @@ class NodeMap:
         """Query every URL concurrently; return the newest map, or MapUnavailable if none answered."""
         session = self.session or aiohttp.ClientSession()
         try:
-            results = await asyncio.gather(*(self._one(session, u) for u in self.urls), return_exceptions=True)
+            results = await asyncio.gather(*(self._one(session, u) for u in self.urls),
+                                           return_exceptions=True)
         finally:
             if self.session is None:
                 await session.close()
@@ -102,7 +103,8 @@ class ConfigMapMap:
         from kubernetes import client, config
 
         if self._api_client is None:
-            self._api_client = config.new_client_from_config(config_file=self._kubeconfig, context=self._context)
+            self._api_client = config.new_client_from_config(config_file=self._kubeconfig,
+                                                             context=self._context)
         return client.CoreV1Api(self._api_client)
 
     def _read(self) -> PartitionMap:
@@ -112,7 +114,8 @@ class ConfigMapMap:
         try:
             cm = self._core().read_namespaced_config_map(name, self.namespace)
         except ApiException as exc:
-            raise MapUnavailable(f"ConfigMap {self.namespace}/{name}: HTTP {exc.status} {exc.reason}") from None
+            where = f"ConfigMap {self.namespace}/{name}"
+            raise MapUnavailable(f"{where}: HTTP {exc.status} {exc.reason}") from None
         text = (cm.data or {}).get(MAP_KEY)
         if text is None:
             raise MapUnavailable(f"ConfigMap {self.namespace}/{name} has no {MAP_KEY}")

@@ -39,7 +39,7 @@ class Client:
         timeout: float = DEFAULT_TIMEOUT,
         concurrency: int = 64,
     ) -> None:
-        """Either ``maps`` + ``endpoints`` (direct routing) or ``service_url`` (one address, caches forward)."""
+        """``maps`` + ``endpoints`` (direct routing) or ``service_url`` (one address; caches forward)."""
         if (service_url is None) == (endpoints is None):
             raise ValueError("give either endpoints (direct routing) or service_url")
         self._loop = asyncio.new_event_loop()

@@ -146,7 +146,8 @@ class ForwardingFront:
             async def relay(request: web.Request, node_url: str = node_url,
                             source: PartitionMapSource = source) -> web.StreamResponse:
                 # The front already checked ownership under its epoch; the node re-checks that epoch.
-                return await forward(request, node_url, source.epoch or 0, session=request.app.get(FORWARD_SESSION))
+                return await forward(request, node_url, source.epoch or 0,
+                                     session=request.app.get(FORWARD_SESSION))
 
             app = web.Application(middlewares=[ownership_middleware(source, i, peers=peers)])
             app.cleanup_ctx.append(forward_session_ctx)

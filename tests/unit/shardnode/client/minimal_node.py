@@ -95,7 +95,8 @@ class Cluster:
     """N minimal shard servers on 127.0.0.1 free ports; ``forwarding`` makes them behave like caches."""
 
     def __init__(self, maps: list[PartitionMap] | list[PartitionMapSource], forwarding: bool = True) -> None:
-        self.sources = [m if isinstance(m, PartitionMapSource) else PartitionMapSource.from_map(m) for m in maps]
+        self.sources = [m if isinstance(m, PartitionMapSource) else PartitionMapSource.from_map(m)
+                        for m in maps]
         self.forwarding = forwarding
         self.states = [NodeState(i) for i in range(len(maps))]
         self.servers: list[TestServer] = []
