@@ -1,0 +1,78 @@
+"""The operator's Prometheus metrics, scraped over real HTTP from start_metrics_server."""
+
+from __future__ import annotations
+
+import socket
+import urllib.request
+
+import pytest
+from chronoshard.operator import metrics
+from prometheus_client.parser import text_string_to_metric_families
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def scrape():
+    """A function returning {(sample name, frozenset(labels)): value} from a live /metrics endpoint."""
+    port = _free_port()
+    metrics.start_metrics_server(port, host="127.0.0.1")
+
+    def _scrape() -> dict:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+            text = resp.read().decode()
+        return {
+            (s.name, frozenset(s.labels.items())): s.value
+            for fam in text_string_to_metric_families(text)
+            for s in fam.samples
+        }
+
+    return _scrape
+
+
+def test_reconcile_counts_by_kind_and_outcome_and_duration(scrape) -> None:
+    before = scrape()
+    key = ("chronoshard_operator_reconciles_total", frozenset({("kind", "ShardSet"), ("outcome", "success")}))
+    count_key = ("chronoshard_operator_reconcile_duration_seconds_count", frozenset({("kind", "ShardSet")}))
+    sum_key = ("chronoshard_operator_reconcile_duration_seconds_sum", frozenset({("kind", "ShardSet")}))
+    metrics.observe_reconcile("ShardSet", "success", 0.2)
+    metrics.observe_reconcile("ShardSet", "success", 0.3)
+    metrics.observe_reconcile("ShardSet", "error", 1.0)
+    after = scrape()
+    assert after[key] - before.get(key, 0) == 2
+    assert after[count_key] - before.get(count_key, 0) == 3
+    assert after[sum_key] - before.get(sum_key, 0) == pytest.approx(1.5)
+    bucket = ("chronoshard_operator_reconcile_duration_seconds_bucket",
+              frozenset({("kind", "ShardSet"), ("le", "0.25")}))
+    assert after[bucket] - before.get(bucket, 0) == 1
+
+
+def test_errors_by_kind_and_reason(scrape) -> None:
+    key = ("chronoshard_operator_errors_total", frozenset({("kind", "KeyRotation"), ("reason", "api-409")}))
+    before = scrape().get(key, 0)
+    metrics.record_error("KeyRotation", "api-409")
+    assert scrape()[key] - before == 1
+
+
+def test_managed_objects_is_a_gauge_that_goes_down(scrape) -> None:
+    key = ("chronoshard_operator_managed_objects", frozenset({("kind", "MirrorSet")}))
+    metrics.set_managed("MirrorSet", 4)
+    assert scrape()[key] == 4
+    metrics.set_managed("MirrorSet", 1)
+    assert scrape()[key] == 1
+
+
+def test_server_binds_only_the_given_address() -> None:
+    port = _free_port()
+    metrics.start_metrics_server(port, host="127.0.0.1")
+    with socket.socket() as s:
+        s.settimeout(2)
+        s.connect(("127.0.0.1", port))
+    # Another loopback address is a different interface binding: nothing listens there.
+    with socket.socket() as s, pytest.raises(OSError):
+        s.settimeout(2)
+        s.connect(("127.0.0.2", port))
