@@ -55,3 +55,20 @@ def namespace(k8s_client) -> Iterator[str]:
     except client.ApiException as exc:
         if exc.status != 404:
             raise
+
+
+@pytest.fixture(scope="session")
+def operator_runner(control_plane, k8s_client) -> Iterator:
+    """The chronoshard operator running in-process (Kopf's KopfRunner) against the test control plane."""
+    from kopf.testing import KopfRunner
+
+    from chronoshard.operator import kube
+
+    os.environ["KUBECONFIG"] = str(control_plane.kubeconfig)
+    kube.set_api_client(k8s_client)
+    args = ["run", "--all-namespaces", "--standalone", "--verbose", "-m", "chronoshard.operator.handlers"]
+    with KopfRunner(args, timeout=60) as runner:
+        yield runner
+    kube.set_api_client(None)
+    if runner.exception is not None:
+        raise runner.exception

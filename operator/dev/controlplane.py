@@ -173,7 +173,7 @@ class ControlPlane:
 
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
         log_path = self.state_dir / f"{name}.log"
-        out = open(log_path, "ab")  # noqa: SIM115 - the child owns it for its lifetime
+        out = open(log_path, "ab")
         # A new session so that a Ctrl-C aimed at pytest does not kill the children before teardown.
         popen = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         out.close()

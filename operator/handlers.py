@@ -1,0 +1,33 @@
+"""Every Kopf handler of the operator; importing this module registers them (``kopf run -m`` target)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from .settings import RUNTIME
+from .shardset import controller as shardset_controller  # noqa: F401 - registers handlers
+
+log = logging.getLogger(__name__)
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    """Operator-wide Kopf settings: our own annotation prefix and finalizer, quiet event posting."""
+    # Kopf's bookkeeping lives under our own domain so users see who owns it.
+    settings.persistence.finalizer = "chronoshard.io/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="chronoshard.io")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="chronoshard.io", key="last-handled-configuration"
+    )
+    settings.posting.level = logging.INFO
+    # Keep watches short so a half-open connection is noticed within a minute.
+    settings.watching.server_timeout = 60
+    settings.watching.client_timeout = 90
+    settings.peering.name = RUNTIME.peering_name
+    settings.peering.mandatory = False
+    settings.peering.clusterwide = RUNTIME.clusterwide
+    settings.execution.max_workers = 8
+    log.info("chronoshard operator starting (peering %s)", RUNTIME.peering_name or "off")

@@ -1,0 +1,93 @@
+"""The keyring Secret's content: the manifest and the key versions (pure; keys never leave this module's
+return values except into the Secret)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .conditions import now_rfc3339
+
+MANIFEST_FILE = "keyring.json"
+KEY_BYTES = 32
+
+
+@dataclass(frozen=True)
+class KeyVersionInfo:
+    """A key version's public facts (never the key itself)."""
+
+    id: int
+    state: str
+    created: str
+
+
+@dataclass(frozen=True)
+class KeyringManifest:
+    """The safe-to-show part of the keyring Secret (``keyring.json``)."""
+
+    generation: int
+    algorithm: str
+    versions: tuple[KeyVersionInfo, ...]
+
+    @property
+    def primary(self) -> int | None:
+        """The id of the version new writes use."""
+        for v in self.versions:
+            if v.state == "primary":
+                return v.id
+        return None
+
+    def to_json(self) -> str:
+        """The manifest as stored in the Secret."""
+        return json.dumps(
+            {
+                "format": 1,
+                "generation": self.generation,
+                "algorithm": self.algorithm,
+                "versions": [{"id": v.id, "state": v.state, "created": v.created} for v in self.versions],
+            },
+            sort_keys=True,
+        )
+
+
+def key_file(version: int) -> str:
+    """The Secret key (file name) holding key version ``version``."""
+    return f"v{version}.key"
+
+
+def initial_keyring_data(algorithm: str, now: str | None = None) -> dict[str, str]:
+    """Secret ``data`` (base64 values) for a new keyring: version 1, primary, 32 random bytes."""
+    manifest = KeyringManifest(
+        generation=1,
+        algorithm=algorithm,
+        versions=(KeyVersionInfo(id=1, state="primary", created=now or now_rfc3339()),),
+    )
+    return {
+        MANIFEST_FILE: base64.b64encode(manifest.to_json().encode()).decode(),
+        key_file(1): base64.b64encode(os.urandom(KEY_BYTES)).decode(),
+    }
+
+
+def parse_manifest(secret_data: Mapping[str, Any] | None) -> KeyringManifest:
+    """Read the manifest from a Secret's base64 ``data``; raises ValueError (without key bytes) if malformed."""
+    if not secret_data or MANIFEST_FILE not in secret_data:
+        raise ValueError(f"keyring Secret has no {MANIFEST_FILE}")
+    try:
+        doc = json.loads(base64.b64decode(secret_data[MANIFEST_FILE]))
+        versions = tuple(
+            KeyVersionInfo(id=int(v["id"]), state=str(v["state"]), created=str(v.get("created", "")))
+            for v in doc["versions"]
+        )
+        manifest = KeyringManifest(int(doc["generation"]), str(doc["algorithm"]), versions)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"keyring manifest is malformed: {type(exc).__name__}") from None
+    missing = [v.id for v in versions if key_file(v.id) not in secret_data]
+    if missing:
+        raise ValueError(f"keyring manifest lists versions without key material: {missing}")
+    if sum(1 for v in versions if v.state == "primary") != 1:
+        raise ValueError("keyring manifest must have exactly one primary version")
+    return manifest

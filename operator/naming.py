@@ -1,0 +1,81 @@
+"""Names, labels and owner references of the objects the operator creates (pure)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+GROUP = "chronoshard.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+MANAGER = "chronoshard-operator"
+PART_OF = "chronoshard"
+
+
+def keyring_secret_name(shardset: str) -> str:
+    """The Secret holding a ShardSet's table key versions."""
+    return f"{shardset}-keyring"
+
+
+def config_map_name(shardset: str) -> str:
+    """The ConfigMap with the node/cache/predictor settings."""
+    return f"{shardset}-config"
+
+
+def partitions_config_map_name(shardset: str) -> str:
+    """The ConfigMap with the partition map the pods mount."""
+    return f"{shardset}-partitions"
+
+
+def headless_service_name(shardset: str) -> str:
+    """The headless Service that gives each shard pod a stable DNS name."""
+    return f"{shardset}-headless"
+
+
+def client_service_name(shardset: str) -> str:
+    """The Service clients use; it reaches any shard's cache, which forwards to the owner."""
+    return shardset
+
+
+def statefulset_name(shardset: str) -> str:
+    """The StatefulSet with one pod per shard (pod ``<name>-<i>`` is shard ``i``)."""
+    return shardset
+
+
+def pdb_name(shardset: str) -> str:
+    """The PodDisruptionBudget of the shard pods."""
+    return shardset
+
+
+def selector_labels(shardset: str) -> dict[str, str]:
+    """Labels that select a ShardSet's shard pods; they never change after creation."""
+    return {
+        "app.kubernetes.io/name": "chronoshard",
+        "app.kubernetes.io/instance": shardset,
+        "app.kubernetes.io/component": "shard",
+    }
+
+
+def common_labels(shardset: str, component: str, version: str = "0.1.0") -> dict[str, str]:
+    """The standard ``app.kubernetes.io/*`` labels every child carries."""
+    return {
+        "app.kubernetes.io/name": "chronoshard",
+        "app.kubernetes.io/instance": shardset,
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/part-of": PART_OF,
+        "app.kubernetes.io/managed-by": MANAGER,
+        "app.kubernetes.io/version": version,
+    }
+
+
+def owner_reference(owner: Mapping[str, Any]) -> dict[str, Any]:
+    """A controller ownerReference to ``owner`` (a custom object body) so deletion garbage-collects the child."""
+    meta = owner["metadata"]
+    return {
+        "apiVersion": owner.get("apiVersion", API_VERSION),
+        "kind": owner["kind"],
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }

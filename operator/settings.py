@@ -1,0 +1,16 @@
+"""Process-wide settings chosen on the command line, read by the Kopf startup handler."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class RuntimeSettings:
+    """What ``chronoshard-operator`` was started with."""
+
+    peering_name: str = "chronoshard"
+    clusterwide: bool = True
+
+
+RUNTIME = RuntimeSettings()

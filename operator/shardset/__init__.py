@@ -1,0 +1,1 @@
+"""The ShardSet custom resource: manifests, status and controller."""

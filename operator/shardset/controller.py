@@ -1,0 +1,308 @@
+"""The ShardSet controller: Kopf handlers and the reconcile that applies the pure manifests.
+
+One daemon per ShardSet runs the reconcile loop; it wakes when the ShardSet's spec changes, when any child
+changes or disappears (watch on labelled children → wake the owner), and every ``RESYNC_SECONDS``.
+The keyring Secret is created once and never overwritten: key material is only ever changed by a
+KeyRotation. On deletion the keyring is orphaned, not deleted, because the shards' volumes are retained and
+are unreadable without it; re-creating a ShardSet of the same name adopts both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+from chronoshard.shardnode import partitioning
+from kubernetes.client.exceptions import ApiException
+
+from .. import kube, naming
+from ..conditions import conditions_equal_ignoring_time
+from ..keyring import KeyringManifest, initial_keyring_data, parse_manifest
+from ..metrics import observe_reconcile, record_error, set_managed
+from ..spec.common import SpecError
+from ..spec.shardset import ShardSetSpec, parse_shardset
+from ..triggers import TRIGGERS, wait_for_trigger
+from . import manifests
+from .status import Observed, shardset_status
+
+KIND = "ShardSet"
+PLURAL = "shardsets"
+RESYNC_SECONDS = 30.0
+MANAGED = {"app.kubernetes.io/managed-by": naming.MANAGER}
+
+# docker/OCI reference: [registry[:port]/]path[:tag][@digest]; catches typos like spaces or "::".
+_IMAGE_RE = re.compile(
+    r"^(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:[._-]{1,2}[a-z0-9]+)*(?:/[a-z0-9]+(?:[._-]{1,2}[a-z0-9]+)*)*"
+    r"(?::[\w][\w.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
+)
+
+log = logging.getLogger(__name__)
+_RUNNING: set[tuple[str, str]] = set()  # ShardSets whose loop runs in this operator
+
+
+@dataclass
+class ReconcileResult:
+    """What one reconcile did: events to post and the status it wrote."""
+
+    events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
+    status: dict[str, Any] | None = None
+    outcome: str = "success"
+
+
+def _selector_string(name: str) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(naming.selector_labels(name).items()))
+
+
+def _ensure_keyring(owner: Mapping[str, Any], spec: ShardSetSpec, result: ReconcileResult
+                    ) -> KeyringManifest:
+    name, ns = owner["metadata"]["name"], owner["metadata"]["namespace"]
+    secret_name = naming.keyring_secret_name(name)
+    existing = kube.get("v1", "Secret", ns, secret_name)
+    if existing is None:
+        created = kube.create(manifests.keyring_secret(owner, initial_keyring_data(spec.key_algorithm)))
+        if created is not None:
+            result.events.append(("Normal", "KeyringCreated",
+                                  f"Created keyring Secret {secret_name} with key version 1"))
+            existing = created
+        else:  # lost a race with another writer; read what is there
+            existing = kube.get("v1", "Secret", ns, secret_name)
+    assert existing is not None
+    manifest = parse_manifest(existing.get("data"))
+    refs = existing["metadata"].get("ownerReferences") or []
+    if not any(r.get("uid") == owner["metadata"]["uid"] for r in refs):
+        if any(r.get("controller") for r in refs):
+            raise ValueError(f"Secret {secret_name} is controlled by another object; not adopting it")
+        kube.merge_patch("v1", "Secret", ns, secret_name,
+                         {"metadata": {"ownerReferences": [*refs, naming.owner_reference(owner)]}})
+        result.events.append(("Normal", "KeyringAdopted",
+                              f"Adopted existing keyring Secret {secret_name} (key version {manifest.primary})"))
+    return manifest
+
+
+def _ensure_partition_map(owner: Mapping[str, Any], spec: ShardSetSpec, result: ReconcileResult,
+                          problems: list[tuple[str, str]]) -> partitioning.PartitionMap:
+    name, ns = owner["metadata"]["name"], owner["metadata"]["namespace"]
+    cm_name = naming.partitions_config_map_name(name)
+    existing = kube.get("v1", "ConfigMap", ns, cm_name)
+    if existing is None or "map.json" not in (existing.get("data") or {}):
+        pmap = partitioning.initial_map(spec.shards)
+        result.events.append(("Normal", "PartitionMapCreated",
+                              f"Partition map epoch {pmap.epoch}: {spec.shards} equal range(s), one per shard"))
+    else:
+        current = partitioning.PartitionMap.from_json(existing["data"]["map.json"])
+        try:
+            pmap = partitioning.rescale(current, spec.shards)
+        except partitioning.StrandedPartitionsError as exc:
+            problems.append(("ScaleDownRefused", f"{exc}. The ShardSet keeps {current.shards} shard(s); "
+                                                 "move the partitions first or restore spec.shards"))
+            pmap = current
+        if pmap.epoch != current.epoch:
+            result.events.append(("Normal", "PartitionMapUpdated",
+                                  f"Partition map epoch {pmap.epoch}: {pmap.shards} shard(s)"))
+    kube.apply(manifests.partitions_config_map(owner, pmap.to_json()))
+    return pmap
+
+
+def _keep_immutable_claims(desired: dict[str, Any], live: Mapping[str, Any] | None,
+                           problems: list[tuple[str, str]]) -> None:
+    """volumeClaimTemplates cannot change on a StatefulSet: keep the live ones and say so."""
+    if live is None:
+        return
+    live_claims = live["spec"].get("volumeClaimTemplates") or []
+
+    def essence(claims: list[Mapping[str, Any]]) -> list[tuple[Any, Any]]:
+        return [(c["spec"].get("resources"), c["spec"].get("storageClassName")) for c in claims]
+
+    if essence(live_claims) != essence(desired["spec"]["volumeClaimTemplates"]):
+        problems.append(("StorageChangeNotApplied",
+                         "spec.storage changed, but a StatefulSet's volume claims are immutable; existing "
+                         "shards keep their volumes (expand the PVCs directly or recreate the ShardSet)"))
+        desired["spec"]["volumeClaimTemplates"] = [
+            {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+             "metadata": {"name": c["metadata"]["name"], "labels": c["metadata"].get("labels", {})},
+             "spec": {k: v for k, v in c["spec"].items() if k in ("accessModes", "resources", "storageClassName")}}
+            for c in live_claims
+        ]
+
+
+def reconcile(owner: Mapping[str, Any]) -> ReconcileResult:
+    """Bring a ShardSet's children to the wished state and compute its status (blocking; run in a thread)."""
+    result = ReconcileResult()
+    meta = owner["metadata"]
+    name, ns, gen = meta["name"], meta["namespace"], int(meta.get("generation") or 1)
+    problems: list[tuple[str, str]] = []
+    previous = owner.get("status") or {}
+    try:
+        spec = parse_shardset(owner.get("spec") or {})
+    except SpecError as exc:
+        problems.append(("InvalidSpec", str(exc)))
+        desired = int((owner.get("spec") or {}).get("shards") or 0)
+        sts = kube.get("apps/v1", "StatefulSet", ns, naming.statefulset_name(name))
+        result.status = shardset_status(Observed(gen, desired, sts, None, previous.get("partitionMap"), problems),
+                                        previous)
+        result.outcome = "invalid"
+        return result
+
+    if not _IMAGE_RE.match(spec.image):
+        problems.append(("InvalidImage", f"spec.image {spec.image!r} is not a valid image reference"))
+    if spec.storage_class and not kube.storage_class_exists(spec.storage_class):
+        problems.append(("StorageClassNotFound",
+                         f"StorageClass {spec.storage_class!r} (spec.storage.storageClassName) does not exist"))
+
+    keyring: KeyringManifest | None = None
+    try:
+        keyring = _ensure_keyring(owner, spec, result)
+    except ValueError as exc:
+        problems.append(("KeyringInvalid", str(exc)))
+
+    pmap = _ensure_partition_map(owner, spec, result, problems)
+    shards = pmap.shards  # a refused scale-down keeps the map's (and so the StatefulSet's) shard count
+
+    kube.apply(manifests.config_map(owner, spec))
+    kube.apply(manifests.headless_service(owner))
+    kube.apply(manifests.client_service(owner))
+    kube.apply(manifests.pod_disruption_budget(owner, spec))
+
+    live_sts = kube.get("apps/v1", "StatefulSet", ns, naming.statefulset_name(name))
+    blocking = [p for p in problems if p[0] in ("InvalidImage", "StorageClassNotFound", "KeyringInvalid")]
+    if blocking:
+        # Do not roll pods onto a spec that cannot work; the current pods (if any) keep serving.
+        sts = live_sts
+    else:
+        effective = spec if shards == spec.shards else _with_shards(spec, shards)
+        desired_sts = manifests.statefulset(owner, effective)
+        _keep_immutable_claims(desired_sts, live_sts, problems)
+        sts = kube.apply(desired_sts)
+        if live_sts is None:
+            result.events.append(("Normal", "StatefulSetCreated", f"Created StatefulSet {name} with {shards} shard(s)"))
+        elif live_sts["spec"].get("replicas") != shards:
+            result.events.append(("Normal", "Scaling",
+                                  f"Scaling from {live_sts['spec'].get('replicas')} to {shards} shard(s)"))
+
+    # The status carries what the CRD's status schema declares (epoch and partitions); the full map is in the
+    # ConfigMap.
+    map_status = {"epoch": pmap.epoch, "partitions": [p.to_dict() for p in pmap.partitions]}
+    status = shardset_status(Observed(gen, shards, sts, keyring, map_status, problems), previous)
+    status["selector"] = _selector_string(name)
+    result.status = status
+    if problems:
+        result.outcome = "degraded"
+    return result
+
+
+def _with_shards(spec: ShardSetSpec, shards: int) -> ShardSetSpec:
+    from dataclasses import replace
+
+    return replace(spec, shards=shards)
+
+
+def _status_changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    strip = lambda s: {k: v for k, v in s.items() if k != "conditions"}  # noqa: E731
+    if strip(old) != strip(new):
+        return True
+    return not conditions_equal_ignoring_time(old.get("conditions") or [], new.get("conditions") or [])
+
+
+def write_status(owner: Mapping[str, Any], status: Mapping[str, Any]) -> bool:
+    """Patch the ShardSet's status when it differs (ignoring condition timestamps); True if written."""
+    if not _status_changed(owner.get("status") or {}, status):
+        return False
+    meta = owner["metadata"]
+    try:
+        kube.merge_patch(naming.API_VERSION, KIND, meta["namespace"], meta["name"], {"status": dict(status)},
+                         subresource="status")
+    except ApiException as exc:
+        if exc.status == 404:  # deleted meanwhile
+            return False
+        raise
+    return True
+
+
+def _post_events(body: Any, events: list[tuple[str, str, str]]) -> None:
+    for type_, reason, message in events:
+        if type_ == "Warning":
+            kopf.warn(body, reason=reason, message=message)
+        else:
+            kopf.info(body, reason=reason, message=message)
+
+
+@kopf.daemon(naming.GROUP, naming.VERSION, PLURAL, cancellation_timeout=10.0)
+async def shardset_loop(name: str, namespace: str, body: kopf.Body, stopped: kopf.DaemonStopped,
+                        **_: Any) -> None:
+    """Reconcile one ShardSet whenever something relevant changes, and at least every RESYNC_SECONDS."""
+    wake = TRIGGERS.event(KIND, namespace, name)
+    last_problems: set[str] = set()
+    _RUNNING.add((namespace, name))
+    set_managed(KIND, len(_RUNNING))
+    try:
+        while not stopped:
+            wake.clear()
+            snapshot = {"apiVersion": body.get("apiVersion", naming.API_VERSION), "kind": KIND,
+                        "metadata": dict(body["metadata"]), "spec": dict(body.get("spec") or {}),
+                        "status": dict(body.get("status") or {})}
+            if snapshot["metadata"].get("deletionTimestamp"):
+                return
+            started = time.monotonic()
+            try:
+                result = await asyncio.to_thread(reconcile, snapshot)
+                if result.status is not None:
+                    await asyncio.to_thread(write_status, snapshot, result.status)
+                    problems = {c["reason"] + ": " + c["message"] for c in result.status["conditions"]
+                                if c["type"] == "Degraded" and c["status"] == "True"}
+                    for p in problems - last_problems:
+                        result.events.append(("Warning", p.split(":", 1)[0], p.split(": ", 1)[1]))
+                    last_problems = problems
+                _post_events(body, result.events)
+                observe_reconcile(KIND, result.outcome, time.monotonic() - started)
+            except ApiException as exc:
+                message = kube.api_error_message(exc)
+                observe_reconcile(KIND, "error", time.monotonic() - started)
+                record_error(KIND, f"api-{exc.status}")
+                kopf.warn(body, reason="ReconcileError", message=f"Kubernetes API error {exc.status}: {message}")
+                log.warning("ShardSet %s/%s: API error %s: %s", namespace, name, exc.status, message)
+            await wait_for_trigger(wake, stopped, RESYNC_SECONDS)
+    finally:
+        TRIGGERS.forget(KIND, namespace, name)
+        _RUNNING.discard((namespace, name))
+        set_managed(KIND, len(_RUNNING))
+
+
+@kopf.on.event(naming.GROUP, naming.VERSION, PLURAL)
+def shardset_changed(name: str, namespace: str, body: kopf.Body, **_: Any) -> None:
+    """Wake the loop when the spec moved past what the status has observed."""
+    observed = (body.get("status") or {}).get("observedGeneration")
+    if observed != body["metadata"].get("generation"):
+        TRIGGERS.fire(KIND, namespace, name)
+
+
+def _child_changed(body: kopf.Body, **_: Any) -> None:
+    TRIGGERS.fire_owner(body)
+
+
+for _group, _version, _plural in (
+    ("", "v1", "secrets"),
+    ("", "v1", "configmaps"),
+    ("", "v1", "services"),
+    ("apps", "v1", "statefulsets"),
+    ("policy", "v1", "poddisruptionbudgets"),
+):
+    kopf.on.event(_group, _version, _plural, labels=MANAGED)(_child_changed)
+
+
+@kopf.on.delete(naming.GROUP, naming.VERSION, PLURAL, optional=False)
+def shardset_deleted(name: str, namespace: str, uid: str, **_: Any) -> None:
+    """Orphan the keyring Secret so the retained shard volumes stay readable; everything else is GC'd."""
+    secret_name = naming.keyring_secret_name(name)
+    secret = kube.get("v1", "Secret", namespace, secret_name)
+    if secret is None:
+        return
+    refs = [r for r in secret["metadata"].get("ownerReferences") or [] if r.get("uid") != uid]
+    kube.merge_patch("v1", "Secret", namespace, secret_name, {"metadata": {"ownerReferences": refs or None}})
+    log.info("ShardSet %s/%s deleted: kept keyring Secret %s for its retained volumes", namespace, name,
+             secret_name)

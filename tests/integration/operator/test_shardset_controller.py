@@ -1,0 +1,251 @@
+"""The ShardSet controller against a real kube-apiserver and kube-controller-manager."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+GROUP, VERSION, PLURAL = "chronoshard.io", "v1alpha1", "shardsets"
+
+pytestmark = pytest.mark.integration
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def shardset(name: str, shards: int = 3, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "ShardSet",
+        "metadata": {"name": name},
+        "spec": {"shards": shards, **spec},
+    }
+
+
+@pytest.fixture()
+def apis(k8s_client):
+    return {
+        "core": client.CoreV1Api(k8s_client),
+        "apps": client.AppsV1Api(k8s_client),
+        "policy": client.PolicyV1Api(k8s_client),
+        "custom": client.CustomObjectsApi(k8s_client),
+    }
+
+
+def get_ss(apis, ns, name):
+    return apis["custom"].get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
+
+
+def children_exist(apis, ns, name):
+    try:
+        apis["core"].read_namespaced_secret(f"{name}-keyring", ns)
+        apis["core"].read_namespaced_config_map(f"{name}-config", ns)
+        apis["core"].read_namespaced_config_map(f"{name}-partitions", ns)
+        apis["core"].read_namespaced_service(f"{name}-headless", ns)
+        apis["core"].read_namespaced_service(name, ns)
+        apis["policy"].read_namespaced_pod_disruption_budget(name, ns)
+        return apis["apps"].read_namespaced_stateful_set(name, ns)
+    except client.ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def test_shardset_creates_owned_children_and_status(operator_runner, apis, namespace):
+    apis["custom"].create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, shardset("alpha", 3))
+    sts = wait_for(lambda: children_exist(apis, namespace, "alpha"), what="children")
+    owner_uid = get_ss(apis, namespace, "alpha")["metadata"]["uid"]
+    assert sts.spec.replicas == 3
+    assert sts.spec.service_name == "alpha-headless"
+    names = [c.name for c in sts.spec.template.spec.containers]
+    assert names == ["node", "cache", "predictor"]
+    for obj in (
+        sts,
+        apis["core"].read_namespaced_config_map("alpha-config", namespace),
+        apis["core"].read_namespaced_service("alpha", namespace),
+        apis["policy"].read_namespaced_pod_disruption_budget("alpha", namespace),
+        apis["core"].read_namespaced_secret("alpha-keyring", namespace),
+    ):
+        refs = obj.metadata.owner_references
+        assert refs and refs[0].uid == owner_uid and refs[0].controller
+        assert obj.metadata.labels["app.kubernetes.io/managed-by"] == "chronoshard-operator"
+        assert obj.metadata.labels["app.kubernetes.io/instance"] == "alpha"
+
+    secret = apis["core"].read_namespaced_secret("alpha-keyring", namespace)
+    manifest = json.loads(base64.b64decode(secret.data["keyring.json"]))
+    assert [v["state"] for v in manifest["versions"]] == ["primary"]
+    assert len(base64.b64decode(secret.data["v1.key"])) == 32
+
+    def status_ready():
+        st = get_ss(apis, namespace, "alpha").get("status") or {}
+        return st if st.get("observedGeneration") == 1 and "partitionMap" in st else None
+
+    st = wait_for(status_ready, what="status")
+    assert st["keyVersion"] == 1
+    assert st["shards"] == {"desired": 3, "ready": 0}
+    assert {c["type"] for c in st["conditions"]} >= {"Ready", "Progressing", "Degraded"}
+    assert st["partitionMap"]["epoch"] == 1 and len(st["partitionMap"]["partitions"]) == 3
+
+    # Key material never leaks into status or events.
+    key_b64 = secret.data["v1.key"]
+    key_hex = base64.b64decode(key_b64).hex()
+    events = apis["core"].list_namespaced_event(namespace).items
+    blob = json.dumps(st) + " ".join((e.message or "") for e in events)
+    assert key_b64 not in blob and key_hex not in blob
+    reasons = {e.reason for e in events if e.involved_object.name == "alpha"}
+    assert {"KeyringCreated", "StatefulSetCreated"} <= reasons
+
+
+def test_second_reconcile_changes_nothing(operator_runner, apis, namespace):
+    apis["custom"].create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, shardset("idem", 2))
+    wait_for(lambda: (get_ss(apis, namespace, "idem").get("status") or {}).get("observedGeneration") == 1,
+             what="first reconcile")
+    time.sleep(1.0)
+
+    def versions():
+        return {
+            "sts": apis["apps"].read_namespaced_stateful_set("idem", namespace).metadata.resource_version,
+            "cm": apis["core"].read_namespaced_config_map("idem-config", namespace).metadata.resource_version,
+            "secret": apis["core"].read_namespaced_secret("idem-keyring", namespace).metadata.resource_version,
+            "svc": apis["core"].read_namespaced_service("idem", namespace).metadata.resource_version,
+            "pdb": apis["policy"].read_namespaced_pod_disruption_budget("idem", namespace).metadata.resource_version,
+        }
+
+    before = versions()
+    # Force another full reconcile: touching a child's label wakes the owner's loop.
+    from chronoshard.operator.shardset import controller
+    from chronoshard.operator.triggers import TRIGGERS
+
+    body = get_ss(apis, namespace, "idem")
+    result = controller.reconcile(body)
+    assert result.outcome == "success"
+    old, new = body["status"], result.status
+    diff = {k: (old.get(k), new.get(k)) for k in set(old) | set(new) if old.get(k) != new.get(k)}
+    assert controller._status_changed(old, new) is False, diff
+    TRIGGERS.fire("ShardSet", namespace, "idem")
+    time.sleep(1.5)
+    assert versions() == before
+
+
+def test_scale_up_and_refused_scale_down(operator_runner, apis, namespace):
+    apis["custom"].create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, shardset("scale", 2))
+    wait_for(lambda: children_exist(apis, namespace, "scale"), what="children")
+    patch = {"spec": {"shards": 4}}
+    apis["custom"].patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "scale", patch)
+    wait_for(lambda: apis["apps"].read_namespaced_stateful_set("scale", namespace).spec.replicas == 4,
+             what="scale up to 4")
+    pmap = wait_for(lambda: (get_ss(apis, namespace, "scale").get("status") or {}).get("partitionMap", {})
+                    if (get_ss(apis, namespace, "scale").get("status") or {}).get("observedGeneration") == 2 else None,
+                    what="status after scale up")
+    assert {p["shard"] for p in pmap["partitions"]} == {0, 1}, "new shards start empty"
+
+    # Back to 2: shards 2 and 3 own nothing, so this is allowed.
+    apis["custom"].patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "scale", {"spec": {"shards": 2}})
+    wait_for(lambda: apis["apps"].read_namespaced_stateful_set("scale", namespace).spec.replicas == 2,
+             what="scale down to 2")
+
+    # To 1: shard 1 owns a partition; refused with a clear condition, StatefulSet unchanged.
+    apis["custom"].patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "scale", {"spec": {"shards": 1}})
+
+    def degraded():
+        st = get_ss(apis, namespace, "scale").get("status") or {}
+        for c in st.get("conditions", []):
+            if c["type"] == "Degraded" and c["status"] == "True" and st.get("observedGeneration") == 4:
+                return c
+        return None
+
+    cond = wait_for(degraded, what="ScaleDownRefused")
+    assert cond["reason"] == "ScaleDownRefused"
+    assert "1" in cond["message"]
+    assert apis["apps"].read_namespaced_stateful_set("scale", namespace).spec.replicas == 2
+
+
+def test_child_deleted_by_hand_is_recreated(operator_runner, apis, namespace):
+    apis["custom"].create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, shardset("heal", 1))
+    wait_for(lambda: children_exist(apis, namespace, "heal"), what="children")
+    old_uid = apis["core"].read_namespaced_service("heal", namespace).metadata.uid
+    apis["core"].delete_namespaced_service("heal", namespace)
+    apis["apps"].delete_namespaced_stateful_set("heal", namespace)
+
+    def recreated():
+        try:
+            svc = apis["core"].read_namespaced_service("heal", namespace)
+            apis["apps"].read_namespaced_stateful_set("heal", namespace)
+        except client.ApiException:
+            return None
+        return svc.metadata.uid != old_uid
+
+    wait_for(recreated, what="service and statefulset recreated")
+
+
+def test_invalid_image_and_missing_storage_class_become_conditions(operator_runner, apis, namespace):
+    bad = shardset("badimg", 1, image="not a valid image!!")
+    apis["custom"].create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, bad)
+    nosc = shardset("nosc", 1, storage={"size": "1Gi", "storageClassName": "does-not-exist"})
+    apis["custom"].create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, nosc)
+
+    def reason(name):
+        st = get_ss(apis, namespace, name).get("status") or {}
+        for c in st.get("conditions", []):
+            if c["type"] == "Degraded" and c["status"] == "True":
+                return c
+        return None
+
+    c1 = wait_for(lambda: reason("badimg"), what="InvalidImage")
+    assert c1["reason"] == "InvalidImage" and "spec.image" in c1["message"]
+    c2 = wait_for(lambda: reason("nosc"), what="StorageClassNotFound")
+    assert c2["reason"] == "StorageClassNotFound" and "does-not-exist" in c2["message"]
+    assert get_ss(apis, namespace, "nosc")["status"]["phase"] == "Degraded"
+    # Nothing is rolled out on a spec that cannot work.
+    with pytest.raises(client.ApiException) as err:
+        apis["apps"].read_namespaced_stateful_set("badimg", namespace)
+    assert err.value.status == 404
+
+
+def test_delete_garbage_collects_children_and_keeps_keyring(operator_runner, apis, namespace):
+    apis["custom"].create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, shardset("gone", 1))
+    wait_for(lambda: children_exist(apis, namespace, "gone"), what="children")
+    key_before = apis["core"].read_namespaced_secret("gone-keyring", namespace).data["v1.key"]
+    apis["custom"].delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "gone")
+
+    def collected():
+        try:
+            apis["apps"].read_namespaced_stateful_set("gone", namespace)
+            return False
+        except client.ApiException as exc:
+            if exc.status != 404:
+                raise
+        for read in (lambda: apis["core"].read_namespaced_config_map("gone-config", namespace),
+                     lambda: apis["core"].read_namespaced_service("gone", namespace)):
+            try:
+                read()
+                return False
+            except client.ApiException as exc:
+                if exc.status != 404:
+                    raise
+        return True
+
+    # The garbage collector runs in kube-controller-manager: this proves ownerReferences are right.
+    wait_for(collected, timeout=60, what="garbage collection")
+    secret = apis["core"].read_namespaced_secret("gone-keyring", namespace)
+    assert not secret.metadata.owner_references
+    # Re-creating the ShardSet adopts the same keyring: the retained volumes stay readable.
+    apis["custom"].create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, shardset("gone", 1))
+    wait_for(lambda: children_exist(apis, namespace, "gone"), what="children again")
+    again = apis["core"].read_namespaced_secret("gone-keyring", namespace)
+    assert again.data["v1.key"] == key_before
+    assert again.metadata.owner_references and again.metadata.owner_references[0].controller
