@@ -57,7 +57,8 @@ def parse_duration(value: str, field_path: str = "duration") -> timedelta:
     return timedelta(microseconds=int(total_ns) / 1000)
 
 
-def _quantity_decimal(value: str | int, field_path: str) -> Decimal:
+def quantity_decimal(value: str | int, field_path: str = "quantity") -> Decimal:
+    """Exact value of a Kubernetes quantity (what CEL's quantity() compares)."""
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise SpecError(field_path, f"{value!r} is not a quantity (integer or string like 1Gi, 500M, 250m)")
     if isinstance(value, int):
@@ -81,12 +82,12 @@ def _quantity_decimal(value: str | int, field_path: str) -> Decimal:
 
 def parse_quantity(value: str | int, field_path: str = "quantity") -> int:
     """Kubernetes quantity → whole base units (bytes), rounded up like Kubernetes does (`1Ki` → 1024)."""
-    return math.ceil(_quantity_decimal(value, field_path))
+    return math.ceil(quantity_decimal(value, field_path))
 
 
 def parse_cpu_millis(value: str | int, field_path: str = "cpu") -> int:
     """CPU quantity → millicores, rounded up (`500m` → 500, `2` → 2000)."""
-    return math.ceil(_quantity_decimal(value, field_path) * 1000)
+    return math.ceil(quantity_decimal(value, field_path) * 1000)
 
 
 class Fields:
@@ -196,7 +197,7 @@ class Fields:
             value = default
         if value is None:
             return None
-        _quantity_decimal(value, self.sub(key))
+        quantity_decimal(value, self.sub(key))
         return value
 
     def datetime(self, key: str) -> datetime | None:

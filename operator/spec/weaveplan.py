@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from chronoshard.operator.spec.common import Fields, SpecError, parse_quantity
+from chronoshard.operator.spec.common import Fields, SpecError, parse_quantity, quantity_decimal
 
 MODES = ("forecast", "weave", "split")
 MODELS = ("linear", "exponential-smoothing", "arima")
@@ -55,6 +55,9 @@ def parse_weaveplan(spec: Mapping[str, Any] | None) -> WeavePlanSpec:
 
     assert shardset is not None and window is not None and interval is not None and max_age is not None
     assert size is not None
+    if min_size is not None and not quantity_decimal(min_size) < quantity_decimal(size):
+        raise SpecError("spec.split.minPartitionSize",
+                        "split.minPartitionSize must be smaller than split.sizeThreshold")
     if interval > window:
         raise SpecError("spec.interval",
                         "interval must not be longer than predictionWindow (forecasts would leave gaps)")

@@ -19,6 +19,7 @@ from tests.unit.operator.spec.crdcases import (
     load_crds,
     load_invalid_cases,
     load_samples,
+    maximal_object,
     plural,
 )
 
@@ -45,6 +46,9 @@ EDGE_VALID: list[tuple[str, dict[str, Any]]] = [
                                {"shardSetRef": {"name": "orders"}, "namespace": "e"}]}),
     ("WeavePlan", REF),
     ("WeavePlan", {**REF, "confidenceThreshold": 1, "interval": "24h", "predictionWindow": "24h"}),
+    ("WeavePlan", {**REF, "split": {"sizeThreshold": "1Gi", "minPartitionSize": "1023Mi"}}),
+    # Every field the CRD declares set at once.
+    *((kind, maximal_object(kind)["spec"]) for kind in KINDS),
 ]
 
 
@@ -133,7 +137,7 @@ def test_parser_accepts_exactly_what_the_api_server_accepts(k8s_client, namespac
     assert len(objects) >= len(KINDS) * 5
 
 
-@pytest.mark.parametrize(("kind", "spec"), EDGE_VALID, ids=lambda v: v if isinstance(v, str) else "")
+@pytest.mark.parametrize(("kind", "spec"), EDGE_VALID, ids=[f"{k}-{i}" for i, (k, _) in enumerate(EDGE_VALID)])
 def test_server_defaults_match_parser_defaults(k8s_client, namespace, kind, spec):
     stored = _create(k8s_client, namespace, _obj(kind, "edge", spec))
     parse = PARSERS[kind]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ class InvalidCase:
         return self.path.stem
 
 
+@functools.cache  # parsed once per session; callers treat the result as read-only
 def load_crds() -> dict[str, dict[str, Any]]:
     """kind → CRD document, from crds/*.yaml."""
     crds = {}
@@ -71,3 +73,53 @@ def sample(kind: str) -> dict[str, Any]:
 def invalid_cases(kind: str) -> list[InvalidCase]:
     """The invalid cases of a kind."""
     return [c for c in load_invalid_cases() if c.obj["kind"] == kind]
+
+
+def spec_schema(kind: str) -> dict[str, Any]:
+    """The openAPIV3Schema of a kind's spec."""
+    return load_crds()[kind]["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+
+
+_STRINGS_BY_PATTERN = {
+    r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$": "1h",
+    r"^(@(yearly|annually|monthly|weekly|daily|hourly)|([0-9*/,?A-Za-z-]+ ){4}[0-9*/,?A-Za-z-]+)$": "@daily",
+}
+
+
+def maximal(schema: dict[str, Any], name: str = "x") -> Any:
+    """A valid value that sets EVERY property the schema declares (defaults where given), so a parser that
+    does not know a field of the CRD refuses it as unknown."""
+    if "default" in schema and schema.get("type") != "object" and schema.get("type") != "array":
+        return schema["default"]
+    if "enum" in schema:
+        return schema["enum"][0]
+    if schema.get("x-kubernetes-int-or-string"):
+        return "1"  # the smallest non-zero quantity stays below any threshold it is compared with
+    kind = schema.get("type")
+    if kind == "object":
+        if "additionalProperties" in schema:
+            return {"k": maximal(schema["additionalProperties"])}
+        if "properties" not in schema:
+            return {}
+        return {key: maximal(sub, key) for key, sub in schema["properties"].items()}
+    if kind == "array":
+        return [maximal(schema.get("items", {}), name)]
+    if kind == "integer":
+        return schema.get("minimum", 1)
+    if kind == "number":
+        return schema.get("minimum", 0.5)
+    if kind == "boolean":
+        return False
+    if kind == "string":
+        if schema.get("format") == "date-time":
+            return "2026-11-22T00:00:00Z"
+        if name == "namespace":  # a distinct namespace keeps a mirror from being its own source
+            return "other"
+        return _STRINGS_BY_PATTERN.get(schema.get("pattern", ""), "a")
+    raise AssertionError(f"no maximal value for {schema}")
+
+
+def maximal_object(kind: str) -> dict[str, Any]:
+    """An object of `kind` whose spec sets every field of the CRD."""
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": kind, "metadata": {"name": f"max-{kind.lower()}"},
+            "spec": maximal(spec_schema(kind))}
