@@ -7,7 +7,7 @@ import base64
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .conditions import now_rfc3339
@@ -23,6 +23,7 @@ class KeyVersionInfo:
     id: int
     state: str
     created: str
+    compromised: bool = False
 
 
 @dataclass(frozen=True)
@@ -48,10 +49,17 @@ class KeyringManifest:
                 "format": 1,
                 "generation": self.generation,
                 "algorithm": self.algorithm,
-                "versions": [{"id": v.id, "state": v.state, "created": v.created} for v in self.versions],
+                "versions": [_version_doc(v) for v in self.versions],
             },
             sort_keys=True,
         )
+
+
+def _version_doc(v: KeyVersionInfo) -> dict[str, Any]:
+    doc: dict[str, Any] = {"id": v.id, "state": v.state, "created": v.created}
+    if v.compromised:
+        doc["compromised"] = True
+    return doc
 
 
 def key_file(version: int) -> str:
@@ -79,7 +87,8 @@ def parse_manifest(secret_data: Mapping[str, Any] | None) -> KeyringManifest:
     try:
         doc = json.loads(base64.b64decode(secret_data[MANIFEST_FILE]))
         versions = tuple(
-            KeyVersionInfo(id=int(v["id"]), state=str(v["state"]), created=str(v.get("created", "")))
+            KeyVersionInfo(id=int(v["id"]), state=str(v["state"]), created=str(v.get("created", "")),
+                           compromised=bool(v.get("compromised", False)))
             for v in doc["versions"]
         )
         manifest = KeyringManifest(int(doc["generation"]), str(doc["algorithm"]), versions)
@@ -91,3 +100,57 @@ def parse_manifest(secret_data: Mapping[str, Any] | None) -> KeyringManifest:
     if sum(1 for v in versions if v.state == "primary") != 1:
         raise ValueError("keyring manifest must have exactly one primary version")
     return manifest
+
+
+def _encode(manifest: KeyringManifest) -> str:
+    return base64.b64encode(manifest.to_json().encode()).decode()
+
+
+def add_version(data: Mapping[str, str], new_id: int, now: str | None = None,
+                compromised: tuple[int, ...] = ()) -> dict[str, str]:
+    """Secret data with version ``new_id`` added as decrypt-only (fresh random key), generation + 1.
+
+    Versions listed in ``compromised`` are marked so nodes stop writing with them at once. Idempotent: if
+    ``new_id`` is already present only the compromised marks are (re)applied.
+    """
+    manifest = parse_manifest(data)
+    out = dict(data)
+    versions = [replace(v, compromised=v.compromised or v.id in compromised) for v in manifest.versions]
+    if not any(v.id == new_id for v in versions):
+        if key_file(new_id) in out:
+            raise ValueError(f"key material for unlisted version {new_id} already exists")
+        versions.append(KeyVersionInfo(id=new_id, state="decrypt-only", created=now or now_rfc3339()))
+        out[key_file(new_id)] = base64.b64encode(os.urandom(KEY_BYTES)).decode()
+    new = KeyringManifest(manifest.generation + 1, manifest.algorithm, tuple(versions))
+    if new.versions == manifest.versions:
+        return dict(data)
+    out[MANIFEST_FILE] = _encode(new)
+    return out
+
+
+def promote(data: Mapping[str, str], new_id: int) -> dict[str, str]:
+    """Secret data with ``new_id`` primary and every other version decrypt-only (no-op if already so)."""
+    manifest = parse_manifest(data)
+    if not any(v.id == new_id for v in manifest.versions):
+        raise ValueError(f"cannot promote version {new_id}: it is not in the keyring")
+    if manifest.primary == new_id:
+        return dict(data)
+    versions = tuple(replace(v, state="primary" if v.id == new_id else "decrypt-only") for v in manifest.versions)
+    out = dict(data)
+    out[MANIFEST_FILE] = _encode(KeyringManifest(manifest.generation + 1, manifest.algorithm, versions))
+    return out
+
+
+def retire(data: Mapping[str, str], version: int) -> dict[str, str]:
+    """Secret data without ``version`` (manifest entry and key material); refuses to drop the primary."""
+    manifest = parse_manifest(data)
+    if manifest.primary == version:
+        raise ValueError(f"cannot retire version {version}: it is the primary")
+    if not any(v.id == version for v in manifest.versions):
+        out = dict(data)
+        out.pop(key_file(version), None)
+        return out
+    versions = tuple(v for v in manifest.versions if v.id != version)
+    out = {k: v for k, v in data.items() if k != key_file(version)}
+    out[MANIFEST_FILE] = _encode(KeyringManifest(manifest.generation + 1, manifest.algorithm, versions))
+    return out

@@ -3,7 +3,6 @@
 import json
 
 import pytest
-
 from chronoshard.operator.shardset import manifests
 from chronoshard.operator.spec.shardset import parse_shardset
 

@@ -1,0 +1,1 @@
+"""The KeyRotation custom resource: the Temporal Key Manager of seed 000."""

@@ -1,0 +1,410 @@
+"""The KeyRotation controller (Temporal Key Manager): one daemon per KeyRotation drives the phases of plan.py.
+
+State lives in two places only — the KeyRotation's status (phase, versions, targets) and the keyring Secret
+(the versions themselves) — and every step is idempotent against them, so a restarted operator resumes in the
+phase it recorded. A ShardSet has at most one rotation in progress: the rotation takes a lock annotation on the
+keyring Secret (written with a resourceVersion precondition) and releases it when it ends.
+
+Threat rotations (``spec.threat``) start at once, mark the compromised version in the keyring so nodes stop
+writing with it (writes wait until the new primary arrives), rewrap with the largest batches, skip the transition
+period and retire the compromised version as soon as no block uses it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import kopf
+from kubernetes.client.exceptions import ApiException
+
+from .. import kube, naming
+from ..conditions import set_condition
+from ..keyring import add_version, parse_manifest, promote, retire
+from ..metrics import observe_reconcile, record_error
+from ..spec.common import SpecError
+from ..spec.keyrotation import parse_keyrotation
+from ..triggers import TRIGGERS, wait_for_trigger
+from . import plan, probe
+
+KIND = "KeyRotation"
+PLURAL = "keyrotations"
+LOCK_ANNOTATION = "chronoshard.io/rotation-lock"
+POLL_SECONDS = 1.0  # while a rotation is in progress
+IDLE_SECONDS = 30.0  # otherwise (a trigger wakes the loop earlier)
+BATCH_NORMAL = 256
+BATCH_URGENT = 2000
+THREAT_REASONS = ("compromise", "suspected-compromise")
+
+log = logging.getLogger(__name__)
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+# Tests replace this to move time forward without sleeping (cron schedules, transition periods).
+CLOCK: Callable[[], dt.datetime] = _utcnow
+
+
+def now() -> dt.datetime:
+    """The controller's current time."""
+    return CLOCK()
+
+
+class Step:
+    """What one pass of the loop decided: status fields to write, events to post, how soon to look again."""
+
+    def __init__(self, status: Mapping[str, Any]) -> None:
+        self.status: dict[str, Any] = dict(status)
+        self.events: list[tuple[str, str, str]] = []
+        self.delay = POLL_SECONDS
+
+    def phase(self, phase: str, message: str) -> None:
+        """Enter ``phase`` and say so in an event."""
+        if self.status.get("phase") != phase:
+            self.status["phase"] = phase
+            self.status["phaseTime"] = plan.format_time(now())
+            self.events.append(("Normal", phase, message))
+
+    def condition(self, type_: str, ok: bool, reason: str, message: str, gen: int) -> None:
+        """Set a condition on the status being built."""
+        self.status["conditions"] = set_condition(self.status.get("conditions"), type_, ok, reason, message, gen)
+
+
+def _secret(ns: str, shardset: str) -> dict[str, Any] | None:
+    return kube.get("v1", "Secret", ns, naming.keyring_secret_name(shardset))
+
+
+def _write_secret(ns: str, secret: Mapping[str, Any], data: Mapping[str, str] | None = None,
+                  annotations: Mapping[str, str | None] | None = None) -> dict[str, Any]:
+    """Patch the keyring Secret only if nobody changed it since we read it (resourceVersion precondition)."""
+    patch: dict[str, Any] = {"metadata": {"resourceVersion": secret["metadata"]["resourceVersion"]}}
+    if annotations:
+        patch["metadata"]["annotations"] = dict(annotations)
+    if data is not None:
+        patch["data"] = {**{k: None for k in secret.get("data") or {} if k not in data}, **data}
+    return kube.merge_patch("v1", "Secret", ns, secret["metadata"]["name"], patch)
+
+
+def _lock_value(body: Mapping[str, Any]) -> str:
+    return f"{body['metadata']['name']}/{body['metadata']['uid']}"
+
+
+def _expected_shards(ns: str, shardset: str) -> int | None:
+    ss = kube.get(naming.API_VERSION, "ShardSet", ns, shardset)
+    if ss is None:
+        return None
+    desired = ((ss.get("status") or {}).get("shards") or {}).get("desired")
+    return int(desired if desired is not None else ss["spec"]["shards"])
+
+
+async def step(body: Mapping[str, Any]) -> Step:
+    """Advance one KeyRotation by at most one phase; every Kubernetes/HTTP call here is idempotent."""
+    meta, status = body["metadata"], body.get("status") or {}
+    ns, gen = meta["namespace"], int(meta.get("generation") or 1)
+    st = Step(status)
+    st.status["observedGeneration"] = gen
+    try:
+        spec = parse_keyrotation(body.get("spec") or {})
+    except SpecError as exc:
+        st.condition("Ready", False, "InvalidSpec", str(exc), gen)
+        st.delay = IDLE_SECONDS
+        return st
+    shardset = spec.shardset
+    phase = status.get("phase") or "Pending"
+    created = plan.parse_time(meta.get("creationTimestamp")) or now()
+
+    if phase in plan.IDLE_PHASES:
+        return await _idle(body, spec, st, shardset, created, gen)
+
+    secret = await asyncio.to_thread(_secret, ns, shardset)
+    expected = await asyncio.to_thread(_expected_shards, ns, shardset)
+    if secret is None or expected is None:
+        what = "ShardSet" if expected is None else "keyring Secret"
+        st.condition("Ready", False, "TargetMissing", f"{what} of {shardset!r} not found; rotation paused", gen)
+        st.delay = 5.0
+        return st
+    manifest = parse_manifest(secret.get("data"))
+    to_v, from_v = int(status["toVersion"]), int(status["fromVersion"])
+    urgent = status.get("reason") in THREAT_REASONS
+
+    if phase == "Distributing":
+        compromised = (int(status["compromisedVersion"]),) if status.get("compromisedVersion") else ()
+        data = add_version(secret["data"], to_v, plan.format_time(now()), compromised)
+        if data != secret["data"]:
+            secret = await asyncio.to_thread(_write_secret, ns, secret, data)
+        target = parse_manifest(secret["data"]).generation
+        st.status["targetGeneration"] = target
+        st.phase("AwaitingLoad", f"Key version {to_v} added to the keyring as decrypt-only (generation {target}); "
+                                 "waiting for every node and cache to load it")
+        return st
+
+    pods = await asyncio.to_thread(probe.shard_pods, ns, shardset)
+    reports = await probe.collect_reports({s: p for s, p in pods.items() if s < expected})
+    target = int(status.get("targetGeneration") or 0)
+    _record_shards(st, reports, expected, to_v)
+
+    if phase == "AwaitingLoad":
+        ready = plan.loaded(reports, expected, to_v, target)
+        if not ready.ready:
+            st.condition("Ready", False, "WaitingForLoad", ready.message, gen)
+            return st
+        st.phase("Promoting", f"Every process holds key version {to_v}; promoting it to primary")
+        return st
+
+    if phase == "Promoting":
+        data = promote(secret["data"], to_v)
+        if data != secret["data"]:
+            secret = await asyncio.to_thread(_write_secret, ns, secret, data)
+        st.status["targetGeneration"] = parse_manifest(secret["data"]).generation
+        st.phase("AwaitingPromotion", f"Key version {to_v} is primary in the keyring, version {from_v} decrypt-only; "
+                                      "waiting for every process to switch")
+        return st
+
+    if phase == "AwaitingPromotion":
+        ready = plan.promoted(reports, expected, to_v, target)
+        if not ready.ready:
+            st.condition("Ready", False, "WaitingForPromotion", ready.message, gen)
+            return st
+        st.status["promotionTime"] = plan.format_time(now())
+        st.phase("Rewrapping", f"Every process writes with key version {to_v}; re-encrypting old blocks")
+        return st
+
+    if phase == "Rewrapping":
+        done, counts = plan.old_blocks(reports, expected, to_v)
+        initial = dict(st.status.get("initialOldBlocks") or {})
+        for shard, n in counts.items():
+            initial[str(shard)] = max(int(initial.get(str(shard), 0)), n)
+        st.status["initialOldBlocks"] = initial
+        _record_shards(st, reports, expected, to_v)
+        if done.ready:
+            period = dt.timedelta(0) if urgent else spec.transition_period
+            promoted_at = plan.parse_time(st.status.get("promotionTime")) or now()
+            st.status["transitionEndTime"] = plan.format_time(promoted_at + period)
+            st.phase("Transition", f"Every block is on key version {to_v}; transition period ends "
+                                   f"{st.status['transitionEndTime']}")
+            return st
+        errors = await probe.start_rewrap({s: p for s, p in pods.items() if s < expected},
+                                          BATCH_URGENT if urgent else BATCH_NORMAL)
+        failed = [f"shard {s}: {e}" for s, e in errors.items() if e]
+        st.condition("Ready", False, "Rewrapping", done.message + (f"; cannot start rewrap on {', '.join(failed)}"
+                                                                   if failed else ""), gen)
+        return st
+
+    if phase == "Transition":
+        end = plan.parse_time(st.status.get("transitionEndTime")) or now()
+        if now() < end:
+            st.condition("Ready", False, "TransitionPeriod", f"old key versions stay until {plan.format_time(end)}",
+                         gen)
+            st.delay = min(IDLE_SECONDS, max(POLL_SECONDS, (end - now()).total_seconds()))
+            return st
+        st.phase("Verifying", "Transition period over; verifying that no block uses an old key version")
+        return st
+
+    if phase == "Verifying":
+        done, _ = plan.old_blocks(reports, expected, to_v)
+        if not done.ready:
+            # New blocks cannot appear on old versions, but a shard that was down may still hold some.
+            st.condition("Ready", False, "OldBlocksRemain", done.message, gen)
+            st.phase("Rewrapping", f"Blocks on old key versions found ({done.message}); rewrapping again")
+            return st
+        st.phase("Retiring", f"No block on any shard uses a version other than {to_v}; retiring old versions")
+        return st
+
+    if phase == "Retiring":
+        old = [v.id for v in manifest.versions if v.id != to_v]
+        if old:
+            # Re-check right before removing key material: never drop a key a block still needs.
+            done, _ = plan.old_blocks(reports, expected, to_v)
+            if not done.ready:
+                st.condition("Ready", False, "OldBlocksRemain", done.message, gen)
+                st.phase("Rewrapping", "Blocks on old key versions reappeared; rewrapping again")
+                return st
+            data = dict(secret["data"])
+            for v in old:
+                data = retire(data, v)
+            secret = await asyncio.to_thread(_write_secret, ns, secret, data)
+            st.status["targetGeneration"] = parse_manifest(secret["data"]).generation
+            st.status["retiredVersions"] = sorted(set(st.status.get("retiredVersions") or []) | set(old))
+            st.events.append(("Normal", "KeyRetired", f"Removed key version(s) {old} from the keyring"))
+            return st
+        retired = st.status.get("retiredVersions") or [from_v]
+        ready = plan.dropped(reports, expected, retired, int(st.status.get("targetGeneration") or 0))
+        if not ready.ready:
+            st.condition("Ready", False, "WaitingForDrop", ready.message, gen)
+            return st
+        await asyncio.to_thread(_release_lock, ns, shardset, body)
+        return _finish(st, spec.history_limit, "Completed", gen)
+
+    st.condition("Ready", False, "UnknownPhase", f"unknown phase {phase!r}", gen)
+    return st
+
+
+def _record_shards(st: Step, reports: list[plan.ProcessReport], expected: int, to_v: int) -> None:
+    initial = st.status.get("initialOldBlocks") or {}
+    rows: dict[int, dict[str, Any]] = {s: {"shard": s} for s in range(expected)}
+    for r in reports:
+        row = rows.setdefault(r.shard, {"shard": r.shard})
+        if not r.reachable:
+            row["message"] = f"{r.role} unreachable: {r.error}"
+            continue
+        if r.role == "node":
+            old = sum(n for v, n in r.blocks.items() if v != to_v)
+            row["oldVersionBlocks"] = old
+            row["remaining"] = old
+            row["rewrapped"] = max(0, int(initial.get(str(r.shard), old)) - old)
+            row["loadedGeneration"] = r.generation or 0
+    st.status["shards"] = [rows[s] for s in sorted(rows)]
+
+
+def _finish(st: Step, limit: int, outcome: str, gen: int) -> Step:
+    blocks = sum(int(n) for n in (st.status.get("initialOldBlocks") or {}).values())
+    entry = plan.history_entry(st.status, outcome, now(), blocks)
+    st.status["history"] = plan.append_history(st.status.get("history"), entry, limit)
+    st.phase(outcome, f"Rotation from key version {st.status.get('fromVersion')} to {st.status.get('toVersion')} "
+                      f"{outcome.lower()}: {blocks} block(s) rewrapped in {entry['durationSeconds']}s")
+    st.condition("Ready", True, outcome, f"last rotation {outcome.lower()}", gen)
+    for k in ("initialOldBlocks", "targetGeneration", "retiredVersions", "promotionTime", "transitionEndTime"):
+        st.status.pop(k, None)
+    st.delay = POLL_SECONDS
+    return st
+
+
+def _acquire_lock(ns: str, shardset: str, body: Mapping[str, Any]) -> str | None:
+    """Take the ShardSet's rotation lock; returns the current holder if another rotation has it."""
+    secret = _secret(ns, shardset)
+    if secret is None:
+        return "no keyring Secret yet"
+    holder = (secret["metadata"].get("annotations") or {}).get(LOCK_ANNOTATION)
+    mine = _lock_value(body)
+    if holder and holder != mine:
+        return holder.split("/", 1)[0]
+    if holder != mine:
+        _write_secret(ns, secret, annotations={LOCK_ANNOTATION: mine})
+    return None
+
+
+def _release_lock(ns: str, shardset: str, body: Mapping[str, Any]) -> None:
+    secret = _secret(ns, shardset)
+    if secret and (secret["metadata"].get("annotations") or {}).get(LOCK_ANNOTATION) == _lock_value(body):
+        _write_secret(ns, secret, annotations={LOCK_ANNOTATION: None})
+
+
+async def _idle(body: Mapping[str, Any], spec: Any, st: Step, shardset: str, created: dt.datetime, gen: int
+                ) -> Step:
+    ns = body["metadata"]["namespace"]
+    raw_spec = body.get("spec") or {}
+    st.status["nextScheduleTime"] = plan.upcoming_schedule(raw_spec, st.status, created)
+    due = plan.due_rotation(raw_spec, st.status, created, now())
+    if due is None:
+        if st.status.get("phase") in ("", None, "Waiting"):
+            st.status["phase"] = "Pending"
+        if not any(c.get("type") == "Ready" for c in st.status.get("conditions") or []):
+            st.condition("Ready", True, "Idle", "no rotation due", gen)
+        nxt = plan.parse_time(st.status.get("nextScheduleTime"))
+        st.delay = IDLE_SECONDS if nxt is None else min(IDLE_SECONDS, max(0.5, (nxt - now()).total_seconds()))
+        return st
+    ss_secret = await asyncio.to_thread(_secret, ns, shardset)
+    if ss_secret is None:
+        st.status["phase"] = "Waiting"
+        st.condition("Ready", False, "TargetMissing",
+                     f"ShardSet {shardset!r} or its keyring Secret does not exist; the rotation waits", gen)
+        st.delay = 5.0
+        return st
+    try:
+        holder = await asyncio.to_thread(_acquire_lock, ns, shardset, body)
+    except ApiException as exc:
+        if exc.status == 409:  # someone else changed the Secret: look again soon
+            st.delay = 0.5
+            return st
+        raise
+    if holder:
+        st.status["phase"] = "Waiting"
+        st.condition("Ready", False, "AnotherRotationInProgress",
+                     f"KeyRotation {holder!r} is rotating ShardSet {shardset!r}; this one starts after it", gen)
+        st.delay = 2.0
+        return st
+    manifest = parse_manifest(ss_secret.get("data"))
+    from_v = manifest.primary
+    to_v = max(v.id for v in manifest.versions) + 1
+    st.status.update(
+        fromVersion=from_v, toVersion=to_v, reason=due.reason, startTime=plan.format_time(now()),
+        shards=[], initialOldBlocks={},
+    )
+    for k in ("transitionEndTime", "promotionTime", "targetGeneration", "retiredVersions", "compromisedVersion"):
+        st.status.pop(k, None)
+    if due.reason in THREAT_REASONS:
+        st.status["lastThreat"] = due.marker
+        threat = raw_spec.get("threat") or {}
+        st.status["compromisedVersion"] = int(threat.get("compromisedVersion") or from_v)
+    elif due.reason == "manual":
+        st.status["lastTrigger"] = due.marker
+    else:
+        st.status["lastScheduleTime"] = due.marker
+        st.status["nextScheduleTime"] = plan.upcoming_schedule(raw_spec, st.status, created)
+    st.phase("Distributing", f"Rotation ({due.reason}) of ShardSet {shardset!r} started: key version {from_v} → "
+                             f"{to_v}")
+    st.condition("Ready", False, "Rotating", f"rotating from key version {from_v} to {to_v}", gen)
+    st.delay = 0.0
+    return st
+
+
+def write_status(body: Mapping[str, Any], status: Mapping[str, Any]) -> None:
+    """Replace the KeyRotation's status with ``status`` (fields set to None are removed)."""
+    old = body.get("status") or {}
+    patch = {**{k: None for k in old if k not in status}, **status}
+    if patch == old:
+        return
+    meta = body["metadata"]
+    kube.merge_patch(naming.API_VERSION, KIND, meta["namespace"], meta["name"], {"status": patch},
+                     subresource="status")
+
+
+@kopf.daemon(naming.GROUP, naming.VERSION, PLURAL, cancellation_timeout=10.0)
+async def keyrotation_loop(name: str, namespace: str, body: kopf.Body, stopped: kopf.DaemonStopped, **_: Any
+                           ) -> None:
+    """Drive one KeyRotation through its phases; resumes from ``status.phase`` after a restart."""
+    wake = TRIGGERS.event(KIND, namespace, name)
+    try:
+        while not stopped:
+            wake.clear()
+            snapshot = {"metadata": dict(body["metadata"]), "spec": dict(body.get("spec") or {}),
+                        "status": dict(body.get("status") or {})}
+            if snapshot["metadata"].get("deletionTimestamp"):
+                return
+            started = time.monotonic()
+            delay = POLL_SECONDS
+            try:
+                result = await step(snapshot)
+                await asyncio.to_thread(write_status, snapshot, result.status)
+                for type_, reason, message in result.events:
+                    (kopf.warn if type_ == "Warning" else kopf.info)(body, reason=reason, message=message)
+                delay = result.delay
+                observe_reconcile(KIND, "success", time.monotonic() - started)
+            except ApiException as exc:
+                message = kube.api_error_message(exc)
+                observe_reconcile(KIND, "error", time.monotonic() - started)
+                record_error(KIND, f"api-{exc.status}")
+                if exc.status != 409:  # a conflict just means "read again"
+                    kopf.warn(body, reason="ReconcileError", message=f"Kubernetes API error {exc.status}: {message}")
+                delay = 1.0
+            except ValueError as exc:  # a malformed keyring: say so, touch nothing
+                record_error(KIND, "keyring")
+                kopf.warn(body, reason="KeyringInvalid", message=str(exc))
+                delay = 10.0
+            if delay > 0:
+                await wait_for_trigger(wake, stopped, delay)
+    finally:
+        TRIGGERS.forget(KIND, namespace, name)
+
+
+@kopf.on.event(naming.GROUP, naming.VERSION, PLURAL)
+def keyrotation_changed(name: str, namespace: str, body: kopf.Body, **_: Any) -> None:
+    """Wake the loop when the spec changes (a new trigger value or threat rotates at once)."""
+    if (body.get("status") or {}).get("observedGeneration") != body["metadata"].get("generation"):
+        TRIGGERS.fire(KIND, namespace, name)

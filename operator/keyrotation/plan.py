@@ -1,0 +1,205 @@
+"""KeyRotation decisions (pure): when a rotation is due, and whether every process is ready for the next step.
+
+The rotation runs in the order Tink and Strimzi use — a process can decrypt with a key before any process
+encrypts with it, and a key is removed only when nothing needs it:
+
+    Distributing → AwaitingLoad → Promoting → AwaitingPromotion → Rewrapping → Transition → Verifying
+    → Retiring → Completed
+
+Every step is idempotent against the keyring Secret, so an operator restarted in any phase repeats at most
+the step it was in.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from croniter import croniter
+
+IDLE_PHASES = ("", "Pending", "Completed", "Failed", "Waiting")
+ROLES = ("node", "cache")
+
+
+@dataclass(frozen=True)
+class ProcessReport:
+    """What one process (a shard's ``node`` or ``cache``) said at ``GET /v1/keys``."""
+
+    shard: int
+    role: str
+    reachable: bool
+    generation: int | None = None
+    primary: int | None = None
+    versions: frozenset[int] = frozenset()
+    blocks: Mapping[int, int] = field(default_factory=dict)  # node only: blocks per key version
+    error: str | None = None
+
+    @property
+    def name(self) -> str:
+        """``shard 2 node`` — how conditions and events name a process."""
+        return f"shard {self.shard} {self.role}"
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """Whether every expected process satisfies a step's condition, and who is holding it up."""
+
+    ready: bool
+    waiting: tuple[str, ...] = ()
+
+    @property
+    def message(self) -> str:
+        """A one-line explanation for a condition."""
+        if self.ready:
+            return "every process is ready"
+        shown = "; ".join(self.waiting[:5])
+        more = f" (+{len(self.waiting) - 5} more)" if len(self.waiting) > 5 else ""
+        return f"waiting for {shown}{more}"
+
+
+def _check(reports: Sequence[ProcessReport], shards: int, roles: Iterable[str], ok: Any, why: Any) -> Readiness:
+    by_key = {(r.shard, r.role): r for r in reports}
+    waiting: list[str] = []
+    for shard in range(shards):
+        for role in roles:
+            r = by_key.get((shard, role))
+            if r is None:
+                waiting.append(f"shard {shard} {role}: no pod")
+            elif not r.reachable:
+                waiting.append(f"{r.name}: unreachable ({r.error or 'no answer'})")
+            elif not ok(r):
+                waiting.append(f"{r.name}: {why(r)}")
+    return Readiness(not waiting, tuple(waiting))
+
+
+def loaded(reports: Sequence[ProcessReport], shards: int, version: int, generation: int) -> Readiness:
+    """Every node and cache has loaded a keyring of at least ``generation`` that holds ``version``."""
+    return _check(
+        reports, shards, ROLES,
+        lambda r: (r.generation or 0) >= generation and version in r.versions,
+        lambda r: f"has keyring generation {r.generation}, needs {generation} with version {version}",
+    )
+
+
+def promoted(reports: Sequence[ProcessReport], shards: int, version: int, generation: int) -> Readiness:
+    """Every node and cache uses ``version`` as primary."""
+    return _check(
+        reports, shards, ROLES,
+        lambda r: r.primary == version and (r.generation or 0) >= generation,
+        lambda r: f"primary is still version {r.primary}",
+    )
+
+
+def dropped(reports: Sequence[ProcessReport], shards: int, versions: Iterable[int], generation: int) -> Readiness:
+    """No node or cache still holds any of ``versions``."""
+    gone = frozenset(versions)
+    return _check(
+        reports, shards, ROLES,
+        lambda r: not (r.versions & gone) and (r.generation or 0) >= generation,
+        lambda r: f"still holds version(s) {sorted(r.versions & gone)}",
+    )
+
+
+def old_blocks(reports: Sequence[ProcessReport], shards: int, keep: int) -> tuple[Readiness, dict[int, int]]:
+    """Blocks per shard on any version other than ``keep``; ready when every shard's node reports zero."""
+    counts: dict[int, int] = {}
+    for r in reports:
+        if r.role == "node" and r.reachable:
+            counts[r.shard] = sum(n for v, n in r.blocks.items() if v != keep)
+    readiness = _check(
+        reports, shards, ("node",),
+        lambda r: counts.get(r.shard, 0) == 0,
+        lambda r: f"{counts.get(r.shard, 0)} block(s) still on an old key version",
+    )
+    return readiness, counts
+
+
+# ---- triggers --------------------------------------------------------------------------------------------
+def threat_id(threat: Mapping[str, Any] | None) -> str | None:
+    """A stable identity of a threat report, so the same report rotates once and a new one rotates again."""
+    if not threat:
+        return None
+    return "|".join(str(threat.get(k, "")) for k in ("reason", "compromisedVersion", "detectedAt", "description"))
+
+
+def parse_time(text: str | None) -> dt.datetime | None:
+    """An RFC 3339 timestamp as an aware datetime (None stays None)."""
+    if not text:
+        return None
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def format_time(when: dt.datetime) -> str:
+    """An aware datetime as Kubernetes' RFC 3339 with seconds."""
+    return when.astimezone(dt.UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def next_schedule(schedule: str, after: dt.datetime) -> dt.datetime:
+    """The first cron time strictly after ``after`` (UTC)."""
+    return croniter(schedule, after.astimezone(dt.UTC)).get_next(dt.datetime)
+
+
+def valid_schedule(schedule: str) -> bool:
+    """True when croniter accepts ``schedule``."""
+    return bool(croniter.is_valid(schedule))
+
+
+@dataclass(frozen=True)
+class Due:
+    """A rotation that should start now."""
+
+    reason: str  # scheduled | manual | compromise | suspected-compromise
+    marker: str  # what to record so the same trigger does not fire twice
+
+
+def due_rotation(spec: Mapping[str, Any], status: Mapping[str, Any], created: dt.datetime,
+                 now: dt.datetime) -> Due | None:
+    """Which trigger (threat first, then manual, then schedule) wants a rotation now, if any."""
+    tid = threat_id(spec.get("threat"))
+    if tid is not None and tid != status.get("lastThreat"):
+        return Due(str(spec["threat"].get("reason", "compromise")), tid)
+    if spec.get("suspend"):
+        return None
+    trigger = spec.get("trigger")
+    if trigger and trigger != status.get("lastTrigger"):
+        return Due("manual", str(trigger))
+    schedule = spec.get("schedule")
+    if schedule and valid_schedule(schedule):
+        base = parse_time(status.get("lastScheduleTime")) or created
+        when = next_schedule(schedule, base)
+        if when <= now:
+            return Due("scheduled", format_time(when))
+    return None
+
+
+def upcoming_schedule(spec: Mapping[str, Any], status: Mapping[str, Any], created: dt.datetime) -> str | None:
+    """``status.nextScheduleTime``: the next cron time, or None without a (valid, unsuspended) schedule."""
+    schedule = spec.get("schedule")
+    if not schedule or spec.get("suspend") or not valid_schedule(schedule):
+        return None
+    base = parse_time(status.get("lastScheduleTime")) or created
+    return format_time(next_schedule(schedule, base))
+
+
+def history_entry(status: Mapping[str, Any], outcome: str, now: dt.datetime, blocks: int) -> dict[str, Any]:
+    """One ``status.history`` record of the rotation that just ended."""
+    started = parse_time(status.get("startTime")) or now
+    return {
+        "startTime": status.get("startTime") or format_time(now),
+        "completionTime": format_time(now),
+        "fromVersion": status.get("fromVersion"),
+        "toVersion": status.get("toVersion"),
+        "reason": status.get("reason"),
+        "durationSeconds": round((now - started).total_seconds(), 3),
+        "blocksRewrapped": blocks,
+        "outcome": outcome,
+    }
+
+
+def append_history(history: Sequence[Mapping[str, Any]] | None, entry: Mapping[str, Any], limit: int
+                   ) -> list[dict[str, Any]]:
+    """The newest ``limit`` entries, newest last."""
+    out = [dict(h) for h in history or []] + [dict(entry)]
+    return out[-max(1, limit):]

@@ -1,0 +1,77 @@
+"""Ask every shard process what it has loaded (``GET /v1/keys``) and start rewraps (``POST /v1/rewrap``)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+
+from .. import kube, naming
+from ..shardset.manifests import CACHE_PORT, NODE_PORT
+from .plan import ProcessReport
+
+TIMEOUT = aiohttp.ClientTimeout(total=5)
+_ORDINAL = re.compile(r"-(\d+)$")
+
+
+def shard_pods(namespace: str, shardset: str) -> dict[int, dict[str, Any]]:
+    """The ShardSet's pods by shard index (the StatefulSet ordinal), skipping pods being deleted."""
+    selector = ",".join(f"{k}={v}" for k, v in naming.selector_labels(shardset).items())
+    pods: dict[int, dict[str, Any]] = {}
+    for pod in kube.list_objects("v1", "Pod", namespace, selector):
+        m = _ORDINAL.search(pod["metadata"]["name"])
+        if m and not pod["metadata"].get("deletionTimestamp"):
+            pods[int(m.group(1))] = pod
+    return pods
+
+
+def _report(shard: int, role: str, body: Mapping[str, Any]) -> ProcessReport:
+    versions = frozenset(int(v["id"]) for v in body.get("versions") or [])
+    blocks = {int(k): int(n) for k, n in (body.get("blocks") or {}).items()}
+    gen = body.get("generation")
+    return ProcessReport(shard, role, True, int(gen) if gen is not None else None, body.get("primary"), versions,
+                         blocks, body.get("loadError"))
+
+
+async def _get_keys(session: aiohttp.ClientSession, shard: int, role: str, ip: str | None) -> ProcessReport:
+    if not ip:
+        return ProcessReport(shard, role, False, error="pod has no IP yet")
+    port = NODE_PORT if role == "node" else CACHE_PORT
+    try:
+        async with session.get(f"http://{ip}:{port}/v1/keys") as resp:
+            if resp.status != 200:
+                return ProcessReport(shard, role, False, error=f"HTTP {resp.status}")
+            return _report(shard, role, await resp.json())
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        return ProcessReport(shard, role, False, error=type(exc).__name__)
+
+
+async def collect_reports(pods: Mapping[int, Mapping[str, Any]]) -> list[ProcessReport]:
+    """One report per (shard, role) for the pods given; unreachable processes are reported, not raised."""
+    async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
+        tasks = [
+            _get_keys(session, shard, role, (pod.get("status") or {}).get("podIP"))
+            for shard, pod in sorted(pods.items())
+            for role in ("node", "cache")
+        ]
+        return list(await asyncio.gather(*tasks))
+
+
+async def start_rewrap(pods: Mapping[int, Mapping[str, Any]], batch_size: int) -> dict[int, str | None]:
+    """Start (or resume) the rewrap on every node; returns an error per shard that could not be asked."""
+    async def one(session: aiohttp.ClientSession, ip: str | None) -> str | None:
+        if not ip:
+            return "pod has no IP yet"
+        try:
+            async with session.post(f"http://{ip}:{NODE_PORT}/v1/rewrap", json={"batchSize": batch_size}) as resp:
+                return None if resp.status in (200, 202) else f"HTTP {resp.status}"
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return type(exc).__name__
+
+    async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
+        shards = sorted(pods)
+        results = await asyncio.gather(*(one(session, (pods[s].get("status") or {}).get("podIP")) for s in shards))
+        return dict(zip(shards, results, strict=True))
