@@ -103,6 +103,13 @@ class Fields:
         self.path = path
         self._seen: set[str] = set()
 
+    @classmethod
+    def root(cls, spec: Any) -> Fields:
+        """The reader over a whole `spec`; a missing spec is refused like the schema's `required: [spec]`."""
+        if spec is None:
+            raise SpecError("spec", "Required value")
+        return cls(spec, "spec")
+
     def _get(self, key: str, required: bool) -> Any:
         self._seen.add(key)
         value = self.data.get(key)

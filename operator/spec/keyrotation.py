@@ -39,7 +39,7 @@ class KeyRotationSpec:
 
 def parse_keyrotation(spec: Mapping[str, Any] | None) -> KeyRotationSpec:
     """Validate and default a KeyRotation `spec` exactly as the CRD schema does; raise SpecError otherwise."""
-    f = Fields(spec, "spec")
+    f = Fields.root(spec)
     shardset = f.ref("shardSetRef")
     schedule = f.str("schedule", max_length=128, pattern=SCHEDULE_PATTERN)
     trigger = f.str("trigger", min_length=1, max_length=63)

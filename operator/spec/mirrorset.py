@@ -70,7 +70,7 @@ class MirrorSetSpec:
 
 def parse_mirrorset(spec: Mapping[str, Any] | None) -> MirrorSetSpec:
     """Validate and default a MirrorSet `spec` exactly as the CRD schema does; raise SpecError otherwise."""
-    f = Fields(spec, "spec")
+    f = Fields.root(spec)
     source = f.ref("sourceRef")
     mirrors = tuple(_mirror(Fields(item, f"spec.mirrors[{i}]"))
                     for i, item in enumerate(f.list("mirrors", required=True, min_items=1, max_items=8)))

@@ -65,7 +65,7 @@ class PrefetchPolicySpec:
 
 def parse_prefetchpolicy(spec: Mapping[str, Any] | None) -> PrefetchPolicySpec:
     """Validate and default a PrefetchPolicy `spec` exactly as the CRD schema does; raise SpecError otherwise."""
-    f = Fields(spec, "spec")
+    f = Fields.root(spec)
     shardset = f.ref("shardSetRef")
     model = f.str("model", default="auto", enum=MODELS)
     horizon = f.duration("horizon", default="5m", positive=True)

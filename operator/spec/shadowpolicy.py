@@ -52,7 +52,7 @@ class ShadowPolicySpec:
 
 def parse_shadowpolicy(spec: Mapping[str, Any] | None) -> ShadowPolicySpec:
     """Validate and default a ShadowPolicy `spec` exactly as the CRD schema does; raise SpecError otherwise."""
-    f = Fields(spec, "spec")
+    f = Fields.root(spec)
     shardset = f.ref("shardSetRef")
     tables = _tables(f) if f.has("tables") else None
 

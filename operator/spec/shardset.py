@@ -42,7 +42,7 @@ class ShardSetSpec:
 
 def parse_shardset(spec: Mapping[str, Any] | None) -> ShardSetSpec:
     """Validate and default a ShardSet `spec` exactly as the CRD schema does; raise SpecError otherwise."""
-    f = Fields(spec, "spec")
+    f = Fields.root(spec)
     shards = f.int("shards", required=True, minimum=1, maximum=256)
     image = f.str("image", default=DEFAULT_IMAGE, min_length=1, max_length=512)
     pull = f.str("imagePullPolicy", default="IfNotPresent", enum=PULL_POLICIES)

@@ -32,7 +32,7 @@ class WeavePlanSpec:
 
 def parse_weaveplan(spec: Mapping[str, Any] | None) -> WeavePlanSpec:
     """Validate and default a WeavePlan `spec` exactly as the CRD schema does; raise SpecError otherwise."""
-    f = Fields(spec, "spec")
+    f = Fields.root(spec)
     shardset = f.ref("shardSetRef")
     window = f.duration("predictionWindow", default="24h", positive=True)
     confidence = f.number("confidenceThreshold", default=0.75, minimum=0, maximum=1)

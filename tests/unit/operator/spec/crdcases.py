@@ -123,3 +123,80 @@ def maximal_object(kind: str) -> dict[str, Any]:
     """An object of `kind` whose spec sets every field of the CRD."""
     return {"apiVersion": f"{GROUP}/{VERSION}", "kind": kind, "metadata": {"name": f"max-{kind.lower()}"},
             "spec": maximal(spec_schema(kind))}
+
+
+def _bad_values(schema: dict[str, Any]) -> list[Any]:
+    """Values near or past the edges of what `schema` allows (some are still valid, e.g. "0s")."""
+    if schema.get("x-kubernetes-int-or-string"):
+        return ["-1", "1.5.5", True]
+    kind = schema.get("type")
+    if kind == "string":
+        bad: list[Any] = [42]
+        if "enum" in schema:
+            bad.append("bogus")
+        if schema.get("pattern", "").startswith("^([0-9]+(\\.[0-9]+)?(ms|s|m|h))+$"):
+            bad += ["1d", "0s", "90m"]
+        elif "pattern" in schema:
+            bad.append("Not_Valid!")
+        if schema.get("format") == "date-time":
+            bad.append("2026-11-22")
+        if "maxLength" in schema:
+            bad.append("a" * (schema["maxLength"] + 1))
+        return bad
+    if kind == "integer":
+        bad = [1.5, "1"]
+        if "minimum" in schema:
+            bad.append(schema["minimum"] - 1)
+        if "maximum" in schema:
+            bad += [schema["maximum"], schema["maximum"] + 1]
+        return bad
+    if kind == "number":
+        bad = ["0.5", True]
+        if "minimum" in schema:
+            bad.append(schema["minimum"] - 0.1)
+        if "maximum" in schema:
+            bad += [schema["maximum"], schema["maximum"] + 0.1]
+        return bad
+    if kind == "boolean":
+        return ["yes", 1]
+    if kind == "object":
+        if "additionalProperties" in schema:
+            return ["x", {"k": 1}]
+        return ["x", [], {}] if schema.get("properties") else ["x"]
+    if kind == "array":
+        bad = ["x", []]
+        if "maxItems" in schema:
+            bad.append([maximal(schema["items"])] * (schema["maxItems"] + 1))
+        return bad
+    return []
+
+
+def mutations(kind: str) -> list[tuple[str, dict[str, Any]]]:
+    """(field path, spec) pairs: the maximal spec of `kind` with one field replaced by an edge value, plus one
+    unknown field per object. Parser and API server must agree on every one of them."""
+    import copy
+
+    base = maximal(spec_schema(kind))
+    out: list[tuple[str, dict[str, Any]]] = []
+
+    def put(keys: list[Any], value: Any) -> dict[str, Any]:
+        spec = copy.deepcopy(base)
+        target: Any = spec
+        for key in keys[:-1]:
+            target = target[key]
+        target[keys[-1]] = value
+        return spec
+
+    def visit(schema: dict[str, Any], keys: list[Any], dotted: str) -> None:
+        for name, sub in schema.get("properties", {}).items():
+            path, field = [*keys, name], f"{dotted}.{name}"
+            out.extend((field, put(path, bad)) for bad in _bad_values(sub))
+            if sub.get("type") == "object" and sub.get("properties"):
+                out.append((f"{field}.zzz", put([*path, "zzz"], 1)))
+                visit(sub, path, field)
+            items = sub.get("items", {})
+            if sub.get("type") == "array" and items.get("type") == "object" and items.get("properties"):
+                visit(items, [*path, 0], f"{field}[0]")
+
+    visit(spec_schema(kind), [], "spec")
+    return out

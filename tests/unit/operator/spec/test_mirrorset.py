@@ -39,7 +39,7 @@ def test_defaults():
 @pytest.mark.parametrize("case", invalid_cases("MirrorSet"), ids=lambda c: c.id)
 def test_invalid_case_is_refused_naming_the_field(case):
     with pytest.raises(SpecError) as err:
-        parse_mirrorset(case.obj["spec"])
+        parse_mirrorset(case.obj.get("spec"))
     assert case.field in str(err.value)
 
 

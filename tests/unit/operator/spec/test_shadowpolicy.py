@@ -38,7 +38,7 @@ def test_equal_tiers_and_quoted_off_are_valid():
 @pytest.mark.parametrize("case", invalid_cases("ShadowPolicy"), ids=lambda c: c.id)
 def test_invalid_case_is_refused_naming_the_field(case):
     with pytest.raises(SpecError) as err:
-        parse_shadowpolicy(case.obj["spec"])
+        parse_shadowpolicy(case.obj.get("spec"))
     assert case.field in str(err.value)
 
 

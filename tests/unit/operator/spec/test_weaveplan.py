@@ -27,7 +27,7 @@ def test_defaults():
 @pytest.mark.parametrize("case", invalid_cases("WeavePlan"), ids=lambda c: c.id)
 def test_invalid_case_is_refused_naming_the_field(case):
     with pytest.raises(SpecError) as err:
-        parse_weaveplan(case.obj["spec"])
+        parse_weaveplan(case.obj.get("spec"))
     assert case.field in str(err.value)
 
 
