@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
             shard = routing.shard_index_from_pod_name(pod)
         cfg.partitions, cfg.shard_index = routing.PartitionMapSource(args.partition_map), shard
         cfg.peers = routing.PeerURLs.from_env()
-    web.run_app(create_app(cfg), host=args.host, port=args.port, access_log=None, print=None)
+    web.run_app(create_app(cfg), host=args.host, port=args.port, access_log=None, print=None, shutdown_timeout=10)
 
 
 if __name__ == "__main__":

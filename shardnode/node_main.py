@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = NodeConfig(data_dir=Path(args.data_dir), keyring_dir=Path(args.keyring_dir))
     cfg.apply(load_json_config(args.config))
     cfg.partitions, cfg.shard_index = partition_setup(args.partition_map, args.shard_index)
-    web.run_app(create_app(cfg), host=args.host, port=args.port, access_log=None, print=None)
+    web.run_app(create_app(cfg), host=args.host, port=args.port, access_log=None, print=None, shutdown_timeout=10)
 
 
 if __name__ == "__main__":

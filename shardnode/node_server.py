@@ -78,6 +78,7 @@ class Node:
         self.verify_error: str | None = None
         self._changed = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
+        self.closing = False
 
     # ---- lifecycle ---------------------------------------------------------------------------
     async def start(self, app: web.Application) -> None:
@@ -99,6 +100,11 @@ class Node:
             await asyncio.sleep(self.cfg.keyring_poll_seconds)
         assert self.rewrap is not None
         await self.rewrap.resume_if_running()
+
+    async def shutting_down(self, app: web.Application) -> None:
+        """Release long-polling readers so a graceful shutdown does not wait for them."""
+        self.closing = True
+        self._wake()
 
     async def stop(self, app: web.Application) -> None:
         """Stop background work, then close the store (queued writes finish first)."""
@@ -143,6 +149,9 @@ class Node:
                            reason=exc.reason) from None
 
 
+NODE = web.AppKey("chronoshard_node", Node)
+
+
 def misdirected(node: Node, table: str, key: str) -> dict[str, Any] | None:
     """Inline 421-style error for one key of a batch that this shard does not own (None if owned)."""
     if node.cfg.partitions is None:
@@ -156,8 +165,7 @@ def misdirected(node: Node, table: str, key: str) -> dict[str, Any] | None:
 
 def node_of(request: web.Request) -> Node:
     """The Node behind this app."""
-    node: Node = request.app["node"]
-    return node
+    return request.app[NODE]
 
 
 # ---- blocks ------------------------------------------------------------------------------------
@@ -296,11 +304,16 @@ async def changes(request: web.Request) -> web.Response:
     limit = int_query(request, "limit", 100, 1, 1000)
     wait = float_query(request, "wait", 0.0, 0.0, 30.0)
     entries = await node.db.read(lambda c: changelog.read(c, after, limit))
-    if not entries and wait > 0:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    while not entries and not node.closing and loop.time() < deadline:
         try:
-            await asyncio.wait_for(node._changed.wait(), timeout=wait)
+            # Short slices so a reader that hung up (or a shutdown) ends the wait promptly.
+            await asyncio.wait_for(node._changed.wait(), timeout=min(0.25, deadline - loop.time()))
         except TimeoutError:
-            pass
+            if request.transport is None or request.transport.is_closing():
+                break
+            continue
         entries = await node.db.read(lambda c: changelog.read(c, after, limit))
     last = await node.db.read(changelog.last_lsn)
     node.metrics.last_lsn.set(last)
@@ -444,8 +457,9 @@ def create_app(cfg: NodeConfig) -> web.Application:
 
         middlewares.append(routing.ownership_middleware(cfg.partitions, cfg.shard_index or 0))
     app = web.Application(middlewares=middlewares, client_max_size=cfg.max_block_bytes + (1 << 20))
-    app["node"] = node
+    app[NODE] = node
     app.on_startup.append(node.start)
+    app.on_shutdown.append(node.shutting_down)
     app.on_cleanup.append(node.stop)
     t = "/v1/tables/{table}"
     app.router.add_put(t + "/blocks/{key}", put_block)

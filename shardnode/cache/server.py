@@ -135,10 +135,12 @@ class CacheApp:
         return self.cache
 
 
+CACHE = web.AppKey("chronoshard_cache", CacheApp)
+
+
 def state(request: web.Request) -> CacheApp:
     """The CacheApp behind this app."""
-    st: CacheApp = request.app["cache"]
-    return st
+    return request.app[CACHE]
 
 
 def client_id(request: web.Request) -> str:
@@ -332,7 +334,7 @@ def create_app(cfg: CacheConfig) -> web.Application:
 
         middlewares.append(routing.ownership_middleware(cfg.partitions, cfg.shard_index or 0, peers=cfg.peers))
     app = web.Application(middlewares=middlewares, client_max_size=cfg.max_block_bytes + (1 << 20))
-    app["cache"] = st
+    app[CACHE] = st
     app.on_startup.append(st.start)
     app.on_cleanup.append(st.stop)
     t = "/v1/tables/{table}"

@@ -1,0 +1,53 @@
+"""Test helper: run the real node and cache aiohttp apps on 127.0.0.1 free ports inside the test's loop."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+from chronoshard.shardnode.cache.server import CacheConfig
+from chronoshard.shardnode.cache.server import create_app as create_cache
+from chronoshard.shardnode.node_server import NodeConfig
+from chronoshard.shardnode.node_server import create_app as create_node
+
+from tests.unit.shardnode.kubelet_dir import write_keyring
+
+KEY1, KEY2 = os.urandom(32), os.urandom(32)
+
+
+@contextlib.asynccontextmanager
+async def serve(app: web.Application) -> AsyncIterator[str]:
+    """Serve ``app`` on an ephemeral loopback port; yields its base URL."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+def keyring_dir(tmp: Path, generation: int = 1) -> Path:
+    """A kubelet-style keyring directory with version 1 primary."""
+    d = tmp / "keyring"
+    write_keyring(d, generation, {1: ("primary", KEY1)})
+    return d
+
+
+@contextlib.asynccontextmanager
+async def node_and_cache(tmp: Path, **cache_kw: object) -> AsyncIterator[tuple[str, str, aiohttp.ClientSession,
+                                                                             web.Application, web.Application]]:
+    """A node and a cache in front of it, plus a client session."""
+    kdir = keyring_dir(tmp)
+    napp = create_node(NodeConfig(data_dir=tmp / "data", keyring_dir=kdir, keyring_poll_seconds=0.05))
+    async with serve(napp) as node_url:
+        capp = create_cache(CacheConfig(node_url=node_url, keyring_dir=kdir, keyring_poll_seconds=0.05,
+                                        **cache_kw))  # type: ignore[arg-type]
+        async with serve(capp) as cache_url, aiohttp.ClientSession() as session:
+            yield node_url, cache_url, session, napp, capp
