@@ -1,7 +1,8 @@
 """A clearly named TEST container command for e2e pods: an HTTP server on --host/--port.
 
 Serves GET /healthz and /readyz (200, or 503 while the file named by --unready-file exists),
-GET /env/NAME (an environment variable), GET /file?path=P (a file's bytes), PUT /file?path=P (writes it).
+GET /env/NAME (an environment variable), GET|PUT /data/NAME (a file under --data-dir),
+GET /file?path=P (any file's bytes).
 It stands in for the shard-node servers only in tests that check the node agent itself.
 """
 
@@ -20,6 +21,7 @@ def main() -> int:
     parser.add_argument("--host", required=True)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--unready-file", default="")
+    parser.add_argument("--data-dir", default="")
     args = parser.parse_args()
 
     class Handler(BaseHTTPRequestHandler):
@@ -39,6 +41,9 @@ def main() -> int:
             elif url.path.startswith("/env/"):
                 value = os.environ.get(url.path[5:])
                 self._reply(404 if value is None else 200, (value or "").encode())
+            elif url.path.startswith("/data/") and args.data_dir:
+                path = Path(args.data_dir) / url.path[6:]
+                self._reply(200, path.read_bytes()) if path.exists() else self._reply(404, b"")
             elif url.path == "/file":
                 path = Path(parse_qs(url.query)["path"][0])
                 self._reply(200, path.read_bytes()) if path.exists() else self._reply(404, b"")
@@ -47,7 +52,10 @@ def main() -> int:
 
         def do_PUT(self) -> None:
             url = urlparse(self.path)
-            path = Path(parse_qs(url.query)["path"][0])
+            if not (url.path.startswith("/data/") and args.data_dir):
+                self._reply(404, b"")
+                return
+            path = Path(args.data_dir) / url.path[6:]
             path.write_bytes(self.rfile.read(int(self.headers["Content-Length"])))
             self._reply(204, b"")
 
