@@ -1,10 +1,8 @@
 """Run a ShardSet's shard processes on 127.0.0.1 the way the pod spec runs them (docs/interfaces.md).
 
 Each shard gets a real ``chronoshard-node`` (its own data dir, the shared keyring and partition-map
-volumes in kubelet's ``..data`` layout, ``--shard-index i``) on a free port. In front of each node runs
-``chronoshard-cache`` when that command serves the partition map; until then ``ForwardingFront`` (the
-real ownership middleware + forwarding in a tiny process-local app that relays to its own node) plays
-the cache's routing role so forwarding is tested against real nodes.
+volumes in kubelet's ``..data`` layout, ``--shard-index i``) on a free port, and optionally a real
+``chronoshard-cache`` in front of it that forwards keys it does not own to the owner's cache.
 """
 
 from __future__ import annotations
@@ -18,20 +16,22 @@ import time
 import urllib.request
 from pathlib import Path
 
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 from chronoshard.shardnode.partitioning import PartitionMap
-from chronoshard.shardnode.routing import (
-    FORWARD_SESSION,
-    PartitionMapSource,
-    PeerURLs,
-    forward,
-    forward_session_ctx,
-    ownership_middleware,
-    partitions_handler,
-)
 
 BIN = Path(sys.executable).parent
+
+
+def stop_all(procs: list[subprocess.Popen[bytes]], grace: float = 3.0) -> None:
+    """SIGTERM, then SIGKILL after ``grace`` s (a node may sit out a cache's change-log long-poll)."""
+    for p in procs:
+        p.terminate()
+    deadline = time.monotonic() + grace
+    for p in procs:
+        try:
+            p.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
 
 
 def free_port() -> int:
@@ -118,47 +118,28 @@ class ShardNodes:
         return url
 
     def stop(self) -> None:
-        for p in self.procs:
-            p.terminate()
-        for p in self.procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop_all(self.procs)
 
 
-class ForwardingFront:
-    """Per shard: the ownership middleware with forwarding, relaying owned keys to that shard's node."""
+class ShardCaches:
+    """A ``chronoshard-cache`` per shard in front of its node (as in the pod); they forward to each other."""
 
     def __init__(self, nodes: ShardNodes) -> None:
-        self.nodes = nodes
-        self.servers: list[TestServer] = []
-        self.urls: list[str] = []
-
-    async def start(self) -> ForwardingFront:
-        ports = [free_port() for _ in self.nodes.urls]
+        ports = [free_port() for _ in nodes.urls]
         self.urls = [f"http://127.0.0.1:{p}" for p in ports]
-        peers = PeerURLs(urls=self.urls)
-        for i, (node_url, port) in enumerate(zip(self.nodes.urls, ports, strict=True)):
-            source = PartitionMapSource(self.nodes.partitions / "map.json", min_interval=0.2)
+        # In a pod the peers are the headless-Service DNS names; local processes get explicit URLs.
+        env = dict(os.environ, CHRONOSHARD_PEER_URLS=",".join(self.urls))
+        self.procs: list[subprocess.Popen[bytes]] = []
+        for i, (node_url, port) in enumerate(zip(nodes.urls, ports, strict=True)):
+            with open(nodes.root / f"cache-{i}.log", "wb") as log:
+                self.procs.append(subprocess.Popen(
+                    [str(BIN / "chronoshard-cache"), "--host", "127.0.0.1", "--port", str(port),
+                     "--node-url", node_url, "--keyring-dir", str(nodes.keyring),
+                     "--partition-map", str(nodes.partitions / "map.json"), "--shard-index", str(i),
+                     "--log-level", "WARNING"],
+                    stdout=log, stderr=subprocess.STDOUT, env=env))
+        for url, proc in zip(self.urls, self.procs, strict=True):
+            wait_ready(url, proc)
 
-            async def relay(request: web.Request, node_url: str = node_url,
-                            source: PartitionMapSource = source) -> web.StreamResponse:
-                # The front already checked ownership under its epoch; the node re-checks that epoch.
-                return await forward(request, node_url, source.epoch or 0,
-                                     session=request.app.get(FORWARD_SESSION))
-
-            app = web.Application(middlewares=[ownership_middleware(source, i, peers=peers)])
-            app.cleanup_ctx.append(forward_session_ctx)
-            app.router.add_get("/v1/partitions", partitions_handler(source))
-            app.router.add_route("*", "/v1/tables/{table}/blocks/{key}", relay)
-            srv = TestServer(app, host="127.0.0.1", port=port)
-            await srv.start_server()
-            self.servers.append(srv)
-        return self
-
-    async def close(self) -> None:
-        for s in self.servers:
-            await s.close()
-
+    def stop(self) -> None:
+        stop_all(self.procs)

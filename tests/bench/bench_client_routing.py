@@ -1,0 +1,170 @@
+"""Client put/get throughput and p50/p99: one node vs 3 shards (direct routing vs through one cache).
+
+Run: ``.venv/bin/python -m tests.bench.bench_client_routing [--data .../cloudPhysicsIO.csv] [--ops 3000]``
+
+All three set-ups run in the same invocation on 127.0.0.1 with real ``chronoshard-node`` processes
+(the store encrypts and fsyncs every write). The figures are printed beside the single-node baseline
+as ratios. With ``--data`` the workload replays the CloudPhysics block trace: keys are LBNs in trace
+order, writes (op 2a) become puts of ``size`` bytes (capped), reads (op 28) become gets of keys
+already written; without it keys are synthetic and values 1 KiB.
+
+Rows: a single node (the baseline); 3 shards with the client routing straight to the owning node;
+3 shards with a ``chronoshard-cache`` in front of each node (as in the pod) and the client routing
+straight to the owning cache; and the same caches with every request sent to shard 0's cache, which
+forwards keys it does not own (the client-Service path). Gets through caches are mostly hits, since
+the cache keeps the value it wrote through.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from chronoshard.shardnode.client import AsyncClient
+from chronoshard.shardnode.partitioning import initial_map
+
+from tests.integration.client.shards import ShardCaches, ShardNodes
+
+MAX_VALUE = 16 * 1024
+TABLE = "bench"
+
+
+@dataclass
+class Workload:
+    puts: list[tuple[str, bytes]]
+    gets: list[str]
+    source: str
+
+
+def synthetic(ops: int) -> Workload:
+    value = os.urandom(1024)
+    keys = [f"key-{i:07d}" for i in range(ops)]
+    return Workload([(k, value) for k in keys], keys[::-1], f"synthetic, {ops} keys, 1 KiB values")
+
+
+def from_trace(path: Path, ops: int) -> Workload:
+    """Writes and reads of the CloudPhysics trace (first ``ops`` of each kind; reads only of written keys)."""
+    puts: list[tuple[str, bytes]] = []
+    gets: list[str] = []
+    written: set[str] = set()
+    pool = os.urandom(MAX_VALUE)
+    with path.open(newline="") as f:
+        for row in csv.DictReader(f):
+            key = f"lbn-{row['lbn']}"
+            if row["op"] == "2a" and len(puts) < ops:
+                puts.append((key, pool[: min(int(row["size"]), MAX_VALUE)]))
+                written.add(key)
+            elif row["op"] == "28" and key in written and len(gets) < ops:
+                gets.append(key)
+            if len(puts) >= ops and len(gets) >= ops:
+                break
+    if not gets:
+        gets = [k for k, _ in puts]
+    size = sum(len(v) for _, v in puts) / len(puts)
+    return Workload(puts, gets, f"{path.name}: {len(puts)} writes (mean {size:.0f} B), {len(gets)} reads")
+
+
+@dataclass
+class Figures:
+    ops: int
+    seconds: float
+    latencies: list[float]
+
+    @property
+    def rate(self) -> float:
+        return self.ops / self.seconds
+
+    def pct(self, q: float) -> float:
+        s = sorted(self.latencies)
+        return s[min(len(s) - 1, int(q * len(s)))] * 1000
+
+
+async def drive(calls: list[Callable[[], Awaitable[object]]], concurrency: int,
+                budget: float) -> Figures:
+    """Run calls with ``concurrency`` workers; stops early when ``budget`` seconds are used up."""
+    latencies: list[float] = []
+    it = iter(calls)
+    deadline = time.monotonic() + budget
+
+    async def worker() -> None:
+        for call in it:
+            if time.monotonic() > deadline:
+                return
+            t0 = time.perf_counter()
+            await call()
+            latencies.append(time.perf_counter() - t0)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return Figures(len(latencies), time.perf_counter() - t0, latencies)
+
+
+async def measure(client: AsyncClient, w: Workload, args: argparse.Namespace,
+                  table: str = TABLE) -> tuple[Figures, Figures]:
+    puts = await drive([lambda k=k, v=v: client.put(table, k, v) for k, v in w.puts],
+                       args.concurrency, args.budget)
+    gets = await drive([lambda k=k: client.get(table, k) for k in w.gets], args.concurrency, args.budget)
+    return puts, gets
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    w = from_trace(Path(args.data), args.ops) if args.data else synthetic(args.ops)
+    root = Path(tempfile.mkdtemp(prefix="chronoshard-bench-"))
+    rows: list[tuple[str, Figures, Figures]] = []
+    try:
+        single = ShardNodes(root / "single", initial_map(1))
+        try:
+            async with AsyncClient(initial_map(1), single.urls) as c:
+                rows.append(("single node", *await measure(c, w, args)))
+        finally:
+            single.stop()
+
+        three = ShardNodes(root / "three", initial_map(3))
+        try:
+            async with AsyncClient(initial_map(3), three.urls) as c:
+                rows.append(("3 shards, direct routing", *await measure(c, w, args)))
+            caches = ShardCaches(three)
+            try:
+                # Other tables so these puts are new writes, as in the rows above.
+                async with AsyncClient(initial_map(3), caches.urls) as c:
+                    rows.append(("3 shards, direct to caches", *await measure(c, w, args, "bench2")))
+                c = AsyncClient.via_service(caches.urls[0])
+                try:
+                    rows.append(("3 shards, via one cache", *await measure(c, w, args, "bench3")))
+                finally:
+                    await c.close()
+            finally:
+                caches.stop()
+        finally:
+            three.stop()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+    base_put, base_get = rows[0][1], rows[0][2]
+    print(f"workload: {w.source}; concurrency {args.concurrency}; budget {args.budget:g} s per phase")
+    print(f"{'set-up':28} {'op':4} {'ops':>6} {'ops/s':>9} {'x base':>7} {'p50 ms':>8} {'p99 ms':>8}")
+    for name, p, g in rows:
+        for op, f, base in (("put", p, base_put), ("get", g, base_get)):
+            print(f"{name:28} {op:4} {f.ops:6d} {f.rate:9.0f} {f.rate / base.rate:7.2f} "
+                  f"{f.pct(0.50):8.2f} {f.pct(0.99):8.2f}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", help="cloudPhysicsIO.csv from the shared benchmark data (optional)")
+    p.add_argument("--ops", type=int, default=3000, help="puts and gets per set-up (default 3000)")
+    p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--budget", type=float, default=60.0, help="max seconds per phase")
+    asyncio.run(main_async(p.parse_args()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""Checks shared by the client integration tests: what each node holds, spread, bounded concurrency."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+from chronoshard.shardnode.partitioning import PartitionMap
+
+N_BLOCKS = 10_000
+TABLE = "orders"
+
+
+def value_of(i: int) -> bytes:
+    return f"block {i} ".encode() * (1 + i % 7)
+
+
+async def node_keys(session: aiohttp.ClientSession, url: str, table: str) -> list[str]:
+    """Every key a node holds, asked of the node itself (paged scan, no routing involved)."""
+    keys: list[str] = []
+    after = None
+    while True:
+        params = {"limit": "1000"} | ({"after": after} if after else {})
+        async with session.get(f"{url}/v1/tables/{table}/blocks", params=params) as r:
+            assert r.status == 200, await r.text()
+            doc = await r.json()
+        keys += [item["key"] for item in doc["items"]]
+        after = doc["next"]
+        if not after:
+            return keys
+
+
+async def bounded(coros, limit: int = 32) -> list:
+    sem = asyncio.Semaphore(limit)
+
+    async def one(c):
+        async with sem:
+            return await c
+
+    return await asyncio.gather(*(one(c) for c in coros))
+
+
+async def check_placement(urls: list[str], pmap: PartitionMap, keys: list[str]) -> dict[int, int]:
+    async with aiohttp.ClientSession() as s:
+        held = [set(await node_keys(s, u, TABLE)) for u in urls]
+    for shard, got in enumerate(held):
+        assert got == {k for k in keys if pmap.shard_of(TABLE, k) == shard}, f"shard {shard} holds wrong keys"
+    return {shard: len(got) for shard, got in enumerate(held)}
+
+
+def assert_even(counts: dict[int, int], total: int) -> None:
+    even = total / len(counts)
+    for shard, c in counts.items():
+        assert abs(c - even) <= 0.10 * even, f"shard {shard} holds {c}, even is {even:.0f}"
