@@ -46,11 +46,12 @@ class Entry:
 class _Fetch:
     """An in-flight node fetch shared by concurrent readers; ``stale`` once a write overtakes it."""
 
-    __slots__ = ("future", "stale")
+    __slots__ = ("future", "min_lsn", "stale")
 
     def __init__(self, future: asyncio.Future[Entry]) -> None:
         self.future = future
         self.stale = False
+        self.min_lsn = 0  # a change at this LSN was seen while in flight: an older copy must not be cached
 
 
 class BlockCache:
@@ -127,9 +128,13 @@ class BlockCache:
 
     def invalidate(self, bid: BlockId, newer_than: int | None = None) -> None:
         """Forget a cached block (only if its LSN is older than ``newer_than`` when given)."""
-        fetch = self._inflight.pop(bid, None)
+        fetch = self._inflight.get(bid)
         if fetch is not None:
-            fetch.stale = True
+            if newer_than is None:
+                fetch.stale = True
+                del self._inflight[bid]
+            else:
+                fetch.min_lsn = max(fetch.min_lsn, newer_than)
         entry = self.entries.get(bid)
         if entry is not None and (newer_than is None or entry.lsn < newer_than):
             self._drop(bid, evicted=False)
@@ -183,7 +188,7 @@ class BlockCache:
         finally:
             if self._inflight.get(bid) is fetch:
                 del self._inflight[bid]
-        if not fetch.stale and not self._writing[bid]:
+        if not fetch.stale and not self._writing[bid] and entry.lsn >= fetch.min_lsn:
             self.install(bid, entry, score)
         fetch.future.set_result(entry)
         return entry
