@@ -1,0 +1,80 @@
+"""e2e: chronoshard-dev's own lifecycle — up is idempotent, a restarted agent adopts running containers,
+down stops every process it started (checked by PID and kernel start time)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import tempfile
+from pathlib import Path
+
+import pytest
+from chronoshard.operator.dev.cli import all_pids
+from chronoshard.operator.dev.nodeagent.process import descendants, proc_start_time
+
+from .conftest import PROBE_SERVER, dev, http_get, is_ready, start_cluster, wait_until
+
+pytestmark = pytest.mark.e2e
+
+
+def test_up_reuse_agent_restart_adoption_and_down_leaves_nothing():
+    state = Path(tempfile.mkdtemp(prefix="chronoshard-dev-life-"))
+    cluster = start_cluster(state, "--no-operator")
+    try:
+        first = json.loads((state / "dev.json").read_text())["processes"]
+        again = dev(state, "up", "--no-operator")
+        assert again.returncode == 0 and "reusing" in again.stderr
+        assert json.loads((state / "dev.json").read_text())["processes"]["controlplane"] == first["controlplane"]
+        status = dev(state, "status")
+        assert status.returncode == 0 and "nodeagent" in status.stdout
+        assert dev(state, "kubeconfig").stdout.strip() == str(cluster.kubeconfig)
+
+        cluster.apply({
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "survivor", "namespace": "default"},
+            "spec": {"containers": [{
+                "name": "web", "image": "none", "command": ["python", str(PROBE_SERVER)],
+                "args": ["--host", "$(POD_IP)", "--port", "8080"],
+                "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
+                "readinessProbe": {"httpGet": {"path": "/readyz", "port": 8080}, "periodSeconds": 1},
+            }]},
+        })
+        pod = wait_until("survivor ready",
+                         lambda: (p := cluster.get("pod", "survivor", "default")) and is_ready(p) and p)
+        container_id = pod["status"]["containerStatuses"][0]["containerID"]
+        shim = int(container_id.removeprefix("process://"))
+
+        # The agent dies hard; the container keeps running and a new agent adopts it instead of restarting it.
+        os.kill(first["nodeagent"]["pid"], signal.SIGKILL)
+        restarted = dev(state, "up", "--no-operator")
+        assert restarted.returncode == 0, restarted.stderr
+        new_agent = json.loads((state / "dev.json").read_text())["processes"]["nodeagent"]
+        assert new_agent["pid"] != first["nodeagent"]["pid"]
+        assert proc_start_time(shim) is not None
+
+        def adopted_and_ready():
+            p = cluster.get("pod", "survivor", "default")
+            s = p["status"]["containerStatuses"][0]
+            return is_ready(p) and s["containerID"] == container_id and s["restartCount"] == 0 and p
+
+        # Readiness is re-probed by the new agent; wait for a status it wrote after adopting.
+        wait_until("adopted", adopted_and_ready, timeout=30)
+        ip = pod["status"]["podIP"]
+        assert http_get(f"http://{ip}:8080/healthz") == (200, b"ok")
+
+        # The adopted container is really managed: killing it makes the new agent restart it.
+        (server,) = descendants(shim)
+        os.kill(server, signal.SIGKILL)
+        wait_until("restart by the new agent", lambda: cluster.get("pod", "survivor", "default")["status"]
+                   ["containerStatuses"][0]["restartCount"] == 1, timeout=30)
+
+        before = all_pids(state)
+        assert len(before) >= 6, before  # keeper, etcd, apiserver, controller-manager, agent, shim, container
+    finally:
+        down = dev(state, "down")
+    assert down.returncode == 0, down.stderr
+    left = [pid for pid, start in before.items() if proc_start_time(pid) == start]
+    assert left == [], f"still running after down: {left}"
+    assert dev(state, "status").returncode == 1
+    dev(state, "down", "--purge")
+    assert not state.exists()
