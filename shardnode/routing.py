@@ -254,7 +254,8 @@ class PeerURLs:
         return cls(
             env.get("CHRONOSHARD_PEER_URL_TEMPLATE", DEFAULT_PEER_TEMPLATE),
             shardset=shardset,
-            service=env.get("CHRONOSHARD_HEADLESS_SERVICE", shardset),
+            # The operator names the headless Service "<shardset>-headless" (operator/naming.py).
+            service=env.get("CHRONOSHARD_HEADLESS_SERVICE", f"{shardset}-headless"),
             namespace=env.get("POD_NAMESPACE", "default"),
             port=port,
         )

@@ -143,6 +143,8 @@ def test_peer_urls():
         PeerURLs()
     env = {"POD_NAME": "store-1", "POD_NAMESPACE": "team", "CHRONOSHARD_HEADLESS_SERVICE": "store-nodes"}
     assert PeerURLs.from_env(env)(0) == "http://store-0.store-nodes.team.svc:7401"
+    default = {"POD_NAME": "orders-2", "POD_NAMESPACE": "team"}
+    assert PeerURLs.from_env(default)(1) == "http://orders-1.orders-headless.team.svc:7401"
     assert PeerURLs.from_env({"CHRONOSHARD_PEER_URLS": "http://127.0.0.5:7401, http://127.0.0.6:7401"})(1) \
         == "http://127.0.0.6:7401"
     assert PeerURLs.from_env({"POD_NAME": "x-0", "CHRONOSHARD_PEER_URL_TEMPLATE": "http://127.0.0.{shard}:9"})(
