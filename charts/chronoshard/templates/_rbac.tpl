@@ -1,35 +1,48 @@
-{{/* RBAC rules shared by the ClusterRole (cluster-wide) and the per-namespace Roles. */}}
+{{/*
+  RBAC rules shared by the ClusterRole (cluster-wide) and the per-namespace Roles. Each rule is a call
+  the operator makes; tests/integration/charts/test_install.py runs the operator as this chart's
+  ServiceAccount against an audited API server and fails on a forbidden call or an unused rule that
+  is not listed there (with its reason) as deliberately extra.
+*/}}
 {{- define "chronoshard.namespacedRules" }}
-# Our custom resources: Kopf watches them, patches metadata (finalizer, bookkeeping annotations)
-# and the status subresource. The operator never creates, updates or deletes a user's objects.
+# Our custom resources: Kopf lists and watches them and patches metadata (finalizer, bookkeeping
+# annotations); handlers read the objects they refer to (a KeyRotation's ShardSet). The operator
+# never creates, updates or deletes a user's objects.
 - apiGroups: [chronoshard.io]
   resources: [shardsets, keyrotations, prefetchpolicies, shadowpolicies, mirrorsets, weaveplans]
   verbs: [get, list, watch, patch]
 - apiGroups: [chronoshard.io]
   resources: [shardsets/status, keyrotations/status, prefetchpolicies/status, shadowpolicies/status, mirrorsets/status, weaveplans/status]
-  verbs: [get, patch]
-# The children of a ShardSet, written with server-side apply (patch) and removed on scale-down.
+  verbs: [patch]
+# The keyring Secret is created once (its key bytes are generated, never applied from a template)
+# and patched when a KeyRotation adds or retires a key version.
 - apiGroups: [""]
-  resources: [secrets, configmaps, services]
-  verbs: [create, get, list, watch, patch, delete]
+  resources: [secrets]
+  verbs: [create, get, list, watch, patch]
+# The other children of a ShardSet, written with server-side apply (an apply that creates the
+# object is authorized as create too) and watched so a change by someone else is repaired.
+# Removal is left to the garbage collector (owner references), so there is no delete.
+- apiGroups: [""]
+  resources: [configmaps, services]
+  verbs: [create, get, list, watch, patch]
 - apiGroups: [apps]
   resources: [statefulsets]
-  verbs: [create, get, list, watch, patch, delete]
+  verbs: [create, get, list, watch, patch]
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
-  verbs: [create, get, list, watch, patch, delete]
-# Shard pods are only read (readiness, addresses for the nodes' key reports).
+  verbs: [create, get, list, watch, patch]
+# Shard pods are only read: their addresses, to ask each node which key versions it has loaded.
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list, watch]
-# Events are the user interface of every step (kubectl describe).
-- apiGroups: ["", events.k8s.io]
+# Events are the user interface of every step (kubectl describe); Kopf creates them, never patches.
+- apiGroups: [""]
   resources: [events]
-  verbs: [create, patch]
+  verbs: [create]
 {{- end }}
 {{- define "chronoshard.clusterRules" }}
 # Kopf scans CRDs to resolve the resources it serves and notices when they come and go.
 - apiGroups: [apiextensions.k8s.io]
   resources: [customresourcedefinitions]
-  verbs: [get, list, watch]
+  verbs: [list, watch]
 {{- end }}

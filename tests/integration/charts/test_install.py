@@ -1,0 +1,235 @@
+"""`helm install`/`upgrade` of the chart into a real kube-apiserver, then the chart's operator at work.
+
+There is no container runtime here, so the Deployment's pod cannot run. Instead the operator runs as a
+local process with exactly the command, args and environment the rendered Deployment declares, and
+with a token of the chart's ServiceAccount, so the API server enforces the chart's RBAC. The audit log
+of that ServiceAccount's calls is then compared with the chart's rules; the sample ShardSet is checked
+for its children, and the GitOps properties (idempotent apply, untouched spec, no drift) are checked.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from .conftest import (
+    CHART,
+    RELEASE_NS,
+    REPO,
+    audit_calls,
+    free_port,
+    manifest_docs,
+    operator_from_release,
+    rule_allows,
+    run_helm,
+)
+
+pytestmark = pytest.mark.integration
+
+RELEASE = "cs"
+SAMPLE = REPO / "crds" / "samples" / "shardset.yaml"
+SAMPLE_NS = "gitops-demo"
+SA_USER = f"system:serviceaccount:{RELEASE_NS}:{RELEASE}-chronoshard"
+
+# Rules the chart grants that the audited run below may not exercise, each with the reason it exists.
+# A rule that is neither used nor listed here fails test_every_rule_is_used_or_deliberately_extra.
+OTHER_KINDS = ["keyrotations", "prefetchpolicies", "shadowpolicies", "mirrorsets", "weaveplans"]
+DELIBERATE_EXTRA: dict[tuple[str, str, str], str] = {
+    **{(verb, "chronoshard.io", kind): "controller of this kind: watched and patched once its handlers are "
+       "registered (the samples of every kind are applied below, so a registered one is exercised)"
+       for kind in OTHER_KINDS for verb in ("list", "watch", "patch")},
+    **{("patch", "chronoshard.io", f"{kind}/status"): "status of that kind's controller" for kind in OTHER_KINDS},
+    **{("get", "chronoshard.io", kind): "handlers read the objects they refer to (a KeyRotation's, "
+       "MirrorSet's or WeavePlan's ShardSet)" for kind in ["shardsets", *OTHER_KINDS]},
+    ("patch", "", "secrets"): "a KeyRotation adds and retires key versions in the keyring Secret",
+    ("get", "", "pods"): "key rotation asks each shard pod's node which key versions it loaded",
+    ("list", "", "pods"): "key rotation finds the shard pods of a ShardSet",
+    ("watch", "", "pods"): "key rotation follows shard pods restarting during a transition",
+    ("get", "", "services"): "child repair reads a Service changed by someone else",
+    ("get", "policy", "poddisruptionbudgets"): "child repair reads a PodDisruptionBudget changed by someone else",
+}
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(0.3)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+@pytest.fixture(scope="module")
+def release(audited_plane, helm_env) -> dict[str, Any]:
+    """The chart installed cluster-wide; ports chosen free so parallel sessions on this machine don't clash."""
+    health, metrics = free_port(), free_port()
+    run_helm(audited_plane, helm_env, "install", RELEASE, str(CHART), "--namespace", RELEASE_NS,
+             "--create-namespace", "--set", f"operator.healthPort={health}",
+             "--set", f"operator.metricsPort={metrics}")
+    return {"health": health, "metrics": metrics, "docs": manifest_docs(audited_plane, helm_env, RELEASE, RELEASE_NS)}
+
+
+@pytest.fixture(scope="module")
+def operator(audited_plane, release, tmp_path_factory):
+    proc = operator_from_release(audited_plane, release["docs"], RELEASE_NS, tmp_path_factory.mktemp("operator"))
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+def _get(plane, *args: str) -> dict | None:
+    result = plane.kubectl("get", "-o", "json", *args, check=False)
+    return json.loads(result.stdout) if result.returncode == 0 else None
+
+
+@pytest.fixture(scope="module")
+def reconciled_sample(audited_plane, operator) -> dict:
+    """The sample ShardSet applied server-side (as a GitOps tool would) and reconciled by the chart's operator."""
+    audited_plane.kubectl("create", "namespace", SAMPLE_NS)
+    audited_plane.kubectl("apply", "--server-side", "--namespace", SAMPLE_NS, "-f", str(SAMPLE))
+    # The other kinds' samples too, so the audit covers whichever of their controllers are registered.
+    for other in sorted((REPO / "crds" / "samples").glob("*.yaml")):
+        if other != SAMPLE:
+            audited_plane.kubectl("apply", "--server-side", "--namespace", SAMPLE_NS, "-f", str(other), check=False)
+
+    def reconciled() -> dict | None:
+        obj = _get(audited_plane, "shardset", "orders", "--namespace", SAMPLE_NS)
+        sts = _get(audited_plane, "statefulset", "orders", "--namespace", SAMPLE_NS)
+        status = (obj or {}).get("status") or {}
+        if sts and status.get("observedGeneration") == obj["metadata"]["generation"]:
+            return obj
+        return None
+
+    try:
+        obj = wait_for(reconciled, timeout=90, what="the sample ShardSet to be reconciled")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\noperator log:\n{operator.tail()}") from None
+    # Let the follow-up reactions (child events, status patches) settle before GitOps checks.
+    time.sleep(3)
+    return obj
+
+
+def test_install_creates_crds_rbac_deployment_and_peering(audited_plane, helm_env, release) -> None:
+    status = json.loads(run_helm(audited_plane, helm_env, "status", RELEASE, "-n", RELEASE_NS, "-o", "json").stdout)
+    assert status["info"]["status"] == "deployed"
+    crds = {d["metadata"]["name"] for d in yaml.safe_load_all((CHART / "crds" / "shardsets.yaml").read_text())}
+    for crd in [*crds, "clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"]:
+        audited_plane.kubectl("wait", "--for=condition=Established", "--timeout=30s", f"crd/{crd}")
+    assert _get(audited_plane, "clusterkopfpeering", "chronoshard")
+    deploy = _get(audited_plane, "deployment", f"{RELEASE}-chronoshard", "-n", RELEASE_NS)
+    assert deploy["spec"]["strategy"]["type"] == "Recreate"
+    assert _get(audited_plane, "clusterrolebinding", f"{RELEASE}-chronoshard")
+
+
+def test_chart_operator_reconciles_the_sample_shardset(audited_plane, reconciled_sample) -> None:
+    ns = ("--namespace", SAMPLE_NS)
+    for kind, name in [("secret", "orders-keyring"), ("configmap", "orders-config"),
+                       ("configmap", "orders-partitions"), ("service", "orders"),
+                       ("service", "orders-headless"), ("poddisruptionbudget", "orders")]:
+        obj = _get(audited_plane, kind, name, *ns)
+        assert obj, f"{kind}/{name} missing"
+        owners = obj["metadata"].get("ownerReferences") or []
+        if kind != "secret":  # the keyring outlives its ShardSet on purpose (retained volumes)
+            assert [o["uid"] for o in owners] == [reconciled_sample["metadata"]["uid"]]
+    sts = _get(audited_plane, "statefulset", "orders", *ns)
+    assert sts["spec"]["replicas"] == 3
+    assert [c["name"] for c in sts["spec"]["template"]["spec"]["containers"]] == ["node", "cache", "predictor"]
+
+
+def test_gitops_second_server_side_apply_is_a_no_op(audited_plane, reconciled_sample) -> None:
+    before = _get(audited_plane, "shardset", "orders", "--namespace", SAMPLE_NS)
+    out = audited_plane.kubectl("apply", "--server-side", "--namespace", SAMPLE_NS, "-f", str(SAMPLE)).stdout
+    assert "serverside-applied" in out
+    after = _get(audited_plane, "shardset", "orders", "--namespace", SAMPLE_NS)
+    assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+    assert after["metadata"]["generation"] == before["metadata"]["generation"]
+
+
+def test_operator_never_rewrites_the_users_spec(audited_plane, reconciled_sample) -> None:
+    applied = yaml.safe_load(SAMPLE.read_text())["spec"]
+    live = _get(audited_plane, "shardset", "orders", "--namespace", SAMPLE_NS, "--show-managed-fields")
+    assert live["spec"] == applied
+    managers = {entry["manager"] for entry in live["metadata"]["managedFields"]}
+    assert "kubectl" in managers and len(managers) > 1  # the operator wrote too (metadata, status)
+    # Field ownership: only the applier (kubectl) owns anything under spec.
+    for entry in live["metadata"]["managedFields"]:
+        if entry["manager"] != "kubectl" and entry.get("subresource") != "status":
+            assert "f:spec" not in (entry.get("fieldsV1") or {}), f"{entry['manager']} owns spec fields"
+
+
+def test_kubectl_diff_shows_no_drift_after_reconcile(audited_plane, reconciled_sample) -> None:
+    result = audited_plane.kubectl("diff", "--server-side", "--namespace", SAMPLE_NS, "-f", str(SAMPLE), check=False)
+    # kubectl diff: exit 0 = no differences, 1 = differences, >1 = error.
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout == ""
+
+
+def _chart_rules(docs: list[dict]) -> list[dict]:
+    return [rule for d in docs if d["kind"] in ("ClusterRole", "Role") for rule in d["rules"]]
+
+
+def test_every_audited_call_is_allowed_by_the_chart_rules(audited_plane, release, reconciled_sample) -> None:
+    calls = audit_calls(audited_plane, SA_USER)
+    assert calls, "no audited calls: the operator did not run as the chart's ServiceAccount"
+    forbidden = [c for c in calls if c["decision"] == "forbid" or c["code"] == 403]
+    assert not forbidden, "forbidden calls (add them to the chart's RBAC):\n" + "\n".join(
+        f"{c['verb']} {c['group'] or 'core'}/{c['resource']} {c['uri']}" for c in forbidden)
+    rules = _chart_rules(release["docs"])
+    uncovered = {(c["verb"], c["group"], c["resource"]) for c in calls
+                 if not any(rule_allows(r, c["verb"], c["group"], c["resource"]) for r in rules)}
+    assert not uncovered, uncovered
+
+
+def test_every_rule_is_used_or_deliberately_extra(audited_plane, release, reconciled_sample) -> None:
+    calls = audit_calls(audited_plane, SA_USER)
+    used = {(c["verb"], c["group"], c["resource"]) for c in calls}
+    # A server-side apply that creates its object is audited as patch (201) but authorized as create too.
+    used |= {("create", c["group"], c["resource"]) for c in calls if c["verb"] == "patch" and c["code"] == 201}
+    granted = {(verb, group, resource) for rule in _chart_rules(release["docs"])
+               for group in rule["apiGroups"] for resource in rule["resources"] for verb in rule["verbs"]}
+    unused = sorted(granted - used - set(DELIBERATE_EXTRA))
+    assert not unused, f"RBAC rules nobody uses (remove them, or list them with a reason): {unused}"
+    # The list of extras must not hide grants the chart no longer makes.
+    assert set(DELIBERATE_EXTRA) <= granted, sorted(set(DELIBERATE_EXTRA) - granted)
+
+
+def test_helm_upgrade_changes_the_operator_and_it_still_reconciles(
+        audited_plane, helm_env, release, operator, reconciled_sample) -> None:
+    run_helm(audited_plane, helm_env, "upgrade", RELEASE, str(CHART), "--namespace", RELEASE_NS, "--reuse-values",
+             "--set", "operator.verbose=true", "--set", "operator.priority=10")
+    status = json.loads(run_helm(audited_plane, helm_env, "status", RELEASE, "-n", RELEASE_NS, "-o", "json").stdout)
+    assert status["version"] == 2 and status["info"]["status"] == "deployed"
+    docs = manifest_docs(audited_plane, helm_env, RELEASE, RELEASE_NS)
+    (deploy,) = [d for d in docs if d["kind"] == "Deployment"]
+    args = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--verbose" in args and "--priority=10" in args
+    # Recreate: the old copy stops before the new one starts.
+    operator.stop()
+    upgraded = operator_from_release(audited_plane, docs, RELEASE_NS, Path(operator.log.parent))
+    upgraded.start()
+    try:
+        assert "--priority=10" in upgraded.argv
+        audited_plane.kubectl("apply", "--server-side", "--namespace", SAMPLE_NS, "-f", "-", input=yaml.safe_dump(
+            {"apiVersion": "chronoshard.io/v1alpha1", "kind": "ShardSet", "metadata": {"name": "after-upgrade"},
+             "spec": {"shards": 1}}))
+        wait_for(lambda: _get(audited_plane, "statefulset", "after-upgrade", "--namespace", SAMPLE_NS),
+                 timeout=90, what="the upgraded operator to reconcile a new ShardSet")
+    finally:
+        upgraded.stop()
+
+
+def test_bad_values_fail_the_install_and_change_nothing(audited_plane, helm_env) -> None:
+    result = run_helm(audited_plane, helm_env, "install", "bad", str(CHART), "--namespace", "bad-values",
+                      "--create-namespace", "--set", "replicaCount=3", check=False)
+    assert result.returncode != 0 and "replicaCount" in result.stderr
+    listed = json.loads(run_helm(audited_plane, helm_env, "list", "--all-namespaces", "-o", "json").stdout)
+    assert "bad" not in {r["name"] for r in listed}
+    assert not _get(audited_plane, "namespace", "bad-values")
