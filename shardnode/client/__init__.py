@@ -19,6 +19,7 @@ from chronoshard.shardnode.client.errors import (
     Misdirected,
     NotFound,
     RequestRejected,
+    ScanUnsupported,
     Unavailable,
 )
 from chronoshard.shardnode.client.sync import Client
@@ -37,6 +38,7 @@ __all__ = [
     "NodeMap",
     "NotFound",
     "RequestRejected",
+    "ScanUnsupported",
     "StaticMap",
     "Unavailable",
     "block_path",

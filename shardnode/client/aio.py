@@ -34,9 +34,10 @@ from chronoshard.shardnode.client.errors import (
     Misdirected,
     NotFound,
     RequestRejected,
+    ScanUnsupported,
     Unavailable,
 )
-from chronoshard.shardnode.partitioning import Partition, PartitionMap
+from chronoshard.shardnode.partitioning import PartitionMap
 
 ROUTED_HEADER = "X-Chronoshard-Routed"  # same value as chronoshard.shardnode.routing.ROUTED_HEADER
 DEFAULT_TIMEOUT = 10.0
@@ -281,13 +282,17 @@ class AsyncClient:
 
     async def scan(self, table: str, *, prefix: str = "", limit: int | None = None,
                    page: int = SCAN_PAGE) -> AsyncIterator[BlockInfo]:
-        """Every block of ``table`` in key order, merged across shards (keys and sizes, not values)."""
+        """Every block of ``table`` in key order, merged across shards (keys and sizes, not values).
+
+        Needs direct routing: behind the client Service each request reaches one shard, and a range
+        scan cannot be forwarded, so a service-only client raises ``ScanUnsupported``.
+        """
         if self._service is not None:
-            sources = [self._scan_shard(None, table, prefix, page)]
-        else:
-            pmap = await self.partition_map()
-            owners = sorted({p.shard for p in pmap.partitions})
-            sources = [self._scan_shard(s, table, prefix, page) for s in owners]
+            raise ScanUnsupported("a scan must reach every shard: give the shards' URLs (endpoints), "
+                                  "not only the client Service URL")
+        pmap = await self.partition_map()
+        owners = sorted({p.shard for p in pmap.partitions})
+        sources = [self._scan_shard(s, table, prefix, page) for s in owners]
         count = 0
         # Each shard scans in key order; a k-way merge keeps the whole result in order with one page
         # per shard in memory.
@@ -297,10 +302,8 @@ class AsyncClient:
             yield info
             count += 1
 
-    async def _scan_shard(self, shard: int | None, table: str, prefix: str,
-                          page: int) -> AsyncIterator[BlockInfo]:
-        base = self._service if shard is None else self.shard_url(shard)
-        assert base is not None
+    async def _scan_shard(self, shard: int, table: str, prefix: str, page: int) -> AsyncIterator[BlockInfo]:
+        base = self.shard_url(shard)
         # Keys sort as strings, so every key with the prefix comes after the largest key below it;
         # the node has no prefix filter, so start the scan just before the prefix and stop past it.
         after: str | None = _just_below(prefix) if prefix else None
@@ -325,27 +328,11 @@ class AsyncClient:
                     if b["key"] > prefix:
                         return
                     continue
-                yield BlockInfo(b["key"], b.get("size"), shard if shard is not None else b.get("shard"),
+                yield BlockInfo(b["key"], b.get("size"), shard,
                                 {k: v for k, v in b.items() if k not in ("key", "size")})
             after = doc.get("next")
             if not after or not blocks:
                 return
-
-    async def shard_counts(self, table: str) -> dict[int, int]:
-        """How many blocks of ``table`` each owning shard holds (by scanning)."""
-        counts: dict[int, int] = {}
-        async for info in self.scan(table):
-            if info.shard is not None:
-                counts[info.shard] = counts.get(info.shard, 0) + 1
-        return counts
-
-    def owner_partition(self, table: str, key: str) -> Partition:
-        """The partition that owns ``(table, key)`` under the map in use (fetch it first)."""
-        if self._map is None:
-            raise MapUnavailable("no partition map fetched yet; await partition_map() first")
-        from chronoshard.shardnode.partitioning import keyspace_id
-
-        return self._map.owner_of(keyspace_id(table, key))
 
 
 def _just_below(prefix: str) -> str | None:

@@ -41,3 +41,7 @@ class RequestRejected(ChronoshardError):
 
 class MapUnavailable(ChronoshardError):
     """No partition map could be obtained from any source."""
+
+
+class ScanUnsupported(ChronoshardError):
+    """A scan was asked of a client that only knows the client Service URL."""

@@ -105,10 +105,12 @@ async def test_block_commands_direct_and_via_url(tmp_path, capsys):
             assert run_cli("--endpoints", "http://127.0.0.1:1", "--timeout", "2", "get", "t", "x")[0] \
                 == EXIT_UNAVAILABLE
             assert run_cli("get", "t", "x")[0] == EXIT_USAGE
+            assert run_cli("--url", cl.urls[0], "ls", "t")[0] == 1
 
         await asyncio.to_thread(work)
     err = capsys.readouterr().err
     assert "not found" in err and "unavailable" in err and "--shardset NAME" in err
+    assert "a scan must reach every shard" in err
 
 
 def test_map_from_file(tmp_path):

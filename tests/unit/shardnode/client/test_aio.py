@@ -15,6 +15,7 @@ from chronoshard.shardnode.client import (
     NodeMap,
     NotFound,
     RequestRejected,
+    ScanUnsupported,
     StaticMap,
     Unavailable,
     block_path,
@@ -127,6 +128,8 @@ async def test_via_service_lets_the_cache_forward():
                 assert holders(cl, "t", f"k{i}") == [M3.shard_of("t", f"k{i}")]
                 assert await c.get("t", f"k{i}") == f"v{i}".encode()
             assert {M3.shard_of("t", f"k{i}") for i in range(60)} == {0, 1, 2}
+            with pytest.raises(ScanUnsupported, match="endpoints"):
+                [b async for b in c.scan("t")]
         finally:
             await c.close()
 
