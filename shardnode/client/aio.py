@@ -94,8 +94,13 @@ class AsyncClient:
         timeout: float = DEFAULT_TIMEOUT,
         concurrency: int = 64,
         session: aiohttp.ClientSession | None = None,
+        lagging_shard_wait: float = 1.5,
     ) -> None:
-        """``endpoints``: base URL per shard (a list indexed by shard, or a function shard -> URL)."""
+        """``endpoints``: base URL per shard (a list indexed by shard, or a function shard -> URL).
+
+        ``lagging_shard_wait``: before retrying at a shard that refused us under an *older* epoch than
+        ours (it has not reloaded the mounted map yet; nodes check once a second), wait this long.
+        """
         self._provider: MapProvider = StaticMap(maps) if isinstance(maps, PartitionMap) else maps
         if callable(endpoints):
             self._endpoint = endpoints
@@ -103,6 +108,7 @@ class AsyncClient:
             urls = [u.rstrip("/") for u in endpoints]
             self._endpoint = lambda shard: _index(urls, shard)
         self._service: str | None = None
+        self.lagging_shard_wait = lagging_shard_wait
         self.timeout = timeout
         self._concurrency = concurrency
         self._session = session
@@ -202,6 +208,9 @@ class AsyncClient:
                     # Our map sources still lag behind the shard that refused us: act on its newer
                     # word for this one retry (and say so with its epoch).
                     shard, epoch = doc["owner"], theirs
+                elif theirs is not None and theirs < epoch:
+                    # The shard lags behind our map; give it time to reload before the one retry.
+                    await asyncio.sleep(self.lagging_shard_wait)
                 continue
             if not (ok_404 and status == 404):
                 raise_for(status, payload, url, table, key)

@@ -22,6 +22,7 @@ from chronoshard.shardnode.client import (
 )
 from chronoshard.shardnode.client.aio import raise_for
 from chronoshard.shardnode.partitioning import Partition, PartitionMap, initial_map
+from chronoshard.shardnode.routing import PartitionMapSource
 
 from .minimal_node import Cluster
 
@@ -236,3 +237,26 @@ async def test_prefix_scan_edges():
         for prefix in ["a", "ab", "abc", "b", "zz", "\x00", "ab\x00"]:
             got = [b.key async for b in c.scan("t", prefix=prefix, page=2)]
             assert got == sorted(k for k in keys if k.startswith(prefix)), prefix
+
+
+async def test_shard_lagging_behind_the_client_map_gets_time_to_reload(tmp_path):
+    # Epoch 2 only renumbers the epoch; the shards still run epoch 1 from their mounted file.
+    new = PartitionMap(2, 3, M3.partitions)
+    path = tmp_path / "map.json"
+    path.write_text(M3.to_json())
+    sources = [PartitionMapSource(path, min_interval=0) for _ in range(3)]
+    async with Cluster(sources) as cl, AsyncClient(new, cl.urls, lagging_shard_wait=0.5) as c:
+
+        async def publish_later() -> None:
+            await asyncio.sleep(0.2)
+            path.write_text(new.to_json())
+
+        task = asyncio.create_task(publish_later())
+        await c.put("t", "k", b"v")  # refused under epoch 1, retried after the shard reloaded
+        await task
+        assert holders(cl, "t", "k") == [M3.shard_of("t", "k")]
+
+    async with Cluster([M3] * 3) as cl, AsyncClient(new, cl.urls, lagging_shard_wait=0.1) as c:
+        with pytest.raises(Misdirected, match="epoch 1"):
+            await c.put("t", "k", b"v")  # the shard never reloads: a clear error, nothing stored
+        assert holders(cl, "t", "k") == []
