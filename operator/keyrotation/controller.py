@@ -15,8 +15,10 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import kopf
@@ -43,11 +45,26 @@ THREAT_REASONS = ("compromise", "suspected-compromise")
 log = logging.getLogger(__name__)
 
 
+CLOCK_OFFSET_ENV = "CHRONOSHARD_CLOCK_OFFSET_FILE"
+
+
 def _utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
+    """Wall-clock UTC, shifted by the seconds in $CHRONOSHARD_CLOCK_OFFSET_FILE when that is set.
+
+    The offset file is a test seam: e2e tests move a real operator process's clock forward to fire a cron
+    schedule or end a transition period without sleeping. Production deployments never set it.
+    """
+    now_ = dt.datetime.now(dt.UTC)
+    path = os.environ.get(CLOCK_OFFSET_ENV)
+    if path:
+        try:
+            now_ += dt.timedelta(seconds=float(Path(path).read_text().strip() or 0))
+        except (OSError, ValueError):
+            log.warning("ignoring unreadable clock offset file %s", path)
+    return now_
 
 
-# Tests replace this to move time forward without sleeping (cron schedules, transition periods).
+# In-process tests may also replace this callable directly.
 CLOCK: Callable[[], dt.datetime] = _utcnow
 
 
