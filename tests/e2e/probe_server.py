@@ -1,6 +1,7 @@
 """A clearly named TEST container command for e2e pods: an HTTP server on --host/--port.
 
-Serves GET /healthz and /readyz (200, or 503 while the file named by --unready-file exists),
+Serves GET /healthz (200, or 500 while --unhealthy-file exists) and /readyz (200, or 503 while
+--unready-file exists),
 GET /env/NAME (an environment variable), GET|PUT /data/NAME (a file under --data-dir),
 GET /file?path=P (any file's bytes).
 It stands in for the shard-node servers only in tests that check the node agent itself.
@@ -22,6 +23,7 @@ def main() -> int:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--unready-file", default="")
     parser.add_argument("--data-dir", default="")
+    parser.add_argument("--unhealthy-file", default="")
     args = parser.parse_args()
 
     class Handler(BaseHTTPRequestHandler):
@@ -34,7 +36,8 @@ def main() -> int:
         def do_GET(self) -> None:
             url = urlparse(self.path)
             if url.path == "/healthz":
-                self._reply(200, b"ok")
+                sick = args.unhealthy_file and Path(args.unhealthy_file).exists()
+                self._reply(500 if sick else 200, b"sick" if sick else b"ok")
             elif url.path == "/readyz":
                 unready = args.unready_file and Path(args.unready_file).exists()
                 self._reply(503 if unready else 200, b"not ready" if unready else b"ok")

@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import threading
-import time
 import uuid
 
 import pytest
@@ -200,60 +199,3 @@ def test_deleted_pod_comes_back_with_the_same_volume_and_data(local_cluster, web
                      and p["metadata"]["uid"] != old_uid and is_ready(p) and p, timeout=60)
     assert http_get(f"http://{new['status']['podIP']}:8080/data/marker") == (200, marker)
     assert not local_cluster.pod_dir(pod).exists(), "the old pod's directory is cleaned up"
-
-
-def test_graceful_delete_sends_sigterm_then_sigkill_after_the_grace_period(local_cluster, e2e_namespace):
-    code = ("import signal, time\n"
-            "signal.signal(signal.SIGTERM, lambda *a: print('got SIGTERM, ignoring', flush=True))\n"
-            "print('up', flush=True)\ntime.sleep(600)\n")
-    local_cluster.apply({
-        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "stubborn", "namespace": e2e_namespace},
-        "spec": {"terminationGracePeriodSeconds": 3,
-                 "containers": [{"name": "main", "image": "none", "command": ["python", "-c", code]}]},
-    })
-    pod = ready_pod(local_cluster, e2e_namespace, "stubborn")
-    shim = int(pod["status"]["containerStatuses"][0]["containerID"].removeprefix("process://"))
-    family = {shim, *descendants(shim)}
-    log = local_cluster.pod_dir(pod) / "logs" / "main" / "0.log"
-    started = time.monotonic()
-    local_cluster.kubectl("delete", "pod", "stubborn", "-n", e2e_namespace, "--wait=false")
-    wait_until("SIGTERM delivered", lambda: "got SIGTERM" in log.read_text(), timeout=15, interval=0.1)
-    assert any(proc_start_time(p) is not None for p in family), "still running during the grace period"
-    wait_until("pod object gone", lambda: local_cluster.get("pod", "stubborn", e2e_namespace) is None, timeout=30)
-    elapsed = time.monotonic() - started
-    assert elapsed >= 3, f"killed before the grace period ended ({elapsed:.1f}s)"
-    assert all(proc_start_time(p) is None for p in family)
-
-
-def test_pods_for_other_nodes_stay_pending(local_cluster, e2e_namespace):
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "elsewhere", "namespace": e2e_namespace},
-           "spec": {"nodeSelector": {"disktype": "ssd"},
-                    "containers": [{"name": "main", "image": "none", "command": ["sleep", "60"]}]}}
-    here = {**pod, "metadata": {"name": "here", "namespace": e2e_namespace},
-            "spec": {**pod["spec"], "nodeSelector": {"chronoshard.io/process-node": "true"}}}
-    local_cluster.apply(pod, here)
-    wait_until("selected pod bound", lambda: (local_cluster.get("pod", "here", e2e_namespace) or {})
-               .get("spec", {}).get("nodeName") == "chronoshard-dev")
-    time.sleep(2)
-    other = local_cluster.get("pod", "elsewhere", e2e_namespace)
-    assert "nodeName" not in other["spec"] and other["status"]["phase"] == "Pending"
-
-
-def test_restart_policies_and_exit_codes(local_cluster, e2e_namespace):
-    def pod(name, policy, code):
-        return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": e2e_namespace},
-                "spec": {"restartPolicy": policy, "containers": [
-                    {"name": "main", "image": "none", "command": ["python", "-c", f"import sys; sys.exit({code})"]}]}}
-
-    local_cluster.apply(pod("fails", "Never", 3), pod("succeeds", "OnFailure", 0), pod("retries", "OnFailure", 4))
-    failed = wait_until("Failed", lambda: (p := local_cluster.get("pod", "fails", e2e_namespace))
-                        and p["status"].get("phase") == "Failed" and p)
-    state = failed["status"]["containerStatuses"][0]
-    assert state["state"]["terminated"]["exitCode"] == 3 and state["restartCount"] == 0
-    ok = wait_until("Succeeded", lambda: (p := local_cluster.get("pod", "succeeds", e2e_namespace))
-                    and p["status"].get("phase") == "Succeeded" and p)
-    assert ok["status"]["containerStatuses"][0]["state"]["terminated"]["reason"] == "Completed"
-    retried = wait_until("two restarts", lambda: (p := local_cluster.get("pod", "retries", e2e_namespace))
-                         and p["status"]["containerStatuses"][0]["restartCount"] >= 2 and p)
-    s = retried["status"]["containerStatuses"][0]
-    assert retried["status"]["phase"] == "Running" and s["lastState"]["terminated"]["exitCode"] == 4
