@@ -11,7 +11,7 @@ from pathlib import Path
 from aiohttp import web
 
 from .cache.server import CacheConfig, create_app
-from .http_common import load_json_config
+from .http_common import SERVER_LIMITS, load_json_config
 
 
 def parser() -> argparse.ArgumentParser:
@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> None:
             shard = routing.shard_index_from_pod_name(pod)
         cfg.partitions, cfg.shard_index = routing.PartitionMapSource(args.partition_map), shard
         cfg.peers = routing.PeerURLs.from_env()
-    web.run_app(create_app(cfg), host=args.host, port=args.port, access_log=None, print=None, shutdown_timeout=10)
+    web.run_app(create_app(cfg), host=args.host, port=args.port, access_log=None, print=None, shutdown_timeout=10,
+                **SERVER_LIMITS)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,9 @@ TABLE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 # Keys travel as one URL path segment: no "/" and no control characters.
 KEY_RE = re.compile(r"[^\x00-\x1f\x7f/]{1,1024}")
 MAX_BATCH_KEYS = 1000
+# aiohttp's parser answers over-long request lines with a text/plain 400 before any middleware runs;
+# a 1024-character key percent-encodes to up to ~12 KiB, so allow lines far beyond any valid request.
+SERVER_LIMITS = {"max_line_size": 1024 * 1024, "max_field_size": 64 * 1024}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .http_common import load_json_config
+from .http_common import SERVER_LIMITS, load_json_config
 from .node_server import NodeConfig, create_app
 
 log = logging.getLogger("chronoshard.node")
@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> None:
     cfg = NodeConfig(data_dir=Path(args.data_dir), keyring_dir=Path(args.keyring_dir))
     cfg.apply(load_json_config(args.config))
     cfg.partitions, cfg.shard_index = partition_setup(args.partition_map, args.shard_index)
-    web.run_app(create_app(cfg), host=args.host, port=args.port, access_log=None, print=None, shutdown_timeout=10)
+    web.run_app(create_app(cfg), host=args.host, port=args.port, access_log=None, print=None, shutdown_timeout=10,
+                **SERVER_LIMITS)
 
 
 if __name__ == "__main__":

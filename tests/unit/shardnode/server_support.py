@@ -11,6 +11,7 @@ import aiohttp
 from aiohttp import web
 from chronoshard.shardnode.cache.server import CacheConfig
 from chronoshard.shardnode.cache.server import create_app as create_cache
+from chronoshard.shardnode.http_common import SERVER_LIMITS
 from chronoshard.shardnode.node_server import NodeConfig
 from chronoshard.shardnode.node_server import create_app as create_node
 
@@ -22,7 +23,7 @@ KEY1, KEY2 = os.urandom(32), os.urandom(32)
 @contextlib.asynccontextmanager
 async def serve(app: web.Application) -> AsyncIterator[str]:
     """Serve ``app`` on an ephemeral loopback port; yields its base URL."""
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, **SERVER_LIMITS)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
