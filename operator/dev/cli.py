@@ -190,7 +190,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             procs["nodeagent"] = _spawn(
                 [sys.executable, "-m", "chronoshard.operator.dev.nodeagent", "--kubeconfig", info["kubeconfig"],
                  "--state-dir", str(state / "agent"), "--node-name", NODE_NAME,
-                 "--backoff-base", str(args.backoff_base)],
+                 "--backoff-base", str(args.backoff_base), "--pod-cidr", args.pod_cidr],
                 agent_log, env,
             )
             _say(f"started the node agent (log: {agent_log})")
@@ -365,6 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--crds", type=Path, default=None, help="CRD directory (default: the checkout's crds/)")
     up.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for each component")
     up.add_argument("--backoff-base", type=float, default=10.0, help="first crash-loop back-off of containers")
+    up.add_argument("--pod-cidr", default="127.0.0.0/8",
+                    help="pod IP range: loopback by default; a range assigned to lo also fills Endpoints")
     up.set_defaults(func=cmd_up)
     down = sub.add_parser("down", help="stop everything and verify nothing is left")
     down.add_argument("--purge", action="store_true", help="also delete the state directory")

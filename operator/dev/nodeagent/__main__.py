@@ -11,6 +11,7 @@ from pathlib import Path
 from kubernetes import config
 
 from .agent import NodeAgent
+from .ipam import DEFAULT_POD_CIDR
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,6 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-dir", required=True, type=Path)
     parser.add_argument("--node-name", default="chronoshard-dev")
     parser.add_argument("--backoff-base", type=float, default=10.0, help="first crash-loop back-off, seconds")
+    parser.add_argument("--pod-cidr", default=DEFAULT_POD_CIDR,
+                        help="pod IPs come from here (must be local: 127.0.0.0/8, or a range assigned to lo)")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -28,7 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.kubeconfig.is_file():
         parser.error(f"kubeconfig {args.kubeconfig} does not exist")
     api = config.new_client_from_config(config_file=str(args.kubeconfig))
-    agent = NodeAgent(api, args.state_dir, node_name=args.node_name, backoff_base=args.backoff_base)
+    agent = NodeAgent(
+        api, args.state_dir, node_name=args.node_name, backoff_base=args.backoff_base, pod_cidr=args.pod_cidr
+    )
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda _s, _f: agent.stop())
     agent.run()

@@ -34,7 +34,7 @@ from kubernetes.client.exceptions import ApiException
 
 from .env import EnvError, command_line, container_env, field_ref, mount_map, rewrite_paths
 from .informer import Informer
-from .ipam import IPAllocator
+from .ipam import DEFAULT_POD_CIDR, IPAllocator
 from .node import NodeHeartbeat, now_rfc3339
 from .podstatus import ContainerView, pod_status
 from .probes import ProbeError, ProbeWorker, parse_probe
@@ -114,6 +114,7 @@ class NodeAgent:
         state_dir: Path,
         node_name: str = "chronoshard-dev",
         backoff_base: float = 10.0,
+        pod_cidr: str = DEFAULT_POD_CIDR,
     ) -> None:
         self.api = api
         self.core = client.CoreV1Api(api)
@@ -123,7 +124,7 @@ class NodeAgent:
         self.volumes_root = state_dir / "volumes"
         self.backoff_base = backoff_base
         self.heartbeat = NodeHeartbeat(self.core, client.CoordinationV1Api(api), node_name, HOST_IP)
-        self.ips = IPAllocator(state_dir / "ips.json")
+        self.ips = IPAllocator(state_dir / "ips.json", pod_cidr)
         self.runs: dict[str, PodRun] = {}
         self._wake = threading.Event()
         self._stop = threading.Event()
