@@ -77,11 +77,13 @@ class CacheConfig:
                 setattr(self, attr, typ(v))
             else:
                 log.error("config %s=%r ignored", name, v)
-        if "eviction" in settings:
-            if settings["eviction"] in ("lru", "scored"):
-                self.eviction = settings["eviction"]
-            else:
-                log.error("config eviction=%r ignored: lru or scored", settings["eviction"])
+        for name in ("evictionPolicy", "eviction"):  # the operator writes evictionPolicy
+            if name in settings:
+                if settings[name] in ("lru", "scored"):
+                    self.eviction = settings[name]
+                else:
+                    log.error("config %s=%r ignored: lru or scored", name, settings[name])
+                break
 
 
 class CacheApp:

@@ -155,3 +155,15 @@ async def test_cache_keys_endpoint_reports_loaded_versions(env):
 
 def test_sqlite_module_is_real():
     assert sqlite3.sqlite_version_info >= (3, 35)
+
+
+def test_cache_json_as_the_operator_writes_it():
+    from pathlib import Path
+
+    from chronoshard.shardnode.cache.server import CacheConfig
+
+    cfg = CacheConfig(node_url="http://127.0.0.1:1", keyring_dir=Path("/nonexistent"))
+    cfg.apply({"tables": ["users"], "budgetBytes": 1234, "evictionPolicy": "lru", "unknown": 1})
+    assert cfg.budget_bytes == 1234 and cfg.eviction == "lru"
+    cfg.apply({"budgetBytes": "big", "evictionPolicy": "fifo"})  # bad values are ignored, old ones kept
+    assert cfg.budget_bytes == 1234 and cfg.eviction == "lru"
