@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 from .controlplane import ControlPlane
@@ -25,6 +26,19 @@ def write_json_atomic(path: Path, data: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=1))
     os.replace(tmp, path)
+
+
+def _stop_in_order(cp: ControlPlane, grace: float = 10.0) -> None:
+    """SIGTERM clients before servers, one at a time: an API server whose etcd is already gone spends its
+    whole grace period retrying, which made every ``down`` take 10 s longer."""
+    for name in ("kube-controller-manager", "kube-apiserver", "etcd"):
+        pid = cp.pids().get(name)
+        if pid is None:
+            continue
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and name in cp.pids():
+            time.sleep(0.05)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         cp.stop()
         return 1
     logging.info("stopping control plane")
+    _stop_in_order(cp)
     cp.stop()
     args.info.unlink(missing_ok=True)
     return 0

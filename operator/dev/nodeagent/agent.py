@@ -137,7 +137,10 @@ class NodeAgent:
 
     def run(self) -> None:
         """Register the node, adopt what a previous agent left, then reconcile until ``stop``."""
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        # Secret volumes hold key material: keep the agent's tree private to this user, as kubelet's is.
+        for directory in (self.state_dir, self.pods_root, self.volumes_root):
+            directory.mkdir(parents=True, exist_ok=True)
+            directory.chmod(0o700)
         self.heartbeat.register()
         for inf in (self.pods, self.secrets, self.configmaps):
             inf.start()
