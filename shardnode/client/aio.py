@@ -150,8 +150,8 @@ class AsyncClient:
     async def partition_map(self) -> PartitionMap:
         """The map in use, fetched on first use."""
         if self._map is None:
-            await self.refresh_map()
-        assert self._map is not None
+            # min_epoch=0: many first requests at once fetch the map once, not once each.
+            return await self.refresh_map(min_epoch=0)
         return self._map
 
     async def refresh_map(self, min_epoch: int | None = None) -> PartitionMap:

@@ -52,3 +52,17 @@ def assert_even(counts: dict[int, int], total: int) -> None:
     even = total / len(counts)
     for shard, c in counts.items():
         assert abs(c - even) <= 0.10 * even, f"shard {shard} holds {c}, even is {even:.0f}"
+
+
+async def wait_epoch(urls: list[str], epoch: int) -> None:
+    """Wait until every node serves the given map epoch (they re-check the mounted file each second)."""
+    async with aiohttp.ClientSession() as s:
+        for _ in range(100):
+            epochs = []
+            for u in urls:
+                async with s.get(f"{u}/v1/partitions") as r:
+                    epochs.append((await r.json())["epoch"])
+            if set(epochs) == {epoch}:
+                return
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"nodes did not reload epoch {epoch}: {epochs}")

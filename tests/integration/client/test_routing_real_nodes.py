@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import aiohttp
@@ -16,7 +15,7 @@ from chronoshard.shardnode.partitioning import (
     rescale,
 )
 
-from .checks import N_BLOCKS, TABLE, assert_even, bounded, check_placement, node_keys, value_of
+from .checks import N_BLOCKS, TABLE, assert_even, bounded, check_placement, node_keys, value_of, wait_epoch
 
 
 async def test_10k_blocks_direct_routing_to_caches(nodes, caches):
@@ -48,19 +47,6 @@ async def test_10k_blocks_direct_routing_to_caches(nodes, caches):
                 assert r.status == 421
                 doc = await r.json()
                 assert (doc["error"], doc["owner"], doc["epoch"]) == ("misdirected", owner, 1)
-
-
-async def wait_epoch(urls: list[str], epoch: int) -> None:
-    async with aiohttp.ClientSession() as s:
-        for _ in range(100):
-            epochs = []
-            for u in urls:
-                async with s.get(f"{u}/v1/partitions") as r:
-                    epochs.append((await r.json())["epoch"])
-            if set(epochs) == {epoch}:
-                return
-            await asyncio.sleep(0.1)
-    raise AssertionError(f"nodes did not reload epoch {epoch}: {epochs}")
 
 
 async def test_stale_client_map_is_corrected_on_first_refusal(nodes):

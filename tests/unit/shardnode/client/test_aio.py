@@ -59,6 +59,7 @@ async def test_routes_every_key_to_its_owner_and_reads_back():
             assert holders(cl, "t", k) == [M3.shard_of("t", k)]
         got = await asyncio.gather(*(c.get("t", k) for k in keys))
         assert got == [k.encode() * 3 for k in keys]
+        assert c.map_refreshes == 1  # 300 concurrent first requests fetched the map once
         # Direct routing: nothing was forwarded, so each server saw only its own keys.
         assert sum(s.requests for s in cl.states) == 2 * len(keys)
 
