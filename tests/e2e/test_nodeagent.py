@@ -103,6 +103,8 @@ def test_pods_run_on_distinct_loopback_ips_with_downward_api_env(local_cluster, 
     pods = local_cluster.pods(web, f"app={NAME}")
     ips = [p["status"]["podIP"] for p in pods]
     assert len(set(ips)) == 3 and all(ip.startswith("127.") and ip != "127.0.0.1" for ip in ips)
+    # Secret volumes (key material) live under a tree only this user can enter.
+    assert (local_cluster.state_dir / "agent" / "pods").stat().st_mode & 0o777 == 0o700
     for pod in pods:
         ip, name = pod["status"]["podIP"], pod["metadata"]["name"]
         assert pod["spec"]["nodeName"] == "chronoshard-dev"

@@ -3,6 +3,7 @@ and features the agent refuses with a clear reason instead of ignoring."""
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 
@@ -149,3 +150,17 @@ def test_unsupported_features_are_reported_not_ignored(local_cluster, e2e_namesp
         state = wait_until(f"{name} waiting with a reason", waiting, timeout=30)
         assert state["reason"] == reason and text in state["message"], (name, state)
         assert local_cluster.get("pod", name, e2e_namespace)["status"]["phase"] == "Pending"
+
+
+def test_node_is_ready_with_capacity_and_a_renewed_lease(local_cluster):
+    node = local_cluster.get("node", "chronoshard-dev", "")
+    ready = {c["type"]: c for c in node["status"]["conditions"]}["Ready"]
+    assert ready["status"] == "True"
+    assert node["status"]["addresses"][0] == {"type": "InternalIP", "address": "127.0.0.1"}
+    assert int(node["status"]["capacity"]["cpu"]) == os.cpu_count()
+    assert node["metadata"]["labels"]["chronoshard.io/process-node"] == "true"
+    lease = local_cluster.get("lease", "chronoshard-dev", "kube-node-lease")
+    first = lease["spec"]["renewTime"]
+    assert lease["spec"]["holderIdentity"] == "chronoshard-dev"
+    wait_until("lease renewed", lambda: local_cluster.get("lease", "chronoshard-dev", "kube-node-lease")
+               ["spec"]["renewTime"] != first, timeout=25)

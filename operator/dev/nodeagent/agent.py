@@ -217,6 +217,8 @@ class NodeAgent:
             except ApiException as exc:
                 meta = pod["metadata"]
                 log.warning("pod %s/%s: API error %s", meta["namespace"], meta["name"], exc.reason)
+        if not self.pods.synced.is_set():
+            return  # without a complete pod list, "not listed" does not mean "deleted"
         for uid in [u for u in self.runs if u not in mine]:
             self._sync_orphan(self.runs[uid])
 

@@ -92,10 +92,18 @@ class NodeHeartbeat:
             if exc.status != 409:
                 raise
             self.core.patch_node(self.name, {"metadata": {"labels": self.labels}})
-        self.beat()
+        self._post()
 
     def beat(self) -> None:
-        """Post the node status and renew the Lease."""
+        """Post the node status and renew the Lease (re-registering a Node someone deleted)."""
+        try:
+            self._post()
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            self.register()
+
+    def _post(self) -> None:
         self.core.patch_node_status(self.name, {"status": node_status(self.host_ip, self.name, 110)})
         renew = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         lease = {
