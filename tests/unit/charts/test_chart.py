@@ -99,7 +99,9 @@ def test_clusterwide_rbac_is_a_cluster_role_with_peering_and_namespaces() -> Non
     assert not by_kind(docs, "Role")
     (role,) = by_kind(docs, "ClusterRole")
     resources = {r for rule in role["rules"] for r in rule["resources"]}
-    assert {"clusterkopfpeerings", "namespaces", "shardsets", "statefulsets"} <= resources
+    assert {"clusterkopfpeerings", "shardsets", "statefulsets"} <= resources
+    # Kopf needs namespaces only for glob patterns, which watchNamespaces (DNS labels) cannot hold.
+    assert "namespaces" not in resources
     assert "kopfpeerings" not in resources
     (binding,) = by_kind(docs, "ClusterRoleBinding")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "cs-chronoshard",
@@ -117,8 +119,9 @@ def test_namespaced_rbac_is_a_role_per_watched_namespace() -> None:
         assert {"kopfpeerings", "shardsets", "secrets"} <= resources
         assert "namespaces" not in resources and "clusterkopfpeerings" not in resources
     (cluster_role,) = by_kind(docs, "ClusterRole")
-    # Only the CRD scan is cluster-wide in namespaced mode: no access to other namespaces' objects.
-    assert [r["resources"] for r in cluster_role["rules"]] == [["customresourcedefinitions"]]
+    # Only the CRD scan and namespace names are cluster-wide: no access to other namespaces' objects.
+    assert [r["resources"] for r in cluster_role["rules"]] == [["customresourcedefinitions"], ["namespaces"]]
+    assert all(set(r["verbs"]) <= {"list", "watch"} for r in cluster_role["rules"])
     assert sorted(p["metadata"]["namespace"] for p in by_kind(docs, "KopfPeering")) == ["team-a", "team-b"]
     assert not by_kind(docs, "ClusterKopfPeering")
 
