@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import copy
+import json
+import os
+import threading
 import urllib.error
 import urllib.request
 import uuid
@@ -10,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from chronoshard.operator.dev.nodeagent.volumes import read_snapshot
 
 from .conftest import LocalCluster, http_get, is_ready, wait_until
 
@@ -75,3 +80,49 @@ def test_shard_data_survives_pod_deletion(local_cluster, shardset):
     new = wait_until("shard 0 re-created", lambda: (p := local_cluster.get("pod", f"{name}-0", ns))
                      and p["metadata"]["uid"] != pod["metadata"]["uid"] and is_ready(p) and p, timeout=90)
     assert http_get(f"http://{new['status']['podIP']}:7400/v1/tables/{table}/blocks/{key}") == (200, body)
+
+
+def test_keyring_secret_update_is_seen_atomically_and_reloaded(local_cluster, shardset):
+    ns, name, _ = shardset
+    secret = local_cluster.get("secret", f"{name}-keyring", ns)
+    manifest = json.loads(base64.b64decode(secret["data"]["keyring.json"]))
+    new_id = max(v["id"] for v in manifest["versions"]) + 1
+    manifest["generation"] += 1
+    manifest["versions"].append({"id": new_id, "state": "decrypt-only", "created": "2026-11-22T00:00:00Z"})
+    pods = shard_pods(local_cluster, ns, name)
+    volume = local_cluster.pod_dir(pods[0]) / "volumes" / "keyring"
+    assert json.loads((volume / "keyring.json").read_text())["generation"] == manifest["generation"] - 1
+
+    stop = threading.Event()
+    problems: list[str] = []
+    snapshots: list[int] = []
+
+    def reader():
+        # Every snapshot must be self-consistent: each version the manifest lists has its key file.
+        while not stop.is_set():
+            files = read_snapshot(volume)
+            listed = json.loads(files["keyring.json"])
+            missing = [v["id"] for v in listed["versions"] if len(files.get(f"v{v['id']}.key", b"")) != 32]
+            if missing:
+                problems.append(f"generation {listed['generation']} lacks keys {missing}")
+            snapshots.append(listed["generation"])
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        patch = {"data": {"keyring.json": base64.b64encode(json.dumps(manifest).encode()).decode(),
+                          f"v{new_id}.key": base64.b64encode(os.urandom(32)).decode()}}
+        local_cluster.kubectl("patch", "secret", f"{name}-keyring", "-n", ns, "--type", "merge",
+                              "-p", json.dumps(patch))
+        for pod in pods:
+            for port in (PORTS["node"], PORTS["cache"]):
+                url = f"http://{pod['status']['podIP']}:{port}/v1/keys"
+                wait_until(f"{url} reloaded", lambda url=url: json.loads(http_get(url)[1])["generation"]
+                           == manifest["generation"], timeout=60)
+    finally:
+        stop.set()
+        thread.join()
+    assert problems == []
+    assert set(snapshots) == {manifest["generation"] - 1, manifest["generation"]}
+    keys = json.loads(http_get(f"http://{pods[0]['status']['podIP']}:7400/v1/keys")[1])
+    assert {v["id"] for v in keys["versions"]} == {v["id"] for v in manifest["versions"]}
