@@ -34,20 +34,20 @@ def seal_block(keyring: Keyring, table: str, key: str, plaintext: bytes, version
     v = keyring.primary if version is None else version
     aead = keyring.aead(v, table)
     # Random 96-bit nonces: per-table keys keep each key's message count far below the 2^32 bound.
-    frame = frames.Frame(key_version=v, nonce=nonce or os.urandom(frames.NONCE_SIZE), ciphertext=b"\x00" * 16)
-    ct = aead.encrypt(frame.nonce, plaintext, frames.associated_data(frame, table, key))
-    return frames.encode(frames.Frame(v, frame.nonce, ct)), checksum(plaintext), v
+    nonce = nonce or os.urandom(frames.NONCE_SIZE)
+    ct = aead.encrypt(nonce, plaintext, frames.aad_for(v, table, key))
+    return frames.encode(frames.Frame(v, nonce, ct)), checksum(plaintext), v
 
 
 def open_block(keyring: Keyring, table: str, key: str, data: bytes, expected_checksum: bytes | None) -> bytes:
     """Decrypt and verify a stored frame; IntegrityError if tampered, MissingKeyVersion if the version is gone."""
     try:
-        frame = frames.decode(data)
+        version, nonce, ciphertext = frames.split(data)
     except frames.FrameError as exc:
         raise IntegrityError("frame", f"stored frame is malformed: {exc}") from None
-    aead = keyring.aead(frame.key_version, table)
+    aead = keyring.aead(version, table)
     try:
-        plaintext = aead.decrypt(frame.nonce, frame.ciphertext, frames.associated_data(frame, table, key))
+        plaintext = aead.decrypt(nonce, ciphertext, frames.aad_for(version, table, key))
     except InvalidTag:
         raise IntegrityError("tag", "block failed authentication (tampered, or stored under another key)") from None
     if expected_checksum is not None and checksum(plaintext) != expected_checksum:

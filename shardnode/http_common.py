@@ -45,6 +45,7 @@ _HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 
 
 def error_middleware(requests: Counter | None = None) -> Any:
     """Turn every failure into a JSON error; count requests by route template and status."""
+    children: dict[tuple[str, int], Any] = {}  # labels() takes a lock and builds a key: resolve each pair once
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -63,7 +64,10 @@ def error_middleware(requests: Counter | None = None) -> Any:
         if requests is not None:
             info = request.match_info.route.resource
             route = info.canonical if info is not None else "unmatched"
-            requests.labels(route, str(resp.status)).inc()
+            child = children.get((route, resp.status))
+            if child is None:
+                child = children[(route, resp.status)] = requests.labels(route, str(resp.status))
+            child.inc()
         return resp
 
     return middleware
