@@ -494,10 +494,13 @@ class NodeAgent:
             cr.record.signal(signal.SIGTERM)
             cr.killing_until = now + grace
             return
-        cr.view.started = startup is None or startup.result
-        if cr.view.started and startup is not None and "liveness" not in cr.probes and "readiness" not in cr.probes:
+        if startup is not None and startup.result and startup is not _NO_PROBE:
+            # Like kubelet: the startup probe stops once it succeeded; liveness and readiness start then.
+            startup.stop()
+            cr.probes["startup"] = _NO_PROBE
             self._start_probes(run, cr, adopted=False, after_startup=True)
             readiness = cr.probes.get("readiness")
+        cr.view.started = startup is None or startup.result
         cr.view.ready = cr.view.started and (readiness is None or readiness.result)
 
     def _should_restart(self, pod: dict[str, Any], cr: ContainerRun) -> bool:
