@@ -365,8 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--crds", type=Path, default=None, help="CRD directory (default: the checkout's crds/)")
     up.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for each component")
     up.add_argument("--backoff-base", type=float, default=10.0, help="first crash-loop back-off of containers")
-    up.add_argument("--pod-cidr", default="127.0.0.0/8",
-                    help="pod IP range: loopback by default; a range assigned to lo also fills Endpoints")
+    up.add_argument("--pod-cidr", default="auto",
+                    help="pod IP range; auto = a free 127.x.0.0/16 (127.0.0.2, ... for the first cluster); "
+                         "a range assigned to lo also fills Endpoints")
     up.set_defaults(func=cmd_up)
     down = sub.add_parser("down", help="stop everything and verify nothing is left")
     down.add_argument("--purge", action="store_true", help="also delete the state directory")

@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--node-name", default="chronoshard-dev")
     parser.add_argument("--backoff-base", type=float, default=10.0, help="first crash-loop back-off, seconds")
     parser.add_argument("--pod-cidr", default=DEFAULT_POD_CIDR,
-                        help="pod IPs come from here (must be local: 127.0.0.0/8, or a range assigned to lo)")
+                        help="pod IPs come from here: auto (a free 127.x.0.0/16) or a range assigned to lo")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(
