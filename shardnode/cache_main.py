@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = CacheConfig(node_url=args.node_url, keyring_dir=Path(args.keyring_dir))
-    cfg.apply(load_json_config(args.config))
+    cfg.apply(load_json_config(args.config))  # now, because the body size limit is fixed when the app is built
+    cfg.settings_path = args.config
     if args.budget_bytes is not None:
         cfg.budget_bytes = args.budget_bytes
     if args.eviction is not None:

@@ -33,12 +33,29 @@ class KeyringMetrics:
             self.load_error.set(1 if error else 0)
 
 
+class SettingsMetrics:
+    """Settings-file reload outcomes."""
+
+    def __init__(self, registry: CollectorRegistry, process: str) -> None:
+        self.reloads = Counter(f"chronoshard_{process}_settings_reloads", "Settings file loads by result",
+                               ["result"], registry=registry)
+        self.load_error = Gauge(f"chronoshard_{process}_settings_load_error",
+                                "1 if the settings file last failed to parse (previous settings kept)",
+                                registry=registry)
+
+    def observe(self, error: str | None) -> None:
+        """Record one load attempt."""
+        self.reloads.labels("error" if error else "ok").inc()
+        self.load_error.set(1 if error else 0)
+
+
 class NodeMetrics:
     """Everything `chronoshard-node` exports."""
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
         self.keyring = KeyringMetrics(r, "node")
+        self.settings = SettingsMetrics(r, "node")
         self.requests = Counter("chronoshard_node_requests", "HTTP requests by route and status",
                                 ["route", "status"], registry=r)
         self.writes = Counter("chronoshard_node_writes", "Committed writes by operation", ["op"], registry=r)
@@ -66,6 +83,7 @@ class CacheMetrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
         self.keyring = KeyringMetrics(r, "cache")
+        self.settings = SettingsMetrics(r, "cache")
         self.requests = Counter("chronoshard_cache_requests", "HTTP requests by route and status",
                                 ["route", "status"], registry=r)
         self.hits = Counter("chronoshard_cache_hits", "Reads served from memory", registry=r)

@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = NodeConfig(data_dir=Path(args.data_dir), keyring_dir=Path(args.keyring_dir))
-    cfg.apply(load_json_config(args.config))
+    cfg.apply(load_json_config(args.config))  # now, because the body size limit is fixed when the app is built
+    cfg.settings_path = args.config
     cfg.partitions, cfg.shard_index = partition_setup(args.partition_map, args.shard_index)
     web.run_app(create_app(cfg), host=args.host, port=args.port, access_log=None, print=None, shutdown_timeout=10,
                 **SERVER_LIMITS)

@@ -29,6 +29,7 @@ from .http_common import (
 )
 from .keyring import KeyringWatcher, MissingKeyVersion
 from .metrics import NodeMetrics
+from .settings_watch import SettingsWatcher
 from .store import NoKeyring, Store, StoredBlock, block_count, connect, get_block, scan_blocks, version_counts
 from .verify import VerifyReport, run_verify
 
@@ -49,6 +50,7 @@ class NodeConfig:
     rewrap_pause_seconds: float = 0.0
     partitions: Any = None  # routing.PartitionMapSource when --partition-map is given
     shard_index: int | None = None
+    settings_path: str | None = None  # node.json, re-applied when the mounted ConfigMap changes
 
     def apply(self, settings: dict[str, Any]) -> None:
         """Overlay settings from node.json (unknown keys ignored, wrong types logged and ignored)."""
@@ -71,6 +73,7 @@ class Node:
         self.cfg = cfg
         self.metrics = NodeMetrics()
         self.keys = KeyringWatcher(cfg.keyring_dir, on_reload=self.metrics.keyring.observe)
+        self.settings = SettingsWatcher(cfg.settings_path, self._apply_settings, self.metrics.settings.observe)
         self.store: Store | None = None
         self.rewrap: rewrap.RewrapRunner | None = None
         self.verify_task: asyncio.Task[VerifyReport] | None = None
@@ -90,6 +93,7 @@ class Node:
         self.rewrap = rewrap.RewrapRunner(self.store, self.cfg.rewrap_pause_seconds)
         self.rewrap.on_batch.append(self._rewrap_progress)
         self._tasks.append(asyncio.create_task(self.keys.run(self.cfg.keyring_poll_seconds), name="keyring-watch"))
+        self._tasks.append(asyncio.create_task(self.settings.run(self.cfg.keyring_poll_seconds), name="settings"))
         if self.keys.keyring is not None:
             await self.rewrap.resume_if_running()
         else:
@@ -116,6 +120,11 @@ class Node:
             self.verify_task.cancel()
         if self.store:
             await asyncio.to_thread(self.store.close)
+
+    def _apply_settings(self, doc: dict[str, Any]) -> None:
+        self.cfg.apply(doc)
+        if self.rewrap is not None:
+            self.rewrap.pause = self.cfg.rewrap_pause_seconds
 
     def _wake(self) -> None:
         # Long-polling change readers wait on this event; replace it so each wait sees the next commit.

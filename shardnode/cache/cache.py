@@ -126,6 +126,21 @@ class BlockCache:
         self._gauges()
         return True
 
+    def resize(self, budget: int, prefetch_budget_fraction: float) -> None:
+        """Apply a new byte budget, evicting until the held blocks fit."""
+        self.budget = budget
+        self.prefetch_budget = int(budget * prefetch_budget_fraction)
+        while self.bytes > self.budget and self.entries:
+            self._drop(self.policy.victim(), evicted=True)  # type: ignore[arg-type]
+        self.metrics.budget.set(budget)
+        self._gauges()
+
+    def replace_policy(self, policy: EvictionPolicy) -> None:
+        """Switch eviction policy, keeping the cached blocks (their history starts afresh)."""
+        for bid, entry in self.entries.items():
+            policy.insert(bid, len(entry.value))
+        self.policy = policy
+
     def invalidate(self, bid: BlockId, newer_than: int | None = None) -> None:
         """Forget a cached block (only if its LSN is older than ``newer_than`` when given)."""
         fetch = self._inflight.get(bid)

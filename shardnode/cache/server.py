@@ -29,6 +29,7 @@ from ..http_common import (
 )
 from ..keyring import KeyringWatcher
 from ..metrics import CacheMetrics
+from ..settings_watch import SettingsWatcher
 from .access_log import AccessLog
 from .cache import BlockCache, DecryptError, NotFound
 from .eviction import make_policy
@@ -60,6 +61,7 @@ class CacheConfig:
     partitions: Any = None  # routing.PartitionMapSource
     shard_index: int | None = None
     peers: Any = None  # routing.PeerURLs
+    settings_path: str | None = None  # cache.json, re-applied when the mounted ConfigMap changes
 
     def apply(self, settings: dict[str, Any]) -> None:
         """Overlay settings from cache.json (unknown keys ignored; bad values logged and ignored)."""
@@ -93,6 +95,7 @@ class CacheApp:
         self.cfg = cfg
         self.metrics = CacheMetrics()
         self.keys = KeyringWatcher(cfg.keyring_dir, on_reload=self.metrics.keyring.observe)
+        self.settings = SettingsWatcher(cfg.settings_path, self._apply_settings, self.metrics.settings.observe)
         self.log = AccessLog(cfg.access_log_size)
         self.session: aiohttp.ClientSession | None = None
         self.cache: BlockCache | None = None
@@ -107,10 +110,19 @@ class CacheApp:
         self.cache = BlockCache(self.cfg.budget_bytes, make_policy(self.cfg.eviction), lambda: self.keys.keyring,
                                 node, self.metrics, self.cfg.prefetch_budget_fraction)
         self._tasks.append(asyncio.create_task(self.keys.run(self.cfg.keyring_poll_seconds)))
+        self._tasks.append(asyncio.create_task(self.settings.run(self.cfg.keyring_poll_seconds)))
         for _ in range(self.cfg.prefetch_workers):
             self._tasks.append(asyncio.create_task(self._prefetch_worker()))
         if self.cfg.follow_changes:
             self._tasks.append(asyncio.create_task(self.cache.follow_changes()))
+
+    def _apply_settings(self, doc: dict[str, Any]) -> None:
+        before = self.cfg.eviction
+        self.cfg.apply(doc)
+        if self.cache is not None:
+            self.cache.resize(self.cfg.budget_bytes, self.cfg.prefetch_budget_fraction)
+            if self.cfg.eviction != before:
+                self.cache.replace_policy(make_policy(self.cfg.eviction))
 
     async def stop(self, app: web.Application) -> None:
         """Cancel background tasks and close the session."""
@@ -306,7 +318,8 @@ async def stats(request: web.Request) -> web.StreamResponse:
     st = state(request)
     bc = st.bc
     return web.json_response({"bytes": bc.bytes, "entries": len(bc.entries), "budget": bc.budget,
-                              "policy": st.cfg.eviction, "prefetchQueue": st.hints.qsize()})
+                              "policy": st.cfg.eviction, "prefetchQueue": st.hints.qsize(),
+                              "settingsError": st.settings.error})
 
 
 async def healthz(request: web.Request) -> web.StreamResponse:

@@ -167,3 +167,44 @@ def test_cache_json_as_the_operator_writes_it():
     assert cfg.budget_bytes == 1234 and cfg.eviction == "lru"
     cfg.apply({"budgetBytes": "big", "evictionPolicy": "fifo"})  # bad values are ignored, old ones kept
     assert cfg.budget_bytes == 1234 and cfg.eviction == "lru"
+
+
+async def test_cache_json_change_resizes_and_switches_policy_live(tmp_path):
+    import json as _json
+
+    import aiohttp
+    from chronoshard.shardnode.cache.eviction import LRUPolicy
+    from chronoshard.shardnode.cache.server import CACHE, CacheConfig, create_app
+    from chronoshard.shardnode.node_server import NodeConfig
+    from chronoshard.shardnode.node_server import create_app as create_node
+
+    from tests.unit.shardnode.server_support import keyring_dir, serve
+
+    kdir = keyring_dir(tmp_path)
+    settings = tmp_path / "cache.json"
+    settings.write_text(_json.dumps({"budgetBytes": 1000, "evictionPolicy": "scored"}))
+    napp = create_node(NodeConfig(data_dir=tmp_path / "d", keyring_dir=kdir))
+    async with serve(napp) as node_url:
+        capp = create_app(CacheConfig(node_url=node_url, keyring_dir=kdir, keyring_poll_seconds=0.05,
+                                      settings_path=str(settings)))
+        async with serve(capp) as url, aiohttp.ClientSession() as s:
+            for i in range(5):
+                await s.put(f"{url}/v1/tables/t/blocks/k{i}", data=bytes(150))
+            assert (await (await s.get(f"{url}/v1/cache")).json())["entries"] == 5
+            settings.write_text(_json.dumps({"budgetBytes": 300, "evictionPolicy": "lru"}))
+            for _ in range(100):
+                stats = await (await s.get(f"{url}/v1/cache")).json()
+                if stats["budget"] == 300:
+                    break
+                await asyncio.sleep(0.05)
+            assert stats["budget"] == 300 and stats["bytes"] <= 300 and stats["policy"] == "lru"
+            assert isinstance(capp[CACHE].cache.policy, LRUPolicy) and len(capp[CACHE].cache.policy) == 2
+            settings.write_text("{broken")
+            for _ in range(100):
+                stats = await (await s.get(f"{url}/v1/cache")).json()
+                if stats["settingsError"]:
+                    break
+                await asyncio.sleep(0.05)
+            assert stats["budget"] == 300 and "cache.json" in stats["settingsError"]
+            m = await (await s.get(f"{url}/metrics")).text()
+            assert "chronoshard_cache_settings_load_error 1.0" in m
