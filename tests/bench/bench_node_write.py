@@ -43,6 +43,26 @@ def fsync_rate(directory: Path, size: int, count: int) -> float:
         path.unlink()
 
 
+def sqlite_commit_rate(directory: Path, size: int, count: int) -> float:
+    """One-row transactions (WAL, synchronous=FULL) per second: the floor for one writer without HTTP or crypto."""
+    from chronoshard.shardnode.store import connect
+
+    conn = connect(directory / "probe.sqlite3")
+    try:
+        conn.execute("CREATE TABLE p (k INTEGER PRIMARY KEY, v BLOB)")
+        data = os.urandom(size)
+        t0 = time.perf_counter()
+        for i in range(count):
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("INSERT INTO p (k, v) VALUES (?, ?)", (i, data))
+            conn.execute("COMMIT")
+        return count / (time.perf_counter() - t0)
+    finally:
+        conn.close()
+        for f in directory.glob("probe.sqlite3*"):
+            f.unlink()
+
+
 async def put_load(url: str, writes: int, concurrency: int, size: int) -> float:
     """Acknowledged PUTs per second with ``concurrency`` writers."""
     body = os.urandom(size)
@@ -115,14 +135,16 @@ def main() -> None:
     write_keyring(keyring, 1, {1: ("primary", KEYS[1])})
     (tmp / "data").mkdir()
     fs = fsync_rate(tmp / "data", args.size, 300)
+    sq = sqlite_commit_rate(tmp / "data", args.size, 300)
     n = node(tmp, keyring).start()
     try:
         print(f"durable writes of {args.size}-byte blocks over HTTP (ack after SQLite commit, synchronous=FULL)")
-        print(f"  fsync floor (append {args.size} B + fsync, same dir): {fs:8.0f} /s")
+        print(f"  fsync floor (append {args.size} B + fsync, same dir):      {fs:8.0f} /s")
+        print(f"  SQLite floor (1-row txn, WAL, synchronous=FULL, in-process): {sq:8.0f} /s")
         for c in (1, 32):
             rate = asyncio.run(put_load(n.url, args.writes if c > 1 else args.writes // 4, c, args.size))
             print(f"  {c:>2} concurrent writer(s): {rate:8.0f} writes/s  {rate * args.size / 1e6:6.1f} MB/s  "
-                  f"{rate / fs:5.2f}x fsync rate")
+                  f"{rate / fs:5.2f}x fsync rate  {rate / sq:5.2f}x SQLite floor")
     finally:
         n.stop()
     rate, raw = asyncio.run(rewrap_bench(tmp / "rewrap", args.blocks, args.size, args.batch))
