@@ -6,14 +6,17 @@
 */}}
 {{- define "chronoshard.namespacedRules" }}
 # Our custom resources: Kopf lists and watches them and patches metadata (finalizer, bookkeeping
-# annotations); handlers read the objects they refer to (a KeyRotation's ShardSet). The operator
-# never creates, updates or deletes a user's objects.
+# annotations) and status. The operator never creates, updates or deletes a user's objects.
 - apiGroups: [chronoshard.io]
   resources: [shardsets, keyrotations, prefetchpolicies, shadowpolicies, mirrorsets, weaveplans]
-  verbs: [get, list, watch, patch]
+  verbs: [list, watch, patch]
 - apiGroups: [chronoshard.io]
   resources: [shardsets/status, keyrotations/status, prefetchpolicies/status, shadowpolicies/status, mirrorsets/status, weaveplans/status]
   verbs: [patch]
+# A KeyRotation reads the ShardSet it rotates.
+- apiGroups: [chronoshard.io]
+  resources: [shardsets]
+  verbs: [get]
 # The keyring Secret is created once (its key bytes are generated, never applied from a template)
 # and patched when a KeyRotation adds or retires a key version.
 - apiGroups: [""]
@@ -23,18 +26,21 @@
 # object is authorized as create too) and watched so a change by someone else is repaired.
 # Removal is left to the garbage collector (owner references), so there is no delete.
 - apiGroups: [""]
-  resources: [configmaps, services]
+  resources: [configmaps]
   verbs: [create, get, list, watch, patch]
 - apiGroups: [apps]
   resources: [statefulsets]
   verbs: [create, get, list, watch, patch]
+- apiGroups: [""]
+  resources: [services]
+  verbs: [create, list, watch, patch]
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
-  verbs: [create, get, list, watch, patch]
-# Shard pods are only read: their addresses, to ask each node which key versions it has loaded.
+  verbs: [create, list, watch, patch]
+# Shard pods are only listed: a key rotation asks each pod's node which key versions it loaded.
 - apiGroups: [""]
   resources: [pods]
-  verbs: [get, list, watch]
+  verbs: [list]
 # Events are the user interface of every step (kubectl describe); Kopf creates them, never patches.
 - apiGroups: [""]
   resources: [events]
@@ -45,4 +51,9 @@
 - apiGroups: [apiextensions.k8s.io]
   resources: [customresourcedefinitions]
   verbs: [list, watch]
+# A ShardSet naming a StorageClass is checked against the cluster's StorageClasses (clear condition
+# instead of pods stuck Pending).
+- apiGroups: [storage.k8s.io]
+  resources: [storageclasses]
+  verbs: [get]
 {{- end }}

@@ -119,9 +119,10 @@ def test_namespaced_rbac_is_a_role_per_watched_namespace() -> None:
         assert {"kopfpeerings", "shardsets", "secrets"} <= resources
         assert "namespaces" not in resources and "clusterkopfpeerings" not in resources
     (cluster_role,) = by_kind(docs, "ClusterRole")
-    # Only the CRD scan and namespace names are cluster-wide: no access to other namespaces' objects.
-    assert [r["resources"] for r in cluster_role["rules"]] == [["customresourcedefinitions"], ["namespaces"]]
-    assert all(set(r["verbs"]) <= {"list", "watch"} for r in cluster_role["rules"])
+    # Cluster-wide only reads of cluster-scoped things: no access to other namespaces' objects.
+    resources = sorted(r for rule in cluster_role["rules"] for r in rule["resources"])
+    assert resources == ["customresourcedefinitions", "namespaces", "storageclasses"]
+    assert all(set(r["verbs"]) <= {"get", "list", "watch"} for r in cluster_role["rules"])
     assert sorted(p["metadata"]["namespace"] for p in by_kind(docs, "KopfPeering")) == ["team-a", "team-b"]
     assert not by_kind(docs, "ClusterKopfPeering")
 
