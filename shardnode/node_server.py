@@ -347,12 +347,16 @@ async def rewrap_start(request: web.Request) -> web.Response:
     batch = doc.get("batchSize", node.cfg.rewrap_batch_size)
     if not isinstance(batch, int) or isinstance(batch, bool) or not 1 <= batch <= 10000:
         raise ApiError(400, "invalid_body", "batchSize must be an integer between 1 and 10000")
-    unknown = set(doc) - {"batchSize"}
+    pause = doc.get("pauseSeconds")
+    if pause is not None and (not isinstance(pause, int | float) or isinstance(pause, bool)
+                              or not 0 <= pause <= 60):
+        raise ApiError(400, "invalid_body", "pauseSeconds must be a number between 0 and 60")
+    unknown = set(doc) - {"batchSize", "pauseSeconds"}
     if unknown:
         raise ApiError(400, "invalid_body", f"unknown fields: {sorted(unknown)}")
     assert node.rewrap is not None
     try:
-        await node.rewrap.start(batch)
+        await node.rewrap.start(batch, None if pause is None else float(pause))
     except NoKeyring:
         raise ApiError(503, "no_keyring", "no keyring is loaded") from None
     return web.json_response(await node.db.read(rewrap.progress), status=202)

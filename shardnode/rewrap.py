@@ -23,7 +23,8 @@ MAX_PROBLEMS = 50
 def idle_state() -> dict[str, Any]:
     """The state before any rewrap ran."""
     return {"state": "idle", "target": None, "cursor": None, "rewrapped": 0, "failed": 0, "passes": 0,
-            "batchSize": DEFAULT_BATCH, "started": None, "finished": None, "lastError": None, "problems": []}
+            "batchSize": DEFAULT_BATCH, "pauseSeconds": None, "started": None, "finished": None,
+            "lastError": None, "problems": []}
 
 
 def load_state(conn: sqlite3.Connection) -> dict[str, Any]:
@@ -31,7 +32,8 @@ def load_state(conn: sqlite3.Connection) -> dict[str, Any]:
     return get_meta(conn, META_KEY) or idle_state()
 
 
-def start_in_txn(conn: sqlite3.Connection, keyring: Keyring, batch_size: int) -> dict[str, Any]:
+def start_in_txn(conn: sqlite3.Connection, keyring: Keyring, batch_size: int,
+                 pause: float | None = None) -> dict[str, Any]:
     """Start a rewrap to the current primary, or resume the running one (keeping its cursor)."""
     st = load_state(conn)
     if st["state"] == "running" and st["target"] == keyring.primary:
@@ -39,6 +41,7 @@ def start_in_txn(conn: sqlite3.Connection, keyring: Keyring, batch_size: int) ->
     else:
         st = idle_state() | {"state": "running", "target": keyring.primary, "batchSize": batch_size,
                              "started": time.time()}
+    st["pauseSeconds"] = pause
     set_meta(conn, META_KEY, st)
     return st
 
@@ -57,6 +60,8 @@ def batch_in_txn(conn: sqlite3.Connection, keyring: Keyring) -> dict[str, Any]:
         "WHERE (tbl, key) > (?, ?) AND key_version != ? ORDER BY tbl, key LIMIT ?",
         (cur[0], cur[1], st["target"], st["batchSize"]),
     ).fetchall()
+    changes: list[tuple[float, str, str, str, int, int]] = []
+    updates: list[tuple[bytes, int, int]] = []
     for row_id, tbl, key, version, size, cs, frame in rows:
         try:
             plaintext = open_block(keyring, tbl, key, bytes(frame), bytes(cs))
@@ -68,10 +73,19 @@ def batch_in_txn(conn: sqlite3.Connection, keyring: Keyring) -> dict[str, Any]:
                 st["problems"].append({"table": tbl, "key": key, "keyVersion": version, "error": str(exc)})
             continue
         new_frame, _, new_version = seal_block(keyring, tbl, key, plaintext, version=st["target"])
-        lsn = changelog.append(conn, tbl, key, "rewrap", new_version, size)
-        conn.execute("UPDATE blocks SET frame = ?, key_version = ?, lsn = ? WHERE id = ?",
-                     (new_frame, new_version, lsn, row_id))
-        st["rewrapped"] += 1
+        changes.append((time.time(), tbl, key, "rewrap", new_version, size))
+        updates.append((new_frame, new_version, row_id))
+    if changes:
+        # One executemany per table instead of two statements per block. The writer thread is the only
+        # writer and AUTOINCREMENT hands out consecutive LSNs inside one transaction, which is checked.
+        base = changelog.last_lsn(conn)
+        conn.executemany("INSERT INTO changes (time, tbl, key, op, key_version, size) VALUES (?, ?, ?, ?, ?, ?)",
+                         changes)
+        if changelog.last_lsn(conn) != base + len(changes):
+            raise RuntimeError("change-log LSNs were not consecutive; rewrap batch rolled back")
+        conn.executemany("UPDATE blocks SET frame = ?, key_version = ?, lsn = ? WHERE id = ?",
+                         [(f, v, base + i + 1, rid) for i, (f, v, rid) in enumerate(updates)])
+        st["rewrapped"] += len(updates)
     if rows:
         st["cursor"] = [rows[-1][1], rows[-1][2]]
     if len(rows) < st["batchSize"]:
@@ -103,10 +117,10 @@ class RewrapRunner:
         """True while a batch loop is active in this process."""
         return self._task is not None and not self._task.done()
 
-    async def start(self, batch_size: int = DEFAULT_BATCH) -> dict[str, Any]:
-        """Start or resume; returns the state after persisting it."""
+    async def start(self, batch_size: int = DEFAULT_BATCH, pause: float | None = None) -> dict[str, Any]:
+        """Start or resume; ``pause`` (seconds between batches, persisted) overrides the configured one."""
         ring = self.store.current_keyring()
-        st = await self.store.write(lambda c: start_in_txn(c, ring, batch_size))
+        st = await self.store.write(lambda c: start_in_txn(c, ring, batch_size, pause))
         self._ensure_task()
         return st
 
@@ -135,7 +149,8 @@ class RewrapRunner:
             if st["state"] != "running":
                 log.info("rewrap %s: %d rewrapped, %d failed", st["state"], st["rewrapped"], st["failed"])
                 return
-            await asyncio.sleep(self.pause)
+            pause = st.get("pauseSeconds")
+            await asyncio.sleep(self.pause if pause is None else pause)
 
     async def stop(self) -> None:
         """Cancel the loop (the persisted cursor lets the next start resume)."""

@@ -110,14 +110,14 @@ async def test_rewrap_and_verify_over_http(env, tmp_path):
         if (await (await s.get(f"{node}/v1/keys")).json())["primary"] == 2:
             break
         await asyncio.sleep(0.05)
-    r = await s.post(f"{node}/v1/rewrap", json={"batchSize": 7})
+    r = await s.post(f"{node}/v1/rewrap", json={"batchSize": 7, "pauseSeconds": 0})
     assert r.status == 202
     for _ in range(200):
         st = await (await s.get(f"{node}/v1/rewrap")).json()
         if st["state"] == "done":
             break
         await asyncio.sleep(0.02)
-    assert st["rewrapped"] == 30 and st["blocks"] == {"2": 30}
+    assert st["rewrapped"] == 30 and st["blocks"] == {"2": 30} and st["pauseSeconds"] == 0
     assert (await s.post(f"{node}/v1/verify", json={"mode": "full"})).status == 202
     for _ in range(200):
         v = await (await s.get(f"{node}/v1/verify")).json()
@@ -146,6 +146,8 @@ async def test_rewrap_and_verify_over_http(env, tmp_path):
         ("POST", "/v1/rewrap", b'{"batchSize": 0}', 400, "invalid_body"),
         ("POST", "/v1/rewrap", b'{"batchSize": true}', 400, "invalid_body"),
         ("POST", "/v1/rewrap", b'{"other": 1}', 400, "invalid_body"),
+        ("POST", "/v1/rewrap", b'{"pauseSeconds": -1}', 400, "invalid_body"),
+        ("POST", "/v1/rewrap", b'{"pauseSeconds": "0"}', 400, "invalid_body"),
         ("POST", "/v1/verify", b'{"mode": "quick"}', 400, "invalid_body"),
         ("POST", "/v1/verify", b'{"mode": "full", "sample": 3}', 400, "invalid_body"),
         ("PATCH", "/v1/tables/t/blocks/k", b"x", 405, "method_not_allowed"),

@@ -32,6 +32,11 @@ async def test_batches_move_everything_and_log_rewraps(tmp_path):
         assert prog["state"] == "done" and prog["remaining"] == 0 and prog["blocks"] == {"2": 25}
         entries = await s.read(lambda c: changelog.read(c, 25, 100))
         assert {e.op for e in entries} == {"rewrap"} and len(entries) == 25
+        assert [e.lsn for e in entries] == list(range(26, 51))
+        # every block points at its own rewrap entry
+        lsn_of = {e.key: e.lsn for e in entries}
+        rows = await s.read(lambda c: c.execute("SELECT key, lsn, key_version FROM blocks").fetchall())
+        assert all(lsn == lsn_of[key] and v == 2 for key, lsn, v in rows)
         b = await s.read(lambda c: get_block(c, "t", "k007"))
         assert b.key_version == 2 and open_block(k, "t", "k007", b.frame, b.checksum) == b"value-7"
     finally:
