@@ -193,7 +193,9 @@ def test_deleted_pod_comes_back_with_the_same_volume_and_data(local_cluster, web
     ip = pod["status"]["podIP"]
     marker = uuid.uuid4().hex.encode()
     assert http_put(f"http://{ip}:8080/data/marker", marker) == 204
-    host_file = local_cluster.state_dir / "agent" / "volumes" / web / f"data-{NAME}-2" / "marker"
+    claim = local_cluster.get("pvc", f"data-{NAME}-2", web)
+    host_file = (local_cluster.state_dir / "agent" / "volumes" / web
+                 / f"data-{NAME}-2-{claim['metadata']['uid']}" / "marker")
     assert host_file.read_bytes() == marker
     old_uid = pod["metadata"]["uid"]
     local_cluster.kubectl("delete", "pod", f"{NAME}-2", "-n", web, "--wait=false")

@@ -10,7 +10,7 @@ import time
 import pytest
 from chronoshard.operator.dev.nodeagent.process import descendants, proc_start_time
 
-from .conftest import PROBE_SERVER, LocalCluster, is_ready, wait_until
+from .conftest import PROBE_SERVER, LocalCluster, http_get, http_put, is_ready, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -164,3 +164,32 @@ def test_node_is_ready_with_capacity_and_a_renewed_lease(local_cluster):
     assert lease["spec"]["holderIdentity"] == "chronoshard-dev"
     wait_until("lease renewed", lambda: local_cluster.get("lease", "chronoshard-dev", "kube-node-lease")
                ["spec"]["renewTime"] != first, timeout=25)
+
+
+def test_a_recreated_claim_is_a_new_empty_volume(local_cluster, e2e_namespace):
+    def objects():
+        claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                 "metadata": {"name": "store", "namespace": e2e_namespace},
+                 "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "user", "namespace": e2e_namespace},
+               "spec": {"terminationGracePeriodSeconds": 2, "containers": [{
+                   "name": "web", "image": "none", "command": ["python", str(PROBE_SERVER)],
+                   "args": ["--host", "$(POD_IP)", "--port", "8080", "--data-dir", "/data"],
+                   "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
+                   "readinessProbe": {"httpGet": {"path": "/readyz", "port": 8080}, "periodSeconds": 1},
+                   "volumeMounts": [{"name": "d", "mountPath": "/data"}]}],
+                   "volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": "store"}}]}}
+        return claim, pod
+
+    local_cluster.apply(*objects())
+    pod = ready_pod(local_cluster, e2e_namespace, "user")
+    ip = pod["status"]["podIP"]
+    assert http_put(f"http://{ip}:8080/data/marker", b"old data") == 204
+    pv = local_cluster.get("pvc", "store", e2e_namespace)["spec"]["volumeName"]
+    assert local_cluster.get("pv", pv, "")["spec"]["persistentVolumeReclaimPolicy"] == "Retain"
+    local_cluster.kubectl("delete", "pod", "user", "-n", e2e_namespace, "--wait=true", "--timeout=30s")
+    local_cluster.kubectl("delete", "pvc", "store", "-n", e2e_namespace, "--wait=true", "--timeout=30s")
+    local_cluster.apply(*objects())
+    pod = ready_pod(local_cluster, e2e_namespace, "user")
+    assert http_get(f"http://{pod['status']['podIP']}:8080/data/marker")[0] == 404
+    assert local_cluster.get("pvc", "store", e2e_namespace)["spec"]["volumeName"] != pv

@@ -13,9 +13,13 @@ from .volumes import VolumeError
 PROVISIONER = "chronoshard-dev"
 
 
-def claim_dir(volumes_root: Path, namespace: str, claim: str) -> Path:
-    """Where a claim's data lives: ``<state>/volumes/<namespace>/<claim>`` (kept after pod deletion)."""
-    return volumes_root / namespace / claim
+def claim_dir(volumes_root: Path, namespace: str, claim: str, uid: str) -> Path:
+    """Where a claim's data lives: ``<state>/volumes/<namespace>/<claim>-<claim uid>``, kept after pod deletion.
+
+    The claim's UID is part of the name because a deleted and re-created claim is a new, empty volume in a
+    real cluster: deleting a ShardSet's claims must destroy its data here too, not resurrect it.
+    """
+    return volumes_root / namespace / f"{claim}-{uid}"
 
 
 def persistent_volume(pvc: dict[str, Any], path: Path) -> dict[str, Any]:
@@ -60,7 +64,7 @@ def ensure_bound(core: client.CoreV1Api, volumes_root: Path, namespace: str, cla
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    path = claim_dir(volumes_root, namespace, claim)
+    path = claim_dir(volumes_root, namespace, claim, pvc["metadata"]["uid"])
     path.mkdir(parents=True, exist_ok=True)
     pv = persistent_volume(pvc, path)
     name = pv["metadata"]["name"]
