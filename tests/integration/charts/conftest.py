@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
-import re
 import shutil
 import signal
 import socket
@@ -22,6 +22,16 @@ import yaml
 from tests.unit.charts.helpers import CHART, tools_bin
 
 REPO = Path(__file__).resolve().parents[3]
+
+
+def _load_script(path: Path):
+    spec = importlib.util.spec_from_file_location(path.stem.replace("-", "_"), path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+CHART_OPERATOR = _load_script(REPO / "hack" / "chart-operator.py")
 RELEASE_NS = "chronoshard-system"
 # Only calls by the chart's ServiceAccounts are audited (every namespace we install a release into).
 AUDITED_GROUPS = [f"system:serviceaccounts:{RELEASE_NS}", "system:serviceaccounts:chronoshard-ns"]
@@ -85,12 +95,6 @@ def manifest_docs(plane, env: dict[str, str], release: str, namespace: str) -> l
     return [d for d in yaml.safe_load_all(out) if d]
 
 
-def expand_kubelet_vars(text: str, env: dict[str, str]) -> str:
-    """Expand $(VAR) references in a container's args as the kubelet does ($$ escapes, unknown vars kept)."""
-    return re.sub(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)",
-                  lambda m: "$" if m.group(0) == "$$" else env.get(m.group(1), m.group(0)), text)
-
-
 @dataclass
 class OperatorProcess:
     """`chronoshard-operator` run as a local process exactly as the chart's Deployment declares it."""
@@ -136,27 +140,18 @@ class OperatorProcess:
 
 
 def operator_from_release(plane, docs: list[dict], namespace: str, workdir: Path) -> OperatorProcess:
-    """Build the operator process the release's Deployment describes, authenticated as its ServiceAccount.
+    """The operator process the release's Deployment describes, signed in as its ServiceAccount.
 
-    The container's command and args are taken from the rendered Deployment; $(POD_IP) becomes
-    127.0.0.1 (this machine is the "pod"); the credentials are a TokenRequest token of the
+    Uses hack/chart-operator.py's functions (the script users run on clusters without containers):
+    command and args from the rendered Deployment, $(POD_IP) = 127.0.0.1, a TokenRequest token of the
     Deployment's ServiceAccount, so the API server enforces the chart's RBAC on every call.
     """
-    from chronoshard.operator.dev.controlplane import kubeconfig_document
-
     (deploy,) = [d for d in docs if d["kind"] == "Deployment"]
-    pod = deploy["spec"]["template"]["spec"]
-    (container,) = pod["containers"]
-    sa = pod["serviceAccountName"]
+    command, pod_env, sa = CHART_OPERATOR.operator_command(deploy, namespace)
     token = plane.kubectl("create", "token", sa, "--namespace", namespace, "--duration=2h").stdout.strip()
     kubeconfig = workdir / f"{sa}.kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump(kubeconfig_document(plane.server, token, plane.ca_pem, user=sa)))
+    kubeconfig.write_text(yaml.safe_dump(CHART_OPERATOR.token_kubeconfig(plane.server, plane.ca_pem, token, sa)))
     kubeconfig.chmod(0o600)
-    pod_env = {"POD_IP": "127.0.0.1", "POD_NAMESPACE": namespace}
-    for item in container.get("env", []):
-        if "value" in item:
-            pod_env[item["name"]] = expand_kubelet_vars(item["value"], pod_env)
-    command = [expand_kubelet_vars(a, pod_env) for a in container["command"] + container.get("args", [])]
     exe = shutil.which(command[0], path=str(Path(sys.executable).parent))
     assert exe, f"{command[0]} is not installed in this venv"
     env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")}
