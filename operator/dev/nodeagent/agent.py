@@ -39,6 +39,7 @@ from .node import NodeHeartbeat, now_rfc3339
 from .podstatus import ContainerView, pod_status
 from .probes import ProbeError, ProbeWorker, parse_probe
 from .process import ProcessRecord, launch
+from .restart import Backoff, should_restart
 from .storage import ensure_bound
 from .volumes import VolumeError, volume_payload, write_atomic
 
@@ -46,8 +47,6 @@ log = logging.getLogger("chronoshard.nodeagent")
 
 HOST_IP = "127.0.0.1"
 HEARTBEAT_SECONDS = 10.0
-BACKOFF_CAP = 300.0
-BACKOFF_RESET_AFTER = 600.0  # a container that ran this long starts its back-off from zero again
 
 
 def base_env(pod_name: str) -> dict[str, str]:
@@ -74,7 +73,7 @@ class ContainerRun:
     popen: subprocess.Popen[bytes] | None = None
     started_mono: float = 0.0
     next_start: float = 0.0
-    backoff: float = 0.0
+    backoff: Backoff = field(default_factory=Backoff)
     killing_until: float | None = None
     killed_hard: bool = False
     adopted: bool = False  # the process was started by an earlier agent
@@ -445,12 +444,10 @@ class NodeAgent:
             return
         if cr.record is not None:
             self._finish_run(cr, run)
-            if self._should_restart(pod, cr):
-                if now - cr.started_mono >= BACKOFF_RESET_AFTER:
-                    cr.backoff = 0.0
-                delay = cr.backoff
-                cr.backoff = self.backoff_base if cr.backoff == 0 else min(cr.backoff * 2, BACKOFF_CAP)
-                cr.next_start = now + delay
+            exit_code = int((cr.view.terminated or {}).get("exitCode", 1))
+            if should_restart(pod["spec"].get("restartPolicy", "Always"), exit_code):
+                cr.backoff.base = self.backoff_base
+                cr.next_start = now + cr.backoff.next_delay(ran_for=now - cr.started_mono)
                 cr.view.last_terminated, cr.view.terminated = cr.view.terminated, None
                 self._save_last(run, cr)
             else:
@@ -462,7 +459,7 @@ class NodeAgent:
             remaining = int(cr.next_start - now) + 1
             cr.view.waiting_reason = "CrashLoopBackOff"
             cr.view.waiting_message = (
-                f"back-off {int(cr.backoff / 2) or int(self.backoff_base)}s restarting failed container="
+                f"back-off {cr.backoff.last:g}s restarting failed container="
                 f"{cr.view.name} pod={run.name}; next start in {remaining}s"
             )
             return
@@ -502,11 +499,6 @@ class NodeAgent:
             readiness = cr.probes.get("readiness")
         cr.view.started = startup is None or startup.result
         cr.view.ready = cr.view.started and (readiness is None or readiness.result)
-
-    def _should_restart(self, pod: dict[str, Any], cr: ContainerRun) -> bool:
-        policy = pod["spec"].get("restartPolicy", "Always")
-        code = (cr.view.terminated or {}).get("exitCode", 1)
-        return policy == "Always" or (policy == "OnFailure" and code != 0)
 
     def _finish_run(self, cr: ContainerRun, run: PodRun) -> None:
         """Turn a run whose process ended into a terminated state with its exit code."""
