@@ -158,6 +158,9 @@ def cmd_up(args: argparse.Namespace) -> int:
                 _stop(entry, 5)
             root = repo_root()
             crds = args.crds or (root / "crds" if root else None)
+            if crds is None or not crds.is_dir():
+                _say("no CRD directory found (pass --crds DIR); the chronoshard CRDs are not installed")
+                crds = None
             try:
                 bin_dir = envtest_bin_dir()  # builds on first use, progress on our stderr
             except ControlPlaneError as exc:
