@@ -160,8 +160,9 @@ def keys_list(doc: dict[str, Any]) -> list[str]:
 
 
 def load_openapi(name: str) -> dict[str, Any]:
-    """Load a packaged OpenAPI document (shardnode/openapi/<name>.yaml)."""
-    text = resources.files("chronoshard.shardnode").joinpath("openapi", f"{name}.yaml").read_text()
+    """Load a packaged OpenAPI document (shardnode/openapi_<name>.yaml)."""
+    # Top-level files, because the wheel's package-data pattern ("*.yaml") covers only the package folder.
+    text = resources.files("chronoshard.shardnode").joinpath(f"openapi_{name}.yaml").read_text()
     return dict(yaml.safe_load(text))
 
 
