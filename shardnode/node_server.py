@@ -203,10 +203,15 @@ async def get_block_h(request: web.Request) -> web.Response:
     """GET /v1/tables/{table}/blocks/{key}: the plaintext, only after tag and checksum verify."""
     node = node_of(request)
     table, key = table_param(request), key_param(request)
-    block = await node.db.read(lambda c: get_block(c, table, key))
-    if block is None:
+    def work(c: sqlite3.Connection) -> tuple[StoredBlock, bytes] | None:
+        # One thread hop for the read and the decrypt.
+        block = get_block(c, table, key)
+        return None if block is None else (block, node.open(block))
+
+    found = await node.db.read(work)
+    if found is None:
         raise ApiError(404, "not_found", f"no block {table}/{key}")
-    plaintext = await node.db.read(lambda c: node.open(block))
+    block, plaintext = found
     return web.Response(body=plaintext, content_type="application/octet-stream",
                         headers={"X-Chronoshard-Key-Version": str(block.key_version),
                                  "X-Chronoshard-Lsn": str(block.lsn)})
@@ -294,12 +299,16 @@ async def scan(request: web.Request) -> web.Response:
         raise ApiError(400, "invalid_parameter", "after must be at most 1024 characters")
     limit = int_query(request, "limit", 100, 1, 1000)
     values = bool_query(request, "values")
-    blocks = await node.db.read(lambda c: scan_blocks(c, table, after, limit))
+    def work(c: sqlite3.Connection) -> tuple[list[StoredBlock], list[bytes]]:
+        found = scan_blocks(c, table, after, limit)
+        return found, [node.open(b) for b in found] if values else []
+
+    blocks, plaintexts = await node.db.read(work)
     items: list[dict[str, Any]] = []
-    for b in blocks:
+    for i, b in enumerate(blocks):
         item: dict[str, Any] = {"key": b.key, "size": b.size, "keyVersion": b.key_version, "lsn": b.lsn}
         if values:
-            item["value"] = base64.b64encode(await node.db.read(lambda c, b=b: node.open(b))).decode()
+            item["value"] = base64.b64encode(plaintexts[i]).decode()
         items.append(item)
     nxt = blocks[-1].key if len(blocks) == limit else None
     return web.json_response({"items": items, "next": nxt})

@@ -215,7 +215,7 @@ class Store:
                     conn.execute("RELEASE job")
                     outcomes.append((False, exc))
             conn.execute("COMMIT")
-        except sqlite3.Error as exc:
+        except Exception as exc:  # anything escaping here would kill the only writer thread
             log.error("store commit failed: %s", exc)
             try:
                 conn.execute("ROLLBACK")

@@ -249,7 +249,12 @@ class BlockCache:
         try:
             await self._fetch(bid, prefetch=True, score=score)
         except (NotFound, DecryptError, UpstreamError):
-            pass  # a wrong prediction or a bad block: nothing cached, counted by the fetch path
+            self.metrics.prefetch_wasted.inc()  # a wrong prediction or a bad block: fetched for nothing
+            return True
+        entry = self.entries.get(bid)
+        if entry is None or not entry.prefetched:
+            # Not kept (over the prefetch budget, overtaken by a write, or larger than the cache).
+            self.metrics.prefetch_wasted.inc()
         return True
 
     # ---- writes --------------------------------------------------------------------------------

@@ -112,6 +112,15 @@ async def test_prefetch_budget_limits_unused_prefetched_bytes(env):
         await cache.prefetch("t", f"p{i}", 0.5)
     assert cache.unused_prefetch_bytes <= 50 and len(cache.entries) == 2
     assert value(m, "chronoshard_cache_prefetches_dropped_total", why="budget") == 2
+    assert value(m, "chronoshard_cache_prefetches_wasted_total") == 2  # fetched, then not kept
+
+
+async def test_prefetch_of_a_missing_block_is_wasted_and_caches_nothing(env):
+    cache, m, _, _ = env
+    assert await cache.prefetch("t", "never-written", 0.9)
+    assert ("t", "never-written") not in cache.entries
+    assert value(m, "chronoshard_cache_prefetches_issued_total") == 1
+    assert value(m, "chronoshard_cache_prefetches_wasted_total") == 1
 
 
 async def test_unknown_key_version_is_a_named_error_and_not_cached(env, tmp_path):
