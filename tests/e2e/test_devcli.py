@@ -39,6 +39,13 @@ def test_up_reuse_agent_restart_adoption_and_down_leaves_nothing():
                 "readinessProbe": {"httpGet": {"path": "/readyz", "port": 8080}, "periodSeconds": 1},
             }]},
         })
+        cluster.apply({
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "done", "namespace": "default"},
+            "spec": {"restartPolicy": "Never", "containers": [
+                {"name": "once", "image": "none", "command": ["python", "-c", "print('ran once')"]}]},
+        })
+        done = wait_until("done Succeeded", lambda: (p := cluster.get("pod", "done", "default"))
+                          and p["status"].get("phase") == "Succeeded" and p)
         pod = wait_until("survivor ready",
                          lambda: (p := cluster.get("pod", "survivor", "default")) and is_ready(p) and p)
         container_id = pod["status"]["containerStatuses"][0]["containerID"]
@@ -67,6 +74,11 @@ def test_up_reuse_agent_restart_adoption_and_down_leaves_nothing():
         os.kill(server, signal.SIGKILL)
         wait_until("restart by the new agent", lambda: cluster.get("pod", "survivor", "default")["status"]
                    ["containerStatuses"][0]["restartCount"] == 1, timeout=30)
+
+        # A container that finished for good is not run again by the new agent (which has synced by now).
+        logs = cluster.pod_dir(done) / "logs" / "once"
+        assert sorted(p.name for p in logs.iterdir()) == ["0.log"]
+        assert cluster.get("pod", "done", "default")["status"]["phase"] == "Succeeded"
 
         before = all_pids(state)
         assert len(before) >= 6, before  # keeper, etcd, apiserver, controller-manager, agent, shim, container

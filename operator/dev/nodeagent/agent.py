@@ -412,6 +412,8 @@ class NodeAgent:
                 cr.runs = int(last.get("runs", 0))
                 cr.view.restart_count = max(0, cr.runs - 1)
                 cr.view.last_terminated = last.get("lastTerminated")
+                if last.get("terminated"):
+                    cr.view.terminated, cr.view.waiting_reason = last["terminated"], None
             if record is not None:
                 cr.record = record
                 cr.runs = max(cr.runs, record.restart_count + 1)
@@ -532,7 +534,8 @@ class NodeAgent:
     def _save_last(self, run: PodRun, cr: ContainerRun) -> None:
         cdir = run.directory / "containers"
         cdir.mkdir(parents=True, exist_ok=True)
-        last = {"runs": cr.runs, "lastTerminated": cr.view.last_terminated or cr.view.terminated}
+        # "terminated" is a final state (restartPolicy said no restart): a restarted agent must not run it again.
+        last = {"runs": cr.runs, "lastTerminated": cr.view.last_terminated, "terminated": cr.view.terminated}
         (cdir / f"{cr.view.name}.last.json").write_text(json.dumps(last))
 
     @staticmethod
