@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The test command (README, CI): install into .venv, build or reuse the pinned control plane and tools,
+# lint, then run unit, integration and e2e tests. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+python="${PYTHON:-python3.11}"
+command -v "$python" >/dev/null || python=python3
+if [[ ! -x .venv/bin/python ]]; then
+  echo "[test] creating .venv with $($python --version)"
+  "$python" -m venv .venv
+fi
+echo "[test] installing chronoshard and its test dependencies into .venv"
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e '.[dev]'
+
+echo "[test] envtest control plane (built once, then cached)"
+CHRONOSHARD_ENVTEST_BIN="$(bash hack/envtest.sh)"
+export CHRONOSHARD_ENVTEST_BIN
+if [[ -f hack/tools.sh ]]; then
+  echo "[test] helm, kubeconform, kube-linter (built once, then cached)"
+  CHRONOSHARD_TOOLS_BIN="$(bash hack/tools.sh)"
+  export CHRONOSHARD_TOOLS_BIN
+fi
+
+echo "[test] ruff"
+.venv/bin/ruff check .
+
+echo "[test] pytest"
+exec .venv/bin/pytest -q -p no:cacheprovider "$@"
