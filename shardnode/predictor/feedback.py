@@ -110,18 +110,23 @@ class OutcomeTracker:
         return out
 
 
+PAUSED = 1.01  # above any probability: no candidate is sent
+
+
 @dataclass
 class FeedbackController:
     """Per window of resolved candidates, picks the lowest threshold meeting the precision target.
 
-    If even the highest threshold misses the target, the hint budget is halved (down to a floor);
-    when the target is met again it grows back. Disabled feedback keeps the base settings.
+    If no threshold up to 1.0 meets the target, hints pause (threshold above any probability) and the
+    budget is halved (down to a floor); the unsent candidates keep being measured, so when the target
+    is met again the threshold comes down and the budget grows back. Disabled feedback keeps the base
+    settings.
     """
 
     base_threshold: float
     target_precision: float = 0.5
     window: int = 200
-    max_threshold: float = 0.95
+    max_threshold: float = 1.0
     min_budget_factor: float = 0.05
     enabled: bool = True
     threshold: float = field(init=False)
@@ -159,7 +164,7 @@ class FeedbackController:
                 chosen = float(t)
                 break
         if chosen is None:
-            self.threshold = self.max_threshold
+            self.threshold = PAUSED
             self.budget_factor = max(self.min_budget_factor, self.budget_factor * 0.5)
         else:
             self.threshold = chosen

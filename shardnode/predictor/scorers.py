@@ -16,6 +16,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 from .features import FEATURE_NAMES, N_FEATURES
 
@@ -100,7 +101,8 @@ class SklearnScorer:
             self._constant = float(y.mean()) if len(y) else 0.0
         else:
             self._constant = None
-            self.model.fit(x, y)
+            with threadpool_limits(limits=1):
+                self.model.fit(x, y)
         return self
 
     def predict(self, x: np.ndarray) -> np.ndarray:
@@ -110,7 +112,9 @@ class SklearnScorer:
             return np.full(len(x), self._constant)
         if len(x) == 0:
             return np.zeros(0)
-        return self.model.predict_proba(x)[:, 1]
+        # One thread: OpenMP start-up costs ~50 ms per call on a busy machine, more than the work itself.
+        with threadpool_limits(limits=1):
+            return self.model.predict_proba(x)[:, 1]
 
 
 def make_scorer(kind: str) -> StatsScorer | SklearnScorer:
