@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-
 _MAX_GAP = 1000  # windows
 
 

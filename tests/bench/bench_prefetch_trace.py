@@ -13,50 +13,17 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from chronoshard.shardnode.cache.eviction import make_policy
 from chronoshard.shardnode.predictor.access import Access
 from chronoshard.shardnode.predictor.features import KINDS, CandidateGenerator, GeneratorSettings
 from chronoshard.shardnode.predictor.feedback import FeedbackController, OutcomeTracker, TokenBucket
 from chronoshard.shardnode.predictor.labels import label_candidates
 from chronoshard.shardnode.predictor.scorers import MODEL_KINDS, fit_auto, make_scorer
 from chronoshard.shardnode.predictor.traces import FORMATS, Trace, read_trace
-
-try:  # The shard-node engineer's eviction policies, once they exist; until then the stand-in below.
-    from chronoshard.shardnode.cache.eviction import LRUPolicy  # type: ignore[import-not-found]
-
-    POLICY_SOURCE = "chronoshard.shardnode.cache.eviction.LRUPolicy"
-except ImportError:
-    POLICY_SOURCE = "bench stand-in LRU (shardnode/cache/eviction.py not there yet)"
-
-    class LRUPolicy:  # type: ignore[no-redef]
-        """Stand-in with the cache's eviction-policy interface."""
-
-        def __init__(self) -> None:
-            self._order: OrderedDict[object, int] = OrderedDict()
-
-        def insert(self, key: object, size: int, prefetch_score: float = 0.0) -> None:
-            self._order[key] = size
-            self._order.move_to_end(key)
-
-        def touch(self, key: object) -> None:
-            self._order.move_to_end(key)
-
-        def remove(self, key: object) -> None:
-            self._order.pop(key, None)
-
-        def victim(self) -> object:
-            return next(iter(self._order))
-
-        def __contains__(self, key: object) -> bool:
-            return key in self._order
-
-        def __len__(self) -> int:
-            return len(self._order)
-
 
 TABLE = "trace"
 BASELINES = ("LRU", "ARC", "S3FIFO", "Sieve", "Belady")
@@ -129,7 +96,7 @@ def build_rows(accesses: list[Access], settings: GeneratorSettings) -> Rows:
 def simulate(accesses: list[Access], obj_size: dict[str, int], rows: Rows, scores: np.ndarray, capacity: int,
              unit: bool, split: int, args: argparse.Namespace) -> Result:
     """Our cache fed by the predictor's hints: demand misses insert, hints above threshold prefetch."""
-    policy = LRUPolicy()
+    policy = make_policy(args.policy)
     used_bytes = 0
     sizes_in: dict[str, int] = {}
     tracker = OutcomeTracker()
@@ -224,6 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--bytes-per-s", type=float, default=64 * 2**20)
     p.add_argument("--block-bytes", type=int, default=512)
     p.add_argument("--skip-baselines", action="store_true")
+    p.add_argument("--policy", default="scored", help="our eviction policy (shardnode/cache/eviction.py)")
     args = p.parse_args(argv)
     if not 0.0 <= args.train_frac < 1.0:
         p.error("--train-frac must be in [0, 1)")
@@ -238,7 +206,7 @@ def main(argv: list[str] | None = None) -> None:
     wss_bytes = int(obj_size_arr[first].sum())
     print(f"trace {args.data.name}: {n} requests, {len(uniq)} objects, footprint {wss_bytes} B, "
           f"{int(trace.write.sum())} writes; train/warm-up = first {split} requests, scored = {n - split}")
-    print(f"our eviction policy: {POLICY_SOURCE}")
+    print(f"our eviction policy: chronoshard.shardnode.cache.eviction {args.policy!r}")
     fracs = [float(x) for x in args.sizes.split(",")]
     caps = {True: [max(1, round(f * len(uniq))) for f in fracs], False: [max(1, round(f * wss_bytes)) for f in fracs]}
 
