@@ -10,6 +10,7 @@ for its children, and the GitOps properties (idempotent apply, untouched spec, n
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 import urllib.request
 from collections.abc import Callable
@@ -256,6 +257,29 @@ def test_helm_upgrade_changes_the_operator_and_it_still_reconciles(
                  timeout=90, what="the upgraded operator to reconcile a new ShardSet")
     finally:
         upgraded.stop()
+
+
+def test_operator_pod_is_admitted_under_restricted_pod_security(audited_plane, release) -> None:
+    ns = "psa-restricted"
+    audited_plane.kubectl("create", "namespace", ns)
+    audited_plane.kubectl("label", "namespace", ns, "pod-security.kubernetes.io/enforce=restricted",
+                          "pod-security.kubernetes.io/enforce-version=latest")
+    (deploy,) = [d for d in release["docs"] if d["kind"] == "Deployment"]
+    spec = deploy["spec"]["template"]["spec"]
+    # The pod's ServiceAccount must exist in the namespace it is admitted to.
+    audited_plane.kubectl("create", "serviceaccount", spec["serviceAccountName"], "--namespace", ns)
+
+    def server_dry_run(pod_spec: dict) -> subprocess.CompletedProcess:
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "operator", "namespace": ns}, "spec": pod_spec}
+        return audited_plane.kubectl("create", "--dry-run=server", "-f", "-", input=json.dumps(pod), check=False)
+
+    admitted = server_dry_run(spec)
+    assert admitted.returncode == 0, admitted.stderr
+    # The same admission rejects a pod that lets its container escalate privileges.
+    weakened = json.loads(json.dumps(spec))
+    weakened["containers"][0]["securityContext"]["allowPrivilegeEscalation"] = True
+    rejected = server_dry_run(weakened)
+    assert rejected.returncode != 0 and "violates PodSecurity" in rejected.stderr
 
 
 def test_bad_values_fail_the_install_and_change_nothing(audited_plane, helm_env) -> None:
