@@ -114,6 +114,7 @@ def test_pods_run_on_distinct_loopback_ips_with_downward_api_env(local_cluster, 
         assert http_get(f"http://{ip}:8080/env/POD_NAMESPACE") == (200, web.encode())
         assert http_get(f"http://{ip}:8080/env/SELF_URL") == (200, f"http://{ip}:8080".encode())
         assert http_get(f"http://{ip}:8080/env/GREETING") == (200, b"hello")
+        assert http_get(f"http://{ip}:8080/env/TMPDIR")[0] == 404, "no volume at /tmp, no TMPDIR"
         keys_dir = http_get(f"http://{ip}:8080/env/KEYS_DIR")[1].decode()
         assert keys_dir == str(local_cluster.pod_dir(pod) / "volumes" / "keys"), "mount path mapped to the volume"
         (status,) = pod["status"]["containerStatuses"]

@@ -87,10 +87,12 @@ def test_liveness_failure_restarts_the_container_after_startup(local_cluster, e2
             "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
             "startupProbe": {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 1, "failureThreshold": 30},
             "livenessProbe": {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 1, "failureThreshold": 2},
-            "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}],
-        }], "volumes": [{"name": "scratch", "emptyDir": {}}]},
+            "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}, {"name": "tmp", "mountPath": "/tmp"}],
+        }], "volumes": [{"name": "scratch", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}]},
     })
     pod = ready_pod(local_cluster, e2e_namespace, "sickly")
+    tmpdir = http_get(f"http://{pod['status']['podIP']}:8080/env/TMPDIR")
+    assert tmpdir == (200, str(local_cluster.pod_dir(pod) / "volumes" / "tmp").encode())
     assert pod["status"]["containerStatuses"][0]["started"] is True
     sick = local_cluster.pod_dir(pod) / "volumes" / "scratch" / "sick"
     sick.write_text("x")

@@ -574,6 +574,9 @@ class NodeAgent:
             env = container_env(live_pod, cr.spec, self._lookup(run.namespace), base)
             # Declared values may name mount paths (e.g. KEYRING=/etc/chronoshard/keyring): map them too.
             env = {k: (v if base.get(k) == v else rewrite_paths(v, mounts)) for k, v in env.items()}
+            if "/tmp" in mounts and "TMPDIR" not in env:
+                # A volume at /tmp is where the container's temporary files go; tempfile & co. honour TMPDIR.
+                env["TMPDIR"] = mounts["/tmp"]
             argv = command_line(cr.spec, env, mounts)
             for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
                 if probe in cr.spec:
