@@ -62,3 +62,17 @@ def last_lsn(conn: sqlite3.Connection) -> int:
     """The highest LSN ever assigned (0 if none)."""
     row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'changes'").fetchone()
     return int(row[0]) if row else 0
+
+
+def first_lsn(conn: sqlite3.Connection) -> int:
+    """The oldest LSN still held (0 if the log is empty)."""
+    row = conn.execute("SELECT min(lsn) FROM changes").fetchone()
+    return int(row[0] or 0)
+
+
+def trim(conn: sqlite3.Connection, retain: int) -> int:
+    """Delete all but the newest ``retain`` entries (inside the caller's transaction); returns how many went."""
+    cutoff = last_lsn(conn) - retain
+    if cutoff <= 0:
+        return 0
+    return conn.execute("DELETE FROM changes WHERE lsn <= ?", (cutoff,)).rowcount

@@ -67,6 +67,8 @@ class NodeMetrics:
                                    "Reads of blocks whose key version is not loaded", ["key_version"], registry=r)
         self.blocks = Gauge("chronoshard_node_blocks", "Stored blocks by key version", ["key_version"], registry=r)
         self.last_lsn = Gauge("chronoshard_node_changelog_last_lsn", "Highest change-log LSN", registry=r)
+        self.changelog_trimmed = Counter("chronoshard_node_changelog_trimmed",
+                                         "Change-log entries deleted by retention", registry=r)
         self.rewrap_blocks = Counter("chronoshard_node_rewrap_blocks", "Blocks processed by rewrap, by result",
                                      ["result"], registry=r)
         self.rewrap_running = Gauge("chronoshard_node_rewrap_running", "1 while a rewrap runs", registry=r)

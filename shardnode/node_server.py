@@ -48,6 +48,8 @@ class NodeConfig:
     keyring_poll_seconds: float = 1.0
     rewrap_batch_size: int = rewrap.DEFAULT_BATCH
     rewrap_pause_seconds: float = 0.0
+    change_log_retain: int = 1_000_000  # entries kept; older ones are trimmed (readers see `gap`)
+    trim_interval_seconds: float = 10.0
     partitions: Any = None  # routing.PartitionMapSource when --partition-map is given
     shard_index: int | None = None
     settings_path: str | None = None  # node.json, re-applied when the mounted ConfigMap changes
@@ -57,7 +59,9 @@ class NodeConfig:
         for name, attr, typ in (("maxBlockBytes", "max_block_bytes", int),
                                 ("keyringPollSeconds", "keyring_poll_seconds", (int, float)),
                                 ("rewrapBatchSize", "rewrap_batch_size", int),
-                                ("rewrapPauseSeconds", "rewrap_pause_seconds", (int, float))):
+                                ("rewrapPauseSeconds", "rewrap_pause_seconds", (int, float)),
+                                ("changeLogRetain", "change_log_retain", int),
+                                ("trimIntervalSeconds", "trim_interval_seconds", (int, float))):
             if name in settings:
                 value = settings[name]
                 if isinstance(value, typ) and not isinstance(value, bool) and value > 0:
@@ -94,6 +98,7 @@ class Node:
         self.rewrap.on_batch.append(self._rewrap_progress)
         self._tasks.append(asyncio.create_task(self.keys.run(self.cfg.keyring_poll_seconds), name="keyring-watch"))
         self._tasks.append(asyncio.create_task(self.settings.run(self.cfg.keyring_poll_seconds), name="settings"))
+        self._tasks.append(asyncio.create_task(self._trim_loop(), name="changelog-trim"))
         if self.keys.keyring is not None:
             await self.rewrap.resume_if_running()
         else:
@@ -120,6 +125,18 @@ class Node:
             self.verify_task.cancel()
         if self.store:
             await asyncio.to_thread(self.store.close)
+
+    async def _trim_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.trim_interval_seconds)
+            retain = self.cfg.change_log_retain
+            try:
+                gone = await self.db.write(lambda c, r=retain: changelog.trim(c, r))
+            except Exception:
+                log.exception("change-log trim failed")
+                continue
+            if gone:
+                self.metrics.changelog_trimmed.inc(gone)
 
     def _apply_settings(self, doc: dict[str, Any]) -> None:
         self.cfg.apply(doc)
@@ -333,10 +350,13 @@ async def changes(request: web.Request) -> web.Response:
                 break
             continue
         entries = await node.db.read(lambda c: changelog.read(c, after, limit))
-    last = await node.db.read(changelog.last_lsn)
+    last, first = await node.db.read(lambda c: (changelog.last_lsn(c), changelog.first_lsn(c)))
     node.metrics.last_lsn.set(last)
+    # gap: entries after `after` were trimmed before this reader got them; it must resynchronise.
+    gap = first > after + 1 or (first == 0 and last > after)
     return web.json_response({"changes": [e.to_json() for e in entries],
-                              "next": entries[-1].lsn if entries else after, "lastLsn": last})
+                              "next": entries[-1].lsn if entries else after, "lastLsn": last,
+                              "firstLsn": first, "gap": gap})
 
 
 # ---- keys, rewrap, verify ----------------------------------------------------------------------
