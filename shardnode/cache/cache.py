@@ -291,14 +291,21 @@ class BlockCache:
             if not self._writing[bid]:
                 del self._writing[bid]
 
-    async def follow_changes(self, poll_wait: float = 10.0) -> None:
-        """Invalidate blocks changed on the node by other writers (change-log tail); runs until cancelled."""
-        after: int | None = None
+    async def follow_changes(self, poll_wait: float = 10.0, after: int | None = None) -> None:
+        """Invalidate blocks changed on the node by other writers (change-log tail); runs until cancelled.
+
+        Starts at the node's newest LSN unless ``after`` is given.
+        """
         while True:
             try:
                 if after is None:
                     after = int((await self.node.changes(0, 1, wait=0))["lastLsn"])
                 page = await self.node.changes(after, 1000, wait=poll_wait)
+                if page.get("gap"):
+                    # Changes we never saw were trimmed: any cached block may be stale, so drop them all.
+                    log.warning("change log trimmed past our position; invalidating the whole cache")
+                    for bid in list(self.entries):
+                        self.invalidate(bid)
                 for ch in page["changes"]:
                     if ch["op"] in ("put", "delete"):
                         self.invalidate((ch["table"], ch["key"]), newer_than=ch["lsn"])

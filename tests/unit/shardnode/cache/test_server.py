@@ -208,3 +208,39 @@ async def test_cache_json_change_resizes_and_switches_policy_live(tmp_path):
             assert stats["budget"] == 300 and "cache.json" in stats["settingsError"]
             m = await (await s.get(f"{url}/metrics")).text()
             assert "chronoshard_cache_settings_load_error 1.0" in m
+
+
+async def test_change_log_gap_makes_the_cache_drop_everything(tmp_path):
+    import aiohttp
+    from chronoshard.shardnode.cache.cache import BlockCache
+    from chronoshard.shardnode.cache.eviction import LRUPolicy
+    from chronoshard.shardnode.cache.node_client import NodeClient
+    from chronoshard.shardnode.keyring import load_keyring
+    from chronoshard.shardnode.metrics import CacheMetrics
+    from chronoshard.shardnode.node_server import NodeConfig
+    from chronoshard.shardnode.node_server import create_app as create_node
+
+    from tests.unit.shardnode.server_support import keyring_dir, serve
+
+    kdir = keyring_dir(tmp_path)
+    napp = create_node(NodeConfig(data_dir=tmp_path / "d", keyring_dir=kdir, change_log_retain=1,
+                                  trim_interval_seconds=0.05))
+    async with serve(napp) as node_url, aiohttp.ClientSession() as s:
+        ring = load_keyring(kdir)
+        cache = BlockCache(1 << 20, LRUPolicy(), lambda: ring, NodeClient(node_url, s), CacheMetrics())
+        await cache.put("t", "a", b"cached")  # lsn 1
+        for i in range(5):  # lsn 2..6, written behind the cache's back
+            await s.put(f"{node_url}/v1/tables/t/blocks/other{i}", data=b"x")
+        for _ in range(100):
+            if (await (await s.get(f"{node_url}/v1/changes")).json())["firstLsn"] == 6:
+                break
+            await asyncio.sleep(0.05)
+        assert ("t", "a") in cache.entries
+        tail = asyncio.create_task(cache.follow_changes(poll_wait=0.1, after=1))  # a reader that fell behind
+        for _ in range(100):
+            if not cache.entries:
+                break
+            await asyncio.sleep(0.02)
+        tail.cancel()
+        assert cache.entries == {}
+        assert (await cache.get("t", "a")) == (b"cached", False)  # refetched from the node
