@@ -16,6 +16,7 @@ import argparse
 import base64
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -35,19 +36,23 @@ def expand_kubelet_vars(text: str, env: Mapping[str, str]) -> str:
                   lambda m: "$" if m.group(0) == "$$" else env.get(m.group(1), m.group(0)), text)
 
 
-def operator_command(deployment: Mapping[str, Any], namespace: str, pod_ip: str = "127.0.0.1"
-                     ) -> tuple[list[str], dict[str, str], str]:
+def operator_command(deployment: Mapping[str, Any], namespace: str, pod_ip: str = "127.0.0.1",
+                     pod_name: str | None = None) -> tuple[list[str], dict[str, str], str]:
     """(argv, pod env, ServiceAccount name) the Deployment's single container would run with."""
     pod = deployment["spec"]["template"]["spec"]
     (container,) = pod["containers"]
-    env = {"POD_IP": pod_ip, "POD_NAMESPACE": namespace}
+    # Like a ReplicaSet's pod, each local copy gets a name of its own (Kopf peering tells copies apart by it).
+    fields = {"status.podIP": pod_ip, "metadata.namespace": namespace,
+              "metadata.name": pod_name or f"{deployment['metadata']['name']}-local-{secrets.token_hex(3)}"}
+    env: dict[str, str] = {}
     for item in container.get("env", []):
         if "value" in item:
             env[item["name"]] = expand_kubelet_vars(item["value"], env)
-        elif item.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "status.podIP":
-            env[item["name"]] = pod_ip
-        elif item.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.namespace":
-            env[item["name"]] = namespace
+        else:
+            path = item.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
+            if path not in fields:
+                raise ValueError(f"env {item['name']}: unsupported source {item.get('valueFrom')}")
+            env[item["name"]] = fields[path]
     argv = [expand_kubelet_vars(a, env) for a in container["command"] + container.get("args", [])]
     return argv, env, pod["serviceAccountName"]
 

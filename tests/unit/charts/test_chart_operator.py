@@ -27,6 +27,9 @@ def test_operator_command_is_the_deployments_with_the_pod_ip_filled_in() -> None
     assert not [a for a in argv if "$(" in a]
     assert env["POD_IP"] == "127.0.0.9" and env["POD_NAMESPACE"] == "chronoshard-system"
     assert sa == "cs-chronoshard"
+    # Each copy is named apart, as two pods of a Deployment would be.
+    other = chart_operator.operator_command(deploy, "chronoshard-system")[1]
+    assert env["POD_ID"].startswith("cs-chronoshard-local-") and other["POD_ID"] != env["POD_ID"]
 
 
 def test_token_kubeconfig_signs_in_with_the_token_only() -> None:
