@@ -34,11 +34,13 @@ build() {
     local start=$SECONDS tmp
     # Build into a temp dir and rename, so an interrupted build never leaves a half binary cached.
     tmp="$(mktemp -d "$cache_root/.$name.XXXXXX")"
-    # The Makefiles of helm/kube-score stamp the version via -ldflags; go install does not, so helm
-    # gets its version injected here (helm refuses charts whose kubeVersion it cannot compare).
+    # The projects' Makefiles stamp the version via -ldflags; go install does not, so it is injected
+    # here (helm also needs it to compare a chart's kubeVersion; `<tool> version` shows the pin).
     local ldflags="-s -w"
     if [[ "$name" == helm ]]; then
       ldflags+=" -X helm.sh/helm/v4/internal/version.version=$version"
+    else
+      ldflags+=" -X main.version=$version"
     fi
     GOBIN="$tmp" CGO_ENABLED=0 GOFLAGS="${GOFLAGS:-} -mod=mod" \
       go install -trimpath -ldflags "$ldflags" "$pkg@$version"
