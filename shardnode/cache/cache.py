@@ -155,6 +155,13 @@ class BlockCache:
             self._drop(bid, evicted=False)
             self._gauges()
 
+    def invalidate_all(self) -> None:
+        """Forget every cached block and keep no in-flight fetch's result."""
+        for bid in list(self._inflight):
+            self.invalidate(bid)
+        for bid in list(self.entries):
+            self.invalidate(bid)
+
     def _gauges(self) -> None:
         self.metrics.bytes.set(self.bytes)
         self.metrics.entries.set(len(self.entries))
@@ -300,12 +307,14 @@ class BlockCache:
             try:
                 if after is None:
                     after = int((await self.node.changes(0, 1, wait=0))["lastLsn"])
+                    # Anything cached or being fetched before we knew where to start may have missed a
+                    # change at or below `after`; the tail only sees later ones, so start clean.
+                    self.invalidate_all()
                 page = await self.node.changes(after, 1000, wait=poll_wait)
                 if page.get("gap"):
                     # Changes we never saw were trimmed: any cached block may be stale, so drop them all.
                     log.warning("change log trimmed past our position; invalidating the whole cache")
-                    for bid in list(self.entries):
-                        self.invalidate(bid)
+                    self.invalidate_all()
                 for ch in page["changes"]:
                     if ch["op"] in ("put", "delete"):
                         self.invalidate((ch["table"], ch["key"]), newer_than=ch["lsn"])

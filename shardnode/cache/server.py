@@ -114,7 +114,12 @@ class CacheApp:
         for _ in range(self.cfg.prefetch_workers):
             self._tasks.append(asyncio.create_task(self._prefetch_worker()))
         if self.cfg.follow_changes:
-            self._tasks.append(asyncio.create_task(self.cache.follow_changes()))
+            # Learn where the change log stands before serving, so nothing cached can predate the tail.
+            try:
+                start: int | None = int((await node.changes(0, 1, wait=0))["lastLsn"])
+            except UpstreamError:
+                start = None  # node not up yet: the tail finds its start later and drops what was cached
+            self._tasks.append(asyncio.create_task(self.cache.follow_changes(after=start)))
 
     def _apply_settings(self, doc: dict[str, Any]) -> None:
         before = self.cfg.eviction

@@ -146,3 +146,18 @@ async def test_node_down_is_upstream_error(tmp_path):
         with pytest.raises(UpstreamError) as exc:
             await cache.get("t", "k")
         assert exc.value.status == 503 and exc.value.body["error"] == "node_unavailable"
+
+
+async def test_tail_that_starts_late_drops_what_was_cached_before_it(env):
+    cache, _, session, node_url = env
+    await cache.put("t", "a", b"one")
+    async with session.put(f"{node_url}/v1/tables/t/blocks/a", data=b"two") as r:  # behind the cache's back
+        assert r.status == 200
+    assert cache.entries[("t", "a")].value == b"one"
+    tail = asyncio.create_task(cache.follow_changes(poll_wait=0.1))  # learns its start only now
+    for _ in range(100):
+        if ("t", "a") not in cache.entries:
+            break
+        await asyncio.sleep(0.02)
+    tail.cancel()
+    assert (await cache.get("t", "a"))[0] == b"two"
