@@ -29,6 +29,7 @@ from .modelstore import ModelLoadError, load_model, save_model
 from .scorers import StatsScorer, fit_auto, make_scorer
 
 log = logging.getLogger(__name__)
+_RETRY_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,8 +50,8 @@ def _settings(cfg: PredictorConfig) -> GeneratorSettings:
     return GeneratorSettings(block_bytes=cfg.block_bytes, max_streams=cfg.max_streams)
 
 
-def train_scorer(accesses: list[Access], cfg: PredictorConfig) -> tuple[Any, dict[str, Any]]:
-    """Fit the configured model (or pick one with `auto`) on a log snapshot; pure apart from CPU."""
+def train_scorer(accesses: list[Access], cfg: PredictorConfig, now: float | None = None) -> tuple[Any, dict[str, Any]]:
+    """Fit the configured model (or pick one with `auto`) on a log snapshot taken at `now`; pure apart from CPU."""
     gen = CandidateGenerator(_settings(cfg))
     origin: list[int] = []
     keys: list[tuple[str, str]] = []
@@ -63,7 +64,7 @@ def train_scorer(accesses: list[Access], cfg: PredictorConfig) -> tuple[Any, dic
     if not feats:
         raise ValueError("the log produced no candidates (keys without a numeric suffix and no repeats)")
     y = label_candidates(accesses, origin, keys, cfg.horizon_s)
-    ok = resolvable(accesses, origin, cfg.horizon_s)
+    ok = resolvable(accesses, origin, cfg.horizon_s, now)
     x = np.vstack(feats)[ok]
     y = y[ok]
     info: dict[str, Any] = {"rows": int(len(y)), "positives": int(y.sum()), "accesses": len(accesses)}
@@ -92,6 +93,7 @@ class Predictor:
         self.model_error: str | None = None
         self.training: Future[Any] | None = None
         self.last_train: float = -math.inf
+        self.retry_at: float = -math.inf
         self.used = self.wasted = self.sent = self.misses = 0
         self._reset_state()
 
@@ -130,16 +132,18 @@ class Predictor:
         for k in ("stats", "gbm", "logreg"):
             self.metrics.model_kind.labels(k).set(1 if k == kind else 0)
 
-    def train_now(self) -> dict[str, Any]:
-        """Train on the current log snapshot, save, and swap the model in (blocking)."""
-        snapshot = list(self.log)
+    def train_now(self, snapshot: list[Access] | None = None, now: float | None = None) -> dict[str, Any]:
+        """Train on a log snapshot (default: the log now), save, and swap the model in (blocking)."""
+        snapshot = list(self.log) if snapshot is None else snapshot
         cfg = self.config
         t0 = time.monotonic()
         try:
-            scorer, info = train_scorer(snapshot, cfg)
-        except Exception:
+            scorer, info = train_scorer(snapshot, cfg, now)
+        except Exception as exc:
             self.metrics.trainings.labels("error").inc()
-            log.exception("training failed; keeping the current model")
+            # Not the whole retrain interval: a young log (too few finished horizons) soon has enough.
+            self.retry_at = time.time() + _RETRY_S
+            log.warning("training failed (%s); keeping the current model, retrying in %ss", exc, _RETRY_S)
             raise
         info["seconds"] = round(time.monotonic() - t0, 3)
         info["model"] = scorer.kind
@@ -166,8 +170,11 @@ class Predictor:
             return None
         if not force and self.scorer is not None and now - self.last_train < self.config.retrain_interval_s:
             return None
+        if not force and now < self.retry_at:
+            return None
         self.last_train = now
-        self.training = self._executor.submit(self.train_now)
+        # Snapshot here, on the caller's thread: observe() may append to the log while the model trains.
+        self.training = self._executor.submit(self.train_now, list(self.log), now)
         return self.training
 
     def apply_config(self, cfg: PredictorConfig) -> None:

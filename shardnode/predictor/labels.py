@@ -31,9 +31,10 @@ def label_candidates(
     return out
 
 
-def resolvable(accesses: Sequence[Access], origin: Sequence[int], horizon_s: float) -> np.ndarray:
-    """True where a candidate's horizon ended inside the log, so its label is final."""
+def resolvable(accesses: Sequence[Access], origin: Sequence[int], horizon_s: float,
+               now: float | None = None) -> np.ndarray:
+    """True where a candidate's horizon has ended (by `now`, default the last access), so its label is final."""
     if not accesses:
         return np.zeros(len(origin), dtype=bool)
-    end = accesses[-1].time
+    end = accesses[-1].time if now is None else max(now, accesses[-1].time)
     return np.array([accesses[i].time + horizon_s <= end for i in origin], dtype=bool)

@@ -1,0 +1,185 @@
+"""`chronoshard-predictor`: tails the cache's access log, sends prefetch hints, serves health and metrics."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from .predictor.access import AccessLogError, parse_log_entry
+from .predictor.config import ConfigFile
+from .predictor.engine import Hint, Predictor
+
+log = logging.getLogger("chronoshard.predictor")
+
+PAGE = 1000  # access-log entries per request
+MAX_PAGES_PER_TICK = 50  # bounds one poll: a huge backlog is consumed over several ticks
+MAX_HINTS_PER_POST = 1000  # the cache's limit per POST /v1/prefetch
+
+
+class PredictorService:
+    """The poll loop and the state the HTTP handlers report."""
+
+    def __init__(self, cache_url: str, data_dir: Path, config_path: Path | None) -> None:
+        self.cache_url = cache_url.rstrip("/")
+        self.config = ConfigFile(config_path)
+        self.config.reload()
+        self.predictor = Predictor(data_dir, self.config.config)
+        self.cursor = 0
+        self.cache_error: str | None = "not polled yet"
+        self.started = False
+        self._task: asyncio.Task[None] | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    def _reload_config(self) -> None:
+        had_error = self.config.error
+        if self.config.reload():
+            self.predictor.apply_config(self.config.config)
+        if self.config.error and self.config.error != had_error:
+            self.predictor.metrics.config_errors.inc()
+
+    async def _fetch_page(self) -> list[dict[str, Any]]:
+        assert self._session is not None
+        url = f"{self.cache_url}/v1/access-log"
+        async with self._session.get(url, params={"after": str(self.cursor), "limit": str(PAGE)}) as r:
+            if r.status != 200:
+                raise RuntimeError(f"GET /v1/access-log answered {r.status}")
+            doc = await r.json()
+        first = int(doc.get("first") or 0)
+        if self.cursor and first > self.cursor + 1:
+            # The cache's ring buffer moved past us: some accesses were never seen (learning goes on).
+            self.predictor.metrics.log_gaps.inc()
+        entries = doc.get("entries") or []
+        if entries:
+            self.cursor = int(entries[-1]["seq"])
+        return entries
+
+    async def _send(self, hints: list[Hint]) -> None:
+        assert self._session is not None
+        for i in range(0, len(hints), MAX_HINTS_PER_POST):
+            body = {"hints": [h.to_json() for h in hints[i:i + MAX_HINTS_PER_POST]]}
+            async with self._session.post(f"{self.cache_url}/v1/prefetch", json=body) as r:
+                if r.status >= 300:
+                    self.predictor.metrics.cache_errors.labels("prefetch").inc()
+                    log.warning("POST /v1/prefetch answered %s: %s", r.status, (await r.text())[:200])
+                    return
+
+    async def poll_once(self) -> int:
+        """One tick: reload settings, read new accesses, send hints, maybe start training."""
+        self._reload_config()
+        consumed = 0
+        try:
+            for _ in range(MAX_PAGES_PER_TICK):
+                entries = await self._fetch_page()
+                accesses = []
+                for e in entries:
+                    try:
+                        accesses.append(parse_log_entry(e))
+                    except AccessLogError as exc:
+                        log.warning("skipping access-log entry: %s", exc)
+                if accesses:
+                    p = self.predictor
+                    hints = await asyncio.to_thread(p.observe, accesses, time.time())
+                    if hints:
+                        await self._send(hints)
+                consumed += len(entries)
+                if len(entries) < PAGE:
+                    break
+            self.cache_error = None
+        except (TimeoutError, aiohttp.ClientError, RuntimeError, ValueError, KeyError) as exc:
+            self.cache_error = f"{type(exc).__name__}: {exc}"
+            self.predictor.metrics.cache_errors.labels("access_log").inc()
+            log.warning("cache at %s not usable: %s", self.cache_url, self.cache_error)
+        self.predictor.maybe_train()
+        return consumed
+
+    async def _loop(self) -> None:
+        while True:
+            await self.poll_once()
+            await asyncio.sleep(self.config.config.poll_interval_s)
+
+    async def start(self, app: web.Application) -> None:
+        """aiohttp on_startup: load the model, start polling."""
+        await asyncio.to_thread(self.predictor.load)
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+        self._task = asyncio.create_task(self._loop())
+        self.started = True
+
+    async def stop(self, app: web.Application) -> None:
+        """aiohttp on_cleanup."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._session is not None:
+            await self._session.close()
+        await asyncio.to_thread(self.predictor.close)
+
+    def status(self) -> dict[str, Any]:
+        """`GET /v1/status` body."""
+        return {**self.predictor.status(), "cursor": self.cursor, "cacheError": self.cache_error,
+                "configError": self.config.error}
+
+
+def create_app(service: PredictorService) -> web.Application:
+    """The predictor's HTTP app."""
+    app = web.Application()
+
+    async def healthz(request: web.Request) -> web.StreamResponse:
+        return web.json_response({"ok": True})
+
+    async def readyz(request: web.Request) -> web.StreamResponse:
+        # Ready once started: a cache outage shows in /v1/status and metrics, not as a flapping pod.
+        return web.json_response({"ready": service.started}, status=200 if service.started else 503)
+
+    async def metrics(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=generate_latest(service.predictor.metrics.registry),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def status(request: web.Request) -> web.StreamResponse:
+        return web.json_response(service.status())
+
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/v1/status", status)
+    app.on_startup.append(service.start)
+    app.on_cleanup.append(service.stop)
+    return app
+
+
+def parser() -> argparse.ArgumentParser:
+    """Command-line flags (docs/interfaces.md)."""
+    env = os.environ.get
+    p = argparse.ArgumentParser(prog="chronoshard-predictor", description="chronoshard prefetch predictor")
+    p.add_argument("--host", default=env("POD_IP", "127.0.0.1"), help="address to bind (default: $POD_IP or 127.0.0.1)")
+    p.add_argument("--port", type=int, default=7402)
+    p.add_argument("--cache-url", required=True, help="base URL of this shard's cache")
+    p.add_argument("--data-dir", required=True, type=Path, help="where the model is kept (the shard's volume)")
+    p.add_argument("--config", type=Path, default=None, help="predictor.json (written by the PrefetchPolicy)")
+    p.add_argument("--log-level", default=env("CHRONOSHARD_LOG_LEVEL", "INFO"))
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point."""
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    service = PredictorService(args.cache_url, args.data_dir, args.config)
+    web.run_app(create_app(service), host=args.host, port=args.port, access_log=None, print=None,
+                shutdown_timeout=10)
+
+
+if __name__ == "__main__":
+    main()
