@@ -26,10 +26,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="log more (INFO from every component)")
     p.add_argument("--debug", action="store_true", help="log everything, including Kopf internals")
     p.add_argument("--liveness", metavar="URL", default=None,
-                   help="serve Kopf's liveness probe, e.g. http://0.0.0.0:8080/healthz")
+                   help="serve Kopf's liveness probe, e.g. http://$(POD_IP):8080/healthz")
     p.add_argument("--metrics-port", type=int, default=9090,
-                   help="port for Prometheus metrics on 0.0.0.0 (0 turns them off; default 9090)")
-    p.add_argument("--metrics-host", default="0.0.0.0", help="address for the metrics server")
+                   help="port for Prometheus metrics (0 turns them off; default 9090)")
+    p.add_argument("--metrics-host", default="127.0.0.1",
+                   help="address for the metrics server (default 127.0.0.1; the chart passes the pod IP)")
     peering = p.add_mutually_exclusive_group()
     peering.add_argument("--peering", metavar="NAME", default="chronoshard",
                          help="Kopf peering object name, so a second operator copy pauses (default chronoshard)")
