@@ -1,0 +1,193 @@
+"""Key-encryption keys: table key versions stored wrapped, a provider that unwraps them, and a key cache.
+
+A KeyProvider turns (table, version) into the 32-byte table key. The embedded provider holds a KEK
+from its own Secret (`kek.key`, 32 bytes) and the key versions wrapped under it (`v<id>.wrapped`
+in the keyring directory); a KMS-backed provider only has to implement `unwrap`. Unwrapping is the
+slow path, so the cache keeps a few unwrapped keys and evicts by recency, frequency and the
+predictor's prefetch score. Key bytes never appear in an error, a log line or a repr.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import threading
+import time
+from collections.abc import Hashable
+from pathlib import Path
+from typing import Protocol
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
+
+from .cache.eviction import ScoredPolicy
+from .keyring import KEY_SIZE, derive_table_key, snapshot_dir
+
+KEK_FILE = "kek.key"
+_MAGIC = b"CSWK"
+ALG_GCM, ALG_KW = 1, 2
+ALGORITHMS = {"A256GCM": ALG_GCM, "A256KW": ALG_KW}
+_AAD = b"chronoshard/wrapped-key/v1/"
+
+
+class KeyUnavailable(LookupError):
+    """A key version cannot be unwrapped (missing, corrupt, or wrapped under another KEK)."""
+
+
+class KeyProvider(Protocol):
+    """Source of unwrapped table keys (the embedded KEK file today, a KMS later)."""
+
+    def unwrap(self, table: str, version: int) -> bytes: ...
+
+
+def _check_key(name: str, key: bytes) -> None:
+    if len(key) != KEY_SIZE:
+        raise ValueError(f"{name} must be {KEY_SIZE} bytes, got {len(key)}")
+
+
+def wrap_key(kek: bytes, key: bytes, version: int, algorithm: str = "A256GCM") -> bytes:
+    """Wrap one 32-byte key version under the KEK; the blob records the algorithm and the version id.
+
+    A256GCM (default) authenticates the version id as associated data, so a blob cannot be moved to
+    another version; A256KW (RFC 3394) is there for KMSs that only speak key wrap.
+    """
+    _check_key("KEK", kek)
+    _check_key("key", key)
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm must be one of {sorted(ALGORITHMS)}")
+    if not 0 < version <= 0xFFFFFFFF:
+        raise ValueError("version must be in 1..2^32-1")
+    header = _MAGIC + struct.pack(">BI", ALGORITHMS[algorithm], version)
+    if algorithm == "A256GCM":
+        nonce = os.urandom(12)
+        return header + nonce + AESGCM(kek).encrypt(nonce, key, _AAD + header)
+    return header + aes_key_wrap(kek, key)
+
+
+def unwrap_key(kek: bytes, blob: bytes, version: int) -> bytes:
+    """Unwrap a blob made by `wrap_key` for `version`; KeyUnavailable if it is not exactly that."""
+    _check_key("KEK", kek)
+    if len(blob) < 9 or blob[:4] != _MAGIC:
+        raise KeyUnavailable(f"wrapped key for version {version} is not a chronoshard wrapped key")
+    alg, blob_version = struct.unpack(">BI", blob[4:9])
+    if blob_version != version:
+        raise KeyUnavailable(f"wrapped key file for version {version} holds version {blob_version}")
+    header, body = blob[:9], blob[9:]
+    try:
+        if alg == ALG_GCM:
+            key = AESGCM(kek).decrypt(body[:12], body[12:], _AAD + header)
+        elif alg == ALG_KW:
+            key = aes_key_unwrap(kek, body)
+        else:
+            raise KeyUnavailable(f"wrapped key for version {version} uses unknown algorithm {alg}")
+    except (InvalidTag, InvalidUnwrap, ValueError):
+        raise KeyUnavailable(f"wrapped key for version {version} does not unwrap under this KEK") from None
+    if len(key) != KEY_SIZE:
+        raise KeyUnavailable(f"wrapped key for version {version} has the wrong length")
+    return key
+
+
+class EmbeddedKeyProvider:
+    """KEK from its own mounted Secret (`kek.key`); wrapped versions from the keyring dir (`v<id>.wrapped`)."""
+
+    def __init__(self, kek_dir: Path, keyring_dir: Path) -> None:
+        self.kek_dir, self.keyring_dir = Path(kek_dir), Path(keyring_dir)
+
+    def __repr__(self) -> str:
+        return f"EmbeddedKeyProvider(kek_dir={str(self.kek_dir)!r}, keyring_dir={str(self.keyring_dir)!r})"
+
+    def _kek(self) -> bytes:
+        # Read per unwrap from the current ..data snapshot: a KEK rotation needs no restart.
+        try:
+            kek = (snapshot_dir(self.kek_dir) / KEK_FILE).read_bytes()
+        except OSError as exc:
+            raise KeyUnavailable(f"cannot read the KEK file: {exc.strerror}") from None
+        if len(kek) != KEY_SIZE:
+            raise KeyUnavailable(f"the KEK file holds {len(kek)} bytes, expected {KEY_SIZE}")
+        return kek
+
+    def unwrap(self, table: str, version: int) -> bytes:
+        """The table key of `table` under key version `version`."""
+        try:
+            blob = (snapshot_dir(self.keyring_dir) / f"v{version}.wrapped").read_bytes()
+        except OSError as exc:
+            raise KeyUnavailable(f"no wrapped key for version {version}: {exc.strerror}") from None
+        return derive_table_key(unwrap_key(self._kek(), blob, version), table)
+
+
+class FixedLatencyProvider:
+    """Adds a fixed delay to every unwrap: stands for a KMS round trip in benchmarks."""
+
+    def __init__(self, inner: KeyProvider, latency_s: float) -> None:
+        self.inner, self.latency_s = inner, latency_s
+        self.calls = 0
+
+    def unwrap(self, table: str, version: int) -> bytes:
+        """Sleep, then delegate."""
+        self.calls += 1
+        time.sleep(self.latency_s)
+        return self.inner.unwrap(table, version)
+
+
+class KeyCache:
+    """A few unwrapped table keys, evicted by the scored policy (recency, frequency, prefetch score)."""
+
+    def __init__(self, provider: KeyProvider, capacity: int = 64) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        self.provider, self.capacity = provider, capacity
+        self._keys: dict[Hashable, bytes] = {}
+        self._policy = ScoredPolicy()
+        self._lock = threading.Lock()
+        self.hits = self.misses = self.prefetched = self.prefetch_used = 0
+        self._unused_prefetch: set[Hashable] = set()
+
+    def __repr__(self) -> str:  # never the keys themselves
+        return f"KeyCache(capacity={self.capacity}, held={len(self._keys)})"
+
+    def _put(self, ident: tuple[str, int], key: bytes, score: float) -> None:
+        with self._lock:
+            if ident in self._keys:
+                return
+            while len(self._keys) >= self.capacity:
+                victim = self._policy.victim()
+                self._policy.remove(victim)
+                self._keys.pop(victim, None)
+                self._unused_prefetch.discard(victim)
+            self._keys[ident] = key
+            self._policy.insert(ident, KEY_SIZE, prefetch_score=score)
+            if score > 0:
+                self._unused_prefetch.add(ident)
+
+    def get(self, table: str, version: int) -> bytes:
+        """The table key: from memory, else unwrapped now (the slow path)."""
+        ident = (table, version)
+        with self._lock:
+            key = self._keys.get(ident)
+            if key is not None:
+                self.hits += 1
+                self._policy.touch(ident)
+                if ident in self._unused_prefetch:
+                    self._unused_prefetch.discard(ident)
+                    self.prefetch_used += 1
+                return key
+            self.misses += 1
+        key = self.provider.unwrap(table, version)
+        self._put(ident, key, 0.0)
+        return key
+
+    def prefetch(self, table: str, version: int, score: float) -> bool:
+        """Unwrap ahead of need (call from a worker); False if already held."""
+        ident = (table, version)
+        with self._lock:
+            if ident in self._keys:
+                return False
+        key = self.provider.unwrap(table, version)
+        self._put(ident, key, score)
+        with self._lock:
+            self.prefetched += 1
+        return True
+
+    def __contains__(self, ident: object) -> bool:
+        return ident in self._keys
