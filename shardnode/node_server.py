@@ -338,18 +338,21 @@ async def changes(request: web.Request) -> web.Response:
     after = int_query(request, "after", 0, 0, 2**63 - 1)
     limit = int_query(request, "limit", 100, 1, 1000)
     wait = float_query(request, "wait", 0.0, 0.0, 30.0)
-    entries = await node.db.read(lambda c: changelog.read(c, after, limit))
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
-    while not entries and not node.closing and loop.time() < deadline:
+    while True:
+        # Take the event before reading: a commit between the read and the wait then still wakes us.
+        changed = node._changed
+        entries = await node.db.read(lambda c: changelog.read(c, after, limit))
+        remaining = deadline - loop.time()
+        if entries or node.closing or remaining <= 0:
+            break
         try:
             # Short slices so a reader that hung up (or a shutdown) ends the wait promptly.
-            await asyncio.wait_for(node._changed.wait(), timeout=min(0.25, deadline - loop.time()))
+            await asyncio.wait_for(changed.wait(), timeout=min(0.25, remaining))
         except TimeoutError:
             if request.transport is None or request.transport.is_closing():
                 break
-            continue
-        entries = await node.db.read(lambda c: changelog.read(c, after, limit))
     last, first = await node.db.read(lambda c: (changelog.last_lsn(c), changelog.first_lsn(c)))
     node.metrics.last_lsn.set(last)
     # gap: entries after `after` were trimmed before this reader got them; it must resynchronise.
