@@ -25,6 +25,43 @@ MANAGED = Gauge(
     "Custom objects this operator process currently manages, by kind",
     ["kind"],
 )
+ROTATIONS = Counter(
+    "chronoshard_keyrotation_rotations_total",
+    "Key rotations that ended, by reason (scheduled, manual, compromise, ...) and outcome",
+    ["reason", "outcome"],
+)
+ROTATION_PHASE_SECONDS = Histogram(
+    "chronoshard_keyrotation_phase_duration_seconds",
+    "Time a key rotation spent in each phase",
+    ["phase"],
+    buckets=(0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 86400),
+)
+BLOCKS_REWRAPPED = Counter(
+    "chronoshard_keyrotation_blocks_rewrapped_total",
+    "Blocks re-encrypted onto a new key version by finished rotations, by ShardSet",
+    ["namespace", "shardset"],
+)
+KEY_VERSION = Gauge(
+    "chronoshard_shardset_key_version",
+    "The primary table key version of each ShardSet",
+    ["namespace", "shardset"],
+)
+
+
+def record_rotation(reason: str, outcome: str, namespace: str, shardset: str, blocks: int) -> None:
+    """Count one finished rotation and the blocks it rewrapped."""
+    ROTATIONS.labels(reason=reason, outcome=outcome).inc()
+    BLOCKS_REWRAPPED.labels(namespace=namespace, shardset=shardset).inc(blocks)
+
+
+def observe_phase(phase: str, seconds: float) -> None:
+    """Record how long a rotation stayed in ``phase``."""
+    ROTATION_PHASE_SECONDS.labels(phase=phase).observe(seconds)
+
+
+def set_key_version(namespace: str, shardset: str, version: int) -> None:
+    """Set a ShardSet's current primary key version."""
+    KEY_VERSION.labels(namespace=namespace, shardset=shardset).set(version)
 
 
 def observe_reconcile(kind: str, outcome: str, seconds: float) -> None:

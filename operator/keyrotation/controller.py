@@ -27,7 +27,7 @@ from kubernetes.client.exceptions import ApiException
 from .. import kube, naming
 from ..conditions import set_condition
 from ..keyring import add_version, parse_manifest, promote, retire
-from ..metrics import observe_reconcile, record_error
+from ..metrics import observe_phase, observe_reconcile, record_error, record_rotation
 from ..spec.common import SpecError
 from ..spec.keyrotation import parse_keyrotation
 from ..triggers import TRIGGERS, wait_for_trigger
@@ -84,6 +84,9 @@ class Step:
     def phase(self, phase: str, message: str) -> None:
         """Enter ``phase`` and say so in an event."""
         if self.status.get("phase") != phase:
+            began = plan.parse_time(self.status.get("phaseTime"))
+            if began is not None and self.status.get("phase"):
+                observe_phase(str(self.status["phase"]), max(0.0, (now() - began).total_seconds()))
             self.status["phase"] = phase
             self.status["phaseTime"] = plan.format_time(now())
             self.events.append(("Normal", phase, message))
@@ -256,7 +259,10 @@ async def step(body: Mapping[str, Any]) -> Step:
             st.condition("Ready", False, "WaitingForDrop", ready.message, gen)
             return st
         await asyncio.to_thread(_release_lock, ns, shardset, body)
-        return _finish(st, spec.history_limit, "Completed", gen)
+        done_st = _finish(st, spec.history_limit, "Completed", gen)
+        record_rotation(str(status.get("reason")), "Completed", ns, shardset,
+                        int(done_st.status["history"][-1]["blocksRewrapped"]))
+        return done_st
 
     st.condition("Ready", False, "UnknownPhase", f"unknown phase {phase!r}", gen)
     return st

@@ -24,7 +24,7 @@ from kubernetes.client.exceptions import ApiException
 from .. import kube, naming
 from ..conditions import conditions_equal_ignoring_time
 from ..keyring import KeyringManifest, initial_keyring_data, parse_manifest
-from ..metrics import observe_reconcile, record_error, set_managed
+from ..metrics import observe_reconcile, record_error, set_key_version, set_managed
 from ..spec.common import SpecError
 from ..spec.shardset import ShardSetSpec, parse_shardset
 from ..triggers import TRIGGERS, wait_for_trigger
@@ -190,6 +190,8 @@ def reconcile(owner: Mapping[str, Any]) -> ReconcileResult:
     map_status = {"epoch": pmap.epoch, "partitions": [p.to_dict() for p in pmap.partitions]}
     status = shardset_status(Observed(gen, shards, sts, keyring, map_status, problems), previous)
     status["selector"] = _selector_string(name)
+    if keyring is not None and keyring.primary is not None:
+        set_key_version(ns, name, keyring.primary)
     result.status = status
     if problems:
         result.outcome = "degraded"
