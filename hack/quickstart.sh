@@ -52,6 +52,6 @@ cat <<MSG
 chronoshard is running. To use kubectl yourself:
   export KUBECONFIG=$KUBECONFIG PATH=$CHRONOSHARD_ENVTEST_BIN:\$PATH
 Each shard pod has its own loopback IP (the IP column); its node answers at http://<IP>:7400, the cache at :7401.
-Container logs: ${dev[*]} logs ${name}-0 -c node
+Container logs: kubectl logs ${name}-0 -c node   (or: ${dev[*]} logs ${name}-0 -c node)
 Stop everything: ${dev[*]} down      (add --purge to delete the state in $state)
 MSG

@@ -209,7 +209,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         f"  export KUBECONFIG={info['kubeconfig']}\n"
         f"  export PATH={kubectl.parent}:$PATH      # the pinned kubectl\n"
         f"  kubectl apply -f crds/samples/shardset.yaml && kubectl get pods -o wide\n"
-        f"  chronoshard-dev logs POD -c CONTAINER   # container logs (kubectl logs needs a real kubelet)\n"
+        f"  kubectl logs POD -c CONTAINER           # container logs (or: chronoshard-dev logs POD -c CONTAINER)\n"
         f"  chronoshard-dev down                    # stop everything"
     )
     return 0

@@ -10,6 +10,7 @@ import base64
 import json
 import os
 import signal
+import subprocess
 import threading
 import uuid
 
@@ -204,3 +205,22 @@ def test_deleted_pod_comes_back_with_the_same_volume_and_data(local_cluster, web
                      and p["metadata"]["uid"] != old_uid and is_ready(p) and p, timeout=60)
     assert http_get(f"http://{new['status']['podIP']}:8080/data/marker") == (200, marker)
     assert not local_cluster.pod_dir(pod).exists(), "the old pod's directory is cleaned up"
+
+
+def test_kubectl_logs_reach_the_agent_through_the_api_server(local_cluster, web):
+    pod = ready_pod(local_cluster, web, f"{NAME}-0")
+    out = local_cluster.kubectl("logs", f"{NAME}-0", "-n", web).stdout
+    assert f"probe_server listening on {pod['status']['podIP']}:8080" in out
+    assert len(local_cluster.kubectl("logs", f"{NAME}-0", "-n", web, "--tail=2").stdout.splitlines()) == 2
+    # -f streams: the probes hit the server every second or two and it logs each request.
+    follow = subprocess.Popen(
+        [str(local_cluster.bin_dir / "kubectl"), f"--kubeconfig={local_cluster.kubeconfig}",
+         "logs", "-f", "--tail=0", f"{NAME}-0", "-n", web],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        line = follow.stdout.readline()
+        assert "GET /readyz" in line or "GET /healthz" in line
+    finally:
+        follow.kill()
+        follow.wait()

@@ -25,6 +25,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from kubernetes.client.exceptions import ApiException
 from .env import EnvError, command_line, container_env, field_ref, mount_map, rewrite_paths
 from .informer import Informer
 from .ipam import DEFAULT_POD_CIDR, IPAllocator
+from .kubeletapi import KubeletAPI
 from .node import NodeHeartbeat, now_rfc3339
 from .podstatus import ContainerView, pod_status
 from .probes import ProbeError, ProbeWorker, parse_probe
@@ -122,7 +124,10 @@ class NodeAgent:
         self.pods_root = state_dir / "pods"
         self.volumes_root = state_dir / "volumes"
         self.backoff_base = backoff_base
-        self.heartbeat = NodeHeartbeat(self.core, client.CoordinationV1Api(api), node_name, HOST_IP)
+        self.kubelet_api = KubeletAPI(self._locate_log, state_dir / "kubelet", HOST_IP)
+        self.heartbeat = NodeHeartbeat(
+            self.core, client.CoordinationV1Api(api), node_name, HOST_IP, kubelet_port=self.kubelet_api.port
+        )
         self.ips = IPAllocator(state_dir / "ips.json", pod_cidr)
         self.runs: dict[str, PodRun] = {}
         self._wake = threading.Event()
@@ -140,6 +145,7 @@ class NodeAgent:
         for directory in (self.state_dir, self.pods_root, self.volumes_root):
             directory.mkdir(parents=True, exist_ok=True)
             directory.chmod(0o700)
+        self.kubelet_api.start()
         self.heartbeat.register()
         for inf in (self.pods, self.secrets, self.configmaps):
             inf.start()
@@ -166,11 +172,32 @@ class NodeAgent:
                 self._stop_probes(cr)
         for inf in (self.pods, self.secrets, self.configmaps):
             inf.stop()
+        self.kubelet_api.stop()
 
     def stop(self) -> None:
         """Ask the loop to end; container processes keep running (a restarted agent adopts them)."""
         self._stop.set()
         self._wake.set()
+
+    def _locate_log(
+        self, namespace: str, pod: str, container: str, previous: bool
+    ) -> tuple[Path, Callable[[], bool]] | None:
+        """The log file of a container's current (or previous) run, for the kubelet API; None if unknown."""
+        for run in list(self.runs.values()):
+            if (run.namespace, run.name) != (namespace, pod):
+                continue
+            cr = run.containers.get(container)
+            if cr is None or cr.runs == 0:
+                return None
+            attempt = cr.runs - 1 - (1 if previous else 0)
+            if attempt < 0:
+                return None
+
+            def running(run: PodRun = run, cr: ContainerRun = cr, attempt: int = attempt) -> bool:
+                return run.uid in self.runs and cr.runs - 1 == attempt and cr.record is not None
+
+            return run.directory / "logs" / container / f"{attempt}.log", running
+        return None
 
     # ---- scheduling ------------------------------------------------------------------------------------
 

@@ -40,8 +40,8 @@ def node_labels(name: str) -> dict[str, str]:
     }
 
 
-def node_status(host_ip: str, hostname: str, max_pods: int) -> dict[str, Any]:
-    """A Ready node status with this machine's capacity and loopback address."""
+def node_status(host_ip: str, hostname: str, max_pods: int, kubelet_port: int = 0) -> dict[str, Any]:
+    """A Ready node status with this machine's capacity, loopback address and log endpoint port."""
     now = now_rfc3339()
     capacity = {
         "cpu": str(os.cpu_count() or 1),
@@ -59,14 +59,16 @@ def node_status(host_ip: str, hostname: str, max_pods: int) -> dict[str, Any]:
     return {
         "capacity": capacity,
         "allocatable": capacity,
-        "addresses": [{"type": "InternalIP", "address": host_ip}, {"type": "Hostname", "address": hostname}],
+        # No Hostname address: the API server prefers it for reaching the kubelet API (kubectl logs), and
+        # the node's name does not resolve; the InternalIP does.
+        "addresses": [{"type": "InternalIP", "address": host_ip}],
         "conditions": [
             cond("MemoryPressure", "False", "KubeletHasSufficientMemory", "chronoshard-dev has sufficient memory"),
             cond("DiskPressure", "False", "KubeletHasNoDiskPressure", "chronoshard-dev has no disk pressure"),
             cond("PIDPressure", "False", "KubeletHasSufficientPID", "chronoshard-dev has sufficient PID"),
             cond("Ready", "True", "KubeletReady", "chronoshard-dev node agent is posting ready status"),
         ],
-        "daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": kubelet_port}},
         "nodeInfo": {
             "machineID": "", "systemUUID": "", "bootID": "", "kernelVersion": platform.release(),
             "osImage": "chronoshard-dev (processes, no containers)", "containerRuntimeVersion": "process://0.1",
@@ -79,8 +81,11 @@ def node_status(host_ip: str, hostname: str, max_pods: int) -> dict[str, Any]:
 class NodeHeartbeat:
     """Registers the Node and renews its status and Lease."""
 
-    def __init__(self, core: client.CoreV1Api, coord: client.CoordinationV1Api, name: str, host_ip: str) -> None:
+    def __init__(
+        self, core: client.CoreV1Api, coord: client.CoordinationV1Api, name: str, host_ip: str, kubelet_port: int = 0
+    ) -> None:
         self.core, self.coord, self.name, self.host_ip = core, coord, name, host_ip
+        self.kubelet_port = kubelet_port
         self.labels = node_labels(name)
 
     def register(self) -> None:
@@ -104,7 +109,8 @@ class NodeHeartbeat:
             self.register()
 
     def _post(self) -> None:
-        self.core.patch_node_status(self.name, {"status": node_status(self.host_ip, self.name, 110)})
+        status = node_status(self.host_ip, self.name, 110, self.kubelet_port)
+        self.core.patch_node_status(self.name, {"status": status})
         renew = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         lease = {
             "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
