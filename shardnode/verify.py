@@ -116,8 +116,10 @@ def run_verify(conn: sqlite3.Connection, keyring: Keyring, sample: int | None = 
             for ks, t, k, cs in conn.execute("SELECT keyspace, tbl, key, checksum FROM blocks "
                                              "ORDER BY keyspace, tbl, key"):
                 digest.add(ks + KEYSPACE_OFFSET, t, k, bytes(cs))
-            rows = conn.execute("SELECT tbl, key, key_version, checksum, frame FROM blocks "
-                                "ORDER BY random() LIMIT ?", (sample,))
+            # Pick ids first (rowids only, no blobs read), then load just the sampled rows.
+            ids = [r[0] for r in conn.execute("SELECT id FROM blocks ORDER BY random() LIMIT ?", (sample,))]
+            rows = (conn.execute("SELECT tbl, key, key_version, checksum, frame FROM blocks WHERE id = ?",
+                                 (i,)).fetchone() for i in ids)
             check_blocks(keyring, rows, report)
         report.digest = digest.result()
     finally:
