@@ -66,3 +66,12 @@ async def test_digest_is_independent_of_key_version_but_not_of_content(tmp_path)
 def test_empty_digest_is_stable():
     assert Digest().result()["root"] == Digest().result()["root"]
     assert Digest().result()["blocks"] == 0
+
+
+async def test_sampled_verify_finds_a_tampered_block_when_it_is_sampled(tmp_path):
+    s, holder = await _store_with(tmp_path, 12, ring(1, (1,)))
+    s.close()
+    conn = connect(tmp_path / "blocks.sqlite3")
+    flip_frame_bit(conn, "t", "k4", 200)
+    rep = run_verify(conn, holder.keyring, sample=12)  # the whole store, in random order
+    assert rep.scanned == 12 and rep.corrupt == 1 and rep.problems[0]["key"] == "k4"
