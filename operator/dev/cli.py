@@ -82,11 +82,11 @@ def _stop(entry: dict[str, int] | None, grace: float) -> None:
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline and _alive(entry):
         time.sleep(0.1)
-    if _alive(entry):
-        try:
-            os.killpg(entry["pid"], signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    # Each component leads its own process group (own session): whatever it forked and left behind goes too.
+    try:
+        os.killpg(entry["pid"], signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 @contextmanager
