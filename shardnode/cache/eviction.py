@@ -59,16 +59,20 @@ class LRUPolicy:
 class ScoredPolicy:
     """Frequency + recency + prefetch score, in the GreedyDual style (aging instead of scans).
 
-    priority(k) = L + hits(k) + prefetch_weight * score(k), where L (the "inflation" value) rises to the
+    priority(k) = L + f(hits(k)) + prefetch_weight * score(k), where L (the "inflation" value) rises to the
     priority of each evicted victim, so entries not touched for a while fall behind new ones: recency.
-    ``hits`` counts accesses since insertion (frequency); a prefetched block starts with its predicted
-    score so a confident prediction survives until it is used. The lowest priority is evicted; ties go
-    to the least recently touched. Stale heap entries are skipped lazily, so every call is O(log n).
+    ``hits`` counts accesses since insertion (frequency); f(1) = ``first_access_weight`` (0.1) and f(n) = n
+    otherwise, so a block seen once leaves before one seen twice (most blocks of a write-heavy trace are
+    never read again; this is what S3-FIFO's probation queue exploits). A prefetched block starts with its
+    predicted score, so a confident prediction survives until it is used. The lowest priority is evicted;
+    ties go to the least recently touched. Stale heap entries are skipped lazily: every call is O(log n).
     """
 
-    def __init__(self, prefetch_weight: float = 2.0, max_frequency: int = 64) -> None:
+    def __init__(self, prefetch_weight: float = 2.0, max_frequency: int = 64,
+                 first_access_weight: float = 0.1) -> None:
         self.prefetch_weight = prefetch_weight
         self.max_frequency = max_frequency  # caps frequency so once-hot keys can still age out
+        self.first_access_weight = first_access_weight
         self._inflation = 0.0
         self._entries: dict[Hashable, tuple[float, int, float]] = {}  # key -> (priority, hits, score)
         self._stamp: dict[Hashable, int] = {}
@@ -76,7 +80,7 @@ class ScoredPolicy:
         self._clock = itertools.count()
 
     def _push(self, key: Hashable, hits: int, score: float) -> None:
-        prio = self._inflation + hits + self.prefetch_weight * score
+        prio = self._inflation + (self.first_access_weight if hits == 1 else hits) + self.prefetch_weight * score
         stamp = next(self._clock)
         self._entries[key] = (prio, hits, score)
         self._stamp[key] = stamp
