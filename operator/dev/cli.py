@@ -30,6 +30,7 @@ from typing import Any
 
 from .controlplane import ControlPlaneError, envtest_bin_dir, free_port, repo_root
 from .keeper import write_json_atomic
+from .kubeletpki import kubelet_client_pki
 from .nodeagent.process import ProcessRecord, descendants, proc_start_time
 
 DEFAULT_STATE = Path.home() / ".cache" / "chronoshard" / "dev"
@@ -107,8 +108,11 @@ def _kubectl_argv(info: dict[str, Any]) -> list[str]:
 def _start_controlplane(state: Path, bin_dir: Path, crds: Path | None, timeout: float) -> dict[str, Any]:
     info_file = state / "controlplane.json"
     info_file.unlink(missing_ok=True)
+    pki = kubelet_client_pki(state / "pki")
     argv = [sys.executable, "-m", "chronoshard.operator.dev.keeper", "--state-dir", str(state / "controlplane"),
-            "--info", str(info_file), "--bin-dir", str(bin_dir)]
+            "--info", str(info_file), "--bin-dir", str(bin_dir),
+            f"--apiserver-arg=--kubelet-client-certificate={pki['cert']}",
+            f"--apiserver-arg=--kubelet-client-key={pki['key']}"]
     if crds is not None:
         argv += ["--crds", str(crds)]
     log = state / "logs" / "controlplane.log"
@@ -193,7 +197,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             procs["nodeagent"] = _spawn(
                 [sys.executable, "-m", "chronoshard.operator.dev.nodeagent", "--kubeconfig", info["kubeconfig"],
                  "--state-dir", str(state / "agent"), "--node-name", NODE_NAME,
-                 "--backoff-base", str(args.backoff_base), "--pod-cidr", args.pod_cidr],
+                 "--backoff-base", str(args.backoff_base), "--pod-cidr", args.pod_cidr,
+                 "--client-ca", str(kubelet_client_pki(state / "pki")["ca"])],
                 agent_log, env,
             )
             _say(f"started the node agent (log: {agent_log})")

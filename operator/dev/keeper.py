@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--info", required=True, type=Path)
     parser.add_argument("--bin-dir", type=Path, default=None)
     parser.add_argument("--crds", type=Path, default=None)
+    parser.add_argument("--apiserver-arg", action="append", default=[], help="extra kube-apiserver flag (repeatable)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s keeper: %(message)s")
 
@@ -56,7 +57,10 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, lambda _s, _f: stop.set())
 
     args.info.unlink(missing_ok=True)
-    cp = ControlPlane(state_dir=args.state_dir, controller_manager=True, bin_dir=args.bin_dir)
+    cp = ControlPlane(
+        state_dir=args.state_dir, controller_manager=True, bin_dir=args.bin_dir,
+        extra_apiserver_args=tuple(args.apiserver_arg),
+    )
     try:
         cp.start()
         crds = cp.install_crds(args.crds) if args.crds and args.crds.is_dir() else []

@@ -7,9 +7,11 @@ check the agent itself, independent of the shard-node commands.
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import os
 import signal
+import ssl
 import subprocess
 import threading
 import uuid
@@ -212,6 +214,12 @@ def test_kubectl_logs_reach_the_agent_through_the_api_server(local_cluster, web)
     out = local_cluster.kubectl("logs", f"{NAME}-0", "-n", web).stdout
     assert f"probe_server listening on {pod['status']['podIP']}:8080" in out
     assert len(local_cluster.kubectl("logs", f"{NAME}-0", "-n", web, "--tail=2").stdout.splitlines()) == 2
+    # Only the API server (with its kubelet client certificate) gets in; another local process does not.
+    port = local_cluster.get("node", "chronoshard-dev", "")["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"]
+    with pytest.raises((ssl.SSLError, ConnectionResetError, http.client.RemoteDisconnected)):
+        conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=5, context=ssl._create_unverified_context())
+        conn.request("GET", f"/containerLogs/{web}/{NAME}-0/web")
+        conn.getresponse().read()
     # -f streams: the probes hit the server every second or two and it logs each request.
     follow = subprocess.Popen(
         [str(local_cluster.bin_dir / "kubectl"), f"--kubeconfig={local_cluster.kubeconfig}",

@@ -116,6 +116,7 @@ class NodeAgent:
         node_name: str = "chronoshard-dev",
         backoff_base: float = 10.0,
         pod_cidr: str = DEFAULT_POD_CIDR,
+        client_ca: Path | None = None,
     ) -> None:
         self.api = api
         self.core = client.CoreV1Api(api)
@@ -124,7 +125,7 @@ class NodeAgent:
         self.pods_root = state_dir / "pods"
         self.volumes_root = state_dir / "volumes"
         self.backoff_base = backoff_base
-        self.kubelet_api = KubeletAPI(self._locate_log, state_dir / "kubelet", HOST_IP)
+        self.kubelet_api = KubeletAPI(self._locate_log, state_dir / "kubelet", HOST_IP, client_ca=client_ca)
         self.heartbeat = NodeHeartbeat(
             self.core, client.CoordinationV1Api(api), node_name, HOST_IP, kubelet_port=self.kubelet_api.port
         )

@@ -3,7 +3,9 @@
 The API server proxies ``GET /api/v1/namespaces/NS/pods/POD/log`` to
 ``https://<node InternalIP>:<status.daemonEndpoints.kubeletEndpoint.Port>/containerLogs/NS/POD/CONTAINER``.
 It does not verify the kubelet's serving certificate unless told to (our control plane is not), so a
-self-signed certificate made at start is enough. Binds 127.0.0.1 only.
+self-signed certificate made at start is enough. Binds 127.0.0.1 only; with ``client_ca`` it requires a
+client certificate from that CA (``chronoshard-dev up`` gives the API server one), so other local
+processes cannot read the logs.
 """
 
 from __future__ import annotations
@@ -71,10 +73,16 @@ def tail_bytes(data: bytes, lines: int | None, limit: int | None) -> bytes:
 class KubeletAPI:
     """A TLS server on 127.0.0.1 answering ``/containerLogs`` and ``/healthz``."""
 
-    def __init__(self, locate: LogLocator, cert_dir: Path, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self, locate: LogLocator, cert_dir: Path, host: str = "127.0.0.1", port: int = 0, client_ca: Path | None = None
+    ) -> None:
         cert, key = self_signed(cert_dir, host)
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(cert, key)
+        if client_ca is not None:
+            # Only the API server (holding a client certificate from this CA) may read logs.
+            ctx.verify_mode = ssl.CERT_REQUIRED
+            ctx.load_verify_locations(cafile=str(client_ca))
         handler = _handler(locate)
         self._server = ThreadingHTTPServer((host, port), handler)
         self._server.daemon_threads = True

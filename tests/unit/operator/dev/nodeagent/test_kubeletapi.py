@@ -4,6 +4,7 @@ import threading
 import time
 
 import pytest
+from chronoshard.operator.dev.kubeletpki import kubelet_client_pki
 from chronoshard.operator.dev.nodeagent.kubeletapi import KubeletAPI, tail_bytes
 
 
@@ -70,3 +71,25 @@ def test_follow_streams_appended_lines_until_the_run_ends(api):
     thread.join()
     assert body == b"three\nfour\n"
     assert time.monotonic() - started >= 0.9
+
+
+def test_with_a_client_ca_only_holders_of_its_certificate_may_read(tmp_path):
+    pki = kubelet_client_pki(tmp_path / "pki")
+    assert pki["key"].stat().st_mode & 0o777 == 0o600
+    (tmp_path / "0.log").write_bytes(b"secret-free but private\n")
+    server = KubeletAPI(lambda *a: (tmp_path / "0.log", lambda: False), tmp_path / "certs",
+                        client_ca=pki["ca"]).start()
+    try:
+        anonymous = ssl._create_unverified_context()
+        with pytest.raises((ssl.SSLError, ConnectionResetError, http.client.RemoteDisconnected)):
+            conn = http.client.HTTPSConnection("127.0.0.1", server.port, timeout=5, context=anonymous)
+            conn.request("GET", "/containerLogs/ns/p/c")
+            conn.getresponse().read()
+        trusted = ssl._create_unverified_context()
+        trusted.load_cert_chain(pki["cert"], pki["key"])
+        conn = http.client.HTTPSConnection("127.0.0.1", server.port, timeout=5, context=trusted)
+        conn.request("GET", "/containerLogs/ns/p/c")
+        assert conn.getresponse().read() == b"secret-free but private\n"
+    finally:
+        server.stop()
+    assert kubelet_client_pki(tmp_path / "pki") == pki, "made once, then reused"
