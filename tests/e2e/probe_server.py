@@ -2,7 +2,8 @@
 
 Serves GET /healthz (200, or 500 while --unhealthy-file exists) and /readyz (200, or 503 while
 --unready-file exists),
-GET /env/NAME (an environment variable), GET|PUT /data/NAME (a file under --data-dir),
+GET /env/NAME (an environment variable), GET /cwd (the working directory),
+GET|PUT /data/NAME (a file under --data-dir),
 GET /file?path=P (any file's bytes).
 It stands in for the shard-node servers only in tests that check the node agent itself.
 """
@@ -41,6 +42,8 @@ def main() -> int:
             elif url.path == "/readyz":
                 unready = args.unready_file and Path(args.unready_file).exists()
                 self._reply(503 if unready else 200, b"not ready" if unready else b"ok")
+            elif url.path == "/cwd":
+                self._reply(200, os.getcwd().encode())
             elif url.path.startswith("/env/"):
                 value = os.environ.get(url.path[5:])
                 self._reply(404 if value is None else 200, (value or "").encode())

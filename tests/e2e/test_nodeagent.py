@@ -44,6 +44,7 @@ def statefulset(ns: str) -> list[dict]:
         "command": ["python", str(PROBE_SERVER)],
         "args": ["--host", "$(POD_IP)", "--port", "8080", "--data-dir", "/data", "--unready-file", "/scratch/unready"],
         "ports": [{"name": "http", "containerPort": 8080}],
+        "workingDir": "/scratch",
         "env": [
             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
             {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
@@ -118,6 +119,8 @@ def test_pods_run_on_distinct_loopback_ips_with_downward_api_env(local_cluster, 
         assert http_get(f"http://{ip}:8080/env/SELF_URL") == (200, f"http://{ip}:8080".encode())
         assert http_get(f"http://{ip}:8080/env/GREETING") == (200, b"hello")
         assert http_get(f"http://{ip}:8080/env/TMPDIR")[0] == 404, "no volume at /tmp, no TMPDIR"
+        scratch = local_cluster.pod_dir(pod) / "volumes" / "scratch"
+        assert http_get(f"http://{ip}:8080/cwd") == (200, str(scratch).encode()), "workingDir under a mount"
         keys_dir = http_get(f"http://{ip}:8080/env/KEYS_DIR")[1].decode()
         assert keys_dir == str(local_cluster.pod_dir(pod) / "volumes" / "keys"), "mount path mapped to the volume"
         (status,) = pod["status"]["containerStatuses"]
