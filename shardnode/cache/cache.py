@@ -70,6 +70,7 @@ class BlockCache:
         self.unused_prefetch_bytes = 0
         self._inflight: dict[BlockId, _Fetch] = {}
         self._writing: Counter[BlockId] = Counter()
+        self._invalidations = 0  # bumped by every invalidation: batch reads cache nothing if it moved
         metrics.budget.set(budget)
 
     # ---- decrypt -------------------------------------------------------------------------------
@@ -143,6 +144,7 @@ class BlockCache:
 
     def invalidate(self, bid: BlockId, newer_than: int | None = None) -> None:
         """Forget a cached block (only if its LSN is older than ``newer_than`` when given)."""
+        self._invalidations += 1
         fetch = self._inflight.get(bid)
         if fetch is not None:
             if newer_than is None:
@@ -228,7 +230,11 @@ class BlockCache:
                 missing.append(i)
         if missing:
             self.metrics.misses.inc(len(missing))
+            epoch = self._invalidations
             frames = await self.node.get_frames(table, [keys[i] for i in missing])
+            # Anything invalidated meanwhile (a write, a change seen by the tail) may make these copies
+            # stale in a way a per-block LSN check cannot see, so then they are returned but not cached.
+            cacheable = epoch == self._invalidations
             for i, fetched in zip(missing, frames, strict=True):
                 bid = (table, keys[i])
                 if fetched is None:
@@ -241,7 +247,7 @@ class BlockCache:
                     except DecryptError as exc:
                         out[i] = ("error", exc)
                         continue
-                    if not self._writing[bid] and bid not in self._inflight:
+                    if cacheable and not self._writing[bid] and bid not in self._inflight:
                         self.install(bid, entry)
                     out[i] = ("miss", entry.value)
         return out

@@ -161,3 +161,20 @@ async def test_tail_that_starts_late_drops_what_was_cached_before_it(env):
         await asyncio.sleep(0.02)
     tail.cancel()
     assert (await cache.get("t", "a"))[0] == b"two"
+
+
+async def test_batch_read_overlapping_a_write_returns_values_but_caches_nothing(env):
+    cache, _, _, _ = env
+    await cache.put("t", "a", b"A")
+    await cache.put("t", "b", b"B")
+    cache.invalidate(("t", "a"))
+    cache.invalidate(("t", "b"))
+    batch = asyncio.create_task(cache.get_many("t", ["a", "b"]))
+    await asyncio.sleep(0)  # the batch is now waiting for the node
+    await cache.put("t", "a", b"A2")  # a write lands while the batch is in flight
+    got = await batch
+    assert [v for _, v in got] in ([b"A", b"B"], [b"A2", b"B"])
+    assert ("t", "b") not in cache.entries  # not cached: it might have been overtaken
+    assert cache.entries[("t", "a")].value == b"A2"  # the acknowledged write is what stays
+    await cache.get_many("t", ["b"])  # a quiet batch does cache
+    assert cache.entries[("t", "b")].value == b"B"
