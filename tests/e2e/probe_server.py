@@ -3,8 +3,7 @@
 Serves GET /healthz (200, or 500 while --unhealthy-file exists) and /readyz (200, or 503 while
 --unready-file exists),
 GET /env/NAME (an environment variable), GET /cwd (the working directory),
-GET|PUT /data/NAME (a file under --data-dir),
-GET /file?path=P (any file's bytes).
+GET|PUT /data/NAME (a file under --data-dir).
 It stands in for the shard-node servers only in tests that check the node agent itself.
 """
 
@@ -15,7 +14,7 @@ import os
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import urlparse
 
 
 def main() -> int:
@@ -49,9 +48,6 @@ def main() -> int:
                 self._reply(404 if value is None else 200, (value or "").encode())
             elif url.path.startswith("/data/") and args.data_dir:
                 path = Path(args.data_dir) / url.path[6:]
-                self._reply(200, path.read_bytes()) if path.exists() else self._reply(404, b"")
-            elif url.path == "/file":
-                path = Path(parse_qs(url.query)["path"][0])
                 self._reply(200, path.read_bytes()) if path.exists() else self._reply(404, b"")
             else:
                 self._reply(404, b"")
