@@ -1,0 +1,58 @@
+"""Outcome tracking, the threshold/budget controller and the token bucket."""
+
+from __future__ import annotations
+
+from chronoshard.shardnode.predictor.feedback import PAUSED, FeedbackController, Outcome, OutcomeTracker, TokenBucket
+
+
+def test_used_within_horizon_wasted_after_or_when_evicted() -> None:
+    tr = OutcomeTracker()
+    tr.add("t", "a", 0.9, True, 100, now=0.0, horizon_s=5.0)
+    tr.add("t", "b", 0.8, True, 100, now=0.0, horizon_s=5.0)
+    tr.add("t", "c", 0.7, True, 100, now=0.0, horizon_s=5.0)
+    assert [o.used for o in tr.access("t", "a", 1.0)] == [True]
+    assert [o.used for o in tr.evicted("t", "b")] == [False]
+    assert tr.access("t", "b", 2.0) == []  # already resolved as wasted
+    out = tr.expire(6.0)
+    assert [(o.used, o.size) for o in out] == [(False, 100)]
+    assert tr.pending == {}
+
+
+def test_same_block_proposed_twice_counts_once_and_upgrades_to_sent() -> None:
+    tr = OutcomeTracker()
+    tr.add("t", "a", 0.4, False, 10, now=0.0, horizon_s=5.0)
+    tr.add("t", "a", 0.9, True, 10, now=1.0, horizon_s=5.0)
+    assert tr.is_pending_sent("t", "a")
+    out = tr.access("t", "a", 5.5)  # within the upgraded horizon (1 + 5)
+    assert [(o.sent, o.used, o.score) for o in out] == [(True, True, 0.9)]
+
+
+def outcomes(score: float, used: bool, n: int) -> list[Outcome]:
+    return [Outcome(score, True, used, 1, None)] * n
+
+
+def test_controller_raises_threshold_pauses_and_recovers() -> None:
+    fb = FeedbackController(base_threshold=0.5, target_precision=0.6, window=100)
+    # Low-score candidates fail, high-score ones succeed: the threshold moves above the bad ones.
+    fb.record(outcomes(0.55, False, 50) + outcomes(0.9, True, 50))
+    assert 0.55 < fb.threshold <= 0.9 and fb.budget_factor == 1.0
+    # The pattern stops: nothing comes true at any threshold -> pause and cut the budget.
+    fb.record(outcomes(0.9, False, 100))
+    fb.record(outcomes(0.9, False, 100))
+    assert fb.threshold == PAUSED and fb.budget_factor == 0.25 and fb.last_precision is None
+    # Unsent (shadow) candidates come true again -> back to the base threshold, budget grows back.
+    fb.record([Outcome(0.6, False, True, 1, None)] * 100)
+    assert fb.threshold == 0.5 and fb.budget_factor == 0.5
+
+
+def test_disabled_controller_only_measures() -> None:
+    fb = FeedbackController(base_threshold=0.5, window=10, enabled=False)
+    fb.record(outcomes(0.9, False, 10))
+    assert fb.threshold == 0.5 and fb.budget_factor == 1.0 and fb.last_precision == 0.0
+
+
+def test_token_bucket() -> None:
+    b = TokenBucket(rate=10, burst=10)
+    assert sum(b.take(1, 0.0) for _ in range(20)) == 10
+    assert b.take(5, 0.5) and not b.take(1, 0.5)
+    assert not b.take(1, 0.6, factor=0.5) and b.take(1, 1.0, factor=0.5)
