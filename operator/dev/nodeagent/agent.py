@@ -486,11 +486,11 @@ class NodeAgent:
         if cr.view.terminated is not None:
             return  # finished for good (restartPolicy says so)
         if now < cr.next_start:
-            remaining = int(cr.next_start - now) + 1
+            # kubelet's wording; no countdown in it, or every second would be a status write.
             cr.view.waiting_reason = "CrashLoopBackOff"
             cr.view.waiting_message = (
-                f"back-off {cr.backoff.last:g}s restarting failed container="
-                f"{cr.view.name} pod={run.name}; next start in {remaining}s"
+                f"back-off {cr.backoff.last:g}s restarting failed container={cr.view.name} "
+                f"pod={run.name}_{run.namespace}({run.uid})"
             )
             return
         self._start(pod, run, cr)
