@@ -49,6 +49,7 @@ class NodeConfig:
     rewrap_batch_size: int = rewrap.DEFAULT_BATCH
     rewrap_pause_seconds: float = 0.0
     change_log_retain: int = 1_000_000  # entries kept; older ones are trimmed (readers see `gap`)
+    max_response_bytes: int = 64 << 20  # block bytes one batch or scan answer may carry
     trim_interval_seconds: float = 10.0
     partitions: Any = None  # routing.PartitionMapSource when --partition-map is given
     shard_index: int | None = None
@@ -61,6 +62,7 @@ class NodeConfig:
                                 ("rewrapBatchSize", "rewrap_batch_size", int),
                                 ("rewrapPauseSeconds", "rewrap_pause_seconds", (int, float)),
                                 ("changeLogRetain", "change_log_retain", int),
+                                ("maxResponseBytes", "max_response_bytes", int),
                                 ("trimIntervalSeconds", "trim_interval_seconds", (int, float))):
             if name in settings:
                 value = settings[name]
@@ -178,6 +180,15 @@ class Node:
 NODE = web.AppKey("chronoshard_node", Node)
 
 
+def charge(node: Node, total: int, size: int) -> int:
+    """Add one block to a response's byte total; 413 before the answer would exceed maxResponseBytes."""
+    total += size
+    if total > node.cfg.max_response_bytes:
+        raise ApiError(413, "too_large", f"answer would exceed {node.cfg.max_response_bytes} bytes of blocks; "
+                       "ask for fewer keys or a smaller limit")
+    return total
+
+
 def misdirected(node: Node, table: str, key: str) -> dict[str, Any] | None:
     """Inline 421-style error for one key of a batch that this shard does not own (None if owned)."""
     if node.cfg.partitions is None:
@@ -253,6 +264,7 @@ async def batch_get_blocks(request: web.Request) -> web.Response:
 
     def work(c: sqlite3.Connection) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
+        total = 0
         for k in keys:
             wrong = misdirected(node, table, k)
             if wrong is not None:
@@ -262,6 +274,7 @@ async def batch_get_blocks(request: web.Request) -> web.Response:
             if block is None:
                 out.append({"key": k, "found": False})
                 continue
+            total = charge(node, total, block.size)
             try:
                 value = node.open(block)
             except ApiError as exc:
@@ -300,6 +313,9 @@ async def batch_get_frames(request: web.Request) -> web.Response:
     table = table_param(request)
     keys = keys_list(await json_body(request))
     blocks = await node.db.read(lambda c: [get_block(c, table, k) for k in keys])
+    total = 0
+    for b in blocks:
+        total = charge(node, total, len(b.frame) if b else 0)
     out = []
     for b, k in zip(blocks, keys, strict=True):
         wrong = misdirected(node, table, k)
@@ -318,7 +334,12 @@ async def scan(request: web.Request) -> web.Response:
     values = bool_query(request, "values")
     def work(c: sqlite3.Connection) -> tuple[list[StoredBlock], list[bytes]]:
         found = scan_blocks(c, table, after, limit)
-        return found, [node.open(b) for b in found] if values else []
+        if not values:
+            return found, []
+        total = 0
+        for b in found:
+            total = charge(node, total, b.size)
+        return found, [node.open(b) for b in found]
 
     blocks, plaintexts = await node.db.read(work)
     items: list[dict[str, Any]] = []

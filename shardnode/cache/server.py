@@ -51,6 +51,7 @@ class CacheConfig:
     budget_bytes: int = 256 << 20
     eviction: str = "scored"
     max_block_bytes: int = 4 << 20
+    max_response_bytes: int = 64 << 20  # block bytes one batch answer may carry
     keyring_poll_seconds: float = 1.0
     access_log_size: int = 100_000
     prefetch_queue: int = 10_000
@@ -66,6 +67,7 @@ class CacheConfig:
     def apply(self, settings: dict[str, Any]) -> None:
         """Overlay settings from cache.json (unknown keys ignored; bad values logged and ignored)."""
         numeric = (("budgetBytes", "budget_bytes", int), ("maxBlockBytes", "max_block_bytes", int),
+                   ("maxResponseBytes", "max_response_bytes", int),
                    ("keyringPollSeconds", "keyring_poll_seconds", float), ("accessLogSize", "access_log_size", int),
                    ("prefetchQueue", "prefetch_queue", int), ("prefetchWorkers", "prefetch_workers", int),
                    ("prefetchMinScore", "prefetch_min_score", float),
@@ -234,6 +236,10 @@ async def batch_get(request: web.Request) -> web.StreamResponse:
         results = await st.bc.get_many(table, keys)
     except UpstreamError as exc:
         return upstream(exc)
+    size = sum(len(v) for kind, v in results if kind in ("hit", "miss"))
+    if size > st.cfg.max_response_bytes:
+        raise ApiError(413, "too_large", f"answer would exceed {st.cfg.max_response_bytes} bytes of blocks; "
+                       "ask for fewer keys")
     who = client_id(request)
     out: list[dict[str, Any]] = []
     for k, (kind, value) in zip(keys, results, strict=True):

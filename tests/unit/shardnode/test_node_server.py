@@ -195,3 +195,25 @@ async def test_no_keyring_means_not_ready_and_writes_refused(tmp_path):
         keys = await (await s.get(f"{url}/v1/keys")).json()
         assert keys["generation"] is None and "cannot read keyring.json" in keys["loadError"]
         assert (await (await s.get(f"{url}/v1/changes")).json())["lastLsn"] == 0
+
+
+async def test_batch_and_scan_answers_are_bounded_in_bytes(tmp_path):
+    import aiohttp
+    from chronoshard.shardnode.node_server import NodeConfig, create_app
+
+    from tests.unit.shardnode.server_support import keyring_dir, serve
+
+    app = create_app(NodeConfig(data_dir=tmp_path / "d", keyring_dir=keyring_dir(tmp_path), max_response_bytes=250))
+    async with serve(app) as url, aiohttp.ClientSession() as s:
+        for i in range(3):
+            await s.put(f"{url}/v1/tables/t/blocks/k{i}", data=bytes(100))
+        r = await s.post(f"{url}/v1/tables/t/blocks:batchGet", json={"keys": ["k0", "k1", "k2"]})
+        assert r.status == 413 and (await r.json())["error"] == "too_large"
+        r = await s.post(f"{url}/v1/tables/t/blocks:batchGet", json={"keys": ["k0", "k1"]})
+        assert r.status == 200
+        r = await s.get(f"{url}/v1/tables/t/blocks", params={"values": "true"})
+        assert r.status == 413
+        r = await s.get(f"{url}/v1/tables/t/blocks", params={"values": "false"})
+        assert r.status == 200 and len((await r.json())["items"]) == 3
+        r = await s.post(f"{url}/v1/tables/t/frames:batchGet", json={"keys": ["k0", "k1", "k2"]})
+        assert r.status == 413  # frames are 35 bytes larger than the plaintext
