@@ -40,9 +40,15 @@ def node_labels(name: str) -> dict[str, str]:
     }
 
 
-def node_status(host_ip: str, hostname: str, max_pods: int, kubelet_port: int = 0) -> dict[str, Any]:
-    """A Ready node status with this machine's capacity, loopback address and log endpoint port."""
+def node_status(
+    host_ip: str, hostname: str, max_pods: int, kubelet_port: int = 0, since: str | None = None
+) -> dict[str, Any]:
+    """A Ready node status with this machine's capacity, loopback address and log endpoint port.
+
+    ``since`` is when the conditions last changed (the agent's start): heartbeats move only lastHeartbeatTime.
+    """
     now = now_rfc3339()
+    since = since or now
     capacity = {
         "cpu": str(os.cpu_count() or 1),
         "memory": f"{_memory_bytes() // 1024}Ki",
@@ -53,7 +59,7 @@ def node_status(host_ip: str, hostname: str, max_pods: int, kubelet_port: int = 
     def cond(ctype: str, status: str, reason: str, message: str) -> dict[str, str]:
         return {
             "type": ctype, "status": status, "reason": reason, "message": message,
-            "lastHeartbeatTime": now, "lastTransitionTime": now,
+            "lastHeartbeatTime": now, "lastTransitionTime": since,
         }
 
     return {
@@ -86,6 +92,7 @@ class NodeHeartbeat:
     ) -> None:
         self.core, self.coord, self.name, self.host_ip = core, coord, name, host_ip
         self.kubelet_port = kubelet_port
+        self.since = now_rfc3339()
         self.labels = node_labels(name)
 
     def register(self) -> None:
@@ -109,7 +116,7 @@ class NodeHeartbeat:
             self.register()
 
     def _post(self) -> None:
-        status = node_status(self.host_ip, self.name, 110, self.kubelet_port)
+        status = node_status(self.host_ip, self.name, 110, self.kubelet_port, self.since)
         self.core.patch_node_status(self.name, {"status": status})
         renew = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         lease = {
