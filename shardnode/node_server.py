@@ -66,7 +66,9 @@ class NodeConfig:
                                 ("trimIntervalSeconds", "trim_interval_seconds", (int, float))):
             if name in settings:
                 value = settings[name]
-                if isinstance(value, typ) and not isinstance(value, bool) and value > 0:
+                # a pause may be 0 (full speed); every other setting must be positive
+                number = isinstance(value, typ) and not isinstance(value, bool)
+                if number and (value >= 0 if attr == "rewrap_pause_seconds" else value > 0):
                     setattr(self, attr, value)
                 else:
                     log.error("config %s=%r ignored: must be a positive number", name, value)
@@ -124,6 +126,7 @@ class Node:
         if self.rewrap:
             await self.rewrap.stop()
         if self.verify_task:
+            self.closing = True  # the verify thread checks this between blocks
             self.verify_task.cancel()
         if self.store:
             await asyncio.to_thread(self.store.close)
@@ -455,7 +458,7 @@ async def verify_start(request: web.Request) -> web.Response:
     def work() -> VerifyReport:
         conn = connect(path)  # its own connection: a long read snapshot must not occupy a reader slot
         try:
-            return run_verify(conn, ring, sample)
+            return run_verify(conn, ring, sample, should_stop=lambda: node.closing)
         finally:
             conn.close()
 

@@ -6,7 +6,7 @@ import hashlib
 import sqlite3
 import struct
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,8 +100,21 @@ def check_blocks(keyring: Keyring, rows: Iterable[tuple[str, str, int, bytes, by
             report.record(table, key, version, "missing-key", str(exc))
 
 
-def run_verify(conn: sqlite3.Connection, keyring: Keyring, sample: int | None = None) -> VerifyReport:
+class VerifyCancelled(RuntimeError):
+    """The process is shutting down; the scan stopped early and has no result."""
+
+
+def run_verify(conn: sqlite3.Connection, keyring: Keyring, sample: int | None = None,
+               should_stop: Callable[[], bool] | None = None) -> VerifyReport:
     """Full scan (sample=None) or a random sample of ``sample`` blocks, plus the digest, in one read snapshot."""
+    stop = should_stop or (lambda: False)
+
+    def checked(rows: Iterable[Any]) -> Iterator[Any]:
+        for i, row in enumerate(rows):
+            if i % 256 == 0 and stop():
+                raise VerifyCancelled("verify stopped: shutting down")
+            yield row
+
     report = VerifyReport(mode="full" if sample is None else "sample", started=time.time())
     conn.execute("BEGIN")  # one snapshot: the digest and the checks see the same shard state
     try:
@@ -109,18 +122,18 @@ def run_verify(conn: sqlite3.Connection, keyring: Keyring, sample: int | None = 
         if sample is None:
             cur = conn.execute("SELECT keyspace, tbl, key, key_version, checksum, frame FROM blocks "
                                "ORDER BY keyspace, tbl, key")
-            for ks, t, k, v, cs, frame in cur:
+            for ks, t, k, v, cs, frame in checked(cur):
                 digest.add(ks + KEYSPACE_OFFSET, t, k, bytes(cs))
                 check_blocks(keyring, [(t, k, v, cs, frame)], report)
         else:
-            for ks, t, k, cs in conn.execute("SELECT keyspace, tbl, key, checksum FROM blocks "
-                                             "ORDER BY keyspace, tbl, key"):
+            for ks, t, k, cs in checked(conn.execute("SELECT keyspace, tbl, key, checksum FROM blocks "
+                                                     "ORDER BY keyspace, tbl, key")):
                 digest.add(ks + KEYSPACE_OFFSET, t, k, bytes(cs))
             # Pick ids first (rowids only, no blobs read), then load just the sampled rows.
             ids = [r[0] for r in conn.execute("SELECT id FROM blocks ORDER BY random() LIMIT ?", (sample,))]
             rows = (conn.execute("SELECT tbl, key, key_version, checksum, frame FROM blocks WHERE id = ?",
                                  (i,)).fetchone() for i in ids)
-            check_blocks(keyring, rows, report)
+            check_blocks(keyring, checked(rows), report)
         report.digest = digest.result()
     finally:
         conn.execute("COMMIT")

@@ -75,3 +75,20 @@ async def test_sampled_verify_finds_a_tampered_block_when_it_is_sampled(tmp_path
     flip_frame_bit(conn, "t", "k4", 200)
     rep = run_verify(conn, holder.keyring, sample=12)  # the whole store, in random order
     assert rep.scanned == 12 and rep.corrupt == 1 and rep.problems[0]["key"] == "k4"
+
+
+async def test_verify_stops_when_asked(tmp_path):
+    import pytest
+    from chronoshard.shardnode.verify import VerifyCancelled
+
+    s, holder = await _store_with(tmp_path, 300, ring(1, (1,)))
+    s.close()
+    calls = []
+
+    def stop_on_second_check():
+        calls.append(1)
+        return len(calls) > 1
+
+    with pytest.raises(VerifyCancelled):
+        run_verify(connect(tmp_path / "blocks.sqlite3"), holder.keyring, should_stop=stop_on_second_check)
+    assert len(calls) == 2  # checked every 256 blocks, not per block
