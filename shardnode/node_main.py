@@ -13,6 +13,7 @@ from aiohttp import web
 
 from .http_common import SERVER_LIMITS, load_json_config
 from .node_server import NodeConfig, create_app
+from .store import StoreLocked
 
 log = logging.getLogger("chronoshard.node")
 
@@ -59,7 +60,15 @@ def main(argv: list[str] | None = None) -> None:
     cfg.apply(load_json_config(args.config))  # now, because the body size limit is fixed when the app is built
     cfg.settings_path = args.config
     cfg.partitions, cfg.shard_index = partition_setup(args.partition_map, args.shard_index)
-    web.run_app(create_app(cfg), host=args.host, port=args.port, access_log=None, print=None, shutdown_timeout=10,
+    try:
+        _run(cfg, args.host, args.port)
+    except StoreLocked as exc:
+        log.error("%s; refusing to start a second node on it", exc)
+        raise SystemExit(2) from None
+
+
+def _run(cfg: NodeConfig, host: str, port: int) -> None:
+    web.run_app(create_app(cfg), host=host, port=port, access_log=None, print=None, shutdown_timeout=10,
                 **SERVER_LIMITS)
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import fcntl
 import json
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -45,6 +47,10 @@ CREATE INDEX IF NOT EXISTS blocks_keyspace ON blocks (keyspace, tbl, key);
 CREATE INDEX IF NOT EXISTS blocks_version ON blocks (key_version);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """ + changelog.SCHEMA
+
+
+class StoreLocked(RuntimeError):
+    """Another process already serves this data directory."""
 
 
 class NoKeyring(RuntimeError):
@@ -130,6 +136,14 @@ class Store:
     def __init__(self, data_dir: Path, keyring: Callable[[], Keyring | None], readers: int = 4) -> None:
         self.path = Path(data_dir) / DB_NAME
         Path(data_dir).mkdir(parents=True, exist_ok=True)
+        # One node per data directory: a second writer would only meet "database is locked" mid-request.
+        # flock is released by the kernel when the holder dies, so kill -9 never leaves a stale lock.
+        self._lock_fd: int | None = os.open(Path(data_dir) / "LOCK", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            raise StoreLocked(f"another process holds {data_dir}") from None
         self._keyring = keyring
         self._writer_conn = connect(self.path)
         self._writer_conn.executescript(SCHEMA)
@@ -166,6 +180,9 @@ class Store:
                 except sqlite3.Error:
                     pass
             self._conns.clear()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
 
     # ---- writer --------------------------------------------------------------------------------
     def submit(self, fn: Callable[[sqlite3.Connection], T]) -> concurrent.futures.Future[T]:

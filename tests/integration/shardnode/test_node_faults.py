@@ -231,3 +231,15 @@ def test_keyring_hot_reload_under_load_and_bad_keyring_keeps_old(tmp_path, keyri
         wait_for(lambda: http_json("GET", n.url + "/v1/keys")[1]["loadError"] is None)
     finally:
         n.stop()
+
+
+def test_second_node_on_the_same_data_dir_refuses_to_start(tmp_path, keyring):
+    n = node(tmp_path, keyring).start()
+    try:
+        second = node(tmp_path, keyring)
+        with pytest.raises(RuntimeError, match="exited 2"):
+            second.start()
+        assert "refusing to start a second node" in second.log()
+        assert http("PUT", f"{n.url}/v1/tables/t/blocks/k", b"v")[0] == 200  # the first one is unaffected
+    finally:
+        n.stop()

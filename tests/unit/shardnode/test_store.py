@@ -146,3 +146,14 @@ def test_sqlite_rejects_duplicate_rows_directly(tmp_path):
     with pytest.raises(sqlite3.IntegrityError):
         conn.execute("INSERT INTO blocks (tbl, key, keyspace, key_version, size, checksum, frame, lsn) "
                      "VALUES ('t','k',0,1,0,x'',x'',2)")
+
+
+def test_one_store_per_data_directory(tmp_path):
+    from chronoshard.shardnode.store import StoreLocked
+
+    s, _ = open_store(tmp_path, ring(1, (1,)))
+    with pytest.raises(StoreLocked, match="another process holds"):
+        open_store(tmp_path, ring(1, (1,)))
+    s.close()
+    s2, _ = open_store(tmp_path, ring(1, (1,)))  # released on close
+    s2.close()
