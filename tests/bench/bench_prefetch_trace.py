@@ -257,6 +257,8 @@ def main(argv: list[str] | None = None) -> None:
         ap = average_precision_score(y[test], models[label][test]) if len(np.unique(y[test])) > 1 else float("nan")
         print(f"model {label}: trained in {time.time() - t2:.1f}s, test average precision {ap:.3f}")
 
+    # Our eviction policy alone (no hints), to separate what the policy does from what prefetching does.
+    models = {"policy only": np.zeros(len(rows.keys)), **models}
     for unit in (True, False):
         print()
         print(("OBJECT miss ratio (unit-size objects)" if unit else "BYTE miss ratio (real sizes)") +
