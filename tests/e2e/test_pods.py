@@ -128,18 +128,14 @@ def test_unsupported_features_are_reported_not_ignored(local_cluster, e2e_namesp
     exec_probe = {**base, "metadata": {"name": "exec-probe", "namespace": e2e_namespace}, "spec": {"containers": [
         {"name": "main", "image": "none", "command": ["sleep", "60"],
          "readinessProbe": {"exec": {"command": ["true"]}}}]}}
-    init = {**base, "metadata": {"name": "with-init", "namespace": e2e_namespace}, "spec": {
-        "initContainers": [{"name": "init", "image": "none", "command": ["true"]}],
-        "containers": [{"name": "main", "image": "none", "command": ["sleep", "60"]}]}}
     no_command = {**base, "metadata": {"name": "image-only", "namespace": e2e_namespace}, "spec": {"containers": [
         {"name": "main", "image": "busybox"}]}}
     missing = {**base, "metadata": {"name": "no-secret", "namespace": e2e_namespace}, "spec": {"containers": [
         {"name": "main", "image": "none", "command": ["sleep", "60"]}],
         "volumes": [{"name": "s", "secret": {"secretName": "absent"}}]}}
-    local_cluster.apply(exec_probe, init, no_command, missing)
+    local_cluster.apply(exec_probe, no_command, missing)
     expected = {
         "exec-probe": ("CreateContainerConfigError", "unsupported probe"),
-        "with-init": ("CreateContainerConfigError", "initContainers are not supported"),
         "image-only": ("CreateContainerConfigError", "has no command"),
         "no-secret": ("ContainerCreating", 'secret "absent" not found'),
     }
@@ -195,3 +191,51 @@ def test_a_recreated_claim_is_a_new_empty_volume(local_cluster, e2e_namespace):
     pod = ready_pod(local_cluster, e2e_namespace, "user")
     assert http_get(f"http://{pod['status']['podIP']}:8080/data/marker")[0] == 404
     assert local_cluster.get("pvc", "store", e2e_namespace)["spec"]["volumeName"] != pv
+
+
+def test_init_containers_run_in_order_before_the_app_and_failures_follow_the_restart_policy(
+    local_cluster, e2e_namespace
+):
+    def pod(name, policy, second_exit):
+        step = "import pathlib, sys; p = pathlib.Path('/shared/out.txt'); "
+        return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": e2e_namespace},
+                "spec": {"restartPolicy": policy, "initContainers": [
+                    {"name": "first", "image": "none", "command": ["python", "-c", step + "p.write_text('first\\n')"]},
+                    {"name": "second", "image": "none", "command": [
+                        "python", "-c", step + f"p.write_text(p.read_text() + 'second\\n'); sys.exit({second_exit})"]},
+                ], "containers": [{
+                    "name": "web", "image": "none", "command": ["python", str(PROBE_SERVER)],
+                    "args": ["--host", "$(POD_IP)", "--port", "8080", "--data-dir", "/shared"],
+                    "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
+                    "readinessProbe": {"httpGet": {"path": "/readyz", "port": 8080}, "periodSeconds": 1},
+                }], "volumes": [{"name": "work", "emptyDir": {}}]}}
+
+    objs = [pod("init-ok", "Always", 0), pod("init-fails", "Never", 3), pod("init-retries", "Always", 4)]
+    for obj in objs:
+        for c in obj["spec"]["initContainers"] + obj["spec"]["containers"]:
+            # Not /work: the checkout lives there, and mount paths are rewritten in arguments.
+            c["volumeMounts"] = [{"name": "work", "mountPath": "/shared"}]
+    local_cluster.apply(*objs)
+
+    ok = ready_pod(local_cluster, e2e_namespace, "init-ok")
+    assert http_get(f"http://{ok['status']['podIP']}:8080/data/out.txt") == (200, b"first\nsecond\n")
+    inits = ok["status"]["initContainerStatuses"]
+    assert [(s["name"], s["state"]["terminated"]["exitCode"]) for s in inits] == [("first", 0), ("second", 0)]
+    assert {c["type"]: c["status"] for c in ok["status"]["conditions"]}["Initialized"] == "True"
+
+    failed = wait_until("init-fails Failed", lambda: (p := local_cluster.get("pod", "init-fails", e2e_namespace))
+                        and p["status"].get("phase") == "Failed" and p)
+    assert failed["status"]["initContainerStatuses"][1]["state"]["terminated"]["exitCode"] == 3
+    assert "waiting" in failed["status"]["containerStatuses"][0]["state"], "the app never started"
+
+    def retried():
+        p = local_cluster.get("pod", "init-retries", e2e_namespace)
+        inits = (p.get("status") or {}).get("initContainerStatuses") or []
+        return len(inits) == 2 and inits[1]["restartCount"] >= 1 and p
+
+    retrying = wait_until("init-retries restarting its init container", retried, timeout=30)
+    assert retrying["status"]["phase"] == "Pending"
+    assert {c["type"]: c["status"] for c in retrying["status"]["conditions"]}["Initialized"] == "False"
+    assert retrying["status"]["containerStatuses"][0]["state"]["waiting"]["reason"] == "PodInitializing"
+    logs = local_cluster.kubectl("get", "pod", "init-retries", "-n", e2e_namespace).stdout
+    assert "Init:" in logs, "kubectl shows the init progress"

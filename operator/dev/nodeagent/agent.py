@@ -276,11 +276,6 @@ class NodeAgent:
             return
         if run is None:
             run = self._new_run(pod)
-        if spec.get("initContainers"):
-            unsupported = "initContainers are not supported by chronoshard-dev"
-            self._set_waiting(run, pod, "CreateContainerConfigError", unsupported)
-            self._post_status(pod, run)
-            return
         try:
             self._setup_volumes(pod, run)
         except (VolumeError, ApiException, OSError) as exc:
@@ -288,9 +283,53 @@ class NodeAgent:
             self._set_waiting(run, pod, "ContainerCreating", f"MountVolume failed: {message}", event="FailedMount")
             self._post_status(pod, run)
             return
+        if not self._sync_init(pod, run):
+            for cspec in spec.get("containers", []):
+                cr = self._container_run(run, cspec)
+                if cr.record is None and cr.view.terminated is None and cr.runs == 0:
+                    cr.view.waiting_reason, cr.view.waiting_message = "PodInitializing", None
+            self._post_status(pod, run)
+            return
         for cspec in spec.get("containers", []):
             self._sync_container(pod, run, cspec)
         self._post_status(pod, run)
+
+    def _sync_init(self, pod: dict[str, Any], run: PodRun) -> bool:
+        """Run the init containers one after another; True once every one has exited 0 (they never run again)."""
+        policy = pod["spec"].get("restartPolicy", "Always")
+        for cspec in pod["spec"].get("initContainers") or []:
+            cr = self._container_run(run, cspec)
+            if cr.popen is not None:
+                cr.popen.poll()
+            if cr.record is None and (cr.view.terminated or {}).get("exitCode") == 0:
+                continue
+            now = time.monotonic()
+            if cr.record is not None and cr.record.alive():
+                return False
+            if cr.record is not None:
+                self._finish_run(cr, run)
+                code = int((cr.view.terminated or {}).get("exitCode", 1))
+                if code == 0:
+                    self._save_last(run, cr)
+                    continue
+                if policy != "Never":
+                    # A failed init container is retried with back-off unless the pod never restarts.
+                    cr.backoff.base = self.backoff_base
+                    cr.next_start = now + cr.backoff.next_delay(ran_for=now - cr.started_mono)
+                    cr.view.last_terminated, cr.view.terminated = cr.view.terminated, None
+                self._save_last(run, cr)
+            if cr.view.terminated is not None:
+                return False  # failed, and restartPolicy Never: the pod has failed
+            if now < cr.next_start:
+                cr.view.waiting_reason = "CrashLoopBackOff"
+                cr.view.waiting_message = (
+                    f"back-off {cr.backoff.last:g}s restarting failed container={cr.view.name} "
+                    f"pod={run.name}_{run.namespace}({run.uid})"
+                )
+                return False
+            self._start(pod, run, cr)
+            return False
+        return True
 
     # ---- pods --------------------------------------------------------------------------------------------
 
@@ -456,7 +495,7 @@ class NodeAgent:
         return cr
 
     def _set_waiting(self, run: PodRun, pod: dict[str, Any], reason: str, message: str, event: str = "Failed") -> None:
-        for cspec in pod["spec"].get("containers", []):
+        for cspec in [*(pod["spec"].get("initContainers") or []), *pod["spec"].get("containers", [])]:
             cr = self._container_run(run, cspec)
             if cr.record is None and cr.view.terminated is None:
                 cr.view.waiting_reason, cr.view.waiting_message = reason, message
@@ -677,9 +716,10 @@ class NodeAgent:
 
     def _post_status(self, pod: dict[str, Any], run: PodRun) -> None:
         views = [self._container_run(run, c).view for c in pod["spec"].get("containers", [])]
+        init_views = [self._container_run(run, c).view for c in pod["spec"].get("initContainers") or []]
         status = pod_status(
             views, pod["spec"].get("restartPolicy", "Always"), run.ip, HOST_IP, run.start_time,
-            run.conditions, now_rfc3339(),
+            run.conditions, now_rfc3339(), init_views,
         )
         if status == run.last_status:
             return

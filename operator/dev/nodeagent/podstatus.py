@@ -78,13 +78,18 @@ def pod_phase(views: list[ContainerView], restart_policy: str) -> str:
 
 
 def conditions(
-    views: list[ContainerView], phase: str, previous: Mapping[str, dict[str, Any]], now: str
+    views: list[ContainerView],
+    phase: str,
+    previous: Mapping[str, dict[str, Any]],
+    now: str,
+    init_views: list[ContainerView] | None = None,
 ) -> list[dict[str, Any]]:
     """PodScheduled, PodReadyToStartContainers, Initialized, ContainersReady and Ready, keeping transition times."""
+    pending_init = [v.name for v in init_views or [] if not _init_done(v)]
     all_ready = bool(views) and all(v.ready for v in views) and phase == "Running"
     wanted = {
         "PodReadyToStartContainers": True,
-        "Initialized": True,
+        "Initialized": not pending_init,
         "ContainersReady": all_ready,
         "Ready": all_ready,
         "PodScheduled": True,
@@ -95,15 +100,33 @@ def conditions(
         before = previous.get(ctype)
         since = before["lastTransitionTime"] if before and before.get("status") == status else now
         cond: dict[str, Any] = {"type": ctype, "status": status, "lastProbeTime": None, "lastTransitionTime": since}
-        if ctype in ("ContainersReady", "Ready"):
+        if ctype in ("ContainersReady", "Ready", "Initialized"):
             # Explicit nulls: a strategic-merge patch would otherwise keep an earlier False's reason.
             cond["reason"] = cond["message"] = None
+        if not ok and ctype == "Initialized":
+            cond["reason"] = "ContainersNotInitialized"
+            cond["message"] = f"containers with incomplete status: [{' '.join(pending_init)}]"
         if not ok and ctype in ("ContainersReady", "Ready"):
             not_ready = sorted(v.name for v in views if not v.ready)
             cond["reason"] = "ContainersNotReady"
             cond["message"] = f"containers with unready status: [{' '.join(not_ready)}]"
         out.append(cond)
     return out
+
+
+def _init_done(view: ContainerView) -> bool:
+    return view.terminated is not None and view.terminated.get("exitCode") == 0
+
+
+def init_phase(init_views: list[ContainerView], restart_policy: str) -> str | None:
+    """The phase while init containers decide it: Failed (one failed, no restarts) or Pending; None when done."""
+    for v in init_views:
+        if _init_done(v):
+            continue
+        if restart_policy == "Never" and v.terminated is not None:
+            return "Failed"
+        return "Pending"
+    return None
 
 
 def pod_status(
@@ -114,12 +137,13 @@ def pod_status(
     start_time: str,
     previous_conditions: Mapping[str, dict[str, Any]],
     now: str,
+    init_views: list[ContainerView] | None = None,
 ) -> dict[str, Any]:
     """The whole ``status`` the agent writes through the pods/status subresource."""
-    phase = pod_phase(views, restart_policy)
-    return {
+    phase = init_phase(init_views or [], restart_policy) or pod_phase(views, restart_policy)
+    status: dict[str, Any] = {
         "phase": phase,
-        "conditions": conditions(views, phase, previous_conditions, now),
+        "conditions": conditions(views, phase, previous_conditions, now, init_views),
         "hostIP": host_ip,
         "hostIPs": [{"ip": host_ip}],
         "podIP": pod_ip,
@@ -127,3 +151,6 @@ def pod_status(
         "startTime": start_time,
         "containerStatuses": [container_status(v) for v in views],
     }
+    if init_views:
+        status["initContainerStatuses"] = [container_status(v) for v in init_views]
+    return status

@@ -1,4 +1,10 @@
-from chronoshard.operator.dev.nodeagent.podstatus import ContainerView, container_status, pod_phase, pod_status
+from chronoshard.operator.dev.nodeagent.podstatus import (
+    ContainerView,
+    container_status,
+    init_phase,
+    pod_phase,
+    pod_status,
+)
 
 T0, T1 = "2026-11-22T00:00:00Z", "2026-11-22T00:01:00Z"
 
@@ -46,3 +52,26 @@ def test_container_status_shapes():
     waiting = container_status(ContainerView("c", "i", waiting_reason="CrashLoopBackOff", waiting_message="back-off"))
     assert waiting["state"] == {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off"}}
     assert waiting["lastState"] == {}
+
+
+def test_init_containers_gate_phase_and_initialized():
+    done = ContainerView("a", "i", terminated={"exitCode": 0}, waiting_reason=None)
+    running_init = ContainerView("b", "i", running_since=T0, waiting_reason=None)
+    failed_init = ContainerView("b", "i", terminated={"exitCode": 2}, waiting_reason=None)
+    app = ContainerView("web", "i", waiting_reason="PodInitializing")
+
+    status = pod_status([app], "Always", "127.0.0.2", "127.0.0.1", T0, {}, T0, [done, running_init])
+    conds = {c["type"]: c for c in status["conditions"]}
+    assert status["phase"] == "Pending"
+    assert conds["Initialized"]["status"] == "False" and conds["Initialized"]["message"].endswith("[b]")
+    assert [s["name"] for s in status["initContainerStatuses"]] == ["a", "b"]
+
+    assert init_phase([done, failed_init], "Never") == "Failed"
+    assert init_phase([done, failed_init], "OnFailure") == "Pending"
+    assert init_phase([done], "Never") is None
+
+    ready = pod_status([running()], "Always", "127.0.0.2", "127.0.0.1", T0, conds, T1, [done])
+    conds = {c["type"]: c for c in ready["conditions"]}
+    assert ready["phase"] == "Running" and conds["Initialized"]["status"] == "True"
+    assert conds["Initialized"]["reason"] is None, "a stale reason is cleared"
+    assert "initContainerStatuses" not in pod_status([running()], "Always", "i", "h", T0, {}, T0)
