@@ -133,12 +133,18 @@ def test_unsupported_features_are_reported_not_ignored(local_cluster, e2e_namesp
     missing = {**base, "metadata": {"name": "no-secret", "namespace": e2e_namespace}, "spec": {"containers": [
         {"name": "main", "image": "none", "command": ["sleep", "60"]}],
         "volumes": [{"name": "s", "secret": {"secretName": "absent"}}]}}
-    local_cluster.apply(exec_probe, no_command, missing)
+    sidecar = {**base, "metadata": {"name": "sidecar", "namespace": e2e_namespace}, "spec": {
+        "initContainers": [{"name": "side", "image": "none", "command": ["sleep", "60"], "restartPolicy": "Always"}],
+        "containers": [{"name": "main", "image": "none", "command": ["sleep", "60"]}]}}
+    local_cluster.apply(exec_probe, no_command, missing, sidecar)
     expected = {
         "exec-probe": ("CreateContainerConfigError", "unsupported probe"),
         "image-only": ("CreateContainerConfigError", "has no command"),
         "no-secret": ("ContainerCreating", 'secret "absent" not found'),
     }
+    side = wait_until("sidecar refused", lambda: ((local_cluster.get("pod", "sidecar", e2e_namespace).get("status")
+                      or {}).get("initContainerStatuses") or [{}])[0].get("state", {}).get("waiting"))
+    assert side["reason"] == "CreateContainerConfigError" and "sidecar" in side["message"]
     for name, (reason, text) in expected.items():
         def waiting(name=name):
             p = local_cluster.get("pod", name, e2e_namespace)

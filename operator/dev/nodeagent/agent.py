@@ -299,6 +299,13 @@ class NodeAgent:
         policy = pod["spec"].get("restartPolicy", "Always")
         for cspec in pod["spec"].get("initContainers") or []:
             cr = self._container_run(run, cspec)
+            if cspec.get("restartPolicy") == "Always":
+                # A sidecar would block this sequence forever; say so instead of hanging.
+                cr.view.waiting_reason = "CreateContainerConfigError"
+                cr.view.waiting_message = (
+                    "sidecar containers (init containers with restartPolicy Always) are not supported"
+                )
+                return False
             if cr.popen is not None:
                 cr.popen.poll()
             if cr.record is None and (cr.view.terminated or {}).get("exitCode") == 0:
