@@ -28,10 +28,20 @@ def checksum(plaintext: bytes) -> bytes:
     return xxhash.xxh3_128_digest(plaintext)
 
 
+class CompromisedVersion(RuntimeError):
+    """Refusal to encrypt with a key version a threat rotation marked compromised."""
+
+    def __init__(self, version: int) -> None:
+        super().__init__(f"key version {version} is marked compromised; it may decrypt but never encrypt")
+        self.version = version
+
+
 def seal_block(keyring: Keyring, table: str, key: str, plaintext: bytes, version: int | None = None,
                nonce: bytes | None = None) -> tuple[bytes, bytes, int]:
     """Encrypt under ``version`` (default: the primary); return (frame, checksum, key version)."""
     v = keyring.primary if version is None else version
+    if v in keyring.compromised:
+        raise CompromisedVersion(v)
     aead = keyring.aead(v, table)
     # Random 96-bit nonces: per-table keys keep each key's message count far below the 2^32 bound.
     nonce = nonce or os.urandom(frames.NONCE_SIZE)

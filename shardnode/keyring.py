@@ -45,6 +45,8 @@ class KeyVersion:
     id: int
     state: str
     created: str | None = None
+    # Marked by a threat rotation: still decrypts, but must never encrypt again (docs/interfaces.md).
+    compromised: bool = False
 
 
 def derive_table_key(master: bytes, table: str) -> bytes:
@@ -62,6 +64,7 @@ class Keyring:
         if len(primaries) != 1:
             raise KeyringError(f"exactly one primary version required, found {len(primaries)}")
         self.primary = primaries[0]
+        self.compromised = frozenset(v.id for v in self.versions if v.compromised)
         self.__keys = dict(keys)
         self._aeads: dict[tuple[int, str], AESGCM] = {}
         self._lock = threading.Lock()
@@ -95,6 +98,7 @@ class Keyring:
             "generation": self.generation,
             "primary": self.primary,
             "versions": [{"id": v.id, "state": v.state} for v in self.versions],
+            "compromised": sorted(self.compromised),
         }
 
 
@@ -138,7 +142,10 @@ def parse_manifest(text: str) -> tuple[int, list[KeyVersion]]:
             raise KeyringError(f"{MANIFEST}: version {vid} has unknown state {state!r}")
         seen.add(vid)
         created = item.get("created")
-        versions.append(KeyVersion(vid, state, created if isinstance(created, str) else None))
+        compromised = item.get("compromised", False)
+        if not isinstance(compromised, bool):
+            raise KeyringError(f"{MANIFEST}: version {vid} has a non-boolean compromised mark")
+        versions.append(KeyVersion(vid, state, created if isinstance(created, str) else None, compromised))
     if sum(v.state == "primary" for v in versions) != 1:
         raise KeyringError(f"{MANIFEST}: exactly one version must be primary")
     return generation, versions

@@ -59,6 +59,9 @@ class NodeMetrics:
         self.requests = Counter("chronoshard_node_requests", "HTTP requests by route and status",
                                 ["route", "status"], registry=r)
         self.writes = Counter("chronoshard_node_writes", "Committed writes by operation", ["op"], registry=r)
+        self.compromised_holds = Counter("chronoshard_node_compromised_write_holds",
+                                         "Times a write waited because the primary key version is marked compromised",
+                                         registry=r)
         self.bytes_written = Counter("chronoshard_node_written_bytes", "Plaintext bytes written", registry=r)
         self.integrity_failures = Counter("chronoshard_node_integrity_failures",
                                           "Blocks that failed authentication or checksum, by where and why",

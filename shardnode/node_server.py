@@ -14,7 +14,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from . import changelog, rewrap
-from .crypto import IntegrityError, open_block
+from .crypto import CompromisedVersion, IntegrityError, open_block
 from .http_common import (
     ApiError,
     bool_query,
@@ -30,7 +30,17 @@ from .http_common import (
 from .keyring import KeyringWatcher, MissingKeyVersion
 from .metrics import NodeMetrics
 from .settings_watch import SettingsWatcher
-from .store import NoKeyring, Store, StoredBlock, block_count, connect, get_block, scan_blocks, version_counts
+from .store import (
+    NoKeyring,
+    Store,
+    StoredBlock,
+    WriteResult,
+    block_count,
+    connect,
+    get_block,
+    scan_blocks,
+    version_counts,
+)
 from .verify import VerifyReport, run_verify
 
 log = logging.getLogger(__name__)
@@ -54,6 +64,8 @@ class NodeConfig:
     partitions: Any = None  # routing.PartitionMapSource when --partition-map is given
     shard_index: int | None = None
     settings_path: str | None = None  # node.json, re-applied when the mounted ConfigMap changes
+    # How long a write waits for a new primary while the current one is marked compromised (then 503).
+    compromised_write_hold_seconds: float = 20.0
 
     def apply(self, settings: dict[str, Any]) -> None:
         """Overlay settings from node.json (unknown keys ignored, wrong types logged and ignored)."""
@@ -63,7 +75,8 @@ class NodeConfig:
                                 ("rewrapPauseSeconds", "rewrap_pause_seconds", (int, float)),
                                 ("changeLogRetain", "change_log_retain", int),
                                 ("maxResponseBytes", "max_response_bytes", int),
-                                ("trimIntervalSeconds", "trim_interval_seconds", (int, float))):
+                                ("trimIntervalSeconds", "trim_interval_seconds", (int, float)),
+                                ("compromisedWriteHoldSeconds", "compromised_write_hold_seconds", (int, float))):
             if name in settings:
                 value = settings[name]
                 # a pause may be 0 (full speed); every other setting must be positive
@@ -209,6 +222,25 @@ def node_of(request: web.Request) -> Node:
 
 
 # ---- blocks ------------------------------------------------------------------------------------
+async def put_holding_while_compromised(node: Node, table: str, key: str, body: bytes) -> WriteResult:
+    """Store a block; while a threat rotation has marked the primary compromised, hold the write until the new
+    primary is loaded (the keyring watcher swaps it in), then answer 503 if that takes too long."""
+    deadline = asyncio.get_running_loop().time() + node.cfg.compromised_write_hold_seconds
+    while True:
+        try:
+            return await node.db.put(table, key, body)
+        except NoKeyring:
+            raise ApiError(503, "no_keyring", "no keyring is loaded; cannot encrypt") from None
+        except sqlite3.Error as exc:
+            raise ApiError(503, "store_unavailable", f"write failed: {exc}") from None
+        except CompromisedVersion as exc:
+            node.metrics.compromised_holds.inc()
+            if asyncio.get_running_loop().time() >= deadline:
+                raise ApiError(503, "key_compromised", f"{exc}; writes resume once the new key version is "
+                               "primary, retry shortly", keyVersion=exc.version) from None
+            await asyncio.sleep(0.1)
+
+
 async def put_block(request: web.Request) -> web.Response:
     """PUT /v1/tables/{table}/blocks/{key}: store the raw body, acknowledged after it is durable."""
     node = node_of(request)
@@ -218,12 +250,7 @@ async def put_block(request: web.Request) -> web.Response:
     body = await request.read()
     if len(body) > node.cfg.max_block_bytes:
         raise ApiError(413, "too_large", f"block larger than {node.cfg.max_block_bytes} bytes")
-    try:
-        res = await node.db.put(table, key, body)
-    except NoKeyring:
-        raise ApiError(503, "no_keyring", "no keyring is loaded; cannot encrypt") from None
-    except sqlite3.Error as exc:
-        raise ApiError(503, "store_unavailable", f"write failed: {exc}") from None
+    res = await put_holding_while_compromised(node, table, key, body)
     node.metrics.writes.labels("put").inc()
     node.metrics.bytes_written.inc(len(body))
     return web.json_response({"table": table, "key": key, "lsn": res.lsn, "keyVersion": res.key_version,

@@ -76,3 +76,27 @@ def test_malformed_frame_is_integrity_error():
     with pytest.raises(IntegrityError) as exc:
         open_block(_ring(), "t", "k", b"garbage", None)
     assert exc.value.reason == "frame"
+
+
+def test_a_compromised_version_decrypts_but_never_encrypts(tmp_path):
+    import json as _json
+
+    from chronoshard.shardnode.crypto import CompromisedVersion, open_block, seal_block
+    from chronoshard.shardnode.keyring import load_keyring
+
+    (tmp_path / "v1.key").write_bytes(b"\x01" * 32)
+    (tmp_path / "v2.key").write_bytes(b"\x02" * 32)
+    doc = {"format": 1, "generation": 2, "algorithm": "AES-256-GCM",
+           "versions": [{"id": 1, "state": "primary"}, {"id": 2, "state": "decrypt-only"}]}
+    (tmp_path / "keyring.json").write_text(_json.dumps(doc))
+    frame, cs, _ = seal_block(load_keyring(tmp_path), "t", "k", b"before")
+    doc["versions"][0]["compromised"] = True
+    (tmp_path / "keyring.json").write_text(_json.dumps(doc))
+    ring = load_keyring(tmp_path)
+    assert ring.describe()["compromised"] == [1]
+    assert open_block(ring, "t", "k", frame, cs) == b"before"
+    with pytest.raises(CompromisedVersion, match="version 1 is marked compromised"):
+        seal_block(ring, "t", "k", b"after")
+    with pytest.raises(CompromisedVersion):
+        seal_block(ring, "t", "k", b"after", version=1)
+    assert seal_block(ring, "t", "k", b"after", version=2)[2] == 2

@@ -26,7 +26,8 @@ def test_loads_kubelet_layout_and_reports_without_key_material(tmp_path):
     ring = load_keyring(tmp_path)
     assert ring.generation == 3 and ring.primary == 2
     assert ring.describe() == {"generation": 3, "primary": 2,
-                               "versions": [{"id": 1, "state": "decrypt-only"}, {"id": 2, "state": "primary"}]}
+                               "versions": [{"id": 1, "state": "decrypt-only"}, {"id": 2, "state": "primary"}],
+                               "compromised": []}
     assert K1.hex() not in repr(ring) and K2.hex() not in json.dumps(ring.describe())
 
 

@@ -95,7 +95,7 @@ async def test_keys_report_counts_and_never_key_material(env):
     text = await (await s.get(f"{node}/v1/keys")).text()
     body = json.loads(text)
     assert body == {"generation": 1, "primary": 1, "versions": [{"id": 1, "state": "primary"}],
-                    "loadError": None, "blocks": {"1": 1}}
+                    "loadError": None, "blocks": {"1": 1}, "compromised": []}
     metrics = await (await s.get(f"{node}/metrics")).text()
     for secret in (KEY1, KEY2):
         assert secret.hex() not in text + metrics and base64.b64encode(secret).decode() not in text + metrics
@@ -217,3 +217,49 @@ async def test_batch_and_scan_answers_are_bounded_in_bytes(tmp_path):
         assert r.status == 200 and len((await r.json())["items"]) == 3
         r = await s.post(f"{url}/v1/tables/t/frames:batchGet", json={"keys": ["k0", "k1", "k2"]})
         assert r.status == 413  # frames are 35 bytes larger than the plaintext
+
+
+def _compromised_manifest(primary: int, compromised: int) -> str:
+    versions = [{"id": v, "state": "primary" if v == primary else "decrypt-only"} for v in (1, 2)]
+    for v in versions:
+        if v["id"] == compromised:
+            v["compromised"] = True
+    return json.dumps({"format": 1, "generation": 5 if primary == 1 else 6, "algorithm": "AES-256-GCM",
+                       "versions": versions})
+
+
+async def test_writes_hold_while_the_primary_is_compromised_then_use_the_new_primary(env, tmp_path):
+    node, _, s, napp, _ = env
+    keys = {1: ("primary", KEY1), 2: ("decrypt-only", KEY2)}
+    write_keyring(tmp_path / "keyring", 5, keys, manifest_text=_compromised_manifest(1, 1))
+    for _ in range(100):
+        if (await (await s.get(f"{node}/v1/keys")).json()).get("compromised") == [1]:
+            break
+        await asyncio.sleep(0.05)
+    put = asyncio.ensure_future(s.put(f"{node}/v1/tables/t/blocks/held", data=b"secret"))
+    await asyncio.sleep(0.5)
+    assert not put.done(), "a write went through with the compromised primary"
+    keys = {1: ("decrypt-only", KEY1), 2: ("primary", KEY2)}
+    write_keyring(tmp_path / "keyring", 6, keys, manifest_text=_compromised_manifest(2, 1))
+    resp = await asyncio.wait_for(put, 10)
+    assert resp.status == 200 and (await resp.json())["keyVersion"] == 2
+    metrics = await (await s.get(f"{node}/metrics")).text()
+    assert "chronoshard_node_compromised_write_holds_total" in metrics
+
+
+async def test_a_write_held_too_long_is_refused_with_503_and_nothing_is_stored(env, tmp_path):
+    from chronoshard.shardnode.node_server import NODE
+
+    node, _, s, napp, _ = env
+    napp[NODE].cfg.compromised_write_hold_seconds = 0.3
+    write_keyring(tmp_path / "keyring", 5, {1: ("primary", KEY1), 2: ("decrypt-only", KEY2)},
+                  manifest_text=_compromised_manifest(1, 1))
+    for _ in range(100):
+        if (await (await s.get(f"{node}/v1/keys")).json()).get("compromised") == [1]:
+            break
+        await asyncio.sleep(0.05)
+    resp = await s.put(f"{node}/v1/tables/t/blocks/refused", data=b"x")
+    assert resp.status == 503
+    body = await resp.json()
+    assert body["error"] == "key_compromised" and body["keyVersion"] == 1
+    assert (await s.get(f"{node}/v1/tables/t/blocks/refused")).status == 404

@@ -149,7 +149,8 @@ async def test_bad_input_gets_json_4xx_and_changes_nothing(env, method, path, bo
 async def test_cache_keys_endpoint_reports_loaded_versions(env):
     _, cache, s, _, _ = env
     assert (await (await s.get(f"{cache}/v1/keys")).json()) == {
-        "generation": 1, "primary": 1, "versions": [{"id": 1, "state": "primary"}], "loadError": None}
+        "generation": 1, "primary": 1, "versions": [{"id": 1, "state": "primary"}], "loadError": None,
+        "compromised": []}
     assert (await s.get(f"{cache}/readyz")).status == 200
 
 
