@@ -168,6 +168,8 @@ class Predictor:
             return None
         if len(self.log) < self.config.min_train_accesses:
             return None
+        if not force and not self.config.enabled:
+            return None  # no PrefetchPolicy: keep the log (a later policy trains at once) but spend no CPU
         if not force and self.scorer is not None and now - self.last_train < self.config.retrain_interval_s:
             return None
         if not force and now < self.retry_at:

@@ -113,6 +113,17 @@ def test_model_survives_a_restart(tmp_path: Path) -> None:
     assert len(feed(again, acc)) > 100
 
 
+def test_no_training_while_prefetching_is_disabled(tmp_path: Path) -> None:
+    p = Predictor(tmp_path, cfg(model="stats", enabled=False))
+    acc, t = chain_phase(random.Random(6), 1000.0, 1000)
+    assert feed(p, acc, batch=50) == []
+    assert p.maybe_train(now=t) is None
+    p.apply_config(cfg(model="stats"))
+    fut = p.maybe_train(now=t)
+    assert fut is not None and fut.result(timeout=60)["model"] == "stats"
+    p.close()
+
+
 def test_background_training_does_not_block_observe(tmp_path: Path) -> None:
     p = Predictor(tmp_path, cfg(model="auto", retrain_interval_s=3600))
     rng = random.Random(3)
