@@ -30,6 +30,7 @@ from .scorers import StatsScorer, fit_auto, make_scorer
 
 log = logging.getLogger(__name__)
 _RETRY_S = 10.0
+SHARD = "*"  # forecast series of the whole shard
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +95,7 @@ class Predictor:
         self.training: Future[Any] | None = None
         self.last_train: float = -math.inf
         self.retry_at: float = -math.inf
-        self.used = self.wasted = self.sent = self.misses = 0
+        self.used = self.wasted = self.sent = self.misses = self.wasted_bytes = 0
         self._reset_state()
 
     def _reset_state(self) -> None:
@@ -213,6 +214,7 @@ class Predictor:
                 self.metrics.hints_used.inc()
             else:
                 self.wasted += 1
+                self.wasted_bytes += o.size
                 self.metrics.hints_wasted.inc()
                 self.metrics.wasted_bytes.inc(o.size)
         if isinstance(scorer, StatsScorer) and self.config.feedback_enabled:
@@ -235,6 +237,7 @@ class Predictor:
             if not a.hit and not any(o.sent and o.used for o in outs):
                 self.misses += 1
             self.forecaster.observe(a.table, a.time)
+            self.forecaster.observe(SHARD, a.time)  # the whole shard ("*" is not a valid table name)
             self.log.append(a)
             self.metrics.accesses.inc()
             for c in self.generator.observe(a):
@@ -299,6 +302,7 @@ class Predictor:
             "hintsSent": self.sent,
             "hintsUsed": self.used,
             "hintsWasted": self.wasted,
+            "wastedBytes": self.wasted_bytes,
             "precision": self.used / resolved if resolved else None,
             "recall": self.used / (self.used + self.misses) if self.used + self.misses else None,
             "forecast": self.forecaster.forecast(now),

@@ -42,7 +42,9 @@ def test_learns_successor_chain_and_prefetches_it(tmp_path: Path, model: str) ->
         hinted_before = {h.key for h in p.observe([a], now=a.time)}
     assert total > 300
     assert covered / total > 0.8, (covered, total)
-    assert p.status()["precision"] > 0.8
+    st = p.status()
+    assert st["precision"] > 0.8 and st["hintsUsed"] + st["hintsWasted"] <= st["hintsSent"]
+    assert st["wastedBytes"] == 4096 * st["hintsWasted"]
 
 
 def test_learns_periodic_scan_and_prefetches_next_blocks(tmp_path: Path) -> None:
@@ -147,6 +149,7 @@ def test_forecast_is_exported_per_table(tmp_path: Path) -> None:
     p.observe(acc, now=t)
     fc = p.status(now=t)["forecast"]["t"]
     assert len(fc) == 3 and all(abs(r - 1 / STEP) < 1.5 for r in fc), fc
+    assert p.status(now=t)["forecast"]["*"] == fc  # one table: the shard's total is the same
     text = p.metrics.registry.get_sample_value(
         "chronoshard_predictor_forecast_requests_per_second", {"table": "t", "window": "1"})
     assert text is not None and abs(text - 1 / STEP) < 1.5
