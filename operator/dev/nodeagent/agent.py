@@ -3,13 +3,15 @@
 One reconcile loop (woken by watches, probes, or every second) owns all pod state; informer and probe
 threads only report. State that must survive an agent restart lives under ``--state-dir``:
 
-    ips.json                               pod UID -> loopback IP
+    ips.json                               the pod CIDR and pod UID -> IP
+    kubelet/                               the log API's serving certificate
     pods/<uid>/pod.json                    namespace, name, IP, start time, grace period
     pods/<uid>/containers/<name>.json      PID + kernel start time of the running shim (for adoption)
-    pods/<uid>/containers/<name>.last.json lastState.terminated and restart count
-    pods/<uid>/logs/<name>/<restart>.log   stdout+stderr of each run (``chronoshard-dev logs``)
-    pods/<uid>/volumes/<volume>/           Secret/ConfigMap (atomic ..data layout) and emptyDir volumes
-    volumes/<namespace>/<claim>/           PersistentVolumeClaims (kept after the pod is deleted)
+    pods/<uid>/containers/<name>.last.json restart count, lastState.terminated, a final terminated state
+    pods/<uid>/exits/<name>-<restart>.json the exit code the shim recorded
+    pods/<uid>/logs/<name>/<restart>.log   stdout+stderr of each run (kubectl logs, chronoshard-dev logs)
+    pods/<uid>/volumes/<volume>/           Secret/ConfigMap/projected (atomic ..data layout), emptyDir
+    volumes/<namespace>/<claim>-<uid>/     PersistentVolumeClaims (kept after the pod is deleted)
 """
 
 from __future__ import annotations
