@@ -245,3 +245,20 @@ def test_init_containers_run_in_order_before_the_app_and_failures_follow_the_res
     assert retrying["status"]["containerStatuses"][0]["state"]["waiting"]["reason"] == "PodInitializing"
     logs = local_cluster.kubectl("get", "pod", "init-retries", "-n", e2e_namespace).stdout
     assert "Init:" in logs, "kubectl shows the init progress"
+
+
+def test_a_job_runs_to_completion(local_cluster, e2e_namespace):
+    local_cluster.apply({
+        "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "once", "namespace": e2e_namespace},
+        "spec": {"completions": 2, "parallelism": 2, "backoffLimit": 0, "template": {"spec": {
+            "restartPolicy": "Never",
+            "containers": [{"name": "main", "image": "none", "command": ["python", "-c", "print('done')"]}]}}},
+    })
+
+    def complete():
+        job = local_cluster.get("job", "once", e2e_namespace)
+        conds = {c["type"]: c["status"] for c in (job.get("status") or {}).get("conditions") or []}
+        return conds.get("Complete") == "True" and job
+
+    job = wait_until("Job complete", complete, timeout=60)
+    assert job["status"]["succeeded"] == 2
