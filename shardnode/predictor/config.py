@@ -14,6 +14,10 @@ from .scorers import MODEL_KINDS
 log = logging.getLogger(__name__)
 
 
+# The PrefetchPolicy's model names: `successor` is the counting baseline, `learned` the trained ranker.
+MODEL_ALIASES = {"successor": "stats", "learned": "gbm"}
+
+
 class ConfigError(ValueError):
     """predictor.json holds a value the predictor cannot use."""
 
@@ -31,10 +35,12 @@ class PredictorConfig:
     feedback_enabled: bool = True
     target_precision: float = 0.5
     feedback_window: int = 200
+    feedback_window_s: float | None = None  # set: adjust once per this many seconds instead of per count
     block_bytes: int = 512
     max_streams: int = 32
     poll_interval_s: float = 1.0
     retrain_interval_s: float = 300.0
+    history_window_s: float | None = None  # set: train only on accesses this recent
     min_train_accesses: int = 2000
     max_log_accesses: int = 200_000
     forecast_window_s: float = 60.0
@@ -69,9 +75,15 @@ def parse_config(raw: Any) -> PredictorConfig:
         raise ConfigError("predictor.json must hold a JSON object")
     d = PredictorConfig()
     model = raw.get("model", d.model)
+    model = MODEL_ALIASES.get(model, model) if isinstance(model, str) else model
     if model not in ("auto", *MODEL_KINDS):
-        raise ConfigError(f"model must be one of auto, {', '.join(MODEL_KINDS)}; got {model!r}")
-    budgets, fb, fc = _obj(raw, "budgets"), _obj(raw, "feedback"), _obj(raw, "forecast")
+        raise ConfigError(f"model must be one of auto, successor, learned, {', '.join(MODEL_KINDS)}; got {model!r}")
+    # `budget` is the PrefetchPolicy's spelling; `budgets` / `hintsPerSecond` are accepted as well.
+    budgets = {**_obj(raw, "budgets"), **_obj(raw, "budget")}
+    if "requestsPerSecond" in budgets:
+        budgets["hintsPerSecond"] = budgets["requestsPerSecond"]
+    fb, fc, tr = _obj(raw, "feedback"), _obj(raw, "forecast"), _obj(raw, "training")
+    retrain = _num(raw, "retrainIntervalSeconds", d.retrain_interval_s, 1, 86400 * 7)
     return replace(
         d,
         enabled=_bool(raw, "enabled", True),
@@ -83,10 +95,12 @@ def parse_config(raw: Any) -> PredictorConfig:
         feedback_enabled=_bool(fb, "enabled", d.feedback_enabled),
         target_precision=_num(fb, "targetPrecision", d.target_precision, 0.0, 1.0),
         feedback_window=int(_num(fb, "window", d.feedback_window, 10, 1e6)),
+        feedback_window_s=_num(fb, "windowSeconds", 0, 0, 86400 * 7) or None,
         block_bytes=int(_num(raw, "blockBytes", d.block_bytes, 1, 1 << 30)),
         max_streams=int(_num(raw, "maxStreams", d.max_streams, 1, 4096)),
         poll_interval_s=_num(raw, "pollIntervalSeconds", d.poll_interval_s, 0.05, 3600),
-        retrain_interval_s=_num(raw, "retrainIntervalSeconds", d.retrain_interval_s, 1, 86400 * 7),
+        retrain_interval_s=_num(tr, "intervalSeconds", retrain, 1, 86400 * 7),
+        history_window_s=_num(tr, "historyWindowSeconds", 0, 0, 86400 * 365) or None,
         min_train_accesses=int(_num(raw, "minTrainAccesses", d.min_train_accesses, 20, 1e8)),
         max_log_accesses=int(_num(raw, "maxLogAccesses", d.max_log_accesses, 100, 1e8)),
         forecast_window_s=_num(fc, "windowSeconds", d.forecast_window_s, 1, 86400),

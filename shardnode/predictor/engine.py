@@ -104,7 +104,8 @@ class Predictor:
         self.log: deque[Access] = deque(maxlen=cfg.max_log_accesses)
         self.tracker = OutcomeTracker()
         self.feedback = FeedbackController(base_threshold=cfg.score_threshold, target_precision=cfg.target_precision,
-                                           window=cfg.feedback_window, enabled=cfg.feedback_enabled)
+                                           window=cfg.feedback_window, enabled=cfg.feedback_enabled,
+                                           window_s=cfg.feedback_window_s)
         self.hint_bucket = TokenBucket(cfg.hints_per_second, max(1.0, cfg.hints_per_second))
         self.byte_bucket = TokenBucket(cfg.bytes_per_second, max(1.0, cfg.bytes_per_second))
         self.forecaster = RateForecaster(window_s=cfg.forecast_window_s, horizon=cfg.forecast_windows)
@@ -177,7 +178,10 @@ class Predictor:
             return None
         self.last_train = now
         # Snapshot here, on the caller's thread: observe() may append to the log while the model trains.
-        self.training = self._executor.submit(self.train_now, list(self.log), now)
+        snapshot = list(self.log)
+        if self.config.history_window_s is not None:
+            snapshot = [a for a in snapshot if a.time >= now - self.config.history_window_s]
+        self.training = self._executor.submit(self.train_now, snapshot, now)
         return self.training
 
     def apply_config(self, cfg: PredictorConfig) -> None:
@@ -194,7 +198,7 @@ class Predictor:
         else:
             fb = self.feedback
             fb.base_threshold, fb.target_precision = cfg.score_threshold, cfg.target_precision
-            fb.window, fb.enabled = cfg.feedback_window, cfg.feedback_enabled
+            fb.window, fb.enabled, fb.window_s = cfg.feedback_window, cfg.feedback_enabled, cfg.feedback_window_s
             fb.threshold = max(fb.threshold, cfg.score_threshold) if cfg.feedback_enabled else cfg.score_threshold
             self.hint_bucket = TokenBucket(cfg.hints_per_second, max(1.0, cfg.hints_per_second))
             self.byte_bucket = TokenBucket(cfg.bytes_per_second, max(1.0, cfg.bytes_per_second))
@@ -202,10 +206,10 @@ class Predictor:
             self.maybe_train(force=True)
 
     # -- online --------------------------------------------------------------------------------------
-    def _record(self, outs: list[Outcome]) -> None:
+    def _record(self, outs: list[Outcome], now: float) -> None:
         if not outs:
             return
-        self.feedback.record(outs)
+        self.feedback.record(outs, now)
         scorer = self.scorer
         sent = [o for o in outs if o.sent]
         for o in sent:
@@ -231,9 +235,9 @@ class Predictor:
         # Where each block is requested later in this batch: a hint for it would come too late.
         last_in_batch = {(a.table, a.key): i for i, a in enumerate(accesses)}
         for i, a in enumerate(accesses):
-            self._record(self.tracker.expire(a.time))
+            self._record(self.tracker.expire(a.time), a.time)
             outs = self.tracker.access(a.table, a.key, a.time)
-            self._record(outs)
+            self._record(outs, a.time)
             if not a.hit and not any(o.sent and o.used for o in outs):
                 self.misses += 1
             self.forecaster.observe(a.table, a.time)
@@ -244,7 +248,7 @@ class Predictor:
                 # Candidates of accesses older than the horizon (catching up a backlog) are too late to help.
                 if a.time + cfg.horizon_s >= now:
                     pending.append((i, a, c))
-        self._record(self.tracker.expire(now - cfg.horizon_s))
+        self._record(self.tracker.expire(now - cfg.horizon_s), now)
         hints: list[Hint] = []
         scorer = self.scorer
         if pending and scorer is not None and cfg.enabled:
@@ -256,7 +260,8 @@ class Predictor:
                     # Already requested after this access: the prediction was right but too late to send;
                     # it still counts for the threshold (as an unsent candidate), never as a sent hint.
                     later = next(b for b in accesses[i + 1:] if (b.table, b.key) == (c.table, c.key))
-                    self._record([Outcome(s, False, later.time - a.time <= cfg.horizon_s, c.size, c.features)])
+                    self._record([Outcome(s, False, later.time - a.time <= cfg.horizon_s, c.size, c.features)],
+                                 later.time)
                     continue
                 send = s >= self.feedback.threshold
                 if send and self.tracker.is_pending_sent(c.table, c.key):

@@ -127,6 +127,7 @@ class FeedbackController:
     target_precision: float = 0.5
     window: int = 200
     max_threshold: float = 1.0
+    window_s: float | None = None  # set: one adjustment per this many seconds (at least 10 outcomes)
     min_budget_factor: float = 0.05
     enabled: bool = True
     threshold: float = field(init=False)
@@ -134,17 +135,25 @@ class FeedbackController:
     last_precision: float | None = field(init=False, default=None)
     _scores: list[float] = field(init=False, default_factory=list)
     _used: list[bool] = field(init=False, default_factory=list)
+    _window_start: float | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.threshold = self.base_threshold
 
-    def record(self, outcomes: list[Outcome]) -> None:
-        """Feed resolved candidates; adjusts at the end of each window."""
+    def record(self, outcomes: list[Outcome], now: float | None = None) -> None:
+        """Feed resolved candidates; adjusts at the end of each window (a count, or seconds if window_s)."""
         for o in outcomes:
             self._scores.append(o.score)
             self._used.append(o.used)
-            if len(self._scores) >= self.window:
+            if self.window_s is None and len(self._scores) >= self.window:
                 self._adjust()
+        if self.window_s is not None and now is not None:
+            if self._window_start is None:
+                self._window_start = now
+            elif now - self._window_start >= self.window_s:
+                if len(self._scores) >= 10:
+                    self._adjust()
+                self._window_start = now
 
     def _adjust(self) -> None:
         scores = np.array(self._scores)

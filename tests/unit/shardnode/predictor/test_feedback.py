@@ -56,3 +56,14 @@ def test_token_bucket() -> None:
     assert sum(b.take(1, 0.0) for _ in range(20)) == 10
     assert b.take(5, 0.5) and not b.take(1, 0.5)
     assert not b.take(1, 0.6, factor=0.5) and b.take(1, 1.0, factor=0.5)
+
+
+def test_time_window_adjusts_once_per_window() -> None:
+    fb = FeedbackController(base_threshold=0.5, target_precision=0.6, window=10**6, window_s=60.0)
+    fb.record(outcomes(0.9, False, 50), now=0.0)
+    fb.record(outcomes(0.9, False, 50), now=30.0)
+    assert fb.threshold == 0.5  # the window has not ended yet
+    fb.record(outcomes(0.9, False, 5), now=61.0)
+    assert fb.threshold == PAUSED and fb.budget_factor == 0.5
+    fb.record(outcomes(0.9, True, 5), now=130.0)  # fewer than 10 outcomes in a window: no decision
+    assert fb.threshold == PAUSED

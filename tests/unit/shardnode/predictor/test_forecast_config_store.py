@@ -68,3 +68,15 @@ def test_model_file_round_trip_and_damage(tmp_path: Path) -> None:
     (tmp_path / MODEL_FILE).unlink()
     with pytest.raises(ModelLoadError, match="no model file"):
         load_model(tmp_path)
+
+
+def test_prefetchpolicy_vocabulary_is_understood() -> None:
+    c = parse_config({"model": "successor", "budget": {"requestsPerSecond": 20, "bytesPerSecond": 1024},
+                      "feedback": {"windowSeconds": 600}, "training": {"intervalSeconds": 900,
+                                                                        "historyWindowSeconds": 86400}})
+    assert (c.model, c.hints_per_second, c.bytes_per_second) == ("stats", 20.0, 1024.0)
+    assert (c.feedback_window_s, c.retrain_interval_s, c.history_window_s) == (600.0, 900.0, 86400.0)
+    assert parse_config({"model": "learned"}).model == "gbm"
+    assert parse_config({}).feedback_window_s is None and parse_config({}).history_window_s is None
+    with pytest.raises(ConfigError):
+        parse_config({"budget": {"requestsPerSecond": -1}})
