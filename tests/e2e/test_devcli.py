@@ -88,5 +88,15 @@ def test_up_reuse_agent_restart_adoption_and_down_leaves_nothing():
     left = [pid for pid, start in before.items() if proc_start_time(pid) == start]
     assert left == [], f"still running after down: {left}"
     assert dev(state, "status").returncode == 1
-    dev(state, "down", "--purge")
+
+    # Like a node reboot: etcd and the agent's state survive down/up; the pod comes back and runs again.
+    try:
+        cluster = start_cluster(state, "--no-operator")
+        back = wait_until("survivor back", lambda: (p := cluster.get("pod", "survivor", "default")) and is_ready(p)
+                          and p, timeout=60)
+        assert back["metadata"]["uid"] == pod["metadata"]["uid"] and back["status"]["podIP"] == ip
+        assert http_get(f"http://{ip}:8080/healthz") == (200, b"ok")
+    finally:
+        purge = dev(state, "down", "--purge")
+    assert purge.returncode == 0, purge.stderr
     assert not state.exists()
