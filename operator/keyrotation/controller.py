@@ -38,8 +38,12 @@ PLURAL = "keyrotations"
 LOCK_ANNOTATION = "chronoshard.io/rotation-lock"
 POLL_SECONDS = 1.0  # while a rotation is in progress
 IDLE_SECONDS = 30.0  # otherwise (a trigger wakes the loop earlier)
+# A routine rotation rewraps in the background, pausing between batches so client traffic keeps priority;
+# a threat rotation rewraps in large batches with no pause.
 BATCH_NORMAL = 256
+PAUSE_NORMAL = 0.05
 BATCH_URGENT = 2000
+PAUSE_URGENT = 0.0
 THREAT_REASONS = ("compromise", "suspected-compromise")
 
 log = logging.getLogger(__name__)
@@ -210,7 +214,8 @@ async def step(body: Mapping[str, Any]) -> Step:
                                    f"{st.status['transitionEndTime']}")
             return st
         errors = await probe.start_rewrap({s: p for s, p in pods.items() if s < expected},
-                                          BATCH_URGENT if urgent else BATCH_NORMAL)
+                                          BATCH_URGENT if urgent else BATCH_NORMAL,
+                                          PAUSE_URGENT if urgent else PAUSE_NORMAL)
         failed = [f"shard {s}: {e}" for s, e in errors.items() if e]
         st.condition("Ready", False, "Rewrapping", done.message + (f"; cannot start rewrap on {', '.join(failed)}"
                                                                    if failed else ""), gen)

@@ -60,13 +60,15 @@ async def collect_reports(pods: Mapping[int, Mapping[str, Any]]) -> list[Process
         return list(await asyncio.gather(*tasks))
 
 
-async def start_rewrap(pods: Mapping[int, Mapping[str, Any]], batch_size: int) -> dict[int, str | None]:
+async def start_rewrap(pods: Mapping[int, Mapping[str, Any]], batch_size: int, pause_seconds: float
+                       ) -> dict[int, str | None]:
     """Start (or resume) the rewrap on every node; returns an error per shard that could not be asked."""
     async def one(session: aiohttp.ClientSession, ip: str | None) -> str | None:
         if not ip:
             return "pod has no IP yet"
         try:
-            async with session.post(f"http://{ip}:{NODE_PORT}/v1/rewrap", json={"batchSize": batch_size}) as resp:
+            async with session.post(f"http://{ip}:{NODE_PORT}/v1/rewrap", json={"batchSize": batch_size,
+                                                                             "pauseSeconds": pause_seconds}) as resp:
                 return None if resp.status in (200, 202) else f"HTTP {resp.status}"
         except (aiohttp.ClientError, TimeoutError) as exc:
             return type(exc).__name__
