@@ -8,6 +8,7 @@ from typing import Any
 import kopf
 
 from .keyrotation import controller as keyrotation_controller  # noqa: F401 - registers handlers
+from .prefetchpolicy import controller as prefetchpolicy_controller  # noqa: F401 - registers handlers
 from .settings import RUNTIME
 from .shardset import controller as shardset_controller  # noqa: F401 - registers handlers
 

@@ -11,6 +11,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from .. import naming
+from ..prefetchpolicy.config import cache_overrides
+from ..prefetchpolicy.config import predictor_config as policy_predictor_config
+from ..spec.prefetchpolicy import PrefetchPolicySpec
 from ..spec.shardset import ShardSetSpec
 
 NODE_PORT = 7400
@@ -45,22 +48,26 @@ def node_config(spec: ShardSetSpec) -> dict[str, Any]:
     return {"tables": list(spec.tables), "keyAlgorithm": spec.key_algorithm}
 
 
-def cache_config(spec: ShardSetSpec) -> dict[str, Any]:
-    """Settings of the ``cache`` process."""
+def cache_config(spec: ShardSetSpec, prefetch: PrefetchPolicySpec | None = None) -> dict[str, Any]:
+    """Settings of the ``cache`` process (plus the prefetch limits of the PrefetchPolicy in force, if any)."""
     return {
         "tables": list(spec.tables),
         "budgetBytes": spec.cache_size_bytes,
         "evictionPolicy": spec.eviction_policy,
+        **(cache_overrides(prefetch, spec.cache_size_bytes) if prefetch is not None else {}),
     }
 
 
-def predictor_config(spec: ShardSetSpec) -> dict[str, Any]:
+def predictor_config(spec: ShardSetSpec, prefetch: PrefetchPolicySpec | None = None) -> dict[str, Any]:
     """Settings of the ``predictor`` process; prefetching is off until a PrefetchPolicy turns it on."""
-    return {"tables": list(spec.tables), "enabled": False}
+    if prefetch is None:
+        return {"tables": list(spec.tables), "enabled": False}
+    return {"tables": list(spec.tables), **policy_predictor_config(prefetch)}
 
 
-def config_map(owner: Mapping[str, Any], spec: ShardSetSpec) -> dict[str, Any]:
-    """The ConfigMap ``<name>-config`` with node.json, cache.json and predictor.json."""
+def config_map(owner: Mapping[str, Any], spec: ShardSetSpec, prefetch: PrefetchPolicySpec | None = None
+               ) -> dict[str, Any]:
+    """The ConfigMap ``<name>-config`` (node.json, cache.json, predictor.json); ``prefetch``: the policy in force."""
     name, ns = owner["metadata"]["name"], owner["metadata"]["namespace"]
     dump = lambda d: json.dumps(d, sort_keys=True, indent=2) + "\n"  # noqa: E731
     return {
@@ -69,8 +76,8 @@ def config_map(owner: Mapping[str, Any], spec: ShardSetSpec) -> dict[str, Any]:
         "metadata": _meta(naming.config_map_name(name), ns, owner, "config"),
         "data": {
             "node.json": dump(node_config(spec)),
-            "cache.json": dump(cache_config(spec)),
-            "predictor.json": dump(predictor_config(spec)),
+            "cache.json": dump(cache_config(spec, prefetch)),
+            "predictor.json": dump(predictor_config(spec, prefetch)),
         },
     }
 

@@ -1,0 +1,1 @@
+"""The PrefetchPolicy custom resource: predictor configuration and prefetch-quality status."""

@@ -1,0 +1,235 @@
+"""The PrefetchPolicy controller: one Kopf daemon per policy reports prefetch quality; spec changes wake the ShardSet.
+
+The ShardSet controller stays the only writer of ``<shardset>-config``: it renders predictor.json and
+cache.json from the policy ``select.select_policy`` picks (the oldest valid one). This controller wakes that
+ShardSet's loop whenever a policy is created, changed or deleted, and every ``POLL_SECONDS`` asks every shard's
+predictor and cache how prefetching goes and writes the figures, phase and conditions into the policy's status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+from kubernetes.client.exceptions import ApiException
+
+from .. import kube, naming
+from ..conditions import conditions_equal_ignoring_time, now_rfc3339, set_condition
+from ..keyrotation.probe import shard_pods
+from ..metrics import observe_reconcile, record_error, set_managed
+from ..spec.common import SpecError
+from ..spec.prefetchpolicy import parse_prefetchpolicy
+from ..triggers import TRIGGERS, wait_for_trigger
+from . import probe
+from .config import predictor_config
+from .select import Selection, select_policy
+from .status import ShardSample, aggregate
+
+KIND = "PrefetchPolicy"
+PLURAL = "prefetchpolicies"
+POLL_SECONDS = 10.0
+PENDING_SECONDS = 1.0  # while the ShardSet has not yet rewritten its config for this policy
+FIGURES = ("activeModel", "hitRatio", "precision", "recall", "wastedBytes", "hintsSent", "hintsUsed", "hintsWasted",
+           "shardsReporting", "shardsExpected", "reporting", "shards")
+
+log = logging.getLogger(__name__)
+_RUNNING: set[tuple[str, str]] = set()
+
+
+@dataclass
+class Observation:
+    """What the API server says about a policy's surroundings (read in one blocking step)."""
+
+    shardset: str | None = None
+    spec_error: str | None = None
+    shardset_obj: Mapping[str, Any] | None = None
+    selection: Selection = field(default_factory=Selection)
+    config_applied: bool = False
+    expected: int = 0
+    pods: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+
+def _config_applied(ns: str, shardset: str, wanted: Mapping[str, Any]) -> bool:
+    """True when the mounted predictor.json already holds this policy's settings."""
+    cm = kube.get("v1", "ConfigMap", ns, naming.config_map_name(shardset))
+    raw = ((cm or {}).get("data") or {}).get("predictor.json")
+    if raw is None:
+        return False
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return False
+    return isinstance(doc, dict) and all(doc.get(k) == v for k, v in wanted.items())
+
+
+def observe(body: Mapping[str, Any]) -> Observation:
+    """Parse the spec and read the ShardSet, the competing policies, the ConfigMap and the pods (blocking)."""
+    meta = body["metadata"]
+    ns = meta["namespace"]
+    obs = Observation(shardset=((body.get("spec") or {}).get("shardSetRef") or {}).get("name"))
+    try:
+        spec = parse_prefetchpolicy(body.get("spec"))
+    except SpecError as exc:
+        obs.spec_error = str(exc)
+        return obs
+    obs.shardset = spec.shardset
+    obs.shardset_obj = kube.get(naming.API_VERSION, "ShardSet", ns, spec.shardset)
+    if obs.shardset_obj is None:
+        return obs
+    obs.selection = select_policy(kube.list_objects(naming.API_VERSION, KIND, ns), spec.shardset)
+    if obs.selection.name != meta["name"]:
+        return obs
+    obs.config_applied = _config_applied(ns, spec.shardset, predictor_config(spec))
+    shards = (obs.shardset_obj.get("spec") or {}).get("shards")
+    obs.expected = shards if isinstance(shards, int) and shards > 0 else 0
+    if obs.config_applied:
+        obs.pods = shard_pods(ns, spec.shardset)
+    return obs
+
+
+def build_status(body: Mapping[str, Any], obs: Observation, samples: list[ShardSample], now: str | None = None
+                 ) -> dict[str, Any]:
+    """The policy's status from an observation and the shards' answers (pure)."""
+    meta = body["metadata"]
+    gen = int(meta.get("generation") or 1)
+    old = body.get("status") or {}
+    conds: list[dict[str, Any]] = list(old.get("conditions") or [])
+    status: dict[str, Any] = {"observedGeneration": gen}
+    target = obs.shardset or "?"
+
+    def ready(ok: bool, reason: str, message: str) -> None:
+        nonlocal conds
+        conds = set_condition(conds, "Ready", ok, reason, message, gen, now)
+
+    def conflict(on: bool, reason: str, message: str) -> None:
+        nonlocal conds
+        conds = set_condition(conds, "Conflict", on, reason, message, gen, now)
+
+    if obs.spec_error is not None:
+        status["phase"] = "Invalid"
+        ready(False, "InvalidSpec", obs.spec_error)
+    elif obs.shardset_obj is None:
+        status["phase"] = "Waiting"
+        ready(False, "ShardSetNotFound",
+              f"ShardSet {target} (spec.shardSetRef.name) does not exist in namespace {meta['namespace']}")
+    elif obs.selection.name != meta["name"]:
+        status["phase"] = "Conflict"
+        in_force = obs.selection.name
+        msg = (f"PrefetchPolicy {in_force} is older and already configures ShardSet {target}; "
+               "this policy takes effect only when that one is deleted")
+        conflict(True, "AnotherPolicyInForce", msg)
+        ready(False, "Conflict", msg)
+    else:
+        if any(c.get("type") == "Conflict" for c in conds):
+            conflict(False, "InForce", f"this policy configures ShardSet {target}")
+        if not obs.config_applied:
+            status["phase"] = "Waiting"
+            ready(False, "ConfigPending", f"waiting for ShardSet {target}'s config ConfigMap to carry this policy")
+        else:
+            status["phase"] = "Active"
+            status.update(aggregate(samples, obs.expected))
+            missing = [f"shard {r['shard']}: {r.get('error', 'not reporting')}" for r in status["shards"]
+                       if not r["reporting"]]
+            if obs.expected and not missing:
+                ready(True, "ShardsReporting", f"all {obs.expected} shard predictor(s) report with this policy")
+            else:
+                ready(False, "ShardsNotReporting",
+                      f"{status['reporting']} shard predictor(s) report" + ("; " + "; ".join(missing[:5])
+                                                                           if missing else ""))
+    status["conditions"] = conds
+    return status
+
+
+def _changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    strip = lambda s: {k: v for k, v in s.items() if k not in ("conditions", "lastUpdateTime")}  # noqa: E731
+    if strip(old) != strip(new):
+        return True
+    return not conditions_equal_ignoring_time(old.get("conditions") or [], new.get("conditions") or [])
+
+
+def write_status(body: Mapping[str, Any], status: dict[str, Any]) -> bool:
+    """Replace the status when it changed (figures left out of ``status`` are removed); True if written."""
+    old = body.get("status") or {}
+    if not _changed(old, status):
+        return False
+    if any(k in status for k in FIGURES):
+        status = {**status, "lastUpdateTime": now_rfc3339()}
+    patch = {**{k: None for k in old if k not in status}, **status}
+    meta = body["metadata"]
+    try:
+        kube.merge_patch(naming.API_VERSION, KIND, meta["namespace"], meta["name"], {"status": patch},
+                         subresource="status")
+    except ApiException as exc:
+        if exc.status == 404:  # deleted meanwhile
+            return False
+        raise
+    return True
+
+
+async def step(body: Mapping[str, Any]) -> dict[str, Any]:
+    """Observe, ask the shards, and return the new status."""
+    obs = await asyncio.to_thread(observe, body)
+    samples: list[ShardSample] = []
+    if obs.config_applied and obs.expected:
+        samples = await probe.collect(obs.pods, obs.expected)
+    return build_status(body, obs, samples)
+
+
+@kopf.daemon(naming.GROUP, naming.VERSION, PLURAL, cancellation_timeout=10.0)
+async def prefetchpolicy_loop(name: str, namespace: str, body: kopf.Body, stopped: kopf.DaemonStopped,
+                              **_: Any) -> None:
+    """Report one PrefetchPolicy's phase and prefetch figures every POLL_SECONDS (sooner when woken)."""
+    wake = TRIGGERS.event(KIND, namespace, name)
+    _RUNNING.add((namespace, name))
+    set_managed(KIND, len(_RUNNING))
+    last_reason: str | None = None
+    try:
+        while not stopped:
+            wake.clear()
+            snapshot = {"metadata": dict(body["metadata"]), "spec": dict(body.get("spec") or {}),
+                        "status": dict(body.get("status") or {})}
+            if snapshot["metadata"].get("deletionTimestamp"):
+                return
+            started = time.monotonic()
+            delay = POLL_SECONDS
+            try:
+                status = await step(snapshot)
+                await asyncio.to_thread(write_status, snapshot, status)
+                ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+                if ready["reason"] != last_reason:
+                    (kopf.info if ready["status"] == "True" else kopf.warn)(
+                        body, reason=ready["reason"], message=ready["message"])
+                    last_reason = ready["reason"]
+                if ready["reason"] == "ConfigPending":
+                    delay = PENDING_SECONDS
+                observe_reconcile(KIND, "success" if status["phase"] == "Active" else status["phase"].lower(),
+                                  time.monotonic() - started)
+            except ApiException as exc:
+                message = kube.api_error_message(exc)
+                observe_reconcile(KIND, "error", time.monotonic() - started)
+                record_error(KIND, f"api-{exc.status}")
+                if exc.status != 409:
+                    kopf.warn(body, reason="ReconcileError", message=f"Kubernetes API error {exc.status}: {message}")
+                log.warning("PrefetchPolicy %s/%s: API error %s: %s", namespace, name, exc.status, message)
+            await wait_for_trigger(wake, stopped, delay)
+    finally:
+        TRIGGERS.forget(KIND, namespace, name)
+        _RUNNING.discard((namespace, name))
+        set_managed(KIND, len(_RUNNING))
+
+
+@kopf.on.event(naming.GROUP, naming.VERSION, PLURAL)
+def prefetchpolicy_changed(type: str | None, name: str, namespace: str, body: kopf.Body, **_: Any) -> None:
+    """Wake the target ShardSet (it rewrites the config) on creation, spec change and deletion; then this loop."""
+    target = ((body.get("spec") or {}).get("shardSetRef") or {}).get("name")
+    observed = (body.get("status") or {}).get("observedGeneration")
+    if type == "DELETED" or body["metadata"].get("deletionTimestamp") or observed != body["metadata"].get("generation"):
+        if isinstance(target, str):
+            TRIGGERS.fire("ShardSet", namespace, target)
+        TRIGGERS.fire(KIND, namespace, name)

@@ -1,0 +1,70 @@
+"""Ask every shard pod's predictor (``GET :7402/v1/status``) and cache (``GET :7401/metrics``) how prefetching goes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+from ..shardset.manifests import CACHE_PORT, PREDICTOR_PORT
+from .status import ShardSample
+
+TIMEOUT = aiohttp.ClientTimeout(total=5)
+
+
+def cache_counters(metrics_text: str) -> tuple[float, float]:
+    """(hits, misses) from the cache's Prometheus exposition."""
+    found: dict[str, float] = {}
+    for family in text_string_to_metric_families(metrics_text):
+        if family.name in ("chronoshard_cache_hits", "chronoshard_cache_misses"):
+            found[family.name] = sum(s.value for s in family.samples if s.name.endswith("_total"))
+    if len(found) != 2:
+        raise ValueError("cache metrics lack chronoshard_cache_hits/misses")
+    return found["chronoshard_cache_hits"], found["chronoshard_cache_misses"]
+
+
+async def _predictor(session: aiohttp.ClientSession, ip: str) -> tuple[Mapping[str, Any] | None, str | None]:
+    try:
+        async with session.get(f"http://{ip}:{PREDICTOR_PORT}/v1/status") as resp:
+            if resp.status != 200:
+                return None, f"HTTP {resp.status}"
+            body = await resp.json()
+            if not isinstance(body, dict):
+                return None, "answer is not a JSON object"
+            return body, None
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        return None, type(exc).__name__
+
+
+async def _cache(session: aiohttp.ClientSession, ip: str) -> tuple[float | None, float | None, str | None]:
+    try:
+        async with session.get(f"http://{ip}:{CACHE_PORT}/metrics") as resp:
+            if resp.status != 200:
+                return None, None, f"HTTP {resp.status}"
+            hits, misses = cache_counters(await resp.text())
+            return hits, misses, None
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        return None, None, str(exc) if isinstance(exc, ValueError) else type(exc).__name__
+
+
+async def _one(session: aiohttp.ClientSession, shard: int, ip: str | None) -> ShardSample:
+    if not ip:
+        return ShardSample(shard, predictor_error="pod has no IP yet", cache_error="pod has no IP yet")
+    (report, p_err), (hits, misses, c_err) = await asyncio.gather(_predictor(session, ip), _cache(session, ip))
+    return ShardSample(shard, report, p_err, hits, misses, c_err)
+
+
+async def collect(pods: Mapping[int, Mapping[str, Any]], expected: int) -> list[ShardSample]:
+    """One sample per shard 0..expected-1; a shard without a pod, or whose processes fail, is reported as such."""
+    async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
+        tasks = []
+        for shard in range(expected):
+            pod = pods.get(shard)
+            if pod is None:
+                tasks.append(asyncio.sleep(0, ShardSample(shard, predictor_error="no pod", cache_error="no pod")))
+            else:
+                tasks.append(_one(session, shard, (pod.get("status") or {}).get("podIP")))
+        return list(await asyncio.gather(*tasks))
