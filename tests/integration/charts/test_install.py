@@ -41,7 +41,7 @@ SA_USER = f"system:serviceaccount:{RELEASE_NS}:{RELEASE}-chronoshard"
 
 # Rules the chart grants that the audited run below may not exercise, each with the reason it exists.
 # A rule that is neither used nor listed here fails test_every_rule_is_used_or_deliberately_extra.
-OTHER_KINDS = ["keyrotations", "prefetchpolicies", "shadowpolicies", "mirrorsets", "weaveplans"]
+OTHER_KINDS = ["keyrotations", "shadowpolicies", "mirrorsets", "weaveplans"]
 DELIBERATE_EXTRA: dict[tuple[str, str, str], str] = {
     **{(verb, "chronoshard.io", kind): "controller of this kind: watched and patched once its handlers are "
        "registered (the samples of every kind are applied below, so a registered one is exercised)"
@@ -113,9 +113,14 @@ def reconciled_sample(audited_plane, operator) -> dict:
         obj = _get(audited_plane, "shardset", "with-class", "--namespace", SAMPLE_NS) or {}
         return (obj.get("status") or {}).get("observedGeneration") == 1
 
+    def policy_reported() -> bool:
+        obj = _get(audited_plane, "prefetchpolicy", "orders-prefetch", "--namespace", SAMPLE_NS) or {}
+        return bool((obj.get("status") or {}).get("phase"))
+
     try:
         obj = wait_for(reconciled, timeout=90, what="the sample ShardSet to be reconciled")
         wait_for(with_class_handled, timeout=60, what="the ShardSet with a StorageClass to be handled")
+        wait_for(policy_reported, timeout=60, what="the sample PrefetchPolicy's status")
     except AssertionError as exc:
         raise AssertionError(f"{exc}\noperator log:\n{operator.tail()}") from None
     # Let the follow-up reactions (child events, status patches) settle before GitOps checks.
