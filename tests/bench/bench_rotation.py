@@ -43,7 +43,8 @@ NAME = "rotbench"
 TABLE = "bench"
 PREFIX = 16  # bytes of each value that name its key, so a read can be checked without keeping the values
 READERS = 8  # fixed read concurrency, before and during the rotation
-POLL = 0.2  # seconds between status / rewrap polls
+POLL = 0.2  # seconds between KeyRotation status polls
+REWRAP_POLL = 0.1  # seconds between GET /v1/rewrap polls of the nodes
 ROTATION_LIMIT = 1800.0  # a rotation that takes longer than this is reported as timed out
 LOAD_LIMIT = 1800.0
 IDLE_PHASES = ("", "Pending", "Waiting", None)
@@ -197,7 +198,7 @@ class RotationResult:
     started: float
     completed: float | None
     history: dict[str, Any]
-    rewrap: dict[int, dict[str, Any]]  # per shard: the node's run with the most blocks
+    rewrap: dict[int, dict[str, Any]]  # per shard: blocks, seconds, error (see shard_rewrap)
     before: dict[str, float]
     during: dict[str, float]
     rewrapping: dict[str, float]  # reads while the phase was Rewrapping only
@@ -225,19 +226,45 @@ async def kr_status(cluster: LocalCluster, name: str) -> dict[str, Any]:
 
 
 async def poll_rewrap(session: aiohttp.ClientSession, ips: list[str],
-                      runs: dict[int, dict[float, dict[str, Any]]]) -> None:
-    """One GET /v1/rewrap per node; keeps the latest state of every run (keyed by its start time)."""
+                      seen: dict[int, list[tuple[float, dict[str, Any]]]]) -> None:
+    """One GET /v1/rewrap per node, appended with our wall-clock time to ``seen[shard]``."""
     async def one(shard: int, ip: str) -> None:
         try:
             async with session.get(f"http://{ip}:7400/v1/rewrap") as r:
                 if r.status == 200:
-                    st = await r.json()
-                    if st.get("started"):
-                        runs.setdefault(shard, {})[float(st["started"])] = st
+                    seen.setdefault(shard, []).append((time.time(), await r.json()))
         except (aiohttp.ClientError, TimeoutError, ValueError):
             pass
 
     await asyncio.gather(*(one(s, ip) for s, ip in enumerate(ips)))
+
+
+def shard_rewrap(seen: list[tuple[float, dict[str, Any]]], since: float, target: int | None) -> dict[str, Any] | None:
+    """Blocks and seconds of the run that rewrapped a shard, from the node's own start/finish times.
+
+    The controller POSTs /v1/rewrap on every pass while any shard still has old blocks, and a POST to a node
+    whose run is done starts a fresh (empty) run that replaces the finished run's record within a second.
+    When the finished state was never observed, the finish lies between the last poll that saw the run
+    running and the next run's start (or the first poll with nothing remaining): the midpoint is used and
+    half that bracket reported as the uncertainty.
+    """
+    runs: dict[float, list[tuple[float, dict[str, Any]]]] = {}
+    for wall, st in seen:
+        if st.get("started") and st["started"] >= since and st.get("target") == target:
+            runs.setdefault(float(st["started"]), []).append((wall, st))
+    if not runs:
+        return None
+    started = max(runs, key=lambda k: (max(st["rewrapped"] for _, st in runs[k]), -k))
+    obs = runs[started]
+    done = [st for _, st in obs if st["state"] == "done"]
+    if done:
+        return {"blocks": done[-1]["rewrapped"], "seconds": done[-1]["finished"] - started, "error": 0.0}
+    blocks = max(st["rewrapped"] + (st.get("remaining") or 0) for _, st in obs)
+    lo = max(wall for wall, _ in obs)
+    later = [k for k in runs if k > started]
+    later += [wall for wall, st in seen if wall > lo and st.get("remaining") == 0]
+    hi = min(later) if later else time.time()
+    return {"blocks": blocks, "seconds": (lo + hi) / 2 - started, "error": (hi - lo) / 2}
 
 
 async def rotate(cluster: LocalCluster, client: AsyncClient, ips: list[str], blocks: int, size: int,
@@ -254,14 +281,23 @@ async def rotate(cluster: LocalCluster, client: AsyncClient, ips: list[str], blo
     await asyncio.to_thread(cluster.apply, rotation_object(name, threat))
     say(f"{kind}: KeyRotation {name} applied")
     phases: list[tuple[str, float]] = []
-    runs: dict[int, dict[float, dict[str, Any]]] = {}
+    seen: dict[int, list[tuple[float, dict[str, Any]]]] = {}
     started = completed = None
     history: dict[str, Any] = {}
     to_v: int | None = None
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+        polling = True
+
+        async def rewrap_poller() -> None:
+            # Faster than the status loop (no kubectl process per poll): a node's finished state lasts < 1 s.
+            while polling:
+                await poll_rewrap(session, ips, seen)
+                await asyncio.sleep(REWRAP_POLL)
+
+        poller = asyncio.create_task(rewrap_poller())
         try:
             while time.monotonic() - t_apply < ROTATION_LIMIT:
-                st, _ = await asyncio.gather(kr_status(cluster, name), poll_rewrap(session, ips, runs))
+                st = await kr_status(cluster, name)
                 now = time.monotonic()
                 phase = st.get("phase")
                 to_v = st.get("toVersion", to_v)
@@ -274,8 +310,9 @@ async def rotate(cluster: LocalCluster, client: AsyncClient, ips: list[str], blo
                     completed, history = now, st["history"][-1]
                     break
                 await asyncio.sleep(POLL)
-            await poll_rewrap(session, ips, runs)  # the final counts of runs that finished between polls
         finally:
+            polling = False
+            await poller
             reader.stopping = True
             await read_task
     if started is None:
@@ -283,9 +320,8 @@ async def rotate(cluster: LocalCluster, client: AsyncClient, ips: list[str], blo
     if completed is None:
         say(f"{kind}: rotation NOT completed within {ROTATION_LIMIT:.0f} s; figures below are partial")
     # Only this rotation's runs: a node keeps the previous rotation's finished run until a new one starts.
-    mine = {s: [st for st in r.values() if st["started"] >= wall_apply and st.get("target") == to_v]
-            for s, r in runs.items()}
-    best = {s: max(r, key=lambda x: x.get("rewrapped", 0)) for s, r in mine.items() if r}
+    per_shard = {s: shard_rewrap(obs, wall_apply, to_v) for s, obs in seen.items()}
+    best = {s: r for s, r in per_shard.items() if r}
     end = completed or time.monotonic()
     rw = [(t, nxt[1] if nxt else end) for (p, t), nxt in zip(phases, [*phases[1:], None], strict=True)
           if p == "Rewrapping"]
@@ -319,12 +355,12 @@ def report(args: argparse.Namespace, load_rate: float, baselines: dict[int, tupl
         print(f"{'shard':>5} | {'rewrapped':>9} | {'node run s':>10} | {'blocks/s':>9} | {'MB/s':>6} | "
               f"{'vs store rewrap':>15} | {'vs raw AES':>10}")
         for s in sorted(r.rewrap):
-            st = r.rewrap[s]
-            n = int(st.get("rewrapped", 0))
-            span = (st.get("finished") or time.time()) - st["started"]
+            rw = r.rewrap[s]
+            n, span = int(rw["blocks"]), float(rw["seconds"])
             rate = n / span if span > 0 else float("nan")
+            note = f"  (finish from polls, +/-{rw['error']:.2f} s)" if rw["error"] else ""
             print(f"{s:>5} | {n:>9} | {span:>10.2f} | {rate:>9.0f} | {rate * mb:>6.1f} | {rate / base:>15.3f} | "
-                  f"{rate / raw:>10.4f}" + ("" if st.get("state") == "done" else f"  ({st.get('state')})"))
+                  f"{rate / raw:>10.4f}{note}")
         b, d = r.before, r.during
         print(f"reads   before: {b['reads']:>7} ({b['rps']:.0f}/s) p50 {b['p50']:.2f} ms p99 {b['p99']:.2f} ms, "
               f"failed {b['failed']}")
