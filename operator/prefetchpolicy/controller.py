@@ -28,13 +28,14 @@ from ..spec.prefetchpolicy import parse_prefetchpolicy
 from ..triggers import TRIGGERS, wait_for_trigger
 from . import probe
 from .config import predictor_config
-from .select import Selection, select_policy
+from .lookup import policy_in_force
+from .select import Selection
 from .status import ShardSample, aggregate
 
 KIND = "PrefetchPolicy"
 PLURAL = "prefetchpolicies"
 POLL_SECONDS = 10.0
-PENDING_SECONDS = 1.0  # while the ShardSet has not yet rewritten its config for this policy
+PENDING_SECONDS = 1.0  # while the config for this policy is not yet written or not yet loaded by the shards
 FIGURES = ("activeModel", "hitRatio", "precision", "recall", "wastedBytes", "hintsSent", "hintsUsed", "hintsWasted",
            "shardsReporting", "shardsExpected", "reporting", "shards")
 
@@ -82,7 +83,7 @@ def observe(body: Mapping[str, Any]) -> Observation:
     obs.shardset_obj = kube.get(naming.API_VERSION, "ShardSet", ns, spec.shardset)
     if obs.shardset_obj is None:
         return obs
-    obs.selection = select_policy(kube.list_objects(naming.API_VERSION, KIND, ns), spec.shardset)
+    obs.selection = policy_in_force(ns, spec.shardset)
     if obs.selection.name != meta["name"]:
         return obs
     obs.config_applied = _config_applied(ns, spec.shardset, predictor_config(spec))
@@ -136,7 +137,16 @@ def build_status(body: Mapping[str, Any], obs: Observation, samples: list[ShardS
             status.update(aggregate(samples, obs.expected))
             missing = [f"shard {r['shard']}: {r.get('error', 'not reporting')}" for r in status["shards"]
                        if not r["reporting"]]
-            if obs.expected and not missing:
+            # kubelet refreshes a mounted ConfigMap only every minute or so: until then a predictor still runs the
+            # previous settings (enabled false), or reports why it refused the file.
+            unloaded = [s for s in samples if s.predictor is not None
+                        and (s.predictor.get("enabled") is not True or s.predictor.get("configError"))]
+            if obs.expected and not missing and unloaded:
+                ready(False, "ConfigNotLoaded", "; ".join(
+                    f"shard {s.shard}: predictor " + (f"refused its config: {s.predictor['configError']}"
+                                                      if s.predictor and s.predictor.get("configError")
+                                                      else "has not loaded this policy yet") for s in unloaded[:5]))
+            elif obs.expected and not missing:
                 ready(True, "ShardsReporting", f"all {obs.expected} shard predictor(s) report with this policy")
             else:
                 ready(False, "ShardsNotReporting",
@@ -206,7 +216,7 @@ async def prefetchpolicy_loop(name: str, namespace: str, body: kopf.Body, stoppe
                     (kopf.info if ready["status"] == "True" else kopf.warn)(
                         body, reason=ready["reason"], message=ready["message"])
                     last_reason = ready["reason"]
-                if ready["reason"] == "ConfigPending":
+                if ready["reason"] in ("ConfigPending", "ConfigNotLoaded"):
                     delay = PENDING_SECONDS
                 observe_reconcile(KIND, "success" if status["phase"] == "Active" else status["phase"].lower(),
                                   time.monotonic() - started)

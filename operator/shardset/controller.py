@@ -25,7 +25,7 @@ from .. import kube, naming
 from ..conditions import conditions_equal_ignoring_time
 from ..keyring import KeyringManifest, initial_keyring_data, parse_manifest
 from ..metrics import observe_reconcile, record_error, set_key_version, set_managed
-from ..prefetchpolicy.select import select_policy
+from ..prefetchpolicy.lookup import policy_in_force
 from ..spec.common import SpecError
 from ..spec.shardset import ShardSetSpec, parse_shardset
 from ..triggers import TRIGGERS, wait_for_trigger
@@ -166,7 +166,7 @@ def reconcile(owner: Mapping[str, Any]) -> ReconcileResult:
     shards = pmap.shards  # a refused scale-down keeps the map's (and so the StatefulSet's) shard count
 
     # The oldest valid PrefetchPolicy naming this ShardSet turns prefetching on; the others report a Conflict.
-    prefetch = select_policy(kube.list_objects(naming.API_VERSION, "PrefetchPolicy", ns), name)
+    prefetch = policy_in_force(ns, name)
     kube.apply(manifests.config_map(owner, spec, prefetch=prefetch.spec))
     kube.apply(manifests.headless_service(owner))
     kube.apply(manifests.client_service(owner))

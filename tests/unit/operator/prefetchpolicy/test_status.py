@@ -102,3 +102,14 @@ def test_config_not_yet_rewritten_waits():
     st = build_status(BODY, obs(config_applied=False), [], NOW)
     assert st["phase"] == "Waiting" and cond(st, "Ready")["reason"] == "ConfigPending"
     assert not any(c["type"] == "Conflict" for c in st["conditions"])
+
+
+def test_predictor_still_on_old_settings_is_not_ready():
+    old = {**report(0, 0, 0, 0, None, None), "enabled": False}
+    refused = {**report(0, 0, 0, 0, None, None), "configError": "/etc/x/predictor.json: horizonSeconds bad"}
+    st = build_status(BODY, obs(), [ShardSample(0, old), ShardSample(1, refused)], NOW)
+    ready = cond(st, "Ready")
+    assert st["phase"] == "Active" and ready["status"] == "False" and ready["reason"] == "ConfigNotLoaded"
+    assert "shard 0: predictor has not loaded this policy yet" in ready["message"]
+    assert "shard 1: predictor refused its config: /etc/x/predictor.json: horizonSeconds bad" in ready["message"]
+    assert st["shards"][1]["error"] == "predictor config: /etc/x/predictor.json: horizonSeconds bad"
