@@ -213,7 +213,9 @@ async def step(body: Mapping[str, Any]) -> Step:
             st.phase("Transition", f"Every block is on key version {to_v}; transition period ends "
                                    f"{st.status['transitionEndTime']}")
             return st
-        errors = await probe.start_rewrap({s: p for s, p in pods.items() if s < expected},
+        # Only shards that still hold old blocks: asking a finished node again would start a fresh (empty)
+        # run and overwrite the record of the one that did the work.
+        errors = await probe.start_rewrap({s: p for s, p in pods.items() if s < expected and counts.get(s, 1) > 0},
                                           BATCH_URGENT if urgent else BATCH_NORMAL,
                                           PAUSE_URGENT if urgent else PAUSE_NORMAL)
         failed = [f"shard {s}: {e}" for s, e in errors.items() if e]
