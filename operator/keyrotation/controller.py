@@ -16,7 +16,6 @@ import asyncio
 import datetime as dt
 import logging
 import os
-import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -27,10 +26,11 @@ from kubernetes.client.exceptions import ApiException
 from .. import kube, naming
 from ..conditions import set_condition
 from ..keyring import add_version, parse_manifest, promote, retire
-from ..metrics import observe_phase, observe_reconcile, record_error, record_rotation
+from ..loop import post_events, run_object_loop
+from ..metrics import observe_phase, record_error, record_rotation
 from ..spec.common import SpecError
 from ..spec.keyrotation import parse_keyrotation
-from ..triggers import TRIGGERS, wait_for_trigger
+from ..triggers import TRIGGERS
 from . import plan, probe
 
 KIND = "KeyRotation"
@@ -399,38 +399,19 @@ def write_status(body: Mapping[str, Any], status: Mapping[str, Any]) -> None:
 async def keyrotation_loop(name: str, namespace: str, body: kopf.Body, stopped: kopf.DaemonStopped, **_: Any
                            ) -> None:
     """Drive one KeyRotation through its phases; resumes from ``status.phase`` after a restart."""
-    wake = TRIGGERS.event(KIND, namespace, name)
-    try:
-        while not stopped:
-            wake.clear()
-            snapshot = {"metadata": dict(body["metadata"]), "spec": dict(body.get("spec") or {}),
-                        "status": dict(body.get("status") or {})}
-            if snapshot["metadata"].get("deletionTimestamp"):
-                return
-            started = time.monotonic()
-            delay = POLL_SECONDS
-            try:
-                result = await step(snapshot)
-                await asyncio.to_thread(write_status, snapshot, result.status)
-                for type_, reason, message in result.events:
-                    (kopf.warn if type_ == "Warning" else kopf.info)(body, reason=reason, message=message)
-                delay = result.delay
-                observe_reconcile(KIND, "success", time.monotonic() - started)
-            except ApiException as exc:
-                message = kube.api_error_message(exc)
-                observe_reconcile(KIND, "error", time.monotonic() - started)
-                record_error(KIND, f"api-{exc.status}")
-                if exc.status != 409:  # a conflict just means "read again"
-                    kopf.warn(body, reason="ReconcileError", message=f"Kubernetes API error {exc.status}: {message}")
-                delay = 1.0
-            except ValueError as exc:  # a malformed keyring: say so, touch nothing
-                record_error(KIND, "keyring")
-                kopf.warn(body, reason="KeyringInvalid", message=str(exc))
-                delay = 10.0
-            if delay > 0:
-                await wait_for_trigger(wake, stopped, delay)
-    finally:
-        TRIGGERS.forget(KIND, namespace, name)
+
+    async def one_pass(snap: dict[str, Any]) -> tuple[str, float]:
+        try:
+            result = await step(snap)
+        except ValueError as exc:  # a malformed keyring: say so, touch nothing
+            record_error(KIND, "keyring")
+            kopf.warn(body, reason="KeyringInvalid", message=str(exc))
+            return "invalid", 10.0
+        await asyncio.to_thread(write_status, snap, result.status)
+        post_events(body, result.events)
+        return "success", result.delay
+
+    await run_object_loop(KIND, namespace, name, body, stopped, one_pass)
 
 
 @kopf.on.event(naming.GROUP, naming.VERSION, PLURAL)

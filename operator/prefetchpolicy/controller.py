@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,10 +21,10 @@ from kubernetes.client.exceptions import ApiException
 from .. import kube, naming
 from ..conditions import conditions_equal_ignoring_time, now_rfc3339, set_condition
 from ..keyrotation.probe import shard_pods
-from ..metrics import observe_reconcile, record_error, set_managed
+from ..loop import run_object_loop
 from ..spec.common import SpecError
 from ..spec.prefetchpolicy import parse_prefetchpolicy
-from ..triggers import TRIGGERS, wait_for_trigger
+from ..triggers import TRIGGERS
 from . import probe
 from .config import predictor_config
 from .lookup import policy_in_force
@@ -40,7 +39,6 @@ FIGURES = ("activeModel", "hitRatio", "precision", "recall", "wastedBytes", "hin
            "shardsReporting", "shardsExpected", "reporting", "shards")
 
 log = logging.getLogger(__name__)
-_RUNNING: set[tuple[str, str]] = set()
 
 
 @dataclass
@@ -195,43 +193,21 @@ async def step(body: Mapping[str, Any]) -> dict[str, Any]:
 async def prefetchpolicy_loop(name: str, namespace: str, body: kopf.Body, stopped: kopf.DaemonStopped,
                               **_: Any) -> None:
     """Report one PrefetchPolicy's phase and prefetch figures every POLL_SECONDS (sooner when woken)."""
-    wake = TRIGGERS.event(KIND, namespace, name)
-    _RUNNING.add((namespace, name))
-    set_managed(KIND, len(_RUNNING))
     last_reason: str | None = None
-    try:
-        while not stopped:
-            wake.clear()
-            snapshot = {"metadata": dict(body["metadata"]), "spec": dict(body.get("spec") or {}),
-                        "status": dict(body.get("status") or {})}
-            if snapshot["metadata"].get("deletionTimestamp"):
-                return
-            started = time.monotonic()
-            delay = POLL_SECONDS
-            try:
-                status = await step(snapshot)
-                await asyncio.to_thread(write_status, snapshot, status)
-                ready = next(c for c in status["conditions"] if c["type"] == "Ready")
-                if ready["reason"] != last_reason:
-                    (kopf.info if ready["status"] == "True" else kopf.warn)(
-                        body, reason=ready["reason"], message=ready["message"])
-                    last_reason = ready["reason"]
-                if ready["reason"] in ("ConfigPending", "ConfigNotLoaded"):
-                    delay = PENDING_SECONDS
-                observe_reconcile(KIND, "success" if status["phase"] == "Active" else status["phase"].lower(),
-                                  time.monotonic() - started)
-            except ApiException as exc:
-                message = kube.api_error_message(exc)
-                observe_reconcile(KIND, "error", time.monotonic() - started)
-                record_error(KIND, f"api-{exc.status}")
-                if exc.status != 409:
-                    kopf.warn(body, reason="ReconcileError", message=f"Kubernetes API error {exc.status}: {message}")
-                log.warning("PrefetchPolicy %s/%s: API error %s: %s", namespace, name, exc.status, message)
-            await wait_for_trigger(wake, stopped, delay)
-    finally:
-        TRIGGERS.forget(KIND, namespace, name)
-        _RUNNING.discard((namespace, name))
-        set_managed(KIND, len(_RUNNING))
+
+    async def one_pass(snap: dict[str, Any]) -> tuple[str, float]:
+        nonlocal last_reason
+        status = await step(snap)
+        await asyncio.to_thread(write_status, snap, status)
+        ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+        if ready["reason"] != last_reason:
+            (kopf.info if ready["status"] == "True" else kopf.warn)(
+                body, reason=ready["reason"], message=ready["message"])
+            last_reason = ready["reason"]
+        delay = PENDING_SECONDS if ready["reason"] in ("ConfigPending", "ConfigNotLoaded") else POLL_SECONDS
+        return ("success" if status["phase"] == "Active" else status["phase"].lower()), delay
+
+    await run_object_loop(KIND, namespace, name, body, stopped, one_pass)
 
 
 @kopf.on.event(naming.GROUP, naming.VERSION, PLURAL)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,11 +23,12 @@ from kubernetes.client.exceptions import ApiException
 from .. import kube, naming
 from ..conditions import conditions_equal_ignoring_time
 from ..keyring import KeyringManifest, initial_keyring_data, parse_manifest
-from ..metrics import observe_reconcile, record_error, set_key_version, set_managed
+from ..loop import post_events, run_object_loop
+from ..metrics import set_key_version
 from ..prefetchpolicy.lookup import policy_in_force
 from ..spec.common import SpecError
 from ..spec.shardset import ShardSetSpec, parse_shardset
-from ..triggers import TRIGGERS, wait_for_trigger
+from ..triggers import TRIGGERS
 from . import manifests
 from .status import Observed, shardset_status
 
@@ -44,7 +44,6 @@ _IMAGE_RE = re.compile(
 )
 
 log = logging.getLogger(__name__)
-_RUNNING: set[tuple[str, str]] = set()  # ShardSets whose loop runs in this operator
 
 
 @dataclass
@@ -229,53 +228,26 @@ def write_status(owner: Mapping[str, Any], status: Mapping[str, Any]) -> bool:
     return True
 
 
-def _post_events(body: Any, events: list[tuple[str, str, str]]) -> None:
-    for type_, reason, message in events:
-        if type_ == "Warning":
-            kopf.warn(body, reason=reason, message=message)
-        else:
-            kopf.info(body, reason=reason, message=message)
-
-
 @kopf.daemon(naming.GROUP, naming.VERSION, PLURAL, cancellation_timeout=10.0)
 async def shardset_loop(name: str, namespace: str, body: kopf.Body, stopped: kopf.DaemonStopped,
                         **_: Any) -> None:
     """Reconcile one ShardSet whenever something relevant changes, and at least every RESYNC_SECONDS."""
-    wake = TRIGGERS.event(KIND, namespace, name)
     last_problems: set[str] = set()
-    _RUNNING.add((namespace, name))
-    set_managed(KIND, len(_RUNNING))
-    try:
-        while not stopped:
-            wake.clear()
-            snapshot = {"apiVersion": body.get("apiVersion", naming.API_VERSION), "kind": KIND,
-                        "metadata": dict(body["metadata"]), "spec": dict(body.get("spec") or {}),
-                        "status": dict(body.get("status") or {})}
-            if snapshot["metadata"].get("deletionTimestamp"):
-                return
-            started = time.monotonic()
-            try:
-                result = await asyncio.to_thread(reconcile, snapshot)
-                if result.status is not None:
-                    await asyncio.to_thread(write_status, snapshot, result.status)
-                    problems = {c["reason"] + ": " + c["message"] for c in result.status["conditions"]
-                                if c["type"] == "Degraded" and c["status"] == "True"}
-                    for p in problems - last_problems:
-                        result.events.append(("Warning", p.split(":", 1)[0], p.split(": ", 1)[1]))
-                    last_problems = problems
-                _post_events(body, result.events)
-                observe_reconcile(KIND, result.outcome, time.monotonic() - started)
-            except ApiException as exc:
-                message = kube.api_error_message(exc)
-                observe_reconcile(KIND, "error", time.monotonic() - started)
-                record_error(KIND, f"api-{exc.status}")
-                kopf.warn(body, reason="ReconcileError", message=f"Kubernetes API error {exc.status}: {message}")
-                log.warning("ShardSet %s/%s: API error %s: %s", namespace, name, exc.status, message)
-            await wait_for_trigger(wake, stopped, RESYNC_SECONDS)
-    finally:
-        TRIGGERS.forget(KIND, namespace, name)
-        _RUNNING.discard((namespace, name))
-        set_managed(KIND, len(_RUNNING))
+
+    async def one_pass(snap: dict[str, Any]) -> tuple[str, float]:
+        nonlocal last_problems
+        result = await asyncio.to_thread(reconcile, snap)
+        if result.status is not None:
+            await asyncio.to_thread(write_status, snap, result.status)
+            problems = {c["reason"] + ": " + c["message"] for c in result.status["conditions"]
+                        if c["type"] == "Degraded" and c["status"] == "True"}
+            for p in problems - last_problems:
+                result.events.append(("Warning", p.split(":", 1)[0], p.split(": ", 1)[1]))
+            last_problems = problems
+        post_events(body, result.events)
+        return result.outcome, RESYNC_SECONDS
+
+    await run_object_loop(KIND, namespace, name, body, stopped, one_pass)
 
 
 @kopf.on.event(naming.GROUP, naming.VERSION, PLURAL)
