@@ -20,6 +20,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.waiting import wait_for as _wait_for
+
 from .conftest import (
     CHART,
     RELEASE_NS,
@@ -54,14 +56,7 @@ DELIBERATE_EXTRA: dict[tuple[str, str, str], str] = {
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+    return _wait_for(predicate, timeout, what, interval=0.3)
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import time
-from typing import Any
 
 import pytest
 from chronoshard.shardnode.cli import main
@@ -19,22 +17,19 @@ from chronoshard.shardnode.client import AsyncClient, ConfigMapMap
 from chronoshard.shardnode.partitioning import PartitionMap, initial_map
 from kubernetes import client
 
+from tests.waiting import wait_for as _wait_for
+
 from .checks import TABLE, bounded, check_placement, wait_epoch
 from .shards import ShardNodes
+
+
+def wait_for(predicate, timeout: float = 45.0, what: str = "condition"):
+    return _wait_for(predicate, timeout, what)
+
 
 pytestmark = pytest.mark.integration
 GROUP, VERSION = "chronoshard.io", "v1alpha1"
 
-
-def wait_for(fn: Any, timeout: float = 45.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
 
 
 def config_map_map(core: client.CoreV1Api, ns: str, name: str) -> PartitionMap | None:

@@ -5,26 +5,17 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 from kubernetes import client
 
+from tests.waiting import wait_for
+
 GROUP, VERSION, PLURAL = "chronoshard.io", "v1alpha1", "shardsets"
 
 pytestmark = pytest.mark.integration
 
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
 def shardset(name: str, shards: int = 3, **spec: Any) -> dict[str, Any]:
