@@ -11,6 +11,7 @@ threads only report. State that must survive an agent restart lives under ``--st
     pods/<uid>/exits/<name>-<restart>.json the exit code the shim recorded
     pods/<uid>/logs/<name>/<restart>.log   stdout+stderr of each run (kubectl logs, chronoshard-dev logs)
     pods/<uid>/volumes/<volume>/           Secret/ConfigMap/projected (atomic ..data layout), emptyDir
+    pods/<uid>/serviceaccount/             token, ca.crt, namespace, kubeconfig (atomic; $KUBECONFIG points here)
     volumes/<namespace>/<claim>-<uid>/     PersistentVolumeClaims (kept after the pod is deleted)
 """
 
@@ -38,6 +39,14 @@ from .kubeletapi import KubeletAPI
 from .node import NodeHeartbeat, now_rfc3339
 from .podstatus import pod_status
 from .process import ProcessRecord
+from .serviceaccount import (
+    KUBECONFIG_FILE,
+    TOKEN_EXPIRATION_SECONDS,
+    credential_files,
+    refresh_deadline,
+    service_account_name,
+    should_automount,
+)
 from .storage import ensure_bound
 from .volumes import VolumeError, volume_payload, write_atomic
 
@@ -65,6 +74,10 @@ class NodeAgent:
         self.pods_root = state_dir / "pods"
         self.volumes_root = state_dir / "volumes"
         self.backoff_base = backoff_base
+        # Pods reach the API server where the agent does, trusting the same CA (its kubeconfig's).
+        self.api_server = str(api.configuration.host)
+        ca_file = api.configuration.ssl_ca_cert
+        self.api_ca = Path(ca_file).read_bytes() if ca_file and Path(ca_file).is_file() else None
         self.kubelet_api = KubeletAPI(self._locate_log, state_dir / "kubelet", HOST_IP, client_ca=client_ca)
         self.heartbeat = NodeHeartbeat(
             self.core, client.CoordinationV1Api(api), node_name, HOST_IP, kubelet_port=self.kubelet_api.port
@@ -219,6 +232,7 @@ class NodeAgent:
             run = self._new_run(pod)
         try:
             self._setup_volumes(pod, run)
+            self._setup_credentials(pod, run)
         except (VolumeError, ApiException, OSError) as exc:
             message = str(exc) if not isinstance(exc, ApiException) else f"API error {exc.status}: {exc.reason}"
             self.containers.set_waiting(
@@ -350,6 +364,37 @@ class NodeAgent:
                 run.volume_hashes[name] = digest
             run.volume_dirs[name] = str(path)
 
+    def _setup_credentials(self, pod: dict[str, Any], run: PodRun) -> None:
+        """Write the pod's ServiceAccount credentials (token, ca.crt, namespace, kubeconfig) if it mounts them."""
+        spec = pod["spec"]
+        sa_name = service_account_name(spec)
+        if run.automount is None:
+            account = None
+            if spec.get("automountServiceAccountToken") is None:
+                try:
+                    answer = self.core.read_namespaced_service_account(
+                        sa_name, run.namespace, _preload_content=False
+                    )
+                    account = json.loads(answer.data)
+                except ApiException as exc:
+                    if exc.status == 404:
+                        raise VolumeError(f'serviceaccount "{sa_name}" not found') from None
+                    raise
+            run.automount = should_automount(spec, account)
+        if not run.automount:
+            return
+        token = self._token(pod, run, None, TOKEN_EXPIRATION_SECONDS)
+        payload = credential_files(
+            self.api_server, self.api_ca, token, run.namespace, f"system:serviceaccount:{run.namespace}:{sa_name}"
+        )
+        digest = hashlib.sha256(json.dumps(sorted((k, v.hex(), m) for k, (v, m) in payload.items())).encode())
+        path = run.directory / "serviceaccount"
+        if run.volume_hashes.get("..serviceaccount") != digest.hexdigest():
+            # The same ..data swap as volumes: a client re-reading KUBECONFIG never sees half a file.
+            write_atomic(path, payload)
+            run.volume_hashes["..serviceaccount"] = digest.hexdigest()
+        run.kubeconfig = str(path / KUBECONFIG_FILE)
+
     # ---- containers ----------------------------------------------------------------------------------------
 
     def _token(self, pod: dict[str, Any], run: PodRun, audience: str | None, expiration: int) -> str:
@@ -368,10 +413,10 @@ class NodeAgent:
                 ),
             )
         )
-        sa = pod["spec"].get("serviceAccountName") or "default"
+        sa = service_account_name(pod["spec"])
         answer = self.core.create_namespaced_service_account_token(sa, run.namespace, request)
         lifetime = float(answer.spec.expiration_seconds or expiration)
-        run.tokens[key] = (answer.status.token, time.monotonic() + 0.8 * lifetime)
+        run.tokens[key] = (answer.status.token, refresh_deadline(time.monotonic(), lifetime))
         return answer.status.token
 
     # ---- probes ----------------------------------------------------------------------------------------------

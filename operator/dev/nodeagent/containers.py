@@ -83,6 +83,8 @@ class PodRun:
     stop_requested: float | None = None
     termed: set[int] = field(default_factory=set)  # PIDs already sent SIGTERM for this stop
     tokens: dict[str, tuple[str, float]] = field(default_factory=dict)  # audience -> (token, refresh at)
+    automount: bool | None = None  # mounts its ServiceAccount's credentials (None: not decided yet)
+    kubeconfig: str | None = None  # the kubeconfig with those credentials, for $KUBECONFIG
 
 
 def live_pod(pod: dict[str, Any], run: PodRun) -> dict[str, Any]:
@@ -317,6 +319,9 @@ class ContainerRuntime:
             env = container_env(downward, cr.spec, self._lookup(run.namespace), base)
             # Declared values may name mount paths (e.g. KEYRING=/etc/chronoshard/keyring): map them too.
             env = {k: (v if base.get(k) == v else rewrite_paths(v, mounts)) for k, v in env.items()}
+            if run.kubeconfig and "KUBECONFIG" not in env:
+                # In-cluster loaders read a path a process cannot see; every client falls back to $KUBECONFIG.
+                env["KUBECONFIG"] = run.kubeconfig
             if "/tmp" in mounts and "TMPDIR" not in env:
                 # A volume at /tmp is where the container's temporary files go; tempfile & co. honour TMPDIR.
                 env["TMPDIR"] = mounts["/tmp"]
