@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Run the operator of an installed chart release as a local process, as its pod would run it.
 
-Where no container runtime exists (this repo's envtest and local clusters), the chart's Deployment
-pod cannot start. This script runs `chronoshard-operator` from this venv with exactly the command,
+On the local cluster (`chronoshard-dev`) the chart's operator pod runs by itself (the node agent gives it
+its ServiceAccount's credentials). Where no node agent runs pods (a bare envtest control plane, as in
+tests/integration/charts/) or to run the operator from a shell (a debugger, say; install the release with
+replicaCount=0 then), this script runs `chronoshard-operator` from this venv with exactly the command,
 args and environment the release's rendered Deployment declares ($(POD_IP) is 127.0.0.1), signed in
 with a TokenRequest token of the release's ServiceAccount, so the API server enforces the chart's
 RBAC on every call. tests/integration/charts/ use the same functions.
