@@ -6,6 +6,7 @@ One local cluster started without its own operator (``--no-operator``): the only
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import os
@@ -134,6 +135,10 @@ def test_pod_lists_its_namespace_with_its_service_account_token_and_rbac_applies
         config = yaml.safe_load((sa_dir / "kubeconfig").read_text())
         assert config["users"][0]["user"]["token"] == token
         whoami = cluster.kubectl("auth", "whoami", "-o", "json", f"--token={token}")
+        # Bound to this pod (dies with it), and requested like kubelet's: renew after ~1 h.
+        claims = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
+        assert claims["kubernetes.io"]["pod"] == {"name": "reader", "uid": reader["metadata"]["uid"]}
+        assert claims["kubernetes.io"]["warnafter"] - claims["iat"] == 3607
         assert json.loads(whoami.stdout)["status"]["userInfo"]["username"] == f"system:serviceaccount:{ns}:reader"
 
         # No credentials when the ServiceAccount or the pod opts out.
@@ -181,6 +186,7 @@ def test_helm_installed_operator_pod_runs_and_reconciles_through_an_upgrade(clus
         installed = True
         operator = wait_until("the chart's operator pod Running and Ready", lambda: _ready_operator(cluster),
                               timeout=150)
+        cluster.kubectl("-n", RELEASE_NS, "rollout", "status", f"deployment/{RELEASE}", "--timeout=60s")
         ip = operator["status"]["podIP"]
         # Ready means its probes answered: Kopf's health endpoint and the metrics endpoint, at the pod IP.
         assert http_get(f"http://{ip}:8080/healthz")[0] == 200
