@@ -34,7 +34,7 @@ def control_plane() -> Iterator:
 @pytest.fixture(scope="session")
 def k8s_client(control_plane):
     """A ``kubernetes.client.ApiClient`` for the test control plane."""
-    from kubernetes import client, config
+    from kubernetes import config
 
     api = config.new_client_from_config(config_file=str(control_plane.kubeconfig))
     yield api
@@ -60,9 +60,8 @@ def namespace(k8s_client) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def operator_runner(control_plane, k8s_client) -> Iterator:
     """The chronoshard operator running in-process (Kopf's KopfRunner) against the test control plane."""
-    from kopf.testing import KopfRunner
-
     from chronoshard.operator import kube
+    from kopf.testing import KopfRunner
 
     os.environ["KUBECONFIG"] = str(control_plane.kubeconfig)
     kube.set_api_client(k8s_client)
