@@ -16,12 +16,12 @@ trap 'rm -rf "$wheels"' EXIT
 # `operator` module (python -m puts the working directory first on sys.path).
 cd "$wheels"
 
-"$python" -m pip wheel --quiet --no-deps --wheel-dir "$wheels" "$src"
-"$python" -m venv "$venv"
+"$python" -P -m pip wheel --quiet --no-deps --wheel-dir "$wheels" "$src"
+"$python" -P -m venv "$venv"
 wheel="$(find "$wheels" -name 'chronoshard-*.whl' -print -quit)"
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+"$venv/bin/python" -P -m pip install --quiet --disable-pip-version-check \
   --constraint "$src/requirements.lock" "$wheel[ml]"
-"$venv/bin/python" -m pip check
+"$venv/bin/python" -P -m pip check
 
 # Every installed distribution must be pinned in the lock at the same version.
 "$venv/bin/python" - "$src/requirements.lock" <<'PY'

@@ -10,7 +10,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 python="${PYTHON:-$root/.venv/bin/python}"
 report="$(mktemp)"
 trap 'rm -f "$report"' EXIT
-"$python" -m pip install --quiet --dry-run --ignore-installed --report "$report" "$root[ml]" >&2
+"$python" -P -m pip install --quiet --dry-run --ignore-installed --report "$report" "$root[ml]" >&2
 "$python" - "$report" >"$root/requirements.lock" <<'PY'
 import json
 import sys

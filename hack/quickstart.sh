@@ -13,11 +13,11 @@ python="${PYTHON:-python3.11}"
 command -v "$python" >/dev/null || python=python3
 if [[ ! -x .venv/bin/python ]]; then
   say "creating .venv with $($python --version)"
-  "$python" -m venv .venv
+  "$python" -P -m venv .venv
 fi
 say "installing chronoshard into .venv"
-.venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[ml]'
+.venv/bin/python -P -m pip install -q --upgrade pip
+.venv/bin/python -P -m pip install -q -e '.[ml]'
 
 say "control plane binaries (the first build takes ~15 min on 2 cores; progress below)"
 CHRONOSHARD_ENVTEST_BIN="$(bash hack/envtest.sh)"

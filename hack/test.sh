@@ -3,16 +3,18 @@
 # lint, then run unit, integration and e2e tests. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# -P everywhere below: run from the repo root, `python -m ...` would otherwise put the root first on sys.path,
+# where our operator/ folder shadows the standard library's `operator` module.
 
 python="${PYTHON:-python3.11}"
 command -v "$python" >/dev/null || python=python3
 if [[ ! -x .venv/bin/python ]]; then
   echo "[test] creating .venv with $($python --version)"
-  "$python" -m venv .venv
+  "$python" -P -m venv .venv
 fi
 echo "[test] installing chronoshard and its test dependencies into .venv"
-.venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[dev]'
+.venv/bin/python -P -m pip install -q --upgrade pip
+.venv/bin/python -P -m pip install -q -e '.[dev]'
 
 echo "[test] envtest control plane (built once, then cached)"
 CHRONOSHARD_ENVTEST_BIN="$(bash hack/envtest.sh)"
