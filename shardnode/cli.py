@@ -6,8 +6,10 @@ Where blocks go (first that applies):
   7401``); its cache forwards each key to the owning shard.
 * ``--endpoints URL,URL,...``: the shards' cache (or node) URLs by shard index; the client fetches the
   map from them (or ``--map-file``) and routes each key straight to its owner.
-* ``--shardset NAME``: the map from the ``NAME-partitions`` ConfigMap via the Kubernetes API and the
-  pods' DNS names ``NAME-<i>.NAME-headless.<namespace>.svc:7401`` (works inside the cluster).
+* ``--shardset NAME``: the map from the ``NAME-partitions`` ConfigMap via the Kubernetes API, and each shard
+  pod's IP from its status (``http://<podIP>:7401``: inside the cluster, on the local process cluster, and wherever
+  pod IPs are routable). ``--pod-url-template`` switches to a URL template instead, e.g. the pods' DNS names
+  ``http://{shardset}-{shard}.{shardset}-headless.{namespace}.svc:7401``.
 
 Exit codes: 0 ok, 1 error, 2 usage, 3 block not found, 4 shard or API unavailable.
 """
@@ -19,7 +21,7 @@ import asyncio
 import base64
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -192,6 +194,26 @@ class UsageError(Exception):
     """Bad combination of flags."""
 
 
+def pod_ip_endpoints(args: argparse.Namespace, namespace: str) -> Callable[[int], str]:
+    """Shard index → ``http://<podIP>:7401`` of pod ``<shardset>-<i>``, read once from the Kubernetes API."""
+    from kubernetes import client
+
+    core = client.CoreV1Api(kube_api(args))
+    selector = f"app.kubernetes.io/instance={args.shardset},app.kubernetes.io/component=shard"
+    ips: dict[int, str] = {}
+    for pod in core.list_namespaced_pod(namespace, label_selector=selector).items:
+        ordinal = pod.metadata.name.rsplit("-", 1)[-1]
+        if ordinal.isdigit() and pod.status and pod.status.pod_ip and not pod.metadata.deletion_timestamp:
+            ips[int(ordinal)] = pod.status.pod_ip
+
+    def endpoint(shard: int) -> str:
+        if shard not in ips:
+            raise Unavailable(f"shard {shard} of {args.shardset}", "no running pod with an IP")
+        return f"http://{ips[shard]}:7401"
+
+    return endpoint
+
+
 def split_urls(text: str) -> list[str]:
     """Comma-separated URLs, trimmed."""
     return [u.strip() for u in text.split(",") if u.strip()]
@@ -206,11 +228,12 @@ def make_client(args: argparse.Namespace) -> AsyncClient:
     if args.shardset:
         ns = default_namespace(args)
         template = args.pod_url_template
+        if template:
+            def endpoint(shard: int) -> str:
+                return template.format(shardset=args.shardset, shard=shard, namespace=ns)
 
-        def endpoint(shard: int) -> str:
-            return template.format(shardset=args.shardset, shard=shard, namespace=ns)
-
-        return AsyncClient(map_provider(args), endpoint, timeout=args.timeout)
+            return AsyncClient(map_provider(args), endpoint, timeout=args.timeout)
+        return AsyncClient(map_provider(args), pod_ip_endpoints(args, ns), timeout=args.timeout)
     raise UsageError("say where the ShardSet is: --shardset NAME, --url URL or --endpoints URLS")
 
 
@@ -281,12 +304,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG or ~/.kube/config)")
     p.add_argument("--context", help="kubeconfig context")
     p.add_argument("-n", "--namespace", help="namespace (default: the context's, else 'default')")
-    p.add_argument("-s", "--shardset", help="ShardSet name (map from its ConfigMap, pods by DNS)")
+    p.add_argument("-s", "--shardset", help="ShardSet name (map from its ConfigMap, shards at their pod IPs)")
     p.add_argument("--url", help="one URL for everything, e.g. the client Service (caches forward)")
     p.add_argument("--endpoints", help="comma-separated cache/node URLs by shard index (direct routing)")
     p.add_argument("--map-file", help="partition map file (map.json) instead of asking nodes or the API")
-    p.add_argument("--pod-url-template", default=POD_URL_TEMPLATE,
-                   help="URL of shard {shard} with --shardset")
+    p.add_argument("--pod-url-template", default=None,
+                   help="with --shardset, reach shard {shard} at this URL instead of its pod IP, e.g. "
+                        + POD_URL_TEMPLATE)
     p.add_argument("--timeout", type=float, default=10.0, help="seconds per request (default 10)")
     p.add_argument("-o", "--output", choices=["table", "json"], default="table", help="output format")
     sub = p.add_subparsers(dest="command", required=True)
