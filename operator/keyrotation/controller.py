@@ -384,15 +384,34 @@ async def _idle(body: Mapping[str, Any], spec: Any, st: Step, shardset: str, cre
     return st
 
 
-def write_status(body: Mapping[str, Any], status: Mapping[str, Any]) -> None:
-    """Replace the KeyRotation's status with ``status`` (fields set to None are removed)."""
+def write_status(body: Mapping[str, Any], status: Mapping[str, Any]) -> bool:
+    """Replace the KeyRotation's status with ``status`` (fields set to None are removed); True if written."""
     old = body.get("status") or {}
     patch = {**{k: None for k in old if k not in status}, **status}
     if patch == old:
-        return
+        return False
     meta = body["metadata"]
     kube.merge_patch(naming.API_VERSION, KIND, meta["namespace"], meta["name"], {"status": patch},
                      subresource="status")
+    return True
+
+
+async def until_seen(body: kopf.Body, status: Mapping[str, Any], timeout: float = 5.0) -> None:
+    """Wait until Kopf's live body shows the phase we just wrote (it lags until our write's watch event arrives).
+
+    Without this, a pass woken right after a write could start from the stale status and repeat a step that
+    is not idempotent across phases (starting the same rotation twice would pick the next version number twice).
+    """
+    want = (status.get("phase"), status.get("phaseTime"), status.get("toVersion"))
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        live = body.get("status") or {}
+        if (live.get("phase"), live.get("phaseTime"), live.get("toVersion")) == want:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            log.warning("status write not seen in the watch after %ss; continuing", timeout)
+            return
+        await asyncio.sleep(0.05)
 
 
 @kopf.daemon(naming.GROUP, naming.VERSION, PLURAL, cancellation_timeout=10.0)
@@ -407,7 +426,8 @@ async def keyrotation_loop(name: str, namespace: str, body: kopf.Body, stopped: 
             record_error(KIND, "keyring")
             kopf.warn(body, reason="KeyringInvalid", message=str(exc))
             return "invalid", 10.0
-        await asyncio.to_thread(write_status, snap, result.status)
+        if await asyncio.to_thread(write_status, snap, result.status):
+            await until_seen(body, result.status)
         post_events(body, result.events)
         return "success", result.delay
 

@@ -251,6 +251,10 @@ def test_manual_rotation_completes_under_load(env: Env, workload: Workload) -> N
     assert_only_version(env, 2)
     wait_until("ShardSet status shows version 2",
                lambda: (env.cluster.get("shardset", "vault", env.namespace)["status"].get("keyVersion") == 2))
+    events = json.loads(env.cluster.kubectl("get", "events", "-n", env.namespace, "-o", "json",
+                                            "--field-selector", "involvedObject.name=manual").stdout)["items"]
+    started = [e for e in events if e["reason"] == "Distributing"]
+    assert sum(e.get("count") or 1 for e in started) == 1, "the rotation was started twice"
     op = env.operator
     assert op.metric("chronoshard_keyrotation_rotations_total", reason="manual", outcome="Completed") == 1
     assert op.metric("chronoshard_keyrotation_blocks_rewrapped_total", shardset="vault") == h["blocksRewrapped"]
