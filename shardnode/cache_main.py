@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
-import sys
 from pathlib import Path
 
 from aiohttp import web
 
 from .cache.server import CacheConfig, create_app
-from .http_common import SERVER_LIMITS, load_json_config
+from .http_common import SERVER_LIMITS, load_json_config, setup_logging
+from .routing import PeerURLs, partition_setup
 
 
 def parser() -> argparse.ArgumentParser:
@@ -38,8 +37,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     """Entry point."""
     args = parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(args.log_level)
     cfg = CacheConfig(node_url=args.node_url, keyring_dir=Path(args.keyring_dir))
     cfg.apply(load_json_config(args.config))  # now, because the body size limit is fixed when the app is built
     cfg.settings_path = args.config
@@ -48,16 +46,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.eviction is not None:
         cfg.eviction = args.eviction
     if args.partition_map:
-        from . import routing
-
-        shard = args.shard_index
-        if shard is None:
-            pod = os.environ.get("POD_NAME")
-            if not pod:
-                raise SystemExit("--partition-map needs --shard-index or POD_NAME to know which shard this is")
-            shard = routing.shard_index_from_pod_name(pod)
-        cfg.partitions, cfg.shard_index = routing.PartitionMapSource(args.partition_map), shard
-        cfg.peers = routing.PeerURLs.from_env()
+        cfg.partitions, cfg.shard_index = partition_setup(args.partition_map, args.shard_index)
+        cfg.peers = PeerURLs.from_env()
     web.run_app(create_app(cfg), host=args.host, port=args.port, access_log=None, print=None, shutdown_timeout=10,
                 **SERVER_LIMITS)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import sys
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any
@@ -190,3 +191,9 @@ def load_json_config(path: str | None) -> dict[str, Any]:
         log.error("config %s is not a JSON object, using defaults", path)
         return {}
     return doc
+
+
+def setup_logging(level: str) -> None:
+    """Log to stderr with time, level and logger name (what every shard process does at start)."""
+    logging.basicConfig(level=level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -5,31 +5,16 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 
-from .http_common import SERVER_LIMITS, load_json_config
+from .http_common import SERVER_LIMITS, load_json_config, setup_logging
 from .node_server import NodeConfig, create_app
+from .routing import partition_setup
 from .store import StoreLocked
 
 log = logging.getLogger("chronoshard.node")
-
-
-def partition_setup(map_path: str | None, shard_index: int | None) -> tuple[Any, int | None]:
-    """The partition-map source and this shard's index when --partition-map is given (else (None, None))."""
-    if not map_path:
-        return None, None
-    from . import routing  # issue 8: map watcher + 421 ownership middleware
-
-    if shard_index is None:
-        pod = os.environ.get("POD_NAME")
-        if not pod:
-            raise SystemExit("--partition-map needs --shard-index or POD_NAME to know which shard this is")
-        shard_index = routing.shard_index_from_pod_name(pod)
-    return routing.PartitionMapSource(map_path), shard_index
 
 
 def parser() -> argparse.ArgumentParser:
@@ -54,8 +39,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     """Entry point."""
     args = parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(args.log_level)
     cfg = NodeConfig(data_dir=Path(args.data_dir), keyring_dir=Path(args.keyring_dir))
     cfg.apply(load_json_config(args.config))  # now, because the body size limit is fixed when the app is built
     cfg.settings_path = args.config

@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from .http_common import setup_logging
 from .predictor.access import AccessLogError, parse_log_entry
 from .predictor.config import ConfigFile
 from .predictor.engine import Hint, Predictor
@@ -174,8 +174,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     """Entry point."""
     args = parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(args.log_level)
     service = PredictorService(args.cache_url, args.data_dir, args.config)
     web.run_app(create_app(service), host=args.host, port=args.port, access_log=None, print=None,
                 shutdown_timeout=10)

@@ -387,3 +387,15 @@ async def forward_session_ctx(app: web.Application) -> AsyncIterator[None]:
     app[FORWARD_SESSION] = aiohttp.ClientSession()
     yield
     await app[FORWARD_SESSION].close()
+
+
+def partition_setup(map_path: str | None, shard_index: int | None) -> tuple[PartitionMapSource | None, int | None]:
+    """The partition-map source and this shard's index when --partition-map is given (else (None, None))."""
+    if not map_path:
+        return None, None
+    if shard_index is None:
+        pod = os.environ.get("POD_NAME")
+        if not pod:
+            raise SystemExit("--partition-map needs --shard-index or POD_NAME to know which shard this is")
+        shard_index = shard_index_from_pod_name(pod)
+    return PartitionMapSource(map_path), shard_index

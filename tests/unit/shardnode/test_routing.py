@@ -318,3 +318,19 @@ async def test_unreachable_owner_answers_503():
         url = f"http://127.0.0.1:{srv.port}/v1/tables/t/blocks/{key_for_shard(m, 1)}"
         status, body, _ = await _req("GET", url)
         assert status == 503 and b"unavailable" in body
+
+
+def test_partition_setup_from_flags_or_pod_name(tmp_path, monkeypatch):
+    from chronoshard.shardnode.partitioning import initial_map
+    from chronoshard.shardnode.routing import PartitionMapSource, partition_setup
+
+    assert partition_setup(None, None) == (None, None)
+    map_file = tmp_path / "map.json"
+    map_file.write_text(initial_map(3).to_json())
+    source, shard = partition_setup(str(map_file), 1)
+    assert isinstance(source, PartitionMapSource) and shard == 1
+    monkeypatch.setenv("POD_NAME", "orders-2")
+    assert partition_setup(str(map_file), None)[1] == 2
+    monkeypatch.delenv("POD_NAME")
+    with pytest.raises(SystemExit, match="--shard-index or POD_NAME"):
+        partition_setup(str(map_file), None)
