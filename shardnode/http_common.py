@@ -197,3 +197,13 @@ def setup_logging(level: str) -> None:
     """Log to stderr with time, level and logger name (what every shard process does at start)."""
     logging.basicConfig(level=level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+async def read_block_body(request: web.Request, limit: int) -> bytes:
+    """The request body of a block PUT; 413 before reading when the declared length is over ``limit``."""
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError(413, "too_large", f"block larger than {limit} bytes")
+    body = await request.read()
+    if len(body) > limit:
+        raise ApiError(413, "too_large", f"block larger than {limit} bytes")
+    return body

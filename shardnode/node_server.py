@@ -25,6 +25,7 @@ from .http_common import (
     key_param,
     keys_list,
     openapi_handler,
+    read_block_body,
     table_param,
 )
 from .keyring import KeyringWatcher, MissingKeyVersion
@@ -245,11 +246,7 @@ async def put_block(request: web.Request) -> web.Response:
     """PUT /v1/tables/{table}/blocks/{key}: store the raw body, acknowledged after it is durable."""
     node = node_of(request)
     table, key = table_param(request), key_param(request)
-    if request.content_length is not None and request.content_length > node.cfg.max_block_bytes:
-        raise ApiError(413, "too_large", f"block larger than {node.cfg.max_block_bytes} bytes")
-    body = await request.read()
-    if len(body) > node.cfg.max_block_bytes:
-        raise ApiError(413, "too_large", f"block larger than {node.cfg.max_block_bytes} bytes")
+    body = await read_block_body(request, node.cfg.max_block_bytes)
     res = await put_holding_while_compromised(node, table, key, body)
     node.metrics.writes.labels("put").inc()
     node.metrics.bytes_written.inc(len(body))

@@ -25,6 +25,7 @@ from ..http_common import (
     key_param,
     keys_list,
     openapi_handler,
+    read_block_body,
     table_param,
 )
 from ..keyring import KeyringWatcher
@@ -206,11 +207,7 @@ async def put_block(request: web.Request) -> web.StreamResponse:
     """PUT a block through to the node; the cached copy becomes the acknowledged value."""
     st = state(request)
     table, key = table_param(request), key_param(request)
-    if request.content_length is not None and request.content_length > st.cfg.max_block_bytes:
-        raise ApiError(413, "too_large", f"block larger than {st.cfg.max_block_bytes} bytes")
-    body = await request.read()
-    if len(body) > st.cfg.max_block_bytes:
-        raise ApiError(413, "too_large", f"block larger than {st.cfg.max_block_bytes} bytes")
+    body = await read_block_body(request, st.cfg.max_block_bytes)
     try:
         return web.json_response(await st.bc.put(table, key, body, routing_headers(request)))
     except UpstreamError as exc:
