@@ -6,7 +6,11 @@ import logging
 from typing import Any
 
 import kopf
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError
 
+from . import kube
 from .keyrotation import controller as keyrotation_controller  # noqa: F401 - registers handlers
 from .prefetchpolicy import controller as prefetchpolicy_controller  # noqa: F401 - registers handlers
 from .settings import RUNTIME
@@ -33,3 +37,18 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.peering.clusterwide = RUNTIME.clusterwide
     settings.execution.max_workers = 8
     log.info("chronoshard operator starting (peering %s)", RUNTIME.peering_name or "off")
+    if RUNTIME.peering_name and not peering_crds_served():
+        # Kopf silently runs without peering when its CRDs are absent; say so, since two copies would then both act.
+        log.warning("Kopf's peering CRDs (kopf.dev) are not installed: peering %r is off and a second operator copy "
+                    "would act at the same time; install them (the Helm chart does) or run one copy only",
+                    RUNTIME.peering_name)
+
+
+def peering_crds_served() -> bool:
+    """True if the API server serves Kopf's peering group ``kopf.dev`` (discovery, allowed to every identity)."""
+    try:
+        groups = client.ApisApi(kube.api_client()).get_api_versions().groups or []
+    except (ApiException, HTTPError) as exc:
+        log.warning("cannot list API groups to check for Kopf's peering CRDs: %s", exc)
+        return True  # unknown: do not claim they are missing
+    return any(g.name == "kopf.dev" for g in groups)
