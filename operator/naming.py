@@ -17,6 +17,11 @@ def keyring_secret_name(shardset: str) -> str:
     return f"{shardset}-keyring"
 
 
+def kek_secret_name(shardset: str) -> str:
+    """The Secret holding a ShardSet's key-encryption key (``kek.key``) when the operator made it."""
+    return f"{shardset}-kek"
+
+
 def config_map_name(shardset: str) -> str:
     """The ConfigMap with the node/cache/predictor settings."""
     return f"{shardset}-config"

@@ -25,7 +25,7 @@ from kubernetes.client.exceptions import ApiException
 
 from .. import kube, naming
 from ..conditions import set_condition
-from ..keyring import add_version, parse_manifest, promote, retire
+from ..keyring import add_version, is_wrapped, parse_kek, parse_manifest, promote, retire, versions_not_unwrapping
 from ..loop import post_events, run_object_loop
 from ..metrics import observe_phase, record_error, record_rotation
 from ..spec.common import SpecError
@@ -104,6 +104,17 @@ def _secret(ns: str, shardset: str) -> dict[str, Any] | None:
     return kube.get("v1", "Secret", ns, naming.keyring_secret_name(shardset))
 
 
+def _read_kek(ns: str, shardset: str) -> bytes:
+    """The ShardSet's KEK (its kekSecretRef, else ``<shardset>-kek``); ValueError without key bytes if unusable."""
+    ss = kube.get(naming.API_VERSION, "ShardSet", ns, shardset) or {}
+    ref = (((ss.get("spec") or {}).get("keyEncryption") or {}).get("kekSecretRef") or {}).get("name")
+    name = ref if isinstance(ref, str) and ref else naming.kek_secret_name(shardset)
+    secret = kube.get("v1", "Secret", ns, name)
+    if secret is None:
+        raise ValueError(f"the key-encryption key Secret {name} does not exist")
+    return parse_kek(secret.get("data"), name)
+
+
 def _write_secret(ns: str, secret: Mapping[str, Any], data: Mapping[str, str] | None = None,
                   annotations: Mapping[str, str | None] | None = None) -> dict[str, Any]:
     """Patch the keyring Secret only if nobody changed it since we read it (resourceVersion precondition)."""
@@ -159,7 +170,22 @@ async def step(body: Mapping[str, Any]) -> Step:
 
     if phase == "Distributing":
         compromised = (int(status["compromisedVersion"]),) if status.get("compromisedVersion") else ()
-        data = add_version(secret["data"], to_v, plan.format_time(now()), compromised)
+        kek: bytes | None = None
+        primary = manifest.primary
+        if (primary is not None and is_wrapped(secret["data"], primary)
+                and not any(v.id == to_v for v in manifest.versions)):
+            # The new version takes the primary's (wrapped) form, under the same KEK the primary unwraps with.
+            try:
+                kek = await asyncio.to_thread(_read_kek, ns, shardset)
+                bad = versions_not_unwrapping(secret["data"], kek)
+                if bad:
+                    raise ValueError(f"key version(s) {bad} do not unwrap under the ShardSet's key-encryption key")
+            except ValueError as exc:
+                st.condition("Ready", False, "KEKUnavailable",
+                             f"{exc}; key version {to_v} is added once the KEK can be read", gen)
+                st.delay = 5.0
+                return st
+        data = add_version(secret["data"], to_v, plan.format_time(now()), compromised, kek=kek)
         if data != secret["data"]:
             secret = await asyncio.to_thread(_write_secret, ns, secret, data)
         target = parse_manifest(secret["data"]).generation

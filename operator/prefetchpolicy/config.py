@@ -45,6 +45,8 @@ def predictor_config(policy: PrefetchPolicySpec) -> dict[str, Any]:
             "intervalSeconds": _seconds(policy.training.interval, TRAINING_INTERVAL_RANGE),
             "historyWindowSeconds": _seconds(policy.training.history_window, HISTORY_WINDOW_RANGE),
         },
+        # Only the switch: the key pipeline's threshold and rate keep the predictor's defaults.
+        "keyPrefetch": {"enabled": policy.key_prefetch.enabled},
     }
 
 
@@ -54,10 +56,12 @@ def cache_overrides(policy: PrefetchPolicySpec, cache_bytes: int) -> dict[str, A
     ``maxInflight`` bounds concurrent prefetch fetches, which is the cache's prefetch worker count (the cache
     starts its workers at start-up, so a change applies when the cache restarts). ``cacheBudget`` caps the
     bytes of unread prefetched blocks; the cache expresses that as a fraction of its byte budget, and the CRD
-    says an unset cacheBudget means the whole cache.
+    says an unset cacheBudget means the whole cache. ``keyCacheSize`` is the number of unwrapped table keys
+    the cache's key cache holds.
     """
     if policy.cache_budget_bytes is None or cache_bytes <= 0:
         fraction = 1.0
     else:
         fraction = min(1.0, policy.cache_budget_bytes / cache_bytes)
-    return {"prefetchWorkers": policy.budget.max_inflight, "prefetchBudgetFraction": fraction}
+    return {"prefetchWorkers": policy.budget.max_inflight, "prefetchBudgetFraction": fraction,
+            "keyCacheSize": policy.key_prefetch.key_cache_size}

@@ -35,8 +35,8 @@ KIND = "PrefetchPolicy"
 PLURAL = "prefetchpolicies"
 POLL_SECONDS = 10.0
 PENDING_SECONDS = 1.0  # while the config for this policy is not yet written or not yet loaded by the shards
-FIGURES = ("activeModel", "hitRatio", "precision", "recall", "wastedBytes", "hintsSent", "hintsUsed", "hintsWasted",
-           "shardsReporting", "shardsExpected", "reporting", "shards")
+FIGURES = ("activeModel", "hitRatio", "keyCache", "precision", "recall", "wastedBytes", "hintsSent", "hintsUsed",
+           "hintsWasted", "shardsReporting", "shardsExpected", "reporting", "shards")
 
 log = logging.getLogger(__name__)
 

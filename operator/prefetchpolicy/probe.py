@@ -10,20 +10,39 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from ..shardset.manifests import CACHE_PORT, PREDICTOR_PORT
-from .status import ShardSample
+from .status import KeyCounters, ShardSample
 
 TIMEOUT = aiohttp.ClientTimeout(total=5)
+# The key cache's counters (contract of issue 6); caches older than the key cache export none of them.
+KEY_FAMILIES = ("chronoshard_cache_key_hits", "chronoshard_cache_key_misses", "chronoshard_cache_key_prefetched",
+                "chronoshard_cache_key_prefetch_used")
+
+
+def _counter_totals(metrics_text: str) -> dict[str, float]:
+    """Counter family name (without ``_total``) → the sum of its ``_total`` samples over all labels."""
+    found: dict[str, float] = {}
+    for family in text_string_to_metric_families(metrics_text):
+        totals = [s.value for s in family.samples if s.name.endswith("_total")]
+        if totals:
+            found[family.name] = sum(totals)
+    return found
 
 
 def cache_counters(metrics_text: str) -> tuple[float, float]:
     """(hits, misses) from the cache's Prometheus exposition."""
-    found: dict[str, float] = {}
-    for family in text_string_to_metric_families(metrics_text):
-        if family.name in ("chronoshard_cache_hits", "chronoshard_cache_misses"):
-            found[family.name] = sum(s.value for s in family.samples if s.name.endswith("_total"))
-    if len(found) != 2:
+    found = _counter_totals(metrics_text)
+    if "chronoshard_cache_hits" not in found or "chronoshard_cache_misses" not in found:
         raise ValueError("cache metrics lack chronoshard_cache_hits/misses")
     return found["chronoshard_cache_hits"], found["chronoshard_cache_misses"]
+
+
+def key_counters(metrics_text: str) -> KeyCounters | None:
+    """The key cache's counters from the cache's exposition; None when the cache exports none of them."""
+    found = _counter_totals(metrics_text)
+    if not any(name in found for name in KEY_FAMILIES):
+        return None
+    hits, misses, prefetched, used = (found.get(name, 0.0) for name in KEY_FAMILIES)
+    return KeyCounters(hits=hits, misses=misses, prefetched=prefetched, prefetch_used=used)
 
 
 async def _predictor(session: aiohttp.ClientSession, ip: str) -> tuple[Mapping[str, Any] | None, str | None]:
@@ -39,22 +58,25 @@ async def _predictor(session: aiohttp.ClientSession, ip: str) -> tuple[Mapping[s
         return None, type(exc).__name__
 
 
-async def _cache(session: aiohttp.ClientSession, ip: str) -> tuple[float | None, float | None, str | None]:
+async def _cache(session: aiohttp.ClientSession, ip: str
+                 ) -> tuple[float | None, float | None, KeyCounters | None, str | None]:
     try:
         async with session.get(f"http://{ip}:{CACHE_PORT}/metrics") as resp:
             if resp.status != 200:
-                return None, None, f"HTTP {resp.status}"
-            hits, misses = cache_counters(await resp.text())
-            return hits, misses, None
+                return None, None, None, f"HTTP {resp.status}"
+            text = await resp.text()
+            hits, misses = cache_counters(text)
+            return hits, misses, key_counters(text), None
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-        return None, None, str(exc) if isinstance(exc, ValueError) else type(exc).__name__
+        return None, None, None, str(exc) if isinstance(exc, ValueError) else type(exc).__name__
 
 
 async def _one(session: aiohttp.ClientSession, shard: int, ip: str | None) -> ShardSample:
     if not ip:
         return ShardSample(shard, predictor_error="pod has no IP yet", cache_error="pod has no IP yet")
-    (report, p_err), (hits, misses, c_err) = await asyncio.gather(_predictor(session, ip), _cache(session, ip))
-    return ShardSample(shard, report, p_err, hits, misses, c_err)
+    (report, p_err), (hits, misses, keys, c_err) = await asyncio.gather(_predictor(session, ip),
+                                                                         _cache(session, ip))
+    return ShardSample(shard, report, p_err, hits, misses, c_err, keys)
 
 
 async def collect(pods: Mapping[int, Mapping[str, Any]], expected: int) -> list[ShardSample]:

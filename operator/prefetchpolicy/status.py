@@ -12,6 +12,16 @@ from typing import Any
 
 
 @dataclass(frozen=True)
+class KeyCounters:
+    """One cache's key-cache counters (``chronoshard_cache_key_*_total``)."""
+
+    hits: float = 0.0
+    misses: float = 0.0
+    prefetched: float = 0.0
+    prefetch_used: float = 0.0
+
+
+@dataclass(frozen=True)
 class ShardSample:
     """What one shard's predictor (``GET :7402/v1/status``) and cache (``/metrics``) answered."""
 
@@ -21,6 +31,7 @@ class ShardSample:
     hits: float | None = None  # cache counters; None: the cache did not answer
     misses: float | None = None
     cache_error: str | None = None
+    keys: KeyCounters | None = None  # None: the cache has no key cache metrics (or did not answer)
 
 
 def _ratio(num: float, den: float) -> float | None:
@@ -74,6 +85,20 @@ def _shard_row(s: ShardSample) -> dict[str, Any]:
     return row
 
 
+def _key_cache(counters: Iterable[KeyCounters]) -> dict[str, Any] | None:
+    """Sum of the caches' key-cache counters; None when no cache reports them."""
+    counters = list(counters)
+    if not counters:
+        return None
+    hits = sum(c.hits for c in counters)
+    out: dict[str, Any] = {"prefetched": int(sum(c.prefetched for c in counters)),
+                           "prefetchUsed": int(sum(c.prefetch_used for c in counters))}
+    ratio = _ratio(hits, hits + sum(c.misses for c in counters))
+    if ratio is not None:
+        out["hitRatio"] = ratio
+    return out
+
+
 def aggregate(samples: Iterable[ShardSample], expected: int) -> dict[str, Any]:
     """The status figures over all shards (keys whose value is unknown are left out)."""
     samples = sorted(samples, key=lambda s: s.shard)
@@ -99,6 +124,9 @@ def aggregate(samples: Iterable[ShardSample], expected: int) -> dict[str, Any]:
     hit_ratio = _ratio(hits, hits + sum(s.misses or 0 for s in caches))
     if hit_ratio is not None:
         out["hitRatio"] = hit_ratio
+    key_cache = _key_cache(s.keys for s in samples if s.keys is not None)
+    if key_cache is not None:
+        out["keyCache"] = key_cache
     models = sorted({str(r["model"]) for r in reports if r.get("model")})
     if models:
         out["activeModel"] = ",".join(models)

@@ -4,7 +4,10 @@ One daemon per ShardSet runs the reconcile loop; it wakes when the ShardSet's sp
 changes or disappears (watch on labelled children → wake the owner), and every ``RESYNC_SECONDS``.
 The keyring Secret is created once and never overwritten: key material is only ever changed by a
 KeyRotation. On deletion the keyring is orphaned, not deleted, because the shards' volumes are retained and
-are unreadable without it; re-creating a ShardSet of the same name adopts both.
+are unreadable without it; re-creating a ShardSet of the same name adopts both. With
+``spec.keyEncryption.provider: embedded`` the keyring's versions are wrapped under a key-encryption key: the
+operator's ``<name>-kek`` Secret (created once, orphaned like the keyring) or the user's ``kekSecretRef``, which
+must exist and hold a 32-byte ``kek.key`` before any keyring is created.
 """
 
 from __future__ import annotations
@@ -22,7 +25,15 @@ from kubernetes.client.exceptions import ApiException
 
 from .. import kube, naming
 from ..conditions import conditions_equal_ignoring_time
-from ..keyring import KeyringManifest, initial_keyring_data, parse_manifest
+from ..keyring import (
+    KeyringManifest,
+    initial_keyring_data,
+    new_kek_data,
+    parse_kek,
+    parse_manifest,
+    versions_not_unwrapping,
+    wrapped_versions,
+)
 from ..loop import post_events, run_object_loop
 from ..metrics import set_key_version
 from ..prefetchpolicy.lookup import policy_in_force
@@ -35,6 +46,10 @@ from .status import Observed, shardset_status
 KIND = "ShardSet"
 PLURAL = "shardsets"
 RESYNC_SECONDS = 30.0
+# A user's kekSecretRef Secret is not a labelled child, so no watch wakes the loop when it is fixed: look sooner.
+KEK_RETRY_SECONDS = 5.0
+KEK_PROBLEMS = ("KEKMissing", "KEKInvalid", "KEKMismatch", "KeyringWrapped")
+BLOCKING = ("InvalidImage", "StorageClassNotFound", "KeyringInvalid", *KEK_PROBLEMS)
 MANAGED = {"app.kubernetes.io/managed-by": naming.MANAGER}
 
 # docker/OCI reference: [registry[:port]/]path[:tag][@digest]; catches typos like spaces or "::".
@@ -53,35 +68,97 @@ class ReconcileResult:
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
     status: dict[str, Any] | None = None
     outcome: str = "success"
+    delay: float = RESYNC_SECONDS
 
 
 def _selector_string(name: str) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(naming.selector_labels(name).items()))
 
 
-def _ensure_keyring(owner: Mapping[str, Any], spec: ShardSetSpec, result: ReconcileResult
-                    ) -> KeyringManifest:
+def _adopt(owner: Mapping[str, Any], secret: Mapping[str, Any], result: ReconcileResult, what: str,
+           reason: str) -> None:
+    """Add our controller ownerReference to an orphaned Secret we made (a ShardSet re-created under the same name)."""
+    meta = secret["metadata"]
+    refs = meta.get("ownerReferences") or []
+    if any(r.get("uid") == owner["metadata"]["uid"] for r in refs):
+        return
+    if any(r.get("controller") for r in refs):
+        raise ValueError(f"Secret {meta['name']} is controlled by another object; not adopting it")
+    kube.merge_patch("v1", "Secret", meta["namespace"], meta["name"],
+                     {"metadata": {"ownerReferences": [*refs, naming.owner_reference(owner)]}})
+    result.events.append(("Normal", reason, f"Adopted existing {what} Secret {meta['name']}"))
+
+
+def _create_once(owner: Mapping[str, Any], manifest: dict[str, Any], result: ReconcileResult,
+                 event: tuple[str, str, str]) -> dict[str, Any]:
+    """Create a Secret that must never be overwritten; if another writer won the race, read theirs."""
+    meta = manifest["metadata"]
+    created = kube.create(manifest)
+    if created is not None:
+        result.events.append(event)
+        return created
+    existing = kube.get("v1", "Secret", meta["namespace"], meta["name"])
+    assert existing is not None
+    return existing
+
+
+def _ensure_kek(owner: Mapping[str, Any], spec: ShardSetSpec, result: ReconcileResult,
+                problems: list[tuple[str, str]]) -> bytes | None:
+    """The KEK bytes for a wrapped keyring (None with provider none, or with a problem recorded)."""
+    name, ns = owner["metadata"]["name"], owner["metadata"]["namespace"]
+    secret_name = manifests.kek_secret_in_use(name, spec)
+    if secret_name is None:
+        return None
+    existing = kube.get("v1", "Secret", ns, secret_name)
+    if spec.key_encryption.kek_secret is not None:
+        # The user's Secret: read it, never create or adopt it.
+        if existing is None:
+            problems.append(("KEKMissing", f"Secret {secret_name} (spec.keyEncryption.kekSecretRef.name) does not "
+                                           "exist; the keyring is created once it holds a 32-byte kek.key"))
+            return None
+    else:
+        if existing is None:
+            existing = _create_once(owner, manifests.kek_secret(owner, new_kek_data()), result,
+                                    ("Normal", "KEKCreated", f"Created key-encryption key Secret {secret_name}"))
+        try:
+            _adopt(owner, existing, result, "key-encryption key", "KEKAdopted")
+        except ValueError as exc:
+            problems.append(("KEKInvalid", str(exc)))
+            return None
+    try:
+        return parse_kek(existing.get("data"), secret_name)
+    except ValueError as exc:
+        problems.append(("KEKInvalid", f"{exc}; the KEK must be 32 bytes"))
+        return None
+
+
+def _ensure_keyring(owner: Mapping[str, Any], spec: ShardSetSpec, kek: bytes | None, result: ReconcileResult,
+                    problems: list[tuple[str, str]]) -> KeyringManifest | None:
+    """Create the keyring once (wrapped under ``kek`` when the spec says so), adopt it, and check it fits the KEK."""
     name, ns = owner["metadata"]["name"], owner["metadata"]["namespace"]
     secret_name = naming.keyring_secret_name(name)
     existing = kube.get("v1", "Secret", ns, secret_name)
     if existing is None:
-        created = kube.create(manifests.keyring_secret(owner, initial_keyring_data(spec.key_algorithm)))
-        if created is not None:
-            result.events.append(("Normal", "KeyringCreated",
-                                  f"Created keyring Secret {secret_name} with key version 1"))
-            existing = created
-        else:  # lost a race with another writer; read what is there
-            existing = kube.get("v1", "Secret", ns, secret_name)
-    assert existing is not None
+        if spec.key_encryption.wrapped and kek is None:
+            return None  # the KEK's problem is reported; a keyring made now would have no KEK to match
+        data = initial_keyring_data(spec.key_algorithm, kek=kek if spec.key_encryption.wrapped else None)
+        form = "wrapped" if spec.key_encryption.wrapped else "unwrapped"
+        existing = _create_once(owner, manifests.keyring_secret(owner, data), result,
+                                ("Normal", "KeyringCreated",
+                                 f"Created keyring Secret {secret_name} with key version 1 ({form})"))
     manifest = parse_manifest(existing.get("data"))
-    refs = existing["metadata"].get("ownerReferences") or []
-    if not any(r.get("uid") == owner["metadata"]["uid"] for r in refs):
-        if any(r.get("controller") for r in refs):
-            raise ValueError(f"Secret {secret_name} is controlled by another object; not adopting it")
-        kube.merge_patch("v1", "Secret", ns, secret_name,
-                         {"metadata": {"ownerReferences": [*refs, naming.owner_reference(owner)]}})
-        result.events.append(("Normal", "KeyringAdopted",
-                              f"Adopted existing keyring Secret {secret_name} (key version {manifest.primary})"))
+    _adopt(owner, existing, result, "keyring", "KeyringAdopted")
+    data = existing.get("data") or {}
+    wrapped = wrapped_versions(data)
+    if wrapped and not spec.key_encryption.wrapped:
+        problems.append(("KeyringWrapped", f"keyring Secret {secret_name} holds wrapped key version(s) "
+                                           f"{list(wrapped)}, but spec.keyEncryption.provider is none: the shards "
+                                           "would have no KEK to unwrap them"))
+    elif wrapped and kek is not None:
+        bad = versions_not_unwrapping(data, kek)
+        if bad:
+            problems.append(("KEKMismatch", f"key version(s) {bad} in keyring Secret {secret_name} do not unwrap "
+                                            f"under the KEK in Secret {manifests.kek_secret_in_use(name, spec)}"))
     return manifest
 
 
@@ -156,8 +233,9 @@ def reconcile(owner: Mapping[str, Any]) -> ReconcileResult:
                          f"StorageClass {spec.storage_class!r} (spec.storage.storageClassName) does not exist"))
 
     keyring: KeyringManifest | None = None
+    kek = _ensure_kek(owner, spec, result, problems)
     try:
-        keyring = _ensure_keyring(owner, spec, result)
+        keyring = _ensure_keyring(owner, spec, kek, result, problems)
     except ValueError as exc:
         problems.append(("KeyringInvalid", str(exc)))
 
@@ -172,7 +250,7 @@ def reconcile(owner: Mapping[str, Any]) -> ReconcileResult:
     kube.apply(manifests.pod_disruption_budget(owner, spec))
 
     live_sts = kube.get("apps/v1", "StatefulSet", ns, naming.statefulset_name(name))
-    blocking = [p for p in problems if p[0] in ("InvalidImage", "StorageClassNotFound", "KeyringInvalid")]
+    blocking = [p for p in problems if p[0] in BLOCKING]
     if blocking:
         # Do not roll pods onto a spec that cannot work; the current pods (if any) keep serving.
         sts = live_sts
@@ -197,6 +275,8 @@ def reconcile(owner: Mapping[str, Any]) -> ReconcileResult:
     result.status = status
     if problems:
         result.outcome = "degraded"
+    if any(p[0] in KEK_PROBLEMS for p in problems):
+        result.delay = KEK_RETRY_SECONDS
     return result
 
 
@@ -245,7 +325,7 @@ async def shardset_loop(name: str, namespace: str, body: kopf.Body, stopped: kop
                 result.events.append(("Warning", p.split(":", 1)[0], p.split(": ", 1)[1]))
             last_problems = problems
         post_events(body, result.events)
-        return result.outcome, RESYNC_SECONDS
+        return result.outcome, result.delay
 
     await run_object_loop(KIND, namespace, name, body, stopped, one_pass)
 
@@ -274,12 +354,11 @@ for _group, _version, _plural in (
 
 @kopf.on.delete(naming.GROUP, naming.VERSION, PLURAL, optional=False)
 def shardset_deleted(name: str, namespace: str, uid: str, **_: Any) -> None:
-    """Orphan the keyring Secret so the retained shard volumes stay readable; everything else is GC'd."""
-    secret_name = naming.keyring_secret_name(name)
-    secret = kube.get("v1", "Secret", namespace, secret_name)
-    if secret is None:
-        return
-    refs = [r for r in secret["metadata"].get("ownerReferences") or [] if r.get("uid") != uid]
-    kube.merge_patch("v1", "Secret", namespace, secret_name, {"metadata": {"ownerReferences": refs or None}})
-    log.info("ShardSet %s/%s deleted: kept keyring Secret %s for its retained volumes", namespace, name,
-             secret_name)
+    """Orphan the keyring and KEK Secrets so the retained shard volumes stay readable; everything else is GC'd."""
+    for secret_name in (naming.keyring_secret_name(name), naming.kek_secret_name(name)):
+        secret = kube.get("v1", "Secret", namespace, secret_name)
+        if secret is None:
+            continue
+        refs = [r for r in secret["metadata"].get("ownerReferences") or [] if r.get("uid") != uid]
+        kube.merge_patch("v1", "Secret", namespace, secret_name, {"metadata": {"ownerReferences": refs or None}})
+        log.info("ShardSet %s/%s deleted: kept Secret %s for its retained volumes", namespace, name, secret_name)

@@ -23,6 +23,7 @@ RUN_AS_USER = 65532
 
 DATA_MOUNT = "/var/lib/chronoshard"
 KEYRING_MOUNT = "/etc/chronoshard/keyring"
+KEK_MOUNT = "/etc/chronoshard/kek"
 PARTITIONS_MOUNT = "/etc/chronoshard/partitions"
 CONFIG_MOUNT = "/etc/chronoshard/config"
 
@@ -103,6 +104,25 @@ def keyring_secret(owner: Mapping[str, Any], data: Mapping[str, str]) -> dict[st
         "metadata": _meta(naming.keyring_secret_name(name), ns, owner, "keyring"),
         "data": dict(data),
     }
+
+
+def kek_secret(owner: Mapping[str, Any], data: Mapping[str, str]) -> dict[str, Any]:
+    """The KEK Secret ``<name>-kek`` (created once, never overwritten, kept when the ShardSet is deleted)."""
+    name, ns = owner["metadata"]["name"], owner["metadata"]["namespace"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": _meta(naming.kek_secret_name(name), ns, owner, "kek"),
+        "data": dict(data),
+    }
+
+
+def kek_secret_in_use(name: str, spec: ShardSetSpec) -> str | None:
+    """The Secret the pods mount as the KEK: the user's (kekSecretRef), the operator's, or None (provider none)."""
+    if not spec.key_encryption.wrapped:
+        return None
+    return spec.key_encryption.kek_secret or naming.kek_secret_name(name)
 
 
 def _service_ports() -> list[dict[str, Any]]:
@@ -221,23 +241,26 @@ def containers(spec: ShardSetSpec) -> list[dict[str, Any]]:
     data = {"name": "data", "mountPath": DATA_MOUNT}
     tmp = {"name": "tmp", "mountPath": "/tmp"}
     map_file = f"{PARTITIONS_MOUNT}/map.json"
+    # Wrapped key versions: node and cache (the processes that decrypt) read the KEK; the predictor never does.
+    kek_mounts = [{"name": "kek", "mountPath": KEK_MOUNT, "readOnly": True}] if spec.key_encryption.wrapped else []
+    kek_args = ["--kek-dir", KEK_MOUNT] if spec.key_encryption.wrapped else []
     node = _container(
         "node",
         [
             "chronoshard-node", "--host", "$(POD_IP)", "--port", str(NODE_PORT),
-            "--data-dir", DATA_MOUNT, "--keyring-dir", KEYRING_MOUNT,
+            "--data-dir", DATA_MOUNT, "--keyring-dir", KEYRING_MOUNT, *kek_args,
             "--partition-map", map_file, "--config", f"{CONFIG_MOUNT}/node.json",
         ],
-        NODE_PORT, spec, [data, keyring, partitions, config, tmp],
+        NODE_PORT, spec, [data, keyring, *kek_mounts, partitions, config, tmp],
     )
     cache = _container(
         "cache",
         [
             "chronoshard-cache", "--host", "$(POD_IP)", "--port", str(CACHE_PORT),
-            "--node-url", f"http://$(POD_IP):{NODE_PORT}", "--keyring-dir", KEYRING_MOUNT,
+            "--node-url", f"http://$(POD_IP):{NODE_PORT}", "--keyring-dir", KEYRING_MOUNT, *kek_args,
             "--partition-map", map_file, "--config", f"{CONFIG_MOUNT}/cache.json",
         ],
-        CACHE_PORT, spec, [keyring, partitions, config, tmp],
+        CACHE_PORT, spec, [keyring, *kek_mounts, partitions, config, tmp],
     )
     predictor = _container(
         "predictor",
@@ -279,6 +302,9 @@ def statefulset(owner: Mapping[str, Any], spec: ShardSetSpec) -> dict[str, Any]:
             {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
         ],
     }
+    kek = kek_secret_in_use(name, spec)
+    if kek is not None:
+        pod_spec["volumes"].insert(1, {"name": "kek", "secret": {"secretName": kek, "defaultMode": 0o440}})
     if template.get("nodeSelector"):
         pod_spec["nodeSelector"] = dict(template["nodeSelector"])
     if template.get("tolerations"):

@@ -10,7 +10,6 @@ from typing import Any
 from chronoshard.operator.spec.common import Fields, SpecError, parse_quantity
 
 MODELS = ("successor", "learned", "auto")
-SECRET_NAME_PATTERN = r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?"
 
 
 @dataclass(frozen=True)
@@ -33,11 +32,10 @@ class Feedback:
 
 @dataclass(frozen=True)
 class KeyPrefetch:
-    """Prefetching of unwrapped table keys."""
+    """Prefetching of unwrapped table keys (the KEK belongs to the ShardSet: spec.keyEncryption)."""
 
     enabled: bool = False
     key_cache_size: int = 64
-    kek_secret: str | None = None
 
 
 @dataclass(frozen=True)
@@ -89,15 +87,9 @@ def parse_prefetchpolicy(spec: Mapping[str, Any] | None) -> PrefetchPolicySpec:
     fb.done()
 
     k = f.obj("keyPrefetch")
-    kek = k.maybe_obj("kekSecretRef")
-    kek_name = None
-    if kek is not None:
-        kek_name = kek.str("name", required=True, pattern=SECRET_NAME_PATTERN, max_length=253)
-        kek.done()
     key_prefetch = KeyPrefetch(
         enabled=bool(k.bool("enabled", default=False)),
         key_cache_size=int(k.int("keyCacheSize", default=64, minimum=1, maximum=65536) or 0),
-        kek_secret=kek_name,
     )
     k.done()
 

@@ -13,9 +13,24 @@ PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 KEY_ALGORITHMS = ("AES-256-GCM",)
 EVICTION_POLICIES = ("lru", "scored")
 CONTAINERS = ("node", "cache", "predictor")
+KEY_PROVIDERS = ("embedded", "none")
+SECRET_NAME_PATTERN = r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?"
 TABLE_NAME_PATTERN = r"[a-z0-9]([-a-z0-9_]*[a-z0-9])?"
 MAX_TABLES = 64
 MAX_TOLERATIONS = 32
+
+
+@dataclass(frozen=True)
+class KeyEncryption:
+    """How table key versions are stored: wrapped under a KEK (``embedded``) or raw (``none``)."""
+
+    provider: str = "embedded"
+    kek_secret: str | None = None  # the user's Secret; None: the operator's ``<shardset>-kek``
+
+    @property
+    def wrapped(self) -> bool:
+        """True when new keyrings hold wrapped versions and the pods mount the KEK."""
+        return self.provider == "embedded"
 
 
 @dataclass(frozen=True)
@@ -38,6 +53,7 @@ class ShardSetSpec:
     # camelCase keys as in the CRD: labels, annotations, nodeSelector, tolerations, priorityClassName
     pod_template: Mapping[str, Any] = field(default_factory=dict)
     pdb_max_unavailable: int = 1
+    key_encryption: KeyEncryption = field(default_factory=KeyEncryption)
 
 
 def parse_shardset(spec: Mapping[str, Any] | None) -> ShardSetSpec:
@@ -48,6 +64,7 @@ def parse_shardset(spec: Mapping[str, Any] | None) -> ShardSetSpec:
     pull = f.str("imagePullPolicy", default="IfNotPresent", enum=PULL_POLICIES)
     tables, descriptions = _tables(f)
     key_algorithm = f.str("keyAlgorithm", default="AES-256-GCM", enum=KEY_ALGORITHMS)
+    key_encryption = _key_encryption(f.obj("keyEncryption"))
 
     storage = f.obj("storage")
     storage_size = storage.quantity("size", default="1Gi")
@@ -83,7 +100,22 @@ def parse_shardset(spec: Mapping[str, Any] | None) -> ShardSetSpec:
         resources=resources,
         pod_template=pod_template,
         pdb_max_unavailable=int(max_unavailable or 0),
+        key_encryption=key_encryption,
     )
+
+
+def _key_encryption(f: Fields) -> KeyEncryption:
+    provider = str(f.str("provider", default="embedded", enum=KEY_PROVIDERS))
+    ref = f.maybe_obj("kekSecretRef")
+    kek_secret = None
+    if ref is not None:
+        kek_secret = ref.str("name", required=True, pattern=SECRET_NAME_PATTERN, max_length=253)
+        ref.done()
+    f.done()
+    if kek_secret is not None and provider != "embedded":
+        # The CRD's CEL rule (fieldPath .kekSecretRef) refuses the same combination.
+        raise SpecError("spec.keyEncryption.kekSecretRef", "kekSecretRef needs provider embedded")
+    return KeyEncryption(provider=provider, kek_secret=kek_secret)
 
 
 def _tables(f: Fields) -> tuple[tuple[str, ...], dict[str, str]]:

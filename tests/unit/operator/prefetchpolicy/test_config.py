@@ -24,6 +24,7 @@ def test_defaults_convert_durations_and_quantities():
         "budget": {"requestsPerSecond": 200, "bytesPerSecond": 16 * 2**20},
         "feedback": {"enabled": True, "targetPrecision": 0.6, "windowSeconds": 600.0},
         "training": {"intervalSeconds": 900.0, "historyWindowSeconds": 86400.0},
+        "keyPrefetch": {"enabled": False},
     }
 
 
@@ -58,18 +59,20 @@ def test_model_names(model, kind):
 
 def test_cache_budget_becomes_a_fraction_of_the_cache():
     assert cache_overrides(policy(cacheBudget="64Mi"), 256 * 2**20) == {
-        "prefetchWorkers": 16, "prefetchBudgetFraction": 0.25}
+        "prefetchWorkers": 16, "prefetchBudgetFraction": 0.25, "keyCacheSize": 64}
     # More than the cache holds is capped at the whole cache; unset means the whole cache (CRD wording).
     assert cache_overrides(policy(cacheBudget="1Gi"), 256 * 2**20)["prefetchBudgetFraction"] == 1.0
     assert cache_overrides(policy(budget={"maxInflight": 4}), 256 * 2**20) == {
-        "prefetchWorkers": 4, "prefetchBudgetFraction": 1.0}
+        "prefetchWorkers": 4, "prefetchBudgetFraction": 1.0, "keyCacheSize": 64}
 
 
 def test_config_map_without_policy_keeps_prefetching_off():
     spec = parse_shardset({"shards": 1, "tables": [{"name": "a"}]})
     cm = manifests.config_map(OWNER, spec)
     assert json.loads(cm["data"]["predictor.json"]) == {"tables": ["a"], "enabled": False}
-    assert "prefetchWorkers" not in json.loads(cm["data"]["cache.json"])
+    cache = json.loads(cm["data"]["cache.json"])
+    # Without a policy the processes' own defaults apply (key cache 64 in the cache, key prefetching off).
+    assert "prefetchWorkers" not in cache and "keyCacheSize" not in cache
 
 
 def test_config_map_with_policy_turns_prefetching_on():
@@ -82,3 +85,15 @@ def test_config_map_with_policy_turns_prefetching_on():
     cache = json.loads(cm["data"]["cache.json"])
     assert cache["budgetBytes"] == 8 * 2**20 and cache["prefetchBudgetFraction"] == 0.25
     assert cache["prefetchWorkers"] == 16
+
+
+def test_key_prefetch_reaches_cache_json_and_predictor_json():
+    spec = parse_shardset({"shards": 1, "tables": [{"name": "a"}]})
+    pol = policy(keyPrefetch={"enabled": True, "keyCacheSize": 4096})
+    cm = manifests.config_map(OWNER, spec, prefetch=pol)
+    assert json.loads(cm["data"]["cache.json"])["keyCacheSize"] == 4096
+    pred = json.loads(cm["data"]["predictor.json"])
+    assert pred["keyPrefetch"] == {"enabled": True}
+    off = manifests.config_map(OWNER, spec, prefetch=policy(keyPrefetch={"keyCacheSize": 1}))
+    assert json.loads(off["data"]["predictor.json"])["keyPrefetch"] == {"enabled": False}
+    assert json.loads(off["data"]["cache.json"])["keyCacheSize"] == 1

@@ -113,3 +113,56 @@ def test_predictor_still_on_old_settings_is_not_ready():
     assert "shard 0: predictor has not loaded this policy yet" in ready["message"]
     assert "shard 1: predictor refused its config: /etc/x/predictor.json: horizonSeconds bad" in ready["message"]
     assert st["shards"][1]["error"] == "predictor config: /etc/x/predictor.json: horizonSeconds bad"
+
+
+def _key_metrics_text(hits=0, misses=0, prefetched=0, used=0, dropped=0) -> str:
+    """A cache exposition with the contract's key-cache counters (names as the cache registers them)."""
+    from prometheus_client import Counter
+
+    m = CacheMetrics()
+    m.hits.inc(5)
+    m.misses.inc(5)
+    r = m.registry
+    for name, value in (("key_hits", hits), ("key_misses", misses), ("key_prefetched", prefetched),
+                        ("key_prefetch_used", used)):
+        Counter(f"chronoshard_cache_{name}", name, registry=r).inc(value)
+    Counter("chronoshard_cache_key_hints_dropped", "dropped", ["reason"], registry=r).labels("not_wrapped").inc(dropped)
+    return generate_latest(r).decode()
+
+
+def test_key_counters_from_the_exposition_and_absent_for_older_caches():
+    from chronoshard.operator.prefetchpolicy.probe import key_counters
+    from chronoshard.operator.prefetchpolicy.status import KeyCounters
+
+    text = _key_metrics_text(hits=30, misses=10, prefetched=12, used=9, dropped=4)
+    assert key_counters(text) == KeyCounters(hits=30, misses=10, prefetched=12, prefetch_used=9)
+    assert cache_counters(text) == (5.0, 5.0)
+    old = generate_latest(CacheMetrics().registry).decode()
+    assert key_counters(old) is None
+
+
+def test_key_cache_is_summed_over_the_shards_and_left_out_without_reports():
+    from chronoshard.operator.prefetchpolicy.status import KeyCounters
+
+    samples = [
+        ShardSample(0, report(1, 1, 0, 0, 1.0, 1.0), hits=1, misses=1,
+                    keys=KeyCounters(hits=30, misses=10, prefetched=12, prefetch_used=9)),
+        ShardSample(1, report(1, 1, 0, 0, 1.0, 1.0), hits=1, misses=1,
+                    keys=KeyCounters(hits=10, misses=50, prefetched=3, prefetch_used=1)),
+        ShardSample(2, report(1, 1, 0, 0, 1.0, 1.0), hits=1, misses=1),  # an older cache: no key metrics
+    ]
+    assert aggregate(samples, 3)["keyCache"] == {"hitRatio": 0.4, "prefetched": 15, "prefetchUsed": 10}
+    assert "keyCache" not in aggregate(samples[2:], 3)
+    # Counters present but no lookup yet: the ratio is unknown and left out, the counts are zero.
+    idle = ShardSample(0, report(0, 0, 0, 0, None, None), hits=0, misses=0, keys=KeyCounters())
+    assert aggregate([idle], 1)["keyCache"] == {"prefetched": 0, "prefetchUsed": 0}
+
+
+def test_active_status_carries_the_key_cache():
+    from chronoshard.operator.prefetchpolicy.status import KeyCounters
+
+    samples = [ShardSample(s, report(1, 1, 0, 0, 1.0, 1.0), hits=1, misses=1,
+                           keys=KeyCounters(hits=3, misses=1, prefetched=2, prefetch_used=2)) for s in (0, 1)]
+    st = build_status(BODY, obs(), samples, now=NOW)
+    assert st["phase"] == "Active"
+    assert st["keyCache"] == {"hitRatio": 0.75, "prefetched": 4, "prefetchUsed": 4}

@@ -110,3 +110,41 @@ def test_pdb(max_unavailable):
 def test_builders_are_deterministic():
     spec = parse_shardset({"shards": 4})
     assert manifests.statefulset(OWNER, spec) == manifests.statefulset(OWNER, spec)
+
+
+def _pod(**spec):
+    return build(**spec)["spec"]["template"]["spec"]
+
+
+def test_embedded_key_encryption_mounts_the_kek_into_node_and_cache_only():
+    for spec, secret in (({}, "orders-kek"),
+                         ({"keyEncryption": {"kekSecretRef": {"name": "byo-kek"}}}, "byo-kek")):
+        pod = _pod(**spec)
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert volumes["kek"] == {"name": "kek", "secret": {"secretName": secret, "defaultMode": 0o440}}
+        node, cache, predictor = pod["containers"]
+        for c in (node, cache):
+            mounts = {m["name"]: m for m in c["volumeMounts"]}
+            assert mounts["kek"] == {"name": "kek", "mountPath": "/etc/chronoshard/kek", "readOnly": True}
+            i = c["command"].index("--kek-dir")
+            assert c["command"][i + 1] == "/etc/chronoshard/kek"
+        assert "kek" not in {m["name"] for m in predictor["volumeMounts"]}
+        assert "--kek-dir" not in predictor["command"]
+
+
+def test_provider_none_mounts_no_kek():
+    pod = _pod(keyEncryption={"provider": "none"})
+    assert "kek" not in {v["name"] for v in pod["volumes"]}
+    for c in pod["containers"]:
+        assert "kek" not in {m["name"] for m in c["volumeMounts"]}
+        assert "--kek-dir" not in c["command"]
+    assert manifests.kek_secret_in_use("orders", parse_shardset({"shards": 1, "keyEncryption": {"provider": "none"}}
+                                                                )) is None
+
+
+def test_kek_secret_is_owned_labelled_and_named_after_the_shardset():
+    secret = manifests.kek_secret(OWNER, {"kek.key": "eA=="})
+    assert secret["metadata"]["name"] == "orders-kek" and secret["metadata"]["namespace"] == "shop"
+    assert secret["metadata"]["ownerReferences"][0]["uid"] == "1234-uid"
+    assert secret["metadata"]["labels"]["app.kubernetes.io/component"] == "kek"
+    assert secret["data"] == {"kek.key": "eA=="} and secret["type"] == "Opaque"

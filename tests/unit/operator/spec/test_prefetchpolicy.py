@@ -16,7 +16,7 @@ def test_sample():
     assert spec.budget == Budget(bytes_per_second=16 * 2**20, requests_per_second=200, max_inflight=16)
     assert spec.cache_budget_bytes == 128 * 2**20
     assert spec.feedback == Feedback(enabled=True, target_precision=0.6, window=timedelta(minutes=10))
-    assert spec.key_prefetch == KeyPrefetch(enabled=True, key_cache_size=64, kek_secret=None)
+    assert spec.key_prefetch == KeyPrefetch(enabled=True, key_cache_size=64)
     assert spec.training == Training(interval=timedelta(minutes=15), history_window=timedelta(hours=24))
 
 
@@ -30,11 +30,17 @@ def test_defaults():
     assert spec.training == Training()
 
 
-def test_kek_secret_and_integer_threshold():
+def test_key_prefetch_and_integer_threshold():
     spec = parse_prefetchpolicy({"shardSetRef": {"name": "o"}, "scoreThreshold": 1,
-                                 "keyPrefetch": {"enabled": True, "kekSecretRef": {"name": "orders-kek.v1"}}})
+                                 "keyPrefetch": {"enabled": True, "keyCacheSize": 512}})
     assert spec.score_threshold == 1.0
-    assert spec.key_prefetch.kek_secret == "orders-kek.v1"
+    assert spec.key_prefetch == KeyPrefetch(enabled=True, key_cache_size=512)
+
+
+def test_kek_secret_ref_is_no_longer_a_policy_field():
+    # The KEK belongs to the ShardSet (spec.keyEncryption); the CRD no longer declares it here.
+    with pytest.raises(SpecError, match=r"spec\.keyPrefetch\.kekSecretRef: unknown field"):
+        parse_prefetchpolicy({"shardSetRef": {"name": "o"}, "keyPrefetch": {"kekSecretRef": {"name": "k"}}})
 
 
 @pytest.mark.parametrize("case", invalid_cases("PrefetchPolicy"), ids=lambda c: c.id)

@@ -4,6 +4,7 @@ import dataclasses
 
 import pytest
 from chronoshard.operator.spec import SpecError, parse_shardset
+from chronoshard.operator.spec.shardset import KeyEncryption
 
 from tests.unit.operator.spec.crdcases import invalid_cases, sample
 
@@ -71,3 +72,30 @@ def test_invalid_case_is_refused_naming_the_field(case):
 
 def test_there_are_at_least_three_invalid_cases():
     assert len(invalid_cases("ShardSet")) >= 3
+
+
+def test_key_encryption_defaults_to_embedded_with_the_operators_kek():
+    assert parse_shardset({"shards": 1}).key_encryption == KeyEncryption(provider="embedded", kek_secret=None)
+    assert parse_shardset(sample("ShardSet")["spec"]).key_encryption.wrapped is True
+
+
+def test_key_encryption_with_own_secret_or_none():
+    own = parse_shardset({"shards": 1, "keyEncryption": {"kekSecretRef": {"name": "my-kek.v2"}}}).key_encryption
+    assert own == KeyEncryption(provider="embedded", kek_secret="my-kek.v2") and own.wrapped
+    raw = parse_shardset({"shards": 1, "keyEncryption": {"provider": "none"}}).key_encryption
+    assert raw == KeyEncryption(provider="none") and not raw.wrapped
+
+
+@pytest.mark.parametrize(("key_encryption", "field"), [
+    ({"provider": "kms"}, "spec.keyEncryption.provider"),
+    ({"provider": "none", "kekSecretRef": {"name": "k"}}, "spec.keyEncryption.kekSecretRef"),
+    ({"kekSecretRef": {}}, "spec.keyEncryption.kekSecretRef.name"),
+    ({"kekSecretRef": {"name": "Bad_Name"}}, "spec.keyEncryption.kekSecretRef.name"),
+    ({"kekSecretRef": {"name": "k", "key": "kek.key"}}, "spec.keyEncryption.kekSecretRef.key"),
+    ({"wrap": True}, "spec.keyEncryption.wrap"),
+    ("embedded", "spec.keyEncryption"),
+])
+def test_bad_key_encryption_is_refused_naming_the_field(key_encryption, field):
+    with pytest.raises(SpecError) as err:
+        parse_shardset({"shards": 1, "keyEncryption": key_encryption})
+    assert err.value.field_path == field
