@@ -24,6 +24,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--node-url", default=node_url, required=not node_url, help="base URL of this shard's node")
     p.add_argument("--keyring-dir", default=keyring_dir, required=not keyring_dir,
                    help="mounted keyring Secret directory")
+    p.add_argument("--kek-dir", default=env("CHRONOSHARD_KEK_DIR"),
+                   help="mounted KEK Secret directory (kek.key); required when the keyring holds v<N>.wrapped")
+    p.add_argument("--unwrap-latency-ms", type=float, default=0.0,
+                   help="add this delay to every key unwrap, to model a KMS round trip (benchmarks only)")
     p.add_argument("--partition-map", default=env("CHRONOSHARD_PARTITION_MAP"), help="partition map file (map.json)")
     p.add_argument("--shard-index", type=int, default=None,
                    help="this shard's index (default: the ordinal in $POD_NAME)")
@@ -38,7 +42,11 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point."""
     args = parser().parse_args(argv)
     setup_logging(args.log_level)
-    cfg = CacheConfig(node_url=args.node_url, keyring_dir=Path(args.keyring_dir))
+    if not 0 <= args.unwrap_latency_ms <= 60_000:
+        parser().error("--unwrap-latency-ms must be between 0 and 60000")
+    cfg = CacheConfig(node_url=args.node_url, keyring_dir=Path(args.keyring_dir),
+                      kek_dir=Path(args.kek_dir) if args.kek_dir else None,
+                      unwrap_latency_s=args.unwrap_latency_ms / 1000.0)
     cfg.apply(load_json_config(args.config))  # now, because the body size limit is fixed when the app is built
     cfg.settings_path = args.config
     if args.budget_bytes is not None:

@@ -13,16 +13,19 @@ import os
 import struct
 import threading
 import time
-from collections.abc import Hashable
+from collections.abc import Callable, Collection, Hashable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
 
 from .cache.eviction import ScoredPolicy
-from .keyring import KEY_SIZE, derive_table_key, snapshot_dir
+from .keyring import KEY_SIZE, KeyNotHeld, KeyUnavailable, derive_table_key, snapshot_dir
+
+__all__ = ["EmbeddedKeyProvider", "FixedLatencyProvider", "KeyCache", "KeyNotHeld", "KeyProvider", "KeyUnavailable",
+           "unwrap_key", "wrap_key"]
 
 KEK_FILE = "kek.key"
 _MAGIC = b"CSWK"
@@ -31,14 +34,15 @@ ALGORITHMS = {"A256GCM": ALG_GCM, "A256KW": ALG_KW}
 _AAD = b"chronoshard/wrapped-key/v1/"
 
 
-class KeyUnavailable(LookupError):
-    """A key version cannot be unwrapped (missing, corrupt, or wrapped under another KEK)."""
-
-
 class KeyProvider(Protocol):
-    """Source of unwrapped table keys (the embedded KEK file today, a KMS later)."""
+    """Source of unwrapped table keys (the embedded KEK file today, a KMS later).
+
+    ``unwrap`` returns the 32-byte table key; ``check`` unwraps the version key once and discards it (used when a
+    keyring loads, so a wrong KEK is caught then). Both raise KeyUnavailable, never with key bytes in the message.
+    """
 
     def unwrap(self, table: str, version: int) -> bytes: ...
+    def check(self, version: int) -> None: ...
 
 
 def _check_key(name: str, key: bytes) -> None:
@@ -107,13 +111,20 @@ class EmbeddedKeyProvider:
             raise KeyUnavailable(f"the KEK file holds {len(kek)} bytes, expected {KEY_SIZE}")
         return kek
 
-    def unwrap(self, table: str, version: int) -> bytes:
-        """The table key of `table` under key version `version`."""
+    def _version_key(self, version: int) -> bytes:
         try:
             blob = (snapshot_dir(self.keyring_dir) / f"v{version}.wrapped").read_bytes()
         except OSError as exc:
             raise KeyUnavailable(f"no wrapped key for version {version}: {exc.strerror}") from None
-        return derive_table_key(unwrap_key(self._kek(), blob, version), table)
+        return unwrap_key(self._kek(), blob, version)
+
+    def unwrap(self, table: str, version: int) -> bytes:
+        """The table key of `table` under key version `version`."""
+        return derive_table_key(self._version_key(version), table)
+
+    def check(self, version: int) -> None:
+        """KeyUnavailable unless `version`'s blob unwraps under the current KEK."""
+        self._version_key(version)
 
 
 class FixedLatencyProvider:
@@ -129,65 +140,157 @@ class FixedLatencyProvider:
         time.sleep(self.latency_s)
         return self.inner.unwrap(table, version)
 
+    def check(self, version: int) -> None:
+        """Sleep, then delegate (a KMS would need a round trip here too); not counted in ``calls``."""
+        time.sleep(self.latency_s)
+        self.inner.check(version)
+
 
 class KeyCache:
-    """A few unwrapped table keys, evicted by the scored policy (recency, frequency, prefetch score)."""
+    """A few unwrapped table keys, evicted by the scored policy (recency, frequency, prefetch score).
 
-    def __init__(self, provider: KeyProvider, capacity: int = 64) -> None:
+    Thread-safe: the node reads from several threads and the cache unwraps in worker threads. Concurrent
+    misses for one key share one unwrap. ``on_unwrap(path, seconds)`` ("demand" or "prefetch") observes
+    the slow path's latency.
+    """
+
+    def __init__(self, provider: KeyProvider, capacity: int = 64,
+                 on_unwrap: Callable[[str, float], None] | None = None) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
-        self.provider, self.capacity = provider, capacity
+        self.provider, self.capacity, self.on_unwrap = provider, capacity, on_unwrap
         self._keys: dict[Hashable, bytes] = {}
         self._policy = ScoredPolicy()
         self._lock = threading.Lock()
+        self._inflight: dict[Hashable, threading.Event] = {}
         self.hits = self.misses = self.prefetched = self.prefetch_used = 0
         self._unused_prefetch: set[Hashable] = set()
 
     def __repr__(self) -> str:  # never the keys themselves
         return f"KeyCache(capacity={self.capacity}, held={len(self._keys)})"
 
+    @property
+    def held(self) -> int:
+        """Table keys in memory now."""
+        return len(self._keys)
+
+    def _evict_to(self, capacity: int) -> None:
+        while len(self._keys) > capacity:
+            victim = self._policy.victim()
+            self._policy.remove(victim)
+            self._keys.pop(victim, None)
+            self._unused_prefetch.discard(victim)
+
     def _put(self, ident: tuple[str, int], key: bytes, score: float) -> None:
         with self._lock:
             if ident in self._keys:
                 return
-            while len(self._keys) >= self.capacity:
-                victim = self._policy.victim()
-                self._policy.remove(victim)
-                self._keys.pop(victim, None)
-                self._unused_prefetch.discard(victim)
+            self._evict_to(self.capacity - 1)
             self._keys[ident] = key
             self._policy.insert(ident, KEY_SIZE, prefetch_score=score)
             if score > 0:
                 self._unused_prefetch.add(ident)
 
-    def get(self, table: str, version: int) -> bytes:
-        """The table key: from memory, else unwrapped now (the slow path)."""
-        ident = (table, version)
-        with self._lock:
-            key = self._keys.get(ident)
-            if key is not None:
-                self.hits += 1
-                self._policy.touch(ident)
-                if ident in self._unused_prefetch:
-                    self._unused_prefetch.discard(ident)
-                    self.prefetch_used += 1
-                return key
-            self.misses += 1
-        key = self.provider.unwrap(table, version)
-        self._put(ident, key, 0.0)
+    def _hit(self, ident: Hashable) -> None:
+        # under the lock
+        self._policy.touch(ident)
+        if ident in self._unused_prefetch:
+            self._unused_prefetch.discard(ident)
+            self.prefetch_used += 1
+
+    def _unwrap(self, ident: tuple[str, int], path: str) -> bytes:
+        t0 = time.perf_counter()
+        key = self.provider.unwrap(*ident)
+        if self.on_unwrap is not None:
+            self.on_unwrap(path, time.perf_counter() - t0)
         return key
 
+    def _claim(self, ident: tuple[str, int]) -> threading.Event | None:
+        # under the lock: None if another thread is already unwrapping ``ident``, else our claim on it
+        if ident in self._inflight:
+            return None
+        done = self._inflight[ident] = threading.Event()
+        return done
+
+    def _release(self, ident: tuple[str, int], done: threading.Event) -> None:
+        with self._lock:
+            self._inflight.pop(ident, None)
+        done.set()
+
+    def get(self, table: str, version: int, unwrap: bool = True) -> bytes:
+        """The table key: from memory, else unwrapped now (the slow path; KeyNotHeld if ``unwrap`` is False)."""
+        ident = (table, version)
+        counted = False
+        while True:
+            with self._lock:
+                key = self._keys.get(ident)
+                if key is not None:
+                    if not counted:
+                        self.hits += 1
+                    self._hit(ident)
+                    return key
+                if not unwrap:
+                    raise KeyNotHeld(f"table key of {table!r} under version {version} is not held")
+                if not counted:
+                    self.misses += 1
+                    counted = True
+                claim = self._claim(ident)
+                waiting = None if claim is not None else self._inflight[ident]
+            if waiting is not None:
+                waiting.wait()
+                continue  # held now, or the other unwrap failed and this thread tries itself
+            assert claim is not None
+            try:
+                key = self._unwrap(ident, "demand")
+                self._put(ident, key, 0.0)
+                return key
+            finally:
+                self._release(ident, claim)
+
     def prefetch(self, table: str, version: int, score: float) -> bool:
-        """Unwrap ahead of need (call from a worker); False if already held."""
+        """Unwrap ahead of need (call from a worker); False if already held or being unwrapped."""
         ident = (table, version)
         with self._lock:
             if ident in self._keys:
                 return False
-        key = self.provider.unwrap(table, version)
-        self._put(ident, key, score)
+            claim = self._claim(ident)
+        if claim is None:
+            return False
+        try:
+            key = self._unwrap(ident, "prefetch")
+            self._put(ident, key, score)
+        finally:
+            self._release(ident, claim)
         with self._lock:
             self.prefetched += 1
         return True
+
+    def check(self, version: int) -> None:
+        """KeyUnavailable unless ``version`` unwraps (keyring load); nothing is kept."""
+        self.provider.check(version)
+
+    def retain(self, versions: Collection[int]) -> None:
+        """Drop the table keys of every version not in ``versions`` (they left the keyring)."""
+        keep = set(versions)
+        with self._lock:
+            for ident in [i for i in self._keys if i[1] not in keep]:  # type: ignore[index]
+                self._policy.remove(ident)
+                self._keys.pop(ident, None)
+                self._unused_prefetch.discard(ident)
+
+    def resize(self, capacity: int) -> None:
+        """A new capacity (live setting); evicts down to it at once."""
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        with self._lock:
+            self.capacity = capacity
+            self._evict_to(capacity)
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for `/v1/cache` and metrics (no key material)."""
+        with self._lock:
+            return {"capacity": self.capacity, "held": len(self._keys), "hits": self.hits, "misses": self.misses,
+                    "prefetched": self.prefetched, "prefetchUsed": self.prefetch_used}
 
     def __contains__(self, ident: object) -> bool:
         return ident in self._keys

@@ -7,10 +7,10 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -33,9 +33,32 @@ class KeyringError(ValueError):
 class MissingKeyVersion(LookupError):
     """A block names a key version this keyring does not hold (retired or not yet loaded)."""
 
-    def __init__(self, version: int) -> None:
-        super().__init__(f"key version {version} is not in the loaded keyring")
+    def __init__(self, version: int, message: str | None = None) -> None:
+        super().__init__(message or f"key version {version} is not in the loaded keyring")
         self.version = version
+
+
+class KeyVersionUnavailable(MissingKeyVersion):
+    """A wrapped version is listed but its table key could not be unwrapped now (KEK or blob problem)."""
+
+    def __init__(self, version: int, reason: str) -> None:
+        super().__init__(version, f"key version {version} could not be unwrapped: {reason}")
+
+
+class KeyUnavailable(LookupError):
+    """A key version cannot be unwrapped (missing, corrupt, or wrapped under another KEK)."""
+
+
+class KeyNotHeld(LookupError):
+    """The table key is not in memory and the caller asked not to unwrap it here (e.g. on the event loop)."""
+
+
+class TableKeys(Protocol):
+    """The process-wide source of unwrapped table keys for wrapped versions (keyprovider.KeyCache)."""
+
+    def get(self, table: str, version: int, unwrap: bool = True) -> bytes: ...
+    def check(self, version: int) -> None: ...
+    def retain(self, versions: Collection[int]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -55,9 +78,14 @@ def derive_table_key(master: bytes, table: str) -> bytes:
 
 
 class Keyring:
-    """An immutable loaded keyring: versions, the primary, and lazily derived per-table AEADs."""
+    """An immutable loaded keyring: versions, the primary, and lazily derived per-table AEADs.
 
-    def __init__(self, generation: int, versions: list[KeyVersion], keys: dict[int, bytes]) -> None:
+    Raw versions keep their version key here; wrapped versions keep nothing but their id and get each
+    table key from the process-wide ``table_keys`` cache (which unwraps on a miss).
+    """
+
+    def __init__(self, generation: int, versions: list[KeyVersion], keys: dict[int, bytes],
+                 wrapped: Collection[int] = (), table_keys: TableKeys | None = None) -> None:
         self.generation = generation
         self.versions = tuple(sorted(versions, key=lambda v: v.id))
         primaries = [v.id for v in self.versions if v.state == "primary"]
@@ -65,6 +93,10 @@ class Keyring:
             raise KeyringError(f"exactly one primary version required, found {len(primaries)}")
         self.primary = primaries[0]
         self.compromised = frozenset(v.id for v in self.versions if v.compromised)
+        self.wrapped = frozenset(wrapped)
+        if self.wrapped and table_keys is None:
+            raise KeyringError("wrapped versions need a key cache to unwrap table keys")
+        self._table_keys = table_keys
         self.__keys = dict(keys)
         self._aeads: dict[tuple[int, str], AESGCM] = {}
         self._lock = threading.Lock()
@@ -75,10 +107,20 @@ class Keyring:
 
     def has(self, version: int) -> bool:
         """True if ``version`` can decrypt."""
-        return version in self.__keys
+        return version in self.__keys or version in self.wrapped
 
-    def aead(self, version: int, table: str) -> AESGCM:
-        """The AES-256-GCM instance for ``table`` under ``version``; MissingKeyVersion if not held."""
+    def aead(self, version: int, table: str, unwrap: bool = True) -> AESGCM:
+        """The AES-256-GCM instance for ``table`` under ``version``; MissingKeyVersion if not held.
+
+        For a wrapped version with ``unwrap=False``, KeyNotHeld instead of a (slow) unwrap on a key-cache miss.
+        """
+        if version in self.wrapped:
+            assert self._table_keys is not None
+            try:
+                # Not kept in _aeads: the key cache alone bounds how many unwrapped table keys live in memory.
+                return AESGCM(self._table_keys.get(table, version, unwrap=unwrap))
+            except KeyUnavailable as exc:
+                raise KeyVersionUnavailable(version, str(exc)) from None
         cached = self._aeads.get((version, table))
         if cached is not None:
             return cached
@@ -99,6 +141,7 @@ class Keyring:
             "primary": self.primary,
             "versions": [{"id": v.id, "state": v.state} for v in self.versions],
             "compromised": sorted(self.compromised),
+            "wrapped": sorted(self.wrapped),
         }
 
 
@@ -151,8 +194,12 @@ def parse_manifest(text: str) -> tuple[int, list[KeyVersion]]:
     return generation, versions
 
 
-def load_keyring(directory: Path) -> Keyring:
-    """Read one consistent snapshot of the keyring directory; KeyringError on any problem."""
+def load_keyring(directory: Path, table_keys: TableKeys | None = None) -> Keyring:
+    """Read one consistent snapshot of the keyring directory; KeyringError on any problem.
+
+    Each version has exactly one of ``v<id>.key`` (raw) or ``v<id>.wrapped`` (under the KEK); every wrapped
+    version is unwrapped once through ``table_keys`` (None: no KEK configured) so a wrong KEK fails here.
+    """
     base = snapshot_dir(Path(directory))
     try:
         text = (base / MANIFEST).read_text()
@@ -160,16 +207,31 @@ def load_keyring(directory: Path) -> Keyring:
         raise KeyringError(f"cannot read {MANIFEST}: {exc.strerror}") from None
     generation, versions = parse_manifest(text)
     keys: dict[int, bytes] = {}
+    wrapped: list[int] = []
     for v in versions:
+        raw, blob = base / f"v{v.id}.key", base / f"v{v.id}.wrapped"
+        has_raw, has_blob = os.path.lexists(raw), os.path.lexists(blob)
+        if has_raw and has_blob:
+            raise KeyringError(f"version {v.id} has both v{v.id}.key and v{v.id}.wrapped; exactly one is allowed")
+        if has_blob:
+            if table_keys is None:
+                raise KeyringError(f"version {v.id} is wrapped but no KEK directory is configured (--kek-dir)")
+            try:
+                table_keys.check(v.id)
+            except KeyUnavailable as exc:
+                raise KeyringError(f"version {v.id} is wrapped but cannot be unwrapped: {exc}") from None
+            wrapped.append(v.id)
+            continue
         try:
-            material = (base / f"v{v.id}.key").read_bytes()
+            material = raw.read_bytes()
         except OSError as exc:
-            raise KeyringError(f"cannot read key file for version {v.id}: {exc.strerror}") from None
+            raise KeyringError(f"cannot read key file for version {v.id} (v{v.id}.key or v{v.id}.wrapped): "
+                               f"{exc.strerror}") from None
         if len(material) != KEY_SIZE:
             # Report only the length, never the content.
             raise KeyringError(f"key file for version {v.id} holds {len(material)} bytes, expected {KEY_SIZE}")
         keys[v.id] = material
-    return Keyring(generation, versions, keys)
+    return Keyring(generation, versions, keys, wrapped, table_keys)
 
 
 def fingerprint(directory: Path) -> tuple[Any, ...]:
@@ -194,8 +256,10 @@ def fingerprint(directory: Path) -> tuple[Any, ...]:
 class KeyringWatcher:
     """Holds the current keyring; reloads it when the directory changes and keeps the old one on error."""
 
-    def __init__(self, directory: Path, on_reload: Callable[[Keyring | None, str | None], None] | None = None) -> None:
+    def __init__(self, directory: Path, on_reload: Callable[[Keyring | None, str | None], None] | None = None,
+                 table_keys: TableKeys | None = None) -> None:
         self.directory = Path(directory)
+        self.table_keys = table_keys  # one per process, kept across reloads
         self.keyring: Keyring | None = None
         self.load_error: str | None = None
         self._fingerprint: tuple[Any, ...] | None = None
@@ -208,7 +272,7 @@ class KeyringWatcher:
             return False
         self._fingerprint = fp
         try:
-            ring = load_keyring(self.directory)
+            ring = load_keyring(self.directory, self.table_keys)
         except KeyringError as exc:
             self.load_error = str(exc)
             if self.keyring is None:
@@ -220,8 +284,10 @@ class KeyringWatcher:
             return False
         self.keyring = ring
         self.load_error = None
-        log.info("keyring loaded: generation %s, primary %s, versions %s",
-                 ring.generation, ring.primary, [v.id for v in ring.versions])
+        if self.table_keys is not None:
+            self.table_keys.retain(ring.wrapped)  # table keys of versions that left the keyring go
+        log.info("keyring loaded: generation %s, primary %s, versions %s, wrapped %s",
+                 ring.generation, ring.primary, [v.id for v in ring.versions], sorted(ring.wrapped))
         if self._on_reload:
             self._on_reload(ring, None)
         return True
@@ -229,7 +295,7 @@ class KeyringWatcher:
     def describe(self) -> dict[str, Any]:
         """The `/v1/keys` body: loaded versions and the last load error (null if the last load worked)."""
         if self.keyring is None:
-            body: dict[str, Any] = {"generation": None, "primary": None, "versions": []}
+            body: dict[str, Any] = {"generation": None, "primary": None, "versions": [], "wrapped": []}
         else:
             body = self.keyring.describe()
         body["loadError"] = self.load_error

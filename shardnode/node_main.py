@@ -28,6 +28,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=data_dir, required=not data_dir, help="directory holding the SQLite store")
     p.add_argument("--keyring-dir", default=keyring_dir, required=not keyring_dir,
                    help="mounted keyring Secret directory")
+    p.add_argument("--kek-dir", default=env("CHRONOSHARD_KEK_DIR"),
+                   help="mounted KEK Secret directory (kek.key); required when the keyring holds v<N>.wrapped")
     p.add_argument("--partition-map", default=env("CHRONOSHARD_PARTITION_MAP"), help="partition map file (map.json)")
     p.add_argument("--shard-index", type=int, default=None,
                    help="this shard's index (default: the ordinal in $POD_NAME)")
@@ -40,7 +42,8 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point."""
     args = parser().parse_args(argv)
     setup_logging(args.log_level)
-    cfg = NodeConfig(data_dir=Path(args.data_dir), keyring_dir=Path(args.keyring_dir))
+    cfg = NodeConfig(data_dir=Path(args.data_dir), keyring_dir=Path(args.keyring_dir),
+                     kek_dir=Path(args.kek_dir) if args.kek_dir else None)
     cfg.apply(load_json_config(args.config))  # now, because the body size limit is fixed when the app is built
     cfg.settings_path = args.config
     cfg.partitions, cfg.shard_index = partition_setup(args.partition_map, args.shard_index)

@@ -28,6 +28,7 @@ from .http_common import (
     read_block_body,
     table_param,
 )
+from .keyprovider import EmbeddedKeyProvider, KeyCache
 from .keyring import KeyringWatcher, MissingKeyVersion
 from .metrics import NodeMetrics
 from .settings_watch import SettingsWatcher
@@ -46,6 +47,7 @@ from .verify import VerifyReport, run_verify
 
 log = logging.getLogger(__name__)
 
+MAX_KEY_CACHE = 65536
 FRAME_HEADERS = ("X-Chronoshard-Checksum", "X-Chronoshard-Key-Version", "X-Chronoshard-Lsn")
 
 
@@ -67,6 +69,8 @@ class NodeConfig:
     settings_path: str | None = None  # node.json, re-applied when the mounted ConfigMap changes
     # How long a write waits for a new primary while the current one is marked compromised (then 503).
     compromised_write_hold_seconds: float = 20.0
+    kek_dir: Path | None = None  # the mounted KEK Secret (kek.key); needed for wrapped key versions
+    key_cache_size: int = 1024  # unwrapped table keys held (wrapped versions only)
 
     def apply(self, settings: dict[str, Any]) -> None:
         """Overlay settings from node.json (unknown keys ignored, wrong types logged and ignored)."""
@@ -86,6 +90,12 @@ class NodeConfig:
                     setattr(self, attr, value)
                 else:
                     log.error("config %s=%r ignored: must be a positive number", name, value)
+        if "keyCacheSize" in settings:
+            size = settings["keyCacheSize"]
+            if isinstance(size, int) and not isinstance(size, bool) and 1 <= size <= MAX_KEY_CACHE:
+                self.key_cache_size = size
+            else:
+                log.error("config keyCacheSize=%r ignored: must be an integer in 1..%d", size, MAX_KEY_CACHE)
 
 
 class Node:
@@ -94,7 +104,11 @@ class Node:
     def __init__(self, cfg: NodeConfig) -> None:
         self.cfg = cfg
         self.metrics = NodeMetrics()
-        self.keys = KeyringWatcher(cfg.keyring_dir, on_reload=self.metrics.keyring.observe)
+        # One key cache for the process, kept across keyring reloads; reads and writes unwrap in threads.
+        self.key_cache = (KeyCache(EmbeddedKeyProvider(cfg.kek_dir, cfg.keyring_dir), cfg.key_cache_size)
+                          if cfg.kek_dir is not None else None)
+        self.keys = KeyringWatcher(cfg.keyring_dir, on_reload=self.metrics.keyring.observe,
+                                   table_keys=self.key_cache)
         self.settings = SettingsWatcher(cfg.settings_path, self._apply_settings, self.metrics.settings.observe)
         self.store: Store | None = None
         self.rewrap: rewrap.RewrapRunner | None = None
@@ -161,6 +175,8 @@ class Node:
         self.cfg.apply(doc)
         if self.rewrap is not None:
             self.rewrap.pause = self.cfg.rewrap_pause_seconds
+        if self.key_cache is not None:
+            self.key_cache.resize(self.cfg.key_cache_size)
 
     def _wake(self) -> None:
         # Long-polling change readers wait on this event; replace it so each wait sees the next commit.

@@ -28,6 +28,7 @@ from ..http_common import (
     read_block_body,
     table_param,
 )
+from ..keyprovider import EmbeddedKeyProvider, FixedLatencyProvider, KeyCache, KeyProvider
 from ..keyring import KeyringWatcher
 from ..metrics import CacheMetrics
 from ..settings_watch import SettingsWatcher
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 # Routing headers a client sends are passed on to the node with writes (see routing.py).
 PASS_HEADERS = ("X-Chronoshard-Forwarded", "X-Chronoshard-Routed")
 MAX_HINTS = 1000
+MAX_KEY_CACHE = 65536
 
 
 @dataclass
@@ -64,6 +66,9 @@ class CacheConfig:
     shard_index: int | None = None
     peers: Any = None  # routing.PeerURLs
     settings_path: str | None = None  # cache.json, re-applied when the mounted ConfigMap changes
+    kek_dir: Path | None = None  # the mounted KEK Secret (kek.key); needed for wrapped key versions
+    key_cache_size: int = 64  # unwrapped table keys held (wrapped versions only)
+    unwrap_latency_s: float = 0.0  # added to every unwrap: models a KMS round trip in benchmarks
 
     def apply(self, settings: dict[str, Any]) -> None:
         """Overlay settings from cache.json (unknown keys ignored; bad values logged and ignored)."""
@@ -82,6 +87,12 @@ class CacheConfig:
                 setattr(self, attr, typ(v))
             else:
                 log.error("config %s=%r ignored", name, v)
+        if "keyCacheSize" in settings:
+            size = settings["keyCacheSize"]
+            if isinstance(size, int) and not isinstance(size, bool) and 1 <= size <= MAX_KEY_CACHE:
+                self.key_cache_size = size
+            else:
+                log.error("config keyCacheSize=%r ignored: must be an integer in 1..%d", size, MAX_KEY_CACHE)
         for name in ("evictionPolicy", "eviction"):  # the operator writes evictionPolicy
             if name in settings:
                 if settings[name] in ("lru", "scored"):
@@ -97,7 +108,15 @@ class CacheApp:
     def __init__(self, cfg: CacheConfig) -> None:
         self.cfg = cfg
         self.metrics = CacheMetrics()
-        self.keys = KeyringWatcher(cfg.keyring_dir, on_reload=self.metrics.keyring.observe)
+        self.key_cache: KeyCache | None = None
+        if cfg.kek_dir is not None:
+            provider: KeyProvider = EmbeddedKeyProvider(cfg.kek_dir, cfg.keyring_dir)
+            if cfg.unwrap_latency_s > 0:
+                provider = FixedLatencyProvider(provider, cfg.unwrap_latency_s)
+            # One key cache for the process, kept across keyring reloads.
+            self.key_cache = KeyCache(provider, cfg.key_cache_size)
+        self.keys = KeyringWatcher(cfg.keyring_dir, on_reload=self.metrics.keyring.observe,
+                                   table_keys=self.key_cache)
         self.settings = SettingsWatcher(cfg.settings_path, self._apply_settings, self.metrics.settings.observe)
         self.log = AccessLog(cfg.access_log_size)
         self.session: aiohttp.ClientSession | None = None
@@ -127,6 +146,8 @@ class CacheApp:
     def _apply_settings(self, doc: dict[str, Any]) -> None:
         before = self.cfg.eviction
         self.cfg.apply(doc)
+        if self.key_cache is not None:
+            self.key_cache.resize(self.cfg.key_cache_size)
         if self.cache is not None:
             self.cache.resize(self.cfg.budget_bytes, self.cfg.prefetch_budget_fraction)
             if self.cfg.eviction != before:

@@ -27,7 +27,7 @@ def test_loads_kubelet_layout_and_reports_without_key_material(tmp_path):
     assert ring.generation == 3 and ring.primary == 2
     assert ring.describe() == {"generation": 3, "primary": 2,
                                "versions": [{"id": 1, "state": "decrypt-only"}, {"id": 2, "state": "primary"}],
-                               "compromised": []}
+                               "compromised": [], "wrapped": []}
     assert K1.hex() not in repr(ring) and K2.hex() not in json.dumps(ring.describe())
 
 
@@ -112,7 +112,8 @@ def test_watcher_without_any_keyring_reports_error(tmp_path):
     w = KeyringWatcher(tmp_path / "absent")
     assert not w.poll()
     assert w.keyring is None and "cannot read keyring.json" in w.load_error
-    assert w.describe() == {"generation": None, "primary": None, "versions": [], "loadError": w.load_error}
+    assert w.describe() == {"generation": None, "primary": None, "versions": [], "wrapped": [],
+                            "loadError": w.load_error}
 
 
 def test_old_snapshot_removed_after_swap_does_not_matter(tmp_path):
@@ -122,3 +123,147 @@ def test_old_snapshot_removed_after_swap_does_not_matter(tmp_path):
     write_keyring(tmp_path, 2, {1: ("primary", K1)})
     shutil.rmtree(first)  # kubelet deletes the previous timestamped dir after the swap
     assert w.poll() and w.keyring.generation == 2
+
+
+# ---- wrapped versions (v<id>.wrapped under a KEK) ------------------------------------------------
+KEK = os.urandom(32)
+
+
+def _secret_forms(*keys: bytes) -> list[str]:
+    """Every printable form a key could leak in."""
+    import base64
+
+    return [f for k in keys for f in (k.hex(), base64.b64encode(k).decode(), repr(k)[2:-1])]
+
+
+def _cache(tmp_path, capacity=64, kek=KEK):
+    from chronoshard.shardnode.keyprovider import EmbeddedKeyProvider, KeyCache
+
+    from tests.unit.shardnode.kubelet_dir import write_kek
+
+    write_kek(tmp_path / "kek", kek)
+    return KeyCache(EmbeddedKeyProvider(tmp_path / "kek", tmp_path / "keyring"), capacity)
+
+
+def test_wrapped_keyring_loads_and_derives_the_same_table_keys(tmp_path):
+    write_keyring(tmp_path / "keyring", 2, {1: ("decrypt-only", K1), 2: ("primary", K2)}, kek=KEK, wrapped={1, 2})
+    kc = _cache(tmp_path)
+    ring = load_keyring(tmp_path / "keyring", kc)
+    assert ring.wrapped == {1, 2} and ring.has(1) and ring.has(2) and not ring.has(3)
+    assert ring.describe()["wrapped"] == [1, 2]
+    assert kc.held == 0  # the load check unwraps each version once but keeps nothing
+    nonce = os.urandom(12)
+    ct = ring.aead(2, "users").encrypt(nonce, b"x", b"")
+    # the same bytes as a raw keyring with the same version key would produce
+    raw_dir = tmp_path / "raw"
+    write_keyring(raw_dir, 2, {1: ("decrypt-only", K1), 2: ("primary", K2)})
+    assert load_keyring(raw_dir).aead(2, "users").decrypt(nonce, ct, b"") == b"x"
+    assert kc.held == 1 and (kc.hits, kc.misses) == (0, 1)
+    ring.aead(2, "users")
+    assert (kc.hits, kc.misses) == (1, 1)
+
+
+def test_mixed_keyring_only_wrapped_versions_use_the_key_cache(tmp_path):
+    write_keyring(tmp_path / "keyring", 2, {1: ("decrypt-only", K1), 2: ("primary", K2)}, kek=KEK, wrapped={2})
+    kc = _cache(tmp_path)
+    ring = load_keyring(tmp_path / "keyring", kc)
+    assert ring.wrapped == {2} and ring.describe()["wrapped"] == [2]
+    ring.aead(1, "t")
+    assert kc.misses == 0 and kc.held == 0
+    ring.aead(2, "t")
+    assert kc.misses == 1 and kc.held == 1
+
+
+def test_unwrap_false_raises_key_not_held_without_counting(tmp_path):
+    from chronoshard.shardnode.keyring import KeyNotHeld
+
+    write_keyring(tmp_path / "keyring", 1, {1: ("primary", K1)}, kek=KEK, wrapped={1})
+    kc = _cache(tmp_path)
+    ring = load_keyring(tmp_path / "keyring", kc)
+    with pytest.raises(KeyNotHeld):
+        ring.aead(1, "t", unwrap=False)
+    assert (kc.hits, kc.misses) == (0, 0)
+    ring.aead(1, "t")
+    ring.aead(1, "t", unwrap=False)
+    assert (kc.hits, kc.misses) == (1, 1)
+
+
+def test_both_files_or_neither_is_an_error(tmp_path):
+    snap = write_keyring(tmp_path / "keyring", 1, {1: ("primary", K1)}, kek=KEK, wrapped={1})
+    (snap / "v1.key").write_bytes(K1)
+    with pytest.raises(KeyringError, match="version 1 has both v1.key and v1.wrapped") as exc:
+        load_keyring(tmp_path / "keyring", _cache(tmp_path))
+    os.unlink(snap / "v1.key")
+    os.unlink(snap / "v1.wrapped")
+    with pytest.raises(KeyringError, match="version 1") as exc2:
+        load_keyring(tmp_path / "keyring", _cache(tmp_path))
+    for e in (exc, exc2):
+        assert not any(f in str(e.value) for f in _secret_forms(K1, KEK))
+
+
+def test_wrapped_without_kek_dir_names_the_version(tmp_path):
+    write_keyring(tmp_path / "keyring", 1, {1: ("decrypt-only", K1), 2: ("primary", K2)}, kek=KEK, wrapped={2})
+    with pytest.raises(KeyringError) as exc:
+        load_keyring(tmp_path / "keyring")
+    assert str(exc.value) == "version 2 is wrapped but no KEK directory is configured (--kek-dir)"
+
+
+@pytest.mark.parametrize("problem", ["wrong_kek", "missing_kek", "short_kek", "damaged_blob", "other_version"])
+def test_wrapped_version_that_does_not_unwrap_fails_at_load(tmp_path, problem):
+    from chronoshard.shardnode.keyprovider import wrap_key
+
+    snap = write_keyring(tmp_path / "keyring", 1, {1: ("decrypt-only", K1), 2: ("primary", K2)}, kek=KEK,
+                         wrapped={1, 2})
+    other = os.urandom(32)
+    kc = _cache(tmp_path, kek=other if problem == "wrong_kek" else KEK)
+    if problem == "missing_kek":
+        os.unlink(os.path.realpath(tmp_path / "kek" / "kek.key"))
+    elif problem == "short_kek":
+        _cache(tmp_path, kek=KEK)  # republish: same dir, then truncate the file
+        (tmp_path / "kek" / "kek.key").resolve().write_bytes(KEK[:16])
+    elif problem == "damaged_blob":
+        blob = bytearray((snap / "v2.wrapped").read_bytes())
+        blob[-1] ^= 1
+        (snap / "v2.wrapped").write_bytes(bytes(blob))
+    elif problem == "other_version":
+        (snap / "v2.wrapped").write_bytes(wrap_key(KEK, K2, 1))  # a blob moved from another version
+    with pytest.raises(KeyringError, match=r"version \d is wrapped but cannot be unwrapped") as exc:
+        load_keyring(tmp_path / "keyring", kc)
+    assert not any(f in str(exc.value) for f in _secret_forms(K1, K2, KEK, other))
+
+
+def test_watcher_keeps_one_key_cache_across_reloads_and_drops_retired_versions(tmp_path):
+    kc = _cache(tmp_path)
+    write_keyring(tmp_path / "keyring", 1, {1: ("primary", K1)}, kek=KEK, wrapped={1})
+    w = KeyringWatcher(tmp_path / "keyring", table_keys=kc)
+    assert w.poll()
+    w.keyring.aead(1, "a")
+    w.keyring.aead(1, "b")
+    write_keyring(tmp_path / "keyring", 2, {1: ("decrypt-only", K1), 2: ("primary", K2)}, kek=KEK, wrapped={1, 2})
+    assert w.poll() and w.describe()["wrapped"] == [1, 2]
+    assert ("a", 1) in kc and ("b", 1) in kc  # kept across the reload: no new unwrap
+    w.keyring.aead(1, "a")
+    assert kc.misses == 2 and kc.hits == 1
+    w.keyring.aead(2, "a")
+    write_keyring(tmp_path / "keyring", 3, {2: ("primary", K2)}, kek=KEK, wrapped={2})
+    assert w.poll()
+    assert ("a", 1) not in kc and ("b", 1) not in kc and ("a", 2) in kc
+    # A KEK that does not match keeps the previous keyring in force, with a clear error.
+    write_keyring(tmp_path / "keyring", 4, {2: ("primary", K2)}, kek=os.urandom(32), wrapped={2})
+    assert not w.poll()
+    assert w.keyring.generation == 3 and "version 2 is wrapped but cannot be unwrapped" in w.load_error
+    assert not any(f in w.load_error for f in _secret_forms(K2, KEK))
+
+
+def test_unwrap_failure_at_read_is_a_missing_key_version_naming_it(tmp_path):
+    from chronoshard.shardnode.keyring import KeyVersionUnavailable
+
+    from tests.unit.shardnode.kubelet_dir import write_kek
+
+    write_keyring(tmp_path / "keyring", 1, {1: ("primary", K1)}, kek=KEK, wrapped={1})
+    kc = _cache(tmp_path)
+    ring = load_keyring(tmp_path / "keyring", kc)
+    write_kek(tmp_path / "kek", os.urandom(32))  # the KEK changed under a loaded keyring
+    with pytest.raises(MissingKeyVersion, match="key version 1 could not be unwrapped") as exc:
+        ring.aead(1, "t")
+    assert isinstance(exc.value, KeyVersionUnavailable) and exc.value.version == 1

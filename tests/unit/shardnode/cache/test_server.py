@@ -150,7 +150,7 @@ async def test_cache_keys_endpoint_reports_loaded_versions(env):
     _, cache, s, _, _ = env
     assert (await (await s.get(f"{cache}/v1/keys")).json()) == {
         "generation": 1, "primary": 1, "versions": [{"id": 1, "state": "primary"}], "loadError": None,
-        "compromised": []}
+        "compromised": [], "wrapped": []}
     assert (await s.get(f"{cache}/readyz")).status == 200
 
 
