@@ -8,6 +8,7 @@ import contextlib
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -16,15 +17,16 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .http_common import setup_logging
-from .predictor.access import AccessLogError, parse_log_entry
+from .predictor.access import Access, AccessLogError, parse_log_entry
 from .predictor.config import ConfigFile
 from .predictor.engine import Hint, Predictor
+from .predictor.keys import KeyHint, KeyPredictor
 
 log = logging.getLogger("chronoshard.predictor")
 
 PAGE = 1000  # access-log entries per request
 MAX_PAGES_PER_TICK = 50  # bounds one poll: a huge backlog is consumed over several ticks
-MAX_HINTS_PER_POST = 1000  # the cache's limit per POST /v1/prefetch
+MAX_HINTS_PER_POST = 1000  # the cache's limit per POST /v1/prefetch and per POST /v1/prefetch/keys
 
 
 class PredictorService:
@@ -34,7 +36,11 @@ class PredictorService:
         self.cache_url = cache_url.rstrip("/")
         self.config = ConfigFile(config_path)
         self.config.reload()
-        self.predictor = Predictor(data_dir, self.config.config)
+        # One training thread for both pipelines: two trainings at once would take both cores of a small pod.
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="predictor-train")
+        self.predictor = Predictor(data_dir, self.config.config, executor=self._executor)
+        self.keys = KeyPredictor(data_dir, self.config.config, executor=self._executor,
+                                 metrics=self.predictor.metrics)
         self.cursor = 0
         self.cache_error: str | None = "not polled yet"
         self.started = False
@@ -45,6 +51,7 @@ class PredictorService:
         had_error = self.config.error
         if self.config.reload():
             self.predictor.apply_config(self.config.config)
+            self.keys.apply_config(self.config.config)
         if self.config.error and self.config.error != had_error:
             self.predictor.metrics.config_errors.inc()
 
@@ -74,6 +81,20 @@ class PredictorService:
                     log.warning("POST /v1/prefetch answered %s: %s", r.status, (await r.text())[:200])
                     return
 
+    async def _send_keys(self, hints: list[KeyHint]) -> None:
+        assert self._session is not None
+        for i in range(0, len(hints), MAX_HINTS_PER_POST):
+            body = {"keys": [h.to_json() for h in hints[i:i + MAX_HINTS_PER_POST]]}
+            async with self._session.post(f"{self.cache_url}/v1/prefetch/keys", json=body) as r:
+                if r.status >= 300:
+                    self.predictor.metrics.cache_errors.labels("prefetch_keys").inc()
+                    log.warning("POST /v1/prefetch/keys answered %s: %s", r.status, (await r.text())[:200])
+                    return
+
+    def _observe(self, accesses: list[Access], now: float) -> tuple[list[Hint], list[KeyHint]]:
+        # Both pipelines in one worker-thread call: their CPU work stays off the event loop.
+        return self.predictor.observe(accesses, now), self.keys.observe(accesses, now)
+
     async def poll_once(self) -> int:
         """One tick: reload settings, read new accesses, send hints, maybe start training."""
         self._reload_config()
@@ -88,10 +109,11 @@ class PredictorService:
                     except AccessLogError as exc:
                         log.warning("skipping access-log entry: %s", exc)
                 if accesses:
-                    p = self.predictor
-                    hints = await asyncio.to_thread(p.observe, accesses, time.time())
+                    hints, key_hints = await asyncio.to_thread(self._observe, accesses, time.time())
                     if hints:
                         await self._send(hints)
+                    if key_hints:
+                        await self._send_keys(key_hints)
                 consumed += len(entries)
                 if len(entries) < PAGE:
                     break
@@ -101,6 +123,7 @@ class PredictorService:
             self.predictor.metrics.cache_errors.labels("access_log").inc()
             log.warning("cache at %s not usable: %s", self.cache_url, self.cache_error)
         self.predictor.maybe_train()
+        self.keys.maybe_train()
         return consumed
 
     async def _loop(self) -> None:
@@ -111,6 +134,7 @@ class PredictorService:
     async def start(self, app: web.Application) -> None:
         """aiohttp on_startup: load the model, start polling."""
         await asyncio.to_thread(self.predictor.load)
+        await asyncio.to_thread(self.keys.load)
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
         self._task = asyncio.create_task(self._loop())
         self.started = True
@@ -123,12 +147,12 @@ class PredictorService:
                 await self._task
         if self._session is not None:
             await self._session.close()
-        await asyncio.to_thread(self.predictor.close)
+        await asyncio.to_thread(self._executor.shutdown, True, cancel_futures=True)
 
     def status(self) -> dict[str, Any]:
         """`GET /v1/status` body."""
-        return {**self.predictor.status(), "cursor": self.cursor, "cacheError": self.cache_error,
-                "configError": self.config.error}
+        return {**self.predictor.status(), "keyHints": self.keys.status(), "cursor": self.cursor,
+                "cacheError": self.cache_error, "configError": self.config.error}
 
 
 def create_app(service: PredictorService) -> web.Application:

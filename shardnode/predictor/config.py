@@ -23,6 +23,15 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class KeyPrefetchConfig:
+    """`keyPrefetch` of predictor.json: hints for table keys (the cache unwraps them ahead of need)."""
+
+    enabled: bool = False
+    score_threshold: float = 0.3
+    max_keys_per_second: float = 50.0
+
+
+@dataclass(frozen=True)
 class PredictorConfig:
     """Parsed predictor.json; defaults are what runs without a PrefetchPolicy file (prefetching off)."""
 
@@ -45,6 +54,7 @@ class PredictorConfig:
     max_log_accesses: int = 200_000
     forecast_window_s: float = 60.0
     forecast_windows: int = 5
+    key_prefetch: KeyPrefetchConfig = field(default_factory=KeyPrefetchConfig)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -67,6 +77,27 @@ def _bool(obj: dict[str, Any], key: str, default: bool) -> bool:
     if not isinstance(v, bool):
         raise ConfigError(f"{key} must be true or false, got {v!r}")
     return v
+
+
+def _positive(obj: dict[str, Any], key: str, default: float, hi: float) -> float:
+    v = obj.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v <= hi:
+        raise ConfigError(f"{key} must be a number in (0, {hi}], got {v!r}")
+    return float(v)
+
+
+def parse_key_prefetch(raw: dict[str, Any]) -> KeyPrefetchConfig:
+    """Validate the `keyPrefetch` object; bad values raise ConfigError naming the field."""
+    kp = _obj(raw, "keyPrefetch")
+    d = KeyPrefetchConfig()
+    try:
+        return KeyPrefetchConfig(
+            enabled=_bool(kp, "enabled", d.enabled),
+            score_threshold=_num(kp, "scoreThreshold", d.score_threshold, 0.0, 1.0),
+            max_keys_per_second=_positive(kp, "maxKeysPerSecond", d.max_keys_per_second, 1e6),
+        )
+    except ConfigError as exc:
+        raise ConfigError(f"keyPrefetch.{exc}") from None
 
 
 def parse_config(raw: Any) -> PredictorConfig:
@@ -105,6 +136,7 @@ def parse_config(raw: Any) -> PredictorConfig:
         max_log_accesses=int(_num(raw, "maxLogAccesses", d.max_log_accesses, 100, 1e8)),
         forecast_window_s=_num(fc, "windowSeconds", d.forecast_window_s, 1, 86400),
         forecast_windows=int(_num(fc, "windows", d.forecast_windows, 1, 1000)),
+        key_prefetch=parse_key_prefetch(raw),
         extra={},
     )
 
@@ -150,6 +182,6 @@ class ConfigFile:
         changed = new != self.config
         self.config, self.error = new, None
         if changed:
-            log.info("predictor config loaded: model=%s horizon=%ss threshold=%s", new.model, new.horizon_s,
-                     new.score_threshold)
+            log.info("predictor config loaded: model=%s horizon=%ss threshold=%s keyPrefetch=%s", new.model,
+                     new.horizon_s, new.score_threshold, "on" if new.key_prefetch.enabled else "off")
         return changed

@@ -64,6 +64,12 @@ def train_scorer(accesses: list[Access], cfg: PredictorConfig, now: float | None
             feats.append(c.features)
     if not feats:
         raise ValueError("the log produced no candidates (keys without a numeric suffix and no repeats)")
+    return fit_candidates(accesses, origin, keys, feats, cfg, now)
+
+
+def fit_candidates(accesses: list[Access], origin: list[int], keys: list[tuple[str, str]], feats: list[np.ndarray],
+                   cfg: PredictorConfig, now: float | None = None) -> tuple[Any, dict[str, Any]]:
+    """Label candidates (proposed after access origin[i]) by the log and fit the configured model on the final ones."""
     y = label_candidates(accesses, origin, keys, cfg.horizon_s)
     ok = resolvable(accesses, origin, cfg.horizon_s, now)
     x = np.vstack(feats)[ok]

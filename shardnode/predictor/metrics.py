@@ -48,3 +48,22 @@ class PredictorMetrics:
                                      "predictor.json loads that failed (previous settings kept)", registry=r)
         self.cache_errors = Counter("chronoshard_predictor_cache_errors", "Failed calls to the cache, by call",
                                     ["call"], registry=r)
+        # Table-key pipeline (keyPrefetch): hints for keys the cache should unwrap ahead of need.
+        self.key_hints_sent = Counter("chronoshard_predictor_key_hints_sent", "Key prefetch hints sent to the cache",
+                                      registry=r)
+        self.key_hints_used = Counter("chronoshard_predictor_key_hints_used",
+                                      "Sent key hints whose table was read within the horizon", registry=r)
+        self.key_hints_wasted = Counter("chronoshard_predictor_key_hints_wasted",
+                                        "Sent key hints whose table was not read within the horizon", registry=r)
+        self.key_hints_dropped = Counter("chronoshard_predictor_key_hints_dropped",
+                                         "Key candidates above threshold not sent, by reason", ["reason"], registry=r)
+        self.key_precision = Gauge("chronoshard_predictor_key_precision",
+                                   "Used / resolved sent key hints since start (NaN before the first)", registry=r)
+        self.key_threshold = Gauge("chronoshard_predictor_key_threshold",
+                                   "Key hint score threshold in force (after feedback)", registry=r)
+        self.key_budget_factor = Gauge("chronoshard_predictor_key_budget_factor",
+                                       "Share of maxKeysPerSecond in force (feedback)", registry=r)
+        self.key_model_loaded = Gauge("chronoshard_predictor_key_model_loaded",
+                                      "1 if a table-key model is loaded", registry=r)
+        self.key_trainings = Counter("chronoshard_predictor_key_trainings",
+                                     "Background trainings of the table-key model by result", ["result"], registry=r)

@@ -14,13 +14,14 @@ from .features import FEATURE_NAMES
 
 MAGIC = b"CHRONOSHARD-PREDICTOR-MODEL 1\n"
 MODEL_FILE = "model.bin"
+KEY_MODEL_FILE = "keymodel.bin"  # the table-key pipeline's model, beside the block model
 
 
 class ModelLoadError(Exception):
     """The model file is missing, torn, corrupt or from another feature layout."""
 
 
-def save_model(directory: Path, scorer: Any, meta: dict[str, Any]) -> Path:
+def save_model(directory: Path, scorer: Any, meta: dict[str, Any], name: str = MODEL_FILE) -> Path:
     """Write the scorer atomically (temp file + fsync + rename) with a SHA-256 over the payload."""
     directory.mkdir(parents=True, exist_ok=True)
     payload = pickle.dumps(scorer, protocol=pickle.HIGHEST_PROTOCOL)
@@ -31,8 +32,8 @@ def save_model(directory: Path, scorer: Any, meta: dict[str, Any]) -> Path:
         "saved": time.time(),
         **meta,
     }
-    path = directory / MODEL_FILE
-    tmp = directory / (MODEL_FILE + ".tmp")
+    path = directory / name
+    tmp = directory / (name + ".tmp")
     with open(tmp, "wb") as f:
         f.write(MAGIC + json.dumps(header).encode() + b"\n" + payload)
         f.flush()
@@ -41,9 +42,9 @@ def save_model(directory: Path, scorer: Any, meta: dict[str, Any]) -> Path:
     return path
 
 
-def load_model(directory: Path) -> tuple[Any, dict[str, Any]]:
+def load_model(directory: Path, name: str = MODEL_FILE) -> tuple[Any, dict[str, Any]]:
     """Read and verify the model; raise ModelLoadError saying why it cannot be used."""
-    path = directory / MODEL_FILE
+    path = directory / name
     try:
         data = path.read_bytes()
     except FileNotFoundError as exc:
