@@ -49,13 +49,17 @@ def seal_block(keyring: Keyring, table: str, key: str, plaintext: bytes, version
     return frames.encode(frames.Frame(v, nonce, ct)), checksum(plaintext), v
 
 
-def open_block(keyring: Keyring, table: str, key: str, data: bytes, expected_checksum: bytes | None) -> bytes:
-    """Decrypt and verify a stored frame; IntegrityError if tampered, MissingKeyVersion if the version is gone."""
+def open_block(keyring: Keyring, table: str, key: str, data: bytes, expected_checksum: bytes | None,
+               unwrap: bool = True) -> bytes:
+    """Decrypt and verify a stored frame; IntegrityError if tampered, MissingKeyVersion if the version is gone.
+
+    ``unwrap=False``: KeyNotHeld instead of unwrapping a wrapped version's table key that is not in memory.
+    """
     try:
         version, nonce, ciphertext = frames.split(data)
     except frames.FrameError as exc:
         raise IntegrityError("frame", f"stored frame is malformed: {exc}") from None
-    aead = keyring.aead(version, table)
+    aead = keyring.aead(version, table, unwrap=unwrap)
     try:
         plaintext = aead.decrypt(nonce, ciphertext, frames.aad_for(version, table, key))
     except InvalidTag:

@@ -2,9 +2,48 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from .keyring import Keyring
+
+# Unwraps are sub-millisecond locally and tens of milliseconds through a KMS.
+UNWRAP_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class KeyCacheCollector:
+    """Exports a KeyCache's own counters at scrape time (one source of truth, no double bookkeeping).
+
+    ``stats`` returns ``KeyCache.stats()`` or None while no key cache exists (no --kek-dir): all zeros then.
+    """
+
+    FIELDS = (("hits", "hits", "Reads of a wrapped version whose table key was in memory"),
+              ("misses", "misses", "Reads of a wrapped version that had to unwrap the table key (the slow path)"),
+              ("prefetched", "prefetched", "Table keys unwrapped ahead of need from key hints"),
+              ("prefetch_used", "prefetchUsed", "Prefetched table keys later used by a read"))
+
+    def __init__(self, process: str, stats: Callable[[], dict[str, Any] | None]) -> None:
+        self.process, self.stats = process, stats
+
+    def describe(self) -> list[Metric]:
+        """Names only (so registering does not call ``stats``)."""
+        return list(self._families({}))
+
+    def collect(self) -> Iterator[Metric]:
+        """Current values."""
+        yield from self._families(self.stats() or {})
+
+    def _families(self, st: dict[str, Any]) -> Iterator[Metric]:
+        p = self.process
+        for name, field, doc in self.FIELDS:
+            yield CounterMetricFamily(f"chronoshard_{p}_key_{name}", doc, value=st.get(field, 0))
+        yield GaugeMetricFamily(f"chronoshard_{p}_key_cache_held", "Unwrapped table keys in memory",
+                                value=st.get("held", 0))
+        yield GaugeMetricFamily(f"chronoshard_{p}_key_cache_capacity", "Unwrapped table keys the key cache may hold",
+                                value=st.get("capacity", 0))
 
 
 class KeyringMetrics:
@@ -81,6 +120,10 @@ class NodeMetrics:
         self.verify_last_failures = Gauge("chronoshard_node_verify_last_failures",
                                           "Corrupt or undecryptable blocks found by the last verify", registry=r)
 
+    def watch_key_cache(self, stats: Callable[[], dict[str, Any] | None]) -> None:
+        """Export the key cache's counters (chronoshard_node_key_*)."""
+        self.registry.register(KeyCacheCollector("node", stats))
+
 
 class CacheMetrics:
     """Everything `chronoshard-cache` exports."""
@@ -110,3 +153,17 @@ class CacheMetrics:
                                         "Blocks that failed to decrypt or verify, by reason", ["reason"], registry=r)
         self.decrypts = Counter("chronoshard_cache_decrypts", "Successful decrypts by key version",
                                 ["key_version"], registry=r)
+        self.key_hints_dropped = Counter("chronoshard_cache_key_hints_dropped",
+                                         "Key hints not acted on, by reason (not_wrapped, queue_full, held, "
+                                         "unwrap_failed)", ["reason"], registry=r)
+        self.key_unwrap = Histogram("chronoshard_cache_key_unwrap_seconds",
+                                    "Time to unwrap one table key, by path (demand: a read waited; prefetch: a hint)",
+                                    ["path"], buckets=UNWRAP_BUCKETS, registry=r)
+
+    def watch_key_cache(self, stats: Callable[[], dict[str, Any] | None]) -> None:
+        """Export the key cache's counters (chronoshard_cache_key_*)."""
+        self.registry.register(KeyCacheCollector("cache", stats))
+
+    def observe_unwrap(self, path: str, seconds: float) -> None:
+        """KeyCache.on_unwrap hook."""
+        self.key_unwrap.labels(path).observe(seconds)

@@ -107,6 +107,7 @@ class Node:
         # One key cache for the process, kept across keyring reloads; reads and writes unwrap in threads.
         self.key_cache = (KeyCache(EmbeddedKeyProvider(cfg.kek_dir, cfg.keyring_dir), cfg.key_cache_size)
                           if cfg.kek_dir is not None else None)
+        self.metrics.watch_key_cache(lambda: self.key_cache.stats() if self.key_cache is not None else None)
         self.keys = KeyringWatcher(cfg.keyring_dir, on_reload=self.metrics.keyring.observe,
                                    table_keys=self.key_cache)
         self.settings = SettingsWatcher(cfg.settings_path, self._apply_settings, self.metrics.settings.observe)
@@ -250,6 +251,8 @@ async def put_holding_while_compromised(node: Node, table: str, key: str, body: 
             raise ApiError(503, "no_keyring", "no keyring is loaded; cannot encrypt") from None
         except sqlite3.Error as exc:
             raise ApiError(503, "store_unavailable", f"write failed: {exc}") from None
+        except MissingKeyVersion as exc:  # the primary is wrapped and its table key could not be unwrapped
+            raise ApiError(503, "key_version_missing", str(exc), keyVersion=exc.version) from None
         except CompromisedVersion as exc:
             node.metrics.compromised_holds.inc()
             if asyncio.get_running_loop().time() >= deadline:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
 from ..crypto import IntegrityError, open_block
-from ..keyring import Keyring, MissingKeyVersion
+from ..keyring import KeyNotHeld, Keyring, MissingKeyVersion
 from ..metrics import CacheMetrics
 from .eviction import EvictionPolicy
 from .node_client import FetchedFrame, NodeClient, UpstreamError
@@ -18,6 +19,8 @@ from .node_client import FetchedFrame, NodeClient, UpstreamError
 log = logging.getLogger(__name__)
 
 BlockId = tuple[str, str]  # (table, key)
+# Tables whose last-read key version is remembered for key prefetching; beyond this the oldest are forgotten.
+LAST_VERSION_TABLES = 4096
 
 
 class NotFound(LookupError):
@@ -58,7 +61,8 @@ class BlockCache:
     """All state lives on the event loop thread, so no locks: writes poison in-flight fetches they overtake."""
 
     def __init__(self, budget: int, policy: EvictionPolicy, keyring: Callable[[], Keyring | None],
-                 node: NodeClient, metrics: CacheMetrics, prefetch_budget_fraction: float = 0.5) -> None:
+                 node: NodeClient, metrics: CacheMetrics, prefetch_budget_fraction: float = 0.5,
+                 key_pool: Executor | None = None) -> None:
         self.budget = budget
         self.policy = policy
         self._keyring = keyring
@@ -71,16 +75,21 @@ class BlockCache:
         self._inflight: dict[BlockId, _Fetch] = {}
         self._writing: Counter[BlockId] = Counter()
         self._invalidations = 0  # bumped by every invalidation: batch reads cache nothing if it moved
+        self.key_pool = key_pool  # threads for key-cache misses (None: the loop's default executor)
+        self._last_version: OrderedDict[str, int] = OrderedDict()
         metrics.budget.set(budget)
 
     # ---- decrypt -------------------------------------------------------------------------------
-    def decrypt(self, bid: BlockId, fetched: FetchedFrame) -> bytes:
-        """Open a fetched frame with whichever version it names; DecryptError if it must not be served."""
+    def decrypt(self, bid: BlockId, fetched: FetchedFrame, unwrap: bool = True) -> bytes:
+        """Open a fetched frame with whichever version it names; DecryptError if it must not be served.
+
+        ``unwrap=False`` raises KeyNotHeld rather than unwrapping a wrapped version's table key here.
+        """
         ring = self._keyring()
         if ring is None:
             raise DecryptError(503, "no_keyring", "no keyring is loaded")
         try:
-            value = open_block(ring, bid[0], bid[1], fetched.frame, fetched.checksum)
+            value = open_block(ring, bid[0], bid[1], fetched.frame, fetched.checksum, unwrap=unwrap)
         except MissingKeyVersion as exc:
             self.metrics.decrypt_failures.labels("missing_key").inc()
             raise DecryptError(503, "key_version_missing", str(exc), keyVersion=exc.version) from None
@@ -91,6 +100,28 @@ class BlockCache:
                                reason=exc.reason) from None
         self.metrics.decrypts.labels(str(fetched.key_version)).inc()
         return value
+
+    async def open(self, bid: BlockId, fetched: FetchedFrame) -> bytes:
+        """Decrypt on the loop when the table key is in memory; a key-cache miss unwraps (a KMS round trip in
+        general) and decrypts in a worker thread, so other requests keep being served meanwhile."""
+        try:
+            value = self.decrypt(bid, fetched, unwrap=False)
+        except KeyNotHeld:
+            loop = asyncio.get_running_loop()
+            value = await loop.run_in_executor(self.key_pool, self.decrypt, bid, fetched)
+        self._note_version(bid[0], fetched.key_version)
+        return value
+
+    def _note_version(self, table: str, version: int) -> None:
+        last = self._last_version
+        last[table] = version
+        last.move_to_end(table)
+        if len(last) > LAST_VERSION_TABLES:
+            last.popitem(last=False)
+
+    def last_version(self, table: str) -> int | None:
+        """The key version the last successful read of ``table`` used (None if not remembered)."""
+        return self._last_version.get(table)
 
     # ---- membership ----------------------------------------------------------------------------
     def _drop(self, bid: BlockId, evicted: bool) -> None:
@@ -203,7 +234,7 @@ class BlockCache:
             fetched = await self.node.get_frame(*bid)
             if fetched is None:
                 raise NotFound(f"no block {bid[0]}/{bid[1]}")
-            entry = Entry(self.decrypt(bid, fetched), fetched.key_version, fetched.lsn, prefetched=prefetch)
+            entry = Entry(await self.open(bid, fetched), fetched.key_version, fetched.lsn, prefetched=prefetch)
         except BaseException as exc:
             if not fetch.future.done():
                 fetch.future.set_exception(exc)
@@ -232,9 +263,7 @@ class BlockCache:
             self.metrics.misses.inc(len(missing))
             epoch = self._invalidations
             frames = await self.node.get_frames(table, [keys[i] for i in missing])
-            # Anything invalidated meanwhile (a write, a change seen by the tail) may make these copies
-            # stale in a way a per-block LSN check cannot see, so then they are returned but not cached.
-            cacheable = epoch == self._invalidations
+            opened: list[tuple[int, BlockId, Entry]] = []
             for i, fetched in zip(missing, frames, strict=True):
                 bid = (table, keys[i])
                 if fetched is None:
@@ -243,13 +272,18 @@ class BlockCache:
                     out[i] = ("error", fetched)
                 else:
                     try:
-                        entry = Entry(self.decrypt(bid, fetched), fetched.key_version, fetched.lsn)
+                        opened.append((i, bid, Entry(await self.open(bid, fetched), fetched.key_version,
+                                                     fetched.lsn)))
                     except DecryptError as exc:
                         out[i] = ("error", exc)
-                        continue
-                    if cacheable and not self._writing[bid] and bid not in self._inflight:
-                        self.install(bid, entry)
-                    out[i] = ("miss", entry.value)
+            # Anything invalidated meanwhile (a write, a change seen by the tail) may make these copies
+            # stale in a way a per-block LSN check cannot see, so then they are returned but not cached.
+            # Checked after the decrypts: a key-cache miss waits for an unwrap in a thread.
+            cacheable = epoch == self._invalidations
+            for i, bid, entry in opened:
+                if cacheable and not self._writing[bid] and bid not in self._inflight:
+                    self.install(bid, entry)
+                out[i] = ("miss", entry.value)
         return out
 
     async def prefetch(self, table: str, key: str, score: float) -> bool:

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import logging
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from ..http_common import (
     read_block_body,
     table_param,
 )
-from ..keyprovider import EmbeddedKeyProvider, FixedLatencyProvider, KeyCache, KeyProvider
+from ..keyprovider import EmbeddedKeyProvider, FixedLatencyProvider, KeyCache, KeyProvider, KeyUnavailable
 from ..keyring import KeyringWatcher
 from ..metrics import CacheMetrics
 from ..settings_watch import SettingsWatcher
@@ -69,6 +70,8 @@ class CacheConfig:
     kek_dir: Path | None = None  # the mounted KEK Secret (kek.key); needed for wrapped key versions
     key_cache_size: int = 64  # unwrapped table keys held (wrapped versions only)
     unwrap_latency_s: float = 0.0  # added to every unwrap: models a KMS round trip in benchmarks
+    key_prefetch_workers: int = 4  # background unwraps for key hints at once
+    key_unwrap_threads: int = 16  # threads for key-cache misses and key prefetches (each may wait on a KMS)
 
     def apply(self, settings: dict[str, Any]) -> None:
         """Overlay settings from cache.json (unknown keys ignored; bad values logged and ignored)."""
@@ -114,9 +117,13 @@ class CacheApp:
             if cfg.unwrap_latency_s > 0:
                 provider = FixedLatencyProvider(provider, cfg.unwrap_latency_s)
             # One key cache for the process, kept across keyring reloads.
-            self.key_cache = KeyCache(provider, cfg.key_cache_size)
+            self.key_cache = KeyCache(provider, cfg.key_cache_size, on_unwrap=self.metrics.observe_unwrap)
+        self.metrics.watch_key_cache(lambda: self.key_cache.stats() if self.key_cache is not None else None)
         self.keys = KeyringWatcher(cfg.keyring_dir, on_reload=self.metrics.keyring.observe,
                                    table_keys=self.key_cache)
+        # Its own threads: a slow KMS must not starve the default executor the keyring/settings watchers use.
+        self.key_pool = ThreadPoolExecutor(cfg.key_unwrap_threads, thread_name_prefix="key-unwrap")
+        self.key_hints: asyncio.Queue[tuple[str, float]] = asyncio.Queue(cfg.prefetch_queue)
         self.settings = SettingsWatcher(cfg.settings_path, self._apply_settings, self.metrics.settings.observe)
         self.log = AccessLog(cfg.access_log_size)
         self.session: aiohttp.ClientSession | None = None
@@ -130,11 +137,13 @@ class CacheApp:
         self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256))
         node = NodeClient(self.cfg.node_url, self.session)
         self.cache = BlockCache(self.cfg.budget_bytes, make_policy(self.cfg.eviction), lambda: self.keys.keyring,
-                                node, self.metrics, self.cfg.prefetch_budget_fraction)
+                                node, self.metrics, self.cfg.prefetch_budget_fraction, key_pool=self.key_pool)
         self._tasks.append(asyncio.create_task(self.keys.run(self.cfg.keyring_poll_seconds)))
         self._tasks.append(asyncio.create_task(self.settings.run(self.cfg.keyring_poll_seconds)))
         for _ in range(self.cfg.prefetch_workers):
             self._tasks.append(asyncio.create_task(self._prefetch_worker()))
+        for _ in range(self.cfg.key_prefetch_workers):
+            self._tasks.append(asyncio.create_task(self._key_prefetch_worker()))
         if self.cfg.follow_changes:
             # Learn where the change log stands before serving, so nothing cached can predate the tail.
             try:
@@ -158,6 +167,7 @@ class CacheApp:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.key_pool.shutdown(wait=False, cancel_futures=True)
         if self.session:
             await self.session.close()
 
@@ -169,6 +179,45 @@ class CacheApp:
                 await self.cache.prefetch(table, key, score)
             except Exception:  # one bad hint must not kill the worker
                 log.exception("prefetch of %s/%s failed", table, key)
+
+    async def _key_prefetch_worker(self) -> None:
+        while True:
+            table, score = await self.key_hints.get()
+            try:
+                await self.prefetch_key(table, score)
+            except Exception:  # one bad hint must not kill the worker
+                log.exception("key prefetch for table %s failed", table)
+
+    async def prefetch_key(self, table: str, score: float) -> int:
+        """Unwrap ``table``'s key for the primary and for the version its last read used; returns unwraps done."""
+        ring, kc = self.keys.keyring, self.key_cache
+        dropped = self.metrics.key_hints_dropped
+        if ring is None or kc is None or not ring.wrapped:
+            dropped.labels("not_wrapped").inc()
+            return 0
+        versions = {ring.primary}
+        last = self.cache.last_version(table) if self.cache is not None else None
+        if last is not None and ring.has(last):
+            versions.add(last)
+        wrapped = sorted(v for v in versions if v in ring.wrapped)
+        if not wrapped:
+            dropped.labels("not_wrapped").inc()
+            return 0
+        loop = asyncio.get_running_loop()
+        done = 0
+        for v in wrapped:
+            if (table, v) in kc:
+                dropped.labels("held").inc()
+                continue
+            try:
+                if await loop.run_in_executor(self.key_pool, kc.prefetch, table, v, score):
+                    done += 1
+                else:
+                    dropped.labels("held").inc()  # a read or another hint unwrapped it meanwhile
+            except KeyUnavailable as exc:
+                dropped.labels("unwrap_failed").inc()
+                log.warning("key prefetch for table %s, version %s failed: %s", table, v, exc)
+        return done
 
     @property
     def bc(self) -> BlockCache:
@@ -326,6 +375,42 @@ async def prefetch(request: web.Request) -> web.StreamResponse:
     return web.json_response({"queued": queued, "dropped": dropped}, status=202)
 
 
+async def prefetch_keys(request: web.Request) -> web.StreamResponse:
+    """POST /v1/prefetch/keys {"keys": [{"table", "score"}]}: queue background unwraps of tables' keys."""
+    st = state(request)
+    doc = await json_body(request)
+    entries = doc.get("keys")
+    if not isinstance(entries, list) or len(entries) > MAX_HINTS:
+        raise ApiError(400, "invalid_body", f"keys must be an array of at most {MAX_HINTS} objects")
+    parsed: list[tuple[str, float]] = []
+    for e in entries:  # validate everything first: a bad entry rejects the request and queues nothing
+        if not isinstance(e, dict):
+            raise ApiError(400, "invalid_body", "each key hint must be an object")
+        table, score = e.get("table"), e.get("score", 0.5)
+        if not isinstance(table, str) or not TABLE_RE.fullmatch(table):
+            raise ApiError(400, "invalid_table", "key hint table must be a string matching "
+                           "[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+        if (not isinstance(score, int | float) or isinstance(score, bool) or not math.isfinite(score)
+                or not 0 <= score <= 1):
+            raise ApiError(400, "invalid_body", "key hint score must be a number between 0 and 1")
+        parsed.append((table, float(score)))
+    ring = st.keys.keyring
+    if ring is None or not ring.wrapped:
+        # Nothing to unwrap: raw versions' table keys are derived in microseconds on demand.
+        if parsed:
+            st.metrics.key_hints_dropped.labels("not_wrapped").inc(len(parsed))
+        return web.json_response({"queued": 0, "dropped": len(parsed)}, status=202)
+    queued = dropped = 0
+    for hint in parsed:
+        try:
+            st.key_hints.put_nowait(hint)
+            queued += 1
+        except asyncio.QueueFull:
+            st.metrics.key_hints_dropped.labels("queue_full").inc()
+            dropped += 1
+    return web.json_response({"queued": queued, "dropped": dropped}, status=202)
+
+
 async def access_log(request: web.Request) -> web.StreamResponse:
     """GET /v1/access-log?after=&limit=: entries after a sequence number (oldest first)."""
     st = state(request)
@@ -346,9 +431,13 @@ async def stats(request: web.Request) -> web.StreamResponse:
     """GET /v1/cache: size, budget and policy (for operators and tests)."""
     st = state(request)
     bc = st.bc
+    ring = st.keys.keyring
+    key_stats = st.key_cache.stats() if st.key_cache is not None else {
+        "capacity": st.cfg.key_cache_size, "held": 0, "hits": 0, "misses": 0, "prefetched": 0, "prefetchUsed": 0}
     return web.json_response({"bytes": bc.bytes, "entries": len(bc.entries), "budget": bc.budget,
                               "policy": st.cfg.eviction, "prefetchQueue": st.hints.qsize(),
-                              "settingsError": st.settings.error})
+                              "settingsError": st.settings.error,
+                              "keyCache": {"wrapped": bool(ring is not None and ring.wrapped), **key_stats}})
 
 
 async def healthz(request: web.Request) -> web.StreamResponse:
@@ -388,6 +477,7 @@ def create_app(cfg: CacheConfig) -> web.Application:
     app.router.add_post(t + "/blocks:batchGet", batch_get)
     app.router.add_get(t + "/blocks", scan, allow_head=False)
     app.router.add_post("/v1/prefetch", prefetch)
+    app.router.add_post("/v1/prefetch/keys", prefetch_keys)
     app.router.add_get("/v1/access-log", access_log, allow_head=False)
     app.router.add_get("/v1/keys", keys, allow_head=False)
     app.router.add_get("/v1/cache", stats, allow_head=False)

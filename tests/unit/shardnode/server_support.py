@@ -15,9 +15,10 @@ from chronoshard.shardnode.http_common import SERVER_LIMITS
 from chronoshard.shardnode.node_server import NodeConfig
 from chronoshard.shardnode.node_server import create_app as create_node
 
-from tests.unit.shardnode.kubelet_dir import write_keyring
+from tests.unit.shardnode.kubelet_dir import write_kek, write_keyring
 
 KEY1, KEY2 = os.urandom(32), os.urandom(32)
+KEK = os.urandom(32)
 
 
 @contextlib.asynccontextmanager
@@ -34,21 +35,28 @@ async def serve(app: web.Application) -> AsyncIterator[str]:
         await runner.cleanup()
 
 
-def keyring_dir(tmp: Path, generation: int = 1) -> Path:
-    """A kubelet-style keyring directory with version 1 primary."""
+def keyring_dir(tmp: Path, generation: int = 1, wrapped: bool = False) -> Path:
+    """A kubelet-style keyring directory with version 1 primary (wrapped under KEK, in ``tmp/kek``, if asked)."""
     d = tmp / "keyring"
-    write_keyring(d, generation, {1: ("primary", KEY1)})
+    if wrapped:
+        write_kek(tmp / "kek", KEK)
+        write_keyring(d, generation, {1: ("primary", KEY1)}, kek=KEK, wrapped={1})
+    else:
+        write_keyring(d, generation, {1: ("primary", KEY1)})
     return d
 
 
 @contextlib.asynccontextmanager
-async def node_and_cache(tmp: Path, **cache_kw: object) -> AsyncIterator[tuple[str, str, aiohttp.ClientSession,
-                                                                             web.Application, web.Application]]:
-    """A node and a cache in front of it, plus a client session."""
-    kdir = keyring_dir(tmp)
-    napp = create_node(NodeConfig(data_dir=tmp / "data", keyring_dir=kdir, keyring_poll_seconds=0.05))
+async def node_and_cache(tmp: Path, wrapped: bool = False,
+                         **cache_kw: object) -> AsyncIterator[tuple[str, str, aiohttp.ClientSession,
+                                                                    web.Application, web.Application]]:
+    """A node and a cache in front of it, plus a client session; ``wrapped``: a KEK-wrapped keyring."""
+    kdir = keyring_dir(tmp, wrapped=wrapped)
+    kek_dir = tmp / "kek" if wrapped else None
+    napp = create_node(NodeConfig(data_dir=tmp / "data", keyring_dir=kdir, keyring_poll_seconds=0.05,
+                                  kek_dir=kek_dir))
     async with serve(napp) as node_url:
         capp = create_cache(CacheConfig(node_url=node_url, keyring_dir=kdir, keyring_poll_seconds=0.05,
-                                        **cache_kw))  # type: ignore[arg-type]
+                                        kek_dir=kek_dir, **cache_kw))  # type: ignore[arg-type]
         async with serve(capp) as cache_url, aiohttp.ClientSession() as session:
             yield node_url, cache_url, session, napp, capp

@@ -131,3 +131,71 @@ def test_fixed_latency_provider_delegates() -> None:
     p = FixedLatencyProvider(inner, 0.001)
     assert p.unwrap("t", 3) == derive_table_key(MASTER, "t/3")
     assert p.calls == 1 and inner.calls == [("t", 3)]
+
+
+class SlowProvider(CountingProvider):
+    """Blocks every unwrap until released, so tests can line threads up."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import threading
+
+        self.release = threading.Event()
+        self.entered = threading.Event()
+
+    def unwrap(self, table: str, version: int) -> bytes:
+        self.entered.set()
+        assert self.release.wait(10)
+        return super().unwrap(table, version)
+
+    def check(self, version: int) -> None:
+        pass
+
+
+def test_concurrent_misses_share_one_unwrap_and_prefetch_skips_inflight() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    prov = SlowProvider()
+    kc = KeyCache(prov, capacity=4)
+    with ThreadPoolExecutor(4) as pool:
+        futs = [pool.submit(kc.get, "a", 1) for _ in range(4)]
+        assert prov.entered.wait(10)
+        assert kc.prefetch("a", 1, 0.9) is False  # being unwrapped by a reader: no second unwrap
+        prov.release.set()
+        keys = {f.result(10) for f in futs}
+    assert len(keys) == 1 and prov.calls == [("a", 1)]
+    assert (kc.hits, kc.misses) == (0, 4)  # all four readers waited for the unwrap
+
+
+def test_unwrap_false_resize_retain_stats_and_hook() -> None:
+    from chronoshard.shardnode.keyprovider import KeyNotHeld
+
+    seen: list[tuple[str, float]] = []
+    kc = KeyCache(CountingProvider(), capacity=4, on_unwrap=lambda path, s: seen.append((path, s)))
+    with pytest.raises(KeyNotHeld):
+        kc.get("a", 1, unwrap=False)
+    for t, v in (("a", 1), ("b", 1), ("c", 2)):
+        kc.get(t, v)
+    kc.prefetch("d", 2, 0.5)
+    assert [p for p, _ in seen] == ["demand", "demand", "demand", "prefetch"] and all(s >= 0 for _, s in seen)
+    assert kc.get("a", 1, unwrap=False) == kc.get("a", 1)
+    kc.retain([2])
+    assert ("a", 1) not in kc and ("b", 1) not in kc and ("c", 2) in kc and ("d", 2) in kc
+    kc.resize(1)
+    assert kc.held == 1
+    with pytest.raises(ValueError):
+        kc.resize(0)
+    assert kc.stats() == {"capacity": 1, "held": 1, "hits": 2, "misses": 3, "prefetched": 1, "prefetchUsed": 0}
+
+
+def test_embedded_check_unwraps_the_version_key_without_keeping_it(tmp_path: Path) -> None:
+    publish(tmp_path / "kek", {"kek.key": KEK})
+    publish(tmp_path / "keyring", {"v1.wrapped": wrap_key(KEK, MASTER, 1), "v2.wrapped": b"junk"})
+    p = EmbeddedKeyProvider(tmp_path / "kek", tmp_path / "keyring")
+    p.check(1)
+    for v, msg in ((2, "not a chronoshard wrapped key"), (3, "no wrapped key for version 3")):
+        with pytest.raises(KeyUnavailable, match=msg):
+            p.check(v)
+    slow = FixedLatencyProvider(p, 0.0)
+    slow.check(1)
+    assert slow.calls == 0
