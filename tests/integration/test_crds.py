@@ -34,6 +34,8 @@ EDGE_VALID: list[tuple[str, dict[str, Any]]] = [
     ("ShardSet", {"shards": 1}),
     ("ShardSet", {"shards": 256, "storage": {"size": 1073741824}, "tables": [{"name": "a_b"}, {"name": "0"}],
                   "podDisruptionBudget": {"maxUnavailable": 0}}),
+    ("ShardSet", {"shards": 1, "keyEncryption": {"provider": "none"}}),
+    ("ShardSet", {"shards": 1, "keyEncryption": {"kekSecretRef": {"name": "byo-kek.v1"}}}),
     ("KeyRotation", {**REF, "threat": {"reason": "suspected-compromise"}, "transitionPeriod": "0s"}),
     ("KeyRotation", {**REF, "schedule": "@weekly", "historyLimit": 100, "suspend": True}),
     ("PrefetchPolicy", REF),
@@ -171,6 +173,45 @@ def test_server_defaults_match_parser_defaults(k8s_client, namespace, kind, spec
     assert parse(stored["spec"]) == parse(spec)
 
 
+# ShardSet spec.keyEncryption objects the server must refuse, with the field its message must name.
+KEY_ENCRYPTION_INVALID: list[tuple[str, dict[str, Any], str]] = [
+    ("provider-kms", {"provider": "kms"}, "spec.keyEncryption.provider"),
+    ("ref-with-none", {"provider": "none", "kekSecretRef": {"name": "k"}}, "spec.keyEncryption.kekSecretRef"),
+    ("ref-no-name", {"kekSecretRef": {}}, "spec.keyEncryption.kekSecretRef.name"),
+    ("ref-name-upper", {"kekSecretRef": {"name": "My_Kek"}}, "spec.keyEncryption.kekSecretRef.name"),
+    ("not-object", "embedded", "spec.keyEncryption"),
+]
+
+
+@pytest.mark.parametrize(("case", "key_encryption", "field"), KEY_ENCRYPTION_INVALID,
+                         ids=[c[0] for c in KEY_ENCRYPTION_INVALID])
+def test_bad_key_encryption_is_refused_by_the_server_and_the_parser_naming_the_field(
+        k8s_client, namespace, case, key_encryption, field):
+    obj = _obj("ShardSet", f"ke-{case}", {"shards": 1, "keyEncryption": key_encryption})
+    with pytest.raises(client.ApiException) as err:
+        _create(k8s_client, namespace, obj)
+    message = json.loads(err.value.body).get("message", "")
+    assert err.value.status == 422 and field in message, message
+    with pytest.raises(SpecError) as perr:
+        PARSERS["ShardSet"](obj["spec"])
+    assert perr.value.field_path == field
+    assert _api(k8s_client).list_namespaced_custom_object(GROUP, VERSION, namespace, "shardsets")["items"] == []
+
+
+def test_key_encryption_defaults_to_embedded_and_cannot_change(k8s_client, namespace):
+    stored = _create(k8s_client, namespace, _obj("ShardSet", "ke", {"shards": 1}))
+    assert stored["spec"]["keyEncryption"] == {"provider": "embedded"}
+    for change in ({"provider": "none"}, {"kekSecretRef": {"name": "other"}}):
+        with pytest.raises(client.ApiException) as err:
+            _api(k8s_client).patch_namespaced_custom_object(GROUP, VERSION, namespace, "shardsets", "ke",
+                                                            {"spec": {"keyEncryption": change}})
+        assert err.value.status == 422
+        assert "keyEncryption is immutable" in json.loads(err.value.body)["message"]
+    # Other fields still change, and the defaulted keyEncryption does not count as a change.
+    _api(k8s_client).patch_namespaced_custom_object(GROUP, VERSION, namespace, "shardsets", "ke",
+                                                    {"spec": {"shards": 2}})
+
+
 def test_minimal_shardset_gets_defaults_from_the_server(k8s_client, namespace):
     stored = _create(k8s_client, namespace, _obj("ShardSet", "tiny", {"shards": 2}))
     spec = stored["spec"]
@@ -180,6 +221,7 @@ def test_minimal_shardset_gets_defaults_from_the_server(k8s_client, namespace):
     assert spec["cache"] == {"size": "256Mi", "evictionPolicy": "scored"}
     assert spec["tables"] == [{"name": "default"}]
     assert spec["keyAlgorithm"] == "AES-256-GCM"
+    assert spec["keyEncryption"] == {"provider": "embedded"}
     assert spec["podDisruptionBudget"] == {"maxUnavailable": 1}
 
 

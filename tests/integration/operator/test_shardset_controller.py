@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import pytest
+from chronoshard.shardnode.keyprovider import unwrap_key
 from kubernetes import client
 
 from tests.waiting import wait_for
@@ -39,6 +40,26 @@ def apis(k8s_client):
 
 def get_ss(apis, ns, name):
     return apis["custom"].get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
+
+
+def read_secret(apis, ns, name):
+    try:
+        return apis["core"].read_namespaced_secret(name, ns)
+    except client.ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def unwrapped_v1(keyring, kek_secret) -> bytes:
+    """Version 1's key from a wrapped keyring Secret, unwrapped with the KEK Secret's kek.key."""
+    kek = base64.b64decode(kek_secret.data["kek.key"])
+    return unwrap_key(kek, base64.b64decode(keyring.data["v1.wrapped"]), 1)
+
+
+def degraded(apis, ns, name):
+    st = get_ss(apis, ns, name).get("status") or {}
+    return next((c for c in st.get("conditions", []) if c["type"] == "Degraded" and c["status"] == "True"), None)
 
 
 def children_exist(apis, ns, name):
@@ -79,7 +100,17 @@ def test_shardset_creates_owned_children_and_status(operator_runner, apis, names
     secret = apis["core"].read_namespaced_secret("alpha-keyring", namespace)
     manifest = json.loads(base64.b64decode(secret.data["keyring.json"]))
     assert [v["state"] for v in manifest["versions"]] == ["primary"]
-    assert len(base64.b64decode(secret.data["v1.key"])) == 32
+    # The default provider (embedded): version 1 is stored wrapped under the KEK in its own owned Secret.
+    assert set(secret.data) == {"keyring.json", "v1.wrapped"}
+    kek = apis["core"].read_namespaced_secret("alpha-kek", namespace)
+    assert set(kek.data) == {"kek.key"} and len(base64.b64decode(kek.data["kek.key"])) == 32
+    assert kek.metadata.owner_references[0].uid == owner_uid and kek.metadata.owner_references[0].controller
+    key = unwrapped_v1(secret, kek)
+    assert len(key) == 32
+    volumes = {v.name: v for v in sts.spec.template.spec.volumes}
+    assert volumes["kek"].secret.secret_name == "alpha-kek" and volumes["kek"].secret.default_mode == 0o440
+    for c in sts.spec.template.spec.containers[:2]:
+        assert "/etc/chronoshard/kek" in c.command and "kek" in {m.name for m in c.volume_mounts}
 
     def status_ready():
         st = get_ss(apis, namespace, "alpha").get("status") or {}
@@ -91,14 +122,13 @@ def test_shardset_creates_owned_children_and_status(operator_runner, apis, names
     assert {c["type"] for c in st["conditions"]} >= {"Ready", "Progressing", "Degraded"}
     assert st["partitionMap"]["epoch"] == 1 and len(st["partitionMap"]["partitions"]) == 3
 
-    # Key material never leaks into status or events.
-    key_b64 = secret.data["v1.key"]
-    key_hex = base64.b64decode(key_b64).hex()
+    # Key material (the KEK, the wrapped blob, the unwrapped key) never leaks into status or events.
     events = apis["core"].list_namespaced_event(namespace).items
     blob = json.dumps(st) + " ".join((e.message or "") for e in events)
-    assert key_b64 not in blob and key_hex not in blob
+    for secret_b64 in (kek.data["kek.key"], secret.data["v1.wrapped"], base64.b64encode(key).decode()):
+        assert secret_b64 not in blob and base64.b64decode(secret_b64).hex() not in blob
     reasons = {e.reason for e in events if e.involved_object.name == "alpha"}
-    assert {"KeyringCreated", "StatefulSetCreated"} <= reasons
+    assert {"KEKCreated", "KeyringCreated", "StatefulSetCreated"} <= reasons
 
 
 def test_second_reconcile_changes_nothing(operator_runner, apis, namespace):
@@ -112,6 +142,7 @@ def test_second_reconcile_changes_nothing(operator_runner, apis, namespace):
             "sts": apis["apps"].read_namespaced_stateful_set("idem", namespace).metadata.resource_version,
             "cm": apis["core"].read_namespaced_config_map("idem-config", namespace).metadata.resource_version,
             "secret": apis["core"].read_namespaced_secret("idem-keyring", namespace).metadata.resource_version,
+            "kek": apis["core"].read_namespaced_secret("idem-kek", namespace).metadata.resource_version,
             "svc": apis["core"].read_namespaced_service("idem", namespace).metadata.resource_version,
             "pdb": apis["policy"].read_namespaced_pod_disruption_budget("idem", namespace).metadata.resource_version,
         }
@@ -207,10 +238,11 @@ def test_invalid_image_and_missing_storage_class_become_conditions(operator_runn
     assert err.value.status == 404
 
 
-def test_delete_garbage_collects_children_and_keeps_keyring(operator_runner, apis, namespace):
+def test_delete_garbage_collects_children_and_keeps_keyring_and_kek(operator_runner, apis, namespace):
     apis["custom"].create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, shardset("gone", 1))
     wait_for(lambda: children_exist(apis, namespace, "gone"), what="children")
-    key_before = apis["core"].read_namespaced_secret("gone-keyring", namespace).data["v1.key"]
+    key_before = apis["core"].read_namespaced_secret("gone-keyring", namespace).data["v1.wrapped"]
+    kek_before = apis["core"].read_namespaced_secret("gone-kek", namespace).data["kek.key"]
     apis["custom"].delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "gone")
 
     def collected():
@@ -232,11 +264,67 @@ def test_delete_garbage_collects_children_and_keeps_keyring(operator_runner, api
 
     # The garbage collector runs in kube-controller-manager: this proves ownerReferences are right.
     wait_for(collected, timeout=60, what="garbage collection")
-    secret = apis["core"].read_namespaced_secret("gone-keyring", namespace)
-    assert not secret.metadata.owner_references
-    # Re-creating the ShardSet adopts the same keyring: the retained volumes stay readable.
+    for name in ("gone-keyring", "gone-kek"):
+        assert not apis["core"].read_namespaced_secret(name, namespace).metadata.owner_references, name
+    # Re-creating the ShardSet adopts the same keyring and KEK: the retained volumes stay readable.
     apis["custom"].create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, shardset("gone", 1))
     wait_for(lambda: children_exist(apis, namespace, "gone"), what="children again")
-    again = apis["core"].read_namespaced_secret("gone-keyring", namespace)
-    assert again.data["v1.key"] == key_before
-    assert again.metadata.owner_references and again.metadata.owner_references[0].controller
+    new_uid = get_ss(apis, namespace, "gone")["metadata"]["uid"]
+    for name, field, before in (("gone-keyring", "v1.wrapped", key_before), ("gone-kek", "kek.key", kek_before)):
+        again = wait_for(lambda name=name: (s := read_secret(apis, namespace, name)) and s.metadata.owner_references
+                         and s, what=f"{name} adopted")
+        assert again.data[field] == before
+        assert again.metadata.owner_references[0].uid == new_uid and again.metadata.owner_references[0].controller
+    keyring, kek = (apis["core"].read_namespaced_secret(n, namespace) for n in ("gone-keyring", "gone-kek"))
+    assert len(unwrapped_v1(keyring, kek)) == 32
+    reasons = {e.reason for e in apis["core"].list_namespaced_event(namespace).items
+               if e.involved_object.uid == new_uid}
+    assert {"KeyringAdopted", "KEKAdopted"} <= reasons
+    assert "KEKCreated" not in reasons, "the kept KEK is adopted, never replaced"
+
+
+def test_provider_none_keeps_raw_keys_and_no_kek(operator_runner, apis, namespace):
+    apis["custom"].create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL,
+                                                   shardset("plain", 1, keyEncryption={"provider": "none"}))
+    sts = wait_for(lambda: children_exist(apis, namespace, "plain"), what="children")
+    secret = apis["core"].read_namespaced_secret("plain-keyring", namespace)
+    assert set(secret.data) == {"keyring.json", "v1.key"} and len(base64.b64decode(secret.data["v1.key"])) == 32
+    assert read_secret(apis, namespace, "plain-kek") is None
+    assert "kek" not in {v.name for v in sts.spec.template.spec.volumes}
+    assert all("--kek-dir" not in c.command for c in sts.spec.template.spec.containers)
+
+
+def test_missing_then_invalid_then_fixed_kek_secret_ref(operator_runner, apis, namespace):
+    apis["custom"].create_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, shardset("byo", 1, keyEncryption={"kekSecretRef": {"name": "byo-key"}}))
+    cond = wait_for(lambda: degraded(apis, namespace, "byo"), what="KEKMissing")
+    assert cond["reason"] == "KEKMissing" and "byo-key" in cond["message"]
+    assert "spec.keyEncryption.kekSecretRef.name" in cond["message"]
+    # No keyring (nor KEK of the operator's own, nor pods) while the user's KEK is missing.
+    assert read_secret(apis, namespace, "byo-keyring") is None and read_secret(apis, namespace, "byo-kek") is None
+    with pytest.raises(client.ApiException):
+        apis["apps"].read_namespaced_stateful_set("byo", namespace)
+
+    short = b"only-sixteen-byt"
+    apis["core"].create_namespaced_secret(namespace, client.V1Secret(
+        metadata=client.V1ObjectMeta(name="byo-key"), data={"kek.key": base64.b64encode(short).decode()}))
+    cond = wait_for(lambda: (c := degraded(apis, namespace, "byo")) and c["reason"] == "KEKInvalid" and c,
+                    timeout=30, what="KEKInvalid")
+    assert "holds 16 bytes" in cond["message"]
+    assert read_secret(apis, namespace, "byo-keyring") is None
+
+    kek = bytes(range(100, 132))
+    apis["core"].patch_namespaced_secret("byo-key", namespace, {"data": {"kek.key": base64.b64encode(kek).decode()}})
+    keyring = wait_for(lambda: read_secret(apis, namespace, "byo-keyring"), timeout=30, what="keyring after the fix")
+    assert len(unwrap_key(kek, base64.b64decode(keyring.data["v1.wrapped"]), 1)) == 32
+    sts = wait_for(lambda: children_exist(apis, namespace, "byo"), what="statefulset after the fix")
+    volumes = {v.name: v for v in sts.spec.template.spec.volumes}
+    assert volumes["kek"].secret.secret_name == "byo-key"
+    wait_for(lambda: degraded(apis, namespace, "byo") is None, what="Degraded cleared")
+    user_secret = apis["core"].read_namespaced_secret("byo-key", namespace)
+    assert not user_secret.metadata.owner_references, "the user's Secret is never adopted"
+    events = apis["core"].list_namespaced_event(namespace).items
+    assert {"KEKMissing", "KEKInvalid"} <= {e.reason for e in events if e.involved_object.name == "byo"}
+    blob = " ".join(e.message or "" for e in events) + json.dumps(get_ss(apis, namespace, "byo")["status"])
+    for raw in (short, kek):
+        assert raw.hex() not in blob and base64.b64encode(raw).decode() not in blob and short.decode() not in blob
