@@ -132,6 +132,14 @@ def jobs_workload(n: int, tables: int, seed: int = 7) -> tuple[list[str], list[s
     return out_t[:n], out_c[:n], [i * 0.01 for i in range(n)]
 
 
+def trace_workload(path: Path, fmt: str | None, tables: int) -> tuple[list[str], list[str], list[float]]:
+    """A block trace as table reads: the address space cut into `tables` equal ranges, one client."""
+    trace = read_trace(path, fmt)
+    width = int(trace.obj_id.max()) // tables + 1
+    names = [f"tbl{int(o) // width:05d}" for o in trace.obj_id.tolist()]
+    return names, [""] * len(names), trace.time.tolist()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run both replays and print the latency table."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -155,11 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.workload == "trace":
         if args.data is None:
             p.error("--workload trace needs --data")
-        trace = read_trace(args.data, args.format)
-        width = int(trace.obj_id.max()) // args.tables + 1
-        names = [f"tbl{int(o) // width:05d}" for o in trace.obj_id.tolist()]
-        clients = [""] * len(names)
-        times = trace.time.tolist()
+        names, clients, times = trace_workload(args.data, args.format, args.tables)
         source = args.data.name
     else:
         names, clients, times = jobs_workload(int(args.requests / (1 - args.train_frac)) + 1, args.tables)
