@@ -38,11 +38,12 @@ class KeyProvider(Protocol):
     """Source of unwrapped table keys (the embedded KEK file today, a KMS later).
 
     ``unwrap`` returns the 32-byte table key; ``check`` unwraps the version key once and discards it (used when a
-    keyring loads, so a wrong KEK is caught then). Both raise KeyUnavailable, never with key bytes in the message.
+    keyring loads, so a wrong KEK is caught then). ``blob`` is the wrapped version as the loaded keyring read it
+    (None: the provider finds it itself). Both raise KeyUnavailable, never with key bytes in the message.
     """
 
-    def unwrap(self, table: str, version: int) -> bytes: ...
-    def check(self, version: int) -> None: ...
+    def unwrap(self, table: str, version: int, blob: bytes | None = None) -> bytes: ...
+    def check(self, version: int, blob: bytes | None = None) -> None: ...
 
 
 def _check_key(name: str, key: bytes) -> None:
@@ -111,20 +112,21 @@ class EmbeddedKeyProvider:
             raise KeyUnavailable(f"the KEK file holds {len(kek)} bytes, expected {KEY_SIZE}")
         return kek
 
-    def _version_key(self, version: int) -> bytes:
-        try:
-            blob = (snapshot_dir(self.keyring_dir) / f"v{version}.wrapped").read_bytes()
-        except OSError as exc:
-            raise KeyUnavailable(f"no wrapped key for version {version}: {exc.strerror}") from None
+    def _version_key(self, version: int, blob: bytes | None) -> bytes:
+        if blob is None:
+            try:
+                blob = (snapshot_dir(self.keyring_dir) / f"v{version}.wrapped").read_bytes()
+            except OSError as exc:
+                raise KeyUnavailable(f"no wrapped key for version {version}: {exc.strerror}") from None
         return unwrap_key(self._kek(), blob, version)
 
-    def unwrap(self, table: str, version: int) -> bytes:
+    def unwrap(self, table: str, version: int, blob: bytes | None = None) -> bytes:
         """The table key of `table` under key version `version`."""
-        return derive_table_key(self._version_key(version), table)
+        return derive_table_key(self._version_key(version, blob), table)
 
-    def check(self, version: int) -> None:
+    def check(self, version: int, blob: bytes | None = None) -> None:
         """KeyUnavailable unless `version`'s blob unwraps under the current KEK."""
-        self._version_key(version)
+        self._version_key(version, blob)
 
 
 class FixedLatencyProvider:
@@ -134,16 +136,16 @@ class FixedLatencyProvider:
         self.inner, self.latency_s = inner, latency_s
         self.calls = 0
 
-    def unwrap(self, table: str, version: int) -> bytes:
+    def unwrap(self, table: str, version: int, blob: bytes | None = None) -> bytes:
         """Sleep, then delegate."""
         self.calls += 1
         time.sleep(self.latency_s)
-        return self.inner.unwrap(table, version)
+        return self.inner.unwrap(table, version, blob)
 
-    def check(self, version: int) -> None:
+    def check(self, version: int, blob: bytes | None = None) -> None:
         """Sleep, then delegate (a KMS would need a round trip here too); not counted in ``calls``."""
         time.sleep(self.latency_s)
-        self.inner.check(version)
+        self.inner.check(version, blob)
 
 
 class KeyCache:
@@ -151,7 +153,8 @@ class KeyCache:
 
     Thread-safe: the node reads from several threads and the cache unwraps in worker threads. Concurrent
     misses for one key share one unwrap. ``on_unwrap(path, seconds)`` ("demand" or "prefetch") observes
-    the slow path's latency.
+    the slow path's latency. ``adopt`` pins the wrapped blobs of the keyring in force, so a later bad
+    keyring update (refused at load) cannot break unwraps for the one still in force.
     """
 
     def __init__(self, provider: KeyProvider, capacity: int = 64,
@@ -163,6 +166,7 @@ class KeyCache:
         self._policy = ScoredPolicy()
         self._lock = threading.Lock()
         self._inflight: dict[Hashable, threading.Event] = {}
+        self._blobs: dict[int, bytes] = {}  # wrapped version blobs of the keyring in force (not secret)
         self.hits = self.misses = self.prefetched = self.prefetch_used = 0
         self._unused_prefetch: set[Hashable] = set()
 
@@ -200,7 +204,7 @@ class KeyCache:
 
     def _unwrap(self, ident: tuple[str, int], path: str) -> bytes:
         t0 = time.perf_counter()
-        key = self.provider.unwrap(*ident)
+        key = self.provider.unwrap(ident[0], ident[1], self._blobs.get(ident[1]))
         if self.on_unwrap is not None:
             self.on_unwrap(path, time.perf_counter() - t0)
         return key
@@ -265,9 +269,15 @@ class KeyCache:
             self.prefetched += 1
         return True
 
-    def check(self, version: int) -> None:
+    def check(self, version: int, blob: bytes | None = None) -> None:
         """KeyUnavailable unless ``version`` unwraps (keyring load); nothing is kept."""
-        self.provider.check(version)
+        self.provider.check(version, blob)
+
+    def adopt(self, blobs: dict[int, bytes]) -> None:
+        """A keyring with these wrapped versions is now in force: unwrap from its blobs, forget other versions."""
+        with self._lock:
+            self._blobs = dict(blobs)
+        self.retain(blobs)
 
     def retain(self, versions: Collection[int]) -> None:
         """Drop the table keys of every version not in ``versions`` (they left the keyring)."""

@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -57,8 +57,8 @@ class TableKeys(Protocol):
     """The process-wide source of unwrapped table keys for wrapped versions (keyprovider.KeyCache)."""
 
     def get(self, table: str, version: int, unwrap: bool = True) -> bytes: ...
-    def check(self, version: int) -> None: ...
-    def retain(self, versions: Collection[int]) -> None: ...
+    def check(self, version: int, blob: bytes | None = None) -> None: ...
+    def adopt(self, blobs: dict[int, bytes]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -80,12 +80,12 @@ def derive_table_key(master: bytes, table: str) -> bytes:
 class Keyring:
     """An immutable loaded keyring: versions, the primary, and lazily derived per-table AEADs.
 
-    Raw versions keep their version key here; wrapped versions keep nothing but their id and get each
-    table key from the process-wide ``table_keys`` cache (which unwraps on a miss).
+    Raw versions keep their version key here; wrapped versions keep only their blob (useless without the
+    KEK) and get each table key from the process-wide ``table_keys`` cache (which unwraps on a miss).
     """
 
     def __init__(self, generation: int, versions: list[KeyVersion], keys: dict[int, bytes],
-                 wrapped: Collection[int] = (), table_keys: TableKeys | None = None) -> None:
+                 wrapped: Mapping[int, bytes] | None = None, table_keys: TableKeys | None = None) -> None:
         self.generation = generation
         self.versions = tuple(sorted(versions, key=lambda v: v.id))
         primaries = [v.id for v in self.versions if v.state == "primary"]
@@ -93,7 +93,8 @@ class Keyring:
             raise KeyringError(f"exactly one primary version required, found {len(primaries)}")
         self.primary = primaries[0]
         self.compromised = frozenset(v.id for v in self.versions if v.compromised)
-        self.wrapped = frozenset(wrapped)
+        self.wrapped_blobs = dict(wrapped or {})
+        self.wrapped = frozenset(self.wrapped_blobs)
         if self.wrapped and table_keys is None:
             raise KeyringError("wrapped versions need a key cache to unwrap table keys")
         self._table_keys = table_keys
@@ -207,7 +208,7 @@ def load_keyring(directory: Path, table_keys: TableKeys | None = None) -> Keyrin
         raise KeyringError(f"cannot read {MANIFEST}: {exc.strerror}") from None
     generation, versions = parse_manifest(text)
     keys: dict[int, bytes] = {}
-    wrapped: list[int] = []
+    wrapped: dict[int, bytes] = {}
     for v in versions:
         raw, blob = base / f"v{v.id}.key", base / f"v{v.id}.wrapped"
         has_raw, has_blob = os.path.lexists(raw), os.path.lexists(blob)
@@ -217,10 +218,13 @@ def load_keyring(directory: Path, table_keys: TableKeys | None = None) -> Keyrin
             if table_keys is None:
                 raise KeyringError(f"version {v.id} is wrapped but no KEK directory is configured (--kek-dir)")
             try:
-                table_keys.check(v.id)
+                wrapped[v.id] = blob.read_bytes()  # from this snapshot, with the manifest
+            except OSError as exc:
+                raise KeyringError(f"cannot read v{v.id}.wrapped: {exc.strerror}") from None
+            try:
+                table_keys.check(v.id, wrapped[v.id])
             except KeyUnavailable as exc:
                 raise KeyringError(f"version {v.id} is wrapped but cannot be unwrapped: {exc}") from None
-            wrapped.append(v.id)
             continue
         try:
             material = raw.read_bytes()
@@ -257,9 +261,11 @@ class KeyringWatcher:
     """Holds the current keyring; reloads it when the directory changes and keeps the old one on error."""
 
     def __init__(self, directory: Path, on_reload: Callable[[Keyring | None, str | None], None] | None = None,
-                 table_keys: TableKeys | None = None) -> None:
+                 table_keys: TableKeys | None = None, kek_dir: Path | None = None) -> None:
         self.directory = Path(directory)
         self.table_keys = table_keys  # one per process, kept across reloads
+        # A KEK change also triggers a reload, so a KEK that no longer unwraps the keyring is reported.
+        self.kek_dir = Path(kek_dir) if kek_dir is not None else None
         self.keyring: Keyring | None = None
         self.load_error: str | None = None
         self._fingerprint: tuple[Any, ...] | None = None
@@ -268,6 +274,8 @@ class KeyringWatcher:
     def poll(self) -> bool:
         """Reload if the directory changed; return True if a new keyring was installed."""
         fp = fingerprint(self.directory)
+        if self.kek_dir is not None:
+            fp = (fp, fingerprint(self.kek_dir))
         if fp == self._fingerprint:
             return False
         self._fingerprint = fp
@@ -282,10 +290,11 @@ class KeyringWatcher:
             if self._on_reload:
                 self._on_reload(None, self.load_error)
             return False
+        if self.table_keys is not None:
+            # Before the swap, so reads with the new keyring unwrap from its blobs; versions that left it go.
+            self.table_keys.adopt(ring.wrapped_blobs)
         self.keyring = ring
         self.load_error = None
-        if self.table_keys is not None:
-            self.table_keys.retain(ring.wrapped)  # table keys of versions that left the keyring go
         log.info("keyring loaded: generation %s, primary %s, versions %s, wrapped %s",
                  ring.generation, ring.primary, [v.id for v in ring.versions], sorted(ring.wrapped))
         if self._on_reload:

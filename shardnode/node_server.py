@@ -109,7 +109,7 @@ class Node:
                           if cfg.kek_dir is not None else None)
         self.metrics.watch_key_cache(lambda: self.key_cache.stats() if self.key_cache is not None else None)
         self.keys = KeyringWatcher(cfg.keyring_dir, on_reload=self.metrics.keyring.observe,
-                                   table_keys=self.key_cache)
+                                   table_keys=self.key_cache, kek_dir=cfg.kek_dir)
         self.settings = SettingsWatcher(cfg.settings_path, self._apply_settings, self.metrics.settings.observe)
         self.store: Store | None = None
         self.rewrap: rewrap.RewrapRunner | None = None

@@ -120,7 +120,7 @@ class CacheApp:
             self.key_cache = KeyCache(provider, cfg.key_cache_size, on_unwrap=self.metrics.observe_unwrap)
         self.metrics.watch_key_cache(lambda: self.key_cache.stats() if self.key_cache is not None else None)
         self.keys = KeyringWatcher(cfg.keyring_dir, on_reload=self.metrics.keyring.observe,
-                                   table_keys=self.key_cache)
+                                   table_keys=self.key_cache, kek_dir=cfg.kek_dir)
         # Its own threads: a slow KMS must not starve the default executor the keyring/settings watchers use.
         self.key_pool = ThreadPoolExecutor(cfg.key_unwrap_threads, thread_name_prefix="key-unwrap")
         self.key_hints: asyncio.Queue[tuple[str, float]] = asyncio.Queue(cfg.prefetch_queue)

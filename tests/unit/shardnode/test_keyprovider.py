@@ -95,7 +95,7 @@ class CountingProvider:
     def __init__(self) -> None:
         self.calls: list[tuple[str, int]] = []
 
-    def unwrap(self, table: str, version: int) -> bytes:
+    def unwrap(self, table: str, version: int, blob: bytes | None = None) -> bytes:
         self.calls.append((table, version))
         return derive_table_key(MASTER, f"{table}/{version}")
 
@@ -143,12 +143,12 @@ class SlowProvider(CountingProvider):
         self.release = threading.Event()
         self.entered = threading.Event()
 
-    def unwrap(self, table: str, version: int) -> bytes:
+    def unwrap(self, table: str, version: int, blob: bytes | None = None) -> bytes:
         self.entered.set()
         assert self.release.wait(10)
-        return super().unwrap(table, version)
+        return super().unwrap(table, version, blob)
 
-    def check(self, version: int) -> None:
+    def check(self, version: int, blob: bytes | None = None) -> None:
         pass
 
 

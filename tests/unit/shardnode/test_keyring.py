@@ -14,6 +14,7 @@ from chronoshard.shardnode.keyring import (
     parse_manifest,
 )
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from tests.unit.shardnode.kubelet_dir import write_keyring
@@ -267,3 +268,27 @@ def test_unwrap_failure_at_read_is_a_missing_key_version_naming_it(tmp_path):
     with pytest.raises(MissingKeyVersion, match="key version 1 could not be unwrapped") as exc:
         ring.aead(1, "t")
     assert isinstance(exc.value, KeyVersionUnavailable) and exc.value.version == 1
+
+
+def test_keyring_in_force_keeps_unwrapping_after_a_refused_update_and_kek_changes_are_watched(tmp_path):
+    from tests.unit.shardnode.kubelet_dir import write_kek
+
+    kc = _cache(tmp_path)
+    write_keyring(tmp_path / "keyring", 1, {1: ("primary", K1)}, kek=KEK, wrapped={1})
+    w = KeyringWatcher(tmp_path / "keyring", table_keys=kc, kek_dir=tmp_path / "kek")
+    assert w.poll()
+    ring = w.keyring
+    # The Secret is updated with a blob under another KEK: refused, and the keyring in force still unwraps
+    # new table keys from the blob it loaded (not from the refused snapshot).
+    write_keyring(tmp_path / "keyring", 2, {1: ("primary", K1)}, kek=os.urandom(32), wrapped={1})
+    assert not w.poll() and w.keyring is ring
+    nonce = os.urandom(12)
+    ct = ring.aead(1, "new-table").encrypt(nonce, b"x", b"")
+    assert AESGCM(derive_table_key(K1, "new-table")).decrypt(nonce, ct, b"") == b"x"
+    # Fixed keyring: loads. Then only the KEK Secret changes: a reload is triggered and reports the mismatch.
+    write_keyring(tmp_path / "keyring", 3, {1: ("primary", K1)}, kek=KEK, wrapped={1})
+    assert w.poll() and w.keyring.generation == 3
+    assert not w.poll()
+    write_kek(tmp_path / "kek", os.urandom(32))
+    assert not w.poll()
+    assert w.keyring.generation == 3 and "version 1 is wrapped but cannot be unwrapped" in w.load_error

@@ -193,13 +193,13 @@ async def test_a_miss_unwraps_off_the_event_loop(tmp_path):
         inner = app.key_cache.provider
 
         class Gated:  # an unwrap that waits until the test lets it finish
-            def unwrap(self, table: str, version: int) -> bytes:
+            def unwrap(self, table: str, version: int, blob: bytes | None = None) -> bytes:
                 entered.set()
                 assert gate.wait(10)
-                return inner.unwrap(table, version)
+                return inner.unwrap(table, version, blob)
 
-            def check(self, version: int) -> None:
-                inner.check(version)
+            def check(self, version: int, blob: bytes | None = None) -> None:
+                inner.check(version, blob)
 
         app.key_cache.provider = Gated()
         order: list[str] = []
