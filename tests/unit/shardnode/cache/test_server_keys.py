@@ -51,6 +51,11 @@ async def test_wrapped_round_trip_counts_a_miss_then_hits(tmp_path):
         assert metric(m, "chronoshard_cache_key_misses_total") == 1
         assert metric(m, "chronoshard_cache_key_hits_total") == 1
         assert metric(m, "chronoshard_cache_key_unwrap_seconds_count", '{path="demand"}') == 1
+        # the node encrypted both writes under the wrapped primary: one unwrap of table t's key, then a hit
+        nm = await (await s.get(f"{node}/metrics")).text()
+        assert metric(nm, "chronoshard_node_key_misses_total") == 1
+        assert metric(nm, "chronoshard_node_key_hits_total") == 1
+        assert metric(nm, "chronoshard_node_key_cache_capacity") == 1024
         # batch reads go through the same path
         capp[CACHE].cache.invalidate_all()
         r = await (await s.post(f"{cache}/v1/tables/t/blocks:batchGet", json={"keys": ["a", "b", "c"]})).json()
