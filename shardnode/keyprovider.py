@@ -187,8 +187,8 @@ class KeyCache:
 
     def _put(self, ident: tuple[str, int], key: bytes, score: float) -> None:
         with self._lock:
-            if ident in self._keys:
-                return
+            if ident in self._keys or (self._blobs and ident[1] not in self._blobs):
+                return  # held already, or its version left the keyring while it was being unwrapped
             self._evict_to(self.capacity - 1)
             self._keys[ident] = key
             self._policy.insert(ident, KEY_SIZE, prefetch_score=score)

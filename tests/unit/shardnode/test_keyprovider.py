@@ -186,6 +186,12 @@ def test_unwrap_false_resize_retain_stats_and_hook() -> None:
     with pytest.raises(ValueError):
         kc.resize(0)
     assert kc.stats() == {"capacity": 1, "held": 1, "hits": 2, "misses": 3, "prefetched": 1, "prefetchUsed": 0}
+    # once a keyring is adopted, a key of a version outside it is served but not kept
+    kc.resize(4)
+    kc.adopt({2: b"blob"})
+    assert kc.get("x", 1) and ("x", 1) not in kc
+    kc.get("x", 2)
+    assert ("x", 2) in kc
 
 
 def test_embedded_check_unwraps_the_version_key_without_keeping_it(tmp_path: Path) -> None:
