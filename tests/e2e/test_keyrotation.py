@@ -231,12 +231,15 @@ def wait_completed(env: Env, name: str, count: int, timeout: float = 240) -> dic
 
 def assert_only_version(env: Env, version: int) -> None:
     assert env.secret_versions() == [version]
+    # The ShardSet's default provider (embedded) keeps every rotated version wrapped under its KEK.
+    secret = env.cluster.get("secret", "vault-keyring", env.namespace)
+    assert set(secret["data"]) == {"keyring.json", f"v{version}.wrapped"}
     for shard in range(SHARDS):
         for port in (7400, 7401):
             rep = wait_until(f"shard {shard}:{port} drops old versions",
                              lambda s=shard, p=port: (r := env.keys_report(s, p)) and
                              [v["id"] for v in r["versions"]] == [version] and r, timeout=60)
-            assert rep["primary"] == version
+            assert rep["primary"] == version and rep["wrapped"] == [version] and rep["loadError"] is None
             if port == 7400:
                 assert {int(k): n for k, n in rep["blocks"].items() if n} .keys() <= {version}
 
@@ -273,6 +276,9 @@ def test_scheduled_rotation_uses_the_controllable_clock(env: Env, workload: Work
     assert done["history"][-1]["reason"] == "scheduled"
     assert done["lastScheduleTime"] == st
     assert_only_version(env, 3)
+    # Stop the schedule: created just before 03:00 UTC, its next run is only minutes away on the advanced clock
+    # and would rotate again under the later tests (which count versions).
+    env.cluster.apply(rotation("nightly", schedule="0 3 * * *", suspend=True))
 
 
 def test_operator_killed_in_every_phase_still_completes(env: Env, workload: Workload) -> None:

@@ -94,3 +94,49 @@ def test_policy_turns_on_prefetching_and_reports_shard_figures(local_cluster: Lo
     assert ready["status"] == "True" and ready["reason"] == "ShardsReporting"
     print(f"policy status: hitRatio={st['hitRatio']} precision={st['precision']} recall={st.get('recall')} "
           f"hints sent/used/wasted={st['hintsSent']}/{st['hintsUsed']}/{st['hintsWasted']}")
+
+
+def cache_status(ip: str) -> dict:
+    code, body = http_get(f"http://{ip}:7401/v1/cache")
+    return json.loads(body) if code == 200 else {}
+
+
+def test_key_prefetch_settings_reach_the_cache_and_predictor_and_key_cache_figures_come_back(
+        local_cluster: LocalCluster, e2e_namespace: str):
+    ns, tables = e2e_namespace, ["ka", "kb", "kc"]
+    local_cluster.apply(
+        {"apiVersion": GROUP_VERSION, "kind": "ShardSet", "metadata": {"name": "kp", "namespace": ns},
+         "spec": {"shards": 1, "tables": [{"name": t} for t in tables], "cache": {"size": "16Mi"}}},
+        {"apiVersion": GROUP_VERSION, "kind": "PrefetchPolicy", "metadata": {"name": "keys", "namespace": ns},
+         "spec": {"shardSetRef": {"name": "kp"}, "keyPrefetch": {"enabled": True, "keyCacheSize": 7}}},
+    )
+    pod = wait_until("shard 0 Ready", lambda: (p := local_cluster.get("pod", "kp-0", ns)) and is_ready(p) and p,
+                     timeout=120)
+    ip = pod["status"]["podIP"]
+    # keyCacheSize went through cache.json into the running cache (live reload); the keyring is wrapped
+    # (the ShardSet's default keyEncryption), so the key cache is in use.
+    key_cache = wait_until("cache key cache sized by the policy",
+                           lambda: (kc := cache_status(ip).get("keyCache")) and kc["capacity"] == 7 and kc,
+                           timeout=60)
+    assert key_cache["wrapped"] is True
+    wait_until("predictor key hints enabled by the policy",
+               lambda: (predictor_status(ip).get("keyHints") or {}).get("enabled") is True, timeout=60)
+
+    # Every block the cache decrypts looks its table's key up in the key cache (a block already in the cache
+    # needs no key): the first block of each table misses, the next ones hit.
+    for t in tables:
+        for i in range(3):
+            assert put(ip, t, i) == 200
+            assert http_get(f"http://{ip}:7401/v1/tables/{t}/blocks/{key(i)}")[0] == 200
+    direct = cache_status(ip)["keyCache"]
+    assert direct["misses"] >= 1 and direct["hits"] >= 1, direct
+
+    def reported() -> dict | None:
+        st = (local_cluster.get("prefetchpolicy", "keys", ns) or {}).get("status") or {}
+        kc = st.get("keyCache") or {}
+        return st if st.get("phase") == "Active" and "hitRatio" in kc else None
+
+    st = wait_until("the policy's status to carry the key cache figures", reported, timeout=45)
+    assert 0 < st["keyCache"]["hitRatio"] < 1
+    assert st["keyCache"]["prefetched"] >= 0 and st["keyCache"]["prefetchUsed"] <= st["keyCache"]["prefetched"]
+    print(f"policy keyCache: {st['keyCache']}; cache keyCache: {cache_status(ip)['keyCache']}")

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 from chronoshard.operator.dev.nodeagent.volumes import read_snapshot
+from chronoshard.shardnode.keyprovider import unwrap_key, wrap_key
 
 from .conftest import LocalCluster, http_get, is_ready, wait_until
 
@@ -82,9 +83,23 @@ def test_shard_data_survives_pod_deletion(local_cluster, shardset):
     assert http_get(f"http://{new['status']['podIP']}:7400/v1/tables/{table}/blocks/{key}") == (200, body)
 
 
+def test_default_keyring_is_wrapped_under_the_mounted_kek(local_cluster, shardset):
+    ns, name, _ = shardset
+    secret = local_cluster.get("secret", f"{name}-keyring", ns)
+    kek = base64.b64decode(local_cluster.get("secret", f"{name}-kek", ns)["data"]["kek.key"])
+    assert set(secret["data"]) == {"keyring.json", "v1.wrapped"}
+    assert len(unwrap_key(kek, base64.b64decode(secret["data"]["v1.wrapped"]), 1)) == 32
+    for pod in shard_pods(local_cluster, ns, name):
+        assert (local_cluster.pod_dir(pod) / "volumes" / "kek" / "kek.key").read_bytes() == kek
+        for port in (PORTS["node"], PORTS["cache"]):
+            keys = json.loads(http_get(f"http://{pod['status']['podIP']}:{port}/v1/keys")[1])
+            assert keys["loadError"] is None and keys["wrapped"] == [1], keys
+
+
 def test_keyring_secret_update_is_seen_atomically_and_reloaded(local_cluster, shardset):
     ns, name, _ = shardset
     secret = local_cluster.get("secret", f"{name}-keyring", ns)
+    kek = base64.b64decode(local_cluster.get("secret", f"{name}-kek", ns)["data"]["kek.key"])
     manifest = json.loads(base64.b64decode(secret["data"]["keyring.json"]))
     new_id = max(v["id"] for v in manifest["versions"]) + 1
     manifest["generation"] += 1
@@ -98,11 +113,11 @@ def test_keyring_secret_update_is_seen_atomically_and_reloaded(local_cluster, sh
     snapshots: list[int] = []
 
     def reader():
-        # Every snapshot must be self-consistent: each version the manifest lists has its key file.
+        # Every snapshot must be self-consistent: each version the manifest lists has its (wrapped) key file.
         while not stop.is_set():
             files = read_snapshot(volume)
             listed = json.loads(files["keyring.json"])
-            missing = [v["id"] for v in listed["versions"] if len(files.get(f"v{v['id']}.key", b"")) != 32]
+            missing = [v["id"] for v in listed["versions"] if not files.get(f"v{v['id']}.wrapped")]
             if missing:
                 problems.append(f"generation {listed['generation']} lacks keys {missing}")
             snapshots.append(listed["generation"])
@@ -111,7 +126,7 @@ def test_keyring_secret_update_is_seen_atomically_and_reloaded(local_cluster, sh
     thread.start()
     try:
         patch = {"data": {"keyring.json": base64.b64encode(json.dumps(manifest).encode()).decode(),
-                          f"v{new_id}.key": base64.b64encode(os.urandom(32)).decode()}}
+                          f"v{new_id}.wrapped": base64.b64encode(wrap_key(kek, os.urandom(32), new_id)).decode()}}
         local_cluster.kubectl("patch", "secret", f"{name}-keyring", "-n", ns, "--type", "merge",
                               "-p", json.dumps(patch))
         for pod in pods:
@@ -126,3 +141,4 @@ def test_keyring_secret_update_is_seen_atomically_and_reloaded(local_cluster, sh
     assert set(snapshots) == {manifest["generation"] - 1, manifest["generation"]}
     keys = json.loads(http_get(f"http://{pods[0]['status']['podIP']}:7400/v1/keys")[1])
     assert {v["id"] for v in keys["versions"]} == {v["id"] for v in manifest["versions"]}
+    assert keys["wrapped"] == sorted(v["id"] for v in manifest["versions"]) and keys["loadError"] is None
