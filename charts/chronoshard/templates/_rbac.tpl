@@ -17,8 +17,9 @@
 - apiGroups: [chronoshard.io]
   resources: [shardsets]
   verbs: [get]
-# The keyring Secret is created once (its key bytes are generated, never applied from a template)
-# and patched when a KeyRotation adds or retires a key version.
+# The keyring and KEK Secrets are created once (their key bytes are generated, never applied from a
+# template); the keyring is patched when a KeyRotation adds or retires a key version. A ShardSet's
+# kekSecretRef Secret is only read.
 - apiGroups: [""]
   resources: [secrets]
   verbs: [create, get, list, watch, patch]

@@ -28,16 +28,6 @@ def shardset(name: str, shards: int = 3, **spec: Any) -> dict[str, Any]:
     }
 
 
-@pytest.fixture()
-def apis(k8s_client):
-    return {
-        "core": client.CoreV1Api(k8s_client),
-        "apps": client.AppsV1Api(k8s_client),
-        "policy": client.PolicyV1Api(k8s_client),
-        "custom": client.CustomObjectsApi(k8s_client),
-    }
-
-
 def get_ss(apis, ns, name):
     return apis["custom"].get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
 
@@ -281,50 +271,3 @@ def test_delete_garbage_collects_children_and_keeps_keyring_and_kek(operator_run
                if e.involved_object.uid == new_uid}
     assert {"KeyringAdopted", "KEKAdopted"} <= reasons
     assert "KEKCreated" not in reasons, "the kept KEK is adopted, never replaced"
-
-
-def test_provider_none_keeps_raw_keys_and_no_kek(operator_runner, apis, namespace):
-    apis["custom"].create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL,
-                                                   shardset("plain", 1, keyEncryption={"provider": "none"}))
-    sts = wait_for(lambda: children_exist(apis, namespace, "plain"), what="children")
-    secret = apis["core"].read_namespaced_secret("plain-keyring", namespace)
-    assert set(secret.data) == {"keyring.json", "v1.key"} and len(base64.b64decode(secret.data["v1.key"])) == 32
-    assert read_secret(apis, namespace, "plain-kek") is None
-    assert "kek" not in {v.name for v in sts.spec.template.spec.volumes}
-    assert all("--kek-dir" not in c.command for c in sts.spec.template.spec.containers)
-
-
-def test_missing_then_invalid_then_fixed_kek_secret_ref(operator_runner, apis, namespace):
-    apis["custom"].create_namespaced_custom_object(
-        GROUP, VERSION, namespace, PLURAL, shardset("byo", 1, keyEncryption={"kekSecretRef": {"name": "byo-key"}}))
-    cond = wait_for(lambda: degraded(apis, namespace, "byo"), what="KEKMissing")
-    assert cond["reason"] == "KEKMissing" and "byo-key" in cond["message"]
-    assert "spec.keyEncryption.kekSecretRef.name" in cond["message"]
-    # No keyring (nor KEK of the operator's own, nor pods) while the user's KEK is missing.
-    assert read_secret(apis, namespace, "byo-keyring") is None and read_secret(apis, namespace, "byo-kek") is None
-    with pytest.raises(client.ApiException):
-        apis["apps"].read_namespaced_stateful_set("byo", namespace)
-
-    short = b"only-sixteen-byt"
-    apis["core"].create_namespaced_secret(namespace, client.V1Secret(
-        metadata=client.V1ObjectMeta(name="byo-key"), data={"kek.key": base64.b64encode(short).decode()}))
-    cond = wait_for(lambda: (c := degraded(apis, namespace, "byo")) and c["reason"] == "KEKInvalid" and c,
-                    timeout=30, what="KEKInvalid")
-    assert "holds 16 bytes" in cond["message"]
-    assert read_secret(apis, namespace, "byo-keyring") is None
-
-    kek = bytes(range(100, 132))
-    apis["core"].patch_namespaced_secret("byo-key", namespace, {"data": {"kek.key": base64.b64encode(kek).decode()}})
-    keyring = wait_for(lambda: read_secret(apis, namespace, "byo-keyring"), timeout=30, what="keyring after the fix")
-    assert len(unwrap_key(kek, base64.b64decode(keyring.data["v1.wrapped"]), 1)) == 32
-    sts = wait_for(lambda: children_exist(apis, namespace, "byo"), what="statefulset after the fix")
-    volumes = {v.name: v for v in sts.spec.template.spec.volumes}
-    assert volumes["kek"].secret.secret_name == "byo-key"
-    wait_for(lambda: degraded(apis, namespace, "byo") is None, what="Degraded cleared")
-    user_secret = apis["core"].read_namespaced_secret("byo-key", namespace)
-    assert not user_secret.metadata.owner_references, "the user's Secret is never adopted"
-    events = apis["core"].list_namespaced_event(namespace).items
-    assert {"KEKMissing", "KEKInvalid"} <= {e.reason for e in events if e.involved_object.name == "byo"}
-    blob = " ".join(e.message or "" for e in events) + json.dumps(get_ss(apis, namespace, "byo")["status"])
-    for raw in (short, kek):
-        assert raw.hex() not in blob and base64.b64encode(raw).decode() not in blob and short.decode() not in blob

@@ -115,30 +115,22 @@ def test_predictor_still_on_old_settings_is_not_ready():
     assert st["shards"][1]["error"] == "predictor config: /etc/x/predictor.json: horizonSeconds bad"
 
 
-def _key_metrics_text(hits=0, misses=0, prefetched=0, used=0, dropped=0) -> str:
-    """A cache exposition with the contract's key-cache counters (names as the cache registers them)."""
-    from prometheus_client import Counter
+def test_key_counters_from_the_real_cache_metrics_and_absent_for_older_caches():
+    from chronoshard.operator.prefetchpolicy.probe import key_counters
+    from chronoshard.operator.prefetchpolicy.status import KeyCounters
 
     m = CacheMetrics()
     m.hits.inc(5)
     m.misses.inc(5)
-    r = m.registry
-    for name, value in (("key_hits", hits), ("key_misses", misses), ("key_prefetched", prefetched),
-                        ("key_prefetch_used", used)):
-        Counter(f"chronoshard_cache_{name}", name, registry=r).inc(value)
-    Counter("chronoshard_cache_key_hints_dropped", "dropped", ["reason"], registry=r).labels("not_wrapped").inc(dropped)
-    return generate_latest(r).decode()
-
-
-def test_key_counters_from_the_exposition_and_absent_for_older_caches():
-    from chronoshard.operator.prefetchpolicy.probe import key_counters
-    from chronoshard.operator.prefetchpolicy.status import KeyCounters
-
-    text = _key_metrics_text(hits=30, misses=10, prefetched=12, used=9, dropped=4)
+    m.watch_key_cache(lambda: {"hits": 30, "misses": 10, "prefetched": 12, "prefetchUsed": 9, "held": 4,
+                               "capacity": 64})
+    m.key_hints_dropped.labels("not_wrapped").inc(4)
+    text = generate_latest(m.registry).decode()
     assert key_counters(text) == KeyCounters(hits=30, misses=10, prefetched=12, prefetch_used=9)
     assert cache_counters(text) == (5.0, 5.0)
-    old = generate_latest(CacheMetrics().registry).decode()
-    assert key_counters(old) is None
+    # A cache from before the key cache exports none of the chronoshard_cache_key_* families.
+    old = "\n".join(line for line in text.splitlines() if "chronoshard_cache_key_" not in line) + "\n"
+    assert cache_counters(old) == (5.0, 5.0) and key_counters(old) is None
 
 
 def test_key_cache_is_summed_over_the_shards_and_left_out_without_reports():
