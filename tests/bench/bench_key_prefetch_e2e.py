@@ -143,7 +143,7 @@ def run_once(args: argparse.Namespace, root: Path, run: str, warm: list[Request]
     work.mkdir()
     (work / "cache.json").write_text(json.dumps({"keyCacheSize": args.key_cache}))
     (work / "predictor.json").write_text(json.dumps({
-        "enabled": True, "model": "stats", "horizonSeconds": args.horizon,
+        "enabled": True, "model": args.model, "horizonSeconds": args.horizon,
         "scoreThreshold": 1.0,  # no block hints in either run: only key prefetching differs
         "minTrainAccesses": min(len(warm), 2000), "pollIntervalSeconds": 0.05, "retrainIntervalSeconds": 3600,
         "keyPrefetch": {"enabled": key_prefetch, "scoreThreshold": args.threshold,
@@ -211,11 +211,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--horizon", type=float, default=2.0, help="predictor horizonSeconds")
     p.add_argument("--threshold", type=float, default=0.3, help="keyPrefetch.scoreThreshold")
     p.add_argument("--max-keys-per-second", type=float, default=100.0, help="keyPrefetch.maxKeysPerSecond")
+    p.add_argument("--model", default="stats", help="predictor model (stats, gbm, logreg, auto)")
+    p.add_argument("--repeat", type=int, default=2, help="off/on pairs, alternated (a shared machine is noisy)")
     p.add_argument("--seed", type=int, default=7)
     args = p.parse_args(argv)
     if not (2 <= args.tables <= 20000 and 100 <= args.requests <= 20000 and 100 <= args.warm <= 20000
-            and 1 <= args.blocks_per_table <= 64 and args.interval_ms > 0 and args.warm_interval_ms > 0):
-        p.error("need 2..20000 tables, 100..20000 requests and warm requests, 1..64 blocks per table, intervals > 0")
+            and 1 <= args.blocks_per_table <= 64 and args.interval_ms > 0 and args.warm_interval_ms > 0
+            and 1 <= args.repeat <= 5):
+        p.error("need 2..20000 tables, 100..20000 requests and warm requests, 1..64 blocks per table, intervals > 0, "
+                "1..5 repeats")
     n = args.warm + args.requests
     if args.workload == "trace":
         if args.data is None:
@@ -237,9 +241,10 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     try:
         write_secrets(root)
-        for run, on in (("off", False), ("on", True)):
-            print(f"run: key prefetching {run}")
-            rows.append(run_once(args, root, run, warm, test, on))
+        for i in range(args.repeat):
+            for run, on in (("off", False), ("on", True)):
+                print(f"run {i + 1}: key prefetching {run}")
+                rows.append(run_once(args, root, f"{run}-{i + 1}", warm, test, on))
     finally:
         shutil.rmtree(root, ignore_errors=True)
     print(f"\n{'key prefetching':16} {'mean ms':>8} {'p50 ms':>7} {'p90 ms':>7} {'p99 ms':>7} {'max ms':>8} "
@@ -249,12 +254,18 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{r['run']:16} {r['mean']:8.3f} {r['p50']:7.3f} {r['p90']:7.3f} {r['p99']:7.3f} {r['max']:8.2f} "
               f"{int(r['misses']):10d} {unwraps:8d} {int(r['prefetched']):10d} {int(r['prefetchUsed']):8d} "
               f"{int(r['hintsSent']):6d} {r['failed']:6d}")
-    off, on = rows
-    ratio = {k: on[k] / off[k] if off[k] else float("nan") for k in ("mean", "p50", "p90", "p99", "misses")}
-    print(f"\nwith / without key prefetching: mean {ratio['mean']:.3f}, p50 {ratio['p50']:.3f}, "
-          f"p90 {ratio['p90']:.3f}, p99 {ratio['p99']:.3f}, key misses {ratio['misses']:.3f}; "
-          f"key hint precision {on['precision'] if on['precision'] is None else round(on['precision'], 3)}, "
-          f"threshold in force {on['threshold']:.2f}")
+    offs = [r for r in rows if r["run"].startswith("off")]
+    ons = [r for r in rows if r["run"].startswith("on")]
+
+    def med(rs: list[dict[str, Any]], k: str) -> float:
+        return float(np.median([r[k] for r in rs]))
+
+    ratio = {k: med(ons, k) / med(offs, k) if med(offs, k) else float("nan")
+             for k in ("mean", "p50", "p90", "p99", "misses")}
+    precision = [round(r["precision"], 3) if r["precision"] is not None else None for r in ons]
+    print(f"\nwith / without key prefetching (medians over {args.repeat} pair(s)): mean {ratio['mean']:.3f}, "
+          f"p50 {ratio['p50']:.3f}, p90 {ratio['p90']:.3f}, p99 {ratio['p99']:.3f}, key misses {ratio['misses']:.3f}; "
+          f"key hint precision {precision}, threshold in force {[round(r['threshold'], 2) for r in ons]}")
 
 
 if __name__ == "__main__":
