@@ -64,10 +64,10 @@ class _TableState:
     # Expected next key of each recent block run -> that run; bounded so interleaved runs are kept.
     streams: OrderedDict[str, _Stream] = field(default_factory=OrderedDict)
     successors: OrderedDict[str, Counter[str]] = field(default_factory=OrderedDict)
-    last_key_by_client: dict[str, str] = field(default_factory=dict)
+    last_key_by_client: OrderedDict[str, str] = field(default_factory=OrderedDict)
     key_stats: OrderedDict[str, tuple[int, float]] = field(default_factory=OrderedDict)
     recent_times: list[float] = field(default_factory=list)
-    client_runs: dict[str, list[int]] = field(default_factory=dict)
+    client_runs: OrderedDict[str, list[int]] = field(default_factory=OrderedDict)
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,8 @@ class GeneratorSettings:
     block_bytes: int = 512
     max_streams: int = 32
     max_keys: int = 200_000
+    # Clients come and go (a job id per run, peer addresses): only the most recent ones are remembered.
+    max_clients: int = 65_536
     successors_per_key: int = 4
     successor_candidates: int = 2
     rate_window_s: float = 10.0
@@ -121,6 +123,9 @@ class CandidateGenerator:
 
         # Per-client share of accesses that continued a run (the last 64), a per-client pattern signal.
         runs = st.client_runs.setdefault(a.client, [])
+        st.client_runs.move_to_end(a.client)
+        while len(st.client_runs) > s.max_clients:
+            st.client_runs.popitem(last=False)
         runs.append(1 if run_len > 0 else 0)
         if len(runs) > 64:
             del runs[0]
@@ -146,6 +151,9 @@ class CandidateGenerator:
             while len(st.successors) > s.max_keys:
                 st.successors.popitem(last=False)
         st.last_key_by_client[a.client] = a.key
+        st.last_key_by_client.move_to_end(a.client)
+        while len(st.last_key_by_client) > s.max_clients:
+            st.last_key_by_client.popitem(last=False)
 
         hour = (a.time % 86400.0) / 3600.0
         common = (

@@ -55,3 +55,14 @@ def test_state_stays_bounded() -> None:
     st = g._tables["t"]
     assert len(st.streams) <= 4 and len(st.key_stats) <= 50 and len(st.successors) <= 50
     assert all(len(c.features) == len(FEATURE_NAMES) for c in g.observe(acc("k1", 2000)))
+
+
+def test_clients_are_bounded_and_the_recent_ones_kept() -> None:
+    g = CandidateGenerator(GeneratorSettings(max_clients=10))
+    for i in range(100):  # a new client id per job, as with X-Client-Id per run
+        g.observe(acc("orders", i, client=f"job{i}"))
+    st = g._tables["t"]
+    assert len(st.last_key_by_client) == 10 and len(st.client_runs) == 10
+    assert "job99" in st.last_key_by_client and "job0" not in st.last_key_by_client
+    g.observe(acc("items", 200, client="job99"))  # the most recent client's chain is still known
+    assert [x.key for x in g.observe(acc("orders", 300, client="x")) if x.kind == KIND_SUCC] == ["items"]
