@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .http_common import setup_logging
 from .predictor.access import Access, AccessLogError, parse_log_entry
-from .predictor.config import ConfigFile
+from .predictor.config import ConfigFile, PredictorConfig
 from .predictor.engine import Hint, Predictor
 from .predictor.keys import KeyHint, KeyPredictor
 
@@ -27,6 +27,16 @@ log = logging.getLogger("chronoshard.predictor")
 PAGE = 1000  # access-log entries per request
 MAX_PAGES_PER_TICK = 50  # bounds one poll: a huge backlog is consumed over several ticks
 MAX_HINTS_PER_POST = 1000  # the cache's limit per POST /v1/prefetch and per POST /v1/prefetch/keys
+# A key hint helps only if it lands before the next table's read, tens of milliseconds later in the
+# benchmark's jobs: with key prefetching on, the log is polled at least this often.
+KEY_POLL_S = 0.1
+
+
+def poll_interval(cfg: PredictorConfig) -> float:
+    """Seconds between access-log polls: the configured period, at most KEY_POLL_S with key prefetching on."""
+    if cfg.enabled and cfg.key_prefetch.enabled:
+        return min(cfg.poll_interval_s, KEY_POLL_S)
+    return cfg.poll_interval_s
 
 
 class PredictorService:
@@ -129,7 +139,7 @@ class PredictorService:
     async def _loop(self) -> None:
         while True:
             await self.poll_once()
-            await asyncio.sleep(self.config.config.poll_interval_s)
+            await asyncio.sleep(poll_interval(self.config.config))
 
     async def start(self, app: web.Application) -> None:
         """aiohttp on_startup: load the model, start polling."""

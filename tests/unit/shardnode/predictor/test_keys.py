@@ -20,6 +20,7 @@ from chronoshard.shardnode.predictor.config import (
 )
 from chronoshard.shardnode.predictor.keys import KeyPredictor
 from chronoshard.shardnode.predictor.modelstore import KEY_MODEL_FILE, MODEL_FILE
+from chronoshard.shardnode.predictor_main import KEY_POLL_S, poll_interval
 
 # Names without a numeric suffix, so only the learned successor statistics (not "next number") can predict.
 CHAIN = ("orders", "lines", "stock")
@@ -236,3 +237,11 @@ def test_bad_key_prefetch_file_keeps_the_previous_settings(tmp_path: Path) -> No
     os.utime(path, ns=(1, 1))
     assert cf.reload() is False and cf.config.key_prefetch.max_keys_per_second == 20.0
     assert "keyPrefetch.maxKeysPerSecond" in (cf.error or "")
+
+
+def test_key_prefetching_polls_the_access_log_at_least_every_100_ms() -> None:
+    on = parse_config({"pollIntervalSeconds": 1, "keyPrefetch": {"enabled": True}})
+    assert poll_interval(on) == KEY_POLL_S == 0.1
+    assert poll_interval(replace(on, poll_interval_s=0.05)) == 0.05  # a faster configured poll stays
+    assert poll_interval(parse_config({"pollIntervalSeconds": 1})) == 1.0  # blocks only: as configured
+    assert poll_interval(replace(on, enabled=False)) == 1.0
