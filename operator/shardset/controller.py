@@ -133,14 +133,17 @@ def _ensure_kek(owner: Mapping[str, Any], spec: ShardSetSpec, result: ReconcileR
 
 
 def _ensure_keyring(owner: Mapping[str, Any], spec: ShardSetSpec, kek: bytes | None, result: ReconcileResult,
-                    problems: list[tuple[str, str]]) -> KeyringManifest | None:
-    """Create the keyring once (wrapped under ``kek`` when the spec says so), adopt it, and check it fits the KEK."""
+                    problems: list[tuple[str, str]]) -> tuple[KeyringManifest | None, tuple[int, ...]]:
+    """Create the keyring once (wrapped under ``kek`` when the spec says so), adopt it, and check it fits the KEK.
+
+    Returns the manifest (None while no keyring can be made) and the ids of the versions stored wrapped.
+    """
     name, ns = owner["metadata"]["name"], owner["metadata"]["namespace"]
     secret_name = naming.keyring_secret_name(name)
     existing = kube.get("v1", "Secret", ns, secret_name)
     if existing is None:
         if spec.key_encryption.wrapped and kek is None:
-            return None  # the KEK's problem is reported; a keyring made now would have no KEK to match
+            return None, ()  # the KEK's problem is reported; a keyring made now would have no KEK to match
         data = initial_keyring_data(spec.key_algorithm, kek=kek if spec.key_encryption.wrapped else None)
         form = "wrapped" if spec.key_encryption.wrapped else "unwrapped"
         existing = _create_once(owner, manifests.keyring_secret(owner, data), result,
@@ -159,7 +162,7 @@ def _ensure_keyring(owner: Mapping[str, Any], spec: ShardSetSpec, kek: bytes | N
         if bad:
             problems.append(("KEKMismatch", f"key version(s) {bad} in keyring Secret {secret_name} do not unwrap "
                                             f"under the KEK in Secret {manifests.kek_secret_in_use(name, spec)}"))
-    return manifest
+    return manifest, wrapped
 
 
 def _ensure_partition_map(owner: Mapping[str, Any], spec: ShardSetSpec, result: ReconcileResult,
@@ -233,9 +236,10 @@ def reconcile(owner: Mapping[str, Any]) -> ReconcileResult:
                          f"StorageClass {spec.storage_class!r} (spec.storage.storageClassName) does not exist"))
 
     keyring: KeyringManifest | None = None
+    wrapped: tuple[int, ...] = ()
     kek = _ensure_kek(owner, spec, result, problems)
     try:
-        keyring = _ensure_keyring(owner, spec, kek, result, problems)
+        keyring, wrapped = _ensure_keyring(owner, spec, kek, result, problems)
     except ValueError as exc:
         problems.append(("KeyringInvalid", str(exc)))
 
@@ -268,7 +272,8 @@ def reconcile(owner: Mapping[str, Any]) -> ReconcileResult:
     # The status carries what the CRD's status schema declares (epoch and partitions); the full map is in the
     # ConfigMap.
     map_status = {"epoch": pmap.epoch, "partitions": [p.to_dict() for p in pmap.partitions]}
-    status = shardset_status(Observed(gen, shards, sts, keyring, map_status, problems), previous)
+    status = shardset_status(Observed(gen, shards, sts, keyring, map_status, problems, wrapped_versions=wrapped),
+                             previous)
     status["selector"] = _selector_string(name)
     if keyring is not None and keyring.primary is not None:
         set_key_version(ns, name, keyring.primary)

@@ -21,6 +21,7 @@ class Observed:
     partition_map: Mapping[str, Any] | None
     problems: Sequence[tuple[str, str]] = ()  # (reason, message) that make the ShardSet Degraded
     notices: Sequence[tuple[str, str]] = ()  # (reason, message) worth showing but not degrading
+    wrapped_versions: Sequence[int] = ()  # key versions stored wrapped under the KEK
 
 
 def shardset_status(observed: Observed, previous: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -78,7 +79,8 @@ def shardset_status(observed: Observed, previous: Mapping[str, Any] | None) -> d
     }
     if observed.keyring is not None:
         status["keyVersion"] = observed.keyring.primary
-        status["keyVersions"] = [{"id": v.id, "state": v.state} for v in observed.keyring.versions]
+        status["keyVersions"] = [{"id": v.id, "state": v.state, "wrapped": v.id in observed.wrapped_versions}
+                                 for v in observed.keyring.versions]
     if observed.partition_map is not None:
         status["partitionMap"] = dict(observed.partition_map)
     selector = sts_status.get("selector") or prev.get("selector")

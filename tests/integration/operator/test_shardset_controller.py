@@ -108,6 +108,7 @@ def test_shardset_creates_owned_children_and_status(operator_runner, apis, names
 
     st = wait_for(status_ready, what="status")
     assert st["keyVersion"] == 1
+    assert st["keyVersions"] == [{"id": 1, "state": "primary", "wrapped": True}]
     assert st["shards"] == {"desired": 3, "ready": 0}
     assert {c["type"] for c in st["conditions"]} >= {"Ready", "Progressing", "Degraded"}
     assert st["partitionMap"]["epoch"] == 1 and len(st["partitionMap"]["partitions"]) == 3

@@ -36,6 +36,9 @@ def test_provider_none_keeps_raw_keys_and_no_kek(operator_runner, apis, namespac
     assert read_secret(apis, namespace, "plain-kek") is None
     assert "kek" not in {v.name for v in sts.spec.template.spec.volumes}
     assert all("--kek-dir" not in c.command for c in sts.spec.template.spec.containers)
+    versions = wait_for(lambda: (get_ss(apis, namespace, "plain").get("status") or {}).get("keyVersions"),
+                        what="status")
+    assert versions == [{"id": 1, "state": "primary", "wrapped": False}]
 
 
 def test_missing_then_invalid_then_fixed_kek_secret_ref(operator_runner, apis, namespace):

@@ -24,7 +24,8 @@ def test_all_ready_is_ready():
     assert cond(st, "Degraded")["status"] == "False"
     assert st["observedGeneration"] == 4
     assert st["keyVersion"] == 2
-    assert st["keyVersions"] == [{"id": 1, "state": "decrypt-only"}, {"id": 2, "state": "primary"}]
+    assert st["keyVersions"] == [{"id": 1, "state": "decrypt-only", "wrapped": False},
+                                 {"id": 2, "state": "primary", "wrapped": False}]
 
 
 def test_partially_ready_is_progressing():
@@ -52,3 +53,8 @@ def test_transition_time_kept_when_status_unchanged():
     first = shardset_status(Observed(1, 3, sts(3), KEYRING, None), None)
     again = shardset_status(Observed(1, 3, sts(3), KEYRING, None), first)
     assert cond(first, "Ready")["lastTransitionTime"] == cond(again, "Ready")["lastTransitionTime"]
+
+
+def test_key_versions_say_which_are_wrapped():
+    st = shardset_status(Observed(1, 3, sts(3), KEYRING, None, wrapped_versions=(2,)), None)
+    assert [(v["id"], v["wrapped"]) for v in st["keyVersions"]] == [(1, False), (2, True)]
