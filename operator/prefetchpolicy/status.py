@@ -64,9 +64,13 @@ def _recall(reports: Iterable[Mapping[str, Any]]) -> float | None:
 def _shard_row(s: ShardSample) -> dict[str, Any]:
     row: dict[str, Any] = {"shard": s.shard, "reporting": s.predictor is not None}
     p = s.predictor
+    # A predictor that has not trained yet (no model file on a new volume) is waiting for data, not failing.
+    untrained = p is not None and not p.get("model") and str(p.get("modelError") or "").startswith("no model file")
     if p is not None:
         if p.get("model"):
             row["model"] = str(p["model"])
+        elif untrained:
+            row["model"] = "untrained"
         for key in ("hintsSent", "hintsUsed", "hintsWasted", "wastedBytes"):
             row[key] = _int(p.get(key))
         for key in ("precision", "recall"):
@@ -79,7 +83,8 @@ def _shard_row(s: ShardSample) -> dict[str, Any]:
     errors = [e for e in (s.predictor_error and f"predictor: {s.predictor_error}",
                           s.cache_error and f"cache: {s.cache_error}",
                           p is not None and p.get("configError") and f"predictor config: {p['configError']}",
-                          p is not None and p.get("modelError") and f"model: {p['modelError']}") if e]
+                          not untrained and p is not None and p.get("modelError") and f"model: {p['modelError']}")
+              if e]
     if errors:
         row["error"] = "; ".join(errors)[:1024]
     return row

@@ -158,3 +158,12 @@ def test_active_status_carries_the_key_cache():
     st = build_status(BODY, obs(), samples, now=NOW)
     assert st["phase"] == "Active"
     assert st["keyCache"] == {"hitRatio": 0.75, "prefetched": 4, "prefetchUsed": 4}
+
+
+def test_an_untrained_predictor_is_not_an_error_but_a_corrupt_model_is() -> None:
+    fresh = {"enabled": True, "model": None, "modelError": "no model file at /data/predictor/model.bin"}
+    corrupt = {"enabled": True, "model": None, "modelError": "model file /data/model.bin is corrupt: bad magic"}
+    rows = aggregate([ShardSample(0, fresh, hits=1, misses=1), ShardSample(1, corrupt, hits=1, misses=1)], 2)["shards"]
+    assert rows[0]["model"] == "untrained" and "error" not in rows[0]
+    assert "model" not in rows[1]
+    assert rows[1]["error"] == "model: model file /data/model.bin is corrupt: bad magic"
