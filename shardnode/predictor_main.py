@@ -28,8 +28,11 @@ PAGE = 1000  # access-log entries per request
 MAX_PAGES_PER_TICK = 50  # bounds one poll: a huge backlog is consumed over several ticks
 MAX_HINTS_PER_POST = 1000  # the cache's limit per POST /v1/prefetch and per POST /v1/prefetch/keys
 # A key hint helps only if it lands before the next table's read, tens of milliseconds later in the
-# benchmark's jobs: with key prefetching on, the log is polled at least this often.
+# benchmark's jobs: with key prefetching on, a cache that cannot long-poll is polled at least this often.
 KEY_POLL_S = 0.1
+# One access-log request waits up to this long for the next access (the cache answers as soon as one is
+# logged), so hints follow reads within milliseconds; kept below the session's 10 s request timeout.
+LONG_POLL_S = 5.0
 
 
 def poll_interval(cfg: PredictorConfig) -> float:
@@ -65,10 +68,13 @@ class PredictorService:
         if self.config.error and self.config.error != had_error:
             self.predictor.metrics.config_errors.inc()
 
-    async def _fetch_page(self) -> list[dict[str, Any]]:
+    async def _fetch_page(self, wait: float = 0.0) -> list[dict[str, Any]]:
         assert self._session is not None
         url = f"{self.cache_url}/v1/access-log"
-        async with self._session.get(url, params={"after": str(self.cursor), "limit": str(PAGE)}) as r:
+        params = {"after": str(self.cursor), "limit": str(PAGE)}
+        if wait > 0:
+            params["wait"] = f"{wait:g}"
+        async with self._session.get(url, params=params) as r:
             if r.status != 200:
                 raise RuntimeError(f"GET /v1/access-log answered {r.status}")
             doc = await r.json()
@@ -105,13 +111,14 @@ class PredictorService:
         # Both pipelines in one worker-thread call: their CPU work stays off the event loop.
         return self.predictor.observe(accesses, now), self.keys.observe(accesses, now)
 
-    async def poll_once(self) -> int:
-        """One tick: reload settings, read new accesses, send hints, maybe start training."""
+    async def poll_once(self, wait: float = 0.0) -> int:
+        """One tick: reload settings, read new accesses (the first request may long-poll ``wait`` seconds for
+        one), send hints, maybe start training."""
         self._reload_config()
         consumed = 0
         try:
-            for _ in range(MAX_PAGES_PER_TICK):
-                entries = await self._fetch_page()
+            for page in range(MAX_PAGES_PER_TICK):
+                entries = await self._fetch_page(wait if page == 0 else 0.0)
                 accesses = []
                 for e in entries:
                     try:
@@ -137,9 +144,13 @@ class PredictorService:
         return consumed
 
     async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
-            await self.poll_once()
-            await asyncio.sleep(poll_interval(self.config.config))
+            started = loop.time()
+            consumed = await self.poll_once(wait=LONG_POLL_S)
+            if consumed == 0 and loop.time() - started < LONG_POLL_S / 2:
+                # Nothing, at once: an error, or a cache that does not long-poll. Fall back to the poll period.
+                await asyncio.sleep(poll_interval(self.config.config))
 
     async def start(self, app: web.Application) -> None:
         """aiohttp on_startup: load the model, start polling."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import time
 from collections import deque
@@ -34,12 +35,36 @@ class AccessLog:
         self._ring: deque[Access] = deque(maxlen=capacity)
         self._seq = itertools.count(1)
         self.capacity = capacity
+        # Set (and replaced) on the next append while a long-polling reader waits; None when nobody waits,
+        # so the read path pays nothing for it.
+        self._appended: asyncio.Event | None = None
 
     def append(self, table: str, key: str, client: str, hit: bool, size: int) -> int:
         """Record one access; returns its sequence number."""
         seq = next(self._seq)
         self._ring.append(Access(seq, time.time(), table, key, client, hit, size))
+        self.wake()
         return seq
+
+    def wake(self) -> None:
+        """Release every reader waiting in `wait_after` (an append, or a shutdown)."""
+        if self._appended is not None:
+            self._appended.set()
+            self._appended = None
+
+    async def wait_after(self, seq: int, timeout: float) -> None:
+        """Return once an entry after ``seq`` exists, `wake` is called, or ``timeout`` seconds pass.
+
+        Event loop only, like `append`.
+        """
+        if self.last_seq > seq or timeout <= 0:
+            return
+        if self._appended is None:
+            self._appended = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._appended.wait(), timeout)
+        except TimeoutError:
+            pass
 
     @property
     def last_seq(self) -> int:

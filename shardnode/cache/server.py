@@ -21,6 +21,7 @@ from ..http_common import (
     bool_query,
     check_key,
     error_middleware,
+    float_query,
     int_query,
     json_body,
     key_param,
@@ -126,6 +127,7 @@ class CacheApp:
         self.key_hints: asyncio.Queue[tuple[str, float]] = asyncio.Queue(cfg.prefetch_queue)
         self.settings = SettingsWatcher(cfg.settings_path, self._apply_settings, self.metrics.settings.observe)
         self.log = AccessLog(cfg.access_log_size)
+        self.closing = False
         self.session: aiohttp.ClientSession | None = None
         self.cache: BlockCache | None = None
         self.hints: asyncio.Queue[tuple[str, str, float]] = asyncio.Queue(cfg.prefetch_queue)
@@ -161,6 +163,11 @@ class CacheApp:
             self.cache.resize(self.cfg.budget_bytes, self.cfg.prefetch_budget_fraction)
             if self.cfg.eviction != before:
                 self.cache.replace_policy(make_policy(self.cfg.eviction))
+
+    async def shutting_down(self, app: web.Application) -> None:
+        """Release long-polling access-log readers so a graceful shutdown does not wait for them."""
+        self.closing = True
+        self.log.wake()
 
     async def stop(self, app: web.Application) -> None:
         """Cancel background tasks and close the session."""
@@ -412,11 +419,24 @@ async def prefetch_keys(request: web.Request) -> web.StreamResponse:
 
 
 async def access_log(request: web.Request) -> web.StreamResponse:
-    """GET /v1/access-log?after=&limit=: entries after a sequence number (oldest first)."""
+    """GET /v1/access-log?after=&limit=&wait=: entries after a sequence number (oldest first), optionally
+    long-polling up to ``wait`` seconds for the next one (so the predictor's hints are not late by a poll period)."""
     st = state(request)
     after = int_query(request, "after", 0, 0, 2**63 - 1)
     limit = int_query(request, "limit", 1000, 1, 10000)
+    wait = float_query(request, "wait", 0.0, 0.0, 30.0)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
     entries = st.log.after(after, limit)
+    while not entries and not st.closing:
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            break
+        # Short slices so a reader that hung up ends the wait promptly.
+        await st.log.wait_after(after, min(0.25, remaining))
+        if request.transport is None or request.transport.is_closing():
+            break
+        entries = st.log.after(after, limit)
     return web.json_response({"entries": [e.to_json() for e in entries],
                               "next": entries[-1].seq if entries else after,
                               "first": st.log.first_seq, "last": st.log.last_seq})
@@ -469,6 +489,7 @@ def create_app(cfg: CacheConfig) -> web.Application:
     app = web.Application(middlewares=middlewares, client_max_size=cfg.max_block_bytes + (1 << 20))
     app[CACHE] = st
     app.on_startup.append(st.start)
+    app.on_shutdown.append(st.shutting_down)
     app.on_cleanup.append(st.stop)
     t = "/v1/tables/{table}"
     app.router.add_get(t + "/blocks/{key}", get_block, allow_head=False)

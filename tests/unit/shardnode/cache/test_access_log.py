@@ -1,5 +1,7 @@
 """The access log ring buffer: sequence numbers, bounded size, reading after a sequence number."""
 
+import asyncio
+
 from chronoshard.shardnode.cache.access_log import AccessLog
 
 
@@ -26,3 +28,24 @@ def test_bounded_ring_drops_oldest_and_reader_skips_ahead():
 def test_empty_log():
     log = AccessLog()
     assert log.after(0, 10) == [] and log.first_seq == 0 and log.last_seq == 0
+
+
+async def test_wait_after_wakes_on_the_next_append_and_times_out_without_one():
+    log = AccessLog()
+    log.append("t", "k0", "c", False, 1)
+    waiter = asyncio.create_task(log.wait_after(1, timeout=30))
+    await asyncio.sleep(0.05)
+    assert not waiter.done()  # nothing after seq 1 yet
+    log.append("t", "k1", "c", False, 1)
+    await asyncio.wait_for(waiter, 5)  # woken by the append, long before its 30 s
+    await log.wait_after(1, timeout=30)  # already satisfied: returns at once
+    await log.wait_after(2, timeout=0.05)  # nothing comes: returns after the timeout
+    assert [e.key for e in log.after(1, 10)] == ["k1"]
+
+
+async def test_wake_releases_every_waiter():
+    log = AccessLog()
+    waiters = [asyncio.create_task(log.wait_after(0, timeout=30)) for _ in range(3)]
+    await asyncio.sleep(0.05)
+    log.wake()
+    await asyncio.wait_for(asyncio.gather(*waiters), 5)

@@ -32,6 +32,21 @@ async def test_read_through_and_access_log(env):
     assert log2["entries"] == []
 
 
+async def test_access_log_long_poll_answers_when_the_next_read_is_logged(env):
+    node, cache, s, _, _ = env
+    await s.put(f"{node}/v1/tables/t/blocks/k", data=b"v")
+    last = (await (await s.get(f"{cache}/v1/access-log")).json())["last"]
+    # The server may hold this for 20 s; the read below must release it long before.
+    poll = asyncio.create_task(s.get(f"{cache}/v1/access-log", params={"after": str(last), "wait": "20"}))
+    await asyncio.sleep(0.2)
+    assert not poll.done()
+    await (await s.get(f"{cache}/v1/tables/t/blocks/k", headers={"X-Client-Id": "late"})).read()
+    body = await (await asyncio.wait_for(poll, 5)).json()
+    assert [(e["key"], e["client"]) for e in body["entries"]] == [("k", "late")]
+    r = await s.get(f"{cache}/v1/access-log", params={"wait": "31"})
+    assert r.status == 400 and (await r.json())["error"] == "invalid_parameter"
+
+
 async def test_write_through_then_read_sees_acknowledged_value(env):
     node, cache, s, _, _ = env
     for i in range(5):
