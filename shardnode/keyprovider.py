@@ -9,11 +9,12 @@ predictor's prefetch score. Key bytes never appear in an error, a log line or a 
 
 from __future__ import annotations
 
+import logging
 import os
 import struct
 import threading
 import time
-from collections.abc import Callable, Collection, Hashable
+from collections.abc import Callable, Collection, Hashable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -24,8 +25,10 @@ from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap
 from .cache.eviction import ScoredPolicy
 from .keyring import KEY_SIZE, KeyNotHeld, KeyUnavailable, derive_table_key, snapshot_dir
 
+log = logging.getLogger(__name__)
+
 __all__ = ["EmbeddedKeyProvider", "FixedLatencyProvider", "KeyCache", "KeyNotHeld", "KeyProvider", "KeyUnavailable",
-           "unwrap_key", "wrap_key"]
+           "MAX_KEY_CACHE", "key_cache_size_setting", "unwrap_key", "wrap_key"]
 
 KEK_FILE = "kek.key"
 _MAGIC = b"CSWK"
@@ -146,6 +149,20 @@ class FixedLatencyProvider:
         """Sleep, then delegate (a KMS would need a round trip here too); not counted in ``calls``."""
         time.sleep(self.latency_s)
         self.inner.check(version, blob)
+
+
+MAX_KEY_CACHE = 65536  # the largest keyCacheSize a node.json or cache.json may set
+
+
+def key_cache_size_setting(settings: Mapping[str, Any], current: int) -> int:
+    """``keyCacheSize`` from a settings document if present and valid (1..MAX_KEY_CACHE), else ``current``."""
+    if "keyCacheSize" not in settings:
+        return current
+    size = settings["keyCacheSize"]
+    if isinstance(size, int) and not isinstance(size, bool) and 1 <= size <= MAX_KEY_CACHE:
+        return size
+    log.error("config keyCacheSize=%r ignored: must be an integer in 1..%d", size, MAX_KEY_CACHE)
+    return current
 
 
 class KeyCache:

@@ -28,7 +28,7 @@ from .http_common import (
     read_block_body,
     table_param,
 )
-from .keyprovider import EmbeddedKeyProvider, KeyCache
+from .keyprovider import EmbeddedKeyProvider, KeyCache, key_cache_size_setting
 from .keyring import KeyringWatcher, MissingKeyVersion
 from .metrics import NodeMetrics
 from .settings_watch import SettingsWatcher
@@ -47,7 +47,6 @@ from .verify import VerifyReport, run_verify
 
 log = logging.getLogger(__name__)
 
-MAX_KEY_CACHE = 65536
 FRAME_HEADERS = ("X-Chronoshard-Checksum", "X-Chronoshard-Key-Version", "X-Chronoshard-Lsn")
 
 
@@ -90,12 +89,7 @@ class NodeConfig:
                     setattr(self, attr, value)
                 else:
                     log.error("config %s=%r ignored: must be a positive number", name, value)
-        if "keyCacheSize" in settings:
-            size = settings["keyCacheSize"]
-            if isinstance(size, int) and not isinstance(size, bool) and 1 <= size <= MAX_KEY_CACHE:
-                self.key_cache_size = size
-            else:
-                log.error("config keyCacheSize=%r ignored: must be an integer in 1..%d", size, MAX_KEY_CACHE)
+        self.key_cache_size = key_cache_size_setting(settings, self.key_cache_size)
 
 
 class Node:

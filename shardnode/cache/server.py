@@ -30,7 +30,14 @@ from ..http_common import (
     read_block_body,
     table_param,
 )
-from ..keyprovider import EmbeddedKeyProvider, FixedLatencyProvider, KeyCache, KeyProvider, KeyUnavailable
+from ..keyprovider import (
+    EmbeddedKeyProvider,
+    FixedLatencyProvider,
+    KeyCache,
+    KeyProvider,
+    KeyUnavailable,
+    key_cache_size_setting,
+)
 from ..keyring import KeyringWatcher
 from ..metrics import CacheMetrics
 from ..settings_watch import SettingsWatcher
@@ -44,7 +51,6 @@ log = logging.getLogger(__name__)
 # Routing headers a client sends are passed on to the node with writes (see routing.py).
 PASS_HEADERS = ("X-Chronoshard-Forwarded", "X-Chronoshard-Routed")
 MAX_HINTS = 1000
-MAX_KEY_CACHE = 65536
 
 
 @dataclass
@@ -91,12 +97,7 @@ class CacheConfig:
                 setattr(self, attr, typ(v))
             else:
                 log.error("config %s=%r ignored", name, v)
-        if "keyCacheSize" in settings:
-            size = settings["keyCacheSize"]
-            if isinstance(size, int) and not isinstance(size, bool) and 1 <= size <= MAX_KEY_CACHE:
-                self.key_cache_size = size
-            else:
-                log.error("config keyCacheSize=%r ignored: must be an integer in 1..%d", size, MAX_KEY_CACHE)
+        self.key_cache_size = key_cache_size_setting(settings, self.key_cache_size)
         for name in ("evictionPolicy", "eviction"):  # the operator writes evictionPolicy
             if name in settings:
                 if settings[name] in ("lru", "scored"):
