@@ -121,6 +121,17 @@ def merge_patch(api_version: str, kind: str, namespace: str, name: str, patch: M
     return _call("PATCH", path, dict(patch), "application/merge-patch+json")
 
 
+def patch_status(api_version: str, kind: str, namespace: str, name: str, status: Mapping[str, Any]) -> bool:
+    """Merge-patch an object's ``status`` subresource; False if the object was deleted meanwhile (404)."""
+    try:
+        merge_patch(api_version, kind, namespace, name, {"status": dict(status)}, subresource="status")
+    except ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return True
+
+
 def list_objects(api_version: str, kind: str, namespace: str, label_selector: str | None = None
                  ) -> list[dict[str, Any]]:
     """Objects of a kind in a namespace, optionally filtered by a label selector."""

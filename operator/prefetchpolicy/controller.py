@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
-from kubernetes.client.exceptions import ApiException
 
 from .. import kube, naming
 from ..conditions import conditions_equal_ignoring_time, now_rfc3339, set_condition
@@ -170,14 +169,7 @@ def write_status(body: Mapping[str, Any], status: dict[str, Any]) -> bool:
         status = {**status, "lastUpdateTime": now_rfc3339()}
     patch = {**{k: None for k in old if k not in status}, **status}
     meta = body["metadata"]
-    try:
-        kube.merge_patch(naming.API_VERSION, KIND, meta["namespace"], meta["name"], {"status": patch},
-                         subresource="status")
-    except ApiException as exc:
-        if exc.status == 404:  # deleted meanwhile
-            return False
-        raise
-    return True
+    return kube.patch_status(naming.API_VERSION, KIND, meta["namespace"], meta["name"], patch)
 
 
 async def step(body: Mapping[str, Any]) -> dict[str, Any]:

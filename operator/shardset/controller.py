@@ -21,7 +21,6 @@ from typing import Any
 
 import kopf
 from chronoshard.shardnode import partitioning
-from kubernetes.client.exceptions import ApiException
 
 from .. import kube, naming
 from ..conditions import conditions_equal_ignoring_time
@@ -303,14 +302,7 @@ def write_status(owner: Mapping[str, Any], status: Mapping[str, Any]) -> bool:
     if not _status_changed(owner.get("status") or {}, status):
         return False
     meta = owner["metadata"]
-    try:
-        kube.merge_patch(naming.API_VERSION, KIND, meta["namespace"], meta["name"], {"status": dict(status)},
-                         subresource="status")
-    except ApiException as exc:
-        if exc.status == 404:  # deleted meanwhile
-            return False
-        raise
-    return True
+    return kube.patch_status(naming.API_VERSION, KIND, meta["namespace"], meta["name"], status)
 
 
 @kopf.daemon(naming.GROUP, naming.VERSION, PLURAL, cancellation_timeout=10.0)
