@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 import time
 from collections import deque
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,12 +23,11 @@ from .features import CandidateGenerator, GeneratorSettings
 from .feedback import FeedbackController, Outcome, OutcomeTracker, TokenBucket
 from .forecast import RateForecaster
 from .labels import label_candidates, resolvable
+from .lifecycle import TrainedPipeline
 from .metrics import PredictorMetrics
-from .modelstore import ModelLoadError, load_model, save_model
-from .scorers import StatsScorer, fit_auto, make_scorer
+from .scorers import fit_auto, make_scorer
 
 log = logging.getLogger(__name__)
-_RETRY_S = 10.0
 SHARD = "*"  # forecast series of the whole shard
 
 
@@ -84,25 +82,13 @@ def fit_candidates(accesses: list[Access], origin: list[int], keys: list[tuple[s
     return make_scorer(cfg.model).fit(x, y), info
 
 
-class Predictor:
+class Predictor(TrainedPipeline):
     """Online state of one shard's predictor."""
 
     def __init__(self, data_dir: Path, config: PredictorConfig | None = None, executor: Executor | None = None,
                  metrics: PredictorMetrics | None = None) -> None:
-        self.data_dir = data_dir
-        self.config = config or PredictorConfig()
-        self.metrics = metrics or PredictorMetrics()
-        self._own_executor = executor is None
-        self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix="predictor-train")
-        self._lock = threading.Lock()
-        self.scorer: Any = None
-        self.model_info: dict[str, Any] = {}
-        self.model_error: str | None = None
-        self.training: Future[Any] | None = None
-        self.last_train: float = -math.inf
-        self.retry_at: float = -math.inf
         self.used = self.wasted = self.sent = self.misses = self.wasted_bytes = 0
-        self._reset_state()
+        super().__init__(data_dir, config, executor, metrics)
 
     def _reset_state(self) -> None:
         cfg = self.config
@@ -116,107 +102,39 @@ class Predictor:
         self.byte_bucket = TokenBucket(cfg.bytes_per_second, max(1.0, cfg.bytes_per_second))
         self.forecaster = RateForecaster(window_s=cfg.forecast_window_s, horizon=cfg.forecast_windows)
 
-    # -- model ---------------------------------------------------------------------------------------
-    def load(self) -> bool:
-        """Load the saved model; on any problem log why and prefetch nothing until a new one is trained."""
-        try:
-            scorer, header = load_model(self.data_dir)
-        except ModelLoadError as exc:
-            with self._lock:
-                self.scorer, self.model_error = None, str(exc)
-            log.warning("%s; prefetching disabled until a new model is trained", exc)
-            self._publish_model()
-            return False
-        with self._lock:
-            self.scorer, self.model_info, self.model_error = scorer, header, None
-            self.last_train = float(header.get("saved", time.time()))
-        log.info("loaded %s model from %s", getattr(scorer, "kind", "?"), self.data_dir)
-        self._publish_model()
-        return True
-
+    # -- model (lifecycle.TrainedPipeline hooks) ------------------------------------------------------
     def _publish_model(self) -> None:
         self.metrics.model_loaded.set(1 if self.scorer is not None else 0)
         kind = getattr(self.scorer, "kind", None)
         for k in ("stats", "gbm", "logreg"):
             self.metrics.model_kind.labels(k).set(1 if k == kind else 0)
 
-    def train_now(self, snapshot: list[Access] | None = None, now: float | None = None) -> dict[str, Any]:
-        """Train on a log snapshot (default: the log now), save, and swap the model in (blocking)."""
-        snapshot = list(self.log) if snapshot is None else snapshot
-        cfg = self.config
-        t0 = time.monotonic()
-        try:
-            scorer, info = train_scorer(snapshot, cfg, now)
-        except Exception as exc:
-            self.metrics.trainings.labels("error").inc()
-            # Not the whole retrain interval: a young log (too few finished horizons) soon has enough.
-            self.retry_at = time.time() + _RETRY_S
-            log.warning("training failed (%s); keeping the current model, retrying in %ss", exc, _RETRY_S)
-            raise
-        info["seconds"] = round(time.monotonic() - t0, 3)
-        info["model"] = scorer.kind
-        try:
-            save_model(self.data_dir, scorer, {"info": info})
-        except OSError as exc:
-            log.error("could not save the model to %s: %s (it is used, but will not survive a restart)",
-                      self.data_dir, exc.strerror)
-        with self._lock:
-            self.scorer, self.model_info, self.model_error = scorer, info, None
-        self.metrics.trainings.labels("ok").inc()
-        self.metrics.train_seconds.set(info["seconds"])
-        self._publish_model()
-        log.info("trained %s model on %d accesses (%d rows) in %.1fs", scorer.kind, len(snapshot), info["rows"],
-                 info["seconds"])
-        return info
+    def _train(self, snapshot: list[Access], now: float | None) -> tuple[Any, Any, dict[str, Any]]:
+        scorer, info = train_scorer(snapshot, self.config, now)
+        return scorer, scorer, info
 
-    def maybe_train(self, now: float | None = None, force: bool = False) -> Future[Any] | None:
-        """Start a background training if due (no model yet, or the retrain interval passed)."""
-        now = time.time() if now is None else now
-        if self.training is not None and not self.training.done():
-            return None
-        if len(self.log) < self.config.min_train_accesses:
-            return None
-        if not force and not self.config.enabled:
-            return None  # no PrefetchPolicy: keep the log (a later policy trains at once) but spend no CPU
-        if not force and self.scorer is not None and now - self.last_train < self.config.retrain_interval_s:
-            return None
-        if not force and now < self.retry_at:
-            return None
-        self.last_train = now
-        # Snapshot here, on the caller's thread: observe() may append to the log while the model trains.
-        snapshot = list(self.log)
-        if self.config.history_window_s is not None:
-            snapshot = [a for a in snapshot if a.time >= now - self.config.history_window_s]
-        self.training = self._executor.submit(self.train_now, snapshot, now)
-        return self.training
+    def _trained(self, info: dict[str, Any]) -> None:
+        self.metrics.train_seconds.set(info["seconds"])
+
+    def _wants_training(self) -> bool:
+        # No PrefetchPolicy: keep the log (a later policy trains at once) but spend no CPU.
+        return self.config.enabled
 
     def apply_config(self, cfg: PredictorConfig) -> None:
         """Take new settings; geometry or horizon changes restart the online state, a new model kind retrains."""
-        old = self.config
-        self.config = cfg
-        if (old.block_bytes, old.max_streams, old.max_log_accesses, old.horizon_s, old.forecast_window_s,
-                old.forecast_windows) != (cfg.block_bytes, cfg.max_streams, cfg.max_log_accesses, cfg.horizon_s,
-                                          cfg.forecast_window_s, cfg.forecast_windows):
-            history = list(self.log)
-            self._reset_state()
-            for a in history[-cfg.max_log_accesses:]:
-                self.log.append(a)
-        else:
-            fb = self.feedback
-            fb.base_threshold, fb.target_precision = cfg.score_threshold, cfg.target_precision
-            fb.window, fb.enabled, fb.window_s = cfg.feedback_window, cfg.feedback_enabled, cfg.feedback_window_s
-            fb.threshold = max(fb.threshold, cfg.score_threshold) if cfg.feedback_enabled else cfg.score_threshold
+        old, self.config = self.config, cfg
+        restart = (old.block_bytes, old.max_streams, old.max_log_accesses, old.horizon_s, old.forecast_window_s,
+                   old.forecast_windows) != (cfg.block_bytes, cfg.max_streams, cfg.max_log_accesses, cfg.horizon_s,
+                                             cfg.forecast_window_s, cfg.forecast_windows)
+        if not self._restart_or_retune(old, restart, cfg.score_threshold):
             self.hint_bucket = TokenBucket(cfg.hints_per_second, max(1.0, cfg.hints_per_second))
             self.byte_bucket = TokenBucket(cfg.bytes_per_second, max(1.0, cfg.bytes_per_second))
-        if old.model != cfg.model and self.scorer is not None:
-            self.maybe_train(force=True)
 
     # -- online --------------------------------------------------------------------------------------
     def _record(self, outs: list[Outcome], now: float) -> None:
         if not outs:
             return
         self.feedback.record(outs, now)
-        scorer = self.scorer
         sent = [o for o in outs if o.sent]
         for o in sent:
             if o.used:
@@ -227,11 +145,7 @@ class Predictor:
                 self.wasted_bytes += o.size
                 self.metrics.hints_wasted.inc()
                 self.metrics.wasted_bytes.inc(o.size)
-        if isinstance(scorer, StatsScorer) and self.config.feedback_enabled:
-            # The counting model recalibrates online from every resolved candidate.
-            rows = [o for o in outs if o.features is not None]
-            if rows:
-                scorer.update(np.vstack([o.features for o in rows]), np.array([o.used for o in rows]))
+        self._recalibrate(outs)
 
     def observe(self, accesses: list[Access], now: float | None = None) -> list[Hint]:
         """Consume accesses (oldest first); return the hints to send now."""
@@ -319,7 +233,3 @@ class Predictor:
             "forecast": self.forecaster.forecast(now),
         }
 
-    def close(self) -> None:
-        """Stop the training executor if we own it (waits for a running training)."""
-        if self._own_executor:
-            self._executor.shutdown(wait=True, cancel_futures=True)

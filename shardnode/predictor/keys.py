@@ -12,28 +12,27 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 import time
 from collections import OrderedDict, deque
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from prometheus_client import Counter
 
 from .access import Access
 from .config import PredictorConfig
 from .engine import fit_candidates
 from .features import CandidateGenerator, GeneratorSettings
 from .feedback import FeedbackController, Outcome, OutcomeTracker, TokenBucket
+from .lifecycle import TrainedPipeline
 from .metrics import PredictorMetrics
-from .modelstore import KEY_MODEL_FILE, ModelLoadError, load_model, save_model
-from .scorers import StatsScorer
+from .modelstore import KEY_MODEL_FILE, ModelLoadError
 
 log = logging.getLogger(__name__)
 PSEUDO = "keys"  # the one pseudo-table whose keys are table names
-_RETRY_S = 10.0
 _MAX_CLIENTS = 65536
 # Table names are not block addresses: a numeric suffix gives at most a one-step "next table" guess,
 # and few runs are worth tracking; the number of tables bounds the successor tables.
@@ -112,25 +111,18 @@ def train_key_model(accesses: list[Access], cfg: PredictorConfig, now: float | N
     return KeyModel(scorer, gen, accesses[-1].time), info
 
 
-class KeyPredictor:
+class KeyPredictor(TrainedPipeline):
     """Online state of the table-key pipeline (keyPrefetch in predictor.json)."""
+
+    model_file = KEY_MODEL_FILE
+    what = "key model"
+    disables = "key prefetching"
+    thread_name = "key-predictor-train"
 
     def __init__(self, data_dir: Path, config: PredictorConfig | None = None, executor: Executor | None = None,
                  metrics: PredictorMetrics | None = None) -> None:
-        self.data_dir = data_dir
-        self.config = config or PredictorConfig()
-        self.metrics = metrics or PredictorMetrics()
-        self._own_executor = executor is None
-        self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix="key-predictor-train")
-        self._lock = threading.Lock()
-        self.scorer: Any = None
-        self.model_info: dict[str, Any] = {}
-        self.model_error: str | None = None
-        self.training: Future[Any] | None = None
-        self.last_train: float = -math.inf
-        self.retry_at: float = -math.inf
         self.sent = self.used = self.wasted = 0
-        self._reset_state()
+        super().__init__(data_dir, config, executor, metrics)
 
     def _reset_state(self) -> None:
         cfg, kp = self.config, self.config.key_prefetch
@@ -149,95 +141,34 @@ class KeyPredictor:
         """Key hints flow only with prefetching on and keyPrefetch enabled."""
         return self.config.enabled and self.config.key_prefetch.enabled
 
-    # -- model ---------------------------------------------------------------------------------------
-    def load(self) -> bool:
-        """Load the saved key model (scorer and successor statistics); on any problem log why and hint nothing."""
-        try:
-            model, header = load_model(self.data_dir, KEY_MODEL_FILE)
-            if not isinstance(model, KeyModel):
-                raise ModelLoadError(f"model file {self.data_dir / KEY_MODEL_FILE} holds no table-key model")
-        except ModelLoadError as exc:
-            with self._lock:
-                self.scorer, self.model_error = None, str(exc)
-            log.warning("%s; key prefetching disabled until a new key model is trained", exc)
-            self._publish()
-            return False
-        with self._lock:
-            self.scorer, self.model_info, self.model_error = model.scorer, header, None
-            self.generator, self.until = model.generator, model.until
-            self.last_train = float(header.get("saved", time.time()))
-        log.info("loaded %s key model from %s", model.kind, self.data_dir)
-        self._publish()
-        return True
+    # -- model (lifecycle.TrainedPipeline hooks) ------------------------------------------------------
+    def _restore(self, loaded: Any) -> Any:
+        # The file holds the scorer and the successor statistics it was trained with.
+        if not isinstance(loaded, KeyModel):
+            raise ModelLoadError(f"model file {self.data_dir / KEY_MODEL_FILE} holds no table-key model")
+        self.generator, self.until = loaded.generator, loaded.until
+        return loaded.scorer
 
-    def train_now(self, snapshot: list[Access] | None = None, now: float | None = None) -> dict[str, Any]:
-        """Train on a snapshot of the pseudo-table log (default: the log now), save, swap the scorer in."""
-        snapshot = list(self.log) if snapshot is None else snapshot
-        t0 = time.monotonic()
-        try:
-            if not snapshot:
-                raise ValueError("the log is empty")
-            model, info = train_key_model(snapshot, self.config, now)
-        except Exception as exc:
-            self.metrics.key_trainings.labels("error").inc()
-            self.retry_at = time.time() + _RETRY_S
-            log.warning("key model training failed (%s); keeping the current one, retrying in %ss", exc, _RETRY_S)
-            raise
-        info["seconds"] = round(time.monotonic() - t0, 3)
-        info["model"] = model.kind
-        try:
-            save_model(self.data_dir, model, {"info": info}, KEY_MODEL_FILE)
-        except OSError as exc:
-            log.error("could not save the key model to %s: %s (it is used, but will not survive a restart)",
-                      self.data_dir, exc.strerror)
-        with self._lock:
-            # The online generator has seen more than the snapshot; only the scorer is swapped in.
-            self.scorer, self.model_info, self.model_error = model.scorer, info, None
-        self.metrics.key_trainings.labels("ok").inc()
-        self._publish()
-        log.info("trained %s key model on %d accesses (%d rows) in %.1fs", model.kind, len(snapshot), info["rows"],
-                 info["seconds"])
-        return info
+    def _train(self, snapshot: list[Access], now: float | None) -> tuple[Any, Any, dict[str, Any]]:
+        if not snapshot:
+            raise ValueError("the log is empty")
+        model, info = train_key_model(snapshot, self.config, now)
+        return model, model.scorer, info
 
-    def maybe_train(self, now: float | None = None, force: bool = False) -> Future[Any] | None:
-        """Start a background training if due (no model yet, or the retrain interval passed)."""
-        now = time.time() if now is None else now
-        cfg = self.config
-        if self.training is not None and not self.training.done():
-            return None
-        if len(self.log) < cfg.min_train_accesses:
-            return None
-        if not force and not self.active:
-            return None  # key prefetching off: keep the log, spend no CPU
-        if not force and self.scorer is not None and now - self.last_train < cfg.retrain_interval_s:
-            return None
-        if not force and now < self.retry_at:
-            return None
-        self.last_train = now
-        snapshot = list(self.log)
-        if cfg.history_window_s is not None:
-            snapshot = [a for a in snapshot if a.time >= now - cfg.history_window_s]
-        self.training = self._executor.submit(self.train_now, snapshot, now)
-        return self.training
+    def _trainings(self) -> Counter:
+        return self.metrics.key_trainings
+
+    def _wants_training(self) -> bool:
+        return self.active  # key prefetching off: keep the log, spend no CPU
 
     def apply_config(self, cfg: PredictorConfig) -> None:
         """Take new settings; a new horizon or log size restarts the online state, a new model kind retrains."""
-        old = self.config
-        self.config = cfg
-        if (old.max_log_accesses, old.horizon_s) != (cfg.max_log_accesses, cfg.horizon_s):
-            history = list(self.log)
-            self._reset_state()
-            for a in history[-cfg.max_log_accesses:]:
-                self.log.append(a)
-        else:
-            kp, fb = cfg.key_prefetch, self.feedback
-            fb.base_threshold, fb.target_precision = kp.score_threshold, cfg.target_precision
-            fb.window, fb.enabled, fb.window_s = cfg.feedback_window, cfg.feedback_enabled, cfg.feedback_window_s
-            fb.threshold = max(fb.threshold, kp.score_threshold) if cfg.feedback_enabled else kp.score_threshold
-            if kp.max_keys_per_second != old.key_prefetch.max_keys_per_second:
-                self.bucket = TokenBucket(kp.max_keys_per_second, max(1.0, kp.max_keys_per_second))
-        if old.model != cfg.model and self.scorer is not None:
-            self.maybe_train(force=True)
+        old, self.config = self.config, cfg
+        kp = cfg.key_prefetch
+        restart = (old.max_log_accesses, old.horizon_s) != (cfg.max_log_accesses, cfg.horizon_s)
+        if not self._restart_or_retune(old, restart, kp.score_threshold) and (
+                kp.max_keys_per_second != old.key_prefetch.max_keys_per_second):
+            self.bucket = TokenBucket(kp.max_keys_per_second, max(1.0, kp.max_keys_per_second))
 
     # -- online --------------------------------------------------------------------------------------
     def _record(self, outs: list[Outcome], now: float) -> None:
@@ -253,12 +184,7 @@ class KeyPredictor:
             else:
                 self.wasted += 1
                 self.metrics.key_hints_wasted.inc()
-        scorer = self.scorer
-        if isinstance(scorer, StatsScorer) and self.config.feedback_enabled:
-            # As for blocks: the counting model recalibrates online from every resolved candidate.
-            rows = [o for o in outs if o.features is not None]
-            if rows:
-                scorer.update(np.vstack([o.features for o in rows]), np.array([o.used for o in rows]))
+        self._recalibrate(outs)
 
     def observe(self, accesses: list[Access], now: float | None = None) -> list[KeyHint]:
         """Consume block accesses (oldest first); return the key hints to send now."""
@@ -319,6 +245,8 @@ class KeyPredictor:
         m.key_budget_factor.set(self.feedback.budget_factor)
         m.key_model_loaded.set(1 if self.scorer is not None else 0)
 
+    _publish_model = _publish
+
     def status(self) -> dict[str, Any]:
         """`keyHints` of `GET /v1/status`."""
         resolved = self.used + self.wasted
@@ -334,9 +262,4 @@ class KeyPredictor:
             "wasted": self.wasted,
             "precision": self.used / resolved if resolved else None,
         }
-
-    def close(self) -> None:
-        """Stop the training executor if we own it (waits for a running training)."""
-        if self._own_executor:
-            self._executor.shutdown(wait=True, cancel_futures=True)
 
