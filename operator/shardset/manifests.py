@@ -94,28 +94,20 @@ def partitions_config_map(owner: Mapping[str, Any], map_json: str) -> dict[str, 
     }
 
 
+def _secret(owner: Mapping[str, Any], name: str, component: str, data: Mapping[str, str]) -> dict[str, Any]:
+    ns = owner["metadata"]["namespace"]
+    return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": _meta(name, ns, owner, component), "data": dict(data)}
+
+
 def keyring_secret(owner: Mapping[str, Any], data: Mapping[str, str]) -> dict[str, Any]:
     """The keyring Secret (created once; the operator never overwrites existing key material)."""
-    name, ns = owner["metadata"]["name"], owner["metadata"]["namespace"]
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "type": "Opaque",
-        "metadata": _meta(naming.keyring_secret_name(name), ns, owner, "keyring"),
-        "data": dict(data),
-    }
+    return _secret(owner, naming.keyring_secret_name(owner["metadata"]["name"]), "keyring", data)
 
 
 def kek_secret(owner: Mapping[str, Any], data: Mapping[str, str]) -> dict[str, Any]:
     """The KEK Secret ``<name>-kek`` (created once, never overwritten, kept when the ShardSet is deleted)."""
-    name, ns = owner["metadata"]["name"], owner["metadata"]["namespace"]
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "type": "Opaque",
-        "metadata": _meta(naming.kek_secret_name(name), ns, owner, "kek"),
-        "data": dict(data),
-    }
+    return _secret(owner, naming.kek_secret_name(owner["metadata"]["name"]), "kek", data)
 
 
 def kek_secret_in_use(name: str, spec: ShardSetSpec) -> str | None:

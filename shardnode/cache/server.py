@@ -6,6 +6,7 @@ import asyncio
 import base64
 import logging
 import math
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -347,27 +348,34 @@ async def scan(request: web.Request) -> web.StreamResponse:
     return web.Response(status=status, body=body, content_type="application/json")
 
 
+def _hint_items(doc: dict[str, Any], field: str, what: str,
+                check: Callable[[dict[str, Any]], Any] = lambda item: None) -> list[tuple[str, Any, float]]:
+    """Validate a hint list as a whole (a bad item rejects the request, so nothing is queued):
+    (table, ``check(item)``, score) per item; ``check`` validates a kind's own fields."""
+    items = doc.get(field)
+    if not isinstance(items, list) or len(items) > MAX_HINTS:
+        raise ApiError(400, "invalid_body", f"{field} must be an array of at most {MAX_HINTS} objects")
+    out: list[tuple[str, Any, float]] = []
+    for item in items:
+        if not isinstance(item, dict):
+            raise ApiError(400, "invalid_body", f"each {what} must be an object")
+        table, score = item.get("table"), item.get("score", 0.5)
+        if not isinstance(table, str):
+            raise ApiError(400, "invalid_table", f"{what} table must be a string")
+        if not TABLE_RE.fullmatch(table):
+            raise ApiError(400, "invalid_table", f"{what} table must match [A-Za-z0-9][A-Za-z0-9_.-]{{0,127}}")
+        extra = check(item)
+        if (not isinstance(score, int | float) or isinstance(score, bool) or not math.isfinite(score)
+                or not 0 <= score <= 1):
+            raise ApiError(400, "invalid_body", f"{what} score must be a number between 0 and 1")
+        out.append((table, extra, float(score)))
+    return out
+
+
 async def prefetch(request: web.Request) -> web.StreamResponse:
     """POST /v1/prefetch {"hints": [{"table", "key", "score"}]}: queue background fetches (never blocks)."""
     st = state(request)
-    doc = await json_body(request)
-    hints = doc.get("hints")
-    if not isinstance(hints, list) or len(hints) > MAX_HINTS:
-        raise ApiError(400, "invalid_body", f"hints must be an array of at most {MAX_HINTS} objects")
-    parsed: list[tuple[str, str, float]] = []
-    for h in hints:  # validate everything first: a bad hint rejects the request and queues nothing
-        if not isinstance(h, dict):
-            raise ApiError(400, "invalid_body", "each hint must be an object")
-        table, key, score = h.get("table"), h.get("key"), h.get("score", 0.5)
-        if not isinstance(table, str):
-            raise ApiError(400, "invalid_table", "hint table must be a string")
-        if not TABLE_RE.fullmatch(table):
-            raise ApiError(400, "invalid_table", "hint table must match [A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
-        check_key(key)
-        if (not isinstance(score, int | float) or isinstance(score, bool) or not math.isfinite(score)
-                or not 0 <= score <= 1):
-            raise ApiError(400, "invalid_body", "hint score must be a number between 0 and 1")
-        parsed.append((table, key, float(score)))
+    parsed = _hint_items(await json_body(request), "hints", "hint", lambda item: check_key(item.get("key")))
     queued = dropped = 0
     for table, key, score in parsed:
         if score < st.cfg.prefetch_min_score:
@@ -386,22 +394,7 @@ async def prefetch(request: web.Request) -> web.StreamResponse:
 async def prefetch_keys(request: web.Request) -> web.StreamResponse:
     """POST /v1/prefetch/keys {"keys": [{"table", "score"}]}: queue background unwraps of tables' keys."""
     st = state(request)
-    doc = await json_body(request)
-    entries = doc.get("keys")
-    if not isinstance(entries, list) or len(entries) > MAX_HINTS:
-        raise ApiError(400, "invalid_body", f"keys must be an array of at most {MAX_HINTS} objects")
-    parsed: list[tuple[str, float]] = []
-    for e in entries:  # validate everything first: a bad entry rejects the request and queues nothing
-        if not isinstance(e, dict):
-            raise ApiError(400, "invalid_body", "each key hint must be an object")
-        table, score = e.get("table"), e.get("score", 0.5)
-        if not isinstance(table, str) or not TABLE_RE.fullmatch(table):
-            raise ApiError(400, "invalid_table", "key hint table must be a string matching "
-                           "[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
-        if (not isinstance(score, int | float) or isinstance(score, bool) or not math.isfinite(score)
-                or not 0 <= score <= 1):
-            raise ApiError(400, "invalid_body", "key hint score must be a number between 0 and 1")
-        parsed.append((table, float(score)))
+    parsed = [(table, score) for table, _, score in _hint_items(await json_body(request), "keys", "key hint")]
     ring = st.keys.keyring
     if ring is None or not ring.wrapped:
         # Nothing to unwrap: raw versions' table keys are derived in microseconds on demand.
