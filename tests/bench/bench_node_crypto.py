@@ -5,7 +5,9 @@
 The hot path is `crypto.open_block`: frame parse, AAD build, per-table AEAD lookup, GCM decrypt, XXH3-128
 checksum compare. The baseline is `AESGCM.decrypt` alone on the same nonces, ciphertexts and AADs.
 The third column is the same hot path on a KEK-wrapped keyring with the table keys held in the key cache
-(the cache's path for every block fetched from the node once the key is warm).
+(the cache's path for every block fetched from the node once the key is warm). A last line times the slow
+path, an embedded unwrap (read `kek.key` and the blob, AES-GCM unwrap, HKDF), beside deriving a raw version's
+table key (HKDF alone).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 from chronoshard.shardnode import frames
 from chronoshard.shardnode.crypto import open_block, seal_block
 from chronoshard.shardnode.keyprovider import EmbeddedKeyProvider, KeyCache, wrap_key
-from chronoshard.shardnode.keyring import Keyring, KeyVersion
+from chronoshard.shardnode.keyring import Keyring, KeyVersion, derive_table_key
 
 
 def best_of(rounds: int, *fns) -> list[float]:
@@ -90,6 +92,29 @@ def _measure(ring: Keyring, wrapped: Keyring, size: int, blocks: int, rounds: in
             "wrap_vs_hot": t_hot / t_wrap}
 
 
+def unwrap_cost(tables: int, rounds: int) -> tuple[float, float]:
+    """Seconds per embedded unwrap and per raw-version derivation (CPU time, best of ``rounds``)."""
+    master = os.urandom(32)
+    names = [f"t{i}" for i in range(tables)]
+    with tempfile.TemporaryDirectory() as tmp:
+        kek = os.urandom(32)
+        (Path(tmp) / "kek").mkdir()
+        (Path(tmp) / "kek" / "kek.key").write_bytes(kek)
+        (Path(tmp) / "v1.wrapped").write_bytes(wrap_key(kek, master, 1))
+        provider = EmbeddedKeyProvider(Path(tmp) / "kek", Path(tmp))
+
+        def unwraps() -> None:
+            for t in names:
+                provider.unwrap(t, 1)
+
+        def derives() -> None:
+            for t in names:
+                derive_table_key(master, t)
+
+        t_unwrap, t_derive = best_of(rounds, unwraps, derives)
+    return t_unwrap / tables, t_derive / tables
+
+
 def main() -> None:
     """Print one line per block size."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -104,6 +129,9 @@ def main() -> None:
         print(f"{size // 1024:>5}Ki | {r['raw_mbps']:8.0f} MB/s {r['raw_ops']:8.0f}/s | "
               f"{r['hot_mbps']:12.0f} MB/s {r['hot_ops']:8.0f}/s | {r['ratio']:.2f}  | "
               f"{r['wrap_ops']:15.0f}/s | {r['wrap_ratio']:.2f}  | {r['wrap_vs_hot']:.2f}")
+    unwrap, derive = unwrap_cost(500, args.rounds)
+    print(f"table key: embedded unwrap {unwrap * 1e6:.1f} µs, raw-version HKDF {derive * 1e6:.1f} µs "
+          f"(unwrap ÷ derive {unwrap / derive:.1f}×)")
 
 
 if __name__ == "__main__":
