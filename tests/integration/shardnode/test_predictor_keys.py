@@ -124,8 +124,14 @@ def test_predictor_prefetches_keys_of_a_planted_table_chain(shard: tuple[Proc, P
         assert kh["used"] > 20 and kh["used"] + kh["wasted"] <= kh["sent"], kh
         assert kh["precision"] == pytest.approx(kh["used"] / (kh["used"] + kh["wasted"]))
         assert st["cacheError"] is None and st["hintsSent"] == 0  # no block hints
-        assert metric(p.url, "chronoshard_predictor_key_hints_sent_total") == kh["sent"]
-        assert metric(p.url, "chronoshard_predictor_key_hints_used_total") == kh["used"]
+
+        def counters_agree() -> bool:
+            # The predictor may still be handling the last reads (it long-polls the log), so compare fresh reads.
+            now = http_json("GET", p.url + "/v1/status")[1]["keyHints"]
+            return (metric(p.url, "chronoshard_predictor_key_hints_sent_total") == now["sent"]
+                    and metric(p.url, "chronoshard_predictor_key_hints_used_total") == now["used"])
+
+        wait_for(counters_agree, timeout=10)
         assert metric(c.url, "chronoshard_cache_key_prefetched_total") >= after["prefetched"] > 0
     finally:
         p.stop()
