@@ -12,7 +12,7 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /src
 # Dependencies change less often than code, but the lock alone cannot be installed without the
 # wheel's metadata, so the whole (small) source is copied at once; .dockerignore keeps it small.
-COPY pyproject.toml README.md requirements.lock ./
+COPY pyproject.toml README.md VERSION requirements.lock ./
 COPY hack/build-venv.sh hack/build-venv.sh
 COPY operator/ operator/
 COPY shardnode/ shardnode/

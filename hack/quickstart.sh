@@ -17,7 +17,7 @@ if [[ ! -x .venv/bin/python ]]; then
 fi
 say "installing chronoshard into .venv"
 .venv/bin/python -P -m pip install -q --upgrade pip
-.venv/bin/python -P -m pip install -q -e '.[ml]'
+.venv/bin/python -P -m pip install -q -e '.[ml]' -e ./devcluster
 
 say "control plane binaries (the first build takes ~15 min on 2 cores; progress below)"
 CHRONOSHARD_ENVTEST_BIN="$(bash hack/envtest.sh)"

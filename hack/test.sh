@@ -14,7 +14,7 @@ if [[ ! -x .venv/bin/python ]]; then
 fi
 echo "[test] installing chronoshard and its test dependencies into .venv"
 .venv/bin/python -P -m pip install -q --upgrade pip
-.venv/bin/python -P -m pip install -q -e '.[dev]'
+.venv/bin/python -P -m pip install -q -e '.[dev]' -e ./devcluster
 
 echo "[test] envtest control plane (built once, then cached)"
 CHRONOSHARD_ENVTEST_BIN="$(bash hack/envtest.sh)"

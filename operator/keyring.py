@@ -2,7 +2,7 @@
 return values except into the Secret).
 
 Each listed version has exactly one material file: ``v<N>.key`` (32 raw bytes) or ``v<N>.wrapped`` (the key
-wrapped under the ShardSet's key-encryption key by ``chronoshard.shardnode.keyprovider.wrap_key``). The KEK
+wrapped under the ShardSet's key-encryption key by ``chronoshard.shardnode.keys.provider.wrap_key``). The KEK
 itself lives in its own Secret (``kek.key``); the functions that need it take its bytes as an argument.
 """
 
@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from chronoshard.shardnode.keyprovider import KEK_FILE, KeyUnavailable, unwrap_key, wrap_key
+from chronoshard.shardnode.keys.provider import KEK_FILE, KeyUnavailable, unwrap_key, wrap_key
 
 from .conditions import now_rfc3339
 

@@ -17,7 +17,7 @@ CRDS = REPO / "crds"
 @pytest.fixture(scope="session")
 def control_plane() -> Iterator:
     """etcd + kube-apiserver + kube-controller-manager for the whole session, with our CRDs installed."""
-    from chronoshard.operator.dev.controlplane import ControlPlane
+    from chronoshard.devcluster.controlplane import ControlPlane
 
     state = Path(tempfile.mkdtemp(prefix="chronoshard-envtest-"))
     cp = ControlPlane(state_dir=state, controller_manager=True)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
-from chronoshard.shardnode import partitioning
+from chronoshard.shardnode.keyspace import partitioning
 
 from .. import kube, naming
 from ..conditions import conditions_equal_ignoring_time

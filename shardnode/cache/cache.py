@@ -10,10 +10,11 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
-from ..crypto import IntegrityError, open_block
-from ..keyring import KeyNotHeld, Keyring, MissingKeyVersion
-from ..metrics import CacheMetrics
-from .eviction import EvictionPolicy
+from chronoshard.shardnode.eviction import EvictionPolicy
+from chronoshard.shardnode.keys.crypto import IntegrityError, open_block
+from chronoshard.shardnode.keys.keyring import KeyNotHeld, Keyring, MissingKeyVersion
+from chronoshard.shardnode.serving.metrics import CacheMetrics
+
 from .node_client import FetchedFrame, NodeClient, UpstreamError
 
 log = logging.getLogger(__name__)

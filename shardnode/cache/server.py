@@ -14,9 +14,17 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-from ..http_common import (
+from chronoshard.shardnode.eviction import make_policy
+from chronoshard.shardnode.keys.keyring import KeyringWatcher
+from chronoshard.shardnode.keys.provider import (
+    EmbeddedKeyProvider,
+    FixedLatencyProvider,
+    KeyCache,
+    KeyProvider,
+    KeyUnavailable,
+    key_cache_size_setting,
+)
+from chronoshard.shardnode.serving.http_common import (
     TABLE_RE,
     ApiError,
     bool_query,
@@ -31,20 +39,12 @@ from ..http_common import (
     read_block_body,
     table_param,
 )
-from ..keyprovider import (
-    EmbeddedKeyProvider,
-    FixedLatencyProvider,
-    KeyCache,
-    KeyProvider,
-    KeyUnavailable,
-    key_cache_size_setting,
-)
-from ..keyring import KeyringWatcher
-from ..metrics import CacheMetrics
-from ..settings_watch import SettingsWatcher
+from chronoshard.shardnode.serving.metrics import CacheMetrics
+from chronoshard.shardnode.serving.settings_watch import SettingsWatcher
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
 from .access_log import AccessLog
 from .cache import BlockCache, DecryptError, NotFound
-from .eviction import make_policy
 from .node_client import NodeClient, UpstreamError
 
 log = logging.getLogger(__name__)
@@ -477,7 +477,7 @@ def create_app(cfg: CacheConfig) -> web.Application:
     st = CacheApp(cfg)
     middlewares: list[Any] = [error_middleware(st.metrics.requests)]
     if cfg.partitions is not None:
-        from .. import routing
+        from chronoshard.shardnode.serving import routing
 
         middlewares.append(routing.ownership_middleware(cfg.partitions, cfg.shard_index or 0, peers=cfg.peers))
     app = web.Application(middlewares=middlewares, client_max_size=cfg.max_block_bytes + (1 << 20))
@@ -501,7 +501,7 @@ def create_app(cfg: CacheConfig) -> web.Application:
     app.router.add_get("/metrics", metrics, allow_head=False)
     app.router.add_get("/openapi.json", openapi_handler("cache"), allow_head=False)
     if cfg.partitions is not None:
-        from .. import routing
+        from chronoshard.shardnode.serving import routing
 
         app.cleanup_ctx.append(routing.forward_session_ctx)
         app.router.add_get("/v1/partitions", routing.partitions_handler(cfg.partitions), allow_head=False)

@@ -37,9 +37,9 @@ from chronoshard.shardnode.client.errors import (
     ScanUnsupported,
     Unavailable,
 )
-from chronoshard.shardnode.partitioning import PartitionMap
+from chronoshard.shardnode.keyspace.partitioning import PartitionMap
 
-ROUTED_HEADER = "X-Chronoshard-Routed"  # same value as chronoshard.shardnode.routing.ROUTED_HEADER
+ROUTED_HEADER = "X-Chronoshard-Routed"  # same value as chronoshard.shardnode.serving.routing.ROUTED_HEADER
 DEFAULT_TIMEOUT = 10.0
 SCAN_PAGE = 500
 BATCH_KEYS = 500  # below the node's 1000-key batch limit

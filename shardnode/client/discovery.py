@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import aiohttp
 from chronoshard.shardnode.client.errors import MapUnavailable
-from chronoshard.shardnode.partitioning import PartitionMap
+from chronoshard.shardnode.keyspace.partitioning import PartitionMap
 
 MAP_KEY = "map.json"
 

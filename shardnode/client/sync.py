@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 from chronoshard.shardnode.client.aio import DEFAULT_TIMEOUT, AsyncClient, BlockInfo
 from chronoshard.shardnode.client.discovery import MapProvider
-from chronoshard.shardnode.partitioning import PartitionMap
+from chronoshard.shardnode.keyspace.partitioning import PartitionMap
 
 T = TypeVar("T")
 

@@ -6,7 +6,7 @@
 Reads libCacheSim's oracleGeneral format (24-byte records: u32 time, u64 obj_id, u32 size, i64 next access).
 Every request counts (reads and writes, as libCacheSim does). Unit-size runs are comparable with the LRU column
 of the data README (libCacheSim); byte runs use the object sizes against a byte budget, as the cache does.
-The policies are the exact classes the cache uses (`shardnode/cache/eviction.py`), driven the same way.
+The policies are the exact classes the cache uses (`shardnode/eviction.py`), driven the same way.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from chronoshard.shardnode.cache.eviction import EvictionPolicy, LRUPolicy, ScoredPolicy
+from chronoshard.shardnode.eviction import EvictionPolicy, LRUPolicy, ScoredPolicy
 
 RECORD = struct.Struct("<IQIq")
 

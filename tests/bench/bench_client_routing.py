@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from chronoshard.shardnode.client import AsyncClient
-from chronoshard.shardnode.partitioning import initial_map
+from chronoshard.shardnode.keyspace.partitioning import initial_map
 
 from tests.integration.client.shards import ShardCaches, ShardNodes
 

@@ -26,8 +26,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from chronoshard.shardnode.keyprovider import EmbeddedKeyProvider, FixedLatencyProvider, KeyCache, wrap_key
-from chronoshard.shardnode.keyring import derive_table_key
+from chronoshard.shardnode.keys.keyring import derive_table_key
+from chronoshard.shardnode.keys.provider import EmbeddedKeyProvider, FixedLatencyProvider, KeyCache, wrap_key
 from chronoshard.shardnode.predictor.access import Access
 from chronoshard.shardnode.predictor.config import PredictorConfig
 from chronoshard.shardnode.predictor.engine import train_scorer

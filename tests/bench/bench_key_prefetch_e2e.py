@@ -33,7 +33,7 @@ from typing import Any
 
 import aiohttp
 import numpy as np
-from chronoshard.shardnode.keyprovider import wrap_key
+from chronoshard.shardnode.keys.provider import wrap_key
 from chronoshard.shardnode.predictor.traces import FORMATS
 
 from tests.bench.bench_key_prefetch import jobs_workload, trace_workload

@@ -18,10 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from chronoshard.shardnode import frames
-from chronoshard.shardnode.crypto import open_block, seal_block
-from chronoshard.shardnode.keyprovider import EmbeddedKeyProvider, KeyCache, wrap_key
-from chronoshard.shardnode.keyring import Keyring, KeyVersion, derive_table_key
+from chronoshard.shardnode.keys import frames
+from chronoshard.shardnode.keys.crypto import open_block, seal_block
+from chronoshard.shardnode.keys.keyring import Keyring, KeyVersion, derive_table_key
+from chronoshard.shardnode.keys.provider import EmbeddedKeyProvider, KeyCache, wrap_key
 
 
 def best_of(rounds: int, *fns) -> list[float]:

@@ -17,9 +17,10 @@ import time
 from pathlib import Path
 
 import aiohttp
-from chronoshard.shardnode import frames, rewrap
-from chronoshard.shardnode.keyring import Keyring, KeyVersion
-from chronoshard.shardnode.store import Store
+from chronoshard.shardnode.keys import frames
+from chronoshard.shardnode.keys.keyring import Keyring, KeyVersion
+from chronoshard.shardnode.node import rewrap
+from chronoshard.shardnode.node.store import Store
 
 from tests.integration.shardnode.procs import node
 from tests.unit.shardnode.kubelet_dir import write_keyring
@@ -45,7 +46,7 @@ def fsync_rate(directory: Path, size: int, count: int) -> float:
 
 def sqlite_commit_rate(directory: Path, size: int, count: int) -> float:
     """One-row transactions (WAL, synchronous=FULL) per second: the floor for one writer without HTTP or crypto."""
-    from chronoshard.shardnode.store import connect
+    from chronoshard.shardnode.node.store import connect
 
     conn = connect(directory / "probe.sqlite3")
     try:

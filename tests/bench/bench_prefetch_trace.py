@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from chronoshard.shardnode.cache.eviction import make_policy
+from chronoshard.shardnode.eviction import make_policy
 from chronoshard.shardnode.predictor.access import Access
 from chronoshard.shardnode.predictor.features import KINDS, CandidateGenerator, GeneratorSettings
 from chronoshard.shardnode.predictor.feedback import FeedbackController, OutcomeTracker, TokenBucket
@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--bytes-per-s", type=float, default=64 * 2**20)
     p.add_argument("--block-bytes", type=int, default=512)
     p.add_argument("--skip-baselines", action="store_true")
-    p.add_argument("--policy", default="scored", help="our eviction policy (shardnode/cache/eviction.py)")
+    p.add_argument("--policy", default="scored", help="our eviction policy (shardnode/eviction.py)")
     args = p.parse_args(argv)
     if not 0.0 <= args.train_frac < 1.0:
         p.error("--train-frac must be in [0, 1)")
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> None:
     wss_bytes = int(obj_size_arr[first].sum())
     print(f"trace {args.data.name}: {n} requests, {len(uniq)} objects, footprint {wss_bytes} B, "
           f"{int(trace.write.sum())} writes; train/warm-up = first {split} requests, scored = {n - split}")
-    print(f"our eviction policy: chronoshard.shardnode.cache.eviction {args.policy!r}")
+    print(f"our eviction policy: chronoshard.shardnode.eviction {args.policy!r}")
     fracs = [float(x) for x in args.sizes.split(",")]
     caps = {True: [max(1, round(f * len(uniq))) for f in fracs], False: [max(1, round(f * wss_bytes)) for f in fracs]}
 

@@ -31,9 +31,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from chronoshard.operator.dev.controlplane import free_port
+from chronoshard.devcluster.controlplane import free_port
 from chronoshard.shardnode.client import AsyncClient
-from chronoshard.shardnode.partitioning import PartitionMap
+from chronoshard.shardnode.keyspace.partitioning import PartitionMap
 
 from tests.bench.bench_node_write import rewrap_bench
 from tests.e2e.conftest import LocalCluster, dev, is_ready, start_cluster

@@ -23,7 +23,7 @@ PROBE_SERVER = Path(__file__).resolve().parent / "probe_server.py"
 def dev(state: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run ``chronoshard-dev`` (this checkout's) with ``--state-dir state``."""
     return subprocess.run(
-        [sys.executable, "-m", "chronoshard.operator.dev.cli", "--state-dir", str(state), *args],
+        [sys.executable, "-m", "chronoshard.devcluster.cli", "--state-dir", str(state), *args],
         capture_output=True, text=True, timeout=timeout, check=False,
     )
 

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.e2e
 
 def cli(cluster: LocalCluster, ns: str, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
-    return subprocess.run([sys.executable, "-m", "chronoshard.shardnode.cli", "-n", ns, *args],
+    return subprocess.run([sys.executable, "-m", "chronoshard.shardnode.client.cli", "-n", ns, *args],
                           capture_output=True, text=True, timeout=60, env=env, check=False)
 
 

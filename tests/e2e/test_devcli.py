@@ -10,8 +10,8 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from chronoshard.operator.dev.cli import all_pids
-from chronoshard.operator.dev.nodeagent.process import descendants, proc_start_time
+from chronoshard.devcluster.cli import all_pids
+from chronoshard.devcluster.nodeagent.process import descendants, proc_start_time
 
 from .conftest import PROBE_SERVER, dev, http_get, is_ready, start_cluster, wait_until
 

@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chronoshard.operator.dev.controlplane import free_port
+from chronoshard.devcluster.controlplane import free_port
 from chronoshard.shardnode.client import Client
-from chronoshard.shardnode.partitioning import PartitionMap
+from chronoshard.shardnode.keyspace.partitioning import PartitionMap
 
 from tests.e2e.conftest import LocalCluster, dev, http_get, is_ready, start_cluster, wait_until
 

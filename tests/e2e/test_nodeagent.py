@@ -17,8 +17,8 @@ import threading
 import uuid
 
 import pytest
-from chronoshard.operator.dev.nodeagent.process import descendants, proc_start_time
-from chronoshard.operator.dev.nodeagent.volumes import read_snapshot
+from chronoshard.devcluster.nodeagent.process import descendants, proc_start_time
+from chronoshard.devcluster.nodeagent.volumes import read_snapshot
 
 from .conftest import PROBE_SERVER, LocalCluster, dev, http_get, http_put, is_ready, wait_until
 

@@ -6,7 +6,7 @@ import signal
 import time
 
 import pytest
-from chronoshard.operator.dev.nodeagent.process import descendants, proc_start_time
+from chronoshard.devcluster.nodeagent.process import descendants, proc_start_time
 
 from .conftest import PROBE_SERVER, LocalCluster, http_get, is_ready, wait_until
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from chronoshard.operator.dev.nodeagent.volumes import read_snapshot
-from chronoshard.shardnode.keyprovider import unwrap_key, wrap_key
+from chronoshard.devcluster.nodeagent.volumes import read_snapshot
+from chronoshard.shardnode.keys.provider import unwrap_key, wrap_key
 
 from .conftest import LocalCluster, http_get, is_ready, wait_until
 

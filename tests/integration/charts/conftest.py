@@ -47,7 +47,7 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def audited_plane() -> Iterator:
     """kube-apiserver + etcd (RBAC enforced) writing an audit log of the chart ServiceAccounts' calls."""
-    from chronoshard.operator.dev.controlplane import ControlPlane
+    from chronoshard.devcluster.controlplane import ControlPlane
 
     policy = {
         "apiVersion": "audit.k8s.io/v1",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from chronoshard.shardnode.partitioning import initial_map
+from chronoshard.shardnode.keyspace.partitioning import initial_map
 
 from .shards import ShardCaches, ShardNodes
 

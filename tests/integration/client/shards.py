@@ -16,7 +16,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from chronoshard.shardnode.partitioning import PartitionMap
+from chronoshard.shardnode.keyspace.partitioning import PartitionMap
 
 BIN = Path(sys.executable).parent
 

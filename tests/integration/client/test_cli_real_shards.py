@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 
-from chronoshard.shardnode.partitioning import initial_map
+from chronoshard.shardnode.keyspace.partitioning import initial_map
 
 from .shards import BIN
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import aiohttp
-from chronoshard.shardnode.partitioning import initial_map
+from chronoshard.shardnode.keyspace.partitioning import initial_map
 
 from .checks import N_BLOCKS, TABLE, assert_even, bounded, check_placement, value_of
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from chronoshard.shardnode.cli import EXIT_NOT_FOUND, main
 from chronoshard.shardnode.client import ConfigMapMap, MapUnavailable
-from chronoshard.shardnode.partitioning import initial_map, rescale
+from chronoshard.shardnode.client.cli import EXIT_NOT_FOUND, main
+from chronoshard.shardnode.keyspace.partitioning import initial_map, rescale
 from kubernetes import client
 
 pytestmark = pytest.mark.integration

@@ -12,9 +12,9 @@ import io
 import json
 
 import pytest
-from chronoshard.shardnode.cli import main
 from chronoshard.shardnode.client import AsyncClient, ConfigMapMap
-from chronoshard.shardnode.partitioning import PartitionMap, initial_map
+from chronoshard.shardnode.client.cli import main
+from chronoshard.shardnode.keyspace.partitioning import PartitionMap, initial_map
 from kubernetes import client
 
 from tests.waiting import wait_for as _wait_for

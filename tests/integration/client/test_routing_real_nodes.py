@@ -7,7 +7,7 @@ import json
 import aiohttp
 import pytest
 from chronoshard.shardnode.client import AsyncClient, NodeMap
-from chronoshard.shardnode.partitioning import (
+from chronoshard.shardnode.keyspace.partitioning import (
     Partition,
     PartitionMap,
     StrandedPartitionsError,

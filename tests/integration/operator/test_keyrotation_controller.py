@@ -13,7 +13,7 @@ import pytest
 from chronoshard.operator import kube
 from chronoshard.operator.keyring import initial_keyring_data, new_kek_data
 from chronoshard.operator.keyrotation import controller
-from chronoshard.shardnode.keyprovider import unwrap_key
+from chronoshard.shardnode.keys.provider import unwrap_key
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 

@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 import pytest
-from chronoshard.shardnode.keyprovider import unwrap_key
+from chronoshard.shardnode.keys.provider import unwrap_key
 from kubernetes import client
 
 from tests.waiting import wait_for

@@ -9,7 +9,7 @@ import json
 from typing import Any
 
 import pytest
-from chronoshard.shardnode.keyprovider import unwrap_key
+from chronoshard.shardnode.keys.provider import unwrap_key
 from kubernetes import client
 
 from tests.integration.operator.test_shardset_controller import (

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 
-from chronoshard.shardnode.partitioning import initial_map, keyspace_id
+from chronoshard.shardnode.keyspace.partitioning import initial_map, keyspace_id
 
 from tests.integration.shardnode.procs import http, http_json, node
 from tests.unit.shardnode.kubelet_dir import write_keyring

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from chronoshard.shardnode.keyprovider import wrap_key
+from chronoshard.shardnode.keys.provider import wrap_key
 
 from tests.integration.shardnode.procs import BIN, Proc, free_port, http, http_json, wait_for
 

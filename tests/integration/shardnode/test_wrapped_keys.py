@@ -10,7 +10,7 @@ import re
 import threading
 from pathlib import Path
 
-from chronoshard.shardnode.keyring import derive_table_key
+from chronoshard.shardnode.keys.keyring import derive_table_key
 
 from tests.integration.shardnode.procs import cache, http, http_json, node, wait_for
 from tests.unit.shardnode.kubelet_dir import write_kek, write_keyring

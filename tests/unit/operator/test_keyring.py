@@ -73,7 +73,7 @@ KEK = bytes(range(32))
 
 
 def _unwrap(data, version, kek=KEK):
-    from chronoshard.shardnode.keyprovider import unwrap_key
+    from chronoshard.shardnode.keys.provider import unwrap_key
 
     return unwrap_key(kek, base64.b64decode(data[f"v{version}.wrapped"]), version)
 
@@ -87,7 +87,7 @@ def test_initial_keyring_with_a_kek_holds_v1_wrapped_that_unwraps_to_32_bytes():
     assert len(key) == 32 and key != _unwrap(b, 1)
     assert key not in base64.b64decode(a["v1.wrapped"]), "the blob does not carry the key in the clear"
     assert parse_manifest(a).primary == 1 and wrapped_versions(a) == (1,)
-    from chronoshard.shardnode.keyprovider import KeyUnavailable
+    from chronoshard.shardnode.keys.provider import KeyUnavailable
 
     with pytest.raises(KeyUnavailable):
         _unwrap(a, 1, kek=bytes(32))

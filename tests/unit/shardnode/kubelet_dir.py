@@ -8,7 +8,7 @@ import time
 from collections.abc import Collection
 from pathlib import Path
 
-from chronoshard.shardnode.keyprovider import wrap_key
+from chronoshard.shardnode.keys.provider import wrap_key
 
 
 def write_keyring(directory: Path, generation: int, versions: dict[int, tuple[str, bytes]],

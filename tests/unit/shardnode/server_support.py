@@ -11,9 +11,9 @@ import aiohttp
 from aiohttp import web
 from chronoshard.shardnode.cache.server import CacheConfig
 from chronoshard.shardnode.cache.server import create_app as create_cache
-from chronoshard.shardnode.http_common import SERVER_LIMITS
-from chronoshard.shardnode.node_server import NodeConfig
-from chronoshard.shardnode.node_server import create_app as create_node
+from chronoshard.shardnode.node.server import NodeConfig
+from chronoshard.shardnode.node.server import create_app as create_node
+from chronoshard.shardnode.serving.http_common import SERVER_LIMITS
 
 from tests.unit.shardnode.kubelet_dir import write_kek, write_keyring
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from chronoshard.shardnode.keyring import Keyring, KeyVersion
-from chronoshard.shardnode.store import Store
+from chronoshard.shardnode.keys.keyring import Keyring, KeyVersion
+from chronoshard.shardnode.node.store import Store
 
 
 def ring(primary: int, versions: tuple[int, ...], generation: int = 1) -> Keyring:

@@ -5,7 +5,7 @@ from chronoshard.operator.prefetchpolicy.probe import cache_counters
 from chronoshard.operator.prefetchpolicy.select import Selection
 from chronoshard.operator.prefetchpolicy.status import ShardSample, aggregate
 from chronoshard.operator.spec.prefetchpolicy import parse_prefetchpolicy
-from chronoshard.shardnode.metrics import CacheMetrics
+from chronoshard.shardnode.serving.metrics import CacheMetrics
 from prometheus_client import generate_latest
 
 BODY = {"metadata": {"name": "pf", "namespace": "shop", "generation": 3}, "spec": {"shardSetRef": {"name": "orders"}}}

@@ -5,10 +5,10 @@ import asyncio
 import aiohttp
 import pytest
 from chronoshard.shardnode.cache.cache import BlockCache, DecryptError, NotFound
-from chronoshard.shardnode.cache.eviction import LRUPolicy
 from chronoshard.shardnode.cache.node_client import NodeClient
-from chronoshard.shardnode.keyring import load_keyring
-from chronoshard.shardnode.metrics import CacheMetrics
+from chronoshard.shardnode.eviction import LRUPolicy
+from chronoshard.shardnode.keys.keyring import load_keyring
+from chronoshard.shardnode.serving.metrics import CacheMetrics
 
 from tests.unit.shardnode.server_support import node_and_cache
 
@@ -127,7 +127,7 @@ async def test_unknown_key_version_is_a_named_error_and_not_cached(env, tmp_path
     cache, m, session, node_url = env
     await cache.put("t", "k", b"v")
     cache.invalidate(("t", "k"))
-    from chronoshard.shardnode.keyring import Keyring, KeyVersion
+    from chronoshard.shardnode.keys.keyring import Keyring, KeyVersion
 
     cache._keyring = lambda: Keyring(9, [KeyVersion(2, "primary")], {2: bytes(32)})
     with pytest.raises(DecryptError) as exc:

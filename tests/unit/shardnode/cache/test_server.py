@@ -5,7 +5,7 @@ import base64
 import sqlite3
 
 import pytest
-from chronoshard.shardnode import store as store_mod
+from chronoshard.shardnode.node import store as store_mod
 
 from tests.unit.shardnode.kubelet_dir import write_keyring
 from tests.unit.shardnode.server_support import KEY1, KEY2, node_and_cache
@@ -189,10 +189,10 @@ async def test_cache_json_change_resizes_and_switches_policy_live(tmp_path):
     import json as _json
 
     import aiohttp
-    from chronoshard.shardnode.cache.eviction import LRUPolicy
     from chronoshard.shardnode.cache.server import CACHE, CacheConfig, create_app
-    from chronoshard.shardnode.node_server import NodeConfig
-    from chronoshard.shardnode.node_server import create_app as create_node
+    from chronoshard.shardnode.eviction import LRUPolicy
+    from chronoshard.shardnode.node.server import NodeConfig
+    from chronoshard.shardnode.node.server import create_app as create_node
 
     from tests.unit.shardnode.server_support import keyring_dir, serve
 
@@ -229,12 +229,12 @@ async def test_cache_json_change_resizes_and_switches_policy_live(tmp_path):
 async def test_change_log_gap_makes_the_cache_drop_everything(tmp_path):
     import aiohttp
     from chronoshard.shardnode.cache.cache import BlockCache
-    from chronoshard.shardnode.cache.eviction import LRUPolicy
     from chronoshard.shardnode.cache.node_client import NodeClient
-    from chronoshard.shardnode.keyring import load_keyring
-    from chronoshard.shardnode.metrics import CacheMetrics
-    from chronoshard.shardnode.node_server import NodeConfig
-    from chronoshard.shardnode.node_server import create_app as create_node
+    from chronoshard.shardnode.eviction import LRUPolicy
+    from chronoshard.shardnode.keys.keyring import load_keyring
+    from chronoshard.shardnode.node.server import NodeConfig
+    from chronoshard.shardnode.node.server import create_app as create_node
+    from chronoshard.shardnode.serving.metrics import CacheMetrics
 
     from tests.unit.shardnode.server_support import keyring_dir, serve
 

@@ -1,7 +1,7 @@
 """A minimal in-memory block server wrapped in the real ownership middleware, on 127.0.0.1.
 
 Fast unit tests of the client use it instead of real processes (the integration tests use the real
-``chronoshard-node``); it speaks the same paths as ``shardnode/node_server.py``: put/get/delete a
+``chronoshard-node``); it speaks the same paths as ``shardnode/node/server.py``: put/get/delete a
 block, batch get, scan a table, the partition map.
 """
 
@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from chronoshard.shardnode.partitioning import PartitionMap
-from chronoshard.shardnode.routing import (
+from chronoshard.shardnode.keyspace.partitioning import PartitionMap
+from chronoshard.shardnode.serving.routing import (
     PartitionMapSource,
     PeerURLs,
     forward_session_ctx,

@@ -21,8 +21,8 @@ from chronoshard.shardnode.client import (
     block_path,
 )
 from chronoshard.shardnode.client.aio import raise_for
-from chronoshard.shardnode.partitioning import Partition, PartitionMap, initial_map
-from chronoshard.shardnode.routing import PartitionMapSource
+from chronoshard.shardnode.keyspace.partitioning import Partition, PartitionMap, initial_map
+from chronoshard.shardnode.serving.routing import PartitionMapSource
 
 from .minimal_node import Cluster
 

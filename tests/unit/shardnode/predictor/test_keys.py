@@ -19,8 +19,8 @@ from chronoshard.shardnode.predictor.config import (
     parse_config,
 )
 from chronoshard.shardnode.predictor.keys import KeyPredictor
+from chronoshard.shardnode.predictor.main import KEY_POLL_S, poll_interval
 from chronoshard.shardnode.predictor.modelstore import KEY_MODEL_FILE, MODEL_FILE
-from chronoshard.shardnode.predictor_main import KEY_POLL_S, poll_interval
 
 # Names without a numeric suffix, so only the learned successor statistics (not "next number") can predict.
 CHAIN = ("orders", "lines", "stock")

@@ -1,0 +1,367 @@
+"""``chronoshard``: put/get/delete/ls blocks, show the partition map and a ShardSet's status.
+
+Where blocks go (first that applies):
+
+* ``--url URL``: one address, e.g. the ShardSet's client Service (``kubectl port-forward svc/orders
+  7401``); its cache forwards each key to the owning shard.
+* ``--endpoints URL,URL,...``: the shards' cache (or node) URLs by shard index; the client fetches the
+  map from them (or ``--map-file``) and routes each key straight to its owner.
+* ``--shardset NAME``: the map from the ``NAME-partitions`` ConfigMap via the Kubernetes API, and each shard
+  pod's IP from its status (``http://<podIP>:7401``: inside the cluster, on the local process cluster, and wherever
+  pod IPs are routable). ``--pod-url-template`` switches to a URL template instead, e.g. the pods' DNS names
+  ``http://{shardset}-{shard}.{shardset}-headless.{namespace}.svc:7401``.
+
+Exit codes: 0 ok, 1 error, 2 usage, 3 block not found, 4 shard or API unavailable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from chronoshard.shardnode.client import (
+    AsyncClient,
+    ChronoshardError,
+    ConfigMapMap,
+    FileMap,
+    MapProvider,
+    MapUnavailable,
+    NodeMap,
+    NotFound,
+    Unavailable,
+)
+from chronoshard.shardnode.keyspace.partitioning import PartitionMap
+
+GROUP, VERSION = "chronoshard.io", "v1alpha1"
+POD_URL_TEMPLATE = "http://{shardset}-{shard}.{shardset}-headless.{namespace}.svc:7401"
+EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_UNAVAILABLE = 1, 2, 3, 4
+
+
+# --- pure formatting ---------------------------------------------------------------------------------
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A kubectl-style plain table: upper-case headers, columns padded with three spaces."""
+    cells = [[str(h).upper() for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["   ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
+    return "\n".join(lines) + "\n"
+
+
+def map_rows(pmap: PartitionMap) -> list[list[object]]:
+    """One row per partition: id, start, end, shard, share of the keyspace in percent."""
+    return [[p.id, f"{p.start:016x}", f"{p.end:016x}", p.shard, f"{(p.end - p.start + 1) / 2**64 * 100:.2f}%"]
+            for p in sorted(pmap.partitions, key=lambda p: p.start)]
+
+
+def status_summary(shardset: dict[str, Any], rotations: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The facts ``chronoshard status`` shows, from a ShardSet object and its KeyRotation objects."""
+    st = shardset.get("status") or {}
+    spec = shardset.get("spec") or {}
+    shards = st.get("shards") or {}
+    pm = st.get("partitionMap") or {}
+    conditions = {c.get("type"): c for c in st.get("conditions") or []}
+    active = [r for r in rotations
+              if (r.get("status") or {}).get("phase") not in (None, "Completed", "Failed", "Waiting")]
+    return {
+        "name": shardset["metadata"]["name"],
+        "namespace": shardset["metadata"].get("namespace"),
+        "phase": st.get("phase", "Unknown"),
+        "shards": {"desired": shards.get("desired", spec.get("shards")), "ready": shards.get("ready", 0)},
+        "keyVersion": st.get("keyVersion"),
+        "keyVersions": st.get("keyVersions") or [],
+        "partitionEpoch": pm.get("epoch"),
+        "partitions": len(pm.get("partitions") or []),
+        "conditions": [{"type": t, "status": c.get("status"), "reason": c.get("reason"),
+                        "message": c.get("message")} for t, c in conditions.items()],
+        "rotations": [
+            {"name": r["metadata"]["name"], "phase": (r.get("status") or {}).get("phase", "Pending"),
+             "fromVersion": (r.get("status") or {}).get("fromVersion"),
+             "toVersion": (r.get("status") or {}).get("toVersion"),
+             "shards": (r.get("status") or {}).get("shards") or []}
+            for r in rotations
+        ],
+        "rotationInProgress": bool(active),
+    }
+
+
+def render_status(s: dict[str, Any]) -> str:
+    """Human-readable ``chronoshard status`` output."""
+    versions = ", ".join(f"v{v.get('id')} ({v.get('state')})" for v in s["keyVersions"]) or "-"
+    out = [
+        f"ShardSet {s['namespace']}/{s['name']}: {s['phase']}",
+        f"Shards:          {s['shards']['ready']}/{s['shards']['desired']} ready",
+        f"Key version:     {s['keyVersion'] if s['keyVersion'] is not None else '-'}   (keyring: {versions})",
+        f"Partition map:   epoch {s['partitionEpoch'] if s['partitionEpoch'] is not None else '-'}, "
+        f"{s['partitions']} partitions",
+        f"Rotation:        {'in progress' if s['rotationInProgress'] else 'none in progress'}",
+        "",
+    ]
+    if s["conditions"]:
+        out.append(format_table(["condition", "status", "reason", "message"],
+                                [[c["type"], c["status"], c["reason"], c["message"]]
+                                 for c in s["conditions"]]))
+    if s["rotations"]:
+        out.append(format_table(["keyrotation", "phase", "from", "to"],
+                                [[r["name"], r["phase"], r["fromVersion"], r["toVersion"]]
+                                 for r in s["rotations"]]))
+        for r in s["rotations"]:
+            if r["shards"]:
+                out.append(f"{r['name']} per shard:\n" + format_table(
+                    ["shard", "rewrapped", "remaining", "old-version blocks", "message"],
+                    [[p.get("shard"), p.get("rewrapped"), p.get("remaining"), p.get("oldVersionBlocks"),
+                      p.get("message")] for p in r["shards"]]))
+    return "\n".join(out)
+
+
+# --- Kubernetes ----------------------------------------------------------------------------------
+
+
+def kube_api(args: argparse.Namespace) -> Any:
+    """An ApiClient from --kubeconfig/--context (or the in-cluster service account)."""
+    from kubernetes import config
+
+    try:
+        return config.new_client_from_config(config_file=args.kubeconfig, context=args.context)
+    except config.ConfigException:
+        if args.kubeconfig:
+            raise
+        config.load_incluster_config()
+        from kubernetes import client
+
+        return client.ApiClient()
+
+
+def default_namespace(args: argparse.Namespace) -> str:
+    """--namespace, else the kubeconfig context's namespace, else ``default`` (as kubectl)."""
+    if args.namespace:
+        return str(args.namespace)
+    try:
+        from kubernetes import config
+
+        contexts, active = config.list_kube_config_contexts(config_file=args.kubeconfig)
+        chosen = next((c for c in contexts if c["name"] == args.context), active) if args.context else active
+        return str((chosen or {}).get("context", {}).get("namespace") or "default")
+    except Exception:
+        return "default"
+
+
+def fetch_status(args: argparse.Namespace, name: str) -> dict[str, Any]:
+    """Read the ShardSet and the KeyRotations that name it; summarise."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    ns = default_namespace(args)
+    api = client.CustomObjectsApi(kube_api(args))
+    try:
+        obj = api.get_namespaced_custom_object(GROUP, VERSION, ns, "shardsets", name)
+        rots = api.list_namespaced_custom_object(GROUP, VERSION, ns, "keyrotations")["items"]
+    except ApiException as exc:
+        if exc.status == 404:
+            raise NotFoundError(f"ShardSet {ns}/{name} not found") from None
+        raise Unavailable(f"kubernetes API ({ns})", f"HTTP {exc.status} {exc.reason}") from None
+    mine = [r for r in rots if ((r.get("spec") or {}).get("shardSetRef") or {}).get("name") == name]
+    return status_summary(obj, sorted(mine, key=lambda r: r["metadata"]["name"]))
+
+
+class NotFoundError(ChronoshardError):
+    """A Kubernetes object the command needs does not exist."""
+
+
+# --- client wiring -------------------------------------------------------------------------------
+
+
+def map_provider(args: argparse.Namespace) -> MapProvider:
+    """Where the partition map comes from for this invocation."""
+    if args.map_file:
+        return FileMap(args.map_file)
+    if args.endpoints:
+        return NodeMap(split_urls(args.endpoints), timeout=args.timeout)
+    if args.url:
+        return NodeMap([args.url], timeout=args.timeout)
+    if args.shardset:
+        return ConfigMapMap(args.shardset, default_namespace(args), api_client=kube_api(args))
+    raise UsageError("say where the ShardSet is: --shardset NAME, --url URL, --endpoints URLS or --map-file")
+
+
+class UsageError(Exception):
+    """Bad combination of flags."""
+
+
+def pod_ip_endpoints(args: argparse.Namespace, namespace: str) -> Callable[[int], str]:
+    """Shard index → ``http://<podIP>:7401`` of pod ``<shardset>-<i>``, read once from the Kubernetes API."""
+    from kubernetes import client
+
+    core = client.CoreV1Api(kube_api(args))
+    selector = f"app.kubernetes.io/instance={args.shardset},app.kubernetes.io/component=shard"
+    ips: dict[int, str] = {}
+    for pod in core.list_namespaced_pod(namespace, label_selector=selector).items:
+        ordinal = pod.metadata.name.rsplit("-", 1)[-1]
+        if ordinal.isdigit() and pod.status and pod.status.pod_ip and not pod.metadata.deletion_timestamp:
+            ips[int(ordinal)] = pod.status.pod_ip
+
+    def endpoint(shard: int) -> str:
+        if shard not in ips:
+            raise Unavailable(f"shard {shard} of {args.shardset}", "no running pod with an IP")
+        return f"http://{ips[shard]}:7401"
+
+    return endpoint
+
+
+def split_urls(text: str) -> list[str]:
+    """Comma-separated URLs, trimmed."""
+    return [u.strip() for u in text.split(",") if u.strip()]
+
+
+def make_client(args: argparse.Namespace) -> AsyncClient:
+    """The client for block commands (see the module docstring for the order of precedence)."""
+    if args.url:
+        return AsyncClient.via_service(args.url, maps=map_provider(args), timeout=args.timeout)
+    if args.endpoints:
+        return AsyncClient(map_provider(args), split_urls(args.endpoints), timeout=args.timeout)
+    if args.shardset:
+        ns = default_namespace(args)
+        template = args.pod_url_template
+        if template:
+            def endpoint(shard: int) -> str:
+                return template.format(shardset=args.shardset, shard=shard, namespace=ns)
+
+            return AsyncClient(map_provider(args), endpoint, timeout=args.timeout)
+        return AsyncClient(map_provider(args), pod_ip_endpoints(args, ns), timeout=args.timeout)
+    raise UsageError("say where the ShardSet is: --shardset NAME, --url URL or --endpoints URLS")
+
+
+# --- commands ------------------------------------------------------------------------------------
+
+
+def read_value(args: argparse.Namespace, stdin: IO[bytes]) -> bytes:
+    """The value to put: --value, --file, or standard input."""
+    if args.value is not None:
+        return str(args.value).encode()
+    if args.file:
+        return Path(args.file).read_bytes()
+    return stdin.read()
+
+
+async def run(args: argparse.Namespace, out: IO[str], stdin: IO[bytes], bout: IO[bytes]) -> int:
+    """Execute one parsed command; returns the exit code."""
+    as_json = args.output == "json"
+    if args.command == "status":
+        s = await asyncio.to_thread(fetch_status, args, args.name)
+        out.write(json.dumps(s, indent=2) + "\n" if as_json else render_status(s))
+        return 0
+    if args.command == "map":
+        pmap = await map_provider(args).fetch()
+        if as_json:
+            out.write(pmap.to_json())
+        else:
+            out.write(f"epoch {pmap.epoch}, {pmap.shards} shards, {len(pmap.partitions)} partitions\n")
+            out.write(format_table(["partition", "start", "end", "shard", "share"], map_rows(pmap)))
+        return 0
+    async with make_client(args) as c:
+        if args.command == "put":
+            ack = await c.put(args.table, args.key, read_value(args, stdin))
+            out.write(json.dumps(ack) + "\n" if as_json else f"stored {args.table}/{args.key}\n")
+        elif args.command == "get":
+            value = await c.get(args.table, args.key)
+            if as_json:
+                out.write(json.dumps({"table": args.table, "key": args.key,
+                                      "value": base64.b64encode(value).decode()}) + "\n")
+            elif args.out:
+                Path(args.out).write_bytes(value)
+            else:
+                out.flush()
+                bout.write(value)
+                bout.flush()
+        elif args.command == "delete":
+            existed = await c.delete(args.table, args.key, missing_ok=args.missing_ok)
+            if as_json:
+                out.write(json.dumps({"deleted": existed}) + "\n")
+            else:
+                what = "deleted" if existed else "absent (nothing deleted)"
+                out.write(f"{args.table}/{args.key} {what}\n")
+        elif args.command == "ls":
+            items = [b async for b in c.scan(args.table, prefix=args.prefix, limit=args.limit)]
+            if as_json:
+                out.write(json.dumps([{"key": b.key, "size": b.size, "shard": b.shard} | b.meta
+                                      for b in items], indent=2) + "\n")
+            else:
+                out.write(format_table(["key", "size", "shard", "key-version"],
+                                       [[b.key, b.size, b.shard, b.meta.get("keyVersion")] for b in items]))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line."""
+    p = argparse.ArgumentParser(prog="chronoshard",
+                                description="Use a chronoshard ShardSet: blocks, map, status.")
+    p.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG or ~/.kube/config)")
+    p.add_argument("--context", help="kubeconfig context")
+    p.add_argument("-n", "--namespace", help="namespace (default: the context's, else 'default')")
+    p.add_argument("-s", "--shardset", help="ShardSet name (map from its ConfigMap, shards at their pod IPs)")
+    p.add_argument("--url", help="one URL for everything, e.g. the client Service (caches forward)")
+    p.add_argument("--endpoints", help="comma-separated cache/node URLs by shard index (direct routing)")
+    p.add_argument("--map-file", help="partition map file (map.json) instead of asking nodes or the API")
+    p.add_argument("--pod-url-template", default=None,
+                   help="with --shardset, reach shard {shard} at this URL instead of its pod IP, e.g. "
+                        + POD_URL_TEMPLATE)
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds per request (default 10)")
+    p.add_argument("-o", "--output", choices=["table", "json"], default="table", help="output format")
+    sub = p.add_subparsers(dest="command", required=True)
+    put = sub.add_parser("put", help="store a block (value from --value, --file or stdin)")
+    put.add_argument("table")
+    put.add_argument("key")
+    src = put.add_mutually_exclusive_group()
+    src.add_argument("--value", help="the value as text")
+    src.add_argument("--file", help="read the value from a file")
+    get = sub.add_parser("get", help="print a block's bytes")
+    get.add_argument("table")
+    get.add_argument("key")
+    get.add_argument("--out", help="write the value to a file instead of stdout")
+    rm = sub.add_parser("delete", help="delete a block")
+    rm.add_argument("table")
+    rm.add_argument("key")
+    rm.add_argument("--missing-ok", action="store_true", help="succeed if the block does not exist")
+    ls = sub.add_parser("ls", help="list a table's blocks across shards, in key order")
+    ls.add_argument("table")
+    ls.add_argument("--prefix", default="", help="only keys starting with this")
+    ls.add_argument("--limit", type=int, default=None, help="at most this many")
+    sub.add_parser("map", help="show the partition map")
+    st = sub.add_parser("status", help="a ShardSet's shards, key versions and rotations")
+    st.add_argument("name")
+    return p
+
+
+def main(argv: Sequence[str] | None = None, *, out: IO[str] | None = None, stdin: IO[bytes] | None = None,
+         bout: IO[bytes] | None = None) -> int:
+    """Entry point; returns (and as a script exits with) the exit code."""
+    args = parser().parse_args(argv)
+    out = out or sys.stdout
+    err = sys.stderr
+    try:
+        code = asyncio.run(run(args, out, stdin or sys.stdin.buffer, bout or sys.stdout.buffer))
+    except UsageError as exc:
+        err.write(f"chronoshard: {exc}\n")
+        code = EXIT_USAGE
+    except (NotFound, NotFoundError) as exc:
+        err.write(f"chronoshard: {exc}\n")
+        code = EXIT_NOT_FOUND
+    except (Unavailable, MapUnavailable) as exc:
+        err.write(f"chronoshard: unavailable: {exc}\n")
+        code = EXIT_UNAVAILABLE
+    except (ChronoshardError, OSError) as exc:
+        err.write(f"chronoshard: {exc}\n")
+        code = EXIT_ERROR
+    if argv is None:
+        sys.exit(code)
+    return code
+
+
+if __name__ == "__main__":
+    main()

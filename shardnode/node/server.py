@@ -1,0 +1,593 @@
+"""The node's HTTP API (aiohttp app factory): blocks, frames, scans, change log, keys, rewrap, verify."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from chronoshard.shardnode.keys.crypto import CompromisedVersion, IntegrityError, open_block
+from chronoshard.shardnode.keys.keyring import KeyringWatcher, MissingKeyVersion
+from chronoshard.shardnode.keys.provider import EmbeddedKeyProvider, KeyCache, key_cache_size_setting
+from chronoshard.shardnode.serving.http_common import (
+    ApiError,
+    bool_query,
+    error_middleware,
+    float_query,
+    int_query,
+    json_body,
+    key_param,
+    keys_list,
+    openapi_handler,
+    read_block_body,
+    table_param,
+)
+from chronoshard.shardnode.serving.metrics import NodeMetrics
+from chronoshard.shardnode.serving.settings_watch import SettingsWatcher
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from . import changelog, rewrap
+from .store import (
+    NoKeyring,
+    Store,
+    StoredBlock,
+    WriteResult,
+    block_count,
+    connect,
+    get_block,
+    scan_blocks,
+    version_counts,
+)
+from .verify import VerifyReport, run_verify
+
+log = logging.getLogger(__name__)
+
+FRAME_HEADERS = ("X-Chronoshard-Checksum", "X-Chronoshard-Key-Version", "X-Chronoshard-Lsn")
+
+
+@dataclass
+class NodeConfig:
+    """Process settings (flags, then node.json)."""
+
+    data_dir: Path
+    keyring_dir: Path
+    max_block_bytes: int = 4 << 20
+    keyring_poll_seconds: float = 1.0
+    rewrap_batch_size: int = rewrap.DEFAULT_BATCH
+    rewrap_pause_seconds: float = 0.0
+    change_log_retain: int = 1_000_000  # entries kept; older ones are trimmed (readers see `gap`)
+    max_response_bytes: int = 64 << 20  # block bytes one batch or scan answer may carry
+    trim_interval_seconds: float = 10.0
+    partitions: Any = None  # routing.PartitionMapSource when --partition-map is given
+    shard_index: int | None = None
+    settings_path: str | None = None  # node.json, re-applied when the mounted ConfigMap changes
+    # How long a write waits for a new primary while the current one is marked compromised (then 503).
+    compromised_write_hold_seconds: float = 20.0
+    kek_dir: Path | None = None  # the mounted KEK Secret (kek.key); needed for wrapped key versions
+    key_cache_size: int = 1024  # unwrapped table keys held (wrapped versions only)
+
+    def apply(self, settings: dict[str, Any]) -> None:
+        """Overlay settings from node.json (unknown keys ignored, wrong types logged and ignored)."""
+        for name, attr, typ in (("maxBlockBytes", "max_block_bytes", int),
+                                ("keyringPollSeconds", "keyring_poll_seconds", (int, float)),
+                                ("rewrapBatchSize", "rewrap_batch_size", int),
+                                ("rewrapPauseSeconds", "rewrap_pause_seconds", (int, float)),
+                                ("changeLogRetain", "change_log_retain", int),
+                                ("maxResponseBytes", "max_response_bytes", int),
+                                ("trimIntervalSeconds", "trim_interval_seconds", (int, float)),
+                                ("compromisedWriteHoldSeconds", "compromised_write_hold_seconds", (int, float))):
+            if name in settings:
+                value = settings[name]
+                # a pause may be 0 (full speed); every other setting must be positive
+                number = isinstance(value, typ) and not isinstance(value, bool)
+                if number and (value >= 0 if attr == "rewrap_pause_seconds" else value > 0):
+                    setattr(self, attr, value)
+                else:
+                    log.error("config %s=%r ignored: must be a positive number", name, value)
+        self.key_cache_size = key_cache_size_setting(settings, self.key_cache_size)
+
+
+class Node:
+    """State shared by the handlers of one node process."""
+
+    def __init__(self, cfg: NodeConfig) -> None:
+        self.cfg = cfg
+        self.metrics = NodeMetrics()
+        # One key cache for the process, kept across keyring reloads; reads and writes unwrap in threads.
+        self.key_cache = (KeyCache(EmbeddedKeyProvider(cfg.kek_dir, cfg.keyring_dir), cfg.key_cache_size)
+                          if cfg.kek_dir is not None else None)
+        self.metrics.watch_key_cache(lambda: self.key_cache.stats() if self.key_cache is not None else None)
+        self.keys = KeyringWatcher(cfg.keyring_dir, on_reload=self.metrics.keyring.observe,
+                                   table_keys=self.key_cache, kek_dir=cfg.kek_dir)
+        self.settings = SettingsWatcher(cfg.settings_path, self._apply_settings, self.metrics.settings.observe)
+        self.store: Store | None = None
+        self.rewrap: rewrap.RewrapRunner | None = None
+        self.verify_task: asyncio.Task[VerifyReport] | None = None
+        self.last_verify: VerifyReport | None = None
+        self.verify_error: str | None = None
+        self._changed = asyncio.Event()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.closing = False
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+    async def start(self, app: web.Application) -> None:
+        """Open the store, load the keyring, resume an interrupted rewrap, start the watcher."""
+        loop = asyncio.get_running_loop()
+        await asyncio.to_thread(self.keys.poll)
+        self.store = await asyncio.to_thread(Store, self.cfg.data_dir, lambda: self.keys.keyring)
+        self.store.commit_listeners.append(lambda: loop.call_soon_threadsafe(self._wake))
+        self.rewrap = rewrap.RewrapRunner(self.store, self.cfg.rewrap_pause_seconds)
+        self.rewrap.on_batch.append(self._rewrap_progress)
+        self._tasks.append(asyncio.create_task(self.keys.run(self.cfg.keyring_poll_seconds), name="keyring-watch"))
+        self._tasks.append(asyncio.create_task(self.settings.run(self.cfg.keyring_poll_seconds), name="settings"))
+        self._tasks.append(asyncio.create_task(self._trim_loop(), name="changelog-trim"))
+        if self.keys.keyring is not None:
+            await self.rewrap.resume_if_running()
+        else:
+            self._tasks.append(asyncio.create_task(self._resume_when_keyring()))
+
+    async def _resume_when_keyring(self) -> None:
+        while self.keys.keyring is None:
+            await asyncio.sleep(self.cfg.keyring_poll_seconds)
+        assert self.rewrap is not None
+        await self.rewrap.resume_if_running()
+
+    async def shutting_down(self, app: web.Application) -> None:
+        """Release long-polling readers so a graceful shutdown does not wait for them."""
+        self.closing = True
+        self._wake()
+
+    async def stop(self, app: web.Application) -> None:
+        """Stop background work, then close the store (queued writes finish first)."""
+        for task in self._tasks:
+            task.cancel()
+        if self.rewrap:
+            await self.rewrap.stop()
+        if self.verify_task:
+            self.closing = True  # the verify thread checks this between blocks
+            self.verify_task.cancel()
+        if self.store:
+            await asyncio.to_thread(self.store.close)
+
+    async def _trim_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.trim_interval_seconds)
+            retain = self.cfg.change_log_retain
+            try:
+                gone = await self.db.write(lambda c, r=retain: changelog.trim(c, r))
+            except Exception:
+                log.exception("change-log trim failed")
+                continue
+            if gone:
+                self.metrics.changelog_trimmed.inc(gone)
+
+    def _apply_settings(self, doc: dict[str, Any]) -> None:
+        self.cfg.apply(doc)
+        if self.rewrap is not None:
+            self.rewrap.pause = self.cfg.rewrap_pause_seconds
+        if self.key_cache is not None:
+            self.key_cache.resize(self.cfg.key_cache_size)
+
+    def _wake(self) -> None:
+        # Long-polling change readers wait on this event; replace it so each wait sees the next commit.
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def _rewrap_progress(self, st: dict[str, Any]) -> None:
+        self.metrics.rewrap_running.set(1 if st["state"] == "running" else 0)
+
+    @property
+    def db(self) -> Store:
+        """The open store (503 before start-up finished)."""
+        if self.store is None:
+            raise ApiError(503, "not_ready", "store is not open yet")
+        return self.store
+
+    def open(self, block: StoredBlock, source: str = "read") -> bytes:
+        """Decrypt a stored block for serving; ApiError (never plaintext) when it cannot be trusted."""
+        ring = self.keys.keyring
+        if ring is None:
+            raise ApiError(503, "no_keyring", "no keyring is loaded")
+        try:
+            return open_block(ring, block.table, block.key, block.frame, block.checksum)
+        except MissingKeyVersion as exc:
+            self.metrics.missing_key.labels(str(exc.version)).inc()
+            raise ApiError(503, "key_version_missing", str(exc), keyVersion=exc.version) from None
+        except IntegrityError as exc:
+            self.metrics.integrity_failures.labels(source, exc.reason).inc()
+            log.error("integrity failure on %s/%s (%s)", block.table, block.key, exc.reason)
+            raise ApiError(500, "integrity_error", f"block {block.table}/{block.key} failed verification: {exc}",
+                           reason=exc.reason) from None
+
+
+NODE = web.AppKey("chronoshard_node", Node)
+
+
+def charge(node: Node, total: int, size: int) -> int:
+    """Add one block to a response's byte total; 413 before the answer would exceed maxResponseBytes."""
+    total += size
+    if total > node.cfg.max_response_bytes:
+        raise ApiError(413, "too_large", f"answer would exceed {node.cfg.max_response_bytes} bytes of blocks; "
+                       "ask for fewer keys or a smaller limit")
+    return total
+
+
+def misdirected(node: Node, table: str, key: str) -> dict[str, Any] | None:
+    """Inline 421-style error for one key of a batch that this shard does not own (None if owned)."""
+    if node.cfg.partitions is None:
+        return None
+    try:
+        m = node.cfg.partitions.check(node.cfg.shard_index or 0, table, key)
+    except RuntimeError as exc:  # routing.NoPartitionMap: refuse rather than guess ownership
+        return {"error": "unavailable", "message": str(exc)}
+    return None if m is None else m.body()
+
+
+def node_of(request: web.Request) -> Node:
+    """The Node behind this app."""
+    return request.app[NODE]
+
+
+# ---- blocks ------------------------------------------------------------------------------------
+async def put_holding_while_compromised(node: Node, table: str, key: str, body: bytes) -> WriteResult:
+    """Store a block; while a threat rotation has marked the primary compromised, hold the write until the new
+    primary is loaded (the keyring watcher swaps it in), then answer 503 if that takes too long."""
+    deadline = asyncio.get_running_loop().time() + node.cfg.compromised_write_hold_seconds
+    while True:
+        try:
+            return await node.db.put(table, key, body)
+        except NoKeyring:
+            raise ApiError(503, "no_keyring", "no keyring is loaded; cannot encrypt") from None
+        except sqlite3.Error as exc:
+            raise ApiError(503, "store_unavailable", f"write failed: {exc}") from None
+        except MissingKeyVersion as exc:  # the primary is wrapped and its table key could not be unwrapped
+            raise ApiError(503, "key_version_missing", str(exc), keyVersion=exc.version) from None
+        except CompromisedVersion as exc:
+            node.metrics.compromised_holds.inc()
+            if asyncio.get_running_loop().time() >= deadline:
+                raise ApiError(503, "key_compromised", f"{exc}; writes resume once the new key version is "
+                               "primary, retry shortly", keyVersion=exc.version) from None
+            await asyncio.sleep(0.1)
+
+
+async def put_block(request: web.Request) -> web.Response:
+    """PUT /v1/tables/{table}/blocks/{key}: store the raw body, acknowledged after it is durable."""
+    node = node_of(request)
+    table, key = table_param(request), key_param(request)
+    body = await read_block_body(request, node.cfg.max_block_bytes)
+    res = await put_holding_while_compromised(node, table, key, body)
+    node.metrics.writes.labels("put").inc()
+    node.metrics.bytes_written.inc(len(body))
+    return web.json_response({"table": table, "key": key, "lsn": res.lsn, "keyVersion": res.key_version,
+                              "size": len(body)})
+
+
+async def get_block_h(request: web.Request) -> web.Response:
+    """GET /v1/tables/{table}/blocks/{key}: the plaintext, only after tag and checksum verify."""
+    node = node_of(request)
+    table, key = table_param(request), key_param(request)
+    def work(c: sqlite3.Connection) -> tuple[StoredBlock, bytes] | None:
+        # One thread hop for the read and the decrypt.
+        block = get_block(c, table, key)
+        return None if block is None else (block, node.open(block))
+
+    found = await node.db.read(work)
+    if found is None:
+        raise ApiError(404, "not_found", f"no block {table}/{key}")
+    block, plaintext = found
+    return web.Response(body=plaintext, content_type="application/octet-stream",
+                        headers={"X-Chronoshard-Key-Version": str(block.key_version),
+                                 "X-Chronoshard-Lsn": str(block.lsn)})
+
+
+async def delete_block(request: web.Request) -> web.Response:
+    """DELETE /v1/tables/{table}/blocks/{key}."""
+    node = node_of(request)
+    table, key = table_param(request), key_param(request)
+    res = await node.db.delete(table, key)
+    if res is None:
+        raise ApiError(404, "not_found", f"no block {table}/{key}")
+    node.metrics.writes.labels("delete").inc()
+    return web.json_response({"table": table, "key": key, "lsn": res.lsn})
+
+
+async def batch_get_blocks(request: web.Request) -> web.Response:
+    """POST /v1/tables/{table}/blocks:batchGet: plaintexts (base64) for many keys; per-key errors inline."""
+    node = node_of(request)
+    table = table_param(request)
+    keys = keys_list(await json_body(request))
+
+    def work(c: sqlite3.Connection) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        total = 0
+        for k in keys:
+            wrong = misdirected(node, table, k)
+            if wrong is not None:
+                out.append({"key": k, "found": False, "error": wrong})
+                continue
+            block = get_block(c, table, k)
+            if block is None:
+                out.append({"key": k, "found": False})
+                continue
+            total = charge(node, total, block.size)
+            try:
+                value = node.open(block)
+            except ApiError as exc:
+                out.append({"key": k, "found": True, "error": {"error": exc.code, "message": exc.message}})
+                continue
+            out.append({"key": k, "found": True, "keyVersion": block.key_version,
+                        "value": base64.b64encode(value).decode()})
+        return out
+
+    return web.json_response({"blocks": await node.db.read(work)})
+
+
+def frame_json(block: StoredBlock | None, key: str) -> dict[str, Any]:
+    """JSON form of a stored frame for the cache."""
+    if block is None:
+        return {"key": key, "found": False}
+    return {"key": key, "found": True, "keyVersion": block.key_version, "lsn": block.lsn,
+            "checksum": block.checksum.hex(), "frame": base64.b64encode(block.frame).decode()}
+
+
+async def get_frame(request: web.Request) -> web.Response:
+    """GET /v1/tables/{table}/frames/{key}: the stored ciphertext frame (for the decryption cache)."""
+    node = node_of(request)
+    table, key = table_param(request), key_param(request)
+    block = await node.db.read(lambda c: get_block(c, table, key))
+    if block is None:
+        raise ApiError(404, "not_found", f"no block {table}/{key}")
+    return web.Response(body=block.frame, content_type="application/octet-stream",
+                        headers=dict(zip(FRAME_HEADERS, (block.checksum.hex(), str(block.key_version),
+                                                         str(block.lsn)), strict=True)))
+
+
+async def batch_get_frames(request: web.Request) -> web.Response:
+    """POST /v1/tables/{table}/frames:batchGet: stored frames (base64) for many keys."""
+    node = node_of(request)
+    table = table_param(request)
+    keys = keys_list(await json_body(request))
+    blocks = await node.db.read(lambda c: [get_block(c, table, k) for k in keys])
+    total = 0
+    for b in blocks:
+        total = charge(node, total, len(b.frame) if b else 0)
+    out = []
+    for b, k in zip(blocks, keys, strict=True):
+        wrong = misdirected(node, table, k)
+        out.append(frame_json(b, k) if wrong is None else {"key": k, "found": False, "error": wrong})
+    return web.json_response({"frames": out})
+
+
+async def scan(request: web.Request) -> web.Response:
+    """GET /v1/tables/{table}/blocks?after=&limit=&values=: keys in order, paginated by the last key."""
+    node = node_of(request)
+    table = table_param(request)
+    after = request.query.get("after")
+    if after is not None and len(after) > 1024:
+        raise ApiError(400, "invalid_parameter", "after must be at most 1024 characters")
+    limit = int_query(request, "limit", 100, 1, 1000)
+    values = bool_query(request, "values")
+    def work(c: sqlite3.Connection) -> tuple[list[StoredBlock], list[bytes]]:
+        found = scan_blocks(c, table, after, limit)
+        if not values:
+            return found, []
+        total = 0
+        for b in found:
+            total = charge(node, total, b.size)
+        return found, [node.open(b) for b in found]
+
+    blocks, plaintexts = await node.db.read(work)
+    items: list[dict[str, Any]] = []
+    for i, b in enumerate(blocks):
+        item: dict[str, Any] = {"key": b.key, "size": b.size, "keyVersion": b.key_version, "lsn": b.lsn}
+        if values:
+            item["value"] = base64.b64encode(plaintexts[i]).decode()
+        items.append(item)
+    nxt = blocks[-1].key if len(blocks) == limit else None
+    return web.json_response({"items": items, "next": nxt})
+
+
+# ---- change log --------------------------------------------------------------------------------
+async def changes(request: web.Request) -> web.Response:
+    """GET /v1/changes?after=&limit=&wait=: entries after an LSN, optionally long-polling for new ones."""
+    node = node_of(request)
+    after = int_query(request, "after", 0, 0, 2**63 - 1)
+    limit = int_query(request, "limit", 100, 1, 1000)
+    wait = float_query(request, "wait", 0.0, 0.0, 30.0)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    while True:
+        # Take the event before reading: a commit between the read and the wait then still wakes us.
+        changed = node._changed
+        entries = await node.db.read(lambda c: changelog.read(c, after, limit))
+        remaining = deadline - loop.time()
+        if entries or node.closing or remaining <= 0:
+            break
+        try:
+            # Short slices so a reader that hung up (or a shutdown) ends the wait promptly.
+            await asyncio.wait_for(changed.wait(), timeout=min(0.25, remaining))
+        except TimeoutError:
+            if request.transport is None or request.transport.is_closing():
+                break
+    last, first = await node.db.read(lambda c: (changelog.last_lsn(c), changelog.first_lsn(c)))
+    node.metrics.last_lsn.set(last)
+    # gap: entries after `after` were trimmed before this reader got them; it must resynchronise.
+    gap = first > after + 1 or (first == 0 and last > after)
+    return web.json_response({"changes": [e.to_json() for e in entries],
+                              "next": entries[-1].lsn if entries else after, "lastLsn": last,
+                              "firstLsn": first, "gap": gap})
+
+
+# ---- keys, rewrap, verify ----------------------------------------------------------------------
+async def keys(request: web.Request) -> web.Response:
+    """GET /v1/keys: loaded versions (no key material) and per-version block counts."""
+    node = node_of(request)
+    body = node.keys.describe()
+    counts = await node.db.read(version_counts)
+    body["blocks"] = {str(v): n for v, n in sorted(counts.items())}
+    return web.json_response(body)
+
+
+async def rewrap_start(request: web.Request) -> web.Response:
+    """POST /v1/rewrap: start (or resume) re-encrypting every block onto the primary version."""
+    node = node_of(request)
+    doc = await json_body(request, required=False)
+    batch = doc.get("batchSize", node.cfg.rewrap_batch_size)
+    if not isinstance(batch, int) or isinstance(batch, bool) or not 1 <= batch <= 10000:
+        raise ApiError(400, "invalid_body", "batchSize must be an integer between 1 and 10000")
+    pause = doc.get("pauseSeconds")
+    if pause is not None and (not isinstance(pause, int | float) or isinstance(pause, bool)
+                              or not 0 <= pause <= 60):
+        raise ApiError(400, "invalid_body", "pauseSeconds must be a number between 0 and 60")
+    unknown = set(doc) - {"batchSize", "pauseSeconds"}
+    if unknown:
+        raise ApiError(400, "invalid_body", f"unknown fields: {sorted(unknown)}")
+    assert node.rewrap is not None
+    try:
+        await node.rewrap.start(batch, None if pause is None else float(pause))
+    except NoKeyring:
+        raise ApiError(503, "no_keyring", "no keyring is loaded") from None
+    return web.json_response(await node.db.read(rewrap.progress), status=202)
+
+
+async def rewrap_status(request: web.Request) -> web.Response:
+    """GET /v1/rewrap: persisted progress plus per-version counts."""
+    return web.json_response(await node_of(request).db.read(rewrap.progress))
+
+
+def verify_status_body(node: Node) -> dict[str, Any]:
+    """The `GET /v1/verify` body."""
+    running = node.verify_task is not None and not node.verify_task.done()
+    state = "running" if running else ("failed" if node.verify_error else ("done" if node.last_verify else "idle"))
+    return {"state": state, "error": node.verify_error,
+            "last": node.last_verify.to_json() if node.last_verify else None}
+
+
+async def verify_start(request: web.Request) -> web.Response:
+    """POST /v1/verify {"mode": "full"|"sample", "sample": n}: start a scan (one at a time)."""
+    node = node_of(request)
+    doc = await json_body(request, required=False)
+    unknown = set(doc) - {"mode", "sample"}
+    if unknown:
+        raise ApiError(400, "invalid_body", f"unknown fields: {sorted(unknown)}")
+    mode = doc.get("mode", "full")
+    if mode not in ("full", "sample"):
+        raise ApiError(400, "invalid_body", "mode must be full or sample")
+    sample: int | None = None
+    if mode == "sample":
+        sample = doc.get("sample", 100)
+        if not isinstance(sample, int) or isinstance(sample, bool) or not 1 <= sample <= 1_000_000:
+            raise ApiError(400, "invalid_body", "sample must be an integer between 1 and 1000000")
+    elif "sample" in doc:
+        raise ApiError(400, "invalid_body", "sample is only allowed with mode=sample")
+    ring = node.keys.keyring
+    if ring is None:
+        raise ApiError(503, "no_keyring", "no keyring is loaded")
+    if node.verify_task is not None and not node.verify_task.done():
+        raise ApiError(409, "verify_running", "a verify run is already in progress")
+    path = node.db.path
+
+    def work() -> VerifyReport:
+        conn = connect(path)  # its own connection: a long read snapshot must not occupy a reader slot
+        try:
+            return run_verify(conn, ring, sample, should_stop=lambda: node.closing)
+        finally:
+            conn.close()
+
+    async def run() -> VerifyReport:
+        try:
+            report = await asyncio.to_thread(work)
+        except Exception as exc:
+            node.verify_error = f"verify failed: {exc}"
+            raise
+        node.verify_error = None
+        node.last_verify = report
+        m = node.metrics
+        m.verify_runs.labels(report.mode).inc()
+        m.verify_blocks.labels("ok").inc(report.ok)
+        m.verify_blocks.labels("corrupt").inc(report.corrupt)
+        m.verify_blocks.labels("missing_key").inc(report.missing_key)
+        m.verify_last_failures.set(report.corrupt + report.missing_key)
+        for p in report.problems:
+            if p["reason"] != "missing-key":
+                m.integrity_failures.labels("verify", p["reason"]).inc()
+        return report
+
+    node.verify_task = asyncio.create_task(run(), name="verify")
+    return web.json_response(verify_status_body(node), status=202)
+
+
+async def verify_status(request: web.Request) -> web.Response:
+    """GET /v1/verify: state and the last report (with digest)."""
+    return web.json_response(verify_status_body(node_of(request)))
+
+
+# ---- probes and metrics ------------------------------------------------------------------------
+async def healthz(request: web.Request) -> web.Response:
+    """Liveness: the event loop answers."""
+    return web.json_response({"ok": True})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Readiness: the store is open and a keyring is loaded."""
+    node = node_of(request)
+    ready = node.store is not None and node.keys.keyring is not None
+    body = {"ready": ready, "keyring": node.keys.keyring is not None, "store": node.store is not None}
+    return web.json_response(body, status=200 if ready else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus exposition; block gauges are refreshed from the store at scrape time."""
+    node = node_of(request)
+    if node.store is not None:
+        counts = await node.db.read(version_counts)
+        node.metrics.blocks.clear()
+        for v, n in counts.items():
+            node.metrics.blocks.labels(str(v)).set(n)
+        node.metrics.last_lsn.set(await node.db.read(changelog.last_lsn))
+    return web.Response(body=generate_latest(node.metrics.registry),
+                        headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def create_app(cfg: NodeConfig) -> web.Application:
+    """Build the node application (the store opens on startup, closes on cleanup)."""
+    node = Node(cfg)
+    middlewares: list[Any] = [error_middleware(node.metrics.requests)]
+    if cfg.partitions is not None:
+        from chronoshard.shardnode.serving import routing
+
+        middlewares.append(routing.ownership_middleware(cfg.partitions, cfg.shard_index or 0))
+    app = web.Application(middlewares=middlewares, client_max_size=cfg.max_block_bytes + (1 << 20))
+    app[NODE] = node
+    app.on_startup.append(node.start)
+    app.on_shutdown.append(node.shutting_down)
+    app.on_cleanup.append(node.stop)
+    t = "/v1/tables/{table}"
+    app.router.add_put(t + "/blocks/{key}", put_block)
+    app.router.add_get(t + "/blocks/{key}", get_block_h, allow_head=False)
+    app.router.add_delete(t + "/blocks/{key}", delete_block)
+    app.router.add_post(t + "/blocks:batchGet", batch_get_blocks)
+    app.router.add_get(t + "/blocks", scan, allow_head=False)
+    app.router.add_get(t + "/frames/{key}", get_frame, allow_head=False)
+    app.router.add_post(t + "/frames:batchGet", batch_get_frames)
+    app.router.add_get("/v1/changes", changes, allow_head=False)
+    app.router.add_get("/v1/keys", keys, allow_head=False)
+    app.router.add_post("/v1/rewrap", rewrap_start)
+    app.router.add_get("/v1/rewrap", rewrap_status, allow_head=False)
+    app.router.add_post("/v1/verify", verify_start)
+    app.router.add_get("/v1/verify", verify_status, allow_head=False)
+    app.router.add_get("/healthz", healthz, allow_head=False)
+    app.router.add_get("/readyz", readyz, allow_head=False)
+    app.router.add_get("/metrics", metrics, allow_head=False)
+    app.router.add_get("/openapi.json", openapi_handler("node"), allow_head=False)
+    if cfg.partitions is not None:
+        app.router.add_get("/v1/partitions", routing.partitions_handler(cfg.partitions), allow_head=False)
+    return app
+
+
+__all__ = ["Node", "NodeConfig", "block_count", "create_app"]

@@ -1,0 +1,311 @@
+"""The shard's block store: SQLite (WAL, synchronous=FULL) with a single group-committing writer thread."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import fcntl
+import json
+import logging
+import os
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from chronoshard.shardnode.keys.crypto import seal_block
+from chronoshard.shardnode.keys.keyring import Keyring
+from chronoshard.shardnode.keyspace.partitioning import keyspace_id
+
+from . import changelog
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+DB_NAME = "blocks.sqlite3"
+# Keyspace ids are unsigned 64-bit; SQLite integers are signed. Shifting by 2^63 keeps the order,
+# so a keyspace range is still one contiguous index range.
+KEYSPACE_OFFSET = 1 << 63
+MAX_GROUP = 256  # jobs committed together; bounds the latency one commit can add
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS blocks (
+    id INTEGER PRIMARY KEY,
+    tbl TEXT NOT NULL,
+    key TEXT NOT NULL,
+    keyspace INTEGER NOT NULL,      -- keyspace_id(tbl, key) - 2^63
+    key_version INTEGER NOT NULL,
+    size INTEGER NOT NULL,          -- plaintext bytes
+    checksum BLOB NOT NULL,         -- XXH3-128 of the plaintext
+    frame BLOB NOT NULL,            -- docs/block-format.md
+    lsn INTEGER NOT NULL,           -- change-log LSN of the last write or rewrap
+    UNIQUE (tbl, key)
+);
+CREATE INDEX IF NOT EXISTS blocks_keyspace ON blocks (keyspace, tbl, key);
+CREATE INDEX IF NOT EXISTS blocks_version ON blocks (key_version);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+""" + changelog.SCHEMA
+
+
+class StoreLocked(RuntimeError):
+    """Another process already serves this data directory."""
+
+
+class NoKeyring(RuntimeError):
+    """No keyring is loaded yet, so nothing can be encrypted."""
+
+
+@dataclass(frozen=True)
+class StoredBlock:
+    """A block row as stored (ciphertext frame, never plaintext)."""
+
+    table: str
+    key: str
+    keyspace_id: int
+    key_version: int
+    size: int
+    checksum: bytes
+    frame: bytes
+    lsn: int
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """What an acknowledged write or delete committed."""
+
+    lsn: int
+    key_version: int | None
+
+
+_BLOCK_COLS = "tbl, key, keyspace, key_version, size, checksum, frame, lsn"
+
+
+def _row_to_block(row: tuple[Any, ...]) -> StoredBlock:
+    t, k, ks, v, size, cs, frame, lsn = row
+    return StoredBlock(t, k, ks + KEYSPACE_OFFSET, v, size, bytes(cs), bytes(frame), lsn)
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """Open a connection with the durability settings every connection must share."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    conn.execute("PRAGMA journal_mode=WAL")
+    # FULL: the WAL is fsynced at every commit, so an acknowledged write survives power loss / kill -9.
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    return conn
+
+
+def get_meta(conn: sqlite3.Connection, name: str) -> Any:
+    """Read a JSON value from the meta table (None if absent)."""
+    row = conn.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+    return json.loads(row[0]) if row else None
+
+
+def set_meta(conn: sqlite3.Connection, name: str, value: Any) -> None:
+    """Write a JSON value to the meta table inside the caller's transaction."""
+    conn.execute("INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+                 (name, json.dumps(value)))
+
+
+def put_in_txn(conn: sqlite3.Connection, keyring: Keyring, table: str, key: str, plaintext: bytes) -> WriteResult:
+    """Encrypt under the primary and upsert the block plus its change-log entry (caller owns the transaction)."""
+    frame, cs, version = seal_block(keyring, table, key, plaintext)
+    lsn = changelog.append(conn, table, key, "put", version, len(plaintext))
+    conn.execute(
+        "INSERT INTO blocks (tbl, key, keyspace, key_version, size, checksum, frame, lsn) VALUES (?,?,?,?,?,?,?,?) "
+        "ON CONFLICT(tbl, key) DO UPDATE SET key_version=excluded.key_version, size=excluded.size, "
+        "checksum=excluded.checksum, frame=excluded.frame, lsn=excluded.lsn",
+        (table, key, keyspace_id(table, key) - KEYSPACE_OFFSET, version, len(plaintext), cs, frame, lsn),
+    )
+    return WriteResult(lsn, version)
+
+
+def delete_in_txn(conn: sqlite3.Connection, table: str, key: str) -> WriteResult | None:
+    """Delete a block and log it; None (and no log entry) if it did not exist."""
+    cur = conn.execute("DELETE FROM blocks WHERE tbl = ? AND key = ?", (table, key))
+    if cur.rowcount == 0:
+        return None
+    return WriteResult(changelog.append(conn, table, key, "delete", None, 0), None)
+
+
+class Store:
+    """Readers use per-thread connections; every write goes through one writer thread that group-commits."""
+
+    def __init__(self, data_dir: Path, keyring: Callable[[], Keyring | None], readers: int = 4) -> None:
+        self.path = Path(data_dir) / DB_NAME
+        Path(data_dir).mkdir(parents=True, exist_ok=True)
+        # One node per data directory: a second writer would only meet "database is locked" mid-request.
+        # flock is released by the kernel when the holder dies, so kill -9 never leaves a stale lock.
+        self._lock_fd: int | None = os.open(Path(data_dir) / "LOCK", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            raise StoreLocked(f"another process holds {data_dir}") from None
+        self._keyring = keyring
+        self._writer_conn = connect(self.path)
+        self._writer_conn.executescript(SCHEMA)
+        self._local = threading.local()
+        self._conns: list[sqlite3.Connection] = [self._writer_conn]
+        self._conns_lock = threading.Lock()
+        self.reader_pool = concurrent.futures.ThreadPoolExecutor(readers, thread_name_prefix="store-read")
+        self._jobs: queue.Queue[tuple[Callable[[sqlite3.Connection], Any], concurrent.futures.Future[Any]] | None]
+        self._jobs = queue.Queue()
+        self.commit_listeners: list[Callable[[], None]] = []
+        self._writer = threading.Thread(target=self._write_loop, name="store-writer", daemon=True)
+        self._writer.start()
+
+    # ---- connections -------------------------------------------------------------------------
+    def reader(self) -> sqlite3.Connection:
+        """This thread's read connection."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = connect(self.path)
+            self._local.conn = conn
+            with self._conns_lock:
+                self._conns.append(conn)
+        return conn
+
+    def close(self) -> None:
+        """Stop the writer after queued jobs finish, then close every connection."""
+        self._jobs.put(None)
+        self._writer.join(timeout=30)
+        self.reader_pool.shutdown(wait=True)
+        with self._conns_lock:
+            for conn in self._conns:
+                try:
+                    conn.close()
+                except sqlite3.Error:
+                    pass
+            self._conns.clear()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
+
+    # ---- writer --------------------------------------------------------------------------------
+    def submit(self, fn: Callable[[sqlite3.Connection], T]) -> concurrent.futures.Future[T]:
+        """Queue ``fn(conn)`` to run in the writer's next transaction; the future resolves after the commit."""
+        fut: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._jobs.put((fn, fut))
+        return fut
+
+    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run a write job and wait until it is durable."""
+        return await asyncio.wrap_future(self.submit(fn))
+
+    def _write_loop(self) -> None:
+        conn = self._writer_conn
+        while True:
+            first = self._jobs.get()
+            if first is None:
+                return
+            group = [first]
+            stop = False
+            while len(group) < MAX_GROUP:
+                try:
+                    nxt = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                group.append(nxt)
+            self._run_group(conn, group)
+            if stop:
+                return
+
+    def _run_group(self, conn: sqlite3.Connection,
+                   group: list[tuple[Callable[[sqlite3.Connection], Any], concurrent.futures.Future[Any]]]) -> None:
+        outcomes: list[tuple[bool, Any]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for fn, _ in group:
+                # A savepoint per job: one failing job rolls back only its own changes.
+                conn.execute("SAVEPOINT job")
+                try:
+                    outcomes.append((True, fn(conn)))
+                    conn.execute("RELEASE job")
+                except BaseException as exc:
+                    conn.execute("ROLLBACK TO job")
+                    conn.execute("RELEASE job")
+                    outcomes.append((False, exc))
+            conn.execute("COMMIT")
+        except Exception as exc:  # anything escaping here would kill the only writer thread
+            log.error("store commit failed: %s", exc)
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            for _, fut in group:
+                fut.set_exception(exc)
+            return
+        for (_, fut), (ok, value) in zip(group, outcomes, strict=True):
+            if ok:
+                fut.set_result(value)
+            else:
+                fut.set_exception(value)
+        for listener in self.commit_listeners:
+            listener()
+
+    # ---- write API -----------------------------------------------------------------------------
+    def current_keyring(self) -> Keyring:
+        """The loaded keyring; NoKeyring if none has loaded yet."""
+        ring = self._keyring()
+        if ring is None:
+            raise NoKeyring("no keyring loaded")
+        return ring
+
+    async def put(self, table: str, key: str, plaintext: bytes) -> WriteResult:
+        """Encrypt (in the writer, with the keyring current at commit time) and store durably."""
+        return await self.write(lambda c: put_in_txn(c, self.current_keyring(), table, key, plaintext))
+
+    async def delete(self, table: str, key: str) -> WriteResult | None:
+        """Delete durably; None if the block did not exist."""
+        return await self.write(lambda c: delete_in_txn(c, table, key))
+
+    # ---- read API (call from reader threads via `read`) ----------------------------------------
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(conn)`` on a reader thread with its own connection."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.reader_pool, lambda: fn(self.reader()))
+
+
+def get_block(conn: sqlite3.Connection, table: str, key: str) -> StoredBlock | None:
+    """One stored block or None."""
+    row = conn.execute(f"SELECT {_BLOCK_COLS} FROM blocks WHERE tbl = ? AND key = ?", (table, key)).fetchone()
+    return _row_to_block(row) if row else None
+
+
+def scan_blocks(conn: sqlite3.Connection, table: str, after: str | None, limit: int) -> list[StoredBlock]:
+    """Blocks of ``table`` with key > ``after`` in key order."""
+    rows = conn.execute(
+        f"SELECT {_BLOCK_COLS} FROM blocks WHERE tbl = ? AND key > ? ORDER BY key LIMIT ?",
+        (table, after or "", limit),
+    ).fetchall()
+    return [_row_to_block(r) for r in rows]
+
+
+def scan_keyspace(conn: sqlite3.Connection, start: int, end: int, limit: int,
+                  after: tuple[int, str, str] | None = None) -> list[StoredBlock]:
+    """Blocks whose keyspace id is in [start, end] (inclusive), in keyspace order; for range moves."""
+    lo = (start - KEYSPACE_OFFSET, "", "") if after is None else (after[0] - KEYSPACE_OFFSET, after[1], after[2])
+    rows = conn.execute(
+        f"SELECT {_BLOCK_COLS} FROM blocks WHERE (keyspace, tbl, key) > (?, ?, ?) AND keyspace <= ? "
+        "ORDER BY keyspace, tbl, key LIMIT ?",
+        (*lo, end - KEYSPACE_OFFSET, limit),
+    ).fetchall()
+    # (start, "", "") sorts before every real row at `start` because table names are never empty.
+    return [_row_to_block(r) for r in rows]
+
+
+def version_counts(conn: sqlite3.Connection) -> dict[int, int]:
+    """Number of blocks stored under each key version."""
+    return {int(v): int(n) for v, n in conn.execute("SELECT key_version, count(*) FROM blocks GROUP BY key_version")}
+
+
+def block_count(conn: sqlite3.Connection) -> int:
+    """Number of stored blocks."""
+    return int(conn.execute("SELECT count(*) FROM blocks").fetchone()[0])

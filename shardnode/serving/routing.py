@@ -1,0 +1,401 @@
+"""Ownership checks and forwarding for shard-node and cache HTTP apps.
+
+Three pieces, all driven by the mounted partition map (``map.json``, format in docs/interfaces.md):
+
+* ``PartitionMapSource`` reads the map from the mounted ConfigMap (kubelet's ``..data`` symlink
+  layout), reloads it when it changes (checked at most once per ``min_interval`` seconds, on access,
+  so no background task is needed), keeps the last good map when a new one does not parse or goes
+  back in epoch, and reports that error (``load_error``, metrics, log).
+* ``ownership_middleware(source, shard_index)`` answers HTTP 421
+  ``{"error": "misdirected", "message", "owner", "epoch"}`` for any request whose route has
+  ``{table}`` and ``{key}`` match-info (``/v1/tables/{table}/blocks/{key}``, frames, ...) when the key
+  is not owned by ``shard_index``. Given ``peers`` (the cache), it forwards such a request once to the
+  owner's cache instead, with ``X-Chronoshard-Forwarded: <epoch>``; a request that already carries
+  that header is never forwarded again (at most one hop, no loops), and a forwarded request whose
+  epoch differs from the receiver's map is answered 421 with the receiver's owner and epoch.
+  Map-aware clients send ``X-Chronoshard-Routed: <epoch>``, which gets the same treatment, so a
+  client with a stale map learns it from the first refusal instead of being silently forwarded.
+* ``PeerURLs`` turns a shard index into a base URL: a template such as
+  ``http://{shardset}-{shard}.{service}.{namespace}.svc:7401`` in a cluster, or a list of URLs for
+  local processes on 127.0.0.x / free ports.
+
+Example (a node app; the cache passes ``peers=`` to forward instead of refusing)::
+
+    source = PartitionMapSource("/etc/chronoshard/partitions/map.json")
+    shard = shard_index_from_pod_name(os.environ["POD_NAME"])
+    app = web.Application(middlewares=[ownership_middleware(source, shard)])
+    app.router.add_get("/v1/partitions", partitions_handler(source))
+    app.router.add_get("/v1/tables/{table}/blocks/{key}", get_block)
+
+Handlers that take many keys (batch get, scan) check each key with ``source.owner(table, key)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+from chronoshard.shardnode.keyspace.partitioning import PartitionMap, keyspace_id
+from prometheus_client import Counter, Gauge
+from yarl import URL
+
+log = logging.getLogger(__name__)
+
+FORWARDED_HEADER = "X-Chronoshard-Forwarded"
+# Sent by map-aware clients: "I routed this by epoch N; do not forward it, refuse it if I am wrong".
+ROUTED_HEADER = "X-Chronoshard-Routed"
+EPOCH_HEADER = "X-Chronoshard-Epoch"
+DEFAULT_PEER_TEMPLATE = "http://{shardset}-{shard}.{service}.{namespace}.svc:{port}"
+DEFAULT_CACHE_PORT = 7401
+
+MAP_EPOCH = Gauge("chronoshard_partition_map_epoch", "Epoch of the partition map in use (0: none loaded)")
+MAP_LOAD_ERRORS = Counter(
+    "chronoshard_partition_map_load_errors_total", "Partition map files that failed to load (old map kept)"
+)
+MISDIRECTED = Counter("chronoshard_misdirected_total", "Requests answered 421 (key owned by another shard)")
+FORWARDED = Counter(
+    "chronoshard_forwarded_total", "Requests forwarded to the owning shard's cache", ["outcome"]
+)
+
+# Fallback for unmatched routes (404s) so a wrong path on the wrong shard still names the owner.
+_KEY_PATH = re.compile(r"^/v1/tables/(?P<table>[^/]+)/(?:blocks|frames)/(?P<key>.+)$")
+_POD_ORDINAL = re.compile(r"^(?P<shardset>.+)-(?P<ordinal>\d+)$")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# Where an app may keep one pooled ClientSession for forwarding (see forward_session_ctx).
+FORWARD_SESSION = web.AppKey("chronoshard_forward_session", aiohttp.ClientSession)
+
+
+def shard_index_from_pod_name(pod_name: str) -> int:
+    """The StatefulSet ordinal of ``<shardset>-<i>``; ValueError if the name has none."""
+    m = _POD_ORDINAL.match(pod_name)
+    if not m:
+        raise ValueError(f"pod name {pod_name!r} does not end in -<ordinal>")
+    return int(m.group("ordinal"))
+
+
+class NoPartitionMap(RuntimeError):
+    """No valid partition map has been loaded yet."""
+
+
+@dataclass(frozen=True)
+class Misdirection:
+    """Why a key is refused: who owns it under which epoch."""
+
+    table: str
+    key: str
+    owner: int
+    epoch: int
+
+    def body(self) -> dict[str, object]:
+        """The 421 JSON body fixed in docs/interfaces.md."""
+        return {
+            "error": "misdirected",
+            "message": f"key {self.key!r} of table {self.table!r} is owned by shard {self.owner} "
+            f"(partition map epoch {self.epoch})",
+            "owner": self.owner,
+            "epoch": self.epoch,
+        }
+
+
+def misdirected_response(m: Misdirection) -> web.Response:
+    """HTTP 421 with the misdirected body and the epoch header."""
+    MISDIRECTED.inc()
+    return web.json_response(m.body(), status=421, headers={EPOCH_HEADER: str(m.epoch)})
+
+
+class PartitionMapSource:
+    """The partition map from a mounted file, hot-reloaded on change; the last good map wins on errors."""
+
+    def __init__(self, path: str | os.PathLike[str], *, min_interval: float = 1.0) -> None:
+        self.path = Path(path)
+        self.min_interval = min_interval
+        self.load_error: str | None = None
+        self._map: PartitionMap | None = None
+        self._fingerprint: tuple[object, ...] | None = None
+        self._checked_at = float("-inf")
+        self.reload()
+
+    @classmethod
+    def from_map(cls, pmap: PartitionMap) -> PartitionMapSource:
+        """A fixed in-memory source (tests, tools); ``reload`` never changes it."""
+        src = cls.__new__(cls)
+        src.path = Path("/nonexistent")
+        src.min_interval = float("inf")
+        src.load_error = None
+        src._map = pmap
+        src._fingerprint = ("fixed",)
+        src._checked_at = float("inf")
+        return src
+
+    def _snapshot(self) -> tuple[Path, tuple[object, ...]]:
+        # kubelet layout: <dir>/map.json -> ..data/map.json, ..data -> ..<timestamp>. Resolving ..data
+        # once pins one snapshot; its target name changes on every update, so it is the fingerprint.
+        data_dir = self.path.parent / "..data"
+        if data_dir.is_symlink():
+            snap = data_dir.resolve()
+            file = snap / self.path.name
+        else:
+            file = self.path.resolve()
+        st = file.stat()
+        return file, (str(file), st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def reload(self) -> bool:
+        """Re-read the file if it changed; True if a new map was adopted. Errors keep the old map."""
+        self._checked_at = time.monotonic()
+        try:
+            file, fingerprint = self._snapshot()
+            if fingerprint == self._fingerprint:
+                return False
+            new = PartitionMap.from_json(file.read_bytes())
+        except OSError as exc:
+            return self._fail(f"cannot read partition map: {exc}")
+        except ValueError as exc:
+            return self._fail(str(exc))
+        self._fingerprint = fingerprint
+        if self._map is not None and new.epoch < self._map.epoch:
+            return self._fail(f"partition map epoch went back from {self._map.epoch} to {new.epoch}; ignored")
+        changed = new != self._map
+        self._map = new
+        self.load_error = None
+        MAP_EPOCH.set(new.epoch)
+        if changed:
+            log.info("partition map loaded: epoch %d, %d shards", new.epoch, new.shards)
+        return changed
+
+    def _fail(self, message: str) -> bool:
+        if message != self.load_error:
+            # Log once per distinct error, not on every poll.
+            log.error("partition map %s: %s (keeping epoch %s)", self.path, message, self.epoch)
+            MAP_LOAD_ERRORS.inc()
+        self.load_error = message
+        return False
+
+    def maybe_reload(self) -> None:
+        """Reload if at least ``min_interval`` seconds passed since the last check."""
+        if time.monotonic() - self._checked_at >= self.min_interval:
+            self.reload()
+
+    @property
+    def map(self) -> PartitionMap | None:
+        """The current map (after a cheap, rate-limited change check), or None if none loaded."""
+        self.maybe_reload()
+        return self._map
+
+    @property
+    def epoch(self) -> int | None:
+        """Epoch of the current map without triggering a reload."""
+        return self._map.epoch if self._map else None
+
+    def require(self) -> PartitionMap:
+        """The current map; NoPartitionMap if none was ever loaded."""
+        pmap = self.map
+        if pmap is None:
+            raise NoPartitionMap(f"no partition map loaded from {self.path}: {self.load_error}")
+        return pmap
+
+    def owner(self, table: str, key: str) -> int:
+        """The shard owning ``(table, key)`` under the current map."""
+        return self.require().owner_of(keyspace_id(table, key)).shard
+
+    def check(self, shard_index: int, table: str, key: str) -> Misdirection | None:
+        """None if ``shard_index`` owns the key, else who does."""
+        pmap = self.require()
+        owner = pmap.owner_of(keyspace_id(table, key)).shard
+        return None if owner == shard_index else Misdirection(table, key, owner, pmap.epoch)
+
+    def status(self) -> dict[str, object]:
+        """What this process has loaded (safe to serve): epoch, shards, load error."""
+        return {
+            "epoch": self.epoch,
+            "shards": self._map.shards if self._map else None,
+            "loadError": self.load_error,
+        }
+
+
+class PeerURLs:
+    """Base URL of each shard's cache (or node): from a template or an explicit list."""
+
+    def __init__(self, template: str | None = None, urls: Sequence[str] | None = None,
+                 **fields: object) -> None:
+        if (template is None) == (urls is None):
+            raise ValueError("give exactly one of a URL template or a URL list")
+        self.template = template
+        self.urls = [u.rstrip("/") for u in urls] if urls is not None else None
+        self.fields = fields
+        if template is not None:
+            # Fail at start-up, not on the first forwarded request.
+            try:
+                template.format(shard=0, **fields)
+            except (KeyError, IndexError, ValueError) as exc:
+                raise ValueError(f"bad peer URL template {template!r}: missing or bad field {exc}") from None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, *, port: int = DEFAULT_CACHE_PORT) -> PeerURLs:
+        """Cluster addresses from the pod's env: POD_NAME, POD_NAMESPACE, CHRONOSHARD_HEADLESS_SERVICE.
+
+        ``CHRONOSHARD_PEER_URLS`` (comma-separated) or ``CHRONOSHARD_PEER_URL_TEMPLATE`` override it,
+        so local processes can use 127.0.0.x addresses.
+        """
+        env = os.environ if env is None else env
+        if env.get("CHRONOSHARD_PEER_URLS"):
+            return cls(urls=[u.strip() for u in env["CHRONOSHARD_PEER_URLS"].split(",") if u.strip()])
+        pod = env.get("POD_NAME", "")
+        m = _POD_ORDINAL.match(pod)
+        shardset = m.group("shardset") if m else ""
+        return cls(
+            env.get("CHRONOSHARD_PEER_URL_TEMPLATE", DEFAULT_PEER_TEMPLATE),
+            shardset=shardset,
+            # The operator names the headless Service "<shardset>-headless" (operator/naming.py).
+            service=env.get("CHRONOSHARD_HEADLESS_SERVICE", f"{shardset}-headless"),
+            namespace=env.get("POD_NAMESPACE", "default"),
+            port=port,
+        )
+
+    def __call__(self, shard: int) -> str:
+        """Base URL (no trailing slash) of ``shard``."""
+        if self.urls is not None:
+            if not 0 <= shard < len(self.urls):
+                raise LookupError(f"no URL configured for shard {shard} ({len(self.urls)} known)")
+            return self.urls[shard]
+        assert self.template is not None
+        return self.template.format(shard=shard, **self.fields).rstrip("/")
+
+
+# Hop-by-hop headers (RFC 9110 7.6.1) and those aiohttp recomputes must not be copied across a hop.
+_HOP_HEADERS = frozenset(
+    h.lower()
+    for h in ("Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE", "Trailer",
+              "Transfer-Encoding", "Upgrade", "Host", "Content-Length", "Content-Encoding")
+)
+
+
+async def forward(
+    request: web.Request,
+    owner_url: str,
+    epoch: int,
+    *,
+    session: aiohttp.ClientSession | None = None,
+    timeout: float = 10.0,
+) -> web.Response:
+    """Send ``request`` once to ``owner_url`` (same method, path, query, body) marked as forwarded.
+
+    Answers 503 ``{"error": "unavailable"}`` if the owner cannot be reached; never retries.
+    """
+    headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
+    headers[FORWARDED_HEADER] = str(epoch)
+    body = await request.read()
+    # raw_path_qs keeps percent-encoding (a key may contain "/" or spaces), so the owner sees the same URL.
+    url = URL(owner_url.rstrip("/") + request.rel_url.raw_path_qs, encoded=True)
+    own = session is None
+    sess = session or aiohttp.ClientSession()
+    try:
+        async with sess.request(
+            request.method, url, data=body or None, headers=headers,
+            timeout=aiohttp.ClientTimeout(total=timeout), allow_redirects=False,
+        ) as resp:
+            payload = await resp.read()
+            out_headers = {k: v for k, v in resp.headers.items() if k.lower() not in _HOP_HEADERS}
+            FORWARDED.labels("ok" if resp.status != 421 else "refused").inc()
+            return web.Response(status=resp.status, body=payload, headers=out_headers)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        FORWARDED.labels("unavailable").inc()
+        return web.json_response(
+            {"error": "unavailable", "message": f"owner at {owner_url} unreachable: {type(exc).__name__}"},
+            status=503,
+        )
+    finally:
+        if own:
+            await sess.close()
+
+
+def _table_key(request: web.Request) -> tuple[str, str] | None:
+    info = request.match_info
+    table, key = info.get("table"), info.get("key")
+    if table is not None and key is not None:
+        return table, key
+    m = _KEY_PATH.match(request.path)
+    return (m.group("table"), m.group("key")) if m else None
+
+
+def ownership_middleware(
+    source: PartitionMapSource,
+    shard_index: int,
+    *,
+    peers: Callable[[int], str] | None = None,
+    timeout: float = 10.0,
+) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    """aiohttp middleware refusing (421) or, with ``peers``, forwarding requests for keys not owned.
+
+    With ``peers`` the middleware reuses ``app[FORWARD_SESSION]`` if the app keeps one there (see
+    ``forward_session_ctx``), else opens a session per forwarded request.
+    """
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        tk = _table_key(request)
+        if tk is None:
+            return await handler(request)
+        try:
+            pmap = source.require()
+        except NoPartitionMap as exc:
+            return web.json_response({"error": "unavailable", "message": str(exc)}, status=503)
+        table, key = tk
+        owner = pmap.owner_of(keyspace_id(table, key)).shard
+        # A request forwarded by a cache or routed by a map-aware client has had its hop: never
+        # forward it again (no loops), and refuse it if it was routed under another epoch.
+        forwarded = request.headers.get(FORWARDED_HEADER) or request.headers.get(ROUTED_HEADER)
+        if forwarded is not None and forwarded != str(pmap.epoch):
+            # The sender routed under another map: tell it who owns the key under ours (and our
+            # epoch) instead of serving, so it refreshes its map rather than trusting a stale one.
+            return misdirected_response(Misdirection(table, key, owner, pmap.epoch))
+        if owner == shard_index:
+            return await handler(request)
+        if peers is None or forwarded is not None:
+            return misdirected_response(Misdirection(table, key, owner, pmap.epoch))
+        session = request.app.get(FORWARD_SESSION)
+        return await forward(request, peers(owner), pmap.epoch, session=session, timeout=timeout)
+
+    return middleware
+
+
+def partitions_handler(source: PartitionMapSource) -> Handler:
+    """Handler for ``GET /v1/partitions``: the map as in map.json, plus ``loadError``."""
+
+    async def handler(request: web.Request) -> web.Response:
+        pmap = source.map
+        if pmap is None:
+            return web.json_response(
+                {"error": "unavailable", "message": f"no partition map loaded: {source.load_error}"},
+                status=503,
+            )
+        return web.json_response(pmap.to_dict() | {"loadError": source.load_error})
+
+    return handler
+
+
+async def forward_session_ctx(app: web.Application) -> AsyncIterator[None]:
+    """``app.cleanup_ctx.append(forward_session_ctx)``: one pooled ClientSession for forwarding."""
+    app[FORWARD_SESSION] = aiohttp.ClientSession()
+    yield
+    await app[FORWARD_SESSION].close()
+
+
+def partition_setup(map_path: str | None, shard_index: int | None) -> tuple[PartitionMapSource | None, int | None]:
+    """The partition-map source and this shard's index when --partition-map is given (else (None, None))."""
+    if not map_path:
+        return None, None
+    if shard_index is None:
+        pod = os.environ.get("POD_NAME")
+        if not pod:
+            raise SystemExit("--partition-map needs --shard-index or POD_NAME to know which shard this is")
+        shard_index = shard_index_from_pod_name(pod)
+    return PartitionMapSource(map_path), shard_index

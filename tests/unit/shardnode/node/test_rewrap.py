@@ -1,0 +1,138 @@
+"""Rewrap: batches move blocks to the primary, the cursor commits with them, interruptions resume."""
+
+import asyncio
+
+from chronoshard.shardnode.keys.crypto import open_block
+from chronoshard.shardnode.node import changelog, rewrap
+from chronoshard.shardnode.node.store import get_block, version_counts
+
+from tests.unit.shardnode.store_support import flip_frame_bit, open_store, ring
+
+
+async def _fill(s, n, table="t"):
+    for i in range(n):
+        await s.put(table, f"k{i:03}", f"value-{i}".encode())
+
+
+async def test_batches_move_everything_and_log_rewraps(tmp_path):
+    s, holder = open_store(tmp_path, ring(1, (1,)))
+    try:
+        await _fill(s, 25)
+        holder.keyring = ring(2, (1, 2), generation=2)
+        k = holder.keyring
+        st = await s.write(lambda c: rewrap.start_in_txn(c, k, 10))
+        assert st["state"] == "running" and st["target"] == 2
+        states = []
+        while st["state"] == "running":
+            st = await s.write(lambda c: rewrap.batch_in_txn(c, k))
+            states.append(st["rewrapped"])
+        assert states == [10, 20, 25]
+        assert await s.read(version_counts) == {2: 25}
+        prog = await s.read(rewrap.progress)
+        assert prog["state"] == "done" and prog["remaining"] == 0 and prog["blocks"] == {"2": 25}
+        entries = await s.read(lambda c: changelog.read(c, 25, 100))
+        assert {e.op for e in entries} == {"rewrap"} and len(entries) == 25
+        assert [e.lsn for e in entries] == list(range(26, 51))
+        # every block points at its own rewrap entry
+        lsn_of = {e.key: e.lsn for e in entries}
+        rows = await s.read(lambda c: c.execute("SELECT key, lsn, key_version FROM blocks").fetchall())
+        assert all(lsn == lsn_of[key] and v == 2 for key, lsn, v in rows)
+        b = await s.read(lambda c: get_block(c, "t", "k007"))
+        assert b.key_version == 2 and open_block(k, "t", "k007", b.frame, b.checksum) == b"value-7"
+    finally:
+        s.close()
+
+
+async def test_interrupted_rewrap_resumes_from_persisted_cursor(tmp_path):
+    s, holder = open_store(tmp_path, ring(1, (1,)))
+    await _fill(s, 30)
+    k = ring(2, (1, 2), generation=2)
+    holder.keyring = k
+    await s.write(lambda c: rewrap.start_in_txn(c, k, 8))
+    await s.write(lambda c: rewrap.batch_in_txn(c, k))
+    s.close()  # "crash" between batches
+    s, holder = open_store(tmp_path, k)
+    try:
+        st = await s.read(rewrap.load_state)
+        assert st["state"] == "running" and st["rewrapped"] == 8 and st["cursor"] == ["t", "k007"]
+        runner = rewrap.RewrapRunner(s)
+        await runner.resume_if_running()
+        for _ in range(100):
+            if not runner.running:
+                break
+            await asyncio.sleep(0.02)
+        st = await s.read(rewrap.load_state)
+        assert st["state"] == "done" and st["rewrapped"] == 30
+        assert await s.read(version_counts) == {2: 30}
+    finally:
+        s.close()
+
+
+async def test_blocks_that_cannot_be_opened_are_left_untouched_and_reported(tmp_path):
+    s, holder = open_store(tmp_path, ring(1, (1,)))
+    try:
+        await _fill(s, 5)
+        await s.write(lambda c: flip_frame_bit(c, "t", "k002", 200))
+        before = await s.read(lambda c: get_block(c, "t", "k002"))
+        k = ring(2, (1, 2), generation=2)
+        holder.keyring = k
+        runner = rewrap.RewrapRunner(s)
+        await runner.start(2)
+        while runner.running:
+            await asyncio.sleep(0.01)
+        st = await s.read(rewrap.progress)
+        assert st["state"] == "done" and st["rewrapped"] == 4 and st["failed"] == 1
+        assert st["blocks"] == {"1": 1, "2": 4} and st["remaining"] == 1
+        assert st["problems"][0]["key"] == "k002" and "authentication" in st["problems"][0]["error"]
+        assert await s.read(lambda c: get_block(c, "t", "k002")) == before
+    finally:
+        s.close()
+
+
+async def test_missing_old_version_fails_blocks_with_a_named_version(tmp_path):
+    s, holder = open_store(tmp_path, ring(1, (1,)))
+    try:
+        await _fill(s, 2)
+        k = ring(3, (3,), generation=3)  # version 1 retired too early
+        holder.keyring = k
+        await s.write(lambda c: rewrap.start_in_txn(c, k, 10))
+        st = await s.write(lambda c: rewrap.batch_in_txn(c, k))
+        assert st["failed"] == 2 and "key version 1 is not in the loaded keyring" in st["lastError"]
+        assert await s.read(version_counts) == {1: 2}
+    finally:
+        s.close()
+
+
+async def test_primary_change_mid_run_restarts_towards_new_primary(tmp_path):
+    s, holder = open_store(tmp_path, ring(1, (1,)))
+    try:
+        await _fill(s, 10)
+        k2 = ring(2, (1, 2), generation=2)
+        await s.write(lambda c: rewrap.start_in_txn(c, k2, 4))
+        await s.write(lambda c: rewrap.batch_in_txn(c, k2))
+        k3 = ring(3, (1, 2, 3), generation=3)
+        st = await s.write(lambda c: rewrap.batch_in_txn(c, k3))
+        assert st["target"] == 3 and st["passes"] == 1
+        while st["state"] == "running":
+            st = await s.write(lambda c: rewrap.batch_in_txn(c, k3))
+        assert await s.read(version_counts) == {3: 10}
+    finally:
+        s.close()
+
+
+async def test_writes_during_rewrap_land_on_primary(tmp_path):
+    s, holder = open_store(tmp_path, ring(1, (1,)))
+    try:
+        await _fill(s, 40)
+        holder.keyring = ring(2, (1, 2), generation=2)
+        runner = rewrap.RewrapRunner(s)
+        await runner.start(5)
+        writes = [s.put("t", f"k{i:03}", b"new") for i in range(0, 40, 3)]
+        await asyncio.gather(*writes)
+        while runner.running:
+            await asyncio.sleep(0.01)
+        assert await s.read(version_counts) == {2: 40}
+        b = await s.read(lambda c: get_block(c, "t", "k003"))
+        assert open_block(holder.keyring, "t", "k003", b.frame, b.checksum) == b"new"
+    finally:
+        s.close()
