@@ -25,8 +25,8 @@ if [[ -f hack/tools.sh ]]; then
   export CHRONOSHARD_TOOLS_BIN
 fi
 
-echo "[test] ruff"
-.venv/bin/ruff check .
+echo "[test] static checks: ruff, layering, mypy"
+bash hack/lint.sh
 
 echo "[test] pytest"
 exec .venv/bin/pytest -q -p no:cacheprovider "$@"
