@@ -268,7 +268,11 @@ def test_delete_garbage_collects_children_and_keeps_keyring_and_kek(operator_run
         assert again.metadata.owner_references[0].uid == new_uid and again.metadata.owner_references[0].controller
     keyring, kek = (apis["core"].read_namespaced_secret(n, namespace) for n in ("gone-keyring", "gone-kek"))
     assert len(unwrapped_v1(keyring, kek)) == 32
-    reasons = {e.reason for e in apis["core"].list_namespaced_event(namespace).items
-               if e.involved_object.uid == new_uid}
-    assert {"KeyringAdopted", "KEKAdopted"} <= reasons
-    assert "KEKCreated" not in reasons, "the kept KEK is adopted, never replaced"
+
+    def reasons() -> set[str]:
+        return {e.reason for e in apis["core"].list_namespaced_event(namespace).items
+                if e.involved_object.uid == new_uid}
+
+    # Kopf posts events from a background queue, after the handler that made the change has returned.
+    wait_for(lambda: {"KeyringAdopted", "KEKAdopted"} <= reasons(), what="adoption events")
+    assert "KEKCreated" not in reasons(), "the kept KEK is adopted, never replaced"
