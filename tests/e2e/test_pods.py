@@ -83,8 +83,12 @@ def test_liveness_failure_restarts_the_container_after_startup(local_cluster, e2
             "name": "web", "image": "none", "command": ["python", str(PROBE_SERVER)],
             "args": ["--host", "$(POD_IP)", "--port", "8080", "--unhealthy-file", "/scratch/sick"],
             "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
-            "startupProbe": {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 1, "failureThreshold": 30},
-            "livenessProbe": {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 1, "failureThreshold": 2},
+            # timeoutSeconds 5: with the default 1 s a loaded machine fails a healthy probe now and then, and the
+            # spurious restarts back off past the wait below. The sick answer is immediate either way.
+            "startupProbe": {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 1, "failureThreshold": 30,
+                             "timeoutSeconds": 5},
+            "livenessProbe": {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 1, "failureThreshold": 2,
+                              "timeoutSeconds": 5},
             "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}, {"name": "tmp", "mountPath": "/tmp"}],
         }], "volumes": [{"name": "scratch", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}]},
     })
