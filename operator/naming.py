@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from importlib.metadata import version as installed_version
 from typing import Any
 
 GROUP = "chronoshard.io"
@@ -10,6 +11,8 @@ VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 MANAGER = "chronoshard-operator"
 PART_OF = "chronoshard"
+# The release (the VERSION file, read by the build into the wheel's metadata): labels and the default image tag.
+APP_VERSION = installed_version("chronoshard")
 
 
 def keyring_secret_name(shardset: str) -> str:
@@ -61,7 +64,7 @@ def selector_labels(shardset: str) -> dict[str, str]:
     }
 
 
-def common_labels(shardset: str, component: str, version: str = "0.1.0") -> dict[str, str]:
+def common_labels(shardset: str, component: str, version: str = APP_VERSION) -> dict[str, str]:
     """The standard ``app.kubernetes.io/*`` labels every child carries."""
     return {
         "app.kubernetes.io/name": "chronoshard",

@@ -6,9 +6,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from chronoshard.operator.naming import APP_VERSION
 from chronoshard.operator.spec.common import Fields, SpecError, check_str, parse_quantity
 
-DEFAULT_IMAGE = "ghcr.io/chronoshard/chronoshard:0.1.0"
+DEFAULT_IMAGE = f"ghcr.io/chronoshard/chronoshard:{APP_VERSION}"
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 KEY_ALGORITHMS = ("AES-256-GCM",)
 EVICTION_POLICIES = ("lru", "scored")
