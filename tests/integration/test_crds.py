@@ -16,6 +16,7 @@ from kubernetes import client
 from tests.unit.operator.spec.crdcases import (
     GROUP,
     KINDS,
+    REPO,
     VERSION,
     load_crds,
     load_invalid_cases,
@@ -215,7 +216,7 @@ def test_key_encryption_defaults_to_embedded_and_cannot_change(k8s_client, names
 def test_minimal_shardset_gets_defaults_from_the_server(k8s_client, namespace):
     stored = _create(k8s_client, namespace, _obj("ShardSet", "tiny", {"shards": 2}))
     spec = stored["spec"]
-    assert spec["image"] == "ghcr.io/chronoshard/chronoshard:0.1.0"
+    assert spec["image"] == "ghcr.io/chronoshard/chronoshard:" + (REPO / "VERSION").read_text().strip()
     assert spec["imagePullPolicy"] == "IfNotPresent"
     assert spec["storage"] == {"size": "1Gi"}
     assert spec["cache"] == {"size": "256Mi", "evictionPolicy": "scored"}

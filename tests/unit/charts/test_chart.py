@@ -61,7 +61,7 @@ def test_deployment_is_one_recreated_replica_with_restricted_security() -> None:
     assert sc["readOnlyRootFilesystem"] is True
     assert sc["capabilities"] == {"drop": ["ALL"]}
     assert sc["runAsUser"] == 65532  # the image's user
-    assert container["image"] == "ghcr.io/chronoshard/chronoshard:0.1.0"
+    assert container["image"] == "ghcr.io/chronoshard/chronoshard:" + (REPO / "VERSION").read_text().strip()
     assert container["command"] == ["chronoshard-operator"]
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         assert probe in container

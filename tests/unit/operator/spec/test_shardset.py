@@ -6,13 +6,16 @@ import pytest
 from chronoshard.operator.spec import SpecError, parse_shardset
 from chronoshard.operator.spec.shardset import KeyEncryption
 
-from tests.unit.operator.spec.crdcases import invalid_cases, sample
+from tests.unit.operator.spec.crdcases import REPO, invalid_cases, sample
+
+# The default image is tagged with the release in the VERSION file.
+IMAGE = "ghcr.io/chronoshard/chronoshard:" + (REPO / "VERSION").read_text().strip()
 
 
 def test_sample_parses_into_the_controller_model():
     spec = parse_shardset(sample("ShardSet")["spec"])
     assert spec.shards == 3
-    assert spec.image == "ghcr.io/chronoshard/chronoshard:0.1.0"
+    assert spec.image == IMAGE
     assert spec.image_pull_policy == "IfNotPresent"
     assert spec.tables == ("orders", "customers")
     assert spec.table_descriptions == {"orders": "Order documents."}
@@ -28,7 +31,7 @@ def test_sample_parses_into_the_controller_model():
 
 def test_minimal_spec_gets_the_schema_defaults():
     spec = parse_shardset({"shards": 1})
-    assert spec.image == "ghcr.io/chronoshard/chronoshard:0.1.0"
+    assert spec.image == IMAGE
     assert spec.tables == ("default",)
     assert (spec.storage_size, spec.storage_class) == ("1Gi", None)
     assert (spec.cache_size, spec.cache_size_bytes) == ("256Mi", 256 * 2**20)
