@@ -210,23 +210,28 @@ class NodeAgent:
         if self.containers.stop_containers(run, run.grace):
             self._cleanup(run)
 
+    def _sync_deleting(self, pod: dict[str, Any], run: PodRun | None) -> None:
+        # A pod marked for deletion: stop its containers within the grace period, then remove the pod object.
+        meta, spec = pod["metadata"], pod["spec"]
+        if run is not None:
+            grace = meta.get("deletionGracePeriodSeconds")
+            if grace is None:
+                grace = spec.get("terminationGracePeriodSeconds", 30)
+            if run.stop_requested is None:
+                run.stop_requested = time.monotonic()
+                self._event(pod, "Killing", "Stopping containers")
+            if not self.containers.stop_containers(run, float(grace)):
+                return
+            self._post_status(pod, run)
+        self._delete_pod_object(pod)
+        if run is not None:
+            self._cleanup(run)
+
     def _sync_pod(self, pod: dict[str, Any]) -> None:
         meta, spec = pod["metadata"], pod["spec"]
         run = self.runs.get(meta["uid"])
         if meta.get("deletionTimestamp"):
-            if run is not None:
-                grace = meta.get("deletionGracePeriodSeconds")
-                if grace is None:
-                    grace = spec.get("terminationGracePeriodSeconds", 30)
-                if run.stop_requested is None:
-                    run.stop_requested = time.monotonic()
-                    self._event(pod, "Killing", "Stopping containers")
-                if not self.containers.stop_containers(run, float(grace)):
-                    return
-                self._post_status(pod, run)
-            self._delete_pod_object(pod)
-            if run is not None:
-                self._cleanup(run)
+            self._sync_deleting(pod, run)
             return
         if run is None:
             run = self._new_run(pod)
@@ -372,10 +377,9 @@ class NodeAgent:
             account = None
             if spec.get("automountServiceAccountToken") is None:
                 try:
-                    answer = self.core.read_namespaced_service_account(
-                        sa_name, run.namespace, _preload_content=False
+                    account = self.core.api_client.sanitize_for_serialization(
+                        self.core.read_namespaced_service_account(sa_name, run.namespace)
                     )
-                    account = json.loads(answer.data)
                 except ApiException as exc:
                     if exc.status == 404:
                         raise VolumeError(f'serviceaccount "{sa_name}" not found') from None
@@ -415,9 +419,13 @@ class NodeAgent:
         )
         sa = service_account_name(pod["spec"])
         answer = self.core.create_namespaced_service_account_token(sa, run.namespace, request)
-        lifetime = float(answer.spec.expiration_seconds or expiration)
-        run.tokens[key] = (answer.status.token, refresh_deadline(time.monotonic(), lifetime))
-        return answer.status.token
+        if answer.status is None or not answer.status.token:
+            raise VolumeError(f'serviceaccount "{sa}": the token request returned no token')
+        token = answer.status.token
+        granted = answer.spec.expiration_seconds if answer.spec is not None else None
+        lifetime = float(granted or expiration)
+        run.tokens[key] = (token, refresh_deadline(time.monotonic(), lifetime))
+        return token
 
     # ---- probes ----------------------------------------------------------------------------------------------
 
@@ -443,16 +451,16 @@ class NodeAgent:
 
     def _event(self, pod: dict[str, Any], reason: str, message: str, etype: str = "Normal") -> None:
         meta = pod["metadata"]
-        now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        body = {
-            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
-            "involvedObject": {"apiVersion": "v1", "kind": "Pod", "name": meta["name"],
-                               "namespace": meta["namespace"], "uid": meta["uid"]},
-            "reason": reason, "message": message, "type": etype, "count": 1,
-            "firstTimestamp": now, "lastTimestamp": now,
-            "source": {"component": "kubelet", "host": self.node},
-            "reportingComponent": "kubelet", "reportingInstance": self.node,
-        }
+        now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+        body = client.CoreV1Event(
+            metadata=client.V1ObjectMeta(generate_name=f"{meta['name']}.", namespace=meta["namespace"]),
+            involved_object=client.V1ObjectReference(
+                api_version="v1", kind="Pod", name=meta["name"], namespace=meta["namespace"], uid=meta["uid"]
+            ),
+            reason=reason, message=message, type=etype, count=1, first_timestamp=now, last_timestamp=now,
+            source=client.V1EventSource(component="kubelet", host=self.node),
+            reporting_component="kubelet", reporting_instance=self.node,
+        )
         try:
             self.core.create_namespaced_event(meta["namespace"], body)
         except ApiException as exc:

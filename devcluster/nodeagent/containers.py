@@ -285,14 +285,14 @@ class ContainerRuntime:
             info = {"exitCode": 137, "reason": "Error" if cr.killed_hard or cr.killing_until else "Unknown",
                     "finishedAt": now_rfc3339()}
         terminated: dict[str, Any] = {
-            "exitCode": int(info.get("exitCode", 137)),
+            "exitCode": _record_int(info.get("exitCode"), 137),
             "reason": str(info.get("reason", "Error")),
             "startedAt": record.started_at,
             "finishedAt": str(info.get("finishedAt") or now_rfc3339()),
             "containerID": f"process://{record.pid}",
         }
         if info.get("signal"):
-            terminated["signal"] = int(info["signal"])  # type: ignore[arg-type]
+            terminated["signal"] = _record_int(info["signal"], 0)
         if info.get("message"):
             terminated["message"] = str(info["message"])
         self.stop_probes(cr)
@@ -402,3 +402,13 @@ class _NoProbe:
 
 
 _NO_PROBE: Any = _NoProbe()
+
+
+def _record_int(value: object, default: int) -> int:
+    """A number from the shim's JSON exit record; ``default`` when the field is missing or not a number."""
+    if isinstance(value, int | float | str):
+        try:
+            return int(value)
+        except ValueError:
+            return default
+    return default

@@ -91,40 +91,49 @@ def container_env(
     """The process environment: ``base`` (the "image" env), then envFrom, then env in order, as kubelet does."""
     env: dict[str, str] = dict(base)
     for src in container.get("envFrom") or []:
-        prefix = src.get("prefix", "")
-        if "configMapRef" in src:
-            kind, ref = "ConfigMap", src["configMapRef"]
-        elif "secretRef" in src:
-            kind, ref = "Secret", src["secretRef"]
-        else:
-            raise EnvError(f"unsupported envFrom source {sorted(src)}")
-        obj = lookup(kind, ref.get("name", ""))
-        if obj is None:
-            if ref.get("optional"):
-                continue
-            raise EnvError(f'{kind.lower()} "{ref.get("name", "")}" not found')
-        for key, value in (obj.get("data") or {}).items():
-            env[prefix + key] = base64.b64decode(value).decode() if kind == "Secret" else value
+        env.update(_env_from(src, lookup))
     for var in container.get("env") or []:
-        name = var["name"]
-        if "valueFrom" not in var:
-            # Each value may refer to variables defined before it (and to the base env).
-            env[name] = expand(var.get("value", ""), env)
-            continue
-        source = var["valueFrom"]
-        if "fieldRef" in source:
-            env[name] = field_ref(pod, source["fieldRef"]["fieldPath"])
-        elif "secretKeyRef" in source:
-            value = _key_ref("Secret", source["secretKeyRef"], lookup)
-            if value is not None:
-                env[name] = value
-        elif "configMapKeyRef" in source:
-            value = _key_ref("ConfigMap", source["configMapKeyRef"], lookup)
-            if value is not None:
-                env[name] = value
-        else:
-            raise EnvError(f"unsupported env source {sorted(source)} for {name}")
+        value = _env_value(pod, var, lookup, env)
+        if value is not None:
+            env[var["name"]] = value
     return env
+
+
+def _env_from(src: Mapping[str, Any], lookup: Lookup) -> dict[str, str]:
+    """The variables one envFrom source brings: every key of a ConfigMap or Secret, with the source's prefix."""
+    prefix = src.get("prefix", "")
+    if "configMapRef" in src:
+        kind, ref = "ConfigMap", src["configMapRef"]
+    elif "secretRef" in src:
+        kind, ref = "Secret", src["secretRef"]
+    else:
+        raise EnvError(f"unsupported envFrom source {sorted(src)}")
+    obj = lookup(kind, ref.get("name", ""))
+    if obj is None:
+        if ref.get("optional"):
+            return {}
+        raise EnvError(f'{kind.lower()} "{ref.get("name", "")}" not found')
+    return {
+        prefix + key: base64.b64decode(value).decode() if kind == "Secret" else value
+        for key, value in (obj.get("data") or {}).items()
+    }
+
+
+def _env_value(
+    pod: Mapping[str, Any], var: Mapping[str, Any], lookup: Lookup, env: Mapping[str, str]
+) -> str | None:
+    """One env entry's value (None: an optional key that is missing, so the variable is not set)."""
+    if "valueFrom" not in var:
+        # Each value may refer to variables defined before it (and to the base env).
+        return expand(var.get("value", ""), env)
+    source = var["valueFrom"]
+    if "fieldRef" in source:
+        return field_ref(pod, source["fieldRef"]["fieldPath"])
+    if "secretKeyRef" in source:
+        return _key_ref("Secret", source["secretKeyRef"], lookup)
+    if "configMapKeyRef" in source:
+        return _key_ref("ConfigMap", source["configMapKeyRef"], lookup)
+    raise EnvError(f"unsupported env source {sorted(source)} for {var['name']}")
 
 
 def mount_map(container: Mapping[str, Any], volume_dirs: Mapping[str, str]) -> dict[str, str]:

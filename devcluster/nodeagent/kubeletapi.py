@@ -26,7 +26,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 # (namespace, pod, container, previous) -> (log file, still running?) or None when unknown.
-LogLocator = Callable[[str, str, str, bool], tuple[Path, Callable[[], bool]] | None]
+LogFound = tuple[Path, Callable[[], bool]] | None
+LogLocator = Callable[[str, str, str, bool], LogFound]
 
 FOLLOW_POLL = 0.2
 FOLLOW_MAX_SECONDS = 24 * 3600  # a forgotten `kubectl logs -f` does not hold a thread forever
@@ -102,75 +103,90 @@ class KubeletAPI:
 
 
 def _handler(locate: LogLocator) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, fmt: str, *args: object) -> None:  # quiet: the agent logs what matters
-            return
-
-        def _plain(self, code: int, body: bytes) -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", "text/plain; charset=utf-8")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def do_GET(self) -> None:
-            url = urlparse(self.path)
-            parts = [unquote(p) for p in url.path.strip("/").split("/")]
-            if parts == ["healthz"]:
-                self._plain(200, b"ok")
-                return
-            if len(parts) != 4 or parts[0] != "containerLogs":
-                self._plain(404, b"not found")
-                return
-            query = {k: v[-1] for k, v in parse_qs(url.query).items()}
-            previous = query.get("previous") == "true"
-            try:
-                lines = int(query["tailLines"]) if "tailLines" in query else None
-                limit = int(query["limitBytes"]) if "limitBytes" in query else None
-            except ValueError:
-                self._plain(400, b"tailLines and limitBytes must be integers")
-                return
-            found = locate(parts[1], parts[2], parts[3], previous)
-            if found is None:
-                what = "previous terminated container" if previous else "container"
-                self._plain(404, f'{what} "{parts[3]}" in pod "{parts[2]}" not found'.encode())
-                return
-            path, running = found
-            data = path.read_bytes() if path.exists() else b""
-            if query.get("follow") != "true" or previous:
-                self._plain(200, tail_bytes(data, lines, limit))
-                return
-            self._follow(path, running, tail_bytes(data, lines, None), len(data))
-
-        def _follow(self, path: Path, running: Callable[[], bool], first: bytes, offset: int) -> None:
-            # Chunked, so kubectl shows lines as they are written; ends when the container run ends.
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain; charset=utf-8")
-            self.send_header("Transfer-Encoding", "chunked")
-            self.end_headers()
-            deadline = time.monotonic() + FOLLOW_MAX_SECONDS
-            try:
-                self._chunk(first)
-                while time.monotonic() < deadline:
-                    with open(path, "rb") as fh:
-                        fh.seek(offset)
-                        more = fh.read()
-                    if more:
-                        offset += len(more)
-                        self._chunk(more)
-                    elif not running():
-                        break
-                    else:
-                        time.sleep(FOLLOW_POLL)
-                self.wfile.write(b"0\r\n\r\n")
-            except (BrokenPipeError, ConnectionResetError, ssl.SSLError, FileNotFoundError):
-                return
-
-        def _chunk(self, data: bytes) -> None:
-            if data:
-                self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
-                self.wfile.flush()
+    class Handler(_LogHandler):
+        def _locate(self, namespace: str, pod: str, container: str, previous: bool) -> LogFound:
+            return locate(namespace, pod, container, previous)
 
     return Handler
+
+
+class _LogHandler(BaseHTTPRequestHandler):
+    """Answers /healthz and /containerLogs/NS/POD/CONTAINER; a subclass says where the logs are (_locate)."""
+
+    protocol_version = "HTTP/1.1"
+
+    def _locate(self, namespace: str, pod: str, container: str, previous: bool) -> LogFound:
+        raise NotImplementedError
+
+    def log_message(self, fmt: str, *args: object) -> None:  # quiet: the agent logs what matters
+        return
+
+    def _plain(self, code: int, body: bytes) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        url = urlparse(self.path)
+        parts = [unquote(p) for p in url.path.strip("/").split("/")]
+        if parts == ["healthz"]:
+            self._plain(200, b"ok")
+            return
+        if len(parts) != 4 or parts[0] != "containerLogs":
+            self._plain(404, b"not found")
+            return
+        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        try:
+            lines = int(query["tailLines"]) if "tailLines" in query else None
+            limit = int(query["limitBytes"]) if "limitBytes" in query else None
+        except ValueError:
+            self._plain(400, b"tailLines and limitBytes must be integers")
+            return
+        self._logs(parts[1], parts[2], parts[3], query, lines, limit)
+
+    def _logs(
+        self, namespace: str, pod: str, container: str, query: dict[str, str], lines: int | None, limit: int | None
+    ) -> None:
+        previous = query.get("previous") == "true"
+        found = self._locate(namespace, pod, container, previous)
+        if found is None:
+            what = "previous terminated container" if previous else "container"
+            self._plain(404, f'{what} "{container}" in pod "{pod}" not found'.encode())
+            return
+        path, running = found
+        data = path.read_bytes() if path.exists() else b""
+        if query.get("follow") != "true" or previous:
+            self._plain(200, tail_bytes(data, lines, limit))
+            return
+        self._follow(path, running, tail_bytes(data, lines, None), len(data))
+
+    def _follow(self, path: Path, running: Callable[[], bool], first: bytes, offset: int) -> None:
+        # Chunked, so kubectl shows lines as they are written; ends when the container run ends.
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        deadline = time.monotonic() + FOLLOW_MAX_SECONDS
+        try:
+            self._chunk(first)
+            while time.monotonic() < deadline:
+                with open(path, "rb") as fh:
+                    fh.seek(offset)
+                    more = fh.read()
+                if more:
+                    offset += len(more)
+                    self._chunk(more)
+                elif not running():
+                    break
+                else:
+                    time.sleep(FOLLOW_POLL)
+            self.wfile.write(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError, ssl.SSLError, FileNotFoundError):
+            return
+
+    def _chunk(self, data: bytes) -> None:
+        if data:
+            self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+            self.wfile.flush()

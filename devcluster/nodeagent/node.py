@@ -97,7 +97,9 @@ class NodeHeartbeat:
 
     def register(self) -> None:
         """Create the Node if missing (or re-label it), then post a Ready status."""
-        body = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": self.name, "labels": self.labels}}
+        body = client.V1Node(
+            api_version="v1", kind="Node", metadata=client.V1ObjectMeta(name=self.name, labels=self.labels)
+        )
         try:
             self.core.create_node(body)
         except ApiException as exc:
@@ -118,15 +120,22 @@ class NodeHeartbeat:
     def _post(self) -> None:
         status = node_status(self.host_ip, self.name, 110, self.kubelet_port, self.since)
         self.core.patch_node_status(self.name, {"status": status})
-        renew = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        lease = {
-            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-            "metadata": {"name": self.name, "namespace": LEASE_NAMESPACE},
-            "spec": {"holderIdentity": self.name, "leaseDurationSeconds": LEASE_SECONDS, "renewTime": renew},
-        }
+        renew = dt.datetime.now(dt.UTC)
+        spec = {"holderIdentity": self.name, "leaseDurationSeconds": LEASE_SECONDS,
+                "renewTime": renew.strftime("%Y-%m-%dT%H:%M:%S.%fZ")}
         try:
-            self.coord.patch_namespaced_lease(self.name, LEASE_NAMESPACE, {"spec": lease["spec"]})
+            self.coord.patch_namespaced_lease(self.name, LEASE_NAMESPACE, {"spec": spec})
         except ApiException as exc:
             if exc.status != 404:
                 raise
-            self.coord.create_namespaced_lease(LEASE_NAMESPACE, lease)
+            self.coord.create_namespaced_lease(LEASE_NAMESPACE, self._lease(renew))
+
+    def _lease(self, renew: dt.datetime) -> client.V1Lease:
+        # The client writes a datetime with isoformat(), which drops a zero fraction; a Lease's renewTime is a
+        # MicroTime and the API server rejects it without one.
+        renew = renew.replace(microsecond=renew.microsecond or 1)
+        return client.V1Lease(
+            api_version="coordination.k8s.io/v1", kind="Lease",
+            metadata=client.V1ObjectMeta(name=self.name, namespace=LEASE_NAMESPACE),
+            spec=client.V1LeaseSpec(holder_identity=self.name, lease_duration_seconds=LEASE_SECONDS, renew_time=renew),
+        )

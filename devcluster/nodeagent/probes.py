@@ -7,7 +7,7 @@ import socket
 import ssl
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 
@@ -46,30 +46,34 @@ def resolve_port(port: int | str, container: Mapping[str, Any]) -> int:
 
 def parse_probe(probe: Mapping[str, Any], container: Mapping[str, Any], pod_ip: str) -> ProbeSpec:
     """Turn a container's probe into a ProbeSpec; the default host is the pod IP, as kubelet does."""
-    timing = {
-        "initial_delay": float(probe.get("initialDelaySeconds", 0)),
-        "period": float(probe.get("periodSeconds", 10)),
-        "timeout": float(probe.get("timeoutSeconds", 1)),
-        "success_threshold": int(probe.get("successThreshold", 1)),
-        "failure_threshold": int(probe.get("failureThreshold", 3)),
-    }
     if "httpGet" in probe:
         get = probe["httpGet"]
-        return ProbeSpec(
+        target = ProbeSpec(
             kind="http",
             host=get.get("host") or pod_ip,
             port=resolve_port(get["port"], container),
             path=get.get("path") or "/",
             scheme=(get.get("scheme") or "HTTP").upper(),
             headers=tuple((h["name"], h["value"]) for h in get.get("httpHeaders") or []),
-            **timing,
         )
+        return _with_timing(target, probe)
     if "tcpSocket" in probe:
         sock = probe["tcpSocket"]
-        return ProbeSpec(
-            kind="tcp", host=sock.get("host") or pod_ip, port=resolve_port(sock["port"], container), **timing
-        )
+        target = ProbeSpec(kind="tcp", host=sock.get("host") or pod_ip, port=resolve_port(sock["port"], container))
+        return _with_timing(target, probe)
     raise ProbeError(f"unsupported probe {sorted(k for k in probe if k.endswith(('Get', 'Socket', 'exec', 'grpc')))}")
+
+
+def _with_timing(target: ProbeSpec, probe: Mapping[str, Any]) -> ProbeSpec:
+    """``target`` with the probe's delays and thresholds (kubelet's defaults where unset)."""
+    return replace(
+        target,
+        initial_delay=float(probe.get("initialDelaySeconds", 0)),
+        period=float(probe.get("periodSeconds", 10)),
+        timeout=float(probe.get("timeoutSeconds", 1)),
+        success_threshold=int(probe.get("successThreshold", 1)),
+        failure_threshold=int(probe.get("failureThreshold", 3)),
+    )
 
 
 def run_probe(spec: ProbeSpec) -> bool:

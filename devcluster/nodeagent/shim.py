@@ -52,12 +52,13 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, forward)
     code = child.wait()
     record: dict[str, object] = {"finishedAt": _now()}
+    exit_code = 128 - code if code < 0 else code
     if code < 0:
-        record.update(exitCode=128 - code, signal=-code, reason="Error")
+        record.update(exitCode=exit_code, signal=-code, reason="Error")
     else:
-        record.update(exitCode=code, reason="Completed" if code == 0 else "Error")
+        record.update(exitCode=exit_code, reason="Completed" if code == 0 else "Error")
     _write(exit_file, record)
-    return int(record["exitCode"])  # type: ignore[arg-type]
+    return exit_code
 
 
 if __name__ == "__main__":

@@ -57,10 +57,11 @@ def ensure_bound(core: client.CoreV1Api, volumes_root: Path, namespace: str, cla
         raise VolumeError(f'persistentvolumeclaim "{claim}" is being deleted')
     volume_name = pvc.get("spec", {}).get("volumeName")
     if volume_name and not volume_name.startswith("pvc-"):
-        pv = core.read_persistent_volume(volume_name)
-        if pv.spec.host_path is None:
+        existing = core.read_persistent_volume(volume_name)
+        host_path = existing.spec.host_path if existing.spec is not None else None
+        if host_path is None:
             raise VolumeError(f"persistentvolume {volume_name} is not a hostPath volume")
-        path = Path(pv.spec.host_path.path)
+        path = Path(host_path.path)
         path.mkdir(parents=True, exist_ok=True)
         return path
 
@@ -69,7 +70,7 @@ def ensure_bound(core: client.CoreV1Api, volumes_root: Path, namespace: str, cla
     pv = persistent_volume(pvc, path)
     name = pv["metadata"]["name"]
     try:
-        core.create_persistent_volume(pv)
+        core.create_persistent_volume(client.V1PersistentVolume.model_validate(pv))
     except ApiException as exc:
         if exc.status != 409:
             raise
