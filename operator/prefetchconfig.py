@@ -1,14 +1,15 @@
 """PrefetchPolicy → the predictor.json document and the cache.json settings it implies (pure).
 
-The ShardSet controller renders these into the ``<shardset>-config`` ConfigMap (it stays the only writer);
-the keys follow docs/prefetching.md.
+Shared by the ShardSet controller, which renders these into the ``<shardset>-config`` ConfigMap (it stays the
+only writer), and the PrefetchPolicy controller, which checks that the mounted file carries them; the keys follow
+docs/prefetching.md.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..spec.prefetchpolicy import PrefetchPolicySpec
+from .spec.prefetchpolicy import PrefetchPolicySpec
 
 # The ranges the predictor accepts (shardnode/predictor/config.py). The CRD allows wider durations and
 # quantities; a value outside these would make the predictor refuse the whole file and keep its previous

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from kubernetes.client.exceptions import ApiException
 
-from .. import kube, naming
-from .select import Selection, select_policy
+from . import kube, naming
+from .prefetchselect import Selection, select_policy
 
 
 def policy_in_force(namespace: str, shardset: str) -> Selection:

@@ -6,8 +6,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..spec.common import SpecError
-from ..spec.prefetchpolicy import PrefetchPolicySpec, parse_prefetchpolicy
+from .spec.common import SpecError
+from .spec.prefetchpolicy import PrefetchPolicySpec, parse_prefetchpolicy
 
 
 @dataclass(frozen=True)

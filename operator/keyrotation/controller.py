@@ -28,6 +28,8 @@ from ..conditions import set_condition
 from ..keyring import add_version, is_wrapped, parse_kek, parse_manifest, promote, retire, versions_not_unwrapping
 from ..loop import post_events, run_object_loop
 from ..metrics import observe_phase, record_error, record_rotation
+from ..podcontract import NODE
+from ..shardpods import shard_pods
 from ..spec.common import SpecError
 from ..spec.keyrotation import parse_keyrotation
 from ..triggers import TRIGGERS
@@ -194,7 +196,7 @@ async def step(body: Mapping[str, Any]) -> Step:
                                  "waiting for every node and cache to load it")
         return st
 
-    pods = await asyncio.to_thread(probe.shard_pods, ns, shardset)
+    pods = await asyncio.to_thread(shard_pods, ns, shardset)
     reports = await probe.collect_reports({s: p for s, p in pods.items() if s < expected})
     target = int(status.get("targetGeneration") or 0)
     _record_shards(st, reports, expected, to_v)
@@ -309,7 +311,7 @@ def _record_shards(st: Step, reports: list[plan.ProcessReport], expected: int, t
         if not r.reachable:
             row["message"] = f"{r.role} unreachable: {r.error}"
             continue
-        if r.role == "node":
+        if r.role == NODE:
             old = sum(n for v, n in r.blocks.items() if v != to_v)
             row["oldVersionBlocks"] = old
             row["remaining"] = old

@@ -19,8 +19,11 @@ from typing import Any
 
 from croniter import croniter
 
+from ..podcontract import CACHE, NODE
+
 IDLE_PHASES = ("", "Pending", "Completed", "Failed", "Waiting")
-ROLES = ("node", "cache")
+# The processes that hold table keys and answer ``GET /v1/keys``.
+ROLES = (NODE, CACHE)
 
 
 @dataclass(frozen=True)
@@ -106,10 +109,10 @@ def old_blocks(reports: Sequence[ProcessReport], shards: int, keep: int) -> tupl
     """Blocks per shard on any version other than ``keep``; ready when every shard's node reports zero."""
     counts: dict[int, int] = {}
     for r in reports:
-        if r.role == "node" and r.reachable:
+        if r.role == NODE and r.reachable:
             counts[r.shard] = sum(n for v, n in r.blocks.items() if v != keep)
     readiness = _check(
-        reports, shards, ("node",),
+        reports, shards, (NODE,),
         lambda r: counts.get(r.shard, 0) == 0,
         lambda r: f"{counts.get(r.shard, 0)} block(s) still on an old key version",
     )

@@ -3,29 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
 
-from .. import kube, naming
-from ..shardset.manifests import CACHE_PORT, NODE_PORT
-from .plan import ProcessReport
+from ..podcontract import NODE_PORT, PORTS
+from .plan import ROLES, ProcessReport
 
 TIMEOUT = aiohttp.ClientTimeout(total=5)
-_ORDINAL = re.compile(r"-(\d+)$")
-
-
-def shard_pods(namespace: str, shardset: str) -> dict[int, dict[str, Any]]:
-    """The ShardSet's pods by shard index (the StatefulSet ordinal), skipping pods being deleted."""
-    selector = ",".join(f"{k}={v}" for k, v in naming.selector_labels(shardset).items())
-    pods: dict[int, dict[str, Any]] = {}
-    for pod in kube.list_objects("v1", "Pod", namespace, selector):
-        m = _ORDINAL.search(pod["metadata"]["name"])
-        if m and not pod["metadata"].get("deletionTimestamp"):
-            pods[int(m.group(1))] = pod
-    return pods
 
 
 def _report(shard: int, role: str, body: Mapping[str, Any]) -> ProcessReport:
@@ -39,7 +25,7 @@ def _report(shard: int, role: str, body: Mapping[str, Any]) -> ProcessReport:
 async def _get_keys(session: aiohttp.ClientSession, shard: int, role: str, ip: str | None) -> ProcessReport:
     if not ip:
         return ProcessReport(shard, role, False, error="pod has no IP yet")
-    port = NODE_PORT if role == "node" else CACHE_PORT
+    port = PORTS[role]
     try:
         async with session.get(f"http://{ip}:{port}/v1/keys") as resp:
             if resp.status != 200:
@@ -55,7 +41,7 @@ async def collect_reports(pods: Mapping[int, Mapping[str, Any]]) -> list[Process
         tasks = [
             _get_keys(session, shard, role, (pod.get("status") or {}).get("podIP"))
             for shard, pod in sorted(pods.items())
-            for role in ("node", "cache")
+            for role in ROLES
         ]
         return list(await asyncio.gather(*tasks))
 

@@ -1,7 +1,7 @@
 """The PrefetchPolicy controller: one Kopf daemon per policy reports prefetch quality; spec changes wake the ShardSet.
 
 The ShardSet controller stays the only writer of ``<shardset>-config``: it renders predictor.json and
-cache.json from the policy ``select.select_policy`` picks (the oldest valid one). This controller wakes that
+cache.json from the policy ``prefetchselect.select_policy`` picks (the oldest valid one). This controller wakes that
 ShardSet's loop whenever a policy is created, changed or deleted, and every ``POLL_SECONDS`` asks every shard's
 predictor and cache how prefetching goes and writes the figures, phase and conditions into the policy's status.
 """
@@ -19,15 +19,16 @@ import kopf
 
 from .. import kube, naming
 from ..conditions import conditions_equal_ignoring_time, now_rfc3339, set_condition
-from ..keyrotation.probe import shard_pods
 from ..loop import run_object_loop
+from ..podcontract import PREDICTOR_CONFIG_FILE
+from ..prefetchconfig import predictor_config
+from ..prefetchlookup import policy_in_force
+from ..prefetchselect import Selection
+from ..shardpods import shard_pods
 from ..spec.common import SpecError
 from ..spec.prefetchpolicy import parse_prefetchpolicy
 from ..triggers import TRIGGERS
 from . import probe
-from .config import predictor_config
-from .lookup import policy_in_force
-from .select import Selection
 from .status import ShardSample, aggregate
 
 KIND = "PrefetchPolicy"
@@ -56,7 +57,7 @@ class Observation:
 def _config_applied(ns: str, shardset: str, wanted: Mapping[str, Any]) -> bool:
     """True when the mounted predictor.json already holds this policy's settings."""
     cm = kube.get("v1", "ConfigMap", ns, naming.config_map_name(shardset))
-    raw = ((cm or {}).get("data") or {}).get("predictor.json")
+    raw = ((cm or {}).get("data") or {}).get(PREDICTOR_CONFIG_FILE)
     if raw is None:
         return False
     try:

@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from ..shardset.manifests import CACHE_PORT, PREDICTOR_PORT
+from ..podcontract import CACHE_PORT, PREDICTOR_PORT
 from .status import KeyCounters, ShardSample
 
 TIMEOUT = aiohttp.ClientTimeout(total=5)

@@ -35,7 +35,8 @@ from ..keyring import (
 )
 from ..loop import post_events, run_object_loop
 from ..metrics import set_key_version
-from ..prefetchpolicy.lookup import policy_in_force
+from ..podcontract import PARTITION_MAP_FILE
+from ..prefetchlookup import policy_in_force
 from ..spec.common import SpecError
 from ..spec.shardset import ShardSetSpec, parse_shardset
 from ..triggers import TRIGGERS
@@ -169,12 +170,12 @@ def _ensure_partition_map(owner: Mapping[str, Any], spec: ShardSetSpec, result: 
     name, ns = owner["metadata"]["name"], owner["metadata"]["namespace"]
     cm_name = naming.partitions_config_map_name(name)
     existing = kube.get("v1", "ConfigMap", ns, cm_name)
-    if existing is None or "map.json" not in (existing.get("data") or {}):
+    if existing is None or PARTITION_MAP_FILE not in (existing.get("data") or {}):
         pmap = partitioning.initial_map(spec.shards)
         result.events.append(("Normal", "PartitionMapCreated",
                               f"Partition map epoch {pmap.epoch}: {spec.shards} equal range(s), one per shard"))
     else:
-        current = partitioning.PartitionMap.from_json(existing["data"]["map.json"])
+        current = partitioning.PartitionMap.from_json(existing["data"][PARTITION_MAP_FILE])
         try:
             pmap = partitioning.rescale(current, spec.shards)
         except partitioning.StrandedPartitionsError as exc:

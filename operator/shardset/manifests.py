@@ -1,7 +1,8 @@
 """ShardSet → the manifests of its children (pure: spec in, dicts out).
 
-The pod contract (commands, ports, mounts) is documented in docs/interfaces.md; the StatefulSet written here is
-exactly what a real cluster runs and what ``chronoshard-dev``'s node agent runs as local processes.
+The pod contract (containers, ports, mounts, file names, config files) is in ``podcontract`` and docs/interfaces.md;
+the StatefulSet written here is exactly what a real cluster runs and what ``chronoshard-dev``'s node agent runs as
+local processes.
 """
 
 from __future__ import annotations
@@ -11,27 +12,35 @@ from collections.abc import Mapping
 from typing import Any
 
 from .. import naming
-from ..prefetchpolicy.config import cache_overrides
-from ..prefetchpolicy.config import predictor_config as policy_predictor_config
+from ..podcontract import (
+    CACHE,
+    CACHE_CONFIG_FILE,
+    CACHE_PORT,
+    CONFIG_MOUNT,
+    DATA_MOUNT,
+    KEK_MOUNT,
+    KEYRING_MOUNT,
+    NODE,
+    NODE_CONFIG_FILE,
+    NODE_PORT,
+    PARTITION_MAP_FILE,
+    PARTITIONS_MOUNT,
+    PREDICTOR,
+    PREDICTOR_CONFIG_FILE,
+    PREDICTOR_PORT,
+    RUN_AS_USER,
+    cache_config,
+    node_config,
+    predictor_config,
+)
 from ..spec.prefetchpolicy import PrefetchPolicySpec
 from ..spec.shardset import ShardSetSpec
 
-NODE_PORT = 7400
-CACHE_PORT = 7401
-PREDICTOR_PORT = 7402
-RUN_AS_USER = 65532
-
-DATA_MOUNT = "/var/lib/chronoshard"
-KEYRING_MOUNT = "/etc/chronoshard/keyring"
-KEK_MOUNT = "/etc/chronoshard/kek"
-PARTITIONS_MOUNT = "/etc/chronoshard/partitions"
-CONFIG_MOUNT = "/etc/chronoshard/config"
-
 # Requests every container gets when the ShardSet names none, so the scheduler can place shards sensibly.
 DEFAULT_RESOURCES: dict[str, dict[str, dict[str, str]]] = {
-    "node": {"requests": {"cpu": "100m", "memory": "128Mi"}},
-    "cache": {"requests": {"cpu": "100m", "memory": "128Mi"}},
-    "predictor": {"requests": {"cpu": "50m", "memory": "128Mi"}},
+    NODE: {"requests": {"cpu": "100m", "memory": "128Mi"}},
+    CACHE: {"requests": {"cpu": "100m", "memory": "128Mi"}},
+    PREDICTOR: {"requests": {"cpu": "50m", "memory": "128Mi"}},
 }
 
 
@@ -44,41 +53,22 @@ def _meta(name: str, namespace: str, owner: Mapping[str, Any], component: str) -
     }
 
 
-def node_config(spec: ShardSetSpec) -> dict[str, Any]:
-    """Settings of the ``node`` process."""
-    return {"tables": list(spec.tables), "keyAlgorithm": spec.key_algorithm}
-
-
-def cache_config(spec: ShardSetSpec, prefetch: PrefetchPolicySpec | None = None) -> dict[str, Any]:
-    """Settings of the ``cache`` process (plus the prefetch limits of the PrefetchPolicy in force, if any)."""
-    return {
-        "tables": list(spec.tables),
-        "budgetBytes": spec.cache_size_bytes,
-        "evictionPolicy": spec.eviction_policy,
-        **(cache_overrides(prefetch, spec.cache_size_bytes) if prefetch is not None else {}),
-    }
-
-
-def predictor_config(spec: ShardSetSpec, prefetch: PrefetchPolicySpec | None = None) -> dict[str, Any]:
-    """Settings of the ``predictor`` process; prefetching is off until a PrefetchPolicy turns it on."""
-    if prefetch is None:
-        return {"tables": list(spec.tables), "enabled": False}
-    return {"tables": list(spec.tables), **policy_predictor_config(prefetch)}
+def _dump(settings: Mapping[str, Any]) -> str:
+    return json.dumps(settings, sort_keys=True, indent=2) + "\n"
 
 
 def config_map(owner: Mapping[str, Any], spec: ShardSetSpec, prefetch: PrefetchPolicySpec | None = None
                ) -> dict[str, Any]:
     """The ConfigMap ``<name>-config`` (node.json, cache.json, predictor.json); ``prefetch``: the policy in force."""
     name, ns = owner["metadata"]["name"], owner["metadata"]["namespace"]
-    dump = lambda d: json.dumps(d, sort_keys=True, indent=2) + "\n"  # noqa: E731
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": _meta(naming.config_map_name(name), ns, owner, "config"),
         "data": {
-            "node.json": dump(node_config(spec)),
-            "cache.json": dump(cache_config(spec, prefetch)),
-            "predictor.json": dump(predictor_config(spec, prefetch)),
+            NODE_CONFIG_FILE: _dump(node_config(spec)),
+            CACHE_CONFIG_FILE: _dump(cache_config(spec, prefetch)),
+            PREDICTOR_CONFIG_FILE: _dump(predictor_config(spec, prefetch)),
         },
     }
 
@@ -90,7 +80,7 @@ def partitions_config_map(owner: Mapping[str, Any], map_json: str) -> dict[str, 
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": _meta(naming.partitions_config_map_name(name), ns, owner, "partitions"),
-        "data": {"map.json": map_json},
+        "data": {PARTITION_MAP_FILE: map_json},
     }
 
 
@@ -119,9 +109,9 @@ def kek_secret_in_use(name: str, spec: ShardSetSpec) -> str | None:
 
 def _service_ports() -> list[dict[str, Any]]:
     return [
-        {"name": "node", "port": NODE_PORT, "targetPort": "node", "protocol": "TCP"},
-        {"name": "cache", "port": CACHE_PORT, "targetPort": "cache", "protocol": "TCP"},
-        {"name": "predictor", "port": PREDICTOR_PORT, "targetPort": "predictor", "protocol": "TCP"},
+        {"name": NODE, "port": NODE_PORT, "targetPort": NODE, "protocol": "TCP"},
+        {"name": CACHE, "port": CACHE_PORT, "targetPort": CACHE, "protocol": "TCP"},
+        {"name": PREDICTOR, "port": PREDICTOR_PORT, "targetPort": PREDICTOR, "protocol": "TCP"},
     ]
 
 
@@ -151,7 +141,7 @@ def client_service(owner: Mapping[str, Any]) -> dict[str, Any]:
         "spec": {
             "type": "ClusterIP",
             "selector": naming.selector_labels(name),
-            "ports": [{"name": "http", "port": CACHE_PORT, "targetPort": "cache", "protocol": "TCP"}],
+            "ports": [{"name": "http", "port": CACHE_PORT, "targetPort": CACHE, "protocol": "TCP"}],
         },
     }
 
@@ -232,34 +222,34 @@ def containers(spec: ShardSetSpec) -> list[dict[str, Any]]:
     config = {"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True}
     data = {"name": "data", "mountPath": DATA_MOUNT}
     tmp = {"name": "tmp", "mountPath": "/tmp"}
-    map_file = f"{PARTITIONS_MOUNT}/map.json"
+    map_file = f"{PARTITIONS_MOUNT}/{PARTITION_MAP_FILE}"
     # Wrapped key versions: node and cache (the processes that decrypt) read the KEK; the predictor never does.
     kek_mounts = [{"name": "kek", "mountPath": KEK_MOUNT, "readOnly": True}] if spec.key_encryption.wrapped else []
     kek_args = ["--kek-dir", KEK_MOUNT] if spec.key_encryption.wrapped else []
     node = _container(
-        "node",
+        NODE,
         [
             "chronoshard-node", "--host", "$(POD_IP)", "--port", str(NODE_PORT),
             "--data-dir", DATA_MOUNT, "--keyring-dir", KEYRING_MOUNT, *kek_args,
-            "--partition-map", map_file, "--config", f"{CONFIG_MOUNT}/node.json",
+            "--partition-map", map_file, "--config", f"{CONFIG_MOUNT}/{NODE_CONFIG_FILE}",
         ],
         NODE_PORT, spec, [data, keyring, *kek_mounts, partitions, config, tmp],
     )
     cache = _container(
-        "cache",
+        CACHE,
         [
             "chronoshard-cache", "--host", "$(POD_IP)", "--port", str(CACHE_PORT),
             "--node-url", f"http://$(POD_IP):{NODE_PORT}", "--keyring-dir", KEYRING_MOUNT, *kek_args,
-            "--partition-map", map_file, "--config", f"{CONFIG_MOUNT}/cache.json",
+            "--partition-map", map_file, "--config", f"{CONFIG_MOUNT}/{CACHE_CONFIG_FILE}",
         ],
         CACHE_PORT, spec, [keyring, *kek_mounts, partitions, config, tmp],
     )
     predictor = _container(
-        "predictor",
+        PREDICTOR,
         [
             "chronoshard-predictor", "--host", "$(POD_IP)", "--port", str(PREDICTOR_PORT),
             "--cache-url", f"http://$(POD_IP):{CACHE_PORT}", "--data-dir", f"{DATA_MOUNT}/predictor",
-            "--config", f"{CONFIG_MOUNT}/predictor.json",
+            "--config", f"{CONFIG_MOUNT}/{PREDICTOR_CONFIG_FILE}",
         ],
         PREDICTOR_PORT, spec, [data, config, tmp],
     )

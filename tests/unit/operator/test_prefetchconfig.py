@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from chronoshard.operator.prefetchpolicy.config import cache_overrides, predictor_config
+from chronoshard.operator.prefetchconfig import cache_overrides, predictor_config
 from chronoshard.operator.shardset import manifests
 from chronoshard.operator.spec.prefetchpolicy import parse_prefetchpolicy
 from chronoshard.operator.spec.shardset import parse_shardset

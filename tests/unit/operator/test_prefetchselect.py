@@ -1,6 +1,6 @@
 """Which PrefetchPolicy is in force for a ShardSet (pure)."""
 
-from chronoshard.operator.prefetchpolicy.select import select_policy
+from chronoshard.operator.prefetchselect import select_policy
 
 
 def pol(name, created, target="orders", deleting=False, **spec):

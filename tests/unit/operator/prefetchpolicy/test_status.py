@@ -2,8 +2,8 @@
 
 from chronoshard.operator.prefetchpolicy.controller import Observation, build_status
 from chronoshard.operator.prefetchpolicy.probe import cache_counters
-from chronoshard.operator.prefetchpolicy.select import Selection
 from chronoshard.operator.prefetchpolicy.status import ShardSample, aggregate
+from chronoshard.operator.prefetchselect import Selection
 from chronoshard.operator.spec.prefetchpolicy import parse_prefetchpolicy
 from chronoshard.shardnode.serving.metrics import CacheMetrics
 from prometheus_client import generate_latest

@@ -1,0 +1,22 @@
+"""Find a ShardSet's shard pods by shard index (API I/O only); the probes of every controller ask these pods."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from . import kube, naming
+
+_ORDINAL = re.compile(r"-(\d+)$")
+
+
+def shard_pods(namespace: str, shardset: str) -> dict[int, dict[str, Any]]:
+    """The ShardSet's pods by shard index (the StatefulSet ordinal), skipping pods being deleted."""
+    selector = ",".join(f"{k}={v}" for k, v in naming.selector_labels(shardset).items())
+    pods: dict[int, dict[str, Any]] = {}
+    for pod in kube.list_objects("v1", "Pod", namespace, selector):
+        m = _ORDINAL.search(pod["metadata"]["name"])
+        if m and not pod["metadata"].get("deletionTimestamp"):
+            pods[int(m.group(1))] = pod
+    return pods
+
