@@ -93,86 +93,156 @@ def build_rows(accesses: list[Access], settings: GeneratorSettings) -> Rows:
     return Rows(np.array(origin), keys, np.array(sizes), np.array(kinds), np.vstack(feats))
 
 
+class _Simulation:
+    """Our cache fed by the predictor's hints, one request at a time (the state `simulate` steps through)."""
+
+    def __init__(self, obj_size: dict[str, int], capacity: int, unit: bool, args: argparse.Namespace) -> None:
+        self.obj_size, self.capacity, self.unit, self.args = obj_size, capacity, unit, args
+        self.policy = make_policy(args.policy)
+        self.used_bytes = 0
+        self.sizes_in: dict[str, int] = {}
+        self.tracker = OutcomeTracker()
+        self.fb = FeedbackController(base_threshold=args.threshold, target_precision=args.target_precision,
+                                     enabled=not args.no_feedback)
+        self.hints_bucket = TokenBucket(args.hints_per_s, args.hints_per_s)
+        self.bytes_bucket = TokenBucket(args.bytes_per_s, args.bytes_per_s)
+        self.n_req = self.n_hit = self.b_req = self.b_hit = 0
+        self.sent = self.used = 0
+        self.pf_bytes = self.wasted_bytes = 0
+
+    def account(self, outs: list, counted: bool) -> None:
+        self.fb.record(outs)
+        if not counted:
+            return
+        for o in outs:
+            if o.sent:
+                if o.used:
+                    self.used += 1
+                else:
+                    self.wasted_bytes += o.size
+
+    def _insert(self, key: str, size: int, **score: float) -> None:
+        while self.used_bytes + size > self.capacity and len(self.policy):
+            v = self.policy.victim()
+            self.policy.remove(v)
+            self.used_bytes -= self.sizes_in.pop(v)
+            self.account(self.tracker.evicted(TABLE, v), True)
+        self.policy.insert(key, size, **score)
+        self.sizes_in[key] = size
+        self.used_bytes += size
+
+    def demand(self, a: Access, counted: bool) -> None:
+        """A request: expire old hints, hit or insert on the miss, count it when past the warm-up."""
+        self.account(self.tracker.expire(a.time), counted)
+        size = 1 if self.unit else self.obj_size[a.key]
+        self.account(self.tracker.access(TABLE, a.key, a.time), counted)
+        hit = a.key in self.policy
+        if hit:
+            self.policy.touch(a.key)
+        elif size <= self.capacity:
+            self._insert(a.key, size)
+        if counted:
+            self.n_req += 1
+            self.b_req += self.obj_size[a.key]
+            if hit:
+                self.n_hit += 1
+                self.b_hit += self.obj_size[a.key]
+
+    def hint(self, key: str, score: float, row_size: int, now: float, counted: bool) -> None:
+        """A candidate the predictor scored: prefetch it if above the threshold and within the budgets."""
+        if score < self.args.threshold:
+            return
+        psize = self.obj_size.get(key, row_size)
+        csize = 1 if self.unit else psize
+        go = (score >= self.fb.threshold and key not in self.policy
+              and not self.tracker.is_pending_sent(TABLE, key)
+              and csize <= self.capacity
+              and self.hints_bucket.take(1, now, self.fb.budget_factor)
+              and self.bytes_bucket.take(psize, now, self.fb.budget_factor))
+        if go:
+            self._insert(key, csize, prefetch_score=score)
+            if counted:
+                self.sent += 1
+                self.pf_bytes += psize
+        self.tracker.add(TABLE, key, score, go and counted, psize, now, self.args.horizon)
+
+    def result(self) -> Result:
+        """Settle the hints still pending and summarise the scored part."""
+        self.account(self.tracker.expire(float("inf")), True)
+        return Result(1 - self.n_hit / self.n_req, 1 - self.b_hit / self.b_req,
+                      self.used / self.sent if self.sent else float("nan"), self.sent,
+                      100.0 * self.pf_bytes / self.b_req, 100.0 * self.wasted_bytes / self.b_req)
+
+
 def simulate(accesses: list[Access], obj_size: dict[str, int], rows: Rows, scores: np.ndarray, capacity: int,
              unit: bool, split: int, args: argparse.Namespace) -> Result:
     """Our cache fed by the predictor's hints: demand misses insert, hints above threshold prefetch."""
-    policy = make_policy(args.policy)
-    used_bytes = 0
-    sizes_in: dict[str, int] = {}
-    tracker = OutcomeTracker()
-    fb = FeedbackController(base_threshold=args.threshold, target_precision=args.target_precision,
-                            enabled=not args.no_feedback)
-    hints_bucket = TokenBucket(args.hints_per_s, args.hints_per_s)
-    bytes_bucket = TokenBucket(args.bytes_per_s, args.bytes_per_s)
-    n_req = n_hit = b_req = b_hit = 0
-    sent = used = 0
-    pf_bytes = wasted_bytes = 0
+    sim = _Simulation(obj_size, capacity, unit, args)
     origin = rows.origin.tolist()
     rkeys, rsizes, sc = rows.keys, rows.sizes.tolist(), scores.tolist()
     j, n_rows = 0, len(origin)
-
-    def account(outs: list, counted: bool) -> None:
-        nonlocal used, wasted_bytes
-        fb.record(outs)
-        if counted:
-            for o in outs:
-                if o.sent:
-                    if o.used:
-                        used += 1
-                    else:
-                        wasted_bytes += o.size
-
-    def make_room(need: int) -> None:
-        nonlocal used_bytes
-        while used_bytes + need > capacity and len(policy):
-            v = policy.victim()
-            policy.remove(v)
-            used_bytes -= sizes_in.pop(v)
-            account(tracker.evicted(TABLE, v), True)
-
     for i, a in enumerate(accesses):
-        now = a.time
         counted = i >= split
-        account(tracker.expire(now), counted)
-        size = 1 if unit else obj_size[a.key]
-        account(tracker.access(TABLE, a.key, now), counted)
-        hit = a.key in policy
-        if hit:
-            policy.touch(a.key)
-        elif size <= capacity:
-            make_room(size)
-            policy.insert(a.key, size)
-            sizes_in[a.key] = size
-            used_bytes += size
-        if counted:
-            n_req += 1
-            b_req += obj_size[a.key]
-            if hit:
-                n_hit += 1
-                b_hit += obj_size[a.key]
+        sim.demand(a, counted)
         while j < n_rows and origin[j] == i:
-            s, key = sc[j], rkeys[j]
+            sim.hint(rkeys[j], sc[j], rsizes[j], a.time, counted)
             j += 1
-            if s < args.threshold:
-                continue
-            psize = obj_size.get(key, rsizes[j - 1])
-            csize = 1 if unit else psize
-            go = (s >= fb.threshold and key not in policy and not tracker.is_pending_sent(TABLE, key)
-                  and csize <= capacity
-                  and hints_bucket.take(1, now, fb.budget_factor)
-                  and bytes_bucket.take(psize, now, fb.budget_factor))
-            if go:
-                make_room(csize)
-                policy.insert(key, csize, prefetch_score=s)
-                sizes_in[key] = csize
-                used_bytes += csize
-                if counted:
-                    sent += 1
-                    pf_bytes += psize
-            tracker.add(TABLE, key, s, go and counted, psize, now, args.horizon)
-    account(tracker.expire(float("inf")), True)
-    return Result(1 - n_hit / n_req, 1 - b_hit / b_req, used / sent if sent else float("nan"), sent,
-                  100.0 * pf_bytes / b_req, 100.0 * wasted_bytes / b_req)
+    return sim.result()
+
+
+def fit_models(rows: Rows, y: np.ndarray, train: np.ndarray, test: np.ndarray, names: str) -> dict[str, np.ndarray]:
+    """Train each model named in ``names`` (comma list) and score every candidate; print its test precision."""
+    from sklearn.metrics import average_precision_score
+
+    models: dict[str, np.ndarray] = {}
+    for m in names.split(","):
+        t2 = time.time()
+        if train.sum() < 20:
+            print(f"model {m}: too little training data, predictor off")
+            models[m] = np.zeros(len(rows.keys))
+            continue
+        if m == "auto":
+            choice = fit_auto(rows.x[train], y[train])
+            scorer = choice.scorer
+            losses = ", ".join(f"{k}={v:.4f}" for k, v in choice.validation_loss.items())
+            label = f"auto->{scorer.kind}"
+            print(f"model auto: held-out log loss {losses}; chose {scorer.kind}")
+        else:
+            scorer = make_scorer(m).fit(rows.x[train], y[train])
+            label = m
+        models[label] = scorer.predict(rows.x)
+        ap = average_precision_score(y[test], models[label][test]) if len(np.unique(y[test])) > 1 else float("nan")
+        print(f"model {label}: trained in {time.time() - t2:.1f}s, test average precision {ap:.3f}")
+    return models
+
+
+def print_tables(accesses: list[Access], obj_size: dict[str, int], rows: Rows, models: dict[str, np.ndarray],
+                 base: dict[tuple[bool, int, str], tuple[float, float]], fracs: list[float],
+                 caps: dict[bool, list[int]], split: int, args: argparse.Namespace) -> None:
+    """The object and byte miss-ratio tables: the baselines, then our cache with each model's hints."""
+    for unit in (True, False):
+        print()
+        print(("OBJECT miss ratio (unit-size objects)" if unit else "BYTE miss ratio (real sizes)") +
+              "; ours = cache + predictor hints; prec = used hints / sent hints; "
+              "pf% / waste% = prefetched / wasted bytes as % of bytes requested")
+        hdr = f"{'size':>5} {'cap':>11} " + " ".join(f"{b:>7}" for b in BASELINES)
+        hdr += f" {'best4':>7} " + " ".join(f"{m:>20}" for m in models)
+        print(hdr)
+        for k, f in enumerate(fracs):
+            cap = caps[unit][k]
+            line = f"{f * 100:4g}% {cap:>11} "
+            vals = []
+            for name in BASELINES:
+                v = base.get((unit, k, name))
+                mr = (v[0] if unit else v[1]) if v else float("nan")
+                vals.append(mr)
+                line += f"{mr:7.4f} "
+            line += f"{min(vals[:4]):7.4f} "
+            for scores in models.values():
+                r = simulate(accesses, obj_size, rows, scores, cap, unit, split, args)
+                mr = r.obj_miss if unit else r.byte_miss
+                line += f" {mr:.4f} p{r.precision:.2f} w{r.wasted_pct:4.1f}%"
+            print(line)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -235,53 +305,11 @@ def main(argv: list[str] | None = None) -> None:
           f", {int(train.sum())} labelled for training, in {time.time() - t1:.1f}s; "
           f"share requested within {args.horizon:g}s: {y[test].mean():.3f} of test candidates")
 
-    models: dict[str, np.ndarray] = {}
-    for m in args.models.split(","):
-        t2 = time.time()
-        if train.sum() < 20:
-            print(f"model {m}: too little training data, predictor off")
-            models[m] = np.zeros(len(rows.keys))
-            continue
-        if m == "auto":
-            choice = fit_auto(rows.x[train], y[train])
-            scorer = choice.scorer
-            losses = ", ".join(f"{k}={v:.4f}" for k, v in choice.validation_loss.items())
-            label = f"auto->{scorer.kind}"
-            print(f"model auto: held-out log loss {losses}; chose {scorer.kind}")
-        else:
-            scorer = make_scorer(m).fit(rows.x[train], y[train])
-            label = m
-        models[label] = scorer.predict(rows.x)
-        from sklearn.metrics import average_precision_score
-
-        ap = average_precision_score(y[test], models[label][test]) if len(np.unique(y[test])) > 1 else float("nan")
-        print(f"model {label}: trained in {time.time() - t2:.1f}s, test average precision {ap:.3f}")
+    models = fit_models(rows, y, train, test, args.models)
 
     # Our eviction policy alone (no hints), to separate what the policy does from what prefetching does.
     models = {"policy only": np.zeros(len(rows.keys)), **models}
-    for unit in (True, False):
-        print()
-        print(("OBJECT miss ratio (unit-size objects)" if unit else "BYTE miss ratio (real sizes)") +
-              "; ours = cache + predictor hints; prec = used hints / sent hints; "
-              "pf% / waste% = prefetched / wasted bytes as % of bytes requested")
-        hdr = f"{'size':>5} {'cap':>11} " + " ".join(f"{b:>7}" for b in BASELINES)
-        hdr += f" {'best4':>7} " + " ".join(f"{m:>20}" for m in models)
-        print(hdr)
-        for k, f in enumerate(fracs):
-            cap = caps[unit][k]
-            line = f"{f * 100:4g}% {cap:>11} "
-            vals = []
-            for name in BASELINES:
-                v = base.get((unit, k, name))
-                mr = (v[0] if unit else v[1]) if v else float("nan")
-                vals.append(mr)
-                line += f"{mr:7.4f} "
-            line += f"{min(vals[:4]):7.4f} "
-            for scores in models.values():
-                r = simulate(accesses, obj_size, rows, scores, cap, unit, split, args)
-                mr = r.obj_miss if unit else r.byte_miss
-                line += f" {mr:.4f} p{r.precision:.2f} w{r.wasted_pct:4.1f}%"
-            print(line)
+    print_tables(accesses, obj_size, rows, models, base, fracs, caps, split, args)
     print(f"\nours per cell: miss ratio, p = precision, w = wasted prefetched bytes % of bytes requested. "
           f"total {time.time() - t0:.1f}s")
 
