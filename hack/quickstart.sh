@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The README's first command: a running chronoshard on this machine, no container runtime needed.
-#   1. .venv with chronoshard installed (editable)      3. chronoshard-dev up (control plane, operator, node agent)
+#   1. .venv with chronoshard installed (editable, locked) 3. chronoshard-dev up (control plane, operator, node agent)
 #   2. the pinned control plane binaries (hack/envtest.sh, built once, then cached)
 #   4. the sample ShardSet applied and waited for; then `kubectl get chronoshard` and `kubectl get pods`
 # Stop everything with `.venv/bin/chronoshard-dev down`. State: $CHRONOSHARD_DEV_STATE (default ~/.cache/chronoshard/dev).
@@ -17,7 +17,9 @@ if [[ ! -x .venv/bin/python ]]; then
 fi
 say "installing chronoshard into .venv"
 .venv/bin/python -P -m pip install -q --upgrade pip
-.venv/bin/python -P -m pip install -q -e '.[ml]' -e ./devcluster
+# The versions the image ships (requirements.lock) and the devcluster's (requirements-dev.lock), see hack/lock.sh.
+.venv/bin/python -P -m pip install -q --constraint requirements.lock --constraint requirements-dev.lock \
+  -e '.[ml]' -e ./devcluster
 
 say "control plane binaries (the first build takes ~15 min on 2 cores; progress below)"
 CHRONOSHARD_ENVTEST_BIN="$(bash hack/envtest.sh)"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The test command (README, CI): install into .venv, build or reuse the pinned control plane and tools,
-# lint, then run unit, integration and e2e tests. Extra arguments go to pytest.
+# The test command (README, CI): install into .venv at the locked versions, build or reuse the pinned control
+# plane and tools, lint, then run unit, integration and e2e tests. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # -P everywhere below: run from the repo root, `python -m ...` would otherwise put the root first on sys.path,
@@ -14,7 +14,11 @@ if [[ ! -x .venv/bin/python ]]; then
 fi
 echo "[test] installing chronoshard and its test dependencies into .venv"
 .venv/bin/python -P -m pip install -q --upgrade pip
-.venv/bin/python -P -m pip install -q -e '.[dev]' -e ./devcluster
+# Every version from the locks (hack/lock.sh): the runtime ones the image ships (requirements.lock) and the
+# test tools and the devcluster's (requirements-dev.lock, which agrees with the first on every shared package).
+.venv/bin/python -P -m pip install -q --constraint requirements.lock --constraint requirements-dev.lock \
+  -e '.[ml,dev]' -e ./devcluster
+.venv/bin/python -P -m pip check
 
 echo "[test] envtest control plane (built once, then cached)"
 CHRONOSHARD_ENVTEST_BIN="$(bash hack/envtest.sh)"

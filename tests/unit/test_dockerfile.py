@@ -1,4 +1,5 @@
-"""The container image: Dockerfile lint and structure, the dependency lock, and its install steps run for real."""
+"""The container image: Dockerfile lint and structure, the dependency locks (the image's and the test venv's), and the
+image's install steps run for real."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -57,9 +59,17 @@ def _scripts() -> dict[str, str]:
     return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
 
 
-def _lock() -> dict[str, str]:
+# Our own distributions, never pinned in a lock.
+OURS = {"chronoshard", "chronoshard-devcluster"}
+
+
+def _norm(name: str) -> str:
+    return name.lower().replace("_", "-")
+
+
+def _lock(name: str = "requirements.lock") -> dict[str, str]:
     pins: dict[str, str] = {}
-    for line in (REPO / "requirements.lock").read_text().splitlines():
+    for line in (REPO / name).read_text().splitlines():
         line = line.split("#", 1)[0].strip()
         if line:
             name, version = line.split("==")
@@ -126,19 +136,71 @@ def test_dockerignore_lets_every_copied_path_in() -> None:
     assert copied and copied <= allowed, copied - allowed
 
 
-def test_lock_pins_every_declared_dependency_within_its_range() -> None:
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    pins = _lock()
-    declared = project["dependencies"] + project["optional-dependencies"]["ml"]
+def _outside_lock(declared: list[str], lock: str) -> list[str]:
+    """The declared requirements that ``lock`` does not pin, or pins outside their range."""
+    pins = _lock(lock)
     problems = []
     for spec in declared:
         req = Requirement(spec)
-        name = req.name.lower().replace("_", "-")
+        name = _norm(req.name)
         if name not in pins:
-            problems.append(f"{name} not in requirements.lock")
+            problems.append(f"{name} not in {lock}")
         elif not req.specifier.contains(pins[name], prereleases=True):
             problems.append(f"{name}=={pins[name]} outside {req.specifier}")
+    return problems
+
+
+def test_lock_pins_every_declared_dependency_within_its_range() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    declared = project["dependencies"] + project["optional-dependencies"]["ml"]
+    problems = _outside_lock(declared, "requirements.lock")
     assert not problems, "run hack/lock.sh: " + "; ".join(problems)
+
+
+def test_dev_lock_pins_every_dependency_of_the_test_venv_within_its_range() -> None:
+    # hack/test.sh installs chronoshard[ml,dev] and the devcluster distribution from requirements-dev.lock.
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    devcluster = tomllib.loads((REPO / "devcluster/pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    declared = project["dependencies"] + extras["ml"] + extras["dev"] + devcluster["dependencies"]
+    problems = _outside_lock(declared, "requirements-dev.lock")
+    assert not problems, "run hack/lock.sh: " + "; ".join(problems)
+
+
+def test_dev_lock_agrees_with_the_image_lock() -> None:
+    # CI must test the versions the image ships: every runtime pin is in the dev lock at the same version.
+    runtime, dev = _lock(), _lock("requirements-dev.lock")
+    disagree = {name: (version, dev.get(name)) for name, version in runtime.items() if dev.get(name) != version}
+    assert not disagree, f"run hack/lock.sh (image lock vs dev lock): {disagree}"
+
+
+def _installed_closure(roots: list[str]) -> dict[str, str]:
+    """Every distribution ``roots`` (requirement strings, extras included) need, per the installed metadata."""
+    found: dict[str, str] = {}
+    seen: set[tuple[str, frozenset[str]]] = set()
+    todo = [Requirement(root) for root in roots]
+    while todo:
+        req = todo.pop()
+        key = (_norm(req.name), frozenset(req.extras))
+        if key in seen:
+            continue
+        seen.add(key)
+        dist = metadata.distribution(req.name)
+        found[key[0]] = dist.version
+        for spec in dist.requires or []:
+            dep = Requirement(spec)
+            if dep.marker is None or any(dep.marker.evaluate({"extra": e}) for e in {"", *req.extras}):
+                todo.append(dep)
+    return found
+
+
+def test_test_venv_runs_the_locked_versions() -> None:
+    # What this suite runs with (installed by hack/test.sh) is what requirements-dev.lock pins, transitively.
+    pins = _lock("requirements-dev.lock")
+    installed = _installed_closure(["chronoshard[ml,dev]", "chronoshard-devcluster"])
+    differ = {name: (version, pins.get(name)) for name, version in installed.items()
+              if name not in OURS and pins.get(name) != version}
+    assert not differ, f"installed vs requirements-dev.lock (run hack/lock.sh, then hack/test.sh): {differ}"
 
 
 def test_image_processes_are_console_scripts() -> None:
