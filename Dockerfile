@@ -22,6 +22,8 @@ RUN hack/build-venv.sh /src /opt/chronoshard python3 \
     && /opt/chronoshard/bin/python -m pip uninstall --quiet --yes pip
 
 FROM ${PYTHON_IMAGE}
+# The release: the VERSION file (docker build --build-arg VERSION="$(cat VERSION)"); tests/unit/test_version.py
+# fails when this default differs from it.
 ARG VERSION=0.1.0
 ARG REVISION=unknown
 LABEL org.opencontainers.image.title="chronoshard" \

@@ -16,7 +16,7 @@ from chronoshard.shardnode.serving.http_common import load_openapi
 from hypothesis import HealthCheck, given, settings
 
 from tests.integration.shardnode.procs import cache, http, node
-from tests.unit.shardnode.kubelet_dir import write_keyring
+from tests.support.kubelet_dir import write_keyring
 
 EXAMPLES = int(os.environ.get("CHRONOSHARD_FUZZ_EXAMPLES", "12"))
 MODES = [schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE]
