@@ -48,6 +48,8 @@ PLURAL = "shardsets"
 RESYNC_SECONDS = 30.0
 # A user's kekSecretRef Secret is not a labelled child, so no watch wakes the loop when it is fixed: look sooner.
 KEK_RETRY_SECONDS = 5.0
+# Rounds of create-conflict-read for a Secret another writer deletes under us, before giving up this pass.
+CREATE_ATTEMPTS = 3
 KEK_PROBLEMS = ("KEKMissing", "KEKInvalid", "KEKMismatch", "KeyringWrapped")
 BLOCKING = ("InvalidImage", "StorageClassNotFound", "KeyringInvalid", *KEK_PROBLEMS)
 MANAGED = {"app.kubernetes.io/managed-by": naming.MANAGER}
@@ -93,13 +95,16 @@ def _create_once(owner: Mapping[str, Any], manifest: dict[str, Any], result: Rec
                  event: tuple[str, str, str]) -> dict[str, Any]:
     """Create a Secret that must never be overwritten; if another writer won the race, read theirs."""
     meta = manifest["metadata"]
-    created = kube.create(manifest)
-    if created is not None:
-        result.events.append(event)
-        return created
-    existing = kube.get("v1", "Secret", meta["namespace"], meta["name"])
-    assert existing is not None
-    return existing
+    for _ in range(CREATE_ATTEMPTS):
+        created = kube.create(manifest)
+        if created is not None:
+            result.events.append(event)
+            return created
+        existing = kube.get("v1", "Secret", meta["namespace"], meta["name"])
+        if existing is not None:
+            return existing
+        # Deleted between our create and our read: create it again.
+    raise RuntimeError(f"Secret {meta['name']} is deleted as soon as it exists; not creating it again")
 
 
 def _ensure_kek(owner: Mapping[str, Any], spec: ShardSetSpec, result: ReconcileResult,

@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, overload
 
 # The same patterns as the CRDs (RE2 and Python agree on these; Python uses fullmatch).
 DURATION_PATTERN = r"([0-9]+(\.[0-9]+)?(ms|s|m|h))+"
@@ -57,6 +57,14 @@ def parse_duration(value: str, field_path: str = "duration") -> timedelta:
     return timedelta(microseconds=int(total_ns) / 1000)
 
 
+def check_quantity(value: Any, field_path: str = "quantity") -> str | int:
+    """Refuse anything that is not a Kubernetes quantity (an integer or a string like 1Gi); returns it as given."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise SpecError(field_path, f"{value!r} is not a quantity (integer or string like 1Gi, 500M, 250m)")
+    quantity_decimal(value, field_path)
+    return value
+
+
 def quantity_decimal(value: str | int, field_path: str = "quantity") -> Decimal:
     """Exact value of a Kubernetes quantity (what CEL's quantity() compares)."""
     if isinstance(value, bool) or not isinstance(value, str | int):
@@ -68,7 +76,8 @@ def quantity_decimal(value: str | int, field_path: str = "quantity") -> Decimal:
     if not re.fullmatch(QUANTITY_PATTERN, value):
         raise SpecError(field_path, f"{value!r} is not a quantity like 1Gi, 500M or 250m")
     match = re.fullmatch(r"([0-9.]+)([KMGTPE]i|[numkMGTPE]|[eE][-+]?[0-9.]+)?", value)
-    assert match is not None  # the pattern above already accepted it
+    if match is None:  # QUANTITY_PATTERN accepted it, so this split always matches
+        raise SpecError(field_path, f"{value!r} is not a quantity like 1Gi, 500M or 250m")
     number, suffix = match.group(1), match.group(2) or ""
     try:
         if suffix in _BINARY:
@@ -92,7 +101,11 @@ def parse_cpu_millis(value: str | int, field_path: str = "cpu") -> int:
 
 class Fields:
     """Strict reader over one object of a spec: typed getters with defaults and bounds, and `done()`
-    which refuses any key no getter asked for (the API server refuses unknown fields the same way)."""
+    which refuses any key no getter asked for (the API server refuses unknown fields the same way).
+
+    A getter returns ``T | None`` (None when the key is absent or null), ``T`` when given a default, and the
+    ``required_*`` getters return ``T`` or refuse the spec, so callers never narrow an Optional themselves.
+    """
 
     def __init__(self, data: Any, path: str) -> None:
         if data is None:
@@ -110,7 +123,7 @@ class Fields:
             raise SpecError("spec", "Required value")
         return cls(spec, "spec")
 
-    def _get(self, key: str, required: bool) -> Any:
+    def _get(self, key: str, required: bool = False) -> Any:
         self._seen.add(key)
         value = self.data.get(key)
         if value is None and required:
@@ -127,13 +140,13 @@ class Fields:
         if unknown:
             raise SpecError(self.sub(unknown[0]), "unknown field")
 
-    def obj(self, key: str, *, required: bool = False) -> Fields:
+    def obj(self, key: str) -> Fields:
         """A nested object; absent → empty (mirrors `default: {}` in the schema)."""
-        return Fields(self._get(key, required), self.sub(key))
+        return Fields(self._get(key), self.sub(key))
 
     def maybe_obj(self, key: str) -> Fields | None:
         """A nested optional object without a default: None when absent."""
-        value = self._get(key, False)
+        value = self._get(key)
         return None if value is None else Fields(value, self.sub(key))
 
     def has(self, key: str) -> bool:
@@ -141,18 +154,33 @@ class Fields:
         self._seen.add(key)
         return self.data.get(key) is not None
 
-    def int(self, key: str, *, default: int | None = None, required: bool = False,
-            minimum: int | None = None, maximum: int | None = None) -> int | None:
+    @overload
+    def integer(self, key: str, *, default: int, minimum: int | None = None, maximum: int | None = None) -> int: ...
+    @overload
+    def integer(self, key: str, *, default: None = None, minimum: int | None = None,
+                maximum: int | None = None) -> int | None: ...
+    def integer(self, key: str, *, default: int | None = None, minimum: int | None = None,
+                maximum: int | None = None) -> int | None:
         """An integer within [minimum, maximum]."""
-        value = self._get(key, required)
+        value = self._get(key)
         if value is None:
             return default
         return check_int(value, self.sub(key), minimum=minimum, maximum=maximum)
 
-    def number(self, key: str, *, default: float | None = None, required: bool = False,
-               minimum: float | None = None, maximum: float | None = None) -> float | None:
+    def required_integer(self, key: str, *, minimum: int | None = None, maximum: int | None = None) -> int:
+        """An integer within [minimum, maximum] that must be present."""
+        return check_int(self._get(key, required=True), self.sub(key), minimum=minimum, maximum=maximum)
+
+    @overload
+    def number(self, key: str, *, default: float, minimum: float | None = None,
+               maximum: float | None = None) -> float: ...
+    @overload
+    def number(self, key: str, *, default: None = None, minimum: float | None = None,
+               maximum: float | None = None) -> float | None: ...
+    def number(self, key: str, *, default: float | None = None, minimum: float | None = None,
+               maximum: float | None = None) -> float | None:
         """A number (integer or float) within [minimum, maximum]."""
-        value = self._get(key, required)
+        value = self._get(key)
         if value is None:
             return default
         path = self.sub(key)
@@ -161,29 +189,49 @@ class Fields:
         _check_bounds(value, path, minimum, maximum)
         return float(value)
 
-    def bool(self, key: str, *, default: bool | None = None) -> bool | None:
+    @overload
+    def boolean(self, key: str, *, default: bool) -> bool: ...
+    @overload
+    def boolean(self, key: str, *, default: None = None) -> bool | None: ...
+    def boolean(self, key: str, *, default: bool | None = None) -> bool | None:
         """A boolean."""
-        value = self._get(key, False)
+        value = self._get(key)
         if value is None:
             return default
         if not isinstance(value, bool):
             raise SpecError(self.sub(key), f"must be a boolean, got {type(value).__name__}")
         return value
 
-    def str(self, key: str, *, default: str | None = None, required: bool = False,
-            enum: Iterable[str] | None = None, pattern: str | None = None,
-            max_length: int | None = None, min_length: int | None = None) -> str | None:
+    @overload
+    def string(self, key: str, *, default: str, enum: Iterable[str] | None = None, pattern: str | None = None,
+               max_length: int | None = None, min_length: int | None = None) -> str: ...
+    @overload
+    def string(self, key: str, *, default: None = None, enum: Iterable[str] | None = None,
+               pattern: str | None = None, max_length: int | None = None,
+               min_length: int | None = None) -> str | None: ...
+    def string(self, key: str, *, default: str | None = None, enum: Iterable[str] | None = None,
+               pattern: str | None = None, max_length: int | None = None,
+               min_length: int | None = None) -> str | None:
         """A string, optionally from an enum, matching a pattern, within length bounds."""
-        value = self._get(key, required)
+        value = self._get(key)
         if value is None:
             return default
         return check_str(value, self.sub(key), enum=enum, pattern=pattern,
                          max_length=max_length, min_length=min_length)
 
-    def duration(self, key: str, *, default: str | None = None, required: bool = False,
-                 positive: bool = False) -> timedelta | None:
+    def required_string(self, key: str, *, enum: Iterable[str] | None = None, pattern: str | None = None,
+                        max_length: int | None = None, min_length: int | None = None) -> str:
+        """A string that must be present, optionally from an enum, matching a pattern, within length bounds."""
+        return check_str(self._get(key, required=True), self.sub(key), enum=enum, pattern=pattern,
+                         max_length=max_length, min_length=min_length)
+
+    @overload
+    def duration(self, key: str, *, default: str, positive: bool = False) -> timedelta: ...
+    @overload
+    def duration(self, key: str, *, default: None = None, positive: bool = False) -> timedelta | None: ...
+    def duration(self, key: str, *, default: str | None = None, positive: bool = False) -> timedelta | None:
         """A duration string → timedelta; `positive` refuses zero (the schema's CEL rule `> 0s`)."""
-        value = self._get(key, required)
+        value = self._get(key)
         if value is None:
             value = default
         if value is None:
@@ -197,19 +245,22 @@ class Fields:
             raise SpecError(self.sub(key), "must be longer than 0s")
         return result
 
-    def quantity(self, key: str, *, default: str | None = None, required: bool = False) -> str | int | None:
+    @overload
+    def quantity(self, key: str, *, default: str) -> str | int: ...
+    @overload
+    def quantity(self, key: str, *, default: None = None) -> str | int | None: ...
+    def quantity(self, key: str, *, default: str | None = None) -> str | int | None:
         """A quantity (int or string like 1Gi), validated, returned as given."""
-        value = self._get(key, required)
+        value = self._get(key)
         if value is None:
             value = default
         if value is None:
             return None
-        quantity_decimal(value, self.sub(key))
-        return value
+        return check_quantity(value, self.sub(key))
 
-    def datetime(self, key: str) -> datetime | None:
+    def date_time(self, key: str) -> datetime | None:
         """An RFC 3339 date-time string."""
-        value = self._get(key, False)
+        value = self._get(key)
         if value is None:
             return None
         path = self.sub(key)
@@ -220,9 +271,9 @@ class Fields:
         except ValueError as exc:
             raise SpecError(path, f"{value!r} is not a valid date-time") from exc
 
-    def str_map(self, key: str) -> dict[str, str]:
+    def string_map(self, key: str) -> dict[str, str]:
         """An object of string values (labels, annotations, nodeSelector)."""
-        value = self._get(key, False)
+        value = self._get(key)
         if value is None:
             return {}
         path = self.sub(key)
@@ -233,8 +284,8 @@ class Fields:
                 raise SpecError(f"{path}.{k}", f"must be a string, got {type(v).__name__}")
         return dict(value)
 
-    def list(self, key: str, *, required: bool = False, min_items: int | None = None,
-             max_items: int | None = None, default: list[Any] | None = None) -> list[Any]:
+    def array(self, key: str, *, required: bool = False, min_items: int | None = None,
+              max_items: int | None = None, default: list[Any] | None = None) -> list[Any]:
         """A list within item-count bounds (items are checked by the caller)."""
         value = self._get(key, required)
         if value is None:
@@ -248,13 +299,11 @@ class Fields:
             raise SpecError(path, f"must have at most {max_items} items")
         return value
 
-    def ref(self, key: str, *, required: bool = True) -> str | None:
-        """A same-namespace reference `{name: ...}` → the name."""
-        if not self.has(key):
-            self._get(key, required)
-            return None
+    def ref(self, key: str) -> str:
+        """A required same-namespace reference `{name: ...}` → the name."""
+        self._get(key, required=True)
         ref = self.obj(key)
-        name = ref.str("name", required=True, pattern=NAME_PATTERN, max_length=63)
+        name = ref.required_string("name", pattern=NAME_PATTERN, max_length=63)
         ref.done()
         return name
 

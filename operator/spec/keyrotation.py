@@ -41,36 +41,34 @@ def parse_keyrotation(spec: Mapping[str, Any] | None) -> KeyRotationSpec:
     """Validate and default a KeyRotation `spec` exactly as the CRD schema does; raise SpecError otherwise."""
     f = Fields.root(spec)
     shardset = f.ref("shardSetRef")
-    schedule = f.str("schedule", max_length=128, pattern=SCHEDULE_PATTERN)
-    trigger = f.str("trigger", min_length=1, max_length=63)
+    schedule = f.string("schedule", max_length=128, pattern=SCHEDULE_PATTERN)
+    trigger = f.string("trigger", min_length=1, max_length=63)
     threat_fields = f.maybe_obj("threat")
     threat = _threat(threat_fields) if threat_fields is not None else None
     transition = f.duration("transitionPeriod", default="24h")
-    history_limit = f.int("historyLimit", default=10, minimum=1, maximum=100)
-    suspend = f.bool("suspend", default=False)
+    history_limit = f.integer("historyLimit", default=10, minimum=1, maximum=100)
+    suspend = f.boolean("suspend", default=False)
     f.done()
     if schedule is None and trigger is None and threat is None:
         raise SpecError("spec", "a KeyRotation needs a schedule, a trigger or a threat")
     if threat is not None and suspend:
         raise SpecError("spec.suspend",
                         "a threat rotation cannot be suspended (suspend must be false when threat is set)")
-    assert shardset is not None and transition is not None
     return KeyRotationSpec(
         shardset=shardset,
         schedule=schedule,
         trigger=trigger,
         threat=threat,
         transition_period=transition,
-        history_limit=int(history_limit or 10),
-        suspend=bool(suspend),
+        history_limit=history_limit,
+        suspend=suspend,
     )
 
 
 def _threat(f: Fields) -> Threat:
-    reason = f.str("reason", required=True, enum=THREAT_REASONS)
-    version = f.int("compromisedVersion", minimum=1)
-    detected_at = f.datetime("detectedAt")
-    description = f.str("description", max_length=1024)
+    reason = f.required_string("reason", enum=THREAT_REASONS)
+    version = f.integer("compromisedVersion", minimum=1)
+    detected_at = f.date_time("detectedAt")
+    description = f.string("description", max_length=1024)
     f.done()
-    assert reason is not None
     return Threat(reason=reason, compromised_version=version, detected_at=detected_at, description=description)

@@ -73,45 +73,44 @@ def parse_mirrorset(spec: Mapping[str, Any] | None) -> MirrorSetSpec:
     f = Fields.root(spec)
     source = f.ref("sourceRef")
     mirrors = tuple(_mirror(Fields(item, f"spec.mirrors[{i}]"))
-                    for i, item in enumerate(f.list("mirrors", required=True, min_items=1, max_items=8)))
+                    for i, item in enumerate(f.array("mirrors", required=True, min_items=1, max_items=8)))
 
     r = f.obj("replication")
-    mode = r.str("mode", default="async", enum=REPLICATION_MODES)
+    mode = r.string("mode", default="async", enum=REPLICATION_MODES)
     max_lag = r.duration("maxLag", default="30s", positive=True)
     r.done()
 
     h = f.obj("health")
     health = Health(
-        latency_threshold_ms=int(h.int("latencyThresholdMs", default=250, minimum=1, maximum=600000) or 0),
-        error_rate_threshold=float(h.number("errorRateThreshold", default=0.05, minimum=0, maximum=1) or 0),
-        capacity_threshold=float(h.number("capacityThreshold", default=0.9, minimum=0, maximum=1) or 0),
-        probe_interval=h.duration("probeInterval", default="10s", positive=True) or timedelta(0),
+        latency_threshold_ms=h.integer("latencyThresholdMs", default=250, minimum=1, maximum=600000),
+        error_rate_threshold=h.number("errorRateThreshold", default=0.05, minimum=0, maximum=1),
+        capacity_threshold=h.number("capacityThreshold", default=0.9, minimum=0, maximum=1),
+        probe_interval=h.duration("probeInterval", default="10s", positive=True),
     )
     h.done()
 
     p = f.obj("prediction")
     prediction = Prediction(
         windows=_windows(p),
-        unavailability_threshold=float(p.number("unavailabilityThreshold", default=0.7, minimum=0, maximum=1) or 0),
-        model=str(p.str("model", default="gradient-boosting", enum=PREDICTION_MODELS)),
+        unavailability_threshold=p.number("unavailabilityThreshold", default=0.7, minimum=0, maximum=1),
+        model=p.string("model", default="gradient-boosting", enum=PREDICTION_MODELS),
     )
     p.done()
 
     fo = f.obj("failover")
-    policy = fo.str("policy", default="predictive", enum=FAILOVER_POLICIES)
-    failback = fo.str("failback", default="manual", enum=FAILBACK_POLICIES)
+    policy = fo.string("policy", default="predictive", enum=FAILOVER_POLICIES)
+    failback = fo.string("failback", default="manual", enum=FAILBACK_POLICIES)
     fo.done()
 
     t = f.obj("tokens")
     tokens = Tokens(
-        temporary_ttl=t.duration("temporaryTTL", default="5m", positive=True) or timedelta(0),
-        provisional_ttl=t.duration("provisionalTTL", default="15m", positive=True) or timedelta(0),
-        valid_ttl=t.duration("validTTL", default="1h", positive=True) or timedelta(0),
+        temporary_ttl=t.duration("temporaryTTL", default="5m", positive=True),
+        provisional_ttl=t.duration("provisionalTTL", default="15m", positive=True),
+        valid_ttl=t.duration("validTTL", default="1h", positive=True),
     )
     t.done()
     f.done()
 
-    assert source is not None and max_lag is not None
     for m in mirrors:
         if m.namespace is None and m.shardset == source:
             raise SpecError("spec.mirrors", "a mirror must not be the source ShardSet itself "
@@ -122,27 +121,26 @@ def parse_mirrorset(spec: Mapping[str, Any] | None) -> MirrorSetSpec:
     return MirrorSetSpec(
         source=source,
         mirrors=mirrors,
-        replication_mode=str(mode),
+        replication_mode=mode,
         max_lag=max_lag,
         health=health,
         prediction=prediction,
-        failover_policy=str(policy),
-        failback=str(failback),
+        failover_policy=policy,
+        failback=failback,
         tokens=tokens,
     )
 
 
 def _mirror(f: Fields) -> Mirror:
     name = f.ref("shardSetRef")
-    namespace = f.str("namespace", pattern=NAME_PATTERN, max_length=63)
-    zone = f.str("zone", max_length=63)
+    namespace = f.string("namespace", pattern=NAME_PATTERN, max_length=63)
+    zone = f.string("zone", max_length=63)
     f.done()
-    assert name is not None
     return Mirror(shardset=name, namespace=namespace, zone=zone)
 
 
 def _windows(p: Fields) -> tuple[timedelta, ...]:
-    raw = p.list("windows", min_items=1, max_items=8, default=list(DEFAULT_WINDOWS))
+    raw = p.array("windows", min_items=1, max_items=8, default=list(DEFAULT_WINDOWS))
     seen: list[str] = []
     windows: list[timedelta] = []
     for i, item in enumerate(raw):

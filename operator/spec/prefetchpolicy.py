@@ -65,43 +65,42 @@ def parse_prefetchpolicy(spec: Mapping[str, Any] | None) -> PrefetchPolicySpec:
     """Validate and default a PrefetchPolicy `spec` exactly as the CRD schema does; raise SpecError otherwise."""
     f = Fields.root(spec)
     shardset = f.ref("shardSetRef")
-    model = f.str("model", default="auto", enum=MODELS)
+    model = f.string("model", default="auto", enum=MODELS)
     horizon = f.duration("horizon", default="5m", positive=True)
     threshold = f.number("scoreThreshold", default=0.5, minimum=0, maximum=1)
 
     b = f.obj("budget")
     budget = Budget(
-        bytes_per_second=parse_quantity(b.quantity("bytesPerSecond", default="16Mi") or 0),
-        requests_per_second=int(b.int("requestsPerSecond", default=200, minimum=1, maximum=100000) or 0),
-        max_inflight=int(b.int("maxInflight", default=16, minimum=1, maximum=1024) or 0),
+        bytes_per_second=parse_quantity(b.quantity("bytesPerSecond", default="16Mi")),
+        requests_per_second=b.integer("requestsPerSecond", default=200, minimum=1, maximum=100000),
+        max_inflight=b.integer("maxInflight", default=16, minimum=1, maximum=1024),
     )
     b.done()
     cache_budget = f.quantity("cacheBudget")
 
     fb = f.obj("feedback")
     feedback = Feedback(
-        enabled=bool(fb.bool("enabled", default=True)),
-        target_precision=float(fb.number("targetPrecision", default=0.6, minimum=0, maximum=1) or 0),
-        window=fb.duration("window", default="10m", positive=True) or timedelta(0),
+        enabled=fb.boolean("enabled", default=True),
+        target_precision=fb.number("targetPrecision", default=0.6, minimum=0, maximum=1),
+        window=fb.duration("window", default="10m", positive=True),
     )
     fb.done()
 
     k = f.obj("keyPrefetch")
     key_prefetch = KeyPrefetch(
-        enabled=bool(k.bool("enabled", default=False)),
-        key_cache_size=int(k.int("keyCacheSize", default=64, minimum=1, maximum=65536) or 0),
+        enabled=k.boolean("enabled", default=False),
+        key_cache_size=k.integer("keyCacheSize", default=64, minimum=1, maximum=65536),
     )
     k.done()
 
     t = f.obj("training")
     training = Training(
-        interval=t.duration("interval", default="15m", positive=True) or timedelta(0),
-        history_window=t.duration("historyWindow", default="24h", positive=True) or timedelta(0),
+        interval=t.duration("interval", default="15m", positive=True),
+        history_window=t.duration("historyWindow", default="24h", positive=True),
     )
     t.done()
     f.done()
 
-    assert shardset is not None and horizon is not None
     if training.interval > training.history_window:
         raise SpecError("spec.training.interval", "training.interval must not be longer than training.historyWindow")
     if feedback.window < horizon:
@@ -109,9 +108,9 @@ def parse_prefetchpolicy(spec: Mapping[str, Any] | None) -> PrefetchPolicySpec:
                         "(a hint's outcome is known only after the horizon)")
     return PrefetchPolicySpec(
         shardset=shardset,
-        model=str(model),
+        model=model,
         horizon=horizon,
-        score_threshold=float(threshold or 0),
+        score_threshold=threshold,
         budget=budget,
         cache_budget_bytes=None if cache_budget is None else parse_quantity(cache_budget, "spec.cacheBudget"),
         feedback=feedback,

@@ -58,15 +58,15 @@ def parse_shadowpolicy(spec: Mapping[str, Any] | None) -> ShadowPolicySpec:
 
     s = f.obj("snapshot")
     interval = s.duration("interval", default="1m", positive=True)
-    granularity = s.str("granularity", default="differential", enum=GRANULARITIES)
+    granularity = s.string("granularity", default="differential", enum=GRANULARITIES)
     s.done()
-    compression = f.str("compression", default="zlib", enum=COMPRESSIONS)
+    compression = f.string("compression", default="zlib", enum=COMPRESSIONS)
 
     r = f.obj("retention")
     retention = Retention(
-        hot=r.duration("hot", default="24h", positive=True) or timedelta(0),
-        warm=r.duration("warm", default="168h", positive=True) or timedelta(0),
-        cold=r.duration("cold", default="720h", positive=True) or timedelta(0),
+        hot=r.duration("hot", default="24h", positive=True),
+        warm=r.duration("warm", default="168h", positive=True),
+        cold=r.duration("cold", default="720h", positive=True),
     )
     r.done()
     if retention.hot > retention.warm:
@@ -76,38 +76,37 @@ def parse_shadowpolicy(spec: Mapping[str, Any] | None) -> ShadowPolicySpec:
 
     a = f.obj("anomaly")
     anomaly = Anomaly(
-        model=str(a.str("model", default="isolation-forest", enum=ANOMALY_MODELS)),
-        threshold=float(a.number("threshold", default=0.8, minimum=0, maximum=1) or 0),
-        severity_threshold=float(a.number("severityThreshold", default=0.5, minimum=0, maximum=1) or 0),
-        training_window=a.duration("trainingWindow", default="24h", positive=True) or timedelta(0),
+        model=a.string("model", default="isolation-forest", enum=ANOMALY_MODELS),
+        threshold=a.number("threshold", default=0.8, minimum=0, maximum=1),
+        severity_threshold=a.number("severityThreshold", default=0.5, minimum=0, maximum=1),
+        training_window=a.duration("trainingWindow", default="24h", positive=True),
     )
     a.done()
 
     v = f.obj("reversion")
-    mode = v.str("mode", default="confirm", enum=REVERSION_MODES)
-    max_blocks = v.int("maxBlocks", minimum=1, maximum=100_000_000)
+    mode = v.string("mode", default="confirm", enum=REVERSION_MODES)
+    max_blocks = v.integer("maxBlocks", minimum=1, maximum=100_000_000)
     v.done()
     f.done()
 
-    assert shardset is not None and interval is not None
     if interval > retention.hot:
         raise SpecError("spec.snapshot.interval", "snapshot.interval must not be longer than retention.hot")
     return ShadowPolicySpec(
         shardset=shardset,
         tables=tables,
         snapshot_interval=interval,
-        granularity=str(granularity),
-        compression=str(compression),
+        granularity=granularity,
+        compression=compression,
         retention=retention,
         anomaly=anomaly,
-        reversion_mode=str(mode),
+        reversion_mode=mode,
         reversion_max_blocks=max_blocks,
     )
 
 
 def _tables(f: Fields) -> tuple[str, ...]:
     names: list[str] = []
-    for i, item in enumerate(f.list("tables", max_items=64)):
+    for i, item in enumerate(f.array("tables", max_items=64)):
         name = check_str(item, f"spec.tables[{i}]", pattern=TABLE_NAME_PATTERN, max_length=63)
         if name in names:
             raise SpecError(f"spec.tables[{i}]", f"Duplicate value: {name!r}")

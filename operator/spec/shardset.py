@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from chronoshard.operator.naming import APP_VERSION
-from chronoshard.operator.spec.common import Fields, SpecError, check_str, parse_quantity
+from chronoshard.operator.spec.common import Fields, SpecError, parse_quantity
 
 DEFAULT_IMAGE = f"ghcr.io/chronoshard/chronoshard:{APP_VERSION}"
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
@@ -60,57 +60,56 @@ class ShardSetSpec:
 def parse_shardset(spec: Mapping[str, Any] | None) -> ShardSetSpec:
     """Validate and default a ShardSet `spec` exactly as the CRD schema does; raise SpecError otherwise."""
     f = Fields.root(spec)
-    shards = f.int("shards", required=True, minimum=1, maximum=256)
-    image = f.str("image", default=DEFAULT_IMAGE, min_length=1, max_length=512)
-    pull = f.str("imagePullPolicy", default="IfNotPresent", enum=PULL_POLICIES)
+    shards = f.required_integer("shards", minimum=1, maximum=256)
+    image = f.string("image", default=DEFAULT_IMAGE, min_length=1, max_length=512)
+    pull = f.string("imagePullPolicy", default="IfNotPresent", enum=PULL_POLICIES)
     tables, descriptions = _tables(f)
-    key_algorithm = f.str("keyAlgorithm", default="AES-256-GCM", enum=KEY_ALGORITHMS)
+    key_algorithm = f.string("keyAlgorithm", default="AES-256-GCM", enum=KEY_ALGORITHMS)
     key_encryption = _key_encryption(f.obj("keyEncryption"))
 
     storage = f.obj("storage")
     storage_size = storage.quantity("size", default="1Gi")
-    storage_class = storage.str("storageClassName", min_length=1, max_length=253)
+    storage_class = storage.string("storageClassName", min_length=1, max_length=253)
     storage.done()
 
     cache = f.obj("cache")
     cache_size = cache.quantity("size", default="256Mi")
-    eviction = cache.str("evictionPolicy", default="scored", enum=EVICTION_POLICIES)
+    eviction = cache.string("evictionPolicy", default="scored", enum=EVICTION_POLICIES)
     cache.done()
 
     resources = _resources(f.obj("resources"))
     pod_template = _pod_template(f.obj("podTemplate"))
 
     pdb = f.obj("podDisruptionBudget")
-    max_unavailable = pdb.int("maxUnavailable", default=1, minimum=0)
+    max_unavailable = pdb.integer("maxUnavailable", default=1, minimum=0)
     pdb.done()
     f.done()
 
-    assert shards is not None and storage_size is not None and cache_size is not None
     return ShardSetSpec(
         shards=shards,
-        image=str(image),
-        image_pull_policy=str(pull),
+        image=image,
+        image_pull_policy=pull,
         tables=tables,
         table_descriptions=descriptions,
-        key_algorithm=str(key_algorithm),
+        key_algorithm=key_algorithm,
         storage_size=storage_size,
         storage_class=storage_class,
         cache_size=cache_size,
         cache_size_bytes=parse_quantity(cache_size, "spec.cache.size"),
-        eviction_policy=str(eviction),
+        eviction_policy=eviction,
         resources=resources,
         pod_template=pod_template,
-        pdb_max_unavailable=int(max_unavailable or 0),
+        pdb_max_unavailable=max_unavailable,
         key_encryption=key_encryption,
     )
 
 
 def _key_encryption(f: Fields) -> KeyEncryption:
-    provider = str(f.str("provider", default="embedded", enum=KEY_PROVIDERS))
+    provider = f.string("provider", default="embedded", enum=KEY_PROVIDERS)
     ref = f.maybe_obj("kekSecretRef")
-    kek_secret = None
+    kek_secret: str | None = None
     if ref is not None:
-        kek_secret = ref.str("name", required=True, pattern=SECRET_NAME_PATTERN, max_length=253)
+        kek_secret = ref.required_string("name", pattern=SECRET_NAME_PATTERN, max_length=253)
         ref.done()
     f.done()
     if kek_secret is not None and provider != "embedded":
@@ -120,15 +119,14 @@ def _key_encryption(f: Fields) -> KeyEncryption:
 
 
 def _tables(f: Fields) -> tuple[tuple[str, ...], dict[str, str]]:
-    items = f.list("tables", min_items=1, max_items=MAX_TABLES, default=[{"name": "default"}])
+    items = f.array("tables", min_items=1, max_items=MAX_TABLES, default=[{"name": "default"}])
     names: list[str] = []
     descriptions: dict[str, str] = {}
     for i, item in enumerate(items):
         t = Fields(item, f"spec.tables[{i}]")
-        name = t.str("name", required=True, pattern=TABLE_NAME_PATTERN, max_length=63)
-        description = t.str("description", max_length=256)
+        name = t.required_string("name", pattern=TABLE_NAME_PATTERN, max_length=63)
+        description = t.string("description", max_length=256)
         t.done()
-        assert name is not None
         if name in names:
             # list-map keyed by name: the API server reports the duplicate key as "Duplicate value".
             raise SpecError(f"spec.tables[{i}]", f"Duplicate value: table {name!r}")
@@ -159,17 +157,17 @@ def _resources(f: Fields) -> dict[str, dict[str, dict[str, str | int]]]:
 def _pod_template(f: Fields) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key in ("labels", "annotations", "nodeSelector"):
-        value = f.str_map(key)
+        value = f.string_map(key)
         if value:
             out[key] = value
-    tolerations = f.list("tolerations", max_items=MAX_TOLERATIONS)
+    tolerations = f.array("tolerations", max_items=MAX_TOLERATIONS)
     for i, item in enumerate(tolerations):
         if not isinstance(item, Mapping):
             raise SpecError(f"spec.podTemplate.tolerations[{i}]", "must be an object")
     if tolerations:
         out["tolerations"] = [dict(t) for t in tolerations]
-    priority = f.str("priorityClassName", min_length=1, max_length=253)
+    priority = f.string("priorityClassName", min_length=1, max_length=253)
     if priority is not None:
-        out["priorityClassName"] = check_str(priority, "spec.podTemplate.priorityClassName")
+        out["priorityClassName"] = priority
     f.done()
     return out

@@ -39,22 +39,20 @@ def parse_weaveplan(spec: Mapping[str, Any] | None) -> WeavePlanSpec:
 
     s = f.obj("split")
     size = s.quantity("sizeThreshold", default="512Mi")
-    load = s.int("loadThreshold", default=1000, minimum=1, maximum=10_000_000)
+    load = s.integer("loadThreshold", default=1000, minimum=1, maximum=10_000_000)
     min_size = s.quantity("minPartitionSize")
     s.done()
 
     interval = f.duration("interval", default="1h", positive=True)
-    mode = f.str("mode", default="weave", enum=MODES)
+    mode = f.string("mode", default="weave", enum=MODES)
 
     r = f.obj("retention")
-    max_snapshots = r.int("maxSnapshots", default=10, minimum=1, maximum=1000)
+    max_snapshots = r.integer("maxSnapshots", default=10, minimum=1, maximum=1000)
     max_age = r.duration("maxAge", default="168h", positive=True)
     r.done()
-    model = f.str("model", default="linear", enum=MODELS)
+    model = f.string("model", default="linear", enum=MODELS)
     f.done()
 
-    assert shardset is not None and window is not None and interval is not None and max_age is not None
-    assert size is not None
     if min_size is not None and not quantity_decimal(min_size) < quantity_decimal(size):
         raise SpecError("spec.split.minPartitionSize",
                         "split.minPartitionSize must be smaller than split.sizeThreshold")
@@ -64,13 +62,13 @@ def parse_weaveplan(spec: Mapping[str, Any] | None) -> WeavePlanSpec:
     return WeavePlanSpec(
         shardset=shardset,
         prediction_window=window,
-        confidence_threshold=float(confidence or 0),
+        confidence_threshold=confidence,
         split_size_threshold_bytes=parse_quantity(size, "spec.split.sizeThreshold"),
-        split_load_threshold=int(load or 0),
+        split_load_threshold=load,
         min_partition_size_bytes=None if min_size is None else parse_quantity(min_size, "spec.split.minPartitionSize"),
         interval=interval,
-        mode=str(mode),
-        max_snapshots=int(max_snapshots or 0),
+        mode=mode,
+        max_snapshots=max_snapshots,
         max_age=max_age,
-        model=str(model),
+        model=model,
     )

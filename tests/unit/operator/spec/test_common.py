@@ -68,11 +68,11 @@ def test_spec_error_is_a_value_error_naming_the_field():
 
 def test_fields_refuses_unknown_keys_and_wrong_types():
     f = Fields({"a": 1, "b": 2}, "spec")
-    assert f.int("a") == 1
+    assert f.integer("a") == 1
     with pytest.raises(SpecError, match=r"spec\.b: unknown field"):
         f.done()
     with pytest.raises(SpecError, match=r"spec\.a: must be an integer"):
-        Fields({"a": True}, "spec").int("a")
+        Fields({"a": True}, "spec").integer("a")
     with pytest.raises(SpecError, match=r"spec\.x: must be a number"):
         Fields({"x": "0.5"}, "spec").number("x")
     with pytest.raises(SpecError, match=r"spec: must be an object"):
@@ -82,14 +82,26 @@ def test_fields_refuses_unknown_keys_and_wrong_types():
 def test_fields_treats_null_as_absent_like_the_api_server():
     # The API server prunes nulls of non-nullable fields before defaulting, so null gets the default.
     f = Fields({"a": None, "s": None}, "spec")
-    assert f.int("a", default=7) == 7
-    assert f.str("s", default="x") == "x"
+    assert f.integer("a", default=7) == 7
+    assert f.string("s", default="x") == "x"
     f.done()
 
 
 def test_fields_datetime():
     f = Fields({"t": "2026-11-21T10:00:00.5+02:00", "z": "2026-11-21t10:00:00z", "bad": "2026-11-21"}, "spec")
-    assert f.datetime("t").utcoffset() == timedelta(hours=2)
-    assert f.datetime("z").tzinfo is not None
+    assert f.date_time("t").utcoffset() == timedelta(hours=2)
+    assert f.date_time("z").tzinfo is not None
     with pytest.raises(SpecError, match=r"spec\.bad"):
-        f.datetime("bad")
+        f.date_time("bad")
+
+
+def test_required_getters_refuse_an_absent_or_null_field():
+    f = Fields({"n": 3, "s": "x", "gone": None}, "spec")
+    assert f.required_integer("n", minimum=1) == 3
+    assert f.required_string("s") == "x"
+    with pytest.raises(SpecError, match=r"spec\.gone: Required value"):
+        f.required_string("gone")
+    with pytest.raises(SpecError, match=r"spec\.missing: Required value"):
+        f.required_integer("missing")
+    with pytest.raises(SpecError, match=r"spec\.ref: Required value"):
+        f.ref("ref")
