@@ -10,7 +10,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 from aiohttp import web
@@ -29,19 +29,18 @@ from chronoshard.shardnode.serving.http_common import (
     ApiError,
     bool_query,
     check_key,
-    error_middleware,
     float_query,
     int_query,
     json_body,
     key_param,
     keys_list,
-    openapi_handler,
     read_block_body,
     table_param,
 )
 from chronoshard.shardnode.serving.metrics import CacheMetrics
+from chronoshard.shardnode.serving.scaffold import Partitioning, Probes, Route, create_server_app
 from chronoshard.shardnode.serving.settings_watch import SettingsWatcher
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import Counter
 
 from .access_log import AccessLog
 from .cache import BlockCache, DecryptError, NotFound
@@ -52,6 +51,7 @@ log = logging.getLogger(__name__)
 # Routing headers a client sends are passed on to the node with writes (see routing.py).
 PASS_HEADERS = ("X-Chronoshard-Forwarded", "X-Chronoshard-Routed")
 MAX_HINTS = 1000
+HintT = TypeVar("HintT")
 
 
 @dataclass
@@ -71,9 +71,7 @@ class CacheConfig:
     prefetch_min_score: float = 0.0
     prefetch_budget_fraction: float = 0.5
     follow_changes: bool = True
-    partitions: Any = None  # routing.PartitionMapSource
-    shard_index: int | None = None
-    peers: Any = None  # routing.PeerURLs
+    partitioning: Partitioning | None = None  # when --partition-map is given (with the peers to forward to)
     settings_path: str | None = None  # cache.json, re-applied when the mounted ConfigMap changes
     kek_dir: Path | None = None  # the mounted KEK Secret (kek.key); needed for wrapped key versions
     key_cache_size: int = 64  # unwrapped table keys held (wrapped versions only)
@@ -184,8 +182,7 @@ class CacheApp:
         while True:
             table, key, score = await self.hints.get()
             try:
-                assert self.cache is not None
-                await self.cache.prefetch(table, key, score)
+                await self.bc.prefetch(table, key, score)
             except Exception:  # one bad hint must not kill the worker
                 log.exception("prefetch of %s/%s failed", table, key)
 
@@ -234,6 +231,11 @@ class CacheApp:
         if self.cache is None:
             raise ApiError(503, "not_ready", "cache is starting")
         return self.cache
+
+    def readiness(self) -> dict[str, Any]:
+        """The `/readyz` body: ready once a keyring is loaded and the node session is open."""
+        ready = self.cache is not None and self.keys.keyring is not None
+        return {"ready": ready, "keyring": self.keys.keyring is not None}
 
 
 CACHE = web.AppKey("chronoshard_cache", CacheApp)
@@ -372,23 +374,28 @@ def _hint_items(doc: dict[str, Any], field: str, what: str,
     return out
 
 
+def enqueue(queue: asyncio.Queue[HintT], hints: list[HintT], dropped: Counter) -> int:
+    """Queue hints without waiting; each that finds the queue full is counted as dropped (queue_full).
+    Returns how many were queued."""
+    queued = 0
+    for hint in hints:
+        try:
+            queue.put_nowait(hint)
+            queued += 1
+        except asyncio.QueueFull:
+            dropped.labels("queue_full").inc()
+    return queued
+
+
 async def prefetch(request: web.Request) -> web.StreamResponse:
     """POST /v1/prefetch {"hints": [{"table", "key", "score"}]}: queue background fetches (never blocks)."""
     st = state(request)
     parsed = _hint_items(await json_body(request), "hints", "hint", lambda item: check_key(item.get("key")))
-    queued = dropped = 0
-    for table, key, score in parsed:
-        if score < st.cfg.prefetch_min_score:
-            st.metrics.prefetch_dropped.labels("threshold").inc()
-            dropped += 1
-            continue
-        try:
-            st.hints.put_nowait((table, key, score))
-            queued += 1
-        except asyncio.QueueFull:
-            st.metrics.prefetch_dropped.labels("queue_full").inc()
-            dropped += 1
-    return web.json_response({"queued": queued, "dropped": dropped}, status=202)
+    wanted = [hint for hint in parsed if hint[2] >= st.cfg.prefetch_min_score]
+    if len(wanted) < len(parsed):
+        st.metrics.prefetch_dropped.labels("threshold").inc(len(parsed) - len(wanted))
+    queued = enqueue(st.hints, wanted, st.metrics.prefetch_dropped)
+    return web.json_response({"queued": queued, "dropped": len(parsed) - queued}, status=202)
 
 
 async def prefetch_keys(request: web.Request) -> web.StreamResponse:
@@ -401,15 +408,8 @@ async def prefetch_keys(request: web.Request) -> web.StreamResponse:
         if parsed:
             st.metrics.key_hints_dropped.labels("not_wrapped").inc(len(parsed))
         return web.json_response({"queued": 0, "dropped": len(parsed)}, status=202)
-    queued = dropped = 0
-    for hint in parsed:
-        try:
-            st.key_hints.put_nowait(hint)
-            queued += 1
-        except asyncio.QueueFull:
-            st.metrics.key_hints_dropped.labels("queue_full").inc()
-            dropped += 1
-    return web.json_response({"queued": queued, "dropped": dropped}, status=202)
+    queued = enqueue(st.key_hints, parsed, st.metrics.key_hints_dropped)
+    return web.json_response({"queued": queued, "dropped": len(parsed) - queued}, status=202)
 
 
 async def access_log(request: web.Request) -> web.StreamResponse:
@@ -454,55 +454,25 @@ async def stats(request: web.Request) -> web.StreamResponse:
                               "keyCache": {"wrapped": bool(ring is not None and ring.wrapped), **key_stats}})
 
 
-async def healthz(request: web.Request) -> web.StreamResponse:
-    """Liveness."""
-    return web.json_response({"ok": True})
-
-
-async def readyz(request: web.Request) -> web.StreamResponse:
-    """Ready once a keyring is loaded and the node session is open."""
-    st = state(request)
-    ready = st.cache is not None and st.keys.keyring is not None
-    return web.json_response({"ready": ready, "keyring": st.keys.keyring is not None}, status=200 if ready else 503)
-
-
-async def metrics(request: web.Request) -> web.StreamResponse:
-    """Prometheus exposition."""
-    return web.Response(body=generate_latest(state(request).metrics.registry),
-                        headers={"Content-Type": CONTENT_TYPE_LATEST})
+def routes() -> list[Route]:
+    """The cache's own routes (the scaffold adds the probes, metrics, openapi and partitions)."""
+    t = "/v1/tables/{table}"
+    return [Route("GET", t + "/blocks/{key}", get_block),
+            Route("PUT", t + "/blocks/{key}", put_block),
+            Route("DELETE", t + "/blocks/{key}", delete_block),
+            Route("POST", t + "/blocks:batchGet", batch_get),
+            Route("GET", t + "/blocks", scan),
+            Route("POST", "/v1/prefetch", prefetch),
+            Route("POST", "/v1/prefetch/keys", prefetch_keys),
+            Route("GET", "/v1/access-log", access_log),
+            Route("GET", "/v1/keys", keys),
+            Route("GET", "/v1/cache", stats)]
 
 
 def create_app(cfg: CacheConfig) -> web.Application:
     """Build the cache application."""
     st = CacheApp(cfg)
-    middlewares: list[Any] = [error_middleware(st.metrics.requests)]
-    if cfg.partitions is not None:
-        from chronoshard.shardnode.serving import routing
-
-        middlewares.append(routing.ownership_middleware(cfg.partitions, cfg.shard_index or 0, peers=cfg.peers))
-    app = web.Application(middlewares=middlewares, client_max_size=cfg.max_block_bytes + (1 << 20))
+    app = create_server_app(st, Probes(st.metrics.registry, st.readiness), routes(), requests=st.metrics.requests,
+                            openapi="cache", partitioning=cfg.partitioning, max_block_bytes=cfg.max_block_bytes)
     app[CACHE] = st
-    app.on_startup.append(st.start)
-    app.on_shutdown.append(st.shutting_down)
-    app.on_cleanup.append(st.stop)
-    t = "/v1/tables/{table}"
-    app.router.add_get(t + "/blocks/{key}", get_block, allow_head=False)
-    app.router.add_put(t + "/blocks/{key}", put_block)
-    app.router.add_delete(t + "/blocks/{key}", delete_block)
-    app.router.add_post(t + "/blocks:batchGet", batch_get)
-    app.router.add_get(t + "/blocks", scan, allow_head=False)
-    app.router.add_post("/v1/prefetch", prefetch)
-    app.router.add_post("/v1/prefetch/keys", prefetch_keys)
-    app.router.add_get("/v1/access-log", access_log, allow_head=False)
-    app.router.add_get("/v1/keys", keys, allow_head=False)
-    app.router.add_get("/v1/cache", stats, allow_head=False)
-    app.router.add_get("/healthz", healthz, allow_head=False)
-    app.router.add_get("/readyz", readyz, allow_head=False)
-    app.router.add_get("/metrics", metrics, allow_head=False)
-    app.router.add_get("/openapi.json", openapi_handler("cache"), allow_head=False)
-    if cfg.partitions is not None:
-        from chronoshard.shardnode.serving import routing
-
-        app.cleanup_ctx.append(routing.forward_session_ctx)
-        app.router.add_get("/v1/partitions", routing.partitions_handler(cfg.partitions), allow_head=False)
     return app

@@ -7,10 +7,17 @@ import logging
 import os
 from pathlib import Path
 
-from aiohttp import web
 from chronoshard.shardnode.node.server import NodeConfig, create_app
-from chronoshard.shardnode.serving.http_common import SERVER_LIMITS, load_json_config, setup_logging
-from chronoshard.shardnode.serving.routing import partition_setup
+from chronoshard.shardnode.serving.scaffold import (
+    add_keyring_args,
+    add_partition_args,
+    add_settings_arg,
+    load_settings,
+    parse_process_args,
+    partitioning_from_args,
+    process_parser,
+    run,
+)
 
 from .store import StoreLocked
 
@@ -19,44 +26,28 @@ log = logging.getLogger("chronoshard.node")
 
 def parser() -> argparse.ArgumentParser:
     """Command-line flags (docs/interfaces.md); each falls back to a CHRONOSHARD_NODE_* variable."""
-    env = os.environ.get
-    p = argparse.ArgumentParser(prog="chronoshard-node", description="chronoshard shard node (encrypted block store)")
-    p.add_argument("--host", default=env("CHRONOSHARD_NODE_HOST", env("POD_IP", "127.0.0.1")),
-                   help="address to bind (default: $POD_IP or 127.0.0.1)")
-    p.add_argument("--port", type=int, default=int(env("CHRONOSHARD_NODE_PORT", "7400")))
-    data_dir, keyring_dir = env("CHRONOSHARD_NODE_DATA_DIR"), env("CHRONOSHARD_KEYRING_DIR")
+    p = process_parser("chronoshard-node", "chronoshard shard node (encrypted block store)", port=7400,
+                       env_prefix="CHRONOSHARD_NODE")
+    data_dir = os.environ.get("CHRONOSHARD_NODE_DATA_DIR")
     p.add_argument("--data-dir", default=data_dir, required=not data_dir, help="directory holding the SQLite store")
-    p.add_argument("--keyring-dir", default=keyring_dir, required=not keyring_dir,
-                   help="mounted keyring Secret directory")
-    p.add_argument("--kek-dir", default=env("CHRONOSHARD_KEK_DIR"),
-                   help="mounted KEK Secret directory (kek.key); required when the keyring holds v<N>.wrapped")
-    p.add_argument("--partition-map", default=env("CHRONOSHARD_PARTITION_MAP"), help="partition map file (map.json)")
-    p.add_argument("--shard-index", type=int, default=None,
-                   help="this shard's index (default: the ordinal in $POD_NAME)")
-    p.add_argument("--config", default=env("CHRONOSHARD_NODE_CONFIG"), help="node.json settings file")
-    p.add_argument("--log-level", default=env("CHRONOSHARD_LOG_LEVEL", "INFO"))
+    add_keyring_args(p)
+    add_partition_args(p)
+    add_settings_arg(p, "CHRONOSHARD_NODE_CONFIG", "node.json")
     return p
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point."""
-    args = parser().parse_args(argv)
-    setup_logging(args.log_level)
+    args = parse_process_args(parser(), argv)
     cfg = NodeConfig(data_dir=Path(args.data_dir), keyring_dir=Path(args.keyring_dir),
                      kek_dir=Path(args.kek_dir) if args.kek_dir else None)
-    cfg.apply(load_json_config(args.config))  # now, because the body size limit is fixed when the app is built
-    cfg.settings_path = args.config
-    cfg.partitions, cfg.shard_index = partition_setup(args.partition_map, args.shard_index)
+    load_settings(cfg, args.config)
+    cfg.partitioning = partitioning_from_args(args)
     try:
-        _run(cfg, args.host, args.port)
+        run(create_app(cfg), args.host, args.port)
     except StoreLocked as exc:
         log.error("%s; refusing to start a second node on it", exc)
         raise SystemExit(2) from None
-
-
-def _run(cfg: NodeConfig, host: str, port: int) -> None:
-    web.run_app(create_app(cfg), host=host, port=port, access_log=None, print=None, shutdown_timeout=10,
-                **SERVER_LIMITS)
 
 
 if __name__ == "__main__":

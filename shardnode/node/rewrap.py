@@ -6,6 +6,7 @@ import asyncio
 import logging
 import sqlite3
 import time
+from functools import partial
 from typing import Any
 
 from chronoshard.shardnode.keys.crypto import IntegrityError, open_block, seal_block
@@ -140,7 +141,7 @@ class RewrapRunner:
         while True:
             try:
                 ring = self.store.current_keyring()
-                st = await self.store.write(lambda c, r=ring: batch_in_txn(c, r))
+                st = await self.store.write(partial(batch_in_txn, keyring=ring))
             except Exception:
                 log.exception("rewrap batch failed; retrying")
                 await asyncio.sleep(1.0)

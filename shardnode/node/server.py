@@ -7,6 +7,7 @@ import base64
 import logging
 import sqlite3
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,19 +18,17 @@ from chronoshard.shardnode.keys.provider import EmbeddedKeyProvider, KeyCache, k
 from chronoshard.shardnode.serving.http_common import (
     ApiError,
     bool_query,
-    error_middleware,
     float_query,
     int_query,
     json_body,
     key_param,
     keys_list,
-    openapi_handler,
     read_block_body,
     table_param,
 )
 from chronoshard.shardnode.serving.metrics import NodeMetrics
+from chronoshard.shardnode.serving.scaffold import Partitioning, Probes, Route, create_server_app
 from chronoshard.shardnode.serving.settings_watch import SettingsWatcher
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from . import changelog, rewrap
 from .store import (
@@ -38,12 +37,11 @@ from .store import (
     StoredBlock,
     WriteResult,
     block_count,
-    connect,
     get_block,
     scan_blocks,
     version_counts,
 )
-from .verify import VerifyReport, run_verify
+from .verify import VerifyReport, VerifyRunner, VerifyRunning
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +61,7 @@ class NodeConfig:
     change_log_retain: int = 1_000_000  # entries kept; older ones are trimmed (readers see `gap`)
     max_response_bytes: int = 64 << 20  # block bytes one batch or scan answer may carry
     trim_interval_seconds: float = 10.0
-    partitions: Any = None  # routing.PartitionMapSource when --partition-map is given
-    shard_index: int | None = None
+    partitioning: Partitioning | None = None  # when --partition-map is given
     settings_path: str | None = None  # node.json, re-applied when the mounted ConfigMap changes
     # How long a write waits for a new primary while the current one is marked compromised (then 503).
     compromised_write_hold_seconds: float = 20.0
@@ -107,9 +104,9 @@ class Node:
         self.settings = SettingsWatcher(cfg.settings_path, self._apply_settings, self.metrics.settings.observe)
         self.store: Store | None = None
         self.rewrap: rewrap.RewrapRunner | None = None
-        self.verify_task: asyncio.Task[VerifyReport] | None = None
-        self.last_verify: VerifyReport | None = None
-        self.verify_error: str | None = None
+        # The verify thread checks `closing` between blocks, so a shutdown ends a long scan.
+        self.verify = VerifyRunner(should_stop=lambda: self.closing)
+        self.verify.on_report.append(self._verify_done)
         self._changed = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self.closing = False
@@ -120,22 +117,21 @@ class Node:
         loop = asyncio.get_running_loop()
         await asyncio.to_thread(self.keys.poll)
         self.store = await asyncio.to_thread(Store, self.cfg.data_dir, lambda: self.keys.keyring)
-        self.store.commit_listeners.append(lambda: loop.call_soon_threadsafe(self._wake))
-        self.rewrap = rewrap.RewrapRunner(self.store, self.cfg.rewrap_pause_seconds)
-        self.rewrap.on_batch.append(self._rewrap_progress)
+        self.store.commit_listeners.append(lambda: self._wake_from_thread(loop))
+        runner = self.rewrap = rewrap.RewrapRunner(self.store, self.cfg.rewrap_pause_seconds)
+        runner.on_batch.append(self._rewrap_progress)
         self._tasks.append(asyncio.create_task(self.keys.run(self.cfg.keyring_poll_seconds), name="keyring-watch"))
         self._tasks.append(asyncio.create_task(self.settings.run(self.cfg.keyring_poll_seconds), name="settings"))
         self._tasks.append(asyncio.create_task(self._trim_loop(), name="changelog-trim"))
         if self.keys.keyring is not None:
-            await self.rewrap.resume_if_running()
+            await runner.resume_if_running()
         else:
-            self._tasks.append(asyncio.create_task(self._resume_when_keyring()))
+            self._tasks.append(asyncio.create_task(self._resume_when_keyring(runner)))
 
-    async def _resume_when_keyring(self) -> None:
+    async def _resume_when_keyring(self, runner: rewrap.RewrapRunner) -> None:
         while self.keys.keyring is None:
             await asyncio.sleep(self.cfg.keyring_poll_seconds)
-        assert self.rewrap is not None
-        await self.rewrap.resume_if_running()
+        await runner.resume_if_running()
 
     async def shutting_down(self, app: web.Application) -> None:
         """Release long-polling readers so a graceful shutdown does not wait for them."""
@@ -148,9 +144,7 @@ class Node:
             task.cancel()
         if self.rewrap:
             await self.rewrap.stop()
-        if self.verify_task:
-            self.closing = True  # the verify thread checks this between blocks
-            self.verify_task.cancel()
+        await self.verify.stop()
         if self.store:
             await asyncio.to_thread(self.store.close)
 
@@ -159,7 +153,7 @@ class Node:
             await asyncio.sleep(self.cfg.trim_interval_seconds)
             retain = self.cfg.change_log_retain
             try:
-                gone = await self.db.write(lambda c, r=retain: changelog.trim(c, r))
+                gone = await self.db.write(partial(changelog.trim, retain=retain))
             except Exception:
                 log.exception("change-log trim failed")
                 continue
@@ -173,6 +167,9 @@ class Node:
         if self.key_cache is not None:
             self.key_cache.resize(self.cfg.key_cache_size)
 
+    def _wake_from_thread(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.call_soon_threadsafe(self._wake)  # commits happen on the writer thread
+
     def _wake(self) -> None:
         # Long-polling change readers wait on this event; replace it so each wait sees the next commit.
         self._changed.set()
@@ -181,12 +178,45 @@ class Node:
     def _rewrap_progress(self, st: dict[str, Any]) -> None:
         self.metrics.rewrap_running.set(1 if st["state"] == "running" else 0)
 
+    def _verify_done(self, report: VerifyReport) -> None:
+        m = self.metrics
+        m.verify_runs.labels(report.mode).inc()
+        m.verify_blocks.labels("ok").inc(report.ok)
+        m.verify_blocks.labels("corrupt").inc(report.corrupt)
+        m.verify_blocks.labels("missing_key").inc(report.missing_key)
+        m.verify_last_failures.set(report.corrupt + report.missing_key)
+        for p in report.problems:
+            if p["reason"] != "missing-key":
+                m.integrity_failures.labels("verify", p["reason"]).inc()
+
+    def readiness(self) -> dict[str, Any]:
+        """The `/readyz` body: ready once the store is open and a keyring is loaded."""
+        ready = self.store is not None and self.keys.keyring is not None
+        return {"ready": ready, "keyring": self.keys.keyring is not None, "store": self.store is not None}
+
+    async def refresh_gauges(self) -> None:
+        """Before a scrape: block counts per version and the last LSN, read from the store."""
+        if self.store is None:
+            return
+        counts = await self.db.read(version_counts)
+        self.metrics.blocks.clear()
+        for v, n in counts.items():
+            self.metrics.blocks.labels(str(v)).set(n)
+        self.metrics.last_lsn.set(await self.db.read(changelog.last_lsn))
+
     @property
     def db(self) -> Store:
         """The open store (503 before start-up finished)."""
         if self.store is None:
             raise ApiError(503, "not_ready", "store is not open yet")
         return self.store
+
+    @property
+    def rewrapper(self) -> rewrap.RewrapRunner:
+        """The rewrap runner (503 before start-up finished)."""
+        if self.rewrap is None:
+            raise ApiError(503, "not_ready", "store is not open yet")
+        return self.rewrap
 
     def open(self, block: StoredBlock, source: str = "read") -> bytes:
         """Decrypt a stored block for serving; ApiError (never plaintext) when it cannot be trusted."""
@@ -219,10 +249,11 @@ def charge(node: Node, total: int, size: int) -> int:
 
 def misdirected(node: Node, table: str, key: str) -> dict[str, Any] | None:
     """Inline 421-style error for one key of a batch that this shard does not own (None if owned)."""
-    if node.cfg.partitions is None:
+    part = node.cfg.partitioning
+    if part is None:
         return None
     try:
-        m = node.cfg.partitions.check(node.cfg.shard_index or 0, table, key)
+        m = part.source.check(part.shard_index, table, key)
     except RuntimeError as exc:  # routing.NoPartitionMap: refuse rather than guess ownership
         return {"error": "unavailable", "message": str(exc)}
     return None if m is None else m.body()
@@ -447,9 +478,8 @@ async def rewrap_start(request: web.Request) -> web.Response:
     unknown = set(doc) - {"batchSize", "pauseSeconds"}
     if unknown:
         raise ApiError(400, "invalid_body", f"unknown fields: {sorted(unknown)}")
-    assert node.rewrap is not None
     try:
-        await node.rewrap.start(batch, None if pause is None else float(pause))
+        await node.rewrapper.start(batch, None if pause is None else float(pause))
     except NoKeyring:
         raise ApiError(503, "no_keyring", "no keyring is loaded") from None
     return web.json_response(await node.db.read(rewrap.progress), status=202)
@@ -460,133 +490,68 @@ async def rewrap_status(request: web.Request) -> web.Response:
     return web.json_response(await node_of(request).db.read(rewrap.progress))
 
 
-def verify_status_body(node: Node) -> dict[str, Any]:
-    """The `GET /v1/verify` body."""
-    running = node.verify_task is not None and not node.verify_task.done()
-    state = "running" if running else ("failed" if node.verify_error else ("done" if node.last_verify else "idle"))
-    return {"state": state, "error": node.verify_error,
-            "last": node.last_verify.to_json() if node.last_verify else None}
-
-
-async def verify_start(request: web.Request) -> web.Response:
-    """POST /v1/verify {"mode": "full"|"sample", "sample": n}: start a scan (one at a time)."""
-    node = node_of(request)
-    doc = await json_body(request, required=False)
+def verify_sample(doc: dict[str, Any]) -> int | None:
+    """The validated `POST /v1/verify` body: None for a full scan, else the sample size."""
     unknown = set(doc) - {"mode", "sample"}
     if unknown:
         raise ApiError(400, "invalid_body", f"unknown fields: {sorted(unknown)}")
     mode = doc.get("mode", "full")
     if mode not in ("full", "sample"):
         raise ApiError(400, "invalid_body", "mode must be full or sample")
-    sample: int | None = None
-    if mode == "sample":
-        sample = doc.get("sample", 100)
-        if not isinstance(sample, int) or isinstance(sample, bool) or not 1 <= sample <= 1_000_000:
-            raise ApiError(400, "invalid_body", "sample must be an integer between 1 and 1000000")
-    elif "sample" in doc:
-        raise ApiError(400, "invalid_body", "sample is only allowed with mode=sample")
+    if mode == "full":
+        if "sample" in doc:
+            raise ApiError(400, "invalid_body", "sample is only allowed with mode=sample")
+        return None
+    sample = doc.get("sample", 100)
+    if not isinstance(sample, int) or isinstance(sample, bool) or not 1 <= sample <= 1_000_000:
+        raise ApiError(400, "invalid_body", "sample must be an integer between 1 and 1000000")
+    return sample
+
+
+async def verify_start(request: web.Request) -> web.Response:
+    """POST /v1/verify {"mode": "full"|"sample", "sample": n}: start a scan (one at a time)."""
+    node = node_of(request)
+    sample = verify_sample(await json_body(request, required=False))
     ring = node.keys.keyring
     if ring is None:
         raise ApiError(503, "no_keyring", "no keyring is loaded")
-    if node.verify_task is not None and not node.verify_task.done():
-        raise ApiError(409, "verify_running", "a verify run is already in progress")
-    path = node.db.path
-
-    def work() -> VerifyReport:
-        conn = connect(path)  # its own connection: a long read snapshot must not occupy a reader slot
-        try:
-            return run_verify(conn, ring, sample, should_stop=lambda: node.closing)
-        finally:
-            conn.close()
-
-    async def run() -> VerifyReport:
-        try:
-            report = await asyncio.to_thread(work)
-        except Exception as exc:
-            node.verify_error = f"verify failed: {exc}"
-            raise
-        node.verify_error = None
-        node.last_verify = report
-        m = node.metrics
-        m.verify_runs.labels(report.mode).inc()
-        m.verify_blocks.labels("ok").inc(report.ok)
-        m.verify_blocks.labels("corrupt").inc(report.corrupt)
-        m.verify_blocks.labels("missing_key").inc(report.missing_key)
-        m.verify_last_failures.set(report.corrupt + report.missing_key)
-        for p in report.problems:
-            if p["reason"] != "missing-key":
-                m.integrity_failures.labels("verify", p["reason"]).inc()
-        return report
-
-    node.verify_task = asyncio.create_task(run(), name="verify")
-    return web.json_response(verify_status_body(node), status=202)
+    try:
+        node.verify.start(node.db.path, ring, sample)
+    except VerifyRunning as exc:
+        raise ApiError(409, "verify_running", str(exc)) from None
+    return web.json_response(node.verify.status(), status=202)
 
 
 async def verify_status(request: web.Request) -> web.Response:
     """GET /v1/verify: state and the last report (with digest)."""
-    return web.json_response(verify_status_body(node_of(request)))
+    return web.json_response(node_of(request).verify.status())
 
 
-# ---- probes and metrics ------------------------------------------------------------------------
-async def healthz(request: web.Request) -> web.Response:
-    """Liveness: the event loop answers."""
-    return web.json_response({"ok": True})
-
-
-async def readyz(request: web.Request) -> web.Response:
-    """Readiness: the store is open and a keyring is loaded."""
-    node = node_of(request)
-    ready = node.store is not None and node.keys.keyring is not None
-    body = {"ready": ready, "keyring": node.keys.keyring is not None, "store": node.store is not None}
-    return web.json_response(body, status=200 if ready else 503)
-
-
-async def metrics(request: web.Request) -> web.Response:
-    """Prometheus exposition; block gauges are refreshed from the store at scrape time."""
-    node = node_of(request)
-    if node.store is not None:
-        counts = await node.db.read(version_counts)
-        node.metrics.blocks.clear()
-        for v, n in counts.items():
-            node.metrics.blocks.labels(str(v)).set(n)
-        node.metrics.last_lsn.set(await node.db.read(changelog.last_lsn))
-    return web.Response(body=generate_latest(node.metrics.registry),
-                        headers={"Content-Type": CONTENT_TYPE_LATEST})
+def routes() -> list[Route]:
+    """The node's own routes (the scaffold adds the probes, metrics, openapi and partitions)."""
+    t = "/v1/tables/{table}"
+    return [Route("PUT", t + "/blocks/{key}", put_block),
+            Route("GET", t + "/blocks/{key}", get_block_h),
+            Route("DELETE", t + "/blocks/{key}", delete_block),
+            Route("POST", t + "/blocks:batchGet", batch_get_blocks),
+            Route("GET", t + "/blocks", scan),
+            Route("GET", t + "/frames/{key}", get_frame),
+            Route("POST", t + "/frames:batchGet", batch_get_frames),
+            Route("GET", "/v1/changes", changes),
+            Route("GET", "/v1/keys", keys),
+            Route("POST", "/v1/rewrap", rewrap_start),
+            Route("GET", "/v1/rewrap", rewrap_status),
+            Route("POST", "/v1/verify", verify_start),
+            Route("GET", "/v1/verify", verify_status)]
 
 
 def create_app(cfg: NodeConfig) -> web.Application:
     """Build the node application (the store opens on startup, closes on cleanup)."""
     node = Node(cfg)
-    middlewares: list[Any] = [error_middleware(node.metrics.requests)]
-    if cfg.partitions is not None:
-        from chronoshard.shardnode.serving import routing
-
-        middlewares.append(routing.ownership_middleware(cfg.partitions, cfg.shard_index or 0))
-    app = web.Application(middlewares=middlewares, client_max_size=cfg.max_block_bytes + (1 << 20))
+    app = create_server_app(node, Probes(node.metrics.registry, node.readiness, node.refresh_gauges), routes(),
+                            requests=node.metrics.requests, openapi="node", partitioning=cfg.partitioning,
+                            max_block_bytes=cfg.max_block_bytes)
     app[NODE] = node
-    app.on_startup.append(node.start)
-    app.on_shutdown.append(node.shutting_down)
-    app.on_cleanup.append(node.stop)
-    t = "/v1/tables/{table}"
-    app.router.add_put(t + "/blocks/{key}", put_block)
-    app.router.add_get(t + "/blocks/{key}", get_block_h, allow_head=False)
-    app.router.add_delete(t + "/blocks/{key}", delete_block)
-    app.router.add_post(t + "/blocks:batchGet", batch_get_blocks)
-    app.router.add_get(t + "/blocks", scan, allow_head=False)
-    app.router.add_get(t + "/frames/{key}", get_frame, allow_head=False)
-    app.router.add_post(t + "/frames:batchGet", batch_get_frames)
-    app.router.add_get("/v1/changes", changes, allow_head=False)
-    app.router.add_get("/v1/keys", keys, allow_head=False)
-    app.router.add_post("/v1/rewrap", rewrap_start)
-    app.router.add_get("/v1/rewrap", rewrap_status, allow_head=False)
-    app.router.add_post("/v1/verify", verify_start)
-    app.router.add_get("/v1/verify", verify_status, allow_head=False)
-    app.router.add_get("/healthz", healthz, allow_head=False)
-    app.router.add_get("/readyz", readyz, allow_head=False)
-    app.router.add_get("/metrics", metrics, allow_head=False)
-    app.router.add_get("/openapi.json", openapi_handler("node"), allow_head=False)
-    if cfg.partitions is not None:
-        app.router.add_get("/v1/partitions", routing.partitions_handler(cfg.partitions), allow_head=False)
     return app
 
 

@@ -1,19 +1,23 @@
-"""Data Integrity Verifier: decrypt-and-check scans (full or sampled) and a Merkle-style shard digest."""
+"""Data Integrity Verifier: decrypt-and-check scans (full or sampled), a Merkle-style shard digest, and the
+runner that does one scan at a time beside the serving event loop."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import sqlite3
 import struct
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from chronoshard.shardnode.keys.crypto import IntegrityError, open_block
 from chronoshard.shardnode.keys.keyring import Keyring, MissingKeyVersion
 
-from .store import KEYSPACE_OFFSET
+from .store import KEYSPACE_OFFSET, connect
 
 MAX_PROBLEMS = 100
 BUCKET_BITS = 8  # 256 leaves-of-the-root, each a contiguous keyspace range
@@ -140,3 +144,66 @@ def run_verify(conn: sqlite3.Connection, keyring: Keyring, sample: int | None = 
         conn.execute("COMMIT")
     report.finished = time.time()
     return report
+
+
+class VerifyRunning(RuntimeError):
+    """A verify run is already in progress (one at a time)."""
+
+
+class VerifyRunner:
+    """Runs one verify scan at a time in a worker thread, keeps the last report or error, and tells
+    ``on_report`` callbacks about each finished scan."""
+
+    def __init__(self, should_stop: Callable[[], bool] = lambda: False) -> None:
+        self._should_stop = should_stop
+        self._stopping = False
+        self._task: asyncio.Task[VerifyReport] | None = None
+        self.last: VerifyReport | None = None
+        self.error: str | None = None
+        self.on_report: list[Callable[[VerifyReport], None]] = []
+
+    @property
+    def running(self) -> bool:
+        """True while a scan is in progress."""
+        return self._task is not None and not self._task.done()
+
+    def start(self, db_path: Path, keyring: Keyring, sample: int | None) -> None:
+        """Start a full scan (sample=None) or a sampled one of the store at ``db_path``; VerifyRunning if one runs."""
+        if self.running:
+            raise VerifyRunning("a verify run is already in progress")
+        self._task = asyncio.create_task(self._run(db_path, keyring, sample), name="verify")
+
+    def _stop_requested(self) -> bool:
+        return self._stopping or self._should_stop()
+
+    def _scan(self, db_path: Path, keyring: Keyring, sample: int | None) -> VerifyReport:
+        conn = connect(db_path)  # its own connection: a long read snapshot must not occupy a reader slot
+        try:
+            return run_verify(conn, keyring, sample, should_stop=self._stop_requested)
+        finally:
+            conn.close()
+
+    async def _run(self, db_path: Path, keyring: Keyring, sample: int | None) -> VerifyReport:
+        try:
+            report = await asyncio.to_thread(self._scan, db_path, keyring, sample)
+        except Exception as exc:
+            self.error = f"verify failed: {exc}"
+            raise
+        self.error = None
+        self.last = report
+        for cb in self.on_report:
+            cb(report)
+        return report
+
+    def status(self) -> dict[str, Any]:
+        """The `GET /v1/verify` body: state, the last error and the last report."""
+        state = "running" if self.running else ("failed" if self.error else ("done" if self.last else "idle"))
+        return {"state": state, "error": self.error, "last": self.last.to_json() if self.last else None}
+
+    async def stop(self) -> None:
+        """Stop a running scan (the thread checks between blocks; its result is dropped)."""
+        self._stopping = True
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task

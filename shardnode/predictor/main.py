@@ -6,8 +6,8 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import os
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -18,8 +18,15 @@ from chronoshard.shardnode.predictor.access import Access, AccessLogError, parse
 from chronoshard.shardnode.predictor.config import ConfigFile, PredictorConfig
 from chronoshard.shardnode.predictor.engine import Hint, Predictor
 from chronoshard.shardnode.predictor.keys import KeyHint, KeyPredictor
-from chronoshard.shardnode.serving.http_common import setup_logging
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from chronoshard.shardnode.serving.http_common import Handler
+from chronoshard.shardnode.serving.scaffold import (
+    Probes,
+    Route,
+    create_server_app,
+    parse_process_args,
+    process_parser,
+    run,
+)
 
 log = logging.getLogger("chronoshard.predictor")
 
@@ -67,13 +74,19 @@ class PredictorService:
         if self.config.error and self.config.error != had_error:
             self.predictor.metrics.config_errors.inc()
 
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The session to the cache (opened on start-up)."""
+        if self._session is None:
+            raise RuntimeError("the predictor has not started")
+        return self._session
+
     async def _fetch_page(self, wait: float = 0.0) -> list[dict[str, Any]]:
-        assert self._session is not None
         url = f"{self.cache_url}/v1/access-log"
         params = {"after": str(self.cursor), "limit": str(PAGE)}
         if wait > 0:
             params["wait"] = f"{wait:g}"
-        async with self._session.get(url, params=params) as r:
+        async with self.session.get(url, params=params) as r:
             if r.status != 200:
                 raise RuntimeError(f"GET /v1/access-log answered {r.status}")
             doc = await r.json()
@@ -86,25 +99,21 @@ class PredictorService:
             self.cursor = int(entries[-1]["seq"])
         return entries
 
-    async def _send(self, hints: list[Hint]) -> None:
-        assert self._session is not None
+    async def _post_hints(self, path: str, field: str, hints: Sequence[Hint | KeyHint], error_label: str) -> None:
+        # In bodies the cache accepts; the first refusal stops the rest (counted and logged once).
         for i in range(0, len(hints), MAX_HINTS_PER_POST):
-            body = {"hints": [h.to_json() for h in hints[i:i + MAX_HINTS_PER_POST]]}
-            async with self._session.post(f"{self.cache_url}/v1/prefetch", json=body) as r:
+            body = {field: [h.to_json() for h in hints[i:i + MAX_HINTS_PER_POST]]}
+            async with self.session.post(f"{self.cache_url}{path}", json=body) as r:
                 if r.status >= 300:
-                    self.predictor.metrics.cache_errors.labels("prefetch").inc()
-                    log.warning("POST /v1/prefetch answered %s: %s", r.status, (await r.text())[:200])
+                    self.predictor.metrics.cache_errors.labels(error_label).inc()
+                    log.warning("POST %s answered %s: %s", path, r.status, (await r.text())[:200])
                     return
 
+    async def _send(self, hints: list[Hint]) -> None:
+        await self._post_hints("/v1/prefetch", "hints", hints, "prefetch")
+
     async def _send_keys(self, hints: list[KeyHint]) -> None:
-        assert self._session is not None
-        for i in range(0, len(hints), MAX_HINTS_PER_POST):
-            body = {"keys": [h.to_json() for h in hints[i:i + MAX_HINTS_PER_POST]]}
-            async with self._session.post(f"{self.cache_url}/v1/prefetch/keys", json=body) as r:
-                if r.status >= 300:
-                    self.predictor.metrics.cache_errors.labels("prefetch_keys").inc()
-                    log.warning("POST /v1/prefetch/keys answered %s: %s", r.status, (await r.text())[:200])
-                    return
+        await self._post_hints("/v1/prefetch/keys", "keys", hints, "prefetch_keys")
 
     def _observe(self, accesses: list[Access], now: float) -> tuple[list[Hint], list[KeyHint]]:
         # Both pipelines in one worker-thread call: their CPU work stays off the event loop.
@@ -159,6 +168,9 @@ class PredictorService:
         self._task = asyncio.create_task(self._loop())
         self.started = True
 
+    async def shutting_down(self, app: web.Application) -> None:
+        """aiohttp on_shutdown: nothing long-polls the predictor, so nothing to release."""
+
     async def stop(self, app: web.Application) -> None:
         """aiohttp on_cleanup."""
         if self._task is not None:
@@ -169,59 +181,47 @@ class PredictorService:
             await self._session.close()
         await asyncio.to_thread(self._executor.shutdown, True, cancel_futures=True)
 
+    def readiness(self) -> dict[str, Any]:
+        """The `/readyz` body: ready once started (a cache outage shows in /v1/status and metrics, not as a
+        flapping pod)."""
+        return {"ready": self.started}
+
     def status(self) -> dict[str, Any]:
         """`GET /v1/status` body."""
         return {**self.predictor.status(), "keyHints": self.keys.status(), "cursor": self.cursor,
                 "cacheError": self.cache_error, "configError": self.config.error}
 
 
-def create_app(service: PredictorService) -> web.Application:
-    """The predictor's HTTP app."""
-    app = web.Application()
-
-    async def healthz(request: web.Request) -> web.StreamResponse:
-        return web.json_response({"ok": True})
-
-    async def readyz(request: web.Request) -> web.StreamResponse:
-        # Ready once started: a cache outage shows in /v1/status and metrics, not as a flapping pod.
-        return web.json_response({"ready": service.started}, status=200 if service.started else 503)
-
-    async def metrics(request: web.Request) -> web.StreamResponse:
-        return web.Response(body=generate_latest(service.predictor.metrics.registry),
-                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+def status_handler(service: PredictorService) -> Handler:
+    """GET /v1/status: the model, hint counters, cursor and errors."""
 
     async def status(request: web.Request) -> web.StreamResponse:
         return web.json_response(service.status())
 
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/v1/status", status)
-    app.on_startup.append(service.start)
-    app.on_cleanup.append(service.stop)
-    return app
+    return status
+
+
+def create_app(service: PredictorService) -> web.Application:
+    """The predictor's HTTP app (aiohttp's own error pages and HEAD routes, as before the scaffold)."""
+    probes = Probes(service.predictor.metrics.registry, service.readiness)
+    return create_server_app(service, probes, [Route("GET", "/v1/status", status_handler(service))],
+                             json_errors=False, allow_head=True)
 
 
 def parser() -> argparse.ArgumentParser:
     """Command-line flags (docs/interfaces.md)."""
-    env = os.environ.get
-    p = argparse.ArgumentParser(prog="chronoshard-predictor", description="chronoshard prefetch predictor")
-    p.add_argument("--host", default=env("POD_IP", "127.0.0.1"), help="address to bind (default: $POD_IP or 127.0.0.1)")
-    p.add_argument("--port", type=int, default=7402)
+    p = process_parser("chronoshard-predictor", "chronoshard prefetch predictor", port=7402)
     p.add_argument("--cache-url", required=True, help="base URL of this shard's cache")
     p.add_argument("--data-dir", required=True, type=Path, help="where the model is kept (the shard's volume)")
     p.add_argument("--config", type=Path, default=None, help="predictor.json (written by the PrefetchPolicy)")
-    p.add_argument("--log-level", default=env("CHRONOSHARD_LOG_LEVEL", "INFO"))
     return p
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point."""
-    args = parser().parse_args(argv)
-    setup_logging(args.log_level)
+    args = parse_process_args(parser(), argv)
     service = PredictorService(args.cache_url, args.data_dir, args.config)
-    web.run_app(create_app(service), host=args.host, port=args.port, access_log=None, print=None,
-                shutdown_timeout=10)
+    run(create_app(service), args.host, args.port, long_request_lines=False)
 
 
 if __name__ == "__main__":

@@ -7,10 +7,8 @@ import logging
 import re
 import sys
 from collections.abc import Awaitable, Callable
-from importlib import resources
-from typing import Any
+from typing import Any, TypedDict
 
-import yaml
 from aiohttp import web
 from prometheus_client import Counter
 
@@ -20,9 +18,20 @@ TABLE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 # Keys travel as one URL path segment: no "/" and no control characters.
 KEY_RE = re.compile(r"[^\x00-\x1f\x7f/]{1,1024}")
 MAX_BATCH_KEYS = 1000
+
+
+class ServerLimits(TypedDict):
+    """The HTTP parser's limits (keyword arguments of web.run_app and web.AppRunner)."""
+
+    max_line_size: int
+    max_field_size: int
+
+
 # aiohttp's parser answers over-long request lines with a text/plain 400 before any middleware runs;
 # a 1024-character key percent-encodes to up to ~12 KiB, so allow lines far beyond any valid request.
-SERVER_LIMITS = {"max_line_size": 1024 * 1024, "max_field_size": 64 * 1024}
+SERVER_LIMITS = ServerLimits(max_line_size=1024 * 1024, max_field_size=64 * 1024)
+# aiohttp's own defaults, for a server whose URLs carry no block keys.
+AIOHTTP_LIMITS = ServerLimits(max_line_size=8190, max_field_size=8190)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -158,23 +167,6 @@ def keys_list(doc: dict[str, Any]) -> list[str]:
     if len(keys) > MAX_BATCH_KEYS:
         raise ApiError(400, "invalid_body", f"at most {MAX_BATCH_KEYS} keys per batch")
     return [check_key(k) for k in keys]
-
-
-def load_openapi(name: str) -> dict[str, Any]:
-    """Load a packaged OpenAPI document (shardnode/openapi_<name>.yaml)."""
-    # Top-level files, because the wheel's package-data pattern ("*.yaml") covers only the package folder.
-    text = resources.files("chronoshard.shardnode").joinpath(f"openapi_{name}.yaml").read_text()
-    return dict(yaml.safe_load(text))
-
-
-def openapi_handler(name: str) -> Handler:
-    """A handler serving the named OpenAPI document as JSON."""
-    doc = load_openapi(name)
-
-    async def handler(request: web.Request) -> web.StreamResponse:
-        return web.json_response(doc)
-
-    return handler
 
 
 def load_json_config(path: str | None) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import os
 import pytest
 import requests
 import schemathesis
-from chronoshard.shardnode.serving.http_common import load_openapi
+from chronoshard.shardnode.serving.scaffold import load_openapi
 from hypothesis import HealthCheck, given, settings
 
 from tests.integration.shardnode.procs import cache, http, node

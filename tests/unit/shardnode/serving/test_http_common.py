@@ -5,7 +5,8 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from chronoshard.shardnode.serving.http_common import KEY_RE, TABLE_RE, ApiError, check_key, load_openapi
+from chronoshard.shardnode.serving.http_common import KEY_RE, TABLE_RE, ApiError, check_key
+from chronoshard.shardnode.serving.scaffold import load_openapi
 
 REPO = Path(__file__).resolve().parents[4]
 
@@ -16,9 +17,9 @@ def test_openapi_documents_load_and_ship_in_the_wheel(name):
     assert doc["openapi"].startswith("3.") and doc["paths"]
     # The wheel only carries files matched by package-data; a document outside them would crash the image.
     patterns = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"][
-        "chronoshard.shardnode"]
-    assert any(fnmatch.fnmatch(f"openapi_{name}.yaml", p) for p in patterns)
-    assert (REPO / "shardnode" / f"openapi_{name}.yaml").is_file()
+        f"chronoshard.shardnode.{name}"]
+    assert any(fnmatch.fnmatch("openapi.yaml", p) for p in patterns)
+    assert (REPO / "shardnode" / name / "openapi.yaml").is_file()
 
 
 def test_documented_patterns_match_the_server_rules():

@@ -1,0 +1,252 @@
+"""The one server scaffold of every shard-pod process (node, cache, predictor, and the ones to come).
+
+A process supplies its state object (a ``Service``: start, shutting_down, stop), what its probes report
+(``Probes``) and its own routes; ``create_server_app`` adds what every shard-pod server has: the JSON error
+middleware with request counting, the partition-map ownership check, ``/healthz``, ``/readyz``,
+``/metrics``, ``/openapi.json`` and ``/v1/partitions``. ``process_parser`` and ``run`` are the shared
+start-up: the common flags, logging, the settings file and ``web.run_app``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, NamedTuple, Protocol
+
+import yaml
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+
+from .http_common import (
+    AIOHTTP_LIMITS,
+    SERVER_LIMITS,
+    Handler,
+    error_middleware,
+    load_json_config,
+    setup_logging,
+)
+from .routing import (
+    PartitionMapSource,
+    PeerURLs,
+    forward_session_ctx,
+    ownership_middleware,
+    partition_setup,
+    partitions_handler,
+)
+
+# A JSON request envelope around the largest block (batch bodies and headers) still fits in this.
+BODY_ENVELOPE_BYTES = 1 << 20
+
+
+class Service(Protocol):
+    """The state object of one server process; its methods are the aiohttp lifecycle hooks."""
+
+    async def start(self, app: web.Application) -> None:
+        """on_startup: open stores and sessions, start background tasks."""
+
+    async def shutting_down(self, app: web.Application) -> None:
+        """on_shutdown: release long-polling readers so a graceful shutdown does not wait for them."""
+
+    async def stop(self, app: web.Application) -> None:
+        """on_cleanup: stop background tasks, close what start opened."""
+
+
+@dataclass(frozen=True)
+class Probes:
+    """What the standard routes report: ``readiness()`` gives the ``/readyz`` body (200 if its "ready" is
+    true, else 503); ``before_scrape`` refreshes gauges that are read from a store at scrape time."""
+
+    registry: CollectorRegistry
+    readiness: Callable[[], dict[str, Any]]
+    before_scrape: Callable[[], Awaitable[None]] | None = None
+
+
+@dataclass(frozen=True)
+class Partitioning:
+    """A server that owns part of the keyspace: the mounted map and this shard's index. With ``peers``
+    (the cache) a request for another shard's key is forwarded to its owner; without (the node) it gets 421."""
+
+    source: PartitionMapSource
+    shard_index: int
+    peers: PeerURLs | None = None
+
+
+class Route(NamedTuple):
+    """One of a server's own routes."""
+
+    method: str
+    path: str
+    handler: Handler
+
+
+def load_openapi(package: str) -> dict[str, Any]:
+    """Load the OpenAPI document packaged beside a server (``shardnode/<package>/openapi.yaml``)."""
+    text = resources.files(f"chronoshard.shardnode.{package}").joinpath("openapi.yaml").read_text()
+    return dict(yaml.safe_load(text))
+
+
+def openapi_handler(package: str) -> Handler:
+    """A handler serving the server's OpenAPI document as JSON (read once, when the app is built)."""
+    doc = load_openapi(package)
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.json_response(doc)
+
+    return handler
+
+
+async def healthz(request: web.Request) -> web.StreamResponse:
+    """Liveness: the event loop answers."""
+    return web.json_response({"ok": True})
+
+
+def readyz_handler(readiness: Callable[[], dict[str, Any]]) -> Handler:
+    """Readiness: the process's own body, 200 when its "ready" is true, else 503."""
+
+    async def readyz(request: web.Request) -> web.StreamResponse:
+        body = readiness()
+        return web.json_response(body, status=200 if body["ready"] else 503)
+
+    return readyz
+
+
+def metrics_handler(probes: Probes) -> Handler:
+    """Prometheus exposition of the process's registry."""
+
+    async def metrics(request: web.Request) -> web.StreamResponse:
+        if probes.before_scrape is not None:
+            await probes.before_scrape()
+        return web.Response(body=generate_latest(probes.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    return metrics
+
+
+def _middlewares(requests: Counter | None, json_errors: bool,
+                 partitioning: Partitioning | None) -> list[Any]:
+    # The error middleware is outermost, so a refusal or failure in any later one is answered as JSON too.
+    middlewares: list[Any] = [error_middleware(requests)] if json_errors else []
+    if partitioning is not None:
+        middlewares.append(ownership_middleware(partitioning.source, partitioning.shard_index,
+                                                peers=partitioning.peers))
+    return middlewares
+
+
+def _standard_routes(probes: Probes, openapi: str | None, partitioning: Partitioning | None) -> list[Route]:
+    routes = [Route("GET", "/healthz", healthz), Route("GET", "/readyz", readyz_handler(probes.readiness)),
+              Route("GET", "/metrics", metrics_handler(probes))]
+    if openapi is not None:
+        routes.append(Route("GET", "/openapi.json", openapi_handler(openapi)))
+    if partitioning is not None:
+        routes.append(Route("GET", "/v1/partitions", partitions_handler(partitioning.source)))
+    return routes
+
+
+def _add_routes(app: web.Application, routes: Iterable[Route], allow_head: bool) -> None:
+    for route in routes:
+        if route.method == "GET" and allow_head:
+            app.router.add_get(route.path, route.handler)
+        else:
+            app.router.add_route(route.method, route.path, route.handler)
+
+
+def create_server_app(service: Service, probes: Probes, routes: Sequence[Route], *,
+                      requests: Counter | None = None, openapi: str | None = None,
+                      partitioning: Partitioning | None = None, max_block_bytes: int | None = None,
+                      json_errors: bool = True, allow_head: bool = False) -> web.Application:
+    """Build a shard-pod server: ``routes`` plus the standard ones, the shared middlewares and ``service``'s
+    lifecycle hooks.
+
+    ``requests`` counts requests by route and status; ``openapi`` names the package whose openapi.yaml
+    ``/openapi.json`` serves; ``max_block_bytes`` sizes the body limit for block uploads; ``json_errors=False``
+    and ``allow_head=True`` keep aiohttp's own error pages and HEAD routes (the predictor's API, which
+    predates the scaffold).
+    """
+    client_max_size = 1024**2 if max_block_bytes is None else max_block_bytes + BODY_ENVELOPE_BYTES
+    app = web.Application(middlewares=_middlewares(requests, json_errors, partitioning),
+                          client_max_size=client_max_size)
+    app.on_startup.append(service.start)
+    app.on_shutdown.append(service.shutting_down)
+    app.on_cleanup.append(service.stop)
+    if partitioning is not None and partitioning.peers is not None:
+        app.cleanup_ctx.append(forward_session_ctx)  # one pooled session for forwarded requests
+    _add_routes(app, [*routes, *_standard_routes(probes, openapi, partitioning)], allow_head)
+    return app
+
+
+# ---- process start-up ----------------------------------------------------------------------------
+def process_parser(prog: str, description: str, *, port: int, env_prefix: str | None = None
+                   ) -> argparse.ArgumentParser:
+    """The flags every shard-pod process has: --host, --port, --log-level. With ``env_prefix``
+    (CHRONOSHARD_NODE) --host and --port fall back to <prefix>_HOST and <prefix>_PORT first."""
+    env = os.environ.get
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    pod_ip = env("POD_IP", "127.0.0.1")
+    p.add_argument("--host", default=env(f"{env_prefix}_HOST", pod_ip) if env_prefix else pod_ip,
+                   help="address to bind (default: $POD_IP or 127.0.0.1)")
+    p.add_argument("--port", type=int, default=int(env(f"{env_prefix}_PORT", str(port))) if env_prefix else port)
+    p.add_argument("--log-level", default=env("CHRONOSHARD_LOG_LEVEL", "INFO"))
+    return p
+
+
+def add_keyring_args(p: argparse.ArgumentParser) -> None:
+    """--keyring-dir (required unless $CHRONOSHARD_KEYRING_DIR) and --kek-dir: the mounted key Secrets."""
+    env = os.environ.get
+    keyring_dir = env("CHRONOSHARD_KEYRING_DIR")
+    p.add_argument("--keyring-dir", default=keyring_dir, required=not keyring_dir,
+                   help="mounted keyring Secret directory")
+    p.add_argument("--kek-dir", default=env("CHRONOSHARD_KEK_DIR"),
+                   help="mounted KEK Secret directory (kek.key); required when the keyring holds v<N>.wrapped")
+
+
+def add_partition_args(p: argparse.ArgumentParser) -> None:
+    """--partition-map and --shard-index: which part of the keyspace this process serves."""
+    p.add_argument("--partition-map", default=os.environ.get("CHRONOSHARD_PARTITION_MAP"),
+                   help="partition map file (map.json)")
+    p.add_argument("--shard-index", type=int, default=None,
+                   help="this shard's index (default: the ordinal in $POD_NAME)")
+
+
+def add_settings_arg(p: argparse.ArgumentParser, env_var: str, filename: str) -> None:
+    """--config: the process's settings file (re-applied when the mounted ConfigMap changes)."""
+    p.add_argument("--config", default=os.environ.get(env_var), help=f"{filename} settings file")
+
+
+def parse_process_args(p: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse the flags and set up logging (the first thing every process does)."""
+    args = p.parse_args(argv)
+    setup_logging(args.log_level)
+    return args
+
+
+class Settings(Protocol):
+    """A process's settings object: overlaid from its settings file, which it keeps watching."""
+
+    settings_path: str | None
+
+    def apply(self, settings: dict[str, Any]) -> None:
+        """Overlay the settings file's values."""
+
+
+def load_settings(cfg: Settings, path: str | None) -> None:
+    """Apply the settings file now (the body size limit is fixed when the app is built) and watch it later."""
+    cfg.apply(load_json_config(path))
+    cfg.settings_path = path
+
+
+def partitioning_from_args(args: argparse.Namespace, *, forward: bool = False) -> Partitioning | None:
+    """The Partitioning the --partition-map/--shard-index flags ask for (None without a map); ``forward``:
+    forward misdirected requests to the peers named by the pod's environment (PeerURLs.from_env)."""
+    source, shard_index = partition_setup(args.partition_map, args.shard_index)
+    if source is None or shard_index is None:
+        return None
+    return Partitioning(source, shard_index, PeerURLs.from_env() if forward else None)
+
+
+def run(app: web.Application, host: str, port: int, *, long_request_lines: bool = True) -> None:
+    """Serve ``app`` until SIGTERM (no access log, 10 s graceful shutdown). ``long_request_lines`` allows
+    request lines long enough for any valid block key (servers whose URLs carry keys)."""
+    limits = SERVER_LIMITS if long_request_lines else AIOHTTP_LIMITS
+    web.run_app(app, host=host, port=port, access_log=None, print=None, shutdown_timeout=10, **limits)
