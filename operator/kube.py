@@ -152,6 +152,8 @@ def storage_class_exists(name: str) -> bool:
 
 def api_error_message(exc: ApiException) -> str:
     """The API server's own message for a failed call (its Status ``message``), else the reason."""
+    if exc.body is None:
+        return str(exc.reason)
     try:
         return str(json.loads(exc.body).get("message") or exc.reason)
     except (TypeError, ValueError):

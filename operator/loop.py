@@ -29,6 +29,13 @@ API_ERROR_RETRY_SECONDS = 1.0
 OnePass = Callable[[dict[str, Any]], Awaitable[tuple[str, float]]]
 
 
+def namespace_of(kind: str, name: str, namespace: str | None) -> str:
+    """The namespace Kopf passed a handler: Kopf types it optional (cluster-scoped kinds), ours are all namespaced."""
+    if namespace is None:
+        raise kopf.PermanentError(f"{kind} {name} has no namespace, but every chronoshard kind is namespaced")
+    return namespace
+
+
 def snapshot(body: Mapping[str, Any], kind: str) -> dict[str, Any]:
     """A plain copy of the live body that one pass can use without it changing underneath."""
     return {

@@ -16,7 +16,8 @@ import asyncio
 import datetime as dt
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +26,25 @@ from kubernetes.client.exceptions import ApiException
 
 from .. import kube, naming
 from ..conditions import set_condition
-from ..keyring import add_version, is_wrapped, parse_kek, parse_manifest, promote, retire, versions_not_unwrapping
-from ..loop import post_events, run_object_loop
+from ..keyring import (
+    KeyringManifest,
+    add_version,
+    is_wrapped,
+    parse_kek,
+    parse_manifest,
+    promote,
+    retire,
+    versions_not_unwrapping,
+)
+from ..loop import namespace_of, post_events, run_object_loop
 from ..metrics import observe_phase, record_error, record_rotation
 from ..podcontract import NODE
 from ..shardpods import shard_pods
 from ..spec.common import SpecError
-from ..spec.keyrotation import parse_keyrotation
+from ..spec.keyrotation import KeyRotationSpec, parse_keyrotation
 from ..triggers import TRIGGERS
 from . import plan, probe
+from .plan import Phase
 
 KIND = "KeyRotation"
 PLURAL = "keyrotations"
@@ -87,15 +98,15 @@ class Step:
         self.events: list[tuple[str, str, str]] = []
         self.delay = POLL_SECONDS
 
-    def phase(self, phase: str, message: str) -> None:
+    def phase(self, phase: Phase, message: str) -> None:
         """Enter ``phase`` and say so in an event."""
         if self.status.get("phase") != phase:
             began = plan.parse_time(self.status.get("phaseTime"))
             if began is not None and self.status.get("phase"):
                 observe_phase(str(self.status["phase"]), max(0.0, (now() - began).total_seconds()))
-            self.status["phase"] = phase
+            self.status["phase"] = phase.value
             self.status["phaseTime"] = plan.format_time(now())
-            self.events.append(("Normal", phase, message))
+            self.events.append(("Normal", phase.value, message))
 
     def condition(self, type_: str, ok: bool, reason: str, message: str, gen: int) -> None:
         """Set a condition on the status being built."""
@@ -143,7 +154,7 @@ def _expected_shards(ns: str, shardset: str) -> int | None:
 async def step(body: Mapping[str, Any]) -> Step:
     """Advance one KeyRotation by at most one phase; every Kubernetes/HTTP call here is idempotent."""
     meta, status = body["metadata"], body.get("status") or {}
-    ns, gen = meta["namespace"], int(meta.get("generation") or 1)
+    gen = int(meta.get("generation") or 1)
     st = Step(status)
     st.status["observedGeneration"] = gen
     try:
@@ -152,155 +163,248 @@ async def step(body: Mapping[str, Any]) -> Step:
         st.condition("Ready", False, "InvalidSpec", str(exc), gen)
         st.delay = IDLE_SECONDS
         return st
-    shardset = spec.shardset
-    phase = status.get("phase") or "Pending"
-    created = plan.parse_time(meta.get("creationTimestamp")) or now()
-
+    phase = plan.parse_phase(status.get("phase"))
     if phase in plan.IDLE_PHASES:
-        return await _idle(body, spec, st, shardset, created, gen)
+        created = plan.parse_time(meta.get("creationTimestamp")) or now()
+        return await _idle(body, spec, st, created, gen)
+    rotation = await _read_rotation(body, spec, st, gen)
+    if rotation is None:
+        return st
+    if phase is Phase.DISTRIBUTING:
+        return await _distributing(rotation)
+    await _probe(rotation)
+    handler = _PROBED_PHASES.get(phase) if phase is not None else None
+    if handler is None:
+        st.condition("Ready", False, "UnknownPhase", f"unknown phase {status.get('phase')!r}", gen)
+        return st
+    return await handler(rotation)
 
+
+@dataclass
+class Rotation:
+    """A rotation in progress, as one pass read it: the KeyRotation, its keyring and (once probed) its shards."""
+
+    body: Mapping[str, Any]
+    spec: KeyRotationSpec
+    st: Step
+    gen: int
+    secret: dict[str, Any]
+    manifest: KeyringManifest
+    expected: int
+    to_v: int
+    from_v: int
+    pods: dict[int, dict[str, Any]] = field(default_factory=dict)
+    reports: list[plan.ProcessReport] = field(default_factory=list)
+    target: int = 0
+
+    @property
+    def ns(self) -> str:
+        """The namespace of the KeyRotation and its ShardSet."""
+        return str(self.body["metadata"]["namespace"])
+
+    @property
+    def shardset(self) -> str:
+        """The ShardSet being rotated."""
+        return self.spec.shardset
+
+    @property
+    def urgent(self) -> bool:
+        """A threat rotation: largest rewrap batches, no transition period."""
+        return self.st.status.get("reason") in THREAT_REASONS
+
+    def waiting(self, reason: str, message: str) -> Step:
+        """Stay in this phase, saying in the Ready condition what it waits for."""
+        self.st.condition("Ready", False, reason, message, self.gen)
+        return self.st
+
+    async def write_keyring(self, data: Mapping[str, str]) -> None:
+        """Write new keyring data (resourceVersion precondition) and keep the Secret as written."""
+        self.secret = await asyncio.to_thread(_write_secret, self.ns, self.secret, data)
+
+
+async def _read_rotation(body: Mapping[str, Any], spec: KeyRotationSpec, st: Step, gen: int) -> Rotation | None:
+    """The keyring and the shard count of a rotation in progress; None (and a paused Step) if either is missing."""
+    ns, shardset = body["metadata"]["namespace"], spec.shardset
     secret = await asyncio.to_thread(_secret, ns, shardset)
     expected = await asyncio.to_thread(_expected_shards, ns, shardset)
     if secret is None or expected is None:
         what = "ShardSet" if expected is None else "keyring Secret"
         st.condition("Ready", False, "TargetMissing", f"{what} of {shardset!r} not found; rotation paused", gen)
         st.delay = 5.0
-        return st
+        return None
     manifest = parse_manifest(secret.get("data"))
-    to_v, from_v = int(status["toVersion"]), int(status["fromVersion"])
-    urgent = status.get("reason") in THREAT_REASONS
+    to_v, from_v = int(st.status["toVersion"]), int(st.status["fromVersion"])
+    return Rotation(body, spec, st, gen, secret, manifest, expected, to_v, from_v)
 
-    if phase == "Distributing":
-        compromised = (int(status["compromisedVersion"]),) if status.get("compromisedVersion") else ()
-        kek: bytes | None = None
-        primary = manifest.primary
-        if (primary is not None and is_wrapped(secret["data"], primary)
-                and not any(v.id == to_v for v in manifest.versions)):
-            # The new version takes the primary's (wrapped) form, under the same KEK the primary unwraps with.
-            try:
-                kek = await asyncio.to_thread(_read_kek, ns, shardset)
-                bad = versions_not_unwrapping(secret["data"], kek)
-                if bad:
-                    raise ValueError(f"key version(s) {bad} do not unwrap under the ShardSet's key-encryption key")
-            except ValueError as exc:
-                st.condition("Ready", False, "KEKUnavailable",
-                             f"{exc}; key version {to_v} is added once the KEK can be read", gen)
-                st.delay = 5.0
-                return st
-        data = add_version(secret["data"], to_v, plan.format_time(now()), compromised, kek=kek)
-        if data != secret["data"]:
-            secret = await asyncio.to_thread(_write_secret, ns, secret, data)
-        target = parse_manifest(secret["data"]).generation
-        st.status["targetGeneration"] = target
-        st.phase("AwaitingLoad", f"Key version {to_v} added to the keyring as decrypt-only (generation {target}); "
-                                 "waiting for every node and cache to load it")
-        return st
 
-    pods = await asyncio.to_thread(shard_pods, ns, shardset)
-    reports = await probe.collect_reports({s: p for s, p in pods.items() if s < expected})
-    target = int(status.get("targetGeneration") or 0)
-    _record_shards(st, reports, expected, to_v)
+async def _probe(r: Rotation) -> None:
+    """Ask every expected shard's node and cache what they have loaded, and record it per shard."""
+    pods = await asyncio.to_thread(shard_pods, r.ns, r.shardset)
+    r.pods = {s: p for s, p in pods.items() if s < r.expected}
+    r.reports = await probe.collect_reports(r.pods)
+    r.target = int(r.st.status.get("targetGeneration") or 0)
+    _record_shards(r.st, r.reports, r.expected, r.to_v)
 
-    if phase == "AwaitingLoad":
-        ready = plan.loaded(reports, expected, to_v, target)
-        if not ready.ready:
-            st.condition("Ready", False, "WaitingForLoad", ready.message, gen)
-            return st
-        st.phase("Promoting", f"Every process holds key version {to_v}; promoting it to primary")
-        return st
 
-    if phase == "Promoting":
-        data = promote(secret["data"], to_v)
-        if data != secret["data"]:
-            secret = await asyncio.to_thread(_write_secret, ns, secret, data)
-        st.status["targetGeneration"] = parse_manifest(secret["data"]).generation
-        st.phase("AwaitingPromotion", f"Key version {to_v} is primary in the keyring, version {from_v} decrypt-only; "
-                                      "waiting for every process to switch")
-        return st
-
-    if phase == "AwaitingPromotion":
-        ready = plan.promoted(reports, expected, to_v, target)
-        if not ready.ready:
-            st.condition("Ready", False, "WaitingForPromotion", ready.message, gen)
-            return st
-        st.status["promotionTime"] = plan.format_time(now())
-        st.phase("Rewrapping", f"Every process writes with key version {to_v}; re-encrypting old blocks")
-        return st
-
-    if phase == "Rewrapping":
-        done, counts = plan.old_blocks(reports, expected, to_v)
-        initial = dict(st.status.get("initialOldBlocks") or {})
-        for shard, n in counts.items():
-            initial[str(shard)] = max(int(initial.get(str(shard), 0)), n)
-        st.status["initialOldBlocks"] = initial
-        _record_shards(st, reports, expected, to_v)
-        if done.ready:
-            period = dt.timedelta(0) if urgent else spec.transition_period
-            promoted_at = plan.parse_time(st.status.get("promotionTime")) or now()
-            st.status["transitionEndTime"] = plan.format_time(promoted_at + period)
-            st.phase("Transition", f"Every block is on key version {to_v}; transition period ends "
-                                   f"{st.status['transitionEndTime']}")
-            return st
-        # Only shards that still hold old blocks: asking a finished node again would start a fresh (empty)
-        # run and overwrite the record of the one that did the work.
-        errors = await probe.start_rewrap({s: p for s, p in pods.items() if s < expected and counts.get(s, 1) > 0},
-                                          BATCH_URGENT if urgent else BATCH_NORMAL,
-                                          PAUSE_URGENT if urgent else PAUSE_NORMAL)
-        failed = [f"shard {s}: {e}" for s, e in errors.items() if e]
-        st.condition("Ready", False, "Rewrapping", done.message + (f"; cannot start rewrap on {', '.join(failed)}"
-                                                                   if failed else ""), gen)
-        return st
-
-    if phase == "Transition":
-        end = plan.parse_time(st.status.get("transitionEndTime")) or now()
-        if now() < end:
-            st.condition("Ready", False, "TransitionPeriod", f"old key versions stay until {plan.format_time(end)}",
-                         gen)
-            st.delay = min(IDLE_SECONDS, max(POLL_SECONDS, (end - now()).total_seconds()))
-            return st
-        st.phase("Verifying", "Transition period over; verifying that no block uses an old key version")
-        return st
-
-    if phase == "Verifying":
-        done, _ = plan.old_blocks(reports, expected, to_v)
-        if not done.ready:
-            # New blocks cannot appear on old versions, but a shard that was down may still hold some.
-            st.condition("Ready", False, "OldBlocksRemain", done.message, gen)
-            st.phase("Rewrapping", f"Blocks on old key versions found ({done.message}); rewrapping again")
-            return st
-        st.phase("Retiring", f"No block on any shard uses a version other than {to_v}; retiring old versions")
-        return st
-
-    if phase == "Retiring":
-        old = [v.id for v in manifest.versions if v.id != to_v]
-        if old:
-            # Re-check right before removing key material: never drop a key a block still needs.
-            done, _ = plan.old_blocks(reports, expected, to_v)
-            if not done.ready:
-                st.condition("Ready", False, "OldBlocksRemain", done.message, gen)
-                st.phase("Rewrapping", "Blocks on old key versions reappeared; rewrapping again")
-                return st
-            data = dict(secret["data"])
-            for v in old:
-                data = retire(data, v)
-            secret = await asyncio.to_thread(_write_secret, ns, secret, data)
-            st.status["targetGeneration"] = parse_manifest(secret["data"]).generation
-            st.status["retiredVersions"] = sorted(set(st.status.get("retiredVersions") or []) | set(old))
-            st.events.append(("Normal", "KeyRetired", f"Removed key version(s) {old} from the keyring"))
-            return st
-        retired = st.status.get("retiredVersions") or [from_v]
-        ready = plan.dropped(reports, expected, retired, int(st.status.get("targetGeneration") or 0))
-        if not ready.ready:
-            st.condition("Ready", False, "WaitingForDrop", ready.message, gen)
-            return st
-        await asyncio.to_thread(_release_lock, ns, shardset, body)
-        done_st = _finish(st, spec.history_limit, "Completed", gen)
-        record_rotation(str(status.get("reason")), "Completed", ns, shardset,
-                        int(done_st.status["history"][-1]["blocksRewrapped"]))
-        return done_st
-
-    st.condition("Ready", False, "UnknownPhase", f"unknown phase {phase!r}", gen)
+async def _distributing(r: Rotation) -> Step:
+    """Add the new version to the keyring as decrypt-only."""
+    st = r.st
+    compromised = (int(st.status["compromisedVersion"]),) if st.status.get("compromisedVersion") else ()
+    kek: bytes | None = None
+    if _new_version_is_wrapped(r):
+        # The new version takes the primary's (wrapped) form, under the same KEK the primary unwraps with.
+        try:
+            kek = await asyncio.to_thread(_matching_kek, r.ns, r.shardset, r.secret["data"])
+        except ValueError as exc:
+            st.delay = 5.0
+            return r.waiting("KEKUnavailable", f"{exc}; key version {r.to_v} is added once the KEK can be read")
+    data = add_version(r.secret["data"], r.to_v, plan.format_time(now()), compromised, kek=kek)
+    if data != r.secret["data"]:
+        await r.write_keyring(data)
+    target = parse_manifest(r.secret["data"]).generation
+    st.status["targetGeneration"] = target
+    st.phase(Phase.AWAITING_LOAD, f"Key version {r.to_v} added to the keyring as decrypt-only (generation "
+                                  f"{target}); waiting for every node and cache to load it")
     return st
+
+
+def _new_version_is_wrapped(r: Rotation) -> bool:
+    primary = r.manifest.primary
+    return (primary is not None and is_wrapped(r.secret["data"], primary)
+            and not any(v.id == r.to_v for v in r.manifest.versions))
+
+
+def _matching_kek(ns: str, shardset: str, keyring_data: Mapping[str, str]) -> bytes:
+    """The ShardSet's KEK, checked to unwrap every wrapped version of the keyring (ValueError otherwise)."""
+    kek = _read_kek(ns, shardset)
+    bad = versions_not_unwrapping(keyring_data, kek)
+    if bad:
+        raise ValueError(f"key version(s) {bad} do not unwrap under the ShardSet's key-encryption key")
+    return kek
+
+
+async def _awaiting_load(r: Rotation) -> Step:
+    """Wait until every node and cache holds the new version."""
+    ready = plan.loaded(r.reports, r.expected, r.to_v, r.target)
+    if not ready.ready:
+        return r.waiting("WaitingForLoad", ready.message)
+    r.st.phase(Phase.PROMOTING, f"Every process holds key version {r.to_v}; promoting it to primary")
+    return r.st
+
+
+async def _promoting(r: Rotation) -> Step:
+    """Make the new version primary in the keyring (the old one stays, decrypt-only)."""
+    data = promote(r.secret["data"], r.to_v)
+    if data != r.secret["data"]:
+        await r.write_keyring(data)
+    r.st.status["targetGeneration"] = parse_manifest(r.secret["data"]).generation
+    r.st.phase(Phase.AWAITING_PROMOTION, f"Key version {r.to_v} is primary in the keyring, version {r.from_v} "
+                                         "decrypt-only; waiting for every process to switch")
+    return r.st
+
+
+async def _awaiting_promotion(r: Rotation) -> Step:
+    """Wait until every node and cache writes with the new version."""
+    ready = plan.promoted(r.reports, r.expected, r.to_v, r.target)
+    if not ready.ready:
+        return r.waiting("WaitingForPromotion", ready.message)
+    r.st.status["promotionTime"] = plan.format_time(now())
+    r.st.phase(Phase.REWRAPPING, f"Every process writes with key version {r.to_v}; re-encrypting old blocks")
+    return r.st
+
+
+async def _rewrapping(r: Rotation) -> Step:
+    """Re-encrypt old blocks on every shard that still has some; then start the transition period."""
+    st = r.st
+    done, counts = plan.old_blocks(r.reports, r.expected, r.to_v)
+    initial = dict(st.status.get("initialOldBlocks") or {})
+    for shard, n in counts.items():
+        initial[str(shard)] = max(int(initial.get(str(shard), 0)), n)
+    st.status["initialOldBlocks"] = initial
+    _record_shards(st, r.reports, r.expected, r.to_v)
+    if done.ready:
+        period = dt.timedelta(0) if r.urgent else r.spec.transition_period
+        promoted_at = plan.parse_time(st.status.get("promotionTime")) or now()
+        st.status["transitionEndTime"] = plan.format_time(promoted_at + period)
+        st.phase(Phase.TRANSITION, f"Every block is on key version {r.to_v}; transition period ends "
+                                   f"{st.status['transitionEndTime']}")
+        return st
+    # Only shards that still hold old blocks: asking a finished node again would start a fresh (empty)
+    # run and overwrite the record of the one that did the work.
+    errors = await probe.start_rewrap({s: p for s, p in r.pods.items() if counts.get(s, 1) > 0},
+                                      BATCH_URGENT if r.urgent else BATCH_NORMAL,
+                                      PAUSE_URGENT if r.urgent else PAUSE_NORMAL)
+    failed = [f"shard {s}: {e}" for s, e in errors.items() if e]
+    return r.waiting("Rewrapping", done.message + (f"; cannot start rewrap on {', '.join(failed)}" if failed else ""))
+
+
+async def _transition(r: Rotation) -> Step:
+    """Keep the old versions until the transition period ends."""
+    end = plan.parse_time(r.st.status.get("transitionEndTime")) or now()
+    if now() < end:
+        r.st.delay = min(IDLE_SECONDS, max(POLL_SECONDS, (end - now()).total_seconds()))
+        return r.waiting("TransitionPeriod", f"old key versions stay until {plan.format_time(end)}")
+    r.st.phase(Phase.VERIFYING, "Transition period over; verifying that no block uses an old key version")
+    return r.st
+
+
+async def _verifying(r: Rotation) -> Step:
+    """Check that no block uses an old version (back to Rewrapping if some do)."""
+    done, _ = plan.old_blocks(r.reports, r.expected, r.to_v)
+    if not done.ready:
+        # New blocks cannot appear on old versions, but a shard that was down may still hold some.
+        r.waiting("OldBlocksRemain", done.message)
+        r.st.phase(Phase.REWRAPPING, f"Blocks on old key versions found ({done.message}); rewrapping again")
+        return r.st
+    r.st.phase(Phase.RETIRING, f"No block on any shard uses a version other than {r.to_v}; retiring old versions")
+    return r.st
+
+
+async def _retiring(r: Rotation) -> Step:
+    """Remove the old versions from the keyring; once no process holds them, the rotation is complete."""
+    old = [v.id for v in r.manifest.versions if v.id != r.to_v]
+    if old:
+        return await _retire(r, old)
+    st = r.st
+    retired = st.status.get("retiredVersions") or [r.from_v]
+    ready = plan.dropped(r.reports, r.expected, retired, int(st.status.get("targetGeneration") or 0))
+    if not ready.ready:
+        return r.waiting("WaitingForDrop", ready.message)
+    await asyncio.to_thread(_release_lock, r.ns, r.shardset, r.body)
+    done_st = _finish(st, r.spec.history_limit, Phase.COMPLETED, r.gen)
+    record_rotation(str(st.status.get("reason")), Phase.COMPLETED.value, r.ns, r.shardset,
+                    int(done_st.status["history"][-1]["blocksRewrapped"]))
+    return done_st
+
+
+async def _retire(r: Rotation, old: list[int]) -> Step:
+    st = r.st
+    # Re-check right before removing key material: never drop a key a block still needs.
+    done, _ = plan.old_blocks(r.reports, r.expected, r.to_v)
+    if not done.ready:
+        r.waiting("OldBlocksRemain", done.message)
+        st.phase(Phase.REWRAPPING, "Blocks on old key versions reappeared; rewrapping again")
+        return st
+    data = dict(r.secret["data"])
+    for v in old:
+        data = retire(data, v)
+    await r.write_keyring(data)
+    st.status["targetGeneration"] = parse_manifest(r.secret["data"]).generation
+    st.status["retiredVersions"] = sorted(set(st.status.get("retiredVersions") or []) | set(old))
+    st.events.append(("Normal", "KeyRetired", f"Removed key version(s) {old} from the keyring"))
+    return st
+
+
+# The phase functions that need the shards' reports (Distributing runs before any shard is asked).
+_PROBED_PHASES: dict[Phase, Callable[[Rotation], Awaitable[Step]]] = {
+    Phase.AWAITING_LOAD: _awaiting_load,
+    Phase.PROMOTING: _promoting,
+    Phase.AWAITING_PROMOTION: _awaiting_promotion,
+    Phase.REWRAPPING: _rewrapping,
+    Phase.TRANSITION: _transition,
+    Phase.VERIFYING: _verifying,
+    Phase.RETIRING: _retiring,
+}
 
 
 def _record_shards(st: Step, reports: list[plan.ProcessReport], expected: int, to_v: int) -> None:
@@ -320,13 +424,13 @@ def _record_shards(st: Step, reports: list[plan.ProcessReport], expected: int, t
     st.status["shards"] = [rows[s] for s in sorted(rows)]
 
 
-def _finish(st: Step, limit: int, outcome: str, gen: int) -> Step:
+def _finish(st: Step, limit: int, outcome: Phase, gen: int) -> Step:
     blocks = sum(int(n) for n in (st.status.get("initialOldBlocks") or {}).values())
-    entry = plan.history_entry(st.status, outcome, now(), blocks)
+    entry = plan.history_entry(st.status, outcome.value, now(), blocks)
     st.status["history"] = plan.append_history(st.status.get("history"), entry, limit)
     st.phase(outcome, f"Rotation from key version {st.status.get('fromVersion')} to {st.status.get('toVersion')} "
                       f"{outcome.lower()}: {blocks} block(s) rewrapped in {entry['durationSeconds']}s")
-    st.condition("Ready", True, outcome, f"last rotation {outcome.lower()}", gen)
+    st.condition("Ready", True, outcome.value, f"last rotation {outcome.lower()}", gen)
     for k in ("initialOldBlocks", "targetGeneration", "retiredVersions", "promotionTime", "transitionEndTime"):
         st.status.pop(k, None)
     st.delay = POLL_SECONDS
@@ -353,23 +457,17 @@ def _release_lock(ns: str, shardset: str, body: Mapping[str, Any]) -> None:
         _write_secret(ns, secret, annotations={LOCK_ANNOTATION: None})
 
 
-async def _idle(body: Mapping[str, Any], spec: Any, st: Step, shardset: str, created: dt.datetime, gen: int
-                ) -> Step:
-    ns = body["metadata"]["namespace"]
+async def _idle(body: Mapping[str, Any], spec: KeyRotationSpec, st: Step, created: dt.datetime, gen: int) -> Step:
+    """No rotation in progress: start one if a trigger is due, else say when to look again."""
     raw_spec = body.get("spec") or {}
     st.status["nextScheduleTime"] = plan.upcoming_schedule(raw_spec, st.status, created)
     due = plan.due_rotation(raw_spec, st.status, created, now())
     if due is None:
-        if st.status.get("phase") in ("", None, "Waiting"):
-            st.status["phase"] = "Pending"
-        if not any(c.get("type") == "Ready" for c in st.status.get("conditions") or []):
-            st.condition("Ready", True, "Idle", "no rotation due", gen)
-        nxt = plan.parse_time(st.status.get("nextScheduleTime"))
-        st.delay = IDLE_SECONDS if nxt is None else min(IDLE_SECONDS, max(0.5, (nxt - now()).total_seconds()))
-        return st
+        return _rest(st, gen)
+    ns, shardset = body["metadata"]["namespace"], spec.shardset
     ss_secret = await asyncio.to_thread(_secret, ns, shardset)
     if ss_secret is None:
-        st.status["phase"] = "Waiting"
+        st.status["phase"] = Phase.WAITING.value
         st.condition("Ready", False, "TargetMissing",
                      f"ShardSet {shardset!r} or its keyring Secret does not exist; the rotation waits", gen)
         st.delay = 5.0
@@ -382,13 +480,31 @@ async def _idle(body: Mapping[str, Any], spec: Any, st: Step, shardset: str, cre
             return st
         raise
     if holder:
-        st.status["phase"] = "Waiting"
+        st.status["phase"] = Phase.WAITING.value
         st.condition("Ready", False, "AnotherRotationInProgress",
                      f"KeyRotation {holder!r} is rotating ShardSet {shardset!r}; this one starts after it", gen)
         st.delay = 2.0
         return st
-    manifest = parse_manifest(ss_secret.get("data"))
+    return _start(st, parse_manifest(ss_secret.get("data")), due, raw_spec, created, shardset, gen)
+
+
+def _rest(st: Step, gen: int) -> Step:
+    """Nothing due: Pending, Ready, and a wake-up at the next schedule time (or IDLE_SECONDS)."""
+    if st.status.get("phase") in ("", None, Phase.WAITING):
+        st.status["phase"] = Phase.PENDING.value
+    if not any(c.get("type") == "Ready" for c in st.status.get("conditions") or []):
+        st.condition("Ready", True, "Idle", "no rotation due", gen)
+    nxt = plan.parse_time(st.status.get("nextScheduleTime"))
+    st.delay = IDLE_SECONDS if nxt is None else min(IDLE_SECONDS, max(0.5, (nxt - now()).total_seconds()))
+    return st
+
+
+def _start(st: Step, manifest: KeyringManifest, due: plan.Due, raw_spec: Mapping[str, Any], created: dt.datetime,
+           shardset: str, gen: int) -> Step:
+    """Begin a rotation (the lock is held): from the primary version to one past the newest."""
     from_v = manifest.primary
+    if from_v is None:  # parse_manifest refuses a keyring without exactly one primary
+        raise ValueError("keyring manifest has no primary version")
     to_v = max(v.id for v in manifest.versions) + 1
     st.status.update(
         fromVersion=from_v, toVersion=to_v, reason=due.reason, startTime=plan.format_time(now()),
@@ -405,8 +521,8 @@ async def _idle(body: Mapping[str, Any], spec: Any, st: Step, shardset: str, cre
     else:
         st.status["lastScheduleTime"] = due.marker
         st.status["nextScheduleTime"] = plan.upcoming_schedule(raw_spec, st.status, created)
-    st.phase("Distributing", f"Rotation ({due.reason}) of ShardSet {shardset!r} started: key version {from_v} → "
-                             f"{to_v}")
+    st.phase(Phase.DISTRIBUTING, f"Rotation ({due.reason}) of ShardSet {shardset!r} started: key version {from_v} "
+                                 f"→ {to_v}")
     st.condition("Ready", False, "Rotating", f"rotating from key version {from_v} to {to_v}", gen)
     st.delay = 0.0
     return st
@@ -443,8 +559,8 @@ async def until_seen(body: kopf.Body, status: Mapping[str, Any], timeout: float 
 
 
 @kopf.daemon(naming.GROUP, naming.VERSION, PLURAL, cancellation_timeout=10.0)
-async def keyrotation_loop(name: str, namespace: str, body: kopf.Body, stopped: kopf.DaemonStopped, **_: Any
-                           ) -> None:
+async def keyrotation_loop(name: str, namespace: str | None, body: kopf.Body, stopped: kopf.DaemonStopped,
+                           **_: Any) -> None:
     """Drive one KeyRotation through its phases; resumes from ``status.phase`` after a restart."""
 
     async def one_pass(snap: dict[str, Any]) -> tuple[str, float]:
@@ -459,11 +575,11 @@ async def keyrotation_loop(name: str, namespace: str, body: kopf.Body, stopped: 
         post_events(body, result.events)
         return "success", result.delay
 
-    await run_object_loop(KIND, namespace, name, body, stopped, one_pass)
+    await run_object_loop(KIND, namespace_of(KIND, name, namespace), name, body, stopped, one_pass)
 
 
 @kopf.on.event(naming.GROUP, naming.VERSION, PLURAL)
-def keyrotation_changed(name: str, namespace: str, body: kopf.Body, **_: Any) -> None:
+def keyrotation_changed(name: str, namespace: str | None, body: kopf.Body, **_: Any) -> None:
     """Wake the loop when the spec changes (a new trigger value or threat rotates at once)."""
     if (body.get("status") or {}).get("observedGeneration") != body["metadata"].get("generation"):
-        TRIGGERS.fire(KIND, namespace, name)
+        TRIGGERS.fire(KIND, namespace_of(KIND, name, namespace), name)

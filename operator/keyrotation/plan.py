@@ -15,13 +15,43 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from croniter import croniter
 
 from ..podcontract import CACHE, NODE
 
-IDLE_PHASES = ("", "Pending", "Completed", "Failed", "Waiting")
+
+class Phase(StrEnum):
+    """A KeyRotation's ``status.phase`` (the values are the strings the status and the events carry)."""
+
+    PENDING = "Pending"
+    WAITING = "Waiting"
+    DISTRIBUTING = "Distributing"
+    AWAITING_LOAD = "AwaitingLoad"
+    PROMOTING = "Promoting"
+    AWAITING_PROMOTION = "AwaitingPromotion"
+    REWRAPPING = "Rewrapping"
+    TRANSITION = "Transition"
+    VERIFYING = "Verifying"
+    RETIRING = "Retiring"
+    COMPLETED = "Completed"
+    FAILED = "Failed"
+
+
+# No rotation in progress: the loop only looks for a due trigger.
+IDLE_PHASES = frozenset({Phase.PENDING, Phase.WAITING, Phase.COMPLETED, Phase.FAILED})
+
+
+def parse_phase(text: str | None) -> Phase | None:
+    """``status.phase`` as a Phase (unset or empty is Pending); None for a value no version of us wrote."""
+    try:
+        return Phase(text or Phase.PENDING)
+    except ValueError:
+        return None
+
+
 # The processes that hold table keys and answer ``GET /v1/keys``.
 ROLES = (NODE, CACHE)
 
@@ -141,7 +171,10 @@ def format_time(when: dt.datetime) -> str:
 
 def next_schedule(schedule: str, after: dt.datetime) -> dt.datetime:
     """The first cron time strictly after ``after`` (UTC)."""
-    return croniter(schedule, after.astimezone(dt.UTC)).get_next(dt.datetime)
+    when = croniter(schedule, after.astimezone(dt.UTC)).get_next(dt.datetime)
+    if not isinstance(when, dt.datetime):  # croniter ships no types; get_next(datetime) returns one
+        raise TypeError(f"croniter returned {type(when).__name__} for a datetime")
+    return when
 
 
 def valid_schedule(schedule: str) -> bool:

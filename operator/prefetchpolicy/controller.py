@@ -19,7 +19,7 @@ import kopf
 
 from .. import kube, naming
 from ..conditions import conditions_equal_ignoring_time, now_rfc3339, set_condition
-from ..loop import run_object_loop
+from ..loop import namespace_of, run_object_loop
 from ..podcontract import PREDICTOR_CONFIG_FILE
 from ..prefetchconfig import predictor_config
 from ..prefetchlookup import policy_in_force
@@ -183,7 +183,7 @@ async def step(body: Mapping[str, Any]) -> dict[str, Any]:
 
 
 @kopf.daemon(naming.GROUP, naming.VERSION, PLURAL, cancellation_timeout=10.0)
-async def prefetchpolicy_loop(name: str, namespace: str, body: kopf.Body, stopped: kopf.DaemonStopped,
+async def prefetchpolicy_loop(name: str, namespace: str | None, body: kopf.Body, stopped: kopf.DaemonStopped,
                               **_: Any) -> None:
     """Report one PrefetchPolicy's phase and prefetch figures every POLL_SECONDS (sooner when woken)."""
     last_reason: str | None = None
@@ -200,12 +200,13 @@ async def prefetchpolicy_loop(name: str, namespace: str, body: kopf.Body, stoppe
         delay = PENDING_SECONDS if ready["reason"] in ("ConfigPending", "ConfigNotLoaded") else POLL_SECONDS
         return ("success" if status["phase"] == "Active" else status["phase"].lower()), delay
 
-    await run_object_loop(KIND, namespace, name, body, stopped, one_pass)
+    await run_object_loop(KIND, namespace_of(KIND, name, namespace), name, body, stopped, one_pass)
 
 
 @kopf.on.event(naming.GROUP, naming.VERSION, PLURAL)
-def prefetchpolicy_changed(type: str | None, name: str, namespace: str, body: kopf.Body, **_: Any) -> None:
+def prefetchpolicy_changed(type: str | None, name: str, namespace: str | None, body: kopf.Body, **_: Any) -> None:
     """Wake the target ShardSet (it rewrites the config) on creation, spec change and deletion; then this loop."""
+    namespace = namespace_of(KIND, name, namespace)
     target = ((body.get("spec") or {}).get("shardSetRef") or {}).get("name")
     observed = (body.get("status") or {}).get("observedGeneration")
     if type == "DELETED" or body["metadata"].get("deletionTimestamp") or observed != body["metadata"].get("generation"):

@@ -33,7 +33,7 @@ from ..keyring import (
     versions_not_unwrapping,
     wrapped_versions,
 )
-from ..loop import post_events, run_object_loop
+from ..loop import namespace_of, post_events, run_object_loop
 from ..metrics import set_key_version
 from ..podcontract import PARTITION_MAP_FILE
 from ..prefetchlookup import policy_in_force
@@ -312,7 +312,7 @@ def write_status(owner: Mapping[str, Any], status: Mapping[str, Any]) -> bool:
 
 
 @kopf.daemon(naming.GROUP, naming.VERSION, PLURAL, cancellation_timeout=10.0)
-async def shardset_loop(name: str, namespace: str, body: kopf.Body, stopped: kopf.DaemonStopped,
+async def shardset_loop(name: str, namespace: str | None, body: kopf.Body, stopped: kopf.DaemonStopped,
                         **_: Any) -> None:
     """Reconcile one ShardSet whenever something relevant changes, and at least every RESYNC_SECONDS."""
     last_problems: set[str] = set()
@@ -330,15 +330,15 @@ async def shardset_loop(name: str, namespace: str, body: kopf.Body, stopped: kop
         post_events(body, result.events)
         return result.outcome, result.delay
 
-    await run_object_loop(KIND, namespace, name, body, stopped, one_pass)
+    await run_object_loop(KIND, namespace_of(KIND, name, namespace), name, body, stopped, one_pass)
 
 
 @kopf.on.event(naming.GROUP, naming.VERSION, PLURAL)
-def shardset_changed(name: str, namespace: str, body: kopf.Body, **_: Any) -> None:
+def shardset_changed(name: str, namespace: str | None, body: kopf.Body, **_: Any) -> None:
     """Wake the loop when the spec moved past what the status has observed."""
     observed = (body.get("status") or {}).get("observedGeneration")
     if observed != body["metadata"].get("generation"):
-        TRIGGERS.fire(KIND, namespace, name)
+        TRIGGERS.fire(KIND, namespace_of(KIND, name, namespace), name)
 
 
 def _child_changed(body: kopf.Body, **_: Any) -> None:
@@ -356,8 +356,9 @@ for _group, _version, _plural in (
 
 
 @kopf.on.delete(naming.GROUP, naming.VERSION, PLURAL, optional=False)
-def shardset_deleted(name: str, namespace: str, uid: str, **_: Any) -> None:
+def shardset_deleted(name: str, namespace: str | None, uid: str, **_: Any) -> None:
     """Orphan the keyring and KEK Secrets so the retained shard volumes stay readable; everything else is GC'd."""
+    namespace = namespace_of(KIND, name, namespace)
     for secret_name in (naming.keyring_secret_name(name), naming.kek_secret_name(name)):
         secret = kube.get("v1", "Secret", namespace, secret_name)
         if secret is None:

@@ -104,3 +104,13 @@ def test_history_is_bounded_newest_last():
         hist = plan.append_history(hist, entry, 3)
     assert [h["fromVersion"] for h in hist] == [2, 3, 4]
     assert hist[-1]["durationSeconds"] == 30 and hist[-1]["blocksRewrapped"] == 100
+
+
+def test_phases_keep_their_status_strings():
+    assert [p.value for p in plan.Phase] == [
+        "Pending", "Waiting", "Distributing", "AwaitingLoad", "Promoting", "AwaitingPromotion", "Rewrapping",
+        "Transition", "Verifying", "Retiring", "Completed", "Failed"]
+    assert plan.parse_phase(None) is plan.parse_phase("") is plan.Phase.PENDING
+    assert plan.parse_phase("Rewrapping") is plan.Phase.REWRAPPING
+    assert plan.parse_phase("Exploding") is None
+    assert plan.IDLE_PHASES == {"Pending", "Waiting", "Completed", "Failed"}
