@@ -9,7 +9,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Protocol
 
 
@@ -139,12 +139,12 @@ class ScoredPolicy:
         return len(self._entries)
 
 
-POLICIES = {"lru": LRUPolicy, "scored": ScoredPolicy}
+POLICIES: dict[str, Callable[[], EvictionPolicy]] = {"lru": LRUPolicy, "scored": ScoredPolicy}
 
 
 def make_policy(name: str) -> EvictionPolicy:
     """A fresh policy by config name ("lru" or "scored")."""
     try:
-        return POLICIES[name]()  # type: ignore[return-value]
+        return POLICIES[name]()
     except KeyError:
         raise ValueError(f"unknown eviction policy {name!r}; choose one of {sorted(POLICIES)}") from None

@@ -161,11 +161,14 @@ def fetch_status(args: argparse.Namespace, name: str) -> dict[str, Any]:
     api = client.CustomObjectsApi(kube_api(args))
     try:
         obj = api.get_namespaced_custom_object(GROUP, VERSION, ns, "shardsets", name)
-        rots = api.list_namespaced_custom_object(GROUP, VERSION, ns, "keyrotations")["items"]
+        listing = api.list_namespaced_custom_object(GROUP, VERSION, ns, "keyrotations")
     except ApiException as exc:
         if exc.status == 404:
             raise NotFoundError(f"ShardSet {ns}/{name} not found") from None
         raise Unavailable(f"kubernetes API ({ns})", f"HTTP {exc.status} {exc.reason}") from None
+    if not isinstance(obj, dict) or not isinstance(listing, dict):
+        raise Unavailable(f"kubernetes API ({ns})", "answered something other than a JSON object")
+    rots: list[dict[str, Any]] = listing["items"]
     mine = [r for r in rots if ((r.get("spec") or {}).get("shardSetRef") or {}).get("name") == name]
     return status_summary(obj, sorted(mine, key=lambda r: r["metadata"]["name"]))
 
@@ -202,9 +205,12 @@ def pod_ip_endpoints(args: argparse.Namespace, namespace: str) -> Callable[[int]
     selector = f"app.kubernetes.io/instance={args.shardset},app.kubernetes.io/component=shard"
     ips: dict[int, str] = {}
     for pod in core.list_namespaced_pod(namespace, label_selector=selector).items:
-        ordinal = pod.metadata.name.rsplit("-", 1)[-1]
-        if ordinal.isdigit() and pod.status and pod.status.pod_ip and not pod.metadata.deletion_timestamp:
-            ips[int(ordinal)] = pod.status.pod_ip
+        meta, status = pod.metadata, pod.status
+        if meta is None or meta.name is None or meta.deletion_timestamp:
+            continue  # nameless (never from a real API server) or on its way out
+        ordinal = meta.name.rsplit("-", 1)[-1]
+        if ordinal.isdigit() and status and status.pod_ip:
+            ips[int(ordinal)] = status.pod_ip
 
     def endpoint(shard: int) -> str:
         if shard not in ips:

@@ -154,8 +154,8 @@ def snapshot_dir(directory: Path) -> Path:
     return directory
 
 
-def parse_manifest(text: str) -> tuple[int, list[KeyVersion]]:
-    """Validate a keyring.json document; return (generation, versions)."""
+def _manifest_header(text: str) -> tuple[int, list[Any]]:
+    """The manifest's checked top level: (generation, the raw versions list)."""
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -172,24 +172,36 @@ def parse_manifest(text: str) -> tuple[int, list[KeyVersion]]:
     raw_versions = doc.get("versions")
     if not isinstance(raw_versions, list) or not raw_versions:
         raise KeyringError(f"{MANIFEST}: versions must be a non-empty list")
+    return generation, raw_versions
+
+
+def _manifest_version(item: Any, seen: set[int]) -> KeyVersion:
+    """One checked entry of the manifest's versions list (``seen``: the ids before it)."""
+    if not isinstance(item, dict):
+        raise KeyringError(f"{MANIFEST}: every version must be an object")
+    vid, state = item.get("id"), item.get("state")
+    if not isinstance(vid, int) or isinstance(vid, bool) or not 0 < vid <= 0xFFFFFFFF:
+        raise KeyringError(f"{MANIFEST}: version id {vid!r} must be an integer in 1..2^32-1")
+    if vid in seen:
+        raise KeyringError(f"{MANIFEST}: version {vid} listed twice")
+    if state not in STATES:
+        raise KeyringError(f"{MANIFEST}: version {vid} has unknown state {state!r}")
+    created = item.get("created")
+    compromised = item.get("compromised", False)
+    if not isinstance(compromised, bool):
+        raise KeyringError(f"{MANIFEST}: version {vid} has a non-boolean compromised mark")
+    return KeyVersion(vid, state, created if isinstance(created, str) else None, compromised)
+
+
+def parse_manifest(text: str) -> tuple[int, list[KeyVersion]]:
+    """Validate a keyring.json document; return (generation, versions)."""
+    generation, raw_versions = _manifest_header(text)
     versions: list[KeyVersion] = []
     seen: set[int] = set()
     for item in raw_versions:
-        if not isinstance(item, dict):
-            raise KeyringError(f"{MANIFEST}: every version must be an object")
-        vid, state = item.get("id"), item.get("state")
-        if not isinstance(vid, int) or isinstance(vid, bool) or not 0 < vid <= 0xFFFFFFFF:
-            raise KeyringError(f"{MANIFEST}: version id {vid!r} must be an integer in 1..2^32-1")
-        if vid in seen:
-            raise KeyringError(f"{MANIFEST}: version {vid} listed twice")
-        if state not in STATES:
-            raise KeyringError(f"{MANIFEST}: version {vid} has unknown state {state!r}")
-        seen.add(vid)
-        created = item.get("created")
-        compromised = item.get("compromised", False)
-        if not isinstance(compromised, bool):
-            raise KeyringError(f"{MANIFEST}: version {vid} has a non-boolean compromised mark")
-        versions.append(KeyVersion(vid, state, created if isinstance(created, str) else None, compromised))
+        version = _manifest_version(item, seen)
+        seen.add(version.id)
+        versions.append(version)
     if sum(v.state == "primary" for v in versions) != 1:
         raise KeyringError(f"{MANIFEST}: exactly one version must be primary")
     return generation, versions
@@ -244,7 +256,7 @@ def fingerprint(directory: Path) -> tuple[Any, ...]:
     data = directory / "..data"
     target = os.readlink(data) if data.is_symlink() else None
     base = snapshot_dir(directory)
-    entries = []
+    entries: list[tuple[Any, ...]] = []
     try:
         for entry in sorted(os.scandir(base), key=lambda e: e.name):
             try:

@@ -29,7 +29,7 @@ import bisect
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 import xxhash
 
@@ -174,7 +174,7 @@ class PartitionMap:
         return cls.from_dict(data)
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     # bool is an int subclass; "true" is never a valid epoch or shard.
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -190,12 +190,22 @@ def _validate(epoch: int, shards: int, parts: Sequence[Partition]) -> None:
     if len(set(ids)) != len(ids):
         raise ValueError("partition ids must be unique")
     for p in parts:
-        if not _is_int(p.id) or p.id < 0:
-            raise ValueError(f"partition id must be an integer >= 0, got {p.id!r}")
-        if not _is_int(p.shard) or not 0 <= p.shard < shards:
-            raise ValueError(f"partition {p.id}: shard {p.shard!r} outside 0..{shards - 1}")
-        if not (_is_int(p.start) and _is_int(p.end) and KEYSPACE_MIN <= p.start <= p.end <= KEYSPACE_MAX):
-            raise ValueError(f"partition {p.id}: bad range {p.start!r}..{p.end!r}")
+        _validate_partition(p, shards)
+    _validate_coverage(parts)
+
+
+def _validate_partition(p: Partition, shards: int) -> None:
+    """One partition on its own: id, owning shard and range bounds."""
+    if not _is_int(p.id) or p.id < 0:
+        raise ValueError(f"partition id must be an integer >= 0, got {p.id!r}")
+    if not _is_int(p.shard) or not 0 <= p.shard < shards:
+        raise ValueError(f"partition {p.id}: shard {p.shard!r} outside 0..{shards - 1}")
+    if not (_is_int(p.start) and _is_int(p.end) and KEYSPACE_MIN <= p.start <= p.end <= KEYSPACE_MAX):
+        raise ValueError(f"partition {p.id}: bad range {p.start!r}..{p.end!r}")
+
+
+def _validate_coverage(parts: Sequence[Partition]) -> None:
+    """The partitions, in order, cover the keyspace exactly once (no gap, no overlap)."""
     expected_start = KEYSPACE_MIN
     for p in parts:
         if p.start > expected_start:

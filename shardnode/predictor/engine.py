@@ -19,7 +19,7 @@ import numpy as np
 
 from .access import Access
 from .config import PredictorConfig
-from .features import CandidateGenerator, GeneratorSettings
+from .features import Candidate, CandidateGenerator, GeneratorSettings
 from .feedback import FeedbackController, Outcome, OutcomeTracker, TokenBucket
 from .forecast import RateForecaster
 from .labels import label_candidates, resolvable
@@ -150,55 +150,71 @@ class Predictor(TrainedPipeline):
     def observe(self, accesses: list[Access], now: float | None = None) -> list[Hint]:
         """Consume accesses (oldest first); return the hints to send now."""
         now = time.time() if now is None else now
-        cfg = self.config
-        pending: list[tuple[int, Access, Any]] = []
-        # Where each block is requested later in this batch: a hint for it would come too late.
-        last_in_batch = {(a.table, a.key): i for i, a in enumerate(accesses)}
-        for i, a in enumerate(accesses):
-            self._record(self.tracker.expire(a.time), a.time)
-            outs = self.tracker.access(a.table, a.key, a.time)
-            self._record(outs, a.time)
-            if not a.hit and not any(o.sent and o.used for o in outs):
-                self.misses += 1
-            self.forecaster.observe(a.table, a.time)
-            self.forecaster.observe(SHARD, a.time)  # the whole shard ("*" is not a valid table name)
-            self.log.append(a)
-            self.metrics.accesses.inc()
-            for c in self.generator.observe(a):
-                # Candidates of accesses older than the horizon (catching up a backlog) are too late to help.
-                if a.time + cfg.horizon_s >= now:
-                    pending.append((i, a, c))
-        self._record(self.tracker.expire(now - cfg.horizon_s), now)
+        pending = [pc for i, a in enumerate(accesses) for pc in self._consume(i, a, now)]
+        self._record(self.tracker.expire(now - self.config.horizon_s), now)
         hints: list[Hint] = []
         scorer = self.scorer
-        if pending and scorer is not None and cfg.enabled:
+        if pending and scorer is not None and self.config.enabled:
             scores = scorer.predict(np.vstack([c.features for _, _, c in pending]))
-            for (i, a, c), s in zip(pending, scores.tolist(), strict=True):
-                if s < cfg.score_threshold:
-                    continue
-                if last_in_batch.get((c.table, c.key), -1) > i:
-                    # Already requested after this access: the prediction was right but too late to send;
-                    # it still counts for the threshold (as an unsent candidate), never as a sent hint.
-                    later = next(b for b in accesses[i + 1:] if (b.table, b.key) == (c.table, c.key))
-                    self._record([Outcome(s, False, later.time - a.time <= cfg.horizon_s, c.size, c.features)],
-                                 later.time)
-                    continue
-                send = s >= self.feedback.threshold
-                if send and self.tracker.is_pending_sent(c.table, c.key):
-                    send = False
-                if send and not self.hint_bucket.take(1, now, self.feedback.budget_factor):
-                    self.metrics.hints_dropped.labels("requests_budget").inc()
-                    send = False
-                if send and not self.byte_bucket.take(max(c.size, 1), now, self.feedback.budget_factor):
-                    self.metrics.hints_dropped.labels("bytes_budget").inc()
-                    send = False
-                self.tracker.add(c.table, c.key, s, send, c.size, a.time, cfg.horizon_s, c.features)
-                if send:
-                    self.sent += 1
-                    self.metrics.hints_sent.labels(c.table).inc()
-                    hints.append(Hint(c.table, c.key, s, c.size))
+            hints = self._hints(accesses, pending, scores.tolist(), now)
         self._publish(now)
         return hints
+
+    def _consume(self, i: int, a: Access, now: float) -> list[tuple[int, Access, Candidate]]:
+        """Learn from access number ``i``: resolve outstanding hints, count a miss, feed the forecaster and the
+        candidate generator; the candidates it suggests that may still help."""
+        self._record(self.tracker.expire(a.time), a.time)
+        outs = self.tracker.access(a.table, a.key, a.time)
+        self._record(outs, a.time)
+        if not a.hit and not any(o.sent and o.used for o in outs):
+            self.misses += 1
+        self.forecaster.observe(a.table, a.time)
+        self.forecaster.observe(SHARD, a.time)  # the whole shard ("*" is not a valid table name)
+        self.log.append(a)
+        self.metrics.accesses.inc()
+        # Candidates of accesses older than the horizon (catching up a backlog) are too late to help.
+        if a.time + self.config.horizon_s < now:
+            self.generator.observe(a)
+            return []
+        return [(i, a, c) for c in self.generator.observe(a)]
+
+    def _hints(self, accesses: list[Access], pending: list[tuple[int, Access, Candidate]], scores: list[float],
+               now: float) -> list[Hint]:
+        """The scored candidates over the threshold that become hints now (each one is tracked either way)."""
+        cfg = self.config
+        # Where each block is requested later in this batch: a hint for it would come too late.
+        last_in_batch = {(a.table, a.key): i for i, a in enumerate(accesses)}
+        hints: list[Hint] = []
+        for (i, a, c), s in zip(pending, scores, strict=True):
+            if s < cfg.score_threshold:
+                continue
+            if last_in_batch.get((c.table, c.key), -1) > i:
+                # Already requested after this access: the prediction was right but too late to send;
+                # it still counts for the threshold (as an unsent candidate), never as a sent hint.
+                later = next(b for b in accesses[i + 1:] if (b.table, b.key) == (c.table, c.key))
+                self._record([Outcome(s, False, later.time - a.time <= cfg.horizon_s, c.size, c.features)],
+                             later.time)
+                continue
+            send = self._may_send(c, s, now)
+            self.tracker.add(c.table, c.key, s, send, c.size, a.time, cfg.horizon_s, c.features)
+            if send:
+                self.sent += 1
+                self.metrics.hints_sent.labels(c.table).inc()
+                hints.append(Hint(c.table, c.key, s, c.size))
+        return hints
+
+    def _may_send(self, c: Candidate, score: float, now: float) -> bool:
+        """Whether a candidate over the threshold is sent: over the feedback threshold, not already hinted,
+        and within the request and byte budgets (a budget refusal is counted)."""
+        if score < self.feedback.threshold or self.tracker.is_pending_sent(c.table, c.key):
+            return False
+        if not self.hint_bucket.take(1, now, self.feedback.budget_factor):
+            self.metrics.hints_dropped.labels("requests_budget").inc()
+            return False
+        if not self.byte_bucket.take(max(c.size, 1), now, self.feedback.budget_factor):
+            self.metrics.hints_dropped.labels("bytes_budget").inc()
+            return False
+        return True
 
     def _publish(self, now: float) -> None:
         m = self.metrics

@@ -11,10 +11,13 @@ from __future__ import annotations
 import math
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 
 from .access import Access, offset_key
+
+V = TypeVar("V")
 
 KIND_SEQ1, KIND_SEQ2, KIND_SUCC = 0, 1, 2
 KINDS = ("seq1", "seq2", "succ")
@@ -85,6 +88,58 @@ class GeneratorSettings:
     rate_window_s: float = 10.0
 
 
+def _keep_recent(entries: OrderedDict[str, V], key: str, limit: int) -> None:
+    """Mark ``key`` most recent and drop the oldest entries beyond ``limit``."""
+    entries.move_to_end(key)
+    while len(entries) > limit:
+        entries.popitem(last=False)
+
+
+def _table_rate(st: _TableState, now: float, window_s: float) -> float:
+    """Record a request at ``now``; the table's request rate over the last window (per second)."""
+    st.recent_times.append(now)
+    cut = now - window_s
+    if st.recent_times[0] < cut:
+        st.recent_times = [t for t in st.recent_times if t >= cut]
+    return len(st.recent_times) / window_s
+
+
+def _client_run_fraction(st: _TableState, client: str, continued_run: bool, max_clients: int) -> float:
+    """Record whether this access continued a run; the client's share of such accesses (its last 64),
+    a per-client pattern signal."""
+    runs = st.client_runs.setdefault(client, [])
+    _keep_recent(st.client_runs, client, max_clients)
+    runs.append(1 if continued_run else 0)
+    if len(runs) > 64:
+        del runs[0]
+    return sum(runs) / len(runs)
+
+
+def _count_key(st: _TableState, key: str, now: float, max_keys: int) -> int:
+    """Count an access to ``key``; how often it was accessed before."""
+    freq, _ = st.key_stats.get(key, (0, now))
+    st.key_stats[key] = (freq + 1, now)
+    _keep_recent(st.key_stats, key, max_keys)
+    return freq
+
+
+def _learn_successor(st: _TableState, client: str, key: str, s: GeneratorSettings) -> None:
+    """Count ``key`` as a successor of the client's previous key (the strongest few per key are kept)."""
+    prev = st.last_key_by_client.get(client)
+    if prev is not None and prev != key:
+        succ = st.successors.get(prev)
+        if succ is None:
+            succ = st.successors[prev] = Counter()
+        succ[key] += 1
+        if len(succ) > s.successors_per_key:
+            # Keep only the strongest successors: the table stays bounded per key.
+            for k, _ in succ.most_common()[s.successors_per_key:]:
+                del succ[k]
+        _keep_recent(st.successors, prev, s.max_keys)
+    st.last_key_by_client[client] = key
+    _keep_recent(st.last_key_by_client, client, s.max_clients)
+
+
 class CandidateGenerator:
     """Feeds on accesses in order and proposes candidates after each one (pure state machine)."""
 
@@ -110,51 +165,11 @@ class CandidateGenerator:
         next2 = offset_key(a.key, 2 * blocks)
         if next1 is not None:
             st.streams[next1] = _Stream(run_len, a.time)
-            st.streams.move_to_end(next1)
-            while len(st.streams) > s.max_streams:
-                st.streams.popitem(last=False)
-
-        # Request rate of the table over the last window (ring-trimmed list of times).
-        st.recent_times.append(a.time)
-        cut = a.time - s.rate_window_s
-        if st.recent_times[0] < cut:
-            st.recent_times = [t for t in st.recent_times if t >= cut]
-        rate = len(st.recent_times) / s.rate_window_s
-
-        # Per-client share of accesses that continued a run (the last 64), a per-client pattern signal.
-        runs = st.client_runs.setdefault(a.client, [])
-        st.client_runs.move_to_end(a.client)
-        while len(st.client_runs) > s.max_clients:
-            st.client_runs.popitem(last=False)
-        runs.append(1 if run_len > 0 else 0)
-        if len(runs) > 64:
-            del runs[0]
-        client_run_frac = sum(runs) / len(runs)
-
-        freq, _ = st.key_stats.get(a.key, (0, a.time))
-        st.key_stats[a.key] = (freq + 1, a.time)
-        st.key_stats.move_to_end(a.key)
-        while len(st.key_stats) > s.max_keys:
-            st.key_stats.popitem(last=False)
-
-        prev = st.last_key_by_client.get(a.client)
-        if prev is not None and prev != a.key:
-            succ = st.successors.get(prev)
-            if succ is None:
-                succ = st.successors[prev] = Counter()
-            succ[a.key] += 1
-            if len(succ) > s.successors_per_key:
-                # Keep only the strongest successors: the table stays bounded per key.
-                for k, _ in succ.most_common()[s.successors_per_key:]:
-                    del succ[k]
-            st.successors.move_to_end(prev)
-            while len(st.successors) > s.max_keys:
-                st.successors.popitem(last=False)
-        st.last_key_by_client[a.client] = a.key
-        st.last_key_by_client.move_to_end(a.client)
-        while len(st.last_key_by_client) > s.max_clients:
-            st.last_key_by_client.popitem(last=False)
-
+            _keep_recent(st.streams, next1, s.max_streams)
+        rate = _table_rate(st, a.time, s.rate_window_s)
+        client_run_frac = _client_run_fraction(st, a.client, run_len > 0, s.max_clients)
+        freq = _count_key(st, a.key, a.time, s.max_keys)
+        _learn_successor(st, a.client, a.key, s)
         hour = (a.time % 86400.0) / 3600.0
         common = (
             min(run_len, _MAX_RUN),

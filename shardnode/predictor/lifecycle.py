@@ -175,9 +175,9 @@ class TrainedPipeline:
         scorer = self.scorer
         if isinstance(scorer, StatsScorer) and self.config.feedback_enabled:
             # The counting model recalibrates online from every resolved candidate.
-            rows = [o for o in outs if o.features is not None]
+            rows = [(o.features, o.used) for o in outs if o.features is not None]
             if rows:
-                scorer.update(np.vstack([o.features for o in rows]), np.array([o.used for o in rows]))
+                scorer.update(np.vstack([f for f, _ in rows]), np.array([used for _, used in rows]))
 
     def close(self) -> None:
         """Stop the training executor if we own it (waits for a running training)."""
