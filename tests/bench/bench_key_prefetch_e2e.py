@@ -37,7 +37,8 @@ from chronoshard.shardnode.keys.provider import wrap_key
 from chronoshard.shardnode.predictor.traces import FORMATS
 
 from tests.bench.bench_key_prefetch import jobs_workload, trace_workload
-from tests.integration.shardnode.procs import BIN, Proc, free_port, http, http_json, wait_for
+from tests.integration.shardnode.procs import BIN, Proc, free_port, http, http_json
+from tests.support.waiting import wait_for
 
 VERSION = 1
 BLOCK = 4096

@@ -21,7 +21,7 @@ import aiohttp
 from aiohttp import web
 
 from tests.integration.shardnode.procs import Proc, cache, free_port, node
-from tests.unit.shardnode.kubelet_dir import write_keyring
+from tests.support.kubelet_dir import write_keyring
 
 TIME_LIMIT = 60.0
 

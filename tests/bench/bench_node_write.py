@@ -23,7 +23,7 @@ from chronoshard.shardnode.node import rewrap
 from chronoshard.shardnode.node.store import Store
 
 from tests.integration.shardnode.procs import node
-from tests.unit.shardnode.kubelet_dir import write_keyring
+from tests.support.kubelet_dir import write_keyring
 
 TIME_LIMIT = 60.0
 

@@ -7,10 +7,9 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,18 +56,6 @@ class LocalCluster:
 
     def pod_dir(self, pod: dict[str, Any]) -> Path:
         return self.state_dir / "agent" / "pods" / pod["metadata"]["uid"]
-
-
-def wait_until(what: str, check: Callable[[], Any], timeout: float = 90, interval: float = 0.5) -> Any:
-    """Poll ``check`` until it returns something truthy; fail naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
 def is_ready(pod: dict[str, Any]) -> bool:

@@ -22,9 +22,10 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.support.waiting import wait_for
 from tests.unit.charts.helpers import CHART, tools_bin
 
-from .conftest import LocalCluster, dev, http_get, is_ready, start_cluster, wait_until
+from .conftest import LocalCluster, dev, http_get, is_ready, start_cluster
 
 pytestmark = pytest.mark.e2e
 
@@ -119,7 +120,10 @@ def test_pod_lists_its_namespace_with_its_service_account_token_and_rbac_applies
             obj["metadata"]["namespace"] = ns
             cluster.apply(obj)
 
-        reader = wait_until("reader pod finished", lambda: _finished(cluster, ns, "reader"), timeout=90)
+        reader = wait_for(
+            lambda: _finished(cluster, ns, "reader"),
+            timeout=90, interval=0.5, what="reader pod finished",
+        )
         logs = cluster.kubectl("logs", "reader", "-n", ns).stdout
         assert reader["status"]["phase"] == "Succeeded", logs
         got = json.loads(logs.strip().splitlines()[-1])
@@ -143,7 +147,7 @@ def test_pod_lists_its_namespace_with_its_service_account_token_and_rbac_applies
 
         # No credentials when the ServiceAccount or the pod opts out.
         for name in ("no-sa-token", "opted-out"):
-            pod = wait_until(f"{name} finished", lambda n=name: _finished(cluster, ns, n), timeout=90)
+            pod = wait_for(lambda n=name: _finished(cluster, ns, n), timeout=90, interval=0.5, what=f"{name} finished")
             assert pod["status"]["phase"] == "Failed"
             assert not (cluster.pod_dir(pod) / "serviceaccount").exists()
             assert "no KUBECONFIG" in cluster.kubectl("logs", name, "-n", ns).stdout
@@ -184,8 +188,10 @@ def test_helm_installed_operator_pod_runs_and_reconciles_through_an_upgrade(clus
     try:
         _helm(cluster, env, "install", RELEASE, str(CHART), "-n", RELEASE_NS, "--create-namespace")
         installed = True
-        operator = wait_until("the chart's operator pod Running and Ready", lambda: _ready_operator(cluster),
-                              timeout=150)
+        operator = wait_for(
+            lambda: _ready_operator(cluster),
+            timeout=150, interval=0.5, what="the chart's operator pod Running and Ready",
+        )
         cluster.kubectl("-n", RELEASE_NS, "rollout", "status", f"deployment/{RELEASE}", "--timeout=60s")
         ip = operator["status"]["podIP"]
         # Ready means its probes answered: Kopf's health endpoint and the metrics endpoint, at the pod IP.
@@ -204,22 +210,37 @@ def test_helm_installed_operator_pod_runs_and_reconciles_through_an_upgrade(clus
                                check=False).stdout.strip() == "no"
 
         _shard_set(cluster, ns, "orders", 3)
-        wait_until("the operator's StatefulSet", lambda: cluster.get("statefulset", "orders", ns), timeout=90)
-        wait_until("3 shard pods Ready", lambda: _ready_shards(cluster, ns, "orders") == 3, timeout=240)
+        wait_for(
+            lambda: cluster.get("statefulset", "orders", ns),
+            timeout=90, interval=0.5, what="the operator's StatefulSet",
+        )
+        wait_for(
+            lambda: _ready_shards(cluster, ns, "orders") == 3,
+            timeout=240, interval=0.5, what="3 shard pods Ready",
+        )
 
         # An upgrade that changes the pod template: Recreate replaces the pod, and the new one takes over.
         _helm(cluster, env, "upgrade", RELEASE, str(CHART), "-n", RELEASE_NS, "--set", "operator.verbose=true")
-        new = wait_until("a new operator pod Ready after the upgrade",
-                         lambda: _ready_operator(cluster, exclude=operator["metadata"]["uid"]), timeout=150)
+        new = wait_for(
+            lambda: _ready_operator(cluster, exclude=operator["metadata"]["uid"]),
+            timeout=150, interval=0.5, what="a new operator pod Ready after the upgrade",
+        )
         assert "--verbose" in new["spec"]["containers"][0]["args"]
         _shard_set(cluster, ns, "invoices", 1)
-        wait_until("the upgraded operator's StatefulSet", lambda: cluster.get("statefulset", "invoices", ns),
-                   timeout=90)
-        wait_until("the new shard pod Ready", lambda: _ready_shards(cluster, ns, "invoices") == 1, timeout=180)
+        wait_for(
+            lambda: cluster.get("statefulset", "invoices", ns),
+            timeout=90, interval=0.5, what="the upgraded operator's StatefulSet",
+        )
+        wait_for(
+            lambda: _ready_shards(cluster, ns, "invoices") == 1,
+            timeout=180, interval=0.5, what="the new shard pod Ready",
+        )
         assert _ready_shards(cluster, ns, "orders") == 3
     finally:
         cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
         if installed:
             _helm(cluster, env, "uninstall", RELEASE, "-n", RELEASE_NS, "--wait", "--timeout", "120s")
-    wait_until("the operator pod gone after helm uninstall",
-               lambda: not cluster.pods(RELEASE_NS, OPERATOR_SELECTOR), timeout=120)
+    wait_for(
+        lambda: not cluster.pods(RELEASE_NS, OPERATOR_SELECTOR),
+        timeout=120, interval=0.5, what="the operator pod gone after helm uninstall",
+    )

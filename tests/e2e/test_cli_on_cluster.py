@@ -9,7 +9,9 @@ import sys
 
 import pytest
 
-from .conftest import LocalCluster, is_ready, wait_until
+from tests.support.waiting import wait_for
+
+from .conftest import LocalCluster, is_ready
 
 pytestmark = pytest.mark.e2e
 
@@ -23,8 +25,11 @@ def cli(cluster: LocalCluster, ns: str, *args: str) -> subprocess.CompletedProce
 def test_put_get_ls_status_by_shardset_name(local_cluster: LocalCluster, e2e_namespace: str) -> None:
     local_cluster.apply({"apiVersion": "chronoshard.io/v1alpha1", "kind": "ShardSet",
                          "metadata": {"name": "cli", "namespace": e2e_namespace}, "spec": {"shards": 2}})
-    wait_until("2 ready shard pods", lambda: len([p for p in local_cluster.pods(
-        e2e_namespace, "app.kubernetes.io/instance=cli") if is_ready(p)]) == 2, timeout=120)
+    wait_for(
+        lambda: len([p for p in local_cluster.pods(
+            e2e_namespace, "app.kubernetes.io/instance=cli") if is_ready(p)]) == 2,
+        timeout=120, interval=0.5, what="2 ready shard pods",
+    )
     keys = [f"k{i}" for i in range(12)]
     for k in keys:
         put = cli(local_cluster, e2e_namespace, "-s", "cli", "put", "t", k, "--value", f"value-{k}")

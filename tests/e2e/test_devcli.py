@@ -13,7 +13,9 @@ import pytest
 from chronoshard.devcluster.cli import all_pids
 from chronoshard.devcluster.nodeagent.process import descendants, proc_start_time
 
-from .conftest import PROBE_SERVER, dev, http_get, is_ready, start_cluster, wait_until
+from tests.support.waiting import wait_for
+
+from .conftest import PROBE_SERVER, dev, http_get, is_ready, start_cluster
 
 pytestmark = pytest.mark.e2e
 
@@ -44,10 +46,15 @@ def test_up_reuse_agent_restart_adoption_and_down_leaves_nothing():
             "spec": {"restartPolicy": "Never", "containers": [
                 {"name": "once", "image": "none", "command": ["python", "-c", "print('ran once')"]}]},
         })
-        done = wait_until("done Succeeded", lambda: (p := cluster.get("pod", "done", "default"))
-                          and p["status"].get("phase") == "Succeeded" and p)
-        pod = wait_until("survivor ready",
-                         lambda: (p := cluster.get("pod", "survivor", "default")) and is_ready(p) and p)
+        done = wait_for(
+            lambda: (p := cluster.get("pod", "done", "default"))
+                and p["status"].get("phase") == "Succeeded" and p,
+            timeout=90, interval=0.5, what="done Succeeded",
+        )
+        pod = wait_for(
+            lambda: (p := cluster.get("pod", "survivor", "default")) and is_ready(p) and p,
+            timeout=90, interval=0.5, what="survivor ready",
+        )
         container_id = pod["status"]["containerStatuses"][0]["containerID"]
         shim = int(container_id.removeprefix("process://"))
 
@@ -65,15 +72,18 @@ def test_up_reuse_agent_restart_adoption_and_down_leaves_nothing():
             return is_ready(p) and s["containerID"] == container_id and s["restartCount"] == 0 and p
 
         # Readiness is re-probed by the new agent; wait for a status it wrote after adopting.
-        wait_until("adopted", adopted_and_ready, timeout=30)
+        wait_for(adopted_and_ready, timeout=30, interval=0.5, what="adopted")
         ip = pod["status"]["podIP"]
         assert http_get(f"http://{ip}:8080/healthz") == (200, b"ok")
 
         # The adopted container is really managed: killing it makes the new agent restart it.
         (server,) = descendants(shim)
         os.kill(server, signal.SIGKILL)
-        wait_until("restart by the new agent", lambda: cluster.get("pod", "survivor", "default")["status"]
-                   ["containerStatuses"][0]["restartCount"] == 1, timeout=30)
+        wait_for(
+            lambda: cluster.get("pod", "survivor", "default")["status"]
+                ["containerStatuses"][0]["restartCount"] == 1,
+            timeout=30, interval=0.5, what="restart by the new agent",
+        )
 
         # A container that finished for good is not run again by the new agent (which has synced by now).
         logs = cluster.pod_dir(done) / "logs" / "once"
@@ -92,8 +102,11 @@ def test_up_reuse_agent_restart_adoption_and_down_leaves_nothing():
     # Like a node reboot: etcd and the agent's state survive down/up; the pod comes back and runs again.
     try:
         cluster = start_cluster(state, "--no-operator")
-        back = wait_until("survivor back", lambda: (p := cluster.get("pod", "survivor", "default")) and is_ready(p)
-                          and p, timeout=60)
+        back = wait_for(
+            lambda: (p := cluster.get("pod", "survivor", "default")) and is_ready(p)
+                and p,
+            timeout=60, interval=0.5, what="survivor back",
+        )
         assert back["metadata"]["uid"] == pod["metadata"]["uid"] and back["status"]["podIP"] == ip
         assert http_get(f"http://{ip}:8080/healthz") == (200, b"ok")
     finally:

@@ -19,7 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import PROBE_SERVER, dev, http_get, is_ready, start_cluster, wait_until
+from tests.support.waiting import wait_for
+
+from .conftest import PROBE_SERVER, dev, http_get, is_ready, start_cluster
 
 pytestmark = pytest.mark.e2e
 
@@ -71,8 +73,11 @@ def test_endpoint_slices_list_reachable_pod_ips():
              "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
                       "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [container]}}}},
         )
-        pods = wait_until("2 ready pods", lambda: [p for p in cluster.pods(ns, "app=web") if is_ready(p)]
-                          if len([p for p in cluster.pods(ns, "app=web") if is_ready(p)]) == 2 else None)
+        pods = wait_for(
+            lambda: [p for p in cluster.pods(ns, "app=web") if is_ready(p)]
+                if len([p for p in cluster.pods(ns, "app=web") if is_ready(p)]) == 2 else None,
+            timeout=90, interval=0.5, what="2 ready pods",
+        )
         ips = {p["status"]["podIP"] for p in pods}
         assert all(ip.startswith("10.88.") for ip in ips)
 
@@ -82,7 +87,7 @@ def test_endpoint_slices_list_reachable_pod_ips():
             return {a for s in json.loads(out)["items"] for e in s.get("endpoints") or []
                     if (e.get("conditions") or {}).get("ready") for a in e["addresses"]}
 
-        wait_until("EndpointSlice with both pod IPs", lambda: slice_ips() == ips)
+        wait_for(lambda: slice_ips() == ips, timeout=90, interval=0.5, what="EndpointSlice with both pod IPs")
         for ip in slice_ips():
             assert http_get(f"http://{ip}:8080/healthz") == (200, b"ok")
     finally:

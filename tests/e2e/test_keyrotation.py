@@ -28,7 +28,8 @@ from chronoshard.devcluster.controlplane import free_port
 from chronoshard.shardnode.client import Client
 from chronoshard.shardnode.keyspace.partitioning import PartitionMap
 
-from tests.e2e.conftest import LocalCluster, dev, http_get, is_ready, start_cluster, wait_until
+from tests.e2e.conftest import LocalCluster, dev, http_get, is_ready, start_cluster
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -185,8 +186,10 @@ def env() -> Iterator[Env]:
                        "metadata": {"name": "vault", "namespace": ns},
                        "spec": {"shards": SHARDS, "cache": {"size": "8Mi"}}})
         e = Env(cluster, operator, ns)
-        wait_until("3 shard pods ready", lambda: len([p for p in e.refresh_pods() if is_ready(p)]) == SHARDS,
-                   timeout=180)
+        wait_for(
+            lambda: len([p for p in e.refresh_pods() if is_ready(p)]) == SHARDS,
+            timeout=180, interval=0.5, what="3 shard pods ready",
+        )
         yield e
     finally:
         operator.stop()
@@ -226,7 +229,7 @@ def wait_completed(env: Env, name: str, count: int, timeout: float = 240) -> dic
         hist = st.get("history") or []
         return st if st.get("phase") == "Completed" and len(hist) >= count else None
 
-    return wait_until(f"KeyRotation {name} completed #{count}", done, timeout=timeout)
+    return wait_for(done, timeout=timeout, interval=0.5, what=f"KeyRotation {name} completed #{count}")
 
 
 def assert_only_version(env: Env, version: int) -> None:
@@ -236,9 +239,11 @@ def assert_only_version(env: Env, version: int) -> None:
     assert set(secret["data"]) == {"keyring.json", f"v{version}.wrapped"}
     for shard in range(SHARDS):
         for port in (7400, 7401):
-            rep = wait_until(f"shard {shard}:{port} drops old versions",
-                             lambda s=shard, p=port: (r := env.keys_report(s, p)) and
-                             [v["id"] for v in r["versions"]] == [version] and r, timeout=60)
+            rep = wait_for(
+                lambda s=shard, p=port: (r := env.keys_report(s, p)) and
+                    [v["id"] for v in r["versions"]] == [version] and r,
+                timeout=60, interval=0.5, what=f"shard {shard}:{port} drops old versions",
+            )
             assert rep["primary"] == version and rep["wrapped"] == [version] and rep["loadError"] is None
             if port == 7400:
                 assert {int(k): n for k, n in rep["blocks"].items() if n} .keys() <= {version}
@@ -252,8 +257,10 @@ def test_manual_rotation_completes_under_load(env: Env, workload: Workload) -> N
     # Keys the workload rewrote after the promotion were already on version 2 and needed no rewrap.
     assert PRELOAD // 2 < h["blocksRewrapped"] <= PRELOAD
     assert_only_version(env, 2)
-    wait_until("ShardSet status shows version 2",
-               lambda: (env.cluster.get("shardset", "vault", env.namespace)["status"].get("keyVersion") == 2))
+    wait_for(
+        lambda: (env.cluster.get("shardset", "vault", env.namespace)["status"].get("keyVersion") == 2),
+        timeout=90, interval=0.5, what="ShardSet status shows version 2",
+    )
     events = json.loads(env.cluster.kubectl("get", "events", "-n", env.namespace, "-o", "json",
                                             "--field-selector", "involvedObject.name=manual").stdout)["items"]
     started = [e for e in events if e["reason"] == "Distributing"]
@@ -262,12 +269,18 @@ def test_manual_rotation_completes_under_load(env: Env, workload: Workload) -> N
     assert op.metric("chronoshard_keyrotation_rotations_total", reason="manual", outcome="Completed") == 1
     assert op.metric("chronoshard_keyrotation_blocks_rewrapped_total", shardset="vault") == h["blocksRewrapped"]
     assert op.metric("chronoshard_keyrotation_phase_duration_seconds_count", phase="Rewrapping") == 1
-    wait_until("key version gauge", lambda: op.metric("chronoshard_shardset_key_version", shardset="vault") == 2)
+    wait_for(
+        lambda: op.metric("chronoshard_shardset_key_version", shardset="vault") == 2,
+        timeout=90, interval=0.5, what="key version gauge",
+    )
 
 
 def test_scheduled_rotation_uses_the_controllable_clock(env: Env, workload: Workload) -> None:
     env.cluster.apply(rotation("nightly", schedule="0 3 * * *"))
-    st = wait_until("nextScheduleTime", lambda: (env.kr("nightly") or {}).get("status", {}).get("nextScheduleTime"))
+    st = wait_for(
+        lambda: (env.kr("nightly") or {}).get("status", {}).get("nextScheduleTime"),
+        timeout=90, interval=0.5, what="nextScheduleTime",
+    )
     assert st.endswith("T03:00:00Z")
     time.sleep(2)
     assert (env.kr("nightly")["status"].get("history") or []) == [], "rotated before its time"
@@ -371,7 +384,7 @@ def test_frozen_shard_makes_the_rotation_wait_and_it_never_retires_the_key(env: 
             cond = next((c for c in st.get("conditions") or [] if c["type"] == "Ready"), {})
             return cond if "shard 2 node" in cond.get("message", "") else None
 
-        cond = wait_until("rotation waiting for shard 2", waiting, timeout=60)
+        cond = wait_for(waiting, timeout=60, interval=0.5, what="rotation waiting for shard 2")
         assert cond["status"] == "False"
         assert 5 in env.secret_versions(), "old key retired while a shard was down"
     finally:
@@ -409,12 +422,15 @@ def test_node_killed_mid_rewrap_still_completes(env: Env, workload: Workload) ->
         code, body = http_get(f"http://{ip}:7400/v1/rewrap")
         return code == 200 and json.loads(body)["state"] == "running" and json.loads(body)["rewrapped"] > 0
 
-    wait_until("shard 1 rewrapping", rewrapping, timeout=120, interval=0.05)
+    wait_for(rewrapping, timeout=120, interval=0.05, what="shard 1 rewrapping")
     for pid in node_pids(env, 1):
         os.kill(pid, signal.SIGKILL)
-    wait_until("node restarted", lambda: next(
-        c for c in env.refresh_pods()[1]["status"]["containerStatuses"] if c["name"] == "node"
-    )["restartCount"] > restarts_before, timeout=60)
+    wait_for(
+        lambda: next(
+            c for c in env.refresh_pods()[1]["status"]["containerStatuses"] if c["name"] == "node"
+            )["restartCount"] > restarts_before,
+        timeout=60, interval=0.5, what="node restarted",
+    )
     st = wait_completed(env, "manual", 4, timeout=300)
     assert st["history"][-1]["toVersion"] == 7
     assert_only_version(env, 7)
@@ -445,5 +461,5 @@ def test_unknown_shardset_waits_with_a_condition(env: Env) -> None:
         c = next((c for c in st.get("conditions") or [] if c["type"] == "Ready"), None)
         return c if c and c["reason"] == "TargetMissing" else None
 
-    c = wait_until("TargetMissing condition", cond, timeout=60)
+    c = wait_for(cond, timeout=60, interval=0.5, what="TargetMissing condition")
     assert "does-not-exist" in c["message"]

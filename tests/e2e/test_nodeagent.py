@@ -20,7 +20,9 @@ import pytest
 from chronoshard.devcluster.nodeagent.process import descendants, proc_start_time
 from chronoshard.devcluster.nodeagent.volumes import read_snapshot
 
-from .conftest import PROBE_SERVER, LocalCluster, dev, http_get, http_put, is_ready, wait_until
+from tests.support.waiting import wait_for
+
+from .conftest import PROBE_SERVER, LocalCluster, dev, http_get, http_put, is_ready
 
 pytestmark = pytest.mark.e2e
 
@@ -94,13 +96,19 @@ def web(local_cluster: LocalCluster):
     ns = f"e2e-{uuid.uuid4().hex[:8]}"
     local_cluster.kubectl("create", "namespace", ns)
     local_cluster.apply(*statefulset(ns))
-    wait_until("3 ready web pods", lambda: len([p for p in local_cluster.pods(ns, f"app={NAME}") if is_ready(p)]) == 3)
+    wait_for(
+        lambda: len([p for p in local_cluster.pods(ns, f"app={NAME}") if is_ready(p)]) == 3,
+        timeout=90, interval=0.5, what="3 ready web pods",
+    )
     yield ns
     local_cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
 
 
 def ready_pod(cluster: LocalCluster, ns: str, name: str) -> dict:
-    return wait_until(f"{name} ready", lambda: (p := cluster.get("pod", name, ns)) and is_ready(p) and p)
+    return wait_for(
+        lambda: (p := cluster.get("pod", name, ns)) and is_ready(p) and p,
+        timeout=90, interval=0.5, what=f"{name} ready",
+    )
 
 
 def test_pods_run_on_distinct_loopback_ips_with_downward_api_env(local_cluster, web):
@@ -147,9 +155,10 @@ def test_secret_update_reaches_the_volume_atomically(local_cluster, web):
     try:
         for generation in range(2, 7):
             local_cluster.apply(keys_secret(web, generation))
-            wait_until(f"generation {generation} mounted",
-                       lambda g=generation: json.loads((volume / "keyring.json").read_text())["generation"] == g,
-                       timeout=30, interval=0.05)
+            wait_for(
+                lambda g=generation: json.loads((volume / "keyring.json").read_text())["generation"] == g,
+                timeout=30, interval=0.05, what=f"generation {generation} mounted",
+            )
     finally:
         stop.set()
         thread.join()
@@ -164,7 +173,10 @@ def test_readiness_probe_failure_makes_the_pod_unready_and_back(local_cluster, w
     flag = local_cluster.pod_dir(pod) / "volumes" / "scratch" / "unready"
     flag.write_text("x")
     try:
-        wait_until("pod not ready", lambda: not is_ready(local_cluster.get("pod", f"{NAME}-1", web)), timeout=30)
+        wait_for(
+            lambda: not is_ready(local_cluster.get("pod", f"{NAME}-1", web)),
+            timeout=30, interval=0.5, what="pod not ready",
+        )
         status = local_cluster.get("pod", f"{NAME}-1", web)["status"]
         assert status["containerStatuses"][0]["ready"] is False and status["phase"] == "Running"
     finally:
@@ -185,7 +197,7 @@ def test_killed_container_process_is_restarted_and_counted(local_cluster, web):
         s = p["status"]["containerStatuses"][0]
         return s["restartCount"] > before and is_ready(p) and s
 
-    status = wait_until("restart", restarted, timeout=60)
+    status = wait_for(restarted, timeout=60, interval=0.5, what="restart")
     assert status["lastState"]["terminated"]["exitCode"] == 128 + signal.SIGKILL
     assert proc_start_time(server) is None
     ip = local_cluster.get("pod", f"{NAME}-1", web)["status"]["podIP"]
@@ -206,8 +218,11 @@ def test_deleted_pod_comes_back_with_the_same_volume_and_data(local_cluster, web
     assert host_file.read_bytes() == marker
     old_uid = pod["metadata"]["uid"]
     local_cluster.kubectl("delete", "pod", f"{NAME}-2", "-n", web, "--wait=false")
-    new = wait_until("a new web-2", lambda: (p := local_cluster.get("pod", f"{NAME}-2", web))
-                     and p["metadata"]["uid"] != old_uid and is_ready(p) and p, timeout=60)
+    new = wait_for(
+        lambda: (p := local_cluster.get("pod", f"{NAME}-2", web))
+            and p["metadata"]["uid"] != old_uid and is_ready(p) and p,
+        timeout=60, interval=0.5, what="a new web-2",
+    )
     assert http_get(f"http://{new['status']['podIP']}:8080/data/marker") == (200, marker)
     assert not local_cluster.pod_dir(pod).exists(), "the old pod's directory is cleaned up"
 

@@ -8,13 +8,18 @@ import time
 import pytest
 from chronoshard.devcluster.nodeagent.process import descendants, proc_start_time
 
-from .conftest import PROBE_SERVER, LocalCluster, http_get, is_ready, wait_until
+from tests.support.waiting import wait_for
+
+from .conftest import PROBE_SERVER, LocalCluster, http_get, is_ready
 
 pytestmark = pytest.mark.e2e
 
 
 def ready_pod(cluster: LocalCluster, ns: str, name: str) -> dict:
-    return wait_until(f"{name} ready", lambda: (p := cluster.get("pod", name, ns)) and is_ready(p) and p)
+    return wait_for(
+        lambda: (p := cluster.get("pod", name, ns)) and is_ready(p) and p,
+        timeout=90, interval=0.5, what=f"{name} ready",
+    )
 
 
 def test_graceful_delete_sends_sigterm_then_sigkill_after_the_grace_period(local_cluster, e2e_namespace):
@@ -31,12 +36,15 @@ def test_graceful_delete_sends_sigterm_then_sigkill_after_the_grace_period(local
     family = {shim, *descendants(shim)}
     log = local_cluster.pod_dir(pod) / "logs" / "main" / "0.log"
     # Ready comes with the process start (no probe); wait until its SIGTERM handler is installed.
-    wait_until("handler installed", lambda: "up" in log.read_text(), timeout=15, interval=0.1)
+    wait_for(lambda: "up" in log.read_text(), timeout=15, interval=0.1, what="handler installed")
     started = time.monotonic()
     local_cluster.kubectl("delete", "pod", "stubborn", "-n", e2e_namespace, "--wait=false")
-    wait_until("SIGTERM delivered", lambda: "got SIGTERM" in log.read_text(), timeout=15, interval=0.1)
+    wait_for(lambda: "got SIGTERM" in log.read_text(), timeout=15, interval=0.1, what="SIGTERM delivered")
     assert any(proc_start_time(p) is not None for p in family), "still running during the grace period"
-    wait_until("pod object gone", lambda: local_cluster.get("pod", "stubborn", e2e_namespace) is None, timeout=30)
+    wait_for(
+        lambda: local_cluster.get("pod", "stubborn", e2e_namespace) is None,
+        timeout=30, interval=0.5, what="pod object gone",
+    )
     elapsed = time.monotonic() - started
     assert elapsed >= 3, f"killed before the grace period ended ({elapsed:.1f}s)"
     assert all(proc_start_time(p) is None for p in family)
@@ -49,8 +57,11 @@ def test_pods_for_other_nodes_stay_pending(local_cluster, e2e_namespace):
     here = {**pod, "metadata": {"name": "here", "namespace": e2e_namespace},
             "spec": {**pod["spec"], "nodeSelector": {"chronoshard.io/process-node": "true"}}}
     local_cluster.apply(pod, here)
-    wait_until("selected pod bound", lambda: (local_cluster.get("pod", "here", e2e_namespace) or {})
-               .get("spec", {}).get("nodeName") == "chronoshard-dev")
+    wait_for(
+        lambda: (local_cluster.get("pod", "here", e2e_namespace) or {})
+            .get("spec", {}).get("nodeName") == "chronoshard-dev",
+        timeout=90, interval=0.5, what="selected pod bound",
+    )
     time.sleep(2)
     other = local_cluster.get("pod", "elsewhere", e2e_namespace)
     assert "nodeName" not in other["spec"] and other["status"]["phase"] == "Pending"
@@ -63,15 +74,24 @@ def test_restart_policies_and_exit_codes(local_cluster, e2e_namespace):
                     {"name": "main", "image": "none", "command": ["python", "-c", f"import sys; sys.exit({code})"]}]}}
 
     local_cluster.apply(pod("fails", "Never", 3), pod("succeeds", "OnFailure", 0), pod("retries", "OnFailure", 4))
-    failed = wait_until("Failed", lambda: (p := local_cluster.get("pod", "fails", e2e_namespace))
-                        and p["status"].get("phase") == "Failed" and p)
+    failed = wait_for(
+        lambda: (p := local_cluster.get("pod", "fails", e2e_namespace))
+            and p["status"].get("phase") == "Failed" and p,
+        timeout=90, interval=0.5, what="Failed",
+    )
     state = failed["status"]["containerStatuses"][0]
     assert state["state"]["terminated"]["exitCode"] == 3 and state["restartCount"] == 0
-    ok = wait_until("Succeeded", lambda: (p := local_cluster.get("pod", "succeeds", e2e_namespace))
-                    and p["status"].get("phase") == "Succeeded" and p)
+    ok = wait_for(
+        lambda: (p := local_cluster.get("pod", "succeeds", e2e_namespace))
+            and p["status"].get("phase") == "Succeeded" and p,
+        timeout=90, interval=0.5, what="Succeeded",
+    )
     assert ok["status"]["containerStatuses"][0]["state"]["terminated"]["reason"] == "Completed"
-    retried = wait_until("two restarts", lambda: (p := local_cluster.get("pod", "retries", e2e_namespace))
-                         and p["status"]["containerStatuses"][0]["restartCount"] >= 2 and p)
+    retried = wait_for(
+        lambda: (p := local_cluster.get("pod", "retries", e2e_namespace))
+            and p["status"]["containerStatuses"][0]["restartCount"] >= 2 and p,
+        timeout=90, interval=0.5, what="two restarts",
+    )
     s = retried["status"]["containerStatuses"][0]
     assert retried["status"]["phase"] == "Running" and s["lastState"]["terminated"]["exitCode"] == 4
 
@@ -103,7 +123,7 @@ def test_liveness_failure_restarts_the_container_after_startup(local_cluster, e2
         s = local_cluster.get("pod", "sickly", e2e_namespace)["status"]["containerStatuses"][0]
         return s["restartCount"] >= 1 and s
 
-    status = wait_until("liveness restart", restarted, timeout=30)
+    status = wait_for(restarted, timeout=30, interval=0.5, what="liveness restart")
     sick.unlink()
     # The server exits on SIGTERM from the kill: 128 + 15.
     assert status["lastState"]["terminated"]["exitCode"] == 128 + signal.SIGTERM
@@ -121,5 +141,5 @@ def test_force_deleted_pod_processes_are_stopped(local_cluster, e2e_namespace):
     shim = int(pod["status"]["containerStatuses"][0]["containerID"].removeprefix("process://"))
     family = {shim, *descendants(shim)}
     local_cluster.kubectl("delete", "pod", "forced", "-n", e2e_namespace, "--grace-period=0", "--force")
-    wait_until("processes gone", lambda: all(proc_start_time(p) is None for p in family), timeout=45)
-    wait_until("pod dir removed", lambda: not local_cluster.pod_dir(pod).exists(), timeout=10)
+    wait_for(lambda: all(proc_start_time(p) is None for p in family), timeout=45, interval=0.5, what="processes gone")
+    wait_for(lambda: not local_cluster.pod_dir(pod).exists(), timeout=10, interval=0.5, what="pod dir removed")

@@ -13,7 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from .conftest import LocalCluster, http_get, is_ready, wait_until
+from tests.support.waiting import wait_for
+
+from .conftest import LocalCluster, http_get, is_ready
 
 pytestmark = pytest.mark.e2e
 
@@ -57,11 +59,16 @@ def test_policy_turns_on_prefetching_and_reports_shard_figures(local_cluster: Lo
          "spec": {"shardSetRef": {"name": "pf"}, "model": "successor", "horizon": "20s", "scoreThreshold": 0.3,
                   "feedback": {"window": "1m", "targetPrecision": 0.5}}},
     )
-    pod = wait_until("shard 0 Ready", lambda: (p := local_cluster.get("pod", "pf-0", ns)) and is_ready(p) and p,
-                     timeout=120)
+    pod = wait_for(
+        lambda: (p := local_cluster.get("pod", "pf-0", ns)) and is_ready(p) and p,
+        timeout=120, interval=0.5, what="shard 0 Ready",
+    )
     ip = pod["status"]["podIP"]
     # The operator's config reached the running predictor (hot reload, no restart).
-    wait_until("predictor enabled by the policy", lambda: predictor_status(ip).get("enabled") is True, timeout=60)
+    wait_for(
+        lambda: predictor_status(ip).get("enabled") is True,
+        timeout=60, interval=0.5, what="predictor enabled by the policy",
+    )
 
     with ThreadPoolExecutor(8) as pool:
         codes = list(pool.map(lambda i: put(ip, table, i), range(WARM + SCAN)))
@@ -70,7 +77,10 @@ def test_policy_turns_on_prefetching_and_reports_shard_figures(local_cluster: Lo
     # Warm-up: one client scans the first WARM blocks in order; the predictor learns that reads continue runs.
     for start in range(0, WARM, 100):
         assert batch_get(ip, table, [key(i) for i in range(start, start + 100)]) == 200
-    wait_until("the predictor's first model", lambda: predictor_status(ip).get("model") == "stats", timeout=60)
+    wait_for(
+        lambda: predictor_status(ip).get("model") == "stats",
+        timeout=60, interval=0.5, what="the predictor's first model",
+    )
 
     # The scan goes on at a reading pace, so the predictor's hints can arrive before the reads.
     for i in range(WARM, WARM + SCAN):
@@ -85,7 +95,7 @@ def test_policy_turns_on_prefetching_and_reports_shard_figures(local_cluster: Lo
         return st if st.get("phase") == "Active" and st.get("shardsReporting") == 1 and st.get("hintsSent", 0) > 0 \
             and "precision" in st and "hitRatio" in st else None
 
-    st = wait_until("the policy's status to carry the shard's figures", reported, timeout=45)
+    st = wait_for(reported, timeout=45, interval=0.5, what="the policy's status to carry the shard's figures")
     assert st["reporting"] == "1/1" and st["shardsExpected"] == 1 and st["activeModel"] == "stats"
     assert 0 < st["hitRatio"] <= 1 and 0 <= st["precision"] <= 1
     assert st["hintsSent"] <= predictor_status(ip)["hintsSent"]
@@ -110,17 +120,22 @@ def test_key_prefetch_settings_reach_the_cache_and_predictor_and_key_cache_figur
         {"apiVersion": GROUP_VERSION, "kind": "PrefetchPolicy", "metadata": {"name": "keys", "namespace": ns},
          "spec": {"shardSetRef": {"name": "kp"}, "keyPrefetch": {"enabled": True, "keyCacheSize": 7}}},
     )
-    pod = wait_until("shard 0 Ready", lambda: (p := local_cluster.get("pod", "kp-0", ns)) and is_ready(p) and p,
-                     timeout=120)
+    pod = wait_for(
+        lambda: (p := local_cluster.get("pod", "kp-0", ns)) and is_ready(p) and p,
+        timeout=120, interval=0.5, what="shard 0 Ready",
+    )
     ip = pod["status"]["podIP"]
     # keyCacheSize went through cache.json into the running cache (live reload); the keyring is wrapped
     # (the ShardSet's default keyEncryption), so the key cache is in use.
-    key_cache = wait_until("cache key cache sized by the policy",
-                           lambda: (kc := cache_status(ip).get("keyCache")) and kc["capacity"] == 7 and kc,
-                           timeout=60)
+    key_cache = wait_for(
+        lambda: (kc := cache_status(ip).get("keyCache")) and kc["capacity"] == 7 and kc,
+        timeout=60, interval=0.5, what="cache key cache sized by the policy",
+    )
     assert key_cache["wrapped"] is True
-    wait_until("predictor key hints enabled by the policy",
-               lambda: (predictor_status(ip).get("keyHints") or {}).get("enabled") is True, timeout=60)
+    wait_for(
+        lambda: (predictor_status(ip).get("keyHints") or {}).get("enabled") is True,
+        timeout=60, interval=0.5, what="predictor key hints enabled by the policy",
+    )
 
     # Every block the cache decrypts looks its table's key up in the key cache (a block already in the cache
     # needs no key): the first block of each table misses, the next ones hit.
@@ -136,7 +151,7 @@ def test_key_prefetch_settings_reach_the_cache_and_predictor_and_key_cache_figur
         kc = st.get("keyCache") or {}
         return st if st.get("phase") == "Active" and "hitRatio" in kc else None
 
-    st = wait_until("the policy's status to carry the key cache figures", reported, timeout=45)
+    st = wait_for(reported, timeout=45, interval=0.5, what="the policy's status to carry the key cache figures")
     assert 0 < st["keyCache"]["hitRatio"] < 1
     assert st["keyCache"]["prefetched"] >= 0 and st["keyCache"]["prefetchUsed"] <= st["keyCache"]["prefetched"]
     print(f"policy keyCache: {st['keyCache']}; cache keyCache: {cache_status(ip)['keyCache']}")

@@ -17,7 +17,9 @@ import yaml
 from chronoshard.devcluster.nodeagent.volumes import read_snapshot
 from chronoshard.shardnode.keys.provider import unwrap_key, wrap_key
 
-from .conftest import LocalCluster, http_get, is_ready, wait_until
+from tests.support.waiting import wait_for
+
+from .conftest import LocalCluster, http_get, is_ready
 
 pytestmark = pytest.mark.e2e
 
@@ -49,8 +51,10 @@ def shardset(local_cluster: LocalCluster):
     obj["spec"]["shards"] = 3
     local_cluster.apply(obj)
     name = obj["metadata"]["name"]
-    wait_until("3 shard pods Ready", lambda: len([p for p in shard_pods(local_cluster, ns, name) if is_ready(p)]) == 3,
-               timeout=120)
+    wait_for(
+        lambda: len([p for p in shard_pods(local_cluster, ns, name) if is_ready(p)]) == 3,
+        timeout=120, interval=0.5, what="3 shard pods Ready",
+    )
     yield ns, name, obj["spec"]["tables"][0]["name"]
     local_cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
 
@@ -73,13 +77,19 @@ def test_three_shards_run_ready_on_distinct_ips_and_answer(local_cluster, shards
 
 def test_shard_data_survives_pod_deletion(local_cluster, shardset):
     ns, name, table = shardset
-    pod = wait_until("shard 0 ready", lambda: (p := local_cluster.get("pod", f"{name}-0", ns)) and is_ready(p) and p)
+    pod = wait_for(
+        lambda: (p := local_cluster.get("pod", f"{name}-0", ns)) and is_ready(p) and p,
+        timeout=90, interval=0.5, what="shard 0 ready",
+    )
     ip, body = pod["status"]["podIP"], uuid.uuid4().bytes * 4
     # Keys map to shards by hash; use the first key shard 0 owns (others answer 421 misdirected).
     key = next(k for k in (f"k{i}" for i in range(200)) if put_block(ip, table, k, body) == 200)
     local_cluster.kubectl("delete", "pod", f"{name}-0", "-n", ns, "--wait=false")
-    new = wait_until("shard 0 re-created", lambda: (p := local_cluster.get("pod", f"{name}-0", ns))
-                     and p["metadata"]["uid"] != pod["metadata"]["uid"] and is_ready(p) and p, timeout=90)
+    new = wait_for(
+        lambda: (p := local_cluster.get("pod", f"{name}-0", ns))
+            and p["metadata"]["uid"] != pod["metadata"]["uid"] and is_ready(p) and p,
+        timeout=90, interval=0.5, what="shard 0 re-created",
+    )
     assert http_get(f"http://{new['status']['podIP']}:7400/v1/tables/{table}/blocks/{key}") == (200, body)
 
 
@@ -132,8 +142,11 @@ def test_keyring_secret_update_is_seen_atomically_and_reloaded(local_cluster, sh
         for pod in pods:
             for port in (PORTS["node"], PORTS["cache"]):
                 url = f"http://{pod['status']['podIP']}:{port}/v1/keys"
-                wait_until(f"{url} reloaded", lambda url=url: json.loads(http_get(url)[1])["generation"]
-                           == manifest["generation"], timeout=60)
+                wait_for(
+                    lambda url=url: json.loads(http_get(url)[1])["generation"]
+                        == manifest["generation"],
+                    timeout=60, interval=0.5, what=f"{url} reloaded",
+                )
     finally:
         stop.set()
         thread.join()

@@ -7,13 +7,18 @@ import os
 
 import pytest
 
-from .conftest import PROBE_SERVER, LocalCluster, http_get, http_put, is_ready, wait_until
+from tests.support.waiting import wait_for
+
+from .conftest import PROBE_SERVER, LocalCluster, http_get, http_put, is_ready
 
 pytestmark = pytest.mark.e2e
 
 
 def ready_pod(cluster: LocalCluster, ns: str, name: str) -> dict:
-    return wait_until(f"{name} ready", lambda: (p := cluster.get("pod", name, ns)) and is_ready(p) and p)
+    return wait_for(
+        lambda: (p := cluster.get("pod", name, ns)) and is_ready(p) and p,
+        timeout=90, interval=0.5, what=f"{name} ready",
+    )
 
 
 def test_unsupported_features_are_reported_not_ignored(local_cluster, e2e_namespace):
@@ -35,8 +40,11 @@ def test_unsupported_features_are_reported_not_ignored(local_cluster, e2e_namesp
         "image-only": ("CreateContainerConfigError", "has no command"),
         "no-secret": ("ContainerCreating", 'secret "absent" not found'),
     }
-    side = wait_until("sidecar refused", lambda: ((local_cluster.get("pod", "sidecar", e2e_namespace).get("status")
-                      or {}).get("initContainerStatuses") or [{}])[0].get("state", {}).get("waiting"))
+    side = wait_for(
+        lambda: ((local_cluster.get("pod", "sidecar", e2e_namespace).get("status")
+            or {}).get("initContainerStatuses") or [{}])[0].get("state", {}).get("waiting"),
+        timeout=90, interval=0.5, what="sidecar refused",
+    )
     assert side["reason"] == "CreateContainerConfigError" and "sidecar" in side["message"]
     for name, (reason, text) in expected.items():
         def waiting(name=name):
@@ -44,7 +52,7 @@ def test_unsupported_features_are_reported_not_ignored(local_cluster, e2e_namesp
             w = ((p.get("status") or {}).get("containerStatuses") or [{}])[0].get("state", {}).get("waiting")
             return w if w and w.get("message") else None
 
-        state = wait_until(f"{name} waiting with a reason", waiting, timeout=30)
+        state = wait_for(waiting, timeout=30, interval=0.5, what=f"{name} waiting with a reason")
         assert state["reason"] == reason and text in state["message"], (name, state)
         assert local_cluster.get("pod", name, e2e_namespace)["status"]["phase"] == "Pending"
 
@@ -59,8 +67,11 @@ def test_node_is_ready_with_capacity_and_a_renewed_lease(local_cluster):
     lease = local_cluster.get("lease", "chronoshard-dev", "kube-node-lease")
     first = lease["spec"]["renewTime"]
     assert lease["spec"]["holderIdentity"] == "chronoshard-dev"
-    wait_until("lease renewed", lambda: local_cluster.get("lease", "chronoshard-dev", "kube-node-lease")
-               ["spec"]["renewTime"] != first, timeout=25)
+    wait_for(
+        lambda: local_cluster.get("lease", "chronoshard-dev", "kube-node-lease")
+            ["spec"]["renewTime"] != first,
+        timeout=25, interval=0.5, what="lease renewed",
+    )
 
 
 def test_a_recreated_claim_is_a_new_empty_volume(local_cluster, e2e_namespace):
@@ -122,8 +133,11 @@ def test_init_containers_run_in_order_before_the_app_and_failures_follow_the_res
     assert [(s["name"], s["state"]["terminated"]["exitCode"]) for s in inits] == [("first", 0), ("second", 0)]
     assert {c["type"]: c["status"] for c in ok["status"]["conditions"]}["Initialized"] == "True"
 
-    failed = wait_until("init-fails Failed", lambda: (p := local_cluster.get("pod", "init-fails", e2e_namespace))
-                        and p["status"].get("phase") == "Failed" and p)
+    failed = wait_for(
+        lambda: (p := local_cluster.get("pod", "init-fails", e2e_namespace))
+            and p["status"].get("phase") == "Failed" and p,
+        timeout=90, interval=0.5, what="init-fails Failed",
+    )
     assert failed["status"]["initContainerStatuses"][1]["state"]["terminated"]["exitCode"] == 3
     assert "waiting" in failed["status"]["containerStatuses"][0]["state"], "the app never started"
 
@@ -132,7 +146,7 @@ def test_init_containers_run_in_order_before_the_app_and_failures_follow_the_res
         inits = (p.get("status") or {}).get("initContainerStatuses") or []
         return len(inits) == 2 and inits[1]["restartCount"] >= 1 and p
 
-    retrying = wait_until("init-retries restarting its init container", retried, timeout=30)
+    retrying = wait_for(retried, timeout=30, interval=0.5, what="init-retries restarting its init container")
     assert retrying["status"]["phase"] == "Pending"
     assert {c["type"]: c["status"] for c in retrying["status"]["conditions"]}["Initialized"] == "False"
     assert retrying["status"]["containerStatuses"][0]["state"]["waiting"]["reason"] == "PodInitializing"
@@ -153,5 +167,5 @@ def test_a_job_runs_to_completion(local_cluster, e2e_namespace):
         conds = {c["type"]: c["status"] for c in (job.get("status") or {}).get("conditions") or []}
         return conds.get("Complete") == "True" and job
 
-    job = wait_until("Job complete", complete, timeout=60)
+    job = wait_for(complete, timeout=60, interval=0.5, what="Job complete")
     assert job["status"]["succeeded"] == 2

@@ -13,7 +13,7 @@ import yaml
 from chronoshard.operator.spec import PARSERS, SpecError
 from kubernetes import client
 
-from tests.unit.operator.spec.crdcases import (
+from tests.support.crdcases import (
     GROUP,
     KINDS,
     REPO,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from kubernetes import client
 
-from tests.waiting import wait_for
+from tests.support.waiting import wait_for
 
 SHARDSET = {
     "apiVersion": "chronoshard.io/v1alpha1",

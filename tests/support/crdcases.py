@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[4]
+REPO = Path(__file__).resolve().parents[2]
 CRDS_DIR = REPO / "crds"
 SAMPLES_DIR = CRDS_DIR / "samples"
 INVALID_DIR = REPO / "tests" / "data" / "invalid"

@@ -15,7 +15,7 @@ from chronoshard.shardnode.node.server import NodeConfig
 from chronoshard.shardnode.node.server import create_app as create_node
 from chronoshard.shardnode.serving.http_common import SERVER_LIMITS
 
-from tests.unit.shardnode.kubelet_dir import write_kek, write_keyring
+from tests.support.kubelet_dir import write_kek, write_keyring
 
 KEY1, KEY2 = os.urandom(32), os.urandom(32)
 KEK = os.urandom(32)

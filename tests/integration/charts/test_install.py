@@ -13,14 +13,13 @@ import json
 import subprocess
 import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.waiting import wait_for as _wait_for
+from tests.support.waiting import wait_for
 
 from .conftest import (
     CHART,
@@ -55,8 +54,8 @@ DELIBERATE_EXTRA: dict[tuple[str, str, str], str] = {
 }
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
-    return _wait_for(predicate, timeout, what, interval=0.3)
+# Each check runs kubectl or helm (a process), so poll less often than the in-process tests do.
+KUBECTL_POLL = 0.3
 
 
 @pytest.fixture(scope="module")
@@ -113,9 +112,10 @@ def reconciled_sample(audited_plane, operator) -> dict:
         return bool((obj.get("status") or {}).get("phase"))
 
     try:
-        obj = wait_for(reconciled, timeout=90, what="the sample ShardSet to be reconciled")
-        wait_for(with_class_handled, timeout=60, what="the ShardSet with a StorageClass to be handled")
-        wait_for(policy_reported, timeout=60, what="the sample PrefetchPolicy's status")
+        obj = wait_for(reconciled, timeout=90, interval=KUBECTL_POLL, what="the sample ShardSet to be reconciled")
+        wait_for(with_class_handled, timeout=60, interval=KUBECTL_POLL,
+                 what="the ShardSet with a StorageClass to be handled")
+        wait_for(policy_reported, timeout=60, interval=KUBECTL_POLL, what="the sample PrefetchPolicy's status")
     except AssertionError as exc:
         raise AssertionError(f"{exc}\noperator log:\n{operator.tail()}") from None
     # Let the follow-up reactions (child events, status patches) settle before GitOps checks.
@@ -254,7 +254,7 @@ def test_helm_upgrade_changes_the_operator_and_it_still_reconciles(
             {"apiVersion": "chronoshard.io/v1alpha1", "kind": "ShardSet", "metadata": {"name": "after-upgrade"},
              "spec": {"shards": 1}}))
         wait_for(lambda: _get(audited_plane, "statefulset", "after-upgrade", "--namespace", SAMPLE_NS),
-                 timeout=90, what="the upgraded operator to reconcile a new ShardSet")
+                 timeout=90, interval=KUBECTL_POLL, what="the upgraded operator to reconcile a new ShardSet")
     finally:
         upgraded.stop()
 

@@ -9,8 +9,10 @@ import time
 import pytest
 import yaml
 
+from tests.support.waiting import wait_for
+
 from .conftest import CHART, audit_calls, free_port, manifest_docs, operator_from_release, run_helm
-from .test_install import wait_for
+from .test_install import KUBECTL_POLL
 
 pytestmark = pytest.mark.integration
 
@@ -52,7 +54,8 @@ def test_namespaced_operator_serves_only_its_namespace_with_its_roles(audited_pl
     audited_plane.kubectl("apply", "--server-side", "-n", WATCHED, "-f", "-", input=shardset("mine"))
     audited_plane.kubectl("apply", "--server-side", "-n", UNWATCHED, "-f", "-", input=shardset("not-mine"))
     try:
-        wait_for(lambda: reconciled(audited_plane, WATCHED, "mine"), timeout=90, what="watched ShardSet")
+        wait_for(lambda: reconciled(audited_plane, WATCHED, "mine"), timeout=90, interval=KUBECTL_POLL,
+                 what="watched ShardSet")
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{operator.tail()}") from None
     time.sleep(3)
@@ -83,5 +86,5 @@ def test_a_second_copy_pauses_both_instead_of_acting_twice(audited_plane, releas
     finally:
         second.stop()
     # The second copy left the peering object on SIGTERM: the first resumes and catches up.
-    wait_for(lambda: reconciled(audited_plane, WATCHED, "during-peering"), timeout=120,
+    wait_for(lambda: reconciled(audited_plane, WATCHED, "during-peering"), timeout=120, interval=KUBECTL_POLL,
              what="the remaining copy to resume after its peer left")

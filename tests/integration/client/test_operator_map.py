@@ -17,15 +17,10 @@ from chronoshard.shardnode.client.cli import main
 from chronoshard.shardnode.keyspace.partitioning import PartitionMap, initial_map
 from kubernetes import client
 
-from tests.waiting import wait_for as _wait_for
+from tests.support.waiting import wait_for
 
 from .checks import TABLE, bounded, check_placement, wait_epoch
 from .shards import ShardNodes
-
-
-def wait_for(predicate, timeout: float = 45.0, what: str = "condition"):
-    return _wait_for(predicate, timeout, what)
-
 
 pytestmark = pytest.mark.integration
 GROUP, VERSION = "chronoshard.io", "v1alpha1"
@@ -50,7 +45,7 @@ async def test_client_follows_the_operators_map(operator_runner, control_plane, 
     custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "shardsets", {
         "apiVersion": f"{GROUP}/{VERSION}", "kind": "ShardSet", "metadata": {"name": "routes"},
         "spec": {"shards": 3}})
-    m1 = wait_for(lambda: config_map_map(core, namespace, "routes"), what="partition ConfigMap")
+    m1 = wait_for(lambda: config_map_map(core, namespace, "routes"), timeout=45, what="partition ConfigMap")
     assert m1 == initial_map(3)
 
     nodes = ShardNodes(tmp_path, m1)  # the kubelet mount of that ConfigMap
@@ -64,7 +59,7 @@ async def test_client_follows_the_operators_map(operator_runner, control_plane, 
             custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, "shardsets", "routes",
                                                   {"spec": {"shards": 4}})
             m2 = wait_for(lambda: (m := config_map_map(core, namespace, "routes")) and m.epoch == 2 and m,
-                          what="epoch 2")
+                          timeout=45, what="epoch 2")
             assert m2.shards == 4 and m2.partitions == m1.partitions
             nodes.publish_map(m2)  # kubelet syncs the volume
             nodes.add()

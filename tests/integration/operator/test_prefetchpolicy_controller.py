@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from tests.waiting import wait_for
+from tests.support.waiting import wait_for
 
 GROUP, VERSION = "chronoshard.io", "v1alpha1"
 

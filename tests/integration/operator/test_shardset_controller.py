@@ -11,7 +11,7 @@ import pytest
 from chronoshard.shardnode.keys.provider import unwrap_key
 from kubernetes import client
 
-from tests.waiting import wait_for
+from tests.support.waiting import wait_for
 
 GROUP, VERSION, PLURAL = "chronoshard.io", "v1alpha1", "shardsets"
 

@@ -22,7 +22,7 @@ from tests.integration.operator.test_shardset_controller import (
     read_secret,
     shardset,
 )
-from tests.waiting import wait_for
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -14,6 +14,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from tests.support.waiting import wait_for
+
 BIN = Path(sys.executable).parent
 
 
@@ -103,20 +105,9 @@ def cache(tmp: Path, keyring: Path, node_url: str, *extra: str) -> Proc:
     return Proc(argv, port, tmp / f"cache-{port}.log")
 
 
-def wait_for(pred: Any, timeout: float = 20, interval: float = 0.05) -> Any:
-    """Poll ``pred()`` until truthy; return its value or raise TimeoutError."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(interval)
-    raise TimeoutError("condition not reached")
-
-
 def run_verify(url: str, mode: str = "full") -> dict[str, Any]:
     """Start a verify and wait for its report."""
     status, _ = http_json("POST", url + "/v1/verify", {"mode": mode})
     assert status == 202
     return wait_for(lambda: (lambda b: b["last"] if b["state"] == "done" else None)(
-        http_json("GET", url + "/v1/verify")[1]))
+        http_json("GET", url + "/v1/verify")[1]), what=f"the verify on {url} to finish")

@@ -11,8 +11,9 @@ import time
 import aiohttp
 import pytest
 
-from tests.integration.shardnode.procs import http, http_json, node, run_verify, wait_for
-from tests.unit.shardnode.kubelet_dir import write_keyring
+from tests.integration.shardnode.procs import http, http_json, node, run_verify
+from tests.support.kubelet_dir import write_keyring
+from tests.support.waiting import wait_for
 
 K1, K2 = os.urandom(32), os.urandom(32)
 

@@ -8,7 +8,7 @@ import os
 from chronoshard.shardnode.keyspace.partitioning import initial_map, keyspace_id
 
 from tests.integration.shardnode.procs import http, http_json, node
-from tests.unit.shardnode.kubelet_dir import write_keyring
+from tests.support.kubelet_dir import write_keyring
 
 
 def test_node_with_partition_map_refuses_foreign_keys(tmp_path):

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from chronoshard.shardnode.keys.provider import wrap_key
 
-from tests.integration.shardnode.procs import BIN, Proc, free_port, http, http_json, wait_for
+from tests.integration.shardnode.procs import BIN, Proc, free_port, http, http_json
+from tests.support.waiting import wait_for
 
 BLOCK = 1024
 # Planted table chains: each job reads one of them in this order. Eight chains of three tables against a

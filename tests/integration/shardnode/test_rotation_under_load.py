@@ -8,8 +8,9 @@ import time
 
 import aiohttp
 
-from tests.integration.shardnode.procs import cache, http_json, node, run_verify, wait_for
-from tests.unit.shardnode.kubelet_dir import write_keyring
+from tests.integration.shardnode.procs import cache, http_json, node, run_verify
+from tests.support.kubelet_dir import write_keyring
+from tests.support.waiting import wait_for
 
 K1, K2 = os.urandom(32), os.urandom(32)
 

@@ -12,8 +12,9 @@ from pathlib import Path
 
 from chronoshard.shardnode.keys.keyring import derive_table_key
 
-from tests.integration.shardnode.procs import cache, http, http_json, node, wait_for
-from tests.unit.shardnode.kubelet_dir import write_kek, write_keyring
+from tests.integration.shardnode.procs import cache, http, http_json, node
+from tests.support.kubelet_dir import write_kek, write_keyring
+from tests.support.waiting import wait_for
 
 KEK, OTHER_KEK = os.urandom(32), os.urandom(32)
 K1, K2 = os.urandom(32), os.urandom(32)

@@ -1,18 +1,10 @@
 import os
 import signal
 import sys
-import time
 
 from chronoshard.devcluster.nodeagent.process import ProcessRecord, descendants, launch, proc_start_time
 
-
-def wait_for(pred, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return False
+from tests.support.waiting import wait_for
 
 
 def start(tmp_path, code: str):
@@ -31,7 +23,7 @@ def test_exit_code_and_logs_are_recorded(tmp_path):
 
 def test_sigterm_is_forwarded_and_signal_exit_reported(tmp_path):
     record, popen = start(tmp_path, "import time; print('up', flush=True); time.sleep(60)")
-    assert wait_for(lambda: "up" in (tmp_path / "log" / "0.log").read_text())
+    wait_for(lambda: "up" in (tmp_path / "log" / "0.log").read_text(), timeout=10, what="the child's first line")
     record.signal(signal.SIGTERM)
     popen.wait(10)
     assert record.exit_info() == {**record.exit_info(), "exitCode": 128 + signal.SIGTERM, "signal": signal.SIGTERM}
@@ -43,11 +35,11 @@ def test_kill_group_kills_container_and_its_children(tmp_path):
         "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)"
     )
     record, popen = start(tmp_path, code)
-    assert wait_for(lambda: len(descendants(record.pid)) >= 2)
+    wait_for(lambda: len(descendants(record.pid)) >= 2, timeout=10, what="the grandchild")
     family = descendants(record.pid)
     record.kill_group()
     popen.wait(10)
-    assert wait_for(lambda: all(proc_start_time(p) is None for p in family))
+    wait_for(lambda: all(proc_start_time(p) is None for p in family), timeout=10, what="the whole group gone")
 
 
 def test_record_survives_reload_and_detects_pid_reuse(tmp_path):

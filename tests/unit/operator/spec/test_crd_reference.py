@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from tests.unit.operator.spec.crdcases import KINDS, REPO, maximal, spec_schema
+from tests.support.crdcases import KINDS, REPO, maximal, spec_schema
 
 SCRIPT = REPO / "hack" / "gen_crd_reference.py"
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from chronoshard.operator.spec import PARSERS, SpecError
 
-from tests.unit.operator.spec.crdcases import GROUP, KINDS, VERSION, load_crds, load_samples, maximal_object
+from tests.support.crdcases import GROUP, KINDS, VERSION, load_crds, load_samples, maximal_object
 
 # Short names of built-in resources (kubectl api-resources on v1.35) that ours must not shadow.
 BUILTIN_SHORT_NAMES = {

@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from chronoshard.operator.spec import SpecError, parse_keyrotation
 
-from tests.unit.operator.spec.crdcases import invalid_cases, sample
+from tests.support.crdcases import invalid_cases, sample
 
 
 def test_sample():

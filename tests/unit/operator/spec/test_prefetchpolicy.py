@@ -6,7 +6,7 @@ import pytest
 from chronoshard.operator.spec import SpecError, parse_prefetchpolicy
 from chronoshard.operator.spec.prefetchpolicy import Budget, Feedback, KeyPrefetch, Training
 
-from tests.unit.operator.spec.crdcases import invalid_cases, sample
+from tests.support.crdcases import invalid_cases, sample
 
 
 def test_sample():

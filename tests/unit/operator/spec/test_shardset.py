@@ -6,7 +6,7 @@ import pytest
 from chronoshard.operator.spec import SpecError, parse_shardset
 from chronoshard.operator.spec.shardset import KeyEncryption
 
-from tests.unit.operator.spec.crdcases import REPO, invalid_cases, sample
+from tests.support.crdcases import REPO, invalid_cases, sample
 
 # The default image is tagged with the release in the VERSION file.
 IMAGE = "ghcr.io/chronoshard/chronoshard:" + (REPO / "VERSION").read_text().strip()

@@ -5,7 +5,7 @@ from datetime import timedelta
 import pytest
 from chronoshard.operator.spec import SpecError, parse_weaveplan
 
-from tests.unit.operator.spec.crdcases import invalid_cases, sample
+from tests.support.crdcases import invalid_cases, sample
 
 
 def test_sample():

@@ -10,7 +10,7 @@ from chronoshard.shardnode.eviction import LRUPolicy
 from chronoshard.shardnode.keys.keyring import load_keyring
 from chronoshard.shardnode.serving.metrics import CacheMetrics
 
-from tests.unit.shardnode.server_support import node_and_cache
+from tests.support.servers import node_and_cache
 
 
 @pytest.fixture

@@ -7,9 +7,9 @@ import sqlite3
 import pytest
 from chronoshard.shardnode.node import store as store_mod
 
-from tests.unit.shardnode.kubelet_dir import write_keyring
-from tests.unit.shardnode.server_support import KEY1, KEY2, node_and_cache
-from tests.unit.shardnode.store_support import flip_frame_bit
+from tests.support.kubelet_dir import write_keyring
+from tests.support.servers import KEY1, KEY2, node_and_cache
+from tests.support.stores import flip_frame_bit
 
 
 @pytest.fixture
@@ -194,7 +194,7 @@ async def test_cache_json_change_resizes_and_switches_policy_live(tmp_path):
     from chronoshard.shardnode.node.server import NodeConfig
     from chronoshard.shardnode.node.server import create_app as create_node
 
-    from tests.unit.shardnode.server_support import keyring_dir, serve
+    from tests.support.servers import keyring_dir, serve
 
     kdir = keyring_dir(tmp_path)
     settings = tmp_path / "cache.json"
@@ -236,7 +236,7 @@ async def test_change_log_gap_makes_the_cache_drop_everything(tmp_path):
     from chronoshard.shardnode.node.server import create_app as create_node
     from chronoshard.shardnode.serving.metrics import CacheMetrics
 
-    from tests.unit.shardnode.server_support import keyring_dir, serve
+    from tests.support.servers import keyring_dir, serve
 
     kdir = keyring_dir(tmp_path)
     napp = create_node(NodeConfig(data_dir=tmp_path / "d", keyring_dir=kdir, change_log_retain=1,

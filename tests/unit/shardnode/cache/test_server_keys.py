@@ -12,8 +12,8 @@ import threading
 import pytest
 from chronoshard.shardnode.cache.server import CACHE
 
-from tests.unit.shardnode.kubelet_dir import write_keyring
-from tests.unit.shardnode.server_support import KEK, KEY1, KEY2, node_and_cache
+from tests.support.kubelet_dir import write_keyring
+from tests.support.servers import KEK, KEY1, KEY2, node_and_cache
 
 
 def metric(text: str, name: str, labels: str = "") -> float:

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from tests.unit.shardnode.kubelet_dir import write_keyring
+from tests.support.kubelet_dir import write_keyring
 
 K1, K2 = bytes(range(32)), bytes(range(32, 64))
 
@@ -140,7 +140,7 @@ def _secret_forms(*keys: bytes) -> list[str]:
 def _cache(tmp_path, capacity=64, kek=KEK):
     from chronoshard.shardnode.keys.provider import EmbeddedKeyProvider, KeyCache
 
-    from tests.unit.shardnode.kubelet_dir import write_kek
+    from tests.support.kubelet_dir import write_kek
 
     write_kek(tmp_path / "kek", kek)
     return KeyCache(EmbeddedKeyProvider(tmp_path / "kek", tmp_path / "keyring"), capacity)
@@ -259,7 +259,7 @@ def test_watcher_keeps_one_key_cache_across_reloads_and_drops_retired_versions(t
 def test_unwrap_failure_at_read_is_a_missing_key_version_naming_it(tmp_path):
     from chronoshard.shardnode.keys.keyring import KeyVersionUnavailable
 
-    from tests.unit.shardnode.kubelet_dir import write_kek
+    from tests.support.kubelet_dir import write_kek
 
     write_keyring(tmp_path / "keyring", 1, {1: ("primary", K1)}, kek=KEK, wrapped={1})
     kc = _cache(tmp_path)
@@ -271,7 +271,7 @@ def test_unwrap_failure_at_read_is_a_missing_key_version_naming_it(tmp_path):
 
 
 def test_keyring_in_force_keeps_unwrapping_after_a_refused_update_and_kek_changes_are_watched(tmp_path):
-    from tests.unit.shardnode.kubelet_dir import write_kek
+    from tests.support.kubelet_dir import write_kek
 
     kc = _cache(tmp_path)
     write_keyring(tmp_path / "keyring", 1, {1: ("primary", K1)}, kek=KEK, wrapped={1})

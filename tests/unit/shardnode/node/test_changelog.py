@@ -4,8 +4,8 @@ import asyncio
 
 from chronoshard.shardnode.node import changelog
 
-from tests.unit.shardnode.server_support import keyring_dir, serve
-from tests.unit.shardnode.store_support import open_store, ring
+from tests.support.servers import keyring_dir, serve
+from tests.support.stores import open_store, ring
 
 
 async def test_trim_keeps_newest_and_lsns_never_repeat(tmp_path):

@@ -6,7 +6,7 @@ from chronoshard.shardnode.keys.crypto import open_block
 from chronoshard.shardnode.node import changelog, rewrap
 from chronoshard.shardnode.node.store import get_block, version_counts
 
-from tests.unit.shardnode.store_support import flip_frame_bit, open_store, ring
+from tests.support.stores import flip_frame_bit, open_store, ring
 
 
 async def _fill(s, n, table="t"):

@@ -7,8 +7,8 @@ import json
 import pytest
 from chronoshard.shardnode.keys import frames
 
-from tests.unit.shardnode.kubelet_dir import write_keyring
-from tests.unit.shardnode.server_support import KEY1, KEY2, node_and_cache
+from tests.support.kubelet_dir import write_keyring
+from tests.support.servers import KEY1, KEY2, node_and_cache
 
 
 @pytest.fixture
@@ -168,7 +168,7 @@ async def test_bad_input_gets_json_4xx_and_changes_nothing(env, method, path, bo
 async def test_oversized_block_is_413_and_not_stored(tmp_path):
     from chronoshard.shardnode.node.server import NodeConfig, create_app
 
-    from tests.unit.shardnode.server_support import keyring_dir, serve
+    from tests.support.servers import keyring_dir, serve
 
     app = create_app(NodeConfig(data_dir=tmp_path / "d", keyring_dir=keyring_dir(tmp_path), max_block_bytes=100))
     import aiohttp
@@ -184,7 +184,7 @@ async def test_no_keyring_means_not_ready_and_writes_refused(tmp_path):
     import aiohttp
     from chronoshard.shardnode.node.server import NodeConfig, create_app
 
-    from tests.unit.shardnode.server_support import serve
+    from tests.support.servers import serve
 
     app = create_app(NodeConfig(data_dir=tmp_path / "d", keyring_dir=tmp_path / "none"))
     async with serve(app) as url, aiohttp.ClientSession() as s:
@@ -201,7 +201,7 @@ async def test_batch_and_scan_answers_are_bounded_in_bytes(tmp_path):
     import aiohttp
     from chronoshard.shardnode.node.server import NodeConfig, create_app
 
-    from tests.unit.shardnode.server_support import keyring_dir, serve
+    from tests.support.servers import keyring_dir, serve
 
     app = create_app(NodeConfig(data_dir=tmp_path / "d", keyring_dir=keyring_dir(tmp_path), max_response_bytes=250))
     async with serve(app) as url, aiohttp.ClientSession() as s:

@@ -16,7 +16,7 @@ from chronoshard.shardnode.node.store import (
     version_counts,
 )
 
-from tests.unit.shardnode.store_support import open_store, ring
+from tests.support.stores import open_store, ring
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@
 from chronoshard.shardnode.node.store import connect
 from chronoshard.shardnode.node.verify import Digest, run_verify
 
-from tests.unit.shardnode.store_support import flip_frame_bit, open_store, ring
+from tests.support.stores import flip_frame_bit, open_store, ring
 
 
 async def _store_with(tmp_path, n, keyring):

@@ -12,7 +12,7 @@ from chronoshard.shardnode.predictor.config import PredictorConfig
 from chronoshard.shardnode.predictor.engine import Predictor
 from chronoshard.shardnode.predictor.modelstore import MODEL_FILE
 
-from .patterns import CHAIN, STEP, broken_phase, chain_phase, feed, scan_phase
+from tests.support.access_patterns import CHAIN, STEP, broken_phase, chain_phase, feed, scan_phase
 
 
 def cfg(**kw: object) -> PredictorConfig:

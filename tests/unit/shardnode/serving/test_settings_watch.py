@@ -5,7 +5,7 @@ import json
 from chronoshard.shardnode.node.server import NodeConfig
 from chronoshard.shardnode.serving.settings_watch import SettingsWatcher
 
-from tests.unit.shardnode.kubelet_dir import write_keyring
+from tests.support.kubelet_dir import write_keyring
 
 
 def _publish(directory, doc_text, generation):
