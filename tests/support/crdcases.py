@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,11 +100,13 @@ def maximal(schema: dict[str, Any], name: str = "x") -> Any:
     if kind == "object":
         if "additionalProperties" in schema:
             return {"k": maximal(schema["additionalProperties"])}
-        if "properties" not in schema:
-            return {}
-        return {key: maximal(sub, key) for key, sub in schema["properties"].items()}
+        return {key: maximal(sub, key) for key, sub in schema.get("properties", {}).items()}
     if kind == "array":
         return [maximal(schema.get("items", {}), name)]
+    return _maximal_scalar(kind, schema, name)
+
+
+def _maximal_scalar(kind: str | None, schema: dict[str, Any], name: str) -> Any:
     if kind == "integer":
         return schema.get("minimum", 1)
     if kind == "number":
@@ -125,50 +128,58 @@ def maximal_object(kind: str) -> dict[str, Any]:
             "spec": maximal(spec_schema(kind))}
 
 
+def _bad_strings(schema: dict[str, Any]) -> list[Any]:
+    bad: list[Any] = [42]
+    if "enum" in schema:
+        bad.append("bogus")
+    if schema.get("pattern", "").startswith("^([0-9]+(\\.[0-9]+)?(ms|s|m|h))+$"):
+        bad += ["1d", "0s", "90m"]
+    elif "pattern" in schema:
+        bad.append("Not_Valid!")
+    if schema.get("format") == "date-time":
+        bad.append("2026-11-22")
+    if "maxLength" in schema:
+        bad.append("a" * (schema["maxLength"] + 1))
+    return bad
+
+
+def _bad_numbers(schema: dict[str, Any], bad: list[Any], step: float) -> list[Any]:
+    if "minimum" in schema:
+        bad.append(schema["minimum"] - step)
+    if "maximum" in schema:
+        bad += [schema["maximum"], schema["maximum"] + step]
+    return bad
+
+
+def _bad_objects(schema: dict[str, Any]) -> list[Any]:
+    if "additionalProperties" in schema:
+        return ["x", {"k": 1}]
+    return ["x", [], {}] if schema.get("properties") else ["x"]
+
+
+def _bad_arrays(schema: dict[str, Any]) -> list[Any]:
+    bad: list[Any] = ["x", []]
+    if "maxItems" in schema:
+        bad.append([maximal(schema["items"])] * (schema["maxItems"] + 1))
+    return bad
+
+
+_BAD_BY_TYPE: dict[str, Callable[[dict[str, Any]], list[Any]]] = {
+    "string": _bad_strings,
+    "integer": lambda schema: _bad_numbers(schema, [1.5, "1"], 1),
+    "number": lambda schema: _bad_numbers(schema, ["0.5", True], 0.1),
+    "boolean": lambda schema: ["yes", 1],
+    "object": _bad_objects,
+    "array": _bad_arrays,
+}
+
+
 def _bad_values(schema: dict[str, Any]) -> list[Any]:
     """Values near or past the edges of what `schema` allows (some are still valid, e.g. "0s")."""
     if schema.get("x-kubernetes-int-or-string"):
         return ["-1", "1.5.5", True]
-    kind = schema.get("type")
-    if kind == "string":
-        bad: list[Any] = [42]
-        if "enum" in schema:
-            bad.append("bogus")
-        if schema.get("pattern", "").startswith("^([0-9]+(\\.[0-9]+)?(ms|s|m|h))+$"):
-            bad += ["1d", "0s", "90m"]
-        elif "pattern" in schema:
-            bad.append("Not_Valid!")
-        if schema.get("format") == "date-time":
-            bad.append("2026-11-22")
-        if "maxLength" in schema:
-            bad.append("a" * (schema["maxLength"] + 1))
-        return bad
-    if kind == "integer":
-        bad = [1.5, "1"]
-        if "minimum" in schema:
-            bad.append(schema["minimum"] - 1)
-        if "maximum" in schema:
-            bad += [schema["maximum"], schema["maximum"] + 1]
-        return bad
-    if kind == "number":
-        bad = ["0.5", True]
-        if "minimum" in schema:
-            bad.append(schema["minimum"] - 0.1)
-        if "maximum" in schema:
-            bad += [schema["maximum"], schema["maximum"] + 0.1]
-        return bad
-    if kind == "boolean":
-        return ["yes", 1]
-    if kind == "object":
-        if "additionalProperties" in schema:
-            return ["x", {"k": 1}]
-        return ["x", [], {}] if schema.get("properties") else ["x"]
-    if kind == "array":
-        bad = ["x", []]
-        if "maxItems" in schema:
-            bad.append([maximal(schema["items"])] * (schema["maxItems"] + 1))
-        return bad
-    return []
+    by_type = _BAD_BY_TYPE.get(schema.get("type", ""))
+    return by_type(schema) if by_type else []
 
 
 def mutations(kind: str) -> list[tuple[str, dict[str, Any]]]:
