@@ -3,6 +3,7 @@ names every HTTP route, console script and custom resource kind (so a newcomer c
 
 from __future__ import annotations
 
+import importlib
 import re
 import tomllib
 from pathlib import Path
@@ -40,6 +41,25 @@ def repo_paths(text: str) -> set[str]:
     return names
 
 
+DOTTED = re.compile(r"\bchronoshard\.(?:operator|shardnode|devcluster)(?:\.[A-Za-z_]\w*)*")
+
+
+def resolves(dotted: str) -> bool:
+    """Whether ``a.b.c`` is a module, or a module's attribute path."""
+    parts = dotted.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        for attr in parts[i:]:
+            if not hasattr(obj, attr):
+                return False
+            obj = getattr(obj, attr)
+        return True
+    return False
+
+
 def anchor(heading: str) -> str:
     """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
     text = re.sub(r"[^\w\- ]", "", heading.replace("`", "").strip().lower())
@@ -56,6 +76,18 @@ def test_every_repository_path_a_doc_names_exists(doc) -> None:
     named = repo_paths(doc.read_text())
     missing = sorted(p for p in named if not (REPO / p).exists() and not (doc.parent / p).exists())
     assert not missing, f"{doc.relative_to(REPO)} names paths that do not exist: {missing}"
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=_ids(DOCS))
+def test_every_module_a_doc_names_imports(doc) -> None:
+    stale = sorted(name for name in set(DOTTED.findall(doc.read_text())) if not resolves(name))
+    assert not stale, f"{doc.relative_to(REPO)} names modules that do not exist: {stale}"
+
+
+def test_module_check_sees_a_moved_module() -> None:
+    assert resolves("chronoshard.shardnode.keys.provider.wrap_key")
+    assert not resolves("chronoshard.shardnode.node_server")
+    assert not resolves("chronoshard.operator.dev.cli")
 
 
 def test_architecture_names_paths_at_all() -> None:
