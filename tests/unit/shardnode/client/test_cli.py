@@ -1,4 +1,4 @@
-"""The chronoshard CLI: pure formatting, and every block command against minimal shard servers."""
+"""The chronoshard CLI: pure formatting, and every block command against real shard nodes served in-process."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from chronoshard.shardnode.client.cli import (
 )
 from chronoshard.shardnode.keyspace.partitioning import initial_map
 
-from tests.unit.shardnode.client.minimal_node import Cluster
+from tests.support.shard_cluster import ShardCluster
 
 M3 = initial_map(3)
 
@@ -74,7 +74,7 @@ def run_cli(*argv: str, stdin: bytes = b"") -> tuple[int, str, bytes]:
 
 
 async def test_block_commands_direct_and_via_url(tmp_path, capsys):
-    async with Cluster([M3] * 3) as cl:
+    async with ShardCluster([M3] * 3) as cl:
         eps = ",".join(cl.urls)
 
         def work() -> None:
