@@ -7,6 +7,7 @@ docs/prefetching.md.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from .spec.prefetchpolicy import PrefetchPolicySpec
@@ -21,7 +22,7 @@ HISTORY_WINDOW_RANGE = (0.0, 365 * 86400.0)
 MAX_BYTES_PER_SECOND = 10**12
 
 
-def _seconds(td: Any, bounds: tuple[float, float]) -> float:
+def _seconds(td: timedelta, bounds: tuple[float, float]) -> float:
     return min(max(float(td.total_seconds()), bounds[0]), bounds[1])
 
 

@@ -13,7 +13,7 @@ the step it was in.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -92,7 +92,8 @@ class Readiness:
         return f"waiting for {shown}{more}"
 
 
-def _check(reports: Sequence[ProcessReport], shards: int, roles: Iterable[str], ok: Any, why: Any) -> Readiness:
+def _check(reports: Sequence[ProcessReport], shards: int, roles: Iterable[str], ok: Callable[[ProcessReport], bool],
+           why: Callable[[ProcessReport], str]) -> Readiness:
     by_key = {(r.shard, r.role): r for r in reports}
     waiting: list[str] = []
     for shard in range(shards):
