@@ -38,7 +38,7 @@ from chronoshard.shardnode.serving.http_common import (
     table_param,
 )
 from chronoshard.shardnode.serving.metrics import CacheMetrics
-from chronoshard.shardnode.serving.scaffold import Partitioning, Probes, Route, create_server_app
+from chronoshard.shardnode.serving.scaffold import Partitioning, Probes, Route, block_routes, create_server_app
 from chronoshard.shardnode.serving.settings_watch import SettingsWatcher
 from prometheus_client import Counter
 
@@ -456,12 +456,8 @@ async def stats(request: web.Request) -> web.StreamResponse:
 
 def routes() -> list[Route]:
     """The cache's own routes (the scaffold adds the probes, metrics, openapi and partitions)."""
-    t = "/v1/tables/{table}"
-    return [Route("GET", t + "/blocks/{key}", get_block),
-            Route("PUT", t + "/blocks/{key}", put_block),
-            Route("DELETE", t + "/blocks/{key}", delete_block),
-            Route("POST", t + "/blocks:batchGet", batch_get),
-            Route("GET", t + "/blocks", scan),
+    blocks = block_routes(get=get_block, put=put_block, delete=delete_block, batch_get=batch_get, scan=scan)
+    return [*blocks,
             Route("POST", "/v1/prefetch", prefetch),
             Route("POST", "/v1/prefetch/keys", prefetch_keys),
             Route("GET", "/v1/access-log", access_log),
@@ -472,7 +468,6 @@ def routes() -> list[Route]:
 def create_app(cfg: CacheConfig) -> web.Application:
     """Build the cache application."""
     st = CacheApp(cfg)
-    app = create_server_app(st, Probes(st.metrics.registry, st.readiness), routes(), requests=st.metrics.requests,
-                            openapi="cache", partitioning=cfg.partitioning, max_block_bytes=cfg.max_block_bytes)
-    app[CACHE] = st
-    return app
+    return create_server_app(st, Probes(st.metrics.registry, st.readiness), routes(), key=CACHE,
+                             requests=st.metrics.requests, openapi="cache", partitioning=cfg.partitioning,
+                             max_block_bytes=cfg.max_block_bytes)

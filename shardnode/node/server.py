@@ -27,7 +27,14 @@ from chronoshard.shardnode.serving.http_common import (
     table_param,
 )
 from chronoshard.shardnode.serving.metrics import NodeMetrics
-from chronoshard.shardnode.serving.scaffold import Partitioning, Probes, Route, create_server_app
+from chronoshard.shardnode.serving.scaffold import (
+    TABLE_PATH,
+    Partitioning,
+    Probes,
+    Route,
+    block_routes,
+    create_server_app,
+)
 from chronoshard.shardnode.serving.settings_watch import SettingsWatcher
 
 from . import changelog, rewrap
@@ -529,14 +536,10 @@ async def verify_status(request: web.Request) -> web.Response:
 
 def routes() -> list[Route]:
     """The node's own routes (the scaffold adds the probes, metrics, openapi and partitions)."""
-    t = "/v1/tables/{table}"
-    return [Route("PUT", t + "/blocks/{key}", put_block),
-            Route("GET", t + "/blocks/{key}", get_block_h),
-            Route("DELETE", t + "/blocks/{key}", delete_block),
-            Route("POST", t + "/blocks:batchGet", batch_get_blocks),
-            Route("GET", t + "/blocks", scan),
-            Route("GET", t + "/frames/{key}", get_frame),
-            Route("POST", t + "/frames:batchGet", batch_get_frames),
+    blocks = block_routes(get=get_block_h, put=put_block, delete=delete_block, batch_get=batch_get_blocks, scan=scan)
+    return [*blocks,
+            Route("GET", TABLE_PATH + "/frames/{key}", get_frame),
+            Route("POST", TABLE_PATH + "/frames:batchGet", batch_get_frames),
             Route("GET", "/v1/changes", changes),
             Route("GET", "/v1/keys", keys),
             Route("POST", "/v1/rewrap", rewrap_start),
@@ -548,11 +551,9 @@ def routes() -> list[Route]:
 def create_app(cfg: NodeConfig) -> web.Application:
     """Build the node application (the store opens on startup, closes on cleanup)."""
     node = Node(cfg)
-    app = create_server_app(node, Probes(node.metrics.registry, node.readiness, node.refresh_gauges), routes(),
-                            requests=node.metrics.requests, openapi="node", partitioning=cfg.partitioning,
-                            max_block_bytes=cfg.max_block_bytes)
-    app[NODE] = node
-    return app
+    probes = Probes(node.metrics.registry, node.readiness, node.refresh_gauges)
+    return create_server_app(node, probes, routes(), key=NODE, requests=node.metrics.requests, openapi="node",
+                             partitioning=cfg.partitioning, max_block_bytes=cfg.max_block_bytes)
 
 
 __all__ = ["Node", "NodeConfig", "block_count", "create_app"]

@@ -19,7 +19,7 @@ import numpy as np
 
 from .access import Access
 from .config import PredictorConfig
-from .features import Candidate, CandidateGenerator, GeneratorSettings
+from .features import Candidate, CandidateGenerator, GeneratorSettings, replay_candidates
 from .feedback import FeedbackController, Outcome, OutcomeTracker, TokenBucket
 from .forecast import RateForecaster
 from .labels import label_candidates, resolvable
@@ -51,15 +51,7 @@ def _settings(cfg: PredictorConfig) -> GeneratorSettings:
 
 def train_scorer(accesses: list[Access], cfg: PredictorConfig, now: float | None = None) -> tuple[Any, dict[str, Any]]:
     """Fit the configured model (or pick one with `auto`) on a log snapshot taken at `now`; pure apart from CPU."""
-    gen = CandidateGenerator(_settings(cfg))
-    origin: list[int] = []
-    keys: list[tuple[str, str]] = []
-    feats: list[np.ndarray] = []
-    for i, a in enumerate(accesses):
-        for c in gen.observe(a):
-            origin.append(i)
-            keys.append((c.table, c.key))
-            feats.append(c.features)
+    origin, keys, feats = replay_candidates(CandidateGenerator(_settings(cfg)), accesses)
     if not feats:
         raise ValueError("the log produced no candidates (keys without a numeric suffix and no repeats)")
     return fit_candidates(accesses, origin, keys, feats, cfg, now)

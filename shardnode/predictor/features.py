@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter, OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -86,6 +87,24 @@ class GeneratorSettings:
     successors_per_key: int = 4
     successor_candidates: int = 2
     rate_window_s: float = 10.0
+
+
+def replay_candidates(gen: CandidateGenerator, accesses: list[Access],
+                      keep: Callable[[Access], bool] = lambda a: True
+                      ) -> tuple[list[int], list[tuple[str, str]], list[np.ndarray]]:
+    """Replay ``accesses`` (those ``keep`` accepts, asked in order) through ``gen``, for training: per candidate,
+    the index of the access that proposed it, its (table, key) and its features."""
+    origin: list[int] = []
+    keys: list[tuple[str, str]] = []
+    feats: list[np.ndarray] = []
+    for i, a in enumerate(accesses):
+        if not keep(a):
+            continue
+        for c in gen.observe(a):
+            origin.append(i)
+            keys.append((c.table, c.key))
+            feats.append(c.features)
+    return origin, keys, feats
 
 
 def _keep_recent(entries: OrderedDict[str, V], key: str, limit: int) -> None:

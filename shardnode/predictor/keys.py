@@ -25,7 +25,7 @@ from prometheus_client import Counter
 from .access import Access
 from .config import PredictorConfig
 from .engine import fit_candidates
-from .features import CandidateGenerator, GeneratorSettings
+from .features import CandidateGenerator, GeneratorSettings, replay_candidates
 from .feedback import FeedbackController, Outcome, OutcomeTracker, TokenBucket
 from .lifecycle import TrainedPipeline
 from .metrics import PredictorMetrics
@@ -94,17 +94,7 @@ def train_key_model(accesses: list[Access], cfg: PredictorConfig, now: float | N
                                                                                                        dict[str, Any]]:
     """Fit the table-key scorer on a snapshot of pseudo-table accesses (`table_access`); pure apart from CPU."""
     gen = CandidateGenerator(KEY_SETTINGS)
-    steps = TableSteps()
-    origin: list[int] = []
-    keys: list[tuple[str, str]] = []
-    feats: list[np.ndarray] = []
-    for i, a in enumerate(accesses):
-        if not steps.fresh(a):
-            continue
-        for c in gen.observe(a):
-            origin.append(i)
-            keys.append((c.table, c.key))
-            feats.append(c.features)
+    origin, keys, feats = replay_candidates(gen, accesses, keep=TableSteps().fresh)
     if not feats:
         raise ValueError("the log produced no table candidates (no client has read two tables in turn)")
     scorer, info = fit_candidates(accesses, origin, keys, feats, cfg, now)

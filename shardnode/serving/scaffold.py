@@ -14,7 +14,7 @@ import os
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import yaml
 from aiohttp import web
@@ -39,6 +39,7 @@ from .routing import (
 
 # A JSON request envelope around the largest block (batch bodies and headers) still fits in this.
 BODY_ENVELOPE_BYTES = 1 << 20
+TABLE_PATH = "/v1/tables/{table}"
 
 
 class Service(Protocol):
@@ -52,6 +53,9 @@ class Service(Protocol):
 
     async def stop(self, app: web.Application) -> None:
         """on_cleanup: stop background tasks, close what start opened."""
+
+
+S = TypeVar("S", bound=Service)
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,15 @@ class Route(NamedTuple):
     method: str
     path: str
     handler: Handler
+
+
+def block_routes(*, get: Handler, put: Handler, delete: Handler, batch_get: Handler, scan: Handler) -> list[Route]:
+    """The block API (docs/interfaces.md) that the node serves from its store and the cache in front of it."""
+    return [Route("GET", TABLE_PATH + "/blocks/{key}", get),
+            Route("PUT", TABLE_PATH + "/blocks/{key}", put),
+            Route("DELETE", TABLE_PATH + "/blocks/{key}", delete),
+            Route("POST", TABLE_PATH + "/blocks:batchGet", batch_get),
+            Route("GET", TABLE_PATH + "/blocks", scan)]
 
 
 def load_openapi(package: str) -> dict[str, Any]:
@@ -152,12 +165,12 @@ def _add_routes(app: web.Application, routes: Iterable[Route], allow_head: bool)
             app.router.add_route(route.method, route.path, route.handler)
 
 
-def create_server_app(service: Service, probes: Probes, routes: Sequence[Route], *,
+def create_server_app(service: S, probes: Probes, routes: Sequence[Route], *, key: web.AppKey[S] | None = None,
                       requests: Counter | None = None, openapi: str | None = None,
                       partitioning: Partitioning | None = None, max_block_bytes: int | None = None,
                       json_errors: bool = True, allow_head: bool = False) -> web.Application:
     """Build a shard-pod server: ``routes`` plus the standard ones, the shared middlewares and ``service``'s
-    lifecycle hooks.
+    lifecycle hooks; the handlers find ``service`` under ``app[key]``.
 
     ``requests`` counts requests by route and status; ``openapi`` names the package whose openapi.yaml
     ``/openapi.json`` serves; ``max_block_bytes`` sizes the body limit for block uploads; ``json_errors=False``
@@ -167,6 +180,8 @@ def create_server_app(service: Service, probes: Probes, routes: Sequence[Route],
     client_max_size = 1024**2 if max_block_bytes is None else max_block_bytes + BODY_ENVELOPE_BYTES
     app = web.Application(middlewares=_middlewares(requests, json_errors, partitioning),
                           client_max_size=client_max_size)
+    if key is not None:
+        app[key] = service
     app.on_startup.append(service.start)
     app.on_shutdown.append(service.shutting_down)
     app.on_cleanup.append(service.stop)
@@ -191,27 +206,23 @@ def process_parser(prog: str, description: str, *, port: int, env_prefix: str | 
     return p
 
 
-def add_keyring_args(p: argparse.ArgumentParser) -> None:
-    """--keyring-dir (required unless $CHRONOSHARD_KEYRING_DIR) and --kek-dir: the mounted key Secrets."""
+def shard_process_parser(prog: str, description: str, *, port: int, env_prefix: str,
+                         settings_file: str) -> argparse.ArgumentParser:
+    """The flags of a process serving one shard's keyspace: process_parser's, the mounted key Secrets
+    (--keyring-dir, --kek-dir), the partition map (--partition-map, --shard-index) and the settings file
+    (--config, falling back to <env_prefix>_CONFIG)."""
     env = os.environ.get
+    p = process_parser(prog, description, port=port, env_prefix=env_prefix)
     keyring_dir = env("CHRONOSHARD_KEYRING_DIR")
     p.add_argument("--keyring-dir", default=keyring_dir, required=not keyring_dir,
                    help="mounted keyring Secret directory")
     p.add_argument("--kek-dir", default=env("CHRONOSHARD_KEK_DIR"),
                    help="mounted KEK Secret directory (kek.key); required when the keyring holds v<N>.wrapped")
-
-
-def add_partition_args(p: argparse.ArgumentParser) -> None:
-    """--partition-map and --shard-index: which part of the keyspace this process serves."""
-    p.add_argument("--partition-map", default=os.environ.get("CHRONOSHARD_PARTITION_MAP"),
-                   help="partition map file (map.json)")
+    p.add_argument("--partition-map", default=env("CHRONOSHARD_PARTITION_MAP"), help="partition map file (map.json)")
     p.add_argument("--shard-index", type=int, default=None,
                    help="this shard's index (default: the ordinal in $POD_NAME)")
-
-
-def add_settings_arg(p: argparse.ArgumentParser, env_var: str, filename: str) -> None:
-    """--config: the process's settings file (re-applied when the mounted ConfigMap changes)."""
-    p.add_argument("--config", default=os.environ.get(env_var), help=f"{filename} settings file")
+    p.add_argument("--config", default=env(f"{env_prefix}_CONFIG"), help=f"{settings_file} settings file")
+    return p
 
 
 def parse_process_args(p: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
@@ -221,28 +232,26 @@ def parse_process_args(p: argparse.ArgumentParser, argv: list[str] | None) -> ar
     return args
 
 
-class Settings(Protocol):
-    """A process's settings object: overlaid from its settings file, which it keeps watching."""
+class ShardSettings(Protocol):
+    """The settings object of a process serving one shard: overlaid from its settings file, which it keeps
+    watching, and told which part of the keyspace it serves."""
 
     settings_path: str | None
+    partitioning: Partitioning | None
 
     def apply(self, settings: dict[str, Any]) -> None:
         """Overlay the settings file's values."""
 
 
-def load_settings(cfg: Settings, path: str | None) -> None:
-    """Apply the settings file now (the body size limit is fixed when the app is built) and watch it later."""
-    cfg.apply(load_json_config(path))
-    cfg.settings_path = path
-
-
-def partitioning_from_args(args: argparse.Namespace, *, forward: bool = False) -> Partitioning | None:
-    """The Partitioning the --partition-map/--shard-index flags ask for (None without a map); ``forward``:
-    forward misdirected requests to the peers named by the pod's environment (PeerURLs.from_env)."""
+def apply_shard_args(cfg: ShardSettings, args: argparse.Namespace, *, forward: bool = False) -> None:
+    """Apply what shard_process_parser's flags ask for: the settings file now (the body size limit is fixed
+    when the app is built) and watched later, and the partitioning; ``forward``: forward misdirected
+    requests to the peers named by the pod's environment (PeerURLs.from_env) instead of refusing them."""
+    cfg.apply(load_json_config(args.config))
+    cfg.settings_path = args.config
     source, shard_index = partition_setup(args.partition_map, args.shard_index)
-    if source is None or shard_index is None:
-        return None
-    return Partitioning(source, shard_index, PeerURLs.from_env() if forward else None)
+    if source is not None and shard_index is not None:
+        cfg.partitioning = Partitioning(source, shard_index, PeerURLs.from_env() if forward else None)
 
 
 def run(app: web.Application, host: str, port: int, *, long_request_lines: bool = True) -> None:
