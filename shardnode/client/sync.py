@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
+from functools import partial
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -42,17 +43,21 @@ class Client:
         """``maps`` + ``endpoints`` (direct routing) or ``service_url`` (one address; caches forward)."""
         if (service_url is None) == (endpoints is None):
             raise ValueError("give either endpoints (direct routing) or service_url")
+        build: Callable[[], AsyncClient]
+        if service_url is not None:
+            build = partial(AsyncClient.via_service, service_url,
+                            maps=maps if not isinstance(maps, PartitionMap) else None, timeout=timeout,
+                            concurrency=concurrency)
+        elif maps is not None and endpoints is not None:
+            build = partial(AsyncClient, maps, endpoints, timeout=timeout, concurrency=concurrency)
+        else:
+            raise ValueError("direct routing (endpoints) needs maps: a PartitionMap or a MapProvider")
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="chronoshard-client", daemon=True)
         self._thread.start()
 
         async def make() -> AsyncClient:
-            # Built on the private loop so its lock and session belong to that loop.
-            if service_url is not None:
-                return AsyncClient.via_service(service_url, maps=maps if not isinstance(maps, PartitionMap)
-                                               else None, timeout=timeout, concurrency=concurrency)
-            assert maps is not None and endpoints is not None
-            return AsyncClient(maps, endpoints, timeout=timeout, concurrency=concurrency)
+            return build()  # built on the private loop so its lock and session belong to that loop
 
         self._aio = self._run(make())
 

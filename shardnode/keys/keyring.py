@@ -115,11 +115,11 @@ class Keyring:
 
         For a wrapped version with ``unwrap=False``, KeyNotHeld instead of a (slow) unwrap on a key-cache miss.
         """
-        if version in self.wrapped:
-            assert self._table_keys is not None
+        table_keys = self._table_keys  # never None when there are wrapped versions (__init__ checks)
+        if version in self.wrapped and table_keys is not None:
             try:
                 # Not kept in _aeads: the key cache alone bounds how many unwrapped table keys live in memory.
-                return AESGCM(self._table_keys.get(table, version, unwrap=unwrap))
+                return AESGCM(table_keys.get(table, version, unwrap=unwrap))
             except KeyUnavailable as exc:
                 raise KeyVersionUnavailable(version, str(exc)) from None
         cached = self._aeads.get((version, table))

@@ -256,11 +256,10 @@ class KeyCache:
                     self.misses += 1
                     counted = True
                 claim = self._claim(ident)
-                waiting = None if claim is not None else self._inflight[ident]
-            if waiting is not None:
-                waiting.wait()
+                in_flight = self._inflight[ident]  # our claim, or another thread's unwrap of the same key
+            if claim is None:
+                in_flight.wait()
                 continue  # held now, or the other unwrap failed and this thread tries itself
-            assert claim is not None
             try:
                 key = self._unwrap(ident, "demand")
                 self._put(ident, key, 0.0)

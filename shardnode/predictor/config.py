@@ -167,14 +167,14 @@ class ConfigFile:
         if stamp == self._stamp:
             return False
         self._stamp = stamp
-        if stamp is None or stamp == ("missing",):
+        path = self.path
+        if path is None or stamp == ("missing",):
             # No file: no PrefetchPolicy targets this ShardSet, so the cache runs without prefetching.
             changed = self.config != PredictorConfig()
             self.config, self.error = PredictorConfig(), None
             return changed
-        assert self.path is not None
         try:
-            new = parse_config(json.loads(self.path.read_text()))
+            new = parse_config(json.loads(path.read_text()))
         except (OSError, ValueError) as exc:
             self.error = f"{self.path}: {exc}"
             log.error("predictor config not applied, keeping previous settings: %s", self.error)

@@ -262,12 +262,12 @@ class PeerURLs:
 
     def __call__(self, shard: int) -> str:
         """Base URL (no trailing slash) of ``shard``."""
-        if self.urls is not None:
-            if not 0 <= shard < len(self.urls):
-                raise LookupError(f"no URL configured for shard {shard} ({len(self.urls)} known)")
-            return self.urls[shard]
-        assert self.template is not None
-        return self.template.format(shard=shard, **self.fields).rstrip("/")
+        if self.template is not None:
+            return self.template.format(shard=shard, **self.fields).rstrip("/")
+        urls = self.urls or []  # __init__ took exactly one of the two
+        if not 0 <= shard < len(urls):
+            raise LookupError(f"no URL configured for shard {shard} ({len(urls)} known)")
+        return urls[shard]
 
 
 # Hop-by-hop headers (RFC 9110 7.6.1) and those aiohttp recomputes must not be copied across a hop.

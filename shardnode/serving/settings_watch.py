@@ -24,19 +24,19 @@ class SettingsWatcher:
         self._fingerprint: tuple[Any, ...] | None = None
         self.error: str | None = None
 
-    def _stat(self) -> tuple[Any, ...]:
-        assert self.path is not None
+    @staticmethod
+    def _stat(path: Path) -> tuple[Any, ...]:
         try:
-            st = os.stat(self.path)  # follows the ..data symlink chain
+            st = os.stat(path)  # follows the ..data symlink chain
         except OSError:
             return ("missing",)
-        return (os.path.realpath(self.path), st.st_ino, st.st_mtime_ns, st.st_size)
+        return (os.path.realpath(path), st.st_ino, st.st_mtime_ns, st.st_size)
 
     def poll(self) -> bool:
         """Apply the file if it changed; True if new settings were applied."""
         if self.path is None:
             return False
-        fp = self._stat()
+        fp = self._stat(self.path)
         if fp == self._fingerprint:
             return False
         self._fingerprint = fp
