@@ -126,6 +126,26 @@ def test_link_check_sees_an_escaping_link(tmp_path) -> None:
     assert LINK.findall("see [DESIGN.md](../shared/DESIGN.md).") == ["../shared/DESIGN.md"]
 
 
+NAMES_IN_PARENS = re.compile(r"\(((?:`[A-Za-z_]\w*`(?:, )?)+)\)")
+
+
+def _defines(module: Path, name: str) -> bool:
+    return re.search(rf"^\s*(?:async\s+def|def|class)\s+{name}\b|^{name}\s*[:=]", module.read_text(), re.M) is not None
+
+
+def test_every_function_a_table_row_names_is_defined_in_that_rows_modules() -> None:
+    # "| step | `operator/x/controller.py` (`_phase_fn`) |": the function, class or constant exists there.
+    problems = []
+    where = _section(ARCHITECTURE.read_text(), "## Where the code is")
+    for row in (line for line in where.splitlines() if line.startswith("|")):
+        modules = [REPO / p for p in repo_paths(row) if p.endswith(".py")]
+        for group in NAMES_IN_PARENS.findall(row):
+            for name in re.findall(r"`(\w+)`", group):
+                if modules and not any(_defines(m, name) for m in modules):
+                    problems.append(f"{name} not in {[str(m.relative_to(REPO)) for m in modules]}")
+    assert not problems, problems
+
+
 def _openapi_routes() -> set[tuple[str, str]]:
     routes = set()
     for doc in (REPO / "shardnode").glob("*/openapi.yaml"):
