@@ -45,6 +45,12 @@ class Hint:
         return {"table": self.table, "key": self.key, "score": round(self.score, 6)}
 
 
+def feedback_controller(cfg: PredictorConfig, base_threshold: float) -> FeedbackController:
+    """The feedback loop of a hint pipeline: predictor.json's feedback settings around ``base_threshold``."""
+    return FeedbackController(base_threshold=base_threshold, target_precision=cfg.target_precision,
+                              window=cfg.feedback_window, enabled=cfg.feedback_enabled, window_s=cfg.feedback_window_s)
+
+
 def _settings(cfg: PredictorConfig) -> GeneratorSettings:
     return GeneratorSettings(block_bytes=cfg.block_bytes, max_streams=cfg.max_streams)
 
@@ -87,9 +93,7 @@ class Predictor(TrainedPipeline):
         self.generator = CandidateGenerator(_settings(cfg))
         self.log: deque[Access] = deque(maxlen=cfg.max_log_accesses)
         self.tracker = OutcomeTracker()
-        self.feedback = FeedbackController(base_threshold=cfg.score_threshold, target_precision=cfg.target_precision,
-                                           window=cfg.feedback_window, enabled=cfg.feedback_enabled,
-                                           window_s=cfg.feedback_window_s)
+        self.feedback = feedback_controller(cfg, cfg.score_threshold)
         self.hint_bucket = TokenBucket(cfg.hints_per_second, max(1.0, cfg.hints_per_second))
         self.byte_bucket = TokenBucket(cfg.bytes_per_second, max(1.0, cfg.bytes_per_second))
         self.forecaster = RateForecaster(window_s=cfg.forecast_window_s, horizon=cfg.forecast_windows)

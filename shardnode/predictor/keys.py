@@ -24,9 +24,9 @@ from prometheus_client import Counter
 
 from .access import Access
 from .config import PredictorConfig
-from .engine import fit_candidates
+from .engine import feedback_controller, fit_candidates
 from .features import CandidateGenerator, GeneratorSettings, replay_candidates
-from .feedback import FeedbackController, Outcome, OutcomeTracker, TokenBucket
+from .feedback import Outcome, OutcomeTracker, TokenBucket
 from .lifecycle import TrainedPipeline
 from .metrics import PredictorMetrics
 from .modelstore import KEY_MODEL_FILE, ModelLoadError
@@ -121,9 +121,7 @@ class KeyPredictor(TrainedPipeline):
         self.until = -math.inf  # accesses up to this time are already in a restored generator
         self.log: deque[Access] = deque(maxlen=cfg.max_log_accesses)
         self.tracker = OutcomeTracker()
-        self.feedback = FeedbackController(base_threshold=kp.score_threshold, target_precision=cfg.target_precision,
-                                           window=cfg.feedback_window, enabled=cfg.feedback_enabled,
-                                           window_s=cfg.feedback_window_s)
+        self.feedback = feedback_controller(cfg, kp.score_threshold)
         self.bucket = TokenBucket(kp.max_keys_per_second, max(1.0, kp.max_keys_per_second))
 
     @property
