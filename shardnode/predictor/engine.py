@@ -1,7 +1,7 @@
 """The predictor engine: consumes accesses, emits hints within budgets, trains in the background.
 
 Glue around the pure parts (features, scorers, feedback, forecast); the only I/O is the model
-file on the shard's volume. The HTTP loop lives in `predictor_main`.
+file on the shard's volume. The HTTP loop lives in `predictor/main.py`.
 """
 
 from __future__ import annotations

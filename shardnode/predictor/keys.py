@@ -5,7 +5,7 @@ of one pseudo-table whose keys are table names, so the candidate generator's suc
 (counted per client) become "after table A this client reads table B". Only a change of table
 (per client) is a step of that sequence; every read still counts for the feedback (a hinted table
 read within the horizon was used). Glue and I/O (the model file) live here; the HTTP side is in
-`predictor_main`.
+`predictor/main.py`.
 """
 
 from __future__ import annotations

@@ -3,8 +3,10 @@
 A process supplies its state object (a ``Service``: start, shutting_down, stop), what its probes report
 (``Probes``) and its own routes; ``create_server_app`` adds what every shard-pod server has: the JSON error
 middleware with request counting, the partition-map ownership check, ``/healthz``, ``/readyz``,
-``/metrics``, ``/openapi.json`` and ``/v1/partitions``. ``process_parser`` and ``run`` are the shared
-start-up: the common flags, logging, the settings file and ``web.run_app``.
+``/metrics``, ``/openapi.json`` and ``/v1/partitions``; ``block_routes`` is the block API node and cache
+share. The process start-up is shared too: ``process_parser`` (--host, --port, --log-level),
+``shard_process_parser`` (plus the key Secrets, the partition map and the settings file) with
+``apply_shard_args``, ``parse_process_args`` (flags and logging) and ``run`` (``web.run_app``).
 """
 
 from __future__ import annotations
