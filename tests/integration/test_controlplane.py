@@ -3,6 +3,7 @@
 from kubernetes import client
 
 from tests.conftest import CRDS
+from tests.support.waiting import wait_for
 
 
 def test_api_server_answers_and_crds_are_served(control_plane, k8s_client):
@@ -15,13 +16,7 @@ def test_api_server_answers_and_crds_are_served(control_plane, k8s_client):
 
 def test_controller_manager_creates_default_service_account(control_plane, namespace, k8s_client):
     # The serviceaccount controller only runs inside kube-controller-manager: seeing it act proves it runs.
-    import time
-
     core = client.CoreV1Api(k8s_client)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        names = [sa.metadata.name for sa in core.list_namespaced_service_account(namespace).items]
-        if "default" in names:
-            return
-        time.sleep(0.2)
-    raise AssertionError("default ServiceAccount never appeared: kube-controller-manager is not working")
+    wait_for(lambda: "default" in [sa.metadata.name for sa in core.list_namespaced_service_account(namespace).items],
+             timeout=30, interval=0.2,
+             what="the default ServiceAccount (made by kube-controller-manager's serviceaccount controller)")

@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.support.waiting import WaitTimeout, wait_for
 from tests.unit.charts.helpers import CHART, tools_bin
 
 REPO = Path(__file__).resolve().parents[3]
@@ -111,18 +111,19 @@ class OperatorProcess:
         with self.log.open("ab") as out:
             self.popen = subprocess.Popen(self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT,
                                           cwd=self.log.parent)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.popen.poll() is not None:
-                raise AssertionError(f"operator exited {self.popen.returncode}:\n{self.tail()}")
-            try:
-                with urllib.request.urlopen(self.health_url, timeout=2) as resp:
-                    if resp.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.3)
-        raise AssertionError(f"operator not healthy at {self.health_url} after {timeout}s:\n{self.tail()}")
+        try:
+            wait_for(self._healthy, timeout, interval=0.3, what=f"the operator to be healthy at {self.health_url}")
+        except WaitTimeout as exc:
+            raise AssertionError(f"{exc}:\n{self.tail()}") from None
+
+    def _healthy(self) -> bool:
+        if self.popen is not None and self.popen.poll() is not None:
+            raise AssertionError(f"operator exited {self.popen.returncode}:\n{self.tail()}")
+        try:
+            with urllib.request.urlopen(self.health_url, timeout=2) as resp:
+                return resp.status == 200
+        except OSError:
+            return False
 
     def stop(self, timeout: float = 30) -> None:
         if self.popen is None or self.popen.poll() is not None:

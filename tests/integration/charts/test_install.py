@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -107,20 +106,36 @@ def reconciled_sample(audited_plane, operator) -> dict:
         obj = _get(audited_plane, "shardset", "with-class", "--namespace", SAMPLE_NS) or {}
         return (obj.get("status") or {}).get("observedGeneration") == 1
 
+    def settled() -> bool:
+        # The follow-up reactions are done when the ShardSet's status was written from the StatefulSet as it
+        # is now and the operator's events for it are posted.
+        obj = _get(audited_plane, "shardset", "orders", "--namespace", SAMPLE_NS) or {}
+        sts = _get(audited_plane, "statefulset", "orders", "--namespace", SAMPLE_NS) or {}
+        sts_status, status = sts.get("status") or {}, obj.get("status") or {}
+        # The Progressing condition names the StatefulSet's counts: it was written from this StatefulSet status.
+        ready, updated = int(sts_status.get("readyReplicas") or 0), int(sts_status.get("updatedReplicas") or 0)
+        what = "Rolling out" if sts_status.get("replicas") else "Creating"
+        counts = f"{what}: {ready}/{sts['spec']['replicas']} shards ready, {updated} updated"
+        progressing = [c for c in status.get("conditions") or [] if c["type"] == "Progressing"]
+        return bool(progressing) and progressing[0]["message"] == counts and bool(
+            json.loads(audited_plane.kubectl(
+                "get", "events", "--namespace", SAMPLE_NS, "-o", "json",
+                "--field-selector", "involvedObject.kind=ShardSet,involvedObject.name=orders").stdout)["items"])
+
     def policy_reported() -> bool:
         obj = _get(audited_plane, "prefetchpolicy", "orders-prefetch", "--namespace", SAMPLE_NS) or {}
         return bool((obj.get("status") or {}).get("phase"))
 
     try:
-        obj = wait_for(reconciled, timeout=90, interval=KUBECTL_POLL, what="the sample ShardSet to be reconciled")
+        wait_for(reconciled, timeout=90, interval=KUBECTL_POLL, what="the sample ShardSet to be reconciled")
         wait_for(with_class_handled, timeout=60, interval=KUBECTL_POLL,
                  what="the ShardSet with a StorageClass to be handled")
         wait_for(policy_reported, timeout=60, interval=KUBECTL_POLL, what="the sample PrefetchPolicy's status")
+        # Before the GitOps checks, which compare resourceVersions and look for the events.
+        wait_for(settled, timeout=60, interval=KUBECTL_POLL, what="the status from the current StatefulSet, events")
     except AssertionError as exc:
         raise AssertionError(f"{exc}\noperator log:\n{operator.tail()}") from None
-    # Let the follow-up reactions (child events, status patches) settle before GitOps checks.
-    time.sleep(3)
-    return obj
+    return _get(audited_plane, "shardset", "orders", "--namespace", SAMPLE_NS)
 
 
 def test_install_creates_crds_rbac_deployment_and_peering(audited_plane, helm_env, release) -> None:

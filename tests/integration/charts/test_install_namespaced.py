@@ -58,7 +58,8 @@ def test_namespaced_operator_serves_only_its_namespace_with_its_roles(audited_pl
                  what="watched ShardSet")
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{operator.tail()}") from None
-    time.sleep(3)
+    # No waiting for "not-mine": the audit log below proves the operator cannot see it (every namespaced call
+    # stayed in the watched namespace, and no cluster-wide call touched ShardSets).
     assert not reconciled(audited_plane, UNWATCHED, "not-mine")
     calls = audit_calls(audited_plane, SA_USER)
     forbidden = [c for c in calls if c["code"] == 403 or c["decision"] == "forbid"]
@@ -66,6 +67,12 @@ def test_namespaced_operator_serves_only_its_namespace_with_its_roles(audited_pl
     # Every namespaced call stayed in the watched namespace (cluster-scoped ones: the CRD scan only).
     assert {c["namespace"] for c in calls if c["namespace"]} == {WATCHED}
     assert {c["resource"] for c in calls if not c["namespace"]} == {"customresourcedefinitions", "namespaces"}
+
+
+def pauses(copy) -> int:
+    """How often this operator copy has paused for a peer of the same priority (Kopf logs each pause)."""
+    text = copy.log.read_text(errors="replace") if copy.log.exists() else ""
+    return text.count("Pausing all operators, including self")
 
 
 def test_a_second_copy_pauses_both_instead_of_acting_twice(audited_plane, release_docs, operator,
@@ -77,11 +84,14 @@ def test_a_second_copy_pauses_both_instead_of_acting_twice(audited_plane, releas
                    if a.startswith("--liveness=") else f"--metrics-port={metrics}" if a.startswith("--metrics-port=")
                    else a for a in second.argv]
     second.health_url = f"http://127.0.0.1:{health}/healthz"
+    paused_before = pauses(operator)
     second.start()
     try:
-        time.sleep(5)  # both copies see each other in the KopfPeering object and freeze (same priority)
+        # Both copies see each other in the KopfPeering object and freeze (same priority); each logs it.
+        wait_for(lambda: pauses(operator) > paused_before and pauses(second) > 0, timeout=60, interval=KUBECTL_POLL,
+                 what="both operator copies to pause for each other")
         audited_plane.kubectl("apply", "--server-side", "-n", WATCHED, "-f", "-", input=shardset("during-peering"))
-        time.sleep(10)
+        time.sleep(10)  # what is tested: neither acts while both run (a paused copy gives no per-object signal)
         assert not reconciled(audited_plane, WATCHED, "during-peering"), "an operator acted while another copy ran"
     finally:
         second.stop()

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 
 import aiohttp
 from chronoshard.shardnode.keyspace.partitioning import PartitionMap
+
+from tests.support.waiting import wait_for_async
 
 N_BLOCKS = 10_000
 TABLE = "orders"
@@ -57,12 +60,19 @@ def assert_even(counts: dict[int, int], total: int) -> None:
 async def wait_epoch(urls: list[str], epoch: int) -> None:
     """Wait until every node serves the given map epoch (they re-check the mounted file each second)."""
     async with aiohttp.ClientSession() as s:
-        for _ in range(100):
-            epochs = []
+
+        async def epochs() -> list[int]:
+            served = []
             for u in urls:
                 async with s.get(f"{u}/v1/partitions") as r:
-                    epochs.append((await r.json())["epoch"])
-            if set(epochs) == {epoch}:
-                return
-            await asyncio.sleep(0.1)
-    raise AssertionError(f"nodes did not reload epoch {epoch}: {epochs}")
+                    served.append((await r.json())["epoch"])
+            return served
+
+        await wait_for_async(lambda: _all_at(epochs(), epoch), timeout=10, interval=0.1,
+                             what=f"every node to serve epoch {epoch}")
+
+
+async def _all_at(served: Awaitable[list[int]], epoch: int) -> list[int] | None:
+    """The epochs the nodes serve if they all serve ``epoch``; None (not yet) otherwise."""
+    got = await served
+    return got if set(got) == {epoch} else None

@@ -18,6 +18,8 @@ from pathlib import Path
 
 from chronoshard.shardnode.keyspace.partitioning import PartitionMap
 
+from tests.support.waiting import wait_for
+
 BIN = Path(sys.executable).parent
 
 
@@ -65,18 +67,16 @@ def write_keyring(volume: Path) -> None:
 
 
 def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def ready() -> bool:
         if proc.poll() is not None:
             raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
         try:
             with urllib.request.urlopen(f"{url}/readyz", timeout=2) as r:
-                if r.status == 200:
-                    return
+                return r.status == 200
         except OSError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"{url} not ready within {timeout} s")
+            return False
+
+    wait_for(ready, timeout, interval=0.1, what=f"{url}/readyz")
 
 
 class ShardNodes:

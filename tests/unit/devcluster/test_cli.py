@@ -2,9 +2,10 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 from chronoshard.devcluster import cli
+
+from tests.support.waiting import wait_for
 
 
 def test_commands_on_a_state_dir_without_a_cluster_fail_clearly(tmp_path, capsys):
@@ -43,10 +44,8 @@ def test_down_stops_recorded_processes_and_their_children(tmp_path, capsys):
     state.mkdir()
     entry = cli._record(parent.pid)
     (state / "dev.json").write_text(json.dumps({"processes": {"operator": entry}}))
-    deadline = time.monotonic() + 10
-    while len(cli.all_pids(state)) < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    family = cli.all_pids(state)
+    family = wait_for(lambda: len(pids := cli.all_pids(state)) >= 2 and pids, timeout=10,
+                      what="the recorded process and its child")
     assert len(family) == 2
     assert cli.main(["--state-dir", str(state), "down"]) == 0
     parent.wait(5)

@@ -13,17 +13,19 @@ from chronoshard.devcluster.nodeagent.probes import (
     run_probe,
 )
 
+from tests.support.waiting import wait_for
+
 
 @pytest.fixture()
 def server():
     codes = {"/ok": 200, "/redirect": 302, "/bad": 500, "/unavailable": 503}
-    seen_headers = []
+    seen_headers = []  # (when the request arrived, its headers)
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):
-            seen_headers.append(dict(self.headers))
+            seen_headers.append((time.monotonic(), dict(self.headers)))
             if self.path == "/slow":
-                time.sleep(1.0)
+                time.sleep(1.0)  # what is tested: a server slower than the probe's timeout
             self.send_response(codes.get(self.path, 200))
             self.send_header("Content-Length", "0")
             self.end_headers()
@@ -50,7 +52,7 @@ def test_http_probe_status_ranges(server):
     assert not run_probe(spec(port, "/bad"))
     assert not run_probe(spec(port, "/unavailable"))
     assert run_probe(spec(port, "/ok", headers=(("X-Probe", "yes"),)))
-    assert headers[-1]["X-Probe"] == "yes"
+    assert headers[-1][1]["X-Probe"] == "yes"
 
 
 def test_http_probe_timeout_and_refused(server):
@@ -88,13 +90,14 @@ def test_parse_probe_named_port_and_defaults():
 
 
 def test_worker_waits_initial_delay_then_reports_changes(server):
-    port, _ = server
+    port, requests = server
     changes = []
-    worker = ProbeWorker(spec(port, "/ok", period=0.05, initial_delay=0.3), False, changes.append).start()
-    time.sleep(0.15)
-    assert changes == [] and worker.result is False
-    deadline = time.monotonic() + 3
-    while not changes and time.monotonic() < deadline:
-        time.sleep(0.02)
+    started = time.monotonic()
+    worker = ProbeWorker(spec(port, "/ok", period=0.05, initial_delay=0.3), False, changes.append)
+    assert worker.result is False
+    worker.start()
+    wait_for(lambda: changes, timeout=3, what="the first probe result")
     worker.stop()
     assert changes == [True] and worker.result is True
+    # The first probe request reached the server only after the initial delay: before it, nothing ran.
+    assert requests[0][0] - started >= 0.3
