@@ -14,6 +14,7 @@ from chronoshard.shardnode.cache.server import CACHE
 
 from tests.support.kubelet_dir import write_keyring
 from tests.support.servers import KEK, KEY1, KEY2, node_and_cache
+from tests.support.waiting import wait_for_async
 
 
 def metric(text: str, name: str, labels: str = "") -> float:
@@ -181,8 +182,15 @@ async def test_key_cache_size_setting_resizes_live(tmp_path):
         settings.write_text(json.dumps({"keyCacheSize": 1}))
         st = await wait_stats(s, cache, lambda st: st["capacity"] == 1)
         assert st["held"] == 1
+        registry = capp[CACHE].metrics.registry
+
+        def loads() -> float:
+            return registry.get_sample_value("chronoshard_cache_settings_reloads_total", {"result": "ok"}) or 0.0
+
+        seen = loads()
         settings.write_text(json.dumps({"keyCacheSize": 0}))  # out of range: logged and ignored
-        await asyncio.sleep(0.3)
+        # The watcher loads the file only when it changes: one more good load is this file applied.
+        await wait_for_async(lambda: loads() >= seen + 1, timeout=10, what="the settings file re-read")
         assert (await key_stats(s, cache))["capacity"] == 1 and capp[CACHE].cfg.key_cache_size == 1
 
 

@@ -9,6 +9,7 @@ from chronoshard.shardnode.keys import frames
 
 from tests.support.kubelet_dir import write_keyring
 from tests.support.servers import KEY1, KEY2, node_and_cache
+from tests.support.waiting import wait_for_async
 
 
 @pytest.fixture
@@ -236,8 +237,14 @@ async def test_writes_hold_while_the_primary_is_compromised_then_use_the_new_pri
         if (await (await s.get(f"{node}/v1/keys")).json()).get("compromised") == [1]:
             break
         await asyncio.sleep(0.05)
+    from chronoshard.shardnode.node.server import NODE
+
+    registry = napp[NODE].metrics.registry
     put = asyncio.ensure_future(s.put(f"{node}/v1/tables/t/blocks/held", data=b"secret"))
-    await asyncio.sleep(0.5)
+    # Each retry of a held write counts a hold: two of them prove it is parked, not answered.
+    holds = "chronoshard_node_compromised_write_holds_total"
+    await wait_for_async(lambda: (registry.get_sample_value(holds) or 0) >= 2, timeout=10,
+                         what="the write to be held twice")
     assert not put.done(), "a write went through with the compromised primary"
     keys = {1: ("decrypt-only", KEY1), 2: ("primary", KEY2)}
     write_keyring(tmp_path / "keyring", 6, keys, manifest_text=_compromised_manifest(2, 1))
