@@ -34,7 +34,7 @@ async def test_wait_after_wakes_on_the_next_append_and_times_out_without_one():
     log = AccessLog()
     log.append("t", "k0", "c", False, 1)
     waiter = asyncio.create_task(log.wait_after(1, timeout=30))
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0)  # one turn of the loop runs the waiter to its wait (a wrong early return is done by now)
     assert not waiter.done()  # nothing after seq 1 yet
     log.append("t", "k1", "c", False, 1)
     await asyncio.wait_for(waiter, 5)  # woken by the append, long before its 30 s
@@ -46,6 +46,7 @@ async def test_wait_after_wakes_on_the_next_append_and_times_out_without_one():
 async def test_wake_releases_every_waiter():
     log = AccessLog()
     waiters = [asyncio.create_task(log.wait_after(0, timeout=30)) for _ in range(3)]
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0)  # one turn of the loop: all three are waiting
+    assert not any(w.done() for w in waiters)
     log.wake()
     await asyncio.wait_for(asyncio.gather(*waiters), 5)

@@ -38,7 +38,7 @@ async def test_access_log_long_poll_answers_when_the_next_read_is_logged(env):
     last = (await (await s.get(f"{cache}/v1/access-log")).json())["last"]
     # The server may hold this for 20 s; the read below must release it long before.
     poll = asyncio.create_task(s.get(f"{cache}/v1/access-log", params={"after": str(last), "wait": "20"}))
-    await asyncio.sleep(0.2)
+    await asyncio.sleep(0.2)  # what is tested: the poll holds while nothing is logged (no "parked" signal)
     assert not poll.done()
     await (await s.get(f"{cache}/v1/tables/t/blocks/k", headers={"X-Client-Id": "late"})).read()
     body = await (await asyncio.wait_for(poll, 5)).json()

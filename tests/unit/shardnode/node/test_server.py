@@ -83,7 +83,7 @@ async def test_change_stream_and_long_poll(env):
     body = await (await s.get(f"{node}/v1/changes", params={"after": "0"})).json()
     assert [c["op"] for c in body["changes"]] == ["put"] and body["next"] == 1 and body["lastLsn"] == 1
     waiter = asyncio.create_task(s.get(f"{node}/v1/changes", params={"after": "1", "wait": "5"}))
-    await asyncio.sleep(0.2)
+    await asyncio.sleep(0.2)  # what is tested: the poll holds while nothing changes (no "parked" signal to wait on)
     assert not waiter.done()
     await s.delete(f"{node}/v1/tables/t/blocks/a")
     body = await (await asyncio.wait_for(waiter, 5)).json()

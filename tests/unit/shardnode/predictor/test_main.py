@@ -95,7 +95,12 @@ def test_predictor_process_learns_scans_and_the_cache_prefetches(shard: tuple[Pr
         wait_for(lambda: http_json("GET", p.url + "/v1/status")[1]["enabled"] is False, timeout=10)
         sent = metric(p.url, "chronoshard_predictor_hints_sent_total")
         scan(c.url, 700, 40, 0.05)
-        time.sleep(0.5)
+        # The predictor is done with those reads once a later tick has fetched an access made after it read them.
+        for what in ("the scan", "a later read"):
+            last = http_json("GET", c.url + "/v1/access-log?after=0&limit=1")[1]["last"]
+            wait_for(lambda last=last: http_json("GET", p.url + "/v1/status")[1]["cursor"] >= last, timeout=10,
+                     what=f"the predictor to read {what}")
+            scan(c.url, 0, 1, 0.0)
         assert metric(p.url, "chronoshard_predictor_hints_sent_total") == sent
 
         # A broken file keeps the previous settings and says why.
