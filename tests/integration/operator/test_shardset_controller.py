@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import time
 from typing import Any
 
 import pytest
@@ -126,7 +125,16 @@ def test_second_reconcile_changes_nothing(operator_runner, apis, namespace):
     apis["custom"].create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, shardset("idem", 2))
     wait_for(lambda: (get_ss(apis, namespace, "idem").get("status") or {}).get("observedGeneration") == 1,
              what="first reconcile")
-    time.sleep(1.0)
+
+    def controllers_done() -> bool:
+        # kube-controller-manager writes the StatefulSet's and the PDB's status once it has made the two pods.
+        sts = apis["apps"].read_namespaced_stateful_set("idem", namespace)
+        pdb = apis["policy"].read_namespaced_pod_disruption_budget("idem", namespace)
+        return (sts.status.observed_generation == sts.metadata.generation and sts.status.replicas == 2
+                and pdb.status is not None and pdb.status.observed_generation == pdb.metadata.generation
+                and pdb.status.expected_pods == 2)
+
+    wait_for(controllers_done, what="the controller manager done with the StatefulSet and the PDB")
 
     def versions():
         return {
@@ -149,8 +157,11 @@ def test_second_reconcile_changes_nothing(operator_runner, apis, namespace):
     old, new = body["status"], result.status
     diff = {k: (old.get(k), new.get(k)) for k in set(old) | set(new) if old.get(k) != new.get(k)}
     assert controller._status_changed(old, new) is False, diff
-    TRIGGERS.fire("ShardSet", namespace, "idem")
-    time.sleep(1.5)
+    # The loop clears its wake-up when a pass starts; the second pass starts only after the first has ended.
+    wake = TRIGGERS.event("ShardSet", namespace, "idem")
+    for n in (1, 2):
+        TRIGGERS.fire("ShardSet", namespace, "idem")
+        wait_for(lambda: not wake.is_set(), what=f"reconcile pass {n} after the wake-up")
     assert versions() == before
 
 
