@@ -37,6 +37,7 @@ from chronoshard.shardnode.keyspace.partitioning import PartitionMap
 
 from tests.bench.bench_node_write import rewrap_bench
 from tests.e2e.conftest import LocalCluster, dev, is_ready, start_cluster
+from tests.support.waiting import wait_for
 
 NS = "bench"
 NAME = "rotbench"
@@ -104,13 +105,11 @@ class Operator:
 
 def ready_pods(cluster: LocalCluster, shards: int) -> list[dict[str, Any]]:
     """The ShardSet's pods sorted by name once all ``shards`` are Ready; waits up to 300 s."""
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
+    def all_ready() -> list[dict[str, Any]] | None:
         pods = sorted(cluster.pods(NS, f"app.kubernetes.io/instance={NAME}"), key=lambda p: p["metadata"]["name"])
-        if len(pods) == shards and all(is_ready(p) for p in pods):
-            return pods
-        time.sleep(1)
-    raise RuntimeError(f"{shards} shard pods not Ready within 300 s")
+        return pods if len(pods) == shards and all(is_ready(p) for p in pods) else None
+
+    return wait_for(all_ready, timeout=300, interval=1, what=f"{shards} shard pods Ready")
 
 
 def rotation_object(name: str, threat: bool) -> dict[str, Any]:
