@@ -91,6 +91,8 @@ def test_up_reuse_agent_restart_adoption_and_down_leaves_nothing():
         assert cluster.get("pod", "done", "default")["status"]["phase"] == "Succeeded"
 
         before = all_pids(state)
+        survivor_status = cluster.get("pod", "survivor", "default")["status"]
+        container_before_down = survivor_status["containerStatuses"][0]["containerID"]
         assert len(before) >= 6, before  # keeper, etcd, apiserver, controller-manager, agent, shim, container
     finally:
         down = dev(state, "down")
@@ -102,10 +104,12 @@ def test_up_reuse_agent_restart_adoption_and_down_leaves_nothing():
     # Like a node reboot: etcd and the agent's state survive down/up; the pod comes back and runs again.
     try:
         cluster = start_cluster(state, "--no-operator")
+        # etcd still holds the Ready status written before down: wait for one the new agent wrote about the
+        # container it started after the "reboot" (a new container ID), not for the stale one.
         back = wait_for(
             lambda: (p := cluster.get("pod", "survivor", "default")) and is_ready(p)
-                and p,
-            timeout=60, interval=0.5, what="survivor back",
+                and p["status"]["containerStatuses"][0]["containerID"] != container_before_down and p,
+            timeout=60, interval=0.5, what="survivor back in a new container",
         )
         assert back["metadata"]["uid"] == pod["metadata"]["uid"] and back["status"]["podIP"] == ip
         assert http_get(f"http://{ip}:8080/healthz") == (200, b"ok")
