@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 from aiohttp import web
+from chronoshard.shardnode.auth.policy import Access
 from chronoshard.shardnode.eviction import make_policy
 from chronoshard.shardnode.keys.keyring import KeyringWatcher
 from chronoshard.shardnode.keys.provider import (
@@ -458,11 +459,11 @@ def routes() -> list[Route]:
     """The cache's own routes (the scaffold adds the probes, metrics, openapi and partitions)."""
     blocks = block_routes(get=get_block, put=put_block, delete=delete_block, batch_get=batch_get, scan=scan)
     return [*blocks,
-            Route("POST", "/v1/prefetch", prefetch),
-            Route("POST", "/v1/prefetch/keys", prefetch_keys),
-            Route("GET", "/v1/access-log", access_log),
-            Route("GET", "/v1/keys", keys),
-            Route("GET", "/v1/cache", stats)]
+            Route("POST", "/v1/prefetch", prefetch, Access.ADMIN),
+            Route("POST", "/v1/prefetch/keys", prefetch_keys, Access.ADMIN),
+            Route("GET", "/v1/access-log", access_log, Access.ADMIN),
+            Route("GET", "/v1/keys", keys, Access.ADMIN),
+            Route("GET", "/v1/cache", stats, Access.ADMIN)]
 
 
 def create_app(cfg: CacheConfig) -> web.Application:

@@ -14,6 +14,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from chronoshard.shardnode.auth import policy
 from chronoshard.shardnode.predictor.access import Access, AccessLogError, parse_log_entry
 from chronoshard.shardnode.predictor.config import ConfigFile, PredictorConfig
 from chronoshard.shardnode.predictor.engine import Hint, Predictor
@@ -204,8 +205,8 @@ def status_handler(service: PredictorService) -> Handler:
 def create_app(service: PredictorService) -> web.Application:
     """The predictor's HTTP app (aiohttp's own error pages and HEAD routes, as before the scaffold)."""
     probes = Probes(service.predictor.metrics.registry, service.readiness)
-    return create_server_app(service, probes, [Route("GET", "/v1/status", status_handler(service))],
-                             json_errors=False, allow_head=True)
+    routes = [Route("GET", "/v1/status", status_handler(service), policy.Access.ADMIN)]
+    return create_server_app(service, probes, routes, json_errors=False, allow_head=True)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -221,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point."""
     args = parse_process_args(parser(), argv)
     service = PredictorService(args.cache_url, args.data_dir, args.config)
-    run(create_app(service), args.host, args.port, long_request_lines=False)
+    run(create_app(service), args.host, args.port, security=args.security, long_request_lines=False)
 
 
 if __name__ == "__main__":
