@@ -39,6 +39,38 @@ class RequestRejected(ChronoshardError):
         super().__init__(f"HTTP {status} {error}: {message}")
 
 
+class Unauthenticated(RequestRejected):
+    """401: the server did not accept the credential (or none was sent); ``hint`` says what to do."""
+
+    def __init__(self, message: str, hint: str = "", url: str = "") -> None:
+        super().__init__(401, "unauthenticated", message)
+        self.hint, self.url = hint, url
+
+    def __str__(self) -> str:
+        # Only the server's message (which never names the credential) and our hint: never the token.
+        where = f"{self.url}: " if self.url else ""
+        return f"{where}HTTP 401 unauthenticated: {self.message}" + (f". {self.hint}" if self.hint else "")
+
+
+class Forbidden(RequestRejected):
+    """403: the caller is known but RBAC does not allow this request."""
+
+    def __init__(self, message: str, url: str = "") -> None:
+        super().__init__(403, "forbidden", message)
+        self.url = url
+
+    def __str__(self) -> str:
+        return f"{self.url + ': ' if self.url else ''}HTTP 403 forbidden: {self.message}"
+
+
+class CertificateRejected(ChronoshardError):
+    """The shard's TLS certificate did not verify (wrong CA, wrong name, expired): never retried over HTTP."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        self.url, self.reason = url, reason
+        super().__init__(f"{url}: TLS certificate not accepted: {reason}")
+
+
 class MapUnavailable(ChronoshardError):
     """No partition map could be obtained from any source."""
 
