@@ -31,7 +31,9 @@ class ApiServerConnection:
 
     def authorization(self) -> str | None:
         """The Authorization header for the process's own calls ("Bearer ..."), None with client certs only."""
-        value = self.configuration.get_api_key_with_prefix("authorization")
+        # kubernetes.config keeps the token under "BearerToken" (newer clients) or "authorization" (older ones).
+        value = (self.configuration.get_api_key_with_prefix("BearerToken")
+                 or self.configuration.get_api_key_with_prefix("authorization"))
         if not value:
             return None
         scheme, _, token = str(value).partition(" ")
