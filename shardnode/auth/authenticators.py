@@ -62,7 +62,7 @@ def parse_bearer(header: str) -> str:
     """The token of an ``Authorization: Bearer <token>`` header; Unauthenticated("malformed") otherwise."""
     m = _BEARER_RE.fullmatch(header)
     if m is None:
-        raise Unauthenticated("malformed", "the Authorization header must be 'Bearer <token>'")
+        raise Unauthenticated("malformed", "malformed Authorization header: it must be 'Bearer <token>'")
     return m.group(1)
 
 
@@ -88,7 +88,7 @@ class BearerTokenAuthenticator:
         exp = jwtclaims.expiry(claims)
         if exp is not None and exp <= self.wall():
             # Refused before any review: the exp is only read to say precisely why.
-            raise Unauthenticated("expired", "the bearer token has expired; request a new one")
+            raise Unauthenticated("expired", "the bearer token has expired: request a new one")
         digest = hashlib.sha256(token.encode()).digest()
         outcome = self.cache.get(digest)
         self.metrics.lookup("token", outcome is not None)
@@ -105,13 +105,13 @@ class BearerTokenAuthenticator:
         if status.get("authenticated") and self.cfg.audience in (status.get("audiences") or [self.cfg.audience]):
             return self._identity(status, "token")
         if not _audience_refused(status, claims, self.cfg.audience):
-            return Unauthenticated("invalid", "the bearer token is not valid (TokenReview refused it)")
+            return Unauthenticated("invalid", "invalid bearer token: the API server's TokenReview refused it")
         if self.cfg.accept_kubeconfig_tokens:
             status = await self.api.token_review(token, None)
             if status.get("authenticated"):
                 return self._identity(status, "kubeconfig-token")
-        return Unauthenticated("wrong_audience", f"the bearer token is not for audience {self.cfg.audience!r}; "
-                               "request one with that audience")
+        return Unauthenticated("wrong_audience", f"wrong audience: the bearer token is not for "
+                               f"{self.cfg.audience!r}; request one with that audience")
 
     def _identity(self, status: dict[str, Any], via: str) -> Identity:
         user = status.get("user") or {}
