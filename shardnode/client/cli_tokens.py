@@ -70,6 +70,8 @@ class ServiceAccountToken:
 
 def kubeconfig_token(api_client: Any) -> str | None:
     """The bearer token the kubeconfig's user authenticates with (None for client certificates)."""
-    value = (getattr(api_client.configuration, "api_key", None) or {}).get("authorization") or ""
+    keys = getattr(api_client.configuration, "api_key", None) or {}
+    # kubernetes.config keeps it under "BearerToken" (newer clients) or "authorization" (older ones).
+    value = keys.get("BearerToken") or keys.get("authorization") or ""
     scheme, _, token = str(value).partition(" ")
     return token.strip() or None if scheme.lower() == "bearer" else None
