@@ -18,15 +18,19 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from .podcontract import OPERATOR_IDENTITY, pod_dns_name, pod_identity
+
 CA_LIFETIME = timedelta(days=3650)
 SERVING_LIFETIME = timedelta(days=90)
 # The operator's own client certificate lives only in its memory: short, renewed on the same rule.
 OPERATOR_LIFETIME = timedelta(days=1)
-OPERATOR_IDENTITY = "chronoshard:operator"
 # Renew when less than this fraction of the lifetime is left.
 RENEW_FRACTION = 1 / 3
 # Backdate notBefore a little: clocks of the API server, the operator and the pods differ.
 CLOCK_SKEW = timedelta(minutes=5)
+
+
+__all__ = ["OPERATOR_IDENTITY", "KeyPair", "pod_dns_name", "pod_identity"]  # re-exported for callers
 
 
 @dataclass(frozen=True)
@@ -35,16 +39,6 @@ class KeyPair:
 
     cert: bytes
     key: bytes
-
-
-def pod_identity(namespace: str, name: str) -> str:
-    """The pods' identity (their certificate's CN): ``chronoshard:shardset:NAMESPACE:NAME``."""
-    return f"chronoshard:shardset:{namespace}:{name}"
-
-
-def pod_dns_name(namespace: str, name: str, ordinal: int) -> str:
-    """The DNS name internal clients check a pod's certificate against: ``NAME-i.NAME-headless.NAMESPACE.svc``."""
-    return f"{name}-{ordinal}.{name}-headless.{namespace}.svc"
 
 
 def _service_names(service: str, namespace: str) -> list[str]:
