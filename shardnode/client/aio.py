@@ -28,6 +28,7 @@ import heapq
 import json
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -47,7 +48,7 @@ from chronoshard.shardnode.client.errors import (
     Unauthenticated,
     Unavailable,
 )
-from chronoshard.shardnode.client.transport import Endpoint, Scheme, Transport, client_ssl_context
+from chronoshard.shardnode.client.transport import Endpoint, Scheme, Transport, ca_file_source
 from chronoshard.shardnode.keyspace.partitioning import PartitionMap
 
 ROUTED_HEADER = "X-Chronoshard-Routed"  # same value as chronoshard.shardnode.serving.routing.ROUTED_HEADER
@@ -139,7 +140,8 @@ class AsyncClient:
         self._concurrency = concurrency
         self.transport = transport or Transport(
             Credentials.default(token=token, token_provider=token_provider, token_file=token_file),
-            ssl_context=client_ssl_context(ca), default_scheme=scheme, concurrency=concurrency, session=session,
+            default_scheme=scheme, concurrency=concurrency, session=session,
+            ca_source=ca_file_source(ca) if ca is not None else None,
             ca_hint=f"verified against {ca}" if ca else "no ca= given: verified against the system's CAs")
         if isinstance(self._provider, NodeMap) and self._provider.transport is None:
             self._provider.transport = self.transport  # the map requests carry the same credentials and CA
@@ -171,16 +173,15 @@ class AsyncClient:
         certificate checked against the pod's DNS name), the CA from ``ca=`` or else the ``NAME-ca`` ConfigMap.
         """
         api = api_client or discovery.kube_client(kubeconfig, context)
-        ca_pem = None if ca is not None else discovery.shardset_ca(api, name, namespace)
-        where = (f"verified against {ca}" if ca is not None else
-                 f"verified against ConfigMap {namespace}/{discovery.ca_config_map_name(name)}" if ca_pem else
-                 f"ConfigMap {namespace}/{discovery.ca_config_map_name(name)} not found: verified against the "
-                 "system's CAs")
+        cm = f"ConfigMap {namespace}/{discovery.ca_config_map_name(name)}"
+        # The ConfigMap is read again after a certificate failure: a client started before the move to TLS
+        # picks up the CA the operator publishes then.
+        source = ca_file_source(ca) if ca is not None else partial(discovery.shardset_ca, api, name, namespace)
         transport = Transport(
             Credentials.default(token=token, token_provider=token_provider, token_file=token_file,
                                 audience=audience(namespace, name)),
-            ssl_context=client_ssl_context(ca, ca_pem), default_scheme=scheme, concurrency=concurrency,
-            ca_hint=where)
+            default_scheme=scheme, concurrency=concurrency, ca_source=source,
+            ca_hint=f"verified against {ca if ca is not None else cm} (or the system's CAs while it is absent)")
         pods = discovery.ShardSetPods(name, namespace, api_client=api, port=port)
         return cls(discovery.ConfigMapMap(name, namespace, api_client=api), pods.endpoint, timeout=timeout,
                    concurrency=concurrency, transport=transport)

@@ -30,6 +30,7 @@ import base64
 import json
 import sys
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
@@ -53,7 +54,7 @@ from chronoshard.shardnode.client import (
 )
 from chronoshard.shardnode.client.cli_tokens import ServiceAccountToken, kubeconfig_token
 from chronoshard.shardnode.client.credentials import audience, fixed_source, standard_sources
-from chronoshard.shardnode.client.transport import client_ssl_context
+from chronoshard.shardnode.client.transport import ca_file_source
 from chronoshard.shardnode.keyspace.partitioning import PartitionMap
 
 GROUP, VERSION = "chronoshard.io", "v1alpha1"
@@ -242,14 +243,15 @@ def credentials(args: argparse.Namespace) -> Credentials:
 
 def transport(args: argparse.Namespace) -> Transport:
     """TLS (``--ca``, else the ShardSet's ``NAME-ca`` ConfigMap, else the system's CAs) and the credentials."""
-    ca_pem, where = None, f"verified against {args.ca}" if args.ca else "no --ca: verified against the system's CAs"
-    if args.ca is None and args.shardset:
+    source, where = None, "no --ca: verified against the system's CAs"
+    if args.ca:
+        source, where = ca_file_source(args.ca), f"verified against {args.ca}"
+    elif args.shardset:
         ns, cm = default_namespace(args), discovery.ca_config_map_name(args.shardset)
-        ca_pem = discovery.shardset_ca(kube_api(args), args.shardset, ns)
-        where = (f"verified against ConfigMap {ns}/{cm}" if ca_pem else
-                 f"ConfigMap {ns}/{cm} not found: verified against the system's CAs; give --ca")
-    return Transport(credentials(args), ssl_context=client_ssl_context(args.ca, ca_pem),
-                     default_scheme=args.scheme, ca_hint=where)
+        api = kube_api(args)
+        source = partial(discovery.shardset_ca, api, args.shardset, ns)
+        where = f"verified against ConfigMap {ns}/{cm}, or the system's CAs while it is absent (else give --ca)"
+    return Transport(credentials(args), default_scheme=args.scheme, ca_hint=where, ca_source=source)
 
 
 def make_client(args: argparse.Namespace, tr: Transport) -> AsyncClient:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -26,6 +26,7 @@ from chronoshard.shardnode.client.errors import CertificateRejected, Unavailable
 
 Scheme = Literal["http", "https", "auto"]
 REPROBE_AFTER = 30.0
+CA_RECHECK = 5.0  # after a certificate failure, look at the CA source again at most this often
 # What OpenSSL reports when the "ServerHello" it reads is the start of a plaintext HTTP answer ("HTTP/1.1 400").
 PLAINTEXT_REPLY_REASONS = frozenset({"WRONG_VERSION_NUMBER", "PACKET_LENGTH_TOO_LONG", "RECORD_LAYER_FAILURE",
                                      "UNKNOWN_PROTOCOL", "HTTP_REQUEST"})
@@ -66,6 +67,17 @@ def client_ssl_context(ca: str | Path | None = None, ca_data: str | None = None)
     return ctx
 
 
+def ca_file_source(path: str | Path) -> Callable[[], str | None]:
+    """A CA source reading a PEM file (None while it does not exist, e.g. an optional ConfigMap volume)."""
+    def read() -> str | None:
+        try:
+            return Path(path).read_text() or None
+        except OSError:
+            return None
+
+    return read
+
+
 def is_plaintext_reply(exc: BaseException) -> bool:
     """True if a TLS handshake failed because the server answered in plain HTTP (not a certificate problem)."""
     if isinstance(exc, aiohttp.ClientConnectorCertificateError) or not isinstance(exc, aiohttp.ClientSSLError):
@@ -84,10 +96,18 @@ class Transport:
 
     def __init__(self, credentials: Credentials | None = None, *, ssl_context: ssl.SSLContext | None = None,
                  default_scheme: Scheme = "auto", reprobe_after: float = REPROBE_AFTER, concurrency: int = 64,
-                 session: aiohttp.ClientSession | None = None, ca_hint: str = "") -> None:
-        """``ca_hint``: added to certificate errors (e.g. where the CA was looked for)."""
+                 session: aiohttp.ClientSession | None = None, ca_hint: str = "",
+                 ca_source: Callable[[], str | None] | None = None, ca_recheck: float = CA_RECHECK) -> None:
+        """``ca_hint``: added to certificate errors (e.g. where the CA was looked for). ``ca_source``: PEM text of
+        the CA, asked again after a certificate failure (a CA that appeared or changed since): the client then
+        verifies with it and retries once."""
         self.credentials = credentials if credentials is not None else Credentials.default()
         self.ssl_context = ssl_context if ssl_context is not None else client_ssl_context()
+        self.ca_source, self.ca_recheck = ca_source, ca_recheck
+        self._ca_pem = ca_source() if ca_source is not None else None
+        if self._ca_pem is not None and ssl_context is None:
+            self.ssl_context = client_ssl_context(ca_data=self._ca_pem)
+        self._ca_checked = time.monotonic()
         self.default_scheme = default_scheme
         self.reprobe_after = reprobe_after
         self.ca_hint = ca_hint
@@ -131,7 +151,13 @@ class Transport:
         scheme = ep.scheme or self.default_scheme
         where = ep.url("https" if scheme == "auto" else scheme) + path
         try:
-            return await self._by_scheme(scheme, method, ep, path, hdrs, body, params, timeout)
+            try:
+                return await self._by_scheme(scheme, method, ep, path, hdrs, body, params, timeout)
+            except aiohttp.ClientConnectorCertificateError:
+                if not self._reload_ca():
+                    raise
+                # Nothing was sent (the handshake failed): the same request with the new CA is no retry.
+                return await self._by_scheme(scheme, method, ep, path, hdrs, body, params, timeout)
         except TimeoutError:
             raise Unavailable(where, f"no answer within {timeout:g} s") from None
         except _PlaintextReply:
@@ -141,6 +167,21 @@ class Transport:
             raise CertificateRejected(where, reason + (f" ({self.ca_hint})" if self.ca_hint else "")) from None
         except aiohttp.ClientError as exc:
             raise Unavailable(where, f"{type(exc).__name__}: {exc}") from None
+
+    def _reload_ca(self) -> bool:
+        """True if the CA source now gives a different CA (then the context is rebuilt with it)."""
+        if self.ca_source is None or time.monotonic() - self._ca_checked < self.ca_recheck:
+            return False
+        self._ca_checked = time.monotonic()
+        pem = self.ca_source()
+        if pem is None or pem == self._ca_pem:
+            return False
+        try:
+            ctx = client_ssl_context(ca_data=pem)
+        except (ssl.SSLError, ValueError):
+            return False  # a half-written or broken CA: keep the one in use
+        self._ca_pem, self.ssl_context = pem, ctx
+        return True
 
     async def _by_scheme(self, scheme: Scheme, method: str, ep: Endpoint, path: str, hdrs: dict[str, str],
                          body: bytes | None, params: Mapping[str, str] | None,

@@ -42,7 +42,7 @@ class SecureShard:
         ca = certs.new_ca(namespace, name, tls_files.now())
         pair = certs.issue_shard_certificate(ca, namespace, name, 1, ["127.0.0.1"], tls_files.now())
         tls_files.write_tls_dir(self.tls, pair, ca)
-        self.ca_pem = ca.cert.decode()
+        self.ca_pair, self.ca_pem = ca, ca.cert.decode()
         self.ca_file = root / "ca.crt"
         self.ca_file.write_bytes(ca.cert)
         (root / "security.json").write_text(json.dumps(security_json(namespace, name)))
@@ -90,6 +90,23 @@ class SecureShard:
     def ssl_context(self) -> ssl.SSLContext:
         """A client context that trusts this ShardSet's CA."""
         return ssl.create_default_context(cadata=self.ca_pem)
+
+    def operator_ssl_context(self) -> ssl.SSLContext:
+        """A client context presenting the operator's certificate (CN chronoshard:operator) of this CA."""
+        pair = certs.issue_operator_certificate(self.ca_pair, tls_files.now())
+        cert, key = self.root / "operator.crt", self.root / "operator.key"
+        cert.write_bytes(pair.cert)
+        key.write_bytes(pair.key)
+        key.chmod(0o600)
+        ctx = self.ssl_context()
+        ctx.load_cert_chain(cert, key)
+        return ctx
+
+    def metrics(self, url: str) -> str:
+        """``GET url/metrics`` as the operator (what the operator's probes may read)."""
+        ctx = self.operator_ssl_context() if url.startswith("https") else None
+        with urllib.request.urlopen(f"{url}/metrics", timeout=5, context=ctx) as r:
+            return str(r.read().decode())
 
     def wait_ready(self, url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
         ctx = self.ssl_context() if url.startswith("https") else None

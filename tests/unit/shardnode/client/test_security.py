@@ -28,7 +28,7 @@ from chronoshard.shardnode.client import (
 )
 from chronoshard.shardnode.client.cli import EXIT_REFUSED, main
 from chronoshard.shardnode.client.credentials import ENV_TOKEN
-from chronoshard.shardnode.client.transport import client_ssl_context
+from chronoshard.shardnode.client.transport import ca_file_source, client_ssl_context
 from chronoshard.shardnode.keyspace.partitioning import initial_map
 
 from tests.support import tls_files
@@ -195,6 +195,25 @@ async def test_connections_are_reused(pki, shard):
             assert await c.get("t", f"k{i}") == b"value"
     assert len(shard.seen) == 30 and all(s["tls"] for s in shard.seen)
     assert len({s["peer"] for s in shard.seen}) == 1  # one connection: one TLS handshake for 30 requests
+
+
+async def test_a_ca_that_appears_later_is_picked_up_after_a_certificate_failure(pki, shard, tmp_path):
+    await shard.start(pki["server"])
+    ca_file = tmp_path / "optional-volume" / "ca.crt"  # an optional ConfigMap volume, filled later
+    ep = Endpoint(f"127.0.0.1:{shard.port}", None, POD0)
+    tr = Transport(Credentials.default(token=TOKEN), ca_source=ca_file_source(ca_file), ca_recheck=0.2)
+    try:
+        with pytest.raises(CertificateRejected):
+            await tr.request("GET", ep, "/v1/tables/t/blocks/k")
+        ca_file.parent.mkdir()
+        ca_file.write_bytes(pki["ca"].read_bytes())
+        with pytest.raises(CertificateRejected):  # looked at again only after ca_recheck
+            await tr.request("GET", ep, "/v1/tables/t/blocks/k")
+        await asyncio.sleep(0.3)
+        assert await tr.request("GET", ep, "/v1/tables/t/blocks/k") == (200, b"value")
+        assert tr.fallbacks == 0 and [s["tls"] for s in shard.seen] == [True]
+    finally:
+        await tr.close()
 
 
 # --- the auto scheme during the move to TLS --------------------------------------------------------------
