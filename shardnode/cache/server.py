@@ -25,6 +25,7 @@ from chronoshard.shardnode.keys.provider import (
     KeyUnavailable,
     key_cache_size_setting,
 )
+from chronoshard.shardnode.serving import tls
 from chronoshard.shardnode.serving.http_common import (
     TABLE_RE,
     ApiError,
@@ -137,8 +138,8 @@ class CacheApp:
     async def start(self, app: web.Application) -> None:
         """Load the keyring, open the node session, start the watcher, prefetch workers and change tail."""
         await asyncio.to_thread(self.keys.poll)
-        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256))
-        node = NodeClient(self.cfg.node_url, self.session)
+        self.session = aiohttp.ClientSession(connector=tls.connector(app, limit=256))
+        node = NodeClient(self.cfg.node_url, self.session, server_hostname=tls.internal_hostname(self.cfg.node_url))
         self.cache = BlockCache(self.cfg.budget_bytes, make_policy(self.cfg.eviction), lambda: self.keys.keyring,
                                 node, self.metrics, self.cfg.prefetch_budget_fraction, key_pool=self.key_pool)
         self._tasks.append(asyncio.create_task(self.keys.run(self.cfg.keyring_poll_seconds)))

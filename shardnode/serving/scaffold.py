@@ -340,7 +340,9 @@ def apply_shard_args(cfg: ShardSettings, args: argparse.Namespace, *, forward: b
     cfg.settings_path = args.config
     source, shard_index = partition_setup(args.partition_map, args.shard_index)
     if source is not None and shard_index is not None:
-        cfg.partitioning = Partitioning(source, shard_index, PeerURLs.from_env() if forward else None)
+        # Caches serving TLS forward to their peers over https (minimal edit by the TLS work).
+        scheme = "https" if getattr(args, "tls_dir", None) else "http"
+        cfg.partitioning = Partitioning(source, shard_index, PeerURLs.from_env(scheme=scheme) if forward else None)
 
 
 def secure_from_flags(app: web.Application, security: ProcessSecurity) -> None:

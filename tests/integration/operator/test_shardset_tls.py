@@ -5,6 +5,7 @@ mounts and flags, the CA kept and adopted across a delete, and cert-manager's Ce
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -13,8 +14,9 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from chronoshard.operator import certs
+from chronoshard.operator import certs, podtls
 from chronoshard.operator.shardset import tlsassets
+from chronoshard.shardnode.serving.tls import server_context
 from kubernetes import client
 
 from tests.integration.operator.test_shardset_controller import (
@@ -27,7 +29,9 @@ from tests.integration.operator.test_shardset_controller import (
     read_secret,
     shardset,
 )
+from tests.support.tls_files import publish
 from tests.support.waiting import wait_for
+from tests.unit.operator.test_podtls import _handshake
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[3]
@@ -65,7 +69,7 @@ def _no_private_key_in(apis, namespace, name, secrets, caplog):
         assert body[:32] not in blob and secret.data[key][:32] not in blob
 
 
-def test_own_ca_certificate_access_and_pod_spec(operator_runner, apis, k8s_client, namespace, caplog):
+def test_own_ca_certificate_access_and_pod_spec(operator_runner, apis, k8s_client, namespace, caplog, tmp_path):
     caplog.set_level(logging.DEBUG)
     apis["custom"].create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, shardset(
         "tls", 2, access={"clients": [{"podSelector": {"matchLabels": {"app": "shop"}}}],
@@ -121,6 +125,14 @@ def test_own_ca_certificate_access_and_pod_spec(operator_runner, apis, k8s_clien
         assert {m.name: m.mount_path for m in c.volume_mounts}["tls"] == "/etc/chronoshard/tls"
         assert c.readiness_probe.http_get.scheme == "HTTPS"
     _no_private_key_in(apis, namespace, "tls", [(ca_secret, "ca.key"), (tls_secret, "tls.key")], caplog)
+
+    # The operator's pod client: its own certificate, signed with this CA (read from the Secret), is accepted
+    # by a server holding the pods' Secret, and it checks the pod's DNS name.
+    ctx = podtls.context_for(namespace, "tls")
+    assert podtls.context_for(namespace, "tls") is ctx, "kept in memory, not re-signed per call"
+    publish(tmp_path / "pod-tls", {k: _b64(tls_secret, k) for k in ("tls.crt", "tls.key", "ca.crt")})
+    seen = asyncio.run(_handshake(server_context(tmp_path / "pod-tls"), ctx, f"tls-1.tls-headless.{namespace}.svc"))
+    assert seen == ["chronoshard:operator"]
 
 
 def test_reissued_on_scale_and_near_expiry(operator_runner, apis, k8s_client, namespace, monkeypatch, caplog):

@@ -266,3 +266,38 @@ async def test_renewal_under_load_drops_no_request(tls_dir: Path, ca: certs.KeyP
     assert not renewals, "both renewals were written"
     assert expected[0] in during, "connections opened after the first renewal saw it"
     assert serials and set(serials) == {expected[-1]}
+
+
+async def test_internal_client_by_ip_checks_the_pod_dns_name(tls_dir: Path, monkeypatch):
+    """The cache dials its node at $(POD_IP), which the certificate need not name: the pod's DNS name is checked
+    instead (NodeClient's server_hostname, from internal_hostname)."""
+    from chronoshard.shardnode.cache.node_client import NodeClient, UpstreamError
+
+    app = web.Application()
+
+    async def changes(request: web.Request) -> web.Response:
+        return web.json_response({"lastLsn": 7, "peer": tls.peer_common_name(request.transport)})
+
+    app.router.add_get("/v1/changes", changes)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    ip = "127.0.0.9"  # not among the certificate's IP SANs
+    site = web.TCPSite(runner, ip, 0, ssl_context=tls.server_context(tls_dir))
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    url = f"https://{ip}:{port}"
+    monkeypatch.setenv("POD_NAME", f"{NAME}-1")
+    monkeypatch.setenv("POD_NAMESPACE", NAMESPACE)
+    client_app = web.Application()
+    client_app[tls.CLIENT_SSL] = tls.client_context(tls_dir)
+    try:
+        async with aiohttp.ClientSession(connector=tls.connector(client_app)) as session:
+            named = NodeClient(url, session, server_hostname=tls.internal_hostname(url))
+            assert named.server_hostname == POD_DNS
+            page = await named.changes(0, 1, wait=0)
+            assert page["lastLsn"] == 7 and page["peer"] == certs.pod_identity(NAMESPACE, NAME)
+            with pytest.raises(UpstreamError) as err:
+                await NodeClient(url, session).changes(0, 1, wait=0)  # the bare IP is not in the certificate
+            assert err.value.status == 503
+    finally:
+        await runner.cleanup()
