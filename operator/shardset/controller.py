@@ -13,6 +13,7 @@ must exist and hold a 32-byte ``kek.key`` before any keyring is created.
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import logging
 import re
 from collections.abc import Mapping
@@ -38,6 +39,7 @@ from ..loop import namespace_of, post_events, run_object_loop
 from ..metrics import set_key_version
 from ..podcontract import PARTITION_MAP_FILE
 from ..prefetchlookup import policy_in_force
+from ..settings import RUNTIME
 from ..shardpods import shard_pods
 from ..spec.common import SpecError
 from ..spec.shardset import ShardSetSpec, parse_shardset
@@ -357,7 +359,13 @@ def shardset_deleted(name: str, namespace: str | None, uid: str, **_: Any) -> No
 def sweep_orphaned_bindings(**_: Any) -> None:
     """Remove ClusterRoleBindings of ShardSets deleted while no operator ran (best effort)."""
     def exists(namespace: str, name: str) -> bool:
-        return kube.get(naming.API_VERSION, KIND, namespace, name) is not None
+        # Only ShardSets this operator serves are its to judge; a read it may not make counts as "exists".
+        if not RUNTIME.clusterwide and not any(fnmatch.fnmatchcase(namespace, p) for p in RUNTIME.namespaces):
+            return True
+        try:
+            return kube.get(naming.API_VERSION, KIND, namespace, name) is not None
+        except ApiException:
+            return True
 
     try:
         removed = tlsassets.sweep_cluster_role_bindings(exists)

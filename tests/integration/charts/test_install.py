@@ -50,6 +50,12 @@ DELIBERATE_EXTRA: dict[tuple[str, str, str], str] = {
     ("get", "chronoshard.io", "shardsets"): "a KeyRotation reads its ShardSet when a rotation runs",
     ("patch", "", "secrets"): "a KeyRotation adds and retires key versions in the keyring Secret",
     ("list", "", "pods"): "a KeyRotation lists a ShardSet's pods to ask each node for its key versions",
+    ("create", "cert-manager.io", "certificates"): "a ShardSet with spec.tls.issuerRef (cert-manager)",
+    ("patch", "cert-manager.io", "certificates"): "a ShardSet with spec.tls.issuerRef (cert-manager)",
+    ("delete", "rbac.authorization.k8s.io", "clusterrolebindings"): "a deleted ShardSet's auth-delegator binding, "
+    "and bindings of ShardSets deleted while no operator ran (swept at start)",
+    ("bind", "rbac.authorization.k8s.io", "clusterroles"): "authorizes creating the auth-delegator binding; "
+    "checked by the API server's RBAC escalation rule, not audited as a request of its own",
 }
 
 

@@ -119,10 +119,18 @@ def test_namespaced_rbac_is_a_role_per_watched_namespace() -> None:
         assert {"kopfpeerings", "shardsets", "secrets"} <= resources
         assert "namespaces" not in resources and "clusterkopfpeerings" not in resources
     (cluster_role,) = by_kind(docs, "ClusterRole")
-    # Cluster-wide only reads of cluster-scoped things: no access to other namespaces' objects.
+    # Cluster-wide only cluster-scoped things: reads, plus the shard pods' auth-delegator bindings (and `bind`
+    # on that one role); no access to other namespaces' objects.
     resources = sorted(r for rule in cluster_role["rules"] for r in rule["resources"])
-    assert resources == ["customresourcedefinitions", "namespaces", "storageclasses"]
-    assert all(set(r["verbs"]) <= {"get", "list", "watch"} for r in cluster_role["rules"])
+    assert resources == ["clusterrolebindings", "clusterroles", "customresourcedefinitions", "namespaces",
+                         "storageclasses"]
+    for rule in cluster_role["rules"]:
+        if rule["resources"] == ["clusterrolebindings"]:
+            assert set(rule["verbs"]) == {"create", "list", "patch", "delete"}
+        elif rule["resources"] == ["clusterroles"]:
+            assert rule["verbs"] == ["bind"] and rule["resourceNames"] == ["system:auth-delegator"]
+        else:
+            assert set(rule["verbs"]) <= {"get", "list", "watch"}
     assert sorted(p["metadata"]["namespace"] for p in by_kind(docs, "KopfPeering")) == ["team-a", "team-b"]
     assert not by_kind(docs, "ClusterKopfPeering")
 
@@ -132,7 +140,11 @@ def test_no_rule_grants_wildcards_or_escalation() -> None:
         for role in by_kind(docs, "ClusterRole") + by_kind(docs, "Role"):
             for rule in role["rules"]:
                 assert "*" not in rule["verbs"] and "*" not in rule["resources"]
-                assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"])
+                assert not {"escalate", "impersonate"} & set(rule["verbs"])
+                if "bind" in rule["verbs"]:
+                    # The one exception: binding the shard pods to system:auth-delegator, that role only.
+                    assert rule == {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["clusterroles"],
+                                    "resourceNames": ["system:auth-delegator"], "verbs": ["bind"]}
 
 
 def test_optional_objects_appear_only_when_enabled() -> None:
