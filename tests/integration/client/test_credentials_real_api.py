@@ -68,8 +68,8 @@ async def test_service_account_token_has_the_shardsets_audience(k8s_client, name
 @pytest.fixture()
 def shard(tmp_path, control_plane, k8s_client, namespace):
     make_access(k8s_client, namespace)
-    # The node alone: it serves the same block API and checks the same way as the cache in front of it.
-    s = SecureShard(tmp_path / "shard", namespace, NAME, control_plane.kubeconfig).start(cache=False)
+    # Node and cache as in a pod: the cache checks the caller, and presents the pod certificate to the node.
+    s = SecureShard(tmp_path / "shard", namespace, NAME, control_plane.kubeconfig).start()
     core = client.CoreV1Api(k8s_client)
     for cm, data in ((f"{NAME}-partitions", {"map.json": initial_map(1).to_json()}),
                      (f"{NAME}-ca", {"ca.crt": s.ca_pem})):
