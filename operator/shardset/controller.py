@@ -16,6 +16,7 @@ import asyncio
 import fnmatch
 import logging
 import re
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -267,6 +268,27 @@ def reconcile(owner: Mapping[str, Any]) -> ReconcileResult:
     return result
 
 
+# A pass and the deletion handler of one ShardSet never overlap: a pass that was running when the ShardSet was
+# deleted would otherwise re-apply the cluster-scoped ClusterRoleBinding the handler just removed.
+_PASS_LOCKS: dict[str, threading.Lock] = {}
+_PASS_LOCKS_GUARD = threading.Lock()
+_DELETED: set[str] = set()  # uids whose deletion handler ran: their passes do nothing any more
+DELETE_WAIT_SECONDS = 30.0
+
+
+def _pass_lock(uid: str) -> threading.Lock:
+    with _PASS_LOCKS_GUARD:
+        return _PASS_LOCKS.setdefault(uid, threading.Lock())
+
+
+def _reconcile_unless_deleted(owner: Mapping[str, Any]) -> ReconcileResult:
+    uid = owner["metadata"]["uid"]
+    with _pass_lock(uid):
+        if uid in _DELETED:
+            return ReconcileResult(outcome="deleted", delay=1.0)
+        return reconcile(owner)
+
+
 def _with_shards(spec: ShardSetSpec, shards: int) -> ShardSetSpec:
     from dataclasses import replace
 
@@ -296,7 +318,7 @@ async def shardset_loop(name: str, namespace: str | None, body: kopf.Body, stopp
 
     async def one_pass(snap: dict[str, Any]) -> tuple[str, float]:
         nonlocal last_problems
-        result = await asyncio.to_thread(reconcile, snap)
+        result = await asyncio.to_thread(_reconcile_unless_deleted, snap)
         if result.status is not None:
             await asyncio.to_thread(write_status, snap, result.status)
             problems = {c["reason"] + ": " + c["message"] for c in result.status["conditions"]
@@ -344,7 +366,14 @@ def shardset_deleted(name: str, namespace: str | None, uid: str, **_: Any) -> No
     """Orphan the keyring, KEK and CA Secrets so the retained shard volumes stay readable (and a re-created
     ShardSet keeps its CA); remove the cluster-scoped ClusterRoleBinding; everything else is GC'd."""
     namespace = namespace_of(KIND, name, namespace)
-    tlsassets.delete_cluster_role_binding(namespace, name)
+    lock = _pass_lock(uid)
+    acquired = lock.acquire(timeout=DELETE_WAIT_SECONDS)  # let a pass in flight finish first
+    try:
+        _DELETED.add(uid)
+        tlsassets.delete_cluster_role_binding(namespace, name)
+    finally:
+        if acquired:
+            lock.release()
     for secret_name in (naming.keyring_secret_name(name), naming.kek_secret_name(name),
                         naming.ca_secret_name(name)):
         secret = kube.get("v1", "Secret", namespace, secret_name)

@@ -180,7 +180,8 @@ def test_ca_kept_and_adopted_and_binding_removed_on_delete(operator_runner, apis
     crb_name = f"chronoshard:shard:{namespace}:keep"
     assert _crb(k8s_client, crb_name) is not None
     apis["custom"].delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "keep")
-    wait_for(lambda: _crb(k8s_client, crb_name) is None, what="ClusterRoleBinding removed")
+    # Kopf runs the deletion handler once the ShardSet's daemon has stopped (up to its cancellation timeout).
+    wait_for(lambda: _crb(k8s_client, crb_name) is None, timeout=60, what="ClusterRoleBinding removed")
     wait_for(lambda: read_secret(apis, namespace, "keep-tls") is None, timeout=60, what="tls Secret collected")
     kept = apis["core"].read_namespaced_secret("keep-ca", namespace)
     assert not kept.metadata.owner_references and kept.data == ca_before
