@@ -71,7 +71,7 @@ Outcome = Identity | Unauthenticated
 
 class BearerTokenAuthenticator:
     """``Authorization: Bearer``: a Kubernetes token checked with TokenReview for the ShardSet's audience;
-    outcomes are cached by the token's SHA-256 for at most cacheTTLSeconds and never past its ``exp``."""
+    outcomes are cached by the Authorization header's SHA-256 for at most cacheTTLSeconds and never past its ``exp``."""
 
     def __init__(self, cfg: SecurityConfig, api: ApiServer, metrics: AuthMetrics, *,
                  clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
@@ -83,21 +83,28 @@ class BearerTokenAuthenticator:
         header = request.headers.get("Authorization")
         if header is None:
             return None
+        # Looked up by the whole header's digest first: a cached outcome needs no parsing, and an entry never
+        # outlives the token's exp (see below), so a hit is never an expired token.
+        digest = hashlib.sha256(header.encode()).digest()
+        outcome = self.cache.get(digest)
+        self.metrics.lookup("token", outcome is not None)
+        if outcome is None:
+            outcome = await self._check(header, digest)
+        if isinstance(outcome, Unauthenticated):
+            raise outcome
+        return outcome
+
+    async def _check(self, header: str, digest: bytes) -> Outcome:
+        """Parse, refuse an expired token before any review, review and cache the outcome."""
         token = parse_bearer(header)
         claims = jwtclaims.unverified_claims(token)
         exp = jwtclaims.expiry(claims)
         if exp is not None and exp <= self.wall():
             # Refused before any review: the exp is only read to say precisely why.
             raise Unauthenticated("expired", "the bearer token has expired: request a new one")
-        digest = hashlib.sha256(token.encode()).digest()
-        outcome = self.cache.get(digest)
-        self.metrics.lookup("token", outcome is not None)
-        if outcome is None:
-            outcome = await self._review(token, claims)
-            ttl = self.cfg.cache_ttl_seconds if exp is None else min(self.cfg.cache_ttl_seconds, exp - self.wall())
-            self.cache.put(digest, outcome, ttl)
-        if isinstance(outcome, Unauthenticated):
-            raise outcome
+        outcome = await self._review(token, claims)
+        ttl = self.cfg.cache_ttl_seconds if exp is None else min(self.cfg.cache_ttl_seconds, exp - self.wall())
+        self.cache.put(digest, outcome, ttl)
         return outcome
 
     async def _review(self, token: str, claims: dict[str, Any] | None) -> Outcome:

@@ -13,7 +13,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from .apiserver import ApiServer
-from .audit import audit
+from .audit import WRITER, audit
 from .authenticators import (
     Authenticator,
     AuthenticatorChain,
@@ -62,9 +62,19 @@ class Guard:
                                          BearerTokenAuthenticator(cfg, api, self.metrics)])
         self.authorizer = Authorizer(cfg, api, self.metrics)
 
+    async def start(self, app: web.Application | None = None) -> None:
+        """Start writing audit lines off the event loop (an on_startup hook)."""
+        WRITER.start()
+
     async def close(self, app: web.Application | None = None) -> None:
-        """Close the API-server session (an on_cleanup hook)."""
+        """Write the queued audit lines, close the API-server session (an on_cleanup hook)."""
+        WRITER.stop()
         await self.api.close()
+
+    def audit(self, identity: Identity | None, method: str, route: str, table: str | None, key: str | None,
+              status: int, reason: str) -> None:
+        """One audit line (a full queue is counted in this server's metrics)."""
+        audit(identity, method, route, table, key, status, reason, on_full=self.metrics.audit_queue_full.inc)
 
     async def decide(self, request: web.Request, access: Access | None, matched: bool,
                      table: str | None) -> tuple[Identity | None, web.Response | None]:
@@ -88,20 +98,34 @@ class Guard:
 
     def middleware(self, policies: PolicyTable) -> Any:
         """The aiohttp middleware over ``policies`` (the app's table of routes)."""
+        # (method, route object) -> (template, access), filled once per route: the per-request lookup is one
+        # dict probe instead of the template's string and the table's tuple key. Only matched routes are kept
+        # (aiohttp makes a new system route for every 404/405), so it holds at most one entry per route.
+        routes: dict[tuple[str, object], tuple[str, Access | None]] = {}
+
+        def route_policy(request: web.Request) -> tuple[bool, str, Access | None]:
+            info = request.match_info
+            known = routes.get((request.method, info.route))
+            if known is not None:
+                return True, known[0], known[1]
+            resource = info.route.resource
+            matched = resource is not None and info.http_exception is None
+            template = resource.canonical if resource is not None else "unmatched"
+            access = policies.get(("GET" if request.method == "HEAD" else request.method, template))
+            if matched:
+                routes[(request.method, info.route)] = (template, access)
+            return matched, template, access
 
         @web.middleware
         async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-            info = request.match_info
-            resource = info.route.resource
-            matched = resource is not None and info.http_exception is None
-            route = resource.canonical if resource is not None else "unmatched"
-            access = policies.get(("GET" if request.method == "HEAD" else request.method, route))
+            matched, route, access = route_policy(request)
             if matched and access is Access.PUBLIC:
                 return await handler(request)
+            info = request.match_info
             table, key = info.get("table"), info.get("key")
             identity, refusal = await self.decide(request, access, matched, table)
             if refusal is not None:
-                audit(identity, request.method, route, table, key, refusal.status, "refused")
+                self.audit(identity, request.method, route, table, key, refusal.status, "refused")
                 return refusal
             status = 499  # the client went away before an answer (cancelled)
             try:
@@ -112,6 +136,6 @@ class Guard:
                 status = int(getattr(exc, "status", 500))
                 raise
             finally:
-                audit(identity, request.method, route, table, key, status, "allowed")
+                self.audit(identity, request.method, route, table, key, status, "allowed")
 
         return auth_middleware

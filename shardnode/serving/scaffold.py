@@ -209,6 +209,7 @@ def secure_app(app: web.Application, cfg: SecurityConfig, api: ApiServer, server
     table = app[ROUTE_POLICIES]
     app.middlewares.insert(app[_AUTH_SLOT], guard.middleware(table))
     app[GUARD] = guard
+    app.on_startup.append(guard.start)
     app.on_cleanup.append(guard.close)
     return guard
 
