@@ -27,6 +27,7 @@ from chronoshard.shardnode.client.errors import (
     ScanUnsupported,
     Unauthenticated,
     Unavailable,
+    Unreachable,
 )
 from chronoshard.shardnode.client.sync import Client
 from chronoshard.shardnode.client.transport import Endpoint, Transport
@@ -57,5 +58,6 @@ __all__ = [
     "Transport",
     "Unauthenticated",
     "Unavailable",
+    "Unreachable",
     "block_path",
 ]

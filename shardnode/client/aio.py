@@ -26,7 +26,7 @@ import asyncio
 import base64
 import heapq
 import json
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -47,12 +47,17 @@ from chronoshard.shardnode.client.errors import (
     ScanUnsupported,
     Unauthenticated,
     Unavailable,
+    Unreachable,
 )
 from chronoshard.shardnode.client.transport import Endpoint, Scheme, Transport, ca_file_source
 from chronoshard.shardnode.keyspace.partitioning import PartitionMap
 
 ROUTED_HEADER = "X-Chronoshard-Routed"  # same value as chronoshard.shardnode.serving.routing.ROUTED_HEADER
 DEFAULT_TIMEOUT = 10.0
+# How long a request waits for a shard nobody answers for (connection refused, no Ready pod): a pod replaced by a
+# rolling update was unreachable for about 10 s on the local cluster (tests/e2e/test_tls_upgrade.py); 3x that.
+RESTART_WAIT = 30.0
+RESTART_POLL = (0.2, 1.0)  # first and longest pause between attempts
 SCAN_PAGE = 500
 BATCH_KEYS = 500  # below the node's 1000-key batch limit
 
@@ -118,8 +123,15 @@ class AsyncClient:
         ca: str | Path | None = None,
         scheme: Scheme = "auto",
         transport: Transport | None = None,
+        restart_wait: float = RESTART_WAIT,
+        rediscover: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         """``endpoints``: per shard (a list indexed by shard, or a function shard -> URL or ``Endpoint``).
+
+        ``restart_wait``: how long a request waits for an unreachable shard (nothing was sent: the connection was
+        refused, or discovery knows no Ready pod for it), trying again with short pauses, before it raises
+        ``Unreachable``; ``rediscover``: called before each new attempt, so the endpoints can follow a replaced
+        pod to its new address (``ShardSetPods.refresh``).
 
         ``lagging_shard_wait``: before retrying at a shard that refused us under an *older* epoch than
         ours (it has not reloaded the mounted map yet; nodes check once a second), wait this long.
@@ -137,6 +149,8 @@ class AsyncClient:
         self._service: Endpoint | None = None
         self.lagging_shard_wait = lagging_shard_wait
         self.timeout = timeout
+        self.restart_wait, self._rediscover = restart_wait, rediscover
+        self.restart_waits = 0  # attempts that found their shard unreachable and waited (tests, metrics)
         self._concurrency = concurrency
         self.transport = transport or Transport(
             Credentials.default(token=token, token_provider=token_provider, token_file=token_file),
@@ -166,11 +180,12 @@ class AsyncClient:
                      context: str | None = None, ca: str | Path | None = None, port: int = discovery.CACHE_PORT,
                      timeout: float = DEFAULT_TIMEOUT, concurrency: int = 64, token: str | None = None,
                      token_provider: TokenGetter | None = None, token_file: str | Path | None = None,
-                     scheme: Scheme = "auto") -> AsyncClient:
+                     scheme: Scheme = "auto", restart_wait: float = RESTART_WAIT) -> AsyncClient:
         """A client for ShardSet ``namespace/name`` found through the Kubernetes API (blocking reads, once).
 
         The map comes from the ``NAME-partitions`` ConfigMap, each shard's address from its pod's IP (its
         certificate checked against the pod's DNS name), the CA from ``ca=`` or else the ``NAME-ca`` ConfigMap.
+        The pods are listed again when a shard cannot be reached (a rolling update gives its pod a new IP).
         """
         api = api_client or discovery.kube_client(kubeconfig, context)
         cm = f"ConfigMap {namespace}/{discovery.ca_config_map_name(name)}"
@@ -184,7 +199,8 @@ class AsyncClient:
             ca_hint=f"verified against {ca if ca is not None else cm} (or the system's CAs while it is absent)")
         pods = discovery.ShardSetPods(name, namespace, api_client=api, port=port)
         return cls(discovery.ConfigMapMap(name, namespace, api_client=api), pods.endpoint, timeout=timeout,
-                   concurrency=concurrency, transport=transport)
+                   concurrency=concurrency, transport=transport, restart_wait=restart_wait,
+                   rediscover=pods.refresh)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -231,6 +247,29 @@ class AsyncClient:
         return await self.transport.request(method, ep, path, headers=headers, body=body, params=params,
                                             timeout=self.timeout)
 
+    async def _send_shard(self, shard: int, method: str, path: str, headers: dict[str, str],
+                          body: bytes | None, params: dict[str, str] | None = None
+                          ) -> tuple[Endpoint, int, bytes]:
+        """Send to ``shard``'s endpoint, waiting up to ``restart_wait`` while it is unreachable (its pod being
+        replaced): nothing was sent then, so sending again is no retry of a request the shard has seen."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.restart_wait
+        pause, longest = RESTART_POLL
+        while True:
+            try:
+                ep = self._endpoint(shard)
+                status, payload = await self._send(method, ep, path, headers, body, params)
+                return ep, status, payload
+            except Unreachable:
+                left = deadline - loop.time()
+                if left <= 0:
+                    raise
+            self.restart_waits += 1
+            await asyncio.sleep(min(pause, left))  # the last attempt comes at the deadline
+            pause = min(pause * 2, longest)
+            if self._rediscover is not None:
+                await self._rediscover()
+
     async def _keyed(self, method: str, table: str, key: str, body: bytes | None = None,
                      ok_404: bool = False) -> tuple[int, bytes]:
         path = block_path(table, key)
@@ -243,8 +282,8 @@ class AsyncClient:
         pmap = await self.partition_map()
         shard, epoch = pmap.shard_of(table, key), pmap.epoch
         for attempt in (0, 1):
-            ep = self._endpoint(shard)
-            status, payload = await self._send(method, ep, path, headers | {ROUTED_HEADER: str(epoch)}, body)
+            ep, status, payload = await self._send_shard(shard, method, path, headers | {ROUTED_HEADER: str(epoch)},
+                                                         body)
             if status == 421 and attempt == 0:
                 doc = _error_body(payload)
                 theirs = doc.get("epoch") if isinstance(doc.get("epoch"), int) else None
@@ -318,11 +357,10 @@ class AsyncClient:
 
     async def _batch_shard(self, shard: int, table: str,
                            keys: list[str]) -> tuple[dict[str, bytes | None], list[str]]:
-        ep = self._endpoint(shard)
         path = f"/v1/tables/{quote(table, safe='')}/blocks:batchGet"
+        ep, status, payload = await self._send_shard(shard, "POST", path, {"Content-Type": "application/json"},
+                                                     json.dumps({"keys": keys}).encode())
         url = f"{ep}{path}"
-        status, payload = await self._send("POST", ep, path, {"Content-Type": "application/json"},
-                                           json.dumps({"keys": keys}).encode())
         self._raise_for(status, payload, url, table, None)
         found: dict[str, bytes | None] = {}
         refused: list[str] = []
@@ -360,7 +398,6 @@ class AsyncClient:
             count += 1
 
     async def _scan_shard(self, shard: int, table: str, prefix: str, page: int) -> AsyncIterator[BlockInfo]:
-        ep = self._endpoint(shard)
         path = f"/v1/tables/{quote(table, safe='')}/blocks"
         # Keys sort as strings, so every key with the prefix comes after the largest key below it;
         # the node has no prefix filter, so start the scan just before the prefix and stop past it.
@@ -369,7 +406,7 @@ class AsyncClient:
             params = {"limit": str(page)}
             if after is not None:
                 params["after"] = after
-            status, payload = await self._send("GET", ep, path, {}, None, params)
+            ep, status, payload = await self._send_shard(shard, "GET", path, {}, None, params)
             self._raise_for(status, payload, f"{ep}{path}", table, None)
             doc = _error_body(payload)
             blocks = doc.get("items", [])

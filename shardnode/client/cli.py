@@ -269,7 +269,8 @@ def make_client(args: argparse.Namespace, tr: Transport) -> AsyncClient:
 
             return AsyncClient(map_provider(args), endpoint, timeout=args.timeout, transport=tr)
         pods = ShardSetPods(args.shardset, ns, api_client=kube_api(args))
-        return AsyncClient(map_provider(args), pods.endpoint, timeout=args.timeout, transport=tr)
+        return AsyncClient(map_provider(args), pods.endpoint, timeout=args.timeout, transport=tr,
+                           rediscover=pods.refresh)
     raise UsageError("say where the ShardSet is: --shardset NAME, --url URL or --endpoints URLS")
 
 

@@ -8,12 +8,13 @@ client can ask the nodes first and fall back to the ConfigMap (or the other way 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 import aiohttp
-from chronoshard.shardnode.client.errors import MapUnavailable, Unavailable
+from chronoshard.shardnode.client.errors import MapUnavailable, Unavailable, Unreachable
 from chronoshard.shardnode.client.transport import Endpoint, Transport
 from chronoshard.shardnode.keyspace.partitioning import PartitionMap
 
@@ -60,27 +61,56 @@ def shardset_ca(api_client: Any, shardset: str, namespace: str) -> str | None:
     return (cm.data or {}).get(CA_KEY) or None
 
 
-class ShardSetPods:
-    """Shard index → its pod's IP (read once from the API), checked by TLS against the pod's DNS name."""
+def _ready(status: Any) -> bool:
+    """False only when the pod says it is not Ready (a pod without conditions is taken at its word)."""
+    conditions = [c for c in (status.conditions or []) if c.type == "Ready"]
+    return not conditions or conditions[0].status == "True"
 
-    def __init__(self, shardset: str, namespace: str, *, api_client: Any, port: int = CACHE_PORT) -> None:
+
+class ShardSetPods:
+    """Shard index → its Ready pod's IP, checked by TLS against the pod's DNS name; read from the API when built
+    and again (``refresh``) when a shard could not be reached: a pod replaced by a rolling update has a new IP."""
+
+    def __init__(self, shardset: str, namespace: str, *, api_client: Any, port: int = CACHE_PORT,
+                 min_refresh: float = 1.0) -> None:
+        self.shardset, self.namespace, self.port = shardset, namespace, port
+        self._api, self.min_refresh = api_client, min_refresh
+        self.ips: dict[int, str] = self._list()
+        self._listed = time.monotonic()
+        self._refreshing: asyncio.Lock | None = None
+        self.refreshes = 0  # how many times the pods were listed again (tests)
+
+    def _list(self) -> dict[int, str]:
         from kubernetes import client
 
-        self.shardset, self.namespace, self.port = shardset, namespace, port
-        selector = f"app.kubernetes.io/instance={shardset},app.kubernetes.io/component=shard"
-        self.ips: dict[int, str] = {}
-        for pod in client.CoreV1Api(api_client).list_namespaced_pod(namespace, label_selector=selector).items:
+        selector = f"app.kubernetes.io/instance={self.shardset},app.kubernetes.io/component=shard"
+        ips: dict[int, str] = {}
+        for pod in client.CoreV1Api(self._api).list_namespaced_pod(self.namespace, label_selector=selector).items:
             meta, status = pod.metadata, pod.status
             if meta is None or meta.name is None or meta.deletion_timestamp:
                 continue  # nameless (never from a real API server) or on its way out
             ordinal = meta.name.rsplit("-", 1)[-1]
-            if ordinal.isdigit() and status and status.pod_ip:
-                self.ips[int(ordinal)] = status.pod_ip
+            if ordinal.isdigit() and status and status.pod_ip and _ready(status):
+                ips[int(ordinal)] = status.pod_ip
+        return ips
+
+    async def refresh(self) -> None:
+        """List the pods again (in a thread; at most once per ``min_refresh`` s for many waiting requests)."""
+        if self._refreshing is None:
+            self._refreshing = asyncio.Lock()
+        async with self._refreshing:
+            if time.monotonic() - self._listed < self.min_refresh:
+                return
+            try:
+                self.ips = await asyncio.to_thread(self._list)
+            finally:
+                self._listed = time.monotonic()
+            self.refreshes += 1
 
     def endpoint(self, shard: int) -> Endpoint:
         """``podIP:port`` with the auto scheme and the pod's DNS name as the TLS server name."""
         if shard not in self.ips:
-            raise Unavailable(f"shard {shard} of {self.shardset}", "no running pod with an IP")
+            raise Unreachable(f"shard {shard} of {self.shardset}", "no Ready pod with an IP")
         return Endpoint(f"{self.ips[shard]}:{self.port}", None, pod_dns_name(self.shardset, shard, self.namespace))
 
 

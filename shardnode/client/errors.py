@@ -31,6 +31,11 @@ class Unavailable(ChronoshardError):
         super().__init__(f"{url}: {reason}")
 
 
+class Unreachable(Unavailable):
+    """Nothing was sent: no connection could be made, or no ready pod holds the shard (yet). A shard whose pod
+    is being replaced (a rolling update) is unreachable for a few seconds; the client waits for it."""
+
+
 class RequestRejected(ChronoshardError):
     """The server answered 4xx (bad table name, bad key, body too large, ...)."""
 

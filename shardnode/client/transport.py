@@ -22,7 +22,7 @@ from typing import Literal
 
 import aiohttp
 from chronoshard.shardnode.client.credentials import Credentials
-from chronoshard.shardnode.client.errors import CertificateRejected, Unavailable
+from chronoshard.shardnode.client.errors import CertificateRejected, Unavailable, Unreachable
 
 Scheme = Literal["http", "https", "auto"]
 REPROBE_AFTER = 30.0
@@ -165,6 +165,11 @@ class Transport:
         except aiohttp.ClientConnectorCertificateError as exc:
             reason = str(getattr(exc, "certificate_error", exc))
             raise CertificateRejected(where, reason + (f" ({self.ca_hint})" if self.ca_hint else "")) from None
+        except aiohttp.ClientConnectorError as exc:
+            if isinstance(exc, aiohttp.ClientSSLError):
+                raise Unavailable(where, f"{type(exc).__name__}: {exc}") from None
+            # The TCP connection was refused or had no route: not a byte of the request left.
+            raise Unreachable(where, f"{type(exc).__name__}: {exc}") from None
         except aiohttp.ClientError as exc:
             raise Unavailable(where, f"{type(exc).__name__}: {exc}") from None
 
