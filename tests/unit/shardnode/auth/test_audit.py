@@ -110,3 +110,30 @@ def test_nothing_is_queued_below_info(sink):
     audit(CALLER, "GET", "/r", "t", "k", 200, "allowed")
     WRITER.stop()
     assert h.records == []
+
+
+def test_a_batch_writes_what_one_record_at_a_time_would(sink):
+    import io
+
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    batched, single = io.StringIO(), io.StringIO()
+    plain = logging.StreamHandler(batched)
+    plain.setFormatter(fmt)
+    reference = logging.StreamHandler(single)
+    reference.setFormatter(fmt)
+    quiet = logging.StreamHandler(io.StringIO())
+    quiet.setLevel(logging.WARNING)
+    collected = sink()  # a handler with its own emit: still called once per record
+    audit_mod.audit_log.addHandler(plain)
+    audit_mod.audit_log.addHandler(quiet)
+    try:
+        lines = [(CALLER.user, "token", "GET", "/r", "t", f"k{i}", 200, "allowed") for i in range(700)]
+        records = [audit_mod.make_record(f, 1_700_000_000.0 + i / 1000) for i, f in enumerate(lines)]
+        audit_mod.write_records(records)
+        for r in records:
+            reference.handle(r)
+    finally:
+        audit_mod.audit_log.removeHandler(plain)
+        audit_mod.audit_log.removeHandler(quiet)
+    assert batched.getvalue() == single.getvalue() and batched.getvalue().count("\n") == 700
+    assert len(collected.records) == 700 and quiet.stream.getvalue() == ""
