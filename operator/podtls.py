@@ -6,7 +6,9 @@ HTTPS, verifying the pod against the ShardSet's CA under its DNS name ``NAME-i.N
 A pod whose containers were not started with ``--tls-dir`` (a pod from before TLS, during the rolling update)
 is reached over plain HTTP: the choice comes from the pod's spec as the API server has it, never from a failed
 handshake, so no one on the network can downgrade it. Under cert-manager (no ``<name>-ca`` Secret with a key)
-the operator verifies the pods with the ``ca.crt`` cert-manager publishes but has no client certificate.
+the operator verifies the pods with the ``ca.crt`` cert-manager publishes and, having no client certificate,
+authenticates with a token of its own ServiceAccount for the ShardSet's audience (operator/satoken.py), sent
+on HTTPS requests only.
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ from typing import Any
 
 import aiohttp
 
-from . import certs, kube, naming
-from .podcontract import CA_CERT_FILE, CA_KEY_FILE, PORTS, TLS_DIR_FLAG, pod_dns_name
+from . import certs, kube, naming, satoken
+from .podcontract import CA_CERT_FILE, CA_KEY_FILE, PORTS, TLS_DIR_FLAG, audience, pod_dns_name
 
 _lock = threading.Lock()
 # (namespace, shardset) → (CA digest, the operator's certificate, the context built from them)
@@ -120,10 +122,39 @@ def context_for(namespace: str, shardset: str, now: datetime | None = None) -> s
         return ctx
 
 
+def has_client_certificate(namespace: str, shardset: str) -> bool:
+    """Whether the context context_for built last for this ShardSet presents the operator's certificate."""
+    with _lock:
+        cached = _contexts.get((namespace, shardset))
+    return cached is not None and cached[1] is not None
+
+
+def credentials_for(namespace: str, shardset: str) -> tuple[ssl.SSLContext | None, str | None]:
+    """The client context and, where it has no client certificate (cert-manager), the operator's bearer token
+    for the ShardSet's audience (blocking: reads Secrets, may ask the TokenRequest API)."""
+    ctx = context_for(namespace, shardset)
+    if ctx is None or has_client_certificate(namespace, shardset):
+        return ctx, None
+    return ctx, satoken.bearer_for(namespace, shardset)
+
+
 def forget(namespace: str, shardset: str) -> None:
-    """Drop the cached context of a ShardSet (deleted)."""
+    """Drop the cached context and token of a ShardSet (deleted)."""
     with _lock:
         _contexts.pop((namespace, shardset), None)
+    satoken.tokens().forget(audience(namespace, shardset))
+
+
+def bearer_middleware(token: str) -> aiohttp.ClientMiddlewareType:
+    """A client middleware that sends ``token`` on HTTPS requests only: a pod still on plain HTTP (mid-roll)
+    has no authentication, and a token must not cross the network in clear text."""
+
+    async def add_bearer(req: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType) -> aiohttp.ClientResponse:
+        if req.url.scheme == "https":
+            req.headers["Authorization"] = f"Bearer {token}"
+        return await handler(req)
+
+    return add_bearer
 
 
 async def session(pods: Mapping[int, Mapping[str, Any]], timeout: aiohttp.ClientTimeout) -> aiohttp.ClientSession:
@@ -131,10 +162,12 @@ async def session(pods: Mapping[int, Mapping[str, Any]], timeout: aiohttp.Client
     import asyncio
 
     ctx: ssl.SSLContext | None = None
+    token: str | None = None
     tls_pod = next((p for p in pods.values() if uses_tls(p)), None)
     if tls_pod is not None:
         meta = tls_pod.get("metadata") or {}
         shardset = (meta.get("labels") or {}).get("app.kubernetes.io/instance", "")
-        ctx = await asyncio.to_thread(context_for, meta.get("namespace", ""), shardset)
+        ctx, token = await asyncio.to_thread(credentials_for, meta.get("namespace", ""), shardset)
     # Without a context (no CA yet) an https pod cannot be verified: aiohttp's default refuses it.
-    return aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(ssl=ctx if ctx else True))
+    return aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(ssl=ctx if ctx else True),
+                                 middlewares=(bearer_middleware(token),) if token else ())

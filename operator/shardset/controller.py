@@ -231,7 +231,8 @@ def reconcile(owner: Mapping[str, Any]) -> ReconcileResult:
 
     # The oldest valid PrefetchPolicy naming this ShardSet turns prefetching on; the others report a Conflict.
     prefetch = policy_in_force(ns, name)
-    kube.apply(manifests.config_map(owner, spec, prefetch=prefetch.spec))
+    kube.apply(manifests.config_map(owner, spec, prefetch=prefetch.spec,
+                                    operator_identities=tlsassets.operator_identities()))
     kube.apply(manifests.headless_service(owner))
     kube.apply(manifests.client_service(owner))
     kube.apply(manifests.pod_disruption_budget(owner, spec))

@@ -19,7 +19,7 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
-from .. import certs, kube, naming
+from .. import certs, kube, naming, satoken
 from ..podcontract import CA_CERT_FILE, CA_KEY_FILE, TLS_CERT_FILE, TLS_KEY_FILE
 from ..spec.shardset import ShardSetSpec
 from . import manifests
@@ -171,6 +171,12 @@ def operator_peer() -> dict[str, Any]:
     namespace = os.environ.get("POD_NAMESPACE")
     selector = {"matchLabels": {"kubernetes.io/metadata.name": namespace}} if namespace else {}
     return {"namespaceSelector": selector, "podSelector": {"matchLabels": dict(OPERATOR_NAME_LABEL)}}
+
+
+def operator_identities() -> tuple[str, ...]:
+    """Whom security.json names as the operator: its client certificate's CN and, when the operator knows its
+    ServiceAccount, that account's user name (the identity its tokens prove under cert-manager)."""
+    return satoken.identities()
 
 
 def ensure_access(owner: Mapping[str, Any], spec: ShardSetSpec) -> None:

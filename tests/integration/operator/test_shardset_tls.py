@@ -13,8 +13,9 @@ import subprocess
 from datetime import timedelta
 from pathlib import Path
 
+import aiohttp
 import pytest
-from chronoshard.operator import certs, podtls
+from chronoshard.operator import certs, podtls, satoken
 from chronoshard.operator.shardset import tlsassets
 from chronoshard.shardnode.serving.tls import server_context
 from kubernetes import client
@@ -292,3 +293,114 @@ def test_cert_manager_certificate_and_the_secret_it_fills(operator_runner, apis,
     wait_for(lambda: f"cm-2.cm-headless.{namespace}.svc" in (certificate() or {}).get("spec", {}).get("dnsNames", []),
              what="Certificate names for 3 shards")
     _no_private_key_in(apis, namespace, "cm", [(secret, "tls.key")], caplog)
+
+
+# ---- the operator's identity under cert-manager: its own ServiceAccount token ----------------------------------
+def _fill_as_cert_manager(apis, namespace: str, body) -> tuple[certs.KeyPair, certs.KeyPair]:
+    """Sign and fill the Secret a Certificate asks for, as cert-manager's controller would: (issuer, pair)."""
+    issuer = certs.new_ca("corp", "issuer", tlsassets.clock())
+    pair = certs.issue(issuer, body["commonName"], tlsassets.clock(), timedelta(days=90),
+                       dns_names=body["dnsNames"], ip_addresses=body.get("ipAddresses") or [])
+    apis["core"].create_namespaced_secret(namespace, client.V1Secret(
+        metadata=client.V1ObjectMeta(name=body["secretName"], labels=body["secretTemplate"]["labels"]),
+        type="kubernetes.io/tls", data={k: base64.b64encode(v).decode() for k, v in
+                                        (("tls.crt", pair.cert), ("tls.key", pair.key), ("ca.crt", issuer.cert))}))
+    return issuer, pair
+
+
+def _token_review(k8s_client, token: str, audiences: list[str] | None):
+    spec = client.V1TokenReviewSpec(token=token, audiences=audiences)
+    return client.AuthenticationV1Api(k8s_client).create_token_review(client.V1TokenReview(spec=spec)).status
+
+
+async def _call_node(security: dict, tls_dir: Path, control_plane, tmp_path: Path, pod: dict,
+                     tokens: dict[str, str]) -> dict[str, tuple[int, dict]]:
+    """A real node app with ``security`` (TokenReview against the API server) serving cert-manager's pair; GET
+    /v1/keys (an admin route) through the operator's own pod session, and with each of ``tokens``."""
+    from chronoshard.shardnode.auth.apiserver import ApiServer, load_connection
+    from chronoshard.shardnode.auth.config import parse_security_config
+    from chronoshard.shardnode.node.server import NodeConfig
+    from chronoshard.shardnode.node.server import create_app as create_node
+    from chronoshard.shardnode.serving import tls
+    from chronoshard.shardnode.serving.scaffold import secure_app
+
+    from tests.integration.shardnode.test_auth_endpoints import partitioning
+    from tests.support.servers import keyring_dir, serve
+
+    app = create_node(NodeConfig(data_dir=tmp_path / "data", keyring_dir=keyring_dir(tmp_path),
+                                 partitioning=partitioning(tmp_path)))
+    secure_app(app, parse_security_config(security), ApiServer(load_connection(str(control_plane.kubeconfig))),
+               "node")
+    answers: dict[str, tuple[int, dict]] = {}
+    hostname = podtls.endpoint(pod, 0, "node", "/v1/keys").server_hostname
+    async with serve(app, tls.install(app, tls_dir)) as url:
+        # The operator's own session for this ShardSet's pods: the CA cert-manager published, its token.
+        async with await podtls.session({0: pod}, aiohttp.ClientTimeout(total=10)) as session:
+            async with session.get(f"{url}/v1/keys", server_hostname=hostname) as resp:
+                answers["operator"] = (resp.status, await resp.json())
+        # Other callers over the same verified TLS, without the operator's token.
+        ctx, _ = podtls.credentials_for(pod["metadata"]["namespace"], "idm")
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as other:
+            for label, token in tokens.items():
+                async with other.get(f"{url}/v1/keys", server_hostname=hostname,
+                                     headers={"Authorization": f"Bearer {token}"}) as resp:
+                    answers[label] = (resp.status, await resp.json())
+    return answers
+
+
+def test_cert_manager_operator_is_known_by_its_service_account_token(operator_runner, apis, k8s_client, namespace,
+                                                                       cert_manager_crds, control_plane, caplog,
+                                                                       tmp_path):
+    """Under cert-manager the operator has no CA key and so no client certificate: it asks TokenRequest for a
+    token of its own ServiceAccount with the ShardSet's audience, security.json names that account as the
+    operator, and a real node accepts the token on an admin route and refuses another account's (403)."""
+    caplog.set_level(logging.DEBUG)
+    core, custom = apis["core"], apis["custom"]
+    for sa in ("chronoshard-operator", "intruder"):
+        core.create_namespaced_service_account(namespace, client.V1ServiceAccount(
+            metadata=client.V1ObjectMeta(name=sa)))
+    ref = satoken.ServiceAccountRef(namespace, "chronoshard-operator")
+    operator_tokens = satoken.OperatorTokens(ref)
+    satoken.reset(operator_tokens)
+    try:
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, shardset(
+            "idm", 1, tls={"issuerRef": {"name": "corp-ca", "kind": "ClusterIssuer"}}))
+        cert = wait_for(lambda: _get_certificate(custom, namespace, "idm-tls"), what="cert-manager Certificate")
+        issuer, pair = _fill_as_cert_manager(apis, namespace, cert["spec"])
+        wait_for(lambda: children_exist(apis, namespace, "idm"), timeout=45, what="StatefulSet once filled")
+        security = json.loads(core.read_namespaced_config_map("idm-config", namespace).data["security.json"])
+        assert security["operatorIdentities"] == ["chronoshard:operator", ref.username]
+        aud = f"chronoshard.io/{namespace}/idm"
+        assert security["audience"] == aud
+
+        # No client certificate to sign: the operator's credential for these pods is its token.
+        ctx, token = podtls.credentials_for(namespace, "idm")
+        assert ctx is not None and token and not podtls.has_client_certificate(namespace, "idm")
+        assert podtls.credentials_for(namespace, "idm")[1] == token and operator_tokens.requests == 1, "cached"
+        review = _token_review(k8s_client, token, [aud])
+        assert review.authenticated and review.user.username == ref.username and aud in review.audiences
+        assert not _token_review(k8s_client, token, None).authenticated, "not a token for the API server itself"
+
+        intruder = str(core.create_namespaced_service_account_token("intruder", namespace,
+                       client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(
+                           audiences=[aud], expiration_seconds=600))).status.token)
+        tls_dir = publish(tmp_path / "pod-tls", {"tls.crt": pair.cert, "tls.key": pair.key, "ca.crt": issuer.cert})
+        pod = {"metadata": {"namespace": namespace, "labels": {"app.kubernetes.io/instance": "idm"}},
+               "spec": {"containers": [{"command": ["chronoshard-node", "--tls-dir", "/etc/chronoshard/tls"]}]},
+               "status": {"podIP": "127.0.0.1"}}
+        answers = asyncio.run(_call_node(security, tls_dir, control_plane, tmp_path, pod, {"intruder": intruder}))
+        assert answers["operator"][0] == 200, answers["operator"]
+        assert answers["intruder"][0] == 403 and answers["intruder"][1]["error"] == "forbidden"
+        for text in (token, intruder):
+            assert text not in caplog.text and text[-24:] not in caplog.text, "no token in any log line"
+    finally:
+        satoken.reset(None)
+
+
+def _get_certificate(custom, namespace: str, name: str):
+    try:
+        return custom.get_namespaced_custom_object("cert-manager.io", "v1", namespace, "certificates", name)
+    except client.ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
