@@ -19,6 +19,7 @@ from .apiserver import ApiServer
 from .config import SecurityConfig
 from .identity import Identity, IdentityKind, Unauthenticated
 from .metrics import AuthMetrics
+from .singleflight import SingleFlight
 from .ttlcache import TTLCache
 
 # RFC 6750 b64token: what a bearer token may be made of (anything else is malformed, and never reviewed).
@@ -77,6 +78,7 @@ class BearerTokenAuthenticator:
                  clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
         self.cfg, self.api, self.metrics, self.wall = cfg, api, metrics, wall
         self.cache: TTLCache[bytes, Outcome] = TTLCache(cfg.cache_size, clock)
+        self.inflight: SingleFlight[bytes, Outcome] = SingleFlight()
 
     async def authenticate(self, request: web.Request) -> Identity | None:
         """See ``Authenticator``."""
@@ -89,7 +91,7 @@ class BearerTokenAuthenticator:
         outcome = self.cache.get(digest)
         self.metrics.lookup("token", outcome is not None)
         if outcome is None:
-            outcome = await self._check(header, digest)
+            outcome = await self.inflight.run(digest, lambda: self._check(header, digest))
         if isinstance(outcome, Unauthenticated):
             raise outcome
         return outcome

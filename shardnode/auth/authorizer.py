@@ -11,6 +11,7 @@ from .config import SecurityConfig
 from .identity import Identity
 from .metrics import AuthMetrics
 from .policy import Access, ReviewAttributes, review_attributes
+from .singleflight import SingleFlight
 from .ttlcache import TTLCache
 
 
@@ -34,6 +35,7 @@ class Authorizer:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.cfg, self.api, self.metrics = cfg, api, metrics
         self.cache: TTLCache[DecisionKey, Decision] = TTLCache(cfg.cache_size, clock)
+        self.inflight: SingleFlight[DecisionKey, Decision] = SingleFlight()
 
     async def authorize(self, identity: Identity, access: Access | None, table: str | None) -> Decision:
         """The decision for ``identity`` on a route with ``access`` (None: the route declared no policy)."""
@@ -58,6 +60,9 @@ class Authorizer:
         self.metrics.lookup("decision", cached is not None)
         if cached is not None:
             return cached
+        return await self.inflight.run(key, lambda: self._ask(key, identity, attrs))
+
+    async def _ask(self, key: DecisionKey, identity: Identity, attrs: ReviewAttributes) -> Decision:
         status = await self.api.subject_access_review(
             {"user": identity.user, "groups": list(identity.groups), **attrs.spec(self.cfg.namespace)})
         if status.get("allowed") and not status.get("denied"):

@@ -10,6 +10,7 @@ client certificate (CN ``chronoshard:operator``, signed by the ShardSet CA). "Ex
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -357,6 +358,32 @@ async def test_reviews_are_cached(env, tmp_path):
         assert look("chronoshard_auth_cache_lookups_total", {**labels, "cache": "token", "result": "miss"}) == 1
         assert look("chronoshard_auth_cache_lookups_total", {**labels, "cache": "token", "result": "hit"}) == 2
         assert look("chronoshard_auth_cache_lookups_total", {**labels, "cache": "decision", "result": "hit"}) == 2
+
+
+async def test_concurrent_misses_share_one_review(env, tmp_path):
+    """16 requests in flight with a token the server has not seen yet: one TokenReview and one
+    SubjectAccessReview (real ones), not 16 of each; all 16 allowed."""
+    from chronoshard.shardnode.serving.scaffold import GUARD
+
+    get = BLOCK_ENDPOINTS[0]
+    async with node_server(env, tmp_path) as srv:
+        await seed(srv, env)
+        api = srv.app[GUARD].api
+        made = {"token_review": 0, "subject_access_review": 0}
+        for name in made:
+            real = getattr(api, name)
+
+            async def counted(*args: Any, _real: Any = real, _name: str = name) -> Any:
+                made[_name] += 1
+                return await _real(*args)
+
+            setattr(api, name, counted)  # the real review, counted
+        answers = await asyncio.gather(*(call(srv, env, get, "allowed") for _ in range(16)))
+        assert [a[0] for a in answers] == [200] * 16
+        assert made == {"token_review": 1, "subject_access_review": 1}
+        look = srv.registry.get_sample_value
+        assert look("chronoshard_auth_cache_lookups_total", {"server": "node", "cache": "token", "result": "miss"}) \
+            + look("chronoshard_auth_cache_lookups_total", {"server": "node", "cache": "token", "result": "hit"}) == 16
 
 
 @pytest.mark.parametrize("accept, expected", [(False, 401), (True, 200)])
