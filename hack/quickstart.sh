@@ -3,6 +3,7 @@
 #   1. .venv with chronoshard installed (editable, locked) 3. chronoshard-dev up (control plane, operator, node agent)
 #   2. the pinned control plane binaries (hack/envtest.sh, built once, then cached)
 #   4. the sample ShardSet applied and waited for; then `kubectl get chronoshard` and `kubectl get pods`
+#   5. ServiceAccount demo allowed on table orders; a put and a get with `chronoshard --service-account demo`
 # Stop everything with `.venv/bin/chronoshard-dev down`. State: $CHRONOSHARD_DEV_STATE (default ~/.cache/chronoshard/dev).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -49,11 +50,38 @@ if ! "$kubectl" rollout status "statefulset/$name" --timeout=240s; then
 fi
 "$kubectl" get chronoshard
 "$kubectl" get pods -o wide
+
+# Data access is RBAC: ServiceAccount demo may read and write table "orders" (docs/security.md).
+say "ServiceAccount demo with a Role on shardsets/data orders; a put and a get over TLS as demo"
+"$kubectl" apply -f - <<YAML
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: demo}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: $name-demo}
+rules:
+  - {apiGroups: [chronoshard.io], resources: [shardsets/data], resourceNames: [orders], verbs: [get, list, update, delete]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: $name-demo}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: $name-demo}
+subjects: [{kind: ServiceAccount, name: demo, namespace: default}]
+YAML
+cli=(.venv/bin/chronoshard -s "$name" --service-account demo)
+"${cli[@]}" put orders hello --value "stored over TLS as system:serviceaccount:default:demo"
+"${cli[@]}" get orders hello
+echo
 cat <<MSG
 
 chronoshard is running. To use kubectl yourself:
   export KUBECONFIG=$KUBECONFIG PATH=$CHRONOSHARD_ENVTEST_BIN:\$PATH
-Each shard pod has its own loopback IP (the IP column); its node answers at http://<IP>:7400, the cache at :7401.
+Blocks (HTTPS, a 10-minute token for ServiceAccount demo from the TokenRequest API, the CA from ConfigMap $name-ca):
+  ${cli[*]} ls orders
+Without --service-account the CLI sends your kubeconfig's token, which the ShardSet refuses (401) and says so.
+Each shard pod has its own loopback IP (the IP column); its node answers at https://<IP>:7400, the cache at :7401.
 Container logs: kubectl logs ${name}-0 -c node   (or: ${dev[*]} logs ${name}-0 -c node)
 Stop everything: ${dev[*]} down      (add --purge to delete the state in $state)
 MSG

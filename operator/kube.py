@@ -25,12 +25,21 @@ _KINDS: dict[tuple[str, str], tuple[str, str]] = {
     ("v1", "Pod"): ("/api/v1", "pods"),
     ("apps/v1", "StatefulSet"): ("/apis/apps/v1", "statefulsets"),
     ("policy/v1", "PodDisruptionBudget"): ("/apis/policy/v1", "poddisruptionbudgets"),
+    ("v1", "ServiceAccount"): ("/api/v1", "serviceaccounts"),
+    ("networking.k8s.io/v1", "NetworkPolicy"): ("/apis/networking.k8s.io/v1", "networkpolicies"),
+    ("cert-manager.io/v1", "Certificate"): ("/apis/cert-manager.io/v1", "certificates"),
     (f"{GROUP}/{VERSION}", "ShardSet"): (f"/apis/{GROUP}/{VERSION}", "shardsets"),
     (f"{GROUP}/{VERSION}", "KeyRotation"): (f"/apis/{GROUP}/{VERSION}", "keyrotations"),
     (f"{GROUP}/{VERSION}", "PrefetchPolicy"): (f"/apis/{GROUP}/{VERSION}", "prefetchpolicies"),
     (f"{GROUP}/{VERSION}", "ShadowPolicy"): (f"/apis/{GROUP}/{VERSION}", "shadowpolicies"),
     (f"{GROUP}/{VERSION}", "MirrorSet"): (f"/apis/{GROUP}/{VERSION}", "mirrorsets"),
     (f"{GROUP}/{VERSION}", "WeavePlan"): (f"/apis/{GROUP}/{VERSION}", "weaveplans"),
+}
+
+# Cluster-scoped kinds (no namespace in their path).
+_CLUSTER_KINDS: dict[tuple[str, str], tuple[str, str]] = {
+    ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"): ("/apis/rbac.authorization.k8s.io/v1",
+                                                             "clusterrolebindings"),
 }
 
 _lock = threading.Lock()
@@ -58,7 +67,11 @@ def set_api_client(api: client.ApiClient | None) -> None:
 
 
 def object_path(api_version: str, kind: str, namespace: str, name: str | None = None) -> str:
-    """The REST path of a namespaced object (or its collection when ``name`` is None)."""
+    """The REST path of an object (or its collection when ``name`` is None); cluster-scoped kinds ignore
+    ``namespace``."""
+    if (api_version, kind) in _CLUSTER_KINDS:
+        prefix, plural = _CLUSTER_KINDS[(api_version, kind)]
+        return f"{prefix}/{plural}/{name}" if name else f"{prefix}/{plural}"
     try:
         prefix, plural = _KINDS[(api_version, kind)]
     except KeyError:
@@ -86,7 +99,7 @@ def _call(method: str, path: str, body: Any = None, content_type: str | None = N
 def apply(obj: Mapping[str, Any], force: bool = True) -> dict[str, Any]:
     """Server-side apply ``obj`` as the operator's field manager; idempotent, returns the live object."""
     meta = obj["metadata"]
-    path = object_path(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"])
+    path = object_path(obj["apiVersion"], obj["kind"], meta.get("namespace", ""), meta["name"])
     query = [("fieldManager", MANAGER), ("force", "true" if force else "false")]
     return _call("PATCH", path, dict(obj), "application/apply-patch+yaml", query)
 
@@ -137,6 +150,28 @@ def list_objects(api_version: str, kind: str, namespace: str, label_selector: st
     """Objects of a kind in a namespace, optionally filtered by a label selector."""
     query = [("labelSelector", label_selector)] if label_selector else None
     return list((_call("GET", object_path(api_version, kind, namespace), query=query) or {}).get("items", []))
+
+
+def delete(api_version: str, kind: str, namespace: str, name: str) -> bool:
+    """Delete an object; False when it was already gone."""
+    try:
+        _call("DELETE", object_path(api_version, kind, namespace, name))
+    except ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return True
+
+
+def group_version_served(group: str, version: str) -> bool:
+    """True when the API server serves ``group/version`` (its CRDs are installed), e.g. cert-manager.io/v1."""
+    try:
+        _call("GET", f"/apis/{group}/{version}")
+        return True
+    except ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise
 
 
 def storage_class_exists(name: str) -> bool:

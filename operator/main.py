@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     kopf.configure(verbose=args.verbose or args.debug, debug=args.debug)
     clusterwide = not args.namespace
     RUNTIME.clusterwide = clusterwide
+    RUNTIME.namespaces = tuple(args.namespace)
     RUNTIME.peering_name = "" if args.standalone else args.peering
 
     from . import handlers  # noqa: F401 - registers every handler

@@ -25,6 +25,41 @@ def kek_secret_name(shardset: str) -> str:
     return f"{shardset}-kek"
 
 
+def ca_secret_name(shardset: str) -> str:
+    """The Secret holding a ShardSet's own CA (``ca.crt``, ``ca.key``)."""
+    return f"{shardset}-ca"
+
+
+def tls_secret_name(shardset: str) -> str:
+    """The Secret the pods mount at /etc/chronoshard/tls (``tls.crt``, ``tls.key``, ``ca.crt``)."""
+    return f"{shardset}-tls"
+
+
+def ca_config_map_name(shardset: str) -> str:
+    """The ConfigMap with the CA certificate only: what clients verify the shard pods against."""
+    return f"{shardset}-ca"
+
+
+def certificate_name(shardset: str) -> str:
+    """The cert-manager Certificate that fills ``<name>-tls`` when the ShardSet names an issuer."""
+    return f"{shardset}-tls"
+
+
+def service_account_name(shardset: str) -> str:
+    """The ServiceAccount the shard pods run as (bound to system:auth-delegator)."""
+    return f"{shardset}-shard"
+
+
+def cluster_role_binding_name(namespace: str, shardset: str) -> str:
+    """The cluster-scoped binding of the pods' ServiceAccount to system:auth-delegator."""
+    return f"chronoshard:shard:{namespace}:{shardset}"
+
+
+def network_policy_name(shardset: str) -> str:
+    """The NetworkPolicy that says who may reach the shard pods' ports."""
+    return shardset
+
+
 def config_map_name(shardset: str) -> str:
     """The ConfigMap with the node/cache/predictor settings."""
     return f"{shardset}-config"

@@ -11,6 +11,7 @@ class RuntimeSettings:
 
     peering_name: str = "chronoshard"
     clusterwide: bool = True
+    namespaces: tuple[str, ...] = ()  # the watched namespaces (glob patterns) when not cluster-wide
 
 
 RUNTIME = RuntimeSettings()

@@ -8,7 +8,8 @@ from typing import Any
 
 import aiohttp
 
-from ..podcontract import NODE_PORT, PORTS
+from .. import podtls
+from ..podcontract import NODE
 from .plan import ROLES, ProcessReport
 
 TIMEOUT = aiohttp.ClientTimeout(total=5)
@@ -22,12 +23,13 @@ def _report(shard: int, role: str, body: Mapping[str, Any]) -> ProcessReport:
                          blocks, body.get("loadError"))
 
 
-async def _get_keys(session: aiohttp.ClientSession, shard: int, role: str, ip: str | None) -> ProcessReport:
-    if not ip:
+async def _get_keys(session: aiohttp.ClientSession, shard: int, role: str, pod: Mapping[str, Any]
+                    ) -> ProcessReport:
+    at = podtls.endpoint(pod, shard, role, "/v1/keys")
+    if at is None:
         return ProcessReport(shard, role, False, error="pod has no IP yet")
-    port = PORTS[role]
     try:
-        async with session.get(f"http://{ip}:{port}/v1/keys") as resp:
+        async with session.get(at.url, server_hostname=at.server_hostname) as resp:
             if resp.status != 200:
                 return ProcessReport(shard, role, False, error=f"HTTP {resp.status}")
             return _report(shard, role, await resp.json())
@@ -37,9 +39,9 @@ async def _get_keys(session: aiohttp.ClientSession, shard: int, role: str, ip: s
 
 async def collect_reports(pods: Mapping[int, Mapping[str, Any]]) -> list[ProcessReport]:
     """One report per (shard, role) for the pods given; unreachable processes are reported, not raised."""
-    async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
+    async with await podtls.session(pods, TIMEOUT) as session:
         tasks = [
-            _get_keys(session, shard, role, (pod.get("status") or {}).get("podIP"))
+            _get_keys(session, shard, role, pod)
             for shard, pod in sorted(pods.items())
             for role in ROLES
         ]
@@ -49,17 +51,18 @@ async def collect_reports(pods: Mapping[int, Mapping[str, Any]]) -> list[Process
 async def start_rewrap(pods: Mapping[int, Mapping[str, Any]], batch_size: int, pause_seconds: float
                        ) -> dict[int, str | None]:
     """Start (or resume) the rewrap on every node; returns an error per shard that could not be asked."""
-    async def one(session: aiohttp.ClientSession, ip: str | None) -> str | None:
-        if not ip:
+    async def one(session: aiohttp.ClientSession, shard: int) -> str | None:
+        at = podtls.endpoint(pods[shard], shard, NODE, "/v1/rewrap")
+        if at is None:
             return "pod has no IP yet"
         try:
-            async with session.post(f"http://{ip}:{NODE_PORT}/v1/rewrap", json={"batchSize": batch_size,
-                                                                             "pauseSeconds": pause_seconds}) as resp:
+            async with session.post(at.url, server_hostname=at.server_hostname,
+                                    json={"batchSize": batch_size, "pauseSeconds": pause_seconds}) as resp:
                 return None if resp.status in (200, 202) else f"HTTP {resp.status}"
         except (aiohttp.ClientError, TimeoutError) as exc:
             return type(exc).__name__
 
-    async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
+    async with await podtls.session(pods, TIMEOUT) as session:
         shards = sorted(pods)
-        results = await asyncio.gather(*(one(session, (pods[s].get("status") or {}).get("podIP")) for s in shards))
+        results = await asyncio.gather(*(one(session, s) for s in shards))
         return dict(zip(shards, results, strict=True))

@@ -9,7 +9,8 @@ from typing import Any
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from ..podcontract import CACHE_PORT, PREDICTOR_PORT
+from .. import podtls
+from ..podcontract import CACHE, PREDICTOR
 from .status import KeyCounters, ShardSample
 
 TIMEOUT = aiohttp.ClientTimeout(total=5)
@@ -45,9 +46,10 @@ def key_counters(metrics_text: str) -> KeyCounters | None:
     return KeyCounters(hits=hits, misses=misses, prefetched=prefetched, prefetch_used=used)
 
 
-async def _predictor(session: aiohttp.ClientSession, ip: str) -> tuple[Mapping[str, Any] | None, str | None]:
+async def _predictor(session: aiohttp.ClientSession, at: podtls.Endpoint
+                     ) -> tuple[Mapping[str, Any] | None, str | None]:
     try:
-        async with session.get(f"http://{ip}:{PREDICTOR_PORT}/v1/status") as resp:
+        async with session.get(at.url, server_hostname=at.server_hostname) as resp:
             if resp.status != 200:
                 return None, f"HTTP {resp.status}"
             body = await resp.json()
@@ -58,10 +60,10 @@ async def _predictor(session: aiohttp.ClientSession, ip: str) -> tuple[Mapping[s
         return None, type(exc).__name__
 
 
-async def _cache(session: aiohttp.ClientSession, ip: str
+async def _cache(session: aiohttp.ClientSession, at: podtls.Endpoint
                  ) -> tuple[float | None, float | None, KeyCounters | None, str | None]:
     try:
-        async with session.get(f"http://{ip}:{CACHE_PORT}/metrics") as resp:
+        async with session.get(at.url, server_hostname=at.server_hostname) as resp:
             if resp.status != 200:
                 return None, None, None, f"HTTP {resp.status}"
             text = await resp.text()
@@ -71,22 +73,24 @@ async def _cache(session: aiohttp.ClientSession, ip: str
         return None, None, None, str(exc) if isinstance(exc, ValueError) else type(exc).__name__
 
 
-async def _one(session: aiohttp.ClientSession, shard: int, ip: str | None) -> ShardSample:
-    if not ip:
+async def _one(session: aiohttp.ClientSession, shard: int, pod: Mapping[str, Any]) -> ShardSample:
+    predictor, cache = (podtls.endpoint(pod, shard, PREDICTOR, "/v1/status"),
+                        podtls.endpoint(pod, shard, CACHE, "/metrics"))
+    if predictor is None or cache is None:
         return ShardSample(shard, predictor_error="pod has no IP yet", cache_error="pod has no IP yet")
-    (report, p_err), (hits, misses, keys, c_err) = await asyncio.gather(_predictor(session, ip),
-                                                                         _cache(session, ip))
+    (report, p_err), (hits, misses, keys, c_err) = await asyncio.gather(_predictor(session, predictor),
+                                                                         _cache(session, cache))
     return ShardSample(shard, report, p_err, hits, misses, c_err, keys)
 
 
 async def collect(pods: Mapping[int, Mapping[str, Any]], expected: int) -> list[ShardSample]:
     """One sample per shard 0..expected-1; a shard without a pod, or whose processes fail, is reported as such."""
-    async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
+    async with await podtls.session(pods, TIMEOUT) as session:
         tasks = []
         for shard in range(expected):
             pod = pods.get(shard)
             if pod is None:
                 tasks.append(asyncio.sleep(0, ShardSample(shard, predictor_error="no pod", cache_error="no pod")))
             else:
-                tasks.append(_one(session, shard, (pod.get("status") or {}).get("podIP")))
+                tasks.append(_one(session, shard, pod))
         return list(await asyncio.gather(*tasks))

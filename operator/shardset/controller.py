@@ -13,14 +13,17 @@ must exist and hold a 32-byte ``kek.key`` before any keyring is created.
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import logging
 import re
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
 from chronoshard.shardnode.keyspace import partitioning
+from kubernetes.client.exceptions import ApiException
 
 from .. import kube, naming
 from ..conditions import conditions_equal_ignoring_time
@@ -37,10 +40,13 @@ from ..loop import namespace_of, post_events, run_object_loop
 from ..metrics import set_key_version
 from ..podcontract import PARTITION_MAP_FILE
 from ..prefetchlookup import policy_in_force
+from ..settings import RUNTIME
+from ..shardpods import shard_pods
 from ..spec.common import SpecError
 from ..spec.shardset import ShardSetSpec, parse_shardset
 from ..triggers import TRIGGERS
-from . import manifests
+from . import manifests, tlsassets
+from .secrets import adopt, create_once
 from .status import Observed, shardset_status
 
 KIND = "ShardSet"
@@ -48,10 +54,8 @@ PLURAL = "shardsets"
 RESYNC_SECONDS = 30.0
 # A user's kekSecretRef Secret is not a labelled child, so no watch wakes the loop when it is fixed: look sooner.
 KEK_RETRY_SECONDS = 5.0
-# Rounds of create-conflict-read for a Secret another writer deletes under us, before giving up this pass.
-CREATE_ATTEMPTS = 3
 KEK_PROBLEMS = ("KEKMissing", "KEKInvalid", "KEKMismatch", "KeyringWrapped")
-BLOCKING = ("InvalidImage", "StorageClassNotFound", "KeyringInvalid", *KEK_PROBLEMS)
+BLOCKING = ("InvalidImage", "StorageClassNotFound", "KeyringInvalid", *KEK_PROBLEMS, *tlsassets.BLOCKING)
 MANAGED = {"app.kubernetes.io/managed-by": naming.MANAGER}
 
 # docker/OCI reference: [registry[:port]/]path[:tag][@digest]; catches typos like spaces or "::".
@@ -77,36 +81,6 @@ def _selector_string(name: str) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(naming.selector_labels(name).items()))
 
 
-def _adopt(owner: Mapping[str, Any], secret: Mapping[str, Any], result: ReconcileResult, what: str,
-           reason: str) -> None:
-    """Add our controller ownerReference to an orphaned Secret we made (a ShardSet re-created under the same name)."""
-    meta = secret["metadata"]
-    refs = meta.get("ownerReferences") or []
-    if any(r.get("uid") == owner["metadata"]["uid"] for r in refs):
-        return
-    if any(r.get("controller") for r in refs):
-        raise ValueError(f"Secret {meta['name']} is controlled by another object; not adopting it")
-    kube.merge_patch("v1", "Secret", meta["namespace"], meta["name"],
-                     {"metadata": {"ownerReferences": [*refs, naming.owner_reference(owner)]}})
-    result.events.append(("Normal", reason, f"Adopted existing {what} Secret {meta['name']}"))
-
-
-def _create_once(owner: Mapping[str, Any], manifest: dict[str, Any], result: ReconcileResult,
-                 event: tuple[str, str, str]) -> dict[str, Any]:
-    """Create a Secret that must never be overwritten; if another writer won the race, read theirs."""
-    meta = manifest["metadata"]
-    for _ in range(CREATE_ATTEMPTS):
-        created = kube.create(manifest)
-        if created is not None:
-            result.events.append(event)
-            return created
-        existing = kube.get("v1", "Secret", meta["namespace"], meta["name"])
-        if existing is not None:
-            return existing
-        # Deleted between our create and our read: create it again.
-    raise RuntimeError(f"Secret {meta['name']} is deleted as soon as it exists; not creating it again")
-
-
 def _ensure_kek(owner: Mapping[str, Any], spec: ShardSetSpec, result: ReconcileResult,
                 problems: list[tuple[str, str]]) -> bytes | None:
     """The KEK bytes for a wrapped keyring (None with provider none, or with a problem recorded)."""
@@ -123,10 +97,10 @@ def _ensure_kek(owner: Mapping[str, Any], spec: ShardSetSpec, result: ReconcileR
             return None
     else:
         if existing is None:
-            existing = _create_once(owner, manifests.kek_secret(owner, new_kek_data()), result,
+            existing = create_once(manifests.kek_secret(owner, new_kek_data()), result.events,
                                     ("Normal", "KEKCreated", f"Created key-encryption key Secret {secret_name}"))
         try:
-            _adopt(owner, existing, result, "key-encryption key", "KEKAdopted")
+            adopt(owner, existing, result.events, "key-encryption key", "KEKAdopted")
         except ValueError as exc:
             problems.append(("KEKInvalid", str(exc)))
             return None
@@ -151,11 +125,11 @@ def _ensure_keyring(owner: Mapping[str, Any], spec: ShardSetSpec, kek: bytes | N
             return None, ()  # the KEK's problem is reported; a keyring made now would have no KEK to match
         data = initial_keyring_data(spec.key_algorithm, kek=kek if spec.key_encryption.wrapped else None)
         form = "wrapped" if spec.key_encryption.wrapped else "unwrapped"
-        existing = _create_once(owner, manifests.keyring_secret(owner, data), result,
+        existing = create_once(manifests.keyring_secret(owner, data), result.events,
                                 ("Normal", "KeyringCreated",
                                  f"Created keyring Secret {secret_name} with key version 1 ({form})"))
     manifest = parse_manifest(existing.get("data"))
-    _adopt(owner, existing, result, "keyring", "KeyringAdopted")
+    adopt(owner, existing, result.events, "keyring", "KeyringAdopted")
     data = existing.get("data") or {}
     wrapped = wrapped_versions(data)
     if wrapped and not spec.key_encryption.wrapped:
@@ -250,10 +224,15 @@ def reconcile(owner: Mapping[str, Any]) -> ReconcileResult:
 
     pmap = _ensure_partition_map(owner, spec, result, problems)
     shards = pmap.shards  # a refused scale-down keeps the map's (and so the StatefulSet's) shard count
+    # The certificate names every shard and the pod IPs seen, before the StatefulSet brings new pods.
+    pod_ips = [(p.get("status") or {}).get("podIP") or "" for p in shard_pods(ns, name).values()]
+    tlsassets.ensure_tls(owner, spec, shards, pod_ips, result.events, problems)
+    tlsassets.ensure_access(owner, spec)
 
     # The oldest valid PrefetchPolicy naming this ShardSet turns prefetching on; the others report a Conflict.
     prefetch = policy_in_force(ns, name)
-    kube.apply(manifests.config_map(owner, spec, prefetch=prefetch.spec))
+    kube.apply(manifests.config_map(owner, spec, prefetch=prefetch.spec,
+                                    operator_identities=tlsassets.operator_identities()))
     kube.apply(manifests.headless_service(owner))
     kube.apply(manifests.client_service(owner))
     kube.apply(manifests.pod_disruption_budget(owner, spec))
@@ -290,6 +269,27 @@ def reconcile(owner: Mapping[str, Any]) -> ReconcileResult:
     return result
 
 
+# A pass and the deletion handler of one ShardSet never overlap: a pass that was running when the ShardSet was
+# deleted would otherwise re-apply the cluster-scoped ClusterRoleBinding the handler just removed.
+_PASS_LOCKS: dict[str, threading.Lock] = {}
+_PASS_LOCKS_GUARD = threading.Lock()
+_DELETED: set[str] = set()  # uids whose deletion handler ran: their passes do nothing any more
+DELETE_WAIT_SECONDS = 30.0
+
+
+def _pass_lock(uid: str) -> threading.Lock:
+    with _PASS_LOCKS_GUARD:
+        return _PASS_LOCKS.setdefault(uid, threading.Lock())
+
+
+def _reconcile_unless_deleted(owner: Mapping[str, Any]) -> ReconcileResult:
+    uid = owner["metadata"]["uid"]
+    with _pass_lock(uid):
+        if uid in _DELETED:
+            return ReconcileResult(outcome="deleted", delay=1.0)
+        return reconcile(owner)
+
+
 def _with_shards(spec: ShardSetSpec, shards: int) -> ShardSetSpec:
     from dataclasses import replace
 
@@ -319,7 +319,7 @@ async def shardset_loop(name: str, namespace: str | None, body: kopf.Body, stopp
 
     async def one_pass(snap: dict[str, Any]) -> tuple[str, float]:
         nonlocal last_problems
-        result = await asyncio.to_thread(reconcile, snap)
+        result = await asyncio.to_thread(_reconcile_unless_deleted, snap)
         if result.status is not None:
             await asyncio.to_thread(write_status, snap, result.status)
             problems = {c["reason"] + ": " + c["message"] for c in result.status["conditions"]
@@ -342,7 +342,12 @@ def shardset_changed(name: str, namespace: str | None, body: kopf.Body, **_: Any
 
 
 def _child_changed(body: kopf.Body, **_: Any) -> None:
-    TRIGGERS.fire_owner(body)
+    if TRIGGERS.fire_owner(body) is None:
+        # cert-manager's Secret has no ownerReference to us, only the labels the Certificate asked for.
+        meta = body.get("metadata") or {}
+        labels = meta.get("labels") or {}
+        if labels.get("app.kubernetes.io/component") == "tls" and labels.get("app.kubernetes.io/instance"):
+            TRIGGERS.fire(KIND, meta.get("namespace", ""), labels["app.kubernetes.io/instance"])
 
 
 for _group, _version, _plural in (
@@ -351,18 +356,51 @@ for _group, _version, _plural in (
     ("", "v1", "services"),
     ("apps", "v1", "statefulsets"),
     ("policy", "v1", "poddisruptionbudgets"),
+    ("", "v1", "serviceaccounts"),
+    ("networking.k8s.io", "v1", "networkpolicies"),
 ):
     kopf.on.event(_group, _version, _plural, labels=MANAGED)(_child_changed)
 
 
 @kopf.on.delete(naming.GROUP, naming.VERSION, PLURAL, optional=False)
 def shardset_deleted(name: str, namespace: str | None, uid: str, **_: Any) -> None:
-    """Orphan the keyring and KEK Secrets so the retained shard volumes stay readable; everything else is GC'd."""
+    """Orphan the keyring, KEK and CA Secrets so the retained shard volumes stay readable (and a re-created
+    ShardSet keeps its CA); remove the cluster-scoped ClusterRoleBinding; everything else is GC'd."""
     namespace = namespace_of(KIND, name, namespace)
-    for secret_name in (naming.keyring_secret_name(name), naming.kek_secret_name(name)):
+    lock = _pass_lock(uid)
+    acquired = lock.acquire(timeout=DELETE_WAIT_SECONDS)  # let a pass in flight finish first
+    try:
+        _DELETED.add(uid)
+        tlsassets.delete_cluster_role_binding(namespace, name)
+    finally:
+        if acquired:
+            lock.release()
+    for secret_name in (naming.keyring_secret_name(name), naming.kek_secret_name(name),
+                        naming.ca_secret_name(name)):
         secret = kube.get("v1", "Secret", namespace, secret_name)
         if secret is None:
             continue
         refs = [r for r in secret["metadata"].get("ownerReferences") or [] if r.get("uid") != uid]
         kube.merge_patch("v1", "Secret", namespace, secret_name, {"metadata": {"ownerReferences": refs or None}})
         log.info("ShardSet %s/%s deleted: kept Secret %s for its retained volumes", namespace, name, secret_name)
+
+
+@kopf.on.startup()
+def sweep_orphaned_bindings(**_: Any) -> None:
+    """Remove ClusterRoleBindings of ShardSets deleted while no operator ran (best effort)."""
+    def exists(namespace: str, name: str) -> bool:
+        # Only ShardSets this operator serves are its to judge; a read it may not make counts as "exists".
+        if not RUNTIME.clusterwide and not any(fnmatch.fnmatchcase(namespace, p) for p in RUNTIME.namespaces):
+            return True
+        try:
+            return kube.get(naming.API_VERSION, KIND, namespace, name) is not None
+        except ApiException:
+            return True
+
+    try:
+        removed = tlsassets.sweep_cluster_role_bindings(exists)
+    except ApiException as exc:
+        log.warning("cannot sweep orphaned ClusterRoleBindings: %s", kube.api_error_message(exc))
+        return
+    for crb in removed:
+        log.info("removed ClusterRoleBinding %s: its ShardSet is gone", crb)

@@ -7,12 +7,15 @@ local processes.
 
 from __future__ import annotations
 
+import base64
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .. import naming
 from ..podcontract import (
+    CA_CERT_FILE,
+    CA_KEY_FILE,
     CACHE,
     CACHE_CONFIG_FILE,
     CACHE_PORT,
@@ -29,12 +32,24 @@ from ..podcontract import (
     PREDICTOR_CONFIG_FILE,
     PREDICTOR_PORT,
     RUN_AS_USER,
+    SECURITY_CONFIG_FILE,
+    SECURITY_CONFIG_FLAG,
+    TLS_CERT_FILE,
+    TLS_DIR_FLAG,
+    TLS_KEY_FILE,
+    TLS_MOUNT,
     cache_config,
     node_config,
+    pod_identity,
     predictor_config,
+    security_config,
 )
 from ..spec.prefetchpolicy import PrefetchPolicySpec
 from ..spec.shardset import ShardSetSpec
+
+AUTH_DELEGATOR = "system:auth-delegator"
+# Cluster-scoped children carry their ShardSet's namespace as a label (no ownerReference can point at it).
+NAMESPACE_LABEL = "chronoshard.io/shardset-namespace"
 
 # Requests every container gets when the ShardSet names none, so the scheduler can place shards sensibly.
 DEFAULT_RESOURCES: dict[str, dict[str, dict[str, str]]] = {
@@ -57,10 +72,13 @@ def _dump(settings: Mapping[str, Any]) -> str:
     return json.dumps(settings, sort_keys=True, indent=2) + "\n"
 
 
-def config_map(owner: Mapping[str, Any], spec: ShardSetSpec, prefetch: PrefetchPolicySpec | None = None
-               ) -> dict[str, Any]:
-    """The ConfigMap ``<name>-config`` (node.json, cache.json, predictor.json); ``prefetch``: the policy in force."""
+def config_map(owner: Mapping[str, Any], spec: ShardSetSpec, prefetch: PrefetchPolicySpec | None = None,
+               operator_identities: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """The ConfigMap ``<name>-config`` (node.json, cache.json, predictor.json, security.json); ``prefetch``: the
+    policy in force; ``operator_identities``: whom the pods treat as the operator (default its certificate CN)."""
     name, ns = owner["metadata"]["name"], owner["metadata"]["namespace"]
+    security = (security_config(ns, name, spec) if operator_identities is None
+                else security_config(ns, name, spec, operator_identities))
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -69,6 +87,7 @@ def config_map(owner: Mapping[str, Any], spec: ShardSetSpec, prefetch: PrefetchP
             NODE_CONFIG_FILE: _dump(node_config(spec)),
             CACHE_CONFIG_FILE: _dump(cache_config(spec, prefetch)),
             PREDICTOR_CONFIG_FILE: _dump(predictor_config(spec, prefetch)),
+            SECURITY_CONFIG_FILE: _dump(security),
         },
     }
 
@@ -105,6 +124,106 @@ def kek_secret_in_use(name: str, spec: ShardSetSpec) -> str | None:
     if not spec.key_encryption.wrapped:
         return None
     return spec.key_encryption.kek_secret or naming.kek_secret_name(name)
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
+
+
+def ca_secret(owner: Mapping[str, Any], cert_pem: bytes, key_pem: bytes) -> dict[str, Any]:
+    """The ShardSet's CA Secret ``<name>-ca`` (created once, never overwritten, kept when the ShardSet goes)."""
+    return _secret(owner, naming.ca_secret_name(owner["metadata"]["name"]), "ca",
+                   {CA_CERT_FILE: _b64(cert_pem), CA_KEY_FILE: _b64(key_pem)})
+
+
+def tls_secret(owner: Mapping[str, Any], cert_pem: bytes, key_pem: bytes, ca_pem: bytes) -> dict[str, Any]:
+    """The pods' certificate Secret ``<name>-tls`` (type kubernetes.io/tls, plus ``ca.crt``)."""
+    secret = _secret(owner, naming.tls_secret_name(owner["metadata"]["name"]), "tls",
+                     {TLS_CERT_FILE: _b64(cert_pem), TLS_KEY_FILE: _b64(key_pem), CA_CERT_FILE: _b64(ca_pem)})
+    secret["type"] = "kubernetes.io/tls"
+    return secret
+
+
+def ca_config_map(owner: Mapping[str, Any], ca_pem: str) -> dict[str, Any]:
+    """The ConfigMap ``<name>-ca``: the CA certificate alone, public, for clients to verify the pods."""
+    name, ns = owner["metadata"]["name"], owner["metadata"]["namespace"]
+    meta = _meta(naming.ca_config_map_name(name), ns, owner, "ca")
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": {CA_CERT_FILE: ca_pem}}
+
+
+def certificate(owner: Mapping[str, Any], spec: ShardSetSpec, dns_names: Sequence[str],
+                ip_addresses: Sequence[str]) -> dict[str, Any]:
+    """The cert-manager Certificate for ``<name>-tls`` (same CN, names and usages as the operator's own)."""
+    name, ns = owner["metadata"]["name"], owner["metadata"]["namespace"]
+    ref = spec.issuer_ref
+    if ref is None:
+        raise ValueError("the ShardSet names no issuer (spec.tls.issuerRef)")
+    return {
+        "apiVersion": "cert-manager.io/v1",
+        "kind": "Certificate",
+        "metadata": _meta(naming.certificate_name(name), ns, owner, "tls"),
+        "spec": {
+            "secretName": naming.tls_secret_name(name),
+            # cert-manager's Secret carries no ownerReference to us: these labels let the operator notice it.
+            "secretTemplate": {"labels": naming.common_labels(name, "tls")},
+            "commonName": pod_identity(ns, name),
+            "dnsNames": list(dns_names),
+            "ipAddresses": list(ip_addresses),
+            "duration": "2160h",  # 90 days
+            "renewBefore": "720h",  # a third of it
+            "privateKey": {"algorithm": "ECDSA", "size": 256, "rotationPolicy": "Always"},
+            "usages": ["digital signature", "server auth", "client auth"],
+            "issuerRef": {"name": ref.name, "kind": ref.kind, "group": ref.group},
+        },
+    }
+
+
+def service_account(owner: Mapping[str, Any]) -> dict[str, Any]:
+    """The ServiceAccount ``<name>-shard`` the pods run as; its token lets them ask TokenReview and
+    SubjectAccessReview."""
+    name, ns = owner["metadata"]["name"], owner["metadata"]["namespace"]
+    return {"apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": _meta(naming.service_account_name(name), ns, owner, "shard"),
+            "automountServiceAccountToken": True}
+
+
+def cluster_role_binding(owner: Mapping[str, Any]) -> dict[str, Any]:
+    """The binding of the pods' ServiceAccount to ``system:auth-delegator`` (cluster-scoped: no ownerReference;
+    the operator deletes it with the ShardSet)."""
+    name, ns = owner["metadata"]["name"], owner["metadata"]["namespace"]
+    labels = {**naming.common_labels(name, "shard"), NAMESPACE_LABEL: ns}
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": naming.cluster_role_binding_name(ns, name), "labels": labels},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": AUTH_DELEGATOR},
+        "subjects": [{"kind": "ServiceAccount", "name": naming.service_account_name(name), "namespace": ns}],
+    }
+
+
+def _port(number: int) -> dict[str, Any]:
+    return {"port": number, "protocol": "TCP"}
+
+
+def network_policy(owner: Mapping[str, Any], spec: ShardSetSpec, operator_peer: Mapping[str, Any]
+                   ) -> dict[str, Any]:
+    """The NetworkPolicy: every port from the ShardSet's own pods and the operator, the cache port from
+    ``spec.access.clients``, every port (each serves /metrics) from ``spec.access.monitoring``."""
+    name, ns = owner["metadata"]["name"], owner["metadata"]["namespace"]
+    own = {"podSelector": {"matchLabels": naming.selector_labels(name)}}
+    every_port = [_port(p) for p in (NODE_PORT, CACHE_PORT, PREDICTOR_PORT)]
+    ingress: list[dict[str, Any]] = [{"from": [own, dict(operator_peer)], "ports": every_port}]
+    if spec.access.clients:
+        ingress.append({"from": [dict(p) for p in spec.access.clients], "ports": [_port(CACHE_PORT)]})
+    if spec.access.monitoring:
+        ingress.append({"from": [dict(p) for p in spec.access.monitoring], "ports": every_port})
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _meta(naming.network_policy_name(name), ns, owner, "shard"),
+        "spec": {"podSelector": {"matchLabels": naming.selector_labels(name)}, "policyTypes": ["Ingress"],
+                 "ingress": ingress},
+    }
 
 
 def _service_ports() -> list[dict[str, Any]]:
@@ -184,7 +303,9 @@ def _container_security() -> dict[str, Any]:
 
 def _probe(path: str, port: str, period: int, failures: int) -> dict[str, Any]:
     return {
-        "httpGet": {"path": path, "port": port, "scheme": "HTTP"},
+        # The servers speak HTTPS only; kubelet does not verify a probe's certificate, and the probe paths are
+        # public (docs/security.md).
+        "httpGet": {"path": path, "port": port, "scheme": "HTTPS"},
         "periodSeconds": period,
         "timeoutSeconds": 2,
         "failureThreshold": failures,
@@ -222,6 +343,9 @@ def containers(spec: ShardSetSpec) -> list[dict[str, Any]]:
     config = {"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True}
     data = {"name": "data", "mountPath": DATA_MOUNT}
     tmp = {"name": "tmp", "mountPath": "/tmp"}
+    tls = {"name": "tls", "mountPath": TLS_MOUNT, "readOnly": True}
+    # Every process serves HTTPS from the pods' certificate and checks callers against security.json.
+    secure = [TLS_DIR_FLAG, TLS_MOUNT, SECURITY_CONFIG_FLAG, f"{CONFIG_MOUNT}/{SECURITY_CONFIG_FILE}"]
     map_file = f"{PARTITIONS_MOUNT}/{PARTITION_MAP_FILE}"
     # Wrapped key versions: node and cache (the processes that decrypt) read the KEK; the predictor never does.
     kek_mounts = [{"name": "kek", "mountPath": KEK_MOUNT, "readOnly": True}] if spec.key_encryption.wrapped else []
@@ -231,27 +355,27 @@ def containers(spec: ShardSetSpec) -> list[dict[str, Any]]:
         [
             "chronoshard-node", "--host", "$(POD_IP)", "--port", str(NODE_PORT),
             "--data-dir", DATA_MOUNT, "--keyring-dir", KEYRING_MOUNT, *kek_args,
-            "--partition-map", map_file, "--config", f"{CONFIG_MOUNT}/{NODE_CONFIG_FILE}",
+            "--partition-map", map_file, "--config", f"{CONFIG_MOUNT}/{NODE_CONFIG_FILE}", *secure,
         ],
-        NODE_PORT, spec, [data, keyring, *kek_mounts, partitions, config, tmp],
+        NODE_PORT, spec, [data, keyring, *kek_mounts, partitions, config, tls, tmp],
     )
     cache = _container(
         CACHE,
         [
             "chronoshard-cache", "--host", "$(POD_IP)", "--port", str(CACHE_PORT),
-            "--node-url", f"http://$(POD_IP):{NODE_PORT}", "--keyring-dir", KEYRING_MOUNT, *kek_args,
-            "--partition-map", map_file, "--config", f"{CONFIG_MOUNT}/{CACHE_CONFIG_FILE}",
+            "--node-url", f"https://$(POD_IP):{NODE_PORT}", "--keyring-dir", KEYRING_MOUNT, *kek_args,
+            "--partition-map", map_file, "--config", f"{CONFIG_MOUNT}/{CACHE_CONFIG_FILE}", *secure,
         ],
-        CACHE_PORT, spec, [keyring, *kek_mounts, partitions, config, tmp],
+        CACHE_PORT, spec, [keyring, *kek_mounts, partitions, config, tls, tmp],
     )
     predictor = _container(
         PREDICTOR,
         [
             "chronoshard-predictor", "--host", "$(POD_IP)", "--port", str(PREDICTOR_PORT),
-            "--cache-url", f"http://$(POD_IP):{CACHE_PORT}", "--data-dir", f"{DATA_MOUNT}/predictor",
-            "--config", f"{CONFIG_MOUNT}/{PREDICTOR_CONFIG_FILE}",
+            "--cache-url", f"https://$(POD_IP):{CACHE_PORT}", "--data-dir", f"{DATA_MOUNT}/predictor",
+            "--config", f"{CONFIG_MOUNT}/{PREDICTOR_CONFIG_FILE}", *secure,
         ],
-        PREDICTOR_PORT, spec, [data, config, tmp],
+        PREDICTOR_PORT, spec, [data, config, tls, tmp],
     )
     return [node, cache, predictor]
 
@@ -262,8 +386,9 @@ def statefulset(owner: Mapping[str, Any], spec: ShardSetSpec) -> dict[str, Any]:
     template = spec.pod_template or {}
     pod_labels = {**(template.get("labels") or {}), **naming.common_labels(name, "shard")}
     pod_spec: dict[str, Any] = {
-        "serviceAccountName": "default",
-        "automountServiceAccountToken": False,
+        # The pods' own ServiceAccount: its token asks the API server's TokenReview and SubjectAccessReview.
+        "serviceAccountName": naming.service_account_name(name),
+        "automountServiceAccountToken": True,
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": 30,
         "securityContext": {
@@ -281,6 +406,7 @@ def statefulset(owner: Mapping[str, Any], spec: ShardSetSpec) -> dict[str, Any]:
             },
             {"name": "partitions", "configMap": {"name": naming.partitions_config_map_name(name)}},
             {"name": "config", "configMap": {"name": naming.config_map_name(name)}},
+            {"name": "tls", "secret": {"secretName": naming.tls_secret_name(name), "defaultMode": 0o440}},
             {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
         ],
     }

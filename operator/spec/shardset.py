@@ -19,6 +19,12 @@ SECRET_NAME_PATTERN = r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?"
 TABLE_NAME_PATTERN = r"[a-z0-9]([-a-z0-9_]*[a-z0-9])?"
 MAX_TABLES = 64
 MAX_TOLERATIONS = 32
+ISSUER_KINDS = ("Issuer", "ClusterIssuer")
+ISSUER_GROUPS = ("cert-manager.io",)
+MAX_PEERS = 32
+SELECTOR_OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
+# spec.access.clients when unset: every pod of the ShardSet's namespace (a NetworkPolicy peer).
+ALL_PODS_OF_NAMESPACE: tuple[Mapping[str, Any], ...] = ({"podSelector": {}},)
 
 
 @dataclass(frozen=True)
@@ -32,6 +38,27 @@ class KeyEncryption:
     def wrapped(self) -> bool:
         """True when new keyrings hold wrapped versions and the pods mount the KEK."""
         return self.provider == "embedded"
+
+
+@dataclass(frozen=True)
+class IssuerRef:
+    """A cert-manager issuer that signs the pods' certificate instead of the operator's own CA."""
+
+    name: str
+    kind: str = "Issuer"
+    group: str = "cert-manager.io"
+
+
+@dataclass(frozen=True)
+class Access:
+    """Who may reach the pods over the network and how tokens are accepted (``spec.access``).
+
+    ``clients`` and ``monitoring`` are NetworkPolicy peers (``podSelector`` / ``namespaceSelector``).
+    """
+
+    clients: tuple[Mapping[str, Any], ...] = ALL_PODS_OF_NAMESPACE
+    monitoring: tuple[Mapping[str, Any], ...] = ()
+    accept_kubeconfig_tokens: bool = False
 
 
 @dataclass(frozen=True)
@@ -55,6 +82,8 @@ class ShardSetSpec:
     pod_template: Mapping[str, Any] = field(default_factory=dict)
     pdb_max_unavailable: int = 1
     key_encryption: KeyEncryption = field(default_factory=KeyEncryption)
+    issuer_ref: IssuerRef | None = None  # spec.tls.issuerRef: cert-manager instead of the operator's CA
+    access: Access = field(default_factory=Access)
 
 
 def parse_shardset(spec: Mapping[str, Any] | None) -> ShardSetSpec:
@@ -83,6 +112,8 @@ def parse_shardset(spec: Mapping[str, Any] | None) -> ShardSetSpec:
     pdb = f.obj("podDisruptionBudget")
     max_unavailable = pdb.integer("maxUnavailable", default=1, minimum=0)
     pdb.done()
+    issuer_ref = _tls(f.obj("tls"))
+    access = _access(f.obj("access"))
     f.done()
 
     return ShardSetSpec(
@@ -101,7 +132,65 @@ def parse_shardset(spec: Mapping[str, Any] | None) -> ShardSetSpec:
         pod_template=pod_template,
         pdb_max_unavailable=max_unavailable,
         key_encryption=key_encryption,
+        issuer_ref=issuer_ref,
+        access=access,
     )
+
+
+def _tls(f: Fields) -> IssuerRef | None:
+    ref = f.maybe_obj("issuerRef")
+    f.done()
+    if ref is None:
+        return None
+    name = ref.required_string("name", min_length=1, max_length=253)
+    kind = ref.string("kind", default="Issuer", enum=ISSUER_KINDS)
+    group = ref.string("group", default="cert-manager.io", enum=ISSUER_GROUPS)
+    ref.done()
+    return IssuerRef(name=name, kind=kind, group=group)
+
+
+def _label_selector(f: Fields) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    labels = f.string_map("matchLabels")
+    if labels:
+        out["matchLabels"] = labels
+    expressions = []
+    for i, item in enumerate(f.array("matchExpressions", max_items=MAX_PEERS)):
+        e = Fields(item, f"{f.path}.matchExpressions[{i}]")
+        key = e.required_string("key", min_length=1, max_length=317)
+        op = e.required_string("operator", enum=SELECTOR_OPERATORS)
+        values = e.array("values", max_items=64)
+        for j, v in enumerate(values):
+            if not isinstance(v, str):
+                raise SpecError(f"{e.path}.values[{j}]", "must be a string")
+        e.done()
+        expressions.append({"key": key, "operator": op, **({"values": list(values)} if values else {})})
+    if expressions:
+        out["matchExpressions"] = expressions
+    f.done()
+    return out
+
+
+def _peers(f: Fields, key: str) -> tuple[dict[str, Any], ...]:
+    peers = []
+    for i, item in enumerate(f.array(key, max_items=MAX_PEERS)):
+        p = Fields(item, f"{f.sub(key)}[{i}]")
+        peer = {name: _label_selector(p.obj(name)) for name in ("podSelector", "namespaceSelector")
+                if p.has(name)}
+        p.done()
+        if not peer:
+            # The CRD's CEL rule refuses the same: a peer must select something.
+            raise SpecError(p.path, "a peer needs podSelector or namespaceSelector")
+        peers.append(peer)
+    return tuple(peers)
+
+
+def _access(f: Fields) -> Access:
+    clients = _peers(f, "clients") if f.has("clients") else ALL_PODS_OF_NAMESPACE
+    monitoring = _peers(f, "monitoring")
+    accept = f.boolean("acceptKubeconfigTokens", default=False)
+    f.done()
+    return Access(clients=clients, monitoring=monitoring, accept_kubeconfig_tokens=accept)
 
 
 def _key_encryption(f: Fields) -> KeyEncryption:

@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
         cfg.budget_bytes = args.budget_bytes
     if args.eviction is not None:
         cfg.eviction = args.eviction
-    run(create_app(cfg), args.host, args.port)
+    run(create_app(cfg), args.host, args.port, security=args.security)
 
 
 if __name__ == "__main__":

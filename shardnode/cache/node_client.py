@@ -42,10 +42,13 @@ async def _error(resp: aiohttp.ClientResponse) -> UpstreamError:
 class NodeClient:
     """Thin wrapper over one pooled aiohttp session; errors become UpstreamError (503 if unreachable)."""
 
-    def __init__(self, base_url: str, session: aiohttp.ClientSession, timeout: float = 10.0) -> None:
+    def __init__(self, base_url: str, session: aiohttp.ClientSession, timeout: float = 10.0,
+                 server_hostname: str | None = None) -> None:
         self.base = URL(base_url)
         self.session = session
         self.timeout = aiohttp.ClientTimeout(total=timeout)
+        # The pod's DNS name, checked against the node's certificate when the node is dialled by IP.
+        self.server_hostname = server_hostname
 
     def url(self, *segments: str) -> URL:
         """Join path segments (each percent-encoded) onto the node URL."""
@@ -57,6 +60,8 @@ class NodeClient:
     async def request(self, method: str, url: URL, **kw: Any) -> tuple[int, bytes, Any]:
         """One request; returns (status, body, headers)."""
         kw.setdefault("timeout", self.timeout)
+        if self.server_hostname is not None:
+            kw.setdefault("server_hostname", self.server_hostname)
         try:
             async with self.session.request(method, url, **kw) as resp:
                 if resp.status >= 400:

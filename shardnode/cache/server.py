@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 from aiohttp import web
+from chronoshard.shardnode.auth.policy import Access
 from chronoshard.shardnode.eviction import make_policy
 from chronoshard.shardnode.keys.keyring import KeyringWatcher
 from chronoshard.shardnode.keys.provider import (
@@ -24,6 +25,7 @@ from chronoshard.shardnode.keys.provider import (
     KeyUnavailable,
     key_cache_size_setting,
 )
+from chronoshard.shardnode.serving import tls
 from chronoshard.shardnode.serving.http_common import (
     TABLE_RE,
     ApiError,
@@ -136,8 +138,8 @@ class CacheApp:
     async def start(self, app: web.Application) -> None:
         """Load the keyring, open the node session, start the watcher, prefetch workers and change tail."""
         await asyncio.to_thread(self.keys.poll)
-        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256))
-        node = NodeClient(self.cfg.node_url, self.session)
+        self.session = aiohttp.ClientSession(connector=tls.connector(app, limit=256))
+        node = NodeClient(self.cfg.node_url, self.session, server_hostname=tls.internal_hostname(self.cfg.node_url))
         self.cache = BlockCache(self.cfg.budget_bytes, make_policy(self.cfg.eviction), lambda: self.keys.keyring,
                                 node, self.metrics, self.cfg.prefetch_budget_fraction, key_pool=self.key_pool)
         self._tasks.append(asyncio.create_task(self.keys.run(self.cfg.keyring_poll_seconds)))
@@ -458,11 +460,11 @@ def routes() -> list[Route]:
     """The cache's own routes (the scaffold adds the probes, metrics, openapi and partitions)."""
     blocks = block_routes(get=get_block, put=put_block, delete=delete_block, batch_get=batch_get, scan=scan)
     return [*blocks,
-            Route("POST", "/v1/prefetch", prefetch),
-            Route("POST", "/v1/prefetch/keys", prefetch_keys),
-            Route("GET", "/v1/access-log", access_log),
-            Route("GET", "/v1/keys", keys),
-            Route("GET", "/v1/cache", stats)]
+            Route("POST", "/v1/prefetch", prefetch, Access.ADMIN),
+            Route("POST", "/v1/prefetch/keys", prefetch_keys, Access.ADMIN),
+            Route("GET", "/v1/access-log", access_log, Access.ADMIN),
+            Route("GET", "/v1/keys", keys, Access.ADMIN),
+            Route("GET", "/v1/cache", stats, Access.ADMIN)]
 
 
 def create_app(cfg: CacheConfig) -> web.Application:

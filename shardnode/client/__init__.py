@@ -1,37 +1,49 @@
 """Python client for chronoshard ShardSets: routes by the partition map, async and blocking flavours.
 
 ``AsyncClient`` / ``Client`` talk to the owning shard's cache (or node) directly; map sources are in
-``discovery`` (any node's ``GET /v1/partitions``, the ``<shardset>-partitions`` ConfigMap, a file).
+``discovery`` (any node's ``GET /v1/partitions``, the ``<shardset>-partitions`` ConfigMap, a file);
+credentials in ``credentials``, TLS and the ``auto`` scheme in ``transport``.
 """
 
 from chronoshard.shardnode.client.aio import AsyncClient, BlockInfo, block_path
+from chronoshard.shardnode.client.credentials import Credentials, TokenFile, TokenSource
 from chronoshard.shardnode.client.discovery import (
     ConfigMapMap,
     FileMap,
     FirstOf,
     MapProvider,
     NodeMap,
+    ShardSetPods,
     StaticMap,
 )
 from chronoshard.shardnode.client.errors import (
+    CertificateRejected,
     ChronoshardError,
+    Forbidden,
     MapUnavailable,
     Misdirected,
     NotFound,
     RequestRejected,
     ScanUnsupported,
+    Unauthenticated,
     Unavailable,
+    Unreachable,
 )
 from chronoshard.shardnode.client.sync import Client
+from chronoshard.shardnode.client.transport import Endpoint, Transport
 
 __all__ = [
     "AsyncClient",
     "BlockInfo",
+    "CertificateRejected",
     "ChronoshardError",
     "Client",
     "ConfigMapMap",
+    "Credentials",
+    "Endpoint",
     "FileMap",
     "FirstOf",
+    "Forbidden",
     "MapProvider",
     "MapUnavailable",
     "Misdirected",
@@ -39,7 +51,13 @@ __all__ = [
     "NotFound",
     "RequestRejected",
     "ScanUnsupported",
+    "ShardSetPods",
     "StaticMap",
+    "TokenFile",
+    "TokenSource",
+    "Transport",
+    "Unauthenticated",
     "Unavailable",
+    "Unreachable",
     "block_path",
 ]

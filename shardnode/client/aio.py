@@ -13,6 +13,11 @@ Every keyed request carries ``X-Chronoshard-Routed: <epoch>``: a shard that does
 runs another map epoch) answers 421 instead of forwarding, the client refreshes its map and retries
 once at the right shard. ``AsyncClient.via_service(url)`` instead sends everything to one address
 (the ShardSet's client Service) and lets the caches forward.
+
+Credentials are sent by default (``credentials.Credentials.default``: ``token=``/``token_provider=``,
+``$CHRONOSHARD_TOKEN``, the projected token file); TLS is verified against ``ca=`` (a PEM file) and endpoints
+given as ``host:port`` use the ``auto`` scheme (``transport``). ``AsyncClient.for_shardset(name, namespace)``
+finds everything through the Kubernetes API: the map, the pods, and the CA from the ``NAME-ca`` ConfigMap.
 """
 
 from __future__ import annotations
@@ -21,26 +26,38 @@ import asyncio
 import base64
 import heapq
 import json
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
-from chronoshard.shardnode.client.discovery import MapProvider, StaticMap
+from chronoshard.shardnode.client import discovery
+from chronoshard.shardnode.client.credentials import Credentials, TokenGetter, audience
+from chronoshard.shardnode.client.discovery import MapProvider, NodeMap, StaticMap
 from chronoshard.shardnode.client.errors import (
+    Forbidden,
     MapUnavailable,
     Misdirected,
     NotFound,
     RequestRejected,
     ScanUnsupported,
+    Unauthenticated,
     Unavailable,
+    Unreachable,
 )
+from chronoshard.shardnode.client.transport import Endpoint, Scheme, Transport, ca_file_source
 from chronoshard.shardnode.keyspace.partitioning import PartitionMap
 
 ROUTED_HEADER = "X-Chronoshard-Routed"  # same value as chronoshard.shardnode.serving.routing.ROUTED_HEADER
 DEFAULT_TIMEOUT = 10.0
+# How long a request waits for a shard nobody answers for (connection refused, no Ready pod): a pod replaced by a
+# rolling update was unreachable for about 10 s on the local cluster (tests/e2e/test_tls_upgrade.py); 3x that.
+RESTART_WAIT = 30.0
+RESTART_POLL = (0.2, 1.0)  # first and longest pause between attempts
 SCAN_PAGE = 500
 BATCH_KEYS = 500  # below the node's 1000-key batch limit
 
@@ -68,12 +85,17 @@ def _error_body(payload: bytes) -> dict[str, Any]:
     return doc if isinstance(doc, dict) else {}
 
 
-def raise_for(status: int, payload: bytes, url: str, table: str, key: str | None) -> None:
-    """Turn a non-2xx answer into the matching client exception."""
+def raise_for(status: int, payload: bytes, url: str, table: str, key: str | None,
+              credentials: Credentials | None = None) -> None:
+    """Turn a non-2xx answer into the matching client exception (``credentials`` explain a 401)."""
     if status < 300:
         return
     doc = _error_body(payload)
     message = str(doc.get("message") or payload[:200].decode("utf-8", "replace"))
+    if status == 401:
+        raise Unauthenticated(message, credentials.explain_refusal() if credentials else "", url)
+    if status == 403:
+        raise Forbidden(message, url)
     if status == 404 and key is not None:
         raise NotFound(table, key)
     if status == 421:
@@ -89,42 +111,96 @@ class AsyncClient:
     def __init__(
         self,
         maps: MapProvider | PartitionMap,
-        endpoints: Sequence[str] | Callable[[int], str],
+        endpoints: Sequence[str | Endpoint] | Callable[[int], str | Endpoint],
         *,
         timeout: float = DEFAULT_TIMEOUT,
         concurrency: int = 64,
         session: aiohttp.ClientSession | None = None,
         lagging_shard_wait: float = 1.5,
+        token: str | None = None,
+        token_provider: TokenGetter | None = None,
+        token_file: str | Path | None = None,
+        ca: str | Path | None = None,
+        scheme: Scheme = "auto",
+        transport: Transport | None = None,
+        restart_wait: float = RESTART_WAIT,
+        rediscover: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
-        """``endpoints``: base URL per shard (a list indexed by shard, or a function shard -> URL).
+        """``endpoints``: per shard (a list indexed by shard, or a function shard -> URL or ``Endpoint``).
+
+        ``restart_wait``: how long a request waits for an unreachable shard (nothing was sent: the connection was
+        refused, or discovery knows no Ready pod for it), trying again with short pauses, before it raises
+        ``Unreachable``; ``rediscover``: called before each new attempt, so the endpoints can follow a replaced
+        pod to its new address (``ShardSetPods.refresh``).
 
         ``lagging_shard_wait``: before retrying at a shard that refused us under an *older* epoch than
         ours (it has not reloaded the mounted map yet; nodes check once a second), wait this long.
+        ``token``/``token_provider``/``token_file``: see ``Credentials.default``; ``ca``: the PEM file the
+        shards' certificates are verified against; ``scheme``: for endpoints given without one. ``transport``
+        replaces all of these (and ``session``) with one already built.
         """
         self._provider: MapProvider = StaticMap(maps) if isinstance(maps, PartitionMap) else maps
         if callable(endpoints):
-            self._endpoint = endpoints
+            pick = endpoints
+            self._endpoint: Callable[[int], Endpoint] = lambda shard: _as_endpoint(pick(shard))
         else:
-            urls = [u.rstrip("/") for u in endpoints]
-            self._endpoint = lambda shard: _index(urls, shard)
-        self._service: str | None = None
+            eps = [_as_endpoint(u) for u in endpoints]
+            self._endpoint = lambda shard: _index(eps, shard)
+        self._service: Endpoint | None = None
         self.lagging_shard_wait = lagging_shard_wait
         self.timeout = timeout
+        self.restart_wait, self._rediscover = restart_wait, rediscover
+        self.restart_waits = 0  # attempts that found their shard unreachable and waited (tests, metrics)
         self._concurrency = concurrency
-        self._session = session
-        self._own_session = session is None
+        self.transport = transport or Transport(
+            Credentials.default(token=token, token_provider=token_provider, token_file=token_file),
+            default_scheme=scheme, concurrency=concurrency, session=session,
+            ca_source=ca_file_source(ca) if ca is not None else None,
+            ca_hint=f"verified against {ca}" if ca else "no ca= given: verified against the system's CAs")
+        if isinstance(self._provider, NodeMap) and self._provider.transport is None:
+            self._provider.transport = self.transport  # the map requests carry the same credentials and CA
         self._map: PartitionMap | None = None
         self._map_lock = asyncio.Lock()
         self.map_refreshes = 0  # how many times the map was fetched (observable in tests and metrics)
 
     @classmethod
-    def via_service(cls, url: str, *, maps: MapProvider | None = None, timeout: float = DEFAULT_TIMEOUT,
-                    concurrency: int = 64) -> AsyncClient:
-        """A client that sends every request to one URL (the client Service); caches forward."""
-        client = cls(maps or _NoMap(), lambda _shard: url.rstrip("/"), timeout=timeout,
-                     concurrency=concurrency)
-        client._service = url.rstrip("/")
+    def via_service(cls, url: str | Endpoint, *, maps: MapProvider | None = None,
+                    timeout: float = DEFAULT_TIMEOUT, concurrency: int = 64, **security: Any) -> AsyncClient:
+        """A client that sends every request to one URL (the client Service); caches forward.
+
+        ``security``: the credential and TLS arguments of ``AsyncClient`` (token, ca, scheme, transport, ...).
+        """
+        ep = _as_endpoint(url)
+        client = cls(maps or _NoMap(), lambda _shard: ep, timeout=timeout, concurrency=concurrency, **security)
+        client._service = ep
         return client
+
+    @classmethod
+    def for_shardset(cls, name: str, namespace: str, *, api_client: Any = None, kubeconfig: str | None = None,
+                     context: str | None = None, ca: str | Path | None = None, port: int = discovery.CACHE_PORT,
+                     timeout: float = DEFAULT_TIMEOUT, concurrency: int = 64, token: str | None = None,
+                     token_provider: TokenGetter | None = None, token_file: str | Path | None = None,
+                     scheme: Scheme = "auto", restart_wait: float = RESTART_WAIT) -> AsyncClient:
+        """A client for ShardSet ``namespace/name`` found through the Kubernetes API (blocking reads, once).
+
+        The map comes from the ``NAME-partitions`` ConfigMap, each shard's address from its pod's IP (its
+        certificate checked against the pod's DNS name), the CA from ``ca=`` or else the ``NAME-ca`` ConfigMap.
+        The pods are listed again when a shard cannot be reached (a rolling update gives its pod a new IP).
+        """
+        api = api_client or discovery.kube_client(kubeconfig, context)
+        cm = f"ConfigMap {namespace}/{discovery.ca_config_map_name(name)}"
+        # The ConfigMap is read again after a certificate failure: a client started before the move to TLS
+        # picks up the CA the operator publishes then.
+        source = ca_file_source(ca) if ca is not None else partial(discovery.shardset_ca, api, name, namespace)
+        transport = Transport(
+            Credentials.default(token=token, token_provider=token_provider, token_file=token_file,
+                                audience=audience(namespace, name)),
+            default_scheme=scheme, concurrency=concurrency, ca_source=source,
+            ca_hint=f"verified against {ca if ca is not None else cm} (or the system's CAs while it is absent)")
+        pods = discovery.ShardSetPods(name, namespace, api_client=api, port=port)
+        return cls(discovery.ConfigMapMap(name, namespace, api_client=api), pods.endpoint, timeout=timeout,
+                   concurrency=concurrency, transport=transport, restart_wait=restart_wait,
+                   rediscover=pods.refresh)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -135,15 +211,7 @@ class AsyncClient:
 
     async def close(self) -> None:
         """Close the HTTP session if this client opened it."""
-        if self._session is not None and self._own_session:
-            await self._session.close()
-            self._session = None
-
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            # One pooled connector; limit bounds sockets per client so a big batch cannot exhaust them.
-            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=self._concurrency))
-        return self._session
+        await self.transport.close()
 
     # --- the map -------------------------------------------------------------------------------
 
@@ -166,39 +234,56 @@ class AsyncClient:
             return self._map
 
     def shard_url(self, shard: int) -> str:
-        """Base URL used for ``shard``."""
-        return self._endpoint(shard)
+        """Base URL (or ``host:port`` for the auto scheme) used for ``shard``."""
+        return str(self._endpoint(shard))
+
+    def _raise_for(self, status: int, payload: bytes, url: str, table: str, key: str | None) -> None:
+        raise_for(status, payload, url, table, key, self.transport.credentials)
 
     # --- one keyed request with the 421 retry --------------------------------------------------
 
-    async def _send(self, method: str, url: str, headers: dict[str, str],
-                    body: bytes | None) -> tuple[int, bytes]:
-        try:
-            async with self._http().request(
-                method, url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=self.timeout),
-                allow_redirects=False,
-            ) as resp:
-                return resp.status, await resp.read()
-        except TimeoutError:
-            raise Unavailable(url, f"no answer within {self.timeout:g} s") from None
-        except aiohttp.ClientError as exc:
-            raise Unavailable(url, f"{type(exc).__name__}: {exc}") from None
+    async def _send(self, method: str, ep: Endpoint, path: str, headers: dict[str, str],
+                    body: bytes | None, params: dict[str, str] | None = None) -> tuple[int, bytes]:
+        return await self.transport.request(method, ep, path, headers=headers, body=body, params=params,
+                                            timeout=self.timeout)
+
+    async def _send_shard(self, shard: int, method: str, path: str, headers: dict[str, str],
+                          body: bytes | None, params: dict[str, str] | None = None
+                          ) -> tuple[Endpoint, int, bytes]:
+        """Send to ``shard``'s endpoint, waiting up to ``restart_wait`` while it is unreachable (its pod being
+        replaced): nothing was sent then, so sending again is no retry of a request the shard has seen."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.restart_wait
+        pause, longest = RESTART_POLL
+        while True:
+            try:
+                ep = self._endpoint(shard)
+                status, payload = await self._send(method, ep, path, headers, body, params)
+                return ep, status, payload
+            except Unreachable:
+                left = deadline - loop.time()
+                if left <= 0:
+                    raise
+            self.restart_waits += 1
+            await asyncio.sleep(min(pause, left))  # the last attempt comes at the deadline
+            pause = min(pause * 2, longest)
+            if self._rediscover is not None:
+                await self._rediscover()
 
     async def _keyed(self, method: str, table: str, key: str, body: bytes | None = None,
                      ok_404: bool = False) -> tuple[int, bytes]:
         path = block_path(table, key)
         headers = {"Content-Type": "application/octet-stream"} if body is not None else {}
         if self._service is not None:
-            url = self._service + path
-            status, payload = await self._send(method, url, headers, body)
+            status, payload = await self._send(method, self._service, path, headers, body)
             if not (ok_404 and status == 404):
-                raise_for(status, payload, url, table, key)
+                self._raise_for(status, payload, f"{self._service}{path}", table, key)
             return status, payload
         pmap = await self.partition_map()
         shard, epoch = pmap.shard_of(table, key), pmap.epoch
         for attempt in (0, 1):
-            url = self.shard_url(shard) + path
-            status, payload = await self._send(method, url, headers | {ROUTED_HEADER: str(epoch)}, body)
+            ep, status, payload = await self._send_shard(shard, method, path, headers | {ROUTED_HEADER: str(epoch)},
+                                                         body)
             if status == 421 and attempt == 0:
                 doc = _error_body(payload)
                 theirs = doc.get("epoch") if isinstance(doc.get("epoch"), int) else None
@@ -213,7 +298,7 @@ class AsyncClient:
                     await asyncio.sleep(self.lagging_shard_wait)
                 continue
             if not (ok_404 and status == 404):
-                raise_for(status, payload, url, table, key)
+                self._raise_for(status, payload, f"{ep}{path}", table, key)
             return status, payload
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -272,10 +357,11 @@ class AsyncClient:
 
     async def _batch_shard(self, shard: int, table: str,
                            keys: list[str]) -> tuple[dict[str, bytes | None], list[str]]:
-        url = f"{self.shard_url(shard)}/v1/tables/{quote(table, safe='')}/blocks:batchGet"
-        status, payload = await self._send("POST", url, {"Content-Type": "application/json"},
-                                           json.dumps({"keys": keys}).encode())
-        raise_for(status, payload, url, table, None)
+        path = f"/v1/tables/{quote(table, safe='')}/blocks:batchGet"
+        ep, status, payload = await self._send_shard(shard, "POST", path, {"Content-Type": "application/json"},
+                                                     json.dumps({"keys": keys}).encode())
+        url = f"{ep}{path}"
+        self._raise_for(status, payload, url, table, None)
         found: dict[str, bytes | None] = {}
         refused: list[str] = []
         for item in _error_body(payload).get("blocks", []):
@@ -312,7 +398,7 @@ class AsyncClient:
             count += 1
 
     async def _scan_shard(self, shard: int, table: str, prefix: str, page: int) -> AsyncIterator[BlockInfo]:
-        base = self.shard_url(shard)
+        path = f"/v1/tables/{quote(table, safe='')}/blocks"
         # Keys sort as strings, so every key with the prefix comes after the largest key below it;
         # the node has no prefix filter, so start the scan just before the prefix and stop past it.
         after: str | None = _just_below(prefix) if prefix else None
@@ -320,16 +406,8 @@ class AsyncClient:
             params = {"limit": str(page)}
             if after is not None:
                 params["after"] = after
-            url = f"{base}/v1/tables/{quote(table, safe='')}/blocks"
-            try:
-                async with self._http().get(url, params=params,
-                                            timeout=aiohttp.ClientTimeout(total=self.timeout)) as resp:
-                    status, payload = resp.status, await resp.read()
-            except TimeoutError:
-                raise Unavailable(url, f"no answer within {self.timeout:g} s") from None
-            except aiohttp.ClientError as exc:
-                raise Unavailable(url, f"{type(exc).__name__}: {exc}") from None
-            raise_for(status, payload, url, table, None)
+            ep, status, payload = await self._send_shard(shard, "GET", path, {}, None, params)
+            self._raise_for(status, payload, f"{ep}{path}", table, None)
             doc = _error_body(payload)
             blocks = doc.get("items", [])
             for b in blocks:
@@ -360,10 +438,14 @@ class _NoMap:
         raise MapUnavailable("this client talks to one service URL and was given no map source")
 
 
-def _index(urls: list[str], shard: int) -> str:
-    if not 0 <= shard < len(urls):
-        raise Unavailable(f"shard {shard}", f"no endpoint configured ({len(urls)} known)")
-    return urls[shard]
+def _as_endpoint(where: str | Endpoint) -> Endpoint:
+    return where if isinstance(where, Endpoint) else Endpoint.parse(where)
+
+
+def _index(eps: list[Endpoint], shard: int) -> Endpoint:
+    if not 0 <= shard < len(eps):
+        raise Unavailable(f"shard {shard}", f"no endpoint configured ({len(eps)} known)")
+    return eps[shard]
 
 
 async def _merge(sources: list[AsyncIterator[BlockInfo]]) -> AsyncIterator[BlockInfo]:

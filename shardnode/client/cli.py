@@ -7,11 +7,19 @@ Where blocks go (first that applies):
 * ``--endpoints URL,URL,...``: the shards' cache (or node) URLs by shard index; the client fetches the
   map from them (or ``--map-file``) and routes each key straight to its owner.
 * ``--shardset NAME``: the map from the ``NAME-partitions`` ConfigMap via the Kubernetes API, and each shard
-  pod's IP from its status (``http://<podIP>:7401``: inside the cluster, on the local process cluster, and wherever
-  pod IPs are routable). ``--pod-url-template`` switches to a URL template instead, e.g. the pods' DNS names
-  ``http://{shardset}-{shard}.{shardset}-headless.{namespace}.svc:7401``.
+  pod's IP from its status (``<podIP>:7401``: inside the cluster, on the local process cluster, and wherever
+  pod IPs are routable; TLS checks the pod's DNS name). ``--pod-url-template`` switches to a URL template
+  instead, e.g. the pods' DNS names ``{shardset}-{shard}.{shardset}-headless.{namespace}.svc:7401``.
 
-Exit codes: 0 ok, 1 error, 2 usage, 3 block not found, 4 shard or API unavailable.
+Addresses without a scheme use ``auto`` (HTTPS, or plain HTTP while a pod still answers in plaintext during the
+move to TLS). Certificates are verified against ``--ca FILE``, else (with ``--shardset``) the ShardSet's ``NAME-ca``
+ConfigMap. Credentials, first found: ``--token``, ``--service-account SA`` (a 10-minute token from the
+TokenRequest API with the ShardSet's audience, as ``kubectl create token SA --audience chronoshard.io/NS/NAME``),
+``$CHRONOSHARD_TOKEN``, the projected token file (``--token-file``, default
+``/var/run/secrets/chronoshard.io/token``), and with ``--shardset`` the kubeconfig's own token (refused unless the
+ShardSet sets ``spec.access.acceptKubeconfigTokens``).
+
+Exit codes: 0 ok, 1 error, 2 usage, 3 block not found, 4 shard or API unavailable, 5 refused (401/403).
 """
 
 from __future__ import annotations
@@ -21,7 +29,8 @@ import asyncio
 import base64
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
@@ -29,18 +38,28 @@ from chronoshard.shardnode.client import (
     AsyncClient,
     ChronoshardError,
     ConfigMapMap,
+    Credentials,
     FileMap,
+    Forbidden,
     MapProvider,
     MapUnavailable,
     NodeMap,
     NotFound,
+    ShardSetPods,
+    TokenSource,
+    Transport,
+    Unauthenticated,
     Unavailable,
+    discovery,
 )
+from chronoshard.shardnode.client.cli_tokens import ServiceAccountToken, kubeconfig_token
+from chronoshard.shardnode.client.credentials import audience, fixed_source, standard_sources
+from chronoshard.shardnode.client.transport import ca_file_source
 from chronoshard.shardnode.keyspace.partitioning import PartitionMap
 
 GROUP, VERSION = "chronoshard.io", "v1alpha1"
-POD_URL_TEMPLATE = "http://{shardset}-{shard}.{shardset}-headless.{namespace}.svc:7401"
-EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_UNAVAILABLE = 1, 2, 3, 4
+POD_URL_TEMPLATE = "{shardset}-{shard}.{shardset}-headless.{namespace}.svc:7401"
+EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_UNAVAILABLE, EXIT_REFUSED = 1, 2, 3, 4, 5
 
 
 # --- pure formatting ---------------------------------------------------------------------------------
@@ -124,18 +143,10 @@ def render_status(s: dict[str, Any]) -> str:
 
 
 def kube_api(args: argparse.Namespace) -> Any:
-    """An ApiClient from --kubeconfig/--context (or the in-cluster service account)."""
-    from kubernetes import config
-
-    try:
-        return config.new_client_from_config(config_file=args.kubeconfig, context=args.context)
-    except config.ConfigException:
-        if args.kubeconfig:
-            raise
-        config.load_incluster_config()
-        from kubernetes import client
-
-        return client.ApiClient()
+    """An ApiClient from --kubeconfig/--context (or the in-cluster service account), made once per run."""
+    if getattr(args, "_api", None) is None:
+        args._api = discovery.kube_client(args.kubeconfig, args.context)
+    return args._api
 
 
 def default_namespace(args: argparse.Namespace) -> str:
@@ -180,14 +191,14 @@ class NotFoundError(ChronoshardError):
 # --- client wiring -------------------------------------------------------------------------------
 
 
-def map_provider(args: argparse.Namespace) -> MapProvider:
-    """Where the partition map comes from for this invocation."""
+def map_provider(args: argparse.Namespace, transport: Transport | None = None) -> MapProvider:
+    """Where the partition map comes from for this invocation (nodes are asked through ``transport``)."""
     if args.map_file:
         return FileMap(args.map_file)
     if args.endpoints:
-        return NodeMap(split_urls(args.endpoints), timeout=args.timeout)
+        return NodeMap(split_urls(args.endpoints), timeout=args.timeout, transport=transport)
     if args.url:
-        return NodeMap([args.url], timeout=args.timeout)
+        return NodeMap([args.url], timeout=args.timeout, transport=transport)
     if args.shardset:
         return ConfigMapMap(args.shardset, default_namespace(args), api_client=kube_api(args))
     raise UsageError("say where the ShardSet is: --shardset NAME, --url URL, --endpoints URLS or --map-file")
@@ -197,40 +208,58 @@ class UsageError(Exception):
     """Bad combination of flags."""
 
 
-def pod_ip_endpoints(args: argparse.Namespace, namespace: str) -> Callable[[int], str]:
-    """Shard index → ``http://<podIP>:7401`` of pod ``<shardset>-<i>``, read once from the Kubernetes API."""
-    from kubernetes import client
-
-    core = client.CoreV1Api(kube_api(args))
-    selector = f"app.kubernetes.io/instance={args.shardset},app.kubernetes.io/component=shard"
-    ips: dict[int, str] = {}
-    for pod in core.list_namespaced_pod(namespace, label_selector=selector).items:
-        meta, status = pod.metadata, pod.status
-        if meta is None or meta.name is None or meta.deletion_timestamp:
-            continue  # nameless (never from a real API server) or on its way out
-        ordinal = meta.name.rsplit("-", 1)[-1]
-        if ordinal.isdigit() and status and status.pod_ip:
-            ips[int(ordinal)] = status.pod_ip
-
-    def endpoint(shard: int) -> str:
-        if shard not in ips:
-            raise Unavailable(f"shard {shard} of {args.shardset}", "no running pod with an IP")
-        return f"http://{ips[shard]}:7401"
-
-    return endpoint
-
-
 def split_urls(text: str) -> list[str]:
     """Comma-separated URLs, trimmed."""
     return [u.strip() for u in text.split(",") if u.strip()]
 
 
-def make_client(args: argparse.Namespace) -> AsyncClient:
+KUBECONFIG_REFUSED = ("the kubeconfig's token is the API server's credential, which a ShardSet refuses unless it "
+                      "sets spec.access.acceptKubeconfigTokens: true; use --service-account SA (a token for "
+                      "{aud}) or --token")
+
+
+def credentials(args: argparse.Namespace) -> Credentials:
+    """The credential chain of this invocation (module docstring); nothing is asked of the API until used."""
+    if args.token and args.service_account:
+        raise UsageError("give --token or --service-account, not both")
+    if args.service_account and not args.shardset:
+        raise UsageError("--service-account needs --shardset NAME: the token's audience is "
+                         "chronoshard.io/NAMESPACE/NAME")
+    aud = audience(default_namespace(args), args.shardset) if args.shardset else None
+    sources: list[TokenSource] = []
+    if args.token:
+        sources.append(fixed_source("--token", args.token))
+    if args.service_account:
+        sa = ServiceAccountToken(kube_api(args), default_namespace(args), args.service_account, str(aud))
+        sources.append(TokenSource(f"--service-account {args.service_account}", sa))
+    sources += standard_sources(args.token_file)
+    if args.shardset:
+        sources.append(TokenSource("the kubeconfig's own token", lambda: kubeconfig_token(kube_api(args)),
+                                   refused_hint=KUBECONFIG_REFUSED.format(aud=aud)))
+    how_to = ("Give --token (or $CHRONOSHARD_TOKEN), or --service-account SA with --shardset NAME, or mount a "
+              f"projected serviceAccountToken with audience {aud or 'chronoshard.io/NAMESPACE/NAME'}")
+    return Credentials(sources, how_to=how_to)
+
+
+def transport(args: argparse.Namespace) -> Transport:
+    """TLS (``--ca``, else the ShardSet's ``NAME-ca`` ConfigMap, else the system's CAs) and the credentials."""
+    source, where = None, "no --ca: verified against the system's CAs"
+    if args.ca:
+        source, where = ca_file_source(args.ca), f"verified against {args.ca}"
+    elif args.shardset:
+        ns, cm = default_namespace(args), discovery.ca_config_map_name(args.shardset)
+        api = kube_api(args)
+        source = partial(discovery.shardset_ca, api, args.shardset, ns)
+        where = f"verified against ConfigMap {ns}/{cm}, or the system's CAs while it is absent (else give --ca)"
+    return Transport(credentials(args), default_scheme=args.scheme, ca_hint=where, ca_source=source)
+
+
+def make_client(args: argparse.Namespace, tr: Transport) -> AsyncClient:
     """The client for block commands (see the module docstring for the order of precedence)."""
     if args.url:
-        return AsyncClient.via_service(args.url, maps=map_provider(args), timeout=args.timeout)
+        return AsyncClient.via_service(args.url, maps=map_provider(args, tr), timeout=args.timeout, transport=tr)
     if args.endpoints:
-        return AsyncClient(map_provider(args), split_urls(args.endpoints), timeout=args.timeout)
+        return AsyncClient(map_provider(args, tr), split_urls(args.endpoints), timeout=args.timeout, transport=tr)
     if args.shardset:
         ns = default_namespace(args)
         template = args.pod_url_template
@@ -238,8 +267,10 @@ def make_client(args: argparse.Namespace) -> AsyncClient:
             def endpoint(shard: int) -> str:
                 return template.format(shardset=args.shardset, shard=shard, namespace=ns)
 
-            return AsyncClient(map_provider(args), endpoint, timeout=args.timeout)
-        return AsyncClient(map_provider(args), pod_ip_endpoints(args, ns), timeout=args.timeout)
+            return AsyncClient(map_provider(args), endpoint, timeout=args.timeout, transport=tr)
+        pods = ShardSetPods(args.shardset, ns, api_client=kube_api(args))
+        return AsyncClient(map_provider(args), pods.endpoint, timeout=args.timeout, transport=tr,
+                           rediscover=pods.refresh)
     raise UsageError("say where the ShardSet is: --shardset NAME, --url URL or --endpoints URLS")
 
 
@@ -262,15 +293,27 @@ async def run(args: argparse.Namespace, out: IO[str], stdin: IO[bytes], bout: IO
         s = await asyncio.to_thread(fetch_status, args, args.name)
         out.write(json.dumps(s, indent=2) + "\n" if as_json else render_status(s))
         return 0
-    if args.command == "map":
-        pmap = await map_provider(args).fetch()
-        if as_json:
-            out.write(pmap.to_json())
-        else:
-            out.write(f"epoch {pmap.epoch}, {pmap.shards} shards, {len(pmap.partitions)} partitions\n")
-            out.write(format_table(["partition", "start", "end", "shard", "share"], map_rows(pmap)))
-        return 0
-    async with make_client(args) as c:
+    tr = transport(args)
+    try:
+        if args.command == "map":
+            pmap = await map_provider(args, tr).fetch()
+            if as_json:
+                out.write(pmap.to_json())
+            else:
+                out.write(f"epoch {pmap.epoch}, {pmap.shards} shards, {len(pmap.partitions)} partitions\n")
+                out.write(format_table(["partition", "start", "end", "shard", "share"], map_rows(pmap)))
+            return 0
+        await block_command(args, make_client(args, tr), out, stdin, bout)
+    finally:
+        await tr.close()
+    return 0
+
+
+async def block_command(args: argparse.Namespace, client: AsyncClient, out: IO[str], stdin: IO[bytes],
+                        bout: IO[bytes]) -> None:
+    """put/get/delete/ls through ``client``."""
+    as_json = args.output == "json"
+    async with client as c:
         if args.command == "put":
             ack = await c.put(args.table, args.key, read_value(args, stdin))
             out.write(json.dumps(ack) + "\n" if as_json else f"stored {args.table}/{args.key}\n")
@@ -300,7 +343,6 @@ async def run(args: argparse.Namespace, out: IO[str], stdin: IO[bytes], bout: IO
             else:
                 out.write(format_table(["key", "size", "shard", "key-version"],
                                        [[b.key, b.size, b.shard, b.meta.get("keyVersion")] for b in items]))
-    return 0
 
 
 def parser() -> argparse.ArgumentParser:
@@ -318,6 +360,17 @@ def parser() -> argparse.ArgumentParser:
                    help="with --shardset, reach shard {shard} at this URL instead of its pod IP, e.g. "
                         + POD_URL_TEMPLATE)
     p.add_argument("--timeout", type=float, default=10.0, help="seconds per request (default 10)")
+    p.add_argument("--token", default=None, help="bearer token (default: $CHRONOSHARD_TOKEN, the token file, "
+                                                 "with --shardset the kubeconfig's token)")
+    p.add_argument("--service-account", metavar="SA", default=None,
+                   help="with --shardset, get a 10-minute token for ServiceAccount SA (in the ShardSet's "
+                        "namespace) from the TokenRequest API through the kubeconfig")
+    p.add_argument("--token-file", default=None, help="projected token file (default "
+                                                      "/var/run/secrets/chronoshard.io/token when present)")
+    p.add_argument("--ca", default=None, help="CA certificate (PEM) to verify the shards against (default: "
+                                              "with --shardset its NAME-ca ConfigMap)")
+    p.add_argument("--scheme", choices=["auto", "https", "http"], default="auto",
+                   help="for addresses given without one (default auto: HTTPS, plain HTTP only if answered so)")
     p.add_argument("-o", "--output", choices=["table", "json"], default="table", help="output format")
     sub = p.add_subparsers(dest="command", required=True)
     put = sub.add_parser("put", help="store a block (value from --value, --file or stdin)")
@@ -355,6 +408,9 @@ def main(argv: Sequence[str] | None = None, *, out: IO[str] | None = None, stdin
     except UsageError as exc:
         err.write(f"chronoshard: {exc}\n")
         code = EXIT_USAGE
+    except (Unauthenticated, Forbidden) as exc:
+        err.write(f"chronoshard: refused: {exc}\n")
+        code = EXIT_REFUSED
     except (NotFound, NotFoundError) as exc:
         err.write(f"chronoshard: {exc}\n")
         code = EXIT_NOT_FOUND

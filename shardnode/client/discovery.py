@@ -1,4 +1,5 @@
-"""Where a client gets the partition map: any node's ``GET /v1/partitions``, the ConfigMap, a file.
+"""Where a client gets the partition map: any node's ``GET /v1/partitions``, the ConfigMap, a file; and,
+through the Kubernetes API, where a ShardSet's pods are (``ShardSetPods``) and its CA (``shardset_ca``).
 
 Every provider is an object with ``async fetch() -> PartitionMap``; ``FirstOf`` chains them so a
 client can ask the nodes first and fall back to the ConfigMap (or the other way round).
@@ -7,15 +8,110 @@ client can ask the nodes first and fall back to the ConfigMap (or the other way 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 import aiohttp
-from chronoshard.shardnode.client.errors import MapUnavailable
+from chronoshard.shardnode.client.errors import MapUnavailable, Unavailable, Unreachable
+from chronoshard.shardnode.client.transport import Endpoint, Transport
 from chronoshard.shardnode.keyspace.partitioning import PartitionMap
 
 MAP_KEY = "map.json"
+CA_KEY = "ca.crt"
+CACHE_PORT = 7401
+
+
+def ca_config_map_name(shardset: str) -> str:
+    """Name of the ConfigMap holding a ShardSet's public CA certificate (docs/security.md)."""
+    return f"{shardset}-ca"
+
+
+def pod_dns_name(shardset: str, shard: int, namespace: str) -> str:
+    """The DNS name of shard ``shard``'s pod, always among the SANs of the ShardSet's certificate."""
+    return f"{shardset}-{shard}.{shardset}-headless.{namespace}.svc"
+
+
+def kube_client(kubeconfig: str | None = None, context: str | None = None) -> Any:
+    """An ApiClient from the kubeconfig (``$KUBECONFIG``, ``~/.kube/config``), else the in-cluster account."""
+    from kubernetes import client, config
+
+    try:
+        return config.new_client_from_config(config_file=kubeconfig, context=context)
+    except config.ConfigException:
+        if kubeconfig:
+            raise
+        config.load_incluster_config()
+        return client.ApiClient()
+
+
+def shardset_ca(api_client: Any, shardset: str, namespace: str) -> str | None:
+    """The PEM text of ``ca.crt`` in the ShardSet's ``NAME-ca`` ConfigMap; None if it has none (plain HTTP)."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    name = ca_config_map_name(shardset)
+    try:
+        cm = client.CoreV1Api(api_client).read_namespaced_config_map(name, namespace)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise Unavailable(f"ConfigMap {namespace}/{name}", f"HTTP {exc.status} {exc.reason}") from None
+    return (cm.data or {}).get(CA_KEY) or None
+
+
+def _ready(status: Any) -> bool:
+    """False only when the pod says it is not Ready (a pod without conditions is taken at its word)."""
+    conditions = [c for c in (status.conditions or []) if c.type == "Ready"]
+    return not conditions or conditions[0].status == "True"
+
+
+class ShardSetPods:
+    """Shard index → its Ready pod's IP, checked by TLS against the pod's DNS name; read from the API when built
+    and again (``refresh``) when a shard could not be reached: a pod replaced by a rolling update has a new IP."""
+
+    def __init__(self, shardset: str, namespace: str, *, api_client: Any, port: int = CACHE_PORT,
+                 min_refresh: float = 1.0) -> None:
+        self.shardset, self.namespace, self.port = shardset, namespace, port
+        self._api, self.min_refresh = api_client, min_refresh
+        self.ips: dict[int, str] = self._list()
+        self._listed = time.monotonic()
+        self._refreshing: asyncio.Lock | None = None
+        self.refreshes = 0  # how many times the pods were listed again (tests)
+
+    def _list(self) -> dict[int, str]:
+        from kubernetes import client
+
+        selector = f"app.kubernetes.io/instance={self.shardset},app.kubernetes.io/component=shard"
+        ips: dict[int, str] = {}
+        for pod in client.CoreV1Api(self._api).list_namespaced_pod(self.namespace, label_selector=selector).items:
+            meta, status = pod.metadata, pod.status
+            if meta is None or meta.name is None or meta.deletion_timestamp:
+                continue  # nameless (never from a real API server) or on its way out
+            ordinal = meta.name.rsplit("-", 1)[-1]
+            if ordinal.isdigit() and status and status.pod_ip and _ready(status):
+                ips[int(ordinal)] = status.pod_ip
+        return ips
+
+    async def refresh(self) -> None:
+        """List the pods again (in a thread; at most once per ``min_refresh`` s for many waiting requests)."""
+        if self._refreshing is None:
+            self._refreshing = asyncio.Lock()
+        async with self._refreshing:
+            if time.monotonic() - self._listed < self.min_refresh:
+                return
+            try:
+                self.ips = await asyncio.to_thread(self._list)
+            finally:
+                self._listed = time.monotonic()
+            self.refreshes += 1
+
+    def endpoint(self, shard: int) -> Endpoint:
+        """``podIP:port`` with the auto scheme and the pod's DNS name as the TLS server name."""
+        if shard not in self.ips:
+            raise Unreachable(f"shard {shard} of {self.shardset}", "no Ready pod with an IP")
+        return Endpoint(f"{self.ips[shard]}:{self.port}", None, pod_dns_name(self.shardset, shard, self.namespace))
 
 
 def partitions_config_map_name(shardset: str) -> str:
@@ -59,30 +155,32 @@ class FileMap:
 class NodeMap:
     """Ask nodes (or caches) for ``GET /v1/partitions``; the highest epoch among the answers wins."""
 
-    def __init__(self, urls: Sequence[str], *, timeout: float = 5.0,
-                 session: aiohttp.ClientSession | None = None) -> None:
+    def __init__(self, urls: Sequence[str | Endpoint], *, timeout: float = 5.0,
+                 session: aiohttp.ClientSession | None = None, transport: Transport | None = None) -> None:
+        """``transport``: credentials and TLS (an AsyncClient lends its own); else the defaults per fetch."""
         if not urls:
             raise ValueError("NodeMap needs at least one URL")
-        self.urls = [u.rstrip("/") for u in urls]
+        self.endpoints = [u if isinstance(u, Endpoint) else Endpoint.parse(u) for u in urls]
+        self.urls = [str(e) for e in self.endpoints]
         self.timeout = timeout
-        self.session = session
+        self.transport = transport if transport is not None or session is None else Transport(session=session)
 
-    async def _one(self, session: aiohttp.ClientSession, url: str) -> PartitionMap:
-        async with session.get(f"{url}/v1/partitions",
-                               timeout=aiohttp.ClientTimeout(total=self.timeout)) as resp:
-            if resp.status != 200:
-                raise MapUnavailable(f"{url}/v1/partitions answered HTTP {resp.status}")
-            return PartitionMap.from_json(await resp.read())
+    async def _one(self, transport: Transport, ep: Endpoint) -> PartitionMap:
+        status, payload = await transport.request("GET", ep, "/v1/partitions", timeout=self.timeout)
+        if status != 200:
+            hint = f" ({transport.credentials.explain_refusal()})" if status == 401 else ""
+            raise MapUnavailable(f"{ep}/v1/partitions answered HTTP {status}{hint}")
+        return PartitionMap.from_json(payload)
 
     async def fetch(self) -> PartitionMap:
         """Query every URL concurrently; return the newest map, or MapUnavailable if none answered."""
-        session = self.session or aiohttp.ClientSession()
+        transport = self.transport or Transport()
         try:
-            results = await asyncio.gather(*(self._one(session, u) for u in self.urls),
+            results = await asyncio.gather(*(self._one(transport, e) for e in self.endpoints),
                                            return_exceptions=True)
         finally:
-            if self.session is None:
-                await session.close()
+            if self.transport is None:
+                await transport.close()
         maps = [r for r in results if isinstance(r, PartitionMap)]
         if not maps:
             reasons = "; ".join(f"{u}: {r}" for u, r in zip(self.urls, results, strict=True))

@@ -31,12 +31,49 @@ class Unavailable(ChronoshardError):
         super().__init__(f"{url}: {reason}")
 
 
+class Unreachable(Unavailable):
+    """Nothing was sent: no connection could be made, or no ready pod holds the shard (yet). A shard whose pod
+    is being replaced (a rolling update) is unreachable for a few seconds; the client waits for it."""
+
+
 class RequestRejected(ChronoshardError):
     """The server answered 4xx (bad table name, bad key, body too large, ...)."""
 
     def __init__(self, status: int, error: str, message: str) -> None:
         self.status, self.error, self.message = status, error, message
         super().__init__(f"HTTP {status} {error}: {message}")
+
+
+class Unauthenticated(RequestRejected):
+    """401: the server did not accept the credential (or none was sent); ``hint`` says what to do."""
+
+    def __init__(self, message: str, hint: str = "", url: str = "") -> None:
+        super().__init__(401, "unauthenticated", message)
+        self.hint, self.url = hint, url
+
+    def __str__(self) -> str:
+        # Only the server's message (which never names the credential) and our hint: never the token.
+        where = f"{self.url}: " if self.url else ""
+        return f"{where}HTTP 401 unauthenticated: {self.message}" + (f". {self.hint}" if self.hint else "")
+
+
+class Forbidden(RequestRejected):
+    """403: the caller is known but RBAC does not allow this request."""
+
+    def __init__(self, message: str, url: str = "") -> None:
+        super().__init__(403, "forbidden", message)
+        self.url = url
+
+    def __str__(self) -> str:
+        return f"{self.url + ': ' if self.url else ''}HTTP 403 forbidden: {self.message}"
+
+
+class CertificateRejected(ChronoshardError):
+    """The shard's TLS certificate did not verify (wrong CA, wrong name, expired): never retried over HTTP."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        self.url, self.reason = url, reason
+        super().__init__(f"{url}: TLS certificate not accepted: {reason}")
 
 
 class MapUnavailable(ChronoshardError):

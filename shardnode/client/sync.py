@@ -9,7 +9,10 @@ Example::
         print(c.get("orders", "o-1"))
 
 A private loop (rather than ``asyncio.run`` per call) keeps one connection pool for the client's
-life and lets it be used from any thread, including inside programs that already run a loop.
+life (so one TLS handshake per connection, not per request) and lets it be used from any thread, including
+inside programs that already run a loop. Credentials and TLS take the same arguments as ``AsyncClient``
+(``token=``, ``token_provider=``, ``token_file=``, ``ca=``, ``scheme=``); ``Client.for_shardset(name, ns)``
+finds the map, the pods and the CA through the Kubernetes API.
 """
 
 from __future__ import annotations
@@ -18,11 +21,14 @@ import asyncio
 import threading
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from functools import partial
+from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
 from chronoshard.shardnode.client.aio import DEFAULT_TIMEOUT, AsyncClient, BlockInfo
+from chronoshard.shardnode.client.credentials import TokenGetter
 from chronoshard.shardnode.client.discovery import MapProvider
+from chronoshard.shardnode.client.transport import Endpoint, Scheme
 from chronoshard.shardnode.keyspace.partitioning import PartitionMap
 
 T = TypeVar("T")
@@ -34,24 +40,44 @@ class Client:
     def __init__(
         self,
         maps: MapProvider | PartitionMap | None,
-        endpoints: Sequence[str] | Callable[[int], str] | None = None,
+        endpoints: Sequence[str | Endpoint] | Callable[[int], str | Endpoint] | None = None,
         *,
         service_url: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         concurrency: int = 64,
+        token: str | None = None,
+        token_provider: TokenGetter | None = None,
+        token_file: str | Path | None = None,
+        ca: str | Path | None = None,
+        scheme: Scheme = "auto",
     ) -> None:
-        """``maps`` + ``endpoints`` (direct routing) or ``service_url`` (one address; caches forward)."""
+        """``maps`` + ``endpoints`` (direct routing) or ``service_url`` (one address; caches forward).
+
+        ``token_provider`` is called on the client's own loop thread (a plain function or a coroutine function).
+        """
         if (service_url is None) == (endpoints is None):
             raise ValueError("give either endpoints (direct routing) or service_url")
+        security: dict[str, Any] = {"token": token, "token_provider": token_provider, "token_file": token_file,
+                                    "ca": ca, "scheme": scheme}
         build: Callable[[], AsyncClient]
         if service_url is not None:
             build = partial(AsyncClient.via_service, service_url,
                             maps=maps if not isinstance(maps, PartitionMap) else None, timeout=timeout,
-                            concurrency=concurrency)
+                            concurrency=concurrency, **security)
         elif maps is not None and endpoints is not None:
-            build = partial(AsyncClient, maps, endpoints, timeout=timeout, concurrency=concurrency)
+            build = partial(AsyncClient, maps, endpoints, timeout=timeout, concurrency=concurrency, **security)
         else:
             raise ValueError("direct routing (endpoints) needs maps: a PartitionMap or a MapProvider")
+        self._start(build)
+
+    @classmethod
+    def for_shardset(cls, name: str, namespace: str, **kwargs: Any) -> Client:
+        """Blocking twin of ``AsyncClient.for_shardset`` (same keyword arguments)."""
+        client = cls.__new__(cls)
+        client._start(partial(AsyncClient.for_shardset, name, namespace, **kwargs))
+        return client
+
+    def _start(self, build: Callable[[], AsyncClient]) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="chronoshard-client", daemon=True)
         self._thread.start()

@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
                      kek_dir=Path(args.kek_dir) if args.kek_dir else None)
     apply_shard_args(cfg, args)
     try:
-        run(create_app(cfg), args.host, args.port)
+        run(create_app(cfg), args.host, args.port, security=args.security)
     except StoreLocked as exc:
         log.error("%s; refusing to start a second node on it", exc)
         raise SystemExit(2) from None

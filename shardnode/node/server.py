@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from chronoshard.shardnode.auth.policy import Access
 from chronoshard.shardnode.keys.crypto import CompromisedVersion, IntegrityError, open_block
 from chronoshard.shardnode.keys.keyring import KeyringWatcher, MissingKeyVersion
 from chronoshard.shardnode.keys.provider import EmbeddedKeyProvider, KeyCache, key_cache_size_setting
@@ -538,14 +539,15 @@ def routes() -> list[Route]:
     """The node's own routes (the scaffold adds the probes, metrics, openapi and partitions)."""
     blocks = block_routes(get=get_block_h, put=put_block, delete=delete_block, batch_get=batch_get_blocks, scan=scan)
     return [*blocks,
-            Route("GET", TABLE_PATH + "/frames/{key}", get_frame),
-            Route("POST", TABLE_PATH + "/frames:batchGet", batch_get_frames),
-            Route("GET", "/v1/changes", changes),
-            Route("GET", "/v1/keys", keys),
-            Route("POST", "/v1/rewrap", rewrap_start),
-            Route("GET", "/v1/rewrap", rewrap_status),
-            Route("POST", "/v1/verify", verify_start),
-            Route("GET", "/v1/verify", verify_status)]
+            # Frames and the change log are the cache's internal feed: the pods' (and operator's) only.
+            Route("GET", TABLE_PATH + "/frames/{key}", get_frame, Access.ADMIN),
+            Route("POST", TABLE_PATH + "/frames:batchGet", batch_get_frames, Access.ADMIN),
+            Route("GET", "/v1/changes", changes, Access.ADMIN),
+            Route("GET", "/v1/keys", keys, Access.ADMIN),
+            Route("POST", "/v1/rewrap", rewrap_start, Access.ADMIN),
+            Route("GET", "/v1/rewrap", rewrap_status, Access.ADMIN),
+            Route("POST", "/v1/verify", verify_start, Access.ADMIN),
+            Route("GET", "/v1/verify", verify_status, Access.ADMIN)]
 
 
 def create_app(cfg: NodeConfig) -> web.Application:

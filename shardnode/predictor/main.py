@@ -14,10 +14,12 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from chronoshard.shardnode.auth import policy
 from chronoshard.shardnode.predictor.access import Access, AccessLogError, parse_log_entry
 from chronoshard.shardnode.predictor.config import ConfigFile, PredictorConfig
 from chronoshard.shardnode.predictor.engine import Hint, Predictor
 from chronoshard.shardnode.predictor.keys import KeyHint, KeyPredictor
+from chronoshard.shardnode.serving import tls
 from chronoshard.shardnode.serving.http_common import Handler
 from chronoshard.shardnode.serving.scaffold import (
     Probes,
@@ -53,6 +55,8 @@ class PredictorService:
 
     def __init__(self, cache_url: str, data_dir: Path, config_path: Path | None) -> None:
         self.cache_url = cache_url.rstrip("/")
+        # The pod's DNS name, checked against the cache's certificate when the cache is dialled by IP.
+        self._server_hostname = tls.internal_hostname(self.cache_url)
         self.config = ConfigFile(config_path)
         self.config.reload()
         # One training thread for both pipelines: two trainings at once would take both cores of a small pod.
@@ -86,7 +90,7 @@ class PredictorService:
         params = {"after": str(self.cursor), "limit": str(PAGE)}
         if wait > 0:
             params["wait"] = f"{wait:g}"
-        async with self.session.get(url, params=params) as r:
+        async with self.session.get(url, params=params, server_hostname=self._server_hostname) as r:
             if r.status != 200:
                 raise RuntimeError(f"GET /v1/access-log answered {r.status}")
             doc = await r.json()
@@ -103,7 +107,8 @@ class PredictorService:
         # In bodies the cache accepts; the first refusal stops the rest (counted and logged once).
         for i in range(0, len(hints), MAX_HINTS_PER_POST):
             body = {field: [h.to_json() for h in hints[i:i + MAX_HINTS_PER_POST]]}
-            async with self.session.post(f"{self.cache_url}{path}", json=body) as r:
+            async with self.session.post(f"{self.cache_url}{path}", json=body,
+                                         server_hostname=self._server_hostname) as r:
                 if r.status >= 300:
                     self.predictor.metrics.cache_errors.labels(error_label).inc()
                     log.warning("POST %s answered %s: %s", path, r.status, (await r.text())[:200])
@@ -164,7 +169,7 @@ class PredictorService:
         """aiohttp on_startup: load the model, start polling."""
         await asyncio.to_thread(self.predictor.load)
         await asyncio.to_thread(self.keys.load)
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10), connector=tls.connector(app))
         self._task = asyncio.create_task(self._loop())
         self.started = True
 
@@ -204,8 +209,8 @@ def status_handler(service: PredictorService) -> Handler:
 def create_app(service: PredictorService) -> web.Application:
     """The predictor's HTTP app (aiohttp's own error pages and HEAD routes, as before the scaffold)."""
     probes = Probes(service.predictor.metrics.registry, service.readiness)
-    return create_server_app(service, probes, [Route("GET", "/v1/status", status_handler(service))],
-                             json_errors=False, allow_head=True)
+    routes = [Route("GET", "/v1/status", status_handler(service), policy.Access.ADMIN)]
+    return create_server_app(service, probes, routes, json_errors=False, allow_head=True)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -221,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point."""
     args = parse_process_args(parser(), argv)
     service = PredictorService(args.cache_url, args.data_dir, args.config)
-    run(create_app(service), args.host, args.port, long_request_lines=False)
+    run(create_app(service), args.host, args.port, security=args.security, long_request_lines=False)
 
 
 if __name__ == "__main__":

@@ -46,13 +46,15 @@ from chronoshard.shardnode.keyspace.partitioning import PartitionMap, keyspace_i
 from prometheus_client import Counter, Gauge
 from yarl import URL
 
+from . import tls
+
 log = logging.getLogger(__name__)
 
 FORWARDED_HEADER = "X-Chronoshard-Forwarded"
 # Sent by map-aware clients: "I routed this by epoch N; do not forward it, refuse it if I am wrong".
 ROUTED_HEADER = "X-Chronoshard-Routed"
 EPOCH_HEADER = "X-Chronoshard-Epoch"
-DEFAULT_PEER_TEMPLATE = "http://{shardset}-{shard}.{service}.{namespace}.svc:{port}"
+DEFAULT_PEER_TEMPLATE = "{scheme}://{shardset}-{shard}.{service}.{namespace}.svc:{port}"
 DEFAULT_CACHE_PORT = 7401
 
 MAP_EPOCH = Gauge("chronoshard_partition_map_epoch", "Epoch of the partition map in use (0: none loaded)")
@@ -239,8 +241,10 @@ class PeerURLs:
                 raise ValueError(f"bad peer URL template {template!r}: missing or bad field {exc}") from None
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, *, port: int = DEFAULT_CACHE_PORT) -> PeerURLs:
-        """Cluster addresses from the pod's env: POD_NAME, POD_NAMESPACE, CHRONOSHARD_HEADLESS_SERVICE.
+    def from_env(cls, env: Mapping[str, str] | None = None, *, port: int = DEFAULT_CACHE_PORT,
+                 scheme: str = "http") -> PeerURLs:
+        """Cluster addresses from the pod's env: POD_NAME, POD_NAMESPACE, CHRONOSHARD_HEADLESS_SERVICE;
+        ``scheme`` is https when the caches serve TLS (the peers' DNS names are in their certificate).
 
         ``CHRONOSHARD_PEER_URLS`` (comma-separated) or ``CHRONOSHARD_PEER_URL_TEMPLATE`` override it,
         so local processes can use 127.0.0.x addresses.
@@ -258,6 +262,7 @@ class PeerURLs:
             service=env.get("CHRONOSHARD_HEADLESS_SERVICE", f"{shardset}-headless"),
             namespace=env.get("POD_NAMESPACE", "default"),
             port=port,
+            scheme=scheme,
         )
 
     def __call__(self, shard: int) -> str:
@@ -383,8 +388,9 @@ def partitions_handler(source: PartitionMapSource) -> Handler:
 
 
 async def forward_session_ctx(app: web.Application) -> AsyncIterator[None]:
-    """``app.cleanup_ctx.append(forward_session_ctx)``: one pooled ClientSession for forwarding."""
-    app[FORWARD_SESSION] = aiohttp.ClientSession()
+    """``app.cleanup_ctx.append(forward_session_ctx)``: one pooled ClientSession for forwarding (presenting
+    the pod's certificate to the peers when TLS is installed)."""
+    app[FORWARD_SESSION] = aiohttp.ClientSession(connector=tls.connector(app))
     yield
     await app[FORWARD_SESSION].close()
 

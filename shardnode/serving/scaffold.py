@@ -7,21 +7,33 @@ middleware with request counting, the partition-map ownership check, ``/healthz`
 share. The process start-up is shared too: ``process_parser`` (--host, --port, --log-level),
 ``shard_process_parser`` (plus the key Secrets, the partition map and the settings file) with
 ``apply_shard_args``, ``parse_process_args`` (flags and logging) and ``run`` (``web.run_app``).
+
+Security (docs/security.md): every route declares its ``Access``; ``secure_app`` installs the auth middleware
+(shardnode/auth/) with that table, and ``run`` does it for a process started with ``--security-config``, serving
+HTTPS with ``--tls-dir`` (serving/tls.py). A process with neither flag refuses to start unless ``--insecure``.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 from typing import Any, NamedTuple, Protocol, TypeVar
 
 import yaml
 from aiohttp import web
+from chronoshard.shardnode.auth.apiserver import ApiServer, load_connection
+from chronoshard.shardnode.auth.authenticators import Authenticator
+from chronoshard.shardnode.auth.config import SecurityConfig, SecurityConfigError, load_security_config
+from chronoshard.shardnode.auth.guard import Guard
+from chronoshard.shardnode.auth.policy import Access
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 
+from . import tls
 from .http_common import (
     AIOHTTP_LIMITS,
     SERVER_LIMITS,
@@ -39,9 +51,17 @@ from .routing import (
     partitions_handler,
 )
 
+log = logging.getLogger("chronoshard.serving")
+
 # A JSON request envelope around the largest block (batch bodies and headers) still fits in this.
 BODY_ENVELOPE_BYTES = 1 << 20
 TABLE_PATH = "/v1/tables/{table}"
+
+# (method, route template) -> Access of every route of a built app: what the auth middleware enforces.
+ROUTE_POLICIES: web.AppKey[dict[tuple[str, str], Access | None]] = web.AppKey("chronoshard_route_policies")
+GUARD = web.AppKey("chronoshard_guard", Guard)
+_REGISTRY = web.AppKey("chronoshard_registry", CollectorRegistry)
+_AUTH_SLOT = web.AppKey("chronoshard_auth_slot", int)  # where in the middlewares the auth one goes
 
 
 class Service(Protocol):
@@ -81,20 +101,22 @@ class Partitioning:
 
 
 class Route(NamedTuple):
-    """One of a server's own routes."""
+    """One of a server's own routes and who may call it (``access``; None: refused once auth is on)."""
 
     method: str
     path: str
     handler: Handler
+    access: Access | None = None
 
 
 def block_routes(*, get: Handler, put: Handler, delete: Handler, batch_get: Handler, scan: Handler) -> list[Route]:
     """The block API (docs/interfaces.md) that the node serves from its store and the cache in front of it."""
-    return [Route("GET", TABLE_PATH + "/blocks/{key}", get),
-            Route("PUT", TABLE_PATH + "/blocks/{key}", put),
-            Route("DELETE", TABLE_PATH + "/blocks/{key}", delete),
-            Route("POST", TABLE_PATH + "/blocks:batchGet", batch_get),
-            Route("GET", TABLE_PATH + "/blocks", scan)]
+    return [Route("GET", TABLE_PATH + "/blocks/{key}", get, Access.DATA_GET),
+            Route("PUT", TABLE_PATH + "/blocks/{key}", put, Access.DATA_UPDATE),
+            Route("DELETE", TABLE_PATH + "/blocks/{key}", delete, Access.DATA_DELETE),
+            # A batch read names its blocks, as a GET of each would: verb get, not list.
+            Route("POST", TABLE_PATH + "/blocks:batchGet", batch_get, Access.DATA_GET),
+            Route("GET", TABLE_PATH + "/blocks", scan, Access.DATA_LIST)]
 
 
 def load_openapi(package: str) -> dict[str, Any]:
@@ -150,21 +172,52 @@ def _middlewares(requests: Counter | None, json_errors: bool,
 
 
 def _standard_routes(probes: Probes, openapi: str | None, partitioning: Partitioning | None) -> list[Route]:
-    routes = [Route("GET", "/healthz", healthz), Route("GET", "/readyz", readyz_handler(probes.readiness)),
-              Route("GET", "/metrics", metrics_handler(probes))]
+    routes = [Route("GET", "/healthz", healthz, Access.PUBLIC),
+              Route("GET", "/readyz", readyz_handler(probes.readiness), Access.PUBLIC),
+              Route("GET", "/metrics", metrics_handler(probes), Access.METRICS)]
     if openapi is not None:
-        routes.append(Route("GET", "/openapi.json", openapi_handler(openapi)))
+        routes.append(Route("GET", "/openapi.json", openapi_handler(openapi), Access.PUBLIC))
     if partitioning is not None:
-        routes.append(Route("GET", "/v1/partitions", partitions_handler(partitioning.source)))
+        routes.append(Route("GET", "/v1/partitions", partitions_handler(partitioning.source), Access.PARTITIONS))
     return routes
 
 
 def _add_routes(app: web.Application, routes: Iterable[Route], allow_head: bool) -> None:
+    policies: dict[tuple[str, str], Access | None] = {}
     for route in routes:
         if route.method == "GET" and allow_head:
-            app.router.add_get(route.path, route.handler)
+            resource = app.router.add_get(route.path, route.handler).resource
         else:
-            app.router.add_route(route.method, route.path, route.handler)
+            resource = app.router.add_route(route.method, route.path, route.handler).resource
+        # HEAD is checked as the GET it mirrors; the route template is what the middleware matches on.
+        policies[(route.method, resource.canonical if resource is not None else route.path)] = route.access
+    app[ROUTE_POLICIES] = policies
+
+
+def route_policies(app: web.Application) -> dict[tuple[str, str], Access | None]:
+    """The access table of a built app: every route's (method, template) and its Access (None: none declared)."""
+    table = app[ROUTE_POLICIES]
+    return dict(table)
+
+
+def secure_app(app: web.Application, cfg: SecurityConfig, api: ApiServer, server: str, *,
+               authenticators: Sequence[Authenticator] = ()) -> Guard:
+    """Install the auth middleware (authenticate, authorize, audit) in an app built by create_server_app, before
+    it starts; ``server`` labels its metrics; ``authenticators`` go first in the chain."""
+    guard = Guard(cfg, api, app[_REGISTRY], server, authenticators=authenticators)
+    # Inside the JSON-error middleware (so handler errors stay JSON), before the ownership check and forwarding.
+    table = app[ROUTE_POLICIES]
+    app.middlewares.insert(app[_AUTH_SLOT], guard.middleware(table))
+    app[GUARD] = guard
+    app.on_startup.append(guard.start)
+    app.on_cleanup.append(guard.close)
+    return guard
+
+
+async def _warn_if_open(app: web.Application) -> None:
+    if GUARD not in app:
+        log.warning("serving WITHOUT authentication or authorization (--insecure, or no security config): "
+                    "any caller may read, write and administer this shard")
 
 
 def create_server_app(service: S, probes: Probes, routes: Sequence[Route], *, key: web.AppKey[S] | None = None,
@@ -184,6 +237,9 @@ def create_server_app(service: S, probes: Probes, routes: Sequence[Route], *, ke
                           client_max_size=client_max_size)
     if key is not None:
         app[key] = service
+    app[_REGISTRY] = probes.registry
+    app[_AUTH_SLOT] = 1 if json_errors else 0
+    app.on_startup.append(_warn_if_open)
     app.on_startup.append(service.start)
     app.on_shutdown.append(service.shutting_down)
     app.on_cleanup.append(service.stop)
@@ -205,7 +261,37 @@ def process_parser(prog: str, description: str, *, port: int, env_prefix: str | 
                    help="address to bind (default: $POD_IP or 127.0.0.1)")
     p.add_argument("--port", type=int, default=int(env(f"{env_prefix}_PORT", str(port))) if env_prefix else port)
     p.add_argument("--log-level", default=env("CHRONOSHARD_LOG_LEVEL", "INFO"))
+    p.add_argument("--tls-dir", default=None, help="the mounted <shardset>-tls Secret (tls.crt, tls.key, ca.crt): "
+                   "serve HTTPS only")
+    p.add_argument("--security-config", default=None,
+                   help="security.json: authenticate and authorize every request (docs/security.md)")
+    p.add_argument("--insecure", action="store_true",
+                   help="without --security-config: no authentication at all (tests and local experiments only)")
     return p
+
+
+@dataclass(frozen=True)
+class ProcessSecurity:
+    """What the security flags ask for: TLS from ``tls_dir``, auth from ``config`` (security.json); ``server``
+    names the process in the auth metrics."""
+
+    server: str
+    tls_dir: Path | None
+    config: Path | None
+    insecure: bool
+
+
+def process_security(p: argparse.ArgumentParser, args: argparse.Namespace) -> ProcessSecurity:
+    """The security flags, checked: authentication is on unless --insecure says otherwise (fail closed)."""
+    if args.security_config and args.insecure:
+        p.error("--insecure contradicts --security-config")
+    if not args.security_config and not args.insecure:
+        p.error("refusing to start without authentication: pass --tls-dir and --security-config "
+                "(production pods always do), or --insecure")
+    return ProcessSecurity(server=p.prog.removeprefix("chronoshard-"),
+                           tls_dir=Path(args.tls_dir) if args.tls_dir else None,
+                           config=Path(args.security_config) if args.security_config else None,
+                           insecure=bool(args.insecure))
 
 
 def shard_process_parser(prog: str, description: str, *, port: int, env_prefix: str,
@@ -228,8 +314,10 @@ def shard_process_parser(prog: str, description: str, *, port: int, env_prefix: 
 
 
 def parse_process_args(p: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
-    """Parse the flags and set up logging (the first thing every process does)."""
+    """Parse the flags and set up logging (the first thing every process does); ``args.security`` is the
+    checked ProcessSecurity for ``run``."""
     args = p.parse_args(argv)
+    args.security = process_security(p, args)
     setup_logging(args.log_level)
     return args
 
@@ -253,11 +341,38 @@ def apply_shard_args(cfg: ShardSettings, args: argparse.Namespace, *, forward: b
     cfg.settings_path = args.config
     source, shard_index = partition_setup(args.partition_map, args.shard_index)
     if source is not None and shard_index is not None:
-        cfg.partitioning = Partitioning(source, shard_index, PeerURLs.from_env() if forward else None)
+        # Caches serving TLS forward to their peers over https (minimal edit by the TLS work).
+        scheme = "https" if getattr(args, "tls_dir", None) else "http"
+        cfg.partitioning = Partitioning(source, shard_index, PeerURLs.from_env(scheme=scheme) if forward else None)
 
 
-def run(app: web.Application, host: str, port: int, *, long_request_lines: bool = True) -> None:
-    """Serve ``app`` until SIGTERM (no access log, 10 s graceful shutdown). ``long_request_lines`` allows
-    request lines long enough for any valid block key (servers whose URLs carry keys)."""
+def secure_from_flags(app: web.Application, security: ProcessSecurity) -> None:
+    """Install what ``security`` asks for before the app starts: the auth middleware from security.json (the API
+    server from the in-cluster config or $KUBECONFIG); a broken config or connection ends the process."""
+    if security.config is None:
+        return
+    try:
+        cfg = load_security_config(security.config)
+        connection = load_connection()
+    except SecurityConfigError as exc:
+        log.error("security config not usable, refusing to start: %s", exc)
+        raise SystemExit(2) from None
+    except Exception as exc:  # kubernetes.config's errors: no in-cluster config, no usable kubeconfig
+        log.error("no API server connection for TokenReview/SubjectAccessReview, refusing to start: %s",
+                  type(exc).__name__)
+        raise SystemExit(2) from None
+    if security.tls_dir is None:
+        log.warning("authentication is on but TLS is not (no --tls-dir): credentials travel in plain text")
+    secure_app(app, cfg, ApiServer(connection), security.server)
+
+
+def run(app: web.Application, host: str, port: int, *, security: ProcessSecurity,
+        long_request_lines: bool = True) -> None:
+    """Serve ``app`` until SIGTERM (no access log, 10 s graceful shutdown), secured as ``security`` says (HTTPS
+    with its TLS directory, the auth middleware with its security config). ``long_request_lines`` allows request
+    lines long enough for any valid block key (servers whose URLs carry keys)."""
+    secure_from_flags(app, security)
+    ssl_context = tls.install(app, security.tls_dir) if security.tls_dir is not None else None
     limits = SERVER_LIMITS if long_request_lines else AIOHTTP_LIMITS
-    web.run_app(app, host=host, port=port, access_log=None, print=None, shutdown_timeout=10, **limits)
+    web.run_app(app, host=host, port=port, access_log=None, print=None, shutdown_timeout=10,
+                ssl_context=ssl_context, **limits)

@@ -150,14 +150,15 @@ def run_once(args: argparse.Namespace, root: Path, run: str, warm: list[Request]
         "keyPrefetch": {"enabled": key_prefetch, "scoreThreshold": args.threshold,
                         "maxKeysPerSecond": args.max_keys_per_second}}))
     np_, cp, pp = free_port(), free_port(), free_port()
-    node = Proc([str(BIN / "chronoshard-node"), "--host", "127.0.0.1", "--port", str(np_), "--data-dir",
+    node = Proc([str(BIN / "chronoshard-node"), "--insecure", "--host", "127.0.0.1", "--port", str(np_), "--data-dir",
                  str(root / "data"), "--keyring-dir", str(keyring), "--kek-dir", str(kek_dir)], np_,
                 work / "node.log")
-    cache = Proc([str(BIN / "chronoshard-cache"), "--host", "127.0.0.1", "--port", str(cp), "--node-url",
+    cache = Proc([str(BIN / "chronoshard-cache"), "--insecure", "--host", "127.0.0.1", "--port", str(cp), "--node-url",
                   f"http://127.0.0.1:{np_}", "--keyring-dir", str(keyring), "--kek-dir", str(kek_dir),
                   "--unwrap-latency-ms", str(args.unwrap_ms), "--config", str(work / "cache.json"),
                   "--budget-bytes", str(args.block_cache_blocks * BLOCK)], cp, work / "cache.log")
-    pred = Proc([str(BIN / "chronoshard-predictor"), "--host", "127.0.0.1", "--port", str(pp), "--cache-url",
+    pred = Proc([str(BIN / "chronoshard-predictor"), "--insecure",
+                 "--host", "127.0.0.1", "--port", str(pp), "--cache-url",
                  f"http://127.0.0.1:{cp}", "--data-dir", str(work / "predictor"), "--config",
                  str(work / "predictor.json")], pp, work / "predictor.log")
     procs = [node]

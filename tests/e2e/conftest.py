@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -11,6 +13,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -65,18 +68,82 @@ def is_ready(pod: dict[str, Any]) -> bool:
     )
 
 
-def http_get(url: str, timeout: float = 3) -> tuple[int, bytes]:
+def http_get(url: str, timeout: float = 3, context: ssl.SSLContext | None = None) -> tuple[int, bytes]:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
+        with urllib.request.urlopen(url, timeout=timeout, context=context) as resp:
             return resp.status, resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
 
 
-def http_put(url: str, body: bytes) -> int:
+def http_put(url: str, body: bytes, context: ssl.SSLContext | None = None) -> int:
     req = urllib.request.Request(url, data=body, method="PUT")
-    with urllib.request.urlopen(req, timeout=3) as resp:
+    with urllib.request.urlopen(req, timeout=3, context=context) as resp:
         return resp.status
+
+
+_TLS: dict[tuple[str, str, str, str], ssl.SSLContext] = {}
+
+
+def data_client_args(cluster: LocalCluster, namespace: str, shardset: str, tables: list[str]) -> dict[str, Any]:
+    """What a test's chronoshard client needs to reach a ShardSet as an application does: ServiceAccount
+    ``e2e-data`` bound to a Role on ``tables`` (every data verb), a TokenRequest token provider with the
+    ShardSet's audience, and the CA from the ``NAME-ca`` ConfigMap. Returns ``Client``/``AsyncClient`` kwargs."""
+    from chronoshard.shardnode.client.cli_tokens import ServiceAccountToken
+    from chronoshard.shardnode.client.credentials import audience
+    from kubernetes import config
+
+    rbac = "rbac.authorization.k8s.io/v1"
+    cluster.apply(
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "e2e-data", "namespace": namespace}},
+        {"apiVersion": rbac, "kind": "Role", "metadata": {"name": "e2e-data", "namespace": namespace},
+         "rules": [{"apiGroups": ["chronoshard.io"], "resources": ["shardsets/data"], "resourceNames": tables,
+                    "verbs": ["get", "list", "update", "delete"]}]},
+        {"apiVersion": rbac, "kind": "RoleBinding", "metadata": {"name": "e2e-data", "namespace": namespace},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "e2e-data"},
+         "subjects": [{"kind": "ServiceAccount", "name": "e2e-data", "namespace": namespace}]})
+    cm = cluster.get("configmap", f"{shardset}-ca", namespace)
+    assert cm is not None, f"ConfigMap {namespace}/{shardset}-ca"
+    ca = Path(tempfile.mkdtemp(prefix="shardset-ca-")) / "ca.crt"
+    ca.write_text(cm["data"]["ca.crt"])
+    api = config.new_client_from_config(config_file=str(cluster.kubeconfig))
+    tokens = ServiceAccountToken(api, namespace, "e2e-data", audience(namespace, shardset))
+    return {"ca": ca, "token_provider": tokens, "token_file": "/nonexistent/token"}
+
+
+def operator_tls(cluster: LocalCluster, namespace: str, shardset: str) -> ssl.SSLContext:
+    """A client context for a ShardSet's pods with the operator's identity (CN chronoshard:operator, signed by the
+    ShardSet's CA from Secret NAME-ca, as the operator signs its own): administrative endpoints and /metrics."""
+    return _identity_tls(cluster, namespace, shardset, "operator")
+
+
+def pod_tls(cluster: LocalCluster, namespace: str, shardset: str) -> ssl.SSLContext:
+    """A client context with the ShardSet pods' own identity (CN chronoshard:shardset:NS:NAME, what one pod of the
+    ShardSet presents to another): allowed on every endpoint, for tests that reach a pod's node or cache directly."""
+    return _identity_tls(cluster, namespace, shardset, "pod")
+
+
+def _identity_tls(cluster: LocalCluster, namespace: str, shardset: str, identity: str) -> ssl.SSLContext:
+    """Pods are reached by IP: the chain is verified against the ShardSet CA, the name is not."""
+    from chronoshard.operator import certs
+
+    memo = (str(cluster.state_dir), namespace, shardset, identity)
+    if memo in _TLS:
+        return _TLS[memo]
+    secret = cluster.get("secret", f"{shardset}-ca", namespace)
+    assert secret is not None, f"Secret {namespace}/{shardset}-ca"
+    ca = certs.KeyPair(base64.b64decode(secret["data"]["ca.crt"]), base64.b64decode(secret["data"]["ca.key"]))
+    now = datetime.now(UTC)
+    pair = (certs.issue_operator_certificate(ca, now) if identity == "operator" else
+            certs.issue(ca, certs.pod_identity(namespace, shardset), now, certs.SERVING_LIFETIME, server=False))
+    d = Path(tempfile.mkdtemp(prefix=f"{identity}-cert-"))
+    (d / "tls.crt").write_bytes(pair.cert)
+    (d / "tls.key").write_bytes(pair.key)
+    ctx = ssl.create_default_context(cadata=ca.cert.decode())
+    ctx.check_hostname = False
+    ctx.load_cert_chain(d / "tls.crt", d / "tls.key")
+    _TLS[memo] = ctx
+    return ctx
 
 
 def start_cluster(state: Path, *extra: str) -> LocalCluster:

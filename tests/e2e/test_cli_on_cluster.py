@@ -11,7 +11,7 @@ import pytest
 
 from tests.support.waiting import wait_for
 
-from .conftest import LocalCluster, is_ready
+from .conftest import LocalCluster, data_client_args, is_ready
 
 pytestmark = pytest.mark.e2e
 
@@ -30,20 +30,26 @@ def test_put_get_ls_status_by_shardset_name(local_cluster: LocalCluster, e2e_nam
             e2e_namespace, "app.kubernetes.io/instance=cli") if is_ready(p)]) == 2,
         timeout=120, interval=0.5, what="2 ready shard pods",
     )
+    # The shards serve HTTPS with authentication: the CLI asks a token for ServiceAccount e2e-data (allowed on
+    # table t) and verifies the pods with the cli-ca ConfigMap.
+    wait_for(lambda: local_cluster.get("configmap", "cli-ca", e2e_namespace), timeout=30, interval=0.5,
+             what="ConfigMap cli-ca")
+    data_client_args(local_cluster, e2e_namespace, "cli", ["t"])
     keys = [f"k{i}" for i in range(12)]
     for k in keys:
-        put = cli(local_cluster, e2e_namespace, "-s", "cli", "put", "t", k, "--value", f"value-{k}")
+        put = cli(local_cluster, e2e_namespace, "-s", "cli", "--service-account", "e2e-data", "put", "t", k,
+                  "--value", f"value-{k}")
         assert put.returncode == 0, put.stderr
     for k in keys:
-        got = cli(local_cluster, e2e_namespace, "-s", "cli", "get", "t", k)
+        got = cli(local_cluster, e2e_namespace, "-s", "cli", "--service-account", "e2e-data", "get", "t", k)
         assert got.returncode == 0 and got.stdout == f"value-{k}", (got.stdout, got.stderr)
-    listed = cli(local_cluster, e2e_namespace, "-s", "cli", "-o", "json", "ls", "t")
+    listed = cli(local_cluster, e2e_namespace, "-s", "cli", "--service-account", "e2e-data", "-o", "json", "ls", "t")
     assert listed.returncode == 0, listed.stderr
     rows = json.loads(listed.stdout)
     rows = rows if isinstance(rows, list) else rows.get("blocks", rows.get("items", []))
     assert sorted(r["key"] for r in rows) == sorted(keys)
     assert {r["shard"] for r in rows} == {0, 1}, "both shards hold some keys"
-    missing = cli(local_cluster, e2e_namespace, "-s", "cli", "get", "t", "nope")
+    missing = cli(local_cluster, e2e_namespace, "-s", "cli", "--service-account", "e2e-data", "get", "t", "nope")
     assert missing.returncode == 3
     status = cli(local_cluster, e2e_namespace, "status", "cli")
     assert status.returncode == 0 and "2/2 ready" in status.stdout, status.stdout

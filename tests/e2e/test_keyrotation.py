@@ -13,6 +13,7 @@ import json
 import os
 import random
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -25,10 +26,11 @@ from typing import Any
 
 import pytest
 from chronoshard.devcluster.controlplane import free_port
-from chronoshard.shardnode.client import Client
+from chronoshard.shardnode.client import Client, Endpoint
+from chronoshard.shardnode.client.discovery import pod_dns_name
 from chronoshard.shardnode.keyspace.partitioning import PartitionMap
 
-from tests.e2e.conftest import LocalCluster, dev, http_get, is_ready, start_cluster
+from tests.e2e.conftest import LocalCluster, data_client_args, dev, http_get, is_ready, pod_tls, start_cluster
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -104,6 +106,11 @@ class Env:
         doc = json.loads(base64.b64decode(sec["data"]["keyring.json"]))
         return sorted(v["id"] for v in doc["versions"])
 
+    @property
+    def tls(self) -> ssl.SSLContext:
+        """The pods' own identity, for their administrative endpoints."""
+        return pod_tls(self.cluster, self.namespace, "vault")
+
     def refresh_pods(self) -> list[dict[str, Any]]:
         self.pods = sorted(self.cluster.pods(self.namespace, "app.kubernetes.io/instance=vault"),
                            key=lambda p: p["metadata"]["name"])
@@ -111,7 +118,7 @@ class Env:
 
     def keys_report(self, shard: int, port: int) -> dict[str, Any] | None:
         ip = self.refresh_pods()[shard]["status"].get("podIP")
-        code, body = http_get(f"http://{ip}:{port}/v1/keys")
+        code, body = http_get(f"https://{ip}:{port}/v1/keys", context=self.tls)
         return json.loads(body) if code == 200 else None
 
 
@@ -203,7 +210,8 @@ def workload(env: Env) -> Iterator[Workload]:
     cm = env.cluster.get("configmap", "vault-partitions", env.namespace)
     pmap = PartitionMap.from_json(cm["data"]["map.json"])
     ips = [p["status"]["podIP"] for p in env.refresh_pods()]
-    client = Client(pmap, [f"http://{ip}:7401" for ip in ips], timeout=10)
+    eps = [Endpoint(f"{ip}:7401", "https", pod_dns_name("vault", i, env.namespace)) for i, ip in enumerate(ips)]
+    client = Client(pmap, eps, timeout=10, **data_client_args(env.cluster, env.namespace, "vault", [TABLE]))
     keys = [f"k{i:05d}" for i in range(PRELOAD)]
     wl = Workload(client, keys)
     for k in keys:  # a preload so every shard has blocks to rewrap
@@ -320,7 +328,7 @@ def test_compromise_rotation_never_writes_with_the_compromised_version(env: Env,
     ips = [p["status"]["podIP"] for p in env.refresh_pods()]
 
     def last_lsn(ip: str) -> int:
-        _, body = http_get(f"http://{ip}:7400/v1/changes?after=0&limit=1")
+        _, body = http_get(f"https://{ip}:7400/v1/changes?after=0&limit=1", context=env.tls)
         return int(json.loads(body)["lastLsn"])
 
     env.cluster.apply(rotation("breach", threat={"reason": "compromise", "compromisedVersion": 4,
@@ -333,7 +341,7 @@ def test_compromise_rotation_never_writes_with_the_compromised_version(env: Env,
     while len(marked_at) < SHARDS and time.monotonic() < deadline:
         for s, ip in enumerate(ips):
             if s not in marked_at:
-                code, body = http_get(f"http://{ip}:7400/v1/keys")
+                code, body = http_get(f"https://{ip}:7400/v1/keys", context=env.tls)
                 if code == 200 and 4 in json.loads(body).get("compromised", []):
                     marked_at[s] = last_lsn(ip)
         time.sleep(0.05)
@@ -348,7 +356,7 @@ def test_compromise_rotation_never_writes_with_the_compromised_version(env: Env,
     for s, ip in enumerate(ips):
         after = marked_at[s]
         for _ in range(1000):
-            _, body = http_get(f"http://{ip}:7400/v1/changes?after={after}&limit=500")
+            _, body = http_get(f"https://{ip}:7400/v1/changes?after={after}&limit=500", context=env.tls)
             page = json.loads(body)
             for c in page["changes"]:
                 if c["op"] == "put" and c["lsn"] > marked_at[s]:
@@ -422,7 +430,7 @@ def test_node_killed_mid_rewrap_still_completes(env: Env, workload: Workload) ->
     ip = env.refresh_pods()[1]["status"]["podIP"]
 
     def rewrapping() -> bool:
-        code, body = http_get(f"http://{ip}:7400/v1/rewrap")
+        code, body = http_get(f"https://{ip}:7400/v1/rewrap", context=env.tls)
         return code == 200 and json.loads(body)["state"] == "running" and json.loads(body)["rewrapped"] > 0
 
     wait_for(rewrapping, timeout=120, interval=0.05, what="shard 1 rewrapping")

@@ -7,6 +7,7 @@ operator from the predictor's ``/v1/status`` and the cache's ``/metrics``.
 from __future__ import annotations
 
 import json
+import ssl
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +16,7 @@ import pytest
 
 from tests.support.waiting import wait_for
 
-from .conftest import LocalCluster, http_get, is_ready
+from .conftest import LocalCluster, http_get, is_ready, pod_tls
 
 pytestmark = pytest.mark.e2e
 
@@ -25,28 +26,32 @@ WARM = 2400  # the predictor trains once its log holds 2000 accesses (minTrainAc
 SCAN = 40
 
 
+# Pod IP -> the client context the test reaches that pod with (the pods' own identity: every endpoint).
+TLS: dict[str, ssl.SSLContext] = {}
+
+
 def key(i: int) -> str:
     return f"b{i:06d}"
 
 
 def put(ip: str, table: str, i: int) -> int:
     # Straight to the node, so the cache holds nothing it did not read or prefetch.
-    req = urllib.request.Request(f"http://{ip}:7400/v1/tables/{table}/blocks/{key(i)}", data=BLOCK, method="PUT",
+    req = urllib.request.Request(f"https://{ip}:7400/v1/tables/{table}/blocks/{key(i)}", data=BLOCK, method="PUT",
                                  headers={"Content-Type": "application/octet-stream"})
-    with urllib.request.urlopen(req, timeout=10) as resp:
+    with urllib.request.urlopen(req, timeout=10, context=TLS[ip]) as resp:
         return resp.status
 
 
 def batch_get(ip: str, table: str, keys: list[str]) -> int:
-    req = urllib.request.Request(f"http://{ip}:7401/v1/tables/{table}/blocks:batchGet",
+    req = urllib.request.Request(f"https://{ip}:7401/v1/tables/{table}/blocks:batchGet",
                                  data=json.dumps({"keys": keys}).encode(), method="POST",
                                  headers={"Content-Type": "application/json", "X-Client-Id": "scanner"})
-    with urllib.request.urlopen(req, timeout=10) as resp:
+    with urllib.request.urlopen(req, timeout=10, context=TLS[ip]) as resp:
         return resp.status
 
 
 def predictor_status(ip: str) -> dict:
-    code, body = http_get(f"http://{ip}:7402/v1/status")
+    code, body = http_get(f"https://{ip}:7402/v1/status", context=TLS[ip])
     return json.loads(body) if code == 200 else {}
 
 
@@ -64,6 +69,7 @@ def test_policy_turns_on_prefetching_and_reports_shard_figures(local_cluster: Lo
         timeout=120, interval=0.5, what="shard 0 Ready",
     )
     ip = pod["status"]["podIP"]
+    TLS[ip] = pod_tls(local_cluster, ns, "pf")
     # The operator's config reached the running predictor (hot reload, no restart).
     wait_for(
         lambda: predictor_status(ip).get("enabled") is True,
@@ -84,7 +90,7 @@ def test_policy_turns_on_prefetching_and_reports_shard_figures(local_cluster: Lo
 
     # The scan goes on at a reading pace, so the predictor's hints can arrive before the reads.
     for i in range(WARM, WARM + SCAN):
-        code, _ = http_get(f"http://{ip}:7401/v1/tables/{table}/blocks/{key(i)}")
+        code, _ = http_get(f"https://{ip}:7401/v1/tables/{table}/blocks/{key(i)}", context=TLS[ip])
         assert code == 200
         time.sleep(0.25)  # a few reads per predictor poll (1 s), so hints can beat the reads
     direct = predictor_status(ip)
@@ -107,7 +113,7 @@ def test_policy_turns_on_prefetching_and_reports_shard_figures(local_cluster: Lo
 
 
 def cache_status(ip: str) -> dict:
-    code, body = http_get(f"http://{ip}:7401/v1/cache")
+    code, body = http_get(f"https://{ip}:7401/v1/cache", context=TLS[ip])
     return json.loads(body) if code == 200 else {}
 
 
@@ -125,6 +131,7 @@ def test_key_prefetch_settings_reach_the_cache_and_predictor_and_key_cache_figur
         timeout=120, interval=0.5, what="shard 0 Ready",
     )
     ip = pod["status"]["podIP"]
+    TLS[ip] = pod_tls(local_cluster, ns, "kp")
     # keyCacheSize went through cache.json into the running cache (live reload); the keyring is wrapped
     # (the ShardSet's default keyEncryption), so the key cache is in use.
     key_cache = wait_for(
@@ -142,7 +149,7 @@ def test_key_prefetch_settings_reach_the_cache_and_predictor_and_key_cache_figur
     for t in tables:
         for i in range(3):
             assert put(ip, t, i) == 200
-            assert http_get(f"http://{ip}:7401/v1/tables/{t}/blocks/{key(i)}")[0] == 200
+            assert http_get(f"https://{ip}:7401/v1/tables/{t}/blocks/{key(i)}", context=TLS[ip])[0] == 200
     direct = cache_status(ip)["keyCache"]
     assert direct["misses"] >= 1 and direct["hits"] >= 1, direct
 

@@ -6,6 +6,7 @@ import base64
 import copy
 import json
 import os
+import ssl
 import threading
 import urllib.error
 import urllib.request
@@ -19,7 +20,7 @@ from chronoshard.shardnode.keys.provider import unwrap_key, wrap_key
 
 from tests.support.waiting import wait_for
 
-from .conftest import LocalCluster, http_get, is_ready
+from .conftest import LocalCluster, http_get, is_ready, pod_tls
 
 pytestmark = pytest.mark.e2e
 
@@ -32,11 +33,11 @@ def shard_pods(cluster: LocalCluster, ns: str, name: str) -> list[dict]:
     return sorted(pods, key=lambda p: p["metadata"]["name"])
 
 
-def put_block(ip: str, table: str, key: str, body: bytes) -> int:
-    req = urllib.request.Request(f"http://{ip}:7400/v1/tables/{table}/blocks/{key}", data=body, method="PUT",
+def put_block(ip: str, table: str, key: str, body: bytes, context: ssl.SSLContext) -> int:
+    req = urllib.request.Request(f"https://{ip}:7400/v1/tables/{table}/blocks/{key}", data=body, method="PUT",
                                  headers={"Content-Type": "application/octet-stream"})
     try:
-        with urllib.request.urlopen(req, timeout=5) as resp:
+        with urllib.request.urlopen(req, timeout=5, context=context) as resp:
             return resp.status
     except urllib.error.HTTPError as exc:
         return exc.code
@@ -71,7 +72,8 @@ def test_three_shards_run_ready_on_distinct_ips_and_answer(local_cluster, shards
         for container, port in PORTS.items():
             assert statuses[container]["ready"] and "running" in statuses[container]["state"]
             for path in ("/healthz", "/readyz"):
-                code, _ = http_get(f"http://{pod['status']['podIP']}:{port}{path}")
+                code, _ = http_get(f"https://{pod['status']['podIP']}:{port}{path}",
+                                   context=pod_tls(local_cluster, ns, name))
                 assert code == 200, f"{pod['metadata']['name']}/{container}{path} answered {code}"
 
 
@@ -83,14 +85,16 @@ def test_shard_data_survives_pod_deletion(local_cluster, shardset):
     )
     ip, body = pod["status"]["podIP"], uuid.uuid4().bytes * 4
     # Keys map to shards by hash; use the first key shard 0 owns (others answer 421 misdirected).
-    key = next(k for k in (f"k{i}" for i in range(200)) if put_block(ip, table, k, body) == 200)
+    tls = pod_tls(local_cluster, ns, name)
+    key = next(k for k in (f"k{i}" for i in range(200)) if put_block(ip, table, k, body, tls) == 200)
     local_cluster.kubectl("delete", "pod", f"{name}-0", "-n", ns, "--wait=false")
     new = wait_for(
         lambda: (p := local_cluster.get("pod", f"{name}-0", ns))
             and p["metadata"]["uid"] != pod["metadata"]["uid"] and is_ready(p) and p,
         timeout=90, interval=0.5, what="shard 0 re-created",
     )
-    assert http_get(f"http://{new['status']['podIP']}:7400/v1/tables/{table}/blocks/{key}") == (200, body)
+    assert http_get(f"https://{new['status']['podIP']}:7400/v1/tables/{table}/blocks/{key}", context=tls) == (
+        200, body)
 
 
 def test_default_keyring_is_wrapped_under_the_mounted_kek(local_cluster, shardset):
@@ -102,7 +106,8 @@ def test_default_keyring_is_wrapped_under_the_mounted_kek(local_cluster, shardse
     for pod in shard_pods(local_cluster, ns, name):
         assert (local_cluster.pod_dir(pod) / "volumes" / "kek" / "kek.key").read_bytes() == kek
         for port in (PORTS["node"], PORTS["cache"]):
-            keys = json.loads(http_get(f"http://{pod['status']['podIP']}:{port}/v1/keys")[1])
+            keys = json.loads(http_get(f"https://{pod['status']['podIP']}:{port}/v1/keys",
+                                       context=pod_tls(local_cluster, ns, name))[1])
             assert keys["loadError"] is None and keys["wrapped"] == [1], keys
 
 
@@ -141,9 +146,9 @@ def test_keyring_secret_update_is_seen_atomically_and_reloaded(local_cluster, sh
                               "-p", json.dumps(patch))
         for pod in pods:
             for port in (PORTS["node"], PORTS["cache"]):
-                url = f"http://{pod['status']['podIP']}:{port}/v1/keys"
+                url = f"https://{pod['status']['podIP']}:{port}/v1/keys"
                 wait_for(
-                    lambda url=url: json.loads(http_get(url)[1])["generation"]
+                    lambda url=url: json.loads(http_get(url, context=pod_tls(local_cluster, ns, name))[1])["generation"]
                         == manifest["generation"],
                     timeout=60, interval=0.5, what=f"{url} reloaded",
                 )
@@ -152,6 +157,7 @@ def test_keyring_secret_update_is_seen_atomically_and_reloaded(local_cluster, sh
         thread.join()
     assert problems == []
     assert set(snapshots) == {manifest["generation"] - 1, manifest["generation"]}
-    keys = json.loads(http_get(f"http://{pods[0]['status']['podIP']}:7400/v1/keys")[1])
+    keys = json.loads(http_get(f"https://{pods[0]['status']['podIP']}:7400/v1/keys",
+                               context=pod_tls(local_cluster, ns, name))[1])
     assert {v["id"] for v in keys["versions"]} == {v["id"] for v in manifest["versions"]}
     assert keys["wrapped"] == sorted(v["id"] for v in manifest["versions"]) and keys["loadError"] is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -22,15 +23,15 @@ KEK = os.urandom(32)
 
 
 @contextlib.asynccontextmanager
-async def serve(app: web.Application) -> AsyncIterator[str]:
-    """Serve ``app`` on an ephemeral loopback port; yields its base URL."""
+async def serve(app: web.Application, ssl_context: ssl.SSLContext | None = None) -> AsyncIterator[str]:
+    """Serve ``app`` on an ephemeral loopback port (HTTPS with ``ssl_context``); yields its base URL."""
     runner = web.AppRunner(app, access_log=None, **SERVER_LIMITS)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"{'https' if ssl_context is not None else 'http'}://127.0.0.1:{port}"
     finally:
         await runner.cleanup()
 

@@ -38,6 +38,19 @@
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
   verbs: [create, list, watch, patch]
+# The shard pods' ServiceAccount (its token asks TokenReview/SubjectAccessReview) and the NetworkPolicy
+# that says who may reach the pods: applied and watched like the other children.
+- apiGroups: [""]
+  resources: [serviceaccounts]
+  verbs: [create, list, watch, patch]
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [create, list, watch, patch]
+# A ShardSet with spec.tls.issuerRef gets a cert-manager Certificate for its pods (server-side apply);
+# the operator then only reads the Secret cert-manager fills.
+- apiGroups: [cert-manager.io]
+  resources: [certificates]
+  verbs: [create, patch]
 # Shard pods are only listed: a key rotation asks each pod's node which key versions it loaded.
 - apiGroups: [""]
   resources: [pods]
@@ -57,4 +70,15 @@
 - apiGroups: [storage.k8s.io]
   resources: [storageclasses]
   verbs: [get]
+# Each ShardSet's pods are bound to system:auth-delegator (TokenReview, SubjectAccessReview) by a
+# ClusterRoleBinding chronoshard:shard:NAMESPACE:NAME: applied, deleted with the ShardSet, and listed at start
+# to sweep bindings whose ShardSet is gone. Binding a role needs `bind` on it (the operator does not hold
+# its permissions itself), granted for that one ClusterRole only.
+- apiGroups: [rbac.authorization.k8s.io]
+  resources: [clusterrolebindings]
+  verbs: [create, list, patch, delete]
+- apiGroups: [rbac.authorization.k8s.io]
+  resources: [clusterroles]
+  resourceNames: [system:auth-delegator]
+  verbs: [bind]
 {{- end }}

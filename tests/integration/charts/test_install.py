@@ -50,6 +50,14 @@ DELIBERATE_EXTRA: dict[tuple[str, str, str], str] = {
     ("get", "chronoshard.io", "shardsets"): "a KeyRotation reads its ShardSet when a rotation runs",
     ("patch", "", "secrets"): "a KeyRotation adds and retires key versions in the keyring Secret",
     ("list", "", "pods"): "a KeyRotation lists a ShardSet's pods to ask each node for its key versions",
+    ("create", "cert-manager.io", "certificates"): "a ShardSet with spec.tls.issuerRef (cert-manager)",
+    ("patch", "cert-manager.io", "certificates"): "a ShardSet with spec.tls.issuerRef (cert-manager)",
+    ("delete", "rbac.authorization.k8s.io", "clusterrolebindings"): "a deleted ShardSet's auth-delegator binding, "
+    "and bindings of ShardSets deleted while no operator ran (swept at start)",
+    ("bind", "rbac.authorization.k8s.io", "clusterroles"): "authorizes creating the auth-delegator binding; "
+    "checked by the API server's RBAC escalation rule, not audited as a request of its own",
+    ("create", "", "serviceaccounts/token"): "the operator's own token for the pods of a ShardSet under cert-manager "
+    "(no client certificate to sign); its own ServiceAccount only: test_operator_may_request_only_its_own_token",
 }
 
 
@@ -304,3 +312,20 @@ def test_bad_values_fail_the_install_and_change_nothing(audited_plane, helm_env)
     listed = json.loads(run_helm(audited_plane, helm_env, "list", "--all-namespaces", "-o", "json").stdout)
     assert "bad" not in {r["name"] for r in listed}
     assert not _get(audited_plane, "namespace", "bad-values")
+
+
+def test_operator_may_request_only_its_own_token(audited_plane, release) -> None:
+    """The chart's RBAC, as the API server decides it: the operator may ask TokenRequest for its own account in
+    its own namespace, and for no other account (the token it sends to shard pods under cert-manager)."""
+    def can_i(name: str, namespace: str) -> str:
+        return audited_plane.kubectl("auth", "can-i", "create", f"serviceaccounts/{name}", "--subresource=token",
+                                     "--as", SA_USER, "-n", namespace, check=False).stdout.strip()
+
+    own = SA_USER.rsplit(":", 1)[1]
+    wait_for(lambda: can_i(own, RELEASE_NS) == "yes", timeout=30, interval=KUBECTL_POLL,
+             what="the token Role to take effect")
+    assert can_i("default", RELEASE_NS) == "no"
+    assert can_i(own, SAMPLE_NS) == "no"
+    (deploy,) = [d for d in release["docs"] if d["kind"] == "Deployment"]
+    env = {e["name"]: e.get("value") for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["CHRONOSHARD_OPERATOR_SERVICE_ACCOUNT"] == f"{RELEASE_NS}/{own}"

@@ -105,7 +105,7 @@ class ShardNodes:
         data.mkdir()
         with open(self.root / f"node-{i}.log", "wb") as log:
             proc = subprocess.Popen(
-                [str(BIN / "chronoshard-node"), "--host", "127.0.0.1", "--port", str(port),
+                [str(BIN / "chronoshard-node"), "--insecure", "--host", "127.0.0.1", "--port", str(port),
                  "--data-dir", str(data), "--keyring-dir", str(self.keyring),
                  "--partition-map", str(self.partitions / "map.json"), "--shard-index", str(i),
                  "--log-level", "WARNING"],
@@ -133,7 +133,7 @@ class ShardCaches:
         for i, (node_url, port) in enumerate(zip(nodes.urls, ports, strict=True)):
             with open(nodes.root / f"cache-{i}.log", "wb") as log:
                 self.procs.append(subprocess.Popen(
-                    [str(BIN / "chronoshard-cache"), "--host", "127.0.0.1", "--port", str(port),
+                    [str(BIN / "chronoshard-cache"), "--insecure", "--host", "127.0.0.1", "--port", str(port),
                      "--node-url", node_url, "--keyring-dir", str(nodes.keyring),
                      "--partition-map", str(nodes.partitions / "map.json"), "--shard-index", str(i),
                      "--log-level", "WARNING"],

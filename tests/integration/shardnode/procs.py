@@ -11,12 +11,15 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from tests.support.waiting import wait_for
 
 BIN = Path(sys.executable).parent
+# Plain HTTP without authentication (the flag every test process without TLS and a security config passes).
+INSECURE = ("--insecure",)
 
 
 def free_port() -> int:
@@ -45,15 +48,16 @@ def http_json(method: str, url: str, doc: Any = None) -> tuple[int, Any]:
 class Proc:
     """One server process; stop() is SIGTERM, kill() is SIGKILL (a crash)."""
 
-    def __init__(self, argv: list[str], port: int, log: Path) -> None:
-        self.argv, self.port, self.log_path = argv, port, log
+    def __init__(self, argv: list[str], port: int, log: Path, env: Mapping[str, str] | None = None) -> None:
+        self.argv, self.port, self.log_path, self.env = argv, port, log, env
         self.url = f"http://127.0.0.1:{port}"
         self.p: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 20) -> Proc:
-        """Start and wait until /readyz answers 200."""
+        """Start and wait until /readyz answers 200 (public, so this works with authentication on too)."""
         with open(self.log_path, "ab") as log:
-            self.p = subprocess.Popen(self.argv, stdout=log, stderr=log)
+            self.p = subprocess.Popen(self.argv, stdout=log, stderr=log,
+                                      env=None if self.env is None else dict(self.env))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.p.poll() is not None:
@@ -86,23 +90,25 @@ class Proc:
                 self.kill()
 
 
-def node(tmp: Path, keyring: Path, port: int | None = None, config: dict[str, Any] | None = None) -> Proc:
-    """A node process over ``tmp/data`` (not started)."""
+def node(tmp: Path, keyring: Path, port: int | None = None, config: dict[str, Any] | None = None, *,
+         security: Sequence[str] = INSECURE, env: Mapping[str, str] | None = None) -> Proc:
+    """A node process over ``tmp/data`` (not started); ``security``: its security flags (default --insecure)."""
     port = port or free_port()
     argv = [str(BIN / "chronoshard-node"), "--host", "127.0.0.1", "--port", str(port),
-            "--data-dir", str(tmp / "data"), "--keyring-dir", str(keyring)]
+            "--data-dir", str(tmp / "data"), "--keyring-dir", str(keyring), *security]
     if config is not None:
         (tmp / "node.json").write_text(json.dumps(config))
         argv += ["--config", str(tmp / "node.json")]
-    return Proc(argv, port, tmp / f"node-{port}.log")
+    return Proc(argv, port, tmp / f"node-{port}.log", env)
 
 
-def cache(tmp: Path, keyring: Path, node_url: str, *extra: str) -> Proc:
-    """A cache process in front of ``node_url`` (not started)."""
+def cache(tmp: Path, keyring: Path, node_url: str, *extra: str, security: Sequence[str] = INSECURE,
+          env: Mapping[str, str] | None = None) -> Proc:
+    """A cache process in front of ``node_url`` (not started); ``security`` as for ``node``."""
     port = free_port()
     argv = [str(BIN / "chronoshard-cache"), "--host", "127.0.0.1", "--port", str(port), "--node-url", node_url,
-            "--keyring-dir", str(keyring), *extra]
-    return Proc(argv, port, tmp / f"cache-{port}.log")
+            "--keyring-dir", str(keyring), *security, *extra]
+    return Proc(argv, port, tmp / f"cache-{port}.log", env)
 
 
 def run_verify(url: str, mode: str = "full") -> dict[str, Any]:

@@ -1,5 +1,10 @@
 """Schemathesis against the served OpenAPI documents of real node and cache processes: no 5xx, no schema violations.
 
+Three runs: the open processes (--insecure); processes with authentication on (--security-config, reviewing with
+the real API server) and no credential, where every guarded answer must be 401 and none 5xx; and the same with a
+real TokenRequest token of a ServiceAccount RBAC lets do everything (the operator identity for the admin routes),
+which must conform as the open run does.
+
 The operations are generated from the packaged documents (so each is its own test) and the test checks that the
 servers serve exactly those documents. Hypothesis drives schemathesis' strategies directly because schemathesis'
 pytest plugin does not support this pytest version.
@@ -7,15 +12,19 @@ pytest plugin does not support this pytest version.
 
 from __future__ import annotations
 
+import json
 import os
+import uuid
 
 import pytest
 import requests
 import schemathesis
 from chronoshard.shardnode.serving.scaffold import load_openapi
 from hypothesis import HealthCheck, given, settings
+from kubernetes import client
 
 from tests.integration.shardnode.procs import cache, http, node
+from tests.support import rbac
 from tests.support.kubelet_dir import write_keyring
 
 EXAMPLES = int(os.environ.get("CHRONOSHARD_FUZZ_EXAMPLES", "12"))
@@ -76,3 +85,95 @@ def test_operation_conforms(servers, name, operation, mode):
         case.call_and_validate(base_url=base, session=session, checks=CHECKS, timeout=30)
 
     run()
+
+
+# ---- with authentication on --------------------------------------------------------------------------------
+PUBLIC_PATHS = {"/healthz", "/readyz", "/openapi.json"}
+
+
+@pytest.fixture(scope="module")
+def secured(control_plane, k8s_client, tmp_path_factory):
+    """A node and a cache with --security-config (plain HTTP: what is fuzzed is the auth layer in front of the
+    handlers, TLS is tested on its own), and a token RBAC allows everything on the ShardSet's data."""
+    core, rb = client.CoreV1Api(k8s_client), client.RbacAuthorizationV1Api(k8s_client)
+    ns = f"t-{uuid.uuid4().hex[:10]}"
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
+    tmp = tmp_path_factory.mktemp("fuzz-auth")
+    deleg = rbac.delegator(control_plane, core, rb, ns, tmp)
+    fuzzer = rbac.service_account(core, ns, "fuzzer")
+    rbac.bind_role(rb, ns, "fuzzer", rbac.data_rules(None, ["get", "list", "update", "delete"]))
+    metrics_role = rbac.metrics_cluster_role(rb)
+    metrics_binding = rbac.bind_cluster_role(rb, metrics_role, ns, "fuzzer")
+    token = rbac.token(core, ns, "fuzzer", [rbac.audience(ns)])
+    # The fuzzer's ServiceAccount is named an operator identity, so the administrative routes let it in too.
+    (tmp / "security.json").write_text(json.dumps(rbac.security_doc(ns, operators=[fuzzer])))
+    flags = ("--security-config", str(tmp / "security.json"))
+    env = {**os.environ, "KUBECONFIG": str(deleg.kubeconfig)}
+    keyring = tmp / "keyring"
+    write_keyring(keyring, 1, {1: ("primary", os.urandom(32))})
+    (tmp / "n").mkdir()
+    (tmp / "open").mkdir()
+    n = node(tmp / "n", keyring, security=flags, env=env).start()
+    # The cache's own node is open: the cache's internal client certificate is not what this run is about.
+    upstream = node(tmp / "open", keyring).start()
+    c = cache(tmp, keyring, upstream.url, security=flags, env=env).start()
+    auth = {"Authorization": f"Bearer {token}"}
+    for url in (n.url, c.url):
+        for k in ("a", "b", "0"):
+            assert requests.put(f"{url}/v1/tables/t/blocks/{k}", data=b"seed", headers=auth, timeout=10).ok
+    try:
+        yield {"node": n.url, "cache": c.url, "auth": auth, "secrets": [token, deleg.token],
+               "logs": [n, upstream, c]}
+    finally:
+        for proc in (c, upstream, n):
+            proc.stop()
+        rb.delete_cluster_role_binding(deleg.binding)
+        rb.delete_cluster_role_binding(metrics_binding)
+        rb.delete_cluster_role(metrics_role)
+        core.delete_namespace(ns)
+
+
+@pytest.mark.parametrize("name, operation, mode", _operations("node") + _operations("cache"))
+def test_without_credentials_every_guarded_answer_is_401(secured, name, operation, mode):
+    base = secured[name]
+    session = requests.Session()
+
+    @given(case=operation.as_strategy(generation_mode=mode))
+    @settings(max_examples=max(2, EXAMPLES // 3), deadline=None, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck))
+    def run(case):
+        if case.query and "wait" in case.query:
+            case.query["wait"] = 0
+        response = case.call(base_url=base, session=session, timeout=30)
+        assert response.status_code < 500, response.text
+        if operation.path not in PUBLIC_PATHS:
+            assert response.status_code == 401, (case.path, response.status_code, response.text)
+            assert response.json()["error"] == "unauthenticated"
+
+    run()
+
+
+@pytest.mark.parametrize("name, operation, mode", _operations("node") + _operations("cache"))
+def test_with_credentials_operation_conforms(secured, name, operation, mode):
+    base = secured[name]
+    session = requests.Session()
+    session.headers.update(secured["auth"])
+
+    @given(case=operation.as_strategy(generation_mode=mode))
+    @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck))
+    def run(case):
+        if case.query and "wait" in case.query:
+            case.query["wait"] = 0
+        response = case.call_and_validate(base_url=base, session=session, checks=CHECKS, timeout=30)
+        assert response.status_code not in (401, 403), response.text  # the credential got every request in
+
+    run()
+
+
+def test_no_credential_in_the_process_logs(secured):
+    """Runs after the fuzzing above (same module): nothing the processes wrote contains a token."""
+    for proc in secured["logs"]:
+        text = proc.log_path.read_text(errors="replace")
+        for secret in secured["secrets"]:
+            assert secret not in text

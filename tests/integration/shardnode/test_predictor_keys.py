@@ -39,7 +39,8 @@ def write_wrapped_keyring(root: Path) -> tuple[Path, Path]:
 
 def predictor(tmp: Path, cache_url: str, config: Path) -> Proc:
     port = free_port()
-    return Proc([str(BIN / "chronoshard-predictor"), "--host", "127.0.0.1", "--port", str(port), "--cache-url",
+    return Proc([str(BIN / "chronoshard-predictor"), "--insecure",
+                 "--host", "127.0.0.1", "--port", str(port), "--cache-url",
                  cache_url, "--data-dir", str(tmp / "predictor"), "--config", str(config)], port,
                 tmp / f"predictor-{port}.log")
 
@@ -54,12 +55,13 @@ def metric(url: str, name: str) -> float:
 def shard(tmp_path: Path) -> Iterator[tuple[Proc, Path]]:
     keyring, kek_dir = write_wrapped_keyring(tmp_path)
     np_, cp = free_port(), free_port()
-    n = Proc([str(BIN / "chronoshard-node"), "--host", "127.0.0.1", "--port", str(np_), "--data-dir",
+    n = Proc([str(BIN / "chronoshard-node"), "--insecure", "--host", "127.0.0.1", "--port", str(np_), "--data-dir",
               str(tmp_path / "data"), "--keyring-dir", str(keyring), "--kek-dir", str(kek_dir)], np_,
              tmp_path / "node.log").start()
     (tmp_path / "cache.json").write_text(json.dumps({"keyCacheSize": 4}))
     # A block budget of 8 blocks: nearly every read decrypts a block from the node and needs its table key.
-    c = Proc([str(BIN / "chronoshard-cache"), "--host", "127.0.0.1", "--port", str(cp), "--node-url", n.url,
+    c = Proc([str(BIN / "chronoshard-cache"), "--insecure",
+              "--host", "127.0.0.1", "--port", str(cp), "--node-url", n.url,
               "--keyring-dir", str(keyring), "--kek-dir", str(kek_dir), "--unwrap-latency-ms", "2",
               "--config", str(tmp_path / "cache.json"), "--budget-bytes", str(8 * BLOCK)], cp,
              tmp_path / "cache.log")

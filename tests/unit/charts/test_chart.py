@@ -94,9 +94,43 @@ def test_digest_wins_over_tag() -> None:
     assert deploy["spec"]["template"]["spec"]["containers"][0]["image"] == f"ghcr.io/chronoshard/chronoshard@{digest}"
 
 
+TOKEN_RULE = {"apiGroups": [""], "resources": ["serviceaccounts/token"], "resourceNames": ["cs-chronoshard"],
+              "verbs": ["create"]}
+
+
+def token_role(docs: list[dict]) -> dict:
+    """The one Role that lets the operator request tokens of its own ServiceAccount, bound to that account."""
+    (role,) = [r for r in by_kind(docs, "Role") if r["metadata"]["name"] == "cs-chronoshard-token"]
+    assert role["metadata"]["namespace"] == "chronoshard-system" and role["rules"] == [TOKEN_RULE]
+    (binding,) = [b for b in by_kind(docs, "RoleBinding") if b["metadata"]["name"] == "cs-chronoshard-token"]
+    assert binding["metadata"]["namespace"] == "chronoshard-system"
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                  "name": "cs-chronoshard-token"}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "cs-chronoshard",
+                                    "namespace": "chronoshard-system"}]
+    return role
+
+
+def test_operator_may_request_tokens_of_its_own_service_account_only() -> None:
+    for docs in (render(), render("--set", "watchNamespaces={team-a,team-b}")):
+        token_role(docs)
+        (deploy,) = by_kind(docs, "Deployment")
+        env = {e["name"]: e.get("value") for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]}
+        assert env["CHRONOSHARD_OPERATOR_SERVICE_ACCOUNT"] == "chronoshard-system/cs-chronoshard"
+        # No other rule anywhere mentions tokens.
+        for role in by_kind(docs, "ClusterRole") + by_kind(docs, "Role"):
+            for rule in role["rules"]:
+                if "serviceaccounts/token" in rule["resources"]:
+                    assert rule == TOKEN_RULE
+    docs = render("--set", "serviceAccount.name=ops-bot")
+    (role,) = [r for r in by_kind(docs, "Role") if r["metadata"]["name"] == "cs-chronoshard-token"]
+    assert role["rules"][0]["resourceNames"] == ["ops-bot"]
+
+
 def test_clusterwide_rbac_is_a_cluster_role_with_peering_and_namespaces() -> None:
     docs = render()
-    assert not by_kind(docs, "Role")
+    # The only Role: the operator's own token (namespace-scoped on purpose), checked above.
+    assert by_kind(docs, "Role") == [token_role(docs)]
     (role,) = by_kind(docs, "ClusterRole")
     resources = {r for rule in role["rules"] for r in rule["resources"]}
     assert {"clusterkopfpeerings", "shardsets", "statefulsets"} <= resources
@@ -112,17 +146,26 @@ def test_clusterwide_rbac_is_a_cluster_role_with_peering_and_namespaces() -> Non
 
 def test_namespaced_rbac_is_a_role_per_watched_namespace() -> None:
     docs = render("--set", "watchNamespaces={team-a,team-b}")
-    roles = by_kind(docs, "Role")
+    roles = [r for r in by_kind(docs, "Role") if r is not token_role(docs)]
+    assert len(roles) == len(by_kind(docs, "Role")) - 1
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     for role in roles:
         resources = {r for rule in role["rules"] for r in rule["resources"]}
         assert {"kopfpeerings", "shardsets", "secrets"} <= resources
         assert "namespaces" not in resources and "clusterkopfpeerings" not in resources
     (cluster_role,) = by_kind(docs, "ClusterRole")
-    # Cluster-wide only reads of cluster-scoped things: no access to other namespaces' objects.
+    # Cluster-wide only cluster-scoped things: reads, plus the shard pods' auth-delegator bindings (and `bind`
+    # on that one role); no access to other namespaces' objects.
     resources = sorted(r for rule in cluster_role["rules"] for r in rule["resources"])
-    assert resources == ["customresourcedefinitions", "namespaces", "storageclasses"]
-    assert all(set(r["verbs"]) <= {"get", "list", "watch"} for r in cluster_role["rules"])
+    assert resources == ["clusterrolebindings", "clusterroles", "customresourcedefinitions", "namespaces",
+                         "storageclasses"]
+    for rule in cluster_role["rules"]:
+        if rule["resources"] == ["clusterrolebindings"]:
+            assert set(rule["verbs"]) == {"create", "list", "patch", "delete"}
+        elif rule["resources"] == ["clusterroles"]:
+            assert rule["verbs"] == ["bind"] and rule["resourceNames"] == ["system:auth-delegator"]
+        else:
+            assert set(rule["verbs"]) <= {"get", "list", "watch"}
     assert sorted(p["metadata"]["namespace"] for p in by_kind(docs, "KopfPeering")) == ["team-a", "team-b"]
     assert not by_kind(docs, "ClusterKopfPeering")
 
@@ -132,7 +175,11 @@ def test_no_rule_grants_wildcards_or_escalation() -> None:
         for role in by_kind(docs, "ClusterRole") + by_kind(docs, "Role"):
             for rule in role["rules"]:
                 assert "*" not in rule["verbs"] and "*" not in rule["resources"]
-                assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"])
+                assert not {"escalate", "impersonate"} & set(rule["verbs"])
+                if "bind" in rule["verbs"]:
+                    # The one exception: binding the shard pods to system:auth-delegator, that role only.
+                    assert rule == {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["clusterroles"],
+                                    "resourceNames": ["system:auth-delegator"], "verbs": ["bind"]}
 
 
 def test_optional_objects_appear_only_when_enabled() -> None:
@@ -199,3 +246,64 @@ def test_samples_validate_against_the_crd_schemas_with_kubeconform(tmp_path) -> 
     typo = subprocess.run([*kubeconform, "-"], input=sample.replace("keyAlgorithm:", "keyAlgoritm:"),
                           capture_output=True, text=True, timeout=60)
     assert typo.returncode != 0 and "keyAlgoritm" in typo.stdout
+
+
+# ---- who reaches the shard pods: the README's example and the operator's egress ----------------------------
+def _readme_shardset() -> dict:
+    """The ShardSet of the chart README's "Who reaches the shard pods" section."""
+    import re
+
+    import yaml
+
+    text = (CHART / "README.md").read_text()
+    section = text.split("## Who reaches the shard pods", 1)[1].split("\n## ", 1)[0]
+    (block,) = re.findall(r"```yaml\n(.*?)```", section, re.S)
+    return dict(yaml.safe_load(block))
+
+
+def test_readme_access_example_lets_in_the_app_and_prometheus_only() -> None:
+    from chronoshard.operator.podcontract import PORTS
+    from chronoshard.operator.shardset import manifests
+    from chronoshard.operator.spec.shardset import parse_shardset
+
+    doc = _readme_shardset()
+    assert doc["kind"] == "ShardSet"
+    spec = parse_shardset(doc["spec"])  # valid as the CRD schema sees it
+    owner = {**doc, "metadata": {**doc["metadata"], "uid": "u1"}}
+    operator_peer = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "chronoshard-system"}},
+                     "podSelector": {"matchLabels": {"app.kubernetes.io/name": "chronoshard-operator"}}}
+    policy = manifests.network_policy(owner, spec, operator_peer)
+    by_ports = {tuple(p["port"] for p in rule["ports"]): rule["from"] for rule in policy["spec"]["ingress"]}
+    every = tuple(sorted(PORTS.values()))
+    assert set(by_ports) == {every, (PORTS["cache"],)} and len(policy["spec"]["ingress"]) == 3
+    app = doc["spec"]["access"]["clients"]
+    assert by_ports[(PORTS["cache"],)] == app
+    assert app[0]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "shop-frontend"}
+    monitoring = [r["from"] for r in policy["spec"]["ingress"] if r["from"] == doc["spec"]["access"]["monitoring"]]
+    assert monitoring and monitoring[0][0]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "prometheus"}
+    own, operator = policy["spec"]["ingress"][0]["from"]
+    assert operator == operator_peer and policy["spec"]["ingress"][0]["ports"] == [
+        {"port": p, "protocol": "TCP"} for p in every]
+
+
+def test_operator_network_policy_reaches_the_shard_pods_and_they_admit_it() -> None:
+    """The chart's egress rule selects the labels the operator gives shard pods, on their three ports; and the
+    operator pods carry the label the ShardSets' policies admit."""
+    from chronoshard.operator import naming
+    from chronoshard.operator.podcontract import PORTS
+    from chronoshard.operator.shardset import tlsassets
+
+    docs = render("--values", str(CHART / "ci" / "hardened-values.yaml"))
+    (policy,) = by_kind(docs, "NetworkPolicy")
+    shard_labels = naming.common_labels("orders", "shard")
+    to_shards = [r for r in policy["spec"]["egress"] if r.get("to")]
+    assert len(to_shards) == 1
+    (peer,) = to_shards[0]["to"]
+    assert peer["namespaceSelector"] == {}
+    assert peer["podSelector"]["matchLabels"].items() <= shard_labels.items()
+    assert sorted(p["port"] for p in to_shards[0]["ports"]) == sorted(PORTS.values())
+    (deploy,) = by_kind(docs, "Deployment")
+    pod_labels = deploy["spec"]["template"]["metadata"]["labels"]
+    assert tlsassets.OPERATOR_NAME_LABEL.items() <= pod_labels.items()
+    env = {e["name"] for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert "POD_NAMESPACE" in env, "the ShardSets' policies admit the operator in its own namespace only"

@@ -20,4 +20,4 @@ def test_every_container_listens_on_its_contract_port():
 def test_the_config_map_carries_one_file_per_process():
     cm = manifests.config_map(OWNER, parse_shardset({"shards": 1}))
     assert set(cm["data"]) == {podcontract.NODE_CONFIG_FILE, podcontract.CACHE_CONFIG_FILE,
-                               podcontract.PREDICTOR_CONFIG_FILE}
+                               podcontract.PREDICTOR_CONFIG_FILE, podcontract.SECURITY_CONFIG_FILE}

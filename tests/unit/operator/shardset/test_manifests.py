@@ -37,7 +37,7 @@ def test_statefulset_has_one_pod_per_shard_and_the_three_containers():
 
 def test_cache_talks_to_node_at_pod_ip_not_localhost():
     cache = build()["spec"]["template"]["spec"]["containers"][1]
-    assert "http://$(POD_IP):7400" in cache["command"]
+    assert "https://$(POD_IP):7400" in cache["command"]
 
 
 def test_keyring_is_mounted_read_only_and_volume_claim_is_retained():

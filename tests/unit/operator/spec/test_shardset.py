@@ -102,3 +102,41 @@ def test_bad_key_encryption_is_refused_naming_the_field(key_encryption, field):
     with pytest.raises(SpecError) as err:
         parse_shardset({"shards": 1, "keyEncryption": key_encryption})
     assert err.value.field_path == field
+
+
+def test_tls_and_access_defaults():
+    spec = parse_shardset({"shards": 1})
+    assert spec.issuer_ref is None
+    assert spec.access.clients == ({"podSelector": {}},)  # every pod of the namespace
+    assert spec.access.monitoring == ()
+    assert spec.access.accept_kubeconfig_tokens is False
+
+
+def test_tls_issuer_ref_and_access_peers_are_kept_in_kubernetes_shape():
+    spec = parse_shardset({
+        "shards": 1,
+        "tls": {"issuerRef": {"name": "corp-ca", "kind": "ClusterIssuer"}},
+        "access": {
+            "clients": [{"podSelector": {"matchLabels": {"app": "shop"}}},
+                        {"namespaceSelector": {"matchExpressions": [{"key": "team", "operator": "In",
+                                                                     "values": ["a", "b"]}]},
+                         "podSelector": {}}],
+            "monitoring": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
+            "acceptKubeconfigTokens": True,
+        },
+    })
+    assert (spec.issuer_ref.name, spec.issuer_ref.kind, spec.issuer_ref.group) == \
+        ("corp-ca", "ClusterIssuer", "cert-manager.io")
+    assert spec.access.clients == (
+        {"podSelector": {"matchLabels": {"app": "shop"}}},
+        {"podSelector": {}, "namespaceSelector": {"matchExpressions": [{"key": "team", "operator": "In",
+                                                                        "values": ["a", "b"]}]}})
+    assert spec.access.monitoring == ({"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name":
+                                                                             "monitoring"}}},)
+    assert spec.access.accept_kubeconfig_tokens is True
+    assert parse_shardset({"shards": 1, "access": {"clients": []}}).access.clients == ()
+
+
+def test_access_refuses_unknown_selector_fields():
+    with pytest.raises(SpecError, match=r"spec\.access\.monitoring\[0\]\.podSelector\.labels"):
+        parse_shardset({"shards": 1, "access": {"monitoring": [{"podSelector": {"labels": {}}}]}})

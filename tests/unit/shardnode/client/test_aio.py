@@ -170,7 +170,7 @@ async def test_timeouts_and_unreachable_shards_raise_unavailable():
     async with silent_endpoints(3) as urls, AsyncClient(M3, urls, timeout=0.3) as c:
         with pytest.raises(Unavailable, match="no answer within 0.3 s"):
             await c.get("t", "slow")
-    async with AsyncClient(M3, ["http://127.0.0.1:1"] * 3, timeout=2) as c:
+    async with AsyncClient(M3, ["http://127.0.0.1:1"] * 3, timeout=2, restart_wait=0.5) as c:
         with pytest.raises(Unavailable):
             await c.put("t", "k", b"v")
     async with AsyncClient(M3, ["http://127.0.0.1:1"]) as c:  # fewer endpoints than shards

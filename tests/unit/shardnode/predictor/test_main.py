@@ -18,7 +18,8 @@ BLOCK = 4096
 
 def predictor(tmp: Path, cache_url: str, config: Path) -> Proc:
     port = free_port()
-    argv = [str(BIN / "chronoshard-predictor"), "--host", "127.0.0.1", "--port", str(port), "--cache-url", cache_url,
+    argv = [str(BIN / "chronoshard-predictor"), "--insecure",
+            "--host", "127.0.0.1", "--port", str(port), "--cache-url", cache_url,
             "--data-dir", str(tmp / "predictor"), "--config", str(config)]
     return Proc(argv, port, tmp / f"predictor-{port}.log")
 

@@ -1,0 +1,396 @@
+"""Every endpoint of every shard-pod server (node, cache, predictor, in-process over real TLS) against the real
+API server with RBAC: no credential / malformed / expired / wrong audience / valid but not allowed / allowed
+→ 401 / 401 / 401 / 401 / 403 / 2xx, with real TokenRequest tokens, TokenReview and SubjectAccessReview.
+
+"Allowed" is a token of a ServiceAccount bound to a Role on ``shardsets/data`` (data routes), on the ShardSet
+(``/v1/partitions``) and a ClusterRole on ``/metrics``; for the administrative routes it is the operator's
+client certificate (CN ``chronoshard:operator``, signed by the ShardSet CA). "Expired" is a crafted JWT whose
+``exp`` is past (TokenRequest issues nothing shorter than 10 minutes): it must be refused before any review.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import ssl
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from chronoshard.operator import certs
+from chronoshard.shardnode.auth.apiserver import ApiServer, load_connection
+from chronoshard.shardnode.auth.config import parse_security_config
+from chronoshard.shardnode.auth.policy import Access
+from chronoshard.shardnode.cache.server import CACHE, CacheConfig
+from chronoshard.shardnode.cache.server import create_app as create_cache
+from chronoshard.shardnode.keyspace.partitioning import initial_map
+from chronoshard.shardnode.node.server import NODE, NodeConfig
+from chronoshard.shardnode.node.server import create_app as create_node
+from chronoshard.shardnode.predictor.main import PredictorService
+from chronoshard.shardnode.predictor.main import create_app as create_predictor
+from chronoshard.shardnode.serving import tls
+from chronoshard.shardnode.serving.routing import PartitionMapSource
+from chronoshard.shardnode.serving.scaffold import Partitioning, route_policies, secure_app
+from kubernetes import client
+from prometheus_client import CollectorRegistry
+
+from tests.support import rbac, tls_files
+from tests.support.servers import keyring_dir, serve
+from tests.support.waiting import wait_for
+
+pytestmark = pytest.mark.integration
+
+CASES = ("none", "malformed", "expired", "wrong_audience", "forbidden", "allowed")
+UNAUTHENTICATED = {"none": "missing", "malformed": "malformed", "expired": "expired",
+                   "wrong_audience": "wrong_audience"}
+ADMIN_LIKE = (Access.ADMIN,)
+
+
+@dataclass
+class Env:
+    """The namespace, the tokens and the TLS files every test uses."""
+
+    namespace: str
+    kubeconfig: Path
+    tls_dir: Path
+    tokens: dict[str, str]
+    ca: certs.KeyPair
+    operator: certs.KeyPair
+    pod: certs.KeyPair
+    root: Path
+    secrets: list[str] = field(default_factory=list)  # every credential text, for the leak checks
+
+    def security(self, **kw: Any) -> Any:
+        return parse_security_config(rbac.security_doc(self.namespace, **kw))
+
+    def client_ssl(self, pair: certs.KeyPair | None = None) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(self.tls_dir / "ca.crt"))
+        if pair is not None:
+            d = self.root / f"client-{uuid.uuid4().hex[:6]}"
+            d.mkdir()
+            (d / "c.crt").write_bytes(pair.cert)
+            (d / "c.key").write_bytes(pair.key)
+            ctx.load_cert_chain(d / "c.crt", d / "c.key")
+        return ctx
+
+
+def _allowed(authz: client.AuthorizationV1Api, user: str, attrs: dict[str, Any]) -> bool:
+    review = authz.create_subject_access_review(client.V1SubjectAccessReview(
+        spec=client.V1SubjectAccessReviewSpec(user=user, **attrs)))
+    return bool(review.status.allowed)
+
+
+@pytest.fixture(scope="module")
+def env(control_plane, k8s_client, tmp_path_factory) -> Iterator[Env]:
+    core, rb = client.CoreV1Api(k8s_client), client.RbacAuthorizationV1Api(k8s_client)
+    ns = f"t-{uuid.uuid4().hex[:10]}"
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
+    root = tmp_path_factory.mktemp("auth")
+    deleg = rbac.delegator(control_plane, core, rb, ns, root)
+    reader = rbac.service_account(core, ns, "reader")
+    rbac.bind_role(rb, ns, "reader", rbac.data_rules(["t"], ["get", "list", "update", "delete"]))
+    metrics_role = rbac.metrics_cluster_role(rb)
+    metrics_binding = rbac.bind_cluster_role(rb, metrics_role, ns, "reader")
+    rbac.service_account(core, ns, "stranger")
+    aud = rbac.audience(ns)
+    tokens = {"allowed": rbac.token(core, ns, "reader", [aud]),
+              "forbidden": rbac.token(core, ns, "stranger", [aud]),
+              "wrong_audience": rbac.token(core, ns, "reader", ["other.example/elsewhere"]),
+              "expired": rbac.expired_jwt(aud, reader),
+              "kubeconfig": rbac.token(core, ns, "reader", None)}
+    # RBAC reaches the authorizer through informers: wait until the bindings decide, so no test caches a stale "no".
+    authz = client.AuthorizationV1Api(k8s_client)
+    wait_for(lambda: _allowed(authz, reader, {"resource_attributes": client.V1ResourceAttributes(
+        group="chronoshard.io", resource="shardsets", subresource="data", name="t", namespace=ns, verb="get")})
+        and _allowed(authz, reader, {"non_resource_attributes": client.V1NonResourceAttributes(
+            path="/metrics", verb="get")}), what="the reader's RBAC bindings to take effect")
+    ca = tls_files.new_ca(rbac.SHARDSET)
+    pod = certs.issue_shard_certificate(ca, ns, rbac.SHARDSET, 1, [], tls_files.now(), certs.SERVING_LIFETIME)
+    tls_dir = root / "tls"
+    tls_files.write_tls_dir(tls_dir, pod, ca)
+    e = Env(ns, deleg.kubeconfig, tls_dir, tokens, ca, certs.issue_operator_certificate(ca, tls_files.now()), pod,
+            root)
+    e.secrets = [*tokens.values(), deleg.token]
+    yield e
+    for name in (deleg.binding, metrics_binding):
+        rb.delete_cluster_role_binding(name)
+    rb.delete_cluster_role(metrics_role)
+    core.delete_namespace(ns)
+
+
+# ---- the servers, secured as a pod's would be ------------------------------------------------------------
+@dataclass
+class Server:
+    url: str
+    registry: CollectorRegistry
+    name: str
+    app: web.Application
+
+
+def partitioning(tmp: Path) -> Partitioning:
+    (tmp / "map.json").write_text(initial_map(1).to_json())
+    return Partitioning(PartitionMapSource(tmp / "map.json"), 0)
+
+
+@contextlib.asynccontextmanager
+async def secured(app: web.Application, env: Env, registry: CollectorRegistry, name: str,
+                  **security: Any) -> AsyncIterator[Server]:
+    secure_app(app, env.security(**security), ApiServer(load_connection(str(env.kubeconfig))), name)
+    async with serve(app, tls.install(app, env.tls_dir)) as url:
+        yield Server(url, registry, name, app)
+
+
+@contextlib.asynccontextmanager
+async def node_server(env: Env, tmp: Path, **security: Any) -> AsyncIterator[Server]:
+    cfg = NodeConfig(data_dir=tmp / "data", keyring_dir=keyring_dir(tmp), partitioning=partitioning(tmp))
+    app = create_node(cfg)
+    async with secured(app, env, app[NODE].metrics.registry, "node", **security) as srv:
+        yield srv
+
+
+@contextlib.asynccontextmanager
+async def cache_server(env: Env, tmp: Path) -> AsyncIterator[Server]:
+    # The cache's own node is an open, in-process one: what is tested here is the cache's front door.
+    kdir = keyring_dir(tmp)
+    async with serve(create_node(NodeConfig(data_dir=tmp / "data", keyring_dir=kdir))) as node_url:
+        app = create_cache(CacheConfig(node_url=node_url, keyring_dir=kdir, partitioning=partitioning(tmp)))
+        async with secured(app, env, app[CACHE].metrics.registry, "cache") as srv:
+            yield srv
+
+
+@contextlib.asynccontextmanager
+async def predictor_server(env: Env, tmp: Path) -> AsyncIterator[Server]:
+    kdir = keyring_dir(tmp)
+    async with serve(create_node(NodeConfig(data_dir=tmp / "data", keyring_dir=kdir))) as node_url, \
+            serve(create_cache(CacheConfig(node_url=node_url, keyring_dir=kdir))) as cache_url:
+        (tmp / "predictor").mkdir()
+        service = PredictorService(cache_url, tmp / "predictor", None)
+        app = create_predictor(service)
+        async with secured(app, env, service.predictor.metrics.registry, "predictor") as srv:
+            yield srv
+
+
+# ---- the endpoints ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Endpoint:
+    method: str
+    template: str
+    access: Access
+    path: str = ""
+    body: Any = None
+    ok: int = 200
+
+    @property
+    def url_path(self) -> str:
+        return self.path or self.template
+
+    def __str__(self) -> str:
+        return f"{self.method} {self.template}"
+
+
+T = "/v1/tables/{table}"
+BLOCK_ENDPOINTS = [
+    Endpoint("GET", T + "/blocks/{key}", Access.DATA_GET, "/v1/tables/t/blocks/k"),
+    Endpoint("PUT", T + "/blocks/{key}", Access.DATA_UPDATE, "/v1/tables/t/blocks/k", b"value"),
+    Endpoint("DELETE", T + "/blocks/{key}", Access.DATA_DELETE, "/v1/tables/t/blocks/d"),
+    Endpoint("POST", T + "/blocks:batchGet", Access.DATA_GET, "/v1/tables/t/blocks:batchGet", {"keys": ["k"]}),
+    Endpoint("GET", T + "/blocks", Access.DATA_LIST, "/v1/tables/t/blocks"),
+]
+STANDARD = [
+    Endpoint("GET", "/healthz", Access.PUBLIC), Endpoint("GET", "/readyz", Access.PUBLIC),
+    Endpoint("GET", "/metrics", Access.METRICS),
+]
+NODE_ENDPOINTS = [
+    *BLOCK_ENDPOINTS, *STANDARD,
+    Endpoint("GET", "/openapi.json", Access.PUBLIC),
+    Endpoint("GET", "/v1/partitions", Access.PARTITIONS),
+    Endpoint("GET", T + "/frames/{key}", Access.ADMIN, "/v1/tables/t/frames/k"),
+    Endpoint("POST", T + "/frames:batchGet", Access.ADMIN, "/v1/tables/t/frames:batchGet", {"keys": ["k"]}),
+    Endpoint("GET", "/v1/changes", Access.ADMIN),
+    Endpoint("GET", "/v1/keys", Access.ADMIN),
+    Endpoint("POST", "/v1/rewrap", Access.ADMIN, body={}, ok=202),
+    Endpoint("GET", "/v1/rewrap", Access.ADMIN),
+    Endpoint("POST", "/v1/verify", Access.ADMIN, body={"mode": "sample", "sample": 1}, ok=202),
+    Endpoint("GET", "/v1/verify", Access.ADMIN),
+]
+CACHE_ENDPOINTS = [
+    *BLOCK_ENDPOINTS, *STANDARD,
+    Endpoint("GET", "/openapi.json", Access.PUBLIC),
+    Endpoint("GET", "/v1/partitions", Access.PARTITIONS),
+    Endpoint("POST", "/v1/prefetch", Access.ADMIN, body={"hints": [{"table": "t", "key": "k", "score": 0.9}]},
+             ok=202),
+    Endpoint("POST", "/v1/prefetch/keys", Access.ADMIN, body={"keys": [{"table": "t", "score": 0.9}]}, ok=202),
+    Endpoint("GET", "/v1/access-log", Access.ADMIN),
+    Endpoint("GET", "/v1/keys", Access.ADMIN),
+    Endpoint("GET", "/v1/cache", Access.ADMIN),
+]
+PREDICTOR_ENDPOINTS = [
+    *STANDARD, Endpoint("GET", "/v1/status", Access.ADMIN),
+    *(Endpoint("HEAD", p, a) for p, a in (("/healthz", Access.PUBLIC), ("/readyz", Access.PUBLIC),
+                                          ("/metrics", Access.METRICS), ("/v1/status", Access.ADMIN))),
+]
+SERVERS = {"node": (node_server, NODE_ENDPOINTS), "cache": (cache_server, CACHE_ENDPOINTS),
+           "predictor": (predictor_server, PREDICTOR_ENDPOINTS)}
+
+
+def headers(env: Env, case: str) -> dict[str, str]:
+    if case == "none":
+        return {}
+    if case == "malformed":
+        return {"Authorization": "Bearer not a token, twice"}
+    return {"Authorization": f"Bearer {env.tokens[case]}"}
+
+
+async def call(srv: Server, env: Env, ep: Endpoint, case: str, pair: certs.KeyPair | None = None
+               ) -> tuple[int, bytes, dict[str, str]]:
+    kw: dict[str, Any] = {"headers": headers(env, case)}
+    if isinstance(ep.body, bytes):
+        kw["data"] = ep.body
+    elif ep.body is not None:
+        kw["json"] = ep.body
+    connector = aiohttp.TCPConnector(ssl=env.client_ssl(pair))
+    async with aiohttp.ClientSession(connector=connector) as s, \
+            s.request(ep.method, srv.url + ep.url_path, **kw) as r:
+        return r.status, await r.read(), dict(r.headers)
+
+
+async def seed(srv: Server, env: Env) -> None:
+    """Blocks t/k and t/d for the reads and the delete, written with the pods' own certificate."""
+    for key in ("k", "d"):
+        put = Endpoint("PUT", "", Access.DATA_UPDATE, f"/v1/tables/t/blocks/{key}", b"seed")
+        assert (await call(srv, env, put, "none", env.pod))[0] == 200
+
+
+def decisions(srv: Server, result: str, reason: str) -> float:
+    return srv.registry.get_sample_value("chronoshard_auth_decisions_total",
+                                         {"server": srv.name, "result": result, "reason": reason}) or 0.0
+
+
+def no_secret_in(env: Env, text: str) -> None:
+    for secret in env.secrets:
+        assert secret not in text
+
+
+async def check_matrix(srv: Server, env: Env, ep: Endpoint) -> None:
+    for case in CASES:
+        pair = env.operator if case == "allowed" and ep.access in ADMIN_LIKE else None
+        status, body, hdrs = await call(srv, env, ep, "none" if pair is not None else case, pair)
+        no_secret_in(env, body.decode(errors="replace"))
+        if ep.access is Access.PUBLIC:
+            assert status == 200, (case, status, body)
+            continue
+        expected = 401 if case in UNAUTHENTICATED else 403 if case == "forbidden" else ep.ok
+        assert status == expected, (str(ep), case, status, body)
+        if ep.method == "HEAD":
+            continue
+        if status == 401:
+            assert json.loads(body)["error"] == "unauthenticated" and hdrs["WWW-Authenticate"] == "Bearer"
+            words = "no credential" if case == "none" else case.replace("_", " ")
+            assert words in json.loads(body)["message"]
+        elif status == 403:
+            assert json.loads(body)["error"] == "forbidden"
+    if ep.access is Access.PUBLIC:
+        return
+    for reason in UNAUTHENTICATED.values():
+        assert decisions(srv, "unauthenticated", reason) == 1, (str(ep), reason)
+    denied = "admin_only" if ep.access in ADMIN_LIKE else "rbac"
+    assert decisions(srv, "forbidden", denied) == 1
+    assert decisions(srv, "allowed", "operator" if ep.access in ADMIN_LIKE else "rbac") >= 1
+
+
+def _cases(server: str) -> list[Any]:
+    return [pytest.param(server, ep, id=f"{server}:{ep}") for ep in SERVERS[server][1]]
+
+
+@pytest.mark.parametrize("server, ep", _cases("node") + _cases("cache") + _cases("predictor"))
+async def test_endpoint_refuses_and_allows(env, tmp_path, caplog, server, ep):
+    caplog.set_level(logging.DEBUG)
+    factory = SERVERS[server][0]
+    async with factory(env, tmp_path) as srv:
+        if server != "predictor":
+            await seed(srv, env)
+        await check_matrix(srv, env, ep)
+    for record in caplog.records:
+        no_secret_in(env, record.getMessage())
+    if ep.access is not Access.PUBLIC:
+        audit = [r.getMessage() for r in caplog.records if r.name == "chronoshard.audit"]
+        assert any(f'"route": "{ep.template}"' in line and '"status": 401' in line for line in audit)
+
+
+@pytest.mark.parametrize("server", list(SERVERS))
+async def test_every_route_is_in_the_matrix(env, tmp_path, server):
+    """The endpoint lists above are exactly the servers' routes, each with the policy it declares."""
+    factory, endpoints = SERVERS[server]
+    async with factory(env, tmp_path) as srv:
+        table = route_policies(srv.app)
+    declared = {(m, t): a for (m, t), a in table.items()}
+    tested = {(ep.method, ep.template): ep.access for ep in endpoints if ep.method != "HEAD"}
+    assert tested == {k: v for k, v in declared.items() if k[0] != "HEAD"}
+
+
+async def test_pod_certificate_is_allowed_everything_and_unknown_cn_is_forbidden(env, tmp_path):
+    stranger = certs.issue(env.ca, "somebody-else", tls_files.now(), certs.OPERATOR_LIFETIME, server=False)
+    async with node_server(env, tmp_path) as srv:
+        await seed(srv, env)
+        for ep in NODE_ENDPOINTS:
+            assert (await call(srv, env, ep, "none", env.pod))[0] in (200, 202, 409), str(ep)
+        status, body, _ = await call(srv, env, Endpoint("GET", "", Access.ADMIN, "/v1/keys"), "none", stranger)
+        assert status == 403 and "somebody-else" in json.loads(body)["message"]
+        assert decisions(srv, "forbidden", "unknown_certificate") == 1
+        assert decisions(srv, "allowed", "pod") >= len(NODE_ENDPOINTS) - 3
+
+
+async def test_reviews_are_cached(env, tmp_path):
+    get = BLOCK_ENDPOINTS[0]
+    async with node_server(env, tmp_path) as srv:
+        await seed(srv, env)
+        for _ in range(3):
+            assert (await call(srv, env, get, "allowed"))[0] == 200
+        look = srv.registry.get_sample_value
+        labels = {"server": "node"}
+        assert look("chronoshard_auth_cache_lookups_total", {**labels, "cache": "token", "result": "miss"}) == 1
+        assert look("chronoshard_auth_cache_lookups_total", {**labels, "cache": "token", "result": "hit"}) == 2
+        assert look("chronoshard_auth_cache_lookups_total", {**labels, "cache": "decision", "result": "hit"}) == 2
+
+
+async def test_concurrent_misses_share_one_review(env, tmp_path):
+    """16 requests in flight with a token the server has not seen yet: one TokenReview and one
+    SubjectAccessReview (real ones), not 16 of each; all 16 allowed."""
+    from chronoshard.shardnode.serving.scaffold import GUARD
+
+    get = BLOCK_ENDPOINTS[0]
+    async with node_server(env, tmp_path) as srv:
+        await seed(srv, env)
+        api = srv.app[GUARD].api
+        made = {"token_review": 0, "subject_access_review": 0}
+        for name in made:
+            real = getattr(api, name)
+
+            async def counted(*args: Any, _real: Any = real, _name: str = name) -> Any:
+                made[_name] += 1
+                return await _real(*args)
+
+            setattr(api, name, counted)  # the real review, counted
+        answers = await asyncio.gather(*(call(srv, env, get, "allowed") for _ in range(16)))
+        assert [a[0] for a in answers] == [200] * 16
+        assert made == {"token_review": 1, "subject_access_review": 1}
+        look = srv.registry.get_sample_value
+        assert look("chronoshard_auth_cache_lookups_total", {"server": "node", "cache": "token", "result": "miss"}) \
+            + look("chronoshard_auth_cache_lookups_total", {"server": "node", "cache": "token", "result": "hit"}) == 16
+
+
+@pytest.mark.parametrize("accept, expected", [(False, 401), (True, 200)])
+async def test_kubeconfig_tokens_only_when_accepted(env, tmp_path, accept, expected):
+    async with node_server(env, tmp_path, accept_kubeconfig=accept) as srv:
+        await seed(srv, env)
+        status, body, _ = await call(srv, env, BLOCK_ENDPOINTS[0], "kubeconfig")
+        assert status == expected, body
+        if not accept:
+            assert decisions(srv, "unauthenticated", "wrong_audience") == 1
