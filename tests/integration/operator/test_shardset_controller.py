@@ -112,6 +112,12 @@ def test_shardset_creates_owned_children_and_status(operator_runner, apis, names
     assert {c["type"] for c in st["conditions"]} >= {"Ready", "Progressing", "Degraded"}
     assert st["partitionMap"]["epoch"] == 1 and len(st["partitionMap"]["partitions"]) == 3
 
+    # Kopf posts events from a background queue after the handler returns: wait for the three, then check them.
+    def alpha_events() -> list:
+        return [e for e in apis["core"].list_namespaced_event(namespace).items if e.involved_object.name == "alpha"]
+
+    wait_for(lambda: {"KEKCreated", "KeyringCreated", "StatefulSetCreated"} <= {e.reason for e in alpha_events()},
+             what="the creation events")
     # Key material (the KEK, the wrapped blob, the unwrapped key) never leaks into status or events.
     events = apis["core"].list_namespaced_event(namespace).items
     blob = json.dumps(st) + " ".join((e.message or "") for e in events)
