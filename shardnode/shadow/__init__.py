@@ -1,0 +1,1 @@
+"""The shadow store: captured history of every change, tiers, snapshots, time travel and restore."""
