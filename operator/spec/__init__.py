@@ -11,6 +11,7 @@ from chronoshard.operator.spec.common import SpecError, parse_cpu_millis, parse_
 from chronoshard.operator.spec.keyrotation import KeyRotationSpec, parse_keyrotation
 from chronoshard.operator.spec.mirrorset import MirrorSetSpec, parse_mirrorset
 from chronoshard.operator.spec.prefetchpolicy import PrefetchPolicySpec, parse_prefetchpolicy
+from chronoshard.operator.spec.reversion import ReversionSpec, parse_reversion
 from chronoshard.operator.spec.shadowpolicy import ShadowPolicySpec, parse_shadowpolicy
 from chronoshard.operator.spec.shardset import ShardSetSpec, parse_shardset
 from chronoshard.operator.spec.weaveplan import WeavePlanSpec, parse_weaveplan
@@ -22,6 +23,7 @@ PARSERS: dict[str, Callable[[Mapping[str, Any] | None], object]] = {
     "ShadowPolicy": parse_shadowpolicy,
     "MirrorSet": parse_mirrorset,
     "WeavePlan": parse_weaveplan,
+    "Reversion": parse_reversion,
 }
 
 __all__ = [
@@ -29,6 +31,7 @@ __all__ = [
     "KeyRotationSpec",
     "MirrorSetSpec",
     "PrefetchPolicySpec",
+    "ReversionSpec",
     "ShadowPolicySpec",
     "ShardSetSpec",
     "SpecError",
@@ -39,6 +42,7 @@ __all__ = [
     "parse_mirrorset",
     "parse_prefetchpolicy",
     "parse_quantity",
+    "parse_reversion",
     "parse_shadowpolicy",
     "parse_shardset",
     "parse_weaveplan",

@@ -1,4 +1,4 @@
-"""The six CRDs against the real kube-apiserver: samples accepted, invalid cases refused BY THE SERVER with a
+"""The seven CRDs against the real kube-apiserver: samples accepted, invalid cases refused BY THE SERVER with a
 message naming the field, defaults applied by the server, and the operator's spec parsing agreeing with the
 schema on every object (the single source of truth check for hand-written CRDs)."""
 
@@ -91,7 +91,7 @@ def _obj(kind: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
     return {"apiVersion": f"{GROUP}/{VERSION}", "kind": kind, "metadata": {"name": name}, "spec": spec}
 
 
-def test_all_six_crds_are_served_with_category_and_short_names(control_plane):
+def test_all_seven_crds_are_served_with_category_and_short_names(control_plane):
     crds = load_crds()
     assert sorted(crds) == sorted(KINDS)
     out = control_plane.kubectl("api-resources", f"--api-group={GROUP}", "--categories=chronoshard",
@@ -296,3 +296,58 @@ def test_samples_apply_with_kubectl_as_they_are(control_plane, namespace):
         out = control_plane.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", str(path)).stdout
         assert obj["metadata"]["name"] in out
         assert yaml.safe_load(path.read_text())["apiVersion"] == f"{GROUP}/{VERSION}"
+BOOTSTRAP = {"fromShadow": {
+    "coldStorage": {"endpoint": "http://seaweedfs:8333", "bucket": "backups", "credentialsSecret": {"name": "c"}},
+    "source": {"name": "orders"}, "keyringSecret": {"name": "orders-keyring-copy"}}}
+
+
+def test_bootstrap_is_set_at_creation_only(k8s_client, namespace):
+    _create(k8s_client, namespace, _obj("ShardSet", "restored", {"shards": 1, "bootstrap": BOOTSTRAP}))
+    _create(k8s_client, namespace, _obj("ShardSet", "fresh", {"shards": 1}))
+    patch = _api(k8s_client).patch_namespaced_custom_object
+    changed = {"fromShadow": {**BOOTSTRAP["fromShadow"], "pointInTime": "2026-12-01T10:00:00Z"}}
+    refusals = [
+        ("restored", {"spec": {"bootstrap": changed}}, "bootstrap is immutable"),
+        ("restored", {"spec": {"bootstrap": None}}, "bootstrap can only be set when the ShardSet is created"),
+        ("fresh", {"spec": {"bootstrap": BOOTSTRAP}}, "bootstrap can only be set when the ShardSet is created"),
+    ]
+    for name, body, message in refusals:
+        with pytest.raises(client.ApiException) as err:
+            patch(GROUP, VERSION, namespace, "shardsets", name, body)
+        assert err.value.status == 422 and message in json.loads(err.value.body)["message"], err.value.body
+    # Other fields of a bootstrapped ShardSet still change.
+    patch(GROUP, VERSION, namespace, "shardsets", "restored", {"spec": {"shards": 2}})
+
+
+
+
+REVERSION = {"shardSetRef": {"name": "orders"}, "tables": ["orders"], "keys": ["a", "b"],
+             "pointInTime": "2026-11-30T09:00:00Z"}
+
+
+def test_reversion_spec_is_fixed_after_planning_except_approve(k8s_client, namespace):
+    _create(k8s_client, namespace, _obj("Reversion", "rev", REVERSION))
+    api = _api(k8s_client)
+    # As the controller leaves it once planned.
+    api.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, "reversions", "rev", {"status": {
+        "phase": "AwaitingApproval", "digest": "ab" * 32, "shortDigest": "ab" * 6, "plan": {"keys": 2}}})
+    changes = [{"pointInTime": "2026-11-30T08:00:00Z"}, {"keys": ["a"]}, {"tables": None},
+               {"range": {"start": "a", "end": "z"}}, {"overwriteLaterWrites": True},
+               {"shardSetRef": {"name": "other"}}]
+    for change in changes:
+        with pytest.raises(client.ApiException) as err:
+            api.patch_namespaced_custom_object(GROUP, VERSION, namespace, "reversions", "rev", {"spec": change})
+        assert err.value.status == 422, change
+        assert "immutable once created, except approve" in json.loads(err.value.body)["message"], change
+    stored = api.patch_namespaced_custom_object(GROUP, VERSION, namespace, "reversions", "rev",
+                                                {"spec": {"approve": "ab" * 32}})
+    assert stored["spec"] == {**REVERSION, "overwriteLaterWrites": False, "approve": "ab" * 32}
+
+
+def test_reversion_printer_columns(k8s_client, control_plane, namespace):
+    _create(k8s_client, namespace, _obj("Reversion", "cols", REVERSION))
+    _api(k8s_client).patch_namespaced_custom_object_status(GROUP, VERSION, namespace, "reversions", "cols", {
+        "status": {"phase": "Running", "shortDigest": "0123456789ab", "plan": {"keys": 40},
+                   "progress": {"summary": "12/40", "done": 12, "skipped": 0, "conflicts": 0, "remaining": 28}}})
+    out = control_plane.kubectl("get", "rev", "cols", "-n", namespace, "--no-headers").stdout.split()
+    assert out[:6] == ["cols", "orders", "Running", "40", "12/40", "0123456789ab"], out

@@ -17,7 +17,7 @@ SAMPLES_DIR = CRDS_DIR / "samples"
 INVALID_DIR = REPO / "tests" / "data" / "invalid"
 GROUP = "chronoshard.io"
 VERSION = "v1alpha1"
-KINDS = ("ShardSet", "KeyRotation", "PrefetchPolicy", "ShadowPolicy", "MirrorSet", "WeavePlan")
+KINDS = ("ShardSet", "KeyRotation", "PrefetchPolicy", "ShadowPolicy", "MirrorSet", "WeavePlan", "Reversion")
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,10 @@
 # Our custom resources: Kopf lists and watches them and patches metadata (finalizer, bookkeeping
 # annotations) and status. The operator never creates, updates or deletes a user's objects.
 - apiGroups: [chronoshard.io]
-  resources: [shardsets, keyrotations, prefetchpolicies, shadowpolicies, mirrorsets, weaveplans]
+  resources: [shardsets, keyrotations, prefetchpolicies, shadowpolicies, mirrorsets, weaveplans, reversions]
   verbs: [list, watch, patch]
 - apiGroups: [chronoshard.io]
-  resources: [shardsets/status, keyrotations/status, prefetchpolicies/status, shadowpolicies/status, mirrorsets/status, weaveplans/status]
+  resources: [shardsets/status, keyrotations/status, prefetchpolicies/status, shadowpolicies/status, mirrorsets/status, weaveplans/status, reversions/status]
   verbs: [patch]
 # A KeyRotation reads the ShardSet it rotates.
 - apiGroups: [chronoshard.io]

@@ -41,7 +41,7 @@ SA_USER = f"system:serviceaccount:{RELEASE_NS}:{RELEASE}-chronoshard"
 
 # Rules the chart grants that the audited run below may not exercise, each with the reason it exists.
 # A rule that is neither used nor listed here fails test_every_rule_is_used_or_deliberately_extra.
-OTHER_KINDS = ["keyrotations", "shadowpolicies", "mirrorsets", "weaveplans"]
+OTHER_KINDS = ["keyrotations", "shadowpolicies", "mirrorsets", "weaveplans", "reversions"]
 DELIBERATE_EXTRA: dict[tuple[str, str, str], str] = {
     **{(verb, "chronoshard.io", kind): "controller of this kind: watched and patched once its handlers are "
        "registered (the samples of every kind are applied below, so a registered one is exercised)"
