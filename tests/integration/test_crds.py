@@ -296,6 +296,11 @@ def test_samples_apply_with_kubectl_as_they_are(control_plane, namespace):
         out = control_plane.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", str(path)).stdout
         assert obj["metadata"]["name"] in out
         assert yaml.safe_load(path.read_text())["apiVersion"] == f"{GROUP}/{VERSION}"
+def test_samples_apply_with_kubectl_as_they_are(control_plane, namespace):
+    for path, obj in load_samples():
+        out = control_plane.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", str(path)).stdout
+        assert obj["metadata"]["name"] in out
+        assert yaml.safe_load(path.read_text())["apiVersion"] == f"{GROUP}/{VERSION}"
 BOOTSTRAP = {"fromShadow": {
     "coldStorage": {"endpoint": "http://seaweedfs:8333", "bucket": "backups", "credentialsSecret": {"name": "c"}},
     "source": {"name": "orders"}, "keyringSecret": {"name": "orders-keyring-copy"}}}
@@ -317,8 +322,6 @@ def test_bootstrap_is_set_at_creation_only(k8s_client, namespace):
         assert err.value.status == 422 and message in json.loads(err.value.body)["message"], err.value.body
     # Other fields of a bootstrapped ShardSet still change.
     patch(GROUP, VERSION, namespace, "shardsets", "restored", {"spec": {"shards": 2}})
-
-
 
 
 REVERSION = {"shardSetRef": {"name": "orders"}, "tables": ["orders"], "keys": ["a", "b"],
