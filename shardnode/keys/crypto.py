@@ -37,23 +37,28 @@ class CompromisedVersion(RuntimeError):
 
 
 def seal_block(keyring: Keyring, table: str, key: str, plaintext: bytes, version: int | None = None,
-               nonce: bytes | None = None) -> tuple[bytes, bytes, int]:
-    """Encrypt under ``version`` (default: the primary); return (frame, checksum, key version)."""
+               nonce: bytes | None = None, aad_extra: bytes = b"") -> tuple[bytes, bytes, int]:
+    """Encrypt under ``version`` (default: the primary); return (frame, checksum, key version).
+
+    ``aad_extra`` is authenticated after the frame's own AAD (the shadow binds a history version's LSN with it);
+    empty for the node's blocks, whose bytes it leaves unchanged.
+    """
     v = keyring.primary if version is None else version
     if v in keyring.compromised:
         raise CompromisedVersion(v)
     aead = keyring.aead(v, table)
     # Random 96-bit nonces: per-table keys keep each key's message count far below the 2^32 bound.
     nonce = nonce or os.urandom(frames.NONCE_SIZE)
-    ct = aead.encrypt(nonce, plaintext, frames.aad_for(v, table, key))
+    ct = aead.encrypt(nonce, plaintext, frames.aad_for(v, table, key) + aad_extra)
     return frames.encode(frames.Frame(v, nonce, ct)), checksum(plaintext), v
 
 
 def open_block(keyring: Keyring, table: str, key: str, data: bytes, expected_checksum: bytes | None,
-               unwrap: bool = True) -> bytes:
+               unwrap: bool = True, aad_extra: bytes = b"") -> bytes:
     """Decrypt and verify a stored frame; IntegrityError if tampered, MissingKeyVersion if the version is gone.
 
     ``unwrap=False``: KeyNotHeld instead of unwrapping a wrapped version's table key that is not in memory.
+    ``aad_extra``: the same bytes the frame was sealed with (seal_block).
     """
     try:
         version, nonce, ciphertext = frames.split(data)
@@ -61,7 +66,7 @@ def open_block(keyring: Keyring, table: str, key: str, data: bytes, expected_che
         raise IntegrityError("frame", f"stored frame is malformed: {exc}") from None
     aead = keyring.aead(version, table, unwrap=unwrap)
     try:
-        plaintext = aead.decrypt(nonce, ciphertext, frames.aad_for(version, table, key))
+        plaintext = aead.decrypt(nonce, ciphertext, frames.aad_for(version, table, key) + aad_extra)
     except InvalidTag:
         raise IntegrityError("tag", "block failed authentication (tampered, or stored under another key)") from None
     if expected_checksum is not None and checksum(plaintext) != expected_checksum:
