@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from chronoshard.operator.naming import APP_VERSION
-from chronoshard.operator.spec.common import Fields, SpecError, parse_quantity
+from chronoshard.operator.spec.common import NAME_PATTERN, Fields, SpecError, parse_quantity
+from chronoshard.operator.spec.shadowpolicy import ColdStorage, parse_cold_storage
 
 DEFAULT_IMAGE = f"ghcr.io/chronoshard/chronoshard:{APP_VERSION}"
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
@@ -62,6 +64,18 @@ class Access:
 
 
 @dataclass(frozen=True)
+class FromShadow:
+    """``spec.bootstrap.fromShadow``: fill new shard volumes from a ShadowPolicy's object-storage backup."""
+
+    cold_storage: ColdStorage
+    source_name: str
+    keyring_secret: str
+    source_namespace: str | None = None  # None: the ShardSet's own namespace
+    point_in_time: datetime | None = None  # None: the newest point the backup holds
+    kek_secret: str | None = None
+
+
+@dataclass(frozen=True)
 class ShardSetSpec:
     """A parsed, defaulted ShardSet spec."""
 
@@ -84,6 +98,7 @@ class ShardSetSpec:
     key_encryption: KeyEncryption = field(default_factory=KeyEncryption)
     issuer_ref: IssuerRef | None = None  # spec.tls.issuerRef: cert-manager instead of the operator's CA
     access: Access = field(default_factory=Access)
+    from_shadow: FromShadow | None = None  # spec.bootstrap.fromShadow
 
 
 def parse_shardset(spec: Mapping[str, Any] | None) -> ShardSetSpec:
@@ -114,6 +129,7 @@ def parse_shardset(spec: Mapping[str, Any] | None) -> ShardSetSpec:
     pdb.done()
     issuer_ref = _tls(f.obj("tls"))
     access = _access(f.obj("access"))
+    from_shadow = _bootstrap(f.maybe_obj("bootstrap"), key_encryption)
     f.done()
 
     return ShardSetSpec(
@@ -134,7 +150,44 @@ def parse_shardset(spec: Mapping[str, Any] | None) -> ShardSetSpec:
         key_encryption=key_encryption,
         issuer_ref=issuer_ref,
         access=access,
+        from_shadow=from_shadow,
     )
+
+
+def _secret_ref(f: Fields, key: str) -> str:
+    ref = f.obj(key)
+    name = ref.required_string("name", pattern=SECRET_NAME_PATTERN, max_length=253)
+    ref.done()
+    return name
+
+
+def _bootstrap(f: Fields | None, key_encryption: KeyEncryption) -> FromShadow | None:
+    if f is None:
+        return None
+    s = f.maybe_obj("fromShadow")
+    f.done()
+    if s is None:
+        return None
+    for key in ("coldStorage", "source", "keyringSecret"):
+        if not s.has(key):
+            raise SpecError(s.sub(key), "Required value")
+    cold = parse_cold_storage(s.obj("coldStorage"))
+    src = s.obj("source")
+    source_ns = src.string("namespace", pattern=NAME_PATTERN, max_length=63)
+    source_name = src.required_string("name", pattern=NAME_PATTERN, max_length=63)
+    src.done()
+    point = s.date_time("pointInTime")
+    keyring = _secret_ref(s, "keyringSecret")
+    kek = _secret_ref(s, "kekSecret") if s.has("kekSecret") else None
+    s.done()
+    # The CRD's CEL rules on spec (fieldPath .bootstrap.fromShadow.kekSecret) refuse the same.
+    if kek is not None and not key_encryption.wrapped:
+        raise SpecError(s.sub("kekSecret"), "bootstrap.fromShadow.kekSecret needs keyEncryption.provider embedded")
+    if kek is not None and key_encryption.kek_secret not in (None, kek):
+        raise SpecError(s.sub("kekSecret"), "bootstrap.fromShadow.kekSecret and keyEncryption.kekSecretRef must "
+                                            "name the same Secret")
+    return FromShadow(cold_storage=cold, source_name=source_name, keyring_secret=keyring,
+                      source_namespace=source_ns, point_in_time=point, kek_secret=kek)
 
 
 def _tls(f: Fields) -> IssuerRef | None:

@@ -45,6 +45,19 @@ EDGE_VALID: list[tuple[str, dict[str, Any]]] = [
     ("ShadowPolicy", REF),
     ("ShadowPolicy", {**REF, "reversion": {"mode": "off"}, "snapshot": {"interval": "1h"},
                       "retention": {"hot": "1h", "warm": "60m", "cold": "3600s"}}),
+    ("ShadowPolicy", {**REF, "compression": {"codec": "none"}, "snapshot": {"fullEvery": 1000},
+                      "coldStorage": {"endpoint": "http://seaweedfs.storage:8333/", "bucket": "a.b-c",
+                                      "prefix": "p/q.r", "credentialsSecret": {"name": "creds"}}}),
+    ("ShadowPolicy", {**REF, "compression": {"level": 19, "dictionary": False},
+                      "coldStorage": {"endpoint": "https://s3.amazonaws.com", "bucket": "abc", "region": "eu-west-1",
+                                      "forcePathStyle": False, "credentialsSecret": {"name": "creds"}}}),
+    ("ShardSet", {"shards": 1, "bootstrap": {"fromShadow": {
+        "coldStorage": {"endpoint": "http://seaweedfs:8333", "bucket": "backups", "credentialsSecret": {"name": "c"}},
+        "source": {"name": "orders"}, "keyringSecret": {"name": "orders-keyring-copy"}}}}),
+    ("ShardSet", {"shards": 1, "keyEncryption": {"kekSecretRef": {"name": "kek"}}, "bootstrap": {"fromShadow": {
+        "coldStorage": {"endpoint": "http://seaweedfs:8333", "bucket": "backups", "credentialsSecret": {"name": "c"}},
+        "source": {"namespace": "prod", "name": "orders"}, "pointInTime": "2026-12-01T10:00:00Z",
+        "keyringSecret": {"name": "k"}, "kekSecret": {"name": "kek"}}}}),
     ("MirrorSet", {"sourceRef": {"name": "orders"}, "mirrors": [{"shardSetRef": {"name": "m"}}]}),
     ("MirrorSet", {"sourceRef": {"name": "orders"},
                    "mirrors": [{"shardSetRef": {"name": "orders"}, "namespace": "w"},
@@ -291,16 +304,6 @@ def test_transition_rules_refuse_changing_immutable_fields(k8s_client, namespace
     assert f"{field} is immutable" in json.loads(err.value.body)["message"]
 
 
-def test_samples_apply_with_kubectl_as_they_are(control_plane, namespace):
-    for path, obj in load_samples():
-        out = control_plane.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", str(path)).stdout
-        assert obj["metadata"]["name"] in out
-        assert yaml.safe_load(path.read_text())["apiVersion"] == f"{GROUP}/{VERSION}"
-def test_samples_apply_with_kubectl_as_they_are(control_plane, namespace):
-    for path, obj in load_samples():
-        out = control_plane.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", str(path)).stdout
-        assert obj["metadata"]["name"] in out
-        assert yaml.safe_load(path.read_text())["apiVersion"] == f"{GROUP}/{VERSION}"
 BOOTSTRAP = {"fromShadow": {
     "coldStorage": {"endpoint": "http://seaweedfs:8333", "bucket": "backups", "credentialsSecret": {"name": "c"}},
     "source": {"name": "orders"}, "keyringSecret": {"name": "orders-keyring-copy"}}}
@@ -322,6 +325,13 @@ def test_bootstrap_is_set_at_creation_only(k8s_client, namespace):
         assert err.value.status == 422 and message in json.loads(err.value.body)["message"], err.value.body
     # Other fields of a bootstrapped ShardSet still change.
     patch(GROUP, VERSION, namespace, "shardsets", "restored", {"spec": {"shards": 2}})
+
+
+def test_samples_apply_with_kubectl_as_they_are(control_plane, namespace):
+    for path, obj in load_samples():
+        out = control_plane.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", str(path)).stdout
+        assert obj["metadata"]["name"] in out
+        assert yaml.safe_load(path.read_text())["apiVersion"] == f"{GROUP}/{VERSION}"
 
 
 REVERSION = {"shardSetRef": {"name": "orders"}, "tables": ["orders"], "keys": ["a", "b"],

@@ -84,6 +84,8 @@ def spec_schema(kind: str) -> dict[str, Any]:
 _STRINGS_BY_PATTERN = {
     r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$": "1h",
     r"^(@(yearly|annually|monthly|weekly|daily|hourly)|([0-9*/,?A-Za-z-]+ ){4}[0-9*/,?A-Za-z-]+)$": "@daily",
+    r"^https?://[^\s/?#]+(/[^\s?#]*)?$": "http://a",  # an object-storage endpoint
+    r"^[a-z0-9][a-z0-9.-]*[a-z0-9]$": "abc",  # a bucket (at least 3 characters)
 }
 
 

@@ -140,3 +140,53 @@ def test_tls_issuer_ref_and_access_peers_are_kept_in_kubernetes_shape():
 def test_access_refuses_unknown_selector_fields():
     with pytest.raises(SpecError, match=r"spec\.access\.monitoring\[0\]\.podSelector\.labels"):
         parse_shardset({"shards": 1, "access": {"monitoring": [{"podSelector": {"labels": {}}}]}})
+
+
+FROM_SHADOW = {
+    "coldStorage": {"endpoint": "http://seaweedfs:8333", "bucket": "backups", "prefix": "prod",
+                    "credentialsSecret": {"name": "objectstore"}},
+    "source": {"namespace": "prod", "name": "orders"},
+    "pointInTime": "2026-12-01T10:00:00Z",
+    "keyringSecret": {"name": "orders-keyring-copy"},
+    "kekSecret": {"name": "orders-kek-copy"},
+}
+
+
+def test_bootstrap_from_shadow_is_parsed():
+    spec = parse_shardset({"shards": 2, "bootstrap": {"fromShadow": FROM_SHADOW}})
+    fs = spec.from_shadow
+    assert fs is not None
+    assert (fs.source_namespace, fs.source_name, fs.keyring_secret, fs.kek_secret) == (
+        "prod", "orders", "orders-keyring-copy", "orders-kek-copy")
+    assert fs.point_in_time is not None and fs.point_in_time.isoformat() == "2026-12-01T10:00:00+00:00"
+    assert (fs.cold_storage.bucket, fs.cold_storage.prefix, fs.cold_storage.region) == ("backups", "prod", "us-east-1")
+
+
+def test_bootstrap_minimal_and_absent():
+    minimal = {k: v for k, v in FROM_SHADOW.items() if k in ("coldStorage", "keyringSecret")}
+    spec = parse_shardset({"shards": 1, "bootstrap": {"fromShadow": {**minimal, "source": {"name": "orders"}}}})
+    assert spec.from_shadow is not None
+    assert (spec.from_shadow.source_namespace, spec.from_shadow.point_in_time, spec.from_shadow.kek_secret) == (
+        None, None, None)
+    assert parse_shardset({"shards": 1}).from_shadow is None
+    assert parse_shardset({"shards": 1, "bootstrap": {}}).from_shadow is None
+
+
+def test_bootstrap_kek_may_equal_kek_secret_ref():
+    spec = parse_shardset({"shards": 1, "keyEncryption": {"kekSecretRef": {"name": "orders-kek-copy"}},
+                           "bootstrap": {"fromShadow": FROM_SHADOW}})
+    assert spec.from_shadow is not None and spec.key_encryption.kek_secret == "orders-kek-copy"
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"source": {}}, "spec.bootstrap.fromShadow.source.name"),
+    ({"source": {"name": "Orders"}}, "spec.bootstrap.fromShadow.source.name"),
+    ({"keyringSecret": None}, "spec.bootstrap.fromShadow.keyringSecret"),
+    ({"coldStorage": None}, "spec.bootstrap.fromShadow.coldStorage"),
+    ({"pointInTime": "yesterday"}, "spec.bootstrap.fromShadow.pointInTime"),
+    ({"zzz": 1}, "spec.bootstrap.fromShadow.zzz"),
+])
+def test_bad_bootstrap_is_refused_naming_the_field(change, field):
+    with pytest.raises(SpecError) as err:
+        parse_shardset({"shards": 1, "bootstrap": {"fromShadow": {**FROM_SHADOW, **change}}})
+    assert err.value.field_path == field
