@@ -45,6 +45,19 @@ EDGE_VALID: list[tuple[str, dict[str, Any]]] = [
     ("ShadowPolicy", REF),
     ("ShadowPolicy", {**REF, "reversion": {"mode": "off"}, "snapshot": {"interval": "1h"},
                       "retention": {"hot": "1h", "warm": "60m", "cold": "3600s"}}),
+    ("ShadowPolicy", {**REF, "compression": {"codec": "none"}, "snapshot": {"fullEvery": 1000},
+                      "coldStorage": {"endpoint": "http://seaweedfs.storage:8333/", "bucket": "a.b-c",
+                                      "prefix": "p/q.r", "credentialsSecret": {"name": "creds"}}}),
+    ("ShadowPolicy", {**REF, "compression": {"level": 19, "dictionary": False},
+                      "coldStorage": {"endpoint": "https://s3.amazonaws.com", "bucket": "abc", "region": "eu-west-1",
+                                      "forcePathStyle": False, "credentialsSecret": {"name": "creds"}}}),
+    ("ShardSet", {"shards": 1, "bootstrap": {"fromShadow": {
+        "coldStorage": {"endpoint": "http://seaweedfs:8333", "bucket": "backups", "credentialsSecret": {"name": "c"}},
+        "source": {"name": "orders"}, "keyringSecret": {"name": "orders-keyring-copy"}}}}),
+    ("ShardSet", {"shards": 1, "keyEncryption": {"kekSecretRef": {"name": "kek"}}, "bootstrap": {"fromShadow": {
+        "coldStorage": {"endpoint": "http://seaweedfs:8333", "bucket": "backups", "credentialsSecret": {"name": "c"}},
+        "source": {"namespace": "prod", "name": "orders"}, "pointInTime": "2026-12-01T10:00:00Z",
+        "keyringSecret": {"name": "k"}, "kekSecret": {"name": "kek"}}}}),
     ("MirrorSet", {"sourceRef": {"name": "orders"}, "mirrors": [{"shardSetRef": {"name": "m"}}]}),
     ("MirrorSet", {"sourceRef": {"name": "orders"},
                    "mirrors": [{"shardSetRef": {"name": "orders"}, "namespace": "w"},
@@ -291,16 +304,6 @@ def test_transition_rules_refuse_changing_immutable_fields(k8s_client, namespace
     assert f"{field} is immutable" in json.loads(err.value.body)["message"]
 
 
-def test_samples_apply_with_kubectl_as_they_are(control_plane, namespace):
-    for path, obj in load_samples():
-        out = control_plane.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", str(path)).stdout
-        assert obj["metadata"]["name"] in out
-        assert yaml.safe_load(path.read_text())["apiVersion"] == f"{GROUP}/{VERSION}"
-def test_samples_apply_with_kubectl_as_they_are(control_plane, namespace):
-    for path, obj in load_samples():
-        out = control_plane.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", str(path)).stdout
-        assert obj["metadata"]["name"] in out
-        assert yaml.safe_load(path.read_text())["apiVersion"] == f"{GROUP}/{VERSION}"
 BOOTSTRAP = {"fromShadow": {
     "coldStorage": {"endpoint": "http://seaweedfs:8333", "bucket": "backups", "credentialsSecret": {"name": "c"}},
     "source": {"name": "orders"}, "keyringSecret": {"name": "orders-keyring-copy"}}}
@@ -324,36 +327,11 @@ def test_bootstrap_is_set_at_creation_only(k8s_client, namespace):
     patch(GROUP, VERSION, namespace, "shardsets", "restored", {"spec": {"shards": 2}})
 
 
-REVERSION = {"shardSetRef": {"name": "orders"}, "tables": ["orders"], "keys": ["a", "b"],
-             "pointInTime": "2026-11-30T09:00:00Z"}
-
-
-def test_reversion_spec_is_fixed_after_planning_except_approve(k8s_client, namespace):
-    _create(k8s_client, namespace, _obj("Reversion", "rev", REVERSION))
-    api = _api(k8s_client)
-    # As the controller leaves it once planned.
-    api.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, "reversions", "rev", {"status": {
-        "phase": "AwaitingApproval", "digest": "ab" * 32, "shortDigest": "ab" * 6, "plan": {"keys": 2}}})
-    changes = [{"pointInTime": "2026-11-30T08:00:00Z"}, {"keys": ["a"]}, {"tables": None},
-               {"range": {"start": "a", "end": "z"}}, {"overwriteLaterWrites": True},
-               {"shardSetRef": {"name": "other"}}]
-    for change in changes:
-        with pytest.raises(client.ApiException) as err:
-            api.patch_namespaced_custom_object(GROUP, VERSION, namespace, "reversions", "rev", {"spec": change})
-        assert err.value.status == 422, change
-        assert "immutable once created, except approve" in json.loads(err.value.body)["message"], change
-    stored = api.patch_namespaced_custom_object(GROUP, VERSION, namespace, "reversions", "rev",
-                                                {"spec": {"approve": "ab" * 32}})
-    assert stored["spec"] == {**REVERSION, "overwriteLaterWrites": False, "approve": "ab" * 32}
-
-
-def test_reversion_printer_columns(k8s_client, control_plane, namespace):
-    _create(k8s_client, namespace, _obj("Reversion", "cols", REVERSION))
-    _api(k8s_client).patch_namespaced_custom_object_status(GROUP, VERSION, namespace, "reversions", "cols", {
-        "status": {"phase": "Running", "shortDigest": "0123456789ab", "plan": {"keys": 40},
-                   "progress": {"summary": "12/40", "done": 12, "skipped": 0, "conflicts": 0, "remaining": 28}}})
-    out = control_plane.kubectl("get", "rev", "cols", "-n", namespace, "--no-headers").stdout.split()
-    assert out[:6] == ["cols", "orders", "Running", "40", "12/40", "0123456789ab"], out
+def test_samples_apply_with_kubectl_as_they_are(control_plane, namespace):
+    for path, obj in load_samples():
+        out = control_plane.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", str(path)).stdout
+        assert obj["metadata"]["name"] in out
+        assert yaml.safe_load(path.read_text())["apiVersion"] == f"{GROUP}/{VERSION}"
 
 
 REVERSION = {"shardSetRef": {"name": "orders"}, "tables": ["orders"], "keys": ["a", "b"],
