@@ -26,6 +26,7 @@ from chronoshard.shardnode.keys.provider import (
     key_cache_size_setting,
 )
 from chronoshard.shardnode.serving import tls
+from chronoshard.shardnode.serving.deadlines import onward_headers
 from chronoshard.shardnode.serving.http_common import (
     TABLE_RE,
     ApiError,
@@ -264,8 +265,8 @@ def decrypt_error(exc: DecryptError) -> ApiError:
 
 
 def routing_headers(request: web.Request) -> dict[str, str]:
-    """Routing headers to pass on to the node."""
-    return {h: request.headers[h] for h in PASS_HEADERS if h in request.headers}
+    """Routing headers and what is left of the caller's deadline, to pass on to the node."""
+    return {h: request.headers[h] for h in PASS_HEADERS if h in request.headers} | onward_headers(request)
 
 
 async def get_block(request: web.Request) -> web.StreamResponse:

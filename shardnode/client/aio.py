@@ -53,6 +53,9 @@ from chronoshard.shardnode.client.transport import Endpoint, Scheme, Transport, 
 from chronoshard.shardnode.keyspace.partitioning import PartitionMap
 
 ROUTED_HEADER = "X-Chronoshard-Routed"  # same value as chronoshard.shardnode.serving.routing.ROUTED_HEADER
+# How long we still wait (same value as chronoshard.shardnode.serving.deadlines.TIMEOUT_HEADER): the shard gives
+# up on a write when we do, so a write we saw time out can never land after the next one we send.
+TIMEOUT_HEADER = "X-Chronoshard-Timeout"
 DEFAULT_TIMEOUT = 10.0
 # How long a request waits for a shard nobody answers for (connection refused, no Ready pod): a pod replaced by a
 # rolling update was unreachable for about 10 s on the local cluster (tests/e2e/test_tls_upgrade.py); 3x that.
@@ -274,6 +277,8 @@ class AsyncClient:
                      ok_404: bool = False) -> tuple[int, bytes]:
         path = block_path(table, key)
         headers = {"Content-Type": "application/octet-stream"} if body is not None else {}
+        if method in ("PUT", "DELETE"):
+            headers[TIMEOUT_HEADER] = f"{self.timeout:g}"
         if self._service is not None:
             status, payload = await self._send(method, self._service, path, headers, body)
             if not (ok_404 and status == 404):

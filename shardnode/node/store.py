@@ -219,6 +219,11 @@ class Store:
 
     def _run_group(self, conn: sqlite3.Connection,
                    group: list[tuple[Callable[[sqlite3.Connection], Any], concurrent.futures.Future[Any]]]) -> None:
+        # A job whose caller cancelled it while it was queued (its deadline passed) is dropped, never made;
+        # the rest are marked running, so a late cancel can no longer take back a commit.
+        group = [(fn, fut) for fn, fut in group if fut.set_running_or_notify_cancel()]
+        if not group:
+            return
         outcomes: list[tuple[bool, Any]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")

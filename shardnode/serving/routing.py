@@ -47,6 +47,7 @@ from prometheus_client import Counter, Gauge
 from yarl import URL
 
 from . import tls
+from .deadlines import onward_headers
 
 log = logging.getLogger(__name__)
 
@@ -297,6 +298,7 @@ async def forward(
     """
     headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
     headers[FORWARDED_HEADER] = str(epoch)
+    headers.update(onward_headers(request))  # what is left of the caller's deadline, not what it started with
     body = await request.read()
     # raw_path_qs keeps percent-encoding (a key may contain "/" or spaces), so the owner sees the same URL.
     url = URL(owner_url.rstrip("/") + request.rel_url.raw_path_qs, encoded=True)

@@ -34,6 +34,7 @@ from chronoshard.shardnode.auth.policy import Access
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 
 from . import tls
+from .deadlines import deadline_middleware
 from .http_common import (
     AIOHTTP_LIMITS,
     SERVER_LIMITS,
@@ -165,6 +166,8 @@ def _middlewares(requests: Counter | None, json_errors: bool,
                  partitioning: Partitioning | None) -> list[Any]:
     # The error middleware is outermost, so a refusal or failure in any later one is answered as JSON too.
     middlewares: list[Any] = [error_middleware(requests)] if json_errors else []
+    # Next the caller's deadline, so authentication, forwarding and the handler all count against it.
+    middlewares.append(deadline_middleware())
     if partitioning is not None:
         middlewares.append(ownership_middleware(partitioning.source, partitioning.shard_index,
                                                 peers=partitioning.peers))
@@ -238,7 +241,7 @@ def create_server_app(service: S, probes: Probes, routes: Sequence[Route], *, ke
     if key is not None:
         app[key] = service
     app[_REGISTRY] = probes.registry
-    app[_AUTH_SLOT] = 1 if json_errors else 0
+    app[_AUTH_SLOT] = 2 if json_errors else 1  # after the error and deadline middlewares
     app.on_startup.append(_warn_if_open)
     app.on_startup.append(service.start)
     app.on_shutdown.append(service.shutting_down)
