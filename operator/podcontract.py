@@ -6,23 +6,29 @@ another's modules for it; docs/interfaces.md describes the same contract for the
 
 from __future__ import annotations
 
+from datetime import UTC, timedelta
 from typing import Any
 
 from .prefetchconfig import cache_overrides
 from .prefetchconfig import predictor_config as policy_predictor_config
 from .spec.prefetchpolicy import PrefetchPolicySpec
-from .spec.shardset import ShardSetSpec
+from .spec.shadowpolicy import ColdStorage, ShadowPolicySpec
+from .spec.shardset import FromShadow, ShardSetSpec
 
-# The containers of a shard pod; each container's port is named like the container.
+# The containers of a shard pod; each container's port is named like the container. ``shadow`` runs only while a
+# ShadowPolicy targets the ShardSet; ``bootstrap`` is an init container, only with spec.bootstrap.fromShadow.
 NODE = "node"
 CACHE = "cache"
 PREDICTOR = "predictor"
-CONTAINERS = (NODE, CACHE, PREDICTOR)
+SHADOW = "shadow"
+BOOTSTRAP = "bootstrap"
+CONTAINERS = (NODE, CACHE, PREDICTOR, SHADOW)  # shadow: only with a ShadowPolicy
 
 NODE_PORT = 7400
 CACHE_PORT = 7401
 PREDICTOR_PORT = 7402
-PORTS = {NODE: NODE_PORT, CACHE: CACHE_PORT, PREDICTOR: PREDICTOR_PORT}
+SHADOW_PORT = 7403
+PORTS = {NODE: NODE_PORT, CACHE: CACHE_PORT, PREDICTOR: PREDICTOR_PORT, SHADOW: SHADOW_PORT}
 
 RUN_AS_USER = 65532
 
@@ -31,6 +37,8 @@ KEYRING_MOUNT = "/etc/chronoshard/keyring"
 KEK_MOUNT = "/etc/chronoshard/kek"
 PARTITIONS_MOUNT = "/etc/chronoshard/partitions"
 CONFIG_MOUNT = "/etc/chronoshard/config"
+# The object-storage credentials Secret (accessKeyId, secretAccessKey): shadow and bootstrap containers only.
+OBJECTSTORE_MOUNT = "/etc/chronoshard/objectstore"
 # The ``<shardset>-tls`` Secret (docs/security.md): every container serves HTTPS from it and presents it as its
 # client certificate to the others.
 TLS_MOUNT = "/etc/chronoshard/tls"
@@ -45,6 +53,10 @@ SECURITY_CONFIG_FLAG = "--security-config"
 NODE_CONFIG_FILE = "node.json"
 CACHE_CONFIG_FILE = "cache.json"
 PREDICTOR_CONFIG_FILE = "predictor.json"
+SHADOW_CONFIG_FILE = "shadow.json"
+BOOTSTRAP_CONFIG_FILE = "bootstrap.json"
+# The name under which the shadow registers its change-stream slot on the node.
+SHADOW_CONSUMER = "shadow"
 PARTITION_MAP_FILE = "map.json"
 SECURITY_CONFIG_FILE = "security.json"
 OPERATOR_IDENTITY = "chronoshard:operator"
@@ -102,3 +114,66 @@ def predictor_config(spec: ShardSetSpec, prefetch: PrefetchPolicySpec | None = N
     if prefetch is None:
         return {"tables": list(spec.tables), "enabled": False}
     return {"tables": list(spec.tables), **policy_predictor_config(prefetch)}
+
+
+def cold_config(cold: ColdStorage, namespace: str, shardset: str) -> dict[str, Any]:
+    """The ``cold`` object of shadow.json / bootstrap.json for ``shardset``'s objects.
+
+    One ConfigMap serves every pod, so the prefix stops at the ShardSet: each process appends ``/<shard>`` (its
+    ordinal in $POD_NAME).
+    """
+    base = f"{cold.prefix}/" if cold.prefix else ""
+    return {
+        "endpoint": cold.endpoint,
+        "bucket": cold.bucket,
+        "prefix": f"{base}{namespace}/{shardset}",
+        "region": cold.region,
+        "forcePathStyle": cold.force_path_style,
+        "credentialsDir": OBJECTSTORE_MOUNT,
+    }
+
+
+def _seconds(delta: timedelta) -> int | float:
+    seconds = delta.total_seconds()
+    return int(seconds) if seconds == int(seconds) else seconds
+
+
+def shadow_config(policy: ShadowPolicySpec, namespace: str = "", shardset: str | None = None) -> dict[str, Any]:
+    """Settings of the ``shadow`` process (shadow.json) from the ShadowPolicy in force; ``namespace`` and
+    ``shardset`` place its cold tier in the bucket (the policy's ShardSet when ``shardset`` is None)."""
+    return {
+        "consumer": SHADOW_CONSUMER,
+        "tables": list(policy.tables) if policy.tables is not None else None,
+        "snapshot": {
+            "intervalSeconds": _seconds(policy.snapshot_interval),
+            "granularity": policy.granularity,
+            "fullEvery": policy.full_every,
+        },
+        "compression": {
+            "codec": policy.compression.codec,
+            "level": policy.compression.level,
+            "dictionary": policy.compression.dictionary,
+        },
+        "retention": {
+            "hotSeconds": _seconds(policy.retention.hot),
+            "warmSeconds": _seconds(policy.retention.warm),
+            "coldSeconds": _seconds(policy.retention.cold),
+        },
+        "cold": (cold_config(policy.cold_storage, namespace, shardset or policy.shardset)
+                 if policy.cold_storage is not None else None),
+        "reversion": {"mode": policy.reversion_mode, "maxBlocks": policy.reversion_max_blocks},
+    }
+
+
+def bootstrap_config(namespace: str, spec: ShardSetSpec, source: FromShadow) -> dict[str, Any]:
+    """Settings of the ``bootstrap`` init container (bootstrap.json): which backup, at which point, for which
+    tables; the source's objects are found under its own namespace and name."""
+    src_ns = source.source_namespace or namespace
+    point = source.point_in_time
+    return {
+        "source": {"namespace": src_ns, "name": source.source_name},
+        "pointInTime": (point.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ").replace(".000000Z", "Z")
+                        if point is not None else None),
+        "tables": list(spec.tables),
+        "cold": cold_config(source.cold_storage, src_ns, source.source_name),
+    }

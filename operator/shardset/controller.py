@@ -40,6 +40,7 @@ from ..loop import namespace_of, post_events, run_object_loop
 from ..metrics import set_key_version
 from ..podcontract import PARTITION_MAP_FILE
 from ..prefetchlookup import policy_in_force
+from ..shadowlookup import shadow_policy_in_force
 from ..settings import RUNTIME
 from ..shardpods import shard_pods
 from ..spec.common import SpecError
@@ -54,7 +55,7 @@ PLURAL = "shardsets"
 RESYNC_SECONDS = 30.0
 # A user's kekSecretRef Secret is not a labelled child, so no watch wakes the loop when it is fixed: look sooner.
 KEK_RETRY_SECONDS = 5.0
-KEK_PROBLEMS = ("KEKMissing", "KEKInvalid", "KEKMismatch", "KeyringWrapped")
+KEK_PROBLEMS = ("KEKMissing", "KEKInvalid", "KEKMismatch", "KeyringWrapped", "BootstrapSecretMissing")
 BLOCKING = ("InvalidImage", "StorageClassNotFound", "KeyringInvalid", *KEK_PROBLEMS, *tlsassets.BLOCKING)
 MANAGED = {"app.kubernetes.io/managed-by": naming.MANAGER}
 
@@ -97,8 +98,9 @@ def _ensure_kek(owner: Mapping[str, Any], spec: ShardSetSpec, result: ReconcileR
             return None
     else:
         if existing is None:
-            existing = create_once(manifests.kek_secret(owner, new_kek_data()), result.events,
-                                    ("Normal", "KEKCreated", f"Created key-encryption key Secret {secret_name}"))
+            existing = _create_kek(owner, spec, secret_name, result, problems)
+            if existing is None:
+                return None
         try:
             adopt(owner, existing, result.events, "key-encryption key", "KEKAdopted")
         except ValueError as exc:
@@ -111,6 +113,41 @@ def _ensure_kek(owner: Mapping[str, Any], spec: ShardSetSpec, result: ReconcileR
         return None
 
 
+def _create_kek(owner: Mapping[str, Any], spec: ShardSetSpec, secret_name: str, result: ReconcileResult,
+                problems: list[tuple[str, str]]) -> dict[str, Any] | None:
+    """Create ``<name>-kek`` once: a copy of the source's KEK when the spec bootstraps with one, else a new key."""
+    source_kek = spec.from_shadow.kek_secret if spec.from_shadow is not None else None
+    if source_kek is None:
+        return create_once(manifests.kek_secret(owner, new_kek_data()), result.events,
+                           ("Normal", "KEKCreated", f"Created key-encryption key Secret {secret_name}"))
+    data = _bootstrap_secret_data(owner, spec, "kek", problems)
+    if data is None:
+        return None
+    return create_once(manifests.kek_secret(owner, data), result.events,
+                       ("Normal", "KEKCopied", f"Created key-encryption key Secret {secret_name} from the source's "
+                                               f"Secret {source_kek}"))
+
+
+def _bootstrap_secret_data(owner: Mapping[str, Any], spec: ShardSetSpec, which: str,
+                           problems: list[tuple[str, str]]) -> dict[str, str] | None:
+    """The data of the source's keyring or KEK Secret named by spec.bootstrap.fromShadow; None when the spec
+    names none (``kek`` only) or it is missing (then a problem is recorded)."""
+    source = spec.from_shadow
+    if source is None:
+        return None
+    name = source.keyring_secret if which == "keyring" else source.kek_secret
+    if name is None:
+        return None
+    secret = kube.get("v1", "Secret", owner["metadata"]["namespace"], name)
+    if secret is None or not secret.get("data"):
+        field = "keyringSecret" if which == "keyring" else "kekSecret"
+        problems.append(("BootstrapSecretMissing",
+                         f"Secret {name} (spec.bootstrap.fromShadow.{field}.name) does not exist or is empty; the "
+                         "shards are restored once it holds the source's " + which))
+        return None
+    return dict(secret["data"])
+
+
 def _ensure_keyring(owner: Mapping[str, Any], spec: ShardSetSpec, kek: bytes | None, result: ReconcileResult,
                     problems: list[tuple[str, str]]) -> tuple[KeyringManifest | None, tuple[int, ...]]:
     """Create the keyring once (wrapped under ``kek`` when the spec says so), adopt it, and check it fits the KEK.
@@ -120,6 +157,15 @@ def _ensure_keyring(owner: Mapping[str, Any], spec: ShardSetSpec, kek: bytes | N
     name, ns = owner["metadata"]["name"], owner["metadata"]["namespace"]
     secret_name = naming.keyring_secret_name(name)
     existing = kube.get("v1", "Secret", ns, secret_name)
+    if existing is None and spec.from_shadow is not None:
+        # A restored ShardSet reads data sealed under the source's keys: its keyring is a copy of the source's.
+        copied = _bootstrap_secret_data(owner, spec, "keyring", problems)
+        if copied is None:
+            return None, ()
+        parse_manifest(copied)  # refuse (KeyringInvalid) a Secret that is not a keyring before copying it
+        existing = create_once(manifests.keyring_secret(owner, copied), result.events,
+                                ("Normal", "KeyringCopied", f"Created keyring Secret {secret_name} from the "
+                                                            f"source's Secret {spec.from_shadow.keyring_secret}"))
     if existing is None:
         if spec.key_encryption.wrapped and kek is None:
             return None, ()  # the KEK's problem is reported; a keyring made now would have no KEK to match
@@ -231,8 +277,10 @@ def reconcile(owner: Mapping[str, Any]) -> ReconcileResult:
 
     # The oldest valid PrefetchPolicy naming this ShardSet turns prefetching on; the others report a Conflict.
     prefetch = policy_in_force(ns, name)
+    # Likewise the oldest valid ShadowPolicy adds the shadow container and shadow.json.
+    shadow = shadow_policy_in_force(ns, name).spec
     kube.apply(manifests.config_map(owner, spec, prefetch=prefetch.spec,
-                                    operator_identities=tlsassets.operator_identities()))
+                                    operator_identities=tlsassets.operator_identities(), shadow=shadow))
     kube.apply(manifests.headless_service(owner))
     kube.apply(manifests.client_service(owner))
     kube.apply(manifests.pod_disruption_budget(owner, spec))
@@ -244,7 +292,7 @@ def reconcile(owner: Mapping[str, Any]) -> ReconcileResult:
         sts = live_sts
     else:
         effective = spec if shards == spec.shards else _with_shards(spec, shards)
-        desired_sts = manifests.statefulset(owner, effective)
+        desired_sts = manifests.statefulset(owner, effective, shadow)
         _keep_immutable_claims(desired_sts, live_sts, problems)
         sts = kube.apply(desired_sts)
         if live_sts is None:

@@ -14,6 +14,8 @@ from typing import Any
 
 from .. import naming
 from ..podcontract import (
+    BOOTSTRAP,
+    BOOTSTRAP_CONFIG_FILE,
     CA_CERT_FILE,
     CA_KEY_FILE,
     CACHE,
@@ -26,6 +28,7 @@ from ..podcontract import (
     NODE,
     NODE_CONFIG_FILE,
     NODE_PORT,
+    OBJECTSTORE_MOUNT,
     PARTITION_MAP_FILE,
     PARTITIONS_MOUNT,
     PREDICTOR,
@@ -34,17 +37,23 @@ from ..podcontract import (
     RUN_AS_USER,
     SECURITY_CONFIG_FILE,
     SECURITY_CONFIG_FLAG,
+    SHADOW,
+    SHADOW_CONFIG_FILE,
+    SHADOW_PORT,
     TLS_CERT_FILE,
     TLS_DIR_FLAG,
     TLS_KEY_FILE,
     TLS_MOUNT,
+    bootstrap_config,
     cache_config,
     node_config,
     pod_identity,
     predictor_config,
     security_config,
+    shadow_config,
 )
 from ..spec.prefetchpolicy import PrefetchPolicySpec
+from ..spec.shadowpolicy import ShadowPolicySpec
 from ..spec.shardset import ShardSetSpec
 
 AUTH_DELEGATOR = "system:auth-delegator"
@@ -56,7 +65,12 @@ DEFAULT_RESOURCES: dict[str, dict[str, dict[str, str]]] = {
     NODE: {"requests": {"cpu": "100m", "memory": "128Mi"}},
     CACHE: {"requests": {"cpu": "100m", "memory": "128Mi"}},
     PREDICTOR: {"requests": {"cpu": "50m", "memory": "128Mi"}},
+    SHADOW: {"requests": {"cpu": "100m", "memory": "128Mi"}},
+    BOOTSTRAP: {"requests": {"cpu": "100m", "memory": "128Mi"}},
 }
+# Volumes of the object-storage credentials: the ShadowPolicy's (shadow container) and the bootstrap's.
+OBJECTSTORE_VOLUME = "objectstore"
+BOOTSTRAP_OBJECTSTORE_VOLUME = "bootstrap-objectstore"
 
 
 def _meta(name: str, namespace: str, owner: Mapping[str, Any], component: str) -> dict[str, Any]:
@@ -73,22 +87,29 @@ def _dump(settings: Mapping[str, Any]) -> str:
 
 
 def config_map(owner: Mapping[str, Any], spec: ShardSetSpec, prefetch: PrefetchPolicySpec | None = None,
-               operator_identities: tuple[str, ...] | None = None) -> dict[str, Any]:
-    """The ConfigMap ``<name>-config`` (node.json, cache.json, predictor.json, security.json); ``prefetch``: the
-    policy in force; ``operator_identities``: whom the pods treat as the operator (default its certificate CN)."""
+               operator_identities: tuple[str, ...] | None = None,
+               shadow: ShadowPolicySpec | None = None) -> dict[str, Any]:
+    """The ConfigMap ``<name>-config`` (node.json, cache.json, predictor.json, security.json, and shadow.json /
+    bootstrap.json when a ShadowPolicy is in force / the spec bootstraps); ``prefetch`` and ``shadow``: the
+    policies in force; ``operator_identities``: whom the pods treat as the operator (default its certificate CN)."""
     name, ns = owner["metadata"]["name"], owner["metadata"]["namespace"]
     security = (security_config(ns, name, spec) if operator_identities is None
                 else security_config(ns, name, spec, operator_identities))
+    data = {
+        NODE_CONFIG_FILE: _dump(node_config(spec)),
+        CACHE_CONFIG_FILE: _dump(cache_config(spec, prefetch)),
+        PREDICTOR_CONFIG_FILE: _dump(predictor_config(spec, prefetch)),
+        SECURITY_CONFIG_FILE: _dump(security),
+    }
+    if shadow is not None:
+        data[SHADOW_CONFIG_FILE] = _dump(shadow_config(shadow, ns, name))
+    if spec.from_shadow is not None:
+        data[BOOTSTRAP_CONFIG_FILE] = _dump(bootstrap_config(ns, spec, spec.from_shadow))
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": _meta(naming.config_map_name(name), ns, owner, "config"),
-        "data": {
-            NODE_CONFIG_FILE: _dump(node_config(spec)),
-            CACHE_CONFIG_FILE: _dump(cache_config(spec, prefetch)),
-            PREDICTOR_CONFIG_FILE: _dump(predictor_config(spec, prefetch)),
-            SECURITY_CONFIG_FILE: _dump(security),
-        },
+        "data": data,
     }
 
 
@@ -207,14 +228,16 @@ def _port(number: int) -> dict[str, Any]:
 
 def network_policy(owner: Mapping[str, Any], spec: ShardSetSpec, operator_peer: Mapping[str, Any]
                    ) -> dict[str, Any]:
-    """The NetworkPolicy: every port from the ShardSet's own pods and the operator, the cache port from
+    """The NetworkPolicy: every port from the ShardSet's own pods and the operator, the cache and shadow ports from
     ``spec.access.clients``, every port (each serves /metrics) from ``spec.access.monitoring``."""
     name, ns = owner["metadata"]["name"], owner["metadata"]["namespace"]
     own = {"podSelector": {"matchLabels": naming.selector_labels(name)}}
-    every_port = [_port(p) for p in (NODE_PORT, CACHE_PORT, PREDICTOR_PORT)]
+    every_port = [_port(p) for p in (NODE_PORT, CACHE_PORT, PREDICTOR_PORT, SHADOW_PORT)]
     ingress: list[dict[str, Any]] = [{"from": [own, dict(operator_peer)], "ports": every_port}]
     if spec.access.clients:
-        ingress.append({"from": [dict(p) for p in spec.access.clients], "ports": [_port(CACHE_PORT)]})
+        # Clients read blocks at the cache and history at the shadow (when a ShadowPolicy runs one).
+        ingress.append({"from": [dict(p) for p in spec.access.clients],
+                        "ports": [_port(CACHE_PORT), _port(SHADOW_PORT)]})
     if spec.access.monitoring:
         ingress.append({"from": [dict(p) for p in spec.access.monitoring], "ports": every_port})
     return {
@@ -231,6 +254,8 @@ def _service_ports() -> list[dict[str, Any]]:
         {"name": NODE, "port": NODE_PORT, "targetPort": NODE, "protocol": "TCP"},
         {"name": CACHE, "port": CACHE_PORT, "targetPort": CACHE, "protocol": "TCP"},
         {"name": PREDICTOR, "port": PREDICTOR_PORT, "targetPort": PREDICTOR, "protocol": "TCP"},
+        # Served only while a ShadowPolicy gives the pods a shadow container; the CLI reads history here.
+        {"name": SHADOW, "port": SHADOW_PORT, "targetPort": SHADOW, "protocol": "TCP"},
     ]
 
 
@@ -336,8 +361,9 @@ def _container(
     }
 
 
-def containers(spec: ShardSetSpec) -> list[dict[str, Any]]:
-    """The ``node``, ``cache`` and ``predictor`` containers (commands per docs/interfaces.md)."""
+def containers(spec: ShardSetSpec, shadow: ShadowPolicySpec | None = None) -> list[dict[str, Any]]:
+    """The ``node``, ``cache`` and ``predictor`` containers, and ``shadow`` while a ShadowPolicy is in force
+    (commands per docs/interfaces.md)."""
     keyring = {"name": "keyring", "mountPath": KEYRING_MOUNT, "readOnly": True}
     partitions = {"name": "partitions", "mountPath": PARTITIONS_MOUNT, "readOnly": True}
     config = {"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True}
@@ -377,11 +403,70 @@ def containers(spec: ShardSetSpec) -> list[dict[str, Any]]:
         ],
         PREDICTOR_PORT, spec, [data, config, tls, tmp],
     )
-    return [node, cache, predictor]
+    if shadow is None:
+        return [node, cache, predictor]
+    # The shadow reads the node's change stream like the cache does (same keys, TLS and pod identity) and keeps
+    # its history beside the node's blocks on the data volume.
+    objectstore = ([{"name": OBJECTSTORE_VOLUME, "mountPath": OBJECTSTORE_MOUNT, "readOnly": True}]
+                   if shadow.cold_storage is not None else [])
+    shadow_container = _container(
+        SHADOW,
+        [
+            "chronoshard-shadow", "--host", "$(POD_IP)", "--port", str(SHADOW_PORT),
+            "--node-url", f"https://$(POD_IP):{NODE_PORT}", "--data-dir", DATA_MOUNT,
+            "--keyring-dir", KEYRING_MOUNT, *kek_args, "--partition-map", map_file,
+            "--settings", f"{CONFIG_MOUNT}/{SHADOW_CONFIG_FILE}", *secure,
+        ],
+        SHADOW_PORT, spec, [data, keyring, *kek_mounts, partitions, config, tls, tmp, *objectstore],
+    )
+    return [node, cache, predictor, shadow_container]
 
 
-def statefulset(owner: Mapping[str, Any], spec: ShardSetSpec) -> dict[str, Any]:
-    """The StatefulSet: one pod per shard, a PVC per shard kept when the ShardSet is deleted or scaled down."""
+def bootstrap_container(spec: ShardSetSpec) -> dict[str, Any]:
+    """The ``bootstrap`` init container: fills an empty data volume from the source's backup before the node
+    starts (``chronoshard-shadow bootstrap``; a volume that already holds blocks is left as it is)."""
+    kek_mounts = [{"name": "kek", "mountPath": KEK_MOUNT, "readOnly": True}] if spec.key_encryption.wrapped else []
+    kek_args = ["--kek-dir", KEK_MOUNT] if spec.key_encryption.wrapped else []
+    return {
+        "name": BOOTSTRAP,
+        "image": spec.image,
+        "imagePullPolicy": spec.image_pull_policy,
+        "command": [
+            "chronoshard-shadow", "bootstrap", "--settings", f"{CONFIG_MOUNT}/{BOOTSTRAP_CONFIG_FILE}",
+            "--data-dir", DATA_MOUNT, "--keyring-dir", KEYRING_MOUNT, *kek_args,
+        ],
+        "env": _env(),
+        "resources": DEFAULT_RESOURCES[BOOTSTRAP],
+        "securityContext": _container_security(),
+        "volumeMounts": [
+            {"name": "data", "mountPath": DATA_MOUNT},
+            {"name": "keyring", "mountPath": KEYRING_MOUNT, "readOnly": True},
+            *kek_mounts,
+            {"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True},
+            {"name": "tmp", "mountPath": "/tmp"},
+            {"name": BOOTSTRAP_OBJECTSTORE_VOLUME, "mountPath": OBJECTSTORE_MOUNT, "readOnly": True},
+        ],
+    }
+
+
+def _add_shadow_volumes(pod_spec: dict[str, Any], spec: ShardSetSpec, shadow: ShadowPolicySpec | None) -> None:
+    """The object-storage Secrets of the shadow and of the bootstrap init container, and that init container."""
+    if shadow is not None and shadow.cold_storage is not None:
+        # optional: a missing credentials Secret must not keep the node and cache from starting; the
+        # ShadowPolicy's status says it is missing, and the shadow reports its cold tier cannot export.
+        pod_spec["volumes"].append({"name": OBJECTSTORE_VOLUME, "secret": {
+            "secretName": shadow.cold_storage.credentials_secret, "defaultMode": 0o440, "optional": True}})
+    if spec.from_shadow is not None:
+        # Not optional: without credentials there is nothing to restore, so the pod waits for the Secret.
+        pod_spec["volumes"].append({"name": BOOTSTRAP_OBJECTSTORE_VOLUME, "secret": {
+            "secretName": spec.from_shadow.cold_storage.credentials_secret, "defaultMode": 0o440}})
+        pod_spec["initContainers"] = [bootstrap_container(spec)]
+
+
+def statefulset(owner: Mapping[str, Any], spec: ShardSetSpec, shadow: ShadowPolicySpec | None = None
+                ) -> dict[str, Any]:
+    """The StatefulSet: one pod per shard, a PVC per shard kept when the ShardSet is deleted or scaled down;
+    ``shadow``: the ShadowPolicy in force, which adds the shadow container."""
     name, ns = owner["metadata"]["name"], owner["metadata"]["namespace"]
     template = spec.pod_template or {}
     pod_labels = {**(template.get("labels") or {}), **naming.common_labels(name, "shard")}
@@ -398,7 +483,7 @@ def statefulset(owner: Mapping[str, Any], spec: ShardSetSpec) -> dict[str, Any]:
             "fsGroup": RUN_AS_USER,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "containers": containers(spec),
+        "containers": containers(spec, shadow),
         "volumes": [
             {
                 "name": "keyring",
@@ -413,6 +498,7 @@ def statefulset(owner: Mapping[str, Any], spec: ShardSetSpec) -> dict[str, Any]:
     kek = kek_secret_in_use(name, spec)
     if kek is not None:
         pod_spec["volumes"].insert(1, {"name": "kek", "secret": {"secretName": kek, "defaultMode": 0o440}})
+    _add_shadow_volumes(pod_spec, spec, shadow)
     if template.get("nodeSelector"):
         pod_spec["nodeSelector"] = dict(template["nodeSelector"])
     if template.get("tolerations"):

@@ -275,9 +275,10 @@ def test_readme_access_example_lets_in_the_app_and_prometheus_only() -> None:
     policy = manifests.network_policy(owner, spec, operator_peer)
     by_ports = {tuple(p["port"] for p in rule["ports"]): rule["from"] for rule in policy["spec"]["ingress"]}
     every = tuple(sorted(PORTS.values()))
-    assert set(by_ports) == {every, (PORTS["cache"],)} and len(policy["spec"]["ingress"]) == 3
+    clients = (PORTS["cache"], PORTS["shadow"])
+    assert set(by_ports) == {every, clients} and len(policy["spec"]["ingress"]) == 3
     app = doc["spec"]["access"]["clients"]
-    assert by_ports[(PORTS["cache"],)] == app
+    assert by_ports[clients] == app
     assert app[0]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "shop-frontend"}
     monitoring = [r["from"] for r in policy["spec"]["ingress"] if r["from"] == doc["spec"]["access"]["monitoring"]]
     assert monitoring and monitoring[0][0]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "prometheus"}

@@ -35,7 +35,7 @@ def test_minimal_spec_gets_the_schema_defaults():
     assert spec.tables == ("default",)
     assert (spec.storage_size, spec.storage_class) == ("1Gi", None)
     assert (spec.cache_size, spec.cache_size_bytes) == ("256Mi", 256 * 2**20)
-    assert spec.resources == {"node": {}, "cache": {}, "predictor": {}}
+    assert spec.resources == {"node": {}, "cache": {}, "predictor": {}, "shadow": {}}
     assert spec.pod_template == {}
     assert spec.pdb_max_unavailable == 1
 
