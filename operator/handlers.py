@@ -13,6 +13,7 @@ from urllib3.exceptions import HTTPError
 from . import kube
 from .keyrotation import controller as keyrotation_controller  # noqa: F401 - registers handlers
 from .prefetchpolicy import controller as prefetchpolicy_controller  # noqa: F401 - registers handlers
+from .reversion import controller as reversion_controller  # noqa: F401 - registers handlers
 from .settings import RUNTIME
 from .shardset import controller as shardset_controller  # noqa: F401 - registers handlers
 

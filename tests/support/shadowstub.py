@@ -1,0 +1,263 @@
+"""A small in-memory stand-in for one shard's shadow REST API (the contract's JSON shapes, section C of issue #14),
+served by a real aiohttp server: the operator's and the CLI's HTTP code is tested against real HTTP, while the
+real shadow process (shardnode/shadow/server.py) is still being written. It keeps versions per key and plans by
+name; it does no capture, no sealing and no writes to a node.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+
+ROUTED = "X-Chronoshard-Routed"
+
+
+@dataclass
+class Version:
+    """One stored version of a key (value None: a delete)."""
+
+    lsn: int
+    time: float
+    value: bytes | None
+
+
+@dataclass
+class StubShadow:
+    """One shard's shadow: versions by (table, key), plans by name, and a log of the requests it answered."""
+
+    shard: int = 0
+    versions: dict[tuple[str, str], list[Version]] = field(default_factory=dict)
+    plans: dict[str, dict[str, Any]] = field(default_factory=dict)
+    requests: list[tuple[str, str]] = field(default_factory=list)
+    owns: Any = None  # callable (table, key) -> bool: keys another shard owns are answered 421
+    epoch: int = 1
+    hold_runs: bool = False  # True: a started run stays "running" until finish_runs()
+    lsn: int = 0
+    partition_map: dict[str, Any] | None = None  # what GET /v1/partitions answers (404 when None)
+
+    def write(self, table: str, key: str, value: bytes | None, time: float) -> int:
+        """Record a version (value None: deleted) at the next LSN."""
+        self.lsn += 1
+        self.versions.setdefault((table, key), []).append(Version(self.lsn, time, value))
+        return self.lsn
+
+    def finish_runs(self) -> None:
+        """Complete every running plan."""
+        for p in self.plans.values():
+            if p["phase"] == "running":
+                self._complete(p)
+
+    @staticmethod
+    def _complete(p: dict[str, Any]) -> None:
+        keys = p["plan"]["restore"] + p["plan"]["create"] + p["plan"]["delete"]
+        skipped = 0 if p["overwrite"] else p["plan"]["conflicts"]
+        p.update(phase="completed", done=keys - skipped, skipped=skipped, remaining=0)
+
+    # --- queries ---------------------------------------------------------------------------
+
+    def _at(self, table: str, key: str, lsn: int | None, time: float | None) -> Version | None:
+        found = None
+        for v in self.versions.get((table, key), []):
+            if (lsn is not None and v.lsn <= lsn) or (time is not None and v.time <= time):
+                found = v
+        return found if found is not None and found.value is not None else None
+
+    def _live(self, table: str, lsn: int | None, time: float | None) -> dict[str, Version]:
+        out = {}
+        for (t, k) in sorted(self.versions):
+            v = self._at(t, k, lsn, time) if t == table else None
+            if v is not None:
+                out[k] = v
+        return out
+
+    def plan_for(self, request: dict[str, Any]) -> dict[str, Any]:
+        """The plan of a request: compares the state at the point with now, per key."""
+        point_time = parse_time(request["time"])
+        counts = {"restore": 0, "create": 0, "delete": 0, "bytes": 0}
+        items = []
+        for (table, key) in sorted(self.versions):
+            if request.get("tables") and table not in request["tables"]:
+                continue
+            if request.get("keys") and key not in request["keys"]:
+                continue
+            rng = request.get("range")
+            if rng and not rng["start"] <= key <= rng["end"]:
+                continue
+            then, now = self._at(table, key, None, point_time), self._at(table, key, self.lsn, None)
+            action = (None if then is None and now is None else "delete" if then is None else
+                      "create" if now is None else None if then.value == now.value else "restore")
+            if action is None:
+                continue
+            counts[action] += 1
+            counts["bytes"] += len(then.value or b"") if then else 0
+            items.append([table, key, action, now.lsn if now else 0, then.lsn if then else 0])
+        point_lsn = max((v.lsn for vs in self.versions.values() for v in vs if v.time <= point_time), default=0)
+        canon = json.dumps({"items": items, "point": {"lsn": point_lsn, "time": point_time}}, sort_keys=True,
+                           separators=(",", ":"))
+        return {"name": request["name"], "digest": hashlib.sha256(canon.encode()).hexdigest(), "planLsn": self.lsn,
+                "point": {"lsn": point_lsn, "time": point_time}, **counts, "conflicts": 0,
+                "sample": [{"table": i[0], "key": i[1], "action": i[2], "expectedLsn": i[3], "targetLsn": i[4]}
+                           for i in items[:100]]}
+
+    # --- the app ---------------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        """The aiohttp application with the contract's routes."""
+        app = web.Application(middlewares=[self._log])
+        app.router.add_get("/v1/tables/{table}/history/{key}", self._history)
+        app.router.add_get("/v1/tables/{table}/at/{key}", self._value_at)
+        app.router.add_get("/v1/tables/{table}/diff", self._diff)
+        app.router.add_get("/v1/partitions", self._partitions)
+        app.router.add_post("/v1/reversions", self._create)
+        app.router.add_get("/v1/reversions/{name}", self._get)
+        app.router.add_post("/v1/reversions/{name}/run", self._run)
+        app.router.add_delete("/v1/reversions/{name}", self._delete)
+        return app
+
+    @web.middleware
+    async def _log(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        self.requests.append((request.method, request.path_qs))
+        return await handler(request)
+
+    async def _partitions(self, _request: web.Request) -> web.Response:
+        if self.partition_map is None:
+            return _error(404, "not_found", "no map")
+        return web.json_response(self.partition_map)
+
+    def _misdirected(self, request: web.Request) -> web.Response | None:
+        table, key = request.match_info["table"], request.match_info["key"]
+        if self.owns is not None and not self.owns(table, key):
+            return web.json_response({"error": "misdirected", "message": "not mine", "epoch": self.epoch},
+                                     status=421)
+        return None
+
+    async def _history(self, request: web.Request) -> web.Response:
+        wrong = self._misdirected(request)
+        if wrong is not None:
+            return wrong
+        after = int(request.query.get("after", 0))
+        limit = int(request.query.get("limit", 100))
+        vs = [v for v in self.versions.get((request.match_info["table"], request.match_info["key"]), [])
+              if v.lsn > after]
+        page = vs[:limit]
+        return web.json_response({"versions": [_version(v) for v in page],
+                                  "next": page[-1].lsn if len(vs) > limit else None})
+
+    async def _value_at(self, request: web.Request) -> web.Response:
+        wrong = self._misdirected(request)
+        if wrong is not None:
+            return wrong
+        lsn, time = _point(request)
+        table, key = request.match_info["table"], request.match_info["key"]
+        v = self._at(table, key, lsn, time)
+        if v is None:
+            return _error(404, "not_found", f"{table}/{key} did not exist then")
+        return web.json_response({"key": key, **_version(v), "exact": True})
+
+    async def _diff(self, request: web.Request) -> web.Response:
+        table = request.match_info["table"]
+        t0, t1 = parse_time(request.query["from"]), parse_time(request.query["to"])
+        before, after = self._live(table, None, t0), self._live(table, None, t1)
+        entries = []
+        for key in sorted(set(before) | set(after)):
+            b, a = before.get(key), after.get(key)
+            if b is not None and a is not None and b.lsn == a.lsn:
+                continue
+            change = "created" if b is None else "deleted" if a is None else "changed"
+            entries.append({"key": key, "change": change, "sizeBefore": len(b.value or b"") if b else None,
+                            "sizeAfter": len(a.value or b"") if a else None, "lsnBefore": b.lsn if b else None,
+                            "lsnAfter": a.lsn if a else None})
+        start = request.query.get("after")
+        entries = [e for e in entries if start is None or e["key"] > start]
+        limit = int(request.query.get("limit", 100))
+        return web.json_response({"entries": entries[:limit],
+                                  "next": entries[limit - 1]["key"] if len(entries) > limit else None})
+
+    async def _create(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        if not isinstance(body, dict) or not body.get("name") or "time" not in body:
+            return _error(400, "invalid_body", "name and time are required")
+        name = body["name"]
+        existing = self.plans.get(name)
+        if existing is not None:
+            if existing["request"] != body:
+                return _error(409, "conflict", f"plan {name} exists with another body")
+            return web.json_response(existing["plan"])
+        self.plans[name] = {"request": body, "plan": self.plan_for(body), "phase": "planned", "done": 0,
+                            "skipped": 0, "remaining": 0, "overwrite": bool(body.get("overwriteLater"))}
+        return web.json_response(self.plans[name]["plan"], status=201)
+
+    def _plan_doc(self, p: dict[str, Any]) -> dict[str, Any]:
+        keys = p["plan"]["restore"] + p["plan"]["create"] + p["plan"]["delete"]
+        remaining = keys if p["phase"] in ("planned", "running") else 0
+        return {**p["plan"], "phase": p["phase"], "done": p["done"], "skipped": p["skipped"],
+                "conflicts": p["plan"]["conflicts"], "remaining": remaining - p["done"] if remaining else 0}
+
+    async def _get(self, request: web.Request) -> web.Response:
+        p = self.plans.get(request.match_info["name"])
+        if p is None:
+            return _error(404, "not_found", "no such plan")
+        return web.json_response(self._plan_doc(p))
+
+    async def _run(self, request: web.Request) -> web.Response:
+        p = self.plans.get(request.match_info["name"])
+        if p is None:
+            return _error(404, "not_found", "no such plan")
+        body = await request.json()
+        if body.get("digest") != p["plan"]["digest"]:
+            return _error(409, "digest_mismatch", "the digest is not this plan's")
+        if p["phase"] == "planned":
+            p["phase"] = "running"
+            if not self.hold_runs:
+                self._complete(p)
+        return web.json_response(self._plan_doc(p), status=202)
+
+    async def _delete(self, request: web.Request) -> web.Response:
+        if self.plans.pop(request.match_info["name"], None) is None:
+            return _error(404, "not_found", "no such plan")
+        return web.json_response({"deleted": True})
+
+
+def parse_time(text: str) -> float:
+    """RFC 3339 or unix seconds."""
+    try:
+        return float(text)
+    except ValueError:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def _point(request: web.Request) -> tuple[int | None, float | None]:
+    if "lsn" in request.query:
+        return int(request.query["lsn"]), None
+    return None, parse_time(request.query["time"])
+
+
+def _version(v: Version) -> dict[str, Any]:
+    return {"lsn": v.lsn, "time": v.time, "op": "put" if v.value is not None else "delete",
+            "size": len(v.value or b""), "keyVersion": 1,
+            "value": base64.b64encode(v.value).decode() if v.value is not None else None}
+
+
+def _error(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": code, "message": message}, status=status)
+
+
+@asynccontextmanager
+async def serve_at(app: web.Application, host: str, port: int) -> AsyncIterator[str]:
+    """Serve ``app`` at host:port inside the running loop; yields its base URL."""
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        await runner.cleanup()
