@@ -15,6 +15,7 @@ from .keyrotation import controller as keyrotation_controller  # noqa: F401 - re
 from .prefetchpolicy import controller as prefetchpolicy_controller  # noqa: F401 - registers handlers
 from .reversion import controller as reversion_controller  # noqa: F401 - registers handlers
 from .settings import RUNTIME
+from .shadowpolicy import controller as shadowpolicy_controller  # noqa: F401 - registers handlers
 from .shardset import controller as shardset_controller  # noqa: F401 - registers handlers
 
 log = logging.getLogger(__name__)

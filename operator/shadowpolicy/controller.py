@@ -1,0 +1,244 @@
+"""The ShadowPolicy controller: one Kopf daemon per policy reports the shadows' capture and history; spec changes
+wake the ShardSet.
+
+The ShardSet controller stays the only writer of the StatefulSet and of ``<shardset>-config``: it adds the shadow
+container and shadow.json for the policy ``shadowselect.select_shadow_policy`` picks (the oldest valid one). This
+controller wakes that ShardSet's loop whenever a policy is created, changed or deleted, and every ``POLL_SECONDS``
+asks every shard's shadow for its status and writes capture lag, tiers, oldest restorable point, compression ratio
+and the conditions Ready, CaptureBehind and ShardSetMissing into the policy's status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+
+from .. import kube, naming
+from ..conditions import conditions_equal_ignoring_time, get_condition, now_rfc3339, set_condition
+from ..loop import namespace_of, post_events, run_object_loop
+from ..podcontract import SHADOW_CONFIG_FILE, shadow_config
+from ..shadowlookup import shadow_policy_in_force
+from ..shadowselect import ShadowSelection
+from ..shardpods import shard_pods
+from ..spec.common import SpecError
+from ..spec.shadowpolicy import ShadowPolicySpec, parse_shadowpolicy
+from ..triggers import TRIGGERS
+from . import probe
+from .status import ShardSample, aggregate, behind, lag_bound_seconds
+
+KIND = "ShadowPolicy"
+PLURAL = "shadowpolicies"
+POLL_SECONDS = 10.0
+PENDING_SECONDS = 2.0  # while the config is not yet written or the pods are rolling onto the shadow container
+FIGURES = ("shardsReporting", "shardsExpected", "reporting", "shards", "captureLagLsn", "captureLagSeconds",
+           "oldestRestorableTime", "compressionRatio", "shadowBytes", "versions", "tiers")
+PENDING_REASONS = ("ConfigPending", "ShardsNotReporting")
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Observation:
+    """What the API server says about a policy's surroundings (read in one blocking step)."""
+
+    shardset: str | None = None
+    spec: ShadowPolicySpec | None = None
+    spec_error: str | None = None
+    shardset_obj: Mapping[str, Any] | None = None
+    selection: ShadowSelection = field(default_factory=ShadowSelection)
+    config_applied: bool = False
+    cold_secret_missing: bool = False
+    expected: int = 0
+    pods: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+
+def _config_applied(ns: str, shardset: str, wanted: Mapping[str, Any]) -> bool:
+    """True when the ShardSet's config ConfigMap carries exactly this policy's shadow.json."""
+    cm = kube.get("v1", "ConfigMap", ns, naming.config_map_name(shardset))
+    raw = ((cm or {}).get("data") or {}).get(SHADOW_CONFIG_FILE)
+    if raw is None:
+        return False
+    try:
+        return bool(json.loads(raw) == wanted)
+    except ValueError:
+        return False
+
+
+def observe(body: Mapping[str, Any]) -> Observation:
+    """Parse the spec and read the ShardSet, the competing policies, the ConfigMap, the credentials Secret and the
+    pods (blocking)."""
+    meta = body["metadata"]
+    ns = meta["namespace"]
+    obs = Observation(shardset=((body.get("spec") or {}).get("shardSetRef") or {}).get("name"))
+    try:
+        obs.spec = spec = parse_shadowpolicy(body.get("spec"))
+    except SpecError as exc:
+        obs.spec_error = str(exc)
+        return obs
+    obs.shardset = spec.shardset
+    obs.shardset_obj = kube.get(naming.API_VERSION, "ShardSet", ns, spec.shardset)
+    if obs.shardset_obj is None:
+        return obs
+    obs.selection = shadow_policy_in_force(ns, spec.shardset)
+    if obs.selection.name != meta["name"]:
+        return obs
+    obs.config_applied = _config_applied(ns, spec.shardset, shadow_config(spec, ns, spec.shardset))
+    if spec.cold_storage is not None:
+        obs.cold_secret_missing = kube.get("v1", "Secret", ns, spec.cold_storage.credentials_secret) is None
+    shards = (obs.shardset_obj.get("spec") or {}).get("shards")
+    obs.expected = shards if isinstance(shards, int) and shards > 0 else 0
+    if obs.config_applied:
+        obs.pods = shard_pods(ns, spec.shardset)
+    return obs
+
+
+class _Conditions:
+    """The conditions being built for one status."""
+
+    def __init__(self, old: list[dict[str, Any]], gen: int, now: str | None) -> None:
+        self.items = old
+        self.gen = gen
+        self.now = now
+
+    def set(self, type_: str, ok: bool, reason: str, message: str) -> None:
+        self.items = set_condition(self.items, type_, ok, reason, message, self.gen, self.now)
+
+
+def _active(status: dict[str, Any], conds: _Conditions, obs: Observation, samples: list[ShardSample],
+            target: str) -> None:
+    """Figures and conditions of the policy in force once its config is written."""
+    status.update(aggregate(samples, obs.expected))
+    rows = status["shards"]
+    missing = [f"shard {r['shard']}: {r.get('error', 'not reporting')}" for r in rows if not r["reporting"]]
+    failing = [f"shard {r['shard']}: {r['error']}" for r in rows if r["reporting"] and r.get("error")]
+    bound = lag_bound_seconds(obs.spec.snapshot_interval) if obs.spec is not None else 60.0
+    late = behind(rows, bound)
+    conds.set("CaptureBehind", bool(late), "CaptureBehind" if late else "CaptureCurrent",
+              "; ".join(late[:5]) if late else f"every reporting shard's capture is within {bound:g}s of its node")
+    if missing:
+        status["phase"] = "Pending" if not status["shardsReporting"] else "Degraded"
+        conds.set("Ready", False, "ShardsNotReporting",
+                  f"{status['reporting']} shard shadow(s) report; " + "; ".join(missing[:5]))
+    elif obs.cold_secret_missing and obs.spec is not None and obs.spec.cold_storage is not None:
+        status["phase"] = "Degraded"
+        conds.set("Ready", False, "ColdStorageSecretMissing",
+                  f"Secret {obs.spec.cold_storage.credentials_secret} (spec.coldStorage.credentialsSecret.name) "
+                  "does not exist: the cold tier cannot reach object storage")
+    elif failing:
+        status["phase"] = "Degraded"
+        conds.set("Ready", False, "ShadowErrors", "; ".join(failing[:5]))
+    else:
+        status["phase"] = "Degraded" if late else "Active"
+        conds.set("Ready", True, "ShardsReporting", f"all {obs.expected} shard shadow(s) of ShardSet {target} report")
+
+
+def build_status(body: Mapping[str, Any], obs: Observation, samples: list[ShardSample], now: str | None = None
+                 ) -> dict[str, Any]:
+    """The policy's status from an observation and the shadows' answers (pure)."""
+    meta = body["metadata"]
+    gen = int(meta.get("generation") or 1)
+    old = body.get("status") or {}
+    conds = _Conditions(list(old.get("conditions") or []), gen, now)
+    status: dict[str, Any] = {"observedGeneration": gen}
+    target = obs.shardset or "?"
+    if obs.spec_error is not None:
+        status["phase"] = "Invalid"
+        conds.set("Ready", False, "InvalidSpec", obs.spec_error)
+    elif obs.shardset_obj is None:
+        status["phase"] = "Waiting"
+        msg = f"ShardSet {target} (spec.shardSetRef.name) does not exist in namespace {meta['namespace']}"
+        conds.set("ShardSetMissing", True, "ShardSetNotFound", msg)
+        conds.set("Ready", False, "ShardSetMissing", msg)
+    else:
+        conds.set("ShardSetMissing", False, "ShardSetFound", f"ShardSet {target} exists")
+        if obs.selection.name != meta["name"]:
+            status["phase"] = "Conflict"
+            conds.set("Ready", False, "AnotherPolicyInForce",
+                      f"ShadowPolicy {obs.selection.name} is older and already shadows ShardSet {target}; this "
+                      "policy takes effect only when that one is deleted")
+        elif not obs.config_applied:
+            status["phase"] = "Waiting"
+            conds.set("Ready", False, "ConfigPending",
+                      f"waiting for ShardSet {target}'s config ConfigMap to carry this policy's shadow.json")
+        else:
+            _active(status, conds, obs, samples, target)
+    status["conditions"] = conds.items
+    return status
+
+
+def _changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    strip = lambda s: {k: v for k, v in s.items() if k not in ("conditions", "lastUpdateTime")}  # noqa: E731
+    if strip(old) != strip(new):
+        return True
+    return not conditions_equal_ignoring_time(old.get("conditions") or [], new.get("conditions") or [])
+
+
+def write_status(body: Mapping[str, Any], status: dict[str, Any]) -> bool:
+    """Replace the status when it changed (figures left out of ``status`` are removed); True if written."""
+    old = body.get("status") or {}
+    if not _changed(old, status):
+        return False
+    if any(k in status for k in FIGURES):
+        status = {**status, "lastUpdateTime": now_rfc3339()}
+    patch = {**{k: None for k in old if k not in status}, **status}
+    meta = body["metadata"]
+    return kube.patch_status(naming.API_VERSION, KIND, meta["namespace"], meta["name"], patch)
+
+
+async def step(body: Mapping[str, Any]) -> dict[str, Any]:
+    """Observe, ask the shadows, and return the new status."""
+    obs = await asyncio.to_thread(observe, body)
+    samples: list[ShardSample] = []
+    if obs.config_applied and obs.expected:
+        samples = await probe.collect(obs.pods, obs.expected)
+    return build_status(body, obs, samples)
+
+
+def transitions(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """Events for a status change: the Ready reason moved, or CaptureBehind turned on or off (pure)."""
+    events: list[tuple[str, str, str]] = []
+    before, after = old.get("conditions") or [], new.get("conditions") or []
+    ready_old, ready_new = get_condition(before, "Ready"), get_condition(after, "Ready")
+    if ready_new is not None and (ready_old is None or ready_old.get("reason") != ready_new["reason"]):
+        events.append(("Normal" if ready_new["status"] == "True" else "Warning", ready_new["reason"],
+                       ready_new["message"]))
+    lag_old, lag_new = get_condition(before, "CaptureBehind"), get_condition(after, "CaptureBehind")
+    was = lag_old is not None and lag_old.get("status") == "True"
+    if lag_new is not None and (lag_new["status"] == "True") != was:
+        events.append(("Warning", "CaptureBehind", lag_new["message"]) if lag_new["status"] == "True"
+                      else ("Normal", "CaptureCaughtUp", lag_new["message"]))
+    return events
+
+
+@kopf.daemon(naming.GROUP, naming.VERSION, PLURAL, cancellation_timeout=10.0)
+async def shadowpolicy_loop(name: str, namespace: str | None, body: kopf.Body, stopped: kopf.DaemonStopped,
+                            **_: Any) -> None:
+    """Report one ShadowPolicy's phase, capture and history figures every POLL_SECONDS (sooner when woken)."""
+    async def one_pass(snap: dict[str, Any]) -> tuple[str, float]:
+        status = await step(snap)
+        await asyncio.to_thread(write_status, snap, status)
+        post_events(body, transitions(snap.get("status") or {}, status))
+        ready = get_condition(status["conditions"], "Ready") or {}
+        delay = PENDING_SECONDS if ready.get("reason") in PENDING_REASONS else POLL_SECONDS
+        return ("success" if status["phase"] == "Active" else str(status["phase"]).lower()), delay
+
+    await run_object_loop(KIND, namespace_of(KIND, name, namespace), name, body, stopped, one_pass)
+
+
+@kopf.on.event(naming.GROUP, naming.VERSION, PLURAL)
+def shadowpolicy_changed(type: str | None, name: str, namespace: str | None, body: kopf.Body, **_: Any) -> None:
+    """Wake the target ShardSet (it adds or removes the shadow container and shadow.json) on creation, spec change
+    and deletion; then this policy's loop."""
+    namespace = namespace_of(KIND, name, namespace)
+    target = ((body.get("spec") or {}).get("shardSetRef") or {}).get("name")
+    observed = (body.get("status") or {}).get("observedGeneration")
+    if type == "DELETED" or body["metadata"].get("deletionTimestamp") or observed != body["metadata"].get("generation"):
+        if isinstance(target, str):
+            TRIGGERS.fire("ShardSet", namespace, target)
+        TRIGGERS.fire(KIND, namespace, name)
