@@ -6,7 +6,7 @@ import asyncio
 import logging
 import sqlite3
 import time
-from functools import partial
+from collections.abc import Callable
 from typing import Any
 
 from chronoshard.shardnode.keys.crypto import IntegrityError, open_block, seal_block
@@ -48,8 +48,9 @@ def start_in_txn(conn: sqlite3.Connection, keyring: Keyring, batch_size: int,
     return st
 
 
-def batch_in_txn(conn: sqlite3.Connection, keyring: Keyring) -> dict[str, Any]:
-    """Rewrap one batch after the cursor and persist the new cursor in the same transaction."""
+def batch_in_txn(conn: sqlite3.Connection, keyring: Keyring, frames: bool = False) -> dict[str, Any]:
+    """Rewrap one batch after the cursor and persist the new cursor in the same transaction; ``frames``: each
+    change entry carries the block's new frame (consumers exist)."""
     st = load_state(conn)
     if st["state"] != "running":
         return st
@@ -62,7 +63,7 @@ def batch_in_txn(conn: sqlite3.Connection, keyring: Keyring) -> dict[str, Any]:
         "WHERE (tbl, key) > (?, ?) AND key_version != ? ORDER BY tbl, key LIMIT ?",
         (cur[0], cur[1], st["target"], st["batchSize"]),
     ).fetchall()
-    changes: list[tuple[float, str, str, str, int, int]] = []
+    changes: list[tuple[float, str, str, str, int, int, bytes | None, bytes | None]] = []
     updates: list[tuple[bytes, int, int]] = []
     for row_id, tbl, key, version, size, cs, frame in rows:
         try:
@@ -75,18 +76,21 @@ def batch_in_txn(conn: sqlite3.Connection, keyring: Keyring) -> dict[str, Any]:
                 st["problems"].append({"table": tbl, "key": key, "keyVersion": version, "error": str(exc)})
             continue
         new_frame, _, new_version = seal_block(keyring, tbl, key, plaintext, version=st["target"])
-        changes.append((time.time(), tbl, key, "rewrap", new_version, size))
+        logged = (new_frame, bytes(cs)) if frames else (None, None)
+        changes.append((time.time(), tbl, key, "rewrap", new_version, size, *logged))
         updates.append((new_frame, new_version, row_id))
     if changes:
         # One executemany per table instead of two statements per block. The writer thread is the only
         # writer and AUTOINCREMENT hands out consecutive LSNs inside one transaction, which is checked.
         base = changelog.last_lsn(conn)
-        conn.executemany("INSERT INTO changes (time, tbl, key, op, key_version, size) VALUES (?, ?, ?, ?, ?, ?)",
-                         changes)
+        conn.executemany("INSERT INTO changes (time, tbl, key, op, key_version, size, frame, checksum) "
+                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", changes)
         if changelog.last_lsn(conn) != base + len(changes):
             raise RuntimeError("change-log LSNs were not consecutive; rewrap batch rolled back")
         conn.executemany("UPDATE blocks SET frame = ?, key_version = ?, lsn = ? WHERE id = ?",
                          [(f, v, base + i + 1, rid) for i, (f, v, rid) in enumerate(updates)])
+        if frames:
+            changelog.add_frame_bytes(conn, sum(len(f) for f, _, _ in updates))
         st["rewrapped"] += len(updates)
     if rows:
         st["cursor"] = [rows[-1][1], rows[-1][2]]
@@ -141,7 +145,7 @@ class RewrapRunner:
         while True:
             try:
                 ring = self.store.current_keyring()
-                st = await self.store.write(partial(batch_in_txn, keyring=ring))
+                st = await self.store.write(self._batch_job(ring))
             except Exception:
                 log.exception("rewrap batch failed; retrying")
                 await asyncio.sleep(1.0)
@@ -153,6 +157,10 @@ class RewrapRunner:
                 return
             pause = st.get("pauseSeconds")
             await asyncio.sleep(self.pause if pause is None else pause)
+
+    def _batch_job(self, ring: Keyring) -> Callable[[sqlite3.Connection], dict[str, Any]]:
+        # The frames flag is read when the job runs in the writer, so a slot registered meanwhile is honoured.
+        return lambda conn: batch_in_txn(conn, ring, self.store.frames_enabled)
 
     async def stop(self) -> None:
         """Cancel the loop (the persisted cursor lets the next start resume)."""

@@ -1,4 +1,5 @@
-"""The node's HTTP API (aiohttp app factory): blocks, frames, scans, change log, keys, rewrap, verify."""
+"""The node's HTTP API (aiohttp app factory): blocks, frames, scans, keys, rewrap, verify; the change stream
+(change log, consumer slots, snapshot, status) is shardnode/node/stream_api.py."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ import asyncio
 import base64
 import logging
 import sqlite3
+import time
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,6 @@ from chronoshard.shardnode.keys.provider import EmbeddedKeyProvider, KeyCache, k
 from chronoshard.shardnode.serving.http_common import (
     ApiError,
     bool_query,
-    float_query,
     int_query,
     json_body,
     key_param,
@@ -38,9 +38,10 @@ from chronoshard.shardnode.serving.scaffold import (
 )
 from chronoshard.shardnode.serving.settings_watch import SettingsWatcher
 
-from . import changelog, rewrap
+from . import changelog, consumers, rewrap, stream_api
 from .store import (
     NoKeyring,
+    PreconditionFailed,
     Store,
     StoredBlock,
     WriteResult,
@@ -67,6 +68,9 @@ class NodeConfig:
     rewrap_batch_size: int = rewrap.DEFAULT_BATCH
     rewrap_pause_seconds: float = 0.0
     change_log_retain: int = 1_000_000  # entries kept; older ones are trimmed (readers see `gap`)
+    # Hard bounds even consumer slots cannot extend retention past (a slot forced past becomes `behind`).
+    change_log_max_retain: int = 2_000_000
+    change_log_max_retain_bytes: int = 1 << 30  # sum of the frames the log holds
     max_response_bytes: int = 64 << 20  # block bytes one batch or scan answer may carry
     trim_interval_seconds: float = 10.0
     partitioning: Partitioning | None = None  # when --partition-map is given
@@ -83,6 +87,8 @@ class NodeConfig:
                                 ("rewrapBatchSize", "rewrap_batch_size", int),
                                 ("rewrapPauseSeconds", "rewrap_pause_seconds", (int, float)),
                                 ("changeLogRetain", "change_log_retain", int),
+                                ("changeLogMaxRetain", "change_log_max_retain", int),
+                                ("changeLogMaxRetainBytes", "change_log_max_retain_bytes", int),
                                 ("maxResponseBytes", "max_response_bytes", int),
                                 ("trimIntervalSeconds", "trim_interval_seconds", (int, float)),
                                 ("compromisedWriteHoldSeconds", "compromised_write_hold_seconds", (int, float))):
@@ -103,6 +109,7 @@ class Node:
     def __init__(self, cfg: NodeConfig) -> None:
         self.cfg = cfg
         self.metrics = NodeMetrics()
+        self.consumer_metrics = stream_api.ConsumerMetrics(self.metrics.registry)
         # One key cache for the process, kept across keyring reloads; reads and writes unwrap in threads.
         self.key_cache = (KeyCache(EmbeddedKeyProvider(cfg.kek_dir, cfg.keyring_dir), cfg.key_cache_size)
                           if cfg.kek_dir is not None else None)
@@ -159,14 +166,26 @@ class Node:
     async def _trim_loop(self) -> None:
         while True:
             await asyncio.sleep(self.cfg.trim_interval_seconds)
-            retain = self.cfg.change_log_retain
             try:
-                gone = await self.db.write(partial(changelog.trim, retain=retain))
+                await self.trim()
             except Exception:
                 log.exception("change-log trim failed")
-                continue
-            if gone:
-                self.metrics.changelog_trimmed.inc(gone)
+
+    async def trim(self) -> int:
+        """One retention pass (consumers.plan_trim), in chunks so no transaction holds the writer long."""
+        c = self.cfg
+        bounds = consumers.TrimBounds(c.change_log_retain, c.change_log_max_retain, c.change_log_max_retain_bytes)
+        total = 0
+        while True:
+            res = await self.db.write(lambda conn: consumers.trim_in_txn(conn, bounds, TRIM_CHUNK, time.time()))
+            for name in res.behind:
+                log.warning("consumer %s fell behind: retention bounds trimmed changes it had not acked; "
+                            "it must re-seed from /v1/snapshot", name)
+            total += res.deleted
+            if res.deleted:
+                self.metrics.changelog_trimmed.inc(res.deleted)
+            if not res.more:
+                return total
 
     def _apply_settings(self, doc: dict[str, Any]) -> None:
         self.cfg.apply(doc)
@@ -174,6 +193,14 @@ class Node:
             self.rewrap.pause = self.cfg.rewrap_pause_seconds
         if self.key_cache is not None:
             self.key_cache.resize(self.cfg.key_cache_size)
+
+    def changed(self) -> asyncio.Event:
+        """The event the next commit sets (long polls wait on it)."""
+        return self._changed
+
+    def response_budget(self) -> int:
+        """Bytes of blocks or frames one answer may carry."""
+        return self.cfg.max_response_bytes
 
     def _wake_from_thread(self, loop: asyncio.AbstractEventLoop) -> None:
         loop.call_soon_threadsafe(self._wake)  # commits happen on the writer thread
@@ -211,6 +238,7 @@ class Node:
         for v, n in counts.items():
             self.metrics.blocks.labels(str(v)).set(n)
         self.metrics.last_lsn.set(await self.db.read(changelog.last_lsn))
+        self.consumer_metrics.observe((await self.db.read(stream_api.list_consumers))["consumers"])
 
     @property
     def db(self) -> Store:
@@ -244,6 +272,7 @@ class Node:
 
 
 NODE = web.AppKey("chronoshard_node", Node)
+TRIM_CHUNK = 50_000  # change-log rows one trim transaction deletes at most
 
 
 def charge(node: Node, total: int, size: int) -> int:
@@ -273,13 +302,21 @@ def node_of(request: web.Request) -> Node:
 
 
 # ---- blocks ------------------------------------------------------------------------------------
-async def put_holding_while_compromised(node: Node, table: str, key: str, body: bytes) -> WriteResult:
+def precondition_failed(exc: PreconditionFailed) -> ApiError:
+    """The 412 of a conditional write whose block is not at the expected LSN."""
+    return ApiError(412, "precondition_failed", f"{exc}; nothing was written", currentLsn=exc.current)
+
+
+async def put_holding_while_compromised(node: Node, table: str, key: str, body: bytes,
+                                        if_lsn: int | None = None) -> WriteResult:
     """Store a block; while a threat rotation has marked the primary compromised, hold the write until the new
     primary is loaded (the keyring watcher swaps it in), then answer 503 if that takes too long."""
     deadline = asyncio.get_running_loop().time() + node.cfg.compromised_write_hold_seconds
     while True:
         try:
-            return await node.db.put(table, key, body)
+            return await node.db.put(table, key, body, if_lsn=if_lsn)
+        except PreconditionFailed as exc:
+            raise precondition_failed(exc) from None
         except NoKeyring:
             raise ApiError(503, "no_keyring", "no keyring is loaded; cannot encrypt") from None
         except sqlite3.Error as exc:
@@ -295,11 +332,13 @@ async def put_holding_while_compromised(node: Node, table: str, key: str, body: 
 
 
 async def put_block(request: web.Request) -> web.Response:
-    """PUT /v1/tables/{table}/blocks/{key}: store the raw body, acknowledged after it is durable."""
+    """PUT /v1/tables/{table}/blocks/{key}: store the raw body, acknowledged after it is durable; with
+    X-Chronoshard-If-Lsn only if the block is at that LSN (412 otherwise)."""
     node = node_of(request)
     table, key = table_param(request), key_param(request)
+    expected = stream_api.if_lsn(request)
     body = await read_block_body(request, node.cfg.max_block_bytes)
-    res = await put_holding_while_compromised(node, table, key, body)
+    res = await put_holding_while_compromised(node, table, key, body, expected)
     node.metrics.writes.labels("put").inc()
     node.metrics.bytes_written.inc(len(body))
     return web.json_response({"table": table, "key": key, "lsn": res.lsn, "keyVersion": res.key_version,
@@ -325,10 +364,14 @@ async def get_block_h(request: web.Request) -> web.Response:
 
 
 async def delete_block(request: web.Request) -> web.Response:
-    """DELETE /v1/tables/{table}/blocks/{key}."""
+    """DELETE /v1/tables/{table}/blocks/{key} (conditional with X-Chronoshard-If-Lsn, as PUT)."""
     node = node_of(request)
     table, key = table_param(request), key_param(request)
-    res = await node.db.delete(table, key)
+    expected = stream_api.if_lsn(request)
+    try:
+        res = await node.db.delete(table, key, if_lsn=expected)
+    except PreconditionFailed as exc:
+        raise precondition_failed(exc) from None
     if res is None:
         raise ApiError(404, "not_found", f"no block {table}/{key}")
     node.metrics.writes.labels("delete").inc()
@@ -431,37 +474,6 @@ async def scan(request: web.Request) -> web.Response:
     return web.json_response({"items": items, "next": nxt})
 
 
-# ---- change log --------------------------------------------------------------------------------
-async def changes(request: web.Request) -> web.Response:
-    """GET /v1/changes?after=&limit=&wait=: entries after an LSN, optionally long-polling for new ones."""
-    node = node_of(request)
-    after = int_query(request, "after", 0, 0, 2**63 - 1)
-    limit = int_query(request, "limit", 100, 1, 1000)
-    wait = float_query(request, "wait", 0.0, 0.0, 30.0)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + wait
-    while True:
-        # Take the event before reading: a commit between the read and the wait then still wakes us.
-        changed = node._changed
-        entries = await node.db.read(lambda c: changelog.read(c, after, limit))
-        remaining = deadline - loop.time()
-        if entries or node.closing or remaining <= 0:
-            break
-        try:
-            # Short slices so a reader that hung up (or a shutdown) ends the wait promptly.
-            await asyncio.wait_for(changed.wait(), timeout=min(0.25, remaining))
-        except TimeoutError:
-            if request.transport is None or request.transport.is_closing():
-                break
-    last, first = await node.db.read(lambda c: (changelog.last_lsn(c), changelog.first_lsn(c)))
-    node.metrics.last_lsn.set(last)
-    # gap: entries after `after` were trimmed before this reader got them; it must resynchronise.
-    gap = first > after + 1 or (first == 0 and last > after)
-    return web.json_response({"changes": [e.to_json() for e in entries],
-                              "next": entries[-1].lsn if entries else after, "lastLsn": last,
-                              "firstLsn": first, "gap": gap})
-
-
 # ---- keys, rewrap, verify ----------------------------------------------------------------------
 async def keys(request: web.Request) -> web.Response:
     """GET /v1/keys: loaded versions (no key material) and per-version block counts."""
@@ -542,12 +554,12 @@ def routes() -> list[Route]:
             # Frames and the change log are the cache's internal feed: the pods' (and operator's) only.
             Route("GET", TABLE_PATH + "/frames/{key}", get_frame, Access.ADMIN),
             Route("POST", TABLE_PATH + "/frames:batchGet", batch_get_frames, Access.ADMIN),
-            Route("GET", "/v1/changes", changes, Access.ADMIN),
             Route("GET", "/v1/keys", keys, Access.ADMIN),
             Route("POST", "/v1/rewrap", rewrap_start, Access.ADMIN),
             Route("GET", "/v1/rewrap", rewrap_status, Access.ADMIN),
             Route("POST", "/v1/verify", verify_start, Access.ADMIN),
-            Route("GET", "/v1/verify", verify_status, Access.ADMIN)]
+            Route("GET", "/v1/verify", verify_status, Access.ADMIN),
+            *stream_api.routes(node_of)]
 
 
 def create_app(cfg: NodeConfig) -> web.Application:

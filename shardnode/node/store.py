@@ -20,7 +20,7 @@ from chronoshard.shardnode.keys.crypto import seal_block
 from chronoshard.shardnode.keys.keyring import Keyring
 from chronoshard.shardnode.keyspace.partitioning import keyspace_id
 
-from . import changelog
+from . import changelog, consumers
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ CREATE TABLE IF NOT EXISTS blocks (
 CREATE INDEX IF NOT EXISTS blocks_keyspace ON blocks (keyspace, tbl, key);
 CREATE INDEX IF NOT EXISTS blocks_version ON blocks (key_version);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
-""" + changelog.SCHEMA
+""" + changelog.SCHEMA + consumers.SCHEMA
 
 
 class StoreLocked(RuntimeError):
@@ -56,6 +56,14 @@ class StoreLocked(RuntimeError):
 
 class NoKeyring(RuntimeError):
     """No keyring is loaded yet, so nothing can be encrypted."""
+
+
+class PreconditionFailed(Exception):
+    """A conditional write found the block at another LSN than the caller expected (0: absent)."""
+
+    def __init__(self, expected: int, current: int) -> None:
+        super().__init__(f"block is at LSN {current}, not {expected}")
+        self.expected, self.current = expected, current
 
 
 @dataclass(frozen=True)
@@ -110,10 +118,30 @@ def set_meta(conn: sqlite3.Connection, name: str, value: Any) -> None:
                  (name, json.dumps(value)))
 
 
-def put_in_txn(conn: sqlite3.Connection, keyring: Keyring, table: str, key: str, plaintext: bytes) -> WriteResult:
-    """Encrypt under the primary and upsert the block plus its change-log entry (caller owns the transaction)."""
+def block_lsn(conn: sqlite3.Connection, table: str, key: str) -> int:
+    """The LSN of a block's last write or rewrap (0 if it does not exist)."""
+    row = conn.execute("SELECT lsn FROM blocks WHERE tbl = ? AND key = ?", (table, key)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def check_lsn(conn: sqlite3.Connection, table: str, key: str, expected: int | None) -> None:
+    """PreconditionFailed unless the block is at ``expected`` (None: no condition). Inside the writer's
+    transaction, so no other write can come between the check and the write it guards."""
+    if expected is None:
+        return
+    current = block_lsn(conn, table, key)
+    if current != expected:
+        raise PreconditionFailed(expected, current)
+
+
+def put_in_txn(conn: sqlite3.Connection, keyring: Keyring, table: str, key: str, plaintext: bytes, *,
+               frames: bool = False, if_lsn: int | None = None) -> WriteResult:
+    """Encrypt under the primary and upsert the block plus its change-log entry (caller owns the transaction);
+    ``frames``: the entry carries the new frame (consumers exist); ``if_lsn``: only if the block is at that LSN."""
+    check_lsn(conn, table, key, if_lsn)
     frame, cs, version = seal_block(keyring, table, key, plaintext)
-    lsn = changelog.append(conn, table, key, "put", version, len(plaintext))
+    lsn = changelog.append(conn, table, key, "put", version, len(plaintext),
+                           frame if frames else None, cs if frames else None)
     conn.execute(
         "INSERT INTO blocks (tbl, key, keyspace, key_version, size, checksum, frame, lsn) VALUES (?,?,?,?,?,?,?,?) "
         "ON CONFLICT(tbl, key) DO UPDATE SET key_version=excluded.key_version, size=excluded.size, "
@@ -123,8 +151,9 @@ def put_in_txn(conn: sqlite3.Connection, keyring: Keyring, table: str, key: str,
     return WriteResult(lsn, version)
 
 
-def delete_in_txn(conn: sqlite3.Connection, table: str, key: str) -> WriteResult | None:
+def delete_in_txn(conn: sqlite3.Connection, table: str, key: str, *, if_lsn: int | None = None) -> WriteResult | None:
     """Delete a block and log it; None (and no log entry) if it did not exist."""
+    check_lsn(conn, table, key, if_lsn)
     cur = conn.execute("DELETE FROM blocks WHERE tbl = ? AND key = ?", (table, key))
     if cur.rowcount == 0:
         return None
@@ -148,6 +177,9 @@ class Store:
         self._keyring = keyring
         self._writer_conn = connect(self.path)
         self._writer_conn.executescript(SCHEMA)
+        changelog.migrate(self._writer_conn)
+        # Read by the writer thread for every change it logs; slot changes (run as writer jobs) set it.
+        self.frames_enabled = consumers.has_consumers(self._writer_conn)
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = [self._writer_conn]
         self._conns_lock = threading.Lock()
@@ -244,6 +276,7 @@ class Store:
                 conn.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
+            self._refresh_frames(conn)  # a slot job of the lost group may have flipped the flag
             for _, fut in group:
                 fut.set_exception(exc)
             return
@@ -255,6 +288,12 @@ class Store:
         for listener in self.commit_listeners:
             listener()
 
+    def _refresh_frames(self, conn: sqlite3.Connection) -> None:
+        try:
+            self.frames_enabled = consumers.has_consumers(conn)
+        except sqlite3.Error:
+            self.frames_enabled = True  # unknown: recording frames is the safe side
+
     # ---- write API -----------------------------------------------------------------------------
     def current_keyring(self) -> Keyring:
         """The loaded keyring; NoKeyring if none has loaded yet."""
@@ -263,13 +302,15 @@ class Store:
             raise NoKeyring("no keyring loaded")
         return ring
 
-    async def put(self, table: str, key: str, plaintext: bytes) -> WriteResult:
-        """Encrypt (in the writer, with the keyring current at commit time) and store durably."""
-        return await self.write(lambda c: put_in_txn(c, self.current_keyring(), table, key, plaintext))
+    async def put(self, table: str, key: str, plaintext: bytes, if_lsn: int | None = None) -> WriteResult:
+        """Encrypt (in the writer, with the keyring current at commit time) and store durably; with ``if_lsn``
+        only if the block is at that LSN (0: absent), else PreconditionFailed."""
+        return await self.write(lambda c: put_in_txn(c, self.current_keyring(), table, key, plaintext,
+                                                     frames=self.frames_enabled, if_lsn=if_lsn))
 
-    async def delete(self, table: str, key: str) -> WriteResult | None:
-        """Delete durably; None if the block did not exist."""
-        return await self.write(lambda c: delete_in_txn(c, table, key))
+    async def delete(self, table: str, key: str, if_lsn: int | None = None) -> WriteResult | None:
+        """Delete durably; None if the block did not exist; ``if_lsn`` as for ``put``."""
+        return await self.write(lambda c: delete_in_txn(c, table, key, if_lsn=if_lsn))
 
     # ---- read API (call from reader threads via `read`) ----------------------------------------
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
