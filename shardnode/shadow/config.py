@@ -118,7 +118,8 @@ def _choice(doc: Mapping[str, Any], name: str, where: str, default: str, choices
 
 
 def _string(doc: Mapping[str, Any], name: str, where: str, default: str | None = None) -> str:
-    value = doc.get(name, default)
+    value = doc.get(name)
+    value = default if value is None else value  # null: the default, as the operator writes absent fields
     if not isinstance(value, str) or (default is None and not value):
         raise SettingsError(f"{where}.{name} must be a {'non-empty ' if default is None else ''}string")
     return value

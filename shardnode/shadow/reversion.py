@@ -12,9 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+from chronoshard.shardnode.serving.http_common import TABLE_RE, ApiError, check_key
+
+from .query import parse_time
 
 RESTORE, CREATE, DELETE = "restore", "create", "delete"
 ACTIONS = (RESTORE, CREATE, DELETE)
@@ -175,3 +180,99 @@ def digest(items: Iterable[PlanItem], point: Point) -> str:
     for item in items:
         d.add(item)
     return d.hexdigest(point)
+
+
+# ---- the plan request (pure validation) -------------------------------------------------------------
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,252}")
+REQUEST_FIELDS = {"name", "tables", "keys", "range", "time", "lsn", "overwriteLater"}
+MAX_KEYS = 10_000
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    """A checked ``POST /v1/reversions`` body."""
+
+    name: str
+    tables: tuple[str, ...] | None
+    keys: tuple[str, ...] | None
+    start: str | None
+    end: str | None
+    lsn: int | None
+    time: float | None
+    overwrite_later: bool
+
+    def to_json(self) -> dict[str, Any]:
+        """The normalised body (what a second POST of the same name is compared with)."""
+        return {"name": self.name, "tables": list(self.tables) if self.tables is not None else None,
+                "keys": list(self.keys) if self.keys is not None else None,
+                "range": None if self.start is None and self.end is None else {"start": self.start, "end": self.end},
+                "lsn": self.lsn, "time": self.time, "overwriteLater": self.overwrite_later}
+
+
+def _bad(message: str) -> ApiError:
+    return ApiError(400, "invalid_body", message)
+
+
+def _tables(raw: Any) -> tuple[str, ...] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, list) or not raw or not all(isinstance(t, str) and TABLE_RE.fullmatch(t) for t in raw):
+        raise _bad("tables must be a non-empty array of table names")
+    return tuple(sorted(set(raw)))
+
+
+def _keys(raw: Any) -> tuple[str, ...] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, list) or not raw or len(raw) > MAX_KEYS:
+        raise _bad(f"keys must be a non-empty array of at most {MAX_KEYS} keys")
+    return tuple(sorted({check_key(k) for k in raw}))
+
+
+def _range(raw: Any) -> tuple[str | None, str | None]:
+    if raw is None:
+        return None, None
+    if not isinstance(raw, dict) or set(raw) - {"start", "end"}:
+        raise _bad("range must be an object with start and/or end")
+    start, end = raw.get("start"), raw.get("end")
+    start = None if start is None else check_key(start)
+    end = None if end is None else check_key(end)
+    if start is not None and end is not None and start > end:
+        raise _bad("range.start must not sort after range.end (both ends are included)")
+    return start, end
+
+
+def _point(doc: dict[str, Any]) -> tuple[int | None, float | None]:
+    if ("time" in doc) == ("lsn" in doc):
+        raise _bad("give exactly one of time and lsn")
+    if "lsn" in doc:
+        lsn = doc["lsn"]
+        if not isinstance(lsn, int) or isinstance(lsn, bool) or lsn < 0:
+            raise _bad("lsn must be a non-negative integer")
+        return lsn, None
+    raw = doc["time"]
+    if isinstance(raw, bool) or not isinstance(raw, int | float | str):
+        raise _bad("time must be RFC 3339 or unix seconds")
+    try:
+        return None, parse_time(str(raw) if not isinstance(raw, str) else raw)
+    except ApiError as exc:
+        raise _bad(exc.message) from None
+
+
+def parse_plan_request(doc: dict[str, Any]) -> PlanRequest:
+    """The checked plan request; ApiError 400 naming what is wrong."""
+    unknown = set(doc) - REQUEST_FIELDS
+    if unknown:
+        raise _bad(f"unknown fields: {sorted(unknown)}")
+    name = doc.get("name")
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        raise _bad("name must match [A-Za-z0-9][A-Za-z0-9_.-]{0,252}")
+    overwrite = doc.get("overwriteLater", False)
+    if not isinstance(overwrite, bool):
+        raise _bad("overwriteLater must be true or false")
+    keys = _keys(doc.get("keys"))
+    start, end = _range(doc.get("range"))
+    if keys is not None and (start is not None or end is not None):
+        raise _bad("give keys or range, not both")
+    lsn, at_time = _point(doc)
+    return PlanRequest(name, _tables(doc.get("tables")), keys, start, end, lsn, at_time, overwrite)
