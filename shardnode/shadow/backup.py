@@ -338,11 +338,11 @@ def upload_segment(store: ObjectStore, batch: ExportBatch) -> tuple[SegmentEntry
 
     dicts = []
     for table, dict_bytes in batch.dictionaries:
-        entry = DictionaryEntry(table, dictionary_id(dict_bytes), dictionary_name(table, dictionary_id(dict_bytes)),
-                                hashlib.sha256(dict_bytes).hexdigest())
-        if not store.exists(entry.name):
-            store.put(entry.name, dict_bytes)
-        dicts.append(entry)
+        did = dictionary_id(dict_bytes)
+        d = DictionaryEntry(table, did, dictionary_name(table, did), hashlib.sha256(dict_bytes).hexdigest())
+        if not store.exists(d.name):
+            store.put(d.name, dict_bytes)
+        dicts.append(d)
     content = encode_segment_object(batch.rows, batch.frames)
     name = segment_name(batch.first_lsn, batch.last_lsn, content)
     store.put(name, content)

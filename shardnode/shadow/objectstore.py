@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import builtins
 import hashlib
 import logging
 from collections.abc import Iterator
@@ -17,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import boto3
-from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+import boto3  # type: ignore[import-untyped]
+from botocore.config import Config  # type: ignore[import-untyped]
+from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
 
 from .config import ColdSettings
 
@@ -162,7 +163,8 @@ class ObjectStore:
                 kwargs["ContinuationToken"] = token
             page = self._call("list", prefix or "/", lambda kw=kwargs: self._client.list_objects_v2(**kw))
             for item in page.get("Contents") or []:
-                yield ObjectInfo(item["Key"][len(base):], int(item.get("Size", 0)), str(item.get("ETag", "")).strip('"'))
+                etag = str(item.get("ETag", "")).strip('"')
+                yield ObjectInfo(item["Key"][len(base):], int(item.get("Size", 0)), etag)
             token = page.get("NextContinuationToken")
             if not page.get("IsTruncated") or not token:
                 return
@@ -191,7 +193,7 @@ class ObjectStore:
         """``get`` in a worker thread."""
         return await asyncio.to_thread(self.get, name)
 
-    async def alist(self, prefix: str = "") -> list[ObjectInfo]:
+    async def alist(self, prefix: str = "") -> builtins.list[ObjectInfo]:
         """``list`` (all pages) in a worker thread."""
         return await asyncio.to_thread(lambda: list(self.list(prefix)))
 

@@ -190,8 +190,8 @@ def _history(n_keys=30, n_versions=200, seed=7):
     for lsn in range(1, n_versions + 1):
         key = f"k{rnd.randrange(n_keys):03d}"
         op = "delete" if rnd.random() < 0.15 else "put"
-        versions.append(version(lsn, rnd.choice(["orders", "users"]), key, op, value=rnd.randbytes(rnd.randrange(1, 400))
-                                if op == "put" else None))
+        value = rnd.randbytes(rnd.randrange(1, 400)) if op == "put" else None
+        versions.append(version(lsn, rnd.choice(["orders", "users"]), key, op, value=value))
     return versions
 
 
