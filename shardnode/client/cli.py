@@ -1,4 +1,6 @@
-"""``chronoshard``: put/get/delete/ls blocks, show the partition map and a ShardSet's status.
+"""``chronoshard``: put/get/delete/ls blocks, show the partition map and a ShardSet's status; the past from the
+shards' shadows (``history``, ``at``, ``diff``) and Reversions (``restore``, ``approve``). Installed also as
+``kubectl-chronoshard``, so ``kubectl chronoshard ...`` runs it as a kubectl plugin.
 
 Where blocks go (first that applies):
 
@@ -19,6 +21,10 @@ TokenRequest API with the ShardSet's audience, as ``kubectl create token SA --au
 ``/var/run/secrets/chronoshard.io/token``), and with ``--shardset`` the kubeconfig's own token (refused unless the
 ShardSet sets ``spec.access.acceptKubeconfigTokens``).
 
+``history``/``at``/``diff`` go to the shadow beside each shard's cache (same pod IP, port 7403), routed by the same
+map: with ``--shardset`` to the pods, with ``--endpoints`` to each given host at port 7403, or to
+``--shadow-endpoints URL,...`` (by shard index) as given. ``restore`` and ``approve`` only talk to the Kubernetes API.
+
 Exit codes: 0 ok, 1 error, 2 usage, 3 block not found, 4 shard or API unavailable, 5 refused (401/403).
 """
 
@@ -28,6 +34,7 @@ import argparse
 import asyncio
 import base64
 import json
+import os
 import sys
 from collections.abc import Sequence
 from functools import partial
@@ -39,6 +46,7 @@ from chronoshard.shardnode.client import (
     ChronoshardError,
     ConfigMapMap,
     Credentials,
+    Endpoint,
     FileMap,
     Forbidden,
     MapProvider,
@@ -50,10 +58,13 @@ from chronoshard.shardnode.client import (
     Transport,
     Unauthenticated,
     Unavailable,
+    cli_history,
+    cli_reversion,
     discovery,
 )
 from chronoshard.shardnode.client.cli_tokens import ServiceAccountToken, kubeconfig_token
 from chronoshard.shardnode.client.credentials import audience, fixed_source, standard_sources
+from chronoshard.shardnode.client.history import SHADOW_PORT, HistoryClient, shadow_endpoint
 from chronoshard.shardnode.client.transport import ca_file_source
 from chronoshard.shardnode.keyspace.partitioning import PartitionMap
 
@@ -274,6 +285,51 @@ def make_client(args: argparse.Namespace, tr: Transport) -> AsyncClient:
     raise UsageError("say where the ShardSet is: --shardset NAME, --url URL or --endpoints URLS")
 
 
+def _by_index(eps: Sequence[Endpoint]) -> Any:
+    def pick(shard: int) -> Endpoint:
+        if not 0 <= shard < len(eps):
+            raise Unavailable(f"shard {shard}", f"no shadow endpoint given ({len(eps)} known)")
+        return eps[shard]
+
+    return pick
+
+
+def history_client(args: argparse.Namespace, tr: Transport) -> HistoryClient:
+    """The client of ``history``/``at``/``diff``: the shadows beside the shards, routed by the map."""
+    if args.shadow_endpoints:
+        eps = [Endpoint.parse(u) for u in split_urls(args.shadow_endpoints)]
+        maps = FileMap(args.map_file) if args.map_file else NodeMap(eps, timeout=args.timeout, transport=tr)
+        return HistoryClient(maps, _by_index(eps), transport=tr, timeout=args.timeout)
+    if args.endpoints:
+        eps = [shadow_endpoint(Endpoint.parse(u)) for u in split_urls(args.endpoints)]
+        return HistoryClient(map_provider(args, tr), _by_index(eps), transport=tr, timeout=args.timeout)
+    if args.shardset:
+        ns = default_namespace(args)
+        template = args.pod_url_template
+        if template:
+            def endpoint(shard: int) -> Endpoint:
+                return shadow_endpoint(Endpoint.parse(template.format(shardset=args.shardset, shard=shard,
+                                                                      namespace=ns)))
+
+            return HistoryClient(map_provider(args), endpoint, transport=tr, timeout=args.timeout)
+        pods = ShardSetPods(args.shardset, ns, api_client=kube_api(args), port=SHADOW_PORT)
+        return HistoryClient(map_provider(args), pods.endpoint, transport=tr, timeout=args.timeout,
+                             rediscover=pods.refresh)
+    raise UsageError("history, at and diff go to the shards' shadows: give --shardset NAME, --endpoints URLS "
+                     "(the shadows are at port 7403 of the same hosts) or --shadow-endpoints URLS; the client "
+                     "Service (--url) reaches caches only")
+
+
+async def reversion_command(args: argparse.Namespace, out: IO[str], stdin: IO[bytes]) -> int:
+    """``restore``/``approve`` through the Kubernetes API (blocking calls, in a thread)."""
+    if args.command == "restore" and not args.shardset:
+        raise UsageError("restore needs --shardset NAME: the ShardSet whose blocks are put back")
+    revs = cli_reversion.Reversions(kube_api(args), default_namespace(args))
+    if args.command == "restore":
+        return await asyncio.to_thread(cli_reversion.restore, revs, args, out, format_table)
+    return await asyncio.to_thread(cli_reversion.approve, revs, args, out, stdin, format_table)
+
+
 # --- commands ------------------------------------------------------------------------------------
 
 
@@ -293,8 +349,13 @@ async def run(args: argparse.Namespace, out: IO[str], stdin: IO[bytes], bout: IO
         s = await asyncio.to_thread(fetch_status, args, args.name)
         out.write(json.dumps(s, indent=2) + "\n" if as_json else render_status(s))
         return 0
+    if args.command in cli_reversion.COMMANDS:
+        return await reversion_command(args, out, stdin)
     tr = transport(args)
     try:
+        if args.command in cli_history.COMMANDS:
+            await cli_history.run(args, history_client(args, tr), out, bout, format_table)
+            return 0
         if args.command == "map":
             pmap = await map_provider(args, tr).fetch()
             if as_json:
@@ -345,10 +406,24 @@ async def block_command(args: argparse.Namespace, client: AsyncClient, out: IO[s
                                        [[b.key, b.size, b.shard, b.meta.get("keyVersion")] for b in items]))
 
 
-def parser() -> argparse.ArgumentParser:
+def program_name(argv0: str | None = None) -> str:
+    """``kubectl chronoshard`` when run as the kubectl plugin (``kubectl-chronoshard``), else ``chronoshard``."""
+    base = os.path.basename(argv0 if argv0 is not None else sys.argv[0])
+    return "kubectl chronoshard" if base.startswith("kubectl-") else "chronoshard"
+
+
+def _command_flags(sub: argparse.ArgumentParser) -> None:
+    """-n/-s/-o after the command too (``kubectl chronoshard restore x -n team``); given there, they win."""
+    sub.add_argument("-n", "--namespace", default=argparse.SUPPRESS, help="namespace")
+    sub.add_argument("-s", "--shardset", default=argparse.SUPPRESS, help="ShardSet name")
+    sub.add_argument("-o", "--output", choices=["table", "json"], default=argparse.SUPPRESS, help="output format")
+
+
+def parser(prog: str | None = None) -> argparse.ArgumentParser:
     """The command line."""
-    p = argparse.ArgumentParser(prog="chronoshard",
-                                description="Use a chronoshard ShardSet: blocks, map, status.")
+    # No abbreviations: the top-level parser would take diff's --to for an abbreviated --token.
+    p = argparse.ArgumentParser(prog=prog or program_name(), allow_abbrev=False,
+                                description="Use a chronoshard ShardSet: blocks, map, status, history, reversions.")
     p.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG or ~/.kube/config)")
     p.add_argument("--context", help="kubeconfig context")
     p.add_argument("-n", "--namespace", help="namespace (default: the context's, else 'default')")
@@ -356,6 +431,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--url", help="one URL for everything, e.g. the client Service (caches forward)")
     p.add_argument("--endpoints", help="comma-separated cache/node URLs by shard index (direct routing)")
     p.add_argument("--map-file", help="partition map file (map.json) instead of asking nodes or the API")
+    p.add_argument("--shadow-endpoints", help="comma-separated shadow URLs by shard index (history, at, diff)")
     p.add_argument("--pod-url-template", default=None,
                    help="with --shardset, reach shard {shard} at this URL instead of its pod IP, e.g. "
                         + POD_URL_TEMPLATE)
@@ -394,6 +470,10 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("map", help="show the partition map")
     st = sub.add_parser("status", help="a ShardSet's shards, key versions and rotations")
     st.add_argument("name")
+    cli_history.add_parsers(sub)
+    cli_reversion.add_parsers(sub)
+    for name in (*cli_history.COMMANDS, *cli_reversion.COMMANDS):
+        _command_flags(sub.choices[name])
     return p
 
 
@@ -411,7 +491,7 @@ def main(argv: Sequence[str] | None = None, *, out: IO[str] | None = None, stdin
     except (Unauthenticated, Forbidden) as exc:
         err.write(f"chronoshard: refused: {exc}\n")
         code = EXIT_REFUSED
-    except (NotFound, NotFoundError) as exc:
+    except (NotFound, NotFoundError, cli_reversion.ReversionMissing) as exc:
         err.write(f"chronoshard: {exc}\n")
         code = EXIT_NOT_FOUND
     except (Unavailable, MapUnavailable) as exc:
