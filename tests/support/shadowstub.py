@@ -9,8 +9,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import random
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -261,3 +262,44 @@ async def serve_at(app: web.Application, host: str, port: int) -> AsyncIterator[
         yield f"http://{host}:{port}"
     finally:
         await runner.cleanup()
+
+
+GROUP, VERSION = "chronoshard.io", "v1alpha1"
+SHADOW_PORT = 7403  # operator/podcontract.py SHADOW_PORT; the pods' shadows answer there
+
+
+def create_custom(k8s_client: Any, ns: str, plural: str, name: str, spec: dict[str, Any], kind: str) -> None:
+    """Create a chronoshard.io object."""
+    from kubernetes import client
+
+    client.CustomObjectsApi(k8s_client).create_namespaced_custom_object(GROUP, VERSION, ns, plural, {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": kind, "metadata": {"name": name}, "spec": spec})
+
+
+@asynccontextmanager
+async def stub_shardset(k8s_client: Any, ns: str, stubs: list[StubShadow], mode: str = "confirm",
+                        max_blocks: int | None = None, name: str = "orders") -> AsyncIterator[list[str]]:
+    """A ShardSet, its ShadowPolicy and one pod per shard (in the real API server) whose IP serves that shard's
+    stub on the shadow's port: each pod gets its own loopback address, as pods have an IP each. Yields the IPs."""
+    from kubernetes import client
+
+    create_custom(k8s_client, ns, "shardsets", name, {"shards": len(stubs)}, "ShardSet")
+    reversion = {"mode": mode, **({"maxBlocks": max_blocks} if max_blocks else {})}
+    create_custom(k8s_client, ns, "shadowpolicies", f"{name}-shadow", {"shardSetRef": {"name": name},
+                                                                      "reversion": reversion}, "ShadowPolicy")
+    core = client.CoreV1Api(k8s_client)
+    labels = {"app.kubernetes.io/name": "chronoshard", "app.kubernetes.io/instance": name,
+              "app.kubernetes.io/component": "shard"}
+    base = random.randrange(1, 250)
+    ips = []
+    async with AsyncExitStack() as stack:
+        for i, stub in enumerate(stubs):
+            ip = f"127.{base}.{random.randrange(1, 250)}.{i + 1}"
+            await stack.enter_async_context(serve_at(stub.app(), ip, SHADOW_PORT))
+            core.create_namespaced_pod(ns, client.V1Pod(
+                metadata=client.V1ObjectMeta(name=f"{name}-{i}", labels=labels),
+                spec=client.V1PodSpec(containers=[client.V1Container(name="shadow", image="x",
+                                                                     command=["chronoshard-shadow"])])))
+            core.patch_namespaced_pod_status(f"{name}-{i}", ns, {"status": {"podIP": ip, "podIPs": [{"ip": ip}]}})
+            ips.append(ip)
+        yield ips

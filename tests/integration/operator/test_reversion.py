@@ -10,19 +10,15 @@ JSON at each pod's IP on port 7403: the real shadow process (shardnode/shadow/se
 from __future__ import annotations
 
 import asyncio
-import random
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import datetime
 from typing import Any
 
 import pytest
 from chronoshard.operator import kube
-from chronoshard.operator.podcontract import SHADOW_PORT
 from chronoshard.operator.reversion import controller
 from kubernetes import client
 
-from tests.support.shadowstub import StubShadow, serve_at
+from tests.support.shadowstub import StubShadow, create_custom, stub_shardset
 
 pytestmark = pytest.mark.integration
 
@@ -41,8 +37,7 @@ def api(k8s_client):
 
 
 def _custom(api, ns: str, plural: str, name: str, spec: dict[str, Any], kind: str) -> None:
-    api.create_namespaced_custom_object(GROUP, VERSION, ns, plural, {
-        "apiVersion": f"{GROUP}/{VERSION}", "kind": kind, "metadata": {"name": name}, "spec": spec})
+    create_custom(api.api_client, ns, plural, name, spec, kind)
 
 
 def _stubs() -> list[StubShadow]:
@@ -52,30 +47,6 @@ def _stubs() -> list[StubShadow]:
     s0.write("orders", "a", b"bad!", AFTER)
     s1.write("orders", "b", b"new", AFTER)
     return [s0, s1]
-
-
-@asynccontextmanager
-async def _shardset(k8s_client, api, ns: str, stubs: list[StubShadow], mode: str = "confirm",
-                    max_blocks: int | None = None) -> AsyncIterator[None]:
-    """The ShardSet, its ShadowPolicy, and one pod per shard whose IP serves that shard's stub on port 7403."""
-    _custom(api, ns, "shardsets", "orders", {"shards": len(stubs)}, "ShardSet")
-    reversion = {"mode": mode, **({"maxBlocks": max_blocks} if max_blocks else {})}
-    _custom(api, ns, "shadowpolicies", "orders-shadow", {"shardSetRef": {"name": "orders"},
-                                                          "reversion": reversion}, "ShadowPolicy")
-    core = client.CoreV1Api(k8s_client)
-    base = random.randrange(1, 250)
-    async with AsyncExitStack() as stack:
-        for i, stub in enumerate(stubs):
-            ip = f"127.{base}.{random.randrange(1, 250)}.{i + 1}"
-            await stack.enter_async_context(serve_at(stub.app(), ip, SHADOW_PORT))
-            labels = {"app.kubernetes.io/name": "chronoshard", "app.kubernetes.io/instance": "orders",
-                      "app.kubernetes.io/component": "shard"}
-            core.create_namespaced_pod(ns, client.V1Pod(
-                metadata=client.V1ObjectMeta(name=f"orders-{i}", labels=labels),
-                spec=client.V1PodSpec(containers=[client.V1Container(name="shadow", image="x",
-                                                                     command=["chronoshard-shadow"])])))
-            core.patch_namespaced_pod_status(f"orders-{i}", ns, {"status": {"podIP": ip, "podIPs": [{"ip": ip}]}})
-        yield
 
 
 def _get(api, ns: str, name: str) -> dict[str, Any]:
@@ -111,7 +82,7 @@ def test_plan_refuse_a_stale_digest_approve_and_run(k8s_client, api, namespace):
     stubs = _stubs()
 
     async def scenario() -> None:
-        async with _shardset(k8s_client, api, namespace, stubs):
+        async with stub_shardset(k8s_client, namespace, stubs):
             _custom(api, namespace, "reversions", "undo", {"shardSetRef": {"name": "orders"}, "tables": ["orders"],
                                                            "pointInTime": POINT}, "Reversion")
             steps = await _until(api, namespace, "undo", "AwaitingApproval")
@@ -155,7 +126,7 @@ def test_auto_mode_runs_without_approval_within_max_blocks(k8s_client, api, name
     stubs = _stubs()
 
     async def scenario() -> None:
-        async with _shardset(k8s_client, api, namespace, stubs, mode="auto", max_blocks=2):
+        async with stub_shardset(k8s_client, namespace, stubs, mode="auto", max_blocks=2):
             _custom(api, namespace, "reversions", "auto", {"shardSetRef": {"name": "orders"},
                                                            "pointInTime": POINT}, "Reversion")
             steps = await _until(api, namespace, "auto", "Completed")
@@ -181,7 +152,7 @@ def test_a_pass_started_from_any_recorded_phase_carries_on(k8s_client, api, name
         s.hold_runs = True
 
     async def scenario() -> None:
-        async with _shardset(k8s_client, api, namespace, stubs):
+        async with stub_shardset(k8s_client, namespace, stubs):
             _custom(api, namespace, "reversions", "resume", {"shardSetRef": {"name": "orders"},
                                                              "pointInTime": POINT}, "Reversion")
             await _until(api, namespace, "resume", "AwaitingApproval")
@@ -212,7 +183,7 @@ def test_a_plan_left_by_a_deleted_reversion_is_replaced_and_deletion_removes_the
     stubs = _stubs()
 
     async def scenario() -> None:
-        async with _shardset(k8s_client, api, namespace, stubs):
+        async with stub_shardset(k8s_client, namespace, stubs):
             _custom(api, namespace, "reversions", "again", {"shardSetRef": {"name": "orders"}, "keys": ["a"],
                                                             "pointInTime": POINT}, "Reversion")
             await _until(api, namespace, "again", "AwaitingApproval")
