@@ -41,7 +41,7 @@ from .timetravel import DiffEntry, Exactness, Point, Version
 __all__ = ["ApplyError", "DiffEntry", "HistoryStore", "NoKeyring", "Point", "Version"]
 
 SEED_CHUNK = 512  # snapshot blocks sealed between inserts (the whole seed is still one transaction)
-_ROW = "lsn, time, op, tier, segment, key_version, size, frame"
+_ROW = "lsn, time, op, tier, segment, key_version, size, frame, checksum"
 
 
 class ChangeLike(Protocol):
@@ -103,14 +103,15 @@ class _NewVersion:
     size: int
     stored_size: int | None
     frame: bytes | None
+    checksum: bytes | None = None
 
     def params(self) -> tuple[Any, ...]:
         return (self.table, self.key, self.lsn, self.time, self.op, HOT, self.key_version, self.size,
-                self.stored_size, self.frame)
+                self.stored_size, self.checksum, self.frame)
 
 
-_INSERT = ("INSERT OR IGNORE INTO frames (tbl, key, lsn, time, op, tier, key_version, size, stored_size, frame) "
-           "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+_INSERT = ("INSERT OR IGNORE INTO frames (tbl, key, lsn, time, op, tier, key_version, size, stored_size, checksum, "
+           "frame) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
 
 class HistoryStore:
@@ -185,8 +186,8 @@ class HistoryStore:
             return int(get_meta(conn, "cursor", 0))
 
     def _seal(self, ring: Keyring, table: str, key: str, lsn: int, node_frame: bytes | None,
-              checksum: bytes | None) -> tuple[bytes, int, int, int]:
-        """Open a node frame and reseal it as history: (frame, key version, plaintext size, stored size)."""
+              checksum: bytes | None) -> tuple[bytes, int, int, int, bytes]:
+        """Open a node frame and reseal it as history: (frame, key version, size, stored size, checksum)."""
         if node_frame is None:
             raise ApplyError(lsn, "a put or rewrap came without its frame (is the stream read with frames?)")
         try:
@@ -194,7 +195,7 @@ class HistoryStore:
         except (IntegrityError, MissingKeyVersion) as exc:
             raise ApplyError(lsn, f"the node frame of {table}/{key} does not open: {exc}") from None
         sealed = seal_version(ring, table, key, lsn, plaintext, self.compressor)
-        return sealed.frame, sealed.key_version, len(plaintext), sealed.stored_size
+        return sealed.frame, sealed.key_version, len(plaintext), sealed.stored_size, sealed.checksum
 
     def _prepare(self, ring: Keyring | None, c: ChangeLike) -> _NewVersion:
         if c.op == DELETE:
@@ -203,8 +204,8 @@ class HistoryStore:
             raise ApplyError(c.lsn, f"unknown op {c.op!r}")
         if ring is None:
             raise NoKeyring("no keyring is loaded")
-        frame, kv, size, stored = self._seal(ring, c.table, c.key, c.lsn, c.frame, c.checksum)
-        return _NewVersion(c.table, c.key, c.lsn, c.time, c.op, kv, size, stored, frame)
+        frame, kv, size, stored, cs = self._seal(ring, c.table, c.key, c.lsn, c.frame, c.checksum)
+        return _NewVersion(c.table, c.key, c.lsn, c.time, c.op, kv, size, stored, frame, cs)
 
     def apply(self, changes: Sequence[ChangeLike], through: int | None = None) -> int:
         """Store every change after the cursor and move the cursor, in one transaction; returns the new cursor.
@@ -270,8 +271,8 @@ class HistoryStore:
             if conn.execute("SELECT 1 FROM frames WHERE tbl = ? AND key = ? AND lsn = ?",
                             (b.table, b.key, b.lsn)).fetchone():
                 continue  # this very version is already in the history
-            frame, kv, size, stored = self._seal(ring, b.table, b.key, b.lsn, b.frame, b.checksum)
-            rows.append(_NewVersion(b.table, b.key, b.lsn, now, SEED, kv, size, stored, frame).params())
+            frame, kv, size, stored, cs = self._seal(ring, b.table, b.key, b.lsn, b.frame, b.checksum)
+            rows.append(_NewVersion(b.table, b.key, b.lsn, now, SEED, kv, size, stored, frame, cs).params())
         conn.executemany(_INSERT, rows)
 
     def _seed_deletes(self, conn: sqlite3.Connection, cursor: int, snapshot_lsn: int,
@@ -345,7 +346,7 @@ class HistoryStore:
     def _version(self, conn: sqlite3.Connection, table: str, key: str, row: tuple[Any, ...], values: bool,
                  exact: bool | None) -> Version:
         """A stored row as a Version; ``exact`` None: exact when nothing around it was compacted away (hot)."""
-        lsn, t, op, tier, segment, kv, size, frame = row
+        lsn, t, op, tier, segment, kv, size, frame, cs = row
         if size is None:  # a compacted row: its metadata is in its segment
             if self.segment_meta is None:
                 raise RuntimeError("compacted version without a segment reader")
@@ -354,7 +355,8 @@ class HistoryStore:
         if values and frame is not None:
             value = open_version(self.current_keyring(), table, key, int(lsn), bytes(frame), self.compressor)
         exact = tier == HOT if exact is None else exact
-        return Version(table, key, int(lsn), float(t), op, int(size), kv, value, exact)
+        return Version(table, key, int(lsn), float(t), op, int(size), kv, value, exact,
+                       None if cs is None else bytes(cs))
 
     def value_at(self, table: str, key: str, *, lsn: int | None = None, time: float | None = None,
                  values: bool = True) -> Version | None:
@@ -403,8 +405,8 @@ class HistoryStore:
              limit: int = 100) -> list[DiffEntry]:
         """Keys whose state differs between two points (to: default now), in key order after ``after``.
 
-        Candidates are the keys with a version between the points (the (tbl, lsn) index); a rewrap alone is no
-        change. O(m log m) for the m versions between the points, plus O(log N) per key reported.
+        Candidates are the keys with a version between the points (the (tbl, lsn) index); content is compared
+        by plaintext checksum, so a rewrap or a rewrite of the same bytes is no change. O(m log m) for the m versions between the points, plus O(log N) per key reported.
         """
         with self.read() as conn:
             a = self._resolve(conn, from_lsn, from_time).lsn
@@ -432,9 +434,7 @@ class HistoryStore:
         rb, ra = _latest(conn, table, key, a), _latest(conn, table, key, b)
         before = self._version(conn, table, key, rb, False, True) if rb is not None else None
         after = self._version(conn, table, key, ra, False, True) if ra is not None else None
-        content = conn.execute("SELECT 1 FROM frames WHERE tbl = ? AND key = ? AND lsn > ? AND lsn <= ? "
-                               "AND op != ? LIMIT 1", (table, key, a, b, REWRAP)).fetchone() is not None
-        change = timetravel.classify(before, after, content)
+        change = timetravel.classify(before, after)
         return None if change is None else timetravel.diff_entry(key, before, after, change)
 
     # --- keys ----------------------------------------------------------------------------------------------

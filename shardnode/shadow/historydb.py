@@ -4,7 +4,8 @@ Layout (docs/shadow-store.md, "Storage"):
 
 - ``frames``: one row per stored version in every tier, keyed by (tbl, key, lsn) - the index every time-travel
   query walks. ``op`` put|delete|rewrap|seed, ``tier`` 0 hot / 1 warm / 2 cold, ``frame`` the sealed history frame
-  (NULL for a delete), ``size``/``stored_size`` only for hot rows (a compacted row's are in its segment).
+  (NULL for a delete), ``checksum`` the plaintext's XXH3-128 (diffs compare content without decrypting),
+  ``size``/``stored_size`` only for hot rows (a compacted row's are in its segment).
 - ``segments``: the metadata of every compacted (warm/cold) version, B1's columnar encoding, one blob per segment;
   each frames row of a compacted tier names its segment.
 - ``snapshots`` + ``snapshot_entries``: per snapshot (boundary, LSN, kind, base) the per-key pointers to versions.
@@ -35,6 +36,7 @@ CREATE TABLE IF NOT EXISTS frames (
     key_version INTEGER,
     size INTEGER,
     stored_size INTEGER,
+    checksum BLOB,
     frame BLOB,
     PRIMARY KEY (tbl, key, lsn)
 );

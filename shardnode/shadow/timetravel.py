@@ -24,6 +24,7 @@ class Version:
     key_version: int | None
     value: bytes | None
     exact: bool = True
+    checksum: bytes | None = None  # XXH3-128 of the plaintext (the node's checksum); None for a delete
 
     @property
     def deleted(self) -> bool:
@@ -96,12 +97,13 @@ def lookup_time(t: float, ex: Exactness) -> tuple[float, bool]:
     return floor_to(t, g), False
 
 
-def classify(before: Version | None, after: Version | None, content_changed: bool) -> str | None:
-    """How a key's state moved between two points: created, deleted, changed, or None (same state)."""
+def classify(before: Version | None, after: Version | None) -> str | None:
+    """How a key's state moved between two points: created, deleted, changed (other content: the plaintext
+    checksums differ, so a rewrap or a write of the same bytes is no change), or None."""
     live_before = before is not None and not before.deleted
     live_after = after is not None and not after.deleted
-    if live_before and live_after:
-        return CHANGED if content_changed else None
+    if before is not None and after is not None and live_before and live_after:
+        return CHANGED if before.checksum != after.checksum else None
     if live_after:
         return CREATED
     if live_before:

@@ -107,15 +107,15 @@ def test_state_at_lists_live_keys_in_order_with_ranges_and_pages(tmp_path):
     assert h.state_at("other") == []
 
 
-def test_diff_reports_created_changed_deleted_and_ignores_rewraps(tmp_path):
+def test_diff_reports_created_changed_deleted_by_content(tmp_path):
     h, holder = open_history(tmp_path)
     two = ring(2, (1, 2))
     h.apply([put(R, 1, 1.0, "t", "same", b"s"), put(R, 2, 2.0, "t", "chg", b"c1"), put(R, 3, 3.0, "t", "del", b"d")])
     h.apply([put(R, 4, 4.0, "t", "chg", b"c2"), delete(5, 5.0, "t", "del"), put(R, 6, 6.0, "t", "new", b"n"),
              put(R, 7, 7.0, "t", "tmp", b"x"), delete(8, 8.0, "t", "tmp")])
     holder.keyring = two
-    h.apply([rewrap(two, 9, 9.0, "t", "same", b"s", version=2)])
-    d = h.diff("t", from_lsn=3, to_lsn=9)
+    h.apply([rewrap(two, 9, 9.0, "t", "same", b"s", version=2), put(two, 10, 9.5, "t", "same", b"s")])
+    d = h.diff("t", from_lsn=3, to_lsn=10)  # "same": rewrapped, then the same bytes written again
     assert [(e.key, e.change) for e in d] == [("chg", "changed"), ("del", "deleted"), ("new", "created")]
     chg = d[0]
     assert (chg.size_before, chg.size_after, chg.lsn_before, chg.lsn_after) == (2, 2, 2, 4)
