@@ -8,6 +8,10 @@ keyring Secret (written with a resourceVersion precondition) and releases it whe
 Threat rotations (``spec.threat``) start at once, mark the compromised version in the keyring so nodes stop
 writing with it (writes wait until the new primary arrives), rewrap with the largest batches, skip the transition
 period and retire the compromised version as soon as no block uses it.
+
+Pods that run a ``shadow`` container (a ShadowPolicy) are rotated with it: the shadow is waited for like the node
+and cache, its history is rewrapped with the same batches (threat rotations included), and no version is retired
+while any shadow still reports history versions under it.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from ..keyring import (
 )
 from ..loop import namespace_of, post_events, run_object_loop
 from ..metrics import observe_phase, record_error, record_rotation
-from ..podcontract import NODE
+from ..podcontract import NODE, SHADOW
 from ..shardpods import shard_pods
 from ..spec.common import SpecError
 from ..spec.keyrotation import KeyRotationSpec, parse_keyrotation
@@ -329,12 +333,15 @@ async def _rewrapping(r: Rotation) -> Step:
         st.phase(Phase.TRANSITION, f"Every block is on key version {r.to_v}; transition period ends "
                                    f"{st.status['transitionEndTime']}")
         return st
-    # Only shards that still hold old blocks: asking a finished node again would start a fresh (empty)
-    # run and overwrite the record of the one that did the work.
-    errors = await probe.start_rewrap({s: p for s, p in r.pods.items() if counts.get(s, 1) > 0},
-                                      BATCH_URGENT if r.urgent else BATCH_NORMAL,
-                                      PAUSE_URGENT if r.urgent else PAUSE_NORMAL)
+    # Only processes that still hold old data: asking a finished node again would start a fresh (empty)
+    # run and overwrite the record of the one that did the work. Shadows rewrap their history the same way.
+    batch, pause = (BATCH_URGENT, PAUSE_URGENT) if r.urgent else (BATCH_NORMAL, PAUSE_NORMAL)
+    history = plan.old_data(r.reports, r.to_v, SHADOW)
+    errors = await probe.start_rewrap({s: p for s, p in r.pods.items() if counts.get(s, 1) > 0}, batch, pause)
+    shadow_errors = await probe.start_rewrap({s: p for s, p in r.pods.items() if history.get(s, 0) > 0},
+                                             batch, pause, role=SHADOW)
     failed = [f"shard {s}: {e}" for s, e in errors.items() if e]
+    failed += [f"shard {s} shadow: {e}" for s, e in shadow_errors.items() if e]
     return r.waiting("Rewrapping", done.message + (f"; cannot start rewrap on {', '.join(failed)}" if failed else ""))
 
 
@@ -421,6 +428,8 @@ def _record_shards(st: Step, reports: list[plan.ProcessReport], expected: int, t
             row["remaining"] = old
             row["rewrapped"] = max(0, int(initial.get(str(r.shard), old)) - old)
             row["loadedGeneration"] = r.generation or 0
+        elif r.role == SHADOW:
+            row["oldHistoryVersions"] = sum(n for v, n in r.blocks.items() if v != to_v)
     st.status["shards"] = [rows[s] for s in sorted(rows)]
 
 

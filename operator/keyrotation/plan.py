@@ -8,6 +8,11 @@ encrypts with it, and a key is removed only when nothing needs it:
 
 Every step is idempotent against the keyring Secret, so an operator restarted in any phase repeats at most
 the step it was in.
+
+A shard pod that runs a ``shadow`` container (a ShadowPolicy targets the ShardSet) has a third process holding
+table keys: its history is sealed under them. It is waited for like the node and cache at every step, its history
+is rewrapped like the node's blocks, and a version is retired only when neither the node nor the shadow of any
+shard still holds data under it.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from typing import Any
 
 from croniter import croniter
 
-from ..podcontract import CACHE, NODE
+from ..podcontract import CACHE, NODE, SHADOW
 
 
 class Phase(StrEnum):
@@ -52,8 +57,11 @@ def parse_phase(text: str | None) -> Phase | None:
         return None
 
 
-# The processes that hold table keys and answer ``GET /v1/keys``.
+# The processes that hold table keys and answer ``GET /v1/keys``; the shadow only in pods that run one.
 ROLES = (NODE, CACHE)
+OPTIONAL_ROLES = (SHADOW,)
+# The processes whose ``GET /v1/keys`` counts data per key version (node: blocks; shadow: history versions).
+DATA_ROLES = (NODE, SHADOW)
 
 
 @dataclass(frozen=True)
@@ -66,7 +74,8 @@ class ProcessReport:
     generation: int | None = None
     primary: int | None = None
     versions: frozenset[int] = frozenset()
-    blocks: Mapping[int, int] = field(default_factory=dict)  # node only: blocks per key version
+    # node: blocks per key version; shadow: history versions per key version; cache: none
+    blocks: Mapping[int, int] = field(default_factory=dict)
     error: str | None = None
 
     @property
@@ -94,10 +103,14 @@ class Readiness:
 
 def _check(reports: Sequence[ProcessReport], shards: int, roles: Iterable[str], ok: Callable[[ProcessReport], bool],
            why: Callable[[ProcessReport], str]) -> Readiness:
+    """Every shard's processes of ``roles`` satisfy ``ok``; an optional role (the shadow) counts where the probe
+    found one in the pod (it then reports, reachable or not)."""
     by_key = {(r.shard, r.role): r for r in reports}
+    roles = tuple(roles)
     waiting: list[str] = []
     for shard in range(shards):
-        for role in roles:
+        present = [o for o in OPTIONAL_ROLES if o in roles and (shard, o) in by_key]
+        for role in [r for r in roles if r not in OPTIONAL_ROLES] + present:
             r = by_key.get((shard, role))
             if r is None:
                 waiting.append(f"shard {shard} {role}: no pod")
@@ -109,45 +122,51 @@ def _check(reports: Sequence[ProcessReport], shards: int, roles: Iterable[str], 
 
 
 def loaded(reports: Sequence[ProcessReport], shards: int, version: int, generation: int) -> Readiness:
-    """Every node and cache has loaded a keyring of at least ``generation`` that holds ``version``."""
+    """Every node, cache and shadow has loaded a keyring of at least ``generation`` that holds ``version``."""
     return _check(
-        reports, shards, ROLES,
+        reports, shards, ROLES + OPTIONAL_ROLES,
         lambda r: (r.generation or 0) >= generation and version in r.versions,
         lambda r: f"has keyring generation {r.generation}, needs {generation} with version {version}",
     )
 
 
 def promoted(reports: Sequence[ProcessReport], shards: int, version: int, generation: int) -> Readiness:
-    """Every node and cache uses ``version`` as primary."""
+    """Every node, cache and shadow uses ``version`` as primary."""
     return _check(
-        reports, shards, ROLES,
+        reports, shards, ROLES + OPTIONAL_ROLES,
         lambda r: r.primary == version and (r.generation or 0) >= generation,
         lambda r: f"primary is still version {r.primary}",
     )
 
 
 def dropped(reports: Sequence[ProcessReport], shards: int, versions: Iterable[int], generation: int) -> Readiness:
-    """No node or cache still holds any of ``versions``."""
+    """No node, cache or shadow still holds any of ``versions``."""
     gone = frozenset(versions)
     return _check(
-        reports, shards, ROLES,
+        reports, shards, ROLES + OPTIONAL_ROLES,
         lambda r: not (r.versions & gone) and (r.generation or 0) >= generation,
         lambda r: f"still holds version(s) {sorted(r.versions & gone)}",
     )
 
 
+def old_data(reports: Sequence[ProcessReport], keep: int, role: str) -> dict[int, int]:
+    """Per shard, what ``role``'s reachable process holds under any version other than ``keep`` (node: blocks;
+    shadow: history versions)."""
+    return {r.shard: sum(n for v, n in r.blocks.items() if v != keep)
+            for r in reports if r.role == role and r.reachable}
+
+
 def old_blocks(reports: Sequence[ProcessReport], shards: int, keep: int) -> tuple[Readiness, dict[int, int]]:
-    """Blocks per shard on any version other than ``keep``; ready when every shard's node reports zero."""
-    counts: dict[int, int] = {}
-    for r in reports:
-        if r.role == NODE and r.reachable:
-            counts[r.shard] = sum(n for v, n in r.blocks.items() if v != keep)
+    """Node blocks per shard on any version other than ``keep``; ready when every shard's node, and its shadow if
+    it runs one, reports zero (a version the history still needs must not be retired)."""
+    counts = {role: old_data(reports, keep, role) for role in DATA_ROLES}
+    what = {NODE: "block(s)", SHADOW: "history version(s)"}
     readiness = _check(
-        reports, shards, (NODE,),
-        lambda r: counts.get(r.shard, 0) == 0,
-        lambda r: f"{counts.get(r.shard, 0)} block(s) still on an old key version",
+        reports, shards, DATA_ROLES,
+        lambda r: counts[r.role].get(r.shard, 0) == 0,
+        lambda r: f"{counts[r.role].get(r.shard, 0)} {what[r.role]} still on an old key version",
     )
-    return readiness, counts
+    return readiness, counts[NODE]
 
 
 # ---- triggers --------------------------------------------------------------------------------------------

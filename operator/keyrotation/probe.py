@@ -1,4 +1,7 @@
-"""Ask every shard process what it has loaded (``GET /v1/keys``) and start rewraps (``POST /v1/rewrap``)."""
+"""Ask every shard process what it has loaded (``GET /v1/keys``) and start rewraps (``POST /v1/rewrap``).
+
+The processes are each pod's node and cache, and its shadow when the pod runs one (same JSON shapes).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ from typing import Any
 import aiohttp
 
 from .. import podtls
-from ..podcontract import NODE
+from ..podcontract import NODE, SHADOW
 from .plan import ROLES, ProcessReport
 
 TIMEOUT = aiohttp.ClientTimeout(total=5)
@@ -37,22 +40,29 @@ async def _get_keys(session: aiohttp.ClientSession, shard: int, role: str, pod: 
         return ProcessReport(shard, role, False, error=type(exc).__name__)
 
 
+def roles_of(pod: Mapping[str, Any]) -> tuple[str, ...]:
+    """The key-holding processes of a pod: node and cache, and the shadow when the pod spec has that container."""
+    names = {c.get("name") for c in (pod.get("spec") or {}).get("containers") or []}
+    return ROLES + ((SHADOW,) if SHADOW in names else ())
+
+
 async def collect_reports(pods: Mapping[int, Mapping[str, Any]]) -> list[ProcessReport]:
     """One report per (shard, role) for the pods given; unreachable processes are reported, not raised."""
     async with await podtls.session(pods, TIMEOUT) as session:
         tasks = [
             _get_keys(session, shard, role, pod)
             for shard, pod in sorted(pods.items())
-            for role in ROLES
+            for role in roles_of(pod)
         ]
         return list(await asyncio.gather(*tasks))
 
 
-async def start_rewrap(pods: Mapping[int, Mapping[str, Any]], batch_size: int, pause_seconds: float
-                       ) -> dict[int, str | None]:
-    """Start (or resume) the rewrap on every node; returns an error per shard that could not be asked."""
+async def start_rewrap(pods: Mapping[int, Mapping[str, Any]], batch_size: int, pause_seconds: float,
+                       role: str = NODE) -> dict[int, str | None]:
+    """Start (or resume) the rewrap on ``role`` (the node, or the shadow's history) of every pod given; returns
+    an error per shard that could not be asked."""
     async def one(session: aiohttp.ClientSession, shard: int) -> str | None:
-        at = podtls.endpoint(pods[shard], shard, NODE, "/v1/rewrap")
+        at = podtls.endpoint(pods[shard], shard, role, "/v1/rewrap")
         if at is None:
             return "pod has no IP yet"
         try:

@@ -114,3 +114,51 @@ def test_phases_keep_their_status_strings():
     assert plan.parse_phase("Rewrapping") is plan.Phase.REWRAPPING
     assert plan.parse_phase("Exploding") is None
     assert plan.IDLE_PHASES == {"Pending", "Waiting", "Completed", "Failed"}
+
+
+def with_shadows(reports, shards=(0, 1, 2), **kw):
+    return list(reports) + [rep(s, "shadow", **kw) for s in shards]
+
+
+def test_a_pod_without_a_shadow_is_not_waited_for_one():
+    # No shadow report: the pod runs none (the probe asks only pods whose spec has the container).
+    assert plan.loaded(full(), 3, 2, 5).ready
+    assert plan.old_blocks(full(blocks={2: 4}), 3, keep=2)[0].ready
+
+
+def test_shadows_are_waited_for_at_load_promotion_and_drop():
+    reports = with_shadows(full(), shards=(0, 1))
+    reports[-1] = rep(1, "shadow", gen=4, versions=(1,))
+    r = plan.loaded(reports, 3, 2, 5)
+    assert not r.ready and r.waiting == ("shard 1 shadow: has keyring generation 4, needs 5 with version 2",)
+    assert plan.loaded(with_shadows(full()), 3, 2, 5).ready
+    stale = with_shadows(full(), shards=(0,), primary=1)
+    assert plan.promoted(stale, 3, 2, 5).waiting == ("shard 0 shadow: primary is still version 1",)
+    holding = with_shadows(full(versions=(2,)), shards=(2,), versions=(1, 2))
+    assert plan.dropped(holding, 3, [1], 5).waiting == ("shard 2 shadow: still holds version(s) [1]",)
+
+
+def test_an_unreachable_shadow_blocks_every_step():
+    reports = full(versions=(2,), blocks={2: 5}) + [rep(0, "shadow", reachable=False)]
+    for readiness in (plan.loaded(reports, 3, 2, 5), plan.dropped(reports, 3, [1], 5),
+                      plan.old_blocks(reports, 3, keep=2)[0]):
+        assert not readiness.ready and "shard 0 shadow: unreachable" in readiness.message
+
+
+def test_a_version_the_history_still_needs_is_not_retired():
+    # Every node is done, but shard 1's shadow still holds 7 history versions under version 1.
+    reports = full(blocks={2: 10}) + [rep(0, "shadow", blocks={2: 3}), rep(1, "shadow", blocks={1: 7, 2: 3})]
+    ready, counts = plan.old_blocks(reports, 3, keep=2)
+    assert not ready.ready
+    assert ready.waiting == ("shard 1 shadow: 7 history version(s) still on an old key version",)
+    assert counts == {0: 0, 1: 0, 2: 0}  # the node counts, as before
+    assert plan.old_data(reports, 2, "shadow") == {0: 0, 1: 7}
+    done = full(blocks={2: 10}) + [rep(0, "shadow", blocks={2: 3}), rep(1, "shadow", blocks={2: 10})]
+    assert plan.old_blocks(done, 3, keep=2)[0].ready
+
+
+def test_old_history_and_old_blocks_are_both_named():
+    reports = full(blocks={1: 2, 2: 1}, shards=1) + [rep(0, "shadow", blocks={1: 9})]
+    ready, _ = plan.old_blocks(reports, 1, keep=2)
+    assert ready.waiting == ("shard 0 node: 2 block(s) still on an old key version",
+                             "shard 0 shadow: 9 history version(s) still on an old key version")
