@@ -54,8 +54,13 @@ def rfc3339(when: dt.datetime) -> str:
     return when.astimezone(dt.UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _obj(report: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = report.get(key)
+    return value if isinstance(value, Mapping) else {}
+
+
 def _lag(report: Mapping[str, Any]) -> tuple[int | None, float | None]:
-    capture = report.get("capture") if isinstance(report.get("capture"), Mapping) else {}
+    capture = _obj(report, "capture")
     lsn = _int(capture.get("lagLsn", report.get("lagLsn")))
     seconds = _num(capture.get("lagSeconds", report.get("lagSeconds")))
     return lsn, seconds
@@ -80,11 +85,10 @@ def _errors(s: ShardSample) -> list[str]:
     r = s.report
     if r is None:
         return [s.error or "not reporting"]
-    capture = r.get("capture") if isinstance(r.get("capture"), Mapping) else {}
+    capture, keyring = _obj(r, "capture"), _obj(r, "keyring")
     found = [f"capture: {capture['error']}" if capture.get("error") else "",
              f"config: {r['configError']}" if r.get("configError") else "",
-             f"keyring: {(r.get('keyring') or {}).get('loadError')}"
-             if isinstance(r.get("keyring"), Mapping) and r["keyring"].get("loadError") else ""]
+             f"keyring: {keyring['loadError']}" if keyring.get("loadError") else ""]
     return [e for e in found if e]
 
 
@@ -93,7 +97,7 @@ def shard_row(s: ShardSample) -> dict[str, Any]:
     row: dict[str, Any] = {"shard": s.shard, "reporting": s.report is not None}
     r = s.report
     if r is not None:
-        capture = r.get("capture") if isinstance(r.get("capture"), Mapping) else {}
+        capture = _obj(r, "capture")
         if isinstance(capture.get("state"), str):
             row["state"] = capture["state"][:64]
         lsn, seconds = _lag(r)
