@@ -77,3 +77,30 @@ def test_bootstrap_config_points_at_the_sources_objects():
         "cold": {"endpoint": "http://seaweedfs:8333", "bucket": "backups", "prefix": "shop/orders-old",
                  "region": "us-east-1", "forcePathStyle": True, "credentialsDir": "/etc/chronoshard/objectstore"},
     }
+
+
+def test_the_shadow_and_the_bootstrap_accept_what_the_operator_writes():
+    # The other side of the contract: the shadow process's and the bootstrap's own strict parsers.
+    from chronoshard.shardnode.shadow.bootstrap import parse_bootstrap
+    from chronoshard.shardnode.shadow.config import parse_settings
+
+    policy = parse_shadowpolicy({
+        "shardSetRef": {"name": "orders"}, "tables": ["a"], "snapshot": {"fullEvery": 3},
+        "compression": {"level": 7, "dictionary": False},
+        "coldStorage": {"endpoint": "http://seaweedfs:8333", "bucket": "backups", "prefix": "prod",
+                        "credentialsSecret": {"name": "creds"}},
+        "reversion": {"mode": "auto", "maxBlocks": 50}})
+    settings = parse_settings(json.loads(json.dumps(podcontract.shadow_config(policy, "shop"))))
+    assert settings.tables == ("a",)
+    assert settings.cold is not None and settings.cold.prefix == "prod/shop/orders"
+    assert settings.cold.credentials_dir == podcontract.OBJECTSTORE_MOUNT
+    assert parse_settings(podcontract.shadow_config(parse_shadowpolicy({"shardSetRef": {"name": "o"}}))).cold is None
+
+    spec = parse_shardset({"shards": 2, "bootstrap": {"fromShadow": {
+        "coldStorage": {"endpoint": "http://seaweedfs:8333", "bucket": "backups", "prefix": "prod",
+                        "credentialsSecret": {"name": "creds"}},
+        "source": {"name": "orders"}, "pointInTime": "2026-12-01T10:00:00Z", "keyringSecret": {"name": "k"}}}})
+    assert spec.from_shadow is not None
+    doc = json.loads(json.dumps(podcontract.bootstrap_config("shop", spec, spec.from_shadow)))
+    boot = parse_bootstrap(doc, "orders-1")
+    assert (boot.shard, boot.object_prefix()) == (1, "prod/shop/orders/1")
