@@ -49,7 +49,7 @@ CREATE TABLE IF NOT EXISTS reversion_items (
     expected_lsn INTEGER NOT NULL,
     target_lsn INTEGER NOT NULL,
     size INTEGER NOT NULL,
-    outcome TEXT,                   -- NULL until carried out: done | conflict | overwritten | missing
+    outcome TEXT,                   -- NULL until carried out: done | conflict | overwritten | missing | refused
     written_lsn INTEGER,            -- the LSN the node gave our write
     later_lsn INTEGER,              -- first write by someone else after the plan, seen by the capture
     PRIMARY KEY (name, seq)
