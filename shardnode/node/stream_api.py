@@ -317,6 +317,8 @@ def snapshot_handler(host_of: Callable[[web.Request], StreamHost]) -> Callable[[
                     await resp.write(chunk)
             except SnapshotFailed:
                 pass  # the stream ends without its end line: the client knows it is incomplete
+            except ConnectionResetError:
+                return resp  # the client hung up; closing `chunks` ends the read transaction
             await resp.write_eof()
             return resp
         finally:
