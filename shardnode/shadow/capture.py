@@ -141,7 +141,7 @@ class Capture:
                 if isinstance(exc, ChangeStreamError) and exc.status == 404:
                     self._registered = False  # the node lost the slot (a new volume): register again
                 log.warning("capture: %s; retrying in %.1fs", self.error, backoff)
-            except Exception as exc:  # noqa: BLE001 - e.g. a frame whose key version is not loaded yet
+            except Exception as exc:  # e.g. a frame whose key version is not loaded yet: retried
                 self.state, self.error = "error", f"{type(exc).__name__}: {exc}"
                 log.error("capture: applying failed (%s); retrying in %.1fs", self.error, backoff)
             else:
