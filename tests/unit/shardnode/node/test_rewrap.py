@@ -136,3 +136,26 @@ async def test_writes_during_rewrap_land_on_primary(tmp_path):
         assert open_block(holder.keyring, "t", "k003", b.frame, b.checksum) == b"new"
     finally:
         s.close()
+
+
+async def test_rewrap_entries_carry_their_new_frame_while_a_slot_exists(tmp_path):
+    from chronoshard.shardnode.node import consumers
+
+    s, holder = open_store(tmp_path, ring(1, (1,)))
+    try:
+        for i in range(4):
+            await s.put("t", f"k{i}", f"v{i}".encode())
+        await s.write(lambda c: consumers.register(c, "c", None, False, 1.0))
+        s.frames_enabled = True
+        k2 = holder.keyring = ring(2, (1, 2))
+        await s.write(lambda c: rewrap.start_in_txn(c, k2, 10))
+        await s.write(lambda c: rewrap.batch_in_txn(c, k2, frames=s.frames_enabled))
+        entries = await s.read(lambda c: list(changelog.iter_changes(c, 4, 100, frames=True)))
+        assert [(e.op, e.key_version) for e in entries] == [("rewrap", 2)] * 4
+        for e in entries:
+            stored = await s.read(lambda c, e=e: get_block(c, "t", e.key))
+            assert e.frame == stored.frame and e.lsn == stored.lsn
+            assert open_block(k2, "t", e.key, e.frame, e.checksum) == f"v{e.key[1]}".encode()
+        assert await s.read(changelog.frame_bytes) == sum(len(e.frame) for e in entries)
+    finally:
+        s.close()

@@ -157,3 +157,21 @@ def test_one_store_per_data_directory(tmp_path):
     s.close()
     s2, _ = open_store(tmp_path, ring(1, (1,)))  # released on close
     s2.close()
+
+
+async def test_conditional_writes_are_checked_in_the_writer_transaction(store):
+    from chronoshard.shardnode.node.store import PreconditionFailed
+
+    s, _ = store
+    assert (await s.put("t", "k", b"1", if_lsn=0)).lsn == 1
+    # a group of jobs all conditioned on LSN 1: the first commits, the others see its LSN inside the same transaction
+    outcomes = await asyncio.gather(*(s.put("t", "k", f"w{i}".encode(), if_lsn=1) for i in range(10)),
+                                    return_exceptions=True)
+    won = [o for o in outcomes if not isinstance(o, BaseException)]
+    lost = [o for o in outcomes if isinstance(o, PreconditionFailed)]
+    assert len(won) == 1 and len(lost) == 9 and {e.current for e in lost} == {2}
+    with pytest.raises(PreconditionFailed) as err:
+        await s.delete("t", "k", if_lsn=1)
+    assert err.value.current == 2
+    assert (await s.delete("t", "k", if_lsn=2)).lsn == 3
+    assert await s.read(changelog.last_lsn) == 3  # refused writes logged nothing
