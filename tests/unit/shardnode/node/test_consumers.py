@@ -43,7 +43,8 @@ def small_cases():
             for acks in itertools.chain([()], itertools.product(range(0, last + 1), repeat=1),
                                         itertools.product(range(0, last + 1), repeat=2)):
                 for states in itertools.product((ACTIVE, BEHIND), repeat=len(acks)):
-                    yield last, first, tuple(slot(f"c{i}", a, s) for i, (a, s) in enumerate(zip(acks, states)))
+                    pairs = enumerate(zip(acks, states, strict=True))
+                    yield last, first, tuple(slot(f"c{i}", a, s) for i, (a, s) in pairs)
 
 
 @pytest.mark.parametrize("retain, max_entries, max_bytes, held_bytes",
