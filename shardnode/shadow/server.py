@@ -32,6 +32,7 @@ from .config import ShadowConfig
 from .executor import Reversions
 from .history import HistoryStore
 from .historydb import DB_NAME
+from .maintenance import Maintenance
 from .metrics import ShadowMetrics
 from .plans import PlanStore
 from .reversion import parse_plan_request
@@ -62,6 +63,7 @@ class Shadow:
         self.capture: Capture | None = None
         self.reversions: Reversions | None = None
         self.rewrap: RewrapRunner | None = None
+        self.maintenance: Maintenance | None = None
         self._tasks: list[asyncio.Task[Any]] = []
 
     # ---- lifecycle ---------------------------------------------------------------------------
@@ -84,9 +86,11 @@ class Shadow:
                                      self.pool, self.metrics, server_hostname=hostname,
                                      max_blocks=lambda: self.cfg.settings.reversion.max_blocks)
         self.rewrap = RewrapRunner(self.history, lambda: self.keys.keyring)
+        self.maintenance = Maintenance(self.cfg, self.history)
         self._tasks += [asyncio.create_task(self.keys.run(self.cfg.keyring_poll_seconds), name="keyring-watch"),
                         asyncio.create_task(self.settings.run(self.cfg.keyring_poll_seconds), name="settings"),
-                        asyncio.create_task(self.capture.run(), name="capture")]
+                        asyncio.create_task(self.capture.run(), name="capture"),
+                        asyncio.create_task(self.maintenance.run(), name="maintenance")]
         await self.reversions.resume()
         if self.keys.keyring is not None and self.rewrap is not None:
             await self.rewrap.resume_if_running()
@@ -298,6 +302,7 @@ async def status(request: web.Request) -> web.Response:
     return web.json_response({"capture": capture, "lagLsn": capture.get("lagLsn"),
                               "lagSeconds": capture.get("lagSeconds"), **stats,
                               "configError": sh.cfg.settings_error or sh.settings.error,
+                              "maintenance": sh.maintenance.status() if sh.maintenance is not None else None,
                               "keyring": {"generation": sh.keys.describe()["generation"],
                                           "loadError": sh.keys.load_error}})
 

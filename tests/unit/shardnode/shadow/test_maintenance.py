@@ -1,0 +1,62 @@
+"""The history's housekeeping on a real file and a real S3 server: snapshots, tiers, and the cold export into
+the shard's own prefix, exactly once across passes."""
+
+from __future__ import annotations
+
+from chronoshard.shardnode.shadow import backup
+from chronoshard.shardnode.shadow.config import ShadowConfig, parse_settings
+from chronoshard.shardnode.shadow.maintenance import Maintenance, pod_shard, shard_cold_settings
+from chronoshard.shardnode.shadow.objectstore import ObjectStore
+
+from tests.support.shadow_history import open_history, put, ring
+
+DAY = 86400.0
+R = ring(1, (1,))
+
+
+def config(tmp, cold: dict | None) -> ShadowConfig:
+    cfg = ShadowConfig(node_url="http://127.0.0.1:9", data_dir=tmp, keyring_dir=tmp)
+    cfg.apply({"snapshot": {"intervalSeconds": 60},
+               "retention": {"hotSeconds": 3600, "warmSeconds": 7200, "coldSeconds": 30 * DAY}, "cold": cold})
+    assert cfg.settings_error is None
+    return cfg
+
+
+def test_pod_shard_and_the_shards_prefix():
+    assert pod_shard("orders-3") == 3 and pod_shard(None) is None and pod_shard("nodash") is None
+    cold = parse_settings({"cold": {"endpoint": "http://s3:8333", "bucket": "b", "prefix": "p/ns/orders"}}).cold
+    assert cold is not None and shard_cold_settings(cold, 2).prefix == "p/ns/orders/2"
+    assert shard_cold_settings(cold, None) == cold
+
+
+def test_a_pass_snapshots_compacts_and_exports_each_cold_segment_once(tmp_path, s3_server):
+    now = 1_800_000_000.0
+    history, _ = open_history(tmp_path)
+    old = now - 2 * DAY  # past hot and warm retention: cold
+    history.apply([put(R, 1, old, "t", "a", b"a1"), put(R, 2, old + 1, "t", "b", b"b1"),
+                   put(R, 3, old + 5000, "t", "a", b"a2"), put(R, 4, now - 10, "t", "c", b"hot")])
+    s3_server.write_credentials(tmp_path / "creds")
+    cold = s3_server.settings(credentials_dir=tmp_path / "creds")
+    cold_doc = {"endpoint": cold.endpoint, "bucket": cold.bucket, "prefix": cold.prefix, "forcePathStyle": True,
+                "credentialsDir": cold.credentials_dir}
+    m = Maintenance(config(tmp_path, cold_doc), history, shard=1)
+    first = m.run_once(now)
+    assert first["exported"] >= 1 and first["snapshot"] is not None
+    assert history.stats()["tiers"]["cold"]["versions"] >= 2
+    assert m.exported_segment == m.exported() and m.exported() > 0
+    assert m.run_once(now + 1)["exported"] == 0  # nothing new: nothing uploaded again
+
+    store = ObjectStore(shard_cold_settings(m.cfg.settings.cold, 1))  # type: ignore[arg-type]
+    restored = {(v.table, v.key) for v in backup.restore_point(store, time=now)}
+    assert {("t", "a"), ("t", "b")} <= restored
+    assert not list(ObjectStore(m.cfg.settings.cold).list("0/"))  # type: ignore[arg-type]  # not another shard's
+    history.close()
+
+
+def test_without_a_bucket_nothing_is_exported(tmp_path):
+    history, _ = open_history(tmp_path)
+    history.apply([put(R, 1, 1000.0, "t", "a", b"x")])
+    m = Maintenance(config(tmp_path, None), history)
+    result = m.run_once(1000.0 + 40 * DAY)
+    assert result["exported"] == 0 and m.status()["error"] is None
+    history.close()
