@@ -184,8 +184,8 @@ class Reversions:
         if plan is None:
             raise ApiError(404, "not_found", f"no reversion {name}")
         if digest != plan.digest:
-            raise ApiError(409, "digest_mismatch", "the digest does not match the plan; read the plan again",
-                           digest=plan.digest)
+            # The plan's digest is not echoed: approving means reading the plan, not retrying with the answer.
+            raise ApiError(409, "digest_mismatch", "the digest does not match the plan; read the plan again")
         if plan.phase == "planned":
             await self._thread(self.store.set_phase, name, "running")
         if plan.phase in ("planned", "running"):
