@@ -198,3 +198,39 @@ def test_header_layout():
     assert (magic, version, codec, flags, n) == (b"CSMS", 1, columnar.BODY_ZSTD, 0, len(rows))
     assert len(columnar._body(blob, 1 << 20)[0]) == body_len
     assert columnar.HEADER_SIZE == 56
+
+
+def _time_mode(rows):
+    r = columnar._Reader(columnar._body(encode_segment(rows), 1 << 30)[0])
+    for _ in range(4):  # first LSN and the LSN delta runs
+        r.section()
+    return r.section()[0]
+
+
+def test_time_encoding_follows_the_series():
+    regular = [MetaRow(i, 1_700_000_000 + i * 60.0, "t", "k", "put", 1, 1, 40) for i in range(500)]
+    rnd = random.Random(7)
+    us, poisson = 1_700_000_000_000_000, []
+    for i in range(500):
+        us += int(rnd.expovariate(1 / 5000))
+        poisson.append(MetaRow(i, us / 1e6, "t", "k", "put", 1, 1, 40))
+    assert _time_mode(regular) == columnar.TIME_DELTA_OF_DELTA
+    assert _time_mode(poisson) == columnar.TIME_RISING
+    jitter = _quantised([r._replace(time=r.time - (0.004 if i % 2 else 0)) for i, r in enumerate(poisson)])
+    assert _time_mode(jitter) == columnar.TIME_DELTA
+    for rows in (regular, poisson, jitter):
+        assert decode_segment(encode_segment(rows)) == rows
+
+
+def test_unknown_time_mode_is_refused():
+    rows, blob = _sample_segment()
+    body = columnar._body(blob, 1 << 20)[0]
+    r = columnar._Reader(body)
+    for _ in range(4):
+        r.section()
+    mode_at = r.pos + 1  # past the section's length byte
+    forged = body[:mode_at] + b"\x05" + body[mode_at + 1:]
+    info = segment_info(blob)
+    bounds = (info.min_lsn, info.max_lsn, round(info.min_time * 1e6), round(info.max_time * 1e6))
+    with pytest.raises(CodecError, match="unknown time encoding 5"):
+        decode_segment(_forged(forged, len(rows), bounds))
