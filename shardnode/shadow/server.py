@@ -55,7 +55,9 @@ class Shadow:
         self.metrics.watch_key_cache(lambda: self.key_cache.stats() if self.key_cache is not None else None)
         self.keys = KeyringWatcher(cfg.keyring_dir, on_reload=self.metrics.keyring.observe,
                                    table_keys=self.key_cache, kek_dir=cfg.kek_dir)
-        self.settings = SettingsWatcher(cfg.settings_path, cfg.apply, self.metrics.settings.observe)
+        # A file that parses as JSON but not as shadow.json is a failed load too (cfg.apply keeps the old settings).
+        self.settings = SettingsWatcher(cfg.settings_path, cfg.apply,
+                                        lambda error: self.metrics.settings.observe(error or cfg.settings_error))
         self.pool = ThreadPoolExecutor(cfg.reader_threads, thread_name_prefix="shadow-read")
         self.history: HistoryStore | None = None
         self.plans: PlanStore | None = None
@@ -109,7 +111,7 @@ class Shadow:
             await self.rewrap.stop()
         if self.session is not None:
             await self.session.close()
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        await asyncio.to_thread(self.pool.shutdown, True, cancel_futures=True)  # running reads end first
         if self.plans is not None:
             await asyncio.to_thread(self.plans.close)
         if self.history is not None:

@@ -176,3 +176,17 @@ async def _behind(r: Rig) -> bool:
                                                          (4.0, 3, 10.0, 6.0)])
 def test_lag_seconds(applied, lag, now, expected):
     assert lag_seconds(applied, lag, now) == expected
+
+
+async def test_adding_a_table_re_seeds_so_its_existing_keys_are_there(tmp_path):
+    async with rig(tmp_path, {"tables": ["t"]}) as r:
+        await r.put("u", "before", b"in u before it was captured")
+        cap = await r.start()
+        await wait_for_async(r.caught_up, what="the first seed")
+        assert r.history.tables() == []
+        (tmp_path / "shadow.json").write_text('{"tables": ["t", "u"]}')
+        r.cfg.apply({"tables": ["t", "u"]})  # what the settings watcher does when the ConfigMap changes
+        await wait_for_async(lambda: cap.seeds == 2, what="the re-seed for the added table")
+        await wait_for_async(r.caught_up, what="the tail after it")
+        assert r.history.value_at("u", "before").value == b"in u before it was captured"
+        assert cap.status()["tables"] == ["t", "u"]
