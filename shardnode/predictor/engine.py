@@ -162,6 +162,7 @@ class Predictor(TrainedPipeline):
         self._record(self.tracker.expire(a.time), a.time)
         outs = self.tracker.access(a.table, a.key, a.time)
         self._record(outs, a.time)
+        self.feedback.record_demand(a.size)  # the waste cap is a share of the bytes read
         if not a.hit and not any(o.sent and o.used for o in outs):
             self.misses += 1
         self.forecaster.observe(a.table, a.time)
@@ -181,7 +182,10 @@ class Predictor(TrainedPipeline):
         # Where each block is requested later in this batch: a hint for it would come too late.
         last_in_batch = {(a.table, a.key): i for i, a in enumerate(accesses)}
         hints: list[Hint] = []
-        for (i, a, c), s in zip(pending, scores, strict=True):
+        # Best first (each hint is one fetch, so its score is its benefit per fetch): a budget that runs out
+        # within the batch drops the least likely ones.
+        for j in sorted(range(len(pending)), key=lambda j: -scores[j]):
+            (i, a, c), s = pending[j], scores[j]
             if s < cfg.score_threshold:
                 continue
             if last_in_batch.get((c.table, c.key), -1) > i:

@@ -115,11 +115,17 @@ PAUSED = 1.01  # above any probability: no candidate is sent
 
 @dataclass
 class FeedbackController:
-    """Per window of resolved candidates, picks the lowest threshold meeting the precision target.
+    """Per window of resolved candidates, picks the lowest threshold meeting the precision target and the waste cap.
 
-    If no threshold up to 1.0 meets the target, hints pause (threshold above any probability) and the
-    budget is halved (down to a floor); the unsent candidates keep being measured, so when the target
-    is met again the threshold comes down and the budget grows back. Disabled feedback keeps the base
+    Waste is what the operator pays for: prefetched bytes never read, as a share of the bytes read. Precision
+    alone does not bound it (at a small cache prefetched blocks are evicted before their read, and a budget
+    that sends many hints at 50% precision wastes as many bytes as a large share of the demand). So a
+    threshold must also keep the window's estimated waste under ``max_waste_share`` of the demand bytes
+    (`record_demand`): the unused bytes of the hints sent over it, plus, below the current threshold, the unused
+    bytes of the candidates there scaled by the share of candidates the budgets let through. If no threshold up
+    to 1.0 meets both, hints pause (threshold above any probability) and the budget is halved (down to a floor);
+    the unsent candidates keep being measured, so when the target is met again the threshold comes down and the
+    budget grows back. Disabled feedback keeps the base
     settings.
     """
 
@@ -129,12 +135,16 @@ class FeedbackController:
     max_threshold: float = 1.0
     window_s: float | None = None  # set: one adjustment per this many seconds (at least 10 outcomes)
     min_budget_factor: float = 0.05
+    max_waste_share: float = 0.15  # below the 20% goal: the estimate is per window, the goal per run
     enabled: bool = True
     threshold: float = field(init=False)
     budget_factor: float = field(init=False, default=1.0)
     last_precision: float | None = field(init=False, default=None)
     _scores: list[float] = field(init=False, default_factory=list)
     _used: list[bool] = field(init=False, default_factory=list)
+    _sizes: list[int] = field(init=False, default_factory=list)
+    _sent: list[bool] = field(init=False, default_factory=list)
+    _demand_bytes: int = field(init=False, default=0)
     _window_start: float | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
@@ -145,6 +155,8 @@ class FeedbackController:
         for o in outcomes:
             self._scores.append(o.score)
             self._used.append(o.used)
+            self._sizes.append(o.size)
+            self._sent.append(o.sent)
             if self.window_s is None and len(self._scores) >= self.window:
                 self._adjust()
         if self.window_s is not None and now is not None:
@@ -155,21 +167,38 @@ class FeedbackController:
                     self._adjust()
                 self._window_start = now
 
-    def _adjust(self) -> None:
-        scores = np.array(self._scores)
-        used = np.array(self._used, dtype=bool)
+    def record_demand(self, size: int) -> None:
+        """Count a demand read of ``size`` bytes (the denominator of the waste share)."""
+        self._demand_bytes += max(int(size), 0)
+
+    def _take_window(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+        out = (np.array(self._scores), np.array(self._used, dtype=bool), np.array(self._sizes, dtype=np.float64),
+               np.array(self._sent, dtype=bool), self._demand_bytes)
         self._scores.clear()
         self._used.clear()
+        self._sizes.clear()
+        self._sent.clear()
+        self._demand_bytes = 0
+        return out
+
+    def _adjust(self) -> None:
+        scores, used, sizes, was_sent, demand = self._take_window()
         sent = scores >= self.threshold
         self.last_precision = float(used[sent].mean()) if sent.any() else None
         if not self.enabled:
             return
-        grid = np.linspace(self.base_threshold, self.max_threshold, 19)
+        # Of the candidates over the current threshold, the share the budgets let through.
+        through = float(was_sent.sum()) / max(1, int(sent.sum()))
         chosen = None
-        for t in grid:
+        for t in np.linspace(self.base_threshold, self.max_threshold, 19):
             sel = scores >= t
             # Fewer than 5 candidates at a threshold say too little to trust.
-            if sel.sum() >= 5 and used[sel].mean() >= self.target_precision:
+            if sel.sum() < 5 or used[sel].mean() < self.target_precision:
+                continue
+            # Measured waste of the hints sent over t, plus what lowering the threshold would add (estimated).
+            waste = float(sizes[sel & was_sent & ~used].sum())
+            waste += float(sizes[sel & ~sent & ~used].sum()) * min(1.0, through)
+            if demand <= 0 or waste <= self.max_waste_share * demand:
                 chosen = float(t)
                 break
         if chosen is None:

@@ -27,6 +27,18 @@ class TraceFormatError(ValueError):
     """The file does not hold a trace in the format asked for."""
 
 
+def _ids(values: list[int]) -> np.ndarray:
+    """Object ids as int64; ids of 2**63 and over (hashed keys) keep their 64-bit pattern (they read negative)."""
+    try:
+        return np.array(values, dtype=np.int64)
+    except OverflowError:
+        pass
+    try:
+        return np.array(values, dtype=np.uint64).view(np.int64)
+    except OverflowError as exc:
+        raise TraceFormatError(f"an object id does not fit 64 bits: {exc}") from exc
+
+
 @dataclass(frozen=True)
 class Trace:
     """A request sequence: time (s), object id (= start block), request size (bytes), write flag."""
@@ -84,7 +96,7 @@ def _from_csv(data: bytes) -> Trace:
             writes.append(int(row["op"], 16) in _SCSI_WRITES)
         except (TypeError, ValueError) as exc:
             raise TraceFormatError(f"CSV trace line {lineno}: {exc}") from exc
-    return Trace(np.array(times), np.array(ids, dtype=np.int64), np.array(sizes, dtype=np.int64),
+    return Trace(np.array(times), _ids(ids), np.array(sizes, dtype=np.int64),
                  np.array(writes, dtype=bool))
 
 
@@ -92,7 +104,7 @@ def _from_oracle(data: bytes) -> Trace:
     if len(data) % _ORACLE.itemsize:
         raise TraceFormatError(f"oracleGeneral size {len(data)} is not a multiple of {_ORACLE.itemsize}")
     rec = np.frombuffer(data, dtype=_ORACLE)
-    return Trace(rec["t"].astype(np.float64), rec["id"].astype(np.int64), rec["size"].astype(np.int64),
+    return Trace(rec["t"].astype(np.float64), rec["id"].view(np.int64), rec["size"].astype(np.int64),
                  np.zeros(len(rec), dtype=bool))
 
 
@@ -103,13 +115,13 @@ def _from_vscsi(data: bytes) -> Trace:
     if len(rec) and not np.all(rec["ver"] == 0x0100):
         raise TraceFormatError("vscsi records are not version 1 (ver != 0x0100)")
     write = np.isin(rec["cmd"], list(_SCSI_WRITES))
-    return Trace(rec["ts"].astype(np.float64) / 1e6, rec["lbn"].astype(np.int64), rec["len"].astype(np.int64),
+    return Trace(rec["ts"].astype(np.float64) / 1e6, rec["lbn"].view(np.int64), rec["len"].astype(np.int64),
                  write)
 
 
 def _from_txt(data: bytes) -> Trace:
     try:
-        ids = np.array([int(x) for x in data.split()], dtype=np.int64)
+        ids = _ids([int(x) for x in data.split()])
     except ValueError as exc:
         raise TraceFormatError(f"txt trace: {exc}") from exc
     n = len(ids)

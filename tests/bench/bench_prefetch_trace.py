@@ -1,12 +1,16 @@
-"""Replay a block trace through LRU/ARC/S3-FIFO/SIEVE/Belady (libCacheSim) and through our cache + predictor.
+"""Replay a trace through LRU/ARC/S3-FIFO/SIEVE/Belady (libCacheSim) and through our cache + predictor.
 
     python -m tests.bench.bench_prefetch_trace --data /work/shared/data/cache/cloudPhysicsIO/cloudPhysicsIO.vscsi
 
-The first --train-frac of the requests trains the predictor and warms every cache; only the rest
-is scored. Every request counts (reads and writes, as libCacheSim does); objects are start blocks
-with the size of their first request (libCacheSim's oracleGeneral convention). Prints object and
-byte miss ratios at 1/5/10% of the footprint, our prefetch precision and the prefetched bytes that
-were wasted (evicted, or not requested within the horizon) as a share of the bytes requested.
+Any format of predictor/traces.py (csv, oracleGeneral, vscsi, txt); object ids are mapped to dense ones
+for libCacheSim (its request takes an unsigned 64-bit id). The first --train-frac of the requests trains
+the predictor and warms every cache; only the rest is scored. Every request counts (reads and writes, as
+libCacheSim does); objects are start blocks with the size of their first request (libCacheSim's
+oracleGeneral convention). For each cache size (share of the footprint) it prints the baselines, our
+eviction policies alone, then our cache with the predictor's hints at each hint budget (hints per request,
+one hint = one backend fetch: a block, or a read-ahead range of a run): the miss ratio, the backend
+fetches (demand + prefetch) beside the best online policy's, precision and the wasted prefetched bytes
+(evicted, or not requested within the horizon) as a share of the bytes requested.
 """
 
 from __future__ import annotations
@@ -18,15 +22,23 @@ from pathlib import Path
 
 import numpy as np
 from chronoshard.shardnode.eviction import make_policy
-from chronoshard.shardnode.predictor.access import Access
-from chronoshard.shardnode.predictor.features import KINDS, CandidateGenerator, GeneratorSettings
+from chronoshard.shardnode.predictor.access import Access, offset_key
+from chronoshard.shardnode.predictor.features import (
+    FEATURE_NAMES,
+    KIND_SEQ1,
+    KINDS,
+    CandidateGenerator,
+    GeneratorSettings,
+)
 from chronoshard.shardnode.predictor.feedback import FeedbackController, OutcomeTracker, TokenBucket
 from chronoshard.shardnode.predictor.labels import label_candidates
+from chronoshard.shardnode.predictor.ranking import BudgetRanker, range_length, tail_threshold
 from chronoshard.shardnode.predictor.scorers import MODEL_KINDS, fit_auto, make_scorer
 from chronoshard.shardnode.predictor.traces import FORMATS, Trace, read_trace
 
 TABLE = "trace"
 BASELINES = ("LRU", "ARC", "S3FIFO", "Sieve", "Belady")
+RUN_LEN = FEATURE_NAMES.index("run_len")
 
 
 @dataclass
@@ -37,6 +49,14 @@ class Result:
     hints: int = 0
     prefetched_pct: float = 0.0
     wasted_pct: float = 0.0
+    demand_fetches: int = 0
+    prefetch_fetches: int = 0
+
+
+def dense_ids(obj_id: np.ndarray) -> np.ndarray:
+    """Object ids as 1..n (libCacheSim takes unsigned ids; traces may hold any 64-bit pattern, even negative)."""
+    _, inverse = np.unique(obj_id, return_inverse=True)
+    return inverse.astype(np.int64) + 1
 
 
 def run_baseline(name: str, trace: Trace, obj_size: np.ndarray, nxt: np.ndarray, capacity: int, unit: bool,
@@ -47,7 +67,7 @@ def run_baseline(name: str, trace: Trace, obj_size: np.ndarray, nxt: np.ndarray,
     cache = getattr(lcs, name)(cache_size=capacity)
     req = lcs.Request()
     req.op = lcs.ReqOp.OP_GET
-    ids, sizes, times, nx = trace.obj_id.tolist(), obj_size.tolist(), trace.time.tolist(), nxt.tolist()
+    ids, sizes, times, nx = dense_ids(trace.obj_id).tolist(), obj_size.tolist(), trace.time.tolist(), nxt.tolist()
     n_req = n_hit = 0
     b_req = b_hit = 0
     for i in range(len(ids)):
@@ -90,24 +110,29 @@ def build_rows(accesses: list[Access], settings: GeneratorSettings) -> Rows:
             sizes.append(c.size)
             kinds.append(c.kind)
             feats.append(c.features)
-    return Rows(np.array(origin), keys, np.array(sizes), np.array(kinds), np.vstack(feats))
+    x = np.vstack(feats) if feats else np.zeros((0, len(FEATURE_NAMES)))
+    as_int = np.int64
+    return Rows(np.array(origin, dtype=as_int), keys, np.array(sizes, dtype=as_int), np.array(kinds, dtype=as_int), x)
 
 
 class _Simulation:
     """Our cache fed by the predictor's hints, one request at a time (the state `simulate` steps through)."""
 
-    def __init__(self, obj_size: dict[str, int], capacity: int, unit: bool, args: argparse.Namespace) -> None:
+    def __init__(self, obj_size: dict[str, int], capacity: int, unit: bool, args: argparse.Namespace,
+                 policy: str | None = None, hints_per_s: float | None = None) -> None:
         self.obj_size, self.capacity, self.unit, self.args = obj_size, capacity, unit, args
-        self.policy = make_policy(args.policy)
+        self.policy = make_policy(policy or args.policy.split(",")[0])
+        self.hints_per_s = args.hints_per_s if hints_per_s is None else hints_per_s
+        self.ranker = BudgetRanker()
         self.used_bytes = 0
         self.sizes_in: dict[str, int] = {}
         self.tracker = OutcomeTracker()
         self.fb = FeedbackController(base_threshold=args.threshold, target_precision=args.target_precision,
                                      enabled=not args.no_feedback)
-        self.hints_bucket = TokenBucket(args.hints_per_s, args.hints_per_s)
+        self.hints_bucket = TokenBucket(self.hints_per_s, max(1.0, self.hints_per_s))
         self.bytes_bucket = TokenBucket(args.bytes_per_s, args.bytes_per_s)
         self.n_req = self.n_hit = self.b_req = self.b_hit = 0
-        self.sent = self.used = 0
+        self.sent = self.used = self.fetches = 0
         self.pf_bytes = self.wasted_bytes = 0
 
     def account(self, outs: list, counted: bool) -> None:
@@ -137,6 +162,7 @@ class _Simulation:
         size = 1 if self.unit else self.obj_size[a.key]
         self.account(self.tracker.access(TABLE, a.key, a.time), counted)
         hit = a.key in self.policy
+        self.fb.record_demand(self.obj_size[a.key])
         if hit:
             self.policy.touch(a.key)
         elif size <= self.capacity:
@@ -148,45 +174,99 @@ class _Simulation:
                 self.n_hit += 1
                 self.b_hit += self.obj_size[a.key]
 
-    def hint(self, key: str, score: float, row_size: int, now: float, counted: bool) -> None:
-        """A candidate the predictor scored: prefetch it if above the threshold and within the budgets."""
-        if score < self.args.threshold:
-            return
-        psize = self.obj_size.get(key, row_size)
-        csize = 1 if self.unit else psize
-        go = (score >= self.fb.threshold and key not in self.policy
-              and not self.tracker.is_pending_sent(TABLE, key)
-              and csize <= self.capacity
-              and self.hints_bucket.take(1, now, self.fb.budget_factor)
-              and self.bytes_bucket.take(psize, now, self.fb.budget_factor))
-        if go:
-            self._insert(key, csize, prefetch_score=score)
-            if counted:
-                self.sent += 1
-                self.pf_bytes += psize
-        self.tracker.add(TABLE, key, score, go and counted, psize, now, self.args.horizon)
+    def _new(self, key: str) -> bool:
+        return key not in self.policy and not self.tracker.is_pending_sent(TABLE, key)
+
+    def plan(self, a: Access, key: str, score: float, kind: int, run_len: float) -> list[tuple[str, float]]:
+        """The blocks one fetch for this candidate covers, with their use probabilities (tracked if over the
+        base threshold); a run's next block becomes a read-ahead range unless --no-ranges."""
+        if kind != KIND_SEQ1 or self.args.no_ranges:
+            return [(key, score)]
+        k = range_length(score, run_len, self.args.threshold, tail_threshold(self.fb.max_waste_share))
+        blocks = max(1, -(-a.size // self.args.block_bytes)) if a.size > 0 else 1
+        out = []
+        for i in range(k):
+            nxt = key if i == 0 else offset_key(key, i * blocks)
+            if nxt is None:
+                break
+            out.append((nxt, score ** (i + 1)))
+        return out
+
+    def _worth(self, blocks: list[tuple[str, float]], score: float, run_len: float) -> tuple[float, list]:
+        """(benefit, blocks to fetch) of a plan at the current threshold; nothing if too little of it is new."""
+        k = len(blocks) if len(blocks) <= 1 else range_length(score, run_len, self.fb.threshold,
+                                                              tail_threshold(self.fb.max_waste_share))
+        want = [(b, p) for b, p in blocks[:k] if p >= self.fb.threshold]
+        new = [(b, p) for b, p in want if self._new(b)]
+        # A read-ahead range is re-issued once half of it is used up, not for every block read.
+        if not new or len(new) < max(1, len(want) // 2):
+            return 0.0, []
+        return sum(p for _, p in new), new
+
+    def hints(self, a: Access, cands: list[tuple[str, float, int, int, float]], counted: bool) -> None:
+        """This request's candidates: plans (one fetch each) ranked by expected benefit, sent within budget."""
+        plans, covered = [], set()
+        for key, score, row_size, kind, run_len in sorted(cands, key=lambda c: c[3] != KIND_SEQ1):
+            if score < self.args.threshold or key in covered:
+                continue
+            blocks = self.plan(a, key, score, kind, run_len)
+            covered.update(b for b, _ in blocks)
+            benefit, fetch = self._worth(blocks, score, run_len)
+            if fetch:
+                self.ranker.offer(benefit, a.time)
+            plans.append((benefit, blocks, fetch, row_size))
+        cutoff = self.ranker.cutoff(self.hints_per_s * self.fb.budget_factor) if not self.args.no_rank else 0.0
+        for benefit, blocks, fetch, row_size in sorted(plans, key=lambda p: -p[0]):
+            sent = set()
+            if fetch and benefit >= cutoff and self._send(fetch, row_size, a.time, counted):
+                sent = {b for b, _ in fetch}
+            for b, p in blocks:
+                psize = self.obj_size.get(b, row_size)
+                self.tracker.add(TABLE, b, p, b in sent and counted, psize, a.time, self.args.horizon)
+
+    def _send(self, fetch: list[tuple[str, float]], row_size: int, now: float, counted: bool) -> bool:
+        sizes = [self.obj_size.get(b, row_size) for b, _ in fetch]
+        csizes = [1 if self.unit else s for s in sizes]
+        if sum(csizes) > self.capacity:
+            return False
+        if not (self.hints_bucket.take(1, now, self.fb.budget_factor)
+                and self.bytes_bucket.take(sum(sizes), now, self.fb.budget_factor)):
+            return False
+        for (b, p), cs in zip(fetch, csizes, strict=True):
+            self._insert(b, cs, prefetch_score=p)
+        if counted:
+            self.fetches += 1
+            self.sent += len(fetch)
+            self.pf_bytes += sum(sizes)
+        return True
 
     def result(self) -> Result:
         """Settle the hints still pending and summarise the scored part."""
         self.account(self.tracker.expire(float("inf")), True)
         return Result(1 - self.n_hit / self.n_req, 1 - self.b_hit / self.b_req,
                       self.used / self.sent if self.sent else float("nan"), self.sent,
-                      100.0 * self.pf_bytes / self.b_req, 100.0 * self.wasted_bytes / self.b_req)
+                      100.0 * self.pf_bytes / self.b_req, 100.0 * self.wasted_bytes / self.b_req,
+                      self.n_req - self.n_hit, self.fetches)
 
 
 def simulate(accesses: list[Access], obj_size: dict[str, int], rows: Rows, scores: np.ndarray, capacity: int,
-             unit: bool, split: int, args: argparse.Namespace) -> Result:
+             unit: bool, split: int, args: argparse.Namespace, policy: str | None = None,
+             hints_per_s: float | None = None) -> Result:
     """Our cache fed by the predictor's hints: demand misses insert, hints above threshold prefetch."""
-    sim = _Simulation(obj_size, capacity, unit, args)
+    sim = _Simulation(obj_size, capacity, unit, args, policy, hints_per_s)
     origin = rows.origin.tolist()
-    rkeys, rsizes, sc = rows.keys, rows.sizes.tolist(), scores.tolist()
+    rkeys, rsizes, sc, kinds = rows.keys, rows.sizes.tolist(), scores.tolist(), rows.kind.tolist()
+    runs = rows.x[:, RUN_LEN].tolist() if len(rows.keys) else []
     j, n_rows = 0, len(origin)
     for i, a in enumerate(accesses):
         counted = i >= split
         sim.demand(a, counted)
+        cands = []
         while j < n_rows and origin[j] == i:
-            sim.hint(rkeys[j], sc[j], rsizes[j], a.time, counted)
+            cands.append((rkeys[j], sc[j], rsizes[j], kinds[j], runs[j]))
             j += 1
+        if cands:
+            sim.hints(a, cands, counted)
     return sim.result()
 
 
@@ -216,33 +296,57 @@ def fit_models(rows: Rows, y: np.ndarray, train: np.ndarray, test: np.ndarray, n
     return models
 
 
+def _baseline_line(base: dict[tuple[bool, int, str], tuple[float, float]], unit: bool, k: int,
+                   n_scored: int) -> tuple[str, float, int]:
+    """The baselines' cells, the best online miss ratio and that policy's backend fetches (its misses)."""
+    cells, best, best_fetches = [], float("nan"), 0
+    for name in BASELINES:
+        v = base.get((unit, k, name))
+        mr = (v[0] if unit else v[1]) if v else float("nan")
+        cells.append(f"{name} {mr:.4f}")
+        if v and name != "Belady" and not mr >= best:
+            best, best_fetches = mr, round(v[0] * n_scored)
+    return "  ".join(cells), best, best_fetches
+
+
+def _cell(label: str, r: Result, unit: bool, best_fetches: int) -> str:
+    mr = r.obj_miss if unit else r.byte_miss
+    total = r.demand_fetches + r.prefetch_fetches
+    rel = f"{total / best_fetches:5.2f}x best" if best_fetches else "    -     "
+    prec = f"prec {r.precision:.2f}" if r.hints else "prec   - "
+    return (f"  {label:<26} miss {mr:.4f}  fetches {total:>7} = {r.demand_fetches:>6} + {r.prefetch_fetches:>6} "
+            f"({rel})  {prec}  waste {r.wasted_pct:4.1f}%")
+
+
 def print_tables(accesses: list[Access], obj_size: dict[str, int], rows: Rows, models: dict[str, np.ndarray],
                  base: dict[tuple[bool, int, str], tuple[float, float]], fracs: list[float],
                  caps: dict[bool, list[int]], split: int, args: argparse.Namespace) -> None:
-    """The object and byte miss-ratio tables: the baselines, then our cache with each model's hints."""
+    """Per cache size: the baselines, each of our policies alone, then each model's hints at each budget."""
+    n_scored = len(accesses) - split
+    span = accesses[-1].time - accesses[0].time
+    rate = len(accesses) / span if span > 0 else 1.0
+    budgets = [float(b) for b in args.hint_budgets.split(",")] if args.hint_budgets else []
     for unit in (True, False):
         print()
         print(("OBJECT miss ratio (unit-size objects)" if unit else "BYTE miss ratio (real sizes)") +
-              "; ours = cache + predictor hints; prec = used hints / sent hints; "
-              "pf% / waste% = prefetched / wasted bytes as % of bytes requested")
-        hdr = f"{'size':>5} {'cap':>11} " + " ".join(f"{b:>7}" for b in BASELINES)
-        hdr += f" {'best4':>7} " + " ".join(f"{m:>20}" for m in models)
-        print(hdr)
+              "; fetches = backend fetches in the scored part (demand misses + prefetch fetches; a read-ahead "
+              "range is one), beside the best online policy's (its misses); waste = unused prefetched bytes, "
+              "% of bytes requested")
         for k, f in enumerate(fracs):
             cap = caps[unit][k]
-            line = f"{f * 100:4g}% {cap:>11} "
-            vals = []
-            for name in BASELINES:
-                v = base.get((unit, k, name))
-                mr = (v[0] if unit else v[1]) if v else float("nan")
-                vals.append(mr)
-                line += f"{mr:7.4f} "
-            line += f"{min(vals[:4]):7.4f} "
-            for scores in models.values():
-                r = simulate(accesses, obj_size, rows, scores, cap, unit, split, args)
-                mr = r.obj_miss if unit else r.byte_miss
-                line += f" {mr:.4f} p{r.precision:.2f} w{r.wasted_pct:4.1f}%"
-            print(line)
+            line, best, best_fetches = _baseline_line(base, unit, k, n_scored)
+            print(f"{f * 100:g}% (cap {cap}): {line}  best online {best:.4f} ({best_fetches} fetches)")
+            zeros = np.zeros(len(rows.keys))
+            for pol in args.policy.split(","):
+                r = simulate(accesses, obj_size, rows, zeros, cap, unit, split, args, policy=pol)
+                print(_cell(f"{pol} alone", r, unit, best_fetches))
+            for name, scores in models.items():
+                for b in budgets:
+                    r = simulate(accesses, obj_size, rows, scores, cap, unit, split, args, hints_per_s=b * rate)
+                    print(_cell(f"{name} {b:g} hint/req", r, unit, best_fetches))
+                if not budgets:
+                    r = simulate(accesses, obj_size, rows, scores, cap, unit, split, args)
+                    print(_cell(f"{name} {args.hints_per_s:g} hint/s", r, unit, best_fetches))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -257,11 +361,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--target-precision", type=float, default=0.5)
     p.add_argument("--no-feedback", action="store_true")
-    p.add_argument("--hints-per-s", type=float, default=200.0)
+    p.add_argument("--hints-per-s", type=float, default=200.0, help="the budget when --hint-budgets is empty")
+    p.add_argument("--hint-budgets", default="0.5,1,2,4,12",
+                   help="hint budgets to compare, in hints (backend fetches) per request of the trace")
+    p.add_argument("--no-ranges", action="store_true", help="one hint per block, no read-ahead ranges")
+    p.add_argument("--no-rank", action="store_true", help="send hints as they come, no benefit cutoff")
     p.add_argument("--bytes-per-s", type=float, default=64 * 2**20)
     p.add_argument("--block-bytes", type=int, default=512)
     p.add_argument("--skip-baselines", action="store_true")
-    p.add_argument("--policy", default="scored", help="our eviction policy (shardnode/eviction.py)")
+    p.add_argument("--policy", default="scored,greedydual",
+                   help="our eviction policies to show alone (comma list; the first one also runs with the hints)")
     args = p.parse_args(argv)
     if not 0.0 <= args.train_frac < 1.0:
         p.error("--train-frac must be in [0, 1)")
@@ -276,7 +385,7 @@ def main(argv: list[str] | None = None) -> None:
     wss_bytes = int(obj_size_arr[first].sum())
     print(f"trace {args.data.name}: {n} requests, {len(uniq)} objects, footprint {wss_bytes} B, "
           f"{int(trace.write.sum())} writes; train/warm-up = first {split} requests, scored = {n - split}")
-    print(f"our eviction policy: chronoshard.shardnode.eviction {args.policy!r}")
+    print(f"our eviction policies: chronoshard.shardnode.eviction {args.policy!r}")
     fracs = [float(x) for x in args.sizes.split(",")]
     caps = {True: [max(1, round(f * len(uniq))) for f in fracs], False: [max(1, round(f * wss_bytes)) for f in fracs]}
 
@@ -307,11 +416,8 @@ def main(argv: list[str] | None = None) -> None:
 
     models = fit_models(rows, y, train, test, args.models)
 
-    # Our eviction policy alone (no hints), to separate what the policy does from what prefetching does.
-    models = {"policy only": np.zeros(len(rows.keys)), **models}
     print_tables(accesses, obj_size, rows, models, base, fracs, caps, split, args)
-    print(f"\nours per cell: miss ratio, p = precision, w = wasted prefetched bytes % of bytes requested. "
-          f"total {time.time() - t0:.1f}s")
+    print(f"\ntotal {time.time() - t0:.1f}s")
 
 
 if __name__ == "__main__":

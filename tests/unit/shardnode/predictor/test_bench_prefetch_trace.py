@@ -33,7 +33,7 @@ def planted_csv(path: Path, n: int = 6000, seed: int = 3) -> None:
 
 def args(**kw: object) -> argparse.Namespace:
     base = dict(threshold=0.5, target_precision=0.5, no_feedback=False, hints_per_s=200.0, bytes_per_s=64 * 2**20,
-                horizon=10.0, policy="scored")
+                horizon=10.0, policy="scored", block_bytes=512, no_ranges=False, no_rank=False)
     base.update(kw)
     return argparse.Namespace(**base)
 
@@ -68,4 +68,38 @@ def test_main_runs_on_a_small_trace_without_baselines(tmp_path: Path, capsys) ->
     planted_csv(tmp_path / "t.csv", n=3000)
     main(["--data", str(tmp_path / "t.csv"), "--models", "stats", "--skip-baselines"])
     out = capsys.readouterr().out
-    assert "OBJECT miss ratio" in out and "BYTE miss ratio" in out and "policy only" in out
+    assert "OBJECT miss ratio" in out and "BYTE miss ratio" in out and "scored alone" in out and "0.5 hint/req" in out
+
+
+def test_dense_ids_fit_an_unsigned_request_id() -> None:
+    from tests.bench.bench_prefetch_trace import dense_ids
+
+    ids = np.array([2**64 - 1, 5, 2**63, 5], dtype=np.uint64).view(np.int64)  # two read negative
+    out = dense_ids(ids)
+    assert out.min() >= 1 and out[1] == out[3] and len(set(out.tolist())) == 3
+
+
+def hashed_ids_txt(path: Path, n: int = 2000) -> None:
+    """A key-value style trace: 64-bit hashed ids, half of them over 2**63, Zipf-ish reuse."""
+    rng = random.Random(9)
+    keys = [rng.getrandbits(64) for _ in range(300)]
+    path.write_text("\n".join(str(keys[min(int(rng.paretovariate(1.0)) - 1, 299)]) for _ in range(n)) + "\n")
+
+
+def test_main_runs_on_ids_beyond_signed_64_bits(tmp_path: Path, capsys) -> None:
+    hashed_ids_txt(tmp_path / "kv.txt")
+    main(["--data", str(tmp_path / "kv.txt"), "--models", "stats", "--skip-baselines", "--hint-budgets", "1"])
+    out = capsys.readouterr().out
+    assert "scored alone" in out and "1 hint/req" in out
+
+
+def test_libcachesim_baselines_take_hashed_ids(tmp_path: Path) -> None:
+    import pytest
+
+    pytest.importorskip("libcachesim")  # the bench extra
+    from tests.bench.bench_prefetch_trace import run_baseline
+
+    hashed_ids_txt(tmp_path / "kv.txt")
+    trace = read_trace(tmp_path / "kv.txt")
+    obj_miss, byte_miss = run_baseline("LRU", trace, trace.object_sizes(), trace.next_access(), 30, True, 500)
+    assert 0.0 < obj_miss < 1.0 and byte_miss == obj_miss

@@ -67,3 +67,30 @@ def test_time_window_adjusts_once_per_window() -> None:
     assert fb.threshold == PAUSED and fb.budget_factor == 0.5
     fb.record(outcomes(0.9, True, 5), now=130.0)  # fewer than 10 outcomes in a window: no decision
     assert fb.threshold == PAUSED
+
+
+def sized(score: float, sent: bool, used: bool, size: int, n: int) -> list[Outcome]:
+    return [Outcome(score, sent, used, size, None)] * n
+
+
+def test_controller_keeps_waste_under_its_share_of_the_demand_bytes() -> None:
+    fb = FeedbackController(base_threshold=0.5, target_precision=0.5, window=200, max_waste_share=0.15)
+    fb.record_demand(10_000)
+    # Precision is fine at 0.5 (60%) but the unused sent bytes (4000) are 40% of the demand: too much.
+    # Over 0.8 only 500 bytes are wasted (5%): that is where the threshold must go.
+    fb.record(sized(0.6, True, True, 100, 60) + sized(0.6, True, False, 100, 35)
+              + sized(0.9, True, True, 100, 100) + sized(0.9, True, False, 100, 5))
+    assert 0.6 < fb.threshold <= 0.9 and fb.budget_factor == 1.0
+
+
+def test_controller_pauses_when_no_threshold_keeps_waste_down() -> None:
+    fb = FeedbackController(base_threshold=0.5, window=100, max_waste_share=0.15)
+    fb.record_demand(1000)
+    fb.record(sized(0.95, True, True, 100, 70) + sized(0.95, True, False, 100, 30))  # 3000 B wasted of 1000 read
+    assert fb.threshold == PAUSED and fb.budget_factor == 0.5
+
+
+def test_controller_without_demand_counts_judges_precision_only() -> None:
+    fb = FeedbackController(base_threshold=0.5, window=100)
+    fb.record(sized(0.95, True, True, 100, 70) + sized(0.95, True, False, 100, 30))
+    assert fb.threshold == 0.5

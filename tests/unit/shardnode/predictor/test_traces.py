@@ -68,3 +68,16 @@ def test_real_trace_counts_match_the_data_readme() -> None:
     t = read_trace(SHARED_TRACE)
     assert len(t) == 113_872 and len(np.unique(t.obj_id)) == 48_974 and int(t.write.sum()) == 66_898
     assert int(t.size.sum()) == 4_205_978_112
+
+
+def test_ids_over_the_signed_range_keep_their_bits(tmp_path: Path) -> None:
+    big = 2**64 - 5
+    (tmp_path / "t.txt").write_text(f"1\n{big}\n1\n{big}\n")
+    tr = read_trace(tmp_path / "t.txt")
+    assert tr.obj_id.dtype == np.int64 and tr.obj_id.view(np.uint64)[1] == big
+    assert tr.next_access().tolist() == [2, 3, -1, -1]
+    (tmp_path / "t.csv").write_text(f"version,time,op,size,lbn\n1,0.0,28,512,{big}\n1,1.0,2a,512,7\n")
+    assert int(read_trace(tmp_path / "t.csv").obj_id.view(np.uint64)[0]) == big
+    (tmp_path / "bad.txt").write_text(f"{2**64}\n")
+    with pytest.raises(TraceFormatError, match="64 bits"):
+        read_trace(tmp_path / "bad.txt")
