@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .columnar import MetaRow, decode_segment, encode_segment
+from .columnar import MetaRow, decode_segment, encode_segment, segment_info
 from .objectstore import ObjectNotFound, ObjectStore, ObjectStoreError
 
 log = logging.getLogger(__name__)
@@ -95,8 +95,8 @@ def encode_segment_object(rows: Sequence[MetaRow], frames: Sequence[bytes | None
     return b"".join(parts)
 
 
-def decode_segment_object(blob: bytes) -> tuple[list[MetaRow], list[bytes | None]]:
-    """Rows and frames of a segment object; BackupError if it is malformed or truncated."""
+def _split_segment(blob: bytes) -> tuple[bytes, int]:
+    """The metadata bytes of a segment object and the offset of its first frame."""
     if len(blob) < _SEG_HEAD.size:
         raise BackupError("segment shorter than its header")
     magic, fmt, meta_len = _SEG_HEAD.unpack_from(blob)
@@ -105,12 +105,12 @@ def decode_segment_object(blob: bytes) -> tuple[list[MetaRow], list[bytes | None
     pos = _SEG_HEAD.size + meta_len
     if pos > len(blob):
         raise BackupError("segment truncated inside its metadata")
-    try:
-        rows = decode_segment(blob[_SEG_HEAD.size:pos])
-    except Exception as exc:  # the codec's own error types; any of them means the same here
-        raise BackupError(f"segment metadata does not decode: {exc}") from None
+    return blob[_SEG_HEAD.size:pos], pos
+
+
+def _frames(blob: bytes, pos: int, count: int) -> list[bytes | None]:
     frames: list[bytes | None] = []
-    for _ in rows:
+    for _ in range(count):
         if pos + _LEN.size > len(blob):
             raise BackupError("segment truncated inside its frames")
         (n,) = _LEN.unpack_from(blob, pos)
@@ -121,7 +121,27 @@ def decode_segment_object(blob: bytes) -> tuple[list[MetaRow], list[bytes | None
         pos += n
     if pos != len(blob):
         raise BackupError("segment has bytes after its last frame")
-    return rows, frames
+    return frames
+
+
+def decode_segment_object(blob: bytes) -> tuple[list[MetaRow], list[bytes | None]]:
+    """Rows and frames of a segment object; BackupError if it is malformed or truncated."""
+    meta, pos = _split_segment(blob)
+    try:
+        rows = decode_segment(meta)
+    except Exception as exc:  # the codec's own error types; any of them means the same here
+        raise BackupError(f"segment metadata does not decode: {exc}") from None
+    return rows, _frames(blob, pos, len(rows))
+
+
+def segment_frames(blob: bytes) -> list[bytes | None]:
+    """Only the frames of a segment object (its row count read from the metadata header, nothing decoded)."""
+    meta, pos = _split_segment(blob)
+    try:
+        rows = segment_info(meta).rows
+    except Exception as exc:
+        raise BackupError(f"segment metadata header does not decode: {exc}") from None
+    return _frames(blob, pos, rows)
 
 
 def segment_name(first_lsn: int, last_lsn: int, content: bytes) -> str:
@@ -424,7 +444,7 @@ def restore_point(store: ObjectStore, *, time: float | None = None, lsn: int | N
             by_segment.setdefault(pick[4], []).append(k)
         # One segment's bytes at a time: only its share of the live state is in memory.
         for seg in sorted(by_segment):
-            _, frames = decode_segment_object(paths[seg].read_bytes())
+            frames = segment_frames(paths[seg].read_bytes())
             for k in sorted(by_segment[seg]):
                 f_lsn, f_time, kv, size, _, row = live[k]
                 frame = frames[row]

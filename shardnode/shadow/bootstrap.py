@@ -11,6 +11,8 @@ Exit codes: 0 done (or already done), 2 refused (bad settings, or a data dir hol
 from __future__ import annotations
 
 import argparse
+import collections
+import concurrent.futures
 import json
 import logging
 import os
@@ -41,6 +43,7 @@ TMP_DIR = ".bootstrap-tmp"
 META_KEY = "bootstrap"  # meta-table row recording where the store came from (the "done" marker)
 IGNORED = {"lost+found", TMP_DIR}  # a fresh ext4 volume has lost+found
 BATCH = 500  # blocks per store transaction
+IN_FLIGHT = 2  # batches queued to the writer at once (bounds the plaintext held in memory)
 
 
 class BootstrapRefused(RuntimeError):
@@ -158,27 +161,32 @@ def write_store(tmp: Path, keyring: Callable[[], Keyring | None], items: Iterabl
     """Write (table, key, plaintext) blocks into a node store in ``tmp`` with the node's code; returns the count."""
     store = node_store.Store(tmp, keyring, readers=1)
     count = 0
+    in_flight: collections.deque[concurrent.futures.Future[None]] = collections.deque()
+
+    def put_all(group: list[tuple[str, str, bytes]]) -> Callable[[sqlite3.Connection], None]:
+        def job(conn: sqlite3.Connection) -> None:
+            ring = store.current_keyring()
+            for table, key, value in group:
+                node_store.put_in_txn(conn, ring, table, key, value)
+        return job
+
     try:
         pending: list[tuple[str, str, bytes]] = []
-
-        def flush(final: bool) -> None:
-            group = list(pending)
-            pending.clear()
-
-            def job(conn: sqlite3.Connection) -> None:
-                ring = store.current_keyring()
-                for table, key, value in group:
-                    node_store.put_in_txn(conn, ring, table, key, value)
-                if final:  # the marker commits with the last blocks
-                    node_store.set_meta(conn, META_KEY, marker)
-            store.submit(job).result()
-
         for item in items:
             pending.append(item)
             count += 1
             if len(pending) >= batch:
-                flush(False)
-        flush(True)
+                # The writer seals and commits one batch while this thread opens the next.
+                in_flight.append(store.submit(put_all(pending)))
+                pending = []
+                while len(in_flight) > IN_FLIGHT:
+                    in_flight.popleft().result()
+        if pending:
+            in_flight.append(store.submit(put_all(pending)))
+        while in_flight:
+            in_flight.popleft().result()  # every block committed (or the first error raised) ...
+        # ... before the marker, which alone says the store is complete.
+        store.submit(lambda conn: node_store.set_meta(conn, META_KEY, marker)).result()
     finally:
         store.close()
     # One file to rename: fold the WAL back into the database (the node turns WAL on again when it opens it).

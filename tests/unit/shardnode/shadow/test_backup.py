@@ -80,6 +80,7 @@ def test_segment_object_round_trip(items):
     rows, frames = backup.decode_segment_object(blob)
     assert rows == [r for r, _ in versions]
     assert frames == [f for _, f in versions]
+    assert backup.segment_frames(blob) == frames
 
 
 @given(rows_st, st.data())
@@ -88,10 +89,11 @@ def test_truncated_or_extended_segment_is_refused(items, data):
     versions = _synthetic(items)
     blob = backup.encode_segment_object([r for r, _ in versions], [f for _, f in versions])
     cut = data.draw(st.integers(0, len(blob) - 1))
-    with pytest.raises(BackupError):
-        backup.decode_segment_object(blob[:cut])
-    with pytest.raises(BackupError):
-        backup.decode_segment_object(blob + b"\0")
+    for decode in (backup.decode_segment_object, backup.segment_frames):
+        with pytest.raises(BackupError):
+            decode(blob[:cut])
+        with pytest.raises(BackupError):
+            decode(blob + b"\0")
 
 
 def test_segment_name_carries_the_lsn_range_and_content_digest():
