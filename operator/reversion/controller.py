@@ -37,6 +37,8 @@ PLURAL = "reversions"
 POLL_SECONDS = 1.0  # planning or running
 WAIT_SECONDS = 5.0  # a missing ShardSet, ShadowPolicy or unreachable shadow
 IDLE_SECONDS = 30.0  # awaiting approval (a spec change wakes the loop at once) or finished
+# Refusals that pass: the shadow's capture has not reached the point in time yet.
+RETRIED_ERRORS = frozenset({"point_ahead"})
 
 log = logging.getLogger(__name__)
 
@@ -159,10 +161,13 @@ async def _planning(t: Target, st: Step) -> Step:
     answers.update(await _replace_stale(t, request, answers))
     bad = [a for a in answers.values() if not a.ok]
     if bad:
-        refused = [a for a in bad if a.status is not None and 400 <= a.status < 500 and a.status != 409]
+        refused = [a for a in bad if a.status is not None and 400 <= a.status < 500 and a.status != 409
+                   and a.body.get("error") not in RETRIED_ERRORS]
         if refused:  # the shadow refuses the request itself: it will not plan it on a second try
             return st.fail("PlanRefused", "; ".join(a.describe() for a in refused))
-        return st.wait("Planned", "ShadowUnavailable", "; ".join(a.describe() for a in bad))
+        behind = any(a.body.get("error") == "point_ahead" for a in bad)
+        return st.wait("Planned", "ShadowBehind" if behind else "ShadowUnavailable",
+                       "; ".join(a.describe() for a in bad))
     try:
         plans = [plan.shard_plan_from_json(s, a.body) for s, a in sorted(answers.items())]
         summary = plan.combine(plans, t.shards)

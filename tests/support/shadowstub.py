@@ -43,6 +43,7 @@ class StubShadow:
     hold_runs: bool = False  # True: a started run stays "running" until finish_runs()
     lsn: int = 0
     partition_map: dict[str, Any] | None = None  # what GET /v1/partitions answers (404 when None)
+    captured_until: float | None = None  # set: a point after this time is refused 400 point_ahead (capture lag)
 
     def write(self, table: str, key: str, value: bytes | None, time: float) -> int:
         """Record a version (value None: deleted) at the next LSN."""
@@ -187,6 +188,8 @@ class StubShadow:
         if not isinstance(body, dict) or not body.get("name") or "time" not in body:
             return _error(400, "invalid_body", "name and time are required")
         name = body["name"]
+        if self.captured_until is not None and parse_time(body["time"]) > self.captured_until:
+            return _error(400, "point_ahead", "the history has not applied the node's log up to that point")
         existing = self.plans.get(name)
         if existing is not None:
             if existing["request"] != body:

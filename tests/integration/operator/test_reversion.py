@@ -226,3 +226,21 @@ def test_without_shadow_policy_or_with_reversions_off(k8s_client, api, namespace
         assert _condition(st.status, "Completed")["reason"] == "ReversionsOff"
 
     asyncio.run(scenario())
+
+
+def test_a_shadow_whose_capture_is_behind_the_point_is_waited_for(k8s_client, api, namespace):
+    stubs = _stubs()
+    stubs[1].captured_until = BEFORE
+
+    async def scenario() -> None:
+        async with stub_shardset(k8s_client, namespace, stubs):
+            _custom(api, namespace, "reversions", "soon", {"shardSetRef": {"name": "orders"},
+                                                           "pointInTime": POINT}, "Reversion")
+            st = await _pass(api, namespace, "soon")
+            assert st.status["phase"] == "Planning"
+            assert _condition(st.status, "Planned")["reason"] == "ShadowBehind"
+            assert "shard 1: HTTP 400 point_ahead" in _condition(st.status, "Planned")["message"]
+            stubs[1].captured_until = None  # the capture caught up
+            await _until(api, namespace, "soon", "AwaitingApproval")
+
+    asyncio.run(scenario())
