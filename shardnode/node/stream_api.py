@@ -98,13 +98,12 @@ def _only(doc: dict[str, Any], allowed: set[str]) -> None:
         raise ApiError(400, "invalid_body", f"unknown fields: {sorted(unknown)}")
 
 
-def _slot_errors(exc: Exception) -> ApiError:
+def _slot_errors(exc: consumers.UnknownConsumer | consumers.StartUnavailable | consumers.BeyondLog) -> ApiError:
     if isinstance(exc, consumers.UnknownConsumer):
         return ApiError(404, "not_found", f"no consumer {exc}")
     if isinstance(exc, consumers.StartUnavailable):
         return ApiError(409, "start_unavailable", f"{exc}; re-seed from /v1/snapshot and start at its LSN",
                         earliestLsn=exc.earliest)
-    assert isinstance(exc, consumers.BeyondLog)
     return ApiError(400, "invalid_lsn", str(exc), lastLsn=exc.last)
 
 
@@ -311,8 +310,8 @@ def snapshot_handler(host_of: Callable[[web.Request], StreamHost]) -> Callable[[
                 raise ApiError(503, "store_unavailable", f"snapshot failed: {exc}") from None
             resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
             await resp.prepare(request)
-            await resp.write(first)
             try:
+                await resp.write(first)
                 async for chunk in chunks:
                     await resp.write(chunk)
             except SnapshotFailed:
