@@ -8,8 +8,8 @@ import pytest
 from aiohttp import web
 from chronoshard.shardnode.client import aio
 from chronoshard.shardnode.serving import deadlines
-from chronoshard.shardnode.serving.http_common import error_middleware
 from chronoshard.shardnode.serving.deadlines import TIMEOUT_HEADER, deadline_middleware, own_budget, parse_timeout
+from chronoshard.shardnode.serving.http_common import error_middleware
 
 from tests.support.kubelet_dir import write_keyring
 from tests.support.servers import KEY1, KEY2, node_and_cache, serve
