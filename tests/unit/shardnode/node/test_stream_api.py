@@ -115,3 +115,28 @@ def test_settings_overlay_the_bounds(tmp_path):
     assert (cfg.change_log_max_retain, cfg.change_log_max_retain_bytes) == (10, 2048)
     cfg.apply({"changeLogMaxRetain": 0, "changeLogMaxRetainBytes": "big"})
     assert (cfg.change_log_max_retain, cfg.change_log_max_retain_bytes) == (10, 2048)
+
+
+async def test_a_write_queued_right_after_the_registration_logs_its_frame(tmp_path):
+    from chronoshard.shardnode.node import changelog, stream_api
+    from chronoshard.shardnode.node.store import put_in_txn
+
+    from tests.support.stores import open_store, ring
+
+    s, holder = open_store(tmp_path, ring(1, (1,)))
+    try:
+        await s.put("t", "before", b"0")
+        # queued back to back: often one group, registration first; the put reads the flag when it runs
+        reg = s.submit(stream_api._register_job(s, "c", None, False))
+        put = s.submit(lambda c: put_in_txn(c, holder.keyring, "t", "k", b"1", frames=s.frames_enabled))
+        reg.result(10)
+        lsn = put.result(10).lsn
+        (entry,) = await s.read(lambda c: list(changelog.iter_changes(c, lsn - 1, 1, frames=True)))
+        assert entry.frame is not None and s.frames_enabled
+        await s.write(stream_api._unregister_job(s, "c"))
+        assert not s.frames_enabled
+        res = await s.put("t", "k", b"2")
+        (entry,) = await s.read(lambda c: list(changelog.iter_changes(c, res.lsn - 1, 1, frames=True)))
+        assert entry.frame is None
+    finally:
+        s.close()
