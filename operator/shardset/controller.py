@@ -40,8 +40,8 @@ from ..loop import namespace_of, post_events, run_object_loop
 from ..metrics import set_key_version
 from ..podcontract import PARTITION_MAP_FILE
 from ..prefetchlookup import policy_in_force
-from ..shadowlookup import shadow_policy_in_force
 from ..settings import RUNTIME
+from ..shadowlookup import shadow_policy_in_force
 from ..shardpods import shard_pods
 from ..spec.common import SpecError
 from ..spec.shardset import ShardSetSpec, parse_shardset
