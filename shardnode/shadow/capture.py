@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import queue
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from typing import Any
+from concurrent.futures import Executor
+from typing import Any, TypeVar
 
 import aiohttp
 from chronoshard.shardnode.serving.changestream import (
@@ -36,7 +38,9 @@ from .metrics import ShadowMetrics
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 SEED_CHUNK = 256  # snapshot blocks handed to the seeding thread at once
+SEED_STALL_SECONDS = 120.0
 _END = object()
 
 NODE_ERRORS = (ChangeStreamError, aiohttp.ClientError, TimeoutError, OSError)
@@ -75,7 +79,10 @@ async def _feed(blocks: AsyncIterator[int | SnapshotBlock], chunks: queue.Queue[
 
 def _drain(chunks: queue.Queue[Any]) -> Iterator[SnapshotBlock]:
     while True:
-        chunk = chunks.get()
+        try:
+            chunk = chunks.get(timeout=SEED_STALL_SECONDS)
+        except queue.Empty:  # the feeding side is gone (cancelled twice at shutdown): give the thread back
+            raise TimeoutError("the snapshot stream stalled while seeding") from None
         if chunk is _END:
             return
         if isinstance(chunk, BaseException):
@@ -87,8 +94,11 @@ class Capture:
     """Runs the loop for one process; ``status()`` is the capture part of ``GET /v1/status``."""
 
     def __init__(self, cfg: ShadowConfig, history: HistoryStore, stream: ChangeStreamClient, metrics: ShadowMetrics,
-                 *, on_applied: Sequence[Callable[[Sequence[StreamChange]], None]] = ()) -> None:
+                 *, on_applied: Sequence[Callable[[Sequence[StreamChange]], None]] = (),
+                 executor: Executor | None = None) -> None:
         self.cfg, self.history, self.stream, self.metrics = cfg, history, stream, metrics
+        # History writes run here (None: the loop's default executor); the owner waits for it before closing.
+        self.executor = executor
         self.on_applied = list(on_applied)  # run in the applying thread, after the page committed
         self.state = "starting"
         self.position = 0  # the node LSN read up to: the cursor, or further when filtered pages held nothing
@@ -130,7 +140,7 @@ class Capture:
     async def run(self) -> None:
         """Capture until cancelled."""
         backoff = self.cfg.backoff_seconds
-        self.position = await asyncio.to_thread(self.history.cursor)
+        self.position = await self._blocking(self.history.cursor)
         while True:
             try:
                 await self._step()
@@ -198,7 +208,7 @@ class Capture:
         first = await blocks.__anext__()
         if not isinstance(first, int):
             raise ChangeStreamError(502, {"error": "bad_snapshot", "message": "snapshot did not start with its LSN"})
-        seeding = asyncio.create_task(asyncio.to_thread(self.history.seed, first, _drain(chunks), tables=tables))
+        seeding = asyncio.ensure_future(self._blocking(self.history.seed, first, _drain(chunks), tables=tables))
         try:
             await _feed(blocks, chunks)
             await asyncio.to_thread(chunks.put, _END)
@@ -226,7 +236,7 @@ class Capture:
     async def _apply(self, page: ChangePage) -> None:
         self.node_last_lsn = max(page.last_lsn, page.next)
         if page.changes or page.next > self.position:
-            await asyncio.to_thread(self._apply_in_thread, page.changes, page.next)
+            await self._blocking(self._apply_in_thread, page.changes, page.next)
             if page.changes:
                 self.last_applied_time = page.changes[-1].time
             for change in page.changes:
@@ -237,6 +247,9 @@ class Capture:
             await self._advance(target, self.last_applied_time)
         self.state, self.error = "running", None
         self._observe()
+
+    def _blocking(self, fn: Callable[..., T], *args: Any, **kw: Any) -> asyncio.Future[T]:
+        return asyncio.get_running_loop().run_in_executor(self.executor, functools.partial(fn, *args, **kw))
 
     def _apply_in_thread(self, changes: Sequence[StreamChange], through: int) -> None:
         # ``through``: a page of other tables' changes still moves the cursor past them.

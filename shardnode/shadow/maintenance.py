@@ -16,6 +16,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor
 from typing import Any
 
 from chronoshard.shardnode.serving.routing import shard_index_from_pod_name
@@ -52,8 +53,9 @@ class Maintenance:
 
     def __init__(self, cfg: ShadowConfig, history: HistoryStore, *,
                  store_factory: Callable[[ColdSettings], ObjectStore] = ObjectStore,
-                 shard: int | None = None) -> None:
+                 shard: int | None = None, executor: Executor | None = None) -> None:
         self.cfg, self.history, self.store_factory = cfg, history, store_factory
+        self.executor = executor  # where passes run (None: the loop's default executor)
         self.shard = shard if shard is not None else pod_shard(os.environ.get("POD_NAME"))
         self.last_run: float | None = None
         self.last_result: dict[str, Any] = {}
@@ -112,7 +114,7 @@ class Maintenance:
         while True:
             await asyncio.sleep(self.cfg.settings.snapshot.interval_seconds)
             try:
-                self.last_result = await asyncio.to_thread(self.run_once)
+                self.last_result = await asyncio.get_running_loop().run_in_executor(self.executor, self.run_once)
                 self.error = None
             except Exception as exc:  # object storage away, a frame not re-sealable yet: the next pass retries
                 self.error = f"{type(exc).__name__}: {exc}"

@@ -59,6 +59,8 @@ class Shadow:
         self.settings = SettingsWatcher(cfg.settings_path, cfg.apply,
                                         lambda error: self.metrics.settings.observe(error or cfg.settings_error))
         self.pool = ThreadPoolExecutor(cfg.reader_threads, thread_name_prefix="shadow-read")
+        # The capture and the housekeeping write the history here; stop waits for them before closing it.
+        self.write_pool = ThreadPoolExecutor(2, thread_name_prefix="shadow-write")
         self.history: HistoryStore | None = None
         self.plans: PlanStore | None = None
         self.session: aiohttp.ClientSession | None = None
@@ -83,12 +85,12 @@ class Shadow:
         stream = ChangeStreamClient(self.cfg.node_url, self.session, server_hostname=hostname)
         plans = self.plans
         self.capture = Capture(self.cfg, self.history, stream, self.metrics, on_applied=[
-            lambda changes: plans.note_writes((c.table, c.key, c.lsn) for c in changes)])
+            lambda changes: plans.note_writes((c.table, c.key, c.lsn) for c in changes)], executor=self.write_pool)
         self.reversions = Reversions(self.history, self.plans, stream, self.capture, self.session, self.cfg.node_url,
                                      self.pool, self.metrics, server_hostname=hostname,
                                      max_blocks=lambda: self.cfg.settings.reversion.max_blocks)
         self.rewrap = RewrapRunner(self.history, lambda: self.keys.keyring)
-        self.maintenance = Maintenance(self.cfg, self.history)
+        self.maintenance = Maintenance(self.cfg, self.history, executor=self.write_pool)
         self._tasks += [asyncio.create_task(self.keys.run(self.cfg.keyring_poll_seconds), name="keyring-watch"),
                         asyncio.create_task(self.settings.run(self.cfg.keyring_poll_seconds), name="settings"),
                         asyncio.create_task(self.capture.run(), name="capture"),
@@ -111,7 +113,8 @@ class Shadow:
             await self.rewrap.stop()
         if self.session is not None:
             await self.session.close()
-        await asyncio.to_thread(self.pool.shutdown, True, cancel_futures=True)  # running reads end first
+        for pool in (self.pool, self.write_pool):  # what runs there ends before the stores close
+            await asyncio.to_thread(pool.shutdown, True, cancel_futures=True)
         if self.plans is not None:
             await asyncio.to_thread(self.plans.close)
         if self.history is not None:
