@@ -1,7 +1,7 @@
 """A small in-memory stand-in for one shard's shadow REST API (the contract's JSON shapes, section C of issue #14),
-served by a real aiohttp server: the operator's and the CLI's HTTP code is tested against real HTTP, while the
-real shadow process (shardnode/shadow/server.py) is still being written. It keeps versions per key and plans by
-name; it does no capture, no sealing and no writes to a node.
+served by a real aiohttp server, for the cases the real shadow process (shardnode/shadow/server.py) makes slow
+or awkward to arrange: several shards with different owners, a stale plan under a name, a run held open, a capture
+behind the point. It keeps versions per key and plans by name; no capture, no sealing, no writes to a node.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """``kubectl chronoshard restore`` and ``approve`` through real kubectl (the plugin found on PATH) against the real
 API server, with the Reversion controller's passes running meanwhile and the shards' shadows stood in for by
-tests/support/shadowstub.py (real HTTP at each pod's IP on port 7403; the real shadow process has not landed).
+tests/support/shadowstub.py (real HTTP at each pod's IP on port 7403; the real shadow process is exercised in
+tests/integration/operator/test_reversion_real_shadow.py).
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ digest, run on approval, auto mode, resume from any recorded phase, deletion of 
 Each pass reads the Reversion back from the API server and writes its status through the status subresource,
 exactly as the daemon does, so a pass started from the stored status is what an operator restarted at that point
 does. The shard pods' shadows are small real HTTP servers (tests/support/shadowstub.py) serving the contract's
-JSON at each pod's IP on port 7403: the real shadow process (shardnode/shadow/server.py) has not landed yet.
+JSON at each pod's IP on port 7403, which makes two-shard plans, stale plans and held runs easy to arrange; the
+same flow with the real node and shadow processes is test_reversion_real_shadow.py.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """``chronoshard history|at|diff`` against real HTTP servers, one per shard, each answering only for the keys its
 shard owns (421 otherwise, as the shadow's routing check does), and ``kubectl-chronoshard`` as a kubectl plugin.
 
-The servers are tests/support/shadowstub.py: they serve the contract's JSON (issue #14, section C) in memory,
-because the real shadow server (shardnode/shadow/server.py) has not landed; switch to it once it has.
+The servers are tests/support/shadowstub.py, serving the contract's JSON (issue #14, section C) in memory: two
+shards with different owners and a stale map are easy to set up that way. The same commands against the real
+`chronoshard-shadow` process are in tests/integration/operator/test_reversion_real_shadow.py.
 """
 
 from __future__ import annotations
