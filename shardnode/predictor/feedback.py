@@ -145,6 +145,9 @@ class FeedbackController:
     _sizes: list[int] = field(init=False, default_factory=list)
     _sent: list[bool] = field(init=False, default_factory=list)
     _demand_bytes: int = field(init=False, default=0)
+    survival: float = field(init=False, default=1.0)  # sent hints still cached at their read / came true
+    _waste_floor: float = field(init=False, default=0.0)
+    _floor_hold: int = field(init=False, default=0)
     _window_start: float | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
@@ -181,23 +184,41 @@ class FeedbackController:
         self._demand_bytes = 0
         return out
 
+    def _update_survival(self, scores: np.ndarray, used: np.ndarray, was_sent: np.ndarray) -> None:
+        """How many of the sent hints that came true were still cached when read, relative to all candidates
+        at those scores: an unsent candidate that came true would have been read only if it survived too."""
+        if was_sent.sum() >= 5:
+            region = scores >= scores[was_sent].min()
+            base = float(used[region].mean())
+            if base > 0.0:
+                observed = min(1.0, float(used[was_sent].mean()) / base)
+                self.survival = 0.5 * self.survival + 0.5 * observed
+                return
+        # Nothing sent (paused): drift back towards trust, slowly (each probe costs a window of waste), so a
+        # cache that grew is tried again.
+        self.survival += 0.02 * (1.0 - self.survival)
+
     def _adjust(self) -> None:
         scores, used, sizes, was_sent, demand = self._take_window()
-        sent = scores >= self.threshold
-        self.last_precision = float(used[sent].mean()) if sent.any() else None
+        over = scores >= self.threshold
+        self.last_precision = float(used[over].mean()) if over.any() else None
         if not self.enabled:
             return
-        # Of the candidates over the current threshold, the share the budgets let through.
-        through = float(was_sent.sum()) / max(1, int(sent.sum()))
+        self._update_survival(scores, used, was_sent)
+        self._remember_overshoot(over, used, sizes, was_sent, demand)
+        # An unsent candidate's "came true" counts only as far as sent hints survived until their read.
+        gain = np.where(was_sent, used.astype(np.float64), used * self.survival)
+        # Of the candidates over the current threshold, the share the budgets let through (all, when paused).
+        through = min(1.0, float(was_sent.sum()) / int(over.sum())) if over.any() else 1.0
         chosen = None
         for t in np.linspace(self.base_threshold, self.max_threshold, 19):
             sel = scores >= t
             # Fewer than 5 candidates at a threshold say too little to trust.
-            if sel.sum() < 5 or used[sel].mean() < self.target_precision:
+            if sel.sum() < 5 or gain[sel].mean() < self.target_precision:
                 continue
-            # Measured waste of the hints sent over t, plus what lowering the threshold would add (estimated).
+            # Measured waste of the hints sent over t, plus what going below the current threshold would add.
             waste = float(sizes[sel & was_sent & ~used].sum())
-            waste += float(sizes[sel & ~sent & ~used].sum()) * min(1.0, through)
+            waste += float((sizes * (1.0 - gain))[sel & ~over].sum()) * through
             if demand <= 0 or waste <= self.max_waste_share * demand:
                 chosen = float(t)
                 break
@@ -205,8 +226,26 @@ class FeedbackController:
             self.threshold = PAUSED
             self.budget_factor = max(self.min_budget_factor, self.budget_factor * 0.5)
         else:
-            self.threshold = chosen
+            # Up at once, down by at most a sixth of the range per window, and not under a threshold that was
+            # measured to waste too much lately: the estimate for candidates under the current threshold cannot
+            # see the eviction pressure that sending them would add (a small cache), so jumping down would
+            # oscillate between wasting and pausing.
+            step_down = min(self.threshold, self.max_threshold) - (self.max_threshold - self.base_threshold) / 6
+            self.threshold = max(chosen, step_down, self._waste_floor)
             self.budget_factor = min(1.0, self.budget_factor * 2.0)
+
+    def _remember_overshoot(self, over: np.ndarray, used: np.ndarray, sizes: np.ndarray, was_sent: np.ndarray,
+                            demand: int) -> None:
+        """A threshold whose sent hints wasted too much stays off limits for a while (as TCP's ssthresh)."""
+        step = (self.max_threshold - self.base_threshold) / 18
+        measured = float(sizes[over & was_sent & ~used].sum())
+        if self.threshold <= self.max_threshold and demand > 0 and measured > self.max_waste_share * demand:
+            self._waste_floor = min(self.max_threshold, self.threshold + step)
+            self._floor_hold = 8
+        elif self._floor_hold > 0:
+            self._floor_hold -= 1
+        else:
+            self._waste_floor = max(0.0, self._waste_floor - step)
 
 
 @dataclass

@@ -124,6 +124,10 @@ class _Simulation:
         self.policy = make_policy(policy or args.policy.split(",")[0])
         self.hints_per_s = args.hints_per_s if hints_per_s is None else hints_per_s
         self.ranker = BudgetRanker()
+        # The cache's own limit (cache.json prefetchBudgetFraction): unused prefetched bytes per cache budget.
+        self.pf_limit = args.prefetch_budget_fraction * capacity
+        self.pf_unused: dict[str, int] = {}
+        self.unused_pf = 0
         self.used_bytes = 0
         self.sizes_in: dict[str, int] = {}
         self.tracker = OutcomeTracker()
@@ -151,8 +155,12 @@ class _Simulation:
             v = self.policy.victim()
             self.policy.remove(v)
             self.used_bytes -= self.sizes_in.pop(v)
+            self.unused_pf -= self.pf_unused.pop(v, 0)
             self.account(self.tracker.evicted(TABLE, v), True)
         self.policy.insert(key, size, **score)
+        if score:
+            self.pf_unused[key] = size
+            self.unused_pf += size
         self.sizes_in[key] = size
         self.used_bytes += size
 
@@ -162,6 +170,7 @@ class _Simulation:
         size = 1 if self.unit else self.obj_size[a.key]
         self.account(self.tracker.access(TABLE, a.key, a.time), counted)
         hit = a.key in self.policy
+        self.unused_pf -= self.pf_unused.pop(a.key, 0)
         self.fb.record_demand(self.obj_size[a.key])
         if hit:
             self.policy.touch(a.key)
@@ -227,7 +236,7 @@ class _Simulation:
     def _send(self, fetch: list[tuple[str, float]], row_size: int, now: float, counted: bool) -> bool:
         sizes = [self.obj_size.get(b, row_size) for b, _ in fetch]
         csizes = [1 if self.unit else s for s in sizes]
-        if sum(csizes) > self.capacity:
+        if self.unused_pf + sum(csizes) > self.pf_limit:
             return False
         if not (self.hints_bucket.take(1, now, self.fb.budget_factor)
                 and self.bytes_bucket.take(sum(sizes), now, self.fb.budget_factor)):
@@ -364,6 +373,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--hints-per-s", type=float, default=200.0, help="the budget when --hint-budgets is empty")
     p.add_argument("--hint-budgets", default="0.5,1,2,4,12",
                    help="hint budgets to compare, in hints (backend fetches) per request of the trace")
+    p.add_argument("--prefetch-budget-fraction", type=float, default=0.5,
+                   help="as the cache's prefetchBudgetFraction: unused prefetched bytes per cache budget")
     p.add_argument("--no-ranges", action="store_true", help="one hint per block, no read-ahead ranges")
     p.add_argument("--no-rank", action="store_true", help="send hints as they come, no benefit cutoff")
     p.add_argument("--bytes-per-s", type=float, default=64 * 2**20)

@@ -33,7 +33,8 @@ def planted_csv(path: Path, n: int = 6000, seed: int = 3) -> None:
 
 def args(**kw: object) -> argparse.Namespace:
     base = dict(threshold=0.5, target_precision=0.5, no_feedback=False, hints_per_s=200.0, bytes_per_s=64 * 2**20,
-                horizon=10.0, policy="scored", block_bytes=512, no_ranges=False, no_rank=False)
+                horizon=10.0, policy="scored", block_bytes=512, no_ranges=False, no_rank=False,
+                prefetch_budget_fraction=0.5)
     base.update(kw)
     return argparse.Namespace(**base)
 

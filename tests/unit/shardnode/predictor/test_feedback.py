@@ -40,9 +40,13 @@ def test_controller_raises_threshold_pauses_and_recovers() -> None:
     fb.record(outcomes(0.9, False, 100))
     fb.record(outcomes(0.9, False, 100))
     assert fb.threshold == PAUSED and fb.budget_factor == 0.25 and fb.last_precision is None
-    # Unsent (shadow) candidates come true again -> back to the base threshold, budget grows back.
+    # Unsent (shadow) candidates come true again -> hints resume and the threshold steps back down to the
+    # base (a sixth of the range per window), the budget grows back.
     fb.record([Outcome(0.6, False, True, 1, None)] * 100)
-    assert fb.threshold == 0.5 and fb.budget_factor == 0.5
+    assert 0.5 < fb.threshold < 1.0 and fb.budget_factor == 0.5
+    for _ in range(6):
+        fb.record([Outcome(0.6, False, True, 1, None)] * 100)
+    assert fb.threshold == 0.5 and fb.budget_factor == 1.0
 
 
 def test_disabled_controller_only_measures() -> None:
@@ -94,3 +98,19 @@ def test_controller_without_demand_counts_judges_precision_only() -> None:
     fb = FeedbackController(base_threshold=0.5, window=100)
     fb.record(sized(0.95, True, True, 100, 70) + sized(0.95, True, False, 100, 30))
     assert fb.threshold == 0.5
+
+
+def test_a_threshold_that_wasted_too_much_stays_off_limits_for_a_while() -> None:
+    fb = FeedbackController(base_threshold=0.5, target_precision=0.5, window=100, max_waste_share=0.15)
+    fb.record_demand(1000)
+    # Sent at 0.5: 60% used, but 40 x 100 B unused = 4000 B wasted of 1000 B read.
+    fb.record(sized(0.6, True, True, 100, 60) + sized(0.6, True, False, 100, 40))
+    assert fb.threshold > 0.5
+    raised = fb.threshold
+    # Later windows look harmless below the threshold (nothing sent there, all came true)...
+    for _ in range(8):
+        fb.record_demand(100_000)
+        fb.record(sized(0.6, False, True, 100, 50) + sized(0.99, True, True, 100, 50))
+    # ...yet the threshold does not go back under the one that was measured to waste.
+    assert fb.threshold >= min(raised, 0.5 + 0.5 / 18) - 1e-9 and fb.threshold > 0.5
+
