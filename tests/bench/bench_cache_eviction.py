@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from chronoshard.shardnode.eviction import EvictionPolicy, LRUPolicy, ScoredPolicy
+from chronoshard.shardnode.eviction import AdaptiveFifoPolicy, EvictionPolicy, GreedyDualPolicy, LRUPolicy, ScoredPolicy
 
 RECORD = struct.Struct("<IQIq")
 
@@ -69,8 +69,9 @@ def main() -> None:
         first_size.setdefault(obj, size)
     objects, footprint = len(first_size), sum(first_size.values())
     print(f"{args.data.name}: {len(trace)} requests, {objects} objects, footprint {footprint / 1e6:.1f} MB")
-    policies: list[tuple[str, Callable[[], EvictionPolicy]]] = [("LRUPolicy", LRUPolicy),
-                                                                ("ScoredPolicy", ScoredPolicy)]
+    policies: list[tuple[str, Callable[[], EvictionPolicy]]] = [
+        ("LRUPolicy", LRUPolicy), ("ScoredPolicy", ScoredPolicy), ("AdaptiveFifo", AdaptiveFifoPolicy),
+        ("GreedyDual (old)", GreedyDualPolicy)]
     print(f"{'size':>5} {'mode':<6} " + " ".join(f"{name + ' miss':>22}" for name, _ in policies) + "   req/s (each)")
     for pct in (1, 5, 10):
         for unit in (True, False):
