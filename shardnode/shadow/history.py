@@ -14,7 +14,8 @@ Every query walks the primary key (tbl, key, lsn) of ``frames``; none reads the 
   versions between them, plus O(log N) per reported key.
 - ``time_to_lsn``: one seek on the (time, lsn) index.
 
-Tiers, compaction and snapshots are in compaction.py (decisions in tiers.py); key rewrap in rewrapper.py.
+Tiers: compaction.py carries out tiers.py's decisions (``compact``); snapshots.py (``take_snapshot``); segments.py
+holds the compacted metadata; rewrapper.py re-seals versions onto a new key (``rewrap_batch``).
 """
 
 from __future__ import annotations
@@ -31,14 +32,16 @@ from typing import Any, Protocol
 from chronoshard.shardnode.keys.crypto import IntegrityError, open_block
 from chronoshard.shardnode.keys.keyring import Keyring, MissingKeyVersion
 
-from . import historydb, timetravel
+from . import compaction, historydb, rewrapper, snapshots, tiers, timetravel
 from .codec import Compressor
+from .columnar import MetaRow
 from .historydb import get_meta, set_meta
 from .sealing import open_version, seal_version
-from .tiers import DELETE, HOT, PUT, REWRAP, SEED
+from .segments import SegmentCache
+from .tiers import COLD, DELETE, DIFFERENTIAL, HOT, PUT, REWRAP, SEED, TIER_NAMES, Retention, SnapshotRef
 from .timetravel import DiffEntry, Exactness, Point, Version
 
-__all__ = ["ApplyError", "DiffEntry", "HistoryStore", "NoKeyring", "Point", "Version"]
+__all__ = ["ApplyError", "ColdSegment", "DiffEntry", "HistoryStore", "NoKeyring", "Point", "SnapshotRef", "Version"]
 
 SEED_CHUNK = 512  # snapshot blocks sealed between inserts (the whole seed is still one transaction)
 _ROW = "lsn, time, op, tier, segment, key_version, size, frame, checksum"
@@ -131,8 +134,7 @@ class HistoryStore:
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
-        # Set by compaction (it owns the segment cache); None before any segment exists.
-        self.segment_meta: Callable[[sqlite3.Connection, int, str, str, int], Any] | None = None
+        self.segments = SegmentCache()
 
     # --- connections and transactions ---------------------------------------------------------------------
 
@@ -348,9 +350,7 @@ class HistoryStore:
         """A stored row as a Version; ``exact`` None: exact when nothing around it was compacted away (hot)."""
         lsn, t, op, tier, segment, kv, size, frame, cs = row
         if size is None:  # a compacted row: its metadata is in its segment
-            if self.segment_meta is None:
-                raise RuntimeError("compacted version without a segment reader")
-            size = self.segment_meta(conn, int(segment), table, key, int(lsn)).size
+            size = self.segments.row(conn, int(segment), table, key, int(lsn)).size
         value = None
         if values and frame is not None:
             value = open_version(self.current_keyring(), table, key, int(lsn), bytes(frame), self.compressor)
@@ -406,7 +406,8 @@ class HistoryStore:
         """Keys whose state differs between two points (to: default now), in key order after ``after``.
 
         Candidates are the keys with a version between the points (the (tbl, lsn) index); content is compared
-        by plaintext checksum, so a rewrap or a rewrite of the same bytes is no change. O(m log m) for the m versions between the points, plus O(log N) per key reported.
+        by plaintext checksum, so a rewrap or a rewrite of the same bytes is no change. O(m log m) for the m
+        versions between the points, plus O(log N) per key reported.
         """
         with self.read() as conn:
             a = self._resolve(conn, from_lsn, from_time).lsn
@@ -444,6 +445,110 @@ class HistoryStore:
         with self.read() as conn:
             return {int(v): int(n) for v, n in conn.execute(
                 "SELECT key_version, count(*) FROM frames WHERE key_version IS NOT NULL GROUP BY key_version")}
+
+
+    def rewrap_batch(self, keyring: Keyring, target: int, batch: int) -> int:
+        """Re-seal up to ``batch`` versions not on ``target`` after the persisted cursor (cursor in the same
+        transaction); returns how many were re-sealed. Progress and problems: rewrapper.progress."""
+        with self.write() as conn:
+            return rewrapper.batch_in_txn(conn, self.segments, keyring, target, batch)
+
+    # --- tiers and snapshots -------------------------------------------------------------------------------
+
+    def compact(self, now: float, retention: Retention, interval: float,
+                chunk: int = compaction.DEFAULT_CHUNK) -> dict[str, int]:
+        """Move hot versions past ``retention.hot`` into warm (last per key per ``interval``), warm past
+        ``retention.warm`` into cold (last per key per hour), expire cold past ``retention.cold`` (the base
+        state stays). Chunked transactions; counts of what moved and what was dropped."""
+        h = tiers.horizons(now, retention, interval)
+        with self.write() as conn:
+            prev = get_meta(conn, "horizons") or {}
+            h = tiers.Horizons(max(h.warm_before, prev.get("warmBefore", h.warm_before)),
+                               max(h.cold_before, prev.get("coldBefore", h.cold_before)),
+                               max(h.expire_before, prev.get("expireBefore", h.expire_before)), interval)
+            # Recorded before anything moves, so no crash in between can make a compacted point look exact.
+            set_meta(conn, "horizons", {"warmBefore": h.warm_before, "coldBefore": h.cold_before,
+                                        "expireBefore": h.expire_before, "interval": interval,
+                                        "exactFromLsn": max(int(prev.get("exactFromLsn", 0)),
+                                                            compaction.exact_from_lsn(conn, h.warm_before))})
+            out = {"snapshotsDropped": compaction.drop_snapshots(conn, h)}
+        steps = (("warm", "warmDropped", lambda c: compaction.move_chunk(c, self.segments, HOT, h, chunk)),
+                 ("cold", "coldDropped", lambda c: compaction.move_chunk(c, self.segments, tiers.WARM, h, chunk)),
+                 (None, "expired", lambda c: compaction.expire_chunk(c, self.segments, h, chunk)))
+        for kept_name, dropped_name, step in steps:
+            while True:
+                with self.write() as conn:
+                    kept, dropped = step(conn)
+                if kept_name is not None:
+                    out[kept_name] = out.get(kept_name, 0) + kept
+                out[dropped_name] = out.get(dropped_name, 0) + dropped
+                if kept + dropped == 0:
+                    break
+        return out
+
+    def take_snapshot(self, interval: float, full_every: int, granularity: str = DIFFERENTIAL,
+                      now: float | None = None) -> SnapshotRef | None:
+        """Take the snapshot due at the last interval boundary the capture passed (None if none is due)."""
+        with self.write() as conn:
+            return snapshots.take(conn, interval, full_every, granularity, now)
+
+    def snapshots(self) -> list[SnapshotRef]:
+        """The stored snapshots, oldest first."""
+        with self.read() as conn:
+            return snapshots.listing(conn)
+
+    def snapshot_state(self, snapshot_id: int) -> dict[tuple[str, str], int]:
+        """The live (table, key) -> version LSN at a snapshot, read through its chain."""
+        with self.read() as conn:
+            return snapshots.state(conn, snapshot_id)
+
+    def stats(self) -> dict[str, Any]:
+        """Per tier: versions, stored and raw bytes, oldest time and LSN; the compression ratio; the oldest
+        restorable time. O(hot versions) for the hot tier, O(segments) for the others."""
+        with self.read() as conn:
+            hot = conn.execute("SELECT count(*), coalesce(sum(stored_size), 0), coalesce(sum(size), 0), min(time), "
+                               "min(lsn) FROM frames WHERE tier = ?", (HOT,)).fetchone()
+            rows = {HOT: hot}
+            for tier in (tiers.WARM, COLD):
+                rows[tier] = conn.execute(
+                    "SELECT coalesce(sum(rows), 0), coalesce(sum(stored_bytes), 0), coalesce(sum(raw_bytes), 0), "
+                    "min(min_time), min(min_lsn) FROM segments WHERE tier = ?", (tier,)).fetchone()
+            origin = get_meta(conn, "origin") or {}
+            hz = get_meta(conn, "horizons") or {}
+            n_snaps = conn.execute("SELECT count(*) FROM snapshots").fetchone()[0]
+            cursor = int(get_meta(conn, "cursor", 0))
+        out: dict[str, Any] = {"tiers": {TIER_NAMES[t]: {"versions": r[0], "storedBytes": r[1], "rawBytes": r[2],
+                                                         "oldestTime": r[3], "oldestLsn": r[4]}
+                                         for t, r in rows.items()}}
+        stored, raw = sum(r[1] for r in rows.values()), sum(r[2] for r in rows.values())
+        oldest = [t for t in (origin.get("time"), hz.get("expireBefore")) if t is not None]
+        out |= {"compressionRatio": raw / stored if stored else None, "cursor": cursor, "snapshots": n_snaps,
+                "oldestRestorableTime": max(oldest) if oldest else None}
+        return out
+
+    def cold_segments(self, after: int = 0, limit: int = 10) -> list[ColdSegment]:
+        """Cold segments with id > ``after`` (oldest first), each with its metadata rows and sealed frames, for
+        export to object storage (backup.ExportBatch takes rows and frames as they are)."""
+        with self.read() as conn:
+            ids = [int(r[0]) for r in conn.execute("SELECT id FROM segments WHERE tier = ? AND id > ? ORDER BY id "
+                                                   "LIMIT ?", (COLD, after, limit))]
+            out = []
+            for seg in ids:
+                index = self.segments.rows(conn, seg)
+                frames = {(t, k, lsn): None if f is None else bytes(f) for t, k, lsn, f in conn.execute(
+                    "SELECT tbl, key, lsn, frame FROM frames WHERE segment = ?", (seg,))}
+                rows = sorted(index.values(), key=lambda r: r.lsn)
+                out.append(ColdSegment(seg, rows, [frames[(r.table, r.key, r.lsn)] for r in rows]))
+            return out
+
+
+@dataclass(frozen=True)
+class ColdSegment:
+    """One cold segment for export: its id, metadata rows (LSN order) and the frame of each (None: a delete)."""
+
+    id: int
+    rows: list[MetaRow]
+    frames: list[bytes | None]
 
 
 def _next_key(conn: sqlite3.Connection, table: str, key: str, inclusive: bool) -> str | None:

@@ -44,6 +44,7 @@ CREATE INDEX IF NOT EXISTS frames_time ON frames (time, lsn);
 CREATE INDEX IF NOT EXISTS frames_tier ON frames (tier, time);
 CREATE INDEX IF NOT EXISTS frames_table_lsn ON frames (tbl, lsn);
 CREATE INDEX IF NOT EXISTS frames_version ON frames (key_version);
+CREATE INDEX IF NOT EXISTS frames_segment ON frames (segment) WHERE segment IS NOT NULL;
 CREATE TABLE IF NOT EXISTS segments (
     id INTEGER PRIMARY KEY,
     tier INTEGER NOT NULL,

@@ -88,7 +88,7 @@ def horizons(now: float, retention: Retention, interval: float) -> Horizons:
 
 def _merged_op(survivor_op: str, pending: str | None) -> str:
     """A surviving rewrap stands for the content change of a dropped version before it (else: its own op)."""
-    if survivor_op == REWRAP and pending is not None:
+    if survivor_op == REWRAP and pending is not None and pending != DELETE:
         return pending
     return survivor_op
 
