@@ -145,7 +145,6 @@ class FeedbackController:
     _sizes: list[int] = field(init=False, default_factory=list)
     _sent: list[bool] = field(init=False, default_factory=list)
     _demand_bytes: int = field(init=False, default=0)
-    survival: float = field(init=False, default=1.0)  # sent hints still cached at their read / came true
     _waste_floor: float = field(init=False, default=0.0)
     _floor_hold: int = field(init=False, default=0)
     _window_start: float | None = field(init=False, default=None)
@@ -184,30 +183,14 @@ class FeedbackController:
         self._demand_bytes = 0
         return out
 
-    def _update_survival(self, scores: np.ndarray, used: np.ndarray, was_sent: np.ndarray) -> None:
-        """How many of the sent hints that came true were still cached when read, relative to all candidates
-        at those scores: an unsent candidate that came true would have been read only if it survived too."""
-        if was_sent.sum() >= 5:
-            region = scores >= scores[was_sent].min()
-            base = float(used[region].mean())
-            if base > 0.0:
-                observed = min(1.0, float(used[was_sent].mean()) / base)
-                self.survival = 0.5 * self.survival + 0.5 * observed
-                return
-        # Nothing sent (paused): drift back towards trust, slowly (each probe costs a window of waste), so a
-        # cache that grew is tried again.
-        self.survival += 0.02 * (1.0 - self.survival)
-
     def _adjust(self) -> None:
         scores, used, sizes, was_sent, demand = self._take_window()
         over = scores >= self.threshold
         self.last_precision = float(used[over].mean()) if over.any() else None
         if not self.enabled:
             return
-        self._update_survival(scores, used, was_sent)
         self._remember_overshoot(over, used, sizes, was_sent, demand)
-        # An unsent candidate's "came true" counts only as far as sent hints survived until their read.
-        gain = np.where(was_sent, used.astype(np.float64), used * self.survival)
+        gain = used.astype(np.float64)
         # Of the candidates over the current threshold, the share the budgets let through (all, when paused).
         through = min(1.0, float(was_sent.sum()) / int(over.sum())) if over.any() else 1.0
         chosen = None
