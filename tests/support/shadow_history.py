@@ -6,39 +6,11 @@ from pathlib import Path
 
 from chronoshard.shardnode.keys.crypto import seal_block
 from chronoshard.shardnode.keys.keyring import Keyring
+from chronoshard.shardnode.serving.changestream import SnapshotBlock, StreamChange
 from chronoshard.shardnode.shadow.codec import Compressor
 from chronoshard.shardnode.shadow.history import HistoryStore
 
 from tests.support.stores import Holder, ring
-
-try:
-    from chronoshard.shardnode.serving.changestream import SnapshotBlock, StreamChange
-except ImportError:  # until helper-A's changestream.py lands: the contract's fields, test-only stand-ins
-    from dataclasses import dataclass
-
-    @dataclass(frozen=True)
-    class StreamChange:  # type: ignore[no-redef]
-        lsn: int
-        time: float
-        table: str
-        key: str
-        op: str
-        key_version: int | None
-        size: int
-        frame: bytes | None
-        checksum: bytes | None
-
-    @dataclass(frozen=True)
-    class SnapshotBlock:  # type: ignore[no-redef]
-        table: str
-        key: str
-        key_version: int
-        size: int
-        checksum: bytes
-        frame: bytes
-        lsn: int
-
-__all__ = ["Holder", "SnapshotBlock", "StreamChange", "block", "delete", "open_history", "put", "rewrap", "ring"]
 
 
 def put(keyring: Keyring, lsn: int, time: float, table: str, key: str, value: bytes,
