@@ -30,6 +30,7 @@ from typing import Any
 
 from .columnar import MetaRow, decode_segment, encode_segment, segment_info
 from .objectstore import ObjectNotFound, ObjectStore, ObjectStoreError
+from .tiers import COLD_BUCKET_SECONDS, floor_to
 
 log = logging.getLogger(__name__)
 
@@ -290,25 +291,33 @@ class _Pick:
     framed: tuple[int, float, int, int, int, int] | None = None  # lsn, time, key_version, size, segment, row
 
 
-def _visible(row: MetaRow, time: float | None, lsn: int | None) -> bool:
-    return (time is None or row.time <= time) and (lsn is None or row.lsn <= lsn)
+def _visible(row: MetaRow, time: float | None, lsn: int | None, before: float | None) -> bool:
+    return ((time is None or row.time <= time) and (lsn is None or row.lsn <= lsn)
+            and (before is None or row.time < before))
+
+
+def cold_point(t: float) -> float:
+    """The point a restore at ``t`` reads the hourly cold tier at: the hour boundary at or before ``t``, exclusive
+    (the state just before it) - the last point at which every key's state is exactly known (as timetravel does)."""
+    return floor_to(t, COLD_BUCKET_SECONDS)
 
 
 class StateBuilder:
-    """Folds versions (in any order) into each key's state at a point in time and/or LSN (pure).
+    """Folds versions (in any order) into each key's state at a point (pure): versions with time ≤ ``time``,
+    LSN ≤ ``lsn`` and time < ``before``, for each bound given.
 
     A key is live when its newest framed version is newer than its newest delete; a rewrap without a frame
     changes nothing (its content is the framed version before it).
     """
 
-    def __init__(self, *, time: float | None = None, lsn: int | None = None) -> None:
-        self.time, self.lsn = time, lsn
+    def __init__(self, *, time: float | None = None, lsn: int | None = None, before: float | None = None) -> None:
+        self.time, self.lsn, self.before = time, lsn, before
         self._keys: dict[tuple[str, str], _Pick] = {}
 
     def add(self, segment: int, rows: Sequence[MetaRow], has_frame: Sequence[bool]) -> None:
         """Fold the rows of segment number ``segment``."""
         for i, (row, framed) in enumerate(zip(rows, has_frame, strict=True)):
-            if not _visible(row, self.time, self.lsn):
+            if not _visible(row, self.time, self.lsn, self.before):
                 continue
             pick = self._keys.setdefault((row.table, row.key), _Pick())
             if row.op in NO_FRAME_OPS:
@@ -417,8 +426,9 @@ def _fetch_segment(store: ObjectStore, entry: SegmentEntry) -> bytes:
 
 
 def restore_point(store: ObjectStore, *, time: float | None = None, lsn: int | None = None,
-                  manifest: Manifest | None = None, spool_dir: Path | None = None) -> Iterator[RestoredVersion]:
-    """Every live key's state at the point (newest version with time ≤ ``time`` and LSN ≤ ``lsn``).
+                  before: float | None = None, manifest: Manifest | None = None,
+                  spool_dir: Path | None = None) -> Iterator[RestoredVersion]:
+    """Every live key's state at the point (newest version with time ≤ ``time``, LSN ≤ ``lsn``, time < ``before``).
 
     Yielded segment by segment (keys in order within one); each key once.
 
@@ -428,7 +438,7 @@ def restore_point(store: ObjectStore, *, time: float | None = None, lsn: int | N
     manifest = manifest if manifest is not None else read_manifest(store)
     if manifest is None:
         return
-    state = StateBuilder(time=time, lsn=lsn)
+    state = StateBuilder(time=time, lsn=lsn, before=before)
     with tempfile.TemporaryDirectory(prefix="chronoshard-restore-", dir=spool_dir) as spool:
         paths = []
         for i, entry in enumerate(manifest.segments):

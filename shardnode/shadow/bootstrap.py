@@ -233,9 +233,12 @@ def bootstrap(settings: BootstrapSettings, data_dir: Path, source_keyring: Keyri
         compressor = Compressor(dictionaries=None)
         for table, dict_bytes in backup.load_dictionaries(objects, manifest):
             compressor.add_dictionary(table, dict_bytes)
-        versions = backup.restore_point(objects, time=settings.point_in_time, manifest=manifest, spool_dir=tmp)
-        info = {**settings.describe(), "manifest": manifest.generation, "lastLsn": manifest.last_lsn,
-                "completed": time.time()}
+        # The backup is the hourly cold tier: a point reads at the hour boundary at or before it, where every
+        # key's state is exact (the same point the shadow's own time-travel answers give).
+        before = backup.cold_point(settings.point_in_time) if settings.point_in_time is not None else None
+        versions = backup.restore_point(objects, before=before, manifest=manifest, spool_dir=tmp)
+        info = {**settings.describe(), "effectivePoint": before, "manifest": manifest.generation,
+                "lastLsn": manifest.last_lsn, "completed": time.time()}
         ring = node_keyring or source_keyring
         count = write_store(tmp, lambda: ring, plaintexts(versions, source_keyring, compressor, settings.tables),
                             info)

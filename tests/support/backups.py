@@ -21,14 +21,14 @@ Version = tuple[MetaRow, bytes | None, bytes | None]  # metadata, sealed frame, 
 
 def make_history(ring: Keyring, *, keys: int, versions: int, tables: Sequence[str] = ("orders", "users"),
                  delete_share: float = 0.15, seed: int = 1, compressor: Compressor | None = None,
-                 start_lsn: int = 1) -> list[Version]:
-    """``versions`` random puts and deletes over ``keys`` keys, one second apart from T0, sealed under ``ring``."""
+                 start_lsn: int = 1, step: float = 1.0) -> list[Version]:
+    """``versions`` random puts and deletes over ``keys`` keys, ``step`` seconds apart from T0, sealed under ``ring``."""
     rnd = random.Random(seed)
     comp = compressor or Compressor()
     out: list[Version] = []
     for lsn in range(start_lsn, start_lsn + versions):
         table, key = rnd.choice(tables), f"k{rnd.randrange(keys):07d}"
-        t = T0 + lsn
+        t = T0 + lsn * step
         if rnd.random() < delete_share:
             out.append((MetaRow(lsn, t, table, key, "delete", None, 0, 0), None, None))
             continue
@@ -39,11 +39,12 @@ def make_history(ring: Keyring, *, keys: int, versions: int, tables: Sequence[st
     return out
 
 
-def state_at(versions: Sequence[Version], *, time: float | None = None) -> dict[tuple[str, str], bytes]:
-    """Every live key's plaintext at ``time`` by replaying the versions in LSN order."""
+def state_at(versions: Sequence[Version], *, time: float | None = None,
+             before: float | None = None) -> dict[tuple[str, str], bytes]:
+    """Every live key's plaintext at ``time`` (inclusive) / ``before`` (exclusive) by replaying in LSN order."""
     state: dict[tuple[str, str], bytes] = {}
     for row, _, plain in sorted(versions, key=lambda v: v[0].lsn):
-        if time is not None and row.time > time:
+        if (time is not None and row.time > time) or (before is not None and row.time >= before):
             continue
         if plain is None:
             state.pop((row.table, row.key), None)

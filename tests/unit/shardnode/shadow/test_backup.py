@@ -28,11 +28,12 @@ T0 = 1_764_000_000.0
 
 
 # ---- a reference model: replay versions in LSN order ----------------------------------------------
-def replay(versions, *, time=None, lsn=None):
+def replay(versions, *, time=None, lsn=None, before=None):
     """(table, key) -> lsn of the frame holding the value at the point, by replaying every visible version."""
     state: dict[tuple[str, str], int] = {}
     for row, frame in sorted(versions, key=lambda v: v[0].lsn):
-        if (time is not None and row.time > time) or (lsn is not None and row.lsn > lsn):
+        if (time is not None and row.time > time) or (lsn is not None and row.lsn > lsn) \
+                or (before is not None and row.time >= before):
             continue
         k = (row.table, row.key)
         if row.op == "delete":
@@ -165,11 +166,18 @@ def test_state_builder_matches_replay(ops, data):
     cut = data.draw(st.integers(0, len(shuffled)))
     point_lsn = data.draw(st.one_of(st.none(), st.integers(0, len(ops) + 1)))
     point_time = data.draw(st.one_of(st.none(), st.floats(T0, T0 + len(ops) + 1)))
-    sb = StateBuilder(time=point_time, lsn=point_lsn)
+    before = data.draw(st.one_of(st.none(), st.integers(0, len(ops) + 1).map(lambda i: T0 + i)))
+    sb = StateBuilder(time=point_time, lsn=point_lsn, before=before)
     for seg, part in enumerate((shuffled[:cut], shuffled[cut:])):
         sb.add(seg, [r for r, _ in part], [f is not None for _, f in part])
     got = {k: v[0] for k, v in sb.live().items()}
-    assert got == replay(versions, time=point_time, lsn=point_lsn)
+    assert got == replay(versions, time=point_time, lsn=point_lsn, before=before)
+
+
+def test_cold_point_is_the_hour_boundary_at_or_before():
+    hour = 1_000_000 * 3600.0
+    assert backup.cold_point(hour) == hour == backup.cold_point(hour + 3599.9)
+    assert backup.cold_point(hour - 0.001) == hour - 3600
 
 
 # ---- against the real S3 server -------------------------------------------------------------------

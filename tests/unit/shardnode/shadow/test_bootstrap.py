@@ -28,11 +28,11 @@ SOURCE_KEY, OTHER_KEY, NODE_KEY = os.urandom(32), os.urandom(32), os.urandom(32)
 
 @pytest.fixture
 def source(tmp_path, s3_server):
-    """A source keyring dir, 600 versions over 80 keys exported in three batches to shard 0's prefix."""
+    """A source keyring dir, 600 versions (one a minute: ten hours) over 80 keys exported in three batches."""
     kdir = tmp_path / "source-keyring"
     write_keyring(kdir, 1, {1: ("primary", SOURCE_KEY)})
     ring = load_keyring(kdir)
-    versions = make_history(ring, keys=80, versions=600, seed=4)
+    versions = make_history(ring, keys=80, versions=600, seed=4, step=60.0)
     cold = s3_server.settings(credentials_dir=s3_server.write_credentials(tmp_path / "objectstore"))
     store = s3_server.store(f"{cold.prefix}/0")
     for part in (versions[:200], versions[200:450], versions[450:]):
@@ -70,17 +70,18 @@ async def _node_state(data_dir: Path, kdir: Path) -> dict[tuple[str, str], bytes
     return out
 
 
-@pytest.mark.parametrize("at", [None, 300.5, 450.0, 1.0])
+@pytest.mark.parametrize("at", [None, 3.5 * 3600, 6 * 3600, 0.5 * 3600])
 async def test_bootstrap_then_a_real_node_serves_the_state_at_the_point(tmp_path, source, at):
     kdir, versions, cold = source
-    point = None if at is None else T0 + at
+    point = None if at is None else T0 + at  # T0 is an hour boundary
     data = tmp_path / "data"
     data.mkdir()
     (data / "lost+found").mkdir()  # a fresh volume's, which does not count as data
     assert _run(tmp_path, cold, kdir, data, point=point) == 0
     assert sorted(p.name for p in data.iterdir()) == [DB_NAME, "lost+found"]
-    expected = state_at(versions, time=point)
-    assert expected or at == 1.0
+    # The hourly cold tier is read at the hour boundary at or before the point, exclusive (exact there).
+    expected = state_at(versions, before=None if point is None else backup.cold_point(point))
+    assert expected or at == 0.5 * 3600
     assert await _node_state(data, kdir) == expected
 
 
@@ -189,3 +190,53 @@ def test_parse_bootstrap_accepts_both_shapes_and_refuses_bad_input():
     ]:
         with pytest.raises(BootstrapRefused):
             parse_bootstrap(doc, pod)
+
+
+async def test_history_store_cold_tier_to_s3_to_a_node(tmp_path, s3_server):
+    """The whole path: changes applied to a real HistoryStore, compacted into its cold tier (hourly), each cold
+    segment exported as the shadow's housekeeping does, bootstrapped at hour boundaries, read through a node."""
+    from dataclasses import dataclass
+
+    from tests.support.shadow_history import delete, open_history, put
+
+    kdir = tmp_path / "keyring"
+    write_keyring(kdir, 1, {1: ("primary", SOURCE_KEY)})
+    ring = load_keyring(kdir)
+    h, _ = open_history(tmp_path / "shadow", ring)
+    hour = 1_000_000 * 3600.0
+    rnd = __import__("random").Random(21)
+    changes, live = [], {}
+    for lsn in range(1, 401):  # four hours of changes over 25 keys of two tables
+        t, table, key = hour + lsn * 36.0, rnd.choice(["orders", "users"]), f"k{rnd.randrange(25):02d}"
+        if (table, key) in live and rnd.random() < 0.2:
+            changes.append(delete(lsn, t, table, key))
+            live.pop((table, key))
+        else:
+            value = f"{key}@{lsn}".encode() * rnd.randrange(1, 30)
+            changes.append(put(ring, lsn, t, table, key, value))
+            live[(table, key)] = value
+    h.apply(changes)
+
+    @dataclass(frozen=True)
+    class Retention:
+        hot_seconds: float = 600.0
+        warm_seconds: float = 1200.0
+        cold_seconds: float = 100 * 3600.0
+
+    h.compact(hour + 6 * 3600, Retention(), 60.0)
+    segments = h.cold_segments(limit=100)
+    assert segments and all(s.rows for s in segments)
+    cold = s3_server.settings(credentials_dir=s3_server.write_credentials(tmp_path / "objectstore"))
+    store = s3_server.store(f"{cold.prefix}/0")
+    for seg in segments:
+        backup.export_batch(store, backup.ExportBatch(seg.rows, seg.frames))
+    for n, point in enumerate((hour + 3600, hour + 3 * 3600, None)):
+        data = tmp_path / f"data{n}"
+        assert _run(tmp_path, cold, kdir, data, point=point) == 0
+        # The reference is the history store's own answer at that point (cold: the last version of each hour).
+        expected = {}
+        for table in ("orders", "users"):
+            for v in h.state_at(table, time=point, limit=1000):
+                expected[(table, v.key)] = v.value
+        assert expected
+        assert await _node_state(data, kdir) == expected
