@@ -22,7 +22,7 @@ Version = tuple[MetaRow, bytes | None, bytes | None]  # metadata, sealed frame, 
 def make_history(ring: Keyring, *, keys: int, versions: int, tables: Sequence[str] = ("orders", "users"),
                  delete_share: float = 0.15, seed: int = 1, compressor: Compressor | None = None,
                  start_lsn: int = 1, step: float = 1.0) -> list[Version]:
-    """``versions`` random puts and deletes over ``keys`` keys, ``step`` seconds apart from T0, sealed under ``ring``."""
+    """``versions`` random puts and deletes over ``keys`` keys, ``step`` s apart from T0, sealed under ``ring``."""
     rnd = random.Random(seed)
     comp = compressor or Compressor()
     out: list[Version] = []
