@@ -29,6 +29,10 @@ if [[ -f hack/tools.sh ]]; then
   export CHRONOSHARD_TOOLS_BIN
 fi
 
+echo "[test] SeaweedFS S3 server for the object-storage tests (built once, then cached)"
+CHRONOSHARD_S3_BIN="$(bash hack/s3.sh)"
+export CHRONOSHARD_S3_BIN
+
 echo "[test] static checks: ruff, layering, mypy"
 bash hack/lint.sh
 
