@@ -22,6 +22,10 @@ log = logging.getLogger(__name__)
 BlockId = tuple[str, str]  # (table, key)
 # Tables whose last-read key version is remembered for key prefetching; beyond this the oldest are forgotten.
 LAST_VERSION_TABLES = 4096
+# Blocks whose newest known LSN is remembered after their copy left the cache (an acknowledged write, a change
+# seen by the tail, an eviction): a fetch answered before that change can never put its older copy back. Only
+# fetches in flight at the time can carry one, so the most recent floors are all that is needed.
+LSN_FLOORS = 65536
 
 
 class NotFound(LookupError):
@@ -78,6 +82,7 @@ class BlockCache:
         self._invalidations = 0  # bumped by every invalidation: batch reads cache nothing if it moved
         self.key_pool = key_pool  # threads for key-cache misses (None: the loop's default executor)
         self._last_version: OrderedDict[str, int] = OrderedDict()
+        self._floors: OrderedDict[BlockId, int] = OrderedDict()  # LSN_FLOORS: no copy older than this installs
         metrics.budget.set(budget)
 
     # ---- decrypt -------------------------------------------------------------------------------
@@ -125,10 +130,18 @@ class BlockCache:
         return self._last_version.get(table)
 
     # ---- membership ----------------------------------------------------------------------------
+    def _raise_floor(self, bid: BlockId, lsn: int) -> None:
+        floors = self._floors
+        floors[bid] = max(lsn, floors.get(bid, 0))
+        floors.move_to_end(bid)
+        if len(floors) > LSN_FLOORS:
+            floors.popitem(last=False)
+
     def _drop(self, bid: BlockId, evicted: bool) -> None:
         entry = self.entries.pop(bid, None)
         if entry is None:
             return
+        self._raise_floor(bid, entry.lsn)
         self.policy.remove(bid)
         self.bytes -= len(entry.value)
         if entry.prefetched and not entry.used:
@@ -145,6 +158,8 @@ class BlockCache:
         current = self.entries.get(bid)
         if current is not None and current.lsn > entry.lsn:
             return False  # never replace a newer copy with an older one
+        if entry.lsn < self._floors.get(bid, 0):
+            return False  # a newer version was acknowledged or seen since this copy was read
         if entry.prefetched and self.unused_prefetch_bytes + size > self.prefetch_budget:
             self.metrics.prefetch_dropped.labels("budget").inc()
             return False
@@ -177,6 +192,8 @@ class BlockCache:
     def invalidate(self, bid: BlockId, newer_than: int | None = None) -> None:
         """Forget a cached block (only if its LSN is older than ``newer_than`` when given)."""
         self._invalidations += 1
+        if newer_than is not None:
+            self._raise_floor(bid, newer_than)
         fetch = self._inflight.get(bid)
         if fetch is not None:
             if newer_than is None:
@@ -195,6 +212,9 @@ class BlockCache:
             self.invalidate(bid)
         for bid in list(self.entries):
             self.invalidate(bid)
+        # Every fetch in flight is stale now, so no old copy can come back: the floors (which a node whose
+        # log started again at a lower LSN would otherwise keep refusing) can go.
+        self._floors.clear()
 
     def _gauges(self) -> None:
         self.metrics.bytes.set(self.bytes)
@@ -355,6 +375,7 @@ class BlockCache:
             self._writing[bid] -= 1
             if not self._writing[bid]:
                 del self._writing[bid]
+        self._raise_floor(bid, int(result["lsn"]))
         if self._writing[bid]:
             self.invalidate(bid)  # another write to this key is in flight: its order is unknown here
         else:

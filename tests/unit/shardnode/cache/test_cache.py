@@ -178,3 +178,79 @@ async def test_batch_read_overlapping_a_write_returns_values_but_caches_nothing(
     assert cache.entries[("t", "a")].value == b"A2"  # the acknowledged write is what stays
     await cache.get_many("t", ["b"])  # a quiet batch does cache
     assert cache.entries[("t", "b")].value == b"B"
+
+
+class GatedNode(NodeClient):
+    """The real client; a gated call does its real work, then waits for its gate before answering or sending."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.read_gate: asyncio.Event | None = None
+        self.write_gate: asyncio.Event | None = None
+        self.read_done = asyncio.Event()
+
+    async def get_frame(self, table, key):
+        fetched = await super().get_frame(table, key)
+        self.read_done.set()
+        if self.read_gate is not None:
+            await self.read_gate.wait()
+        return fetched
+
+    async def get_frames(self, table, keys):
+        frames = await super().get_frames(table, keys)
+        self.read_done.set()
+        if self.read_gate is not None:
+            await self.read_gate.wait()
+        return frames
+
+    async def put(self, table, key, body, headers=None):
+        if self.write_gate is not None:
+            await self.write_gate.wait()
+        return await super().put(table, key, body, headers)
+
+
+@pytest.fixture
+async def gated(tmp_path):
+    async with node_and_cache(tmp_path) as (node_url, _, session, _, _):
+        ring = load_keyring(tmp_path / "keyring")
+        node = GatedNode(node_url, session)
+        cache = BlockCache(100, LRUPolicy(), lambda: ring, node, CacheMetrics(), prefetch_budget_fraction=0.5)
+        yield cache, node
+
+
+async def _read_old_copy_across_a_write(cache, node, read) -> None:
+    """A read that fetched the old copy while a write was in flight, answering only after the write was
+    acknowledged and its copy evicted, must not put the old copy back."""
+    await cache.put("t", "k", b"v1" * 10)
+    cache.invalidate(("t", "k"))
+    node.write_gate, node.read_gate = asyncio.Event(), asyncio.Event()
+    writer = asyncio.create_task(cache.put("t", "k", b"v2" * 10))
+    await asyncio.sleep(0)  # the write has invalidated and waits to be sent
+    reader = asyncio.create_task(read())
+    await node.read_done.wait()  # the node answered with v1: the write is not committed yet
+    node.write_gate.set()
+    await writer
+    assert cache.entries[("t", "k")].value == b"v2" * 10
+    node.write_gate = None
+    for i in range(3):  # 3 x 40 bytes in a 100-byte cache: the acknowledged copy is evicted
+        await cache.put("t", f"other{i}", bytes(40))
+    assert ("t", "k") not in cache.entries
+    node.read_gate.set()
+    await reader
+    node.read_gate = None
+    assert (await cache.get("t", "k"))[0] == b"v2" * 10
+
+
+async def test_a_single_read_overtaken_by_a_write_and_an_eviction_caches_nothing_stale(gated):
+    cache, node = gated
+    await _read_old_copy_across_a_write(cache, node, lambda: cache.get("t", "k"))
+
+
+async def test_a_read_ahead_range_overtaken_by_a_write_and_an_eviction_caches_nothing_stale(gated):
+    cache, node = gated
+    await _read_old_copy_across_a_write(cache, node, lambda: cache.prefetch_range("t", ["k"], [0.9]))
+
+
+async def test_a_batch_read_overtaken_by_a_write_and_an_eviction_caches_nothing_stale(gated):
+    cache, node = gated
+    await _read_old_copy_across_a_write(cache, node, lambda: cache.get_many("t", ["k"]))
