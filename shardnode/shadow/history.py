@@ -238,14 +238,16 @@ class HistoryStore:
 
         On a history that already has a cursor (a re-seed after a gap), keys live at the old cursor that the
         snapshot no longer holds get a delete at ``snapshot_lsn`` (only in ``tables`` when given), and the range
-        between is recorded as a gap: state inside it is not exact. Returns the new cursor.
+        between is recorded as a gap: state inside it is not exact. A snapshot at the cursor itself (tables were
+        added and nothing was written since) only adds the blocks not stored yet: no deletes, no gap. Returns the
+        new cursor.
         """
         now = _time.time() if now is None else now
         ring = self.current_keyring()
         with self.write() as conn:
             cursor = int(get_meta(conn, "cursor", 0))
-            if snapshot_lsn <= cursor and get_meta(conn, "origin") is not None:
-                return cursor
+            if snapshot_lsn < cursor and get_meta(conn, "origin") is not None:
+                return cursor  # older than what the history already holds: nothing to learn from it
             conn.execute("CREATE TEMP TABLE IF NOT EXISTS seen (tbl TEXT, key TEXT, PRIMARY KEY (tbl, key))")
             conn.execute("DELETE FROM seen")
             chunk: list[BlockLike] = []
@@ -256,11 +258,11 @@ class HistoryStore:
                     chunk = []
             self._seed_chunk(conn, ring, chunk, now)
             had_history = get_meta(conn, "origin") is not None
-            if had_history:
+            if had_history and snapshot_lsn > cursor:
                 self._seed_deletes(conn, cursor, snapshot_lsn, tables, now)
                 conn.execute("INSERT OR IGNORE INTO gaps (after_lsn, upto_lsn, time) VALUES (?, ?, ?)",
                              (cursor, snapshot_lsn, now))
-            else:
+            elif not had_history:
                 set_meta(conn, "origin", {"lsn": snapshot_lsn, "time": now})
             conn.execute("DELETE FROM seen")
             set_meta(conn, "cursor", max(cursor, snapshot_lsn))

@@ -178,8 +178,6 @@ def test_lag_seconds(applied, lag, now, expected):
     assert lag_seconds(applied, lag, now) == expected
 
 
-@pytest.mark.xfail(strict=True, reason="HistoryStore.seed ignores a snapshot at the cursor (no write since): "
-                   "asked of the history store's owner in /tmp/work/requests/helper-C.md; strict, so the fix shows")
 async def test_adding_a_table_re_seeds_so_its_existing_keys_are_there(tmp_path):
     async with rig(tmp_path, {"tables": ["t"]}) as r:
         await r.put("u", "before", b"in u before it was captured")
