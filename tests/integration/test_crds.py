@@ -25,6 +25,7 @@ from tests.support.crdcases import (
     mutations,
     plural,
 )
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -258,10 +259,17 @@ def test_printer_columns_show_status_written_through_the_status_subresource(k8s_
                         "message": "2 of 3 shards ready", "lastTransitionTime": "2026-11-22T00:00:00Z",
                         "observedGeneration": 1}],
     }
-    _api(k8s_client).patch_namespaced_custom_object_status(
-        GROUP, VERSION, namespace, "shardsets", "cols", {"status": status})
-    out = control_plane.kubectl("get", "shset", "cols", "-n", namespace, "--no-headers").stdout.split()
-    assert out[:5] == ["cols", "3", "2/3", "4", "Provisioning"], out
+    expected = ["cols", "3", "2/3", "4", "Provisioning"]
+
+    def columns() -> list[str] | None:
+        # The session's in-process operator may write this ShardSet's status between our patch and read.
+        _api(k8s_client).patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, "shardsets", "cols", {"status": status})
+        out = control_plane.kubectl("get", "shset", "cols", "-n", namespace, "--no-headers").stdout.split()
+        return out if out[:5] == expected else None
+
+    out = wait_for(columns, timeout=30, interval=0.2, what="kubectl's columns from the patched status")
+    assert out[:5] == expected, out
     # A condition outside the standard shape is refused by the status schema.
     bad = {"status": {"conditions": [{**status["conditions"][0], "status": "Maybe"}]}}
     with pytest.raises(client.ApiException) as err:
@@ -359,8 +367,17 @@ def test_reversion_spec_is_fixed_after_planning_except_approve(k8s_client, names
 
 def test_reversion_printer_columns(k8s_client, control_plane, namespace):
     _create(k8s_client, namespace, _obj("Reversion", "cols", REVERSION))
-    _api(k8s_client).patch_namespaced_custom_object_status(GROUP, VERSION, namespace, "reversions", "cols", {
-        "status": {"phase": "Running", "shortDigest": "0123456789ab", "plan": {"keys": 40},
-                   "progress": {"summary": "12/40", "done": 12, "skipped": 0, "conflicts": 0, "remaining": 28}}})
-    out = control_plane.kubectl("get", "rev", "cols", "-n", namespace, "--no-headers").stdout.split()
-    assert out[:6] == ["cols", "orders", "Running", "40", "12/40", "0123456789ab"], out
+    status = {"phase": "Running", "shortDigest": "0123456789ab", "plan": {"keys": 40},
+              "progress": {"summary": "12/40", "done": 12, "skipped": 0, "conflicts": 0, "remaining": 28}}
+    expected = ["cols", "orders", "Running", "40", "12/40", "0123456789ab"]
+
+    def columns() -> list[str] | None:
+        # The session's in-process operator (started by earlier tests, all namespaces) writes its own status for
+        # this Reversion now and then; patch and read again until the read saw ours. A wrong jsonPath never matches.
+        _api(k8s_client).patch_namespaced_custom_object_status(GROUP, VERSION, namespace, "reversions", "cols",
+                                                               {"status": status})
+        out = control_plane.kubectl("get", "rev", "cols", "-n", namespace, "--no-headers").stdout.split()
+        return out if out[:6] == expected else None
+
+    out = wait_for(columns, timeout=30, interval=0.2, what="kubectl's columns from the patched status")
+    assert out[:6] == expected, out

@@ -106,7 +106,11 @@ def reconciled_sample(audited_plane, operator) -> dict:
         obj = _get(audited_plane, "shardset", "orders", "--namespace", SAMPLE_NS)
         sts = _get(audited_plane, "statefulset", "orders", "--namespace", SAMPLE_NS)
         status = (obj or {}).get("status") or {}
-        if sts and status.get("observedGeneration") == obj["metadata"]["generation"]:
+        # The sample ShadowPolicy targets this ShardSet: its shadow container is in the StatefulSet once the
+        # operator has seen the policy (it may reconcile the ShardSet before that).
+        containers = [c["name"] for c in (sts or {}).get("spec", {}).get("template", {}).get("spec", {}).get(
+            "containers", [])]
+        if sts and status.get("observedGeneration") == obj["metadata"]["generation"] and "shadow" in containers:
             return obj
         return None
 
@@ -170,7 +174,9 @@ def test_chart_operator_reconciles_the_sample_shardset(audited_plane, reconciled
             assert [o["uid"] for o in owners] == [reconciled_sample["metadata"]["uid"]]
     sts = _get(audited_plane, "statefulset", "orders", *ns)
     assert sts["spec"]["replicas"] == 3
-    assert [c["name"] for c in sts["spec"]["template"]["spec"]["containers"]] == ["node", "cache", "predictor"]
+    # node, cache and predictor always; shadow because the sample ShadowPolicy targets this ShardSet.
+    assert [c["name"] for c in sts["spec"]["template"]["spec"]["containers"]] == [
+        "node", "cache", "predictor", "shadow"]
 
 
 def test_gitops_second_server_side_apply_is_a_no_op(audited_plane, reconciled_sample) -> None:

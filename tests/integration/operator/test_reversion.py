@@ -20,6 +20,7 @@ from chronoshard.operator.reversion import controller
 from kubernetes import client
 
 from tests.support.shadowstub import StubShadow, create_custom, stub_shardset
+from tests.support.waiting import wait_for_async
 
 pytestmark = pytest.mark.integration
 
@@ -69,6 +70,16 @@ async def _until(api, ns: str, name: str, phase: str, passes: int = 10) -> list[
         if steps[-1].status.get("phase") == phase:
             return steps
     raise AssertionError(f"{name} did not reach {phase}: {steps[-1].status}")
+
+
+def _gone(api, ns: str, name: str) -> bool:
+    try:
+        _get(api, ns, name)
+    except client.ApiException as exc:
+        if exc.status == 404:
+            return True
+        raise
+    return False
 
 
 def _events(steps: list[controller.Step]) -> list[str]:
@@ -188,8 +199,16 @@ def test_a_plan_left_by_a_deleted_reversion_is_replaced_and_deletion_removes_the
             _custom(api, namespace, "reversions", "again", {"shardSetRef": {"name": "orders"}, "keys": ["a"],
                                                             "pointInTime": POINT}, "Reversion")
             await _until(api, namespace, "again", "AwaitingApproval")
-            # The object is deleted while no operator runs (its plans stay), then made again with another spec.
+            # The object is deleted while its shards' shadows cannot be reached (they keep their plans), then made
+            # again with another spec. The session's in-process operator, when one runs, holds the object with its
+            # finalizer and deletes the plans it reaches; the stubs keep (or get back) theirs as unreachable
+            # shadows would.
+            left = [dict(s.plans) for s in stubs]
             api.delete_namespaced_custom_object(GROUP, VERSION, namespace, "reversions", "again")
+            await wait_for_async(lambda: _gone(api, namespace, "again"), timeout=30, what="the Reversion to go")
+            for stub, plans in zip(stubs, left, strict=True):
+                stub.plans.update(plans)
+            assert all(p["request"]["keys"] == ["a"] for s in stubs for p in s.plans.values())
             _custom(api, namespace, "reversions", "again", {"shardSetRef": {"name": "orders"}, "keys": ["b"],
                                                             "pointInTime": POINT}, "Reversion")
             await _until(api, namespace, "again", "AwaitingApproval")
