@@ -1,5 +1,5 @@
-"""Every endpoint of every shard-pod server (node, cache, predictor, in-process over real TLS) against the real
-API server with RBAC: no credential / malformed / expired / wrong audience / valid but not allowed / allowed
+"""Every endpoint of every shard-pod server (node, cache, predictor, shadow, in-process over real TLS) against the
+real API server with RBAC: no credential / malformed / expired / wrong audience / valid but not allowed / allowed
 → 401 / 401 / 401 / 401 / 403 / 2xx, with real TokenRequest tokens, TokenReview and SubjectAccessReview.
 
 "Allowed" is a token of a ServiceAccount bound to a Role on ``shardsets/data`` (data routes), on the ShardSet
@@ -38,12 +38,15 @@ from chronoshard.shardnode.predictor.main import create_app as create_predictor
 from chronoshard.shardnode.serving import tls
 from chronoshard.shardnode.serving.routing import PartitionMapSource
 from chronoshard.shardnode.serving.scaffold import Partitioning, route_policies, secure_app
+from chronoshard.shardnode.shadow.server import SHADOW
+from chronoshard.shardnode.shadow.server import create_app as create_shadow
 from kubernetes import client
 from prometheus_client import CollectorRegistry
 
 from tests.support import rbac, tls_files
 from tests.support.servers import keyring_dir, serve
-from tests.support.waiting import wait_for
+from tests.support.shadow import shadow_config
+from tests.support.waiting import wait_for, wait_for_async
 
 pytestmark = pytest.mark.integration
 
@@ -132,6 +135,7 @@ class Server:
     registry: CollectorRegistry
     name: str
     app: web.Application
+    node_url: str = ""  # the open node a cache or shadow under test follows
 
 
 def partitioning(tmp: Path) -> Partitioning:
@@ -166,6 +170,18 @@ async def cache_server(env: Env, tmp: Path) -> AsyncIterator[Server]:
 
 
 @contextlib.asynccontextmanager
+async def shadow_server(env: Env, tmp: Path) -> AsyncIterator[Server]:
+    # The node it follows is an open, in-process one (as for the cache): what is tested is the shadow's front door.
+    kdir = keyring_dir(tmp)
+    node_app = create_node(NodeConfig(data_dir=tmp / "data", keyring_dir=kdir))
+    async with serve(node_app) as node_url:
+        app = create_shadow(shadow_config(tmp, node_url, kdir, {"tables": ["t"]}))
+        async with secured(app, env, app[SHADOW].metrics.registry, "shadow") as srv:
+            srv.node_url = node_url
+            yield srv
+
+
+@contextlib.asynccontextmanager
 async def predictor_server(env: Env, tmp: Path) -> AsyncIterator[Server]:
     kdir = keyring_dir(tmp)
     async with serve(create_node(NodeConfig(data_dir=tmp / "data", keyring_dir=kdir))) as node_url, \
@@ -196,6 +212,7 @@ class Endpoint:
 
 
 T = "/v1/tables/{table}"
+SLOT = "seeded"  # the node's consumer slot made by ``seed``, at the LSN of its two writes
 BLOCK_ENDPOINTS = [
     Endpoint("GET", T + "/blocks/{key}", Access.DATA_GET, "/v1/tables/t/blocks/k"),
     Endpoint("PUT", T + "/blocks/{key}", Access.DATA_UPDATE, "/v1/tables/t/blocks/k", b"value"),
@@ -219,6 +236,14 @@ NODE_ENDPOINTS = [
     Endpoint("GET", "/v1/rewrap", Access.ADMIN),
     Endpoint("POST", "/v1/verify", Access.ADMIN, body={"mode": "sample", "sample": 1}, ok=202),
     Endpoint("GET", "/v1/verify", Access.ADMIN),
+    # The change stream's consumer slots: ``seed`` registers SLOT; a new slot answers 201; DELETE comes last.
+    Endpoint("GET", "/v1/consumers", Access.ADMIN),
+    Endpoint("PUT", "/v1/consumers/{name}", Access.ADMIN, "/v1/consumers/fresh", {}, ok=201),
+    Endpoint("GET", "/v1/consumers/{name}", Access.ADMIN, f"/v1/consumers/{SLOT}"),
+    Endpoint("POST", "/v1/consumers/{name}/ack", Access.ADMIN, f"/v1/consumers/{SLOT}/ack", {"lsn": 2}),
+    Endpoint("DELETE", "/v1/consumers/{name}", Access.ADMIN, f"/v1/consumers/{SLOT}"),
+    Endpoint("GET", "/v1/snapshot", Access.ADMIN),
+    Endpoint("GET", "/v1/status", Access.ADMIN),
 ]
 CACHE_ENDPOINTS = [
     *BLOCK_ENDPOINTS, *STANDARD,
@@ -236,8 +261,26 @@ PREDICTOR_ENDPOINTS = [
     *(Endpoint("HEAD", p, a) for p, a in (("/healthz", Access.PUBLIC), ("/readyz", Access.PUBLIC),
                                           ("/metrics", Access.METRICS), ("/v1/status", Access.ADMIN))),
 ]
+PLAN = "seeded"  # the shadow's reversion plan made by ``seed``; its run with a wrong digest reaches the handler (409)
+SHADOW_ENDPOINTS = [
+    *STANDARD,
+    Endpoint("GET", "/openapi.json", Access.PUBLIC),
+    Endpoint("GET", T + "/history/{key}", Access.DATA_GET, "/v1/tables/t/history/k"),
+    Endpoint("GET", T + "/at/{key}", Access.DATA_GET, "/v1/tables/t/at/k?lsn=1"),
+    Endpoint("GET", T + "/state", Access.DATA_LIST, "/v1/tables/t/state?lsn=2"),
+    Endpoint("GET", T + "/diff", Access.DATA_LIST, "/v1/tables/t/diff?fromLsn=1&toLsn=2"),
+    Endpoint("POST", "/v1/reversions", Access.ADMIN, body={"name": "fresh", "tables": ["t"], "lsn": 1}, ok=201),
+    Endpoint("GET", "/v1/reversions/{name}", Access.ADMIN, f"/v1/reversions/{PLAN}"),
+    Endpoint("POST", "/v1/reversions/{name}/run", Access.ADMIN, f"/v1/reversions/{PLAN}/run",
+             {"digest": "0" * 64}, ok=409),
+    Endpoint("DELETE", "/v1/reversions/{name}", Access.ADMIN, f"/v1/reversions/{PLAN}"),
+    Endpoint("GET", "/v1/status", Access.ADMIN),
+    Endpoint("GET", "/v1/keys", Access.ADMIN),
+    Endpoint("POST", "/v1/rewrap", Access.ADMIN, body={}, ok=202),
+    Endpoint("GET", "/v1/rewrap", Access.ADMIN),
+]
 SERVERS = {"node": (node_server, NODE_ENDPOINTS), "cache": (cache_server, CACHE_ENDPOINTS),
-           "predictor": (predictor_server, PREDICTOR_ENDPOINTS)}
+           "predictor": (predictor_server, PREDICTOR_ENDPOINTS), "shadow": (shadow_server, SHADOW_ENDPOINTS)}
 
 
 def headers(env: Env, case: str) -> dict[str, str]:
@@ -262,10 +305,32 @@ async def call(srv: Server, env: Env, ep: Endpoint, case: str, pair: certs.KeyPa
 
 
 async def seed(srv: Server, env: Env) -> None:
-    """Blocks t/k and t/d for the reads and the delete, written with the pods' own certificate."""
+    """Blocks t/k and t/d for the reads and the delete, written with the pods' own certificate (for a shadow:
+    written to its node, captured, and a reversion plan made)."""
+    if srv.name == "shadow":
+        await seed_shadow(srv, env)
+        return
     for key in ("k", "d"):
         put = Endpoint("PUT", "", Access.DATA_UPDATE, f"/v1/tables/t/blocks/{key}", b"seed")
         assert (await call(srv, env, put, "none", env.pod))[0] == 200
+    if srv.name == "node":
+        register = Endpoint("PUT", "", Access.ADMIN, f"/v1/consumers/{SLOT}", {})
+        assert (await call(srv, env, register, "none", env.pod))[0] == 201
+
+
+async def seed_shadow(srv: Server, env: Env) -> None:
+    async with aiohttp.ClientSession() as s:
+        for key in ("k", "d"):  # LSNs 1 and 2
+            async with s.put(f"{srv.node_url}/v1/tables/t/blocks/{key}", data=b"seed") as r:
+                assert r.status == 200
+
+    async def captured() -> bool:
+        status, body, _ = await call(srv, env, Endpoint("GET", "", Access.ADMIN, "/v1/status"), "none", env.pod)
+        return status == 200 and json.loads(body)["capture"].get("cursor", 0) >= 2
+
+    await wait_for_async(captured, what="the shadow to capture the two seed writes")
+    plan = Endpoint("POST", "", Access.ADMIN, "/v1/reversions", {"name": PLAN, "tables": ["t"], "lsn": 1})
+    assert (await call(srv, env, plan, "none", env.pod))[0] == 201
 
 
 def decisions(srv: Server, result: str, reason: str) -> float:
@@ -309,7 +374,7 @@ def _cases(server: str) -> list[Any]:
     return [pytest.param(server, ep, id=f"{server}:{ep}") for ep in SERVERS[server][1]]
 
 
-@pytest.mark.parametrize("server, ep", _cases("node") + _cases("cache") + _cases("predictor"))
+@pytest.mark.parametrize("server, ep", _cases("node") + _cases("cache") + _cases("predictor") + _cases("shadow"))
 async def test_endpoint_refuses_and_allows(env, tmp_path, caplog, server, ep):
     caplog.set_level(logging.DEBUG)
     factory = SERVERS[server][0]
@@ -340,7 +405,7 @@ async def test_pod_certificate_is_allowed_everything_and_unknown_cn_is_forbidden
     async with node_server(env, tmp_path) as srv:
         await seed(srv, env)
         for ep in NODE_ENDPOINTS:
-            assert (await call(srv, env, ep, "none", env.pod))[0] in (200, 202, 409), str(ep)
+            assert (await call(srv, env, ep, "none", env.pod))[0] in (200, 201, 202, 409), str(ep)
         status, body, _ = await call(srv, env, Endpoint("GET", "", Access.ADMIN, "/v1/keys"), "none", stranger)
         assert status == 403 and "somebody-else" in json.loads(body)["message"]
         assert decisions(srv, "forbidden", "unknown_certificate") == 1
