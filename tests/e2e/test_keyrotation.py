@@ -14,8 +14,6 @@ import os
 import random
 import signal
 import ssl
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -25,12 +23,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chronoshard.devcluster.controlplane import free_port
 from chronoshard.shardnode.client import Client, Endpoint
 from chronoshard.shardnode.client.discovery import pod_dns_name
 from chronoshard.shardnode.keyspace.partitioning import PartitionMap
 
-from tests.e2e.conftest import LocalCluster, data_client_args, dev, http_get, is_ready, pod_tls, start_cluster
+from tests.e2e.conftest import (
+    LocalCluster,
+    Operator,
+    data_client_args,
+    dev,
+    http_get,
+    is_ready,
+    pod_tls,
+    start_cluster,
+)
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -38,57 +44,6 @@ pytestmark = pytest.mark.e2e
 SHARDS = 3
 TABLE = "default"
 PRELOAD = 1500
-
-
-class Operator:
-    """``chronoshard-operator`` as a process we can kill and restart, with a controllable clock offset."""
-
-    def __init__(self, kubeconfig: Path, state: Path) -> None:
-        self.kubeconfig = kubeconfig
-        self.clock_file = state / "clock-offset"
-        self.clock_file.write_text("0")
-        self.log = state / "operator-test.log"
-        self.proc: subprocess.Popen | None = None
-        self.starts = 0
-        self.metrics_port = free_port()
-
-    def start(self) -> None:
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig),
-               "CHRONOSHARD_CLOCK_OFFSET_FILE": str(self.clock_file)}
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "chronoshard.operator.main", "--all-namespaces", "--standalone",
-                 "--verbose", "--metrics-port", str(self.metrics_port)],
-                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            )
-        self.starts += 1
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def metric(self, name: str, **labels: str) -> float:
-        """One sample of the operator's Prometheus metrics (0 when absent)."""
-        from prometheus_client.parser import text_string_to_metric_families
-
-        _, body = http_get(f"http://127.0.0.1:{self.metrics_port}/metrics")
-        for family in text_string_to_metric_families(body.decode()):
-            for sample in family.samples:
-                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                    return float(sample.value)
-        return 0.0
-
-    def advance(self, seconds: float) -> None:
-        self.clock_file.write_text(str(float(self.clock_file.read_text()) + seconds))
 
 
 @dataclass
