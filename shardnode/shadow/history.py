@@ -33,8 +33,9 @@ from chronoshard.shardnode.keys.crypto import IntegrityError, open_block
 from chronoshard.shardnode.keys.keyring import Keyring, MissingKeyVersion
 
 from . import compaction, historydb, rewrapper, snapshots, tiers, timetravel
-from .codec import Compressor
+from .codec import Compressor, dictionary_id
 from .columnar import MetaRow
+from .dictionaries import DictionaryTrainer
 from .historydb import get_meta, set_meta
 from .sealing import open_version, seal_version
 from .segments import SegmentCache
@@ -123,11 +124,13 @@ class HistoryStore:
     Methods do blocking I/O and crypto: call them from a worker thread, not the event loop.
     """
 
-    def __init__(self, path: Path, keyring: Callable[[], Keyring | None], compressor: Compressor) -> None:
+    def __init__(self, path: Path, keyring: Callable[[], Keyring | None], compressor: Compressor,
+                 trainer: DictionaryTrainer | None = None) -> None:
         path = Path(path)
         self.path = path / historydb.DB_NAME if path.is_dir() else path
         self._keyring = keyring
         self.compressor = compressor
+        self.trainer = trainer or DictionaryTrainer(False)
         self._lock = threading.RLock()
         self._conn = historydb.connect(self.path)
         historydb.init_schema(self._conn)
@@ -135,6 +138,9 @@ class HistoryStore:
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
         self.segments = SegmentCache()
+        for table, dict_bytes in self.dictionaries():  # oldest first: the newest of a table compresses
+            self.compressor.add_dictionary(table, dict_bytes)
+        self.trainer.have(table for table, _ in self.dictionaries())
 
     # --- connections and transactions ---------------------------------------------------------------------
 
@@ -196,8 +202,33 @@ class HistoryStore:
             plaintext = open_block(ring, table, key, node_frame, checksum)
         except (IntegrityError, MissingKeyVersion) as exc:
             raise ApplyError(lsn, f"the node frame of {table}/{key} does not open: {exc}") from None
+        self.trainer.offer(table, plaintext)
         sealed = seal_version(ring, table, key, lsn, plaintext, self.compressor)
         return sealed.frame, sealed.key_version, len(plaintext), sealed.stored_size, sealed.checksum
+
+    # --- dictionaries ----------------------------------------------------------------------------------------
+
+    def dictionaries(self) -> list[tuple[str, bytes]]:
+        """Every stored (table, zstd dictionary), oldest first: what a frame of this history may name."""
+        with self.read() as conn:
+            return [(str(t), bytes(d)) for t, d in conn.execute(
+                "SELECT tbl, dict FROM dictionaries ORDER BY created, tbl, id")]
+
+    def train_due_dictionaries(self) -> list[str]:
+        """Train the dictionaries whose samples are complete; each is committed to the file before the compressor
+        uses it (a crash can never leave a frame naming a lost dictionary). Returns the tables trained."""
+        done = []
+        for table in self.trainer.due():
+            dict_bytes = self.trainer.train(table)
+            if dict_bytes is None:
+                continue
+            with self.write() as conn:
+                conn.execute("INSERT OR IGNORE INTO dictionaries (tbl, id, dict, created) VALUES (?, ?, ?, ?)",
+                             (table, dictionary_id(dict_bytes), dict_bytes, _time.time()))
+            self.compressor.add_dictionary(table, dict_bytes)
+            self.trainer.trained(table)
+            done.append(table)
+        return done
 
     def _prepare(self, ring: Keyring | None, c: ChangeLike) -> _NewVersion:
         if c.op == DELETE:
@@ -216,6 +247,12 @@ class HistoryStore:
         cursor up to this LSN when the page ended after its last change (e.g. changes of other tables). A change
         whose frame does not open fails the whole batch (ApplyError): nothing is stored, the cursor stays.
         """
+        try:
+            return self._apply(changes, through)
+        finally:
+            self.train_due_dictionaries()
+
+    def _apply(self, changes: Sequence[ChangeLike], through: int | None) -> int:
         ring = self._keyring()
         with self.write() as conn:
             cursor = int(get_meta(conn, "cursor", 0))
@@ -242,6 +279,13 @@ class HistoryStore:
         added and nothing was written since) only adds the blocks not stored yet: no deletes, no gap. Returns the
         new cursor.
         """
+        try:
+            return self._seed(snapshot_lsn, blocks, tables, now)
+        finally:
+            self.train_due_dictionaries()
+
+    def _seed(self, snapshot_lsn: int, blocks: Iterable[BlockLike], tables: Sequence[str] | None,
+              now: float | None) -> int:
         now = _time.time() if now is None else now
         ring = self.current_keyring()
         with self.write() as conn:

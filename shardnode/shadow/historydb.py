@@ -10,6 +10,7 @@ Layout (docs/shadow-store.md, "Storage"):
   each frames row of a compacted tier names its segment.
 - ``snapshots`` + ``snapshot_entries``: per snapshot (boundary, LSN, kind, base) the per-key pointers to versions.
 - ``gaps``: LSN ranges a re-seed jumped over.
+- ``dictionaries``: every zstd dictionary a frame may name, per table (the newest compresses), written before use.
 - ``meta``: schema version, capture cursor, rewrap state, horizons of the last compaction.
 """
 
@@ -76,6 +77,8 @@ CREATE TABLE IF NOT EXISTS snapshot_entries (
     PRIMARY KEY (snapshot, tbl, key)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS snapshot_entries_version ON snapshot_entries (tbl, key, lsn);
+CREATE TABLE IF NOT EXISTS dictionaries (tbl TEXT NOT NULL, id INTEGER NOT NULL, dict BLOB NOT NULL,
+                                         created REAL NOT NULL, PRIMARY KEY (tbl, id));
 CREATE TABLE IF NOT EXISTS gaps (after_lsn INTEGER NOT NULL, upto_lsn INTEGER NOT NULL, time REAL NOT NULL,
                                  PRIMARY KEY (after_lsn, upto_lsn));
 """

@@ -102,7 +102,7 @@ class Maintenance:
                 return done
             for seg in segments:
                 if seg.rows:
-                    backup.export_batch(store, backup.ExportBatch(seg.rows, seg.frames),
+                    backup.export_batch(store, backup.ExportBatch(seg.rows, seg.frames, self.history.dictionaries()),
                                         labels={"shard": str(self.shard) if self.shard is not None else ""})
                 with self.history.write() as conn:
                     set_meta(conn, EXPORT_META, {"segment": seg.id, "time": time.time()})

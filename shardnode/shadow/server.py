@@ -29,6 +29,7 @@ from . import query
 from .capture import Capture
 from .codec import Compressor
 from .config import ShadowConfig
+from .dictionaries import DictionaryTrainer
 from .executor import Reversions
 from .history import HistoryStore
 from .historydb import DB_NAME
@@ -78,7 +79,8 @@ class Shadow:
         path = self.cfg.data_dir / DB_NAME
         compression = self.cfg.settings.compression
         compressor = Compressor(level=compression.level, codec=compression.codec)
-        self.history = await asyncio.to_thread(HistoryStore, path, lambda: self.keys.keyring, compressor)
+        trainer = DictionaryTrainer(compression.dictionary and compression.codec == "zstd")
+        self.history = await asyncio.to_thread(HistoryStore, path, lambda: self.keys.keyring, compressor, trainer)
         self.plans = await asyncio.to_thread(PlanStore, path)
         self.session = aiohttp.ClientSession(connector=tls.connector(app, limit=64))
         hostname = tls.internal_hostname(self.cfg.node_url)
