@@ -3,12 +3,19 @@ the shard's own prefix, exactly once across passes."""
 
 from __future__ import annotations
 
+import json
+
 from chronoshard.shardnode.shadow import backup
+from chronoshard.shardnode.shadow.codec import Compressor
 from chronoshard.shardnode.shadow.config import ShadowConfig, parse_settings
+from chronoshard.shardnode.shadow.dictionaries import DictionaryTrainer
+from chronoshard.shardnode.shadow.history import HistoryStore
 from chronoshard.shardnode.shadow.maintenance import Maintenance, pod_shard, shard_cold_settings
 from chronoshard.shardnode.shadow.objectstore import ObjectStore
+from chronoshard.shardnode.shadow.sealing import open_version
 
 from tests.support.shadow_history import open_history, put, ring
+from tests.support.stores import Holder
 
 DAY = 86400.0
 R = ring(1, (1,))
@@ -59,4 +66,34 @@ def test_without_a_bucket_nothing_is_exported(tmp_path):
     m = Maintenance(config(tmp_path, None), history)
     result = m.run_once(1000.0 + 40 * DAY)
     assert result["exported"] == 0 and m.status()["error"] is None
+    history.close()
+
+
+def test_the_export_carries_the_dictionaries_its_frames_name_and_a_restore_opens_them(tmp_path, s3_server):
+    now = 1_800_000_000.0
+    history = HistoryStore(tmp_path, Holder(R), Compressor(), DictionaryTrainer(True, samples=100, size=2048))
+    old = now - 2 * DAY  # past hot and warm retention: cold
+    values = {f"k{i:03d}": json.dumps({"customer": f"c{i:04d}", "status": "shipped", "amount": i * 1.5,
+                                       "note": "standard delivery, no signature required"}).encode()
+              for i in range(200)}
+    items = list(values.items())
+    for start in (0, 100):  # the first hundred complete the sample; the second are sealed with the dictionary
+        history.apply([put(R, i + 1, old + i, "t", k, v) for i, (k, v) in enumerate(items[start:start + 100],
+                                                                                    start=start)])
+    assert len(history.dictionaries()) == 1
+    s3_server.write_credentials(tmp_path / "creds")
+    cold = s3_server.settings(credentials_dir=tmp_path / "creds")
+    cold_doc = {"endpoint": cold.endpoint, "bucket": cold.bucket, "prefix": cold.prefix, "forcePathStyle": True,
+                "credentialsDir": cold.credentials_dir}
+    m = Maintenance(config(tmp_path, cold_doc), history, shard=0)
+    assert m.run_once(now)["exported"] >= 1
+    store = ObjectStore(shard_cold_settings(m.cfg.settings.cold, 0))  # type: ignore[arg-type]
+    manifest = backup.read_manifest(store)
+    assert manifest is not None
+    restoring = Compressor()  # what a bootstrap holds: only the backup's dictionaries
+    for table, dict_bytes in backup.load_dictionaries(store, manifest):
+        restoring.add_dictionary(table, dict_bytes)
+    restored = {v.key: open_version(R, v.table, v.key, v.lsn, v.frame, restoring)
+                for v in backup.restore_point(store, time=now)}
+    assert restored == values
     history.close()
