@@ -12,6 +12,22 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 CRDS = REPO / "crds"
+_SESSION = {"operator_started": False}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``without_operator`` run first: they drive a controller's passes by hand, and the session's
+    in-process operator (once a test starts it, it runs to the end of the session, in every namespace) would
+    drive the same objects beside them."""
+    items.sort(key=lambda item: item.get_closest_marker("without_operator") is None)  # stable: order kept
+
+
+@pytest.fixture(autouse=True)
+def _no_operator_beside(request: pytest.FixtureRequest) -> None:
+    """A ``without_operator`` test fails at once if the in-process operator is already running (say, when it
+    was selected together with tests that start it and the ordering above could not help)."""
+    if request.node.get_closest_marker("without_operator") is not None and _SESSION["operator_started"]:
+        pytest.fail("this test drives controller passes by hand, but the session's in-process operator runs")
 
 
 @pytest.fixture(scope="session")
@@ -66,6 +82,7 @@ def operator_runner(control_plane, k8s_client) -> Iterator:
     os.environ["KUBECONFIG"] = str(control_plane.kubeconfig)
     kube.set_api_client(k8s_client)
     args = ["run", "--all-namespaces", "--standalone", "--verbose", "-m", "chronoshard.operator.handlers"]
+    _SESSION["operator_started"] = True
     with KopfRunner(args, timeout=60) as runner:
         yield runner
     kube.set_api_client(None)

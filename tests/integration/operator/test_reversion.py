@@ -22,7 +22,7 @@ from kubernetes import client
 from tests.support.shadowstub import StubShadow, create_custom, stub_shardset
 from tests.support.waiting import wait_for_async
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.without_operator]
 
 GROUP, VERSION = "chronoshard.io", "v1alpha1"
 POINT = "2026-11-30T09:00:00Z"
@@ -199,10 +199,9 @@ def test_a_plan_left_by_a_deleted_reversion_is_replaced_and_deletion_removes_the
             _custom(api, namespace, "reversions", "again", {"shardSetRef": {"name": "orders"}, "keys": ["a"],
                                                             "pointInTime": POINT}, "Reversion")
             await _until(api, namespace, "again", "AwaitingApproval")
-            # The object is deleted while its shards' shadows cannot be reached (they keep their plans), then made
-            # again with another spec. The session's in-process operator, when one runs, holds the object with its
-            # finalizer and deletes the plans it reaches; the stubs keep (or get back) theirs as unreachable
-            # shadows would.
+            # The object is deleted while no operator runs, or while its shards' shadows cannot be reached: their
+            # plans stay (an operator that did run would have deleted what it reached; the stubs get theirs back
+            # as unreachable shadows would keep them). Then it is made again with another spec.
             left = [dict(s.plans) for s in stubs]
             api.delete_namespaced_custom_object(GROUP, VERSION, namespace, "reversions", "again")
             await wait_for_async(lambda: _gone(api, namespace, "again"), timeout=30, what="the Reversion to go")

@@ -26,7 +26,7 @@ from tests.support.kubelet_dir import write_keyring
 from tests.support.shadowstub import GROUP, SHADOW_PORT, VERSION, create_custom
 from tests.support.waiting import wait_for
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.without_operator]
 
 TABLE = "orders"
 
