@@ -27,13 +27,14 @@ from .restart import Backoff, should_restart
 
 HOST_IP = "127.0.0.1"
 
+CLOCK_OFFSET_ENV = "CHRONOSHARD_CLOCK_OFFSET_FILE"  # the data plane's test clock seam (not imported: layering)
 Emit = Callable[[dict[str, Any], str, str, str], None]
 
 
 def base_env(pod_name: str) -> dict[str, str]:
     """The "image" environment every container starts from: PATH with this venv's bin first, HOSTNAME."""
     venv_bin = str(Path(sys.executable).parent)
-    return {
+    env = {
         "PATH": f"{venv_bin}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         "HOSTNAME": pod_name,
         "HOME": os.environ.get("HOME", "/root"),
@@ -41,6 +42,11 @@ def base_env(pod_name: str) -> dict[str, str]:
         # Our Dockerfile's image runs Python unbuffered; do the same so logs appear as they happen.
         "PYTHONUNBUFFERED": "1",
     }
+    # The test clock (shardnode/serving/clock.py): e2e tests that start the agent with it move every container's
+    # housekeeping clock forward; a real kubelet has no such thing.
+    if os.environ.get(CLOCK_OFFSET_ENV):
+        env[CLOCK_OFFSET_ENV] = os.environ[CLOCK_OFFSET_ENV]
+    return env
 
 
 @dataclass

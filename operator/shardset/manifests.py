@@ -415,7 +415,8 @@ def containers(spec: ShardSetSpec, shadow: ShadowPolicySpec | None = None) -> li
             "chronoshard-shadow", "--host", "$(POD_IP)", "--port", str(SHADOW_PORT),
             "--node-url", f"https://$(POD_IP):{NODE_PORT}", "--data-dir", DATA_MOUNT,
             "--keyring-dir", KEYRING_MOUNT, *kek_args, "--partition-map", map_file,
-            "--settings", f"{CONFIG_MOUNT}/{SHADOW_CONFIG_FILE}", *secure,
+            "--settings", f"{CONFIG_MOUNT}/{SHADOW_CONFIG_FILE}",
+            *(["--objectstore-dir", OBJECTSTORE_MOUNT] if objectstore else []), *secure,
         ],
         SHADOW_PORT, spec, [data, keyring, *kek_mounts, partitions, config, tls, tmp, *objectstore],
     )
@@ -434,6 +435,7 @@ def bootstrap_container(spec: ShardSetSpec) -> dict[str, Any]:
         "command": [
             "chronoshard-shadow", "bootstrap", "--settings", f"{CONFIG_MOUNT}/{BOOTSTRAP_CONFIG_FILE}",
             "--data-dir", DATA_MOUNT, "--keyring-dir", KEYRING_MOUNT, *kek_args,
+            "--objectstore-dir", OBJECTSTORE_MOUNT,
         ],
         "env": _env(),
         "resources": DEFAULT_RESOURCES[BOOTSTRAP],

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import collections
 import concurrent.futures
+import dataclasses
 import json
 import logging
 import os
@@ -267,6 +268,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--node-keyring-dir", default=None,
                    help="keyring the blocks are sealed with (default: the source's)")
     p.add_argument("--node-kek-dir", default=None, help="the KEK for a wrapped node keyring")
+    p.add_argument("--objectstore-dir", default=None,
+                   help="the object-storage credentials (overrides bootstrap.json's cold.credentialsDir)")
     return p
 
 
@@ -285,6 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         doc = json.loads(Path(args.settings).read_text())
         settings = parse_bootstrap(doc, os.environ.get("POD_NAME"))
+        if args.objectstore_dir:
+            settings = dataclasses.replace(settings, cold=dataclasses.replace(
+                settings.cold, credentials_dir=args.objectstore_dir))
         source = _load_ring(args.keyring_dir, args.kek_dir)
         node = _load_ring(args.node_keyring_dir, args.node_kek_dir) if args.node_keyring_dir else None
         summary = bootstrap(settings, Path(args.data_dir), source, node)

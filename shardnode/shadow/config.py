@@ -203,6 +203,9 @@ class ShadowConfig:
     data_dir: Path
     keyring_dir: Path
     kek_dir: Path | None = None
+    # --objectstore-dir: where the credentials Secret is mounted; overrides shadow.json's cold.credentialsDir, so
+    # the path is a flag like every other mount (the local cluster maps flags, not paths inside files).
+    objectstore_dir: Path | None = None
     settings: ShadowSettings = field(default_factory=ShadowSettings)
     settings_path: str | None = None
     settings_error: str | None = None

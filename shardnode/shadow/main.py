@@ -29,6 +29,9 @@ def parser() -> argparse.ArgumentParser:
                    help="directory holding shadow.sqlite3 (the pod's data volume)")
     # The pod contract names the settings file --settings; --config is the scaffold's spelling of the same.
     p.add_argument("--settings", dest="config", default=argparse.SUPPRESS, help="shadow.json settings file")
+    p.add_argument("--objectstore-dir", default=env("CHRONOSHARD_SHADOW_OBJECTSTORE_DIR"),
+                   help="the object-storage credentials (files accessKeyId, secretAccessKey); overrides "
+                        "shadow.json's cold.credentialsDir")
     return p
 
 
@@ -40,7 +43,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(importlib.import_module("chronoshard.shardnode.shadow.bootstrap").main(argv[1:]))
     args = parse_process_args(parser(), argv)
     cfg = ShadowConfig(node_url=args.node_url, data_dir=Path(args.data_dir), keyring_dir=Path(args.keyring_dir),
-                       kek_dir=Path(args.kek_dir) if args.kek_dir else None)
+                       kek_dir=Path(args.kek_dir) if args.kek_dir else None,
+                       objectstore_dir=Path(args.objectstore_dir) if args.objectstore_dir else None)
     apply_shard_args(cfg, args)
     run(create_app(cfg), args.host, args.port, security=args.security)
 

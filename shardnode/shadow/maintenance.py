@@ -19,6 +19,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any
 
+from chronoshard.shardnode.serving import clock
 from chronoshard.shardnode.serving.routing import shard_index_from_pod_name
 
 from . import backup
@@ -75,7 +76,7 @@ class Maintenance:
 
     def run_once(self, now: float | None = None) -> dict[str, Any]:
         """One pass (blocking: call it in a worker thread)."""
-        now = time.time() if now is None else now
+        now = clock.wall_time() if now is None else now
         s = self.cfg.settings
         snap = self.history.take_snapshot(s.snapshot.interval_seconds, s.snapshot.full_every, s.snapshot.granularity,
                                           now)
@@ -86,6 +87,8 @@ class Maintenance:
 
     def _object_store(self, cold: ColdSettings) -> ObjectStore:
         cold = shard_cold_settings(cold, self.shard)
+        if self.cfg.objectstore_dir is not None:
+            cold = dataclasses.replace(cold, credentials_dir=str(self.cfg.objectstore_dir))
         if self._store is None or self._store[0] != cold:
             self._store = (cold, self.store_factory(cold))  # new settings: a new client
         return self._store[1]

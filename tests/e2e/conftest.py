@@ -21,14 +21,18 @@ from typing import Any
 import pytest
 from chronoshard.devcluster.controlplane import free_port
 
+from tests.support.s3 import s3_server  # noqa: F401  (SeaweedFS for the disaster-recovery test, started on use)
+
 PROBE_SERVER = Path(__file__).resolve().parent / "probe_server.py"
 
 
-def dev(state: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run ``chronoshard-dev`` (this checkout's) with ``--state-dir state``."""
+def dev(state: Path, *args: str, timeout: float = 300, env: dict[str, str] | None = None
+        ) -> subprocess.CompletedProcess:
+    """Run ``chronoshard-dev`` (this checkout's) with ``--state-dir state`` (``env``: added to the environment)."""
     return subprocess.run(
         [sys.executable, "-m", "chronoshard.devcluster.cli", "--state-dir", str(state), *args],
         capture_output=True, text=True, timeout=timeout, check=False,
+        env=None if env is None else {**os.environ, **env},
     )
 
 
@@ -199,8 +203,8 @@ def _identity_tls(cluster: LocalCluster, namespace: str, shardset: str, identity
     return ctx
 
 
-def start_cluster(state: Path, *extra: str) -> LocalCluster:
-    up = dev(state, "up", "--backoff-base", "1", *extra)
+def start_cluster(state: Path, *extra: str, env: dict[str, str] | None = None) -> LocalCluster:
+    up = dev(state, "up", "--backoff-base", "1", *extra, env=env)
     assert up.returncode == 0, f"chronoshard-dev up failed:\n{up.stdout}\n{up.stderr}"
     info = json.loads((state / "dev.json").read_text())["controlplane"]
     return LocalCluster(state_dir=state, kubeconfig=Path(info["kubeconfig"]), bin_dir=Path(info["bin_dir"]))

@@ -67,6 +67,7 @@ def test_shadow_without_cold_storage_mounts_no_object_store():
     spec = pod_spec(policy())
     assert "objectstore" not in by_name(spec["volumes"])
     assert "objectstore" not in by_name(by_name(spec["containers"])["shadow"]["volumeMounts"])
+    assert "--objectstore-dir" not in by_name(spec["containers"])["shadow"]["command"]
 
 
 def test_cold_storage_mounts_its_secret_into_the_shadow_only_and_optional():
@@ -78,6 +79,9 @@ def test_cold_storage_mounts_its_secret_into_the_shadow_only_and_optional():
         "name": "objectstore", "mountPath": "/etc/chronoshard/objectstore", "readOnly": True}
     for other in ("node", "cache", "predictor"):
         assert "objectstore" not in by_name(containers[other]["volumeMounts"])
+    # The path is a flag, like every other mount (shadow.json's credentialsDir is only the fallback).
+    command = containers["shadow"]["command"]
+    assert command[command.index("--objectstore-dir") + 1] == "/etc/chronoshard/objectstore"
 
 
 def test_provider_none_gives_the_shadow_no_kek():
@@ -112,7 +116,7 @@ def test_bootstrap_runs_before_the_node_with_its_own_credentials():
     assert init["command"] == [
         "chronoshard-shadow", "bootstrap", "--settings", "/etc/chronoshard/config/bootstrap.json",
         "--data-dir", "/var/lib/chronoshard", "--keyring-dir", "/etc/chronoshard/keyring",
-        "--kek-dir", "/etc/chronoshard/kek"]
+        "--kek-dir", "/etc/chronoshard/kek", "--objectstore-dir", "/etc/chronoshard/objectstore"]
     mounts = by_name(init["volumeMounts"])
     assert mounts["data"]["mountPath"] == "/var/lib/chronoshard" and not mounts["data"].get("readOnly")
     assert mounts["bootstrap-objectstore"]["mountPath"] == "/etc/chronoshard/objectstore"

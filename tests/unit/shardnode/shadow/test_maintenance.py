@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from chronoshard.shardnode.shadow import backup
 from chronoshard.shardnode.shadow.codec import Compressor
 from chronoshard.shardnode.shadow.config import ShadowConfig, parse_settings
 from chronoshard.shardnode.shadow.dictionaries import DictionaryTrainer
 from chronoshard.shardnode.shadow.history import HistoryStore
 from chronoshard.shardnode.shadow.maintenance import Maintenance, pod_shard, shard_cold_settings
-from chronoshard.shardnode.shadow.objectstore import ObjectStore
+from chronoshard.shardnode.shadow.objectstore import ObjectStore, ObjectStoreError
 from chronoshard.shardnode.shadow.sealing import open_version
 
 from tests.support.shadow_history import open_history, put, ring
@@ -96,4 +97,21 @@ def test_the_export_carries_the_dictionaries_its_frames_name_and_a_restore_opens
     restored = {v.key: open_version(R, v.table, v.key, v.lsn, v.frame, restoring)
                 for v in backup.restore_point(store, time=now)}
     assert restored == values
+    history.close()
+
+
+def test_the_objectstore_dir_flag_overrides_the_credentials_dir_of_shadow_json(tmp_path, s3_server):
+    """The pod passes the Secret's mount as --objectstore-dir (the local cluster maps flags, not paths in files)."""
+    now = 1_800_000_000.0
+    history, _ = open_history(tmp_path)
+    history.apply([put(R, 1, now - 2 * DAY, "t", "a", b"a1")])
+    s3_server.write_credentials(tmp_path / "mounted")
+    cold = s3_server.settings()
+    cfg = config(tmp_path, {"endpoint": cold.endpoint, "bucket": cold.bucket, "prefix": cold.prefix,
+                            "forcePathStyle": True, "credentialsDir": str(tmp_path / "not-there")})
+    failing = Maintenance(cfg, history, shard=0)
+    with pytest.raises(ObjectStoreError, match="not-there"):
+        failing.run_once(now)
+    cfg.objectstore_dir = tmp_path / "mounted"
+    assert Maintenance(cfg, history, shard=0).run_once(now + 1)["exported"] >= 1
     history.close()
