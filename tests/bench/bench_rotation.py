@@ -21,8 +21,6 @@ import json
 import os
 import random
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,12 +29,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from chronoshard.devcluster.controlplane import free_port
 from chronoshard.shardnode.client import AsyncClient
 from chronoshard.shardnode.keyspace.partitioning import PartitionMap
 
 from tests.bench.bench_node_write import rewrap_bench
-from tests.e2e.conftest import LocalCluster, dev, is_ready, start_cluster
+from tests.e2e.conftest import LocalCluster, Operator, dev, is_ready, start_cluster
 from tests.support.waiting import wait_for
 
 NS = "bench"
@@ -75,32 +72,6 @@ def value_of(key: str, size: int) -> bytes:
 
 
 # ---- the cluster ----------------------------------------------------------------------------------
-
-
-class Operator:
-    """``chronoshard-operator`` as a process in its own session."""
-
-    def __init__(self, kubeconfig: Path, state: Path) -> None:
-        self.kubeconfig, self.log = kubeconfig, state / "operator-bench.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "chronoshard.operator.main", "--all-namespaces", "--standalone",
-                 "--metrics-port", str(free_port())],
-                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            )
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.send_signal(signal.SIGKILL)
-                self.proc.wait(10)
 
 
 def ready_pods(cluster: LocalCluster, shards: int) -> list[dict[str, Any]]:
@@ -428,7 +399,7 @@ def main() -> None:
     operator: Operator | None = None
     try:
         cluster = start_cluster(state, "--no-operator")
-        operator = Operator(cluster.kubeconfig, state)
+        operator = Operator(cluster.kubeconfig, state, verbose=False, log_name="operator-bench.log")
         operator.start()
         cluster.kubectl("create", "namespace", NS)
         cluster.apply({"apiVersion": "chronoshard.io/v1alpha1", "kind": "ShardSet",

@@ -70,11 +70,13 @@ class LocalCluster:
 class Operator:
     """``chronoshard-operator`` as a process we can kill and restart, with a controllable clock offset."""
 
-    def __init__(self, kubeconfig: Path, state: Path) -> None:
+    def __init__(self, kubeconfig: Path, state: Path, *, verbose: bool = True, log_name: str = "operator-test.log"
+                 ) -> None:
         self.kubeconfig = kubeconfig
         self.clock_file = state / "clock-offset"
         self.clock_file.write_text("0")
-        self.log = state / "operator-test.log"
+        self.log = state / log_name
+        self.verbose = verbose  # benchmarks leave it off: debug logging costs the operator CPU
         self.proc: subprocess.Popen | None = None
         self.starts = 0
         self.metrics_port = free_port()
@@ -85,7 +87,7 @@ class Operator:
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "chronoshard.operator.main", "--all-namespaces", "--standalone",
-                 "--verbose", "--metrics-port", str(self.metrics_port)],
+                 *(["--verbose"] if self.verbose else []), "--metrics-port", str(self.metrics_port)],
                 env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )
         self.starts += 1
