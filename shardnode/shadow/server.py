@@ -79,7 +79,10 @@ class Shadow:
         path = self.cfg.data_dir / DB_NAME
         compression = self.cfg.settings.compression
         compressor = Compressor(level=compression.level, codec=compression.codec)
-        trainer = DictionaryTrainer(compression.dictionary and compression.codec == "zstd")
+        # Not enabled yet, whatever compression.dictionary says: a trained dictionary holds fragments of the
+        # plaintext, and it is stored (and exported) unsealed. It must first be sealed under the table keys and
+        # rewrapped with them (docs/shadow-store.md, "Dictionaries").
+        trainer = DictionaryTrainer(False)
         self.history = await asyncio.to_thread(HistoryStore, path, lambda: self.keys.keyring, compressor, trainer)
         self.plans = await asyncio.to_thread(PlanStore, path)
         self.session = aiohttp.ClientSession(connector=tls.connector(app, limit=64))
