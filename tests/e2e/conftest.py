@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 from chronoshard.devcluster.controlplane import free_port
+
 from tests.support.s3 import s3_server  # noqa: F401  (SeaweedFS for the disaster-recovery test, started on use)
 
 PROBE_SERVER = Path(__file__).resolve().parent / "probe_server.py"
