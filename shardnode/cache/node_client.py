@@ -67,6 +67,11 @@ class NodeClient:
                 if resp.status >= 400:
                     raise await _error(resp)
                 return resp.status, await resp.read(), resp.headers
+        except aiohttp.ClientConnectorError as exc:
+            # No connection, so not a byte of the request reached the node (its pod is being replaced, say):
+            # "sent": false tells our client that sending again is no retry of a request the node has seen.
+            raise UpstreamError(503, {"error": "node_unavailable", "sent": False,
+                                      "message": f"node unreachable: {type(exc).__name__}"}) from None
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise UpstreamError(503, {"error": "node_unavailable",
                                       "message": f"node unreachable: {type(exc).__name__}"}) from None

@@ -88,6 +88,12 @@ def _error_body(payload: bytes) -> dict[str, Any]:
     return doc if isinstance(doc, dict) else {}
 
 
+def _not_sent_to_node(status: int, payload: bytes) -> bool:
+    """A shard pod's cache answered that it could not connect to its node (``"sent": false``): the request
+    never reached the node, like an unreachable pod, so it may be sent again."""
+    return status == 503 and _error_body(payload).get("sent") is False
+
+
 def raise_for(status: int, payload: bytes, url: str, table: str, key: str | None,
               credentials: Credentials | None = None) -> None:
     """Turn a non-2xx answer into the matching client exception (``credentials`` explain a 401)."""
@@ -262,7 +268,9 @@ class AsyncClient:
             try:
                 ep = self._endpoint(shard)
                 status, payload = await self._send(method, ep, path, headers, body, params)
-                return ep, status, payload
+                if not _not_sent_to_node(status, payload) or loop.time() >= deadline:
+                    return ep, status, payload
+                left = deadline - loop.time()
             except Unreachable:
                 left = deadline - loop.time()
                 if left <= 0:

@@ -23,11 +23,13 @@ KEK = os.urandom(32)
 
 
 @contextlib.asynccontextmanager
-async def serve(app: web.Application, ssl_context: ssl.SSLContext | None = None) -> AsyncIterator[str]:
-    """Serve ``app`` on an ephemeral loopback port (HTTPS with ``ssl_context``); yields its base URL."""
+async def serve(app: web.Application, ssl_context: ssl.SSLContext | None = None, port: int = 0
+                ) -> AsyncIterator[str]:
+    """Serve ``app`` on a loopback port (``port``, or an ephemeral one; HTTPS with ``ssl_context``); yields its
+    base URL."""
     runner = web.AppRunner(app, access_log=None, **SERVER_LIMITS)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context)
+    site = web.TCPSite(runner, "127.0.0.1", port, ssl_context=ssl_context)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     try:

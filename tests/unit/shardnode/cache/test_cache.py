@@ -146,6 +146,7 @@ async def test_node_down_is_upstream_error(tmp_path):
         with pytest.raises(UpstreamError) as exc:
             await cache.get("t", "k")
         assert exc.value.status == 503 and exc.value.body["error"] == "node_unavailable"
+        assert exc.value.body["sent"] is False  # no connection: our client may send it again
 
 
 async def test_tail_that_starts_late_drops_what_was_cached_before_it(env):
