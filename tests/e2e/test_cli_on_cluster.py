@@ -35,7 +35,7 @@ def test_put_get_ls_status_by_shardset_name(local_cluster: LocalCluster, e2e_nam
     wait_for(lambda: local_cluster.get("configmap", "cli-ca", e2e_namespace), timeout=30, interval=0.5,
              what="ConfigMap cli-ca")
     data_client_args(local_cluster, e2e_namespace, "cli", ["t"])
-    keys = [f"k{i}" for i in range(12)]
+    keys = [f"k{i}" for i in range(6)]  # each CLI run is a process start and a token request: few keys
     for k in keys:
         put = cli(local_cluster, e2e_namespace, "-s", "cli", "--service-account", "e2e-data", "put", "t", k,
                   "--value", f"value-{k}")
