@@ -7,7 +7,9 @@ scikit-learn. `fit_auto` picks whichever ranks a held-out tail of the log best.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from functools import cache
 from typing import Protocol
 
 import numpy as np
@@ -16,7 +18,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from .features import FEATURE_NAMES, N_FEATURES
 
@@ -101,7 +103,7 @@ class SklearnScorer:
             self._constant = float(y.mean()) if len(y) else 0.0
         else:
             self._constant = None
-            with threadpool_limits(limits=1):
+            with _one_thread():
                 self.model.fit(x, y)
         return self
 
@@ -113,8 +115,20 @@ class SklearnScorer:
         if len(x) == 0:
             return np.zeros(0)
         # One thread: OpenMP start-up costs ~50 ms per call on a busy machine, more than the work itself.
-        with threadpool_limits(limits=1):
+        with _one_thread():
             return self.model.predict_proba(x)[:, 1]
+
+
+@cache
+def _threadpools() -> ThreadpoolController:
+    # Finding the loaded BLAS/OpenMP libraries reads the process's memory map: ~5 ms, more than a prediction, so
+    # once per process (scikit-learn, imported above, has loaded its OpenMP runtime by then).
+    return ThreadpoolController()
+
+
+def _one_thread() -> AbstractContextManager[object]:
+    """Limit BLAS and OpenMP to one thread for a block."""
+    return _threadpools().limit(limits=1)
 
 
 def make_scorer(kind: str) -> StatsScorer | SklearnScorer:
