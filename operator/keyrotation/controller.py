@@ -85,6 +85,12 @@ def _utcnow() -> dt.datetime:
     return now_
 
 
+def _idle_seconds() -> float:
+    """How long an idle KeyRotation sleeps. Under the test clock seam a jump of the clock is no event that wakes
+    the loop, so it looks again every 2 s and a test's jump is acted on at once, not up to 30 s later."""
+    return 2.0 if os.environ.get(CLOCK_OFFSET_ENV) else IDLE_SECONDS
+
+
 # In-process tests may also replace this callable directly.
 CLOCK: Callable[[], dt.datetime] = _utcnow
 
@@ -349,7 +355,7 @@ async def _transition(r: Rotation) -> Step:
     """Keep the old versions until the transition period ends."""
     end = plan.parse_time(r.st.status.get("transitionEndTime")) or now()
     if now() < end:
-        r.st.delay = min(IDLE_SECONDS, max(POLL_SECONDS, (end - now()).total_seconds()))
+        r.st.delay = min(_idle_seconds(), max(POLL_SECONDS, (end - now()).total_seconds()))
         return r.waiting("TransitionPeriod", f"old key versions stay until {plan.format_time(end)}")
     r.st.phase(Phase.VERIFYING, "Transition period over; verifying that no block uses an old key version")
     return r.st
@@ -504,7 +510,8 @@ def _rest(st: Step, gen: int) -> Step:
     if not any(c.get("type") == "Ready" for c in st.status.get("conditions") or []):
         st.condition("Ready", True, "Idle", "no rotation due", gen)
     nxt = plan.parse_time(st.status.get("nextScheduleTime"))
-    st.delay = IDLE_SECONDS if nxt is None else min(IDLE_SECONDS, max(0.5, (nxt - now()).total_seconds()))
+    idle = _idle_seconds()
+    st.delay = idle if nxt is None else min(idle, max(0.5, (nxt - now()).total_seconds()))
     return st
 
 

@@ -24,3 +24,15 @@ def test_an_unreachable_shadow_is_named():
     st = Step({})
     _record_shards(st, [rep(0, "node", {2: 1}), rep(0, "shadow", reachable=False)], 1, 2)
     assert st.status["shards"][0]["message"] == "shadow unreachable: refused"
+
+
+def test_an_idle_rotation_looks_again_soon_only_under_the_test_clock(monkeypatch, tmp_path):
+    from chronoshard.operator.keyrotation.controller import CLOCK_OFFSET_ENV, IDLE_SECONDS, _rest
+
+    monkeypatch.delenv(CLOCK_OFFSET_ENV, raising=False)
+    assert _rest(Step({}), 1).delay == IDLE_SECONDS == 30.0
+    offset = tmp_path / "offset"
+    offset.write_text("0")
+    monkeypatch.setenv(CLOCK_OFFSET_ENV, str(offset))
+    # A test's jump of the clock wakes nothing, so the idle loop must come back within seconds to see it.
+    assert _rest(Step({}), 1).delay == 2.0
