@@ -114,6 +114,7 @@ class Node:
         self.key_cache = (KeyCache(EmbeddedKeyProvider(cfg.kek_dir, cfg.keyring_dir), cfg.key_cache_size)
                           if cfg.kek_dir is not None else None)
         self.metrics.watch_key_cache(lambda: self.key_cache.stats() if self.key_cache is not None else None)
+        self.metrics.watch_commits(lambda: (self.store.commits, self.store.committed_jobs) if self.store else None)
         self.keys = KeyringWatcher(cfg.keyring_dir, on_reload=self.metrics.keyring.observe,
                                    table_keys=self.key_cache, kek_dir=cfg.kek_dir)
         self.settings = SettingsWatcher(cfg.settings_path, self._apply_settings, self.metrics.settings.observe)

@@ -45,6 +45,33 @@ class KeyCacheCollector:
                                 value=st.get("capacity", 0))
 
 
+class CommitCollector:
+    """Exports the store's group-commit counters at scrape time: transactions committed and the jobs (writes,
+    deletes, rewrap batches, slot changes) they held; jobs / commits is the mean group size.
+
+    ``counts`` returns (commits, jobs) or None while the store is not open: zeros then.
+    """
+
+    def __init__(self, process: str, counts: Callable[[], tuple[int, int] | None]) -> None:
+        self.process, self.counts = process, counts
+
+    def describe(self) -> list[Metric]:
+        """Names only (so registering does not call ``counts``)."""
+        return list(self._families((0, 0)))
+
+    def collect(self) -> Iterator[Metric]:
+        """Current values."""
+        yield from self._families(self.counts() or (0, 0))
+
+    def _families(self, counts: tuple[int, int]) -> Iterator[Metric]:
+        p = self.process
+        yield CounterMetricFamily(f"chronoshard_{p}_store_commits", "Store transactions committed (each one fsync)",
+                                  value=counts[0])
+        yield CounterMetricFamily(f"chronoshard_{p}_store_committed_jobs",
+                                  "Write jobs in those transactions (group commit: many per transaction)",
+                                  value=counts[1])
+
+
 class KeyringMetrics:
     """Keyring reload outcomes (labels and values never carry key material)."""
 
@@ -122,6 +149,10 @@ class NodeMetrics:
     def watch_key_cache(self, stats: Callable[[], dict[str, Any] | None]) -> None:
         """Export the key cache's counters (chronoshard_node_key_*)."""
         self.registry.register(KeyCacheCollector("node", stats))
+
+    def watch_commits(self, counts: Callable[[], tuple[int, int] | None]) -> None:
+        """Export the store's group-commit counters (chronoshard_node_store_commits, _committed_jobs)."""
+        self.registry.register(CommitCollector("node", counts))
 
 
 class CacheMetrics:
