@@ -143,6 +143,8 @@ class ControlPlane:
     audit_policy: dict | None = None
     bin_dir: Path | None = None
     extra_apiserver_args: Sequence[str] = ()
+    # A /24 holds about 250 ClusterIP Services; a benchmark with one Service per ShardSet at 1,000 passes a wider one.
+    service_cluster_ip_range: str = "10.96.0.0/24"
     server: str = ""
     token: str = ""
     _procs: list[_Proc] = field(default_factory=list)
@@ -217,7 +219,7 @@ class ControlPlane:
             f"--cert-dir={cert_dir}",
             f"--token-auth-file={tokens}",
             "--authorization-mode=RBAC",
-            "--service-cluster-ip-range=10.96.0.0/24",
+            f"--service-cluster-ip-range={self.service_cluster_ip_range}",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-account-key-file={sa_pub}",
             f"--service-account-signing-key-file={sa_priv}",

@@ -15,6 +15,7 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from .metrics import count_api_request
 from .naming import GROUP, MANAGER, VERSION
 
 # (apiVersion, kind) → (path prefix, plural) for the kinds the operator reads or writes.
@@ -80,8 +81,22 @@ def object_path(api_version: str, kind: str, namespace: str, name: str | None = 
     return f"{path}/{name}" if name else path
 
 
+def _request_labels(method: str, path: str) -> tuple[str, str]:
+    """(verb, resource) of a request for the request counter: a GET of a collection is a LIST; the resource is the
+    plural (with ``/status`` for the subresource), or ``discovery`` for a group's own path."""
+    parts = [p for p in path.split("/") if p]
+    rest = parts[2:] if parts[:1] == ["api"] else parts[3:]
+    if rest[:1] == ["namespaces"] and len(rest) > 2:
+        rest = rest[2:]
+    if not rest:
+        return method, "discovery"
+    resource = rest[0] + ("/" + rest[2] if len(rest) > 2 else "")
+    return ("LIST" if method == "GET" and len(rest) == 1 else method), resource
+
+
 def _call(method: str, path: str, body: Any = None, content_type: str | None = None,
           query: list[tuple[str, str]] | None = None) -> Any:
+    count_api_request(*_request_labels(method, path))
     api = api_client()
     headers = {"Accept": "application/json"}
     if content_type:

@@ -25,6 +25,12 @@ MANAGED = Gauge(
     "Custom objects this operator process currently manages, by kind",
     ["kind"],
 )
+API_REQUESTS = Counter(
+    "chronoshard_operator_api_requests_total",
+    "Requests the operator's own Kubernetes client sent (not Kopf's watches, patches and events), by verb and "
+    "resource; divided by chronoshard_operator_reconciles_total it is the API cost of a reconcile",
+    ["verb", "resource"],
+)
 ROTATIONS = Counter(
     "chronoshard_keyrotation_rotations_total",
     "Key rotations that ended, by reason (scheduled, manual, compromise, ...) and outcome",
@@ -68,6 +74,11 @@ def observe_reconcile(kind: str, outcome: str, seconds: float) -> None:
     """Count one reconcile of ``kind`` with its outcome and duration."""
     RECONCILES.labels(kind=kind, outcome=outcome).inc()
     RECONCILE_SECONDS.labels(kind=kind).observe(seconds)
+
+
+def count_api_request(verb: str, resource: str) -> None:
+    """Count one request of the operator's own client (``GET``/``LIST``/``PATCH``/... on a resource plural)."""
+    API_REQUESTS.labels(verb=verb, resource=resource).inc()
 
 
 def record_error(kind: str, reason: str) -> None:
