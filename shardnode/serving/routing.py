@@ -66,6 +66,10 @@ MISDIRECTED = Counter("chronoshard_misdirected_total", "Requests answered 421 (k
 FORWARDED = Counter(
     "chronoshard_forwarded_total", "Requests forwarded to the owning shard's cache", ["outcome"]
 )
+# Bound once: a forwarded request counts its outcome without a labels() lookup.
+FORWARDED_OK = FORWARDED.labels("ok")
+FORWARDED_REFUSED = FORWARDED.labels("refused")
+FORWARDED_UNAVAILABLE = FORWARDED.labels("unavailable")
 
 # Fallback for unmatched routes (404s) so a wrong path on the wrong shard still names the owner.
 _KEY_PATH = re.compile(r"^/v1/tables/(?P<table>[^/]+)/(?:blocks|frames)/(?P<key>.+)$")
@@ -73,8 +77,16 @@ _POD_ORDINAL = re.compile(r"^(?P<shardset>.+)-(?P<ordinal>\d+)$")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-# Where an app may keep one pooled ClientSession for forwarding (see forward_session_ctx).
+# Where an app that forwards keeps its one pooled ClientSession (see forward_session_ctx).
 FORWARD_SESSION = web.AppKey("chronoshard_forward_session", aiohttp.ClientSession)
+# The forwarding pool: connections to a peer stay open between requests (no handshake per request); at most
+# FORWARD_CONNECTIONS_PER_PEER are open to one peer at once (a forward beyond them waits for one to come free,
+# within its timeout). Idle ones are closed after FORWARD_KEEPALIVE_SECONDS, before aiohttp's server closes its
+# side (75 s), so a forward never picks a connection the peer is just closing.
+FORWARD_CONNECTIONS_PER_PEER = 64
+FORWARD_CONNECTIONS = 256
+FORWARD_KEEPALIVE_SECONDS = 60.0
+DEFAULT_FORWARD_TIMEOUT = aiohttp.ClientTimeout(total=10.0)
 
 
 def shard_index_from_pod_name(pod_name: str) -> int:
@@ -289,10 +301,11 @@ async def forward(
     owner_url: str,
     epoch: int,
     *,
-    session: aiohttp.ClientSession | None = None,
-    timeout: float = 10.0,
+    session: aiohttp.ClientSession,
+    timeout: aiohttp.ClientTimeout = DEFAULT_FORWARD_TIMEOUT,
 ) -> web.Response:
-    """Send ``request`` once to ``owner_url`` (same method, path, query, body) marked as forwarded.
+    """Send ``request`` once to ``owner_url`` (same method, path, query, body) marked as forwarded, over
+    ``session``'s pooled connections (``forward_session``).
 
     Answers 503 ``{"error": "unavailable"}`` if the owner cannot be reached; never retries.
     """
@@ -302,26 +315,19 @@ async def forward(
     body = await request.read()
     # raw_path_qs keeps percent-encoding (a key may contain "/" or spaces), so the owner sees the same URL.
     url = URL(owner_url.rstrip("/") + request.rel_url.raw_path_qs, encoded=True)
-    own = session is None
-    sess = session or aiohttp.ClientSession()
     try:
-        async with sess.request(
-            request.method, url, data=body or None, headers=headers,
-            timeout=aiohttp.ClientTimeout(total=timeout), allow_redirects=False,
-        ) as resp:
+        async with session.request(request.method, url, data=body or None, headers=headers, timeout=timeout,
+                                   allow_redirects=False) as resp:
             payload = await resp.read()
             out_headers = {k: v for k, v in resp.headers.items() if k.lower() not in _HOP_HEADERS}
-            FORWARDED.labels("ok" if resp.status != 421 else "refused").inc()
+            (FORWARDED_OK if resp.status != 421 else FORWARDED_REFUSED).inc()
             return web.Response(status=resp.status, body=payload, headers=out_headers)
     except (aiohttp.ClientError, TimeoutError) as exc:
-        FORWARDED.labels("unavailable").inc()
+        FORWARDED_UNAVAILABLE.inc()
         return web.json_response(
             {"error": "unavailable", "message": f"owner at {owner_url} unreachable: {type(exc).__name__}"},
             status=503,
         )
-    finally:
-        if own:
-            await sess.close()
 
 
 def _table_key(request: web.Request) -> tuple[str, str] | None:
@@ -342,9 +348,10 @@ def ownership_middleware(
 ) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
     """aiohttp middleware refusing (421) or, with ``peers``, forwarding requests for keys not owned.
 
-    With ``peers`` the middleware reuses ``app[FORWARD_SESSION]`` if the app keeps one there (see
-    ``forward_session_ctx``), else opens a session per forwarded request.
+    With ``peers`` the app must keep its pooled session in ``app[FORWARD_SESSION]``
+    (``app.cleanup_ctx.append(forward_session_ctx)``): a forward never opens a session of its own.
     """
+    client_timeout = aiohttp.ClientTimeout(total=timeout)
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -368,8 +375,8 @@ def ownership_middleware(
             return await handler(request)
         if peers is None or forwarded is not None:
             return misdirected_response(Misdirection(table, key, owner, pmap.epoch))
-        session = request.app.get(FORWARD_SESSION)
-        return await forward(request, peers(owner), pmap.epoch, session=session, timeout=timeout)
+        return await forward(request, peers(owner), pmap.epoch, session=request.app[FORWARD_SESSION],
+                             timeout=client_timeout)
 
     return middleware
 
@@ -389,10 +396,18 @@ def partitions_handler(source: PartitionMapSource) -> Handler:
     return handler
 
 
+def forward_session(app: web.Application) -> aiohttp.ClientSession:
+    """The pooled session for forwarded requests: persistent, bounded connections to each peer (presenting the
+    pod's certificate and reusing TLS connections when TLS is installed), and no cookie jar, so nothing one
+    caller's answer set is ever sent along with another caller's request."""
+    connector = tls.connector(app, limit=FORWARD_CONNECTIONS, limit_per_host=FORWARD_CONNECTIONS_PER_PEER,
+                              keepalive_timeout=FORWARD_KEEPALIVE_SECONDS)
+    return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
+
+
 async def forward_session_ctx(app: web.Application) -> AsyncIterator[None]:
-    """``app.cleanup_ctx.append(forward_session_ctx)``: one pooled ClientSession for forwarding (presenting
-    the pod's certificate to the peers when TLS is installed)."""
-    app[FORWARD_SESSION] = aiohttp.ClientSession(connector=tls.connector(app))
+    """``app.cleanup_ctx.append(forward_session_ctx)``: open the app's ``forward_session`` while it runs."""
+    app[FORWARD_SESSION] = forward_session(app)
     yield
     await app[FORWARD_SESSION].close()
 

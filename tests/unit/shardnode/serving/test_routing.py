@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from pathlib import Path
@@ -318,6 +319,95 @@ async def test_unreachable_owner_answers_503():
         url = f"http://127.0.0.1:{srv.port}/v1/tables/t/blocks/{key_for_shard(m, 1)}"
         status, body, _ = await _req("GET", url)
         assert status == 503 and b"unavailable" in body
+
+
+async def _forwarding_pair(peer_get):
+    """Shard 0's forwarding app in front of a bare peer serving shard 1's keys with ``peer_get``."""
+    m = initial_map(2)
+    peer_app = web.Application()
+    peer_app.router.add_get("/v1/tables/{table}/blocks/{key:.+}", peer_get)
+    peer = TestServer(peer_app, host="127.0.0.1")
+    await peer.start_server()
+    front = TestServer(make_app(PartitionMapSource.from_map(m), 0,
+                                peers=PeerURLs(urls=["http://127.0.0.1:1", f"http://localhost:{peer.port}"])),
+                       host="127.0.0.1")
+    await front.start_server()
+    return m, peer, front
+
+
+async def test_forwarded_requests_reuse_one_connection():
+    # Each forwarded request arrives at the peer from a client port: one port for all means one connection,
+    # kept open between requests (no connection, and with TLS no handshake, per request).
+    ports: list[int] = []
+
+    async def peer_get(request: web.Request) -> web.Response:
+        ports.append(request.transport.get_extra_info("peername")[1])
+        return web.Response(body=b"v")
+
+    m, peer, front = await _forwarding_pair(peer_get)
+    try:
+        async with aiohttp.ClientSession() as s:
+            for i in range(20):
+                url = f"http://127.0.0.1:{front.port}/v1/tables/t/blocks/{key_for_shard(m, 1, start=i * 100)}"
+                async with s.get(url) as r:
+                    assert (r.status, await r.read()) == (200, b"v")
+        assert len(ports) == 20 and len(set(ports)) == 1
+    finally:
+        await front.close()
+        await peer.close()
+
+
+async def test_forwarding_connections_per_peer_are_bounded(monkeypatch):
+    from chronoshard.shardnode.serving import routing
+
+    monkeypatch.setattr(routing, "FORWARD_CONNECTIONS_PER_PEER", 3)
+    in_flight, most, ports = 0, 0, set()
+
+    async def peer_get(request: web.Request) -> web.Response:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        ports.add(request.transport.get_extra_info("peername")[1])
+        await asyncio.sleep(0.01)  # hold the connection so the next forwards must wait for it
+        in_flight -= 1
+        return web.Response(body=b"v")
+
+    m, peer, front = await _forwarding_pair(peer_get)
+    try:
+        async with aiohttp.ClientSession() as s:
+            async def get(i: int) -> int:
+                url = f"http://127.0.0.1:{front.port}/v1/tables/t/blocks/{key_for_shard(m, 1, start=i * 100)}"
+                async with s.get(url) as r:
+                    return r.status
+
+            assert await asyncio.gather(*(get(i) for i in range(12))) == [200] * 12
+        # Twelve at once reached the peer over at most three connections, at most three at a time.
+        assert most <= 3 and len(ports) <= 3
+    finally:
+        await front.close()
+        await peer.close()
+
+
+async def test_forwarding_keeps_no_cookies():
+    # A cookie in one caller's answer must never ride along with another caller's forwarded request.
+    cookies: list[str | None] = []
+
+    async def peer_get(request: web.Request) -> web.Response:
+        cookies.append(request.headers.get("Cookie"))
+        resp = web.Response(body=b"v")
+        resp.set_cookie("session", "caller-a")
+        return resp
+
+    m, peer, front = await _forwarding_pair(peer_get)
+    try:
+        for i in range(2):
+            url = f"http://127.0.0.1:{front.port}/v1/tables/t/blocks/{key_for_shard(m, 1, start=i * 100)}"
+            status, _, _ = await _req("GET", url)
+            assert status == 200
+        assert cookies == [None, None]
+    finally:
+        await front.close()
+        await peer.close()
 
 
 def test_partition_setup_from_flags_or_pod_name(tmp_path, monkeypatch):
