@@ -13,6 +13,17 @@ Rows: a single node (the baseline); 3 shards with the client routing straight to
 straight to the owning cache; and the same caches with every request sent to shard 0's cache, which
 forwards keys it does not own (the client-Service path). Gets through caches are mostly hits, since
 the cache keeps the value it wrote through.
+
+Then the forwarding comparison of issue #21 ("GET through a cache that forwards to the owner ÷ direct to
+the owner"), on the same caches and keys, the set-ups alternated for ``--rounds`` rounds (the machine is
+shared, so one pass each would compare two different moments) and the median printed:
+
+* direct to the owner's cache: the baseline;
+* via one cache: everything to shard 0's cache, which forwards the two thirds it does not own. All
+  client-facing work lands in one process, while the baseline spreads it over three;
+* every get forwarded, spread: each get sent to the cache after its owner's, so every get takes exactly
+  one extra hop and each cache takes a third of the load, as the baseline's do. This is the per-request
+  price of a forward without the load concentration.
 """
 
 from __future__ import annotations
@@ -29,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from chronoshard.shardnode.client import AsyncClient
-from chronoshard.shardnode.keyspace.partitioning import initial_map
+from chronoshard.shardnode.keyspace.partitioning import PartitionMap, initial_map
 
 from tests.integration.client.shards import ShardCaches, ShardNodes
 
@@ -93,6 +104,11 @@ class Figures:
         return s[min(len(s) - 1, int(q * len(s)))] * 1000
 
 
+def median(values: list[float]) -> float:
+    s = sorted(values)
+    return (s[(len(s) - 1) // 2] + s[len(s) // 2]) / 2
+
+
 async def drive(calls: list[Callable[[], Awaitable[object]]], concurrency: int,
                 budget: float) -> Figures:
     """Run calls with ``concurrency`` workers; stops early when ``budget`` seconds are used up."""
@@ -122,10 +138,49 @@ async def measure(client: AsyncClient, w: Workload, args: argparse.Namespace,
     return puts, gets
 
 
+async def forwarding_rounds(pmap: PartitionMap, urls: list[str], w: Workload, args: argparse.Namespace,
+                            table: str) -> dict[str, list[Figures]]:
+    """Gets of ``table`` (already written) per set-up, the set-ups alternated round by round."""
+    direct = AsyncClient(pmap, urls)
+    via = [AsyncClient.via_service(u) for u in urls]
+    owner = {k: pmap.shard_of(table, k) for k in w.gets}
+    setups: dict[str, Callable[[str], Awaitable[object]]] = {
+        "direct to the owner's cache": lambda k: direct.get(table, k),
+        "via one cache": lambda k: via[0].get(table, k),
+        "every get forwarded, spread": lambda k: via[(owner[k] + 1) % len(urls)].get(table, k),
+    }
+    out: dict[str, list[Figures]] = {name: [] for name in setups}
+    try:
+        for _ in range(args.rounds):
+            for name, get in setups.items():
+                out[name].append(await drive([lambda k=k, get=get: get(k) for k in w.gets], args.concurrency,
+                                             args.budget))
+    finally:
+        for c in (direct, *via):
+            await c.close()
+    return out
+
+
+def print_forwarding(rounds: dict[str, list[Figures]]) -> None:
+    names = list(rounds)
+    base = rounds[names[0]]
+    print(f"\nGET through a forwarding cache ÷ direct to the owner (same caches and keys, {len(base)} rounds "
+          "alternated, median; goal: >= 0.7 and p99 <= 2x)")
+    print(f"{'set-up':28} {'get/s':>7} {'÷ direct':>8} {'p50 ms':>7} {'p99 ms':>7} {'p99 ×':>6}  per round ÷ direct")
+    for name in names:
+        figs = rounds[name]
+        ratios = [f.rate / b.rate for f, b in zip(figs, base, strict=True)]
+        p99s = [f.pct(0.99) / b.pct(0.99) for f, b in zip(figs, base, strict=True)]
+        print(f"{name:28} {median([f.rate for f in figs]):7.0f} {median(ratios):8.2f} "
+              f"{median([f.pct(0.5) for f in figs]):7.2f} {median([f.pct(0.99) for f in figs]):7.2f} "
+              f"{median(p99s):6.2f}  " + " ".join(f"{r:.2f}" for r in ratios))
+
+
 async def main_async(args: argparse.Namespace) -> None:
     w = from_trace(Path(args.data), args.ops) if args.data else synthetic(args.ops)
     root = Path(tempfile.mkdtemp(prefix="chronoshard-bench-"))
     rows: list[tuple[str, Figures, Figures]] = []
+    forwarding: dict[str, list[Figures]] = {}
     try:
         single = ShardNodes(root / "single", initial_map(1))
         try:
@@ -148,6 +203,8 @@ async def main_async(args: argparse.Namespace) -> None:
                     rows.append(("3 shards, via one cache", *await measure(c, w, args, "bench3")))
                 finally:
                     await c.close()
+                forwarding = await forwarding_rounds(initial_map(3), caches.urls, w, args, "bench3") \
+                    if args.rounds else {}
             finally:
                 caches.stop()
         finally:
@@ -162,6 +219,8 @@ async def main_async(args: argparse.Namespace) -> None:
         for op, f, base in (("put", p, base_put), ("get", g, base_get)):
             print(f"{name:28} {op:4} {f.ops:6d} {f.rate:9.0f} {f.rate / base.rate:7.2f} "
                   f"{f.pct(0.50):8.2f} {f.pct(0.99):8.2f}")
+    if forwarding:
+        print_forwarding(forwarding)
 
 
 def main() -> None:
@@ -170,6 +229,8 @@ def main() -> None:
     p.add_argument("--ops", type=int, default=3000, help="puts and gets per set-up (default 3000)")
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--budget", type=float, default=60.0, help="max seconds per phase")
+    p.add_argument("--rounds", type=int, default=5,
+                   help="rounds of the alternated forwarding comparison (0: skip it)")
     asyncio.run(main_async(p.parse_args()))
 
 
