@@ -53,12 +53,15 @@ from .plan import Phase
 KIND = "KeyRotation"
 PLURAL = "keyrotations"
 LOCK_ANNOTATION = "chronoshard.io/rotation-lock"
-POLL_SECONDS = 1.0  # while a rotation is in progress
+POLL_SECONDS = 1.0  # while a rotation is in progress and the processes cannot be long-polled
+MIN_PASS_SECONDS = 0.05  # between two passes of the same phase, whatever the long-poll did
 IDLE_SECONDS = 30.0  # otherwise (a trigger wakes the loop earlier)
-# A routine rotation rewraps in the background, pausing between batches so client traffic keeps priority;
-# a threat rotation rewraps in large batches with no pause.
+# A routine rotation rewraps in the background: the node paces it by its own client traffic (full speed when
+# idle, short batches and pauses when busy: shardnode/node/pacing.py), so no pause is sent. A shadow's history
+# rewrap keeps a fixed pause. A threat rotation rewraps in large batches with no pause.
 BATCH_NORMAL = 256
-PAUSE_NORMAL = 0.05
+PAUSE_NORMAL: float | None = None
+PAUSE_NORMAL_SHADOW = 0.05
 BATCH_URGENT = 2000
 PAUSE_URGENT = 0.0
 THREAT_REASONS = ("compromise", "suspected-compromise")
@@ -181,13 +184,36 @@ async def step(body: Mapping[str, Any]) -> Step:
     if rotation is None:
         return st
     if phase is Phase.DISTRIBUTING:
-        return await _distributing(rotation)
-    await _probe(rotation)
+        return _hand_off(await _distributing(rotation), phase, 0.0)
     handler = _PROBED_PHASES.get(phase) if phase is not None else None
-    if handler is None:
+    if handler is None or phase is None:
         st.condition("Ready", False, "UnknownPhase", f"unknown phase {status.get('phase')!r}", gen)
         return st
-    return await handler(rotation)
+    started = asyncio.get_running_loop().time()
+    await _probe(rotation, _report_wait(phase, rotation))
+    probed = asyncio.get_running_loop().time() - started
+    return _hand_off(await handler(rotation), phase, probed)
+
+
+def _report_wait(phase: Phase, r: Rotation) -> probe.ReportWait | None:
+    """What the probe of ``phase`` waits for: the phase's hand-off happens when a report shows it, not a poll later.
+    The keyring generation the phase waits for, or (Rewrapping) the end of the runs it started."""
+    if phase in (Phase.AWAITING_LOAD, Phase.AWAITING_PROMOTION, Phase.RETIRING):
+        target = int(r.st.status.get("targetGeneration") or 0)
+        return probe.ReportWait(generation=target) if target else None
+    if phase is Phase.REWRAPPING:
+        return probe.ReportWait(rewrap=True)
+    return None
+
+
+def _hand_off(st: Step, phase: Phase, probed: float) -> Step:
+    """How soon to look again: at once after a phase change; after a long-poll that waited, at once too (it was
+    the wait); otherwise (a process answered without waiting: an older one, or unreachable) the poll interval."""
+    if st.status.get("phase") != phase.value:
+        st.delay = 0.0
+    elif st.delay == POLL_SECONDS:
+        st.delay = max(MIN_PASS_SECONDS, POLL_SECONDS - probed)
+    return st
 
 
 @dataclass
@@ -247,11 +273,11 @@ async def _read_rotation(body: Mapping[str, Any], spec: KeyRotationSpec, st: Ste
     return Rotation(body, spec, st, gen, secret, manifest, expected, to_v, from_v)
 
 
-async def _probe(r: Rotation) -> None:
+async def _probe(r: Rotation, wait: probe.ReportWait | None = None) -> None:
     """Ask every expected shard's node and cache what they have loaded, and record it per shard."""
     pods = await asyncio.to_thread(shard_pods, r.ns, r.shardset)
     r.pods = {s: p for s, p in pods.items() if s < r.expected}
-    r.reports = await probe.collect_reports(r.pods)
+    r.reports = await probe.collect_reports(r.pods, wait)
     r.target = int(r.st.status.get("targetGeneration") or 0)
     _record_shards(r.st, r.reports, r.expected, r.to_v)
 
@@ -345,7 +371,7 @@ async def _rewrapping(r: Rotation) -> Step:
     history = plan.old_data(r.reports, r.to_v, SHADOW)
     errors = await probe.start_rewrap({s: p for s, p in r.pods.items() if counts.get(s, 1) > 0}, batch, pause)
     shadow_errors = await probe.start_rewrap({s: p for s, p in r.pods.items() if history.get(s, 0) > 0},
-                                             batch, pause, role=SHADOW)
+                                             batch, PAUSE_URGENT if r.urgent else PAUSE_NORMAL_SHADOW, role=SHADOW)
     failed = [f"shard {s}: {e}" for s, e in errors.items() if e]
     failed += [f"shard {s} shadow: {e}" for s, e in shadow_errors.items() if e]
     return r.waiting("Rewrapping", done.message + (f"; cannot start rewrap on {', '.join(failed)}" if failed else ""))

@@ -13,6 +13,7 @@ from chronoshard.shardnode.keys.crypto import IntegrityError, open_block, seal_b
 from chronoshard.shardnode.keys.keyring import Keyring, MissingKeyVersion
 
 from . import changelog
+from .pacing import ForegroundGauge, Pace, next_pace
 from .store import Store, get_meta, set_meta, version_counts
 
 log = logging.getLogger(__name__)
@@ -48,9 +49,11 @@ def start_in_txn(conn: sqlite3.Connection, keyring: Keyring, batch_size: int,
     return st
 
 
-def batch_in_txn(conn: sqlite3.Connection, keyring: Keyring, frames: bool = False) -> dict[str, Any]:
+def batch_in_txn(conn: sqlite3.Connection, keyring: Keyring, frames: bool = False,
+                 limit: int | None = None) -> dict[str, Any]:
     """Rewrap one batch after the cursor and persist the new cursor in the same transaction; ``frames``: each
-    change entry carries the block's new frame (consumers exist)."""
+    change entry carries the block's new frame (consumers exist); ``limit``: this batch's size (default: the
+    run's ``batchSize``; adaptive pacing passes smaller ones while clients are active)."""
     st = load_state(conn)
     if st["state"] != "running":
         return st
@@ -58,10 +61,11 @@ def batch_in_txn(conn: sqlite3.Connection, keyring: Keyring, frames: bool = Fals
         # The primary moved on mid-run (another rotation): start over towards the new primary.
         st |= {"target": keyring.primary, "cursor": None, "passes": st["passes"] + 1}
     cur = st["cursor"] or ["", ""]
+    batch_size = limit or st["batchSize"]
     rows = conn.execute(
         "SELECT id, tbl, key, key_version, size, checksum, frame FROM blocks "
         "WHERE (tbl, key) > (?, ?) AND key_version != ? ORDER BY tbl, key LIMIT ?",
-        (cur[0], cur[1], st["target"], st["batchSize"]),
+        (cur[0], cur[1], st["target"], batch_size),
     ).fetchall()
     changes: list[tuple[float, str, str, str, int, int, bytes | None, bytes | None]] = []
     updates: list[tuple[bytes, int, int]] = []
@@ -94,7 +98,7 @@ def batch_in_txn(conn: sqlite3.Connection, keyring: Keyring, frames: bool = Fals
         st["rewrapped"] += len(updates)
     if rows:
         st["cursor"] = [rows[-1][1], rows[-1][2]]
-    if len(rows) < st["batchSize"]:
+    if len(rows) < batch_size:
         st["state"] = "done"
         st["finished"] = time.time()
     set_meta(conn, META_KEY, st)
@@ -110,11 +114,17 @@ def progress(conn: sqlite3.Connection) -> dict[str, Any]:
 
 
 class RewrapRunner:
-    """Drives batches from the event loop so reads and writes keep flowing between them."""
+    """Drives batches from the event loop so reads and writes keep flowing between them.
 
-    def __init__(self, store: Store, pause: float = 0.0) -> None:
+    The pause between batches is the run's ``pauseSeconds`` if the request gave one (a threat rotation: 0), else
+    the node's configured ``pause``; if that is None too, the pace adapts to the foreground (pacing.py).
+    """
+
+    def __init__(self, store: Store, pause: float | None = 0.0, gauge: ForegroundGauge | None = None) -> None:
         self.store = store
         self.pause = pause
+        self.gauge = gauge
+        self.pace: Pace | None = None  # the adaptive pace of the batch in progress (GET /v1/rewrap shows it)
         self._task: asyncio.Task[None] | None = None
         self.on_batch: list[Any] = []
 
@@ -142,10 +152,21 @@ class RewrapRunner:
             self._task = asyncio.create_task(self._loop(), name="rewrap")
 
     async def _loop(self) -> None:
+        if self.gauge is not None:
+            self.gauge.rewrap_running = True
+        try:
+            await self._batches()
+        finally:
+            self.pace = None
+            if self.gauge is not None:
+                self.gauge.rewrap_running = False
+
+    async def _batches(self) -> None:
         while True:
+            limit = self.pace.batch if self.pace is not None else None
             try:
                 ring = self.store.current_keyring()
-                st = await self.store.write(self._batch_job(ring))
+                st, took, blocks = await self.store.write(self._batch_job(ring, limit))
             except Exception:
                 log.exception("rewrap batch failed; retrying")
                 await asyncio.sleep(1.0)
@@ -155,12 +176,37 @@ class RewrapRunner:
             if st["state"] != "running":
                 log.info("rewrap %s: %d rewrapped, %d failed", st["state"], st["rewrapped"], st["failed"])
                 return
-            pause = st.get("pauseSeconds")
-            await asyncio.sleep(self.pause if pause is None else pause)
+            await asyncio.sleep(self._pause_after(st, took, blocks))
 
-    def _batch_job(self, ring: Keyring) -> Callable[[sqlite3.Connection], dict[str, Any]]:
+    def _pause_after(self, st: dict[str, Any], took: float, blocks: int) -> float:
+        pause = st.get("pauseSeconds")
+        if pause is None:
+            pause = self.pause
+        if pause is not None or self.gauge is None:
+            self.pace = None
+            return pause or 0.0
+        prev = self.pace or Pace(st["batchSize"], 0.0, 1.0, False)
+        self.pace = next_pace(prev, self.gauge.sample(), took, blocks, st["batchSize"], self.gauge.settings)
+        return self.pace.pause
+
+    def _batch_job(self, ring: Keyring, limit: int | None
+                   ) -> Callable[[sqlite3.Connection], tuple[dict[str, Any], float, int]]:
         # The frames flag is read when the job runs in the writer, so a slot registered meanwhile is honoured.
-        return lambda conn: batch_in_txn(conn, ring, self.store.frames_enabled)
+        # The batch times itself inside the writer: queueing behind client writes is not the batch's cost.
+        def job(conn: sqlite3.Connection) -> tuple[dict[str, Any], float, int]:
+            t0 = time.perf_counter()
+            before = load_state(conn)
+            st = batch_in_txn(conn, ring, self.store.frames_enabled, limit)
+            blocks = st["rewrapped"] + st["failed"] - before["rewrapped"] - before["failed"]
+            return st, time.perf_counter() - t0, blocks
+        return job
+
+    def describe_pace(self) -> dict[str, Any] | None:
+        """The adaptive pace now (None when the run is not adaptive or not running)."""
+        p = self.pace
+        if p is None or not self.running:
+            return None
+        return {"batch": p.batch, "pauseSeconds": round(p.pause, 4), "duty": round(p.duty, 3), "busy": p.busy}
 
     async def stop(self) -> None:
         """Cancel the loop (the persisted cursor lets the next start resume)."""

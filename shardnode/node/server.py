@@ -17,6 +17,7 @@ from chronoshard.shardnode.auth.policy import Access
 from chronoshard.shardnode.keys.crypto import CompromisedVersion, IntegrityError, open_block
 from chronoshard.shardnode.keys.keyring import KeyringWatcher, MissingKeyVersion
 from chronoshard.shardnode.keys.provider import EmbeddedKeyProvider, KeyCache, key_cache_size_setting
+from chronoshard.shardnode.serving import keywait
 from chronoshard.shardnode.serving.http_common import (
     ApiError,
     bool_query,
@@ -39,6 +40,7 @@ from chronoshard.shardnode.serving.scaffold import (
 from chronoshard.shardnode.serving.settings_watch import SettingsWatcher
 
 from . import changelog, consumers, rewrap, stream_api
+from .pacing import ForegroundGauge
 from .store import (
     NoKeyring,
     PreconditionFailed,
@@ -66,7 +68,8 @@ class NodeConfig:
     max_block_bytes: int = 4 << 20
     keyring_poll_seconds: float = 1.0
     rewrap_batch_size: int = rewrap.DEFAULT_BATCH
-    rewrap_pause_seconds: float = 0.0
+    # None: the pause adapts to the node's foreground traffic (pacing.py); a number fixes it.
+    rewrap_pause_seconds: float | None = None
     change_log_retain: int = 1_000_000  # entries kept; older ones are trimmed (readers see `gap`)
     # Hard bounds even consumer slots cannot extend retention past (a slot forced past becomes `behind`).
     change_log_max_retain: int = 2_000_000
@@ -82,6 +85,8 @@ class NodeConfig:
 
     def apply(self, settings: dict[str, Any]) -> None:
         """Overlay settings from node.json (unknown keys ignored, wrong types logged and ignored)."""
+        if "rewrapPauseSeconds" in settings and settings["rewrapPauseSeconds"] is None:
+            self.rewrap_pause_seconds = None  # back to adaptive pacing
         for name, attr, typ in (("maxBlockBytes", "max_block_bytes", int),
                                 ("keyringPollSeconds", "keyring_poll_seconds", (int, float)),
                                 ("rewrapBatchSize", "rewrap_batch_size", int),
@@ -120,6 +125,7 @@ class Node:
         self.settings = SettingsWatcher(cfg.settings_path, self._apply_settings, self.metrics.settings.observe)
         self.store: Store | None = None
         self.rewrap: rewrap.RewrapRunner | None = None
+        self.foreground = ForegroundGauge()  # client traffic, which adaptive rewrap pacing yields to
         # The verify thread checks `closing` between blocks, so a shutdown ends a long scan.
         self.verify = VerifyRunner(should_stop=lambda: self.closing)
         self.verify.on_report.append(self._verify_done)
@@ -134,7 +140,7 @@ class Node:
         await asyncio.to_thread(self.keys.poll)
         self.store = await asyncio.to_thread(Store, self.cfg.data_dir, lambda: self.keys.keyring)
         self.store.commit_listeners.append(lambda: self._wake_from_thread(loop))
-        runner = self.rewrap = rewrap.RewrapRunner(self.store, self.cfg.rewrap_pause_seconds)
+        runner = self.rewrap = rewrap.RewrapRunner(self.store, self.cfg.rewrap_pause_seconds, self.foreground)
         runner.on_batch.append(self._rewrap_progress)
         self._tasks.append(asyncio.create_task(self.keys.run(self.cfg.keyring_poll_seconds), name="keyring-watch"))
         self._tasks.append(asyncio.create_task(self.settings.run(self.cfg.keyring_poll_seconds), name="settings"))
@@ -194,6 +200,11 @@ class Node:
             self.rewrap.pause = self.cfg.rewrap_pause_seconds
         if self.key_cache is not None:
             self.key_cache.resize(self.cfg.key_cache_size)
+
+    def loaded_generation(self) -> int | None:
+        """The generation of the keyring in use (None before one loaded)."""
+        ring = self.keys.keyring
+        return None if ring is None else ring.generation
 
     def changed(self) -> asyncio.Event:
         """The event the next commit sets (long polls wait on it)."""
@@ -477,8 +488,11 @@ async def scan(request: web.Request) -> web.Response:
 
 # ---- keys, rewrap, verify ----------------------------------------------------------------------
 async def keys(request: web.Request) -> web.Response:
-    """GET /v1/keys: loaded versions (no key material) and per-version block counts."""
+    """GET /v1/keys: loaded versions (no key material) and per-version block counts; long-polls with
+    ``waitGeneration``/``waitRewrap``/``waitSeconds`` (serving/keywait.py)."""
     node = node_of(request)
+    await keywait.wait(keywait.parse(request), node.loaded_generation,
+                       lambda: node.rewrap is not None and node.rewrap.running, lambda: node.closing)
     body = node.keys.describe()
     counts = await node.db.read(version_counts)
     body["blocks"] = {str(v): n for v, n in sorted(counts.items())}
@@ -507,8 +521,11 @@ async def rewrap_start(request: web.Request) -> web.Response:
 
 
 async def rewrap_status(request: web.Request) -> web.Response:
-    """GET /v1/rewrap: persisted progress plus per-version counts."""
-    return web.json_response(await node_of(request).db.read(rewrap.progress))
+    """GET /v1/rewrap: persisted progress plus per-version counts and, for an adaptive run, its pace now."""
+    node = node_of(request)
+    body = await node.db.read(rewrap.progress)
+    body["pace"] = node.rewrapper.describe_pace()
+    return web.json_response(body)
 
 
 def verify_sample(doc: dict[str, Any]) -> int | None:
@@ -563,12 +580,31 @@ def routes() -> list[Route]:
             *stream_api.routes(node_of)]
 
 
+def foreground_middleware(gauge: ForegroundGauge) -> Any:
+    """Report block and frame requests (the clients' and the cache's reads and writes) to the pacing gauge."""
+    @web.middleware
+    async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+        if not request.path.startswith(TABLES_PREFIX):
+            return await handler(request)
+        started = gauge.begin()
+        try:
+            return await handler(request)
+        finally:
+            gauge.end(started)
+    return middleware
+
+
+TABLES_PREFIX = "/v1/tables/"
+
+
 def create_app(cfg: NodeConfig) -> web.Application:
     """Build the node application (the store opens on startup, closes on cleanup)."""
     node = Node(cfg)
     probes = Probes(node.metrics.registry, node.readiness, node.refresh_gauges)
-    return create_server_app(node, probes, routes(), key=NODE, requests=node.metrics.requests, openapi="node",
-                             partitioning=cfg.partitioning, max_block_bytes=cfg.max_block_bytes)
+    app = create_server_app(node, probes, routes(), key=NODE, requests=node.metrics.requests, openapi="node",
+                            partitioning=cfg.partitioning, max_block_bytes=cfg.max_block_bytes)
+    app.middlewares.append(foreground_middleware(node.foreground))
+    return app
 
 
 __all__ = ["Node", "NodeConfig", "block_count", "create_app"]

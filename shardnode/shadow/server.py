@@ -19,7 +19,7 @@ from chronoshard.shardnode.auth.policy import Access
 from chronoshard.shardnode.keys.crypto import IntegrityError
 from chronoshard.shardnode.keys.keyring import KeyringWatcher, MissingKeyVersion
 from chronoshard.shardnode.keys.provider import EmbeddedKeyProvider, KeyCache
-from chronoshard.shardnode.serving import tls
+from chronoshard.shardnode.serving import keywait, tls
 from chronoshard.shardnode.serving.changestream import ChangeStreamClient
 from chronoshard.shardnode.serving.http_common import ApiError, json_body, key_param, table_param
 from chronoshard.shardnode.serving.scaffold import TABLE_PATH, Probes, Route, create_server_app
@@ -318,8 +318,16 @@ async def status(request: web.Request) -> web.Response:
 
 
 async def keys(request: web.Request) -> web.Response:
-    """GET /v1/keys: loaded versions (no key material) and history versions per key version."""
+    """GET /v1/keys: loaded versions (no key material) and history versions per key version; long-polls like
+    the node's (serving/keywait.py)."""
     sh = shadow_of(request)
+    ring = sh.keys
+
+    def gone() -> bool:
+        return request.transport is None or request.transport.is_closing()
+
+    await keywait.wait(keywait.parse(request), lambda: ring.keyring.generation if ring.keyring else None,
+                       lambda: sh.rewrap is not None and sh.rewrap.running, gone)
     body = sh.keys.describe()
     counts = await sh.read(sh.store.version_counts)
     body["blocks"] = {str(v): n for v, n in sorted(counts.items())}

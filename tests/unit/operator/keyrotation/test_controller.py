@@ -1,7 +1,18 @@
-"""The per-shard rows a KeyRotation's status shows, with and without a shadow in the pod."""
+"""The per-shard rows a KeyRotation's status shows, with and without a shadow in the pod; how soon a pass follows
+another, and what its probe long-polls for."""
 
-from chronoshard.operator.keyrotation.controller import Step, _record_shards
-from chronoshard.operator.keyrotation.plan import ProcessReport
+import pytest
+from chronoshard.operator.keyrotation.controller import (
+    MIN_PASS_SECONDS,
+    POLL_SECONDS,
+    Rotation,
+    Step,
+    _hand_off,
+    _record_shards,
+    _report_wait,
+)
+from chronoshard.operator.keyrotation.plan import Phase, ProcessReport
+from chronoshard.operator.keyrotation.probe import ReportWait
 
 
 def rep(shard, role, blocks=None, reachable=True):
@@ -36,3 +47,32 @@ def test_an_idle_rotation_looks_again_soon_only_under_the_test_clock(monkeypatch
     monkeypatch.setenv(CLOCK_OFFSET_ENV, str(offset))
     # A test's jump of the clock wakes nothing, so the idle loop must come back within seconds to see it.
     assert _rest(Step({}), 1).delay == 2.0
+
+
+def _rotation(phase: str, **status):
+    st = Step({"phase": phase, **status})
+    return Rotation({}, None, st, 1, {}, None, 3, 2, 1)  # type: ignore[arg-type]
+
+
+def test_waiting_phases_long_poll_for_what_they_wait_for():
+    for phase in (Phase.AWAITING_LOAD, Phase.AWAITING_PROMOTION, Phase.RETIRING):
+        assert _report_wait(phase, _rotation(phase.value, targetGeneration=7)) == ReportWait(generation=7)
+        assert _report_wait(phase, _rotation(phase.value)) is None  # nothing known to wait for
+    assert _report_wait(Phase.REWRAPPING, _rotation("Rewrapping")) == ReportWait(rewrap=True)
+    for phase in (Phase.TRANSITION, Phase.VERIFYING, Phase.PROMOTING):
+        assert _report_wait(phase, _rotation(phase.value, targetGeneration=7)) is None
+    assert ReportWait(generation=7, rewrap=True, seconds=4).query() == {
+        "waitSeconds": "4", "waitGeneration": "7", "waitRewrap": "true"}
+
+
+def test_hand_off_is_immediate_after_a_phase_change_or_a_long_poll_that_waited():
+    moved = Step({"phase": "AwaitingLoad"})
+    moved.phase(Phase.PROMOTING, "loaded")
+    assert _hand_off(moved, Phase.AWAITING_LOAD, 0.3).delay == 0.0
+    stayed = Step({"phase": "AwaitingLoad"})
+    assert _hand_off(stayed, Phase.AWAITING_LOAD, 4.0).delay == MIN_PASS_SECONDS  # the long-poll was the wait
+    answered_at_once = Step({"phase": "AwaitingLoad"})
+    assert _hand_off(answered_at_once, Phase.AWAITING_LOAD, 0.01).delay == pytest.approx(POLL_SECONDS - 0.01)
+    transition = Step({"phase": "Transition"})
+    transition.delay = 30.0  # a phase's own delay (the rest of the transition period) is kept
+    assert _hand_off(transition, Phase.TRANSITION, 0.01).delay == 30.0

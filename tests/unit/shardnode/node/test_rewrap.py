@@ -4,6 +4,7 @@ import asyncio
 
 from chronoshard.shardnode.keys.crypto import open_block
 from chronoshard.shardnode.node import changelog, rewrap
+from chronoshard.shardnode.node.pacing import ForegroundGauge, PaceSettings
 from chronoshard.shardnode.node.store import get_block, version_counts
 
 from tests.support.stores import flip_frame_bit, open_store, ring
@@ -157,5 +158,66 @@ async def test_rewrap_entries_carry_their_new_frame_while_a_slot_exists(tmp_path
             assert e.frame == stored.frame and e.lsn == stored.lsn
             assert open_block(k2, "t", e.key, e.frame, e.checksum) == f"v{e.key[1]}".encode()
         assert await s.read(changelog.frame_bytes) == sum(len(e.frame) for e in entries)
+    finally:
+        s.close()
+
+
+class _Busy:
+    """A foreground that is always busy with the latency given (steers the pace without real clients)."""
+
+    def __init__(self, latency: float, baseline: float) -> None:
+        from chronoshard.shardnode.node.pacing import ForegroundGauge, ForegroundSample, PaceSettings
+
+        self.gauge = ForegroundGauge(PaceSettings(busy_batch_seconds=1e-9))  # any batch is over budget
+        self.gauge.sample = lambda: ForegroundSample(True, latency, baseline)  # type: ignore[method-assign]
+
+
+async def _run_to_done(runner, s, k, batch):
+    seen = []
+    runner.on_batch.append(lambda st: seen.append((st["rewrapped"], runner.pace)))
+    await runner.start(batch)
+    while runner.running:
+        await asyncio.sleep(0.005)
+    assert await s.read(version_counts) == {2: 60}
+    return seen
+
+
+async def test_adaptive_runner_uses_short_batches_while_clients_are_busy(tmp_path):
+    s, holder = open_store(tmp_path, ring(1, (1,)))
+    try:
+        await _fill(s, 60)
+        holder.keyring = k = ring(2, (1, 2), generation=2)
+        busy = _Busy(latency=0.010, baseline=0.002)  # far above the target: the duty falls to its floor
+        runner = rewrap.RewrapRunner(s, pause=None, gauge=busy.gauge)
+        seen = await _run_to_done(runner, s, k, 50)
+        paces = [p for _, p in seen if p is not None]
+        assert paces and all(p.busy and p.batch == PaceSettings().min_batch for p in paces)
+        assert paces[-1].duty < paces[0].duty
+        st = await s.read(rewrap.load_state)
+        assert st["state"] == "done" and st["rewrapped"] == 60 and st["pauseSeconds"] is None
+        assert runner.pace is None and not busy.gauge.rewrap_running
+    finally:
+        s.close()
+
+
+async def test_adaptive_runner_runs_full_batches_when_idle_and_a_fixed_pause_is_not_adapted(tmp_path):
+    s, holder = open_store(tmp_path, ring(1, (1,)))
+    try:
+        await _fill(s, 60)
+        holder.keyring = k = ring(2, (1, 2), generation=2)
+        idle = rewrap.RewrapRunner(s, pause=None, gauge=ForegroundGauge())
+        seen = await _run_to_done(idle, s, k, 25)
+        assert [n for n, _ in seen] == [25, 50, 60]
+        assert all(p is None or not p.busy for _, p in seen[:-1])
+    finally:
+        s.close()
+    s, holder = open_store(tmp_path / "fixed", ring(1, (1,)))
+    try:
+        await _fill(s, 60)
+        holder.keyring = k = ring(2, (1, 2), generation=2)
+        busy = _Busy(latency=0.010, baseline=0.002)
+        fixed = rewrap.RewrapRunner(s, pause=0.0, gauge=busy.gauge)  # the node's setting fixes the pause
+        seen = await _run_to_done(fixed, s, k, 25)
+        assert [n for n, _ in seen] == [25, 50, 60] and all(p is None for _, p in seen)
     finally:
         s.close()

@@ -270,3 +270,58 @@ async def test_a_write_held_too_long_is_refused_with_503_and_nothing_is_stored(e
     body = await resp.json()
     assert body["error"] == "key_compromised" and body["keyVersion"] == 1
     assert (await s.get(f"{node}/v1/tables/t/blocks/refused")).status == 404
+
+
+async def test_block_and_frame_requests_feed_the_rewrap_pacing_gauge_and_others_do_not(env):
+    from chronoshard.shardnode.node.server import NODE
+
+    node, _, s, napp, _ = env
+    gauge = napp[NODE].foreground
+    assert gauge.baseline is None
+    await s.put(f"{node}/v1/tables/t/blocks/k", data=b"v")
+    await s.get(f"{node}/v1/tables/t/frames/k")
+    assert gauge.baseline is not None and gauge.in_flight == 0
+    seen = gauge.last_seen
+    for path in ("/v1/keys", "/v1/rewrap", "/metrics", "/healthz"):
+        await s.get(f"{node}{path}")
+    assert gauge.last_seen == seen
+    st = await (await s.get(f"{node}/v1/rewrap")).json()
+    assert st["pace"] is None  # no adaptive run in progress
+
+
+async def test_keys_long_poll_answers_when_the_generation_loads_or_its_time_is_up(env, tmp_path):
+    node, _, s, _, _ = env
+    now = (await (await s.get(f"{node}/v1/keys")).json())["generation"]
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    r = await s.get(f"{node}/v1/keys", params={"waitGeneration": str(now + 1), "waitSeconds": "0.3"})
+    assert r.status == 200 and (await r.json())["generation"] == now and loop.time() - t0 >= 0.3
+    waiting = asyncio.ensure_future(s.get(f"{node}/v1/keys",
+                                          params={"waitGeneration": str(now + 1), "waitSeconds": "10"}))
+    await asyncio.sleep(0.1)
+    assert not waiting.done()  # held until the keyring changes
+    write_keyring(tmp_path / "keyring", now + 1, {1: ("decrypt-only", KEY1), 2: ("primary", KEY2)})
+    body = await (await asyncio.wait_for(waiting, 10)).json()
+    assert body["generation"] == now + 1 and body["primary"] == 2
+    for bad in ({"waitSeconds": "11"}, {"waitGeneration": "-1", "waitSeconds": "1"}, {"waitRewrap": "yes"}):
+        r = await s.get(f"{node}/v1/keys", params=bad)
+        assert r.status == 400 and (await r.json())["error"] == "invalid_parameter"
+
+
+async def test_keys_long_poll_waits_for_a_running_rewrap_to_finish(env, tmp_path):
+    from chronoshard.shardnode.node.server import NODE
+
+    node, _, s, napp, _ = env
+    for i in range(20):
+        await s.put(f"{node}/v1/tables/t/blocks/k{i}", data=b"x")
+    write_keyring(tmp_path / "keyring", 2, {1: ("decrypt-only", KEY1), 2: ("primary", KEY2)})
+    await wait_for_async(lambda: _primary_is(s, node, 2), timeout=10)
+    runner = napp[NODE].rewrap
+    runner.pause = 0.05  # a fixed pause: 20 blocks in batches of 2 take at least half a second
+    assert (await s.post(f"{node}/v1/rewrap", json={"batchSize": 2})).status == 202
+    body = await (await s.get(f"{node}/v1/keys", params={"waitRewrap": "true", "waitSeconds": "10"})).json()
+    assert not runner.running and body["blocks"] == {"2": 20}
+
+
+async def _primary_is(s, node, version):
+    return (await (await s.get(f"{node}/v1/keys")).json())["primary"] == version

@@ -41,3 +41,12 @@ def test_node_config_overlay_ignores_unknown_and_bad_values(tmp_path):
     assert cfg.rewrap_batch_size == 64 and cfg.rewrap_pause_seconds == 0.5 and cfg.max_block_bytes == 4 << 20
     cfg.apply({"rewrapPauseSeconds": 0, "changeLogRetain": 0})  # a pause may go back to 0; retention may not
     assert cfg.rewrap_pause_seconds == 0 and cfg.change_log_retain == 1_000_000
+
+
+def test_a_null_rewrap_pause_goes_back_to_adaptive_pacing(tmp_path):
+    cfg = NodeConfig(data_dir=tmp_path, keyring_dir=tmp_path)
+    assert cfg.rewrap_pause_seconds is None  # adaptive unless set
+    cfg.apply({"rewrapPauseSeconds": 0.5})
+    assert cfg.rewrap_pause_seconds == 0.5
+    cfg.apply({"rewrapPauseSeconds": None})
+    assert cfg.rewrap_pause_seconds is None

@@ -1,0 +1,120 @@
+"""Adaptive rewrap pacing: rewrap with the capacity client traffic leaves, back off when it would hurt it.
+
+A routine rotation's rewrap shares the node's writer thread, its GIL and the pod's CPU with the clients. A fixed
+pause between batches either wastes the idle time (no clients: it could run flat out) or still hurts a busy node.
+Instead the node measures its own foreground requests (block reads, writes, scans: their latency and how many are
+in flight) and after every batch decides the next batch size and pause, the way compaction pacing in RocksDB or
+admission control in CockroachDB steer background work by foreground signals:
+
+- no foreground request in flight or in the last ``idle_after`` seconds: full batches, no pause;
+- clients active: batches short enough to hold the writer (and the GIL) for at most ``busy_batch_seconds``, and a
+  duty cycle (the share of wall time spent in batches) steered by additive increase / multiplicative decrease on
+  the ratio of the recent foreground latency to its baseline (measured while no rewrap ran): above
+  ``target_ratio`` the duty halves, below it grows by ``duty_step``.
+
+``next_pace`` is pure; ``ForegroundGauge`` is the node's only mutable state for it (updated on the event loop).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+__all__ = ["ForegroundGauge", "ForegroundSample", "Pace", "PaceSettings", "next_pace"]
+
+
+@dataclass(frozen=True)
+class PaceSettings:
+    """The steering constants (documented in docs/key-rotation.md#pacing)."""
+
+    idle_after: float = 0.2  # seconds without a foreground request before the node counts as idle
+    busy_batch_seconds: float = 0.004  # while clients are active, one batch holds the writer at most this long
+    min_batch: int = 8
+    target_ratio: float = 1.2  # foreground latency during rewrap / baseline, the goal the duty is steered to
+    start_duty: float = 0.5
+    min_duty: float = 0.05
+    duty_step: float = 0.05
+    max_pause: float = 0.5  # a pause longer than this would only stall the rotation; the duty floor bounds it
+
+
+@dataclass(frozen=True)
+class Pace:
+    """What the next batch does: how many blocks, how long to pause after the previous one, and the duty cycle."""
+
+    batch: int
+    pause: float
+    duty: float
+    busy: bool
+
+
+@dataclass(frozen=True)
+class ForegroundSample:
+    """The foreground as the gauge saw it right after a batch."""
+
+    busy: bool
+    latency: float | None  # recent mean latency of foreground requests (seconds), None before any
+    baseline: float | None  # their mean latency while no rewrap ran (else the lowest recent mean), None before any
+
+
+def next_pace(prev: Pace, fg: ForegroundSample, batch_seconds: float, blocks: int, max_batch: int,
+              s: PaceSettings = PaceSettings()) -> Pace:
+    """The next batch's size and the pause before it, from the batch just done (``blocks`` in ``batch_seconds``)."""
+    if not fg.busy:
+        return Pace(max_batch, 0.0, 1.0, False)
+    duty = s.start_duty if not prev.busy else prev.duty
+    if prev.busy and fg.latency is not None and fg.baseline:
+        if fg.latency > s.target_ratio * fg.baseline:
+            duty = max(s.min_duty, duty / 2)
+        else:
+            duty = min(1.0, duty + s.duty_step)
+    per_block = batch_seconds / blocks if blocks > 0 else 0.0
+    batch = max_batch if per_block <= 0 else int(s.busy_batch_seconds / per_block)
+    batch = max(s.min_batch, min(max_batch, batch))
+    # The pause that makes this batch's share of wall time ``duty``, for a batch of the new size.
+    expected = per_block * batch
+    pause = min(s.max_pause, expected * (1.0 - duty) / duty)
+    return Pace(batch, pause, duty, True)
+
+
+class ForegroundGauge:
+    """Foreground request latency and concurrency, as the node's middleware reports them (event loop only)."""
+
+    RECENT_WEIGHT = 0.2  # per request: the recent mean follows a change within a few requests
+    BASELINE_WEIGHT = 0.02  # per request, and only while no rewrap runs: a steady reference
+
+    def __init__(self, settings: PaceSettings = PaceSettings(),
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings
+        self._now = clock
+        self.in_flight = 0
+        self.last_seen = float("-inf")
+        self.recent: float | None = None
+        self.baseline: float | None = None
+        # The lowest recent mean seen: the reference when a rewrap runs from start-up, before any baseline.
+        self.floor: float | None = None
+        self.rewrap_running = False
+
+    def begin(self) -> float:
+        """A foreground request started; returns its start time for ``end``."""
+        self.in_flight += 1
+        now = self._now()
+        self.last_seen = now
+        return now
+
+    def end(self, started: float) -> None:
+        """The foreground request that ``begin`` returned ``started`` for has finished."""
+        now = self._now()
+        self.in_flight = max(0, self.in_flight - 1)
+        self.last_seen = now
+        latency = now - started
+        r = self.recent = latency if self.recent is None else self.recent + self.RECENT_WEIGHT * (latency - self.recent)
+        self.floor = r if self.floor is None else min(self.floor, r)
+        if not self.rewrap_running:
+            b = self.baseline
+            self.baseline = latency if b is None else b + self.BASELINE_WEIGHT * (latency - b)
+
+    def sample(self) -> ForegroundSample:
+        """The foreground right now."""
+        busy = self.in_flight > 0 or self._now() - self.last_seen < self.settings.idle_after
+        return ForegroundSample(busy, self.recent, self.baseline if self.baseline is not None else self.floor)
