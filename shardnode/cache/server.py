@@ -25,7 +25,7 @@ from chronoshard.shardnode.keys.provider import (
     KeyUnavailable,
     key_cache_size_setting,
 )
-from chronoshard.shardnode.serving import tls
+from chronoshard.shardnode.serving import keywait, tls
 from chronoshard.shardnode.serving.deadlines import onward_headers
 from chronoshard.shardnode.serving.http_common import (
     TABLE_RE,
@@ -440,8 +440,13 @@ async def access_log(request: web.Request) -> web.StreamResponse:
 
 
 async def keys(request: web.Request) -> web.StreamResponse:
-    """GET /v1/keys: the cache's loaded keyring (no key material)."""
-    return web.json_response(state(request).keys.describe())
+    """GET /v1/keys: the cache's loaded keyring (no key material); long-polls for ``waitGeneration`` like the
+    node's (serving/keywait.py; a cache runs no rewrap, so ``waitRewrap`` holds nothing)."""
+    st = state(request)
+    ring = st.keys
+    await keywait.wait(keywait.parse(request), lambda: ring.keyring.generation if ring.keyring else None,
+                       lambda: False, lambda: st.closing)
+    return web.json_response(st.keys.describe())
 
 
 async def stats(request: web.Request) -> web.StreamResponse:

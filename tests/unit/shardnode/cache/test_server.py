@@ -260,3 +260,14 @@ async def test_change_log_gap_makes_the_cache_drop_everything(tmp_path):
         tail.cancel()
         assert cache.entries == {}
         assert (await cache.get("t", "a")) == (b"cached", False)  # refetched from the node
+
+
+async def test_cache_keys_long_poll_answers_when_the_generation_loads(env, tmp_path):
+    _, cache, s, _, _ = env
+    now = (await (await s.get(f"{cache}/v1/keys")).json())["generation"]
+    waiting = asyncio.ensure_future(s.get(f"{cache}/v1/keys", params={"waitGeneration": str(now + 1),
+                                                                      "waitRewrap": "true", "waitSeconds": "10"}))
+    await asyncio.sleep(0.1)
+    assert not waiting.done()
+    write_keyring(tmp_path / "keyring", now + 1, {1: ("decrypt-only", KEY1), 2: ("primary", KEY2)})
+    assert (await (await asyncio.wait_for(waiting, 10)).json())["generation"] == now + 1

@@ -325,3 +325,4 @@ async def test_keys_long_poll_waits_for_a_running_rewrap_to_finish(env, tmp_path
 
 async def _primary_is(s, node, version):
     return (await (await s.get(f"{node}/v1/keys")).json())["primary"] == version
+
