@@ -1,5 +1,6 @@
 """Block frame encoding: layout, round trip, and rejection of malformed frames."""
 
+import os
 import struct
 
 import pytest
@@ -57,3 +58,17 @@ def test_associated_data_binds_table_key_and_version_unambiguously():
     assert a != frames.associated_data(f, "a", "bc")  # length prefixes keep the pairs apart
     assert a != frames.associated_data(_frame(version=8), "ab", "c")
     assert a == frames.associated_data(_frame(nonce=b"M" * 12), "ab", "c")  # the nonce is GCM's own input
+
+
+def test_split_copies_small_ciphertexts_and_views_large_ones():
+    for n in (16, frames.VIEW_FROM - frames.HEADER_SIZE, frames.VIEW_FROM + 1, 65536 + 16):
+        data = frames.encode(_frame(ct=os.urandom(n)))
+        version, nonce, ct = frames.split(data)
+        assert (version, nonce, bytes(ct)) == (7, b"N" * 12, data[frames.HEADER_SIZE:])
+        assert isinstance(ct, memoryview) == (len(data) > frames.VIEW_FROM)
+        assert type(frames.decode(data).ciphertext) is bytes  # a Frame never holds a view
+
+
+def test_aad_is_the_cached_prefix_then_the_key_part():
+    assert frames.aad_for(7, "tbl", "k") == frames.aad_prefix(7, "tbl") + frames.aad_suffix("k")
+    assert frames.aad_for(7, "tbl", "k") == b"CS\x01" + struct.pack(">IH", 7, 3) + b"tbl" + struct.pack(">I", 1) + b"k"
