@@ -10,11 +10,13 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from . import frames
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +26,7 @@ STATES = ("primary", "decrypt-only")
 TABLE_KEY_INFO = b"chronoshard/table-key/v1/"
 # Bounded so a client inventing table names cannot grow memory without limit.
 _AEAD_CACHE_MAX = 4096
+_T = TypeVar("_T")
 
 
 class KeyringError(ValueError):
@@ -57,6 +60,7 @@ class TableKeys(Protocol):
     """The process-wide source of unwrapped table keys for wrapped versions (keyprovider.KeyCache)."""
 
     def get(self, table: str, version: int, unwrap: bool = True) -> bytes: ...
+    def aead(self, table: str, version: int, unwrap: bool = True) -> AESGCM: ...
     def check(self, version: int, blob: bytes | None = None) -> None: ...
     def adopt(self, blobs: dict[int, bytes]) -> None: ...
 
@@ -81,7 +85,7 @@ class Keyring:
     """An immutable loaded keyring: versions, the primary, and lazily derived per-table AEADs.
 
     Raw versions keep their version key here; wrapped versions keep only their blob (useless without the
-    KEK) and get each table key from the process-wide ``table_keys`` cache (which unwraps on a miss).
+    KEK) and get each table's AEAD from the process-wide ``table_keys`` cache (which unwraps on a miss).
     """
 
     def __init__(self, generation: int, versions: list[KeyVersion], keys: dict[int, bytes],
@@ -99,7 +103,9 @@ class Keyring:
             raise KeyringError("wrapped versions need a key cache to unwrap table keys")
         self._table_keys = table_keys
         self.__keys = dict(keys)
-        self._aeads: dict[tuple[int, str], AESGCM] = {}
+        # (version, table) -> (AEAD, AAD prefix) for raw versions; the AAD prefix alone for wrapped ones.
+        self._openers: dict[tuple[int, str], tuple[AESGCM, bytes]] = {}
+        self._prefixes: dict[tuple[int, str], bytes] = {}
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:  # never show key bytes
@@ -115,25 +121,36 @@ class Keyring:
 
         For a wrapped version with ``unwrap=False``, KeyNotHeld instead of a (slow) unwrap on a key-cache miss.
         """
+        return self.opener(version, table, unwrap)[0]
+
+    def opener(self, version: int, table: str, unwrap: bool = True) -> tuple[AESGCM, bytes]:
+        """``aead(version, table)`` and the AAD prefix of that table's frames (frames.aad_prefix), in one lookup."""
+        cached = self._openers.get((version, table))  # raw versions only: wrapped ones never enter it
+        if cached is not None:
+            return cached
         table_keys = self._table_keys  # never None when there are wrapped versions (__init__ checks)
         if version in self.wrapped and table_keys is not None:
             try:
-                # Not kept in _aeads: the key cache alone bounds how many unwrapped table keys live in memory.
-                return AESGCM(table_keys.get(table, version, unwrap=unwrap))
+                # The key cache holds the AEAD with its table key, so it alone bounds how many live in memory.
+                aead = table_keys.aead(table, version, unwrap=unwrap)
             except KeyUnavailable as exc:
                 raise KeyVersionUnavailable(version, str(exc)) from None
-        cached = self._aeads.get((version, table))
-        if cached is not None:
-            return cached
+            prefix = self._prefixes.get((version, table))
+            if prefix is None:
+                prefix = self._remember(self._prefixes, (version, table), frames.aad_prefix(version, table))
+            return aead, prefix
         master = self.__keys.get(version)
         if master is None:
             raise MissingKeyVersion(version)
-        aead = AESGCM(derive_table_key(master, table))
+        opener = (AESGCM(derive_table_key(master, table)), frames.aad_prefix(version, table))
+        return self._remember(self._openers, (version, table), opener)
+
+    def _remember(self, cache: dict[tuple[int, str], _T], ident: tuple[int, str], value: _T) -> _T:
         with self._lock:
-            if len(self._aeads) >= _AEAD_CACHE_MAX:
-                self._aeads.clear()
-            self._aeads[(version, table)] = aead
-        return aead
+            if len(cache) >= _AEAD_CACHE_MAX:
+                cache.clear()
+            cache[ident] = value
+        return value
 
     def describe(self) -> dict[str, Any]:
         """The `/v1/keys` view of this keyring (no key material)."""

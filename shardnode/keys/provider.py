@@ -166,7 +166,8 @@ def key_cache_size_setting(settings: Mapping[str, Any], current: int) -> int:
 
 
 class KeyCache:
-    """A few unwrapped table keys, evicted by the scored policy (recency, frequency, prefetch score).
+    """A few unwrapped table keys, each with its AES-GCM instance, evicted by the scored policy (recency, frequency,
+    prefetch score): a key and its AEAD enter and leave together, so the capacity bounds both.
 
     Thread-safe: the node reads from several threads and the cache unwraps in worker threads. Concurrent
     misses for one key share one unwrap. ``on_unwrap(path, seconds)`` ("demand" or "prefetch") observes
@@ -179,7 +180,8 @@ class KeyCache:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
         self.provider, self.capacity, self.on_unwrap = provider, capacity, on_unwrap
-        self._keys: dict[Hashable, bytes] = {}
+        # ident -> (table key, its AEAD): built once per unwrap, not per block (an AESGCM costs about 1 µs)
+        self._keys: dict[Hashable, tuple[bytes, AESGCM]] = {}
         self._policy = ScoredPolicy()
         self._lock = threading.Lock()
         self._inflight: dict[Hashable, threading.Event] = {}
@@ -202,15 +204,18 @@ class KeyCache:
             self._keys.pop(victim, None)
             self._unused_prefetch.discard(victim)
 
-    def _put(self, ident: tuple[str, int], key: bytes, score: float) -> None:
+    def _put(self, ident: tuple[str, int], key: bytes, score: float) -> tuple[bytes, AESGCM]:
+        held = (key, AESGCM(key))
         with self._lock:
             if ident in self._keys or (self._blobs and ident[1] not in self._blobs):
-                return  # held already, or its version left the keyring while it was being unwrapped
+                # Held already, or its version left the keyring while it was being unwrapped: not kept.
+                return self._keys.get(ident, held)
             self._evict_to(self.capacity - 1)
-            self._keys[ident] = key
+            self._keys[ident] = held
             self._policy.insert(ident, KEY_SIZE, prefetch_score=score)
             if score > 0:
                 self._unused_prefetch.add(ident)
+        return held
 
     def _hit(self, ident: Hashable) -> None:
         # under the lock
@@ -240,16 +245,23 @@ class KeyCache:
 
     def get(self, table: str, version: int, unwrap: bool = True) -> bytes:
         """The table key: from memory, else unwrapped now (the slow path; KeyNotHeld if ``unwrap`` is False)."""
+        return self._held(table, version, unwrap)[0]
+
+    def aead(self, table: str, version: int, unwrap: bool = True) -> AESGCM:
+        """The AES-GCM instance of the table key, kept with it (same hits, misses and unwraps as ``get``)."""
+        return self._held(table, version, unwrap)[1]
+
+    def _held(self, table: str, version: int, unwrap: bool) -> tuple[bytes, AESGCM]:
         ident = (table, version)
         counted = False
         while True:
             with self._lock:
-                key = self._keys.get(ident)
-                if key is not None:
+                held = self._keys.get(ident)
+                if held is not None:
                     if not counted:
                         self.hits += 1
                     self._hit(ident)
-                    return key
+                    return held
                 if not unwrap:
                     raise KeyNotHeld(f"table key of {table!r} under version {version} is not held")
                 if not counted:
@@ -262,8 +274,7 @@ class KeyCache:
                 continue  # held now, or the other unwrap failed and this thread tries itself
             try:
                 key = self._unwrap(ident, "demand")
-                self._put(ident, key, 0.0)
-                return key
+                return self._put(ident, key, 0.0)
             finally:
                 self._release(ident, claim)
 

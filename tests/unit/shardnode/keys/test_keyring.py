@@ -5,6 +5,7 @@ import os
 import shutil
 
 import pytest
+from chronoshard.shardnode.keys import frames
 from chronoshard.shardnode.keys.keyring import (
     KeyringError,
     KeyringWatcher,
@@ -162,6 +163,30 @@ def test_wrapped_keyring_loads_and_derives_the_same_table_keys(tmp_path):
     assert kc.held == 1 and (kc.hits, kc.misses) == (0, 1)
     ring.aead(2, "users")
     assert (kc.hits, kc.misses) == (1, 1)
+
+
+def test_wrapped_keyring_reuses_the_key_caches_aead_and_drops_it_with_the_key(tmp_path):
+    from chronoshard.shardnode.keys.keyring import KeyNotHeld
+
+    write_keyring(tmp_path / "keyring", 2, {1: ("decrypt-only", K1), 2: ("primary", K2)}, kek=KEK, wrapped={1, 2})
+    kc = _cache(tmp_path, capacity=1)
+    ring = load_keyring(tmp_path / "keyring", kc)
+    aead = ring.aead(2, "users")
+    assert ring.aead(2, "users") is aead and kc.aead("users", 2) is aead  # no new AESGCM per block
+    assert ring.opener(2, "users") == (aead, frames.aad_prefix(2, "users"))
+    ring.aead(1, "users")  # capacity 1: the key of (users, 2) is evicted, and its AEAD with it
+    with pytest.raises(KeyNotHeld):
+        ring.aead(2, "users", unwrap=False)
+    assert ring.aead(2, "users") is not aead
+
+
+def test_raw_keyring_keeps_one_aead_and_aad_prefix_per_table(tmp_path):
+    write_keyring(tmp_path / "keyring", 2, {1: ("decrypt-only", K1), 2: ("primary", K2)})
+    ring = load_keyring(tmp_path / "keyring")
+    aead, prefix = ring.opener(2, "t")
+    assert ring.opener(2, "t") == (aead, prefix) and ring.aead(2, "t") is aead
+    assert prefix == frames.aad_prefix(2, "t") and ring.opener(1, "t")[1] == frames.aad_prefix(1, "t")
+    assert ring.aead(1, "t") is not aead
 
 
 def test_mixed_keyring_only_wrapped_versions_use_the_key_cache(tmp_path):

@@ -15,6 +15,7 @@ from chronoshard.shardnode.keys.provider import (
     unwrap_key,
     wrap_key,
 )
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from tests.integration.client.shards import publish
 
@@ -192,6 +193,42 @@ def test_unwrap_false_resize_retain_stats_and_hook() -> None:
     assert kc.get("x", 1) and ("x", 1) not in kc
     kc.get("x", 2)
     assert ("x", 2) in kc
+
+
+def test_key_cache_keeps_the_aead_with_its_key_and_drops_them_together() -> None:
+    from chronoshard.shardnode.keys.provider import KeyNotHeld
+
+    prov = CountingProvider()
+    kc = KeyCache(prov, capacity=2)
+    aead = kc.aead("a", 1)
+    assert kc.aead("a", 1) is aead and kc.aead("a", 1, unwrap=False) is aead  # built once, per unwrap
+    nonce = os.urandom(12)
+    assert aead.decrypt(nonce, AESGCM(kc.get("a", 1)).encrypt(nonce, b"x", b""), b"") == b"x"
+    assert prov.calls == [("a", 1)] and (kc.hits, kc.misses) == (3, 1)  # aead and get share the counters
+    kc.get("b", 1)
+    kc.get("c", 1)  # full: evicts a or b, with its AEAD
+    gone = next(t for t in ("a", "b") if (t, 1) not in kc)
+    with pytest.raises(KeyNotHeld):
+        kc.aead(gone, 1, unwrap=False)
+    if gone == "a":
+        assert kc.aead("a", 1) is not aead  # unwrapped again: a new AEAD, not the evicted one
+    kc.retain([2])  # the version left the keyring: every key and AEAD of it goes
+    assert kc.held == 0
+    for t in ("a", "b", "c"):
+        with pytest.raises(KeyNotHeld):
+            kc.aead(t, 1, unwrap=False)
+    kc.get("d", 2)
+    kc.resize(1)
+    kc.aead("e", 2)  # capacity 1: d and its AEAD go
+    with pytest.raises(KeyNotHeld):
+        kc.aead("d", 2, unwrap=False)
+
+
+def test_key_cache_serves_but_does_not_keep_an_aead_outside_the_keyring() -> None:
+    kc = KeyCache(CountingProvider(), capacity=4)
+    kc.adopt({2: b"blob"})
+    assert kc.aead("x", 1) is not kc.aead("x", 1)  # version 1 left the keyring: usable now, never kept
+    assert kc.held == 0
 
 
 def test_embedded_check_unwraps_the_version_key_without_keeping_it(tmp_path: Path) -> None:
