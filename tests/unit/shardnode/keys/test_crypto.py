@@ -1,5 +1,7 @@
 """Sealing and opening blocks: AAD binding, checksum, tamper detection, missing versions."""
 
+import os
+
 import pytest
 from chronoshard.shardnode.keys import frames
 from chronoshard.shardnode.keys.crypto import IntegrityError, checksum, open_block, seal_block
@@ -100,3 +102,23 @@ def test_a_compromised_version_decrypts_but_never_encrypts(tmp_path):
     with pytest.raises(CompromisedVersion):
         seal_block(ring, "t", "k", b"after", version=1)
     assert seal_block(ring, "t", "k", b"after", version=2)[2] == 2
+
+
+@pytest.mark.parametrize("size", [0, 4096, 65536])
+def test_large_and_small_blocks_open_and_every_corruption_is_caught(size):
+    ring = _ring()
+    plain = os.urandom(size)
+    frame, cs, _ = seal_block(ring, "t", "k", plain, aad_extra=b"lsn")
+    assert open_block(ring, "t", "k", frame, cs, aad_extra=b"lsn") == plain
+    assert type(open_block(ring, "t", "k", frame, cs, aad_extra=b"lsn")) is bytes
+    with pytest.raises(IntegrityError) as exc:
+        open_block(ring, "t", "k", frame, cs)  # sealed with extra AAD, opened without
+    assert exc.value.reason == "tag"
+    bad = bytearray(frame)
+    bad[-20] ^= 1
+    with pytest.raises(IntegrityError) as exc:
+        open_block(ring, "t", "k", bytes(bad), cs, aad_extra=b"lsn")
+    assert exc.value.reason == "tag"
+    with pytest.raises(IntegrityError) as exc:
+        open_block(ring, "t", "k", frame, checksum(plain + b"x"), aad_extra=b"lsn")
+    assert exc.value.reason == "checksum"
