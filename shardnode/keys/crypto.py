@@ -40,16 +40,17 @@ class CompromisedVersion(RuntimeError):
 
 
 def seal_block(keyring: Keyring, table: str, key: str, plaintext: bytes, version: int | None = None,
-               nonce: bytes | None = None, aad_extra: bytes = b"") -> tuple[bytes, bytes, int]:
+               nonce: bytes | None = None, aad_extra: bytes = b"", unwrap: bool = True) -> tuple[bytes, bytes, int]:
     """Encrypt under ``version`` (default: the primary); return (frame, checksum, key version).
 
     ``aad_extra`` is authenticated after the frame's own AAD (the shadow binds a history version's LSN with it);
-    empty for the node's blocks, whose bytes it leaves unchanged.
+    empty for the node's blocks, whose bytes it leaves unchanged. ``unwrap=False``: KeyNotHeld instead of
+    unwrapping a wrapped version's table key that is not in memory.
     """
     v = keyring.primary if version is None else version
     if v in keyring.compromised:
         raise CompromisedVersion(v)
-    aead = keyring.aead(v, table)
+    aead = keyring.aead(v, table, unwrap=unwrap)
     # Random 96-bit nonces: per-table keys keep each key's message count far below the 2^32 bound.
     nonce = nonce or os.urandom(frames.NONCE_SIZE)
     ct = aead.encrypt(nonce, plaintext, frames.aad_for(v, table, key) + aad_extra)

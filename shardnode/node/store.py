@@ -340,8 +340,8 @@ class Store:
         if ring is None or ring.primary in ring.compromised:
             return None
         try:
-            ring.aead(ring.primary, table, unwrap=False)
-            frame, cs, version = seal_block(ring, table, key, plaintext)
+            # One key lookup: a second (a probe, then the seal) would count every write twice in the key cache.
+            frame, cs, version = seal_block(ring, table, key, plaintext, unwrap=False)
         except (KeyNotHeld, MissingKeyVersion, CompromisedVersion):
             return None
         return Sealed(ring, frame, cs, version)
