@@ -33,7 +33,8 @@ class PaceSettings:
     min_batch: int = 8
     target_ratio: float = 1.2  # foreground latency during rewrap / baseline, the goal the duty is steered to
     start_duty: float = 0.5
-    min_duty: float = 0.05
+    # The floor keeps a routine rotation finishing under constant load (at a tenth of its idle pace at worst).
+    min_duty: float = 0.1
     duty_step: float = 0.05
     max_pause: float = 0.5  # a pause longer than this would only stall the rotation; the duty floor bounds it
 
