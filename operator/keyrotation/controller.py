@@ -192,7 +192,25 @@ async def step(body: Mapping[str, Any]) -> Step:
     started = asyncio.get_running_loop().time()
     await _probe(rotation, _report_wait(phase, rotation))
     probed = asyncio.get_running_loop().time() - started
-    return _hand_off(await handler(rotation), phase, probed)
+    return _hand_off(await _run_phases(rotation, phase, handler), phase, probed)
+
+
+# Phases that may follow the previous one within the same pass: what they decide on (the keyring just read, the
+# reports just probed, the clock) is as fresh as a new pass would make it. Not AwaitingPromotion (processes must
+# first load the promoted keyring) nor Retiring (it removes key material only after a fresh probe of its own).
+_SAME_PASS = frozenset({Phase.PROMOTING, Phase.REWRAPPING, Phase.TRANSITION, Phase.VERIFYING})
+
+
+async def _run_phases(r: Rotation, phase: Phase, handler: Callable[[Rotation], Awaitable[Step]]) -> Step:
+    """Run ``phase``, then each phase it leads to that may run on the same reports (a hand-off without a pass)."""
+    st = await handler(r)
+    for _ in range(len(_SAME_PASS)):
+        nxt = plan.parse_phase(st.status.get("phase"))
+        if nxt is None or nxt is phase or nxt not in _SAME_PASS:
+            break
+        phase = nxt
+        st = await _PROBED_PHASES[nxt](r)
+    return st
 
 
 def _report_wait(phase: Phase, r: Rotation) -> probe.ReportWait | None:

@@ -76,3 +76,26 @@ def test_hand_off_is_immediate_after_a_phase_change_or_a_long_poll_that_waited()
     transition = Step({"phase": "Transition"})
     transition.delay = 30.0  # a phase's own delay (the rest of the transition period) is kept
     assert _hand_off(transition, Phase.TRANSITION, 0.01).delay == 30.0
+
+
+async def test_phases_that_need_no_new_report_follow_in_the_same_pass():
+    from datetime import timedelta
+
+    from chronoshard.operator.keyrotation.controller import _PROBED_PHASES, _run_phases
+    from chronoshard.operator.spec.keyrotation import KeyRotationSpec
+
+    promoted = [ProcessReport(0, role, True, 5, 2, frozenset({1, 2}), {2: 40} if role == "node" else {}, None)
+                for role in ("node", "cache")]
+    st = Step({"phase": "AwaitingPromotion", "toVersion": 2, "fromVersion": 1, "targetGeneration": 5})
+    r = Rotation({"metadata": {"namespace": "ns"}}, KeyRotationSpec("s", transition_period=timedelta(0)), st, 1,
+                 {}, None, 1, 2, 1, reports=promoted, target=5)  # type: ignore[arg-type]
+    out = await _run_phases(r, Phase.AWAITING_PROMOTION, _PROBED_PHASES[Phase.AWAITING_PROMOTION])
+    # promoted everywhere, no old block, no transition period: on to Retiring, which waits for a probe of its own
+    assert out.status["phase"] == "Retiring"
+    assert [reason for _, reason, _ in out.events] == ["Rewrapping", "Transition", "Verifying", "Retiring"]
+    # a phase that must wait for the processes first is not run ahead
+    st2 = Step({"phase": "AwaitingLoad", "toVersion": 2, "fromVersion": 1, "targetGeneration": 9})
+    r2 = Rotation({"metadata": {"namespace": "ns"}}, KeyRotationSpec("s"), st2, 1, {}, None, 1, 2, 1,
+                  reports=promoted, target=9)  # type: ignore[arg-type]
+    out2 = await _run_phases(r2, Phase.AWAITING_LOAD, _PROBED_PHASES[Phase.AWAITING_LOAD])
+    assert out2.status["phase"] == "AwaitingLoad" and out2.events == []
