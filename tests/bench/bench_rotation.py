@@ -21,6 +21,7 @@ import json
 import os
 import random
 import shutil
+import ssl
 import sys
 import tempfile
 import time
@@ -30,10 +31,12 @@ from typing import Any
 
 import aiohttp
 from chronoshard.shardnode.client import AsyncClient
+from chronoshard.shardnode.client.credentials import Credentials
+from chronoshard.shardnode.client.transport import Transport
 from chronoshard.shardnode.keyspace.partitioning import PartitionMap
 
 from tests.bench.bench_node_write import rewrap_bench
-from tests.e2e.conftest import LocalCluster, Operator, dev, is_ready, start_cluster
+from tests.e2e.conftest import LocalCluster, Operator, data_client_args, dev, is_ready, operator_tls, start_cluster
 from tests.support.waiting import wait_for
 
 NS = "bench"
@@ -200,7 +203,7 @@ async def poll_rewrap(session: aiohttp.ClientSession, ips: list[str],
     """One GET /v1/rewrap per node, appended with our wall-clock time to ``seen[shard]``."""
     async def one(shard: int, ip: str) -> None:
         try:
-            async with session.get(f"http://{ip}:7400/v1/rewrap") as r:
+            async with session.get(f"https://{ip}:7400/v1/rewrap") as r:
                 if r.status == 200:
                     seen.setdefault(shard, []).append((time.time(), await r.json()))
         except (aiohttp.ClientError, TimeoutError, ValueError):
@@ -255,7 +258,8 @@ async def rotate(cluster: LocalCluster, client: AsyncClient, ips: list[str], blo
     started = completed = None
     history: dict[str, Any] = {}
     to_v: int | None = None
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+    admin = aiohttp.TCPConnector(ssl=operator_tls(cluster, NS, NAME))  # GET /v1/rewrap is an administrative route
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5), connector=admin) as session:
         polling = True
 
         async def rewrap_poller() -> None:
@@ -351,8 +355,14 @@ async def measure(cluster: LocalCluster, args: argparse.Namespace) -> tuple[floa
     ips = [p["status"]["podIP"] for p in pods]
     cm = await asyncio.to_thread(cluster.get, "configmap", f"{NAME}-partitions", NS)
     pmap = PartitionMap.from_json(cm["data"]["map.json"])
-    async with AsyncClient(pmap, [f"http://{ip}:7401" for ip in ips], timeout=30,
-                           concurrency=args.concurrency) as client:
+    # As an application: a ServiceAccount token (TokenReview, cached by the pods) over TLS to each shard's cache.
+    # Pods are reached by IP, so the chain is checked against the ShardSet CA and the name is not.
+    creds = await asyncio.to_thread(data_client_args, cluster, NS, NAME, [TABLE])
+    tls = ssl.create_default_context(cafile=str(creds["ca"]))
+    tls.check_hostname = False
+    transport = Transport(Credentials.default(token_provider=creds["token_provider"]), ssl_context=tls,
+                          default_scheme="https", concurrency=args.concurrency)
+    async with AsyncClient(pmap, [f"https://{ip}:7401" for ip in ips], timeout=30, transport=transport) as client:
         say(f"loading {args.blocks} blocks of {args.block_size} B ({args.concurrency} writers)")
         load_rate = await load(client, args.blocks, args.block_size, args.concurrency)
         say(f"load done: {load_rate:.0f} blocks/s")
