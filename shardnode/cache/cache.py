@@ -337,7 +337,7 @@ class BlockCache:
         self.metrics.prefetch_dropped.labels("cached").inc(len(keys) - len(todo))
         if not todo:
             return 0
-        self.metrics.prefetch_issued.inc(len(todo))
+        self.metrics.prefetch_issued.inc()  # one node request, as the predictor's budget counts it
         epoch = self._invalidations
         try:
             frames = await self.node.get_frames(table, [k for k, _ in todo])

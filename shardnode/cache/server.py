@@ -54,7 +54,11 @@ log = logging.getLogger(__name__)
 # Routing headers a client sends are passed on to the node with writes (see routing.py).
 PASS_HEADERS = ("X-Chronoshard-Forwarded", "X-Chronoshard-Routed")
 MAX_HINTS = 1000
+# Blocks one read-ahead range may add after its first (the predictor's ranges are at most 32 blocks in all).
+MAX_READ_AHEAD = 31
 HintT = TypeVar("HintT")
+# A queued block hint or read-ahead range: (table, keys, scores), the first key the hinted block itself.
+PrefetchHint = tuple[str, tuple[str, ...], tuple[float, ...]]
 
 
 @dataclass
@@ -67,7 +71,7 @@ class CacheConfig:
     eviction: str = "scored"
     max_block_bytes: int = 4 << 20
     max_response_bytes: int = 64 << 20  # block bytes one batch answer may carry
-    keyring_poll_seconds: float = 1.0
+    keyring_poll_seconds: float = 0.25  # a stat of the mounted directory: cheap, and a rotation waits on it
     access_log_size: int = 100_000
     prefetch_queue: int = 10_000
     prefetch_workers: int = 4
@@ -133,7 +137,8 @@ class CacheApp:
         self.closing = False
         self.session: aiohttp.ClientSession | None = None
         self.cache: BlockCache | None = None
-        self.hints: asyncio.Queue[tuple[str, str, float]] = asyncio.Queue(cfg.prefetch_queue)
+        # One entry per hint: a block, or a read-ahead range (one node fetch either way, so one queue slot).
+        self.hints: asyncio.Queue[PrefetchHint] = asyncio.Queue(cfg.prefetch_queue)
         self._tasks: list[asyncio.Task[Any]] = []
 
     async def start(self, app: web.Application) -> None:
@@ -183,11 +188,14 @@ class CacheApp:
 
     async def _prefetch_worker(self) -> None:
         while True:
-            table, key, score = await self.hints.get()
+            table, keys, scores = await self.hints.get()
             try:
-                await self.bc.prefetch(table, key, score)
+                if len(keys) == 1:
+                    await self.bc.prefetch(table, keys[0], scores[0])
+                else:
+                    await self.bc.prefetch_range(table, list(keys), list(scores))
             except Exception:  # one bad hint must not kill the worker
-                log.exception("prefetch of %s/%s failed", table, key)
+                log.exception("prefetch of %s/%s failed", table, keys[0])
 
     async def _key_prefetch_worker(self) -> None:
         while True:
@@ -370,10 +378,7 @@ def _hint_items(doc: dict[str, Any], field: str, what: str,
         if not TABLE_RE.fullmatch(table):
             raise ApiError(400, "invalid_table", f"{what} table must match [A-Za-z0-9][A-Za-z0-9_.-]{{0,127}}")
         extra = check(item)
-        if (not isinstance(score, int | float) or isinstance(score, bool) or not math.isfinite(score)
-                or not 0 <= score <= 1):
-            raise ApiError(400, "invalid_body", f"{what} score must be a number between 0 and 1")
-        out.append((table, extra, float(score)))
+        out.append((table, extra, _score(score, what)))
     return out
 
 
@@ -390,11 +395,43 @@ def enqueue(queue: asyncio.Queue[HintT], hints: list[HintT], dropped: Counter) -
     return queued
 
 
+def _score(value: Any, what: str) -> float:
+    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value) or not 0 <= value <= 1:
+        raise ApiError(400, "invalid_body", f"{what} score must be a number between 0 and 1")
+    return float(value)
+
+
+def _block_hint(item: dict[str, Any]) -> list[tuple[str, float]]:
+    """A block hint's key, then its optional ``readAhead`` blocks (key, score), fetched with it in one request."""
+    key = check_key(item.get("key"))
+    extra = item.get("readAhead", [])
+    if not isinstance(extra, list) or len(extra) > MAX_READ_AHEAD:
+        raise ApiError(400, "invalid_body", f"readAhead must be an array of at most {MAX_READ_AHEAD} objects")
+    blocks, seen = [(key, 0.0)], {key}
+    for block in extra:
+        if not isinstance(block, dict):
+            raise ApiError(400, "invalid_body", "each readAhead block must be an object")
+        k = check_key(block.get("key"))
+        if k in seen:
+            raise ApiError(400, "invalid_body", f"readAhead repeats the key {k!r}")
+        seen.add(k)
+        blocks.append((k, _score(block.get("score"), "readAhead")))
+    return blocks
+
+
 async def prefetch(request: web.Request) -> web.StreamResponse:
-    """POST /v1/prefetch {"hints": [{"table", "key", "score"}]}: queue background fetches (never blocks)."""
+    """POST /v1/prefetch {"hints": [{"table", "key", "score", "readAhead"?: [{"key", "score"}]}]}: queue background
+    fetches, one per hint (a block, or a range of a run's next blocks in one node request); never blocks."""
     st = state(request)
-    parsed = _hint_items(await json_body(request), "hints", "hint", lambda item: check_key(item.get("key")))
-    wanted = [hint for hint in parsed if hint[2] >= st.cfg.prefetch_min_score]
+    parsed = _hint_items(await json_body(request), "hints", "hint", _block_hint)
+    floor = st.cfg.prefetch_min_score
+    wanted: list[PrefetchHint] = []
+    for table, blocks, score in parsed:
+        if score < floor:
+            continue
+        # Read-ahead blocks under the cache's own floor are left out of the range; the hint still goes.
+        kept = [(blocks[0][0], score), *((k, s) for k, s in blocks[1:] if s >= floor)]
+        wanted.append((table, tuple(k for k, _ in kept), tuple(s for _, s in kept)))
     if len(wanted) < len(parsed):
         st.metrics.prefetch_dropped.labels("threshold").inc(len(parsed) - len(wanted))
     queued = enqueue(st.hints, wanted, st.metrics.prefetch_dropped)
