@@ -17,32 +17,43 @@ from typing import Any
 
 import numpy as np
 
-from .access import Access
+from .access import Access, offset_key
 from .config import PredictorConfig
-from .features import Candidate, CandidateGenerator, GeneratorSettings, replay_candidates
+from .features import FEATURE_NAMES, KIND_SEQ1, Candidate, CandidateGenerator, GeneratorSettings, replay_candidates
 from .feedback import FeedbackController, Outcome, OutcomeTracker, TokenBucket
 from .forecast import RateForecaster
 from .labels import label_candidates, resolvable
 from .lifecycle import TrainedPipeline
 from .metrics import PredictorMetrics
+from .ranking import range_length, tail_threshold
 from .scorers import fit_auto, make_scorer
 
 log = logging.getLogger(__name__)
 SHARD = "*"  # forecast series of the whole shard
+RUN_LEN, GAP = FEATURE_NAMES.index("run_len"), FEATURE_NAMES.index("gap_log")
+Block = tuple[str, float]  # a block key and the probability that it is read within the horizon
 
 
 @dataclass(frozen=True, slots=True)
 class Hint:
-    """One prefetch hint for the cache."""
+    """One prefetch hint for the cache, one backend fetch: a block, or a run's read-ahead range."""
 
     table: str
     key: str
     score: float
-    size: int
+    size: int  # bytes of each block (the logged size of the read that suggested it)
+    read_ahead: tuple[Block, ...] = ()  # the blocks after ``key`` fetched with it
+
+    def keys(self) -> list[str]:
+        """Every block this hint fetches, ``key`` first."""
+        return [self.key, *(k for k, _ in self.read_ahead)]
 
     def to_json(self) -> dict[str, Any]:
-        """Body item of `POST /v1/prefetch`."""
-        return {"table": self.table, "key": self.key, "score": round(self.score, 6)}
+        """Body item of `POST /v1/prefetch` (a cache without ranges reads only table, key and score)."""
+        doc: dict[str, Any] = {"table": self.table, "key": self.key, "score": round(self.score, 6)}
+        if self.read_ahead:
+            doc["readAhead"] = [{"key": k, "score": round(p, 6)} for k, p in self.read_ahead]
+        return doc
 
 
 def feedback_controller(cfg: PredictorConfig, base_threshold: float) -> FeedbackController:
@@ -177,41 +188,84 @@ class Predictor(TrainedPipeline):
 
     def _hints(self, accesses: list[Access], pending: list[tuple[int, Access, Candidate]], scores: list[float],
                now: float) -> list[Hint]:
-        """The scored candidates over the threshold that become hints now (each one is tracked either way)."""
+        """The scored candidates over the threshold that become hints now, one per fetch (each block is tracked
+        either way)."""
         cfg = self.config
         # Where each block is requested later in this batch: a hint for it would come too late.
         last_in_batch = {(a.table, a.key): i for i, a in enumerate(accesses)}
-        hints: list[Hint] = []
-        # Best first (each hint is one fetch, so its score is its benefit per fetch): a budget that runs out
-        # within the batch drops the least likely ones.
-        for j in sorted(range(len(pending)), key=lambda j: -scores[j]):
+        plans: list[tuple[Access, Candidate, list[Block], list[Block]]] = []
+        covered: set[tuple[str, str]] = set()
+        # A run's next block first: its read-ahead range covers the run's second-next block too.
+        for j in sorted(range(len(pending)), key=lambda j: (pending[j][2].kind != KIND_SEQ1, -scores[j])):
             (i, a, c), s = pending[j], scores[j]
-            if s < cfg.score_threshold:
+            if s < cfg.score_threshold or (c.table, c.key) in covered:
                 continue
             if last_in_batch.get((c.table, c.key), -1) > i:
-                # Already requested after this access: the prediction was right but too late to send;
-                # it still counts for the threshold (as an unsent candidate), never as a sent hint.
-                later = next(b for b in accesses[i + 1:] if (b.table, b.key) == (c.table, c.key))
-                self._record([Outcome(s, False, later.time - a.time <= cfg.horizon_s, c.size, c.features)],
-                             later.time)
+                self._too_late(accesses, i, a, c, s)
                 continue
-            send = self._may_send(c, s, now)
-            self.tracker.add(c.table, c.key, s, send, c.size, a.time, cfg.horizon_s, c.features)
-            if send:
-                self.sent += 1
-                self.metrics.hints_sent.labels(c.table).inc()
-                hints.append(Hint(c.table, c.key, s, c.size))
-        return hints
+            # Read-ahead blocks this batch already requests are left out: the later access proposes what follows.
+            blocks = [(k, p) for k, p in self._plan(c, s) if last_in_batch.get((c.table, k), -1) <= i]
+            covered.update((c.table, k) for k, _ in blocks)
+            plans.append((a, c, blocks, self._worth_fetching(c.table, blocks)))
+        # Best first by expected blocks read per fetch: a budget that runs out within the batch drops the least useful.
+        plans.sort(key=lambda plan: -sum(p for _, p in plan[3]))
+        return [hint for a, c, blocks, fetch in plans if (hint := self._offer(a, c, blocks, fetch, now)) is not None]
 
-    def _may_send(self, c: Candidate, score: float, now: float) -> bool:
-        """Whether a candidate over the threshold is sent: over the feedback threshold, not already hinted,
-        and within the request and byte budgets (a budget refusal is counted)."""
-        if score < self.feedback.threshold or self.tracker.is_pending_sent(c.table, c.key):
-            return False
+    def _too_late(self, accesses: list[Access], i: int, a: Access, c: Candidate, score: float) -> None:
+        """A candidate requested after access ``i`` of this batch: right but too late to send; it still counts for
+        the threshold (as an unsent candidate), never as a sent hint."""
+        later = next(b for b in accesses[i + 1:] if (b.table, b.key) == (c.table, c.key))
+        self._record([Outcome(score, False, later.time - a.time <= self.config.horizon_s, c.size, c.features)],
+                     later.time)
+
+    def _plan(self, c: Candidate, score: float) -> list[Block]:
+        """The blocks one fetch for this candidate covers, with their use probabilities: a run's next block becomes
+        a read-ahead range (block i read with about score ** i, `ranking.range_length`), anything else stays one."""
+        if c.kind != KIND_SEQ1:
+            return [(c.key, score)]
+        cfg = self.config
+        k = range_length(score, float(c.features[RUN_LEN]), cfg.score_threshold,
+                         tail_threshold(self.feedback.max_waste_share))
+        gap = math.expm1(float(c.features[GAP])) / 1000.0  # the run's last step in seconds (the feature's inverse)
+        if gap > 0:
+            # The score is "read within the horizon": blocks the run reaches only later, at its pace, would be waste.
+            k = min(k, max(1, int(cfg.horizon_s / gap)))
+        step = max(1, -(-c.size // cfg.block_bytes)) if c.size > 0 else 1
+        blocks = [(c.key, score)]
+        for i in range(1, k):
+            nxt = offset_key(c.key, i * step)
+            if nxt is None:
+                break
+            blocks.append((nxt, score ** (i + 1)))
+        return blocks
+
+    def _worth_fetching(self, table: str, blocks: list[Block]) -> list[Block]:
+        """The blocks of a plan to fetch now: over the feedback threshold and not hinted already; none when fewer
+        than half of those are new (a range is re-issued once half of it is used up, not for every block read)."""
+        want = [(k, p) for k, p in blocks if p >= self.feedback.threshold]
+        new = [(k, p) for k, p in want if not self.tracker.is_pending_sent(table, k)]
+        return new if new and len(new) >= max(1, len(want) // 2) else []
+
+    def _offer(self, a: Access, c: Candidate, blocks: list[Block], fetch: list[Block], now: float) -> Hint | None:
+        """Track a plan's blocks and send its fetch as one hint if the budgets allow."""
+        cfg = self.config
+        send = bool(fetch) and self._may_send(len(fetch) * max(c.size, 1), now)
+        sent = {k for k, _ in fetch} if send else set()
+        for n, (k, p) in enumerate(blocks):
+            # Only the candidate itself was scored on its features: read-ahead outcomes must not recalibrate them.
+            self.tracker.add(c.table, k, p, k in sent, c.size, a.time, cfg.horizon_s, c.features if n == 0 else None)
+        if not send:
+            return None
+        self.sent += len(fetch)
+        self.metrics.hints_sent.labels(c.table).inc(len(fetch))
+        return Hint(c.table, fetch[0][0], fetch[0][1], c.size, tuple(fetch[1:]))
+
+    def _may_send(self, size: int, now: float) -> bool:
+        """Whether one fetch of ``size`` bytes is within the request and byte budgets (a refusal is counted)."""
         if not self.hint_bucket.take(1, now, self.feedback.budget_factor):
             self.metrics.hints_dropped.labels("requests_budget").inc()
             return False
-        if not self.byte_bucket.take(max(c.size, 1), now, self.feedback.budget_factor):
+        if not self.byte_bucket.take(size, now, self.feedback.budget_factor):
             self.metrics.hints_dropped.labels("bytes_budget").inc()
             return False
         return True

@@ -39,7 +39,7 @@ def test_learns_successor_chain_and_prefetches_it(tmp_path: Path, model: str) ->
         if i and a.key in CHAIN[1:] and acc[i - 1].key == CHAIN[CHAIN.index(a.key) - 1]:
             total += 1
             covered += a.key in hinted_before
-        hinted_before = {h.key for h in p.observe([a], now=a.time)}
+        hinted_before = {k for h in p.observe([a], now=a.time) for k in h.keys()}
     assert total > 300
     assert covered / total > 0.8, (covered, total)
     st = p.status()
@@ -54,7 +54,7 @@ def test_learns_periodic_scan_and_prefetches_next_blocks(tmp_path: Path) -> None
     covered = 0
     for a in acc:
         covered += a.key in hinted
-        hinted |= {h.key for h in p.observe([a], now=a.time)}
+        hinted |= {k for h in p.observe([a], now=a.time) for k in h.keys()}
     # 20 scans of 40 blocks: all but the first couple of blocks of each scan should have been hinted.
     assert covered >= 20 * 34, covered
     assert p.status()["precision"] > 0.8
