@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# Write the two lock files, exact versions from one resolver run each:
-#   requirements.lock      runtime + `ml` extra: what the container image installs (hack/build-venv.sh).
-#   requirements-dev.lock  runtime + `ml` + `dev` extras + the devcluster distribution: what hack/test.sh and
-#                          hack/quickstart.sh install, so CI tests the versions the image ships.
-# The dev lock is resolved under the runtime lock as a constraint, so every package both name has the same
-# version in both. Re-run after changing dependencies in pyproject.toml or devcluster/pyproject.toml;
+# Write the lock files, exact versions from one resolver run each:
+#   requirements.lock        runtime + `ml` extra: what the container image installs (hack/build-venv.sh).
+#   requirements-dev.lock    runtime + `ml` + `dev` extras + the devcluster distribution: what hack/test.sh and
+#                            hack/quickstart.sh install, so CI tests the versions the image ships.
+#   requirements-bench.lock  the dev set + the `bench` extra: what hack/bench-deps.sh installs for tests/bench/.
+# Each lock is resolved under the ones before it as constraints, so every package two locks name has the same
+# version in both (and the bench resolution cannot backtrack: libcachesim's unpinned boto3 and pytest are fixed by
+# the locks). Re-run after changing dependencies in pyproject.toml or devcluster/pyproject.toml;
 # tests/unit/test_dockerfile.py and tests/unit/test_packaging.py fail while a lock and its pyproject disagree.
+# Arguments name the locks to write (runtime, dev, bench; default: all), e.g. `hack/lock.sh bench` after a change
+# to the bench extra only, which leaves the other two as they are.
 #
 # pip's resolver does the work (`install --dry-run --report`), so no extra locking tool is needed.
 # Resolution runs with the repo venv's Python (3.11, the image's Python line) on Linux.
@@ -37,7 +41,18 @@ PY
   echo "wrote $output" >&2
 }
 
-lock "$root/requirements.lock" "pyproject.toml (runtime + ml extra)" "$root[ml]"
-lock "$root/requirements-dev.lock" \
-  "pyproject.toml (runtime + ml + dev extras) and devcluster/pyproject.toml, under requirements.lock" \
-  --constraint "$root/requirements.lock" "$root[ml,dev]" "$root/devcluster"
+wanted=" ${*:-runtime dev bench} "
+if [[ "$wanted" == *" runtime "* ]]; then
+  lock "$root/requirements.lock" "pyproject.toml (runtime + ml extra)" "$root[ml]"
+fi
+if [[ "$wanted" == *" dev "* ]]; then
+  lock "$root/requirements-dev.lock" \
+    "pyproject.toml (runtime + ml + dev extras) and devcluster/pyproject.toml, under requirements.lock" \
+    --constraint "$root/requirements.lock" "$root[ml,dev]" "$root/devcluster"
+fi
+if [[ "$wanted" == *" bench "* ]]; then
+  lock "$root/requirements-bench.lock" \
+    "pyproject.toml (runtime + ml + dev + bench extras) and devcluster/pyproject.toml, under requirements.lock and requirements-dev.lock" \
+    --constraint "$root/requirements.lock" --constraint "$root/requirements-dev.lock" \
+    "$root[ml,dev,bench]" "$root/devcluster"
+fi

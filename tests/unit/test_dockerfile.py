@@ -174,6 +174,24 @@ def test_dev_lock_agrees_with_the_image_lock() -> None:
     assert not disagree, f"run hack/lock.sh (image lock vs dev lock): {disagree}"
 
 
+def test_bench_lock_pins_every_dependency_of_the_benchmarks_within_its_range() -> None:
+    # hack/bench-deps.sh installs chronoshard[ml,dev,bench] and the devcluster distribution under all three locks.
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    devcluster = tomllib.loads((REPO / "devcluster/pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    declared = (project["dependencies"] + extras["ml"] + extras["dev"] + extras["bench"]
+                + devcluster["dependencies"])
+    problems = _outside_lock(declared, "requirements-bench.lock")
+    assert not problems, "run hack/lock.sh bench: " + "; ".join(problems)
+
+
+def test_bench_lock_agrees_with_the_dev_lock() -> None:
+    # Installing the benchmarks' packages must not move a version the tests run with (nor, so, one the image ships).
+    dev, bench = _lock("requirements-dev.lock"), _lock("requirements-bench.lock")
+    disagree = {name: (version, bench.get(name)) for name, version in dev.items() if bench.get(name) != version}
+    assert not disagree, f"run hack/lock.sh bench (dev lock vs bench lock): {disagree}"
+
+
 def _installed_closure(roots: list[str]) -> dict[str, str]:
     """Every distribution ``roots`` (requirement strings, extras included) need, per the installed metadata."""
     found: dict[str, str] = {}
