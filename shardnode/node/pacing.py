@@ -7,10 +7,10 @@ in flight) and after every batch decides the next batch size and pause, the way 
 admission control in CockroachDB steer background work by foreground signals:
 
 - no foreground request in flight or in the last ``idle_after`` seconds: full batches, no pause;
-- clients active: batches short enough to hold the writer (and the GIL) for at most ``busy_batch_seconds``, and a
-  duty cycle (the share of wall time spent in batches) steered by additive increase / multiplicative decrease on
-  the ratio of the recent foreground latency to its baseline (measured while no rewrap ran): above
-  ``target_ratio`` the duty halves, below it grows by ``duty_step``.
+- clients active: batches that hold the writer for at most ``busy_batch_seconds``, and a duty cycle (the share of
+  wall time spent in batches) steered by additive increase / multiplicative decrease on the ratio of the foreground
+  latency, averaged over a ``window``, to its baseline (measured while no rewrap ran): above ``target_ratio`` the
+  duty shrinks by ``backoff``, within it grows by ``duty_step``, never under ``min_duty``.
 
 ``next_pace`` is pure; ``ForegroundGauge`` is the node's only mutable state for it (updated on the event loop).
 """
@@ -29,13 +29,18 @@ class PaceSettings:
     """The steering constants (documented in docs/key-rotation.md#pacing)."""
 
     idle_after: float = 0.2  # seconds without a foreground request before the node counts as idle
-    busy_batch_seconds: float = 0.004  # while clients are active, one batch holds the writer at most this long
-    min_batch: int = 8
+    # While clients are active one batch holds the writer (so queued writes) at most about this long. Not less:
+    # each batch is one commit with its fsync, and reads do not wait for the writer (WAL) nor long for the GIL
+    # (the batch offers it every few blocks).
+    busy_batch_seconds: float = 0.025
+    min_batch: int = 16
+    window: float = 0.25  # the duty changes at most once per window, on the window's mean latency
     target_ratio: float = 1.2  # foreground latency during rewrap / baseline, the goal the duty is steered to
     start_duty: float = 0.5
-    # The floor keeps a routine rotation finishing under constant load (at a tenth of its idle pace at worst).
-    min_duty: float = 0.1
-    duty_step: float = 0.05
+    # The floor keeps a routine rotation finishing under constant load (at a fifth of its idle pace at worst).
+    min_duty: float = 0.2
+    backoff: float = 0.7  # multiplicative decrease of the duty on a window over target
+    duty_step: float = 0.1  # additive increase on a window within target
     max_pause: float = 0.5  # a pause longer than this would only stall the rotation; the duty floor bounds it
 
 
@@ -54,8 +59,8 @@ class ForegroundSample:
     """The foreground as the gauge saw it right after a batch."""
 
     busy: bool
-    latency: float | None  # recent mean latency of foreground requests (seconds), None before any
-    baseline: float | None  # their mean latency while no rewrap ran (else the lowest recent mean), None before any
+    latency: float | None  # mean latency of the window just closed (seconds); None: no window closed, or empty
+    baseline: float | None  # their mean latency while no rewrap ran (else the lowest window mean), None before any
 
 
 def next_pace(prev: Pace, fg: ForegroundSample, batch_seconds: float, blocks: int, max_batch: int,
@@ -66,7 +71,7 @@ def next_pace(prev: Pace, fg: ForegroundSample, batch_seconds: float, blocks: in
     duty = s.start_duty if not prev.busy else prev.duty
     if prev.busy and fg.latency is not None and fg.baseline:
         if fg.latency > s.target_ratio * fg.baseline:
-            duty = max(s.min_duty, duty / 2)
+            duty = max(s.min_duty, duty * s.backoff)
         else:
             duty = min(1.0, duty + s.duty_step)
     per_block = batch_seconds / blocks if blocks > 0 else 0.0
@@ -75,13 +80,12 @@ def next_pace(prev: Pace, fg: ForegroundSample, batch_seconds: float, blocks: in
     # The pause that makes this batch's share of wall time ``duty``, for a batch of the new size.
     expected = per_block * batch
     pause = min(s.max_pause, expected * (1.0 - duty) / duty)
-    return Pace(batch, pause, duty, True)
+    return Pace(batch, pause, round(duty, 6), True)
 
 
 class ForegroundGauge:
     """Foreground request latency and concurrency, as the node's middleware reports them (event loop only)."""
 
-    RECENT_WEIGHT = 0.2  # per request: the recent mean follows a change within a few requests
     BASELINE_WEIGHT = 0.02  # per request, and only while no rewrap runs: a steady reference
 
     def __init__(self, settings: PaceSettings = PaceSettings(),
@@ -90,11 +94,13 @@ class ForegroundGauge:
         self._now = clock
         self.in_flight = 0
         self.last_seen = float("-inf")
-        self.recent: float | None = None
         self.baseline: float | None = None
-        # The lowest recent mean seen: the reference when a rewrap runs from start-up, before any baseline.
+        # The lowest window mean seen: the reference when a rewrap runs from start-up, before any baseline.
         self.floor: float | None = None
         self.rewrap_running = False
+        self._window_start = clock()
+        self._window_sum = 0.0
+        self._window_n = 0
 
     def begin(self) -> float:
         """A foreground request started; returns its start time for ``end``."""
@@ -109,13 +115,20 @@ class ForegroundGauge:
         self.in_flight = max(0, self.in_flight - 1)
         self.last_seen = now
         latency = now - started
-        r = self.recent = latency if self.recent is None else self.recent + self.RECENT_WEIGHT * (latency - self.recent)
-        self.floor = r if self.floor is None else min(self.floor, r)
+        self._window_sum += latency
+        self._window_n += 1
         if not self.rewrap_running:
             b = self.baseline
             self.baseline = latency if b is None else b + self.BASELINE_WEIGHT * (latency - b)
 
     def sample(self) -> ForegroundSample:
-        """The foreground right now."""
-        busy = self.in_flight > 0 or self._now() - self.last_seen < self.settings.idle_after
-        return ForegroundSample(busy, self.recent, self.baseline if self.baseline is not None else self.floor)
+        """The foreground now; closes the latency window if it is at least ``settings.window`` old."""
+        now = self._now()
+        busy = self.in_flight > 0 or now - self.last_seen < self.settings.idle_after
+        latency = None
+        if now - self._window_start >= self.settings.window:
+            if self._window_n:
+                latency = self._window_sum / self._window_n
+                self.floor = latency if self.floor is None else min(self.floor, latency)
+            self._window_start, self._window_sum, self._window_n = now, 0.0, 0
+        return ForegroundSample(busy, latency, self.baseline if self.baseline is not None else self.floor)

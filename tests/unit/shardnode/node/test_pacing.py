@@ -1,4 +1,4 @@
-"""Adaptive rewrap pacing: full speed when idle, short batches and a duty cycle steered by foreground latency."""
+"""Adaptive rewrap pacing: full speed when idle, bounded batches and a duty cycle steered by foreground latency."""
 
 import pytest
 from chronoshard.shardnode.node.pacing import ForegroundGauge, ForegroundSample, Pace, PaceSettings, next_pace
@@ -8,38 +8,45 @@ IDLE = Pace(256, 0.0, 1.0, False)
 
 
 def test_idle_node_rewraps_full_batches_without_pause():
-    p = next_pace(Pace(16, 0.2, 0.1, True), ForegroundSample(False, 0.004, 0.002), 0.001, 16, 256)
+    p = next_pace(Pace(16, 0.2, 0.3, True), ForegroundSample(False, 0.004, 0.002), 0.001, 16, 256)
     assert p == Pace(256, 0.0, 1.0, False)
 
 
-def test_clients_arriving_shrink_the_batch_to_the_busy_budget_and_start_at_half_duty():
-    # 256 blocks took 25.6 ms (0.1 ms each): a 4 ms budget allows 40 blocks; half duty pauses as long as a batch.
-    p = next_pace(IDLE, ForegroundSample(True, 0.003, 0.002), 0.0256, 256, 256)
-    assert p.busy and p.batch == 40 and p.duty == S.start_duty
-    assert p.pause == pytest.approx(0.004)
+def test_clients_arriving_bound_the_batch_and_start_at_half_duty():
+    # 256 blocks took 256 ms (1 ms each): a 25 ms budget allows 25 blocks; half duty pauses as long as a batch.
+    p = next_pace(IDLE, ForegroundSample(True, 0.003, 0.002), 0.256, 256, 256)
+    assert p.busy and p.batch == 25 and p.duty == S.start_duty
+    assert p.pause == pytest.approx(0.025)
+    fast = next_pace(IDLE, ForegroundSample(True, None, None), 0.0128, 256, 256)  # 50 µs a block: the whole batch
+    assert fast.batch == 256
 
 
-def test_latency_above_target_halves_the_duty_and_lengthens_the_pause():
-    prev = Pace(40, 0.004, 0.5, True)
-    p = next_pace(prev, ForegroundSample(True, 0.003, 0.002), 0.004, 40, 256)  # 1.5x baseline > 1.2x
-    assert p.duty == 0.25 and p.pause == pytest.approx(0.004 * 3)
+def test_a_window_over_target_backs_the_duty_off_and_lengthens_the_pause():
+    prev = Pace(25, 0.025, 0.5, True)
+    p = next_pace(prev, ForegroundSample(True, 0.003, 0.002), 0.025, 25, 256)  # 1.5x baseline > 1.2x
+    assert p.duty == pytest.approx(0.5 * S.backoff) and p.pause > 0.025
 
 
-def test_latency_within_target_grows_the_duty_additively_up_to_full():
-    prev = Pace(40, 0.004, 0.5, True)
-    p = next_pace(prev, ForegroundSample(True, 0.0022, 0.002), 0.004, 40, 256)  # 1.1x baseline
-    assert p.duty == pytest.approx(0.55) and p.pause < 0.004
-    for _ in range(20):
-        p = next_pace(p, ForegroundSample(True, 0.0022, 0.002), 0.004, 40, 256)
+def test_a_window_within_target_grows_the_duty_additively_up_to_full():
+    prev = Pace(25, 0.025, 0.5, True)
+    p = next_pace(prev, ForegroundSample(True, 0.0022, 0.002), 0.025, 25, 256)  # 1.1x baseline
+    assert p.duty == pytest.approx(0.5 + S.duty_step) and p.pause < 0.025
+    for _ in range(10):
+        p = next_pace(p, ForegroundSample(True, 0.0022, 0.002), 0.025, 25, 256)
     assert p.duty == 1.0 and p.pause == 0.0
 
 
+def test_no_closed_window_keeps_the_duty():
+    prev = Pace(25, 0.025, 0.4, True)
+    assert next_pace(prev, ForegroundSample(True, None, 0.002), 0.025, 25, 256).duty == 0.4
+
+
 def test_duty_and_pause_have_floors_and_ceilings():
-    p = Pace(40, 0.004, 0.5, True)
+    p = Pace(25, 0.025, 0.5, True)
     for _ in range(20):
-        p = next_pace(p, ForegroundSample(True, 0.1, 0.002), 0.004, 40, 256)
+        p = next_pace(p, ForegroundSample(True, 0.1, 0.002), 0.025, 25, 256)
     assert p.duty == S.min_duty and p.pause <= S.max_pause
-    slow = next_pace(p, ForegroundSample(True, 0.1, 0.002), 2.0, 8, 256)  # 250 ms a block: the pause is capped
+    slow = next_pace(p, ForegroundSample(True, 0.1, 0.002), 8.0, 16, 256)  # 0.5 s a block: the pause is capped
     assert slow.batch == S.min_batch and slow.pause == S.max_pause
 
 
@@ -56,6 +63,12 @@ class Clock:
         return self.t
 
 
+def request(g: ForegroundGauge, clock: Clock, seconds: float) -> None:
+    started = g.begin()
+    clock.t += seconds
+    g.end(started)
+
+
 def test_gauge_counts_in_flight_and_recent_requests_as_busy():
     clock = Clock()
     g = ForegroundGauge(clock=clock)
@@ -70,32 +83,33 @@ def test_gauge_counts_in_flight_and_recent_requests_as_busy():
     assert not g.sample().busy
 
 
-def test_gauge_baseline_moves_only_while_no_rewrap_runs():
+def test_gauge_closes_a_window_of_mean_latency_and_its_baseline_moves_only_without_rewrap():
     clock = Clock()
     g = ForegroundGauge(clock=clock)
-
-    def request(seconds: float) -> None:
-        started = g.begin()
-        clock.t += seconds
-        g.end(started)
-
-    request(0.002)
-    assert g.sample().baseline == pytest.approx(0.002) and g.sample().latency == pytest.approx(0.002)
+    request(g, clock, 0.002)
+    assert g.baseline == pytest.approx(0.002)
+    clock.t += S.window
+    first = g.sample()
+    assert first.latency == pytest.approx(0.002) and first.baseline == pytest.approx(0.002)
     g.rewrap_running = True
     for _ in range(10):
-        request(0.010)
+        request(g, clock, 0.010)
+    assert g.sample().latency is None or clock.t - 100 >= S.window  # a window closes only once it is old enough
+    clock.t += S.window
     s = g.sample()
+    assert s.latency == pytest.approx(0.010)
     assert s.baseline == pytest.approx(0.002)  # the rewrap's own effect never becomes the reference
-    assert s.latency is not None and s.latency > 0.008
+    clock.t += S.window
+    assert g.sample().latency is None  # an empty window says nothing
 
 
-def test_gauge_without_a_baseline_uses_the_lowest_recent_latency():
+def test_gauge_without_a_baseline_uses_the_lowest_window_mean():
     clock = Clock()
     g = ForegroundGauge(clock=clock)
     g.rewrap_running = True  # a rewrap resumed at start-up, before any client request
-    for seconds in (0.003, 0.003, 0.009):
-        started = g.begin()
-        clock.t += seconds
-        g.end(started)
+    for seconds in (0.003, 0.009):
+        request(g, clock, seconds)
+        clock.t += S.window
+        g.sample()
     s = g.sample()
-    assert s.baseline == pytest.approx(0.003) and s.latency is not None and s.latency > s.baseline
+    assert s.baseline == pytest.approx(0.003)
