@@ -45,6 +45,9 @@ _CLUSTER_KINDS: dict[tuple[str, str], tuple[str, str]] = {
 
 _lock = threading.Lock()
 _api: client.ApiClient | None = None
+# Threads that call the API at once: the ShardSet passes (32), Kopf's executor (8), asyncio's default pool (the
+# other controllers' passes, cores + 4).
+CONNECTIONS = 48
 
 
 def api_client() -> client.ApiClient:
@@ -52,11 +55,15 @@ def api_client() -> client.ApiClient:
     global _api
     with _lock:
         if _api is None:
+            cfg = client.Configuration()
             try:
-                config.load_incluster_config()
-                _api = client.ApiClient()
+                config.load_incluster_config(client_configuration=cfg)
             except config.ConfigException:
-                _api = config.new_client_from_config()
+                config.load_kube_config(client_configuration=cfg)
+            # One connection per thread that may call at once; the default (5 per core) made the extra threads
+            # open a new TLS connection per request and throw it away.
+            cfg.connection_pool_maxsize = CONNECTIONS
+            _api = client.ApiClient(cfg)
         return _api
 
 
