@@ -398,15 +398,18 @@ async def shardset_loop(name: str, namespace: str | None, body: kopf.Body, stopp
     await run_object_loop(KIND, namespace_of(KIND, name, namespace), name, body, stopped, one_pass)
 
 
+# The event handlers are coroutines: each only sets an asyncio.Event, which a sync handler would do from Kopf's
+# thread pool (one thread hop per event, thousands of events for a thousand ShardSets, and Event.set() is not
+# thread-safe: a loop busy elsewhere could see the wake-up late).
 @kopf.on.event(naming.GROUP, naming.VERSION, PLURAL)
-def shardset_changed(name: str, namespace: str | None, body: kopf.Body, **_: Any) -> None:
+async def shardset_changed(name: str, namespace: str | None, body: kopf.Body, **_: Any) -> None:
     """Wake the loop when the spec moved past what the status has observed."""
     observed = (body.get("status") or {}).get("observedGeneration")
     if observed != body["metadata"].get("generation"):
         TRIGGERS.fire(KIND, namespace_of(KIND, name, namespace), name)
 
 
-def _child_changed(body: kopf.Body, **_: Any) -> None:
+async def _child_changed(body: kopf.Body, **_: Any) -> None:
     if TRIGGERS.fire_owner(body) is None:
         # cert-manager's Secret has no ownerReference to us, only the labels the Certificate asked for.
         meta = body.get("metadata") or {}
@@ -415,7 +418,7 @@ def _child_changed(body: kopf.Body, **_: Any) -> None:
             TRIGGERS.fire(KIND, meta.get("namespace", ""), labels["app.kubernetes.io/instance"])
 
 
-for _group, _version, _plural in (
+CHILD_RESOURCES = (
     ("", "v1", "secrets"),
     ("", "v1", "configmaps"),
     ("", "v1", "services"),
@@ -423,8 +426,19 @@ for _group, _version, _plural in (
     ("policy", "v1", "poddisruptionbudgets"),
     ("", "v1", "serviceaccounts"),
     ("networking.k8s.io", "v1", "networkpolicies"),
-):
+)
+for _group, _version, _plural in CHILD_RESOURCES:
     kopf.on.event(_group, _version, _plural, labels=MANAGED)(_child_changed)
+
+
+@kopf.on.startup()
+def watch_only_managed_children(settings: kopf.OperatorSettings, **_: Any) -> None:
+    """Let the API server filter the children's watches by our label: the handlers above take nothing else, and
+    without the selector every Secret, ConfigMap and Service of the cluster is streamed to this process and
+    dropped here (no other handler of the operator watches these resources)."""
+    selector = ",".join(f"{k}={v}" for k, v in MANAGED.items())
+    for group, version, plural in CHILD_RESOURCES:
+        settings.watching.label_selectors[group, version, plural] = selector
 
 
 @kopf.on.delete(naming.GROUP, naming.VERSION, PLURAL, optional=False)
