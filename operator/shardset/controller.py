@@ -49,6 +49,7 @@ from ..spec.common import SpecError
 from ..spec.shardset import ShardSetSpec, parse_shardset
 from ..triggers import TRIGGERS
 from . import manifests, tlsassets
+from .applied import APPLIED
 from .secrets import adopt, create_once
 from .status import Observed, shardset_status
 
@@ -212,7 +213,7 @@ def _ensure_partition_map(owner: Mapping[str, Any], spec: ShardSetSpec, result: 
         if pmap.epoch != current.epoch:
             result.events.append(("Normal", "PartitionMapUpdated",
                                   f"Partition map epoch {pmap.epoch}: {pmap.shards} shard(s)"))
-    kube.apply(manifests.partitions_config_map(owner, pmap.to_json()))
+    APPLIED.apply(manifests.partitions_config_map(owner, pmap.to_json()))
     return pmap
 
 
@@ -281,11 +282,11 @@ def reconcile(owner: Mapping[str, Any]) -> ReconcileResult:
     prefetch = policy_in_force(ns, name)
     # Likewise the oldest valid ShadowPolicy adds the shadow container and shadow.json.
     shadow = shadow_policy_in_force(ns, name).spec
-    kube.apply(manifests.config_map(owner, spec, prefetch=prefetch.spec,
-                                    operator_identities=tlsassets.operator_identities(), shadow=shadow))
-    kube.apply(manifests.headless_service(owner))
-    kube.apply(manifests.client_service(owner))
-    kube.apply(manifests.pod_disruption_budget(owner, spec))
+    APPLIED.apply(manifests.config_map(owner, spec, prefetch=prefetch.spec,
+                                       operator_identities=tlsassets.operator_identities(), shadow=shadow))
+    APPLIED.apply(manifests.headless_service(owner))
+    APPLIED.apply(manifests.client_service(owner))
+    APPLIED.apply(manifests.pod_disruption_budget(owner, spec))
 
     live_sts = kube.get("apps/v1", "StatefulSet", ns, naming.statefulset_name(name))
     blocking = [p for p in problems if p[0] in BLOCKING]
@@ -296,7 +297,8 @@ def reconcile(owner: Mapping[str, Any]) -> ReconcileResult:
         effective = spec if shards == spec.shards else _with_shards(spec, shards)
         desired_sts = manifests.statefulset(owner, effective, shadow)
         _keep_immutable_claims(desired_sts, live_sts, problems)
-        sts = kube.apply(desired_sts)
+        # Skipped when unchanged: the live StatefulSet just read is then what the apply would have returned.
+        sts = APPLIED.apply(desired_sts, always=live_sts is None) or live_sts
         if live_sts is None:
             result.events.append(("Normal", "StatefulSetCreated", f"Created StatefulSet {name} with {shards} shard(s)"))
         elif live_sts["spec"].get("replicas") != shards:
@@ -409,7 +411,8 @@ async def shardset_changed(name: str, namespace: str | None, body: kopf.Body, **
         TRIGGERS.fire(KIND, namespace_of(KIND, name, namespace), name)
 
 
-async def _child_changed(body: kopf.Body, **_: Any) -> None:
+async def _child_changed(body: kopf.Body, event: kopf.RawEvent, **_: Any) -> None:
+    APPLIED.observed(body, event.get("type"))
     if TRIGGERS.fire_owner(body) is None:
         # cert-manager's Secret has no ownerReference to us, only the labels the Certificate asked for.
         meta = body.get("metadata") or {}

@@ -23,6 +23,7 @@ from .. import certs, kube, naming, satoken
 from ..podcontract import CA_CERT_FILE, CA_KEY_FILE, TLS_CERT_FILE, TLS_KEY_FILE
 from ..spec.shardset import ShardSetSpec
 from . import manifests
+from .applied import APPLIED
 from .secrets import Events, adopt, create_once
 
 log = logging.getLogger(__name__)
@@ -161,7 +162,7 @@ def ensure_tls(owner: Mapping[str, Any], spec: ShardSetSpec, shards: int, pod_ip
     else:
         state = _cert_manager(owner, spec, shards, pod_ips, problems)
     if state.ca_cert is not None:
-        kube.apply(manifests.ca_config_map(owner, state.ca_cert.decode()))
+        APPLIED.apply(manifests.ca_config_map(owner, state.ca_cert.decode()))
     return state
 
 
@@ -181,9 +182,9 @@ def operator_identities() -> tuple[str, ...]:
 
 def ensure_access(owner: Mapping[str, Any], spec: ShardSetSpec) -> None:
     """The pods' ServiceAccount, its system:auth-delegator binding and the NetworkPolicy."""
-    kube.apply(manifests.service_account(owner))
-    kube.apply(manifests.cluster_role_binding(owner))
-    kube.apply(manifests.network_policy(owner, spec, operator_peer()))
+    APPLIED.apply(manifests.service_account(owner))
+    kube.apply(manifests.cluster_role_binding(owner))  # cluster-scoped, not watched: always sent
+    APPLIED.apply(manifests.network_policy(owner, spec, operator_peer()))
 
 
 def delete_cluster_role_binding(namespace: str, name: str) -> None:
