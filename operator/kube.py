@@ -45,9 +45,9 @@ _CLUSTER_KINDS: dict[tuple[str, str], tuple[str, str]] = {
 
 _lock = threading.Lock()
 _api: client.ApiClient | None = None
-# Threads that call the API at once: the ShardSet passes (32), Kopf's executor (8), asyncio's default pool (the
+# Threads that call the API at once: the ShardSet passes (12), Kopf's executor (8), asyncio's default pool (the
 # other controllers' passes, cores + 4).
-CONNECTIONS = 48
+CONNECTIONS = 32
 
 
 def api_client() -> client.ApiClient:

@@ -364,9 +364,11 @@ def write_status(owner: Mapping[str, Any], status: Mapping[str, Any]) -> bool:
 
 
 # Passes block on the API server (the sync client), so they run in threads: a pool of their own, sized for waiting
-# on I/O, not for CPU. In asyncio's default pool (cores + 4 threads: 6 on two cores) six passes ran while a thousand
-# new ShardSets waited, and each pass's status write queued behind all of them a second time.
-PASS_THREADS = 32
+# on I/O, not for CPU. In asyncio's default pool (cores + 4 threads: 6 on two cores) each pass's status write queued
+# behind every other pass a second time. 1,000 new ShardSets on two shared cores converged 121 s after the last create
+# with 6 threads, 90 s with 12, 137-181 s with 32 (more threads contend for the GIL and the API server, and each
+# call slows down more than the extra concurrency gains).
+PASS_THREADS = 12
 _PASSES = concurrent.futures.ThreadPoolExecutor(max_workers=PASS_THREADS, thread_name_prefix="shardset-pass")
 
 
