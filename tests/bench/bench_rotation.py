@@ -321,7 +321,7 @@ def report(args: argparse.Namespace, load_rate: float, baselines: dict[int, tupl
         batch = 2000 if r.kind == "threat" else 256
         base, raw = baselines[batch]
         print(f"\n== {r.kind} rotation (batches of {batch}"
-              f"{', no pause' if r.kind == 'threat' else ', 0.05 s pause between batches'}) ==")
+              f"{', no pause' if r.kind == 'threat' else ', paced by each node by its client traffic'}) ==")
         print(f"key version {r.history.get('fromVersion')} -> {r.history.get('toVersion')}; "
               f"total (left Pending -> Completed): {r.total:.1f} s; history: "
               f"{r.history.get('blocksRewrapped')} blocks rewrapped, {r.history.get('durationSeconds')} s")
