@@ -57,7 +57,7 @@ POLL_SECONDS = 1.0  # while a rotation is in progress and the processes cannot b
 MIN_PASS_SECONDS = 0.05  # between two passes of the same phase, whatever the long-poll did
 IDLE_SECONDS = 30.0  # otherwise (a trigger wakes the loop earlier)
 # A routine rotation rewraps in the background: the node paces it by its own client traffic (full speed when
-# idle, short batches and pauses when busy: shardnode/node/pacing.py), so no pause is sent. A shadow's history
+# idle, bounded batches and pauses when busy: shardnode/node/pacing.py), so no pause is sent. A shadow's history
 # rewrap keeps a fixed pause. A threat rotation rewraps in large batches with no pause.
 BATCH_NORMAL = 256
 PAUSE_NORMAL: float | None = None

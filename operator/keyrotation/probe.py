@@ -48,7 +48,7 @@ def _report(shard: int, role: str, body: Mapping[str, Any]) -> ProcessReport:
 
 
 async def _get_keys(session: aiohttp.ClientSession, shard: int, role: str, pod: Mapping[str, Any],
-                    wait: ReportWait | None) -> ProcessReport:
+                    wait: ReportWait | None = None) -> ProcessReport:
     at = podtls.endpoint(pod, shard, role, "/v1/keys")
     if at is None:
         return ProcessReport(shard, role, False, error="pod has no IP yet")
