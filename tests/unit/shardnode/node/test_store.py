@@ -19,13 +19,6 @@ from chronoshard.shardnode.node.store import (
 from tests.support.stores import open_store, ring
 
 
-@pytest.fixture
-async def store(tmp_path):
-    s, holder = open_store(tmp_path, ring(1, (1,)))
-    yield s, holder
-    s.close()
-
-
 async def test_put_get_roundtrip_encrypted_at_rest(store, tmp_path):
     s, holder = store
     res = await s.put("users", "alice", b"plain-secret-value")

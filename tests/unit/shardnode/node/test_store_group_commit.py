@@ -10,14 +10,7 @@ from chronoshard.shardnode.keys.keyring import Keyring, KeyVersion
 from chronoshard.shardnode.node.store import get_block, version_counts
 from chronoshard.shardnode.serving.metrics import NodeMetrics
 
-from tests.support.stores import open_store, ring
-
-
-@pytest.fixture
-async def store(tmp_path):
-    s, holder = open_store(tmp_path, ring(1, (1,)))
-    yield s, holder
-    s.close()
+from tests.support.stores import ring
 
 
 async def queue_behind_busy_writer(s, puts):
