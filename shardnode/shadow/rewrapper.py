@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -149,6 +150,11 @@ class RewrapRunner:
         self._keyring = keyring
         self.pause = pause
         self._task: asyncio.Task[None] | None = None
+        # A batch runs in a worker thread that cancelling the loop does not stop: ``stop`` takes this lock to wait
+        # for it, and ``_stopped`` keeps a batch that had not begun yet from starting, so the caller may then
+        # close the history (closing a SQLite connection under a writing thread crashes the process).
+        self._stepping = threading.Lock()
+        self._stopped = False
 
     @property
     def running(self) -> bool:
@@ -190,10 +196,13 @@ class RewrapRunner:
 
     def step(self) -> dict[str, Any]:
         """One batch towards the current primary (blocking); the state after it."""
-        ring = self._ring()
-        st = self.progress()
-        self.history.rewrap_batch(ring, ring.primary, int(st.get("batchSize") or DEFAULT_BATCH))
-        return self.progress()
+        with self._stepping:
+            if self._stopped:
+                raise RuntimeError("the history rewrap was stopped")
+            ring = self._ring()
+            st = self.progress()
+            self.history.rewrap_batch(ring, ring.primary, int(st.get("batchSize") or DEFAULT_BATCH))
+            return self.progress()
 
     async def _loop(self) -> None:
         while True:
@@ -210,10 +219,17 @@ class RewrapRunner:
             await asyncio.sleep(self.pause if pause is None else pause)
 
     async def stop(self) -> None:
-        """Cancel the loop (the persisted cursor lets the next start resume)."""
+        """Cancel the loop and wait for a batch already running in its thread (the persisted cursor lets the next
+        process resume); afterwards no batch touches the history."""
+        self._stopped = True
         if self._task is not None:
             self._task.cancel()
             try:
                 await self._task
             except (asyncio.CancelledError, Exception):
                 pass
+        await asyncio.to_thread(self._wait_for_batch)
+
+    def _wait_for_batch(self) -> None:
+        with self._stepping:
+            pass

@@ -107,3 +107,40 @@ def test_the_runner_drives_a_pass_and_resumes_one_a_crash_interrupted(tmp_path):
 
     st = asyncio.run(run())
     assert st["rewrapped"] == 10 and h.version_counts() == {2: 10}
+
+
+def test_stop_waits_for_the_batch_running_in_its_thread_and_none_starts_after(tmp_path):
+    import threading
+
+    h, holder = _history(tmp_path, n=10)
+    entered, release, finished = threading.Event(), threading.Event(), threading.Event()
+    real = h.rewrap_batch
+
+    def slow_batch(*args, **kwargs):
+        entered.set()
+        release.wait(10)
+        try:
+            return real(*args, **kwargs)
+        finally:
+            finished.set()
+
+    h.rewrap_batch = slow_batch  # type: ignore[method-assign]
+
+    async def run():
+        runner = RewrapRunner(h, holder, pause=0.0)
+        await runner.start(3)
+        await asyncio.to_thread(entered.wait, 10)
+        stopping = asyncio.ensure_future(runner.stop())
+        await asyncio.sleep(0.2)
+        assert not stopping.done()  # held while the batch still writes the history
+        release.set()
+        await asyncio.wait_for(stopping, 10)
+        assert finished.is_set()
+        try:
+            runner.step()
+        except RuntimeError as exc:
+            return str(exc)
+        return None
+
+    assert asyncio.run(run()) == "the history rewrap was stopped"
+    h.close()  # safe now: nothing writes it any more
