@@ -220,7 +220,7 @@ class Reversions:
                 batch, _ = await self._thread(self.store.next_batch, name, self.batch)
                 if not batch:
                     break
-                outcomes = await self._carry_batch(batch, overwrite)
+                outcomes = await self._carry_batch(batch, overwrite, plan.plan_lsn)
                 await self._thread(self.store.finish_batch, name, outcomes)
             await self._thread(self.store.set_phase, name, "completed")
             log.info("reversion %s: completed", name)
@@ -230,11 +230,12 @@ class Reversions:
             log.exception("reversion %s failed", name)
             await self._thread(self.store.set_phase, name, "failed", type(exc).__name__)
 
-    async def _carry_batch(self, batch: list[tuple[int, PlanItem, bool]], overwrite: bool) -> list[Outcome]:
+    async def _carry_batch(self, batch: list[tuple[int, PlanItem, bool]], overwrite: bool,
+                           plan_lsn: int) -> list[Outcome]:
         done: dict[int, Outcome] = {}
         pending, backoff = batch, 0.2
         while pending:
-            results = await asyncio.gather(*(self._carry(seq, item, resumed, overwrite)
+            results = await asyncio.gather(*(self._carry(seq, item, resumed, overwrite, plan_lsn)
                                              for seq, item, resumed in pending), return_exceptions=True)
             retry: list[tuple[int, PlanItem, bool]] = []
             for (seq, item, _), result in zip(pending, results, strict=True):
@@ -257,7 +258,7 @@ class Reversions:
             pending = retry
         return [done[seq] for seq, _, _ in batch]
 
-    async def _carry(self, seq: int, item: PlanItem, resumed: bool, overwrite: bool) -> Outcome:
+    async def _carry(self, seq: int, item: PlanItem, resumed: bool, overwrite: bool, plan_lsn: int) -> Outcome:
         value = None
         if item.action != DELETE:
             version = await self._thread(lambda: self.history.value_at(item.table, item.key, lsn=item.target_lsn))
@@ -266,6 +267,8 @@ class Reversions:
                 return Outcome(seq, "missing", error=f"version {item.target_lsn} of {item.table}/{item.key} is no "
                                "longer in the history")
             value = version.value
+        if item.expected_lsn == 0 and not resumed and await self._written_since(item, plan_lsn):
+            return await self._conflict(seq, item, value, overwrite)
         if item.action == DELETE:
             lsn = await self.stream.delete_if(item.table, item.key, item.expected_lsn)
         else:
@@ -279,11 +282,27 @@ class Reversions:
             if landed is not None:
                 self.metrics.reversion_items.labels("done").inc()
                 return Outcome(seq, "done", landed or None)
+        return await self._conflict(seq, item, value, overwrite)
+
+    async def _conflict(self, seq: int, item: PlanItem, value: bytes | None, overwrite: bool) -> Outcome:
+        """The key was written after the plan: skipped, or written over when the plan says so."""
         if not overwrite:
             self.metrics.reversion_items.labels("conflict").inc()
             return Outcome(seq, "conflict")
         self.metrics.reversion_items.labels("overwritten").inc()
         return Outcome(seq, "overwritten", await self._write(item, value))
+
+    async def _written_since(self, item: PlanItem, plan_lsn: int) -> bool:
+        """Whether a key the plan found absent has been written since the plan. The node's precondition "absent"
+        cannot tell (absence has no LSN: a put and a delete after the plan leave it absent again); the history,
+        once caught up with the node, can. A write landing between this check and ours is not seen (a window of
+        one request, against the run's whole length before)."""
+        page = await self.stream.changes(self.capture.position, limit=1, wait=0)
+        if not await self.capture.wait_position(page.last_lsn, CATCH_UP_SECONDS):
+            raise ChangeStreamError(503, {"error": "capture_behind", "message": "capture is not caught up"})
+        later = await self._thread(lambda: self.history.history(item.table, item.key, after_lsn=plan_lsn, limit=1,
+                                                                values=False))
+        return bool(later)
 
     async def _already_there(self, item: PlanItem, value: bytes | None) -> int | None:
         """After a crash: the LSN holding the item's target state on the node (0 if the target is absence), as the

@@ -142,3 +142,18 @@ async def test_bad_requests_change_nothing(tmp_path):
         status, body = await p.post("/v1/reversions", {"name": "x", "keys": ["a"], "time": "2000-01-01T00:00:00Z"})
         assert status == 201 and body["point"]["lsn"] == 0  # before the history: the empty state
         assert [(i["key"], i["action"]) for i in body["sample"]] == [("a", "delete")]
+
+
+async def test_a_key_absent_at_the_plan_then_written_and_deleted_again_is_a_conflict(tmp_path):
+    # b is absent when planned (the plan re-creates it); a writer then puts and deletes it: the node's "absent"
+    # precondition would let the reversion write over that change, the history check does not.
+    async with node_and_shadow(tmp_path) as p:
+        point = await setup_history(p)
+        _, plan = await p.post("/v1/reversions", {"name": "aba", "keys": ["b"], "lsn": point})
+        assert [(i["key"], i["action"]) for i in plan["sample"]] == [("b", "create")]
+        await p.put("t", "b", b"written after the plan")
+        await p.delete("t", "b")
+        await p.post("/v1/reversions/aba/run", {"digest": plan["digest"]})
+        done = await completed(p, "aba")
+        assert (done["done"], done["skipped"], done["conflicts"]) == (0, 1, 1)
+        assert await p.node_value("t", "b") is None
