@@ -64,10 +64,24 @@ class ColdSettings:
 
 @dataclass(frozen=True)
 class ReversionSettings:
-    """``reversion``: ``confirm`` (a run needs the plan's digest) or ``auto``; an optional cap on plan size."""
+    """``reversion``: ``confirm`` (a run needs the plan's digest), ``auto`` or ``off`` (the operator refuses
+    Reversions); an optional cap on plan size."""
 
     mode: str = "confirm"
     max_blocks: int | None = None
+
+
+@dataclass(frozen=True)
+class AnomalySettings:
+    """``anomaly``: the detector over the captured changes (docs/anomalies.md): its model, the score at which a
+    window is anomalous, the severity at which the operator reverts or proposes to, the history it trains on and
+    the window length."""
+
+    model: str = "isolation-forest"
+    threshold: float = 0.8
+    severity_threshold: float = 0.5
+    training_window_seconds: float = 86400.0
+    interval_seconds: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -81,6 +95,7 @@ class ShadowSettings:
     retention: RetentionSettings = field(default_factory=RetentionSettings)
     cold: ColdSettings | None = None
     reversion: ReversionSettings = field(default_factory=ReversionSettings)
+    anomaly: AnomalySettings = field(default_factory=AnomalySettings)
 
 
 # ---- strict parsing (pure) -------------------------------------------------------------------------
@@ -176,10 +191,23 @@ def _reversion(doc: Any) -> ReversionSettings:
     max_blocks = d.get("maxBlocks")
     if max_blocks is not None:
         max_blocks = int(_number(d, "maxBlocks", "reversion", 0, lo=1, integer=True))
-    return ReversionSettings(_choice(d, "mode", "reversion", "confirm", ("confirm", "auto")), max_blocks)
+    return ReversionSettings(_choice(d, "mode", "reversion", "confirm", ("confirm", "auto", "off")), max_blocks)
 
 
-TOP_LEVEL = {"consumer", "tables", "snapshot", "compression", "retention", "cold", "reversion"}
+ANOMALY_MODELS = ("isolation-forest", "zscore", "autoencoder")
+
+
+def _anomaly(doc: Any) -> AnomalySettings:
+    d = _object(doc, "anomaly", {"model", "threshold", "severityThreshold", "trainingWindowSeconds",
+                                 "intervalSeconds"})
+    return AnomalySettings(_choice(d, "model", "anomaly", "isolation-forest", ANOMALY_MODELS),
+                           float(_number(d, "threshold", "anomaly", 0.8, hi=1.0)),
+                           float(_number(d, "severityThreshold", "anomaly", 0.5, hi=1.0)),
+                           float(_number(d, "trainingWindowSeconds", "anomaly", 86400.0, lo=1.0)),
+                           float(_number(d, "intervalSeconds", "anomaly", 60.0, lo=1.0, hi=3600.0)))
+
+
+TOP_LEVEL = {"consumer", "tables", "snapshot", "compression", "retention", "cold", "reversion", "anomaly"}
 
 
 def parse_settings(doc: Any) -> ShadowSettings:
@@ -191,7 +219,7 @@ def parse_settings(doc: Any) -> ShadowSettings:
     return ShadowSettings(consumer=consumer, tables=_tables(d.get("tables")),
                           snapshot=_snapshot(d.get("snapshot", {})), compression=_compression(d.get("compression", {})),
                           retention=_retention(d.get("retention", {})), cold=_cold(d.get("cold")),
-                          reversion=_reversion(d.get("reversion", {})))
+                          reversion=_reversion(d.get("reversion", {})), anomaly=_anomaly(d.get("anomaly", {})))
 
 
 # ---- the process configuration ---------------------------------------------------------------------

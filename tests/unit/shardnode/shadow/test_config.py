@@ -21,7 +21,9 @@ FULL = {"consumer": "shadow", "tables": ["b", "a", "a"],
         "retention": {"hotSeconds": 60, "warmSeconds": 600, "coldSeconds": 6000},
         "cold": {"endpoint": "http://127.0.0.1:8333", "bucket": "b", "prefix": "ns/s/0", "region": "eu",
                  "forcePathStyle": True, "credentialsDir": "/x"},
-        "reversion": {"mode": "auto", "maxBlocks": 100}}
+        "reversion": {"mode": "auto", "maxBlocks": 100},
+        "anomaly": {"model": "zscore", "threshold": 0.9, "severityThreshold": 0.4, "trainingWindowSeconds": 3600,
+                    "intervalSeconds": 5}}
 
 
 def test_the_documented_document_parses_field_by_field():
@@ -32,6 +34,14 @@ def test_the_documented_document_parses_field_by_field():
     assert (s.retention.hot_seconds, s.retention.warm_seconds, s.retention.cold_seconds) == (60, 600, 6000)
     assert s.cold == ColdSettings("http://127.0.0.1:8333", "b", "ns/s/0", "eu", True, "/x")
     assert (s.reversion.mode, s.reversion.max_blocks) == ("auto", 100)
+    a = s.anomaly
+    assert (a.model, a.threshold, a.severity_threshold, a.training_window_seconds, a.interval_seconds) == (
+        "zscore", 0.9, 0.4, 3600.0, 5.0)
+
+
+def test_reversion_mode_off_is_accepted():
+    # A policy with reversion.mode: off once made every shadow refuse its whole shadow.json.
+    assert parse_settings({"reversion": {"mode": "off"}}).reversion.mode == "off"
 
 
 def test_empty_document_is_the_defaults():
@@ -58,6 +68,11 @@ def test_empty_document_is_the_defaults():
     ({"cold": {"endpoint": "http://x", "bucket": "b", "secretAccessKey": "s"}}, "unknown fields"),
     ({"reversion": {"mode": "yolo"}}, "reversion.mode"),
     ({"reversion": {"maxBlocks": 0}}, "reversion.maxBlocks"),
+    ({"anomaly": {"model": "crystal-ball"}}, "anomaly.model"),
+    ({"anomaly": {"threshold": 1.5}}, "anomaly.threshold"),
+    ({"anomaly": {"intervalSeconds": 0.5}}, "anomaly.intervalSeconds"),
+    ({"anomaly": {"intervalSeconds": 7200}}, "anomaly.intervalSeconds"),
+    ({"anomaly": {"window": 60}}, "unknown fields"),
     ([], "JSON object"),
 ])
 def test_bad_documents_are_refused_naming_the_field(doc, field):
