@@ -40,7 +40,8 @@ class ChangeObservation:
     ``identity`` is the user the node authenticated for the write (None when the node ran without authentication
     or the change predates identities). ``existed``: the key had a live value before this change (a put over it is
     an overwrite). ``profile``/``prev_profile``: the new and the previous plaintext's profiles (None for a delete,
-    for a new key, or when unknown). ``origin``: CLIENT, ROTATION or REVERSION.
+    for a new key, or when unknown). ``origin``: CLIENT, ROTATION or REVERSION. ``prev_lsn``: the LSN of the key's
+    latest version before this change, whatever its op (a delete too; None when the history holds none).
     """
 
     lsn: int
@@ -55,6 +56,7 @@ class ChangeObservation:
     profile: ByteProfile | None
     prev_profile: ByteProfile | None
     origin: str = CLIENT
+    prev_lsn: int | None = None
 
 
 @dataclass(frozen=True)
