@@ -29,7 +29,8 @@ class ChangeStreamError(Exception):
 
 @dataclass(frozen=True)
 class StreamChange:
-    """One change-log entry; ``frame``/``checksum`` for puts and rewraps recorded while a slot existed."""
+    """One change-log entry; ``frame``/``checksum`` for puts and rewraps recorded while a slot existed;
+    ``identity`` the user the node recorded as making it (None: a rewrap, no authentication, or an older node)."""
 
     lsn: int
     time: float
@@ -40,6 +41,7 @@ class StreamChange:
     size: int
     frame: bytes | None
     checksum: bytes | None
+    identity: str | None = None
 
 
 @dataclass(frozen=True)
@@ -73,7 +75,7 @@ def _bytes(value: str | None) -> bytes | None:
 def parse_change(doc: dict[str, Any]) -> StreamChange:
     """A change entry from its JSON form."""
     return StreamChange(doc["lsn"], doc["time"], doc["table"], doc["key"], doc["op"], doc["keyVersion"], doc["size"],
-                        _bytes(doc.get("frame")), _bytes(doc.get("checksum")))
+                        _bytes(doc.get("frame")), _bytes(doc.get("checksum")), doc.get("identity"))
 
 
 def parse_snapshot_block(doc: dict[str, Any]) -> SnapshotBlock:

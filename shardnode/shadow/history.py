@@ -21,6 +21,7 @@ holds the compacted metadata; rewrapper.py re-seals versions onto a new key (``r
 from __future__ import annotations
 
 import contextlib
+import logging
 import sqlite3
 import threading
 import time as _time
@@ -29,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from chronoshard.shardnode.anomaly.profile import byte_profile, encode_profile
+from chronoshard.shardnode.anomaly.types import ChangeObservation
 from chronoshard.shardnode.keys.crypto import IntegrityError, open_block
 from chronoshard.shardnode.keys.keyring import Keyring, MissingKeyVersion
 
@@ -37,19 +40,26 @@ from .codec import Compressor, dictionary_id
 from .columnar import MetaRow
 from .dictionaries import DictionaryTrainer
 from .historydb import get_meta, set_meta
+from .observations import PrevVersion, observation
 from .sealing import open_version, seal_version
 from .segments import SegmentCache
 from .tiers import COLD, DELETE, DIFFERENTIAL, HOT, PUT, REWRAP, SEED, TIER_NAMES, Retention, SnapshotRef
 from .timetravel import DiffEntry, Exactness, Point, Version
 
-__all__ = ["ApplyError", "ColdSegment", "DiffEntry", "HistoryStore", "NoKeyring", "Point", "SnapshotRef", "Version"]
+__all__ = ["ApplyError", "ColdSegment", "DiffEntry", "HistoryStore", "NoKeyring", "Observer", "Point", "SnapshotRef",
+           "Version"]
+
+log = logging.getLogger(__name__)
 
 SEED_CHUNK = 512  # snapshot blocks sealed between inserts (the whole seed is still one transaction)
-_ROW = "lsn, time, op, tier, segment, key_version, size, frame, checksum"
+_ROW = "lsn, time, op, tier, segment, key_version, size, frame, checksum, identity, profile"
+# Called with each committed apply batch's observations, in LSN order, on the thread that applied it.
+Observer = Callable[[list[ChangeObservation]], None]
 
 
 class ChangeLike(Protocol):
-    """What apply reads of a change (changestream.StreamChange)."""
+    """What apply reads of a change (changestream.StreamChange; its ``identity``, when it has one, is read with
+    getattr, so a change without the attribute is one without an identity)."""
 
     @property
     def lsn(self) -> int: ...
@@ -108,14 +118,26 @@ class _NewVersion:
     stored_size: int | None
     frame: bytes | None
     checksum: bytes | None = None
+    identity: str | None = None
+    profile: bytes | None = None  # encode_profile of the plaintext (None for a delete)
 
     def params(self) -> tuple[Any, ...]:
         return (self.table, self.key, self.lsn, self.time, self.op, HOT, self.key_version, self.size,
-                self.stored_size, self.checksum, self.frame)
+                self.stored_size, self.checksum, self.frame, self.identity, self.profile)
+
+
+@dataclass(frozen=True)
+class _Sealed:
+    frame: bytes
+    key_version: int
+    size: int
+    stored_size: int
+    checksum: bytes
+    profile: bytes
 
 
 _INSERT = ("INSERT OR IGNORE INTO frames (tbl, key, lsn, time, op, tier, key_version, size, stored_size, checksum, "
-           "frame) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+           "frame, identity, profile) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
 
 class HistoryStore:
@@ -138,6 +160,8 @@ class HistoryStore:
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
         self.segments = SegmentCache()
+        self._observers: list[Observer] = []
+        self._failed_observers: set[int] = set()  # id() of observers that raised once (logged once each)
         for table, dict_bytes in self.dictionaries():  # oldest first: the newest of a table compresses
             self.compressor.add_dictionary(table, dict_bytes)
         self.trainer.have(table for table, _ in self.dictionaries())
@@ -193,9 +217,30 @@ class HistoryStore:
         with self.read() as conn:
             return int(get_meta(conn, "cursor", 0))
 
+    def add_observer(self, fn: Observer) -> None:
+        """Call ``fn`` after every committed ``apply`` with the batch's observations (LSN order), on the applying
+        thread. An observer that raises is logged (once) and skipped for that batch; the apply stands."""
+        with self._lock:
+            self._observers = [*self._observers, fn]
+
+    def remove_observer(self, fn: Observer) -> None:
+        """Stop calling ``fn`` (no-op if it was not added)."""
+        with self._lock:
+            self._observers = [o for o in self._observers if o != fn]  # ==: a bound method is new each time
+
+    def _notify(self, observers: Sequence[Observer], batch: list[ChangeObservation]) -> None:
+        for fn in observers:
+            try:
+                fn(batch)
+            except Exception:
+                # Once per observer: a detector that fails on every batch must not flood the log or stop capture.
+                if id(fn) not in self._failed_observers:
+                    self._failed_observers.add(id(fn))
+                    log.exception("history observer %r failed; the batch is applied, the observer skipped it", fn)
+
     def _seal(self, ring: Keyring, table: str, key: str, lsn: int, node_frame: bytes | None,
-              checksum: bytes | None) -> tuple[bytes, int, int, int, bytes]:
-        """Open a node frame and reseal it as history: (frame, key version, size, stored size, checksum)."""
+              checksum: bytes | None) -> _Sealed:
+        """Open a node frame and reseal it as history, with the plaintext's byte profile."""
         if node_frame is None:
             raise ApplyError(lsn, "a put or rewrap came without its frame (is the stream read with frames?)")
         try:
@@ -204,7 +249,8 @@ class HistoryStore:
             raise ApplyError(lsn, f"the node frame of {table}/{key} does not open: {exc}") from None
         self.trainer.offer(table, plaintext)
         sealed = seal_version(ring, table, key, lsn, plaintext, self.compressor)
-        return sealed.frame, sealed.key_version, len(plaintext), sealed.stored_size, sealed.checksum
+        return _Sealed(sealed.frame, sealed.key_version, len(plaintext), sealed.stored_size, sealed.checksum,
+                       encode_profile(byte_profile(plaintext)))
 
     # --- dictionaries ----------------------------------------------------------------------------------------
 
@@ -231,14 +277,28 @@ class HistoryStore:
         return done
 
     def _prepare(self, ring: Keyring | None, c: ChangeLike) -> _NewVersion:
+        identity = getattr(c, "identity", None)
         if c.op == DELETE:
-            return _NewVersion(c.table, c.key, c.lsn, c.time, DELETE, None, 0, None, None)
+            return _NewVersion(c.table, c.key, c.lsn, c.time, DELETE, None, 0, None, None, None, identity)
         if c.op not in (PUT, REWRAP):
             raise ApplyError(c.lsn, f"unknown op {c.op!r}")
         if ring is None:
             raise NoKeyring("no keyring is loaded")
-        frame, kv, size, stored, cs = self._seal(ring, c.table, c.key, c.lsn, c.frame, c.checksum)
-        return _NewVersion(c.table, c.key, c.lsn, c.time, c.op, kv, size, stored, frame, cs)
+        s = self._seal(ring, c.table, c.key, c.lsn, c.frame, c.checksum)
+        return _NewVersion(c.table, c.key, c.lsn, c.time, c.op, s.key_version, s.size, s.stored_size, s.frame,
+                           s.checksum, identity, s.profile)
+
+    def _observations(self, conn: sqlite3.Connection, rows: Sequence[_NewVersion]) -> list[ChangeObservation]:
+        """Each row's observation over the key's previous version: an earlier row of the batch, else the last
+        stored one below it (one primary-key seek per key of the batch)."""
+        latest: dict[tuple[str, str], PrevVersion | None] = {}
+        out = []
+        for r in rows:
+            k = (r.table, r.key)
+            prev = latest[k] if k in latest else _prev_version(conn, self.segments, r.table, r.key, r.lsn)
+            out.append(observation(r.lsn, r.time, r.table, r.key, r.op, r.size, r.identity, r.profile, prev))
+            latest[k] = PrevVersion(r.lsn, r.op, r.size, r.profile)
+        return out
 
     def apply(self, changes: Sequence[ChangeLike], through: int | None = None) -> int:
         """Store every change after the cursor and move the cursor, in one transaction; returns the new cursor.
@@ -254,6 +314,8 @@ class HistoryStore:
 
     def _apply(self, changes: Sequence[ChangeLike], through: int | None) -> int:
         ring = self._keyring()
+        observers = self._observers  # replaced, never mutated: this batch notifies the ones present now
+        batch: list[ChangeObservation] = []
         with self.write() as conn:
             cursor = int(get_meta(conn, "cursor", 0))
             todo = sorted({c.lsn: c for c in changes if c.lsn > cursor}.values(), key=lambda c: c.lsn)
@@ -261,12 +323,17 @@ class HistoryStore:
             new_cursor = max([cursor, *(r.lsn for r in rows), *([through] if through is not None else [])])
             if new_cursor == cursor:
                 return cursor
+            if observers and rows:
+                # Before the insert, in the same transaction: the previous versions are the ones this batch follows.
+                batch = self._observations(conn, rows)
             conn.executemany(_INSERT, [r.params() for r in rows])
             set_meta(conn, "cursor", new_cursor)
             if rows and get_meta(conn, "origin") is None:
                 # History that starts with a change, not a seed, is exact from the cursor before it on.
                 set_meta(conn, "origin", {"lsn": cursor, "time": rows[0].time})
-            return new_cursor
+        if batch:
+            self._notify(observers, batch)  # after COMMIT: an observer never sees a batch that could roll back
+        return new_cursor
 
     def seed(self, snapshot_lsn: int, blocks: Iterable[BlockLike], *, tables: Sequence[str] | None = None,
              now: float | None = None) -> int:
@@ -319,8 +386,9 @@ class HistoryStore:
             if conn.execute("SELECT 1 FROM frames WHERE tbl = ? AND key = ? AND lsn = ?",
                             (b.table, b.key, b.lsn)).fetchone():
                 continue  # this very version is already in the history
-            frame, kv, size, stored, cs = self._seal(ring, b.table, b.key, b.lsn, b.frame, b.checksum)
-            rows.append(_NewVersion(b.table, b.key, b.lsn, now, SEED, kv, size, stored, frame, cs).params())
+            s = self._seal(ring, b.table, b.key, b.lsn, b.frame, b.checksum)
+            rows.append(_NewVersion(b.table, b.key, b.lsn, now, SEED, s.key_version, s.size, s.stored_size, s.frame,
+                                    s.checksum, None, s.profile).params())
         conn.executemany(_INSERT, rows)
 
     def _seed_deletes(self, conn: sqlite3.Connection, cursor: int, snapshot_lsn: int,
@@ -394,7 +462,7 @@ class HistoryStore:
     def _version(self, conn: sqlite3.Connection, table: str, key: str, row: tuple[Any, ...], values: bool,
                  exact: bool | None) -> Version:
         """A stored row as a Version; ``exact`` None: exact when nothing around it was compacted away (hot)."""
-        lsn, t, op, tier, segment, kv, size, frame, cs = row
+        lsn, t, op, tier, segment, kv, size, frame, cs, identity, profile = row
         if size is None:  # a compacted row: its metadata is in its segment
             size = self.segments.row(conn, int(segment), table, key, int(lsn)).size
         value = None
@@ -402,7 +470,7 @@ class HistoryStore:
             value = open_version(self.current_keyring(), table, key, int(lsn), bytes(frame), self.compressor)
         exact = tier == HOT if exact is None else exact
         return Version(table, key, int(lsn), float(t), op, int(size), kv, value, exact,
-                       None if cs is None else bytes(cs))
+                       None if cs is None else bytes(cs), identity, None if profile is None else bytes(profile))
 
     def value_at(self, table: str, key: str, *, lsn: int | None = None, time: float | None = None,
                  values: bool = True) -> Version | None:
@@ -603,6 +671,20 @@ def _next_key(conn: sqlite3.Connection, table: str, key: str, inclusive: bool) -
     row = conn.execute(f"SELECT key FROM frames WHERE tbl = ? AND key {op} ? ORDER BY key LIMIT 1",
                        (table, key)).fetchone()
     return None if row is None else str(row[0])
+
+
+def _prev_version(conn: sqlite3.Connection, segments: SegmentCache, table: str, key: str,
+                  lsn: int) -> PrevVersion | None:
+    """The key's last stored version below ``lsn`` (a compacted row's size read from its segment)."""
+    row = conn.execute("SELECT lsn, op, size, segment, profile FROM frames WHERE tbl = ? AND key = ? AND lsn < ? "
+                       "ORDER BY lsn DESC LIMIT 1", (table, key, lsn)).fetchone()
+    if row is None:
+        return None
+    prev_lsn, op, size, segment, profile = row
+    if size is None and segment is not None:
+        size = segments.row(conn, int(segment), table, key, int(prev_lsn)).size
+    return PrevVersion(int(prev_lsn), str(op), None if size is None else int(size),
+                       None if profile is None else bytes(profile))
 
 
 def _latest(conn: sqlite3.Connection, table: str, key: str, lsn: int) -> tuple[Any, ...] | None:

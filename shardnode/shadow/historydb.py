@@ -5,7 +5,9 @@ Layout (docs/shadow-store.md, "Storage"):
 - ``frames``: one row per stored version in every tier, keyed by (tbl, key, lsn) - the index every time-travel
   query walks. ``op`` put|delete|rewrap|seed, ``tier`` 0 hot / 1 warm / 2 cold, ``frame`` the sealed history frame
   (NULL for a delete), ``checksum`` the plaintext's XXH3-128 (diffs compare content without decrypting),
-  ``size``/``stored_size`` only for hot rows (a compacted row's are in its segment).
+  ``size``/``stored_size`` only for hot rows (a compacted row's are in its segment), ``identity`` the user the node
+  recorded for the change (NULL for seeds, rewraps and changes from nodes that record none), ``profile`` the
+  plaintext's 17-byte byte profile (anomaly/profile.py, ``encode_profile``; NULL for a delete).
 - ``segments``: the metadata of every compacted (warm/cold) version, B1's columnar encoding, one blob per segment;
   each frames row of a compacted tier names its segment.
 - ``snapshots`` + ``snapshot_entries``: per snapshot (boundary, LSN, kind, base) the per-key pointers to versions.
@@ -39,6 +41,8 @@ CREATE TABLE IF NOT EXISTS frames (
     stored_size INTEGER,
     checksum BLOB,
     frame BLOB,
+    identity TEXT,
+    profile BLOB,
     PRIMARY KEY (tbl, key, lsn)
 );
 CREATE INDEX IF NOT EXISTS frames_time ON frames (time, lsn);
@@ -109,8 +113,22 @@ def set_meta(conn: sqlite3.Connection, name: str, value: Any) -> None:
                  (name, json.dumps(value)))
 
 
+# Columns added after the first release: (name, type). ADD COLUMN on an existing file, so the schema version stays 1
+# (older code names its columns in every statement and never sees these).
+ADDED_FRAME_COLUMNS = (("identity", "TEXT"), ("profile", "BLOB"))
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Add the columns an older history file lacks (inside the caller's transaction; instant in SQLite)."""
+    have = {row[1] for row in conn.execute("PRAGMA table_info(frames)")}
+    for name, kind in ADDED_FRAME_COLUMNS:
+        if name not in have:
+            conn.execute(f"ALTER TABLE frames ADD COLUMN {name} {kind}")
+
+
 def init_schema(conn: sqlite3.Connection) -> None:
-    """Create the tables of an empty file, or check the version of an existing one (SchemaError if newer)."""
+    """Create the tables of an empty file, or check the version of an existing one (SchemaError if newer) and
+    add the columns it lacks."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         has_meta = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone()
@@ -120,6 +138,7 @@ def init_schema(conn: sqlite3.Connection) -> None:
         for statement in SCHEMA.split(";"):
             if statement.strip():
                 conn.execute(statement)
+        migrate(conn)
         if version is None:
             set_meta(conn, "schema", SCHEMA_VERSION)
         conn.execute("COMMIT")

@@ -195,7 +195,7 @@ def b64(value: bytes | None) -> str | None:
 def version_json(v: Version) -> dict[str, Any]:
     """One version in a history answer."""
     return {"lsn": v.lsn, "time": v.time, "op": v.op, "size": v.size, "keyVersion": v.key_version,
-            "value": b64(v.value), "exact": v.exact}
+            "value": b64(v.value), "exact": v.exact, "identity": v.identity}
 
 
 # ---- time travel -----------------------------------------------------------------------------------
@@ -218,7 +218,8 @@ async def at(request: web.Request) -> web.Response:
     if v is None or v.deleted:
         raise ApiError(404, "not_found", f"no block {table}/{key} at that point")
     return web.json_response({"key": key, "lsn": v.lsn, "time": v.time, "op": v.op, "size": v.size,
-                              "keyVersion": v.key_version, "value": b64(v.value), "exact": v.exact})
+                              "keyVersion": v.key_version, "value": b64(v.value), "exact": v.exact,
+                              "identity": v.identity})
 
 
 async def state(request: web.Request) -> web.Response:

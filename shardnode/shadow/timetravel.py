@@ -25,6 +25,8 @@ class Version:
     value: bytes | None
     exact: bool = True
     checksum: bytes | None = None  # XXH3-128 of the plaintext (the node's checksum); None for a delete
+    identity: str | None = None  # who the node recorded as making the change (None: seed, rewrap, or unknown)
+    profile: bytes | None = None  # the plaintext's stored byte profile (anomaly/profile.py); None for a delete
 
     @property
     def deleted(self) -> bool:
