@@ -25,6 +25,7 @@ from .config import SecurityConfig
 from .identity import AuthUnavailable, Identity, Unauthenticated
 from .metrics import AuthMetrics
 from .policy import Access
+from .writer import IDENTITY_KEY
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # (method, route template) -> the route's access rule; None = declared without one (refused).
@@ -127,6 +128,8 @@ class Guard:
             if refusal is not None:
                 self.audit(identity, request.method, route, table, key, refusal.status, "refused")
                 return refusal
+            if identity is not None:  # for handlers: who writes (writer.py), never re-authenticated
+                request[IDENTITY_KEY] = identity
             status = 499  # the client went away before an answer (cancelled)
             try:
                 resp = await handler(request)

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import aiohttp
 from aiohttp import web
 from chronoshard.shardnode.auth.policy import Access
+from chronoshard.shardnode.auth.writer import on_behalf_headers
 from chronoshard.shardnode.eviction import make_policy
 from chronoshard.shardnode.keys.keyring import KeyringWatcher
 from chronoshard.shardnode.keys.provider import (
@@ -273,8 +274,10 @@ def decrypt_error(exc: DecryptError) -> ApiError:
 
 
 def routing_headers(request: web.Request) -> dict[str, str]:
-    """Routing headers and what is left of the caller's deadline, to pass on to the node."""
-    return {h: request.headers[h] for h in PASS_HEADERS if h in request.headers} | onward_headers(request)
+    """Routing headers, what is left of the caller's deadline and who the write is for (the node sees the cache's
+    pod identity, so it records the user named here: auth/writer.py), to pass on to the node."""
+    return {h: request.headers[h] for h in PASS_HEADERS if h in request.headers} | onward_headers(request) | \
+        on_behalf_headers(request)
 
 
 async def get_block(request: web.Request) -> web.StreamResponse:

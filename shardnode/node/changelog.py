@@ -24,7 +24,8 @@ CREATE TABLE IF NOT EXISTS changes (
     key_version INTEGER,
     size INTEGER NOT NULL,
     frame BLOB,                             -- the new frame (put/rewrap) while consumers exist, else NULL
-    checksum BLOB                           -- XXH3-128 of the plaintext, with the frame
+    checksum BLOB,                          -- XXH3-128 of the plaintext, with the frame
+    identity TEXT                           -- who made the change (auth/writer.py); NULL: rewrap, no auth
 );
 CREATE TABLE IF NOT EXISTS changelog_state (
     id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -35,12 +36,13 @@ INSERT OR IGNORE INTO changelog_state (id, frame_bytes, frames_from) VALUES (1, 
 """
 
 OPS = ("put", "delete", "rewrap")
-_COLS = "lsn, time, tbl, key, op, key_version, size"
+_COLS = "lsn, time, tbl, key, op, key_version, size, identity"
 
 
 @dataclass(frozen=True)
 class Change:
-    """One change-log entry; ``frame``/``checksum`` only when asked for and recorded."""
+    """One change-log entry; ``frame``/``checksum`` only when asked for and recorded; ``identity`` the effective
+    writer (auth/writer.py) of a put or delete, None for a rewrap or a node without authentication."""
 
     lsn: int
     time: float
@@ -51,27 +53,30 @@ class Change:
     size: int
     frame: bytes | None = None
     checksum: bytes | None = None
+    identity: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """JSON form used by `GET /v1/changes` (without frames)."""
         return {"lsn": self.lsn, "time": self.time, "table": self.table, "key": self.key, "op": self.op,
-                "keyVersion": self.key_version, "size": self.size}
+                "keyVersion": self.key_version, "size": self.size, "identity": self.identity}
 
 
 def migrate(conn: sqlite3.Connection) -> None:
-    """Bring a database made before frames were logged up to SCHEMA (ADD COLUMN is instant in SQLite)."""
+    """Bring a database made before frames or identities were logged up to SCHEMA (ADD COLUMN is instant in
+    SQLite; older rows read NULL)."""
     have = {row[1] for row in conn.execute("PRAGMA table_info(changes)")}
-    for column in ("frame", "checksum"):
+    for column, kind in (("frame", "BLOB"), ("checksum", "BLOB"), ("identity", "TEXT")):
         if column not in have:
-            conn.execute(f"ALTER TABLE changes ADD COLUMN {column} BLOB")
+            conn.execute(f"ALTER TABLE changes ADD COLUMN {column} {kind}")
 
 
 def append(conn: sqlite3.Connection, table: str, key: str, op: str, key_version: int | None, size: int,
-           frame: bytes | None = None, checksum: bytes | None = None) -> int:
+           frame: bytes | None = None, checksum: bytes | None = None, identity: str | None = None) -> int:
     """Append one entry inside the caller's transaction; return its LSN."""
     cur = conn.execute(
-        "INSERT INTO changes (time, tbl, key, op, key_version, size, frame, checksum) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (time.time(), table, key, op, key_version, size, frame, checksum),
+        "INSERT INTO changes (time, tbl, key, op, key_version, size, frame, checksum, identity) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (time.time(), table, key, op, key_version, size, frame, checksum, identity),
     )
     if frame is not None:
         add_frame_bytes(conn, len(frame))
@@ -115,10 +120,10 @@ def iter_changes(conn: sqlite3.Connection, after: int, limit: int, *, tables: tu
     cur = conn.execute(f"SELECT {cols} FROM changes WHERE {where} ORDER BY lsn LIMIT ?",
                        (*args, *(tables or ()), limit))
     for row in cur:
-        lsn, t, tbl, key, op, version, size = row[:7]
-        frame, cs = row[7:] if frames else (None, None)
+        lsn, t, tbl, key, op, version, size, identity = row[:8]
+        frame, cs = row[8:] if frames else (None, None)
         yield Change(lsn, t, tbl, key, op, version, size, None if frame is None else bytes(frame),
-                     None if cs is None else bytes(cs))
+                     None if cs is None else bytes(cs), identity)
 
 
 def last_lsn(conn: sqlite3.Connection) -> int:

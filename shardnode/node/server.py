@@ -14,6 +14,7 @@ from typing import Any
 
 from aiohttp import web
 from chronoshard.shardnode.auth.policy import Access
+from chronoshard.shardnode.auth.writer import writer_identity
 from chronoshard.shardnode.keys.crypto import CompromisedVersion, IntegrityError, open_block
 from chronoshard.shardnode.keys.keyring import KeyringWatcher, MissingKeyVersion
 from chronoshard.shardnode.keys.provider import EmbeddedKeyProvider, KeyCache, key_cache_size_setting
@@ -320,13 +321,13 @@ def precondition_failed(exc: PreconditionFailed) -> ApiError:
 
 
 async def put_holding_while_compromised(node: Node, table: str, key: str, body: bytes,
-                                        if_lsn: int | None = None) -> WriteResult:
+                                        if_lsn: int | None = None, identity: str | None = None) -> WriteResult:
     """Store a block; while a threat rotation has marked the primary compromised, hold the write until the new
     primary is loaded (the keyring watcher swaps it in), then answer 503 if that takes too long."""
     deadline = asyncio.get_running_loop().time() + node.cfg.compromised_write_hold_seconds
     while True:
         try:
-            return await node.db.put(table, key, body, if_lsn=if_lsn)
+            return await node.db.put(table, key, body, if_lsn=if_lsn, identity=identity)
         except PreconditionFailed as exc:
             raise precondition_failed(exc) from None
         except NoKeyring:
@@ -350,7 +351,7 @@ async def put_block(request: web.Request) -> web.Response:
     table, key = table_param(request), key_param(request)
     expected = stream_api.if_lsn(request)
     body = await read_block_body(request, node.cfg.max_block_bytes)
-    res = await put_holding_while_compromised(node, table, key, body, expected)
+    res = await put_holding_while_compromised(node, table, key, body, expected, writer_identity(request))
     node.metrics.writes.labels("put").inc()
     node.metrics.bytes_written.inc(len(body))
     return web.json_response({"table": table, "key": key, "lsn": res.lsn, "keyVersion": res.key_version,
@@ -381,7 +382,7 @@ async def delete_block(request: web.Request) -> web.Response:
     table, key = table_param(request), key_param(request)
     expected = stream_api.if_lsn(request)
     try:
-        res = await node.db.delete(table, key, if_lsn=expected)
+        res = await node.db.delete(table, key, if_lsn=expected, identity=writer_identity(request))
     except PreconditionFailed as exc:
         raise precondition_failed(exc) from None
     if res is None:

@@ -151,17 +151,19 @@ def check_lsn(conn: sqlite3.Connection, table: str, key: str, expected: int | No
 
 
 def put_in_txn(conn: sqlite3.Connection, keyring: Keyring, table: str, key: str, plaintext: bytes, *,
-               frames: bool = False, if_lsn: int | None = None, sealed: Sealed | None = None) -> WriteResult:
+               frames: bool = False, if_lsn: int | None = None, sealed: Sealed | None = None,
+               identity: str | None = None) -> WriteResult:
     """Encrypt under the primary and upsert the block plus its change-log entry (caller owns the transaction);
     ``frames``: the entry carries the new frame (consumers exist); ``if_lsn``: only if the block is at that LSN;
-    ``sealed``: the block already encrypted, used if it was sealed with ``keyring`` (else sealed again here)."""
+    ``sealed``: the block already encrypted, used if it was sealed with ``keyring`` (else sealed again here);
+    ``identity``: who made the write, logged with it."""
     check_lsn(conn, table, key, if_lsn)
     if sealed is not None and sealed.keyring is keyring:
         frame, cs, version = sealed.frame, sealed.checksum, sealed.version
     else:
         frame, cs, version = seal_block(keyring, table, key, plaintext)
     lsn = changelog.append(conn, table, key, "put", version, len(plaintext),
-                           frame if frames else None, cs if frames else None)
+                           frame if frames else None, cs if frames else None, identity)
     conn.execute(
         "INSERT INTO blocks (tbl, key, keyspace, key_version, size, checksum, frame, lsn) VALUES (?,?,?,?,?,?,?,?) "
         "ON CONFLICT(tbl, key) DO UPDATE SET key_version=excluded.key_version, size=excluded.size, "
@@ -171,13 +173,14 @@ def put_in_txn(conn: sqlite3.Connection, keyring: Keyring, table: str, key: str,
     return WriteResult(lsn, version)
 
 
-def delete_in_txn(conn: sqlite3.Connection, table: str, key: str, *, if_lsn: int | None = None) -> WriteResult | None:
-    """Delete a block and log it; None (and no log entry) if it did not exist."""
+def delete_in_txn(conn: sqlite3.Connection, table: str, key: str, *, if_lsn: int | None = None,
+                  identity: str | None = None) -> WriteResult | None:
+    """Delete a block and log it (with ``identity``, who made it); None (and no log entry) if it did not exist."""
     check_lsn(conn, table, key, if_lsn)
     cur = conn.execute("DELETE FROM blocks WHERE tbl = ? AND key = ?", (table, key))
     if cur.rowcount == 0:
         return None
-    return WriteResult(changelog.append(conn, table, key, "delete", None, 0), None)
+    return WriteResult(changelog.append(conn, table, key, "delete", None, 0, identity=identity), None)
 
 
 class Store:
@@ -346,17 +349,20 @@ class Store:
             return None
         return Sealed(ring, frame, cs, version)
 
-    async def put(self, table: str, key: str, plaintext: bytes, if_lsn: int | None = None) -> WriteResult:
+    async def put(self, table: str, key: str, plaintext: bytes, if_lsn: int | None = None,
+                  identity: str | None = None) -> WriteResult:
         """Encrypt with the keyring current at commit time (sealed ahead, resealed in the writer if the keyring
         changed meanwhile) and store durably; with ``if_lsn`` only if the block is at that LSN (0: absent), else
-        PreconditionFailed."""
+        PreconditionFailed; ``identity`` is logged as who made it."""
         sealed = self.seal_ahead(table, key, plaintext)
         return await self.write(lambda c: put_in_txn(c, self.current_keyring(), table, key, plaintext,
-                                                     frames=self.frames_enabled, if_lsn=if_lsn, sealed=sealed))
+                                                     frames=self.frames_enabled, if_lsn=if_lsn, sealed=sealed,
+                                                     identity=identity))
 
-    async def delete(self, table: str, key: str, if_lsn: int | None = None) -> WriteResult | None:
-        """Delete durably; None if the block did not exist; ``if_lsn`` as for ``put``."""
-        return await self.write(lambda c: delete_in_txn(c, table, key, if_lsn=if_lsn))
+    async def delete(self, table: str, key: str, if_lsn: int | None = None,
+                     identity: str | None = None) -> WriteResult | None:
+        """Delete durably; None if the block did not exist; ``if_lsn`` and ``identity`` as for ``put``."""
+        return await self.write(lambda c: delete_in_txn(c, table, key, if_lsn=if_lsn, identity=identity))
 
     # ---- read API (call from reader threads via `read`) ----------------------------------------
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:

@@ -42,6 +42,7 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import web
+from chronoshard.shardnode.auth.writer import ON_BEHALF_HEADER, on_behalf_headers
 from chronoshard.shardnode.keyspace.partitioning import PartitionMap, keyspace_id
 from prometheus_client import Counter, Gauge
 from yarl import URL
@@ -294,6 +295,8 @@ _HOP_HEADERS = frozenset(
     for h in ("Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE", "Trailer",
               "Transfer-Encoding", "Upgrade", "Host", "Content-Length", "Content-Encoding")
 )
+# ... nor the writer a caller claims: the forward names its own (see ``forward``).
+_NOT_COPIED = _HOP_HEADERS | {ON_BEHALF_HEADER.lower()}
 
 
 async def forward(
@@ -309,8 +312,10 @@ async def forward(
 
     Answers 503 ``{"error": "unavailable"}`` if the owner cannot be reached; never retries.
     """
-    headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
+    headers = {k: v for k, v in request.headers.items() if k.lower() not in _NOT_COPIED}
     headers[FORWARDED_HEADER] = str(epoch)
+    # The peer sees our pod certificate, so it takes the writer from us: the caller's own, never one it claimed.
+    headers.update(on_behalf_headers(request))
     headers.update(onward_headers(request))  # what is left of the caller's deadline, not what it started with
     body = await request.read()
     # raw_path_qs keeps percent-encoding (a key may contain "/" or spaces), so the owner sees the same URL.
