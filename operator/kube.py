@@ -35,6 +35,7 @@ _KINDS: dict[tuple[str, str], tuple[str, str]] = {
     (f"{GROUP}/{VERSION}", "ShadowPolicy"): (f"/apis/{GROUP}/{VERSION}", "shadowpolicies"),
     (f"{GROUP}/{VERSION}", "MirrorSet"): (f"/apis/{GROUP}/{VERSION}", "mirrorsets"),
     (f"{GROUP}/{VERSION}", "WeavePlan"): (f"/apis/{GROUP}/{VERSION}", "weaveplans"),
+    (f"{GROUP}/{VERSION}", "Reversion"): (f"/apis/{GROUP}/{VERSION}", "reversions"),
 }
 
 # Cluster-scoped kinds (no namespace in their path).

@@ -53,6 +53,17 @@ KEY_VERSION = Gauge(
     ["namespace", "shardset"],
 )
 
+ANOMALIES = Counter(
+    "chronoshard_anomalies_detected_total",
+    "Anomaly incidents the shards' shadows detected, counted once per incident when a ShadowPolicy first reports it",
+    ["namespace", "shadowpolicy", "kind"],
+)
+
+
+def count_anomaly(namespace: str, policy: str, kind: str) -> None:
+    """Count one newly reported incident of ``kind`` (encryption, mass-delete, ...)."""
+    ANOMALIES.labels(namespace=namespace, shadowpolicy=policy, kind=kind or "unknown").inc()
+
 
 def record_rotation(reason: str, outcome: str, namespace: str, shardset: str, blocks: int) -> None:
     """Count one finished rotation and the blocks it rewrapped."""

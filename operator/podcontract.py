@@ -162,6 +162,14 @@ def shadow_config(policy: ShadowPolicySpec, namespace: str = "", shardset: str |
         "cold": (cold_config(policy.cold_storage, namespace, shardset or policy.shardset)
                  if policy.cold_storage is not None else None),
         "reversion": {"mode": policy.reversion_mode, "maxBlocks": policy.reversion_max_blocks},
+        "anomaly": {
+            "model": policy.anomaly.model,
+            "threshold": policy.anomaly.threshold,
+            "severityThreshold": policy.anomaly.severity_threshold,
+            # Floats, as the shadow's contract says (60.0, not 60).
+            "trainingWindowSeconds": policy.anomaly.training_window.total_seconds(),
+            "intervalSeconds": policy.anomaly.interval.total_seconds(),
+        },
     }
 
 

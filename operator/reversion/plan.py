@@ -92,6 +92,9 @@ def plan_request(namespace: str, name: str, spec: ReversionSpec) -> dict[str, An
         body["keys"] = sorted(spec.keys)
     if spec.key_range is not None:
         body["range"] = {"start": spec.key_range.start, "end": spec.key_range.end}
+    if spec.incident is not None:
+        # Every shard gets it; only the shadow of incident.shard plans keys (the others answer an empty plan).
+        body["incident"] = {"shard": spec.incident.shard, "table": spec.incident.table, "id": spec.incident.id}
     return body
 
 
@@ -104,6 +107,8 @@ def selection_problem(spec: ReversionSpec) -> str | None:
     """Why the shadows cannot plan this spec, if they cannot (they take keys or a range, not both)."""
     if spec.keys is not None and spec.key_range is not None:
         return "give spec.keys or spec.range, not both (the shadows select by one of them)"
+    if spec.incident is not None and (spec.keys is not None or spec.key_range is not None):
+        return "spec.incident selects the keys itself; it cannot be given with keys or range"
     return None
 
 

@@ -6,6 +6,12 @@ container and shadow.json for the policy ``shadowselect.select_shadow_policy`` p
 controller wakes that ShardSet's loop whenever a policy is created, changed or deleted, and every ``POLL_SECONDS``
 asks every shard's shadow for its status and writes capture lag, tiers, oldest restorable point, compression ratio
 and the conditions Ready, CaptureBehind and ShardSetMissing into the policy's status.
+
+The same pass asks every shadow for its anomaly incidents (``GET /v1/anomalies``), keeps the newest in
+``status.anomalies`` with one ``AnomalyDetected`` event and one count of ``chronoshard_anomalies_detected_total``
+per incident, and proposes a Reversion for each closed incident at or above ``anomaly.severityThreshold`` unless
+``reversion.mode`` is off (anomalies.py decides; proposals.py creates). The Reversions have no ownerReference to
+the policy: deleting the policy keeps the record of what was reverted.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from typing import Any
 
 import kopf
 
-from .. import kube, naming
+from .. import kube, metrics, naming
 from ..conditions import conditions_equal_ignoring_time, get_condition, now_rfc3339, set_condition
 from ..loop import namespace_of, post_events, run_object_loop
 from ..podcontract import SHADOW_CONFIG_FILE, shadow_config
@@ -29,7 +35,7 @@ from ..shardpods import shard_pods
 from ..spec.common import SpecError
 from ..spec.shadowpolicy import ShadowPolicySpec, parse_shadowpolicy
 from ..triggers import TRIGGERS
-from . import probe
+from . import anomalies, probe, proposals
 from .status import ShardSample, aggregate, behind, lag_bound_seconds
 
 KIND = "ShadowPolicy"
@@ -39,6 +45,7 @@ PENDING_SECONDS = 2.0  # while the config is not yet written or the pods are rol
 FIGURES = ("shardsReporting", "shardsExpected", "reporting", "shards", "captureLagLsn", "captureLagSeconds",
            "oldestRestorableTime", "compressionRatio", "shadowBytes", "versions", "tiers")
 PENDING_REASONS = ("ConfigPending", "ShardsNotReporting")
+ANOMALY_FIELDS = ("anomalies", "detector")
 
 log = logging.getLogger(__name__)
 
@@ -191,13 +198,58 @@ def write_status(body: Mapping[str, Any], status: dict[str, Any]) -> bool:
     return kube.patch_status(naming.API_VERSION, KIND, meta["namespace"], meta["name"], patch)
 
 
-async def step(body: Mapping[str, Any]) -> dict[str, Any]:
-    """Observe, ask the shadows, and return the new status."""
+Events = list[tuple[str, str, str]]
+
+
+async def step(body: Mapping[str, Any]) -> tuple[dict[str, Any], Events]:
+    """Observe, ask the shadows, propose Reversions for incidents; return the new status and the incidents'
+    events."""
     obs = await asyncio.to_thread(observe, body)
-    samples: list[ShardSample] = []
-    if obs.config_applied and obs.expected:
-        samples = await probe.collect(obs.pods, obs.expected)
-    return build_status(body, obs, samples)
+    if not (obs.config_applied and obs.expected and obs.spec is not None):
+        status = build_status(body, obs, [])
+        # Kept while the policy is not probing (a spec change rolls the pods): incidents dropped here would come
+        # back as new, with their events and proposals again.
+        old = body.get("status") or {}
+        status.update({k: old[k] for k in ANOMALY_FIELDS if k in old})
+        return status, []
+    samples, reports = await asyncio.gather(probe.collect(obs.pods, obs.expected),
+                                            probe.collect_anomalies(obs.pods, obs.expected))
+    status = build_status(body, obs, samples)
+    events = await _anomalies(body, obs.spec, reports, status)
+    return status, events
+
+
+async def _anomalies(body: Mapping[str, Any], spec: ShadowPolicySpec, reports: list[anomalies.ShardAnomalies],
+                     status: dict[str, Any]) -> Events:
+    """Fill ``status.anomalies``/``status.detector``, count and announce new incidents, propose Reversions."""
+    meta = body["metadata"]
+    ns, name = meta["namespace"], meta["name"]
+    old_rows = list((body.get("status") or {}).get("anomalies") or [])
+    found = anomalies.incidents(reports)
+    rows = anomalies.merge(old_rows, reports, found)
+    events: Events = []
+    for row in anomalies.new_rows(old_rows, rows):
+        metrics.count_anomaly(ns, name, str(row.get("kind") or ""))
+        events.append(("Warning", "AnomalyDetected", anomalies.detected_message(row)))
+    wanted = anomalies.to_revert(old_rows, rows, found, spec.anomaly.severity_threshold, spec.reversion_mode)
+    made, failed = (await asyncio.to_thread(proposals.propose, ns, name, spec.shardset, wanted) if wanted
+                    else ({}, {}))
+    action = "reverting" if spec.reversion_mode == "auto" else "proposed"
+    old_errors = {(r.get("shard"), r.get("id")): r.get("proposalError") for r in old_rows}
+    for row in rows:
+        ref = (row["shard"], row["id"])
+        row.pop("proposalError", None)
+        if ref in made:
+            row.update(reversion=made[ref], action=action)
+            events.append(("Normal", "ReversionProposed",
+                           anomalies.proposed_message(made[ref], found[ref], spec.reversion_mode)))
+        elif ref in failed:
+            row["proposalError"] = failed[ref]
+            if old_errors.get(ref) != failed[ref]:  # one event per new error, not one per pass
+                events.append(("Warning", "ReversionNotProposed", failed[ref]))
+    status["anomalies"] = rows
+    status["detector"] = anomalies.detector_summary(reports, spec.anomaly.model)
+    return events
 
 
 def transitions(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[str, str, str]]:
@@ -221,9 +273,9 @@ async def shadowpolicy_loop(name: str, namespace: str | None, body: kopf.Body, s
                             **_: Any) -> None:
     """Report one ShadowPolicy's phase, capture and history figures every POLL_SECONDS (sooner when woken)."""
     async def one_pass(snap: dict[str, Any]) -> tuple[str, float]:
-        status = await step(snap)
+        status, incident_events = await step(snap)
         await asyncio.to_thread(write_status, snap, status)
-        post_events(body, transitions(snap.get("status") or {}, status))
+        post_events(body, transitions(snap.get("status") or {}, status) + incident_events)
         ready = get_condition(status["conditions"], "Ready") or {}
         delay = PENDING_SECONDS if ready.get("reason") in PENDING_REASONS else POLL_SECONDS
         return ("success" if status["phase"] == "Active" else str(status["phase"]).lower()), delay

@@ -1,4 +1,5 @@
-"""Ask every shard pod's shadow how its capture and history are (``GET :7403/v1/status``)."""
+"""Ask every shard pod's shadow how its capture and history are (``GET :7403/v1/status``) and what its anomaly
+detector found (``GET :7403/v1/anomalies``)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import aiohttp
 
 from .. import podtls
 from ..podcontract import SHADOW
+from .anomalies import ShardAnomalies
 from .status import ShardSample
 
 TIMEOUT = aiohttp.ClientTimeout(total=5)
+ANOMALIES_PATH = "/v1/anomalies"
 
 
 def has_shadow(pod: Mapping[str, Any]) -> bool:
@@ -49,3 +52,32 @@ async def collect(pods: Mapping[int, Mapping[str, Any]], expected: int) -> list[
             else:
                 tasks.append(_one(session, shard, pod))
         return list(await asyncio.gather(*tasks))
+
+
+async def _anomalies(session: aiohttp.ClientSession, shard: int, pod: Mapping[str, Any]) -> ShardAnomalies:
+    if not has_shadow(pod):
+        return ShardAnomalies(shard, error="pod has no shadow container yet (rolling)")
+    at = podtls.endpoint(pod, shard, SHADOW, ANOMALIES_PATH)
+    if at is None:
+        return ShardAnomalies(shard, error="pod has no IP yet")
+    try:
+        async with session.get(at.url, server_hostname=at.server_hostname) as resp:
+            if resp.status != 200:
+                # 404: a shadow of an image from before anomaly detection; skipped like one that is down.
+                return ShardAnomalies(shard, error=f"HTTP {resp.status}")
+            body = await resp.json()
+            if not isinstance(body, dict):
+                return ShardAnomalies(shard, error="answer is not a JSON object")
+            return ShardAnomalies(shard, body)
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        return ShardAnomalies(shard, error=type(exc).__name__)
+
+
+async def collect_anomalies(pods: Mapping[int, Mapping[str, Any]], expected: int) -> list[ShardAnomalies]:
+    """``GET /v1/anomalies`` of every shard 0..expected-1 that has a pod; a shadow that does not answer it (down,
+    or 404 from an older image) is reported with its error and never fails the pass."""
+    async with await podtls.session(pods, TIMEOUT) as session:
+        shards = [s for s in range(expected) if s in pods]
+        found = await asyncio.gather(*(_anomalies(session, s, pods[s]) for s in shards))
+        missing = [ShardAnomalies(s, error="no pod") for s in range(expected) if s not in pods]
+        return sorted([*found, *missing], key=lambda a: a.shard)

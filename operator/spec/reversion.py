@@ -14,6 +14,17 @@ MAX_TABLES = 64
 MAX_KEYS = 1000
 MAX_KEY_LENGTH = 256
 DIGEST_MAX_LENGTH = 64
+MAX_INCIDENT_ID_LENGTH = 320
+MAX_SHARD = 255
+
+
+@dataclass(frozen=True)
+class IncidentRef:
+    """One anomaly incident: its id is unique on the shadow of ``shard`` only."""
+
+    shard: int
+    table: str
+    id: str
 
 
 @dataclass(frozen=True)
@@ -35,6 +46,7 @@ class ReversionSpec:
     key_range: KeyRange | None = None
     overwrite_later_writes: bool = False
     approve: str | None = None
+    incident: IncidentRef | None = None
 
 
 def parse_reversion(spec: Mapping[str, Any] | None) -> ReversionSpec:
@@ -50,9 +62,22 @@ def parse_reversion(spec: Mapping[str, Any] | None) -> ReversionSpec:
         raise SpecError("spec.pointInTime", "Required value")
     overwrite = f.boolean("overwriteLaterWrites", default=False)
     approve = f.string("approve", max_length=DIGEST_MAX_LENGTH)
+    incident_fields = f.maybe_obj("incident")
+    incident = _incident(incident_fields) if incident_fields is not None else None
     f.done()
+    if incident is not None and (keys is not None or key_range is not None):
+        # The CRD's CEL rule (fieldPath .incident) refuses the same.
+        raise SpecError("spec.incident", "incident selects the keys itself; it cannot be given with keys or range")
     return ReversionSpec(shardset=shardset, point_in_time=point, tables=tables, keys=keys, key_range=key_range,
-                         overwrite_later_writes=overwrite, approve=approve)
+                         overwrite_later_writes=overwrite, approve=approve, incident=incident)
+
+
+def _incident(f: Fields) -> IncidentRef:
+    shard = f.required_integer("shard", minimum=0, maximum=MAX_SHARD)
+    table = f.required_string("table", pattern=TABLE_NAME_PATTERN, max_length=63)
+    ident = f.required_string("id", min_length=1, max_length=MAX_INCIDENT_ID_LENGTH)
+    f.done()
+    return IncidentRef(shard, table, ident)
 
 
 def _strings(f: Fields, key: str, max_items: int, *, pattern: str | None = None, min_length: int | None = None,

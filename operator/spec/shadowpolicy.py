@@ -20,6 +20,7 @@ ENDPOINT_PATTERN = r"https?://[^\s/?#]+(/[^\s?#]*)?"
 BUCKET_PATTERN = r"[a-z0-9][a-z0-9.-]*[a-z0-9]"
 PREFIX_PATTERN = r"[A-Za-z0-9!_.*'()-]+(/[A-Za-z0-9!_.*'()-]+)*"
 REGION_PATTERN = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+MAX_ANOMALY_INTERVAL = timedelta(hours=1)
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ class Anomaly:
     threshold: float = 0.8
     severity_threshold: float = 0.5
     training_window: timedelta = timedelta(hours=24)
+    interval: timedelta = timedelta(minutes=1)  # the detection window
 
 
 @dataclass(frozen=True)
@@ -110,8 +112,12 @@ def parse_shadowpolicy(spec: Mapping[str, Any] | None) -> ShadowPolicySpec:
         threshold=a.number("threshold", default=0.8, minimum=0, maximum=1),
         severity_threshold=a.number("severityThreshold", default=0.5, minimum=0, maximum=1),
         training_window=a.duration("trainingWindow", default="24h", positive=True),
+        interval=a.duration("interval", default="1m", positive=True),
     )
     a.done()
+    if anomaly.interval > MAX_ANOMALY_INTERVAL:
+        # The CRD's CEL rule on the field refuses the same.
+        raise SpecError("spec.anomaly.interval", "anomaly.interval must not be longer than 1h")
 
     v = f.obj("reversion")
     mode = v.string("mode", default="confirm", enum=REVERSION_MODES)

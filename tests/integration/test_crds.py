@@ -21,7 +21,7 @@ from tests.support.crdcases import (
     load_crds,
     load_invalid_cases,
     load_samples,
-    maximal_object,
+    maximal_specs,
     mutations,
     plural,
 )
@@ -67,7 +67,7 @@ EDGE_VALID: list[tuple[str, dict[str, Any]]] = [
     ("WeavePlan", {**REF, "confidenceThreshold": 1, "interval": "24h", "predictionWindow": "24h"}),
     ("WeavePlan", {**REF, "split": {"sizeThreshold": "1Gi", "minPartitionSize": "1023Mi"}}),
     # Every field the CRD declares set at once.
-    *((kind, maximal_object(kind)["spec"]) for kind in KINDS),
+    *((kind, spec) for kind in KINDS for spec in maximal_specs(kind)),
 ]
 
 

@@ -124,10 +124,29 @@ def _maximal_scalar(kind: str | None, schema: dict[str, Any], name: str) -> Any:
     raise AssertionError(f"no maximal value for {schema}")
 
 
-def maximal_object(kind: str) -> dict[str, Any]:
-    """An object of `kind` whose spec sets every field of the CRD."""
-    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": kind, "metadata": {"name": f"max-{kind.lower()}"},
-            "spec": maximal(spec_schema(kind))}
+# Top-level spec fields no valid spec sets together (a CEL rule refuses the pair): each group in turn is the one
+# a maximal spec keeps, the others are left out.
+EXCLUSIVE: dict[str, tuple[tuple[str, ...], ...]] = {"Reversion": (("keys", "range"), ("incident",))}
+
+
+def maximal_specs(kind: str) -> list[dict[str, Any]]:
+    """Specs of `kind` that together set every field of the CRD: one, or one per group of EXCLUSIVE fields."""
+    full = maximal(spec_schema(kind))
+    groups = EXCLUSIVE.get(kind)
+    if not groups:
+        return [full]
+    out = []
+    for keep in groups:
+        drop = {f for g in groups if g is not keep for f in g}
+        out.append({k: v for k, v in full.items() if k not in drop})
+    return out
+
+
+def maximal_object(kind: str, variant: int = 0) -> dict[str, Any]:
+    """An object of `kind` whose spec sets every field of the CRD (but those excluded by EXCLUSIVE: see
+    maximal_specs and ``variant``)."""
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": kind, "metadata": {"name": f"max-{kind.lower()}-{variant}"},
+            "spec": maximal_specs(kind)[variant]}
 
 
 def _bad_strings(schema: dict[str, Any]) -> list[Any]:
@@ -187,9 +206,16 @@ def _bad_values(schema: dict[str, Any]) -> list[Any]:
 def mutations(kind: str) -> list[tuple[str, dict[str, Any]]]:
     """(field path, spec) pairs: the maximal spec of `kind` with one field replaced by an edge value, plus one
     unknown field per object. Parser and API server must agree on every one of them."""
+    out: list[tuple[str, dict[str, Any]]] = []
+    for base in maximal_specs(kind):
+        out += _mutations_of(spec_schema(kind), base)
+    return out
+
+
+def _mutations_of(schema: dict[str, Any], base: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """Mutations of the fields ``base`` sets (top-level fields it leaves out are another variant's)."""
     import copy
 
-    base = maximal(spec_schema(kind))
     out: list[tuple[str, dict[str, Any]]] = []
 
     def put(keys: list[Any], value: Any) -> dict[str, Any]:
@@ -202,6 +228,8 @@ def mutations(kind: str) -> list[tuple[str, dict[str, Any]]]:
 
     def visit(schema: dict[str, Any], keys: list[Any], dotted: str) -> None:
         for name, sub in schema.get("properties", {}).items():
+            if not keys and name not in base:
+                continue
             path, field = [*keys, name], f"{dotted}.{name}"
             out.extend((field, put(path, bad)) for bad in _bad_values(sub))
             if sub.get("type") == "object" and sub.get("properties"):
@@ -211,5 +239,5 @@ def mutations(kind: str) -> list[tuple[str, dict[str, Any]]]:
             if sub.get("type") == "array" and items.get("type") == "object" and items.get("properties"):
                 visit(items, [*path, 0], f"{field}[0]")
 
-    visit(spec_schema(kind), [], "spec")
+    visit(schema, [], "spec")
     return out

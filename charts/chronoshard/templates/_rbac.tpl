@@ -6,13 +6,18 @@
 */}}
 {{- define "chronoshard.namespacedRules" }}
 # Our custom resources: Kopf lists and watches them and patches metadata (finalizer, bookkeeping
-# annotations) and status. The operator never creates, updates or deletes a user's objects.
+# annotations) and status. The operator never updates or deletes a user's objects (it creates Reversions below).
 - apiGroups: [chronoshard.io]
   resources: [shardsets, keyrotations, prefetchpolicies, shadowpolicies, mirrorsets, weaveplans, reversions]
   verbs: [list, watch, patch]
 - apiGroups: [chronoshard.io]
   resources: [shardsets/status, keyrotations/status, prefetchpolicies/status, shadowpolicies/status, mirrorsets/status, weaveplans/status, reversions/status]
   verbs: [patch]
+# A ShadowPolicy proposes a Reversion for a severe anomaly incident (docs/reversion.md): the one object of a
+# user's kind the operator creates; it never updates or deletes one.
+- apiGroups: [chronoshard.io]
+  resources: [reversions]
+  verbs: [create]
 # A KeyRotation reads the ShardSet it rotates.
 - apiGroups: [chronoshard.io]
   resources: [shardsets]

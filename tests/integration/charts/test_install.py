@@ -48,6 +48,8 @@ DELIBERATE_EXTRA: dict[tuple[str, str, str], str] = {
        for kind in OTHER_KINDS for verb in ("list", "watch", "patch")},
     **{("patch", "chronoshard.io", f"{kind}/status"): "status of that kind's controller" for kind in OTHER_KINDS},
     ("get", "chronoshard.io", "shardsets"): "a KeyRotation reads its ShardSet when a rotation runs",
+    ("create", "chronoshard.io", "reversions"): "a ShadowPolicy proposes a Reversion for a closed anomaly incident "
+    "at or above its severityThreshold (none happens in this run)",
     ("patch", "", "secrets"): "a KeyRotation adds and retires key versions in the keyring Secret",
     ("list", "", "pods"): "a KeyRotation lists a ShardSet's pods to ask each node for its key versions",
     ("create", "cert-manager.io", "certificates"): "a ShardSet with spec.tls.issuerRef (cert-manager)",

@@ -1,5 +1,6 @@
-"""The chart lets the operator run Reversions: list/watch/patch reversions (Kopf's watch and finalizer) and patch
-reversions/status, cluster-wide (ClusterRole) and per watched namespace (Roles); nothing more on them."""
+"""The chart lets the operator run Reversions: list/watch/patch reversions (Kopf's watch and finalizer), create
+them (a ShadowPolicy's reversion by policy) and patch reversions/status, cluster-wide (ClusterRole) and per watched
+namespace (Roles); nothing more on them (no update, no delete)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ def _verbs(rules: list[dict], resource: str) -> set[str]:
 
 def test_cluster_role_allows_reversions_and_their_status() -> None:
     (role,) = by_kind(render(), "ClusterRole")
-    assert _verbs(role["rules"], "reversions") == {"list", "watch", "patch"}
+    assert _verbs(role["rules"], "reversions") == {"list", "watch", "patch", "create"}
     assert _verbs(role["rules"], "reversions/status") == {"patch"}
 
 
@@ -21,5 +22,5 @@ def test_each_watched_namespace_role_allows_reversions_and_their_status() -> Non
     roles = [r for r in by_kind(docs, "Role") if any("reversions" in rule["resources"] for rule in r["rules"])]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     for role in roles:
-        assert _verbs(role["rules"], "reversions") == {"list", "watch", "patch"}
+        assert _verbs(role["rules"], "reversions") == {"list", "watch", "patch", "create"}
         assert _verbs(role["rules"], "reversions/status") == {"patch"}

@@ -37,7 +37,9 @@ def test_shadow_config_of_the_default_policy_is_the_contracts_shadow_json():
          "compression": {"codec": "zstd", "level": 3, "dictionary": true},
          "retention": {"hotSeconds": 86400, "warmSeconds": 604800, "coldSeconds": 2592000},
          "cold": null,
-         "reversion": {"mode": "confirm", "maxBlocks": null}}""")
+         "reversion": {"mode": "confirm", "maxBlocks": null},
+         "anomaly": {"model": "isolation-forest", "threshold": 0.8, "severityThreshold": 0.5,
+                     "trainingWindowSeconds": 86400.0, "intervalSeconds": 60.0}}""")
 
 
 def test_shadow_config_carries_every_field_of_the_policy():
@@ -48,7 +50,9 @@ def test_shadow_config_carries_every_field_of_the_policy():
         "retention": {"hot": "90m", "warm": "2h", "cold": "3h"},
         "coldStorage": {"endpoint": "http://seaweedfs:8333", "bucket": "backups", "prefix": "prod/eu",
                         "region": "eu-west-1", "forcePathStyle": False, "credentialsSecret": {"name": "creds"}},
-        "reversion": {"mode": "auto", "maxBlocks": 500}})
+        "reversion": {"mode": "auto", "maxBlocks": 500},
+        "anomaly": {"model": "zscore", "threshold": 0.7, "severityThreshold": 0.25, "trainingWindow": "2h",
+                    "interval": "30s"}})
     config = podcontract.shadow_config(policy, "shop")
     assert config["tables"] == ["a", "b"]
     assert config["snapshot"] == {"intervalSeconds": 1.5, "granularity": "full", "fullEvery": 3}
@@ -59,6 +63,8 @@ def test_shadow_config_carries_every_field_of_the_policy():
                               "prefix": "prod/eu/shop/orders", "region": "eu-west-1", "forcePathStyle": False,
                               "credentialsDir": "/etc/chronoshard/objectstore"}
     assert config["reversion"] == {"mode": "auto", "maxBlocks": 500}
+    assert config["anomaly"] == {"model": "zscore", "threshold": 0.7, "severityThreshold": 0.25,
+                                 "trainingWindowSeconds": 7200.0, "intervalSeconds": 30.0}
     # Credentials are only ever a mounted directory, never in the settings file.
     assert "creds" not in json.dumps(config)
 

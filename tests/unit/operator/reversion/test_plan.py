@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import pytest
 from chronoshard.operator.reversion import plan
 from chronoshard.operator.reversion.plan import Event, Phase, Verdict
-from chronoshard.operator.spec.reversion import KeyRange, ReversionSpec
+from chronoshard.operator.spec.reversion import KeyRange, ReversionSpec, parse_reversion
 
 DIGESTS = ["a" * 64, "b" * 64, "c" * 64]
 
@@ -127,3 +127,12 @@ def test_progress_runs_completes_and_fails_only_once_every_shard_ended():
 def test_progress_answer_with_an_unknown_phase_is_refused():
     with pytest.raises(ValueError, match="phase"):
         plan.shard_progress_from_json(0, {"phase": "paused"})
+
+
+def test_plan_request_of_an_incident_sends_it_to_every_shard():
+    spec = parse_reversion({"shardSetRef": {"name": "o"}, "tables": ["orders"], "pointInTime": "2026-11-30T00:00:00Z",
+                            "incident": {"shard": 1, "table": "orders", "id": "orders.8812"}})
+    body = plan.plan_request("prod", "r", spec)
+    assert body["incident"] == {"shard": 1, "table": "orders", "id": "orders.8812"}
+    assert "keys" not in body and "range" not in body
+    assert plan.selection_problem(spec) is None

@@ -4,7 +4,7 @@ from datetime import UTC, datetime
 
 import pytest
 from chronoshard.operator.spec import SpecError, parse_reversion
-from chronoshard.operator.spec.reversion import KeyRange
+from chronoshard.operator.spec.reversion import IncidentRef, KeyRange
 
 from tests.support.crdcases import invalid_cases, sample
 
@@ -64,3 +64,37 @@ def test_invalid_case_is_refused_naming_the_field(case):
 
 def test_there_are_at_least_three_invalid_cases():
     assert len(invalid_cases("Reversion")) >= 3
+
+
+def test_incident_selects_the_keys_of_one_incident():
+    spec = parse_reversion({**REF, "tables": ["orders"],
+                            "incident": {"shard": 2, "table": "orders", "id": "orders.8812"}})
+    assert spec.incident == IncidentRef(2, "orders", "orders.8812")
+    assert (spec.keys, spec.key_range) == (None, None)
+    assert parse_reversion(REF).incident is None
+
+
+@pytest.mark.parametrize(("patch", "field"), [
+    ({"keys": ["a"]}, "spec.incident"),
+    ({"range": {"start": "a", "end": "b"}}, "spec.incident"),
+])
+def test_incident_with_keys_or_range_is_refused(patch, field):
+    with pytest.raises(SpecError) as err:
+        parse_reversion({**REF, **patch, "incident": {"shard": 0, "table": "t", "id": "t.1"}})
+    assert err.value.field_path == field
+
+
+@pytest.mark.parametrize(("incident", "field"), [
+    ({"shard": -1, "table": "t", "id": "x"}, "spec.incident.shard"),
+    ({"shard": 256, "table": "t", "id": "x"}, "spec.incident.shard"),
+    ({"shard": "0", "table": "t", "id": "x"}, "spec.incident.shard"),
+    ({"shard": 0, "table": "T", "id": "x"}, "spec.incident.table"),
+    ({"shard": 0, "table": "t", "id": ""}, "spec.incident.id"),
+    ({"shard": 0, "table": "t", "id": "x" * 321}, "spec.incident.id"),
+    ({"shard": 0, "table": "t"}, "spec.incident.id"),
+    ({"shard": 0, "table": "t", "id": "x", "lsn": 1}, "spec.incident.lsn"),
+])
+def test_bad_incident_fields_are_refused(incident, field):
+    with pytest.raises(SpecError) as err:
+        parse_reversion({**REF, "incident": incident})
+    assert err.value.field_path == field

@@ -88,3 +88,18 @@ def test_cold_storage_bad_values_name_the_field(field, value, where):
 def test_codec_none_keeps_level_and_dictionary_defaults():
     spec = parse_shadowpolicy({"shardSetRef": {"name": "o"}, "compression": {"codec": "none"}})
     assert spec.compression == Compression(codec="none", level=3, dictionary=True)
+
+
+def test_anomaly_interval_defaults_to_a_minute_and_takes_up_to_an_hour():
+    assert parse_shadowpolicy({"shardSetRef": {"name": "o"}}).anomaly.interval == timedelta(minutes=1)
+    spec = parse_shadowpolicy({"shardSetRef": {"name": "o"}, "anomaly": {"interval": "60m"}})
+    assert spec.anomaly.interval == timedelta(hours=1)
+    assert parse_shadowpolicy({"shardSetRef": {"name": "o"}, "anomaly": {"interval": "250ms"}}).anomaly.interval \
+        == timedelta(milliseconds=250)
+
+
+@pytest.mark.parametrize("interval", ["0s", "1h0m0.001s", "2h", "1d", 60])
+def test_anomaly_interval_outside_0_to_1h_is_refused(interval):
+    with pytest.raises(SpecError) as err:
+        parse_shadowpolicy({"shardSetRef": {"name": "o"}, "anomaly": {"interval": interval}})
+    assert err.value.field_path == "spec.anomaly.interval"
