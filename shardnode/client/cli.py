@@ -21,11 +21,13 @@ TokenRequest API with the ShardSet's audience, as ``kubectl create token SA --au
 ``/var/run/secrets/chronoshard.io/token``), and with ``--shardset`` the kubeconfig's own token (refused unless the
 ShardSet sets ``spec.access.acceptKubeconfigTokens``).
 
-``history``/``at``/``diff`` go to the shadow beside each shard's cache (same pod IP, port 7403), routed by the same
-map: with ``--shardset`` to the pods, with ``--endpoints`` to each given host at port 7403, or to
-``--shadow-endpoints URL,...`` (by shard index) as given. ``restore`` and ``approve`` only talk to the Kubernetes API.
+``history``/``at``/``diff``, ``anomalies show`` and ``whatif`` go to the shadow beside each shard's cache (same pod
+IP, port 7403), routed by the same map: with ``--shardset`` to the pods, with ``--endpoints`` to each given host at
+port 7403, or to ``--shadow-endpoints URL,...`` (by shard index) as given. ``restore``, ``approve`` and
+``anomalies`` (the list) only talk to the Kubernetes API.
 
-Exit codes: 0 ok, 1 error, 2 usage, 3 block not found, 4 shard or API unavailable, 5 refused (401/403).
+Exit codes: 0 ok, 1 error (``whatif``: the batch would alarm), 2 usage, 3 block not found, 4 shard or API
+unavailable, 5 refused (401/403).
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ from chronoshard.shardnode.client import (
     Transport,
     Unauthenticated,
     Unavailable,
+    cli_anomalies,
     cli_history,
     cli_reversion,
     discovery,
@@ -351,8 +354,15 @@ async def run(args: argparse.Namespace, out: IO[str], stdin: IO[bytes], bout: IO
         return 0
     if args.command in cli_reversion.COMMANDS:
         return await reversion_command(args, out, stdin)
+    if args.command in cli_anomalies.COMMANDS:
+        cli_anomalies.check(args)
+        if args.command == "anomalies" and args.id is None:
+            policies = await asyncio.to_thread(cli_anomalies.list_policies, kube_api(args), default_namespace(args))
+            return cli_anomalies.list_incidents(args, policies, out, format_table)
     tr = transport(args)
     try:
+        if args.command in cli_anomalies.COMMANDS:
+            return await cli_anomalies.run(args, history_client(args, tr), out, stdin, format_table)
         if args.command in cli_history.COMMANDS:
             await cli_history.run(args, history_client(args, tr), out, bout, format_table)
             return 0
@@ -472,7 +482,8 @@ def parser(prog: str | None = None) -> argparse.ArgumentParser:
     st.add_argument("name")
     cli_history.add_parsers(sub)
     cli_reversion.add_parsers(sub)
-    for name in (*cli_history.COMMANDS, *cli_reversion.COMMANDS):
+    cli_anomalies.add_parsers(sub)
+    for name in (*cli_history.COMMANDS, *cli_reversion.COMMANDS, *cli_anomalies.COMMANDS):
         _command_flags(sub.choices[name])
     return p
 
@@ -485,7 +496,7 @@ def main(argv: Sequence[str] | None = None, *, out: IO[str] | None = None, stdin
     err = sys.stderr
     try:
         code = asyncio.run(run(args, out, stdin or sys.stdin.buffer, bout or sys.stdout.buffer))
-    except UsageError as exc:
+    except (UsageError, cli_anomalies.AnomalyUsage) as exc:
         err.write(f"chronoshard: {exc}\n")
         code = EXIT_USAGE
     except (Unauthenticated, Forbidden) as exc:

@@ -64,7 +64,8 @@ def summary(obj: Mapping[str, Any]) -> dict[str, Any]:
     return {"name": obj["metadata"]["name"], "namespace": obj["metadata"].get("namespace"),
             "phase": st.get("phase", "Planning"), "shardSet": (spec.get("shardSetRef") or {}).get("name"),
             "pointInTime": spec.get("pointInTime"), "tables": spec.get("tables"), "keys": spec.get("keys"),
-            "range": spec.get("range"), "overwriteLaterWrites": spec.get("overwriteLaterWrites", False),
+            "range": spec.get("range"), "incident": spec.get("incident"),
+            "overwriteLaterWrites": spec.get("overwriteLaterWrites", False),
             "digest": st.get("digest"), "approved": spec.get("approve"), "plan": st.get("plan") or {},
             "progress": st.get("progress") or {},
             "conditions": [{k: c.get(k) for k in ("type", "status", "reason", "message")}
@@ -76,7 +77,9 @@ def render(s: Mapping[str, Any], table: Table) -> str:
     plan, prog = s["plan"], s["progress"]
     what = ", ".join(filter(None, [f"tables {', '.join(s['tables'])}" if s["tables"] else "every table",
                                    f"keys {', '.join(s['keys'])}" if s["keys"] else None,
-                                   f"keys {s['range']['start']}..{s['range']['end']}" if s["range"] else None]))
+                                   f"keys {s['range']['start']}..{s['range']['end']}" if s["range"] else None,
+                                   f"the keys incident {s['incident'].get('id')} of shard "
+                                   f"{s['incident'].get('shard')} changed" if s.get("incident") else None]))
     lines = [f"Reversion {s['namespace']}/{s['name']}: {s['phase']}",
              f"ShardSet:      {s['shardSet']}   ({what})",
              f"Point in time: {s['pointInTime']}   (later writes "

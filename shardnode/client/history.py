@@ -89,13 +89,13 @@ class HistoryClient:
             self._map = await self._maps.fetch()
         return self._map
 
-    async def _send(self, shard: int, path: str, params: dict[str, str], headers: dict[str, str]
-                    ) -> tuple[str, int, bytes]:
+    async def _send(self, shard: int, path: str, params: dict[str, str], headers: dict[str, str],
+                    method: str = "GET", body: bytes | None = None) -> tuple[str, int, bytes]:
         for attempt in (0, 1):
             ep = self._endpoint(shard)
             try:
-                status, payload = await self.transport.request("GET", ep, path, headers=headers, params=params,
-                                                               timeout=self.timeout)
+                status, payload = await self.transport.request(method, ep, path, headers=headers, params=params,
+                                                               body=body, timeout=self.timeout)
                 return f"{ep}{path}", status, payload
             except Unreachable:
                 # Nothing was sent; a replaced pod may have a new IP.
@@ -103,6 +103,13 @@ class HistoryClient:
                     raise
                 await self._rediscover()
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def call(self, shard: int, path: str, *, params: dict[str, str] | None = None,
+                   headers: dict[str, str] | None = None, method: str = "GET", body: bytes | None = None
+                   ) -> tuple[str, int, bytes]:
+        """One request to a shard's shadow: (url, status, payload); sent again at a re-discovered address only
+        when nothing was sent."""
+        return await self._send(shard, path, params or {}, headers or {}, method, body)
 
     async def _keyed(self, table: str, key: str, what: str, params: dict[str, str]) -> dict[str, Any]:
         """GET a key's resource at its owning shard's shadow; one retry at the right shard after a 421."""
