@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from chronoshard.shardnode.anomaly.profile import byte_profile, encode_profile
 from chronoshard.shardnode.anomaly.types import ChangeObservation
 from chronoshard.shardnode.keys.crypto import IntegrityError, open_block
 from chronoshard.shardnode.keys.keyring import Keyring, MissingKeyVersion
@@ -40,7 +39,7 @@ from .codec import Compressor, dictionary_id
 from .columnar import MetaRow
 from .dictionaries import DictionaryTrainer
 from .historydb import get_meta, set_meta
-from .observations import PrevVersion, observation
+from .observations import PrevVersion, observation, prev_version, profile_of, stored_profile
 from .sealing import open_version, seal_version
 from .segments import SegmentCache
 from .tiers import COLD, DELETE, DIFFERENTIAL, HOT, PUT, REWRAP, SEED, TIER_NAMES, Retention, SnapshotRef
@@ -250,7 +249,7 @@ class HistoryStore:
         self.trainer.offer(table, plaintext)
         sealed = seal_version(ring, table, key, lsn, plaintext, self.compressor)
         return _Sealed(sealed.frame, sealed.key_version, len(plaintext), sealed.stored_size, sealed.checksum,
-                       encode_profile(byte_profile(plaintext)))
+                       stored_profile(plaintext))
 
     # --- dictionaries ----------------------------------------------------------------------------------------
 
@@ -296,9 +295,27 @@ class HistoryStore:
         for r in rows:
             k = (r.table, r.key)
             prev = latest[k] if k in latest else _prev_version(conn, self.segments, r.table, r.key, r.lsn)
-            out.append(observation(r.lsn, r.time, r.table, r.key, r.op, r.size, r.identity, r.profile, prev))
-            latest[k] = PrevVersion(r.lsn, r.op, r.size, r.profile)
+            profile = profile_of(r.profile)  # once: the next change of the key in the batch reuses it
+            out.append(observation(r.lsn, r.time, r.table, r.key, r.op, r.size, r.identity, profile, prev))
+            latest[k] = PrevVersion(r.lsn, r.op, r.size, profile)
         return out
+
+    def observations_after(self, after_lsn: int, limit: int) -> list[ChangeObservation]:
+        """The observations of the stored changes after ``after_lsn`` (LSN order, at most ``limit``), as observers
+        were given them: what a restarted detector replays for the windows it had not closed."""
+        with self.read() as conn:
+            rows: list[tuple[Any, ...]] = []
+            for table in self.tables(conn):
+                rows += conn.execute("SELECT tbl, key, lsn, time, op, size, identity, profile FROM frames "
+                                     "WHERE tbl = ? AND lsn > ? AND op != ? ORDER BY lsn LIMIT ?",
+                                     (table, after_lsn, SEED, limit)).fetchall()
+            rows.sort(key=lambda r: r[2])
+            out = []
+            for tbl, key, lsn, t, op, size, identity, profile in rows[:limit]:
+                prev = _prev_version(conn, self.segments, tbl, key, lsn)
+                out.append(observation(lsn, t, tbl, key, op, 0 if size is None else int(size), identity,
+                                       profile_of(None if profile is None else bytes(profile)), prev))
+            return out
 
     def apply(self, changes: Sequence[ChangeLike], through: int | None = None) -> int:
         """Store every change after the cursor and move the cursor, in one transaction; returns the new cursor.
@@ -683,8 +700,8 @@ def _prev_version(conn: sqlite3.Connection, segments: SegmentCache, table: str, 
     prev_lsn, op, size, segment, profile = row
     if size is None and segment is not None:
         size = segments.row(conn, int(segment), table, key, int(prev_lsn)).size
-    return PrevVersion(int(prev_lsn), str(op), None if size is None else int(size),
-                       None if profile is None else bytes(profile))
+    return prev_version(int(prev_lsn), str(op), None if size is None else int(size),
+                        None if profile is None else bytes(profile))
 
 
 def _latest(conn: sqlite3.Connection, table: str, key: str, lsn: int) -> tuple[Any, ...] | None:

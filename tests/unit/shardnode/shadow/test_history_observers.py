@@ -159,3 +159,29 @@ def test_history_answers_carry_the_identity(tmp_path):
     h.seed(1, [block(R, 1, "t", "a", b"seeded")])
     h.apply([who(put(R, 2, 1.0, "t", "a", b"v"), "alice")])
     assert [version_json(v)["identity"] for v in h.history("t", "a")] == [None, "alice"]
+
+
+def test_the_stored_profile_is_encode_profile_of_byte_profile():
+    import random
+
+    from chronoshard.shardnode.shadow.observations import profile_of, stored_profile
+
+    rng = random.Random(5)
+    values = [b"", b"a", TEXT, NOISE, bytes(1000), b"\xff" * 3]
+    values += [rng.randbytes(rng.randrange(1, 700)) for _ in range(2000)]
+    values += [bytes(rng.choice(b"abc{}:,0123456789") for _ in range(rng.randrange(1, 300))) for _ in range(2000)]
+    assert [stored_profile(v) for v in values] == [encode_profile(byte_profile(v)) for v in values]
+    assert [profile_of(stored_profile(v)) for v in values] == [decode_profile(stored_profile(v)) for v in values]
+    assert profile_of(None) is None and profile_of(b"short") is None
+
+
+def test_observations_after_replay_what_observers_were_given(tmp_path):
+    h, batches = _observed(tmp_path)
+    h.seed(1, [block(R, 1, "t", "s", TEXT)])  # a seed is the base, not a change: never observed
+    h.apply([who(put(R, 2, 10.0, "t", "a", TEXT), "alice"), who(put(R, 3, 11.0, "u", "b", NOISE), "bob")])
+    h.apply([who(put(R, 4, 12.0, "t", "a", b"xy"), "alice"), who(delete(5, 13.0, "t", "s"), "bob"),
+             rewrap(R, 6, 14.0, "u", "b", NOISE)])
+    given = [o for b in batches for o in b]
+    assert [o.lsn for o in given] == [2, 3, 4, 5, 6]
+    assert h.observations_after(0, 100) == given
+    assert h.observations_after(3, 2) == given[2:4]
