@@ -100,7 +100,7 @@ async def test_a_shadow_following_the_node_keeps_identity_and_profile(env, tmp_p
             assert status == 200, body
             lsn = json.loads(body)["lsn"]
             await wait_for_async(lambda: captured(lsn), what="the shadow to capture the write")
-            status, body = await send(env, "GET", f"{shadow.url}/v1/tables/t/history/k", pair=env.operator)
+            status, body = await send(env, "GET", f"{shadow.url}/v1/tables/t/history/k", token="allowed")
             assert status == 200, body
             versions = json.loads(body)["versions"]
             assert [(v["lsn"], v["identity"]) for v in versions][-1] == (lsn, reader)
