@@ -208,14 +208,14 @@ def test_mode_off_only_reports(k8s_client, api, namespace):
     asyncio.run(scenario())
 
 
-def test_auto_mode_proposes_and_the_reversion_runs_without_approval(k8s_client, api, namespace):
+def test_auto_mode_proposes_and_the_reversion_runs_without_approval_within_max_blocks(k8s_client, api, namespace):
     s0, s1 = StubShadow(shard=0), StubShadow(shard=1)
     _attack(s0, ["a", "b"], T0)
     s0.write("orders", "z", b"unrelated, later", T0 + 30, APP)
     s0.add_incident("orders", "orders.7", T0, T0 + 10, EVIL, severity=0.8)
 
     async def scenario() -> None:
-        async with stub_shardset(k8s_client, namespace, [s0, s1], mode="auto", max_blocks=10):
+        async with stub_shardset(k8s_client, namespace, [s0, s1], mode="auto", max_blocks=2):
             _write_config(api, namespace)
             status, events = await _pass(api, namespace)
             assert _reasons(events) == ["AnomalyDetected", "ReversionProposed"]
@@ -227,5 +227,17 @@ def test_auto_mode_proposes_and_the_reversion_runs_without_approval(k8s_client, 
                     break
             assert rev["phase"] == "Completed" and rev["autoApproved"] is True
             assert (rev["plan"]["keys"], rev["progress"]["done"]) == (2, 2)  # a and b; z is not the incident's
+
+            # An incident of more keys than maxBlocks (3 > 2) is proposed the same way and waits for approval.
+            _attack(s1, ["p", "q", "r"], T0 + 200)
+            s1.add_incident("orders", "orders.7", T0 + 200, T0 + 210, EVIL, severity=0.8)
+            status, events = await _pass(api, namespace)
+            assert _reasons(events) == ["AnomalyDetected", "ReversionProposed"]
+            big = status["anomalies"][0]
+            assert (big["shard"], big["action"]) == (1, "reverting")
+            for _ in range(4):
+                rev = await _reversion_pass(api, namespace, big["reversion"])
+            assert rev["phase"] == "AwaitingApproval" and rev["plan"]["keys"] == 3
+            assert "maxBlocks 2" in next(c for c in rev["conditions"] if c["type"] == "Approved")["message"]
 
     asyncio.run(scenario())
