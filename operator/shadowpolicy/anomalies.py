@@ -27,6 +27,7 @@ MAX_ROWS = 20
 MAX_IDENTITIES = 5
 MAX_DRIVERS = 3
 MAX_NAME = 63
+MAX_ID = 320
 STATES_WORST_FIRST = ("fallback", "training", "trained")
 ACTIONS = ("reported", "proposed", "reverting")
 POLICY_LABEL = "chronoshard.io/shadow-policy"
@@ -108,15 +109,16 @@ def _driver(d: Any) -> dict[str, Any] | None:
 
 
 def incident_from_json(shard: int, doc: Any) -> Incident | None:
-    """An incident of the shadow's contract; None when it has no id (nothing could name it)."""
-    if not isinstance(doc, Mapping) or not isinstance(doc.get("id"), str) or not doc["id"]:
+    """An incident of the shadow's contract; None when it has no id (nothing could name it) or one longer than a
+    Reversion's ``spec.incident.id`` takes (320 characters: the contract's ids are far shorter)."""
+    if not isinstance(doc, Mapping) or not isinstance(doc.get("id"), str) or not 0 < len(doc["id"]) <= MAX_ID:
         return None
     raw_ids = doc.get("identities")
     identities = tuple(str(i) for i in raw_ids if isinstance(i, str)) if isinstance(raw_ids, list) else ()
     raw_drivers = doc.get("drivers")
     drivers = [d for d in (_driver(x) for x in raw_drivers) if d is not None] if isinstance(raw_drivers, list) else []
     drivers.sort(key=lambda d: -abs(d.get("weight", 0.0)))
-    return Incident(shard=shard, id=doc["id"][:320], table=str(doc.get("table") or "")[:63],
+    return Incident(shard=shard, id=doc["id"], table=str(doc.get("table") or "")[:63],
                     state="open" if doc.get("state") == "open" else "closed", kind=str(doc.get("kind") or "")[:64],
                     start=_num(doc.get("startTime")), end=_num(doc.get("endTime")),
                     detected=_num(doc.get("detectedTime")), known_good=_num(doc.get("knownGoodTime")),

@@ -127,6 +127,7 @@ def test_detected_message_names_table_kind_keys_severity_and_identities():
 
 
 def test_malformed_incidents_are_left_out():
-    reports = [ShardAnomalies(0, {"incidents": [{"table": "t"}, "x", incident("ok", detected=T)]}),
+    reports = [ShardAnomalies(0, {"incidents": [{"table": "t"}, "x", incident("ok", detected=T),
+                                                incident("x" * 321, detected=T)]}),
                ShardAnomalies(1, {"incidents": "nope"})]
     assert list(anomalies.incidents(reports)) == [(0, "ok")]
