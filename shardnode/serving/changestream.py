@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+from chronoshard.shardnode.auth.writer import ON_BEHALF_HEADER
 from yarl import URL
 
 IF_LSN_HEADER = "X-Chronoshard-If-Lsn"
@@ -72,10 +73,14 @@ def _bytes(value: str | None) -> bytes | None:
     return None if value is None else base64.b64decode(value, validate=True)
 
 
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None  # an older node sends none; anything else is not a name
+
+
 def parse_change(doc: dict[str, Any]) -> StreamChange:
     """A change entry from its JSON form."""
     return StreamChange(doc["lsn"], doc["time"], doc["table"], doc["key"], doc["op"], doc["keyVersion"], doc["size"],
-                        _bytes(doc.get("frame")), _bytes(doc.get("checksum")), doc.get("identity"))
+                        _bytes(doc.get("frame")), _bytes(doc.get("checksum")), _text(doc.get("identity")))
 
 
 def parse_snapshot_block(doc: dict[str, Any]) -> SnapshotBlock:
@@ -192,18 +197,25 @@ class ChangeStreamClient:
             raise _unreachable(exc) from None
 
     # ---- conditional writes --------------------------------------------------------------------------
-    async def put_if(self, table: str, key: str, value: bytes, if_lsn: int) -> int | None:
-        """Write only if the block is at ``if_lsn`` (0: absent); its new LSN, or None if it was not (412)."""
+    async def put_if(self, table: str, key: str, value: bytes, if_lsn: int,
+                     on_behalf_of: str | None = None) -> int | None:
+        """Write only if the block is at ``if_lsn`` (0: absent); its new LSN, or None if it was not (412).
+        ``on_behalf_of``: the writer the node records (it honours it from the pod identity only)."""
         status, doc = await self._json("PUT", self._url("v1", "tables", table, "blocks", key), ok=(200, 412),
                                        data=value, headers={"Content-Type": "application/octet-stream",
-                                                            IF_LSN_HEADER: str(if_lsn)})
+                                                            IF_LSN_HEADER: str(if_lsn),
+                                                            **_on_behalf(on_behalf_of)})
         return None if status == 412 else int(doc["lsn"])
 
-    async def delete_if(self, table: str, key: str, if_lsn: int) -> int | None:
+    async def delete_if(self, table: str, key: str, if_lsn: int, on_behalf_of: str | None = None) -> int | None:
         """Delete only if the block is at ``if_lsn``; the delete's LSN, or None if it was not (412)."""
         status, doc = await self._json("DELETE", self._url("v1", "tables", table, "blocks", key), ok=(200, 412),
-                                       headers={IF_LSN_HEADER: str(if_lsn)})
+                                       headers={IF_LSN_HEADER: str(if_lsn), **_on_behalf(on_behalf_of)})
         return None if status == 412 else int(doc["lsn"])
+
+
+def _on_behalf(writer: str | None) -> dict[str, str]:
+    return {} if writer is None else {ON_BEHALF_HEADER: writer}
 
 
 async def _lines(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:

@@ -38,6 +38,7 @@ async def test_puts_and_deletes_log_their_identity(store):
     assert parse_change(entries[2].to_json()).identity == "bob"
     old = {k: v for k, v in entries[0].to_json().items() if k != "identity"}
     assert parse_change(old).identity is None
+    assert parse_change({**old, "identity": ["not", "a", "name"]}).identity is None
 
 
 def test_a_change_log_from_before_gains_the_column(tmp_path):
