@@ -1,0 +1,210 @@
+"""The features of one table's changes in one window, computed from its ``ChangeObservation``s.
+
+Only client changes are features: our own rewraps (op ``rewrap`` or origin ROTATION) and reversion writes (origin
+REVERSION) are counted as context (``rotation_rate``, ``reversion_rate``) so a key rotation or a Reversion run is
+never mistaken for a burst of client writes. What a feature needs from the past (the identities seen and the value
+sizes written during training) travels in a ``FeatureContext`` the caller keeps beside the detector.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .profile import hist_distance
+from .types import CLIENT, DELETE, PUT, REVERSION, REWRAP, ByteProfile, ChangeObservation, WindowFeatures
+
+FEATURE_NAMES: tuple[str, ...] = (
+    "put_rate",  # client puts per second (creates and overwrites)
+    "overwrite_rate",  # puts over a live value per second
+    "delete_rate",  # deletes of a live value per second
+    "delete_share",  # deletes among the window's client changes (a burst of traffic keeps it, a mass delete not)
+    "new_key_rate",  # puts creating a key per second
+    "size_shift",  # mean |log2(size / prev_size)| of overwrites
+    "size_dist_shift",  # Jensen-Shannon distance of the window's overwrite sizes against the training sizes
+    "entropy_rise",  # mean (entropy - previous entropy) of overwrites, bits per byte
+    "encrypted_share",  # share of overwrites whose entropy rose to >= ENCRYPTED_BITS from < PLAIN_BITS
+    "encrypted_rate",  # the same overwrites per second (a slow drip shows in the count, not the share)
+    "hist_distance",  # mean byte-histogram distance of overwrites to the key's previous version
+    "distorted_share",  # share of overwrites whose bytes jumped (see ``jumps``: partial encryption, corruption)
+    "distorted_rate",  # the same overwrites per second
+    "top_identity_share",  # share of the window's overwritten/deleted keys that its top identity touched
+    "new_identity_rate",  # overwritten/deleted keys per second by identities unseen in training
+    "rotation_rate",  # context: rewraps per second (never scored)
+    "reversion_rate",  # context: reversion writes per second (never scored)
+)
+# Creating keys destroys nothing and rotations/reversions are ours: these are reported, never scored (a backfill
+# or a rotation must not alarm).
+CONTEXT_NAMES: frozenset[str] = frozenset({"put_rate", "new_key_rate", "rotation_rate", "reversion_rate"})
+SCORED_NAMES: tuple[str, ...] = tuple(n for n in FEATURE_NAMES if n not in CONTEXT_NAMES)
+RATE_NAMES: frozenset[str] = frozenset(n for n in FEATURE_NAMES if n.endswith("_rate"))
+
+ENCRYPTED_BITS = 7.5  # ciphertext and random bytes sit near 8 bits per byte
+PLAIN_BITS = 7.0  # "from well below": compressed media already near 8 bits is not a rise
+DISTORTED = 0.3  # histogram distance above which a version no longer looks like its predecessor
+ENTROPY_JUMP = 0.5  # an entropy change this large (bits per byte) too: a broad histogram hides partial encryption
+
+
+def jumps(profile: ByteProfile, prev: ByteProfile) -> tuple[bool, bool, float]:
+    """How a version's bytes changed against its predecessor's: (encrypted: entropy rose to ciphertext-like from
+    well below; distorted: histogram distance past DISTORTED or entropy moved by ENTROPY_JUMP; the distance)."""
+    d = hist_distance(profile, prev)
+    encrypted = profile.entropy >= ENCRYPTED_BITS and prev.entropy < PLAIN_BITS
+    return encrypted, d > DISTORTED or abs(profile.entropy - prev.entropy) >= ENTROPY_JUMP, d
+
+
+SIZE_BINS = 24  # log2 size bins: 1 B .. 8 MiB and above
+
+
+def size_bin(size: int) -> int:
+    """The log2 bin of a value size."""
+    return min(SIZE_BINS - 1, max(0, int(math.log2(size)) if size > 0 else 0))
+
+
+@dataclass(frozen=True)
+class FeatureContext:
+    """What the features need from the training history: identities that wrote then, and the share of overwrites
+    per log2 size bin (all zero until sizes are known)."""
+
+    identities: frozenset[str | None] = frozenset()
+    size_hist: tuple[float, ...] = (0.0,) * SIZE_BINS
+
+    def to_state(self) -> dict[str, Any]:
+        """A JSON-serialisable form."""
+        return {
+            "identities": sorted(i for i in self.identities if i is not None),
+            "anonymous": None in self.identities,
+            "size_hist": list(self.size_hist),
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> FeatureContext:
+        """The context ``to_state`` wrote; ValueError on anything malformed."""
+        try:
+            ids: set[str | None] = {str(i) for i in state["identities"]}
+            if state["anonymous"]:
+                ids.add(None)
+            hist = tuple(float(h) for h in state["size_hist"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"malformed feature context: {e}") from e
+        if len(hist) != SIZE_BINS or any(not math.isfinite(h) or h < 0 for h in hist):
+            raise ValueError("malformed feature context: size histogram")
+        return cls(frozenset(ids), hist)
+
+
+def is_client(o: ChangeObservation) -> bool:
+    """A change a client made (not a rewrap of a rotation, not a write of a Reversion)."""
+    return o.origin == CLIENT and o.op != REWRAP
+
+
+def learn_context(observations: Iterable[ChangeObservation]) -> FeatureContext:
+    """The context of a training history: its client identities and its overwrite size distribution."""
+    ids: set[str | None] = set()
+    counts = [0] * SIZE_BINS
+    for o in observations:
+        if not is_client(o):
+            continue
+        ids.add(o.identity)
+        if o.op == PUT and o.existed:
+            counts[size_bin(o.size)] += 1
+    total = sum(counts)
+    hist = tuple(c / total for c in counts) if total else (0.0,) * SIZE_BINS
+    return FeatureContext(frozenset(ids), hist)
+
+
+def _js(p: Sequence[float], q: Sequence[float]) -> float:
+    js = 0.0
+    for a, b in zip(p, q, strict=True):
+        m = (a + b) / 2
+        if a > 0:
+            js += 0.5 * a * math.log2(a / m)
+        if b > 0:
+            js += 0.5 * b * math.log2(b / m)
+    return math.sqrt(max(0.0, min(1.0, js)))
+
+
+def window_features(
+    table: str, start: float, end: float, observations: Iterable[ChangeObservation], context: FeatureContext
+) -> WindowFeatures:
+    """The features of ``table``'s changes with ``start <= time < end`` among ``observations``."""
+    span = max(end - start, 1e-9)
+    puts = overwrites = deletes = creates = rewraps = reverts = 0
+    size_shift = entropy_rise = hdist = 0.0
+    profiled = encrypted = distorted = 0
+    sizes = [0] * SIZE_BINS
+    touched: dict[str | None, set[str]] = {}
+    for o in observations:
+        if o.table != table or not start <= o.time < end:
+            continue
+        if not is_client(o):
+            if o.origin == REVERSION:
+                reverts += 1
+            else:
+                rewraps += 1
+            continue
+        if o.op == PUT:
+            puts += 1
+            if not o.existed:
+                creates += 1
+                continue
+            overwrites += 1
+            sizes[size_bin(o.size)] += 1
+            if o.prev_size:
+                size_shift += abs(math.log2(max(o.size, 1) / o.prev_size))
+            if o.profile is not None and o.prev_profile is not None:
+                profiled += 1
+                entropy_rise += o.profile.entropy - o.prev_profile.entropy
+                enc, dis, d = jumps(o.profile, o.prev_profile)
+                hdist += d
+                encrypted += enc
+                distorted += dis
+        elif o.op == DELETE:
+            if not o.existed:
+                continue  # deleting nothing destroys nothing
+            deletes += 1
+        else:
+            continue
+        touched.setdefault(o.identity, set()).add(o.key)
+    destroyed = {k for keys in touched.values() for k in keys}
+    top = max((len(k) for k in touched.values()), default=0)
+    new_id_keys = {k for i, keys in touched.items() if i not in context.identities for k in keys}
+    size_total = sum(sizes)
+    size_dist = (
+        _js([s / size_total for s in sizes], context.size_hist) if size_total and any(context.size_hist) else 0.0
+    )
+    values = {
+        "put_rate": puts / span,
+        "overwrite_rate": overwrites / span,
+        "delete_rate": deletes / span,
+        "delete_share": deletes / (puts + deletes) if puts + deletes else 0.0,
+        "new_key_rate": creates / span,
+        "size_shift": size_shift / overwrites if overwrites else 0.0,
+        "size_dist_shift": size_dist,
+        "entropy_rise": entropy_rise / profiled if profiled else 0.0,
+        "encrypted_share": encrypted / profiled if profiled else 0.0,
+        "encrypted_rate": encrypted / span,
+        "hist_distance": hdist / profiled if profiled else 0.0,
+        "distorted_share": distorted / profiled if profiled else 0.0,
+        "distorted_rate": distorted / span,
+        "top_identity_share": top / len(destroyed) if destroyed else 0.0,
+        "new_identity_rate": len(new_id_keys) / span,
+        "rotation_rate": rewraps / span,
+        "reversion_rate": reverts / span,
+    }
+    return WindowFeatures(table, start, end, FEATURE_NAMES, tuple(values[n] for n in FEATURE_NAMES), puts + deletes)
+
+
+def count_by_op(observations: Iterable[ChangeObservation]) -> Counter[str]:
+    """Client changes by what they did: create, overwrite, delete (of a live value) or noop (delete of nothing)."""
+    out: Counter[str] = Counter()
+    for o in observations:
+        if not is_client(o):
+            continue
+        if o.op == PUT:
+            out["overwrite" if o.existed else "create"] += 1
+        elif o.op == DELETE:
+            out["delete" if o.existed else "noop"] += 1
+    return out
