@@ -42,6 +42,23 @@ class ShadowMetrics:
         self.reversion_items = Counter("chronoshard_shadow_reversion_items",
                                        "Reversion items carried out, by result (done, conflict, skipped)",
                                        ["result"], registry=r)
+        self.incidents = Counter("chronoshard_shadow_anomaly_incidents",
+                                 "Anomaly incidents detected, by table and kind (counted when first detected)",
+                                 ["table", "kind"], registry=r)
+        self.window_score = Gauge("chronoshard_shadow_anomaly_score",
+                                  "Calibrated anomaly score of the table's last closed window (0..1)", ["table"],
+                                  registry=r)
+        self._incidents_seen: set[str] = set()
+
+    def note_incident(self, body: dict[str, Any]) -> None:
+        """Count an incident the first time it is reported (it is reported again as it grows and closes)."""
+        ident = str(body.get("id"))
+        if ident in self._incidents_seen:
+            return
+        if len(self._incidents_seen) > 10_000:  # ids are per shard and grow forever: keep the set bounded
+            self._incidents_seen.clear()
+        self._incidents_seen.add(ident)
+        self.incidents.labels(str(body.get("table")), str(body.get("kind"))).inc()
 
     def watch_key_cache(self, stats: Callable[[], dict[str, Any] | None]) -> None:
         """Export the key cache's counters (chronoshard_shadow_key_*)."""
