@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import aiohttp
 from aiohttp import web
 from chronoshard.shardnode.auth.policy import Access
+from chronoshard.shardnode.auth.writer import writer_identity
 from chronoshard.shardnode.keys.crypto import IntegrityError
 from chronoshard.shardnode.keys.keyring import KeyringWatcher, MissingKeyVersion
 from chronoshard.shardnode.keys.provider import EmbeddedKeyProvider, KeyCache
@@ -26,15 +27,19 @@ from chronoshard.shardnode.serving.scaffold import TABLE_PATH, Probes, Route, cr
 from chronoshard.shardnode.serving.settings_watch import SettingsWatcher
 
 from . import query
+from .anomaly_api import AnomalyRoutes
+from .anomalystore import AnomalyStore
 from .capture import Capture
 from .codec import Compressor
 from .config import ShadowConfig
+from .detection import Detection
 from .dictionaries import DictionaryTrainer
 from .executor import Reversions
 from .history import HistoryStore
 from .historydb import DB_NAME
 from .maintenance import Maintenance
 from .metrics import ShadowMetrics
+from .observations import PrevVersion, prev_version
 from .plans import PlanStore
 from .reversion import parse_plan_request
 from .rewrapper import RewrapRunner
@@ -43,6 +48,7 @@ from .timetravel import Version
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+DETECT_SECONDS = 1.0
 
 
 class Shadow:
@@ -69,6 +75,10 @@ class Shadow:
         self.reversions: Reversions | None = None
         self.rewrap: RewrapRunner | None = None
         self.maintenance: Maintenance | None = None
+        self.anomalies: AnomalyStore | None = None
+        self.detection: Detection | None = None
+        # Closing windows and retraining run here, one at a time, beside (never in) the capture's writes.
+        self.detect_pool = ThreadPoolExecutor(1, thread_name_prefix="shadow-detect")
         self._tasks: list[asyncio.Task[Any]] = []
 
     # ---- lifecycle ---------------------------------------------------------------------------
@@ -85,6 +95,10 @@ class Shadow:
         trainer = DictionaryTrainer(False)
         self.history = await asyncio.to_thread(HistoryStore, path, lambda: self.keys.keyring, compressor, trainer)
         self.plans = await asyncio.to_thread(PlanStore, path)
+        self.anomalies = await asyncio.to_thread(AnomalyStore, path)
+        self.detection = Detection(self.anomalies, lambda: self.cfg.settings.anomaly, current=self._current)
+        self.history.add_observer(self.detection.observe)
+        await asyncio.to_thread(self.detection.replay, self.history.observations_after)
         self.session = aiohttp.ClientSession(connector=tls.connector(app, limit=64))
         hostname = tls.internal_hostname(self.cfg.node_url)
         stream = ChangeStreamClient(self.cfg.node_url, self.session, server_hostname=hostname)
@@ -93,13 +107,17 @@ class Shadow:
             lambda changes: plans.note_writes((c.table, c.key, c.lsn) for c in changes)], executor=self.write_pool)
         self.reversions = Reversions(self.history, self.plans, stream, self.capture, self.session, self.cfg.node_url,
                                      self.pool, self.metrics, server_hostname=hostname,
-                                     max_blocks=lambda: self.cfg.settings.reversion.max_blocks)
+                                     max_blocks=lambda: self.cfg.settings.reversion.max_blocks,
+                                     anomalies=self.anomalies,
+                                     shard_index=(self.cfg.partitioning.shard_index
+                                                  if self.cfg.partitioning is not None else None))
         self.rewrap = RewrapRunner(self.history, lambda: self.keys.keyring)
         self.maintenance = Maintenance(self.cfg, self.history, executor=self.write_pool)
         self._tasks += [asyncio.create_task(self.keys.run(self.cfg.keyring_poll_seconds), name="keyring-watch"),
                         asyncio.create_task(self.settings.run(self.cfg.keyring_poll_seconds), name="settings"),
                         asyncio.create_task(self.capture.run(), name="capture"),
-                        asyncio.create_task(self.maintenance.run(), name="maintenance")]
+                        asyncio.create_task(self.maintenance.run(), name="maintenance"),
+                        asyncio.create_task(self._detect(), name="anomaly-detection")]
         await self.reversions.resume()
         if self.keys.keyring is not None and self.rewrap is not None:
             await self.rewrap.resume_if_running()
@@ -118,12 +136,36 @@ class Shadow:
             await self.rewrap.stop()
         if self.session is not None:
             await self.session.close()
-        for pool in (self.pool, self.write_pool):  # what runs there ends before the stores close
+        for pool in (self.pool, self.write_pool, self.detect_pool):  # what runs there ends before the stores close
             await asyncio.to_thread(pool.shutdown, True, cancel_futures=True)
         if self.plans is not None:
             await asyncio.to_thread(self.plans.close)
+        if self.anomalies is not None:
+            await asyncio.to_thread(self.anomalies.close)
         if self.history is not None:
             await asyncio.to_thread(self.history.close)
+
+    async def _detect(self) -> None:
+        """Close complete windows about every second; retrain in the same thread when windows have accumulated."""
+        assert self.detection is not None and self.capture is not None
+        loop = asyncio.get_running_loop()
+        detection, capture = self.detection, self.capture
+        while True:
+            await asyncio.sleep(DETECT_SECONDS)
+            caught_up = capture.state == "running" and capture.node_last_lsn <= capture.position
+            try:
+                incidents = await loop.run_in_executor(self.detect_pool, detection.close_due, caught_up,
+                                                       capture.position)
+                for body in incidents:
+                    self.metrics.note_incident(body)
+                await loop.run_in_executor(self.detect_pool, detection.retrain)
+            except Exception:  # a detection fault must never stop the capture: logged, retried next pass
+                log.exception("anomaly detection pass failed")
+
+    def _current(self, table: str, key: str) -> PrevVersion | None:
+        """The key's current version as the what-if compares against (None: absent)."""
+        v = self.store.value_at(table, key, values=False)
+        return None if v is None else prev_version(v.lsn, v.op, v.size, v.profile)
 
     def readiness(self) -> dict[str, Any]:
         """The ``/readyz`` body: ready once the history is open and a keyring is loaded."""
@@ -143,6 +185,10 @@ class Shadow:
         self.metrics.versions.clear()
         for v, n in counts.items():
             self.metrics.versions.labels(str(v)).set(n)
+        if self.detection is not None:
+            for table, state in self.detection.describe()["detector"]["tables"].items():
+                if state["lastScore"] is not None:
+                    self.metrics.window_score.labels(table).set(state["lastScore"])
 
     # ---- helpers -----------------------------------------------------------------------------
     async def read(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
@@ -170,6 +216,20 @@ class Shadow:
         if self.reversions is None:
             raise ApiError(503, "not_ready", "the history is not open yet")
         return self.reversions
+
+    @property
+    def detector(self) -> Detection:
+        """The anomaly detection (503 before start-up finished)."""
+        if self.detection is None:
+            raise ApiError(503, "not_ready", "the history is not open yet")
+        return self.detection
+
+    @property
+    def anomaly_store(self) -> AnomalyStore:
+        """The stored windows, incidents and models (503 before start-up finished)."""
+        if self.anomalies is None:
+            raise ApiError(503, "not_ready", "the history is not open yet")
+        return self.anomalies
 
     @property
     def rewrapper(self) -> RewrapRunner:
@@ -380,8 +440,9 @@ def create_app(cfg: ShadowConfig) -> web.Application:
     """Build the shadow application (the history opens on startup, closes on cleanup)."""
     sh = Shadow(cfg)
     probes = Probes(sh.metrics.registry, sh.readiness, sh.refresh_gauges)
-    return create_server_app(sh, probes, routes(), key=SHADOW, requests=sh.metrics.requests, openapi="shadow",
-                             partitioning=cfg.partitioning)
+    anomaly = AnomalyRoutes(shadow_of, cfg.partitioning, writer_identity)
+    return create_server_app(sh, probes, [*routes(), *anomaly.routes()], key=SHADOW, requests=sh.metrics.requests,
+                             openapi="shadow", partitioning=cfg.partitioning)
 
 
 __all__ = ["SHADOW", "Shadow", "ShadowConfig", "create_app"]
