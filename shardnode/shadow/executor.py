@@ -15,26 +15,31 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import aiohttp
+from chronoshard.shardnode.auth.writer import ON_BEHALF_HEADER
 from chronoshard.shardnode.serving.changestream import ChangeStreamClient, ChangeStreamError
 from chronoshard.shardnode.serving.http_common import ApiError
 from yarl import URL
 
+from .anomalystore import AnomalyStore
 from .capture import NODE_ERRORS, Capture, describe
 from .history import HistoryStore
 from .metrics import ShadowMetrics
+from .observations import REVERSION_IDENTITY_PREFIX
 from .plans import Outcome, PlanStore, StoredPlan
 from .reversion import (
     DELETE,
     SAMPLE_SIZE,
     Digester,
+    IncidentRef,
     PlanItem,
     PlanRequest,
     Point,
     count,
+    item_for,
     plan_items,
 )
 from .timetravel import Version
@@ -65,12 +70,33 @@ def _pages(fetch: Callable[[str | None], list[Version]]) -> Iterator[Version]:
         after = page[-1].key
 
 
+def _someone_else(v: Version, incident_identities: set[str]) -> bool:
+    """A change made by a client outside the incident (a rewrap or a reversion's own write is nobody's). An
+    anonymous change (no authentication) cannot be told from the incident's: it counts as someone else's, so a
+    reversion never writes over it."""
+    if v.op == "rewrap" or (v.identity or "").startswith(REVERSION_IDENTITY_PREFIX):
+        return False
+    return v.identity is None or v.identity not in incident_identities
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What every item of one run shares: overwrite conflicts or not, the plan's LSN, and the writer the node
+    records for the run's writes (``chronoshard:reversion:<name>``, so detection knows them for ours)."""
+
+    overwrite: bool
+    plan_lsn: int
+    writer: str
+
+
 @dataclass
 class Planner:
     """Reads the two states a plan compares from the history (blocking: call it in a worker thread)."""
 
     history: HistoryStore
     max_blocks: int | None
+    anomalies: AnomalyStore | None = None
+    shard_index: int | None = None  # None: a shadow outside a ShardSet answers for every shard
 
     def point(self, req: PlanRequest, plan_lsn: int) -> Point:
         """The point as an LSN the history knows; 400 when it is ahead of the history."""
@@ -98,18 +124,48 @@ class Planner:
         for table in tables:
             yield from plan_items(self._state(table, plan_lsn, req), self._state(table, point.lsn, req))
 
+    def incident_items(self, ref: IncidentRef, plan_lsn: int, overwrite: bool) -> tuple[list[PlanItem], int]:
+        """Each key of the incident back to its value before the incident's first change of it, in key order, and
+        how many were left out: keys changed since the incident by an identity that is not the incident's (kept
+        unless ``overwrite``). Another shard's incident plans nothing here."""
+        if self.shard_index is not None and ref.shard != self.shard_index:
+            return [], 0
+        body = self.anomalies.incident(ref.id) if self.anomalies is not None else None
+        if body is None or body.get("table") != ref.table:
+            raise ApiError(404, "incident_not_found", f"this shard's shadow has no incident {ref.id}")
+        own = set(body.get("identities") or [])
+        items: list[PlanItem] = []
+        excluded = 0
+        for k in self.anomalies.all_incident_keys(ref.id) if self.anomalies is not None else ():
+            later = self.history.history(ref.table, k.key, after_lsn=k.last_lsn, limit=PAGE, values=False)
+            if not overwrite and any(v.lsn <= plan_lsn and _someone_else(v, own) for v in later):
+                excluded += 1
+                continue
+            now = self.history.value_at(ref.table, k.key, lsn=plan_lsn)
+            then = (self.history.value_at(ref.table, k.key, lsn=k.before_lsn)
+                    if k.before_lsn is not None else None)
+            item = item_for(now, then)
+            if item is not None:
+                items.append(item)
+        return items, excluded
+
     def make(self, req: PlanRequest, tables: list[str], store: PlanStore) -> StoredPlan:
         """Compute and store the plan (refused when it exceeds ``reversion.maxBlocks``)."""
         plan_lsn = self.history.cursor()
         point = self.point(req, plan_lsn)
-        items = list(self.items(req, sorted(tables), plan_lsn, point))
+        excluded = 0
+        if req.incident is not None:
+            items, excluded = self.incident_items(req.incident, plan_lsn, req.overwrite_later)
+        else:
+            items = list(self.items(req, sorted(tables), plan_lsn, point))
         if self.max_blocks is not None and len(items) > self.max_blocks:
             raise ApiError(400, "plan_too_large", f"the plan touches {len(items)} keys; reversion.maxBlocks "
                            f"allows {self.max_blocks}", keys=len(items))
         digester = Digester()
         for item in items:
             digester.add(item)
-        store.create(req.name, req.to_json(), digester.hexdigest(point), plan_lsn, point, count(items), items)
+        counts = replace(count(items), excluded=excluded)
+        store.create(req.name, req.to_json(), digester.hexdigest(point), plan_lsn, point, counts, items)
         stored = store.get(req.name)
         assert stored is not None
         return stored
@@ -120,7 +176,7 @@ def plan_json(plan: StoredPlan, later_writes: int, sample: list[PlanItem]) -> di
     total = plan.counts.total
     remaining = total - plan.done - plan.skipped
     return {"name": plan.name, "digest": plan.digest, "planLsn": plan.plan_lsn, "point": plan.point.to_json(),
-            **plan.counts.to_json(), "conflicts": plan.conflicts + later_writes,
+            **plan.counts.to_json(), "conflicts": plan.conflicts + later_writes + plan.counts.excluded,
             "overwriteLater": bool(plan.request.get("overwriteLater")), "request": plan.request,
             "sample": [i.to_json() for i in sample], "phase": plan.phase, "done": plan.done,
             "skipped": plan.skipped, "remaining": remaining, "created": plan.created, "started": plan.started,
@@ -132,8 +188,10 @@ class Reversions:
 
     def __init__(self, history: HistoryStore, store: PlanStore, stream: ChangeStreamClient, capture: Capture,
                  session: aiohttp.ClientSession, node_url: str, pool: Executor, metrics: ShadowMetrics, *,
-                 server_hostname: str | None = None, max_blocks: Callable[[], int | None] = lambda: None) -> None:
+                 server_hostname: str | None = None, max_blocks: Callable[[], int | None] = lambda: None,
+                 anomalies: AnomalyStore | None = None, shard_index: int | None = None) -> None:
         self.history, self.store, self.stream, self.capture = history, store, stream, capture
+        self.anomalies, self.shard_index = anomalies, shard_index
         self.session, self.node, self.pool, self.metrics = session, URL(node_url), pool, metrics
         self.server_hostname = server_hostname
         self.max_blocks = max_blocks
@@ -155,7 +213,7 @@ class Reversions:
                     raise ApiError(409, "plan_exists", f"reversion {req.name} exists with another request; "
                                    "delete it first")
                 return await self.describe(req.name), False
-            planner = Planner(self.history, self.max_blocks())
+            planner = Planner(self.history, self.max_blocks(), self.anomalies, self.shard_index)
             await self._thread(planner.make, req, tables, self.store)
         return await self.describe(req.name), True
 
@@ -214,13 +272,13 @@ class Reversions:
         plan = await self._thread(self.store.get, name)
         if plan is None:
             return
-        overwrite = bool(plan.request.get("overwriteLater"))
+        run = _Run(bool(plan.request.get("overwriteLater")), plan.plan_lsn, REVERSION_IDENTITY_PREFIX + name)
         try:
             while True:
                 batch, _ = await self._thread(self.store.next_batch, name, self.batch)
                 if not batch:
                     break
-                outcomes = await self._carry_batch(batch, overwrite, plan.plan_lsn)
+                outcomes = await self._carry_batch(batch, run)
                 await self._thread(self.store.finish_batch, name, outcomes)
             await self._thread(self.store.set_phase, name, "completed")
             log.info("reversion %s: completed", name)
@@ -230,12 +288,11 @@ class Reversions:
             log.exception("reversion %s failed", name)
             await self._thread(self.store.set_phase, name, "failed", type(exc).__name__)
 
-    async def _carry_batch(self, batch: list[tuple[int, PlanItem, bool]], overwrite: bool,
-                           plan_lsn: int) -> list[Outcome]:
+    async def _carry_batch(self, batch: list[tuple[int, PlanItem, bool]], run: _Run) -> list[Outcome]:
         done: dict[int, Outcome] = {}
         pending, backoff = batch, 0.2
         while pending:
-            results = await asyncio.gather(*(self._carry(seq, item, resumed, overwrite, plan_lsn)
+            results = await asyncio.gather(*(self._carry(seq, item, resumed, run)
                                              for seq, item, resumed in pending), return_exceptions=True)
             retry: list[tuple[int, PlanItem, bool]] = []
             for (seq, item, _), result in zip(pending, results, strict=True):
@@ -258,7 +315,7 @@ class Reversions:
             pending = retry
         return [done[seq] for seq, _, _ in batch]
 
-    async def _carry(self, seq: int, item: PlanItem, resumed: bool, overwrite: bool, plan_lsn: int) -> Outcome:
+    async def _carry(self, seq: int, item: PlanItem, resumed: bool, run: _Run) -> Outcome:
         value = None
         if item.action != DELETE:
             version = await self._thread(lambda: self.history.value_at(item.table, item.key, lsn=item.target_lsn))
@@ -267,13 +324,13 @@ class Reversions:
                 return Outcome(seq, "missing", error=f"version {item.target_lsn} of {item.table}/{item.key} is no "
                                "longer in the history")
             value = version.value
-        if item.expected_lsn == 0 and not resumed and await self._written_since(item, plan_lsn):
-            return await self._conflict(seq, item, value, overwrite)
+        if item.expected_lsn == 0 and not resumed and await self._written_since(item, run.plan_lsn):
+            return await self._conflict(seq, item, value, run)
         if item.action == DELETE:
-            lsn = await self.stream.delete_if(item.table, item.key, item.expected_lsn)
+            lsn = await self.stream.delete_if(item.table, item.key, item.expected_lsn, run.writer)
         else:
             assert value is not None
-            lsn = await self.stream.put_if(item.table, item.key, value, item.expected_lsn)
+            lsn = await self.stream.put_if(item.table, item.key, value, item.expected_lsn, run.writer)
         if lsn is not None:
             self.metrics.reversion_items.labels("done").inc()
             return Outcome(seq, "done", lsn)
@@ -282,15 +339,15 @@ class Reversions:
             if landed is not None:
                 self.metrics.reversion_items.labels("done").inc()
                 return Outcome(seq, "done", landed or None)
-        return await self._conflict(seq, item, value, overwrite)
+        return await self._conflict(seq, item, value, run)
 
-    async def _conflict(self, seq: int, item: PlanItem, value: bytes | None, overwrite: bool) -> Outcome:
+    async def _conflict(self, seq: int, item: PlanItem, value: bytes | None, run: _Run) -> Outcome:
         """The key was written after the plan: skipped, or written over when the plan says so."""
-        if not overwrite:
+        if not run.overwrite:
             self.metrics.reversion_items.labels("conflict").inc()
             return Outcome(seq, "conflict")
         self.metrics.reversion_items.labels("overwritten").inc()
-        return Outcome(seq, "overwritten", await self._write(item, value))
+        return Outcome(seq, "overwritten", await self._write(item, value, run.writer))
 
     async def _written_since(self, item: PlanItem, plan_lsn: int) -> bool:
         """Whether a key the plan found absent has been written since the plan. The node's precondition "absent"
@@ -317,16 +374,17 @@ class Reversions:
             return latest.lsn
         return None
 
-    async def _write(self, item: PlanItem, value: bytes | None) -> int | None:
+    async def _write(self, item: PlanItem, value: bytes | None, writer: str) -> int | None:
         """An unconditional write of the item (overwriteLater): an ordinary PUT or DELETE to the node."""
         url = self.node / "v1" / "tables" / item.table / "blocks" / item.key
-        kw: dict[str, Any] = {"timeout": aiohttp.ClientTimeout(total=30)}
+        kw: dict[str, Any] = {"timeout": aiohttp.ClientTimeout(total=30), "headers": {ON_BEHALF_HEADER: writer}}
         if self.server_hostname is not None:
             kw["server_hostname"] = self.server_hostname
         if item.action == DELETE:
             req = self.session.delete(url, **kw)
         else:
-            req = self.session.put(url, data=value, headers={"Content-Type": "application/octet-stream"}, **kw)
+            kw["headers"]["Content-Type"] = "application/octet-stream"
+            req = self.session.put(url, data=value, **kw)
         async with req as resp:
             if resp.status == 404 and item.action == DELETE:
                 return None  # already gone

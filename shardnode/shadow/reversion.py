@@ -83,6 +83,7 @@ class PlanCounts:
     create: int = 0
     delete: int = 0
     bytes: int = 0
+    excluded: int = 0  # an incident's keys changed since by someone else: left out of the plan (conflicts)
 
     @property
     def total(self) -> int:
@@ -90,8 +91,11 @@ class PlanCounts:
         return self.restore + self.create + self.delete
 
     def to_json(self) -> dict[str, int]:
-        """JSON form (the plan's top-level counts)."""
-        return {"restore": self.restore, "create": self.create, "delete": self.delete, "bytes": self.bytes}
+        """JSON form (the plan's top-level counts; ``excluded`` only when there are any)."""
+        body = {"restore": self.restore, "create": self.create, "delete": self.delete, "bytes": self.bytes}
+        if self.excluded:
+            body["excluded"] = self.excluded
+        return body
 
 
 def _same_content(now: VersionLike, then: VersionLike) -> bool:
@@ -184,8 +188,22 @@ def digest(items: Iterable[PlanItem], point: Point) -> str:
 
 # ---- the plan request (pure validation) -------------------------------------------------------------
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,252}")
-REQUEST_FIELDS = {"name", "tables", "keys", "range", "time", "lsn", "overwriteLater"}
+REQUEST_FIELDS = {"name", "tables", "keys", "range", "time", "lsn", "overwriteLater", "incident"}
 MAX_KEYS = 10_000
+LSN_RE = re.compile(r"[0-9]{1,19}")
+
+
+@dataclass(frozen=True)
+class IncidentRef:
+    """An anomaly incident a plan reverts (docs/anomalies.md): the shard whose shadow found it, its table, its id."""
+
+    shard: int
+    table: str
+    id: str
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON form (in the normalised request)."""
+        return {"shard": self.shard, "table": self.table, "id": self.id}
 
 
 @dataclass(frozen=True)
@@ -200,13 +218,18 @@ class PlanRequest:
     lsn: int | None
     time: float | None
     overwrite_later: bool
+    incident: IncidentRef | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """The normalised body (what a second POST of the same name is compared with)."""
-        return {"name": self.name, "tables": list(self.tables) if self.tables is not None else None,
+        """The normalised body (what a second POST of the same name is compared with; ``incident`` only when
+        given, so plans stored before it existed compare as before)."""
+        body = {"name": self.name, "tables": list(self.tables) if self.tables is not None else None,
                 "keys": list(self.keys) if self.keys is not None else None,
                 "range": None if self.start is None and self.end is None else {"start": self.start, "end": self.end},
                 "lsn": self.lsn, "time": self.time, "overwriteLater": self.overwrite_later}
+        if self.incident is not None:
+            body["incident"] = self.incident.to_json()
+        return body
 
 
 def _bad(message: str) -> ApiError:
@@ -259,6 +282,21 @@ def _point(doc: dict[str, Any]) -> tuple[int | None, float | None]:
         raise _bad(exc.message) from None
 
 
+def _incident(raw: Any) -> IncidentRef | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or set(raw) != {"shard", "table", "id"}:
+        raise _bad("incident must be an object with shard, table and id")
+    shard, table, ident = raw["shard"], raw["table"], raw["id"]
+    if not isinstance(shard, int) or isinstance(shard, bool) or shard < 0:
+        raise _bad("incident.shard must be a non-negative integer")
+    if not isinstance(table, str) or not TABLE_RE.fullmatch(table):
+        raise _bad("incident.table must be a table name")
+    if not isinstance(ident, str) or not ident.startswith(table + ".") or not LSN_RE.fullmatch(ident[len(table) + 1:]):
+        raise _bad("incident.id must be <table>.<first LSN> of that table")
+    return IncidentRef(shard, table, ident)
+
+
 def parse_plan_request(doc: dict[str, Any]) -> PlanRequest:
     """The checked plan request; ApiError 400 naming what is wrong."""
     unknown = set(doc) - REQUEST_FIELDS
@@ -275,4 +313,12 @@ def parse_plan_request(doc: dict[str, Any]) -> PlanRequest:
     if keys is not None and (start is not None or end is not None):
         raise _bad("give keys or range, not both")
     lsn, at_time = _point(doc)
-    return PlanRequest(name, _tables(doc.get("tables")), keys, start, end, lsn, at_time, overwrite)
+    tables = _tables(doc.get("tables"))
+    incident = _incident(doc.get("incident"))
+    if incident is not None:
+        if keys is not None or start is not None or end is not None:
+            raise _bad("an incident plan takes its keys from the incident: give no keys or range")
+        if tables is not None and tables != (incident.table,):
+            raise _bad("an incident plan covers the incident's table only")
+        tables = (incident.table,)
+    return PlanRequest(name, tables, keys, start, end, lsn, at_time, overwrite, incident)
