@@ -144,29 +144,31 @@ def http_put(url: str, body: bytes, context: ssl.SSLContext | None = None) -> in
 _TLS: dict[tuple[str, str, str, str], ssl.SSLContext] = {}
 
 
-def data_client_args(cluster: LocalCluster, namespace: str, shardset: str, tables: list[str]) -> dict[str, Any]:
+def data_client_args(cluster: LocalCluster, namespace: str, shardset: str, tables: list[str],
+                     account: str = "e2e-data") -> dict[str, Any]:
     """What a test's chronoshard client needs to reach a ShardSet as an application does: ServiceAccount
-    ``e2e-data`` bound to a Role on ``tables`` (every data verb), a TokenRequest token provider with the
-    ShardSet's audience, and the CA from the ``NAME-ca`` ConfigMap. Returns ``Client``/``AsyncClient`` kwargs."""
+    ``account`` (default ``e2e-data``) bound to a Role on ``tables`` (every data verb), a TokenRequest token
+    provider with the ShardSet's audience, and the CA from the ``NAME-ca`` ConfigMap. Returns
+    ``Client``/``AsyncClient`` kwargs."""
     from chronoshard.shardnode.client.cli_tokens import ServiceAccountToken
     from chronoshard.shardnode.client.credentials import audience
     from kubernetes import config
 
     rbac = "rbac.authorization.k8s.io/v1"
     cluster.apply(
-        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "e2e-data", "namespace": namespace}},
-        {"apiVersion": rbac, "kind": "Role", "metadata": {"name": "e2e-data", "namespace": namespace},
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": account, "namespace": namespace}},
+        {"apiVersion": rbac, "kind": "Role", "metadata": {"name": account, "namespace": namespace},
          "rules": [{"apiGroups": ["chronoshard.io"], "resources": ["shardsets/data"], "resourceNames": tables,
                     "verbs": ["get", "list", "update", "delete"]}]},
-        {"apiVersion": rbac, "kind": "RoleBinding", "metadata": {"name": "e2e-data", "namespace": namespace},
-         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "e2e-data"},
-         "subjects": [{"kind": "ServiceAccount", "name": "e2e-data", "namespace": namespace}]})
+        {"apiVersion": rbac, "kind": "RoleBinding", "metadata": {"name": account, "namespace": namespace},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": account},
+         "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": namespace}]})
     cm = cluster.get("configmap", f"{shardset}-ca", namespace)
     assert cm is not None, f"ConfigMap {namespace}/{shardset}-ca"
     ca = Path(tempfile.mkdtemp(prefix="shardset-ca-")) / "ca.crt"
     ca.write_text(cm["data"]["ca.crt"])
     api = config.new_client_from_config(config_file=str(cluster.kubeconfig))
-    tokens = ServiceAccountToken(api, namespace, "e2e-data", audience(namespace, shardset))
+    tokens = ServiceAccountToken(api, namespace, account, audience(namespace, shardset))
     return {"ca": ca, "token_provider": tokens, "token_file": "/nonexistent/token"}
 
 
