@@ -42,18 +42,33 @@ CONTEXT_NAMES: frozenset[str] = frozenset({"put_rate", "new_key_rate", "rotation
 SCORED_NAMES: tuple[str, ...] = tuple(n for n in FEATURE_NAMES if n not in CONTEXT_NAMES)
 RATE_NAMES: frozenset[str] = frozenset(n for n in FEATURE_NAMES if n.endswith("_rate"))
 
+# Entropy thresholds for long values; for a value of n bytes each is lowered by 8 - random_entropy(n).
 ENCRYPTED_BITS = 7.5  # ciphertext and random bytes sit near 8 bits per byte
 PLAIN_BITS = 7.0  # "from well below": compressed media already near 8 bits is not a rise
 DISTORTED = 0.3  # histogram distance above which a version no longer looks like its predecessor
 ENTROPY_JUMP = 0.5  # an entropy change this large (bits per byte) too: a broad histogram hides partial encryption
 
 
-def jumps(profile: ByteProfile, prev: ByteProfile) -> tuple[bool, bool, float]:
-    """How a version's bytes changed against its predecessor's: (encrypted: entropy rose to ciphertext-like from
-    well below; distorted: histogram distance past DISTORTED or entropy moved by ENTROPY_JUMP; the distance)."""
+def random_entropy(size: int) -> float:
+    """About the entropy (bits per byte) that ``size`` random bytes show: short values cannot reach 8, so a short
+    compressed value looks less random than a long one (Miller-Madow: log2(m) - (m - 1) / (2 n ln 2))."""
+    if size <= 1:
+        return 0.0
+    m = min(256, size)
+    return max(0.0, math.log2(m) - (m - 1) / (2 * size * math.log(2)))
+
+
+def jumps(profile: ByteProfile, prev: ByteProfile, size: int, prev_size: int) -> tuple[bool, bool, float]:
+    """How a version's bytes changed against its predecessor's: (encrypted: entropy rose to near that of random
+    bytes of its size from well below; distorted: histogram distance past DISTORTED, or entropy, measured against
+    that of random bytes of the size, moved by ENTROPY_JUMP with at least one side well below random; the
+    distance). Measuring against random bytes of the size keeps short compressed values from looking plain."""
     d = hist_distance(profile, prev)
-    encrypted = profile.entropy >= ENCRYPTED_BITS and prev.entropy < PLAIN_BITS
-    return encrypted, d > DISTORTED or abs(profile.entropy - prev.entropy) >= ENTROPY_JUMP, d
+    gap = profile.entropy - random_entropy(size)
+    prev_gap = prev.entropy - random_entropy(prev_size)
+    encrypted = gap >= ENCRYPTED_BITS - 8 and prev_gap < PLAIN_BITS - 8
+    moved = abs(gap - prev_gap) >= ENTROPY_JUMP and min(gap, prev_gap) < PLAIN_BITS - 8
+    return encrypted, d > DISTORTED or moved, d
 
 
 SIZE_BINS = 24  # log2 size bins: 1 B .. 8 MiB and above
@@ -157,7 +172,7 @@ def window_features(
             if o.profile is not None and o.prev_profile is not None:
                 profiled += 1
                 entropy_rise += o.profile.entropy - o.prev_profile.entropy
-                enc, dis, d = jumps(o.profile, o.prev_profile)
+                enc, dis, d = jumps(o.profile, o.prev_profile, o.size, o.prev_size or o.size)
                 hdist += d
                 encrypted += enc
                 distorted += dis
