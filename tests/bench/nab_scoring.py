@@ -15,7 +15,7 @@ import math
 from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any
 
 PROBATION_PERCENT = 0.15
 PROBATION_CAP_ROWS = 5000  # NAB caps probation at PROBATION_PERCENT * 5000 = 750 rows
@@ -52,18 +52,16 @@ def probation_length(rows: int, percent: float = PROBATION_PERCENT) -> float:
     return min(math.floor(percent * rows), percent * PROBATION_CAP_ROWS)
 
 
-T = TypeVar("T")
-
-
-def window_rows(timestamps: Sequence[T], windows: Sequence[tuple[T, T]]) -> list[tuple[int, int]]:
-    """Each window ``(start, end)`` (inclusive timestamps) as the first and last row index inside it, in time order.
+def window_rows(timestamps: Sequence[Any], windows: Sequence[tuple[Any, Any]]) -> list[tuple[int, int]]:
+    """Each window ``(start, end)`` (inclusive, comparable with the sorted ``timestamps``) as the first and last row
+    index inside it, in time order.
 
     NAB requires the limits to be timestamps of the file; rounding inwards to the rows inside gives the same rows
     when they are, and a window with no row inside is dropped."""
     out = []
-    for start, end in sorted(windows, key=lambda w: w[0]):  # type: ignore[arg-type,return-value]
-        left = bisect_left(timestamps, start)  # type: ignore[arg-type]
-        right = bisect_right(timestamps, end) - 1  # type: ignore[arg-type]
+    for start, end in sorted(windows, key=lambda w: w[0]):
+        left = bisect_left(timestamps, start)
+        right = bisect_right(timestamps, end) - 1
         if left <= right:
             out.append((left, right))
     return out
