@@ -185,7 +185,9 @@ def window_features(
         touched.setdefault(o.identity, set()).add(o.key)
     destroyed = {k for keys in touched.values() for k in keys}
     top = max((len(k) for k in touched.values()), default=0)
-    new_id_keys = {k for i, keys in touched.items() if i not in context.identities for k in keys}
+    # Before any identity was learned every identity would be "new": a table's first windows count none.
+    new_id_keys = {k for i, keys in touched.items() if context.identities and i not in context.identities
+                   for k in keys}
     size_total = sum(sizes)
     size_dist = (
         _js([s / size_total for s in sizes], context.size_hist) if size_total and any(context.size_hist) else 0.0

@@ -5,9 +5,11 @@ The rules, each on one window's client changes (counts are per window of the fea
 
 - mass delete: deletes >= max(``MIN_MASS``, ``FACTOR`` x the usual deletes per window);
 - mass overwrite: overwrites >= max(``MIN_MASS``, ``FACTOR`` x the usual overwrites per window);
-- encryption: overwrites whose entropy jumped to ciphertext-like >= ``MIN_ENCRYPTED``, or overwrites whose byte
-  histogram moved past the distortion distance >= ``MIN_DISTORTED``;
-- new identity bulk: keys overwritten or deleted by identities unseen in training >= ``MIN_NEW_IDENTITY``.
+- encryption: overwrites whose entropy jumped to ciphertext-like >= max(``MIN_ENCRYPTED``, ``FACTOR`` x usual), or
+  overwrites whose byte histogram moved past the distortion distance >= max(``MIN_DISTORTED``, ``FACTOR`` x usual)
+  (the distortion floor is high: ordinary records change shape between versions, a handful per window is normal);
+- new identity bulk: keys overwritten or deleted by identities unseen in training >= max(``MIN_NEW_IDENTITY``,
+  ``FACTOR`` x usual) (a table with no identity learned yet has no "new" one: features.py counts none).
 
 "Usual" is the median of whatever windows the table has (none: the absolute minimum alone). A rule at its limit
 scores 0.8 (the default threshold), below it 0.8 x the ratio, above it 0.8 + 0.1 per doubling, at most 1.
@@ -23,7 +25,7 @@ from .types import Driver, Score, WindowFeatures
 MIN_MASS = 200.0
 FACTOR = 10.0
 MIN_ENCRYPTED = 3.0
-MIN_DISTORTED = 5.0
+MIN_DISTORTED = 50.0  # ordinary records change shape between versions: a few distorted ones are common
 MIN_NEW_IDENTITY = 20.0
 _RULE_FEATURES = ("delete_rate", "overwrite_rate", "encrypted_rate", "distorted_rate", "new_identity_rate")
 
@@ -50,9 +52,9 @@ class RuleDetector:
         return {
             "delete_rate": max(MIN_MASS, FACTOR * self.usual.get("delete_rate", 0.0)),
             "overwrite_rate": max(MIN_MASS, FACTOR * self.usual.get("overwrite_rate", 0.0)),
-            "encrypted_rate": MIN_ENCRYPTED,
-            "distorted_rate": MIN_DISTORTED,
-            "new_identity_rate": MIN_NEW_IDENTITY,
+            "encrypted_rate": max(MIN_ENCRYPTED, FACTOR * self.usual.get("encrypted_rate", 0.0)),
+            "distorted_rate": max(MIN_DISTORTED, FACTOR * self.usual.get("distorted_rate", 0.0)),
+            "new_identity_rate": max(MIN_NEW_IDENTITY, FACTOR * self.usual.get("new_identity_rate", 0.0)),
         }
 
     def score(self, features: WindowFeatures, recent: Sequence[WindowFeatures] = ()) -> Score:

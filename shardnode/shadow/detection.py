@@ -43,6 +43,9 @@ MARGIN_WINDOWS = 2  # windows before an incident whose changes the impact analys
 MAX_PENDING = 500_000  # changes held per table for windows not closed yet
 MAX_INCIDENT_CHANGES = 2_000_000
 RETRAIN_EVERY_WINDOWS = 30
+# An incident still open after this many windows is closed (and reported, so it can be reverted) and a new one
+# begins if the next window is anomalous too: a false alarm on a new kind of traffic cannot hold one open forever.
+MAX_INCIDENT_WINDOWS = 60
 
 
 @dataclass(frozen=True)
@@ -266,7 +269,10 @@ class Detection:
             room = MAX_INCIDENT_CHANGES - len(inc.changes)
             inc.changes.extend(changes[:max(0, room)])
             inc.truncated = inc.truncated or room < len(changes)
-            event = self._impact(table, inc, "open", settings, ctx)
+            full = len(inc.windows) >= MAX_INCIDENT_WINDOWS
+            event = self._impact(table, inc, "closed" if full else "open", settings, ctx)
+            if full:
+                t.incident = None
         else:
             if t.incident is not None:
                 event = self._impact(table, t.incident, "closed", settings, ctx)

@@ -26,7 +26,7 @@ from chronoshard.shardnode.client import Client, Endpoint
 from chronoshard.shardnode.client.discovery import pod_dns_name
 from chronoshard.shardnode.keyspace.partitioning import PartitionMap
 
-from tests.e2e.conftest import LocalCluster, Operator, data_client_args, dev, is_ready, start_cluster
+from tests.e2e.conftest import LocalCluster, Operator, data_client_args, dev, is_ready, pod_tls, start_cluster
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -55,6 +55,21 @@ class Env:
 
     def policy(self) -> dict[str, Any]:
         return self.cluster.get("shadowpolicy", POLICY, NS) or {}
+
+    def shadow_anomalies(self) -> Any:
+        """The shadow's own report (the pod identity), for a failure's message."""
+        import urllib.request
+
+        pods = self.cluster.pods(NS, f"app.kubernetes.io/instance={NAME}")
+        url = f"https://{pods[0]['status']['podIP']}:7403/v1/anomalies"
+        try:
+            with urllib.request.urlopen(url, timeout=10, context=pod_tls(self.cluster, NS, NAME)) as resp:
+                return json.loads(resp.read())
+        except OSError as exc:
+            return repr(exc)
+
+    def explain(self) -> str:
+        return json.dumps({"policyStatus": self.policy().get("status"), "shadow": self.shadow_anomalies()})[:6000]
 
 
 @pytest.fixture(scope="module")
@@ -148,8 +163,11 @@ def test_an_intruders_overwrite_is_proposed_for_reversion_and_undone_exactly(env
         later = record(rng)
         app.put(TABLE, rewritten, later)  # the application writes one victim again: a conflict, kept
 
-        row = wait_for(lambda: incident_with_reversion(env, set()), timeout=120, interval=1,
-                       what="an incident with a proposed Reversion in the ShadowPolicy's status")
+        try:
+            row = wait_for(lambda: incident_with_reversion(env, set()), timeout=120, interval=1,
+                           what="an incident with a proposed Reversion in the ShadowPolicy's status")
+        except AssertionError:
+            raise AssertionError(env.explain()) from None
         assert row["table"] == TABLE and row["identities"] == [f"system:serviceaccount:{NS}:e2e-intruder"]
         assert row["keys"] == len(VICTIMS) and row["action"] == "proposed"
         rev = wait_for(lambda: (reversion(env, row["reversion"]).get("status") or {}).get("phase") ==

@@ -18,7 +18,7 @@ from chronoshard.shardnode.anomaly.profile import byte_profile
 from chronoshard.shardnode.anomaly.types import ChangeObservation
 from chronoshard.shardnode.shadow.anomalystore import AnomalyStore
 from chronoshard.shardnode.shadow.config import AnomalySettings
-from chronoshard.shardnode.shadow.detection import GRACE_SECONDS, Detection, ProposedChange
+from chronoshard.shardnode.shadow.detection import GRACE_SECONDS, MAX_INCIDENT_WINDOWS, Detection, ProposedChange
 from chronoshard.shardnode.shadow.observations import PrevVersion
 
 INTERVAL = 60.0
@@ -184,3 +184,19 @@ def test_what_if_counts_the_batch_and_scores_it_without_changing_anything(store:
     assert wiped["counts"]["delete"] == 100 and wiped["counts"]["overwrite"] == 1
     assert wiped["bytes"] == 100 * 200 + 64
     assert store.windows("t") == [] and store.incidents() == []
+
+
+def test_an_incident_open_for_too_many_windows_is_closed_and_a_new_one_begins(store: AnomalyStore) -> None:
+    clock = Clock()
+    det = Detection(store, settings, clock=clock)
+    feed = Feed(det, clock)
+    seed_keys(feed)
+    feed.quiet_window()
+    for _ in range(MAX_INCIDENT_WINDOWS + 1):
+        det.observe([feed.put(f"k{i:03}", os.urandom(300), "intruder", feed.window + 1 + i * 0.1)
+                     for i in range(20)])
+        feed.close()
+    incidents = store.incidents()
+    assert [i["state"] for i in incidents] == ["open", "closed"]  # newest first
+    first = incidents[1]
+    assert sum(1 for w in store.windows("t") if w.incident == first["id"]) == MAX_INCIDENT_WINDOWS
