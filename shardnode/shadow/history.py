@@ -300,6 +300,12 @@ class HistoryStore:
             latest[k] = PrevVersion(r.lsn, r.op, r.size, profile)
         return out
 
+    def key_count(self, table: str) -> int:
+        """How many keys of ``table`` the history holds a version of (deleted ones too: an upper bound of its live
+        keys). One scan of the table's part of the primary key: callers cache it."""
+        with self.read() as conn:
+            return int(conn.execute("SELECT count(DISTINCT key) FROM frames WHERE tbl = ?", (table,)).fetchone()[0])
+
     def observations_after(self, after_lsn: int, limit: int) -> list[ChangeObservation]:
         """The observations of the stored changes after ``after_lsn`` (LSN order, at most ``limit``), as observers
         were given them: what a restarted detector replays for the windows it had not closed."""

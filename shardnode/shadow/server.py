@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -49,6 +50,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 DETECT_SECONDS = 1.0
+KEY_COUNT_SECONDS = 600.0
 
 
 class Shadow:
@@ -79,6 +81,7 @@ class Shadow:
         self.detection: Detection | None = None
         # Closing windows and retraining run here, one at a time, beside (never in) the capture's writes.
         self.detect_pool = ThreadPoolExecutor(1, thread_name_prefix="shadow-detect")
+        self._key_counts: dict[str, tuple[float, int]] = {}
         self._tasks: list[asyncio.Task[Any]] = []
 
     # ---- lifecycle ---------------------------------------------------------------------------
@@ -96,7 +99,8 @@ class Shadow:
         self.history = await asyncio.to_thread(HistoryStore, path, lambda: self.keys.keyring, compressor, trainer)
         self.plans = await asyncio.to_thread(PlanStore, path)
         self.anomalies = await asyncio.to_thread(AnomalyStore, path)
-        self.detection = Detection(self.anomalies, lambda: self.cfg.settings.anomaly, current=self._current)
+        self.detection = Detection(self.anomalies, lambda: self.cfg.settings.anomaly, current=self._current,
+                                   table_keys=self._table_keys)
         self.history.add_observer(self.detection.observe)
         await asyncio.to_thread(self.detection.replay, self.history.observations_after)
         self.session = aiohttp.ClientSession(connector=tls.connector(app, limit=64))
@@ -161,6 +165,14 @@ class Shadow:
                 await loop.run_in_executor(self.detect_pool, detection.retrain)
             except Exception:  # a detection fault must never stop the capture: logged, retried next pass
                 log.exception("anomaly detection pass failed")
+
+    def _table_keys(self, table: str) -> int:
+        """The table's keys for an incident's severity, counted at most every ``KEY_COUNT_SECONDS``."""
+        now = time.monotonic()
+        known = self._key_counts.get(table)
+        if known is None or now - known[0] > KEY_COUNT_SECONDS:
+            known = self._key_counts[table] = (now, self.store.key_count(table))
+        return known[1]
 
     def _current(self, table: str, key: str) -> PrevVersion | None:
         """The key's current version as the what-if compares against (None: absent)."""

@@ -44,6 +44,9 @@ async def test_an_incident_is_found_listed_and_reverted_except_a_key_written_aga
         inc = await closed_incident()
         assert inc is not None and inc["table"] == "t" and inc["keys"] == len(attacked)
         assert inc["kind"] == "encryption" and inc["score"] >= 0.8
+        # Half the table's keys: a broad incident (its severity counts the table's keys, counted by the history).
+        assert p.shadow.history is not None and p.shadow.history.key_count("t") == len(originals)
+        assert inc["severity"] >= 0.5
         status, keys = await p.get(f"/v1/tables/t/anomalies/{inc['id']}/keys")
         assert status == 200 and [k["key"] for k in keys["keys"]] == attacked and keys["next"] is None
         status, timeline = await p.get("/v1/tables/t/anomalies")
