@@ -10,7 +10,8 @@ optionally the novelty of the short mean, of the step and of the value against t
 becomes a surprise ``-log10 p``, ``p`` its conformal tail probability among that statistic's own past values (so no
 statistic needs a scale, and the scores of different series are comparable); the point's surprise is their mean
 (agreement), or the largest one less ``single`` decades when that is more. A surprise not above the largest of the
-last ``quiet`` points is damped: one incident raises one alarm, not a run of them.
+last ``quiet`` points is damped: one incident raises one alarm, not a run of them. The time ``t`` is not used: the
+points are taken as evenly spaced, as the change-stream windows and NAB's series are.
 """
 
 from __future__ import annotations
@@ -204,12 +205,14 @@ class StreamingDetector:
         if stats is not None and self.seen >= self.settle:
             for k, v in stats.items():
                 self.calibration[k].add(v)
-        if len(self.values) >= self.mean_len:
+        # The optional statistics' histories are kept only when used.
+        if "mean" in self.feature_names and len(self.values) >= self.mean_len:
             self.means.add(self._mean(x))
-        if len(self.values):
+        if "step" in self.feature_names and len(self.values):
             self.steps.add(x - self.values.order[-1])
+        if "recent" in self.feature_names:
+            self.recent.add(x)
         self.values.add(x)
-        self.recent.add(x)
         self.alarms.append(surprise)
         self.seen += 1
         return score

@@ -159,8 +159,10 @@ def report(files: list[FileLabels], scored: dict[str, list[list[float]]], second
         for name, scores in scored.items():
             best = sweep(files, scores, profile)
             secs = f"{seconds[name]:8.1f}" if name in seconds else " " * 8
-            print(f"  {name:<22} {normalise(best.raw, null_raw, files, profile):7.1f} {best.raw:8.2f} "
-                  f"{best.threshold:10.4f} {secs}")
+            print(
+                f"  {name:<22} {normalise(best.raw, null_raw, files, profile):7.1f} {best.raw:8.2f} "
+                f"{best.threshold:10.4f} {secs}"
+            )
 
 
 def main() -> None:
@@ -168,8 +170,9 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=Path("../shared/data/nab"))
     ap.add_argument("--labels", type=Path, default=None)
     ap.add_argument("--results-dir", type=Path, default=None, help="write NAB-format results here")
-    ap.add_argument("--score-results", type=Path, default=None,
-                    help="also score every detector of this NAB results directory")
+    ap.add_argument(
+        "--score-results", type=Path, default=None, help="also score every detector of this NAB results directory"
+    )
     args = ap.parse_args()
     labels = args.labels or find_labels(args.data)
     series, unmatched = load_series(args.data, labels)

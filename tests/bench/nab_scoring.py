@@ -67,8 +67,9 @@ def window_rows(timestamps: Sequence[Any], windows: Sequence[tuple[Any, Any]]) -
     return out
 
 
-def row_weights(rows: int, windows: Sequence[tuple[int, int]], profile: Profile,
-                probation_percent: float = PROBATION_PERCENT) -> tuple[list[float], list[int]]:
+def row_weights(
+    rows: int, windows: Sequence[tuple[int, int]], profile: Profile, probation_percent: float = PROBATION_PERCENT
+) -> tuple[list[float], list[int]]:
     """Per row: the weight a detection there scores, and the window it belongs to (its index in ``windows``,
     ``OUTSIDE`` or ``PROBATION``)."""
     max_tp = scaled_sigmoid(-1.0)
@@ -118,8 +119,12 @@ class SweepResult:
     raw: float
 
 
-def sweep(files: Sequence[FileLabels], scores: Sequence[Sequence[float]], profile: Profile,
-          probation_percent: float = PROBATION_PERCENT) -> SweepResult:
+def sweep(
+    files: Sequence[FileLabels],
+    scores: Sequence[Sequence[float]],
+    profile: Profile,
+    probation_percent: float = PROBATION_PERCENT,
+) -> SweepResult:
     """Sweep one threshold over all files together and return the one with the best raw score (NAB's optimiser;
     ties go to the highest threshold). A threshold above every score means no detection at all."""
     points: list[tuple[float, float, int]] = []  # (score, weight, global window id or OUTSIDE)
@@ -154,8 +159,13 @@ def sweep(files: Sequence[FileLabels], scores: Sequence[Sequence[float]], profil
     return best
 
 
-def raw_score(files: Sequence[FileLabels], scores: Sequence[Sequence[float]], profile: Profile, threshold: float,
-              probation_percent: float = PROBATION_PERCENT) -> float:
+def raw_score(
+    files: Sequence[FileLabels],
+    scores: Sequence[Sequence[float]],
+    profile: Profile,
+    threshold: float,
+    probation_percent: float = PROBATION_PERCENT,
+) -> float:
     """The raw score of the corpus at a fixed threshold (detections are scores >= threshold)."""
     total = 0.0
     for f, s in zip(files, scores, strict=True):

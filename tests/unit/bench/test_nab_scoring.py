@@ -33,7 +33,10 @@ def detections(*rows: int, n: int = 100) -> list[float]:
 
 def test_profiles_are_nabs() -> None:
     assert [(p.name, p.tp, p.fp, p.fn) for p in PROFILES] == [
-        ("standard", 1.0, 0.11, 1.0), ("reward_low_FP_rate", 1.0, 0.22, 1.0), ("reward_low_FN_rate", 1.0, 0.11, 2.0)]
+        ("standard", 1.0, 0.11, 1.0),
+        ("reward_low_FP_rate", 1.0, 0.22, 1.0),
+        ("reward_low_FN_rate", 1.0, 0.11, 2.0),
+    ]
 
 
 def test_scaled_sigmoid_values() -> None:
@@ -65,7 +68,8 @@ def test_detection_at_the_window_end_scores_less() -> None:
 
 def test_only_the_earliest_detection_in_a_window_counts() -> None:
     assert raw_score([FILE], [detections(42, 43, 44, 49)], STANDARD, 0.5) == pytest.approx(
-        raw_score([FILE], [detections(42)], STANDARD, 0.5))
+        raw_score([FILE], [detections(42)], STANDARD, 0.5)
+    )
     assert raw_score([FILE], [detections(42, 43, 44, 49)], STANDARD, 0.5) < 1.0
 
 

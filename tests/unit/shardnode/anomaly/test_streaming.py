@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 import pytest
-from chronoshard.shardnode.anomaly.streaming import StreamingDetector, WindowedGaussian
+from chronoshard.shardnode.anomaly.streaming import FEATURES, StreamingDetector, WindowedGaussian
 
 N, AT, PERIOD, PROBATION = 2400, 2000, 96, 300
 ALARM = 0.4  # a score at or above this is an alarm in these tests (NAB's standard-profile sweep picks about 0.37)
@@ -50,7 +50,7 @@ def scores(x: np.ndarray, **params: float) -> np.ndarray:
 def test_detects_an_injected_anomaly_and_not_the_noise_before_it(inject: object, seed: int) -> None:
     s = scores(inject(series(seed)))  # type: ignore[operator]
     assert s[:PROBATION].max() == 0.0  # quiet during its warm-up
-    before, after = s[PROBATION:AT], s[AT:AT + 20]
+    before, after = s[PROBATION:AT], s[AT : AT + 20]
     assert after.max() >= ALARM
     assert after.max() > before.max()  # the injected anomaly is the most anomalous point of the series
     assert np.count_nonzero(before >= ALARM) <= NOISE_ALARMS
@@ -88,8 +88,11 @@ def test_peek_leaves_the_state_unchanged() -> None:
 @pytest.mark.parametrize("cls", [StreamingDetector, WindowedGaussian])
 def test_state_round_trip_gives_identical_scores(cls: type[StreamingDetector] | type[WindowedGaussian]) -> None:
     x = level_shift(series(8))
-    a = WindowedGaussian(probation=PROBATION, window=500, step=50) if cls is WindowedGaussian else cls(
-        probation=PROBATION)
+    a = (
+        WindowedGaussian(probation=PROBATION, window=500, step=50)
+        if cls is WindowedGaussian
+        else cls(probation=PROBATION)
+    )
     for i, v in enumerate(x[:1500]):
         a.update(60.0 * i, float(v))
     b = cls.from_state(json.loads(json.dumps(a.to_state())))
@@ -152,3 +155,14 @@ def test_windowed_gaussian_is_nabs_tail_probability() -> None:
     assert d.peek(9.0, 4.0) == pytest.approx(1 - 0.5 * math.erfc(2 / math.sqrt(2)))
     assert d.peek(9.0, 0.0) == d.peek(9.0, 4.0)
     assert d.peek(9.0, 2.0) == pytest.approx(0.5)
+
+
+def test_state_round_trip_with_every_statistic() -> None:
+    x = variance_change(series(10))
+    a = StreamingDetector(probation=PROBATION, features=FEATURES)
+    for i, v in enumerate(x[:AT]):
+        a.update(60.0 * i, float(v))
+    b = StreamingDetector.from_state(json.loads(json.dumps(a.to_state())))
+    rest = list(enumerate(x[AT:], start=AT))
+    assert [a.update(60.0 * i, float(v)) for i, v in rest] == [b.update(60.0 * i, float(v)) for i, v in rest]
+    assert a.to_state() == b.to_state()
