@@ -13,6 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# scipy is scikit-learn's own dependency (no new one): the regularised incomplete beta and gamma functions
+from scipy.special import betainc, gammainc  # type: ignore[import-untyped]
+
 TAIL_QUANTILE = 0.9
 MIN_EXCEEDANCES = 20  # fewer and the exponential tail's scale is a guess: the floor is used
 
@@ -51,9 +54,6 @@ class Tail:
 
 def count_sf(k: float, mean: float, var: float) -> float:
     """P(X >= k) for a count with this mean and variance: Poisson, or negative binomial when over-dispersed."""
-    # scipy is scikit-learn's own dependency (no new one): the regularised incomplete beta and gamma functions
-    from scipy.special import betainc, gammainc  # type: ignore[import-untyped]
-
     k = math.ceil(k - 1e-9)
     if k <= 0:
         return 1.0
@@ -65,6 +65,15 @@ def count_sf(k: float, mean: float, var: float) -> float:
         q = mean / var  # success probability; X counts failures before the r-th success
         p = float(betainc(k, r, 1 - q))  # P(NB(r, q) >= k)
     return max(p, 1e-300)
+
+
+def binom_sf(k: int, n: int, p: float) -> float:
+    """P(X >= k) for X ~ Binomial(n, p)."""
+    if k <= 0:
+        return 1.0
+    if k > n:
+        return 0.0
+    return float(betainc(k, n - k + 1, min(max(p, 0.0), 1.0)))
 
 
 def score_of_p(p: float, decades: float = 5.0) -> float:

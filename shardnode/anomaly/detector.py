@@ -3,11 +3,18 @@
 Each scored feature gets its own tail model (sparse event counts a Poisson / negative binomial tail, dense counts
 and continuous features an empirical body with an exponential tail) and, unless ``spec.anomaly.model`` is
 "zscore", a multivariate model (scikit-learn's IsolationForest, or a small MLPRegressor autoencoder for
-"autoencoder") adds one more statistic. Every statistic becomes ``-log10`` of its p-value; the window's statistic is
-their maximum, which is calibrated once more on the training windows themselves (its 90th percentile and an
-exponential tail no lighter than that of a true p-value), so the many-features effect and any misfit of the
-per-feature models are measured, not assumed. The score is ``-log10(p) / 5``: 0.8 is a window rarer than 1 in
+"autoencoder") adds one more statistic. The rare event counts (ciphertext-like and distorted overwrites, keys of
+new identities) are also scored summed over the last ``SUSTAIN_WINDOWS`` windows, so a slow drip adds up: the
+caller passes the recent windows to ``score``. Every statistic becomes ``-log10`` of its p-value; the window's
+statistic is their maximum, which is calibrated once more on the training windows themselves (its 90th percentile
+and an exponential tail no lighter than that of a true p-value), so the many-features effect and any misfit of
+the per-feature models are measured, not assumed. The score is ``-log10(p) / 5``: 0.8 is a window rarer than 1 in
 10,000 on every table.
+
+The benchmark (tests/bench/bench_incidents.py) decides the combination: the isolation forest alone misses every
+injected incident (a point far beyond the training range is isolated no sooner than the training extremes, so its
+score saturates), the per-feature tails find them; "isolation-forest" is both (the forest adds little),
+"zscore" the tails alone.
 
 Only increases are anomalous (a quiet window destroys nothing), so features are clipped from below at their
 training median before the multivariate model sees them. ``fit`` is a pure function of the windows (fixed
@@ -46,7 +53,7 @@ _FLOORS: dict[str, float] = {
     "encrypted_share": 0.02,
     "hist_distance": 0.02,
     "distorted_share": 0.02,
-    "top_identity_share": 0.05,
+    "identity_surprise": 1.0,
 }
 _LOG_FLOOR = 0.25
 # A slow drip of a few bad changes a minute hides in one window's noise but not in the sum of several: these rare

@@ -2,8 +2,9 @@
 
 Only client changes are features: our own rewraps (op ``rewrap`` or origin ROTATION) and reversion writes (origin
 REVERSION) are counted as context (``rotation_rate``, ``reversion_rate``) so a key rotation or a Reversion run is
-never mistaken for a burst of client writes. What a feature needs from the past (the identities seen and the value
-sizes written during training) travels in a ``FeatureContext`` the caller keeps beside the detector.
+never mistaken for a burst of client writes. What a feature needs from the past (the identities seen, their
+usual shares of the overwritten/deleted keys and the value sizes written during training) travels in a
+``FeatureContext`` (``learn_context`` of the training observations) the caller keeps beside the detector.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .calibration import binom_sf
 from .profile import hist_distance
 from .types import CLIENT, DELETE, PUT, REVERSION, REWRAP, ByteProfile, ChangeObservation, WindowFeatures
 
@@ -33,12 +35,18 @@ FEATURE_NAMES: tuple[str, ...] = (
     "distorted_rate",  # the same overwrites per second
     "top_identity_share",  # share of the window's overwritten/deleted keys that its top identity touched
     "new_identity_rate",  # overwritten/deleted keys per second by identities unseen in training
+    "identity_surprise",  # -log10 P(an identity touched this many of the window's overwritten/deleted keys | its
+    # usual share): a known identity suddenly doing far more than its share (a compromised service account)
     "rotation_rate",  # context: rewraps per second (never scored)
     "reversion_rate",  # context: reversion writes per second (never scored)
 )
 # Creating keys destroys nothing and rotations/reversions are ours: these are reported, never scored (a backfill
 # or a rotation must not alarm).
-CONTEXT_NAMES: frozenset[str] = frozenset({"put_rate", "new_key_rate", "rotation_rate", "reversion_rate"})
+# The top identity's share is reported but not scored: in a window of three keys one identity touching all is
+# ordinary, so its rarity depends on the window's size; identity_surprise scores the same thing with it accounted.
+CONTEXT_NAMES: frozenset[str] = frozenset(
+    {"put_rate", "new_key_rate", "rotation_rate", "reversion_rate", "top_identity_share"}
+)
 SCORED_NAMES: tuple[str, ...] = tuple(n for n in FEATURE_NAMES if n not in CONTEXT_NAMES)
 RATE_NAMES: frozenset[str] = frozenset(n for n in FEATURE_NAMES if n.endswith("_rate"))
 
@@ -60,15 +68,32 @@ def random_entropy(size: int) -> float:
 
 def jumps(profile: ByteProfile, prev: ByteProfile, size: int, prev_size: int) -> tuple[bool, bool, float]:
     """How a version's bytes changed against its predecessor's: (encrypted: entropy rose to near that of random
-    bytes of its size from well below; distorted: histogram distance past DISTORTED, or entropy, measured against
-    that of random bytes of the size, moved by ENTROPY_JUMP with at least one side well below random; the
-    distance). Measuring against random bytes of the size keeps short compressed values from looking plain."""
+    bytes of its size from well below; distorted: the predecessor was well below random and the histogram distance
+    passed DISTORTED or the entropy moved by ENTROPY_JUMP; the distance). Entropies are measured against that of
+    random bytes of the value's size, so a short compressed value does not look plain."""
     d = hist_distance(profile, prev)
     gap = profile.entropy - random_entropy(size)
     prev_gap = prev.entropy - random_entropy(prev_size)
-    encrypted = gap >= ENCRYPTED_BITS - 8 and prev_gap < PLAIN_BITS - 8
+    plain_before = prev_gap < PLAIN_BITS - 8
+    encrypted = gap >= ENCRYPTED_BITS - 8 and plain_before
+    # Only a value that was plain can be damaged in a way its bytes show; writing plain bytes over ciphertext-like
+    # ones is a repair (or a format change) and counts for nothing.
+    moved = abs(gap - prev_gap) >= ENTROPY_JUMP
+    return encrypted, plain_before and (d > DISTORTED or moved), d
+
+
+MIN_SHARE = 0.001  # an identity's usual share is never taken below this (a rare writer is not a never-writer)
+
+
+def reshaped(profile: ByteProfile, prev: ByteProfile, size: int, prev_size: int) -> bool:
+    """The bytes changed shape in either direction: histogram distance past DISTORTED, or entropy (against random
+    bytes of the size) moved by ENTROPY_JUMP with one side well below random. Unlike ``jumps`` this counts plain
+    bytes written over ciphertext-like ones too (zeros over a compressed value): the impact analysis tells a repair
+    from damage by who wrote the version it replaces, which a window's features cannot."""
+    gap = profile.entropy - random_entropy(size)
+    prev_gap = prev.entropy - random_entropy(prev_size)
     moved = abs(gap - prev_gap) >= ENTROPY_JUMP and min(gap, prev_gap) < PLAIN_BITS - 8
-    return encrypted, d > DISTORTED or moved, d
+    return moved or hist_distance(profile, prev) > DISTORTED
 
 
 SIZE_BINS = 24  # log2 size bins: 1 B .. 8 MiB and above
@@ -81,11 +106,16 @@ def size_bin(size: int) -> int:
 
 @dataclass(frozen=True)
 class FeatureContext:
-    """What the features need from the training history: identities that wrote then, and the share of overwrites
-    per log2 size bin (all zero until sizes are known)."""
+    """What the features need from the training history: identities that wrote then, the share of overwrites
+    per log2 size bin (all zero until sizes are known) and each identity's share of the overwritten/deleted keys."""
 
     identities: frozenset[str | None] = frozenset()
     size_hist: tuple[float, ...] = (0.0,) * SIZE_BINS
+    shares: tuple[tuple[str | None, float], ...] = ()
+
+    def share(self, identity: str | None) -> float | None:
+        """The identity's usual share of overwritten/deleted keys (None: not learned)."""
+        return next((s for i, s in self.shares if i == identity), None)
 
     def to_state(self) -> dict[str, Any]:
         """A JSON-serialisable form."""
@@ -93,6 +123,7 @@ class FeatureContext:
             "identities": sorted(i for i in self.identities if i is not None),
             "anonymous": None in self.identities,
             "size_hist": list(self.size_hist),
+            "shares": [[i, s] for i, s in self.shares],
         }
 
     @classmethod
@@ -103,11 +134,14 @@ class FeatureContext:
             if state["anonymous"]:
                 ids.add(None)
             hist = tuple(float(h) for h in state["size_hist"])
+            shares = tuple((None if i is None else str(i), float(v)) for i, v in state.get("shares", ()))
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"malformed feature context: {e}") from e
         if len(hist) != SIZE_BINS or any(not math.isfinite(h) or h < 0 for h in hist):
             raise ValueError("malformed feature context: size histogram")
-        return cls(frozenset(ids), hist)
+        if any(not 0 <= v <= 1 for _, v in shares):
+            raise ValueError("malformed feature context: identity shares")
+        return cls(frozenset(ids), hist, shares)
 
 
 def is_client(o: ChangeObservation) -> bool:
@@ -119,15 +153,20 @@ def learn_context(observations: Iterable[ChangeObservation]) -> FeatureContext:
     """The context of a training history: its client identities and its overwrite size distribution."""
     ids: set[str | None] = set()
     counts = [0] * SIZE_BINS
+    by_id: Counter[str | None] = Counter()
     for o in observations:
         if not is_client(o):
             continue
         ids.add(o.identity)
         if o.op == PUT and o.existed:
             counts[size_bin(o.size)] += 1
+        if o.existed and o.op in (PUT, DELETE):
+            by_id[o.identity] += 1
     total = sum(counts)
     hist = tuple(c / total for c in counts) if total else (0.0,) * SIZE_BINS
-    return FeatureContext(frozenset(ids), hist)
+    n = sum(by_id.values())
+    shares = tuple(sorted(((i, c / n) for i, c in by_id.items()), key=lambda t: (t[0] is None, t[0] or "")))
+    return FeatureContext(frozenset(ids), hist, shares)
 
 
 def _js(p: Sequence[float], q: Sequence[float]) -> float:
@@ -139,6 +178,17 @@ def _js(p: Sequence[float], q: Sequence[float]) -> float:
         if b > 0:
             js += 0.5 * b * math.log2(b / m)
     return math.sqrt(max(0.0, min(1.0, js)))
+
+
+def _identity_surprise(touched: Mapping[str | None, set[str]], n: int, context: FeatureContext) -> float:
+    """-log10 of the chance that the most surprising known identity touched as many of the ``n`` keys as it did."""
+    surprise = 0.0
+    for i, keys in touched.items():
+        usual = context.share(i)
+        if usual is not None and len(keys) > 1:
+            p = binom_sf(len(keys), n, max(usual, MIN_SHARE))
+            surprise = max(surprise, -math.log10(max(p, 1e-300)))
+    return surprise
 
 
 def window_features(
@@ -186,8 +236,8 @@ def window_features(
     destroyed = {k for keys in touched.values() for k in keys}
     top = max((len(k) for k in touched.values()), default=0)
     # Before any identity was learned every identity would be "new": a table's first windows count none.
-    new_id_keys = {k for i, keys in touched.items() if context.identities and i not in context.identities
-                   for k in keys}
+    new_id_keys = {k for i, keys in touched.items() if context.identities and i not in context.identities for k in keys}
+    surprise = _identity_surprise(touched, len(destroyed), context)
     size_total = sum(sizes)
     size_dist = (
         _js([s / size_total for s in sizes], context.size_hist) if size_total and any(context.size_hist) else 0.0
@@ -208,6 +258,7 @@ def window_features(
         "distorted_rate": distorted / span,
         "top_identity_share": top / len(destroyed) if destroyed else 0.0,
         "new_identity_rate": len(new_id_keys) / span,
+        "identity_surprise": surprise,
         "rotation_rate": rewraps / span,
         "reversion_rate": reverts / span,
     }

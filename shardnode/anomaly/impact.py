@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from .features import PLAIN_BITS, FeatureContext, is_client, jumps, random_entropy
+from .features import PLAIN_BITS, FeatureContext, is_client, random_entropy, reshaped
 from .types import DELETE, PUT, AffectedKey, ChangeObservation, Driver, Incident, Score, WindowFeatures
 
 DELETE_DRIVERS = frozenset({"delete_rate", "delete_share"})
@@ -70,8 +70,7 @@ def evidence(o: ChangeObservation, context: FeatureContext) -> Evidence:
     content = resize = opaque = False
     if overwrite:
         if o.profile is not None and o.prev_profile is not None:
-            enc, dis, _ = jumps(o.profile, o.prev_profile, o.size, o.prev_size or o.size)
-            content = enc or dis
+            content = reshaped(o.profile, o.prev_profile, o.size, o.prev_size or o.size)
             opaque = not content and o.prev_profile.entropy - random_entropy(o.prev_size or o.size) >= PLAIN_BITS - 8
         if o.prev_size:
             resize = abs(math.log2(max(o.size, 1) / o.prev_size)) >= RESIZE

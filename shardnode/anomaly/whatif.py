@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from .detector import Detector
 from .features import FeatureContext, count_by_op, is_client, window_features
 from .impact import analyse
-from .types import DELETE, PUT, ChangeObservation, Driver
+from .types import DELETE, PUT, ChangeObservation, Driver, WindowFeatures
 
 
 @dataclass(frozen=True)
@@ -52,16 +52,17 @@ def what_if(
     context: FeatureContext,
     detector: Detector,
     table_keys: int = 0,
+    recent: Sequence[WindowFeatures] = (),
 ) -> WhatIf:
     """Score ``batch`` (``table``'s proposed changes) as if it arrived now in the window [window_start,
-    window_end) that already holds ``current``; pure."""
+    window_end) that already holds ``current`` (``recent``: the table's windows before it, oldest first); pure."""
     last = max(window_start, window_end - 1e-6)
     moved = [dataclasses.replace(o, time=min(max(o.time, window_start), last)) for o in batch if o.table == table]
     effective = [o for o in moved if not _unchanged(o)]
     counts = count_by_op(effective)
     nbytes = sum(o.size if o.op == PUT else (o.prev_size or 0) for o in effective if is_client(o))
     features = window_features(table, window_start, window_end, [*current, *effective], context)
-    s = detector.score(features)
+    s = detector.score(features, recent)
     severity, kind = 0.0, "other"
     if any(is_client(o) and (o.op == PUT or o.existed) for o in effective):
         incident = analyse(table, [(features, s)], effective, context, table_keys=table_keys)

@@ -67,6 +67,9 @@ class Result:
     found: int = 0
     wrong: int = 0
     missed_kinds: list[str] = field(default_factory=list)
+    by_kind: dict[str, list[float]] = field(
+        default_factory=dict
+    )  # kind -> [incidents, detected, delay sum, truth keys, found true, found, wrong]
     fa_causes: list[str] = field(default_factory=list)
     fit_s: float = 0.0
     score_s: float = 0.0
@@ -135,6 +138,12 @@ def _evaluate(
         res.found_true += len(got & t.keys)
         res.found += len(got)
         res.wrong += len(got - t.keys)
+        row = res.by_kind.setdefault(t.kind, [0.0] * 7)
+        for i, v in enumerate((0, 1, first_alarm[j] - t.first_time, len(t.keys), len(got & t.keys), len(got),
+                               len(got - t.keys))):  # fmt: skip
+            row[i] += v
+    for t in bad:
+        res.by_kind.setdefault(t.kind, [0.0] * 7)[0] += 1
 
 
 def _cause(truths: list[Truth], start: float, end: float) -> str:
@@ -196,6 +205,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_kinds(name: str, r: Result) -> None:
+    print(f"\n  {name} by incident kind: detected/incidents, mean delay, key recall, wrongly included")
+    for kind, (n, det, dsum, tk, ft, fd, wr) in sorted(r.by_kind.items()):
+        delay = dsum / det if det else float("nan")
+        print(f"    {kind:20} {det:3.0f}/{n:<3.0f} {delay:6.0f}s  {ft / tk if tk else float('nan'):7.4f} "
+              f"{wr / fd if fd else float('nan'):7.4f}")  # fmt: skip
+
+
 def _print(pname: str, args: argparse.Namespace, results: dict[str, Result], gen_s: float) -> None:
     print(f"\n== {pname}: {args.seeds} seeds x {args.test_hours:g} h test after {args.train_hours:g} h training, "
           f"{args.interval:g}-s windows, threshold {args.threshold}, time factor {args.time_factor:g} "
@@ -218,6 +235,8 @@ def _print(pname: str, args: argparse.Namespace, results: dict[str, Result], gen
             f"{name:30} {recall:8.3f} {fa:7.2f} {delay:8.0f}s {krec:10.4f} {wrong:7.4f} {r.fit_s:6.1f} "
             f"{r.score_s:7.1f}  {notes} / {causes}"
         )
+    first = next(iter(results))
+    _print_kinds(first, results[first])
 
 
 def main(argv: list[str] | None = None) -> int:

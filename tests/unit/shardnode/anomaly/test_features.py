@@ -10,6 +10,7 @@ from chronoshard.shardnode.anomaly.features import (
     count_by_op,
     jumps,
     learn_context,
+    reshaped,
     window_features,
 )
 from chronoshard.shardnode.anomaly.profile import byte_profile
@@ -151,3 +152,43 @@ def test_count_by_op() -> None:
     s.delete(4.0, "gone")
     c = count_by_op(s.out[2:])
     assert (c["overwrite"], c["create"], c["delete"], c["noop"]) == (1, 1, 1, 1)
+
+
+def test_identity_surprise_is_a_known_identity_far_above_its_usual_share() -> None:
+    s = _seeded(400)
+    ctx = FeatureContext(frozenset({"app", "etl", "report"}), shares=(("app", 0.6), ("etl", 0.35), ("report", 0.05)))
+    usual = Stream(seed=5)
+    usual.values = dict(s.values)
+    for i in range(100):
+        who = "app" if i % 10 < 6 else "etl" if i % 10 < 9 else "report"  # the usual shares exactly
+        usual.put(1.0 + i * 0.5, f"k{i}", text_value(usual.rng), who)
+    ordinary = window_features("t", 0.0, 60.0, usual.out, ctx).as_dict()["identity_surprise"]
+    burst = Stream(seed=6)
+    burst.values = dict(s.values)
+    for i in range(100):
+        burst.put(1.0 + i * 0.5, f"k{i}", text_value(burst.rng), "report" if i < 60 else "app")
+    surprising = window_features("t", 0.0, 60.0, burst.out, ctx).as_dict()["identity_surprise"]
+    assert ordinary < 2.0 < 20.0 < surprising
+    # The same identity touching all three keys of a tiny window is no surprise.
+    tiny = [burst.put(70.0 + i, f"k{i}", text_value(burst.rng), "app") for i in range(3)]
+    assert window_features("t", 60.0, 120.0, tiny, ctx).as_dict()["identity_surprise"] < 1.0
+
+
+def test_learned_shares_survive_the_state() -> None:
+    s = Stream()
+    for i in range(10):
+        s.put(float(i), f"k{i % 4}", text_value(s.rng), "app" if i % 5 else None)
+    ctx = learn_context(s.out)
+    assert ctx.share("app") == pytest.approx(5 / 6) and ctx.share(None) == pytest.approx(1 / 6)
+    assert ctx.share("nobody") is None
+    assert FeatureContext.from_state(ctx.to_state()) == ctx
+
+
+def test_zeros_over_a_compressed_value_reshape_it_but_are_no_window_distortion() -> None:
+    rng = random.Random(8)
+    packed = zlib.compress(text_value(rng, 100_000), 9)[:4096]
+    zeros = bytes(4096)
+    assert reshaped(byte_profile(zeros), byte_profile(packed), 4096, 4096)
+    assert not jumps(byte_profile(zeros), byte_profile(packed), 4096, 4096)[1]  # could be a repair: not counted
+    other = zlib.compress(text_value(rng, 100_000), 9)[:4096]
+    assert not reshaped(byte_profile(other), byte_profile(packed), 4096, 4096)
