@@ -24,7 +24,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from chronoshard.shardnode.anomaly import features
-from chronoshard.shardnode.anomaly.detector import Detector, WindowDetector, fit_detector, load_detector
+from chronoshard.shardnode.anomaly.detector import (
+    SUSTAIN_WINDOWS,
+    Detector,
+    WindowDetector,
+    fit_detector,
+    load_detector,
+)
 from chronoshard.shardnode.anomaly.impact import analyse
 from chronoshard.shardnode.anomaly.profile import byte_profile
 from chronoshard.shardnode.anomaly.rules import RuleDetector
@@ -75,6 +81,8 @@ class _Table:
     dropped: int = 0  # changes past MAX_PENDING (not scored)
     late: int = 0  # changes whose window had closed (not scored)
     recent: deque[tuple[float, list[ChangeObservation]]] = field(default_factory=lambda: deque(maxlen=MARGIN_WINDOWS))
+    # The features of the last closed windows: a detector scores sustained counts over them (a slow drip).
+    history: deque[WindowFeatures] = field(default_factory=lambda: deque(maxlen=SUSTAIN_WINDOWS))
     incident: _OpenIncident | None = None
     model: Detector = field(default_factory=RuleDetector)  # the rules until a model is fit
     state: str = "training"  # training (the rules, too few windows) | trained | fallback (the model is corrupt)
@@ -105,6 +113,7 @@ class Detection:
         self._replay_from: int | None = None
         for table, (closed_through, lsn) in store.progress().items():
             t = self._tables[table] = _Table(closed_through=closed_through)
+            t.history.extend(_window_features(table, w) for w in store.windows(table, limit=SUSTAIN_WINDOWS))
             self._load_model(table, t)
             self._replay_from = lsn if self._replay_from is None else min(self._replay_from, lsn)
 
@@ -255,7 +264,8 @@ class Detection:
                settings: AnomalySettings, now: float) -> tuple[StoredWindow, dict[str, Any] | None]:
         ctx = _context(t.identities, t.sizes)
         wf = features.window_features(table, start, end, changes, ctx)
-        sc = t.model.score(wf)
+        sc = t.model.score(wf, list(t.history))
+        t.history.append(wf)
         t.last_score = sc.score
         anomalous = sc.score >= settings.threshold
         event = None
@@ -321,8 +331,9 @@ class Detection:
             pending = list(t.pending.get(start, [])) if t is not None else []
             ctx = _context(t.identities, t.sizes) if t is not None else features.FeatureContext()
             model: Detector = t.model if t is not None else RuleDetector()
+            recent = list(t.history) if t is not None else []
         r = what_if(obs, pending, table=table, window_start=start, window_end=start + settings.interval_seconds,
-                    context=ctx, detector=model, table_keys=self.table_keys(table))
+                    context=ctx, detector=model, table_keys=self.table_keys(table), recent=recent)
         return {"counts": {"create": r.creates, "overwrite": r.overwrites, "delete": r.deletes,
                            "unchanged": r.unchanged},
                 "bytes": r.bytes, "score": r.score, "severity": r.severity, "kind": r.kind,
