@@ -17,7 +17,8 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from .features import PLAIN_BITS, FeatureContext, is_client, random_entropy, reshaped
+from .calibration import binom_sf
+from .features import MIN_SHARE, PLAIN_BITS, FeatureContext, is_client, random_entropy, reshaped
 from .types import DELETE, PUT, AffectedKey, ChangeObservation, Driver, Incident, Score, WindowFeatures
 
 DELETE_DRIVERS = frozenset({"delete_rate", "delete_share"})
@@ -35,6 +36,7 @@ CONTENT_DRIVERS = frozenset(
 )
 SIZE_DRIVERS = frozenset({"size_shift", "size_dist_shift"})
 IDENTITY_DRIVERS = frozenset({"new_identity_rate", "new_identity_rate_sustained"})
+SURPRISE = "identity_surprise"
 MIN_DRIVER_WEIGHT = 0.1  # a driver with less of the explanation does not choose the evidence
 CULPRIT_SHARE = 0.5  # one identity made at least this share of the suspicious changes: it alone is attributed
 DRIP_PER_MINUTE = 10.0  # content changes slower than this over the incident make a "corruption-drip"
@@ -208,6 +210,30 @@ def _add_opaque(
     return sorted([*selected, *extra], key=lambda o: (o.time, o.lsn))
 
 
+def _what(drivers: Sequence[Driver]) -> set[str]:
+    """The drivers that say what kind of change to look for: those with at least MIN_DRIVER_WEIGHT of the
+    explanation once the identity surprise (which says who, not what) is left out; else the strongest."""
+    what = [d for d in drivers if d.feature != SURPRISE]
+    total = sum(d.weight for d in what)
+    if total <= 0:
+        return set()
+    return {d.feature for d in what if d.weight / total >= MIN_DRIVER_WEIGHT} or {what[0].feature}
+
+
+def _most_surprising(core: Sequence[ChangeObservation], ev: dict[int, Evidence], context: FeatureContext) -> str | None:
+    keys: dict[str | None, set[str]] = {}
+    for o in core:
+        if ev[o.lsn].destructive:
+            keys.setdefault(o.identity, set()).add(o.key)
+    n = len({k for ks in keys.values() for k in ks})
+    best: tuple[float, str | None] = (-1.0, None)
+    for identity, ks in keys.items():
+        usual = context.share(identity)
+        p = binom_sf(len(ks), n, max(usual, MIN_SHARE)) if usual is not None else 1e-300
+        best = max(best, (-math.log10(max(p, 1e-300)), identity), key=lambda t: t[0])
+    return best[1]
+
+
 def analyse(
     table: str,
     scored: Sequence[tuple[WindowFeatures, Score]],
@@ -231,7 +257,7 @@ def analyse(
     if not core:
         raise ValueError("no client change in the incident's windows")
     drivers = merged_drivers(scored)
-    chosen = {d.feature for d in drivers if d.weight >= MIN_DRIVER_WEIGHT} or {d.feature for d in drivers[:1]}
+    chosen = _what(drivers)
     ev = {o.lsn: evidence(o, context) for o in obs}
     match = _Matcher(ev, chosen)
     match.find_repairs(obs)
@@ -239,9 +265,12 @@ def analyse(
     if not hits:  # the model saw something no single change shows: every destructive change is the suspect
         match.mode = "weak"
         hits = [o for o in core if ev[o.lsn].destructive] or core
+    surprising = any(d.feature == SURPRISE and d.weight >= MIN_DRIVER_WEIGHT for d in drivers)
     by_id = Counter(o.identity for o in hits)
     top, n = by_id.most_common(1)[0]
-    if n >= CULPRIT_SHARE * len(hits):
+    if surprising:  # the window said who: the identity furthest above its usual share of the destroyed keys
+        match.culprit = (True, _most_surprising(core, ev, context))
+    elif n >= CULPRIT_SHARE * len(hits):
         match.culprit = (True, top)
     selected = [o for o in core if match.belongs(o)] or hits
     selected = _extend(selected, obs, start, end, match, 2 * span)

@@ -117,3 +117,17 @@ def test_no_window_or_no_change_is_an_error() -> None:
         analyse("t", [], s.out, CTX)
     with pytest.raises(ValueError):
         analyse("t", [_window(s, 1000.0, 1060.0, ("delete_rate", 1.0))], s.out, CTX)
+
+
+def test_an_identity_far_above_its_share_is_the_culprit_even_when_others_are_busy() -> None:
+    s = _table()
+    ctx = FeatureContext(frozenset({"app", "etl", "report"}), shares=(("app", 0.6), ("etl", 0.35), ("report", 0.05)))
+    for i in range(120):  # ordinary overwrites by app and etl, more of them than the deletes
+        s.put(0.2 + i * 0.4, f"k{80 + i % 70}", text_value(s.rng, 1024), "app" if i % 3 else "etl")
+        if i < 60:
+            s.delete(0.3 + i * 0.4, f"k{i}", "report")
+    f = window_features("t", 0.0, 60.0, s.out, ctx)
+    drivers = (Driver("identity_surprise", 90.0, 1.0, 0.95), Driver("delete_share", 0.3, 0.0, 0.05))
+    inc = analyse("t", [(f, Score(1.0, "test", drivers))], s.out, ctx)
+    assert {k.key for k in inc.keys} == {f"k{i}" for i in range(60)}
+    assert inc.identities == ("report",) and inc.kind == "mass-delete"
