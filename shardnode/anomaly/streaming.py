@@ -4,14 +4,17 @@ Both learn one point at a time (``update``), can score a point without learning 
 and survive restarts as plain JSON (``to_state``/``from_state``).
 
 ``StreamingDetector`` measures how new each point is against a bounded history: the distance of the value to the
-nearest value seen (novelty; a level never reached, a spike) and the distance of the recent sub-sequence to its
-nearest neighbour among the past sub-sequences (shape, as KNN CAD; a pattern never seen at a familiar level), and
-optionally the novelty of the short mean, of the step and of the value against the recent past only. Each statistic
-becomes a surprise ``-log10 p``, ``p`` its conformal tail probability among that statistic's own past values (so no
-statistic needs a scale, and the scores of different series are comparable); the point's surprise is their mean
-(agreement), or the largest one less ``single`` decades when that is more. A surprise not above the largest of the
-last ``quiet`` points is damped: one incident raises one alarm, not a run of them. The time ``t`` is not used: the
-points are taken as evenly spaced, as the change-stream windows and NAB's series are.
+nearest value seen (novelty; a level never reached, a spike), the distance of the recent sub-sequence to its
+nearest neighbour among the past sub-sequences (shape, as KNN CAD; a pattern never seen at a familiar level) and how
+far the value lies beyond the range of the history (exceed; 0 inside it), and optionally the novelty of the short
+mean, of the step and of the value against the recent past only. Each statistic becomes a surprise ``-log10 p``,
+``p`` its conformal tail probability among that statistic's own past values (so no statistic needs a scale, and the
+scores of different series are comparable); the point's surprise is Fisher's combination of them (the probability
+that independent tails are jointly this small), or the largest one less ``single`` decades when that is more. A
+surprise not above the largest of the last ``quiet`` points is damped (a repeat), and an alarm (``alarm`` decades
+or more) silences the next ``hold`` points that are not more surprising still: one incident raises one alarm, not a
+run of them. The time ``t`` is not used: the points are taken as evenly spaced, as the change-stream windows and
+NAB's series are.
 """
 
 from __future__ import annotations
@@ -24,9 +27,10 @@ from typing import Any
 
 import numpy as np
 
-STATE_VERSION = 2
-FEATURES = ("novelty", "shape", "recent", "mean", "step")
-DEFAULT_FEATURES = ("novelty", "shape")
+STATE_VERSION = 3
+FEATURES = ("novelty", "shape", "exceed", "recent", "mean", "step")
+DEFAULT_FEATURES = ("novelty", "shape", "exceed")
+LN10 = math.log(10.0)
 
 
 class _Window:
@@ -97,6 +101,8 @@ class StreamingDetector:
         settle: int = 0,
         quiet: int = 0,
         damp: float = 0.7,
+        alarm: float = 1.5,
+        hold: int = 0,
         scale: float = 4.0,
         **params: Any,
     ) -> None:
@@ -117,11 +123,13 @@ class StreamingDetector:
             or quiet < 0
             or single < 0
             or settle < 0
+            or alarm < 0
+            or hold < 0
         ):
             raise ValueError(
                 f"probation >= 0, history >= 50, 2 <= shape < history / 4, 2 <= recent, mean <= "
                 f"history, features a subset of {FEATURES}, single >= 0, quiet >= 0, 0 < damp <= 1, "
-                "scale > 0"
+                "alarm >= 0, hold >= 0, scale > 0"
             )
         self.probation = probation
         self.history = history
@@ -135,6 +143,10 @@ class StreamingDetector:
         self.settle = settle
         self.quiet = quiet if quiet > 0 else max(probation, 100)
         self.damp = damp
+        # An alarm (a damped surprise of at least `alarm` decades) silences the next `hold` points unless one is
+        # more surprising still: one incident, one alarm, however its points escalate.
+        self.alarm = alarm
+        self.hold = hold if hold > 0 else self.quiet // 4
         self.scale = scale
         self.seen = 0
         self.values = _Window(history)  # the learnt values, for novelty and the sub-sequences
@@ -143,6 +155,8 @@ class StreamingDetector:
         self.steps = _Window(history)
         self.calibration = {name: _Window(history) for name in features}  # each statistic's own past values
         self.alarms: deque[float] = deque(maxlen=self.quiet)  # the last points' surprises, for damping repeats
+        self.since_alarm = -1  # points since the last alarm (-1: none yet)
+        self.alarm_surprise = 0.0  # that alarm's (damped) surprise
 
     # -- scoring -------------------------------------------------------------------------------------------------
 
@@ -156,6 +170,9 @@ class StreamingDetector:
         for name in self.feature_names:
             if name == "novelty":
                 stats[name] = self.values.nearest(x)
+            elif name == "exceed":  # beyond the range of the history, 0 inside it
+                s = self.values.sorted
+                stats[name] = max(x - s[-1], s[0] - x, 0.0)
             elif name == "recent":
                 stats[name] = self.recent.nearest(x)
             elif name == "step":
@@ -178,13 +195,19 @@ class StreamingDetector:
             return 0.0
         each = [self.calibration[k].surprise(v) for k, v in stats.items()]
         # Agreement of the statistics, or one of them alone when it is `single` decades more surprising than that.
-        return max(sum(each) / len(each), max(each) - self.single)
+        return max(fisher(each), max(each) - self.single)
+
+    def _damped(self, surprise: float) -> tuple[float, bool]:
+        """The point's surprise after damping repeats, and whether it raises an alarm."""
+        if self.alarms and surprise <= max(self.alarms):
+            surprise *= self.damp  # not above the recent points' surprise: a repeat of them
+        if 0 <= self.since_alarm < self.hold and surprise <= self.alarm_surprise:
+            return 0.0, False  # within the hold of a larger alarm: part of its incident
+        return surprise, surprise >= self.alarm
 
     def _score(self, surprise: float) -> float:
         if self.seen < self.probation:
             return 0.0
-        if self.alarms and surprise <= max(self.alarms):
-            surprise *= self.damp  # not above an alarm already raised: a repeat of it
         return 1.0 - math.exp(-surprise / self.scale)
 
     def peek(self, t: float, x: float) -> float:
@@ -192,7 +215,7 @@ class StreamingDetector:
         x = float(x)
         if not math.isfinite(x):
             return 0.0
-        return self._score(self._surprise(self._statistics(x)))
+        return self._score(self._damped(self._surprise(self._statistics(x)))[0])
 
     def update(self, t: float, x: float) -> float:
         """Score ``x`` and learn it."""
@@ -201,7 +224,12 @@ class StreamingDetector:
             return 0.0  # a missing reading is neither scored nor learnt
         stats = self._statistics(x)
         surprise = self._surprise(stats)
-        score = self._score(surprise)
+        damped, alarm = self._damped(surprise)
+        score = self._score(damped)
+        if alarm:
+            self.since_alarm, self.alarm_surprise = 0, damped
+        elif self.since_alarm >= 0:
+            self.since_alarm += 1
         if stats is not None and self.seen >= self.settle:
             for k, v in stats.items():
                 self.calibration[k].add(v)
@@ -232,6 +260,8 @@ class StreamingDetector:
             "settle": self.settle,
             "quiet": self.quiet,
             "damp": self.damp,
+            "alarm": self.alarm,
+            "hold": self.hold,
             "scale": self.scale,
         }
 
@@ -248,6 +278,8 @@ class StreamingDetector:
             "steps": self.steps.to_list(),
             "calibration": {k: w.to_list() for k, w in self.calibration.items()},
             "alarms": list(self.alarms),
+            "since_alarm": self.since_alarm,
+            "alarm_surprise": self.alarm_surprise,
         }
 
     @classmethod
@@ -269,9 +301,24 @@ class StreamingDetector:
             _check(isinstance(cal, Mapping) and set(cal) == set(d.feature_names), "calibration")
             d.calibration = {k: _Window(d.history, _floats(cal[k], d.history, k)) for k in d.feature_names}
             d.alarms = deque(_floats(state["alarms"], d.quiet, "alarms"), maxlen=d.quiet)
+            since = state["since_alarm"]
+            _check(isinstance(since, int) and not isinstance(since, bool) and since >= -1, "since_alarm")
+            d.since_alarm = since
+            d.alarm_surprise = _floats([state["alarm_surprise"]], 1, "alarm_surprise")[0]
         except (KeyError, TypeError, AttributeError) as e:
             raise ValueError(f"bad detector state: {e}") from e
         return d
+
+
+def fisher(surprises: list[float]) -> float:
+    """Fisher's combination of independent tail probabilities given as ``-log10 p``: the ``-log10`` of the
+    probability that their product is as small by chance (chi-squared tail with 2k degrees of freedom)."""
+    s = sum(surprises) * LN10  # -ln of the product
+    term, tail = 1.0, 1.0
+    for i in range(1, len(surprises)):
+        term *= s / i
+        tail += term
+    return (s - math.log(tail)) / LN10
 
 
 def _floats(values: Any, cap: int, what: str) -> list[float]:

@@ -7,7 +7,9 @@ process on the same series, scored with NAB's rules (``tests.bench.nab_scoring``
 ``--data`` is searched recursively for NAB-format CSVs (``timestamp,value``); each is matched to the label windows
 file (``combined_windows*.json`` under ``--data`` unless ``--labels``) by its relative path, else by its file name.
 Each detector sees the rows one ``update`` at a time, in order. The null detector and the perfect detector are
-scored too: 0 and 100 by construction, a check of the scorer. ``--results-dir`` writes NAB's results layout
+scored too: 0 and 100 by construction, a check of the scorer. Each score is given for all series and for the
+even- and odd-numbered series (sorted by label key, a threshold swept per set): decide on the even half, check on
+the odd. ``--results-dir`` writes NAB's results layout
 (``<detector>/<category>/<detector>_<file>.csv`` with ``timestamp,value,anomaly_score,label``) for NAB's own
 scorer; ``--score-results`` scores the detectors of an existing NAB results directory (e.g. NAB's published
 ``results/``) with our scorer, a check of the scorer against NAB's published figures.
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -148,19 +151,33 @@ def read_results(root: Path, detector: str, series: Sequence[Series]) -> list[li
     return out
 
 
+def halves(files: Sequence[FileLabels]) -> dict[str, list[int]]:
+    """The indices of all files, and of the even- and odd-numbered ones in sorted order of their keys: design
+    decisions are made on the even half, the odd half is the held-out check."""
+    order = sorted(range(len(files)), key=lambda i: files[i].name)
+    return {"all": order, "even": order[0::2], "odd": order[1::2]}
+
+
 def report(files: list[FileLabels], scored: dict[str, list[list[float]]], seconds: dict[str, float]) -> None:
-    """Per profile: each detector's normalised score and threshold."""
+    """Per profile: each detector's normalised score on all files and on each half (a threshold swept per set)."""
     windows = sum(len(f.windows) for f in files)
     print(f"{len(files)} series, {sum(f.rows for f in files)} rows, {windows} anomaly windows")
+    sets = halves(files)
     for profile in PROFILES:
-        null_raw = sweep(files, null_scores(files), profile).raw
-        print(f"\nprofile {profile.name} (TP {profile.tp}, FP {profile.fp}, FN {profile.fn}); null raw {null_raw:.2f}")
-        print(f"  {'detector':<22} {'score':>7} {'raw':>8} {'threshold':>10} {'seconds':>8}")
+        print(f"\nprofile {profile.name} (TP {profile.tp}, FP {profile.fp}, FN {profile.fn})")
+        print(f"  {'detector':<22} {'score':>7} {'even':>7} {'odd':>7} {'raw':>8} {'threshold':>10} {'seconds':>8}")
         for name, scores in scored.items():
-            best = sweep(files, scores, profile)
+            figures = {}
+            for which, idx in sets.items():
+                sub = [files[i] for i in idx]
+                best = sweep(sub, [scores[i] for i in idx], profile)
+                null_raw = sweep(sub, null_scores(sub), profile).raw
+                has_windows = any(f.windows for f in sub)
+                figures[which] = (normalise(best.raw, null_raw, sub, profile) if has_windows else math.nan, best)
             secs = f"{seconds[name]:8.1f}" if name in seconds else " " * 8
+            score, best = figures["all"]
             print(
-                f"  {name:<22} {normalise(best.raw, null_raw, files, profile):7.1f} {best.raw:8.2f} "
+                f"  {name:<22} {score:7.1f} {figures['even'][0]:7.1f} {figures['odd'][0]:7.1f} {best.raw:8.2f} "
                 f"{best.threshold:10.4f} {secs}"
             )
 

@@ -8,11 +8,11 @@ import math
 
 import numpy as np
 import pytest
-from chronoshard.shardnode.anomaly.streaming import FEATURES, StreamingDetector, WindowedGaussian
+from chronoshard.shardnode.anomaly.streaming import FEATURES, StreamingDetector, WindowedGaussian, fisher
 
 N, AT, PERIOD, PROBATION = 2400, 2000, 96, 300
 ALARM = 0.4  # a score at or above this is an alarm in these tests (NAB's standard-profile sweep picks about 0.37)
-NOISE_ALARMS = 1  # scores are conformal tail probabilities: on plain noise a rare alarm is expected
+NOISE_ALARMS = 2  # scores are combined conformal tail probabilities: on plain noise a rare alarm is expected
 
 
 def series(seed: int) -> np.ndarray:
@@ -63,13 +63,25 @@ def test_plain_noise_raises_next_to_no_alarm(seed: int) -> None:
     assert np.all((s >= 0.0) & (s <= 1.0))
 
 
-def test_a_repeated_alarm_scores_lower_than_the_first() -> None:
-    x = series(6)
+def test_a_smaller_repeat_within_the_hold_is_silenced() -> None:
+    x = series(13)
     x[AT] += 8.0
-    x[AT + 10] += 8.0
+    x[AT + 10] += 6.0  # alone, an alarm too
     s = scores(x)
     assert s[AT] >= ALARM
-    assert s[AT + 10] < s[AT]
+    assert s[AT + 10] == 0.0  # part of the first alarm's incident
+    y = series(13)
+    y[AT + 10] += 6.0
+    assert scores(y)[AT + 10] >= ALARM
+
+
+def test_a_larger_repeat_within_the_hold_alarms_again() -> None:
+    x = series(13)
+    x[AT] += 8.0
+    x[AT + 10] += 16.0
+    s = scores(x)
+    assert s[AT] >= ALARM
+    assert s[AT + 10] > s[AT]
 
 
 def test_peek_leaves_the_state_unchanged() -> None:
@@ -124,6 +136,10 @@ def _corrupt_states(good: dict) -> list[object]:
         with_(recent=None),
         with_(alarms=[0.0] * (good["params"]["quiet"] + 1)),
         {k: v for k, v in good.items() if k != "means"},
+        {**good, "since_alarm": -2},
+        {**good, "since_alarm": True},
+        {**good, "alarm_surprise": math.nan},
+        {k: v for k, v in good.items() if k != "since_alarm"},
         [1, 2, 3],
     ]
 
@@ -166,3 +182,12 @@ def test_state_round_trip_with_every_statistic() -> None:
     rest = list(enumerate(x[AT:], start=AT))
     assert [a.update(60.0 * i, float(v)) for i, v in rest] == [b.update(60.0 * i, float(v)) for i, v in rest]
     assert a.to_state() == b.to_state()
+
+
+def test_fisher_combines_tail_probabilities() -> None:
+    assert fisher([2.5]) == pytest.approx(2.5)  # one probability is itself
+    p1, p2 = 0.01, 0.2  # two: P(U1 U2 <= q) = q (1 - ln q)
+    q = p1 * p2
+    assert fisher([-math.log10(p1), -math.log10(p2)]) == pytest.approx(-math.log10(q * (1 - math.log(q))))
+    assert fisher([0.0, 0.0, 0.0]) == pytest.approx(0.0)  # nothing unusual
+    assert fisher([3.0, 3.0]) > fisher([3.0, 0.0]) > 0.0
