@@ -4,17 +4,17 @@ Both learn one point at a time (``update``), can score a point without learning 
 and survive restarts as plain JSON (``to_state``/``from_state``).
 
 ``StreamingDetector`` measures how new each point is against a bounded history: the distance of the value to the
-nearest value seen (novelty; a level never reached, a spike), the distance of the recent sub-sequence to its
-nearest neighbour among the past sub-sequences (shape, as KNN CAD; a pattern never seen at a familiar level) and how
-far the value lies beyond the range of the history (exceed; 0 inside it), and optionally the novelty of the short
-mean, of the step and of the value against the recent past only. Each statistic becomes a surprise ``-log10 p``,
-``p`` its conformal tail probability among that statistic's own past values (so no statistic needs a scale, and the
-scores of different series are comparable); the point's surprise is Fisher's combination of them (the probability
-that independent tails are jointly this small), or the largest one less ``single`` decades when that is more. A
-surprise not above the largest of the last ``quiet`` points is damped (a repeat), and an alarm (``alarm`` decades
-or more) silences the next ``hold`` points that are not more surprising still: one incident raises one alarm, not a
-run of them. The time ``t`` is not used: the points are taken as evenly spaced, as the change-stream windows and
-NAB's series are.
+nearest value seen (novelty; a level never reached, a spike), the distance of the recent sub-sequence to its nearest
+neighbour among the past sub-sequences (shape, as KNN CAD; a pattern never seen at a familiar level) and how far the
+value lies beyond the range of the last ``span`` points (exceed; 0 inside it; by default four histories, kept as
+block extremes), and optionally the novelty of the short mean, of the step and of the value against the recent past
+only. Each statistic becomes a surprise ``-log10 p``, ``p`` its conformal tail probability among that statistic's
+own past values (so no statistic needs a scale, and the scores of different series are comparable); the point's
+surprise is Fisher's combination of them (the probability that independent tails are jointly this small), or the
+largest one less ``single`` decades when that is more. A surprise not above the largest of the last ``quiet`` points
+is damped (a repeat), and an alarm (``alarm`` decades or more) silences the next ``hold`` points that are not
+``margin`` decades more surprising still: one incident raises one alarm, not a run of escalating ones. The time
+``t`` is not used: the points are taken as evenly spaced, as the change-stream windows and NAB's series are.
 """
 
 from __future__ import annotations
@@ -27,10 +27,54 @@ from typing import Any
 
 import numpy as np
 
-STATE_VERSION = 3
+STATE_VERSION = 4
 FEATURES = ("novelty", "shape", "exceed", "recent", "mean", "step")
 DEFAULT_FEATURES = ("novelty", "shape", "exceed")
+RANGE_BLOCKS = 64  # the long range is kept as the extremes of this many blocks of points
 LN10 = math.log(10.0)
+
+
+class _Range:
+    """The extremes of about the last ``span`` points, kept per block of ``span / RANGE_BLOCKS`` points: bounded
+    memory for a range much longer than the history."""
+
+    def __init__(self, span: int) -> None:
+        self.block = max(1, -(-span // RANGE_BLOCKS))
+        self.blocks: deque[tuple[float, float]] = deque(maxlen=RANGE_BLOCKS)  # finished blocks' (min, max)
+        self.lo, self.hi, self.count = math.inf, -math.inf, 0  # the block being filled
+
+    def add(self, v: float) -> None:
+        self.lo, self.hi, self.count = min(self.lo, v), max(self.hi, v), self.count + 1
+        if self.count == self.block:
+            self.blocks.append((self.lo, self.hi))
+            self.lo, self.hi, self.count = math.inf, -math.inf, 0
+
+    def exceed(self, x: float) -> float:
+        """How far ``x`` lies beyond the range (0 inside it or when empty)."""
+        lo = min([self.lo, *(b[0] for b in self.blocks)])
+        hi = max([self.hi, *(b[1] for b in self.blocks)])
+        return max(x - hi, lo - x, 0.0) if hi >= lo else 0.0
+
+    def to_state(self) -> dict[str, Any]:
+        return {"blocks": [list(b) for b in self.blocks], "lo": self.lo, "hi": self.hi, "count": self.count}
+
+    @classmethod
+    def from_state(cls, span: int, state: Any) -> _Range:
+        r = cls(span)
+        _check(isinstance(state, Mapping), "range")
+        blocks = state["blocks"]
+        _check(isinstance(blocks, list) and len(blocks) <= RANGE_BLOCKS, "range blocks")
+        for b in blocks:
+            lo, hi = _floats(b, 2, "range block")
+            _check(lo <= hi, "range block")
+            r.blocks.append((lo, hi))
+        count = state["count"]
+        _check(isinstance(count, int) and not isinstance(count, bool) and 0 <= count < r.block, "range count")
+        r.count = count
+        if count:
+            r.lo, r.hi = _floats([state["lo"], state["hi"]], 2, "range extremes")
+            _check(r.lo <= r.hi, "range extremes")
+        return r
 
 
 class _Window:
@@ -101,8 +145,10 @@ class StreamingDetector:
         settle: int = 0,
         quiet: int = 0,
         damp: float = 0.7,
+        span: int = 0,
         alarm: float = 1.5,
         hold: int = 0,
+        margin: float = 0.5,
         scale: float = 4.0,
         **params: Any,
     ) -> None:
@@ -125,14 +171,17 @@ class StreamingDetector:
             or settle < 0
             or alarm < 0
             or hold < 0
+            or margin < 0
+            or span < 0
         ):
             raise ValueError(
                 f"probation >= 0, history >= 50, 2 <= shape < history / 4, 2 <= recent, mean <= "
                 f"history, features a subset of {FEATURES}, single >= 0, quiet >= 0, 0 < damp <= 1, "
-                "alarm >= 0, hold >= 0, scale > 0"
+                "span >= 0, alarm >= 0, hold >= 0, margin >= 0, scale > 0"
             )
         self.probation = probation
         self.history = history
+        self.span = span if span > 0 else 4 * history  # the range that `exceed` measures against
         self.shape = shape
         self.recent_len = recent
         self.mean_len = mean
@@ -144,12 +193,14 @@ class StreamingDetector:
         self.quiet = quiet if quiet > 0 else max(probation, 100)
         self.damp = damp
         # An alarm (a damped surprise of at least `alarm` decades) silences the next `hold` points unless one is
-        # more surprising still: one incident, one alarm, however its points escalate.
+        # `margin` decades more surprising still: one incident, one alarm, however its points escalate.
         self.alarm = alarm
         self.hold = hold if hold > 0 else self.quiet // 4
+        self.margin = margin
         self.scale = scale
         self.seen = 0
         self.values = _Window(history)  # the learnt values, for novelty and the sub-sequences
+        self.range = _Range(self.span)
         self.recent = _Window(recent)
         self.means = _Window(history)
         self.steps = _Window(history)
@@ -170,9 +221,8 @@ class StreamingDetector:
         for name in self.feature_names:
             if name == "novelty":
                 stats[name] = self.values.nearest(x)
-            elif name == "exceed":  # beyond the range of the history, 0 inside it
-                s = self.values.sorted
-                stats[name] = max(x - s[-1], s[0] - x, 0.0)
+            elif name == "exceed":  # beyond the long range, 0 inside it
+                stats[name] = self.range.exceed(x)
             elif name == "recent":
                 stats[name] = self.recent.nearest(x)
             elif name == "step":
@@ -201,7 +251,7 @@ class StreamingDetector:
         """The point's surprise after damping repeats, and whether it raises an alarm."""
         if self.alarms and surprise <= max(self.alarms):
             surprise *= self.damp  # not above the recent points' surprise: a repeat of them
-        if 0 <= self.since_alarm < self.hold and surprise <= self.alarm_surprise:
+        if 0 <= self.since_alarm < self.hold and surprise <= self.alarm_surprise + self.margin:
             return 0.0, False  # within the hold of a larger alarm: part of its incident
         return surprise, surprise >= self.alarm
 
@@ -241,6 +291,8 @@ class StreamingDetector:
         if "recent" in self.feature_names:
             self.recent.add(x)
         self.values.add(x)
+        if "exceed" in self.feature_names:
+            self.range.add(x)
         self.alarms.append(surprise)
         self.seen += 1
         return score
@@ -260,8 +312,10 @@ class StreamingDetector:
             "settle": self.settle,
             "quiet": self.quiet,
             "damp": self.damp,
+            "span": self.span,
             "alarm": self.alarm,
             "hold": self.hold,
+            "margin": self.margin,
             "scale": self.scale,
         }
 
@@ -273,6 +327,7 @@ class StreamingDetector:
             "params": self.params(),
             "seen": self.seen,
             "values": self.values.to_list(),
+            "range": self.range.to_state(),
             "recent": self.recent.to_list(),
             "means": self.means.to_list(),
             "steps": self.steps.to_list(),
@@ -294,6 +349,7 @@ class StreamingDetector:
             _check(isinstance(seen, int) and not isinstance(seen, bool) and seen >= 0, "seen")
             d.seen = seen
             d.values = _Window(d.history, _floats(state["values"], d.history, "values"))
+            d.range = _Range.from_state(d.span, state["range"])
             d.recent = _Window(d.recent_len, _floats(state["recent"], d.recent_len, "recent"))
             d.means = _Window(d.history, _floats(state["means"], d.history, "means"))
             d.steps = _Window(d.history, _floats(state["steps"], d.history, "steps"))

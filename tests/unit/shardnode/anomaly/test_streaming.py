@@ -8,7 +8,14 @@ import math
 
 import numpy as np
 import pytest
-from chronoshard.shardnode.anomaly.streaming import FEATURES, StreamingDetector, WindowedGaussian, fisher
+from chronoshard.shardnode.anomaly.streaming import (
+    FEATURES,
+    RANGE_BLOCKS,
+    StreamingDetector,
+    WindowedGaussian,
+    _Range,
+    fisher,
+)
 
 N, AT, PERIOD, PROBATION = 2400, 2000, 96, 300
 ALARM = 0.4  # a score at or above this is an alarm in these tests (NAB's standard-profile sweep picks about 0.37)
@@ -140,6 +147,9 @@ def _corrupt_states(good: dict) -> list[object]:
         {**good, "since_alarm": True},
         {**good, "alarm_surprise": math.nan},
         {k: v for k, v in good.items() if k != "since_alarm"},
+        {**good, "range": {**good["range"], "blocks": [[2.0, 1.0]]}},
+        {**good, "range": {**good["range"], "count": 10**6}},
+        {**good, "range": {**good["range"], "blocks": [[0.0, 1.0]] * 65}},
         [1, 2, 3],
     ]
 
@@ -191,3 +201,16 @@ def test_fisher_combines_tail_probabilities() -> None:
     assert fisher([-math.log10(p1), -math.log10(p2)]) == pytest.approx(-math.log10(q * (1 - math.log(q))))
     assert fisher([0.0, 0.0, 0.0]) == pytest.approx(0.0)  # nothing unusual
     assert fisher([3.0, 3.0]) > fisher([3.0, 0.0]) > 0.0
+
+
+def test_the_long_range_remembers_beyond_the_history_and_forgets_after_its_span() -> None:
+    r = _Range(span=RANGE_BLOCKS * 10)  # blocks of 10 points
+    r.add(100.0)
+    for _ in range(RANGE_BLOCKS * 10 - 1):
+        r.add(0.0)
+    assert r.exceed(50.0) == 0.0 and r.exceed(130.0) == 30.0 and r.exceed(-5.0) == 5.0
+    for _ in range(10):
+        r.add(0.0)  # the block holding 100 falls out of the span
+    assert r.exceed(50.0) == 50.0
+    assert len(r.blocks) == RANGE_BLOCKS  # bounded memory
+    assert _Range(span=100).exceed(1.0) == 0.0  # nothing seen: nothing to exceed
