@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -251,10 +252,16 @@ class WindowDetector:
             from sklearn.ensemble import IsolationForest
 
             return IsolationForest(n_estimators=100, max_samples=min(256, len(z)), random_state=random_state).fit(z)
+        from sklearn.exceptions import ConvergenceWarning
         from sklearn.neural_network import MLPRegressor
 
         hidden = max(2, z.shape[1] // 3)
-        return MLPRegressor(hidden_layer_sizes=(hidden,), max_iter=400, random_state=random_state, tol=1e-4).fit(z, z)
+        net = MLPRegressor(hidden_layer_sizes=(hidden,), max_iter=400, random_state=random_state, tol=1e-4)
+        # Its reconstruction error is calibrated on the training windows, so a fit stopped early is a weaker model,
+        # never a mis-scaled one: not worth a warning on every background refit.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            return net.fit(z, z)
 
     @staticmethod
     def _multi_raw(multi: Any, model: str, z: np.ndarray) -> np.ndarray:
