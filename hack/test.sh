@@ -33,6 +33,10 @@ echo "[test] SeaweedFS S3 server for the object-storage tests (built once, then 
 CHRONOSHARD_S3_BIN="$(bash hack/s3.sh)"
 export CHRONOSHARD_S3_BIN
 
+echo "[test] Debian's Chromium for the console's browser tests (installed with apt-get once)"
+CHRONOSHARD_CHROMIUM="$(bash hack/chromium.sh)"
+export CHRONOSHARD_CHROMIUM
+
 echo "[test] static checks: ruff, layering, mypy"
 bash hack/lint.sh
 
