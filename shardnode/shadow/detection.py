@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,7 +45,11 @@ from .windows import due_windows, watermark, window_start
 log = logging.getLogger(__name__)
 
 GRACE_SECONDS = 2.0  # how late a change of a window may reach the shadow after the window ended
-MARGIN_WINDOWS = 2  # windows before an incident whose changes the impact analysis may look at
+# Windows before an incident whose changes the impact analysis looks at: a slow drip's first bad changes lie up to
+# the detector's sustained-count span before its alarm. Bounded in changes too (MAX_MARGIN_CHANGES).
+MARGIN_WINDOWS = SUSTAIN_WINDOWS + 5
+MAX_MARGIN_CHANGES = 200_000
+MAX_IDENTITIES = 1000  # identities whose usual share of a table's changes is kept (the most active)
 MAX_PENDING = 500_000  # changes held per table for windows not closed yet
 MAX_INCIDENT_CHANGES = 2_000_000
 RETRAIN_EVERY_WINDOWS = 30
@@ -81,6 +85,7 @@ class _Table:
     dropped: int = 0  # changes past MAX_PENDING (not scored)
     late: int = 0  # changes whose window had closed (not scored)
     recent: deque[tuple[float, list[ChangeObservation]]] = field(default_factory=lambda: deque(maxlen=MARGIN_WINDOWS))
+    recent_count: int = 0
     # The features of the last closed windows: a detector scores sustained counts over them (a slow drip).
     history: deque[WindowFeatures] = field(default_factory=lambda: deque(maxlen=SUSTAIN_WINDOWS))
     incident: _OpenIncident | None = None
@@ -93,6 +98,7 @@ class _Table:
     last_score: float | None = None
     identities: set[str | None] = field(default_factory=set)
     sizes: list[int] = field(default_factory=lambda: [0] * features.SIZE_BINS)
+    by_identity: Counter[str | None] = field(default_factory=Counter)  # overwrites and deletes of live values
 
 
 class Detection:
@@ -160,11 +166,10 @@ class Detection:
         try:
             if not stored.intact or not isinstance(state.get("context"), dict):
                 raise ValueError("its checksum does not match")
-            ids, sizes = _context_from_state(state["context"])
+            t.identities, t.sizes, t.by_identity = _context_from_state(state["context"])
         except ValueError as exc:
             self._fallback(table, t, str(exc))
             return
-        t.identities, t.sizes = ids, sizes
         if state.get("detector") is None:  # stored while the rules still decided: nothing more to load
             t.model = RuleDetector.fit(self._training(table))
             return
@@ -204,7 +209,7 @@ class Detection:
                 t.model = fitted
                 if trained:
                     t.state, t.reason, t.trained_at, t.trained_windows = "trained", None, now, len(clean)
-                context = _context_state(t.identities, t.sizes)
+                context = _context_state(t)
             self.store.save_model(name, {"detector": fitted.to_state() if isinstance(fitted, WindowDetector)
                                          else None, "context": context}, now, len(clean))
             done.append(name)
@@ -262,7 +267,7 @@ class Detection:
 
     def _close(self, table: str, t: _Table, start: float, end: float, changes: list[ChangeObservation],
                settings: AnomalySettings, now: float) -> tuple[StoredWindow, dict[str, Any] | None]:
-        ctx = _context(t.identities, t.sizes)
+        ctx = _context(t)
         wf = features.window_features(table, start, end, changes, ctx)
         sc = t.model.score(wf, list(t.history))
         t.history.append(wf)
@@ -288,7 +293,12 @@ class Detection:
                 event = self._impact(table, t.incident, "closed", settings, ctx)
                 t.incident = None
             self._learn(t, changes)
+        if len(t.recent) == t.recent.maxlen:
+            t.recent_count -= len(t.recent[0][1])
         t.recent.append((start, changes))
+        t.recent_count += len(changes)
+        while t.recent_count > MAX_MARGIN_CHANGES and len(t.recent) > 1:
+            t.recent_count -= len(t.recent.popleft()[1])
         t.since_training += 1
         incident_id = event["body"]["id"] if event is not None and anomalous else None
         return StoredWindow(table, start, end, wf.as_dict(), sc.score, sc.detector, _drivers_json(sc.drivers),
@@ -302,6 +312,10 @@ class Detection:
             t.identities.add(o.identity)
             if o.op == "put" and o.existed:
                 t.sizes[features.size_bin(o.size)] += 1
+            if o.existed and o.op in ("put", "delete"):
+                t.by_identity[o.identity] += 1
+        if len(t.by_identity) > MAX_IDENTITIES:
+            t.by_identity = Counter(dict(t.by_identity.most_common(MAX_IDENTITIES)))
 
     def _impact(self, table: str, inc: _OpenIncident, state: str, settings: AnomalySettings,
                 ctx: features.FeatureContext) -> dict[str, Any] | None:
@@ -329,7 +343,7 @@ class Detection:
             t = self._tables.get(table)
             start = window_start(now, settings.interval_seconds)
             pending = list(t.pending.get(start, [])) if t is not None else []
-            ctx = _context(t.identities, t.sizes) if t is not None else features.FeatureContext()
+            ctx = _context(t) if t is not None else features.FeatureContext()
             model: Detector = t.model if t is not None else RuleDetector()
             recent = list(t.history) if t is not None else []
         r = what_if(obs, pending, table=table, window_start=start, window_end=start + settings.interval_seconds,
@@ -345,30 +359,35 @@ def _drivers_json(drivers: Sequence[Driver]) -> list[dict[str, Any]]:
     return [{"feature": d.feature, "value": d.value, "usual": d.usual, "weight": d.weight} for d in drivers]
 
 
-def _context(identities: set[str | None], sizes: list[int]) -> features.FeatureContext:
-    """The features' context from what the quiet windows taught: identities seen, overwrite sizes' shares."""
-    total = sum(sizes)
-    hist = tuple(c / total for c in sizes) if total else (0.0,) * features.SIZE_BINS
-    return features.FeatureContext(frozenset(identities), hist)
+def _context(t: _Table) -> features.FeatureContext:
+    """The features' context from what the quiet windows taught: identities seen, overwrite sizes' shares, each
+    identity's share of the overwrites and deletes."""
+    total = sum(t.sizes)
+    hist = tuple(c / total for c in t.sizes) if total else (0.0,) * features.SIZE_BINS
+    n = sum(t.by_identity.values())
+    shares = tuple(sorted(((i, c / n) for i, c in t.by_identity.items()), key=lambda p: (p[0] is None, p[0] or "")))
+    return features.FeatureContext(frozenset(t.identities), hist, shares if n else ())
 
 
-def _context_state(identities: set[str | None], sizes: list[int]) -> dict[str, Any]:
-    return {"identities": sorted(i for i in identities if i is not None), "anonymous": None in identities,
-            "sizes": list(sizes)}
+def _context_state(t: _Table) -> dict[str, Any]:
+    return {"identities": sorted(i for i in t.identities if i is not None), "anonymous": None in t.identities,
+            "sizes": list(t.sizes), "byIdentity": [[i, c] for i, c in t.by_identity.items()]}
 
 
-def _context_from_state(state: dict[str, Any]) -> tuple[set[str | None], list[int]]:
+def _context_from_state(state: dict[str, Any]) -> tuple[set[str | None], list[int], Counter[str | None]]:
     """What ``_context_state`` wrote; ValueError when malformed."""
     try:
         ids: set[str | None] = {str(i) for i in state["identities"]}
         if state["anonymous"]:
             ids.add(None)
         sizes = [int(c) for c in state["sizes"]]
+        by_identity: Counter[str | None] = Counter({None if i is None else str(i): int(c)
+                                                    for i, c in state.get("byIdentity", [])})
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"malformed context: {exc}") from None
-    if len(sizes) != features.SIZE_BINS or min(sizes) < 0:
-        raise ValueError("malformed context: sizes")
-    return ids, sizes
+    if len(sizes) != features.SIZE_BINS or min(sizes) < 0 or min(by_identity.values(), default=0) < 0:
+        raise ValueError("malformed context: counts")
+    return ids, sizes, by_identity
 
 
 def _window_features(table: str, w: StoredWindow) -> WindowFeatures:

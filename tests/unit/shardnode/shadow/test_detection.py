@@ -200,3 +200,26 @@ def test_an_incident_open_for_too_many_windows_is_closed_and_a_new_one_begins(st
     assert [i["state"] for i in incidents] == ["open", "closed"]  # newest first
     first = incidents[1]
     assert sum(1 for w in store.windows("t") if w.incident == first["id"]) == MAX_INCIDENT_WINDOWS
+
+
+def test_each_identitys_usual_share_is_learned_and_kept_across_a_restart(store: AnomalyStore) -> None:
+    clock = Clock()
+    det = Detection(store, settings, clock=clock)
+    feed = Feed(det, clock)
+    seed_keys(feed)
+
+    def window(cron_keys: int, detector: Detection) -> float:
+        obs = [feed.put(f"k{feed.rng.randrange(200):03}", feed.text(), "app", feed.window + i * 0.5)
+               for i in range(19)]
+        obs += [feed.put(f"k{i:03}", feed.text(), "cron", feed.window + 30 + i * 0.01) for i in range(cron_keys)]
+        detector.observe(sorted(obs, key=lambda o: o.lsn))
+        feed.det = detector
+        feed.close()
+        return store.windows("t")[-1].features["identity_surprise"]
+
+    usual = max(window(1, det) for _ in range(10))  # cron's usual: one key in twenty
+    surprise = window(120, det)  # cron touching most of a window's keys
+    assert surprise > 5 * max(usual, 0.5), (usual, surprise)
+    det.retrain()  # stores the context with the shares
+    again = Detection(store, settings, clock=clock)
+    assert window(120, again) > 5 * max(usual, 0.5)
