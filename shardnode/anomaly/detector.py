@@ -100,7 +100,8 @@ def _matrix(windows: Sequence[WindowFeatures]) -> np.ndarray:
 
 def _counts(x: np.ndarray, spans: np.ndarray) -> np.ndarray:
     col = [FEATURE_NAMES.index(n) for n in SUSTAINED]
-    return x[:, col] * spans[:, None]
+    out: np.ndarray = x[:, col] * spans[:, None]
+    return out
 
 
 def _sustained(x: np.ndarray, spans: np.ndarray, prefix: np.ndarray) -> np.ndarray:
@@ -108,7 +109,8 @@ def _sustained(x: np.ndarray, spans: np.ndarray, prefix: np.ndarray) -> np.ndarr
     allc = np.vstack([prefix, _counts(x, spans)])
     csum = np.vstack([np.zeros((1, allc.shape[1])), np.cumsum(allc, axis=0)])
     idx = np.arange(len(prefix), len(allc)) + 1
-    return csum[idx] - csum[np.maximum(idx - SUSTAIN_WINDOWS, 0)]
+    out: np.ndarray = csum[idx] - csum[np.maximum(idx - SUSTAIN_WINDOWS, 0)]
+    return out
 
 
 def _checksum(payload: Mapping[str, Any]) -> str:
