@@ -93,6 +93,8 @@ def value_view(doc: Obj, download: str) -> dict[str, Any]:
     except UnicodeDecodeError:
         # A multi-byte character cut at 4 KiB is still text: retry without the last incomplete bytes.
         text = _cut_text(head) if len(raw) > PREVIEW_BYTES else None
+    if text is not None and any(ord(c) < 32 and c not in "\t\n\r" or c == "\x7f" for c in text):
+        text = None  # valid UTF-8 but control bytes (NULs, escapes): binary, shown as hex
     return {"lsn": doc.get("lsn"), "time": doc.get("time"), "size": doc.get("size", len(raw)),
             "text": text, "hex": None if text is not None else hex_dump(head),
             "truncated": len(raw) > PREVIEW_BYTES, "download": download}
