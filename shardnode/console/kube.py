@@ -7,6 +7,7 @@ certificate: with one, the API server would authenticate the console instead of 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import ssl
 from typing import Any
@@ -17,6 +18,7 @@ from chronoshard.shardnode.auth.apiserver import ApiServerConnection
 
 GROUP, VERSION = "chronoshard.io", "v1alpha1"
 TIMEOUT_S = 10.0
+RETRIES, RETRY_PAUSE_S = 3, 0.25
 PLURALS = ("shardsets", "shadowpolicies", "reversions", "keyrotations")
 
 
@@ -61,6 +63,17 @@ class UserKube:
 
     async def _call(self, token: str, method: str, path: str, body: Any = None,
                     content_type: str = "application/json") -> dict[str, Any]:
+        for attempt in range(RETRIES + 1):
+            try:
+                return await self._once(token, method, path, body, content_type)
+            except KubeError as exc:
+                # 429 and 503 ("storage is (re)initializing", throttling) ask to come back; a read is safe to resend.
+                if method != "GET" or exc.status not in (429, 503) or attempt == RETRIES:
+                    raise
+                await asyncio.sleep(RETRY_PAUSE_S * (attempt + 1))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _once(self, token: str, method: str, path: str, body: Any, content_type: str) -> dict[str, Any]:
         headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
         data = None
         if body is not None:
