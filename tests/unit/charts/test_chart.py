@@ -189,8 +189,9 @@ def test_optional_objects_appear_only_when_enabled() -> None:
     hardened = render("--values", str(CHART / "ci" / "hardened-values.yaml"))
     (monitor,) = by_kind(hardened, "ServiceMonitor")
     assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
-    (policy,) = by_kind(hardened, "NetworkPolicy")
-    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    policies = by_kind(hardened, "NetworkPolicy")
+    assert len(policies) == 2  # the operator's and the console's (on in the hardened values)
+    assert all(p["spec"]["policyTypes"] == ["Ingress", "Egress"] for p in policies)
     (dashboard,) = by_kind(hardened, "ConfigMap")
     assert dashboard["data"]["chronoshard-operator.json"].strip() == (
         CHART / "dashboards" / "chronoshard-operator.json").read_text().strip()
@@ -295,7 +296,7 @@ def test_operator_network_policy_reaches_the_shard_pods_and_they_admit_it() -> N
     from chronoshard.operator.shardset import tlsassets
 
     docs = render("--values", str(CHART / "ci" / "hardened-values.yaml"))
-    (policy,) = by_kind(docs, "NetworkPolicy")
+    (policy,) = [p for p in by_kind(docs, "NetworkPolicy") if not p["metadata"]["name"].endswith("-console")]
     shard_labels = naming.common_labels("orders", "shard")
     to_shards = [r for r in policy["spec"]["egress"] if r.get("to")]
     assert len(to_shards) == 1
@@ -303,7 +304,7 @@ def test_operator_network_policy_reaches_the_shard_pods_and_they_admit_it() -> N
     assert peer["namespaceSelector"] == {}
     assert peer["podSelector"]["matchLabels"].items() <= shard_labels.items()
     assert sorted(p["port"] for p in to_shards[0]["ports"]) == sorted(PORTS.values())
-    (deploy,) = by_kind(docs, "Deployment")
+    (deploy,) = [d for d in by_kind(docs, "Deployment") if not d["metadata"]["name"].endswith("-console")]
     pod_labels = deploy["spec"]["template"]["metadata"]["labels"]
     assert tlsassets.OPERATOR_NAME_LABEL.items() <= pod_labels.items()
     env = {e["name"] for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]}
