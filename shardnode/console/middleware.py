@@ -52,6 +52,13 @@ async def session_middleware(request: web.Request, handler: Handler) -> web.Stre
         if needs_csrf(request.method, request.path) and not session.csrf_matches(request.headers.get(CSRF_HEADER)):
             raise ApiError(403, "csrf", f"missing or wrong {CSRF_HEADER} header (GET /api/v1/session gives it)")
         request[SESSION] = session
+        try:
+            return await handler(request)
+        except ApiError as exc:
+            if exc.status == 401:
+                # The API server no longer accepts the user's token (expired, revoked): the session ends with it.
+                request.app[CONSOLE].sessions.delete(request.cookies.get(COOKIE))
+            raise
     return await handler(request)
 
 

@@ -328,6 +328,22 @@ async def test_approve_patches_for_an_allowed_user_only_and_checks_the_digest(wo
         assert reversion(world)["spec"]["approve"] == DIGEST
 
 
+async def test_the_session_ends_when_kubernetes_no_longer_accepts_the_users_token(world, k8s_client):
+    core = client.CoreV1Api(k8s_client)
+    rbac.service_account(core, world.namespace, "leaver")
+    token = rbac.token(core, world.namespace, "leaver", None)
+    world.secrets.append(token)
+    async with browser(world) as b:
+        assert (await b.sign_in(token))[0] == 200
+        core.delete_namespaced_service_account("leaver", world.namespace)  # its tokens die with it
+
+        async def refused() -> bool:
+            return (await b.call("GET", "/api/v1/shardsets"))[0] == 401
+
+        await wait_for_async(refused, what="the API server to refuse the deleted account's token")
+        assert (await b.call("GET", "/api/v1/session"))[0] == 401
+
+
 async def test_no_credential_is_in_the_console_log(world, tmp_path):
     # Run after the others (file order): their tokens, cookies and CSRF tokens are all in world.secrets.
     async with shard(world, tmp_path), browser(world, "reader") as b:
