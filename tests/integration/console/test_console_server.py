@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import ssl
+import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -342,6 +344,37 @@ async def test_the_session_ends_when_kubernetes_no_longer_accepts_the_users_toke
 
         await wait_for_async(refused, what="the API server to refuse the deleted account's token")
         assert (await b.call("GET", "/api/v1/session"))[0] == 401
+
+
+async def test_over_tls_the_cookie_is_secure_and_plain_http_is_refused_without_insecure(world, tmp_path):
+    port = free_port()
+    argv = [sys.executable, "-m", "chronoshard.shardnode.console.main", "--host", "127.0.0.1", "--port", str(port),
+            "--kubeconfig", str(world.shard_kubeconfig), "--service-account", f"{world.namespace}/console"]
+    refused = subprocess.run(argv, capture_output=True, timeout=60)
+    assert refused.returncode != 0 and b"--tls-dir" in refused.stderr
+    proc = subprocess.Popen([*argv, "--tls-dir", str(world.tls_dir)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    ctx = ssl.create_default_context(cafile=str(world.tls_dir / "ca.crt"))
+    url = f"https://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx),
+                                         cookie_jar=aiohttp.CookieJar(unsafe=True)) as s:
+            async def ready() -> bool:
+                try:
+                    async with s.get(url + "/readyz") as r:
+                        return r.status == 200
+                except aiohttp.ClientError:
+                    return False
+
+            await wait_for_async(ready, what="the console to serve HTTPS")
+            async with s.post(url + "/api/v1/session", json={"token": world.tokens["reader"]}) as r:
+                assert r.status == 200, await r.text()
+                cookie = r.cookies["chronoshard_console"]
+                assert cookie["secure"] and cookie["httponly"] and cookie["samesite"] == "Strict"
+                world.secrets.append(cookie.value)
+    finally:
+        proc.terminate()
+        proc.wait(15)
 
 
 async def test_no_credential_is_in_the_console_log(world, tmp_path):
