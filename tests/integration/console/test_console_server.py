@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import random
 import ssl
 import subprocess
 import sys
@@ -208,13 +210,13 @@ async def browser(world: World, user: str | None = None) -> AsyncIterator[Browse
 
 
 @contextlib.asynccontextmanager
-async def shard(world: World, tmp: Path) -> AsyncIterator[str]:
+async def shard(world: World, tmp: Path, settings: dict[str, Any] | None = None) -> AsyncIterator[str]:
     """A node (open, in-process) and its shadow on the pod's address, secured as a pod's: TLS with the ShardSet's
     certificate, TokenReview/SubjectAccessReview for every call. Writes k1 twice in t and a secret in u."""
     kdir = keyring_dir(tmp)
     node_app = create_node(NodeConfig(data_dir=tmp / "data", keyring_dir=kdir))
     async with serve(node_app) as node_url, aiohttp.ClientSession() as s:
-        app = create_shadow(shadow_config(tmp, node_url, kdir, {"tables": ["t", "u"]}))
+        app = create_shadow(shadow_config(tmp, node_url, kdir, {"tables": ["t", "u"], **(settings or {})}))
         cfg = parse_security_config(rbac.security_doc(world.namespace))
         secure_app(app, cfg, ApiServer(load_connection(str(world.shard_kubeconfig))), "shadow")
         async with serve(app, tls.install(app, world.tls_dir), port=world.shadow_port):
@@ -228,6 +230,13 @@ async def shard(world: World, tmp: Path) -> AsyncIterator[str]:
             await wait_for_async(lambda: sv.capture is not None and sv.capture.position >= lsn,
                                  what="the shadow to capture the writes")
             yield node_url
+
+
+async def put_all(node_url: str, table: str, values: dict[str, bytes]) -> None:
+    async with aiohttp.ClientSession() as s:
+        for key, value in values.items():
+            async with s.put(f"{node_url}/v1/tables/{table}/blocks/{key}", data=value) as r:
+                assert r.status == 200, await r.text()
 
 
 def reversion(world: World) -> dict[str, Any]:
@@ -307,6 +316,37 @@ async def test_data_needs_the_users_rbac_on_the_table(world, tmp_path):
             (NAME, ["t", "u"], f"{NAME}-shadow")], doc
         status, doc = await reader.call("GET", f"/api/v1/namespaces/{ns}/shardsets/{NAME}")
         assert status == 200 and [r["name"] for r in doc["reversions"]] == ["undo"], doc
+
+
+async def test_an_incident_shows_on_the_merged_timeline_and_its_keys_are_listed(world, tmp_path):
+    rng = random.Random(3)
+    words = ["order", "paid", "shipped", "customer", "amount", "sku", "note"]
+    originals = {f"k{i:02}": json.dumps({w: rng.choice(words) for w in rng.sample(words, 4)}).encode() * 4
+                 for i in range(60)}
+    base = f"/api/v1/namespaces/{world.namespace}/shardsets/{NAME}/tables/t"
+    async with shard(world, tmp_path, {"anomaly": {"intervalSeconds": 1}}) as node_url, \
+            browser(world, "reader") as b:
+        await put_all(node_url, "t", originals)
+        await asyncio.sleep(3.5)  # a few quiet windows close before the attack
+        attacked = sorted(originals)[10:40]
+        await put_all(node_url, "t", {k: os.urandom(256) for k in attacked})
+
+        async def incident() -> dict[str, Any] | None:
+            status, doc = await b.call("GET", f"{base}/timeline")
+            assert status == 200, doc
+            done = [i for i in doc["incidents"] if i.get("state") == "closed"]
+            return {**doc, "closed": done[0]} if done else None
+
+        doc = await wait_for_async(incident, timeout=30, what="a closed incident on the console's timeline")
+        inc = doc["closed"]
+        assert inc["shard"] == 0 and any(w["incident"] == inc["id"] and w["shard"] == 0 for w in doc["windows"])
+        starts = [w["start"] for w in doc["windows"]]
+        assert starts == sorted(starts)
+        status, page = await b.call("GET", f"{base}/incidents/0/{inc['id']}")
+        assert status == 200, page
+        assert [k["key"] for k in page["keys"]] == attacked[:100] and page["next"] is None
+        status, page = await b.call("GET", f"{base}/incidents/0/t.999999")
+        assert (status, page["error"]) == (404, "not_found"), page
 
 
 async def test_approve_patches_for_an_allowed_user_only_and_checks_the_digest(world):
