@@ -30,6 +30,7 @@ from chronoshard.shardnode.client.errors import (
 from chronoshard.shardnode.client.errors import Unauthenticated as ShardUnauthenticated
 from chronoshard.shardnode.client.history import HistoryClient
 from chronoshard.shardnode.serving.http_common import ApiError, check_key, json_body, table_param
+from kubernetes.client.exceptions import ApiException
 
 from . import views
 from .access import data_attributes, reversion_attributes
@@ -115,6 +116,9 @@ def shard_errors(what: str) -> Iterator[None]:
         raise ApiError(502, "shard_unavailable", f"{what}: {exc}") from None
     except ChronoshardError as exc:  # a TokenRequest for the console's token failed, and the like
         raise ApiError(502, "shard_unavailable", f"{what}: {exc}") from None
+    except ApiException as exc:  # re-listing a replaced shard's pods failed
+        raise ApiError(502, "kubernetes_unavailable", f"{what}: the Kubernetes API answered HTTP {exc.status} "
+                       f"{exc.reason}") from None
 
 
 async def _allowed(request: web.Request, namespace: str, attrs: ReviewAttributes) -> bool:
@@ -158,6 +162,7 @@ async def sign_in(request: web.Request) -> web.StreamResponse:
     if not status.get("authenticated") or not user.get("username"):
         log.info("sign-in refused: the TokenReview did not authenticate the token")
         raise ApiError(401, "unauthenticated", "the Kubernetes API did not accept this token")
+    console.sessions.delete(request.cookies.get(COOKIE))  # a new id on every sign-in: no session fixation
     sid, session = console.sessions.create(str(user["username"]),
                                            tuple(str(g) for g in user.get("groups") or ()), token)
     log.info("signed in: %s", session.user)
@@ -295,6 +300,10 @@ async def _shard_get(h: HistoryClient, shard: int, path: str, params: dict[str, 
                      ) -> dict[str, Any]:
     url, status, payload = await h.call(shard, path, params=params)
     raise_for(status, payload, url, table, None, h.transport.credentials)
+    return _json_object(url, payload)
+
+
+def _json_object(url: str, payload: bytes) -> dict[str, Any]:
     try:
         doc = json.loads(payload)
     except ValueError:
@@ -341,7 +350,7 @@ async def incident(request: web.Request) -> web.StreamResponse:
         if status == 404:
             raise ApiError(404, "not_found", f"no incident {ident} of table {table} on shard {shard}")
         raise_for(status, payload, url, table, None, h.transport.credentials)
-        page = json.loads(payload)
+        page = _json_object(url, payload)
         keys = list(page.get("keys") or [])
     policy = await _policy(request, ns, name)
     found = next((a for a in ((policy or {}).get("status") or {}).get("anomalies") or []

@@ -16,8 +16,10 @@ from typing import Any
 from chronoshard.shardnode.client.cli_tokens import ServiceAccountToken
 from chronoshard.shardnode.client.credentials import Credentials, TokenSource, audience
 from chronoshard.shardnode.client.discovery import ConfigMapMap, ShardSetPods, shardset_ca
+from chronoshard.shardnode.client.errors import Unavailable
 from chronoshard.shardnode.client.history import SHADOW_PORT, HistoryClient
 from chronoshard.shardnode.client.transport import Transport
+from kubernetes.client.exceptions import ApiException
 
 MAX_SHARDSETS = 256
 
@@ -69,12 +71,17 @@ class ShardClients:
                              transport=transport, timeout=self.timeout, rediscover=pods.refresh)
 
     async def get(self, namespace: str, name: str) -> HistoryClient:
-        """The client of ShardSet ``namespace/name``."""
+        """The client of ShardSet ``namespace/name``; Unavailable when its pods or CA cannot be read."""
         key = (namespace, name)
         async with self._lock:
             client = self._clients.get(key)
             if client is None:
-                client = await asyncio.to_thread(self._build, namespace, name)
+                try:
+                    client = await asyncio.to_thread(self._build, namespace, name)
+                except ApiException as exc:
+                    # Status and reason only: the exception's text carries the API server's whole answer.
+                    raise Unavailable(f"the pods of ShardSet {namespace}/{name}",
+                                      f"the Kubernetes API answered HTTP {exc.status} {exc.reason}") from None
                 self._clients[key] = client
                 while len(self._clients) > MAX_SHARDSETS:
                     _, old = self._clients.popitem(last=False)

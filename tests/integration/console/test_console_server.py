@@ -262,6 +262,14 @@ async def test_sign_in_with_a_real_token_and_a_bad_token_is_401(world):
         (cookie,) = list(b.session.cookie_jar)
         assert cookie.key == "chronoshard_console" and cookie["httponly"] and cookie["samesite"] == "Strict"
         assert cookie.value not in (world.tokens["reader"], doc["csrfToken"])
+        # Signing in again gives a new session and ends the one the browser had.
+        old = cookie.value
+        assert (await b.sign_in(world.tokens["reader"]))[0] == 200
+        (cookie,) = list(b.session.cookie_jar)
+        assert cookie.value != old
+        async with aiohttp.ClientSession(cookies={"chronoshard_console": old}) as s, \
+                s.get(world.url + "/api/v1/session") as r:
+            assert r.status == 401
 
 
 async def test_state_changing_requests_need_the_csrf_token_and_change_nothing_without_it(world):
