@@ -386,7 +386,8 @@ async def _value_at(request: web.Request) -> tuple[str, str, str, str, dict[str,
 async def value(request: web.Request) -> web.StreamResponse:
     """GET .../keys/{key}/value?time=|lsn=: the value then, as text or a hex dump (the first 4 KiB)."""
     _, _, _, _, doc, query = await _value_at(request)
-    return web.json_response(views.value_view(doc, f"{request.path}/raw?{query}"))
+    # The raw (still percent-encoded) path: a key with a space or "?" must stay encoded in the link.
+    return web.json_response(views.value_view(doc, f"{request.rel_url.raw_path}/raw?{query}"))
 
 
 async def value_raw(request: web.Request) -> web.StreamResponse:

@@ -223,7 +223,8 @@ async def shard(world: World, tmp: Path, settings: dict[str, Any] | None = None)
             sv = app[SHADOW]
             await wait_for_async(lambda: sv.capture is not None and sv.capture.seeds > 0, what="the first seed")
             lsn = 0
-            for table, key, value in (("t", "k1", b"first"), ("t", "k1", b"second \xff\x00"), ("u", "s", b"secret")):
+            for table, key, value in (("t", "k1", b"first"), ("t", "k1", b"second \xff\x00"), ("u", "s", b"secret"),
+                                      ("t", "a%20b%3F", b"spaced")):
                 async with s.put(f"{node_url}/v1/tables/{table}/blocks/{key}", data=value) as r:
                     assert r.status == 200, await r.text()
                     lsn = int((await r.json())["lsn"])
@@ -303,9 +304,16 @@ async def test_data_needs_the_users_rbac_on_the_table(world, tmp_path):
             assert r.status == 200 and await r.read() == b"second \xff\x00"
             assert r.headers["Content-Disposition"].startswith("attachment")
         status, doc = await reader.call("GET", f"{base}/t/state")
-        assert status == 200 and [(e["key"], e["shard"]) for e in doc["entries"]] == [("k1", 0)], doc
+        assert status == 200 and [(e["key"], e["shard"]) for e in doc["entries"]] == [("a b?", 0), ("k1", 0)], doc
         status, doc = await reader.call("GET", f"{base}/t/diff?from=0")
-        assert status == 200 and [e["key"] for e in doc["entries"]] == ["k1"], doc
+        assert status == 200 and [e["key"] for e in doc["entries"]] == ["a b?", "k1"], doc
+        # A key is one percent-encoded path segment, and stays encoded in the download link.
+        status, doc = await reader.call("GET", f"{base}/t/keys/a%20b%3F/history")
+        assert status == 200 and len(doc["versions"]) == 1, doc
+        status, doc = await reader.call("GET", f"{base}/t/keys/a%20b%3F/value?lsn={doc['versions'][0]['lsn']}")
+        assert status == 200 and doc["text"] == "spaced" and "/keys/a%20b%3F/value/raw?" in doc["download"], doc
+        async with reader.session.get(world.url + doc["download"]) as r:
+            assert r.status == 200 and await r.read() == b"spaced"
         status, doc = await reader.call("GET", f"{base}/t/timeline")
         assert status == 200 and isinstance(doc["windows"], list), doc
         # Table u: the reader has no RBAC on it; the console could read it (its own identity may), and must not.
