@@ -228,6 +228,7 @@
     charts.forEach((c) => c.destroy());
     charts = [];
     alertBox("");
+    status("");
     const { parts: p, params } = parseHash();
     // #/ns/NS/shardsets/NAME[/tables/T/(timeline|incidents/SHARD/ID|keys/KEY|diff|state)] | #/ns/NS/reversions/N
     if (p.length === 0) return viewShardSets(params);
@@ -346,11 +347,18 @@
         section("Reversions", table("Reversions", ["Name", "Phase", "Digest", "Keys", "Progress", "Incident"],
           (s.reversions || []).map((r) => [link(route("ns", ns, "reversions", r.name), r.name), r.phase || "—",
             h("code", {}, (r.digest || "").slice(0, 12) || "—"), jsonText(r.keys), progressText(r.progress),
-            jsonText(r.incident)]), "No Reversions.")),
+            incidentLink(ns, name, r.incident)]), "No Reversions.")),
         section("Mirrors and forecast splits", h("p", { class: "placeholder" },
           "Mirror health and failover state: coming with MirrorSet. Forecast splits and their woven snapshots: " +
           "coming with WeavePlan.")));
     }));
+  }
+
+  // A Reversion's spec.incident ({id, shard, table}) as a link to its impact.
+  function incidentLink(ns, shardset, inc) {
+    if (!inc || typeof inc !== "object" || !inc.id || !inc.table || !shardset) return inc ? jsonText(inc) : "—";
+    return link(route("ns", ns, "shardsets", shardset, "tables", inc.table, "incidents", String(inc.shard ?? 0),
+      inc.id), inc.id + " (table " + inc.table + ", shard " + (inc.shard ?? 0) + ")");
   }
 
   function progressText(p) {
@@ -477,7 +485,8 @@
     const keysBody = h("div", {});
     mount("Impact of incident " + id, part(async () => {
       const first = await api("GET", path);
-      const inc = first.incident || {};
+      const inc = Object.assign({}, first.incident || {}, await shadowIncident(ns, name, t, shard, id,
+        first.incident || {}));
       const rev = part(async () => {
         const s = await api("GET", ssPath(ns, name));
         const row = (s.anomalies || []).find((a) => a.id === id && String(a.shard) === String(shard));
@@ -502,6 +511,19 @@
           "No drivers recorded.")),
         section("Keys changed", keysBody));
     }));
+  }
+
+  // The shard's own record of the incident (exact times, the known-good LSN, drivers), from the table's timeline
+  // around the policy's row; {} when the span no longer holds it.
+  async function shadowIncident(ns, name, t, shard, id, row) {
+    const lo = parseTime(row.startTime), hi = parseTime(row.endTime);
+    try {
+      const data = await api("GET", tablePath(ns, name, t) + "/timeline" + qs({
+        from: isNaN(lo) ? "" : String(lo - 120), to: isNaN(hi) ? "" : String(hi + 120) }));
+      return (data.incidents || []).find((i) => i.id === id && String(i.shard) === String(shard)) || {};
+    } catch (e) {
+      return {};
+    }
   }
 
   // One page of an incident's keys, and a button for the next page.
@@ -576,17 +598,39 @@
           if (mine === seq) valueBox.removeAttribute("aria-busy");
         }
       }
+      // The version in effect at a time, from the history itself (asked for by its LSN: exact, whatever the
+      // rounding of a time between the shadow, JSON and the slider).
+      const versionAt = (t0) => {
+        let found = null;
+        for (const v of versions) if (v.time <= t0 + 1e-6) found = v;
+        return found;
+      };
+      const showAt = (t0) => {
+        const v = versionAt(t0);
+        if (!v && versions.length >= 1000) {
+          show({ time: String(t0) }); // a long history is cut: its older versions are not in the list
+        } else if (!v) {
+          ++seq;
+          valueBox.replaceChildren(h("p", { class: "empty" }, "The key did not exist yet at that time."));
+        } else if (v.op === "delete") {
+          ++seq;
+          valueBox.replaceChildren(h("p", { class: "empty" }, "The key was deleted at that time (LSN " + v.lsn +
+            ", " + fmtTime(v.time) + ")."));
+        } else {
+          show({ lsn: String(v.lsn) });
+        }
+      };
       const onMove = () => {
         const t0 = Number(slider.value);
         readout.textContent = fmtTime(t0);
         slider.setAttribute("aria-valuetext", fmtTime(t0));
         clearTimeout(debounce);
-        debounce = setTimeout(() => show({ time: String(t0) }), 150);
+        debounce = setTimeout(() => showAt(t0), 150);
       };
       slider.addEventListener("input", onMove);
       slider.addEventListener("change", onMove);
       slider.setAttribute("aria-valuetext", fmtTime(start));
-      show({ time: String(start) });
+      showAt(start);
       return h("div", {},
         h("div", { class: "slider" },
           h("label", { for: "time-slider" }, "Value at time"), slider, readout,
@@ -690,7 +734,7 @@
           r.phase || "—")],
         ["ShardSet", ref ? link(route("ns", ns, "shardsets", ref), ns + "/" + ref) : "—"],
         ["Point in time", jsonText(spec.pointInTime)],
-        ["Incident", jsonText(spec.incident)],
+        ["Incident", incidentLink(ns, ref, spec.incident)],
         ["Tables", (spec.tables || []).join(", ") || "all"],
         ["Digest", h("code", { id: "digest", class: "digest" }, r.digest || "—")],
         ["Progress", h("span", { id: "progress" }, progressText(r.progress))]]),
