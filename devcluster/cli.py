@@ -1,4 +1,5 @@
-"""``chronoshard-dev``: a local cluster without containers (control plane + operator + process node agent).
+"""``chronoshard-dev``: a local cluster without containers (control plane + operator + recovery console + process
+node agent).
 
     chronoshard-dev up        start (or reuse) everything; prints how to use kubectl
     chronoshard-dev status    what runs, by PID
@@ -35,7 +36,32 @@ from .nodeagent.process import ProcessRecord, descendants, proc_start_time
 
 DEFAULT_STATE = Path.home() / ".cache" / "chronoshard" / "dev"
 NODE_NAME = "chronoshard-dev"
-COMPONENTS = ("controlplane", "operator", "nodeagent")
+COMPONENTS = ("controlplane", "operator", "nodeagent", "console")
+OPTIONAL = ("operator", "console")  # `up --no-operator` / `--no-console` leave these out
+CONSOLE_NAMESPACE, CONSOLE_ACCOUNT = "chronoshard-system", "chronoshard-console"
+# What the chart gives the console's ServiceAccount (charts/chronoshard/templates/console.yaml), applied by `up`:
+# review tokens and rights, find the shard pods, read their shadows as itself, tokens of itself only.
+CONSOLE_RBAC = [
+    {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": CONSOLE_NAMESPACE}},
+    {"apiVersion": "v1", "kind": "ServiceAccount",
+     "metadata": {"name": CONSOLE_ACCOUNT, "namespace": CONSOLE_NAMESPACE}},
+    {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": CONSOLE_ACCOUNT},
+     "rules": [{"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
+               {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]},
+               {"apiGroups": [""], "resources": ["pods", "configmaps"], "verbs": ["get", "list"]},
+               {"apiGroups": ["chronoshard.io"], "resources": ["shardsets/data"], "verbs": ["get", "list"]}]},
+    {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": CONSOLE_ACCOUNT},
+     "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": CONSOLE_ACCOUNT},
+     "subjects": [{"kind": "ServiceAccount", "name": CONSOLE_ACCOUNT, "namespace": CONSOLE_NAMESPACE}]},
+    {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+     "metadata": {"name": f"{CONSOLE_ACCOUNT}-token", "namespace": CONSOLE_NAMESPACE},
+     "rules": [{"apiGroups": [""], "resources": ["serviceaccounts/token"], "resourceNames": [CONSOLE_ACCOUNT],
+                "verbs": ["create"]}]},
+    {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+     "metadata": {"name": f"{CONSOLE_ACCOUNT}-token", "namespace": CONSOLE_NAMESPACE},
+     "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": f"{CONSOLE_ACCOUNT}-token"},
+     "subjects": [{"kind": "ServiceAccount", "name": CONSOLE_ACCOUNT, "namespace": CONSOLE_NAMESPACE}]},
+]
 
 
 class DevError(Exception):
@@ -149,6 +175,55 @@ def _wait_node_ready(info: dict[str, Any], agent: dict[str, int], timeout: float
     raise DevError(f"node {NODE_NAME} not Ready within {timeout:.0f}s; see {log}")
 
 
+def _ensure_operator(state: Path, procs: dict[str, Any], env: dict[str, str], venv_bin: Path,
+                     fresh_cp: bool) -> None:
+    """Start the operator unless it runs (restarted with a fresh control plane)."""
+    if fresh_cp:
+        _stop(procs.get("operator"), 10)
+    if _alive(procs.get("operator")):
+        return
+    operator = shutil.which("chronoshard-operator", path=str(venv_bin)) or "chronoshard-operator"
+    procs["operator"] = _spawn([operator, "--all-namespaces", "--verbose", "--metrics-host", "127.0.0.1",
+                                "--metrics-port", str(free_port())], state / "logs" / "operator.log", env)
+    _say(f"started the operator (log: {state / 'logs' / 'operator.log'})")
+
+
+def _check_started(state: Path, procs: dict[str, Any], args: argparse.Namespace) -> None:
+    """The operator (and the console) still run a moment after starting."""
+    time.sleep(0.5)
+    if not _alive(procs.get("operator")):
+        raise DevError(f"the operator exited; see {state / 'logs' / 'operator.log'}")
+    if args.console and not _alive(procs.get("console")):
+        raise DevError(f"the console exited (is port {args.console_port} taken? --console-port); see "
+                       f"{state / 'logs' / 'console.log'}")
+
+
+def _ensure_console(state: Path, procs: dict[str, Any], info: dict[str, Any], env: dict[str, str], venv_bin: Path,
+                    fresh_cp: bool, port: int) -> None:
+    """Start the console unless it runs (restarted with a fresh control plane)."""
+    if fresh_cp:
+        _stop(procs.get("console"), 10)
+    if not _alive(procs.get("console")):
+        procs["console"] = _start_console(state, info, env, venv_bin, port)
+
+
+def _start_console(state: Path, info: dict[str, Any], env: dict[str, str], venv_bin: Path,
+                   port: int) -> dict[str, int]:
+    """Apply the console's ServiceAccount and RBAC, then run ``chronoshard-console`` on loopback (plain HTTP:
+    it never leaves this machine) with the cluster's admin kubeconfig as its own identity."""
+    out = subprocess.run([*_kubectl_argv(info), "apply", "-f", "-"], input=json.dumps(
+        {"apiVersion": "v1", "kind": "List", "items": CONSOLE_RBAC}), capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise DevError(f"could not apply the console's ServiceAccount and RBAC: {out.stderr.strip()}")
+    console = shutil.which("chronoshard-console", path=str(venv_bin)) or "chronoshard-console"
+    log = state / "logs" / "console.log"
+    entry = _spawn([console, "--host", "127.0.0.1", "--port", str(port), "--insecure",
+                    "--kubeconfig", info["kubeconfig"], "--service-account",
+                    f"{CONSOLE_NAMESPACE}/{CONSOLE_ACCOUNT}"], log, env)
+    _say(f"started the recovery console on http://127.0.0.1:{port}/ (log: {log})")
+    return entry
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     """Start (or reuse) the control plane, the operator and the node agent."""
     state: Path = args.state_dir
@@ -180,16 +255,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         venv_bin = Path(sys.executable).parent
 
         if args.operator:
-            if fresh_cp:
-                _stop(procs.get("operator"), 10)
-            if not _alive(procs.get("operator")):
-                operator = shutil.which("chronoshard-operator", path=str(venv_bin)) or "chronoshard-operator"
-                procs["operator"] = _spawn(
-                    [operator, "--all-namespaces", "--verbose", "--metrics-host", "127.0.0.1",
-                     "--metrics-port", str(free_port())],
-                    state / "logs" / "operator.log", env,
-                )
-                _say(f"started the operator (log: {state / 'logs' / 'operator.log'})")
+            _ensure_operator(state, procs, env, venv_bin, fresh_cp)
         if fresh_cp:
             _stop(procs.get("nodeagent"), 10)
         agent_log = state / "logs" / "nodeagent.log"
@@ -202,13 +268,16 @@ def cmd_up(args: argparse.Namespace) -> int:
                 agent_log, env,
             )
             _say(f"started the node agent (log: {agent_log})")
+        if args.operator and args.console:
+            _ensure_console(state, procs, info, env, venv_bin, fresh_cp, args.console_port)
         write_json_atomic(state / "dev.json", data)
         _wait_node_ready(info, procs["nodeagent"], args.timeout, agent_log)
         if args.operator:
-            time.sleep(0.5)
-            if not _alive(procs.get("operator")):
-                raise DevError(f"the operator exited; see {state / 'logs' / 'operator.log'}")
+            _check_started(state, procs, args)
     kubectl = Path(info["bin_dir"]) / "kubectl"
+    if args.operator and args.console:
+        print(f"recovery console: http://127.0.0.1:{args.console_port}/ (sign in with a token, e.g. "
+              f"`kubectl create token NAME -n NAMESPACE` of a ServiceAccount with rights on your ShardSets)")
     print(
         f"local cluster is up (API server {info['server']}, node {NODE_NAME}).\n"
         f"  export KUBECONFIG={info['kubeconfig']}\n"
@@ -266,6 +335,7 @@ def cmd_down(args: argparse.Namespace) -> int:
             time.sleep(0.1)
         for rec in records:
             rec.kill_group()
+        _stop(procs.get("console"), 10)
         _stop(procs.get("operator"), 10)
         _stop(procs.get("controlplane"), 30)
         for entry in (data.get("controlplane") or {}).get("components", {}).values():
@@ -313,7 +383,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     ok = True
     for name, entry in rows:
         running = _alive(entry)
-        ok &= running or (name == "operator" and entry is None)
+        ok &= running or (name in OPTIONAL and entry is None)
         pid = entry["pid"] if entry else "-"
         print(f"{name:26} {'running' if running else 'stopped':8} pid {pid}")
     containers = [r for r in _container_records(args.state_dir) if r.alive()]
@@ -370,6 +440,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start (or reuse) the local cluster")
     up.add_argument("--no-operator", dest="operator", action="store_false", help="do not start the operator")
+    up.add_argument("--no-console", dest="console", action="store_false",
+                    help="do not start the recovery console (it starts with the operator)")
+    up.add_argument("--console-port", type=int, default=7410, help="the console's port on 127.0.0.1")
     up.add_argument("--crds", type=Path, default=None, help="CRD directory (default: the checkout's crds/)")
     up.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for each component")
     up.add_argument("--backoff-base", type=float, default=10.0, help="first crash-loop back-off of containers")
