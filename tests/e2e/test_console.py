@@ -299,6 +299,10 @@ def test_an_incident_is_found_inspected_and_reverted_in_the_browser(env: Env, in
         incident_link = page.get_by_role("link", name=f"Impact of incident {row['id']}")
         incident_link.wait_for()
         screenshot(page, "04-timeline")
+        page.get_by_role("button", name=f"Incident {row['id']} on the chart").click()  # the shaded window
+        page.get_by_role("heading", name=f"Impact of incident {row['id']}").wait_for()
+        page.go_back()
+        incident_link = page.get_by_role("link", name=f"Impact of incident {row['id']}")
         incident_link.focus()
         page.keyboard.press("Enter")
 
@@ -310,6 +314,14 @@ def test_an_incident_is_found_inspected_and_reverted_in_the_browser(env: Env, in
         page.get_by_role("link", name="Diff from the known-good point to the incident's end").click()
         page.get_by_role("cell", name=victim, exact=True).wait_for()
         screenshot(page, "05b-diff")
+        page.go_back()
+        # The table's state at the known-good point (the policy's second-rounded time, before the attack): the
+        # victim holds the application's record there, not the intruder's 300 bytes.
+        page.goto(f"{env.url}/#/ns/{NS}/shardsets/{NAME}/tables/{TABLE}/state?time={row['knownGoodTime']}")
+        victim_row = page.get_by_role("row").filter(has=page.get_by_role("link", name=victim, exact=True))
+        victim_row.wait_for()
+        assert victim_row.get_by_role("cell").nth(2).inner_text() == f"{len(before[victim])} B"
+        screenshot(page, "05c-state-at-known-good-point")
         page.go_back()
         key_link.click()
 

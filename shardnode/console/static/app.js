@@ -434,6 +434,15 @@
     }));
   }
 
+  // An incident's span on the chart: its own, widened to the windows that carry it (a point is a window's start).
+  function incidentSpan(inc, rows) {
+    let lo = Number(inc.startTime), hi = Math.max(Number(inc.endTime), lo + 1);
+    for (const r of rows) {
+      if (r.incident === inc.id) { lo = Math.min(lo, r.start); hi = Math.max(hi, r.end); }
+    }
+    return [lo, hi];
+  }
+
   function drawTimeline(box, rows, incidents, threshold, open) {
     const xs = rows.map((r) => r.start);
     const width = Math.max(480, box.clientWidth || 900);
@@ -442,11 +451,26 @@
       ctx.save();
       ctx.fillStyle = "rgba(200, 40, 40, 0.18)";
       for (const inc of incidents) {
-        const x0 = u.valToPos(inc.startTime, "x", true), x1 = u.valToPos(Math.max(inc.endTime, inc.startTime + 1),
-          "x", true);
+        const [lo, hi] = incidentSpan(inc, rows);
+        const x0 = u.valToPos(lo, "x", true), x1 = u.valToPos(hi, "x", true);
         ctx.fillRect(x0, u.bbox.top, Math.max(2, x1 - x0), u.bbox.height);
       }
       ctx.restore();
+    };
+    // Each shaded incident is also a button over the chart: reachable with Tab, named for screen readers. Added
+    // once uPlot has laid itself out (its sizes and scales are set in a deferred commit).
+    const marks = (u) => {
+      const plotWidth = u.bbox.width / (window.devicePixelRatio || 1);
+      for (const inc of incidents) {
+        const [lo, hi] = incidentSpan(inc, rows);
+        const x0 = Math.max(0, u.valToPos(lo, "x")), x1 = Math.min(plotWidth, u.valToPos(hi, "x"));
+        if (!isFinite(x0) || !isFinite(x1) || x1 < 0 || x0 > plotWidth) continue;
+        const mark = h("button", { type: "button", class: "mark", "aria-label": "Incident " + inc.id +
+          " on the chart", title: "Incident " + inc.id + " (" + (inc.kind || "") + ")", onclick: (ev) => { ev.stopPropagation(); open(inc); } });
+        mark.style.left = x0 + "px";
+        mark.style.width = Math.max(10, x1 - x0) + "px";
+        u.over.append(mark);
+      }
     };
     const opts = {
       width, height: 300,
@@ -460,7 +484,7 @@
       ],
       axes: [{}, { scale: "score", label: "score" }, { scale: "rate", side: 1, label: "changes/s",
         grid: { show: false } }],
-      hooks: { drawClear: [shade] },
+      hooks: { drawClear: [shade], ready: [marks] },
       tzDate: (ts) => uPlot.tzDate(new Date(ts * 1000), "Etc/UTC"),
     };
     const data = [xs, rows.map((r) => r.score), rows.map(() => threshold), rows.map((r) => r.put),
@@ -471,8 +495,10 @@
       const idx = chart.cursor.idx;
       if (idx === null || idx === undefined) return;
       const t = xs[idx];
-      const inc = incidents.find((i) => t >= i.startTime - 1e-6 && t <= i.endTime + 1e-6) ||
-        incidents.find((i) => i.id === rows[idx].incident);
+      const inc = incidents.find((i) => i.id === rows[idx].incident) || incidents.find((i) => {
+        const [lo, hi] = incidentSpan(i, rows);
+        return t >= lo - 1e-6 && t <= hi + 1e-6;
+      });
       if (inc) open(inc);
     });
   }
@@ -580,8 +606,13 @@
       const lo = versions[0].time, hi = Math.max(versions[versions.length - 1].time, lo + 1);
       const wanted = parseTime(params.get("time"));
       const start = isNaN(wanted) ? hi : Math.min(Math.max(wanted, lo), hi);
-      const slider = h("input", { type: "range", id: "time-slider", min: String(lo), max: String(hi), step: "0.001",
-        value: String(start), "aria-describedby": "time-readout" });
+      // Whole milliseconds since the first version: a range input rounds large fractional values, which would put
+      // its minimum before the first version's time.
+      const span = Math.round((hi - lo) * 1000);
+      const toTime = (v) => (Number(v) >= span ? hi : lo + Number(v) / 1000);
+      const toSlider = (t0) => String(Math.min(span, Math.max(0, Math.round((t0 - lo) * 1000))));
+      const slider = h("input", { type: "range", id: "time-slider", min: "0", max: String(span), step: "1",
+        value: toSlider(start), "aria-describedby": "time-readout" });
       const readout = h("output", { id: "time-readout", for: "time-slider" }, fmtTime(start));
       let seq = 0, debounce = null;
       async function show(q) {
@@ -602,7 +633,7 @@
       // rounding of a time between the shadow, JSON and the slider).
       const versionAt = (t0) => {
         let found = null;
-        for (const v of versions) if (v.time <= t0 + 1e-6) found = v;
+        for (const v of versions) if (v.time <= t0 + 0.0005) found = v; // the slider's millisecond rounding
         return found;
       };
       const showAt = (t0) => {
@@ -621,7 +652,7 @@
         }
       };
       const onMove = () => {
-        const t0 = Number(slider.value);
+        const t0 = toTime(slider.value);
         readout.textContent = fmtTime(t0);
         slider.setAttribute("aria-valuetext", fmtTime(t0));
         clearTimeout(debounce);
@@ -640,7 +671,7 @@
         section("History", table("Versions of " + key + " (oldest first)", ["LSN", "Time", "Operation", "Size",
           "Identity", ""], versions.map((v) => [jsonText(v.lsn), fmtTime(v.time), v.op, fmtBytes(v.size),
           v.identity || "unknown", h("button", { type: "button", "aria-label": "Show version LSN " + v.lsn,
-            onclick: () => { slider.value = String(v.time); readout.textContent = fmtTime(v.time);
+            onclick: () => { slider.value = toSlider(v.time); readout.textContent = fmtTime(v.time);
               slider.setAttribute("aria-valuetext", fmtTime(v.time)); show({ lsn: String(v.lsn) }); } },
           "Show")]))));
     }));
