@@ -233,15 +233,17 @@ def sign_in(page: Any, env: Env, account: str) -> None:
     page.get_by_text(f"system:serviceaccount:{NS}:{account}").wait_for()
 
 
-def post_approve(page: Any, name: str, digest: str, csrf: bool) -> dict[str, Any]:
-    """A hand-made approve request from the signed-in page (same origin, its cookie): with the session's CSRF token
-    or without it."""
+def post_approve(page: Any, name: str, digest: str, csrf: str) -> dict[str, Any]:
+    """A hand-made approve request from the signed-in page (same origin, its cookie) with ``csrf``: "session" (the
+    session's CSRF token), "forged" (a made-up one) or "none" (no header)."""
     return page.evaluate(
         """async ([path, digest, csrf]) => {
           const headers = {"Content-Type": "application/json"};
-          if (csrf) {
+          if (csrf === "session") {
             const s = await (await fetch("/api/v1/session", {credentials: "same-origin"})).json();
             headers["X-CSRF-Token"] = s.csrfToken;
+          } else if (csrf === "forged") {
+            headers["X-CSRF-Token"] = "0".repeat(43);
           }
           const r = await fetch(path, {method: "POST", credentials: "same-origin", headers,
                                        body: JSON.stringify({digest})});
@@ -266,7 +268,7 @@ def test_an_incident_is_found_inspected_and_reverted_in_the_browser(env: Env, in
         assert auditor.locator("#no-approve").is_visible()
         assert auditor.get_by_role("button", name="Approve this plan").count() == 0
         screenshot(auditor, "08-reversion-as-auditor-no-approve")
-        refused = post_approve(auditor, name, digest, csrf=True)
+        refused = post_approve(auditor, name, digest, csrf="session")
         assert refused["status"] == 403, refused
         auditor.goto(f"{env.url}/#/ns/{NS}/shardsets/{NAME}/tables/{TABLE}/keys/{victim}")
         auditor.locator("pre.value").wait_for()  # the data RBAC lets the auditor read
@@ -277,13 +279,16 @@ def test_an_incident_is_found_inspected_and_reverted_in_the_browser(env: Env, in
         page.on("pageerror", lambda exc: errors.append(str(exc)))
         page.goto(env.url + "/")
         field = page.get_by_label("Kubernetes bearer token")
+        field.wait_for()
+        assert page.evaluate("document.activeElement.id") == "token"  # the keyboard starts in the token field
         field.fill("not-a-token-" + "x" * 40)
         field.press("Enter")
         page.get_by_text("The token was not accepted.").wait_for()
         screenshot(page, "01-sign-in")
         sign_in(page, env, "recoverer")
-        forged = post_approve(page, name, digest, csrf=False)
-        assert forged["status"] == 403 and (forged["body"] or {}).get("error") == "csrf", forged
+        for csrf in ("none", "forged"):
+            forged = post_approve(page, name, digest, csrf=csrf)
+            assert forged["status"] == 403 and (forged["body"] or {}).get("error") == "csrf", (csrf, forged)
         status = env.reversion(name)["status"]
         assert status["phase"] == "AwaitingApproval" and not env.reversion(name)["spec"].get("approve")
 
@@ -353,4 +358,8 @@ def test_an_incident_is_found_inspected_and_reverted_in_the_browser(env: Env, in
         restored.wait_for()
         assert restored.inner_text() == before[victim].decode()
         screenshot(page, "10-key-restored")
+        page.get_by_role("button", name="Sign out").click()
+        page.get_by_label("Kubernetes bearer token").wait_for()
+        gone = page.evaluate("async () => (await fetch('/api/v1/session', {credentials: 'same-origin'})).status")
+        assert gone == 401
         assert not errors, errors  # no script error in the page along the way

@@ -414,7 +414,8 @@
         "window with the threshold " + fmtNum(data.threshold, 2) + " and " + incidents.length +
         " incident(s) marked; the incidents are listed below." });
       const out = h("div", {}, chartBox,
-        h("p", { class: "hint" }, "Click a marked (shaded) window to open its incident's impact."),
+        h("p", { class: "hint" }, "Click a marked (shaded) window, or reach it with Tab, to open its incident's " +
+          "impact."),
         section("Incidents", table("Incidents of " + t, ["Incident", "Shard", "Kind", "From", "To", "Keys", "Bytes",
           "Score", "Identities"], incidents.map((i) => [
           link(base + "/incidents/" + enc(String(i.shard)) + "/" + enc(i.id), i.id,
