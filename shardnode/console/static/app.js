@@ -410,7 +410,7 @@
         qs({ from: toParam(params.get("from")), to: toParam(params.get("to")) }));
       const rows = mergeWindows(data.windows || []);
       const incidents = data.incidents || [];
-      const chartBox = h("div", { class: "chart", role: "img", "aria-label": "Anomaly score of " + t + " per " +
+      const chartBox = h("div", { class: "chart", role: "group", "aria-label": "Anomaly score of " + t + " per " +
         "window with the threshold " + fmtNum(data.threshold, 2) + " and " + incidents.length +
         " incident(s) marked; the incidents are listed below." });
       const out = h("div", {}, chartBox,
@@ -771,8 +771,10 @@
         ["Digest", h("code", { id: "digest", class: "digest" }, r.digest || "—")],
         ["Progress", h("span", { id: "progress" }, progressText(r.progress))]]),
         section("Plan", dl([["Restore", jsonText(plan.restore)], ["Create", jsonText(plan.create)],
-          ["Delete", jsonText(plan.delete)], ["Bytes", fmtBytes(plan.bytes)], ["Conflicts (left as they are)",
-            jsonText(plan.conflicts)], ["Point", jsonText(plan.point)]])),
+          ["Delete", jsonText(plan.delete)], "keys" in plan ? ["Keys", jsonText(plan.keys)] : null,
+          ["Bytes", fmtBytes(plan.bytes)], ["Conflicts (left as they are)", jsonText(plan.conflicts)],
+          plan.point ? ["Point", typeof plan.point === "object" ? "LSN " + jsonText(plan.point.lsn) + " at " +
+            fmtTime(plan.point.time) : jsonText(plan.point)] : null])),
         section("Approval", r.phase === "AwaitingApproval"
           ? (approve ? h("div", {}, h("p", {}, "Approving writes this digest into the Reversion's spec.approve " +
             "(as kubectl chronoshard approve does); the plan then runs."), approve)
