@@ -281,6 +281,7 @@ def test_an_incident_is_found_inspected_and_reverted_in_the_browser(env: Env, in
         field = page.get_by_label("Kubernetes bearer token")
         field.wait_for()
         assert page.evaluate("document.activeElement.id") == "token"  # the keyboard starts in the token field
+        assert not page.get_by_role("button", name="Sign out").is_visible()  # nobody is signed in yet
         field.fill("not-a-token-" + "x" * 40)
         field.press("Enter")
         page.get_by_text("The token was not accepted.").wait_for()
