@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -169,6 +170,7 @@ def env() -> Iterator[Env]:
         dev(state, "down")
         if not os.environ.get("CHRONOSHARD_KEEP_E2E"):
             dev(state, "down", "--purge")
+            shutil.rmtree(state, ignore_errors=True)  # the purge leaves the logs this test wrote there
 
 
 def record(rng: random.Random) -> bytes:
