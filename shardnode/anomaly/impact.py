@@ -7,11 +7,14 @@ driver is present (a plain rate burst) does every overwrite/delete count. When o
 suspicious changes the incident is that identity's alone, so keys other identities changed meanwhile stay out.
 Suspicious changes just before the first window or after the last (a margin the caller may pass) join while they
 follow each other closely, so an incident that began late in an unflagged window is still covered from its first
-bad change.
+bad change. A value that already looked like ciphertext (compressed media) shows encryption only by its byte
+histogram turning uniform (a chi-square test). When nothing but the pace of one usual writer stood out (a plain
+burst), only its changes where its pace is far above its usual one count: its ordinary writes around stay out.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -19,7 +22,7 @@ from dataclasses import dataclass
 
 from .calibration import binom_sf
 from .features import MIN_SHARE, PLAIN_BITS, FeatureContext, is_client, random_entropy, reshaped
-from .types import DELETE, PUT, AffectedKey, ChangeObservation, Driver, Incident, Score, WindowFeatures
+from .types import DELETE, PUT, AffectedKey, ByteProfile, ChangeObservation, Driver, Incident, Score, WindowFeatures
 
 DELETE_DRIVERS = frozenset({"delete_rate", "delete_share"})
 CONTENT_DRIVERS = frozenset(
@@ -42,6 +45,18 @@ CULPRIT_SHARE = 0.5  # one identity made at least this share of the suspicious c
 DRIP_PER_MINUTE = 10.0  # content changes slower than this over the incident make a "corruption-drip"
 OPAQUE_SHARE = 0.8  # the culprit's visible overwrites that must be suspicious before its opaque ones join
 RESIZE = 1.0  # |log2(size / prev_size)| at or above this is a size jump
+# A value that already looked like ciphertext (compressed media) still tells encryption apart by how evenly its bytes
+# fill the histogram's bins: compressed data is measurably uneven, ciphertext is uniform. Pearson's chi-square of
+# the 16 bins against uniform (15 degrees of freedom): at or below UNIFORM_CHI2 (p >= 0.001) the bytes are uniform;
+# at or above UNEVEN_CHI2 (p <= 1e-6) they are not; the test needs MIN_CHI2_SIZE bytes (>= 5 expected per bin).
+UNIFORM_CHI2 = 37.70
+UNEVEN_CHI2 = 56.49
+MIN_CHI2_SIZE = 256
+# A plain rate burst by one identity (no per-change evidence): its changes join only where the identity's own pace
+# is far above its usual one, so its ordinary writes before and after the burst stay out. BURST_SPAN seconds either
+# side of a change hold more of the culprit's changes than its usual pace gives with probability BURST_P.
+BURST_SPAN = 5.0
+BURST_P = 1e-3
 # How destructive each kind is, for severity: lost or unreadable data is worse than replaced data.
 DESTRUCTIVENESS = {
     "mass-delete": 1.0,
@@ -65,6 +80,19 @@ class Evidence:
     destructive: bool
 
 
+def uniformity_chi2(profile: ByteProfile, size: int) -> float:
+    """Pearson's chi-square of a value's byte histogram (``size`` bytes) against uniform bins."""
+    bins = len(profile.hist)
+    return size * bins * sum((h - 1.0 / bins) ** 2 for h in profile.hist)
+
+
+def became_uniform(profile: ByteProfile, prev: ByteProfile, size: int, prev_size: int) -> bool:
+    """An uneven (compressed-like) value was replaced by one whose bytes are uniform (ciphertext-like)."""
+    if min(size, prev_size) < MIN_CHI2_SIZE:
+        return False
+    return uniformity_chi2(profile, size) <= UNIFORM_CHI2 and uniformity_chi2(prev, prev_size) >= UNEVEN_CHI2
+
+
 def evidence(o: ChangeObservation, context: FeatureContext) -> Evidence:
     """The per-change evidence of ``o`` (a client change)."""
     delete = o.op == DELETE and o.existed
@@ -74,6 +102,8 @@ def evidence(o: ChangeObservation, context: FeatureContext) -> Evidence:
         if o.profile is not None and o.prev_profile is not None:
             content = reshaped(o.profile, o.prev_profile, o.size, o.prev_size or o.size)
             opaque = not content and o.prev_profile.entropy - random_entropy(o.prev_size or o.size) >= PLAIN_BITS - 8
+            if opaque and became_uniform(o.profile, o.prev_profile, o.size, o.prev_size or o.size):
+                content, opaque = True, False
         if o.prev_size:
             resize = abs(math.log2(max(o.size, 1) / o.prev_size)) >= RESIZE
     return Evidence(delete, content, resize, opaque, o.identity not in context.identities, delete or overwrite)
@@ -155,6 +185,8 @@ class _Matcher:
     def find_repairs(self, obs: Sequence[ChangeObservation]) -> None:
         """Mark the changes that write over another identity's suspicious version: someone replacing damaged
         values (their bytes jump back), not the incident."""
+        if self.mode != "strong":  # only a change whose bytes show damage can be repaired
+            return
         author: dict[int, str | None] = {}
         for o in sorted(obs, key=lambda o: o.lsn):
             if o.prev_lsn is not None and o.prev_lsn in author and author[o.prev_lsn] != o.identity:
@@ -208,6 +240,56 @@ def _add_opaque(
         return selected
     extra = [o for o in own if match.ev[o.lsn].opaque and o.lsn not in chosen and o.lsn not in match.repairs]
     return sorted([*selected, *extra], key=lambda o: (o.time, o.lsn))
+
+
+def poisson_isf(mu: float, p: float) -> int:
+    """The smallest count ``k`` with P(X >= k) <= ``p`` for X ~ Poisson(``mu``)."""
+    pmf = math.exp(-mu)
+    below = 0.0
+    k = 0
+    while 1.0 - below > p and k < 100_000:
+        below += pmf
+        k += 1
+        pmf *= mu / k
+    return k
+
+
+def usual_pace(obs: Sequence[ChangeObservation], identity: str | None, start: float, span: float) -> float | None:
+    """``identity``'s usual destructive changes per second before ``start``: the median over the margin's windows
+    (robust to a burst that began in the margin); None without a whole margin window."""
+    first = min((o.time for o in obs), default=start)
+    n = int((start - first) // span)
+    if n < 3:
+        return None
+    counts = [0] * n
+    for o in obs:
+        if o.time < start and o.identity == identity and o.existed:
+            i = int((start - o.time) // span)
+            if i < n:
+                counts[i] += 1
+    counts.sort()
+    return counts[n // 2] / span
+
+
+def _burst(culprit: Sequence[ChangeObservation], start: float, end: float, pace: float) -> list[ChangeObservation]:
+    """The burst in ``culprit`` (one identity's matching changes, in time order): its changes with more neighbours
+    within BURST_SPAN than the identity's usual ``pace`` explains (BURST_P), from the first to the last dense one
+    in [``start``, ``end``) and on either side while they stay dense; [] when none in it is dense."""
+    need = poisson_isf(max(pace, 1e-3) * 2 * BURST_SPAN, BURST_P)
+    times = [o.time for o in culprit]
+    dense = [
+        bisect.bisect_right(times, t + BURST_SPAN) - bisect.bisect_left(times, t - BURST_SPAN) - 1 >= need
+        for t in times
+    ]
+    inside = [i for i, t in enumerate(times) if start <= t < end and dense[i]]
+    if not inside:
+        return []
+    lo, hi = inside[0], inside[-1]
+    while lo > 0 and dense[lo - 1]:
+        lo -= 1
+    while hi + 1 < len(times) and dense[hi + 1]:
+        hi += 1
+    return list(culprit[lo : hi + 1])
 
 
 def _what(drivers: Sequence[Driver]) -> set[str]:
@@ -273,7 +355,9 @@ def analyse(
     elif n >= CULPRIT_SHARE * len(hits):
         match.culprit = (True, top)
     selected = [o for o in core if match.belongs(o)] or hits
-    selected = _extend(selected, obs, start, end, match, 2 * span)
+    pace = usual_pace(obs, match.culprit[1], start, span) if match.mode == "weak" and match.culprit[0] else None
+    burst = _burst([o for o in obs if match.belongs(o)], start, end, pace) if pace is not None else []
+    selected = burst or _extend(selected, obs, start, end, match, 2 * span)
     selected = _add_opaque(selected, obs, match)
     mode = match.mode
     return _incident(table, scored, obs, selected, ev, drivers, mode, table_keys, before_lsn)

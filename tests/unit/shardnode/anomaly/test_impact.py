@@ -1,6 +1,20 @@
+import math
+import random
+
 import pytest
 from chronoshard.shardnode.anomaly.features import FeatureContext, window_features
-from chronoshard.shardnode.anomaly.impact import analyse, merged_drivers, severity_of
+from chronoshard.shardnode.anomaly.impact import (
+    UNEVEN_CHI2,
+    UNIFORM_CHI2,
+    analyse,
+    became_uniform,
+    merged_drivers,
+    poisson_isf,
+    severity_of,
+    uniformity_chi2,
+    usual_pace,
+)
+from chronoshard.shardnode.anomaly.profile import byte_profile
 from chronoshard.shardnode.anomaly.types import Driver, Score, WindowFeatures
 
 from tests.support.anomaly_streams import Stream, random_value, text_value
@@ -131,3 +145,62 @@ def test_an_identity_far_above_its_share_is_the_culprit_even_when_others_are_bus
     inc = analyse("t", [(f, Score(1.0, "test", drivers))], s.out, ctx)
     assert {k.key for k in inc.keys} == {f"k{i}" for i in range(60)}
     assert inc.identities == ("report",) and inc.kind == "mass-delete"
+
+
+def _uneven(rng: random.Random, size: int = 4096) -> bytes:
+    """Compressed-media-like bytes: near 8 bits of entropy but the low byte values half again as frequent."""
+    return bytes(rng.choices(range(256), weights=[1.5 if b < 64 else 1.0 for b in range(256)], k=size))
+
+
+def test_chi_square_tells_compressed_from_ciphertext() -> None:
+    rng = random.Random(7)
+    media, other, cipher = _uneven(rng), _uneven(rng), random_value(rng, 4096)
+    pm, po, pc = byte_profile(media), byte_profile(other), byte_profile(cipher)
+    assert pm.entropy > 7.9  # the entropy alone cannot tell: both look like ciphertext
+    assert uniformity_chi2(pm, 4096) >= UNEVEN_CHI2 and uniformity_chi2(pc, 4096) <= UNIFORM_CHI2
+    assert became_uniform(pc, pm, 4096, 4096)
+    assert not became_uniform(po, pm, 4096, 4096)  # media over media
+    assert not became_uniform(byte_profile(random_value(rng, 4096)), pc, 4096, 4096)  # ciphertext over ciphertext
+    assert not became_uniform(byte_profile(cipher[:100]), byte_profile(media[:100]), 100, 100)  # too short to test
+
+
+def test_encryption_over_compressed_values_is_attributed_but_not_media_rewrites() -> None:
+    s = _table()
+    for i in range(100, 150):  # media keys
+        s.put(-100.0 + i * 0.1, f"k{i}", _uneven(s.rng), "app")
+    _background(s, 0.0, 60.0, per_second=0.5, who="app")
+    for i in range(40):  # the culprit encrypts text keys and media keys alike
+        s.put(60.0 + i, f"k{i}", random_value(s.rng, 1040), "etl")
+        s.put(60.5 + i, f"k{100 + i}", random_value(s.rng, 4096), "etl")
+    s.put(101.0, "k145", _uneven(s.rng), "app")  # an ordinary media rewrite meanwhile
+    s.put(102.0, "k146", _uneven(s.rng), "etl")  # and one by the culprit: its bytes cannot tell, so it stays out
+    recent = [o for o in s.out if o.time >= 0]  # the media keys were written long before
+    inc = analyse("t", [_window(s, 60.0, 120.0, ("encrypted_share", 1.0))], recent, CTX)
+    got = {k.key for k in inc.keys}
+    assert got == {f"k{i}" for i in range(40)} | {f"k{100 + i}" for i in range(40)}, sorted(got)
+    assert inc.kind == "encryption"
+
+
+def test_poisson_isf_is_the_smallest_rare_count() -> None:
+    for mu in (0.5, 4.0, 30.0):
+        k = poisson_isf(mu, 1e-3)
+        pmf = [math.exp(-mu) * mu**i / math.factorial(i) for i in range(k + 1)]
+        assert 1 - sum(pmf[:k]) <= 1e-3 < 1 - sum(pmf[: k - 1])
+
+
+def test_a_burst_by_a_usual_writer_keeps_its_ordinary_writes_out() -> None:
+    s = _table()
+    ctx = FeatureContext(frozenset({"app", "etl"}), shares=(("app", 0.85), ("etl", 0.15)))
+    ordinary = set()
+    for i in range(400):  # etl's ordinary pace, one overwrite every 3 s, through the margin and after the burst
+        if not 600.0 <= i * 3.0 < 640.0:
+            ordinary.add(s.put(i * 3.0, f"k{150 + i % 50}", text_value(s.rng, 1024), "etl").key)
+    burst = {f"k{i}" for i in range(120)}
+    for i in range(120):  # plausible content at 3 a second: nothing in the bytes, only the pace tells
+        s.put(600.0 + i / 3, f"k{i}", text_value(s.rng, 1024), "etl")
+    f = window_features("t", 600.0, 660.0, s.out, ctx)
+    inc = analyse("t", [(f, Score(0.9, "test", (Driver("identity_surprise", 20.0, 1.0, 1.0),)))], s.out, ctx)
+    assert {k.key for k in inc.keys} == burst
+    assert inc.identities == ("etl",) and inc.kind == "mass-overwrite"
+    assert usual_pace(s.out, "etl", 600.0, 60.0) == pytest.approx(1 / 3)
+    assert usual_pace([o for o in s.out if o.time >= 0], "etl", 100.0, 60.0) is None  # under three windows
