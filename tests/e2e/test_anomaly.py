@@ -17,6 +17,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -143,8 +144,11 @@ def reversion(env: Env, name: str) -> dict[str, Any]:
 
 
 def attack(env: Env, intruder: Client, rng: random.Random) -> None:
-    for key in VICTIMS:
-        intruder.put(TABLE, key, rng.randbytes(300))
+    """The intruder's overwrite, as a burst (eight at a time): on a loaded machine one-by-one writes could spread
+    over several windows thinly enough to look like something else."""
+    values = {key: rng.randbytes(300) for key in VICTIMS}
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda key: intruder.put(TABLE, key, values[key]), VICTIMS))
 
 
 def test_an_intruders_overwrite_is_proposed_for_reversion_and_undone_exactly(env: Env) -> None:
@@ -175,7 +179,9 @@ def test_an_intruders_overwrite_is_proposed_for_reversion_and_undone_exactly(env
                        what="the proposed Reversion's plan")
         assert rev["spec"]["incident"]["id"] == row["id"] and rev["spec"]["tables"] == [TABLE]
         plan = rev["status"]["plan"]
-        assert plan["restore"] == len(VICTIMS) - 1 and plan["create"] == 0 and plan["delete"] == 0
+        # The application's later write is left out of the plan (an excluded conflict) when the shadow had it
+        # when planning; when it came after, the plan names the key and the run skips it as a conflict.
+        assert plan["restore"] in (len(VICTIMS) - 1, len(VICTIMS)) and plan["create"] == 0 and plan["delete"] == 0
 
         env.cluster.kubectl("patch", "reversion", row["reversion"], "-n", NS, "--type", "merge", "-p",
                             json.dumps({"spec": {"approve": rev["status"]["digest"]}}))
@@ -207,5 +213,5 @@ def test_in_auto_mode_the_reversion_runs_without_approval(env: Env) -> None:
                     and reversion(env, row["reversion"]), timeout=120, interval=1,
                     what="the Reversion to run on its own")
     assert done["status"].get("autoApproved") is True and not done["spec"].get("approve")
-    for key in VICTIMS:
-        assert app.get(TABLE, key) == before[key], key
+    wait_for(lambda: all(app.get(TABLE, key) == before[key] for key in VICTIMS), timeout=60, interval=1,
+             what="every overwritten key back as it was (each incident's Reversion runs on its own)")

@@ -278,6 +278,12 @@ SHADOW_ENDPOINTS = [
     Endpoint("GET", "/v1/keys", Access.ADMIN),
     Endpoint("POST", "/v1/rewrap", Access.ADMIN, body={}, ok=202),
     Endpoint("GET", "/v1/rewrap", Access.ADMIN),
+    Endpoint("GET", "/v1/anomalies", Access.ADMIN),
+    Endpoint("GET", T + "/anomalies", Access.DATA_LIST, "/v1/tables/t/anomalies"),
+    # No incident t.1 exists: an allowed caller reaches the handler, which answers 404.
+    Endpoint("GET", T + "/anomalies/{id}/keys", Access.DATA_LIST, "/v1/tables/t/anomalies/t.1/keys", ok=404),
+    Endpoint("POST", T + "/whatif", Access.DATA_GET, "/v1/tables/t/whatif",
+             {"changes": [{"op": "delete", "key": "k"}]}),
 ]
 SERVERS = {"node": (node_server, NODE_ENDPOINTS), "cache": (cache_server, CACHE_ENDPOINTS),
            "predictor": (predictor_server, PREDICTOR_ENDPOINTS), "shadow": (shadow_server, SHADOW_ENDPOINTS)}
