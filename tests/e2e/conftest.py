@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
+import shutil
 import signal
 import ssl
 import subprocess
@@ -22,6 +24,7 @@ import pytest
 from chronoshard.devcluster.controlplane import free_port
 
 from tests.support.s3 import s3_server  # noqa: F401  (SeaweedFS for the disaster-recovery test, started on use)
+from tests.support.waiting import wait_for
 
 PROBE_SERVER = Path(__file__).resolve().parent / "probe_server.py"
 
@@ -236,3 +239,46 @@ def e2e_namespace(local_cluster: LocalCluster) -> Iterator[str]:
     local_cluster.kubectl("create", "namespace", name)
     yield name
     local_cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@dataclass
+class ShadowedShardSet:
+    """A local cluster with the operator running, a one-shard ShardSet and its ShadowPolicy, the pod ready with its
+    shadow container (``shadowed_shardset``)."""
+
+    cluster: LocalCluster
+    operator: Operator
+    state: Path
+
+
+@contextlib.contextmanager
+def shadowed_shardset(prefix: str, namespace: str, name: str, policy: str,
+                      policy_spec: dict[str, Any]) -> Iterator[ShadowedShardSet]:
+    """Start a local cluster and the operator, create ``namespace`` with ShardSet ``name`` (1 shard) and ShadowPolicy
+    ``policy`` (``policy_spec`` beside its shardSetRef), wait for the shadow container; stop and purge after."""
+    state = Path(tempfile.mkdtemp(prefix=prefix))
+    cluster = start_cluster(state, "--no-operator")
+    operator = Operator(cluster.kubeconfig, state)
+    operator.start()
+    try:
+        cluster.kubectl("create", "namespace", namespace)
+        cluster.apply(
+            {"apiVersion": "chronoshard.io/v1alpha1", "kind": "ShardSet",
+             "metadata": {"name": name, "namespace": namespace}, "spec": {"shards": 1, "cache": {"size": "8Mi"}}},
+            {"apiVersion": "chronoshard.io/v1alpha1", "kind": "ShadowPolicy",
+             "metadata": {"name": policy, "namespace": namespace},
+             "spec": {"shardSetRef": {"name": name}, **policy_spec}})
+
+        def shadow_running() -> bool:
+            pods = cluster.pods(namespace, f"app.kubernetes.io/instance={name}")
+            names = [c["name"] for c in pods[0]["spec"]["containers"]] if len(pods) == 1 else []
+            return "shadow" in names and is_ready(pods[0])
+
+        wait_for(shadow_running, timeout=240, interval=0.5, what="the shard pod ready with its shadow container")
+        yield ShadowedShardSet(cluster, operator, state)
+    finally:
+        operator.stop()
+        dev(state, "down")
+        if not os.environ.get("CHRONOSHARD_KEEP_E2E"):
+            dev(state, "down", "--purge")
+            shutil.rmtree(state, ignore_errors=True)  # the purge leaves what a test wrote there (its logs)

@@ -11,15 +11,12 @@ happens without approval.
 from __future__ import annotations
 
 import json
-import os
 import random
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,7 +24,7 @@ from chronoshard.shardnode.client import Client, Endpoint
 from chronoshard.shardnode.client.discovery import pod_dns_name
 from chronoshard.shardnode.keyspace.partitioning import PartitionMap
 
-from tests.e2e.conftest import LocalCluster, Operator, data_client_args, dev, is_ready, pod_tls, start_cluster
+from tests.e2e.conftest import LocalCluster, Operator, data_client_args, pod_tls, shadowed_shardset
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -75,32 +72,10 @@ class Env:
 
 @pytest.fixture(scope="module")
 def env() -> Iterator[Env]:
-    state = Path(tempfile.mkdtemp(prefix="chronoshard-anomaly-e2e-"))
-    cluster = start_cluster(state, "--no-operator")
-    operator = Operator(cluster.kubeconfig, state)
-    operator.start()
-    try:
-        cluster.kubectl("create", "namespace", NS)
-        cluster.apply(
-            {"apiVersion": "chronoshard.io/v1alpha1", "kind": "ShardSet", "metadata": {"name": NAME, "namespace": NS},
-             "spec": {"shards": 1, "cache": {"size": "8Mi"}}},
-            {"apiVersion": "chronoshard.io/v1alpha1", "kind": "ShadowPolicy",
-             "metadata": {"name": POLICY, "namespace": NS},
-             "spec": {"shardSetRef": {"name": NAME}, "tables": [TABLE], "snapshot": {"interval": "30s"},
-                      "anomaly": {"interval": "2s"}, "reversion": {"mode": "confirm"}}})
-
-        def shadow_running() -> bool:
-            pods = cluster.pods(NS, f"app.kubernetes.io/instance={NAME}")
-            names = [c["name"] for c in pods[0]["spec"]["containers"]] if len(pods) == 1 else []
-            return "shadow" in names and is_ready(pods[0])
-
-        wait_for(shadow_running, timeout=240, interval=0.5, what="the shard pod ready with its shadow container")
-        yield Env(cluster, operator)
-    finally:
-        operator.stop()
-        dev(state, "down")
-        if not os.environ.get("CHRONOSHARD_KEEP_E2E"):
-            dev(state, "down", "--purge")
+    with shadowed_shardset("chronoshard-anomaly-e2e-", NS, NAME, POLICY, {
+            "tables": [TABLE], "snapshot": {"interval": "30s"}, "anomaly": {"interval": "2s"},
+            "reversion": {"mode": "confirm"}}) as shadowed:
+        yield Env(shadowed.cluster, shadowed.operator)
 
 
 def record(rng: random.Random) -> bytes:

@@ -17,12 +17,9 @@ Screenshots of the main views go to build/console-screenshots/.
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -36,7 +33,7 @@ from chronoshard.shardnode.client import Client, Endpoint
 from chronoshard.shardnode.client.discovery import pod_dns_name
 from chronoshard.shardnode.keyspace.partitioning import PartitionMap
 
-from tests.e2e.conftest import LocalCluster, Operator, data_client_args, dev, http_get, is_ready, start_cluster
+from tests.e2e.conftest import LocalCluster, data_client_args, http_get, shadowed_shardset
 from tests.support.browser import VIEWPORT, chromium, screenshot, screenshots_on_failure
 from tests.support.waiting import wait_for
 
@@ -138,39 +135,16 @@ class Console:
 
 @pytest.fixture(scope="module")
 def env() -> Iterator[Env]:
-    state = Path(tempfile.mkdtemp(prefix="chronoshard-console-e2e-"))
-    cluster = start_cluster(state, "--no-operator")
-    operator = Operator(cluster.kubeconfig, state)
-    operator.start()
-    console: Console | None = None
-    try:
-        cluster.kubectl("create", "namespace", NS)
-        cluster.apply(
-            {"apiVersion": "chronoshard.io/v1alpha1", "kind": "ShardSet", "metadata": {"name": NAME, "namespace": NS},
-             "spec": {"shards": 1, "cache": {"size": "8Mi"}}},
-            {"apiVersion": "chronoshard.io/v1alpha1", "kind": "ShadowPolicy",
-             "metadata": {"name": POLICY, "namespace": NS},
-             "spec": {"shardSetRef": {"name": NAME}, "tables": [TABLE], "snapshot": {"interval": "30s"},
-                      "anomaly": {"interval": "2s"}, "reversion": {"mode": "confirm"}}})
-        users(cluster)
-
-        def shadow_running() -> bool:
-            pods = cluster.pods(NS, f"app.kubernetes.io/instance={NAME}")
-            names = [c["name"] for c in pods[0]["spec"]["containers"]] if len(pods) == 1 else []
-            return "shadow" in names and is_ready(pods[0])
-
-        wait_for(shadow_running, timeout=240, interval=0.5, what="the shard pod ready with its shadow container")
-        console = Console(cluster, state)
-        wait_for(console.ready, timeout=60, interval=0.3, what="the console answering /healthz")
-        yield Env(cluster, console.url, console.log)
-    finally:
-        if console is not None:
+    with shadowed_shardset("chronoshard-console-e2e-", NS, NAME, POLICY, {
+            "tables": [TABLE], "snapshot": {"interval": "30s"}, "anomaly": {"interval": "2s"},
+            "reversion": {"mode": "confirm"}}) as shadowed:
+        users(shadowed.cluster)
+        console = Console(shadowed.cluster, shadowed.state)
+        try:
+            wait_for(console.ready, timeout=60, interval=0.3, what="the console answering /healthz")
+            yield Env(shadowed.cluster, console.url, console.log)
+        finally:
             console.stop()
-        operator.stop()
-        dev(state, "down")
-        if not os.environ.get("CHRONOSHARD_KEEP_E2E"):
-            dev(state, "down", "--purge")
-            shutil.rmtree(state, ignore_errors=True)  # the purge leaves the logs this test wrote there
 
 
 def record(rng: random.Random) -> bytes:

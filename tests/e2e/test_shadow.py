@@ -16,7 +16,6 @@ import math
 import os
 import random
 import signal
-import tempfile
 import threading
 import time
 import urllib.parse
@@ -36,11 +35,10 @@ from tests.e2e.conftest import (
     LocalCluster,
     Operator,
     data_client_args,
-    dev,
     http_get,
     is_ready,
     pod_tls,
-    start_cluster,
+    shadowed_shardset,
 )
 from tests.support.shadow_reference import Op, WriterLog
 from tests.support.waiting import wait_for
@@ -100,32 +98,9 @@ class Env:
 
 @pytest.fixture(scope="module")
 def env() -> Iterator[Env]:
-    state = Path(tempfile.mkdtemp(prefix="chronoshard-shadow-e2e-"))
-    cluster = start_cluster(state, "--no-operator")
-    operator = Operator(cluster.kubeconfig, state)
-    operator.start()
-    try:
-        cluster.kubectl("create", "namespace", NS)
-        cluster.apply(
-            {"apiVersion": "chronoshard.io/v1alpha1", "kind": "ShardSet", "metadata": {"name": NAME, "namespace": NS},
-             "spec": {"shards": 1, "cache": {"size": "8Mi"}}},
-            {"apiVersion": "chronoshard.io/v1alpha1", "kind": "ShadowPolicy",
-             "metadata": {"name": f"{NAME}-shadow", "namespace": NS},
-             "spec": {"shardSetRef": {"name": NAME}, "tables": [TABLE], "snapshot": {"interval": "30s"}}})
-        e = Env(cluster, operator)
-
-        def shadow_running() -> bool:
-            pods = cluster.pods(NS, f"app.kubernetes.io/instance={NAME}")
-            names = [c["name"] for c in pods[0]["spec"]["containers"]] if len(pods) == 1 else []
-            return "shadow" in names and is_ready(pods[0])
-
-        wait_for(shadow_running, timeout=240, interval=0.5, what="the shard pod ready with its shadow container")
-        yield e
-    finally:
-        operator.stop()
-        dev(state, "down")
-        if not os.environ.get("CHRONOSHARD_KEEP_E2E"):
-            dev(state, "down", "--purge")
+    with shadowed_shardset("chronoshard-shadow-e2e-", NS, NAME, f"{NAME}-shadow",
+                           {"tables": [TABLE], "snapshot": {"interval": "30s"}}) as shadowed:
+        yield Env(shadowed.cluster, shadowed.operator)
 
 
 class Writer(threading.Thread):
