@@ -23,22 +23,30 @@ def has_shadow(pod: Mapping[str, Any]) -> bool:
     return any(c.get("name") == SHADOW for c in (pod.get("spec") or {}).get("containers") or [])
 
 
-async def _one(session: aiohttp.ClientSession, shard: int, pod: Mapping[str, Any]) -> ShardSample:
+async def _get(session: aiohttp.ClientSession, shard: int, pod: Mapping[str, Any],
+               path: str) -> tuple[dict[str, Any] | None, str | None]:
+    """``GET path`` of the shard's shadow: (the JSON object, None) or (None, what went wrong)."""
     if not has_shadow(pod):
-        return ShardSample(shard, error="pod has no shadow container yet (rolling)")
-    at = podtls.endpoint(pod, shard, SHADOW, "/v1/status")
+        return None, "pod has no shadow container yet (rolling)"
+    at = podtls.endpoint(pod, shard, SHADOW, path)
     if at is None:
-        return ShardSample(shard, error="pod has no IP yet")
+        return None, "pod has no IP yet"
     try:
         async with session.get(at.url, server_hostname=at.server_hostname) as resp:
             if resp.status != 200:
-                return ShardSample(shard, error=f"HTTP {resp.status}")
+                # 404 from /v1/anomalies: a shadow of an image from before anomaly detection (skipped like one down).
+                return None, f"HTTP {resp.status}"
             body = await resp.json()
             if not isinstance(body, dict):
-                return ShardSample(shard, error="answer is not a JSON object")
-            return ShardSample(shard, body)
+                return None, "answer is not a JSON object"
+            return body, None
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-        return ShardSample(shard, error=type(exc).__name__)
+        return None, type(exc).__name__
+
+
+async def _one(session: aiohttp.ClientSession, shard: int, pod: Mapping[str, Any]) -> ShardSample:
+    body, error = await _get(session, shard, pod, "/v1/status")
+    return ShardSample(shard, body, error)
 
 
 async def collect(pods: Mapping[int, Mapping[str, Any]], expected: int) -> list[ShardSample]:
@@ -55,22 +63,8 @@ async def collect(pods: Mapping[int, Mapping[str, Any]], expected: int) -> list[
 
 
 async def _anomalies(session: aiohttp.ClientSession, shard: int, pod: Mapping[str, Any]) -> ShardAnomalies:
-    if not has_shadow(pod):
-        return ShardAnomalies(shard, error="pod has no shadow container yet (rolling)")
-    at = podtls.endpoint(pod, shard, SHADOW, ANOMALIES_PATH)
-    if at is None:
-        return ShardAnomalies(shard, error="pod has no IP yet")
-    try:
-        async with session.get(at.url, server_hostname=at.server_hostname) as resp:
-            if resp.status != 200:
-                # 404: a shadow of an image from before anomaly detection; skipped like one that is down.
-                return ShardAnomalies(shard, error=f"HTTP {resp.status}")
-            body = await resp.json()
-            if not isinstance(body, dict):
-                return ShardAnomalies(shard, error="answer is not a JSON object")
-            return ShardAnomalies(shard, body)
-    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-        return ShardAnomalies(shard, error=type(exc).__name__)
+    body, error = await _get(session, shard, pod, ANOMALIES_PATH)
+    return ShardAnomalies(shard, body, error)
 
 
 async def collect_anomalies(pods: Mapping[int, Mapping[str, Any]], expected: int) -> list[ShardAnomalies]:
