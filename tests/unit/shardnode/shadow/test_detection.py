@@ -223,3 +223,26 @@ def test_each_identitys_usual_share_is_learned_and_kept_across_a_restart(store: 
     det.retrain()  # stores the context with the shares
     again = Detection(store, settings, clock=clock)
     assert window(120, again) > 5 * max(usual, 0.5)
+
+
+def test_a_restart_replays_the_changes_of_the_window_it_had_not_closed(store: AnomalyStore) -> None:
+    clock = Clock()
+    det = Detection(store, settings, clock=clock)
+    feed = Feed(det, clock)
+    seed_keys(feed)
+    feed.quiet_window()
+    closed_lsn = feed.lsn
+    # An encrypting overwrite lands, then the process dies before its window closes.
+    bad = [feed.put(f"k{i:03}", os.urandom(300), "intruder", feed.window + 1 + i * 0.1) for i in range(40)]
+    det.observe(bad)
+    stored = {o.lsn: o for o in bad}
+
+    def observations_after(after: int, limit: int) -> list[ChangeObservation]:
+        return [stored[lsn] for lsn in sorted(stored) if lsn > after][:limit]
+
+    again = Detection(store, settings, clock=clock)
+    assert again.replay(observations_after) == len(bad)
+    assert min(o.lsn for o in bad) > closed_lsn
+    feed.det = again
+    opened = feed.close()
+    assert len(opened) == 1 and opened[0]["keys"] == len(bad)
