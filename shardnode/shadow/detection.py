@@ -258,7 +258,10 @@ class Detection:
                         events.append(event)
                 if starts:
                     t.closed_through = starts[-1] + settings.interval_seconds
-                    progress[name] = (t.closed_through, lsn)
+                    # Replayed from after a restart: everything after it that is not in a closed window. Changes
+                    # of windows still open may lie below the capture's position (it runs ahead of the clock).
+                    held = [o.lsn for changes in t.pending.values() for o in changes]
+                    progress[name] = (t.closed_through, min(lsn, min(held) - 1) if held else lsn)
         if stored:
             self.store.add_windows(stored, progress)
         for event in events:

@@ -246,3 +246,19 @@ def test_a_restart_replays_the_changes_of_the_window_it_had_not_closed(store: An
     feed.det = again
     opened = feed.close()
     assert len(opened) == 1 and opened[0]["keys"] == len(bad)
+
+
+def test_the_stored_progress_never_skips_changes_of_a_window_still_open(store: AnomalyStore) -> None:
+    clock = Clock()
+    det = Detection(store, settings, clock=clock)
+    feed = Feed(det, clock)
+    seed_keys(feed)
+    feed.quiet_window()
+    # Changes of the next window are applied (the capture's position is past them) before the last one closes.
+    early = [feed.put(f"k{i:03}", os.urandom(300), "intruder", feed.window + INTERVAL + 1 + i * 0.1)
+             for i in range(30)]
+    det.observe(early)
+    feed.close()  # closes the current (empty) window; the early changes' window is still open
+    (closed_through, lsn), = store.progress().values()
+    assert lsn < min(o.lsn for o in early), "a restart would not replay the open window's changes"
+    assert closed_through <= early[0].time
