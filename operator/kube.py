@@ -29,6 +29,7 @@ _KINDS: dict[tuple[str, str], tuple[str, str]] = {
     ("v1", "ServiceAccount"): ("/api/v1", "serviceaccounts"),
     ("networking.k8s.io/v1", "NetworkPolicy"): ("/apis/networking.k8s.io/v1", "networkpolicies"),
     ("cert-manager.io/v1", "Certificate"): ("/apis/cert-manager.io/v1", "certificates"),
+    ("coordination.k8s.io/v1", "Lease"): ("/apis/coordination.k8s.io/v1", "leases"),
     (f"{GROUP}/{VERSION}", "ShardSet"): (f"/apis/{GROUP}/{VERSION}", "shardsets"),
     (f"{GROUP}/{VERSION}", "KeyRotation"): (f"/apis/{GROUP}/{VERSION}", "keyrotations"),
     (f"{GROUP}/{VERSION}", "PrefetchPolicy"): (f"/apis/{GROUP}/{VERSION}", "prefetchpolicies"),
