@@ -1,4 +1,4 @@
-"""MirrorSet spec: a source ShardSet, its mirrors, health thresholds, prediction, failover and token tiers."""
+"""MirrorSet spec: a source ShardSet, its mirrors, replication, health, prediction, failover, consistency, tokens."""
 
 from __future__ import annotations
 
@@ -9,11 +9,16 @@ from typing import Any
 
 from chronoshard.operator.spec.common import NAME_PATTERN, Fields, SpecError, check_str, parse_duration
 
-REPLICATION_MODES = ("async",)
+REPLICATION_MODES = ("async", "sync")
 PREDICTION_MODELS = ("logistic-regression", "gradient-boosting")
 FAILOVER_POLICIES = ("automatic", "predictive", "manual")
 FAILBACK_POLICIES = ("automatic", "manual")
 DEFAULT_WINDOWS = ("5m", "15m", "30m")
+# A primary renews its Lease every third of it; below 3s a renewal round trip could eat a whole period.
+MIN_LEASE_DURATION = timedelta(seconds=3)
+# One-shot requests on the MirrorSet, each handled once per distinct value (recorded in the status).
+SWITCHOVER_ANNOTATION = "chronoshard.io/switchover-to"  # value: <name> or <namespace>/<name> of a member
+FAILBACK_ANNOTATION = "chronoshard.io/failback"  # value: any token; switches back to spec.sourceRef
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,7 @@ class Health:
     error_rate_threshold: float = 0.05
     capacity_threshold: float = 0.9
     probe_interval: timedelta = timedelta(seconds=10)
+    failure_threshold: int = 3  # consecutive failed probes => unavailable
 
 
 @dataclass(frozen=True)
@@ -61,11 +67,20 @@ class MirrorSetSpec:
     mirrors: tuple[Mirror, ...]
     replication_mode: str = "async"
     max_lag: timedelta = timedelta(seconds=30)
+    sync_timeout: timedelta = timedelta(seconds=10)
+    hold_timeout: timedelta = timedelta(seconds=5)
     health: Health = field(default_factory=Health)
     prediction: Prediction = field(default_factory=Prediction)
     failover_policy: str = "predictive"
     failback: str = "manual"
+    lease_duration: timedelta = timedelta(seconds=15)
+    switchover_timeout: timedelta = timedelta(seconds=30)
+    consistency_interval: timedelta = timedelta(minutes=10)
     tokens: Tokens = field(default_factory=Tokens)
+
+    def mirror_namespace(self, mirror: Mirror, own_namespace: str) -> str:
+        """The namespace of `mirror` for a MirrorSet living in `own_namespace`."""
+        return mirror.namespace or own_namespace
 
 
 def parse_mirrorset(spec: Mapping[str, Any] | None) -> MirrorSetSpec:
@@ -78,6 +93,8 @@ def parse_mirrorset(spec: Mapping[str, Any] | None) -> MirrorSetSpec:
     r = f.obj("replication")
     mode = r.string("mode", default="async", enum=REPLICATION_MODES)
     max_lag = r.duration("maxLag", default="30s", positive=True)
+    sync_timeout = r.duration("syncTimeout", default="10s", positive=True)
+    hold_timeout = r.duration("holdTimeout", default="5s", positive=True)
     r.done()
 
     h = f.obj("health")
@@ -86,6 +103,7 @@ def parse_mirrorset(spec: Mapping[str, Any] | None) -> MirrorSetSpec:
         error_rate_threshold=h.number("errorRateThreshold", default=0.05, minimum=0, maximum=1),
         capacity_threshold=h.number("capacityThreshold", default=0.9, minimum=0, maximum=1),
         probe_interval=h.duration("probeInterval", default="10s", positive=True),
+        failure_threshold=h.integer("failureThreshold", default=3, minimum=1, maximum=100),
     )
     h.done()
 
@@ -100,7 +118,15 @@ def parse_mirrorset(spec: Mapping[str, Any] | None) -> MirrorSetSpec:
     fo = f.obj("failover")
     policy = fo.string("policy", default="predictive", enum=FAILOVER_POLICIES)
     failback = fo.string("failback", default="manual", enum=FAILBACK_POLICIES)
+    lease_duration = fo.duration("leaseDuration", default="15s")
+    if lease_duration < MIN_LEASE_DURATION:  # the schema's CEL rule `>= 3s`
+        raise SpecError(fo.sub("leaseDuration"), "failover.leaseDuration must be a duration of at least 3s")
+    switchover_timeout = fo.duration("switchoverTimeout", default="30s", positive=True)
     fo.done()
+
+    c = f.obj("consistency")
+    consistency_interval = c.duration("interval", default="10m", positive=True)
+    c.done()
 
     t = f.obj("tokens")
     tokens = Tokens(
@@ -123,10 +149,15 @@ def parse_mirrorset(spec: Mapping[str, Any] | None) -> MirrorSetSpec:
         mirrors=mirrors,
         replication_mode=mode,
         max_lag=max_lag,
+        sync_timeout=sync_timeout,
+        hold_timeout=hold_timeout,
         health=health,
         prediction=prediction,
         failover_policy=policy,
         failback=failback,
+        lease_duration=lease_duration,
+        switchover_timeout=switchover_timeout,
+        consistency_interval=consistency_interval,
         tokens=tokens,
     )
 

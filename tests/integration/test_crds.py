@@ -381,3 +381,50 @@ def test_reversion_printer_columns(k8s_client, control_plane, namespace):
 
     out = wait_for(columns, timeout=30, interval=0.2, what="kubectl's columns from the patched status")
     assert out[:6] == expected, out
+
+
+MIRRORSET_STATUS = {
+    "phase": "Replicating", "observedGeneration": 1, "term": 4, "activeShardSet": "ns-b/orders-b",
+    "activeSource": "orders-b",
+    "conditions": [{"type": "Ready", "status": "True", "reason": "Replicating", "message": "every copy streams",
+                    "lastTransitionTime": "2026-12-07T00:00:00Z", "observedGeneration": 1}],
+    "shards": [{"shard": 0, "primary": "ns-b/orders-b", "copies": [
+        {"shardSet": "ns-b/orders-b", "role": "primary", "health": "healthy", "reasons": [], "state": "idle",
+         "appliedLSN": 12, "lastLSN": 12, "lagLSN": 0, "lagSeconds": 0.0, "latencyMs": 1.5, "errorRate": 0.0,
+         "capacity": 0.1, "restarts": 1},
+        {"shardSet": "ns-a/orders-a", "role": "mirror", "health": "degraded", "reasons": ["latency 310ms > 250ms"],
+         "state": "streaming", "appliedLSN": 10, "lastLSN": 10, "lagLSN": 2, "lagSeconds": 0.5, "latencyMs": 310.0,
+         "errorRate": 0.01, "capacity": 0.2, "restarts": 0,
+         "consistentAt": {"lsn": 9, "time": "2026-12-07T00:01:00Z"}}]}],
+    "mirrors": [{"name": "orders-a", "namespace": "ns-a", "healthy": False, "lagSeconds": 0.5, "appliedLSN": 10}],
+    "operation": {"kind": "switchover", "step": "CatchingUp", "term": 5, "from": "ns-b/orders-b",
+                  "to": "ns-a/orders-a", "reason": "requested", "startedAt": "2026-12-07T00:02:00Z",
+                  "tokens": {"0": 12}, "promotedAt": {"0": 12}},
+    "lastOperation": {"kind": "failover", "from": "ns-a/orders-a", "to": "ns-b/orders-b", "term": 4,
+                      "startedAt": "2026-12-07T00:00:00Z", "finishedAt": "2026-12-07T00:00:05Z",
+                      "outcome": "Succeeded", "message": "shard 0 unavailable", "heldSeconds": 4.5},
+    "lostWrites": [{"shard": 0, "shardSet": "ns-a/orders-a", "fromLSN": 8, "toLSN": 10, "count": 2,
+                    "confirmed": True, "term": 4, "time": "2026-12-07T00:00:05Z"}],
+    "failovers": 1, "lastFailoverTime": "2026-12-07T00:00:05Z",
+    "lastSwitchoverRequest": "ns-a/orders-a", "lastFailbackRequest": "t1",
+}
+
+
+def test_mirrorset_status_keeps_every_contract_field_and_shows_active_and_term(k8s_client, control_plane, namespace):
+    _create(k8s_client, namespace, _obj("MirrorSet", "cols", {"sourceRef": {"name": "orders-a"},
+                                                               "mirrors": [{"shardSetRef": {"name": "orders-b"}}]}))
+    expected = ["cols", "orders-b", "4", "Replicating"]
+
+    def columns() -> list[str] | None:
+        # A running operator may write its own status between our patch and read: patch until the read sees ours.
+        stored = _api(k8s_client).patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, "mirrorsets", "cols", {"status": MIRRORSET_STATUS})
+        # A field the schema does not declare would be pruned from the stored object.
+        assert stored["status"] == MIRRORSET_STATUS
+        out = control_plane.kubectl("get", "mirs", "cols", "-n", namespace, "--no-headers").stdout.split()
+        return out if out[:4] == expected else None
+
+    out = wait_for(columns, timeout=30, interval=0.2, what="kubectl's columns from the patched status")
+    assert out[:4] == expected, out
+    header = control_plane.kubectl("get", "mirs", "cols", "-n", namespace).stdout.splitlines()[0].split()
+    assert header == ["NAME", "ACTIVE", "TERM", "PHASE", "AGE"]
