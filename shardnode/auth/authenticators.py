@@ -19,6 +19,7 @@ from .apiserver import ApiServer
 from .config import SecurityConfig
 from .identity import Identity, IdentityKind, Unauthenticated
 from .metrics import AuthMetrics
+from .peers import OWN_CAS
 from .singleflight import SingleFlight
 from .ttlcache import TTLCache
 
@@ -147,9 +148,11 @@ def _subject_cn(cert: dict[str, Any]) -> str | None:
 
 
 class ClientCertificateAuthenticator:
-    """The TLS client certificate, already verified against the ShardSet CA by the server's SSL context: its
-    subject CN is the pod identity or an operator identity; any other CA-valid CN is a "user" whom the
-    authorizer refuses (403: the certificate is genuine, it just names nobody allowed)."""
+    """The TLS client certificate, already verified by the server's SSL context against the ShardSet CA (and, with
+    ``peers-ca.crt``, the peer members' CAs): a CN listed in replicaIdentities is a "replica"; otherwise, issued by
+    the own CA, its CN is the pod identity or an operator identity, and any other CA-valid CN is a "user" whom the
+    authorizer refuses (403: the certificate is genuine, it just names nobody allowed). A certificate issued only
+    by a peer CA whose CN is no listed replica is refused (401): a peer never passes for the pods or the operator."""
 
     def __init__(self, cfg: SecurityConfig) -> None:
         self.cfg = cfg
@@ -167,5 +170,11 @@ class ClientCertificateAuthenticator:
         cn = _subject_cn(cert)
         if cn is None:
             raise Unauthenticated("invalid", "the client certificate has no subject common name")
+        if cn in self.cfg.replica_identities:
+            return Identity(cn, (), "replica", "client-certificate")
+        own = request.app.get(OWN_CAS)
+        if own is not None and ssl_object is not None and not own.issued(ssl_object.getpeercert(binary_form=True)):
+            raise Unauthenticated("invalid", f"the client certificate names {cn!r}, which is no replica identity of "
+                                  "this ShardSet, and its CA is only trusted for replicas")
         kind = classify(cn, self.cfg)
         return Identity(cn, (), "user" if kind == "serviceaccount" else kind, "client-certificate")

@@ -25,6 +25,8 @@ class Decision:
 
 
 DecisionKey = tuple[str, tuple[str, ...], str, str, str]
+# What the operator's identity may do without a review.
+_OPERATOR_ACCESS = (Access.ADMIN, Access.REPLICATION, Access.METRICS, Access.PARTITIONS)
 
 
 class Authorizer:
@@ -44,10 +46,15 @@ class Authorizer:
         if access is Access.PUBLIC or identity.kind == "pod":
             # The ShardSet's own pods hold the same keys: nothing a route guards is more than they have.
             return Decision(True, "public" if access is Access.PUBLIC else "pod")
+        if identity.kind == "replica":
+            # A peer member's pod: the replication routes and nothing else (no review can widen that).
+            if access is Access.REPLICATION:
+                return Decision(True, "replica")
+            return Decision(False, "replica_only", "a replica may only use the replication routes")
         if identity.via == "client-certificate" and identity.kind != "operator":
             return Decision(False, "unknown_certificate",
                             f"the client certificate names {identity.user!r}, neither the pods nor the operator")
-        if identity.kind == "operator" and access in (Access.ADMIN, Access.METRICS, Access.PARTITIONS):
+        if identity.kind == "operator" and access in _OPERATOR_ACCESS:
             return Decision(True, "operator")
         attrs = review_attributes(access, table=table, shard_set=self.cfg.name)
         if attrs is None:

@@ -24,6 +24,8 @@ class SecurityConfig:
     accept_kubeconfig_tokens: bool = False
     cache_ttl_seconds: float = 10.0
     cache_size: int = 10000
+    # Peer MirrorSet members' pod identities (certificate CNs): accepted only as `replica`, for REPLICATION routes.
+    replica_identities: tuple[str, ...] = ()
 
 
 def _str(doc: dict[str, Any], key: str) -> str:
@@ -50,15 +52,23 @@ def parse_security_config(doc: Any) -> SecurityConfig:
     operators = doc.get("operatorIdentities", [])
     if not isinstance(operators, list) or not all(isinstance(o, str) and o for o in operators):
         raise SecurityConfigError("operatorIdentities must be a list of non-empty strings")
+    replicas = doc.get("replicaIdentities", [])
+    if not isinstance(replicas, list) or not all(isinstance(r, str) and r for r in replicas):
+        raise SecurityConfigError("replicaIdentities must be a list of non-empty strings")
     accept = doc.get("acceptKubeconfigTokens", False)
     if not isinstance(accept, bool):
         raise SecurityConfigError("acceptKubeconfigTokens must be true or false")
-    return SecurityConfig(
+    cfg = SecurityConfig(
         namespace=_str(shard_set, "namespace"), name=_str(shard_set, "name"), audience=_str(doc, "audience"),
         pod_identity=_str(doc, "podIdentity"), operator_identities=tuple(operators),
         accept_kubeconfig_tokens=accept,
         cache_ttl_seconds=_number(doc, "cacheTTLSeconds", 10, 0, 3600),
-        cache_size=int(_number(doc, "cacheSize", 10000, 1, 10_000_000)))
+        cache_size=int(_number(doc, "cacheSize", 10000, 1, 10_000_000)),
+        replica_identities=tuple(replicas))
+    if set(cfg.replica_identities) & {cfg.pod_identity, *cfg.operator_identities}:
+        # A peer's certificate must never pass for this ShardSet's pods or the operator.
+        raise SecurityConfigError("replicaIdentities must not name podIdentity or an operator identity")
+    return cfg
 
 
 def load_security_config(path: str | Path) -> SecurityConfig:

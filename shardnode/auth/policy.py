@@ -24,7 +24,10 @@ class Access(enum.Enum):
     DATA_DELETE = "data:delete"  # a block delete
     PARTITIONS = "partitions"  # the partition map: `get` on the ShardSet itself
     METRICS = "metrics"  # /metrics: pod, operator, or the non-resource URL /metrics
-    ADMIN = "admin"  # rewrap, verify, keys, changes, frames, prefetch, access log, status: pod or operator only
+    ADMIN = "admin"  # rewrap, verify, keys, frames, prefetch, access log, role changes: pod or operator only
+    # The change stream, status, replication state, digests and health (docs/mirroring.md): pod, operator, or a
+    # `replica` identity (a peer MirrorSet member's pod certificate listed in replicaIdentities); users never.
+    REPLICATION = "replication"
 
 
 DATA_VERBS = {Access.DATA_GET: "get", Access.DATA_LIST: "list", Access.DATA_UPDATE: "update",

@@ -351,16 +351,16 @@ def status_handler(host_of: Callable[[web.Request], StreamHost]) -> Callable[[we
 
 
 def routes(host_of: Callable[[web.Request], StreamHost]) -> list[Route]:
-    """The change-stream routes (all ADMIN: the pods' and the operator's only)."""
+    """The change-stream routes (all REPLICATION: the pods', the operator's and listed replicas')."""
     slot = consumer_handlers(host_of)
-    return [Route("GET", "/v1/changes", changes_handler(host_of), Access.ADMIN),
-            Route("GET", "/v1/consumers", slot["get_all"], Access.ADMIN),
-            Route("PUT", "/v1/consumers/{name}", slot["put"], Access.ADMIN),
-            Route("GET", "/v1/consumers/{name}", slot["get_one"], Access.ADMIN),
-            Route("DELETE", "/v1/consumers/{name}", slot["delete"], Access.ADMIN),
-            Route("POST", "/v1/consumers/{name}/ack", slot["ack"], Access.ADMIN),
-            Route("GET", "/v1/snapshot", snapshot_handler(host_of), Access.ADMIN),
-            Route("GET", "/v1/status", status_handler(host_of), Access.ADMIN)]
+    return [Route("GET", "/v1/changes", changes_handler(host_of), Access.REPLICATION),
+            Route("GET", "/v1/consumers", slot["get_all"], Access.REPLICATION),
+            Route("PUT", "/v1/consumers/{name}", slot["put"], Access.REPLICATION),
+            Route("GET", "/v1/consumers/{name}", slot["get_one"], Access.REPLICATION),
+            Route("DELETE", "/v1/consumers/{name}", slot["delete"], Access.REPLICATION),
+            Route("POST", "/v1/consumers/{name}/ack", slot["ack"], Access.REPLICATION),
+            Route("GET", "/v1/snapshot", snapshot_handler(host_of), Access.REPLICATION),
+            Route("GET", "/v1/status", status_handler(host_of), Access.REPLICATION)]
 
 
 class ConsumerMetrics:

@@ -282,6 +282,7 @@ class ProcessSecurity:
     tls_dir: Path | None
     config: Path | None
     insecure: bool
+    replication_dir: Path | None = None  # the mounted <shardset>-replication ConfigMap (peers-ca.crt)
 
 
 def process_security(p: argparse.ArgumentParser, args: argparse.Namespace) -> ProcessSecurity:
@@ -294,7 +295,9 @@ def process_security(p: argparse.ArgumentParser, args: argparse.Namespace) -> Pr
     return ProcessSecurity(server=p.prog.removeprefix("chronoshard-"),
                            tls_dir=Path(args.tls_dir) if args.tls_dir else None,
                            config=Path(args.security_config) if args.security_config else None,
-                           insecure=bool(args.insecure))
+                           insecure=bool(args.insecure),
+                           replication_dir=Path(args.replication_dir) if getattr(args, "replication_dir", None)
+                           else None)
 
 
 def shard_process_parser(prog: str, description: str, *, port: int, env_prefix: str,
@@ -313,6 +316,9 @@ def shard_process_parser(prog: str, description: str, *, port: int, env_prefix: 
     p.add_argument("--shard-index", type=int, default=None,
                    help="this shard's index (default: the ordinal in $POD_NAME)")
     p.add_argument("--config", default=env(f"{env_prefix}_CONFIG"), help=f"{settings_file} settings file")
+    p.add_argument("--replication-dir", default=env("CHRONOSHARD_REPLICATION_DIR"),
+                   help="the mounted <shardset>-replication ConfigMap: its peers-ca.crt (the other MirrorSet "
+                   "members' CAs) is trusted for replica certificates (with --tls-dir)")
     return p
 
 
@@ -375,7 +381,8 @@ def run(app: web.Application, host: str, port: int, *, security: ProcessSecurity
     with its TLS directory, the auth middleware with its security config). ``long_request_lines`` allows request
     lines long enough for any valid block key (servers whose URLs carry keys)."""
     secure_from_flags(app, security)
-    ssl_context = tls.install(app, security.tls_dir) if security.tls_dir is not None else None
+    ssl_context = (tls.install(app, security.tls_dir, replication_dir=security.replication_dir)
+                   if security.tls_dir is not None else None)
     limits = SERVER_LIMITS if long_request_lines else AIOHTTP_LIMITS
     web.run_app(app, host=host, port=port, access_log=None, print=None, shutdown_timeout=10,
                 ssl_context=ssl_context, **limits)

@@ -7,6 +7,11 @@ asks for an optional client certificate verified against ``ca.crt``; ``client_co
 and loads the new pair into the same contexts, so handshakes after the change use it and connections already open
 (and the requests on them) are not touched. A pair that does not load keeps the one in force.
 
+With a replication directory (``--replication-dir``, the mounted ``<shardset>-replication`` ConfigMap) the CA
+certificates in its ``peers-ca.crt`` (the other MirrorSet members' CAs) are trusted too, by both contexts, and a
+changed file is added like a changed ``ca.crt``; the own CAs are then kept in ``app[OWN_CAS]`` so the authenticator
+accepts a peer-issued certificate only as a listed replica (shardnode/auth/peers.py).
+
 ``install(app, tls_dir)`` does all of it for one server: the scaffold calls it when ``--tls-dir`` is given; the
 process's internal sessions build their connector with ``connector(app)`` and name the pod with
 ``internal_hostname(url)``.
@@ -27,6 +32,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from chronoshard.shardnode.auth.peers import OWN_CAS, OwnAuthorities
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 from yarl import URL
@@ -36,6 +42,7 @@ log = logging.getLogger("chronoshard.tls")
 CERT_FILE = "tls.crt"
 KEY_FILE = "tls.key"
 CA_FILE = "ca.crt"
+PEERS_CA_FILE = "peers-ca.crt"
 RELOAD_SECONDS = 2.0
 
 # The client context of a server built with install(): what its internal sessions present and verify with.
@@ -55,22 +62,42 @@ def _new_context(purpose: int) -> ssl.SSLContext:
     return ctx
 
 
-def server_context(tls_dir: str | Path) -> ssl.SSLContext:
+def peers_ca(replication_dir: str | Path | None) -> bytes | None:
+    """The peer CAs' PEM bundle of ``replication_dir`` (None: no directory, no file, or no certificate in it)."""
+    if replication_dir is None:
+        return None
+    try:
+        pem = (_snapshot(Path(replication_dir)) / PEERS_CA_FILE).read_bytes()
+    except FileNotFoundError:
+        return None
+    return pem if b"-----BEGIN CERTIFICATE-----" in pem else None
+
+
+def _trust_peers(ctx: ssl.SSLContext, replication_dir: str | Path | None) -> None:
+    pem = peers_ca(replication_dir)
+    if pem is not None:
+        ctx.load_verify_locations(cadata=pem.decode("ascii"))
+
+
+def server_context(tls_dir: str | Path, replication_dir: str | Path | None = None) -> ssl.SSLContext:
     """A server context: TLS 1.2+, the chain from tls.crt/tls.key, client certificates optional and, when sent,
-    verified against ca.crt (an unverifiable one fails the handshake)."""
+    verified against ca.crt (and the peer CAs of ``replication_dir``); an unverifiable one fails the handshake."""
     snap = _snapshot(Path(tls_dir))
     ctx = _new_context(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(snap / CERT_FILE, snap / KEY_FILE)
     ctx.load_verify_locations(cafile=str(snap / CA_FILE))
+    _trust_peers(ctx, replication_dir)
     ctx.verify_mode = ssl.CERT_OPTIONAL
     return ctx
 
 
-def client_context(tls_dir: str | Path) -> ssl.SSLContext:
-    """A client context: verifies the server against ca.crt (hostname checked) and presents tls.crt/tls.key."""
+def client_context(tls_dir: str | Path, replication_dir: str | Path | None = None) -> ssl.SSLContext:
+    """A client context: verifies the server against ca.crt (and the peer CAs of ``replication_dir``, for a mirror
+    dialling its source), hostname checked, and presents tls.crt/tls.key."""
     snap = _snapshot(Path(tls_dir))
     ctx = _new_context(ssl.PROTOCOL_TLS_CLIENT)  # check_hostname and CERT_REQUIRED by default
     ctx.load_verify_locations(cafile=str(snap / CA_FILE))
+    _trust_peers(ctx, replication_dir)
     ctx.load_cert_chain(snap / CERT_FILE, snap / KEY_FILE)
     return ctx
 
@@ -87,16 +114,21 @@ def describe_certificate(pem: bytes) -> str:
 
 
 class CertReloader:
-    """Keeps ``contexts`` loaded with the current files of ``tls_dir`` (polled every ``interval`` seconds)."""
+    """Keeps ``contexts`` loaded with the current files of ``tls_dir`` (polled every ``interval`` seconds), and
+    their trust stores with the peer CAs of ``replication_dir``; ``own`` (if given) learns every own CA loaded."""
 
-    def __init__(self, tls_dir: str | Path, contexts: Sequence[ssl.SSLContext], interval: float = RELOAD_SECONDS
-                 ) -> None:
+    def __init__(self, tls_dir: str | Path, contexts: Sequence[ssl.SSLContext], interval: float = RELOAD_SECONDS,
+                 replication_dir: str | Path | None = None, own: OwnAuthorities | None = None) -> None:
         self.tls_dir = Path(tls_dir)
         self.contexts = list(contexts)
         self.interval = interval
+        self.replication_dir = replication_dir
+        self.own = own
         self.reloads = 0
+        self.peer_reloads = 0
         self.load_error: str | None = None
         self._loaded, self._ca = self._digests()[1:]
+        self._peers = self._peers_digest()
         self._refused: str | None = None  # the digest of a pair already reported as not loading
 
     def _digests(self) -> tuple[Path, str, str]:
@@ -105,12 +137,20 @@ class CertReloader:
         ca = hashlib.sha256((snap / CA_FILE).read_bytes()).hexdigest()
         return snap, pair, ca
 
+    def _peers_digest(self) -> str | None:
+        try:
+            pem = peers_ca(self.replication_dir)
+        except OSError:
+            return self._peers  # unreadable now: keep what is loaded, look again at the next poll
+        return None if pem is None else hashlib.sha256(pem).hexdigest()
+
     def poll(self) -> bool:
         """Check the files once; load a changed pair (and a changed CA) into every context. True if loaded.
 
         Runs on the event loop's thread, in one go, so no handshake sees a context half-loaded; the new pair is
         first loaded into a scratch context, so one that does not load never reaches the live ones.
         """
+        self.poll_peers()
         try:
             snap, pair, ca = self._digests()
         except OSError as exc:
@@ -128,10 +168,33 @@ class CertReloader:
             if ca != self._ca:
                 # A CA can only be added to a context's trust store, never removed: both CAs verify from now on.
                 ctx.load_verify_locations(cafile=str(snap / CA_FILE))
+        if ca != self._ca and self.own is not None:
+            self.own.add_pem((snap / CA_FILE).read_bytes())
         self._loaded, self._ca, self._refused, self.load_error = pair, ca, None, None
         self.reloads += 1
         log.info("TLS certificate reloaded from %s: %s", self.tls_dir,
                  describe_certificate((snap / CERT_FILE).read_bytes()))
+        return True
+
+    def poll_peers(self) -> bool:
+        """Add a changed ``peers-ca.crt`` to every context's trust store (a removed CA stays trusted until the
+        process restarts, as for ``ca.crt``). True if loaded."""
+        digest = self._peers_digest()
+        if digest is None or digest == self._peers:
+            return False
+        try:
+            scratch = _new_context(ssl.PROTOCOL_TLS_CLIENT)
+            _trust_peers(scratch, self.replication_dir)
+            for ctx in self.contexts:
+                _trust_peers(ctx, self.replication_dir)
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            log.error("peer CAs in %s not loaded (%s)", self.replication_dir,
+                      getattr(exc, "reason", None) or type(exc).__name__)
+            self._peers = digest  # one line per broken bundle, not one per poll
+            return False
+        self._peers = digest
+        self.peer_reloads += 1
+        log.info("peer CA certificates reloaded from %s", self.replication_dir)
         return True
 
     def _refuse(self, reason: str, digest: str) -> bool:
@@ -156,12 +219,19 @@ class CertReloader:
             await task
 
 
-def install(app: web.Application, tls_dir: str | Path, interval: float = RELOAD_SECONDS) -> ssl.SSLContext:
-    """Set ``app`` up for TLS from ``tls_dir``: returns the server context (for ``web.run_app(ssl_context=)``),
-    keeps the client context in ``app[CLIENT_SSL]`` and reloads both while the app runs."""
-    server, client = server_context(tls_dir), client_context(tls_dir)
+def install(app: web.Application, tls_dir: str | Path, interval: float = RELOAD_SECONDS,
+            replication_dir: str | Path | None = None) -> ssl.SSLContext:
+    """Set ``app`` up for TLS from ``tls_dir`` (and the peer CAs of ``replication_dir``): returns the server context
+    (for ``web.run_app(ssl_context=)``), keeps the client context in ``app[CLIENT_SSL]`` and reloads both while
+    the app runs."""
+    server, client = server_context(tls_dir, replication_dir), client_context(tls_dir, replication_dir)
     app[CLIENT_SSL] = client
-    app.cleanup_ctx.append(CertReloader(tls_dir, [server, client], interval).cleanup_ctx)
+    own = None
+    if replication_dir is not None:
+        # Peers verify in the handshake too: only the issuer tells their certificates from the own pods'.
+        own = app[OWN_CAS] = OwnAuthorities()
+        own.add_pem((_snapshot(Path(tls_dir)) / CA_FILE).read_bytes())
+    app.cleanup_ctx.append(CertReloader(tls_dir, [server, client], interval, replication_dir, own).cleanup_ctx)
     return server
 
 

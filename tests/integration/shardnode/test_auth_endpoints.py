@@ -53,7 +53,7 @@ pytestmark = pytest.mark.integration
 CASES = ("none", "malformed", "expired", "wrong_audience", "forbidden", "allowed")
 UNAUTHENTICATED = {"none": "missing", "malformed": "malformed", "expired": "expired",
                    "wrong_audience": "wrong_audience"}
-ADMIN_LIKE = (Access.ADMIN,)
+ADMIN_LIKE = (Access.ADMIN, Access.REPLICATION)
 
 
 @dataclass
@@ -230,20 +230,20 @@ NODE_ENDPOINTS = [
     Endpoint("GET", "/v1/partitions", Access.PARTITIONS),
     Endpoint("GET", T + "/frames/{key}", Access.ADMIN, "/v1/tables/t/frames/k"),
     Endpoint("POST", T + "/frames:batchGet", Access.ADMIN, "/v1/tables/t/frames:batchGet", {"keys": ["k"]}),
-    Endpoint("GET", "/v1/changes", Access.ADMIN),
+    Endpoint("GET", "/v1/changes", Access.REPLICATION),
     Endpoint("GET", "/v1/keys", Access.ADMIN),
     Endpoint("POST", "/v1/rewrap", Access.ADMIN, body={}, ok=202),
     Endpoint("GET", "/v1/rewrap", Access.ADMIN),
     Endpoint("POST", "/v1/verify", Access.ADMIN, body={"mode": "sample", "sample": 1}, ok=202),
     Endpoint("GET", "/v1/verify", Access.ADMIN),
     # The change stream's consumer slots: ``seed`` registers SLOT; a new slot answers 201; DELETE comes last.
-    Endpoint("GET", "/v1/consumers", Access.ADMIN),
-    Endpoint("PUT", "/v1/consumers/{name}", Access.ADMIN, "/v1/consumers/fresh", {}, ok=201),
-    Endpoint("GET", "/v1/consumers/{name}", Access.ADMIN, f"/v1/consumers/{SLOT}"),
-    Endpoint("POST", "/v1/consumers/{name}/ack", Access.ADMIN, f"/v1/consumers/{SLOT}/ack", {"lsn": 2}),
-    Endpoint("DELETE", "/v1/consumers/{name}", Access.ADMIN, f"/v1/consumers/{SLOT}"),
-    Endpoint("GET", "/v1/snapshot", Access.ADMIN),
-    Endpoint("GET", "/v1/status", Access.ADMIN),
+    Endpoint("GET", "/v1/consumers", Access.REPLICATION),
+    Endpoint("PUT", "/v1/consumers/{name}", Access.REPLICATION, "/v1/consumers/fresh", {}, ok=201),
+    Endpoint("GET", "/v1/consumers/{name}", Access.REPLICATION, f"/v1/consumers/{SLOT}"),
+    Endpoint("POST", "/v1/consumers/{name}/ack", Access.REPLICATION, f"/v1/consumers/{SLOT}/ack", {"lsn": 2}),
+    Endpoint("DELETE", "/v1/consumers/{name}", Access.REPLICATION, f"/v1/consumers/{SLOT}"),
+    Endpoint("GET", "/v1/snapshot", Access.REPLICATION),
+    Endpoint("GET", "/v1/status", Access.REPLICATION),
 ]
 CACHE_ENDPOINTS = [
     *BLOCK_ENDPOINTS, *STANDARD,
@@ -320,7 +320,7 @@ async def seed(srv: Server, env: Env) -> None:
         put = Endpoint("PUT", "", Access.DATA_UPDATE, f"/v1/tables/t/blocks/{key}", b"seed")
         assert (await call(srv, env, put, "none", env.pod))[0] == 200
     if srv.name == "node":
-        register = Endpoint("PUT", "", Access.ADMIN, f"/v1/consumers/{SLOT}", {})
+        register = Endpoint("PUT", "", Access.REPLICATION, f"/v1/consumers/{SLOT}", {})
         assert (await call(srv, env, register, "none", env.pod))[0] == 201
 
 

@@ -16,11 +16,17 @@ def test_security_config_parses_the_interface_document():
     assert (cfg.namespace, cfg.name, cfg.audience) == ("shop", "orders", "chronoshard.io/shop/orders")
     assert cfg.operator_identities == ("chronoshard:operator", "system:serviceaccount:ops:op")
     assert cfg.cache_ttl_seconds == 10 and cfg.cache_size == 10000 and not cfg.accept_kubeconfig_tokens
+    assert cfg.replica_identities == ()
+    peer = "chronoshard:shardset:shop-b:orders-b"
+    assert parse_security_config({**security_doc("shop"), "replicaIdentities": [peer]}).replica_identities == (peer,)
 
 
 @pytest.mark.parametrize("change", [{"audience": ""}, {"shardSet": {"namespace": "shop"}}, {"cacheSize": 0},
                                     {"acceptKubeconfigTokens": "yes"}, {"operatorIdentities": "x"},
-                                    {"cacheTTLSeconds": True}])
+                                    {"cacheTTLSeconds": True}, {"replicaIdentities": "x"},
+                                    {"replicaIdentities": [""]},
+                                    {"replicaIdentities": ["chronoshard:shardset:shop:orders"]},
+                                    {"replicaIdentities": ["chronoshard:operator"]}])
 def test_security_config_refuses_bad_fields(change):
     with pytest.raises(SecurityConfigError):
         parse_security_config({**security_doc("shop"), **change})
