@@ -30,6 +30,8 @@ _KINDS: dict[tuple[str, str], tuple[str, str]] = {
     ("networking.k8s.io/v1", "NetworkPolicy"): ("/apis/networking.k8s.io/v1", "networkpolicies"),
     ("cert-manager.io/v1", "Certificate"): ("/apis/cert-manager.io/v1", "certificates"),
     ("coordination.k8s.io/v1", "Lease"): ("/apis/coordination.k8s.io/v1", "leases"),
+    ("rbac.authorization.k8s.io/v1", "Role"): ("/apis/rbac.authorization.k8s.io/v1", "roles"),
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"): ("/apis/rbac.authorization.k8s.io/v1", "rolebindings"),
     (f"{GROUP}/{VERSION}", "ShardSet"): (f"/apis/{GROUP}/{VERSION}", "shardsets"),
     (f"{GROUP}/{VERSION}", "KeyRotation"): (f"/apis/{GROUP}/{VERSION}", "keyrotations"),
     (f"{GROUP}/{VERSION}", "PrefetchPolicy"): (f"/apis/{GROUP}/{VERSION}", "prefetchpolicies"),
@@ -174,6 +176,12 @@ def list_objects(api_version: str, kind: str, namespace: str, label_selector: st
     """Objects of a kind in a namespace, optionally filtered by a label selector."""
     query = [("labelSelector", label_selector)] if label_selector else None
     return list((_call("GET", object_path(api_version, kind, namespace), query=query) or {}).get("items", []))
+
+
+def list_all_namespaces(api_version: str, kind: str) -> list[dict[str, Any]]:
+    """Objects of a namespaced kind in every namespace (needs list on it cluster-wide)."""
+    path = object_path(api_version, kind, "_").replace("/namespaces/_/", "/")
+    return list((_call("GET", path) or {}).get("items", []))
 
 
 def delete(api_version: str, kind: str, namespace: str, name: str) -> bool:

@@ -65,6 +65,16 @@ def config_map_name(shardset: str) -> str:
     return f"{shardset}-config"
 
 
+def replication_config_map_name(shardset: str) -> str:
+    """The ConfigMap with the other MirrorSet members' CA certificates (``peers-ca.crt``)."""
+    return f"{shardset}-replication"
+
+
+def lease_role_name(shardset: str) -> str:
+    """The Role (and RoleBinding) letting a MirrorSet member's pods hold their primary Leases."""
+    return f"{shardset}-lease"
+
+
 def partitions_config_map_name(shardset: str) -> str:
     """The ConfigMap with the partition map the pods mount."""
     return f"{shardset}-partitions"

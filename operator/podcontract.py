@@ -47,6 +47,11 @@ TLS_KEY_FILE = "tls.key"
 CA_CERT_FILE = "ca.crt"
 CA_KEY_FILE = "ca.key"
 TLS_DIR_FLAG = "--tls-dir"
+# A MirrorSet member's node also trusts the other members' pods, for the replication routes only
+# (docs/mirroring.md): the ``<shardset>-replication`` ConfigMap, mounted here, holds their CA certificates.
+REPLICATION_MOUNT = "/etc/chronoshard/replication"
+REPLICATION_DIR_FLAG = "--replication-dir"
+PEERS_CA_FILE = "peers-ca.crt"
 SECURITY_CONFIG_FLAG = "--security-config"
 
 # Keys of the ``<shardset>-config`` ConfigMap (one settings file per process) and of ``<shardset>-partitions``.
@@ -81,9 +86,11 @@ def pod_dns_name(namespace: str, shardset: str, shard: int) -> str:
 
 
 def security_config(namespace: str, shardset: str, spec: ShardSetSpec,
-                    operator_identities: tuple[str, ...] = (OPERATOR_IDENTITY,)) -> dict[str, Any]:
-    """``security.json``: who the pods are, whom they treat as the operator, how they check tokens."""
-    return {
+                    operator_identities: tuple[str, ...] = (OPERATOR_IDENTITY,),
+                    replica_identities: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``security.json``: who the pods are, whom they treat as the operator, how they check tokens, and (for a
+    MirrorSet member) the other members' pod identities, allowed the replication routes only."""
+    doc: dict[str, Any] = {
         "shardSet": {"namespace": namespace, "name": shardset},
         "audience": audience(namespace, shardset),
         "podIdentity": pod_identity(namespace, shardset),
@@ -92,6 +99,9 @@ def security_config(namespace: str, shardset: str, spec: ShardSetSpec,
         "cacheTTLSeconds": AUTH_CACHE_TTL_SECONDS,
         "cacheSize": AUTH_CACHE_SIZE,
     }
+    if replica_identities:  # absent for a ShardSet in no MirrorSet: its file stays as it was
+        doc["replicaIdentities"] = list(replica_identities)
+    return doc
 
 
 def node_config(spec: ShardSetSpec) -> dict[str, Any]:

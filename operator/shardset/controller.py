@@ -40,12 +40,15 @@ from ..keyring import (
 )
 from ..loop import namespace_of, post_events, run_object_loop
 from ..metrics import set_key_version
-from ..podcontract import PARTITION_MAP_FILE
+from ..mirrorlookup import PEERS, mirror_membership
+from ..mirrorselect import MemberRef, MirrorMembership, members_of
+from ..podcontract import CA_CERT_FILE, PARTITION_MAP_FILE, pod_identity
 from ..prefetchlookup import policy_in_force
 from ..settings import RUNTIME
 from ..shadowlookup import shadow_policy_in_force
 from ..shardpods import shard_pods
 from ..spec.common import SpecError
+from ..spec.mirrorset import parse_mirrorset
 from ..spec.shardset import ShardSetSpec, parse_shardset
 from ..triggers import TRIGGERS
 from . import manifests, tlsassets
@@ -239,6 +242,28 @@ def _keep_immutable_claims(desired: dict[str, Any], live: Mapping[str, Any] | No
         ]
 
 
+def _peers_ca(peers: tuple[MemberRef, ...]) -> str:
+    """The peers' public CA certificates (their ``<name>-ca`` ConfigMaps), concatenated in member order; a peer
+    whose ConfigMap does not exist yet is left out until it does (its creation wakes this ShardSet)."""
+    pems = []
+    for peer in peers:
+        cm = kube.get("v1", "ConfigMap", peer.namespace, naming.ca_config_map_name(peer.name))
+        pem = ((cm or {}).get("data") or {}).get(CA_CERT_FILE)
+        if pem:
+            pems.append(pem if pem.endswith("\n") else pem + "\n")
+    return "".join(pems)
+
+
+def _ensure_replication(owner: Mapping[str, Any], membership: MirrorMembership) -> None:
+    """A MirrorSet member: the other members' CAs for its node, and the Role its pods hold their Leases with."""
+    if not membership.is_member:
+        return
+    name, ns = owner["metadata"]["name"], owner["metadata"]["namespace"]
+    APPLIED.apply(manifests.replication_config_map(owner, _peers_ca(membership.peers(ns, name))))
+    APPLIED.apply(manifests.lease_role(owner))
+    APPLIED.apply(manifests.lease_role_binding(owner))
+
+
 def reconcile(owner: Mapping[str, Any]) -> ReconcileResult:
     """Bring a ShardSet's children to the wished state and compute its status (blocking; run in a thread)."""
     result = ReconcileResult()
@@ -282,8 +307,14 @@ def reconcile(owner: Mapping[str, Any]) -> ReconcileResult:
     prefetch = policy_in_force(ns, name)
     # Likewise the oldest valid ShadowPolicy adds the shadow container and shadow.json.
     shadow = shadow_policy_in_force(ns, name).spec
+    # A MirrorSet member's pods accept the other members' pods on the replication routes (docs/mirroring.md).
+    membership = mirror_membership(ns, name)
+    PEERS.remember(ns, name, membership)
+    replicas = tuple(pod_identity(p.namespace, p.name) for p in membership.peers(ns, name))
     APPLIED.apply(manifests.config_map(owner, spec, prefetch=prefetch.spec,
-                                       operator_identities=tlsassets.operator_identities(), shadow=shadow))
+                                       operator_identities=tlsassets.operator_identities(), shadow=shadow,
+                                       replica_identities=replicas))
+    _ensure_replication(owner, membership)
     APPLIED.apply(manifests.headless_service(owner))
     APPLIED.apply(manifests.client_service(owner))
     APPLIED.apply(manifests.pod_disruption_budget(owner, spec))
@@ -295,7 +326,7 @@ def reconcile(owner: Mapping[str, Any]) -> ReconcileResult:
         sts = live_sts
     else:
         effective = spec if shards == spec.shards else _with_shards(spec, shards)
-        desired_sts = manifests.statefulset(owner, effective, shadow)
+        desired_sts = manifests.statefulset(owner, effective, shadow, replication=membership.is_member)
         _keep_immutable_claims(desired_sts, live_sts, problems)
         # Skipped when unchanged: the live StatefulSet just read is then what the apply would have returned.
         sts = APPLIED.apply(desired_sts, always=live_sts is None) or live_sts
@@ -413,8 +444,19 @@ async def shardset_changed(name: str, namespace: str | None, body: kopf.Body, **
         TRIGGERS.fire(KIND, namespace_of(KIND, name, namespace), name)
 
 
+def _wake_trusting_members(child: Mapping[str, Any]) -> None:
+    """A member's ``<name>-ca`` ConfigMap changed: the other members of its MirrorSet rewrite their peers-ca.crt."""
+    meta = child.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    if child.get("kind") != "ConfigMap" or labels.get("app.kubernetes.io/component") != "ca":
+        return
+    for member in PEERS.trusting(str(meta.get("namespace", "")), str(labels.get("app.kubernetes.io/instance", ""))):
+        TRIGGERS.fire(KIND, member.namespace, member.name)
+
+
 async def _child_changed(body: kopf.Body, event: kopf.RawEvent, **_: Any) -> None:
     APPLIED.observed(body, event.get("type"))
+    _wake_trusting_members(body)
     if TRIGGERS.fire_owner(body) is None:
         # cert-manager's Secret has no ownerReference to us, only the labels the Certificate asked for.
         meta = body.get("metadata") or {}
@@ -431,9 +473,37 @@ CHILD_RESOURCES = (
     ("policy", "v1", "poddisruptionbudgets"),
     ("", "v1", "serviceaccounts"),
     ("networking.k8s.io", "v1", "networkpolicies"),
+    # A MirrorSet member's Lease Role and its binding.
+    ("rbac.authorization.k8s.io", "v1", "roles"),
+    ("rbac.authorization.k8s.io", "v1", "rolebindings"),
 )
 for _group, _version, _plural in CHILD_RESOURCES:
     kopf.on.event(_group, _version, _plural, labels=MANAGED)(_child_changed)
+
+# The spec generation of each MirrorSet last seen (by uid): its status changes every pass, its members rarely.
+_MIRRORSET_GENERATIONS: dict[str, Any] = {}
+
+
+@kopf.on.event(naming.GROUP, naming.VERSION, "mirrorsets")
+async def mirrorset_changed(type: str | None, name: str, namespace: str | None, body: kopf.Body,
+                            **_: Any) -> None:
+    """Wake the members (old and new) of a MirrorSet created, changed or deleted: their pods' peers change."""
+    meta = body.get("metadata") or {}
+    uid, generation = str(meta.get("uid", "")), meta.get("generation")
+    if type != "DELETED" and _MIRRORSET_GENERATIONS.get(uid) == generation:
+        return
+    if type == "DELETED":
+        _MIRRORSET_GENERATIONS.pop(uid, None)
+    else:
+        _MIRRORSET_GENERATIONS[uid] = generation
+    ns = namespace or ""
+    members = set(PEERS.members_of(ns, name))
+    try:
+        members.update(members_of(ns, parse_mirrorset(body.get("spec"))))
+    except SpecError:
+        pass  # an invalid MirrorSet names no members; the ones it had (above) drop out of it
+    for member in members:
+        TRIGGERS.fire(KIND, member.namespace, member.name)
 
 
 @kopf.on.startup()

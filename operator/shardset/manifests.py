@@ -31,9 +31,12 @@ from ..podcontract import (
     OBJECTSTORE_MOUNT,
     PARTITION_MAP_FILE,
     PARTITIONS_MOUNT,
+    PEERS_CA_FILE,
     PREDICTOR,
     PREDICTOR_CONFIG_FILE,
     PREDICTOR_PORT,
+    REPLICATION_DIR_FLAG,
+    REPLICATION_MOUNT,
     RUN_AS_USER,
     SECURITY_CONFIG_FILE,
     SECURITY_CONFIG_FLAG,
@@ -71,6 +74,10 @@ DEFAULT_RESOURCES: dict[str, dict[str, dict[str, str]]] = {
 # Volumes of the object-storage credentials: the ShadowPolicy's (shadow container) and the bootstrap's.
 OBJECTSTORE_VOLUME = "objectstore"
 BOOTSTRAP_OBJECTSTORE_VOLUME = "bootstrap-objectstore"
+# A MirrorSet member's node: the other members' CA certificates (the ``<name>-replication`` ConfigMap).
+REPLICATION_VOLUME = "replication"
+# What a member's pods do with their primary Leases ``<name>-<i>-primary`` (docs/mirroring.md, fencing).
+LEASE_VERBS = ("get", "create", "update", "patch")
 
 
 def _meta(name: str, namespace: str, owner: Mapping[str, Any], component: str) -> dict[str, Any]:
@@ -88,13 +95,15 @@ def _dump(settings: Mapping[str, Any]) -> str:
 
 def config_map(owner: Mapping[str, Any], spec: ShardSetSpec, prefetch: PrefetchPolicySpec | None = None,
                operator_identities: tuple[str, ...] | None = None,
-               shadow: ShadowPolicySpec | None = None) -> dict[str, Any]:
+               shadow: ShadowPolicySpec | None = None, replica_identities: tuple[str, ...] = ()) -> dict[str, Any]:
     """The ConfigMap ``<name>-config`` (node.json, cache.json, predictor.json, security.json, and shadow.json /
     bootstrap.json when a ShadowPolicy is in force / the spec bootstraps); ``prefetch`` and ``shadow``: the
-    policies in force; ``operator_identities``: whom the pods treat as the operator (default its certificate CN)."""
+    policies in force; ``operator_identities``: whom the pods treat as the operator (default its certificate CN);
+    ``replica_identities``: the other MirrorSet members' pod identities (none outside a MirrorSet)."""
     name, ns = owner["metadata"]["name"], owner["metadata"]["namespace"]
-    security = (security_config(ns, name, spec) if operator_identities is None
-                else security_config(ns, name, spec, operator_identities))
+    security = (security_config(ns, name, spec, replica_identities=replica_identities)
+                if operator_identities is None
+                else security_config(ns, name, spec, operator_identities, replica_identities))
     data = {
         NODE_CONFIG_FILE: _dump(node_config(spec)),
         CACHE_CONFIG_FILE: _dump(cache_config(spec, prefetch)),
@@ -110,6 +119,41 @@ def config_map(owner: Mapping[str, Any], spec: ShardSetSpec, prefetch: PrefetchP
         "kind": "ConfigMap",
         "metadata": _meta(naming.config_map_name(name), ns, owner, "config"),
         "data": data,
+    }
+
+
+def replication_config_map(owner: Mapping[str, Any], peers_ca_pem: str) -> dict[str, Any]:
+    """The ConfigMap ``<name>-replication`` a MirrorSet member's node mounts: ``peers-ca.crt``, the other members'
+    public CA certificates, concatenated (each accepted for the replication routes only)."""
+    name, ns = owner["metadata"]["name"], owner["metadata"]["namespace"]
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(naming.replication_config_map_name(name), ns, owner, "replication"),
+        "data": {PEERS_CA_FILE: peers_ca_pem},
+    }
+
+
+def lease_role(owner: Mapping[str, Any]) -> dict[str, Any]:
+    """The Role ``<name>-lease``: a MirrorSet member's pods hold and renew their primary Leases in their namespace."""
+    name, ns = owner["metadata"]["name"], owner["metadata"]["namespace"]
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": _meta(naming.lease_role_name(name), ns, owner, "shard"),
+        "rules": [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": list(LEASE_VERBS)}],
+    }
+
+
+def lease_role_binding(owner: Mapping[str, Any]) -> dict[str, Any]:
+    """The RoleBinding ``<name>-lease`` of the pods' ServiceAccount to the Role of the same name."""
+    name, ns = owner["metadata"]["name"], owner["metadata"]["namespace"]
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": _meta(naming.lease_role_name(name), ns, owner, "shard"),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": naming.lease_role_name(name)},
+        "subjects": [{"kind": "ServiceAccount", "name": naming.service_account_name(name), "namespace": ns}],
     }
 
 
@@ -361,9 +405,11 @@ def _container(
     }
 
 
-def containers(spec: ShardSetSpec, shadow: ShadowPolicySpec | None = None) -> list[dict[str, Any]]:
+def containers(spec: ShardSetSpec, shadow: ShadowPolicySpec | None = None,
+               replication: bool = False) -> list[dict[str, Any]]:
     """The ``node``, ``cache`` and ``predictor`` containers, and ``shadow`` while a ShadowPolicy is in force
-    (commands per docs/interfaces.md)."""
+    (commands per docs/interfaces.md); ``replication``: the ShardSet is a MirrorSet member, so the node gets its
+    replication directory (the other members' CAs)."""
     keyring = {"name": "keyring", "mountPath": KEYRING_MOUNT, "readOnly": True}
     partitions = {"name": "partitions", "mountPath": PARTITIONS_MOUNT, "readOnly": True}
     config = {"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True}
@@ -376,14 +422,18 @@ def containers(spec: ShardSetSpec, shadow: ShadowPolicySpec | None = None) -> li
     # Wrapped key versions: node and cache (the processes that decrypt) read the KEK; the predictor never does.
     kek_mounts = [{"name": "kek", "mountPath": KEK_MOUNT, "readOnly": True}] if spec.key_encryption.wrapped else []
     kek_args = ["--kek-dir", KEK_MOUNT] if spec.key_encryption.wrapped else []
+    # Only the node serves the replication routes a peer member may call, so only it trusts the peers' CAs.
+    repl_mounts = ([{"name": REPLICATION_VOLUME, "mountPath": REPLICATION_MOUNT, "readOnly": True}]
+                   if replication else [])
+    repl_args = [REPLICATION_DIR_FLAG, REPLICATION_MOUNT] if replication else []
     node = _container(
         NODE,
         [
             "chronoshard-node", "--host", "$(POD_IP)", "--port", str(NODE_PORT),
             "--data-dir", DATA_MOUNT, "--keyring-dir", KEYRING_MOUNT, *kek_args,
-            "--partition-map", map_file, "--config", f"{CONFIG_MOUNT}/{NODE_CONFIG_FILE}", *secure,
+            "--partition-map", map_file, "--config", f"{CONFIG_MOUNT}/{NODE_CONFIG_FILE}", *secure, *repl_args,
         ],
-        NODE_PORT, spec, [data, keyring, *kek_mounts, partitions, config, tls, tmp],
+        NODE_PORT, spec, [data, keyring, *kek_mounts, partitions, config, tls, tmp, *repl_mounts],
     )
     cache = _container(
         CACHE,
@@ -465,10 +515,11 @@ def _add_shadow_volumes(pod_spec: dict[str, Any], spec: ShardSetSpec, shadow: Sh
         pod_spec["initContainers"] = [bootstrap_container(spec)]
 
 
-def statefulset(owner: Mapping[str, Any], spec: ShardSetSpec, shadow: ShadowPolicySpec | None = None
-                ) -> dict[str, Any]:
+def statefulset(owner: Mapping[str, Any], spec: ShardSetSpec, shadow: ShadowPolicySpec | None = None,
+                replication: bool = False) -> dict[str, Any]:
     """The StatefulSet: one pod per shard, a PVC per shard kept when the ShardSet is deleted or scaled down;
-    ``shadow``: the ShadowPolicy in force, which adds the shadow container."""
+    ``shadow``: the ShadowPolicy in force, which adds the shadow container; ``replication``: a MirrorSet member
+    (the node mounts ``<name>-replication``)."""
     name, ns = owner["metadata"]["name"], owner["metadata"]["namespace"]
     template = spec.pod_template or {}
     pod_labels = {**(template.get("labels") or {}), **naming.common_labels(name, "shard")}
@@ -485,7 +536,7 @@ def statefulset(owner: Mapping[str, Any], spec: ShardSetSpec, shadow: ShadowPoli
             "fsGroup": RUN_AS_USER,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "containers": containers(spec, shadow),
+        "containers": containers(spec, shadow, replication),
         "volumes": [
             {
                 "name": "keyring",
@@ -501,6 +552,11 @@ def statefulset(owner: Mapping[str, Any], spec: ShardSetSpec, shadow: ShadowPoli
     if kek is not None:
         pod_spec["volumes"].insert(1, {"name": "kek", "secret": {"secretName": kek, "defaultMode": 0o440}})
     _add_shadow_volumes(pod_spec, spec, shadow)
+    if replication:
+        # optional: the ConfigMap is written in the same pass; a pod started first serves without peers until the
+        # kubelet refreshes the mounted files (the node rereads them), rather than waiting in ContainerCreating.
+        pod_spec["volumes"].append({"name": REPLICATION_VOLUME, "configMap": {
+            "name": naming.replication_config_map_name(name), "optional": True}})
     if template.get("nodeSelector"):
         pod_spec["nodeSelector"] = dict(template["nodeSelector"])
     if template.get("tolerations"):
