@@ -105,3 +105,43 @@ def set_managed(kind: str, count: int) -> None:
 def start_metrics_server(port: int, host: str = "127.0.0.1") -> None:
     """Serve ``/metrics`` on ``host:port`` in a background thread (in a pod: the pod IP, never 0.0.0.0)."""
     start_http_server(port, addr=host)
+
+
+MIRROR_HEALTH_STATES = ("healthy", "degraded", "unavailable", "unknown")
+MIRROR_LAG = Gauge(
+    "chronoshard_mirrorset_lag_seconds",
+    "Replication lag of each copy of each shard of a MirrorSet's members (0 on the primary)",
+    ["namespace", "mirrorset", "shardset", "shard"],
+)
+MIRROR_HEALTH = Gauge(
+    "chronoshard_mirrorset_copy_health",
+    "1 for the health state each copy of each shard is in (healthy, degraded, unavailable, unknown), else 0",
+    ["namespace", "mirrorset", "shardset", "shard", "state"],
+)
+MIRROR_OPERATIONS = Counter(
+    "chronoshard_mirrorset_failovers_total",
+    "Changes of primary a MirrorSet finished, by kind (failover, switchover, failback) and outcome",
+    ["namespace", "mirrorset", "kind", "outcome"],
+)
+MIRROR_HELD_SECONDS = Histogram(
+    "chronoshard_mirrorset_held_seconds",
+    "Time writes were refused during a change of primary (fence to promotion), by kind",
+    ["kind"],
+    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+
+
+def set_mirrorset_copy(namespace: str, mirrorset: str, shardset: str, shard: int, health: str,
+                       lag_seconds: float | None) -> None:
+    """Record one copy's health state and lag (``shardset`` is ``namespace/name``)."""
+    labels = {"namespace": namespace, "mirrorset": mirrorset, "shardset": shardset, "shard": str(shard)}
+    for state in MIRROR_HEALTH_STATES:
+        MIRROR_HEALTH.labels(**labels, state=state).set(1 if state == health else 0)
+    if lag_seconds is not None:
+        MIRROR_LAG.labels(**labels).set(lag_seconds)
+
+
+def count_mirrorset_operation(namespace: str, mirrorset: str, kind: str, outcome: str, held_seconds: float) -> None:
+    """Count one finished failover/switchover/failback and how long writes were held."""
+    MIRROR_OPERATIONS.labels(namespace=namespace, mirrorset=mirrorset, kind=kind, outcome=outcome).inc()
+    MIRROR_HELD_SECONDS.labels(kind=kind).observe(held_seconds)

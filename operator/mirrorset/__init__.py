@@ -1,0 +1,1 @@
+"""The MirrorSet controller: health monitor, role documents, failover, switchover, failback, consistency checks."""
