@@ -51,6 +51,15 @@
 - apiGroups: [networking.k8s.io]
   resources: [networkpolicies]
   verbs: [create, list, watch, patch]
+# A MirrorSet member's pods hold their primary Leases (docs/mirroring.md): the operator applies and watches a
+# Role <shardset>-lease and its RoleBinding to the pods' ServiceAccount. RBAC lets it grant only what it holds
+# itself, so it holds the Role's lease verbs too.
+- apiGroups: [rbac.authorization.k8s.io]
+  resources: [roles, rolebindings]
+  verbs: [create, list, watch, patch]
+- apiGroups: [coordination.k8s.io]
+  resources: [leases]
+  verbs: [get, create, update, patch]
 # A ShardSet with spec.tls.issuerRef gets a cert-manager Certificate for its pods (server-side apply);
 # the operator then only reads the Secret cert-manager fills.
 - apiGroups: [cert-manager.io]

@@ -58,6 +58,9 @@ DELIBERATE_EXTRA: dict[tuple[str, str, str], str] = {
     "and bindings of ShardSets deleted while no operator ran (swept at start)",
     ("bind", "rbac.authorization.k8s.io", "clusterroles"): "authorizes creating the auth-delegator binding; "
     "checked by the API server's RBAC escalation rule, not audited as a request of its own",
+    **{(verb, "coordination.k8s.io", "leases"): "a MirrorSet member's Role <shardset>-lease grants these to its pods, "
+       "and RBAC lets the operator grant only what it holds; the MirrorSet controller reads and takes over Leases "
+       "only in a failover" for verb in ("get", "create", "update", "patch")},
     ("create", "", "serviceaccounts/token"): "the operator's own token for the pods of a ShardSet under cert-manager "
     "(no client certificate to sign); its own ServiceAccount only: test_operator_may_request_only_its_own_token",
 }
