@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from . import changelog
-from .store import connect
+from .store import KEYSPACE_OFFSET, connect
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +37,28 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-def snapshot_lines(conn: sqlite3.Connection, tables: tuple[str, ...] | None) -> Generator[bytes, None, None]:
-    """The NDJSON lines of one snapshot: ``{"lsn": S}``, one line per block (table, key order), the end line."""
-    where, args = ("", ()) if not tables else (f"WHERE tbl IN ({', '.join('?' * len(tables))})", tables)
+Ranges = tuple[tuple[int, int], ...]  # keyspace id ranges, inclusive
+
+
+def _where(tables: tuple[str, ...] | None, ranges: Ranges | None) -> tuple[str, tuple[Any, ...]]:
+    """The WHERE clause of a snapshot limited to ``tables`` and (stored, shifted) keyspace ``ranges``."""
+    clauses: list[str] = []
+    args: list[Any] = []
+    if tables:
+        clauses.append(f"tbl IN ({', '.join('?' * len(tables))})")
+        args += tables
+    if ranges:
+        clauses.append("(" + " OR ".join("keyspace BETWEEN ? AND ?" for _ in ranges) + ")")
+        for lo, hi in ranges:
+            args += (lo - KEYSPACE_OFFSET, hi - KEYSPACE_OFFSET)
+    return ("WHERE " + " AND ".join(clauses) if clauses else ""), tuple(args)
+
+
+def snapshot_lines(conn: sqlite3.Connection, tables: tuple[str, ...] | None,
+                   ranges: Ranges | None = None) -> Generator[bytes, None, None]:
+    """The NDJSON lines of one snapshot: ``{"lsn": S}``, one line per block (table, key order), the end line;
+    ``ranges``: only blocks whose keyspace id is in one of them (a mirror's repair)."""
+    where, args = _where(tables, ranges)
     conn.execute("BEGIN")
     try:
         # The first read fixes the transaction's snapshot: S and the blocks below are the same state.
@@ -60,9 +79,10 @@ class _Producer(threading.Thread):
     """Runs the read transaction and puts chunks (then _DONE, or the exception) on the loop's queue."""
 
     def __init__(self, path: Path, tables: tuple[str, ...] | None, loop: asyncio.AbstractEventLoop,
-                 queue: asyncio.Queue[Any], cancel: threading.Event) -> None:
+                 queue: asyncio.Queue[Any], cancel: threading.Event, ranges: Ranges | None = None) -> None:
         super().__init__(name="snapshot-reader", daemon=True)
         self.path, self.tables, self.loop, self.queue, self.cancel = path, tables, loop, queue, cancel
+        self.ranges = ranges
 
     def run(self) -> None:
         try:
@@ -79,7 +99,7 @@ class _Producer(threading.Thread):
             conn.close()
 
     def _stream(self, conn: sqlite3.Connection) -> None:
-        lines = snapshot_lines(conn, self.tables)
+        lines = snapshot_lines(conn, self.tables, self.ranges)
         try:
             buf: list[bytes] = []
             size = 0
@@ -114,12 +134,13 @@ class _Producer(threading.Thread):
                 return False
 
 
-async def snapshot_chunks(path: Path, tables: tuple[str, ...] | None) -> AsyncGenerator[bytes, None]:
+async def snapshot_chunks(path: Path, tables: tuple[str, ...] | None,
+                          ranges: Ranges | None = None) -> AsyncGenerator[bytes, None]:
     """The snapshot's NDJSON in chunks; SnapshotFailed if the read transaction fails. Closing the iterator early
     (the client hung up) stops the thread and ends its transaction."""
     queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=QUEUE_CHUNKS)
     cancel = threading.Event()
-    producer = _Producer(path, tables, asyncio.get_running_loop(), queue, cancel)
+    producer = _Producer(path, tables, asyncio.get_running_loop(), queue, cancel, ranges)
     producer.start()
     try:
         while True:

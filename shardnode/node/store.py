@@ -209,6 +209,10 @@ class Store:
         self.reader_pool = concurrent.futures.ThreadPoolExecutor(readers, thread_name_prefix="store-read")
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
         self.commit_listeners: list[Callable[[], None]] = []
+        # Checks a client put/delete passes when it is queued (replication's role check): run on the caller's
+        # event loop in the same step as the queueing, so a demotion's no-op job queued after a refusal began
+        # comes after every write that was let through.
+        self.write_guards: list[Callable[[], None]] = []
         # Committed transactions and the jobs they held (written by the writer thread only): their ratio is the
         # mean group size, which says how much group commit is saving (exported as node metrics).
         self.commits = 0
@@ -354,6 +358,7 @@ class Store:
         """Encrypt with the keyring current at commit time (sealed ahead, resealed in the writer if the keyring
         changed meanwhile) and store durably; with ``if_lsn`` only if the block is at that LSN (0: absent), else
         PreconditionFailed; ``identity`` is logged as who made it."""
+        self._check_guards()
         sealed = self.seal_ahead(table, key, plaintext)
         return await self.write(lambda c: put_in_txn(c, self.current_keyring(), table, key, plaintext,
                                                      frames=self.frames_enabled, if_lsn=if_lsn, sealed=sealed,
@@ -362,7 +367,12 @@ class Store:
     async def delete(self, table: str, key: str, if_lsn: int | None = None,
                      identity: str | None = None) -> WriteResult | None:
         """Delete durably; None if the block did not exist; ``if_lsn`` and ``identity`` as for ``put``."""
+        self._check_guards()
         return await self.write(lambda c: delete_in_txn(c, table, key, if_lsn=if_lsn, identity=identity))
+
+    def _check_guards(self) -> None:
+        for guard in self.write_guards:
+            guard()  # raises to refuse
 
     # ---- read API (call from reader threads via `read`) ----------------------------------------
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:

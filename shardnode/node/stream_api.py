@@ -52,6 +52,9 @@ class StreamHost(Protocol):
     def response_budget(self) -> int:
         """Bytes of frames one answer may carry (maxResponseBytes)."""
 
+    def slot_changed(self, name: str, slot: dict[str, Any] | None) -> None:
+        """A slot was registered or acked (its API form) or deleted (None): the sync wait's in-memory copy."""
+
 
 # ---- parsing ---------------------------------------------------------------------------------------
 def if_lsn(request: web.Request) -> int | None:
@@ -74,6 +77,28 @@ def tables_query(request: web.Request) -> tuple[str, ...] | None:
     if len(names) > MAX_TABLES or not all(TABLE_RE.fullmatch(n) for n in names):
         raise ApiError(400, "invalid_parameter", f"tables must be 1-{MAX_TABLES} comma-separated table names")
     return tuple(dict.fromkeys(names))
+
+
+_RANGE_RE = re.compile(r"([0-9a-f]{16})-([0-9a-f]{16})")
+MAX_RANGES = 256
+
+
+def keyspace_query(request: web.Request) -> tuple[tuple[int, int], ...] | None:
+    """``keyspace=<start>-<end>[,...]`` (16 hex digits each, inclusive): None if absent; 400 unless every range
+    is well formed with start <= end."""
+    raw = request.query.get("keyspace")
+    if raw is None:
+        return None
+    out: list[tuple[int, int]] = []
+    for part in raw.split(","):
+        m = _RANGE_RE.fullmatch(part.lower())
+        if m is None or int(m[1], 16) > int(m[2], 16):
+            raise ApiError(400, "invalid_parameter", "keyspace must be comma-separated <start>-<end> ranges of "
+                           "16 hex digits, start <= end")
+        out.append((int(m[1], 16), int(m[2], 16)))
+    if len(out) > MAX_RANGES:
+        raise ApiError(400, "invalid_parameter", f"at most {MAX_RANGES} keyspace ranges")
+    return tuple(out)
 
 
 def check_name(name: str) -> str:
@@ -255,6 +280,7 @@ def consumer_handlers(host_of: Callable[[web.Request], StreamHost]) -> dict[str,
             body, written = await host.db.write(_register_job(host.db, name, start, reset))
         except _SLOT_ERRORS as exc:
             raise _slot_errors(exc) from None
+        host.slot_changed(name, body)
         return web.json_response(body, status=201 if written else 200)
 
     async def get_all(request: web.Request) -> web.Response:
@@ -276,9 +302,11 @@ def consumer_handlers(host_of: Callable[[web.Request], StreamHost]) -> dict[str,
         host = host_of(request)
         name = check_name(request.match_info["name"])
         try:
-            return web.json_response(await host.db.write(_unregister_job(host.db, name)))
+            body = await host.db.write(_unregister_job(host.db, name))
         except _SLOT_ERRORS as exc:
             raise _slot_errors(exc) from None
+        host.slot_changed(name, None)
+        return web.json_response(body)
 
     async def ack(request: web.Request) -> web.Response:
         host = host_of(request)
@@ -288,21 +316,24 @@ def consumer_handlers(host_of: Callable[[web.Request], StreamHost]) -> dict[str,
         lsn = _lsn_field(doc, "lsn", required=True)
         assert lsn is not None
         try:
-            return web.json_response(await host.db.write(_ack_job(name, lsn)))
+            body = await host.db.write(_ack_job(name, lsn))
         except _SLOT_ERRORS as exc:
             raise _slot_errors(exc) from None
+        host.slot_changed(name, body)  # wakes the writes waiting for a mirror's ack (sync mode)
+        return web.json_response(body)
 
     return {"put": put, "get_all": get_all, "get_one": get_one, "delete": delete, "ack": ack}
 
 
 # ---- GET /v1/snapshot and GET /v1/status -------------------------------------------------------------
 def snapshot_handler(host_of: Callable[[web.Request], StreamHost]) -> Callable[[web.Request], Any]:
-    """GET /v1/snapshot?tables=: NDJSON of every block from one read transaction (docs/interfaces.md)."""
+    """GET /v1/snapshot?tables=&keyspace=: NDJSON of every block (of those tables, in those keyspace ranges) from one
+    read transaction (docs/interfaces.md, docs/mirroring.md)."""
 
     async def snapshot(request: web.Request) -> web.StreamResponse:
         host = host_of(request)
         tables = tables_query(request)
-        chunks = snapshot_chunks(host.db.path, tables)
+        chunks = snapshot_chunks(host.db.path, tables, keyspace_query(request))
         try:
             try:
                 first = await anext(chunks)

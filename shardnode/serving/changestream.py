@@ -179,12 +179,19 @@ class ChangeStreamClient:
                           doc["gap"])
 
     # ---- snapshot ------------------------------------------------------------------------------------
-    async def snapshot(self, tables: Sequence[str] | None = None) -> AsyncIterator[int | SnapshotBlock]:
-        """The node's consistent copy: yields its LSN S first, then every block; ChangeStreamError if the stream
-        ends without its end line (cut short) or the block count does not match."""
+    async def snapshot(self, tables: Sequence[str] | None = None,
+                       keyspace: Sequence[tuple[int, int]] | None = None) -> AsyncIterator[int | SnapshotBlock]:
+        """The node's consistent copy: yields its LSN S first, then every block (``keyspace``: only those in these
+        inclusive keyspace id ranges); ChangeStreamError if the stream ends without its end line (cut short) or
+        the block count does not match."""
         url = self._url("v1", "snapshot")
+        query: dict[str, str] = {}
         if tables:
-            url = url.with_query(tables=",".join(tables))
+            query["tables"] = ",".join(tables)
+        if keyspace:
+            query["keyspace"] = ",".join(f"{lo:016x}-{hi:016x}" for lo, hi in keyspace)
+        if query:
+            url = url.with_query(query)
         kw = self._kw()
         kw["timeout"] = aiohttp.ClientTimeout(total=None, sock_read=self.timeout)  # long streams are fine
         try:
