@@ -83,6 +83,9 @@ class BlockCache:
         self.key_pool = key_pool  # threads for key-cache misses (None: the loop's default executor)
         self._last_version: OrderedDict[str, int] = OrderedDict()
         self._floors: OrderedDict[BlockId, int] = OrderedDict()  # LSN_FLOORS: no copy older than this installs
+        # Every change up to this LSN has been seen by the tail (so invalidated here): a read asking for
+        # X-Chronoshard-Min-Lsn <= seen_lsn may be answered from memory (docs/mirroring.md, read-your-writes).
+        self.seen_lsn = 0
         metrics.budget.set(budget)
 
     # ---- decrypt -------------------------------------------------------------------------------
@@ -233,9 +236,21 @@ class BlockCache:
             self.metrics.prefetch_used.inc()
         return entry
 
-    async def get(self, table: str, key: str) -> tuple[bytes, bool]:
-        """(plaintext, hit?) — from memory, else fetched, decrypted, verified and cached."""
+    def has_seen(self, min_lsn: int | None) -> bool:
+        """True if memory may answer a read that needs the node's changes up to ``min_lsn`` (None: any read)."""
+        return min_lsn is None or min_lsn <= self.seen_lsn
+
+    async def get(self, table: str, key: str, min_lsn: int | None = None,
+                  headers: dict[str, str] | None = None) -> tuple[bytes, bool]:
+        """(plaintext, hit?) — from memory, else fetched, decrypted, verified and cached.
+
+        ``min_lsn``: the read needs every change up to that LSN; unless the tail has seen it, the read goes to
+        the node with ``headers`` (the Min-LSN and wait headers), whose refusal is raised as UpstreamError.
+        """
         bid = (table, key)
+        if not self.has_seen(min_lsn):
+            self.metrics.misses.inc()
+            return (await self._fetch_fresh(bid, headers or {})).value, False
         entry = self.lookup(bid)
         if entry is not None:
             self.metrics.hits.inc()
@@ -269,12 +284,29 @@ class BlockCache:
         fetch.future.set_result(entry)
         return entry
 
-    async def get_many(self, table: str, keys: list[str]) -> list[tuple[str, Any]]:
-        """Batch read: per key ("hit"|"miss", plaintext) or ("absent", None) or ("error", DecryptError/dict)."""
+    async def _fetch_fresh(self, bid: BlockId, headers: dict[str, str]) -> Entry:
+        """A fetch of its own (a shared one may have been sent before the LSN the read needs was applied);
+        cached only if nothing was invalidated meanwhile, as in ``get_many``."""
+        epoch = self._invalidations
+        fetched = await self.node.get_frame(*bid, headers=headers)
+        if fetched is None:
+            raise NotFound(f"no block {bid[0]}/{bid[1]}")
+        entry = Entry(await self.open(bid, fetched), fetched.key_version, fetched.lsn)
+        if epoch == self._invalidations and not self._writing[bid] and bid not in self._inflight:
+            self.install(bid, entry)
+        return entry
+
+    async def get_many(self, table: str, keys: list[str], min_lsn: int | None = None,
+                       headers: dict[str, str] | None = None) -> list[tuple[str, Any]]:
+        """Batch read: per key ("hit"|"miss", plaintext) or ("absent", None) or ("error", DecryptError/dict).
+
+        ``min_lsn``/``headers``: as for ``get``; memory answers nothing unless the tail has seen ``min_lsn``.
+        """
         out: list[tuple[str, Any]] = [("", None)] * len(keys)
         missing: list[int] = []
+        seen = self.has_seen(min_lsn)
         for i, k in enumerate(keys):
-            entry = self.lookup((table, k))
+            entry = self.lookup((table, k)) if seen else None
             if entry is not None:
                 self.metrics.hits.inc()
                 out[i] = ("hit", entry.value)
@@ -283,7 +315,7 @@ class BlockCache:
         if missing:
             self.metrics.misses.inc(len(missing))
             epoch = self._invalidations
-            frames = await self.node.get_frames(table, [keys[i] for i in missing])
+            frames = await self.node.get_frames(table, [keys[i] for i in missing], headers)
             opened: list[tuple[int, BlockId, Entry]] = []
             for i, fetched in zip(missing, frames, strict=True):
                 bid = (table, keys[i])
@@ -407,6 +439,7 @@ class BlockCache:
                     # Anything cached or being fetched before we knew where to start may have missed a
                     # change at or below `after`; the tail only sees later ones, so start clean.
                     self.invalidate_all()
+                self.seen_lsn = after
                 page = await self.node.changes(after, 1000, wait=poll_wait)
                 if page.get("gap"):
                     # Changes we never saw were trimmed: any cached block may be stale, so drop them all.
@@ -416,6 +449,8 @@ class BlockCache:
                     if ch["op"] in ("put", "delete"):
                         self.invalidate((ch["table"], ch["key"]), newer_than=ch["lsn"])
                 after = int(page["next"])
+                # Only now is every change up to `after` invalidated here.
+                self.seen_lsn = after
             except UpstreamError as exc:
                 log.warning("change-log tail failed (%s); retrying", exc)
                 await asyncio.sleep(1.0)

@@ -14,9 +14,11 @@ from yarl import URL
 class UpstreamError(Exception):
     """The node answered an error (status and JSON body are passed on to the cache's client)."""
 
-    def __init__(self, status: int, body: dict[str, Any]) -> None:
+    def __init__(self, status: int, body: dict[str, Any], retry_after: str | None = None) -> None:
         super().__init__(body.get("message", f"node answered {status}"))
         self.status, self.body = status, body
+        # A node that is not (or no longer) an active primary says when to try again: kept for the client.
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,7 @@ async def _error(resp: aiohttp.ClientResponse) -> UpstreamError:
             raise ValueError
     except ValueError:
         body = {"error": "upstream_error", "message": f"node answered {resp.status}"}
-    return UpstreamError(resp.status, body)
+    return UpstreamError(resp.status, body, resp.headers.get("Retry-After"))
 
 
 class NodeClient:
@@ -76,10 +78,11 @@ class NodeClient:
             raise UpstreamError(503, {"error": "node_unavailable",
                                       "message": f"node unreachable: {type(exc).__name__}"}) from None
 
-    async def get_frame(self, table: str, key: str) -> FetchedFrame | None:
-        """The stored frame, or None if the node has no such block."""
+    async def get_frame(self, table: str, key: str, headers: dict[str, str] | None = None) -> FetchedFrame | None:
+        """The stored frame, or None if the node has no such block (``headers``: e.g. the read's Min-LSN)."""
         try:
-            _, body, h = await self.request("GET", self.url("v1", "tables", table, "frames", key))
+            _, body, h = await self.request("GET", self.url("v1", "tables", table, "frames", key),
+                                            headers=headers or {})
         except UpstreamError as exc:
             if exc.status == 404 and exc.body.get("error") == "not_found":
                 return None
@@ -87,10 +90,11 @@ class NodeClient:
         return FetchedFrame(body, bytes.fromhex(h["X-Chronoshard-Checksum"]), int(h["X-Chronoshard-Key-Version"]),
                             int(h["X-Chronoshard-Lsn"]))
 
-    async def get_frames(self, table: str, keys: list[str]) -> list[FetchedFrame | dict[str, Any] | None]:
+    async def get_frames(self, table: str, keys: list[str],
+                         headers: dict[str, str] | None = None) -> list[FetchedFrame | dict[str, Any] | None]:
         """Frames for many keys: FetchedFrame, None (absent) or an inline error dict per key."""
         _, body, _ = await self.request("POST", self.url("v1", "tables", table, "frames:batchGet"),
-                                        json={"keys": keys})
+                                        json={"keys": keys}, headers=headers or {})
         out: list[FetchedFrame | dict[str, Any] | None] = []
         for item in json.loads(body)["frames"]:
             if "error" in item:

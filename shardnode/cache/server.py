@@ -54,6 +54,9 @@ log = logging.getLogger(__name__)
 
 # Routing headers a client sends are passed on to the node with writes (see routing.py).
 PASS_HEADERS = ("X-Chronoshard-Forwarded", "X-Chronoshard-Routed")
+# Read-your-writes (docs/mirroring.md): the LSN a read needs, and how long the node may wait for it.
+MIN_LSN_HEADER, WAIT_MS_HEADER = "X-Chronoshard-Min-Lsn", "X-Chronoshard-Wait-Ms"
+MAX_LSN, MAX_WAIT_MS = 2**63 - 1, 10_000
 MAX_HINTS = 1000
 # Blocks one read-ahead range may add after its first (the predictor's ranges are at most 32 blocks in all).
 MAX_READ_AHEAD = 31
@@ -264,8 +267,30 @@ def client_id(request: web.Request) -> str:
 
 
 def upstream(exc: UpstreamError) -> web.Response:
-    """Pass a node error through unchanged (status and JSON body)."""
-    return web.json_response(exc.body, status=exc.status)
+    """Pass a node error through unchanged (status, JSON body and Retry-After: a 503 not_primary, fenced,
+    lease_lost, mirror_lag or sync_timeout tells the client when to ask again)."""
+    headers = {"Retry-After": exc.retry_after} if exc.retry_after else None
+    return web.json_response(exc.body, status=exc.status, headers=headers)
+
+
+def _lsn_header(request: web.Request, name: str, limit: int) -> str | None:
+    raw = request.headers.get(name)
+    if raw is None:
+        return None
+    raw = raw.strip()
+    if len(raw) > 19 or not raw.isascii() or not raw.isdigit() or int(raw) > limit:
+        raise ApiError(400, "invalid_header", f"{name} must be a whole number from 0 to {limit}")
+    return str(int(raw))
+
+
+def read_consistency(request: web.Request) -> tuple[int | None, dict[str, str]]:
+    """A read's ``X-Chronoshard-Min-Lsn`` (None if absent) and the headers to send to the node with it
+    (the Min-LSN and ``X-Chronoshard-Wait-Ms``); 400 if either is not a whole number in range."""
+    min_lsn = _lsn_header(request, MIN_LSN_HEADER, MAX_LSN)
+    wait = _lsn_header(request, WAIT_MS_HEADER, MAX_WAIT_MS)
+    if min_lsn is None:
+        return None, {}  # the wait only means something with a Min-LSN: the node waits for nothing else
+    return int(min_lsn), {MIN_LSN_HEADER: min_lsn} | ({WAIT_MS_HEADER: wait} if wait is not None else {})
 
 
 def decrypt_error(exc: DecryptError) -> ApiError:
@@ -284,8 +309,9 @@ async def get_block(request: web.Request) -> web.StreamResponse:
     """GET a block: from memory if cached, else fetched, decrypted, verified and cached."""
     st = state(request)
     table, key = table_param(request), key_param(request)
+    min_lsn, consistency = read_consistency(request)
     try:
-        value, hit = await st.bc.get(table, key)
+        value, hit = await st.bc.get(table, key, min_lsn, consistency)
     except NotFound:
         st.log.append(table, key, client_id(request), False, 0)
         raise ApiError(404, "not_found", f"no block {table}/{key}") from None
@@ -324,8 +350,9 @@ async def batch_get(request: web.Request) -> web.StreamResponse:
     st = state(request)
     table = table_param(request)
     keys = keys_list(await json_body(request))
+    min_lsn, consistency = read_consistency(request)
     try:
-        results = await st.bc.get_many(table, keys)
+        results = await st.bc.get_many(table, keys, min_lsn, consistency)
     except UpstreamError as exc:
         return upstream(exc)
     size = sum(len(v) for kind, v in results if kind in ("hit", "miss"))

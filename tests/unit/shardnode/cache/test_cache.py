@@ -190,15 +190,15 @@ class GatedNode(NodeClient):
         self.write_gate: asyncio.Event | None = None
         self.read_done = asyncio.Event()
 
-    async def get_frame(self, table, key):
-        fetched = await super().get_frame(table, key)
+    async def get_frame(self, table, key, headers=None):
+        fetched = await super().get_frame(table, key, headers)
         self.read_done.set()
         if self.read_gate is not None:
             await self.read_gate.wait()
         return fetched
 
-    async def get_frames(self, table, keys):
-        frames = await super().get_frames(table, keys)
+    async def get_frames(self, table, keys, headers=None):
+        frames = await super().get_frames(table, keys, headers)
         self.read_done.set()
         if self.read_gate is not None:
             await self.read_gate.wait()
