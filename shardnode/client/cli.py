@@ -23,11 +23,12 @@ ShardSet sets ``spec.access.acceptKubeconfigTokens``).
 
 ``history``/``at``/``diff``, ``anomalies show`` and ``whatif`` go to the shadow beside each shard's cache (same pod
 IP, port 7403), routed by the same map: with ``--shardset`` to the pods, with ``--endpoints`` to each given host at
-port 7403, or to ``--shadow-endpoints URL,...`` (by shard index) as given. ``restore``, ``approve`` and
-``anomalies`` (the list) only talk to the Kubernetes API.
+port 7403, or to ``--shadow-endpoints URL,...`` (by shard index) as given. ``restore``, ``approve``,
+``anomalies`` (the list) and ``mirror status|switchover|failback`` (``cli_mirror``) only talk to the Kubernetes API.
 
-Exit codes: 0 ok, 1 error (``whatif``: the batch would alarm), 2 usage, 3 block not found, 4 shard or API
-unavailable, 5 refused (401/403).
+Exit codes: 0 ok, 1 error (``whatif``: the batch would alarm; ``mirror --wait``: the operation was aborted), 2
+usage, 3 block or object not found, 4 shard or API unavailable (``mirror --wait``: not finished in time), 5 refused
+(401/403).
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ from chronoshard.shardnode.client import (
     Unavailable,
     cli_anomalies,
     cli_history,
+    cli_mirror,
     cli_reversion,
     discovery,
 )
@@ -354,6 +356,9 @@ async def run(args: argparse.Namespace, out: IO[str], stdin: IO[bytes], bout: IO
         return 0
     if args.command in cli_reversion.COMMANDS:
         return await reversion_command(args, out, stdin)
+    if args.command in cli_mirror.COMMANDS:
+        sets = cli_mirror.MirrorSets(kube_api(args), default_namespace(args))
+        return await asyncio.to_thread(cli_mirror.run, sets, args, out, format_table)
     if args.command in cli_anomalies.COMMANDS:
         cli_anomalies.check(args)
         if args.command == "anomalies" and args.id is None:
@@ -433,7 +438,8 @@ def parser(prog: str | None = None) -> argparse.ArgumentParser:
     """The command line."""
     # No abbreviations: the top-level parser would take diff's --to for an abbreviated --token.
     p = argparse.ArgumentParser(prog=prog or program_name(), allow_abbrev=False,
-                                description="Use a chronoshard ShardSet: blocks, map, status, history, reversions.")
+                                description="Use a chronoshard ShardSet: blocks, map, status, history, reversions, "
+                                            "mirrors.")
     p.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG or ~/.kube/config)")
     p.add_argument("--context", help="kubeconfig context")
     p.add_argument("-n", "--namespace", help="namespace (default: the context's, else 'default')")
@@ -483,6 +489,7 @@ def parser(prog: str | None = None) -> argparse.ArgumentParser:
     cli_history.add_parsers(sub)
     cli_reversion.add_parsers(sub)
     cli_anomalies.add_parsers(sub)
+    cli_mirror.add_parsers(sub)
     for name in (*cli_history.COMMANDS, *cli_reversion.COMMANDS, *cli_anomalies.COMMANDS):
         _command_flags(sub.choices[name])
     return p
@@ -502,7 +509,7 @@ def main(argv: Sequence[str] | None = None, *, out: IO[str] | None = None, stdin
     except (Unauthenticated, Forbidden) as exc:
         err.write(f"chronoshard: refused: {exc}\n")
         code = EXIT_REFUSED
-    except (NotFound, NotFoundError, cli_reversion.ReversionMissing) as exc:
+    except (NotFound, NotFoundError, cli_reversion.ReversionMissing, cli_mirror.MirrorSetMissing) as exc:
         err.write(f"chronoshard: {exc}\n")
         code = EXIT_NOT_FOUND
     except (Unavailable, MapUnavailable) as exc:
