@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import Any
 
 from . import kube, naming
@@ -19,4 +20,10 @@ def shard_pods(namespace: str, shardset: str) -> dict[int, dict[str, Any]]:
         if m and not pod["metadata"].get("deletionTimestamp"):
             pods[int(m.group(1))] = pod
     return pods
+
+
+def member_pods(members: Iterable[tuple[str, str]]) -> dict[str, dict[int, dict[str, Any]]]:
+    """The shard pods of other ShardSets (``(namespace, name)``, e.g. a MirrorSet's mirror members), keyed by
+    ``namespace/name``: a key rotation of the active member also asks their nodes."""
+    return {f"{ns}/{name}": shard_pods(ns, name) for ns, name in members}
 

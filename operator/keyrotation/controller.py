@@ -42,8 +42,10 @@ from ..keyring import (
 )
 from ..loop import namespace_of, post_events, run_object_loop
 from ..metrics import observe_phase, record_error, record_rotation
+from ..mirrorlookup import mirror_membership
+from ..mirrorselect import MirrorMembership
 from ..podcontract import NODE, SHADOW
-from ..shardpods import shard_pods
+from ..shardpods import member_pods, shard_pods
 from ..spec.common import SpecError
 from ..spec.keyrotation import KeyRotationSpec, parse_keyrotation
 from ..triggers import TRIGGERS
@@ -56,6 +58,7 @@ LOCK_ANNOTATION = "chronoshard.io/rotation-lock"
 POLL_SECONDS = 1.0  # while a rotation is in progress and the processes cannot be long-polled
 MIN_PASS_SECONDS = 0.05  # between two passes of the same phase, whatever the long-poll did
 IDLE_SECONDS = 30.0  # otherwise (a trigger wakes the loop earlier)
+MIRROR_RECHECK_SECONDS = 10.0  # a refused rotation of a mirror looks again (a failover may make it active)
 # A routine rotation rewraps in the background: the node paces it by its own client traffic (full speed when
 # idle, bounded batches and pauses when busy: shardnode/node/pacing.py), so no pause is sent. A shadow's history
 # rewrap keeps a fixed pause. A threat rotation rewraps in large batches with no pause.
@@ -250,6 +253,14 @@ class Rotation:
     pods: dict[int, dict[str, Any]] = field(default_factory=dict)
     reports: list[plan.ProcessReport] = field(default_factory=list)
     target: int = 0
+    # The mirror members' node reports ("namespace/name" -> reports) when the ShardSet is a MirrorSet's active
+    # member: their keyrings are copies of this one, so their nodes must keep up before a promote or a retire.
+    members: dict[str, list[plan.ProcessReport]] = field(default_factory=dict)
+
+    def members_ready(self, own: plan.Readiness,
+                      check: Callable[[list[plan.ProcessReport]], plan.Readiness]) -> plan.Readiness:
+        """``own`` combined with ``check`` applied to each mirror member's node reports."""
+        return plan.with_members(own, {key: check(reports) for key, reports in self.members.items()})
 
     @property
     def ns(self) -> str:
@@ -297,6 +308,16 @@ async def _probe(r: Rotation, wait: probe.ReportWait | None = None) -> None:
     r.pods = {s: p for s, p in pods.items() if s < r.expected}
     r.reports = await probe.collect_reports(r.pods, wait)
     r.target = int(r.st.status.get("targetGeneration") or 0)
+    membership = await asyncio.to_thread(mirror_membership, r.ns, r.shardset)
+    peers = [(p.namespace, p.name) for p in membership.peers(r.ns, r.shardset)]
+    if peers:
+        members = await asyncio.to_thread(member_pods, peers)
+        keys = sorted(members)
+        reports = await asyncio.gather(*(
+            probe.collect_reports({s: p for s, p in members[key].items() if s < r.expected}, wait,
+                                  only=plan.MEMBER_ROLES)
+            for key in keys))
+        r.members = dict(zip(keys, reports, strict=True))
     _record_shards(r.st, r.reports, r.expected, r.to_v)
 
 
@@ -339,7 +360,8 @@ def _matching_kek(ns: str, shardset: str, keyring_data: Mapping[str, str]) -> by
 
 async def _awaiting_load(r: Rotation) -> Step:
     """Wait until every node and cache holds the new version."""
-    ready = plan.loaded(r.reports, r.expected, r.to_v, r.target)
+    ready = r.members_ready(plan.loaded(r.reports, r.expected, r.to_v, r.target),
+                            lambda reports: plan.loaded(reports, r.expected, r.to_v, r.target, plan.MEMBER_ROLES))
     if not ready.ready:
         return r.waiting("WaitingForLoad", ready.message)
     r.st.phase(Phase.PROMOTING, f"Every process holds key version {r.to_v}; promoting it to primary")
@@ -371,6 +393,8 @@ async def _rewrapping(r: Rotation) -> Step:
     """Re-encrypt old blocks on every shard that still has some; then start the transition period."""
     st = r.st
     done, counts = plan.old_blocks(r.reports, r.expected, r.to_v)
+    # A mirror's blocks are the primary's as streamed: they move to the new version with its rewrap's changes.
+    done = r.members_ready(done, lambda reports: plan.old_blocks(reports, r.expected, r.to_v)[0])
     initial = dict(st.status.get("initialOldBlocks") or {})
     for shard, n in counts.items():
         initial[str(shard)] = max(int(initial.get(str(shard), 0)), n)
@@ -407,7 +431,8 @@ async def _transition(r: Rotation) -> Step:
 
 async def _verifying(r: Rotation) -> Step:
     """Check that no block uses an old version (back to Rewrapping if some do)."""
-    done, _ = plan.old_blocks(r.reports, r.expected, r.to_v)
+    done = r.members_ready(plan.old_blocks(r.reports, r.expected, r.to_v)[0],
+                           lambda reports: plan.old_blocks(reports, r.expected, r.to_v)[0])
     if not done.ready:
         # New blocks cannot appear on old versions, but a shard that was down may still hold some.
         r.waiting("OldBlocksRemain", done.message)
@@ -424,7 +449,10 @@ async def _retiring(r: Rotation) -> Step:
         return await _retire(r, old)
     st = r.st
     retired = st.status.get("retiredVersions") or [r.from_v]
-    ready = plan.dropped(r.reports, r.expected, retired, int(st.status.get("targetGeneration") or 0))
+    generation = int(st.status.get("targetGeneration") or 0)
+    ready = r.members_ready(plan.dropped(r.reports, r.expected, retired, generation),
+                            lambda reports: plan.dropped(reports, r.expected, retired, generation,
+                                                         plan.MEMBER_ROLES))
     if not ready.ready:
         return r.waiting("WaitingForDrop", ready.message)
     await asyncio.to_thread(_release_lock, r.ns, r.shardset, r.body)
@@ -436,8 +464,9 @@ async def _retiring(r: Rotation) -> Step:
 
 async def _retire(r: Rotation, old: list[int]) -> Step:
     st = r.st
-    # Re-check right before removing key material: never drop a key a block still needs.
-    done, _ = plan.old_blocks(r.reports, r.expected, r.to_v)
+    # Re-check right before removing key material: never drop a key a block still needs, here or on a mirror.
+    done = r.members_ready(plan.old_blocks(r.reports, r.expected, r.to_v)[0],
+                           lambda reports: plan.old_blocks(reports, r.expected, r.to_v)[0])
     if not done.ready:
         r.waiting("OldBlocksRemain", done.message)
         st.phase(Phase.REWRAPPING, "Blocks on old key versions reappeared; rewrapping again")
@@ -524,6 +553,9 @@ async def _idle(body: Mapping[str, Any], spec: KeyRotationSpec, st: Step, create
     if due is None:
         return _rest(st, gen)
     ns, shardset = body["metadata"]["namespace"], spec.shardset
+    membership = await asyncio.to_thread(mirror_membership, ns, shardset)
+    if membership.follows(ns, shardset):
+        return _follows_source(st, membership, shardset, gen)
     ss_secret = await asyncio.to_thread(_secret, ns, shardset)
     if ss_secret is None:
         st.status["phase"] = Phase.WAITING.value
@@ -545,6 +577,17 @@ async def _idle(body: Mapping[str, Any], spec: KeyRotationSpec, st: Step, create
         st.delay = 2.0
         return st
     return _start(st, parse_manifest(ss_secret.get("data")), due, raw_spec, created, shardset, gen)
+
+
+def _follows_source(st: Step, membership: MirrorMembership, shardset: str, gen: int) -> Step:
+    """Refuse a rotation of a MirrorSet's mirror: its keyring is a copy of the active member's (it waits)."""
+    active = membership.active.key if membership.active is not None else "?"
+    st.status["phase"] = Phase.WAITING.value
+    st.condition("Ready", False, "MirrorFollowsSource",
+                 f"ShardSet {shardset!r} is a mirror in MirrorSet {membership.namespace}/{membership.name}: its keys "
+                 f"are copies of the active member {active}'s; rotate that ShardSet's keys instead", gen)
+    st.delay = MIRROR_RECHECK_SECONDS
+    return st
 
 
 def _rest(st: Step, gen: int) -> Step:

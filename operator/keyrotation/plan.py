@@ -62,6 +62,9 @@ ROLES = (NODE, CACHE)
 OPTIONAL_ROLES = (SHADOW,)
 # The processes whose ``GET /v1/keys`` counts data per key version (node: blocks; shadow: history versions).
 DATA_ROLES = (NODE, SHADOW)
+# The processes of a MirrorSet's mirror member a rotation of the active member waits for: the node, which stores
+# the blocks sealed with the copied keyring (docs/mirroring.md, "Keys").
+MEMBER_ROLES = (NODE,)
 
 
 @dataclass(frozen=True)
@@ -121,10 +124,12 @@ def _check(reports: Sequence[ProcessReport], shards: int, roles: Iterable[str], 
     return Readiness(not waiting, tuple(waiting))
 
 
-def loaded(reports: Sequence[ProcessReport], shards: int, version: int, generation: int) -> Readiness:
-    """Every node, cache and shadow has loaded a keyring of at least ``generation`` that holds ``version``."""
+def loaded(reports: Sequence[ProcessReport], shards: int, version: int, generation: int,
+           roles: Sequence[str] = ROLES + OPTIONAL_ROLES) -> Readiness:
+    """Every node, cache and shadow (``roles``) has loaded a keyring of at least ``generation`` that holds
+    ``version``."""
     return _check(
-        reports, shards, ROLES + OPTIONAL_ROLES,
+        reports, shards, roles,
         lambda r: (r.generation or 0) >= generation and version in r.versions,
         lambda r: f"has keyring generation {r.generation}, needs {generation} with version {version}",
     )
@@ -139,11 +144,12 @@ def promoted(reports: Sequence[ProcessReport], shards: int, version: int, genera
     )
 
 
-def dropped(reports: Sequence[ProcessReport], shards: int, versions: Iterable[int], generation: int) -> Readiness:
-    """No node, cache or shadow still holds any of ``versions``."""
+def dropped(reports: Sequence[ProcessReport], shards: int, versions: Iterable[int], generation: int,
+            roles: Sequence[str] = ROLES + OPTIONAL_ROLES) -> Readiness:
+    """No node, cache or shadow (``roles``) still holds any of ``versions``."""
     gone = frozenset(versions)
     return _check(
-        reports, shards, ROLES + OPTIONAL_ROLES,
+        reports, shards, roles,
         lambda r: not (r.versions & gone) and (r.generation or 0) >= generation,
         lambda r: f"still holds version(s) {sorted(r.versions & gone)}",
     )
@@ -167,6 +173,13 @@ def old_blocks(reports: Sequence[ProcessReport], shards: int, keep: int) -> tupl
         lambda r: f"{counts[r.role].get(r.shard, 0)} {what[r.role]} still on an old key version",
     )
     return readiness, counts[NODE]
+
+
+def with_members(own: Readiness, members: Mapping[str, Readiness]) -> Readiness:
+    """``own`` and every MirrorSet member's readiness (keyed ``namespace/name``): a rotation of the active member
+    moves on only when the mirrors' nodes, which hold copies of its keyring, are ready too."""
+    waiting = own.waiting + tuple(f"{key} {w}" for key, r in sorted(members.items()) for w in r.waiting)
+    return Readiness(not waiting, waiting)
 
 
 # ---- triggers --------------------------------------------------------------------------------------------

@@ -68,16 +68,17 @@ def roles_of(pod: Mapping[str, Any]) -> tuple[str, ...]:
     return ROLES + ((SHADOW,) if SHADOW in names else ())
 
 
-async def collect_reports(pods: Mapping[int, Mapping[str, Any]], wait: ReportWait | None = None
-                          ) -> list[ProcessReport]:
-    """One report per (shard, role) for the pods given; unreachable processes are reported, not raised.
-    With ``wait``, each process answers when its report shows what the phase waits for (or the wait ends)."""
+async def collect_reports(pods: Mapping[int, Mapping[str, Any]], wait: ReportWait | None = None,
+                          only: tuple[str, ...] | None = None) -> list[ProcessReport]:
+    """One report per (shard, role) for the pods given (``only``: just these roles); unreachable processes are
+    reported, not raised. With ``wait``, each process answers when its report shows what the phase waits for (or
+    the wait ends)."""
     timeout = aiohttp.ClientTimeout(total=TIMEOUT_SECONDS + wait.seconds) if wait else TIMEOUT
     async with await podtls.session(pods, timeout) as session:
         tasks = [
             _get_keys(session, shard, role, pod, wait)
             for shard, pod in sorted(pods.items())
-            for role in roles_of(pod)
+            for role in roles_of(pod) if only is None or role in only
         ]
         return list(await asyncio.gather(*tasks))
 
