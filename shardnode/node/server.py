@@ -12,13 +12,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 from chronoshard.shardnode.auth.policy import Access
 from chronoshard.shardnode.auth.writer import writer_identity
 from chronoshard.shardnode.keys.crypto import CompromisedVersion, IntegrityError, open_block
 from chronoshard.shardnode.keys.keyring import KeyringWatcher, MissingKeyVersion
 from chronoshard.shardnode.keys.provider import EmbeddedKeyProvider, KeyCache, key_cache_size_setting
-from chronoshard.shardnode.serving import keywait
+from chronoshard.shardnode.replication import api as replication_api
+from chronoshard.shardnode.replication.state import ReplicationState
+from chronoshard.shardnode.serving import keywait, tls
 from chronoshard.shardnode.serving.http_common import (
     ApiError,
     bool_query,
@@ -53,7 +56,7 @@ from .store import (
     scan_blocks,
     version_counts,
 )
-from .verify import VerifyReport, VerifyRunner, VerifyRunning
+from .verify import Digest, VerifyReport, VerifyRunner, VerifyRunning
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +136,9 @@ class Node:
         self._changed = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self.closing = False
+        # The MirrorSet role (docs/mirroring.md): write/read checks, the mirror's replicator, the role routes.
+        self.replication = ReplicationState(self.changed, Digest)
+        self._peer_session: aiohttp.ClientSession | None = None
 
     # ---- lifecycle ---------------------------------------------------------------------------
     async def start(self, app: web.Application) -> None:
@@ -146,6 +152,10 @@ class Node:
         self._tasks.append(asyncio.create_task(self.keys.run(self.cfg.keyring_poll_seconds), name="keyring-watch"))
         self._tasks.append(asyncio.create_task(self.settings.run(self.cfg.keyring_poll_seconds), name="settings"))
         self._tasks.append(asyncio.create_task(self._trim_loop(), name="changelog-trim"))
+        # Checked when a client write is queued: a demotion's drain then covers every write let through.
+        self.store.write_guards.append(self.replication.store_guard)
+        self._peer_session = aiohttp.ClientSession(connector=tls.connector(app, limit=16))
+        await self.replication.start(self.store, self._peer_session)
         if self.keys.keyring is not None:
             await runner.resume_if_running()
         else:
@@ -165,6 +175,9 @@ class Node:
         """Stop background work, then close the store (queued writes finish first)."""
         for task in self._tasks:
             task.cancel()
+        await self.replication.stop()
+        if self._peer_session is not None:
+            await self._peer_session.close()
         if self.rewrap:
             await self.rewrap.stop()
         await self.verify.stop()
@@ -348,6 +361,7 @@ async def put_block(request: web.Request) -> web.Response:
     """PUT /v1/tables/{table}/blocks/{key}: store the raw body, acknowledged after it is durable; with
     X-Chronoshard-If-Lsn only if the block is at that LSN (412 otherwise)."""
     node = node_of(request)
+    node.replication.check_writable()  # 503 unless an active primary
     table, key = table_param(request), key_param(request)
     expected = stream_api.if_lsn(request)
     body = await read_block_body(request, node.cfg.max_block_bytes)
@@ -362,6 +376,8 @@ async def get_block_h(request: web.Request) -> web.Response:
     """GET /v1/tables/{table}/blocks/{key}: the plaintext, only after tag and checksum verify."""
     node = node_of(request)
     table, key = table_param(request), key_param(request)
+    await node.replication.before_read(request.headers)  # read-your-writes; 503 while a mirror seeds
+
     def work(c: sqlite3.Connection) -> tuple[StoredBlock, bytes] | None:
         # One thread hop for the read and the decrypt.
         block = get_block(c, table, key)
@@ -379,6 +395,7 @@ async def get_block_h(request: web.Request) -> web.Response:
 async def delete_block(request: web.Request) -> web.Response:
     """DELETE /v1/tables/{table}/blocks/{key} (conditional with X-Chronoshard-If-Lsn, as PUT)."""
     node = node_of(request)
+    node.replication.check_writable()  # 503 unless an active primary
     table, key = table_param(request), key_param(request)
     expected = stream_api.if_lsn(request)
     try:
@@ -396,6 +413,7 @@ async def batch_get_blocks(request: web.Request) -> web.Response:
     node = node_of(request)
     table = table_param(request)
     keys = keys_list(await json_body(request))
+    await node.replication.before_read(request.headers)
 
     def work(c: sqlite3.Connection) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
@@ -434,6 +452,7 @@ async def get_frame(request: web.Request) -> web.Response:
     """GET /v1/tables/{table}/frames/{key}: the stored ciphertext frame (for the decryption cache)."""
     node = node_of(request)
     table, key = table_param(request), key_param(request)
+    await node.replication.before_read(request.headers)
     block = await node.db.read(lambda c: get_block(c, table, key))
     if block is None:
         raise ApiError(404, "not_found", f"no block {table}/{key}")
@@ -447,6 +466,7 @@ async def batch_get_frames(request: web.Request) -> web.Response:
     node = node_of(request)
     table = table_param(request)
     keys = keys_list(await json_body(request))
+    await node.replication.before_read(request.headers)
     blocks = await node.db.read(lambda c: [get_block(c, table, k) for k in keys])
     total = 0
     for b in blocks:
@@ -578,7 +598,8 @@ def routes() -> list[Route]:
             Route("GET", "/v1/rewrap", rewrap_status, Access.ADMIN),
             Route("POST", "/v1/verify", verify_start, Access.ADMIN),
             Route("GET", "/v1/verify", verify_status, Access.ADMIN),
-            *stream_api.routes(node_of)]
+            *stream_api.routes(node_of),
+            *replication_api.routes(lambda request: node_of(request).replication)]
 
 
 def foreground_middleware(gauge: ForegroundGauge) -> Any:

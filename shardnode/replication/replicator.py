@@ -161,13 +161,13 @@ class Replicator:
         client = self.client()
         try:
             slot = await client.register(self.consumer, start_lsn=st.applied)
+            if slot.get("state") == "behind" or int(slot.get("ackedLsn") or 0) > st.applied:
+                # A slot acknowledged past the cursor no longer holds what this node still needs.
+                await client.register(self.consumer, start_lsn=st.applied, reset=True)
         except ChangeStreamError as exc:
             if exc.status == 409:
                 raise Reseed("the source cannot start the slot at the cursor") from None
             raise
-        if slot.get("state") == "behind" or int(slot.get("ackedLsn") or 0) > st.applied:
-            # A slot acknowledged past the cursor no longer holds what this node still needs.
-            slot = await client.register(self.consumer, start_lsn=st.applied, reset=True)
         self._registered = True
 
     async def _apply(self, page: ChangePage) -> None:
