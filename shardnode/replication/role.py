@@ -227,6 +227,12 @@ def _same_except(a: dict[str, Any], b: dict[str, Any], path: tuple[str, str]) ->
     return all(x[k] == y[k] for k in x if k != inner)
 
 
+def _follows_fence(fenced: Role, mirror: Role) -> bool:
+    """A mirror document that follows the primary its fence named (or the fence named none)."""
+    named = fenced.primary_shardset
+    return named is None or named == mirror.source_shardset
+
+
 def transition(current: Role, new: Role) -> Change:
     """The rule between the stored document and a new one; StaleTerm or TermConflict when it is refused."""
     if new.term < current.term:
@@ -238,6 +244,8 @@ def transition(current: Role, new: Role) -> Change:
             return Change.UPDATE  # mirrors or timeouts changed
         if current.role == MIRROR and new.role == MIRROR and _same_except(current.doc, new.doc, ("source", "url")):
             return Change.UPDATE  # the source's pod moved
+        if current.role == FENCED and new.role == MIRROR and _follows_fence(current, new):
+            return Change.FOLLOW  # a switchover's last step: the fenced old primary follows the new one, same term
         raise TermConflict(new.term)
     if new.role == PRIMARY:
         return Change.UPDATE if current.role == PRIMARY else Change.PROMOTE

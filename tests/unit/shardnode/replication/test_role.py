@@ -97,3 +97,13 @@ def test_only_a_primary_accepts_writes():
     assert write_refusal(role(PRIMARY)) is None
     assert write_refusal(role(MIRROR)) == "not_primary"
     assert write_refusal(role(FENCED)) == "fenced"
+
+
+def test_a_fenced_node_follows_the_primary_its_fence_named_at_the_same_term():
+    follows = {**MIRROR["source"], "shardSet": "ns-b/orders-b"}
+    assert transition(role(FENCED), role(MIRROR, term=5, source=follows, divergeLsn=7)) is Change.FOLLOW
+    assert transition(role(FENCED, primaryShardSet=None), role(MIRROR, term=5)) is Change.FOLLOW
+    with pytest.raises(TermConflict):  # the fence named another primary
+        transition(role(FENCED), role(MIRROR, term=5))
+    with pytest.raises(TermConflict):  # a fenced node is not made primary again at the fence's term
+        transition(role(FENCED), role(PRIMARY, term=5))
