@@ -20,6 +20,9 @@ from chronoshard.shardnode.keys.crypto import CompromisedVersion, IntegrityError
 from chronoshard.shardnode.keys.keyring import KeyringWatcher, MissingKeyVersion
 from chronoshard.shardnode.keys.provider import EmbeddedKeyProvider, KeyCache, key_cache_size_setting
 from chronoshard.shardnode.replication import api as replication_api
+from chronoshard.shardnode.replication import health
+from chronoshard.shardnode.replication.lease import LeaseKeeper
+from chronoshard.shardnode.replication.source import SourceGates
 from chronoshard.shardnode.replication.state import ReplicationState
 from chronoshard.shardnode.serving import keywait, tls
 from chronoshard.shardnode.serving.http_common import (
@@ -138,6 +141,14 @@ class Node:
         self.closing = False
         # The MirrorSet role (docs/mirroring.md): write/read checks, the mirror's replicator, the role routes.
         self.replication = ReplicationState(self.changed, Digest)
+        # The primary's side (docs/mirroring.md): sync wait and lag hold, the Lease, the health samples.
+        self.source = SourceGates(lambda: self.replication.role, self._read_slots)
+        self.lease = LeaseKeeper(lambda: self.replication.role)
+        self.replication.write_gates.append(self.lease.gate)
+        self.replication.describe_extras += [lambda: self.source.describe(self.replication.writes()),
+                                             self.lease.describe]
+        self.health = health.HealthMonitor(cfg.data_dir, self.replication.describe,
+                                           lambda: self.replication.role.doc.get("healthSampleSeconds"))
         self._peer_session: aiohttp.ClientSession | None = None
 
     # ---- lifecycle ---------------------------------------------------------------------------
@@ -156,6 +167,11 @@ class Node:
         self.store.write_guards.append(self.replication.store_guard)
         self._peer_session = aiohttp.ClientSession(connector=tls.connector(app, limit=16))
         await self.replication.start(self.store, self._peer_session)
+        await self.health.start()
+        await self.source.refresh()  # the slots' acks in memory before the first client write
+        for name, job in (("mirror-lag", self.source.run()), ("lease", self.lease.run()),
+                          ("health-samples", self.health.run())):
+            self._tasks.append(asyncio.create_task(job, name=name))
         if self.keys.keyring is not None:
             await runner.resume_if_running()
         else:
@@ -176,6 +192,8 @@ class Node:
         for task in self._tasks:
             task.cancel()
         await self.replication.stop()
+        await self.lease.close()
+        await self.health.close()
         if self._peer_session is not None:
             await self._peer_session.close()
         if self.rewrap:
@@ -227,6 +245,16 @@ class Node:
     def response_budget(self) -> int:
         """Bytes of blocks or frames one answer may carry."""
         return self.cfg.max_response_bytes
+
+    def slot_changed(self, name: str, slot: dict[str, Any] | None) -> None:
+        """A consumer slot was registered, acked or deleted: keep the sync wait's copy (and wake its writes)."""
+        if slot is None:
+            self.source.acks.drop(name)
+        else:
+            self.source.acks.update(slot)
+
+    async def _read_slots(self) -> list[dict[str, Any]]:
+        return list((await self.db.read(stream_api.list_consumers))["consumers"])
 
     def _wake_from_thread(self, loop: asyncio.AbstractEventLoop) -> None:
         loop.call_soon_threadsafe(self._wake)  # commits happen on the writer thread
@@ -362,12 +390,14 @@ async def put_block(request: web.Request) -> web.Response:
     X-Chronoshard-If-Lsn only if the block is at that LSN (412 otherwise)."""
     node = node_of(request)
     node.replication.check_writable()  # 503 unless an active primary
+    await node.source.wait_writable()  # async mode: held while the mirrors lag too far (503 mirror_lag)
     table, key = table_param(request), key_param(request)
     expected = stream_api.if_lsn(request)
     body = await read_block_body(request, node.cfg.max_block_bytes)
     res = await put_holding_while_compromised(node, table, key, body, expected, writer_identity(request))
     node.metrics.writes.labels("put").inc()
     node.metrics.bytes_written.inc(len(body))
+    await node.source.wait_acked(res.lsn)  # sync mode: until a mirror acked it (503 sync_timeout)
     return web.json_response({"table": table, "key": key, "lsn": res.lsn, "keyVersion": res.key_version,
                               "size": len(body)})
 
@@ -396,6 +426,7 @@ async def delete_block(request: web.Request) -> web.Response:
     """DELETE /v1/tables/{table}/blocks/{key} (conditional with X-Chronoshard-If-Lsn, as PUT)."""
     node = node_of(request)
     node.replication.check_writable()  # 503 unless an active primary
+    await node.source.wait_writable()
     table, key = table_param(request), key_param(request)
     expected = stream_api.if_lsn(request)
     try:
@@ -405,6 +436,7 @@ async def delete_block(request: web.Request) -> web.Response:
     if res is None:
         raise ApiError(404, "not_found", f"no block {table}/{key}")
     node.metrics.writes.labels("delete").inc()
+    await node.source.wait_acked(res.lsn)
     return web.json_response({"table": table, "key": key, "lsn": res.lsn})
 
 
@@ -599,6 +631,7 @@ def routes() -> list[Route]:
             Route("POST", "/v1/verify", verify_start, Access.ADMIN),
             Route("GET", "/v1/verify", verify_status, Access.ADMIN),
             *stream_api.routes(node_of),
+            *health.routes(lambda request: node_of(request).health),
             *replication_api.routes(lambda request: node_of(request).replication)]
 
 
@@ -626,6 +659,7 @@ def create_app(cfg: NodeConfig) -> web.Application:
     app = create_server_app(node, probes, routes(), key=NODE, requests=node.metrics.requests, openapi="node",
                             partitioning=cfg.partitioning, max_block_bytes=cfg.max_block_bytes)
     app.middlewares.append(foreground_middleware(node.foreground))
+    app.middlewares.append(node.health.middleware())  # the answers and write latencies of GET /v1/health
     return app
 
 

@@ -244,6 +244,14 @@ NODE_ENDPOINTS = [
     Endpoint("DELETE", "/v1/consumers/{name}", Access.REPLICATION, f"/v1/consumers/{SLOT}"),
     Endpoint("GET", "/v1/snapshot", Access.REPLICATION),
     Endpoint("GET", "/v1/status", Access.REPLICATION),
+    Endpoint("GET", "/v1/health", Access.REPLICATION),
+    Endpoint("GET", "/v1/health/history", Access.REPLICATION),
+    # The role routes (docs/mirroring.md): the stored document again is idempotent (200); a primary repairs
+    # nothing (409 not_mirror, past the guard).
+    Endpoint("GET", "/v1/replication", Access.REPLICATION),
+    Endpoint("PUT", "/v1/replication", Access.ADMIN, body={"term": 0, "role": "primary"}),
+    Endpoint("GET", "/v1/digest", Access.REPLICATION),
+    Endpoint("POST", "/v1/replication/repair", Access.ADMIN, body={"buckets": ["0a"]}, ok=409),
 ]
 CACHE_ENDPOINTS = [
     *BLOCK_ENDPOINTS, *STANDARD,
