@@ -265,6 +265,12 @@ def rewind(conn: sqlite3.Connection, diverge: int, keys: Sequence[tuple[str, str
     set_meta(conn, DISCARDED_META, list(discarded))
 
 
+def forget_cursor(conn: sqlite3.Connection, discarded: Sequence[int]) -> None:
+    """Drop the cursor (the replicator then seeds from a full snapshot) and keep the LSNs that drops."""
+    set_meta(conn, CURSOR_META, None)
+    set_meta(conn, DISCARDED_META, list(discarded))
+
+
 # ---- repair -----------------------------------------------------------------------------------------
 def bucket_range(bucket: int, bits: int = 8) -> tuple[int, int]:
     """The keyspace ids of one digest bucket (the top ``bits`` bits), inclusive."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import sqlite3
 import time
@@ -213,7 +214,6 @@ class Replicator:
             finally:
                 await close_stream(blocks)
         st.applied, st.seeding, st.seeds = first, False, st.seeds + 1
-        st.discarded = None
         self._contact(first)
         await client.ack(self.consumer, first)
         st.state, st.error = "streaming", None
@@ -260,7 +260,10 @@ class Replicator:
                 return
             except RewindImpossible as exc:
                 log.warning("replicator: %s; re-seeding from a full snapshot", exc)
-                await self.store.write(lambda c: apply.set_meta(c, apply.CURSOR_META, None))
+                # The seed replaces everything: the local changes after divergeLsn are discarded all the same.
+                discarded = exc.discarded
+                await self.store.write(functools.partial(apply.forget_cursor, discarded=discarded))
+                st.discarded = discarded
                 return  # the loop seeds (no cursor)
             except SOURCE_ERRORS as exc:
                 self._failed(describe(exc), exc)

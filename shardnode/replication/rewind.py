@@ -74,8 +74,8 @@ async def _slot_at(client: ChangeStreamClient, consumer: str, diverge: int, disc
 async def rewind_to(store: StoreLike, client: ChangeStreamClient, consumer: str, diverge: int) -> list[int]:
     """Rewind this node to ``diverge`` against the new primary; returns the discarded LSNs."""
     tail = await store.read(lambda c: apply.local_tail(c, diverge))
-    if not tail.complete:
-        raise RewindImpossible("the local change log no longer reaches divergeLsn")
+    if not tail.complete:  # the LSNs still held after divergeLsn are reported; older trimmed ones are unknown
+        raise RewindImpossible("the local change log no longer reaches divergeLsn", tail.lsns)
     await _slot_at(client, consumer, diverge, tail.lsns)
     current = await fetch_current(client, tail.keys)
     await store.write(lambda c: apply.rewind(c, diverge, tail.keys, current, tail.lsns))
