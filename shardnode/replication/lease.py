@@ -238,10 +238,9 @@ class LeaseKeeper:
         if spec is None:
             return {"lease": None}
         s = self.status
-        held = s.lost_under != role.doc and s.renewed is not None
-        return {"lease": {"namespace": spec.namespace, "name": spec.name, "held": held, "holder": s.holder,
-                          "renewedAt": s.renewed_at, "selfFenced": self.status.refusal(spec, role, self.clock())
-                          is not None}}
+        refused = s.refusal(spec, role, self.clock()) is not None
+        return {"lease": {"namespace": spec.namespace, "name": spec.name, "held": not refused, "holder": s.holder,
+                          "renewedAt": s.renewed_at, "selfFenced": refused}}
 
     async def renew_once(self, spec: LeaseSpec, role: Role) -> None:
         """One pass: read the Lease, then create, renew or acquire it, or note it lost (raises LeaseError)."""
@@ -272,10 +271,14 @@ class LeaseKeeper:
     async def run(self) -> None:
         """Renew every duration/3 while a lease is configured (a new role document renews at once)."""
         doc: dict[str, Any] | None = None
+        held_spec: LeaseSpec | None = None
         next_at = 0.0
         while True:
             role = self.role()
             spec = lease_spec(role)
+            if spec != held_spec:
+                # Another Lease (or none): what was known of the previous one allows nothing under this one.
+                self.status, held_spec = LeaseStatus(), spec
             if spec is None:
                 doc = None
             elif role.doc != doc or self.clock() >= next_at:

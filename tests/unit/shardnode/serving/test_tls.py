@@ -301,3 +301,36 @@ async def test_internal_client_by_ip_checks_the_pod_dns_name(tls_dir: Path, monk
             assert err.value.status == 503
     finally:
         await runner.cleanup()
+
+
+async def test_peer_cas_are_trusted_once_published_and_a_broken_bundle_changes_nothing(
+        tmp_path: Path, tls_dir: Path, caplog):
+    """--replication-dir: a client of another ShardSet's CA is refused until that CA is in peers-ca.crt, then
+    verified by the same (reloaded) server context; a bundle that does not load is logged once and skipped."""
+    from tests.support.tls_files import publish
+
+    peer_ca = new_ca("peer")
+    peer_dir = tmp_path / "peer"
+    write_tls_dir(peer_dir, shard_pair(peer_ca, name="peer"), peer_ca)
+    repl = tmp_path / "replication"
+    server_ctx = tls.server_context(tls_dir, repl)  # no directory yet: the own CA only
+    reloader = tls.CertReloader(tls_dir, [server_ctx], replication_dir=repl)
+    peer = tls.client_context(peer_dir)
+    peer.load_verify_locations(cafile=str(tls_dir / "ca.crt"))
+    seen: list[str | None] = []
+    server = await _serve(server_ctx, seen)
+    async with server:
+        with pytest.raises((ssl.SSLError, ConnectionError, asyncio.IncompleteReadError)):
+            line, _ = await _talk(server, peer, "localhost")
+            if not line:
+                raise ConnectionError("server closed the connection")
+        publish(repl, {"peers-ca.crt": peer_ca.cert})
+        assert reloader.poll_peers() and not reloader.poll_peers()  # loaded once; unchanged is no reload
+        line, _ = await _talk(server, peer, "localhost")
+        assert line == b"hello\n" and seen == [f"chronoshard:shardset:{NAMESPACE}:peer"]
+    caplog.set_level(logging.ERROR)
+    publish(repl, {"peers-ca.crt": b"-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n"})
+    assert not reloader.poll_peers() and not reloader.poll_peers()
+    assert len([r for r in caplog.records if r.getMessage().startswith(f"peer CAs in {repl} not loaded")]) == 1
+    assert reloader.peer_reloads == 1
+    assert tls.peers_ca(tmp_path / "absent") is None and tls.peers_ca(None) is None
