@@ -62,8 +62,8 @@ async def digest_at(state: ReplicationState, at: int | None, wait_seconds: float
                 loop.call_soon_threadsafe(state.release_hold, at)
 
     try:
-        if at is not None:
-            applied = await state.wait_applied(at, wait_seconds)
+        if at is not None:  # only a mirror waits: nothing but a client write moves a primary's LSN
+            applied = await state.wait_applied(at, wait_seconds if mirror else 0.0)
             if applied != at:
                 raise _lsn_mismatch(at, applied)
         digest = state.new_digest()

@@ -189,7 +189,8 @@ class ReplicationState:
         if wanted is None:
             return
         wait_ms = _wait_header(headers.get(WAIT_MS_HEADER))
-        applied = await self.wait_applied(wanted, wait_ms / 1000)
+        # Only a mirror's applied LSN moves by itself; a primary's last LSN already covers every write it acked.
+        applied = await self.wait_applied(wanted, wait_ms / 1000 if self.role.role == MIRROR else 0.0)
         if applied < wanted:
             raise ApiError(409, "lsn_not_reached", f"LSN {wanted} is not applied here yet (at {applied})",
                            appliedLsn=applied)
