@@ -254,14 +254,35 @@ def _peers_ca(peers: tuple[MemberRef, ...]) -> str:
     return "".join(pems)
 
 
-def _ensure_replication(owner: Mapping[str, Any], membership: MirrorMembership) -> None:
-    """A MirrorSet member: the other members' CAs for its node, and the Role its pods hold their Leases with."""
-    if not membership.is_member:
-        return
+def _ensure_replication(owner: Mapping[str, Any], membership: MirrorMembership, live_sts: Mapping[str, Any] | None,
+                        problems: list[tuple[str, str]]) -> None:
+    """A MirrorSet member: the other members' CAs for its node, and the Role its pods hold their Leases with. A
+    ShardSet that left its MirrorSet (its live pods still mount the CAs) loses them, so no right outlives it."""
     name, ns = owner["metadata"]["name"], owner["metadata"]["namespace"]
+    if membership.conflicting:
+        problems.append(("MirrorSetConflict", f"MirrorSet(s) {', '.join(membership.conflicting)} also name this "
+                                              f"ShardSet; only the oldest, {membership.namespace}/{membership.name}, "
+                                              "takes effect"))
+    if not membership.is_member:
+        if live_sts is not None and _mounts_replication(live_sts):
+            _drop_replication(ns, name)
+        return
     APPLIED.apply(manifests.replication_config_map(owner, _peers_ca(membership.peers(ns, name))))
     APPLIED.apply(manifests.lease_role(owner))
     APPLIED.apply(manifests.lease_role_binding(owner))
+
+
+def _mounts_replication(sts: Mapping[str, Any]) -> bool:
+    volumes = ((((sts.get("spec") or {}).get("template") or {}).get("spec") or {}).get("volumes") or [])
+    return any(v.get("name") == manifests.REPLICATION_VOLUME for v in volumes)
+
+
+def _drop_replication(ns: str, name: str) -> None:
+    for api_version, kind, child in (("v1", "ConfigMap", naming.replication_config_map_name(name)),
+                                     ("rbac.authorization.k8s.io/v1", "RoleBinding", naming.lease_role_name(name)),
+                                     ("rbac.authorization.k8s.io/v1", "Role", naming.lease_role_name(name))):
+        if kube.delete(api_version, kind, ns, child):
+            log.info("ShardSet %s/%s is in no MirrorSet any more: deleted %s %s", ns, name, kind, child)
 
 
 def reconcile(owner: Mapping[str, Any]) -> ReconcileResult:
@@ -314,12 +335,12 @@ def reconcile(owner: Mapping[str, Any]) -> ReconcileResult:
     APPLIED.apply(manifests.config_map(owner, spec, prefetch=prefetch.spec,
                                        operator_identities=tlsassets.operator_identities(), shadow=shadow,
                                        replica_identities=replicas))
-    _ensure_replication(owner, membership)
     APPLIED.apply(manifests.headless_service(owner))
     APPLIED.apply(manifests.client_service(owner))
     APPLIED.apply(manifests.pod_disruption_budget(owner, spec))
 
     live_sts = kube.get("apps/v1", "StatefulSet", ns, naming.statefulset_name(name))
+    _ensure_replication(owner, membership, live_sts, problems)
     blocking = [p for p in problems if p[0] in BLOCKING]
     if blocking:
         # Do not roll pods onto a spec that cannot work; the current pods (if any) keep serving.

@@ -30,10 +30,11 @@
   verbs: [create, get, list, watch, patch]
 # The other children of a ShardSet, written with server-side apply (an apply that creates the
 # object is authorized as create too) and watched so a change by someone else is repaired.
-# Removal is left to the garbage collector (owner references), so there is no delete.
+# Removal is left to the garbage collector (owner references), so there is no delete, but for the
+# <shardset>-replication ConfigMap of a ShardSet that left its MirrorSet.
 - apiGroups: [""]
   resources: [configmaps]
-  verbs: [create, get, list, watch, patch]
+  verbs: [create, get, list, watch, patch, delete]
 - apiGroups: [apps]
   resources: [statefulsets]
   verbs: [create, get, list, watch, patch]
@@ -52,11 +53,11 @@
   resources: [networkpolicies]
   verbs: [create, list, watch, patch]
 # A MirrorSet member's pods hold their primary Leases (docs/mirroring.md): the operator applies and watches a
-# Role <shardset>-lease and its RoleBinding to the pods' ServiceAccount. RBAC lets it grant only what it holds
-# itself, so it holds the Role's lease verbs too.
+# Role <shardset>-lease and its RoleBinding to the pods' ServiceAccount (deleted when the ShardSet leaves its
+# MirrorSet). RBAC lets it grant only what it holds itself, so it holds the Role's lease verbs too.
 - apiGroups: [rbac.authorization.k8s.io]
   resources: [roles, rolebindings]
-  verbs: [create, list, watch, patch]
+  verbs: [create, list, watch, patch, delete]
 - apiGroups: [coordination.k8s.io]
   resources: [leases]
   verbs: [get, create, update, patch]

@@ -58,6 +58,9 @@ DELIBERATE_EXTRA: dict[tuple[str, str, str], str] = {
     "and bindings of ShardSets deleted while no operator ran (swept at start)",
     ("bind", "rbac.authorization.k8s.io", "clusterroles"): "authorizes creating the auth-delegator binding; "
     "checked by the API server's RBAC escalation rule, not audited as a request of its own",
+    **{("delete", group, kind): "a ShardSet that left its MirrorSet loses its replication ConfigMap and Lease "
+       "Role/RoleBinding" for group, kind in (("", "configmaps"), ("rbac.authorization.k8s.io", "roles"),
+                                               ("rbac.authorization.k8s.io", "rolebindings"))},
     **{(verb, "coordination.k8s.io", "leases"): "a MirrorSet member's Role <shardset>-lease grants these to its pods, "
        "and RBAC lets the operator grant only what it holds; the MirrorSet controller reads and takes over Leases "
        "only in a failover" for verb in ("get", "create", "update", "patch")},

@@ -76,8 +76,8 @@ def test_members_trust_each_other_for_replication_and_may_hold_leases(operator_r
     _shardset(apis, ns_a, "src")
     _shardset(apis, ns_b, "mir")
     _shardset(apis, ns_a, "alone")
-    wait_for(lambda: _ca(apis, ns_a, "src") and _ca(apis, ns_b, "mir") and _node(apis, ns_a, "alone")[0],
-             what="the members' CAs and the lone ShardSet's StatefulSet")
+    wait_for(lambda: _ca(apis, ns_a, "src") and _ca(apis, ns_b, "mir") and _node(apis, ns_a, "alone")[0]
+             and _node(apis, ns_a, "src")[0], what="the members' CAs and the StatefulSets")
     before = {"src": _node(apis, ns_a, "src")[0].spec.template.spec.to_dict()}
     assert "replicaIdentities" not in _security(apis, ns_a, "src")
     _mirrorset(apis, ns_a, "orders", "src", "mir", ns_b)
@@ -157,3 +157,42 @@ def test_members_trust_each_other_for_replication_and_may_hold_leases(operator_r
     assert "replicaIdentities" not in _security(apis, ns_a, "alone")
     assert _read(apis["core"].read_namespaced_config_map, "alone-replication", ns_a) is None
     assert _read(rbac.read_namespaced_role, "alone-lease", ns_a) is None
+
+
+def _degraded_reasons(apis, ns: str, name: str) -> dict[str, str]:
+    st = apis["custom"].get_namespaced_custom_object(GROUP, VERSION, ns, "shardsets", name).get("status") or {}
+    return {c["reason"]: c["message"] for c in st.get("conditions") or []
+            if c["type"] == "Degraded" and c["status"] == "True"}
+
+
+def test_a_second_mirrorset_is_reported_and_leaving_removes_every_replication_child(operator_runner, apis,
+                                                                                    k8s_client, namespace):
+    ns = namespace
+    rbac = client.RbacAuthorizationV1Api(k8s_client)
+    for name in ("src", "mir", "other"):
+        _shardset(apis, ns, name, shards=1)
+    _mirrorset(apis, ns, "first", "src", "mir", ns)
+    wait_for(lambda: _read(rbac.read_namespaced_role_binding, "src-lease", ns), what="src's Lease RoleBinding")
+    _mirrorset(apis, ns, "second", "other", "src", ns)
+
+    conflict = wait_for(lambda: _degraded_reasons(apis, ns, "src").get("MirrorSetConflict"),
+                        what="src reporting the second MirrorSet")
+    assert f"{ns}/second" in conflict and f"{ns}/first" in conflict
+    # The oldest one is in force: src's peer is still mir, not other.
+    assert _security(apis, ns, "src")["replicaIdentities"] == [f"chronoshard:shardset:{ns}:mir"]
+
+    apis["custom"].delete_namespaced_custom_object(GROUP, VERSION, ns, "mirrorsets", "first")
+    apis["custom"].delete_namespaced_custom_object(GROUP, VERSION, ns, "mirrorsets", "second")
+
+    def left() -> bool:
+        sts, node = _node(apis, ns, "src")
+        return (node is not None and "--replication-dir" not in node.command
+                and "replicaIdentities" not in (_security(apis, ns, "src") or {})
+                and _read(apis["core"].read_namespaced_config_map, "src-replication", ns) is None
+                and _read(rbac.read_namespaced_role, "src-lease", ns) is None
+                and _read(rbac.read_namespaced_role_binding, "src-lease", ns) is None)
+
+    wait_for(left, what="src back to a ShardSet in no MirrorSet")
+    sts, _ = _node(apis, ns, "src")
+    assert "replication" not in {v.name for v in sts.spec.template.spec.volumes}
+    wait_for(lambda: "MirrorSetConflict" not in _degraded_reasons(apis, ns, "src"), what="the conflict cleared")
