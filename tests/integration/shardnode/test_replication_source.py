@@ -176,3 +176,32 @@ def test_health_and_its_history_across_a_restart(tmp_path: Path):
         assert (tmp_path / "data" / "health.sqlite3").exists()
     finally:
         proc.stop()
+
+
+def test_sync_writes_with_a_real_mirror_and_without_it(tmp_path: Path):
+    """A mirror node replicating from the primary acknowledges through its slot: sync writes are answered and are
+    on the mirror when they are; with the mirror killed, they time out (committed on the primary)."""
+    keyring = keyring_dir(tmp_path)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = node(tmp_path / "a", keyring).start()
+    b = node(tmp_path / "b", keyring).start()
+    try:
+        set_role(b.url, {"term": 1, "role": "mirror", "mode": "sync", "consumer": MIRROR,
+                         "source": {"url": a.url, "shardSet": "ns-a/orders-a"}})
+        wait_for(lambda: any(s["name"] == MIRROR for s in http_json("GET", a.url + "/v1/consumers")[1]["consumers"]),
+                 what="the mirror's slot on the primary")
+        set_role(a.url, primary(mode="sync", syncTimeoutSeconds=30))
+        for i in range(5):
+            status, body = put(a.url, f"k{i}", f"v{i}".encode())
+            assert status == 200, body
+            # Acknowledged only once the mirror acked it: the mirror has applied that LSN.
+            applied = http_json("GET", b.url + "/v1/replication")[1]["appliedLsn"]
+            assert applied >= body["lsn"]
+        b.kill()
+        set_role(a.url, primary(mode="sync", syncTimeoutSeconds=0.5))
+        status, body = put(a.url, "late")
+        assert (status, body["error"], body["committed"]) == (503, "sync_timeout", True)
+    finally:
+        b.stop()
+        a.stop()
