@@ -159,10 +159,7 @@ class ReplicationState:
     # ---- checks the block handlers call -------------------------------------------------------------
     def check_writable(self) -> None:
         """Refuse a client write with 503 unless this node is an active primary (the role, then every gate)."""
-        reason = write_refusal(self.role)
-        if reason is not None:
-            raise ApiError(503, reason, f"this node is {self.role.role} (term {self.role.term}); write to the primary",
-                           role=self.role.role, term=self.role.term, primaryShardSet=self._primary_shardset())
+        self.store_guard()
         for gate in self.write_gates:
             gate()
 
@@ -286,12 +283,13 @@ class ReplicationState:
         self._start_replicator()
 
     def store_guard(self) -> None:
-        """Run by the store's writer before a client write's job: a write queued before a demotion but begun
-        after it is refused, so the demotion token covers every acknowledged write."""
+        """The role's refusal (503 not_primary / fenced, Retry-After: 1); also run by the store in the step that
+        queues a client write, so a demotion's drain job comes after every write let through."""
         reason = write_refusal(self.role)
         if reason is not None:
             raise ApiError(503, reason, f"this node is {self.role.role} (term {self.role.term}); write to the primary",
-                           role=self.role.role, term=self.role.term, primaryShardSet=self._primary_shardset())
+                           role=self.role.role, term=self.role.term, primaryShardSet=self._primary_shardset()
+                           ).with_headers(Retry_After="1")
 
     # ---- digest holds ----------------------------------------------------------------------------------
     def hold_limit(self) -> int | None:

@@ -42,6 +42,12 @@ class ApiError(Exception):
     def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.extra = status, code, message, extra
+        self.headers: dict[str, str] = {}  # sent with the error (e.g. Retry-After), never in the body
+
+    def with_headers(self, **headers: str) -> ApiError:
+        """The same error answered with these headers (``Retry_After`` is sent as ``Retry-After``)."""
+        self.headers.update({name.replace("_", "-"): value for name, value in headers.items()})
+        return self
 
 
 def error_response(status: int, code: str, message: str, **extra: Any) -> web.Response:
@@ -63,6 +69,7 @@ def error_middleware(requests: Counter | None = None) -> Any:
             resp = await handler(request)
         except ApiError as exc:
             resp = error_response(exc.status, exc.code, exc.message, **exc.extra)
+            resp.headers.update(exc.headers)
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise

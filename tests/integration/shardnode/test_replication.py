@@ -146,8 +146,11 @@ def test_seed_then_stream_and_the_digests_agree(pair):
     assert change_lsns(b.url) == [c for c in change_lsns(a.url) if c[0] > change_lsns(b.url)[0][0] - 1]
     status, value = http("GET", f"{b.url}/v1/tables/t/blocks/k50")
     assert status == 200 and value == http("GET", f"{a.url}/v1/tables/t/blocks/k50")[1]
-    status, raw = http("PUT", f"{b.url}/v1/tables/t/blocks/x", b"no")
-    refused = json.loads(raw)
+    req = urllib.request.Request(f"{b.url}/v1/tables/t/blocks/x", data=b"no", method="PUT")
+    with pytest.raises(urllib.error.HTTPError) as answer:
+        urllib.request.urlopen(req, timeout=10)
+    status, refused = answer.value.code, json.loads(answer.value.read())
+    assert answer.value.headers["Retry-After"] == "1"
     assert status == 503 and refused["error"] == "not_primary" and refused["primaryShardSet"] == "ns/a"
     assert refused["term"] == 1 and refused["role"] == "mirror"
 
@@ -327,3 +330,31 @@ def test_repair_of_a_corrupted_range_makes_the_digests_equal(tmp_path, pair):
     digests_equal(a, b)
     assert base64.b64encode(http("GET", f"{b.url}/v1/tables/t/blocks/k7")[1]) == base64.b64encode(
         http("GET", f"{a.url}/v1/tables/t/blocks/k7")[1])
+
+
+def test_two_mirrors_held_at_the_same_lsn_agree_while_the_source_writes_on(tmp_path, keyring, pair):
+    a, b = pair
+    c = start(tmp_path, keyring, "c")
+    try:
+        role(b.url, mirror_of(a))
+        role(c.url, mirror_of(a, consumer="mirror.ns.c"))
+        writer = Writer(a.url)
+        writer.start()
+        wait_for(lambda: len(writer.acked) > 20, what="writes on the source")
+        at = last_lsn(a.url) + 40  # ahead of both mirrors: each holds its apply there until its digest began
+        results: dict[str, Any] = {}
+        threads = [threading.Thread(target=lambda n=n, m=m: results.__setitem__(
+            n, http_json("GET", f"{m.url}/v1/digest?atLsn={at}&waitSeconds=30"))) for n, m in (("b", b), ("c", c))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        wait_for(lambda: last_lsn(a.url) > at + 20, what="the source to write past the digests' LSN")
+        writer.stop()
+        (sb, db), (sc, dc) = results["b"], results["c"]
+        assert sb == sc == 200, (db, dc)
+        assert db["lsn"] == dc["lsn"] == at and db == dc
+        caught_up(b, a)
+        assert state(b.url)["appliedLsn"] > at  # the hold was lifted
+    finally:
+        c.stop()
