@@ -33,7 +33,7 @@ from ..spec.mirrorset import FAILBACK_ANNOTATION, SWITCHOVER_ANNOTATION, MirrorS
 from ..triggers import TRIGGERS
 from . import leases, plan, probe
 from . import status as status_
-from .health import HEALTHY, UNAVAILABLE, CopyHealth, Sample, Thresholds, classify
+from .health import HEALTHY, UNAVAILABLE, CopyHealth, Sample, Thresholds, classify, promotable
 from .plan import FAILBACK, FAILOVER, SWITCHOVER, Member, Settings, Step
 
 KIND = "MirrorSet"
@@ -326,10 +326,10 @@ def _request(v: View) -> bool:
 
 def _failover_target(v: View, failed: list[int]) -> Member | None:
     """The member to promote: for the first failed shard, its most caught-up healthy mirror copy."""
-    shard = failed[0]
-    candidates = [plan.Candidate(m, v.healthy(m, shard) and all(
-        v.verdicts.get((m.key, i), CopyHealth(UNAVAILABLE)).health != UNAVAILABLE for i in range(v.shards)),
-        int(v.rep(m, shard).get("appliedLsn") or 0)) for m in v.members if m.key != v.active.key]
+    shard, thresholds = failed[0], thresholds_of(v.spec)
+    candidates = [plan.Candidate(m, all(promotable(v.samples[(m.key, i)], thresholds) for i in range(v.shards)),
+                                 int(v.rep(m, shard).get("appliedLsn") or 0))
+                  for m in v.members if m.key != v.active.key]
     return plan.choose_target(candidates, v.active.zone)
 
 
@@ -347,7 +347,9 @@ def _react(v: View) -> bool:
     target = _failover_target(v, failed)
     if target is None:
         v.manual_hint = f"primary shard(s) {failed} of {active.key} unavailable and no healthy mirror to promote"
-        v.event("NoFailoverTarget", v.manual_hint, warning=True)
+        degraded = next((c for c in v.status.get("conditions") or [] if c.get("type") == "Degraded"), {})
+        if v.manual_hint not in str(degraded.get("message")):  # once, not every pass
+            v.event("NoFailoverTarget", v.manual_hint, warning=True)
         return False
     reasons = "; ".join(v.verdicts[(active.key, failed[0])].reasons)
     start(v, FAILOVER, target, f"shard(s) {failed} of {active.key} unavailable ({reasons})")

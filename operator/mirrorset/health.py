@@ -72,8 +72,17 @@ def lag_seconds(s: Sample) -> float | None:
     return lag if lag is not None else _num(s.health, "replication", "lagSeconds")
 
 
-def degradations(s: Sample, t: Thresholds) -> list[str]:
-    """Why an answering copy is degraded (empty: it is not)."""
+def promotable(s: Sample, t: Thresholds) -> bool:
+    """The copy could be promoted: its pod is ready, its node answers as a mirror and its own figures (latency,
+    errors, capacity) are within the thresholds. Lag and a replication error are not held against it: they are
+    what a mirror of a dead primary reports."""
+    if not (s.pod_exists and s.pod_ready and s.reachable) or (s.replication or {}).get("role") != "mirror":
+        return False
+    return not degradations(s, t, own_only=True)
+
+
+def degradations(s: Sample, t: Thresholds, own_only: bool = False) -> list[str]:
+    """Why an answering copy is degraded (empty: it is not); ``own_only`` leaves out what its source causes."""
     out: list[str] = []
     if s.latency_ms is not None and s.latency_ms > t.latency_ms:
         out.append(f"latency {s.latency_ms:.0f}ms > {t.latency_ms:g}ms")
@@ -83,6 +92,8 @@ def degradations(s: Sample, t: Thresholds) -> list[str]:
     cap = _num(s.health, "capacity", "fraction")
     if cap is not None and cap > t.capacity:
         out.append(f"capacity {cap:.2f} > {t.capacity:g}")
+    if own_only:
+        return out
     lag = lag_seconds(s)
     if lag is not None and lag > t.max_lag_seconds:
         out.append(f"lag {lag:.1f}s > {t.max_lag_seconds:g}s")

@@ -59,3 +59,15 @@ def test_missing_or_unready_pod_is_unavailable_at_once():
     assert classify(sample(pod_exists=False, replication=None), 0, T).reasons == ("pod missing",)
     verdict = classify(sample(pod_ready=False), 0, T)
     assert (verdict.health, verdict.reasons) == (UNAVAILABLE, ("pod not ready",))
+
+
+def test_a_mirror_of_a_dead_primary_is_still_promotable_but_not_a_slow_or_unready_one():
+    from chronoshard.operator.mirrorset.health import promotable
+
+    orphan = sample(replication={**MIRROR, "state": "error", "error": "source unreachable",
+                                 "source": {"lagSeconds": 90.0}})
+    assert classify(orphan, 0, T).health == DEGRADED and promotable(orphan, T)
+    assert not promotable(sample(latency_ms=900.0), T)
+    assert not promotable(sample(pod_ready=False), T)
+    assert not promotable(sample(replication=None, error="TimeoutError"), T)
+    assert not promotable(sample(replication={"role": "fenced", "term": 3}), T)

@@ -1,0 +1,331 @@
+"""The MirrorSet controller's passes against the real API server and real `chronoshard-node` processes standing in
+for the member pods: each node listens on a pod-like loopback IP at port 7400 (127.0.0.0/8 is all loopback on
+Linux), and a Pod object with that IP (Ready) stands for it, so the controller finds and reaches it exactly as it
+reaches a shard pod. The nodes renew their Leases in the same API server (their $KUBECONFIG).
+
+Covered: the first pass's roles (source primary at term 1, the mirror streaming from it), a planned switchover
+by annotation that loses no acknowledged write, and a failover after kill -9 of the primary node that waits for
+its Lease to expire, takes it over and promotes the mirror; status fields and events of each."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from chronoshard.operator import kube, naming
+from chronoshard.operator.mirrorset import controller
+from chronoshard.operator.podcontract import NODE_PORT
+from kubernetes import client
+
+from tests.integration.shardnode.procs import BIN, INSECURE, Proc, http, http_json
+from tests.support.kubelet_dir import write_keyring
+from tests.support.shadowstub import GROUP, VERSION, create_custom
+from tests.support.waiting import WaitTimeout, wait_for, wait_for_async
+
+pytestmark = [pytest.mark.integration, pytest.mark.without_operator]
+
+TABLE = "orders"
+
+
+@pytest.fixture()
+def api(k8s_client):
+    previous = kube._api
+    kube.set_api_client(k8s_client)
+    yield client.CustomObjectsApi(k8s_client)
+    kube.set_api_client(previous)
+
+
+def _ip() -> str:
+    return f"127.{random.randrange(1, 250)}.{random.randrange(1, 250)}.{random.randrange(2, 250)}"
+
+
+def _node(tmp: Path, name: str, ip: str, keyring: Path, kubeconfig: Path) -> Proc:
+    root = tmp / name
+    root.mkdir(parents=True, exist_ok=True)
+    argv = [str(BIN / "chronoshard-node"), "--host", ip, "--port", str(NODE_PORT), "--data-dir", str(root / "data"),
+            "--keyring-dir", str(keyring), *INSECURE]
+    env = dict(os.environ, KUBECONFIG=str(kubeconfig))
+    env.pop("KUBERNETES_SERVICE_HOST", None)
+    proc = Proc(argv, NODE_PORT, root / "node.log", env)
+    proc.url = f"http://{ip}:{NODE_PORT}"
+    return proc
+
+
+def _pod(k8s_client: Any, ns: str, shardset: str, ip: str) -> None:
+    """Shard 0's pod of ``shardset`` as the API server shows a running one: the node container (plain HTTP), its
+    IP, Ready."""
+    core = client.CoreV1Api(k8s_client)
+    core.create_namespaced_pod(ns, client.V1Pod(
+        metadata=client.V1ObjectMeta(name=f"{shardset}-0", labels=naming.selector_labels(shardset)),
+        spec=client.V1PodSpec(containers=[client.V1Container(name="node", image="x", command=["chronoshard-node"])])))
+    core.patch_namespaced_pod_status(f"{shardset}-0", ns, {"status": {
+        "podIP": ip, "podIPs": [{"ip": ip}],
+        "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}})
+
+
+class Cluster:
+    """Two one-shard member ShardSets a (source) and b (mirror), each with its node process and pod."""
+
+    def __init__(self, k8s_client: Any, api: Any, ns: str, tmp: Path, kubeconfig: Path, spec: dict[str, Any]):
+        self.api, self.ns = api, ns
+        keyring = tmp / "keyring"  # the same key material on both (the controller's key copy keeps it so)
+        write_keyring(keyring, 1, {1: ("primary", os.urandom(32))})
+        self.ips = {"orders-a": _ip(), "orders-b": _ip()}
+        while self.ips["orders-b"] == self.ips["orders-a"]:
+            self.ips["orders-b"] = _ip()
+        self.nodes = {n: _node(tmp, n, ip, keyring, kubeconfig) for n, ip in self.ips.items()}
+        for name in self.nodes:
+            create_custom(k8s_client, ns, "shardsets", name, {"shards": 1}, "ShardSet")
+            _pod(k8s_client, ns, name, self.ips[name])
+        create_custom(k8s_client, ns, "mirrorsets", "orders", {
+            "sourceRef": {"name": "orders-a"}, "mirrors": [{"shardSetRef": {"name": "orders-b"}, "zone": "z-b"}],
+            **spec}, "MirrorSet")
+        self.events: list[tuple[str, str, str]] = []
+
+    def start(self) -> Cluster:
+        for n in self.nodes.values():
+            n.start()
+        return self
+
+    def stop(self) -> None:
+        for n in self.nodes.values():
+            n.stop()
+
+    def url(self, shardset: str) -> str:
+        return self.nodes[shardset].url
+
+    def body(self) -> dict[str, Any]:
+        return dict(self.api.get_namespaced_custom_object(GROUP, VERSION, self.ns, "mirrorsets", "orders"))
+
+    async def one_pass(self) -> dict[str, Any]:
+        """One controller pass on the live object, its status written as the daemon writes it."""
+        body = self.body()
+        status, events, _ = await controller.step(body)
+        controller.write_status(body, status)
+        self.events.extend(events)
+        return status
+
+    async def passes_until(self, done: Any, what: str, timeout: float = 60.0) -> dict[str, Any]:
+        seen: list[dict[str, Any]] = []
+
+        async def check() -> dict[str, Any] | None:
+            status = await self.one_pass()
+            seen[:] = [status]
+            return status if done(status) else None
+
+        try:
+            return await wait_for_async(check, timeout, interval=0.2, what=what)
+        except WaitTimeout as exc:  # say where it stood: the operation, the conditions, the last events
+            last = seen[0] if seen else {}
+            raise WaitTimeout(f"{exc}; operation {last.get('operation')}, conditions {last.get('conditions')}, "
+                              f"events {self.events[-12:]}") from None
+
+    def reasons(self) -> list[str]:
+        return [reason for _, reason, _ in self.events]
+
+    def annotate(self, key: str, value: str) -> None:
+        self.api.patch_namespaced_custom_object(GROUP, VERSION, self.ns, "mirrorsets", "orders",
+                                                {"metadata": {"annotations": {key: value}}})
+
+
+def role(url: str) -> dict[str, Any]:
+    status, body = http_json("GET", f"{url}/v1/replication")
+    assert status == 200, body
+    return dict(body)
+
+
+def put(url: str, key: str, value: bytes) -> tuple[int, dict[str, Any]]:
+    status, body = http("PUT", f"{url}/v1/tables/{TABLE}/blocks/{key}", value)
+    return status, json.loads(body or b"{}")
+
+
+def value(url: str, key: str) -> bytes | None:
+    status, body = http("GET", f"{url}/v1/tables/{TABLE}/blocks/{key}")
+    return body if status == 200 else None
+
+
+def writable(url: str) -> bool:
+    """The node accepts client writes (a new primary first acquires its Lease)."""
+    return bool((role(url).get("writes") or {}).get("accepting"))
+
+
+def caught_up(c: Cluster, primary: str, mirror: str) -> bool:
+    last = role(c.url(primary))["lastLsn"]
+    r = role(c.url(mirror))
+    return r.get("state") == "streaming" and r.get("appliedLsn", -1) >= last
+
+
+@pytest.fixture()
+def cluster(k8s_client, api, namespace, tmp_path, control_plane) -> Iterator[Any]:
+    made: list[Cluster] = []
+
+    def make(spec: dict[str, Any]) -> Cluster:
+        c = Cluster(k8s_client, api, namespace, tmp_path, Path(control_plane.kubeconfig), spec)
+        made.append(c)
+        return c.start()
+
+    yield make
+    for c in made:
+        c.stop()
+
+
+BASE_SPEC = {"replication": {"mode": "async", "maxLag": "30s"},
+             "health": {"probeInterval": "1s", "failureThreshold": 2, "latencyThresholdMs": 5000},
+             "failover": {"policy": "automatic", "leaseDuration": "3s", "switchoverTimeout": "20s"}}
+
+
+async def test_first_pass_roles_and_a_switchover_by_annotation_loses_nothing(cluster):
+    c = cluster(BASE_SPEC)
+    first = await c.one_pass()
+    assert (first["term"], first["activeShardSet"], first["activeSource"]) == (1, f"{c.ns}/orders-a", "orders-a")
+    a, b = role(c.url("orders-a")), role(c.url("orders-b"))
+    assert (a["role"], a["term"], b["role"], b["term"]) == ("primary", 1, "mirror", 1)
+    assert b["source"]["shardSet"] == f"{c.ns}/orders-a"
+    assert "Initialized" in c.reasons() and "RoleApplied" in c.reasons()
+    wait_for(lambda: writable(c.url("orders-a")), what="the primary to acquire its Lease")
+
+    acked = {}
+    for i in range(40):
+        status, body = put(c.url("orders-a"), f"k{i}", b"value %d" % i)
+        assert status == 200, body
+        acked[f"k{i}"] = b"value %d" % i
+    wait_for(lambda: caught_up(c, "orders-a", "orders-b"), what="the mirror to apply every write")
+    steady = await c.passes_until(lambda s: s["phase"] == "Replicating", "phase Replicating")
+    copies = {x["shardSet"]: x for x in steady["shards"][0]["copies"]}
+    assert copies[f"{c.ns}/orders-a"]["role"] == "primary" and copies[f"{c.ns}/orders-b"]["health"] == "healthy"
+    assert copies[f"{c.ns}/orders-b"]["appliedLSN"] == copies[f"{c.ns}/orders-a"]["lastLSN"]
+    assert steady["mirrors"][0]["healthy"] is True
+    ready = next(x for x in steady["conditions"] if x["type"] == "Ready")
+    assert ready["status"] == "True", steady["conditions"]
+
+    c.annotate("chronoshard.io/switchover-to", "orders-b")
+    done = await c.passes_until(lambda s: (s.get("lastOperation") or {}).get("outcome") is not None,
+                                "the switchover to finish")
+    last = done["lastOperation"]
+    assert (last["kind"], last["outcome"], last["term"]) == ("switchover", "Succeeded", 2), last
+    assert (done["term"], done["activeShardSet"], done["activeSource"]) == (2, f"{c.ns}/orders-b", "orders-b")
+    assert done.get("lostWrites", []) == [] and done["lastSwitchoverRequest"] == "orders-b"
+    assert "operation" not in c.body()["status"] and done.get("failovers", 0) == 0
+    for reason in ("SwitchoverStarted", "Fenced", "CatchingUp", "Verifying", "Promoted", "SwitchedOver"):
+        assert reason in c.reasons(), (reason, c.reasons())
+
+    # Every acknowledged write is on the new primary; the old one refuses writes, the new one takes them.
+    assert {k: value(c.url("orders-b"), k) for k in acked} == acked
+    wait_for(lambda: writable(c.url("orders-b")), what="the new primary to acquire its Lease")
+    status, body = put(c.url("orders-b"), "after", b"y")
+    assert status == 200, body
+    # The old primary was told to follow the new one at the same term (its fencing named it).
+    assert "RejoinPending" not in c.reasons(), c.events
+    a = role(c.url("orders-a"))
+    assert (a["role"], a["term"], a["source"]["shardSet"]) == ("mirror", 2, f"{c.ns}/orders-b"), a
+    status, refused = put(c.url("orders-a"), "after", b"x")
+    assert (status, refused.get("error")) == (503, "not_primary"), refused
+    wait_for(lambda: role(c.url("orders-a"))["appliedLsn"] >= body["lsn"], what="the old primary to follow")
+    assert value(c.url("orders-a"), "after") == b"y"
+
+    # The same annotation value again is not a new request.
+    before = len(c.events)
+    again = await c.one_pass()
+    assert again["term"] == 2 and "SwitchoverStarted" not in c.reasons()[before:]
+
+
+async def test_failover_after_kill_9_waits_for_the_lease_and_promotes_the_mirror(cluster, k8s_client):
+    c = cluster(BASE_SPEC)
+    await c.one_pass()
+    wait_for(lambda: writable(c.url("orders-a")), what="the primary to acquire its Lease")
+    for i in range(25):
+        status, body = put(c.url("orders-a"), f"k{i}", b"v%d" % i)
+        assert status == 200, body
+    wait_for(lambda: caught_up(c, "orders-a", "orders-b"), what="the mirror to apply every write")
+    last_lsn = role(c.url("orders-a"))["lastLsn"]
+    await c.passes_until(lambda s: s["phase"] == "Replicating", "phase Replicating")
+
+    coordination = client.CoordinationV1Api(k8s_client)
+    lease = coordination.read_namespaced_lease("orders-a-0-primary", c.ns)
+    assert lease.spec.holder_identity and not lease.spec.holder_identity.startswith("chronoshard-operator/")
+
+    c.nodes["orders-a"].kill()
+    done = await c.passes_until(lambda s: (s.get("lastOperation") or {}).get("outcome") is not None,
+                                "the failover to finish")
+    last = done["lastOperation"]
+    assert (last["kind"], last["outcome"], last["term"]) == ("failover", "Succeeded", 2), last
+    assert (done["term"], done["activeShardSet"], done["failovers"]) == (2, f"{c.ns}/orders-b", 1)
+    assert done["lastFailoverTime"] and last["heldSeconds"] >= 0
+    assert done.get("lostWrites", []) == []  # the mirror had applied every acknowledged write before the kill
+    reasons = c.reasons()
+    for reason in ("FailoverStarted", "WaitingForLease", "CatchingUp", "Promoted", "FailedOver"):
+        assert reason in reasons, (reason, reasons)
+    assert "Verifying" not in reasons  # a dead primary has no digest to compare
+
+    taken = coordination.read_namespaced_lease("orders-a-0-primary", c.ns)
+    assert taken.spec.holder_identity == "chronoshard-operator/fenced-term-2"
+    b = role(c.url("orders-b"))
+    assert (b["role"], b["term"]) == ("primary", 2)
+    assert b["lastLsn"] >= last_lsn
+    assert {f"k{i}": value(c.url("orders-b"), f"k{i}") for i in range(25)} == {f"k{i}": b"v%d" % i
+                                                                                 for i in range(25)}
+    wait_for(lambda: writable(c.url("orders-b")), what="the new primary to acquire its Lease")
+    status, body = put(c.url("orders-b"), "new", b"after failover")
+    assert status == 200 and body["lsn"] > last_lsn, body  # LSNs continue above the old primary's
+    copies = {x["shardSet"]: x for x in done["shards"][0]["copies"]}
+    assert copies[f"{c.ns}/orders-a"]["health"] == "unavailable"
+
+
+async def test_async_failover_reports_the_lost_writes_and_the_rejoined_old_primary_confirms_them(cluster):
+    c = cluster(BASE_SPEC)
+    await c.one_pass()
+    wait_for(lambda: writable(c.url("orders-a")), what="the primary to acquire its Lease")
+    for i in range(10):
+        assert put(c.url("orders-a"), f"k{i}", b"kept %d" % i)[0] == 200
+    wait_for(lambda: caught_up(c, "orders-a", "orders-b"), what="the mirror to apply the first writes")
+    promoted_at = role(c.url("orders-b"))["appliedLsn"]
+
+    # The mirror stops taking anything in (SIGSTOP); the primary acknowledges three more writes (async).
+    mirror = c.nodes["orders-b"].p
+    assert mirror is not None
+    os.kill(mirror.pid, signal.SIGSTOP)
+    try:
+        lost = [put(c.url("orders-a"), f"lost{i}", b"only on a")[1]["lsn"] for i in range(3)]
+        assert lost == [promoted_at + 1, promoted_at + 2, promoted_at + 3]
+        # One pass records the primary's last LSN in the status (what the operator knows of it when it dies).
+        seen = await c.one_pass()
+        copies = {x["shardSet"]: x for x in seen["shards"][0]["copies"]}
+        assert copies[f"{c.ns}/orders-a"]["lastLSN"] == lost[-1]
+        c.nodes["orders-a"].kill()
+    finally:
+        os.kill(mirror.pid, signal.SIGCONT)
+
+    done = await c.passes_until(lambda s: (s.get("lastOperation") or {}).get("outcome") is not None,
+                                "the failover to finish")
+    assert (done["lastOperation"]["kind"], done["activeShardSet"]) == ("failover", f"{c.ns}/orders-b")
+    # The mirror may still have applied what its last long-poll had received before it was stopped.
+    promoted = role(c.url("orders-b"))["promotedAtLsn"]
+    assert promoted_at <= promoted < lost[-1]
+    gone = [lsn for lsn in lost if lsn > promoted]
+    entry = done["lostWrites"][0]
+    assert {k: entry[k] for k in ("shard", "shardSet", "fromLSN", "toLSN", "count", "confirmed", "term")} == {
+        "shard": 0, "shardSet": f"{c.ns}/orders-a", "fromLSN": gone[0], "toLSN": lost[-1], "count": len(gone),
+        "confirmed": False, "term": 2}
+    assert "WritesLost" in c.reasons()
+
+    # The old primary comes back on its volume: it is told to follow the new primary, rewinds its changes past
+    # the promotion point and reports them; the operator confirms the loss.
+    c.nodes["orders-a"].start()
+    confirmed = await c.passes_until(lambda s: (s.get("lostWrites") or [{}])[0].get("confirmed") is True,
+                                     "the rejoined old primary to report its discarded changes")
+    assert confirmed["lostWrites"][0]["count"] == len(gone) and "LostWritesConfirmed" in c.reasons()
+    a = role(c.url("orders-a"))
+    assert (a["role"], a["term"], sorted(a["discardedLsns"])) == ("mirror", 2, gone)
+    # The new primary's LSNs continue above the lost range (lsnFloor); the old primary applies them.
+    wait_for(lambda: writable(c.url("orders-b")), what="the new primary to acquire its Lease")
+    status, body = put(c.url("orders-b"), "after", b"from b")
+    assert status == 200 and body["lsn"] > lost[-1], body
+    wait_for(lambda: role(c.url("orders-a"))["appliedLsn"] >= body["lsn"], what="the old primary to follow")
+    assert value(c.url("orders-a"), "after") == b"from b"
+    assert value(c.url("orders-a"), "lost2") is None and value(c.url("orders-a"), "k3") == b"kept 3"
