@@ -2,7 +2,8 @@
 
 ``AsyncClient`` / ``Client`` talk to the owning shard's cache (or node) directly; map sources are in
 ``discovery`` (any node's ``GET /v1/partitions``, the ``<shardset>-partitions`` ConfigMap, a file);
-credentials in ``credentials``, TLS and the ``auto`` scheme in ``transport``.
+credentials in ``credentials``, TLS and the ``auto`` scheme in ``transport``. ``AsyncClient.for_mirrorset`` /
+``Client.for_mirrorset`` route by a MirrorSet (``mirrors``, ``mirrorrouting``).
 """
 
 from chronoshard.shardnode.client.aio import AsyncClient, BlockInfo, block_path
@@ -29,6 +30,8 @@ from chronoshard.shardnode.client.errors import (
     Unavailable,
     Unreachable,
 )
+from chronoshard.shardnode.client.mirrorrouting import MirrorRouting, StaticEndpoints, StaticMirrorSet
+from chronoshard.shardnode.client.mirrors import MirrorView
 from chronoshard.shardnode.client.sync import Client
 from chronoshard.shardnode.client.transport import Endpoint, Transport
 
@@ -46,13 +49,17 @@ __all__ = [
     "Forbidden",
     "MapProvider",
     "MapUnavailable",
+    "MirrorRouting",
+    "MirrorView",
     "Misdirected",
     "NodeMap",
     "NotFound",
     "RequestRejected",
     "ScanUnsupported",
     "ShardSetPods",
+    "StaticEndpoints",
     "StaticMap",
+    "StaticMirrorSet",
     "TokenFile",
     "TokenSource",
     "Transport",

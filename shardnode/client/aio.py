@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import heapq
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -36,6 +38,7 @@ from urllib.parse import quote
 
 import aiohttp
 from chronoshard.shardnode.client import discovery
+from chronoshard.shardnode.client import mirrors as mdecide
 from chronoshard.shardnode.client.credentials import Credentials, TokenGetter, audience
 from chronoshard.shardnode.client.discovery import MapProvider, NodeMap, StaticMap
 from chronoshard.shardnode.client.errors import (
@@ -49,6 +52,7 @@ from chronoshard.shardnode.client.errors import (
     Unavailable,
     Unreachable,
 )
+from chronoshard.shardnode.client.mirrorrouting import MirrorRouting, StaticEndpoints, StaticMirrorSet
 from chronoshard.shardnode.client.transport import Endpoint, Scheme, Transport, ca_file_source
 from chronoshard.shardnode.keyspace.partitioning import PartitionMap
 
@@ -134,6 +138,7 @@ class AsyncClient:
         transport: Transport | None = None,
         restart_wait: float = RESTART_WAIT,
         rediscover: Callable[[], Awaitable[None]] | None = None,
+        mirrors: MirrorRouting | None = None,
     ) -> None:
         """``endpoints``: per shard (a list indexed by shard, or a function shard -> URL or ``Endpoint``).
 
@@ -146,7 +151,8 @@ class AsyncClient:
         ours (it has not reloaded the mounted map yet; nodes check once a second), wait this long.
         ``token``/``token_provider``/``token_file``: see ``Credentials.default``; ``ca``: the PEM file the
         shards' certificates are verified against; ``scheme``: for endpoints given without one. ``transport``
-        replaces all of these (and ``session``) with one already built.
+        replaces all of these (and ``session``) with one already built. ``mirrors``: route by a MirrorSet
+        (``with_mirrors``, ``for_mirrorset``).
         """
         self._provider: MapProvider = StaticMap(maps) if isinstance(maps, PartitionMap) else maps
         if callable(endpoints):
@@ -156,6 +162,8 @@ class AsyncClient:
             eps = [_as_endpoint(u) for u in endpoints]
             self._endpoint = lambda shard: _index(eps, shard)
         self._service: Endpoint | None = None
+        self._mirrors = mirrors
+        self.mirror_fallbacks = 0  # reads answered by a mirror copy because the active's failed (tests, metrics)
         self.lagging_shard_wait = lagging_shard_wait
         self.timeout = timeout
         self.restart_wait, self._rediscover = restart_wait, rediscover
@@ -210,6 +218,59 @@ class AsyncClient:
         return cls(discovery.ConfigMapMap(name, namespace, api_client=api), pods.endpoint, timeout=timeout,
                    concurrency=concurrency, transport=transport, restart_wait=restart_wait,
                    rediscover=pods.refresh)
+
+    @classmethod
+    def with_mirrors(cls, routing: MirrorRouting, maps: MapProvider | PartitionMap, **kwargs: Any) -> AsyncClient:
+        """A MirrorSet-aware client: writes go to the active ShardSet (re-resolved, and sent again within the
+        call's timeout, when a node answers 503 not_primary, fenced or lease_lost); reads go to the active too,
+        and on a connection failure or a 5xx to the shard's healthy mirror copies, most caught-up first (with
+        ``read_your_writes``, carrying the LSN of this client's last acknowledged write of that shard; a copy
+        that has not applied it sends the read to the primary).
+
+        ``maps``: the partition layout, the same on every member (requests carry no routing epoch: a member's
+        map has its own epochs, and a cache forwards a key it does not own). ``kwargs``: as ``AsyncClient``.
+        """
+        return cls(maps, routing.active_endpoint, mirrors=routing, **kwargs)
+
+    @classmethod
+    def for_mirror_status(cls, status: Mapping[str, Any] | Callable[[], Mapping[str, Any]],
+                          endpoints: Mapping[str, Sequence[str | Endpoint]] | Callable[[str, int], str | Endpoint],
+                          maps: MapProvider | PartitionMap, *, read_your_writes: bool = False,
+                          wait_ms: int | None = None, **kwargs: Any) -> AsyncClient:
+        """``with_mirrors`` from a MirrorSet status given as a dict or a callable returning it, and each member's
+        shard URLs (``{"ns/name": [url, ...]}`` or a function (member, shard) -> URL): tests and tools."""
+        routing = MirrorRouting(StaticMirrorSet(status), StaticEndpoints(endpoints),
+                                read_your_writes=read_your_writes, wait_ms=wait_ms)
+        return cls.with_mirrors(routing, maps, **kwargs)
+
+    @classmethod
+    def for_mirrorset(cls, name: str, namespace: str, *, api_client: Any = None, kubeconfig: str | None = None,
+                      context: str | None = None, ca: str | Path | None = None, port: int = discovery.CACHE_PORT,
+                      read_your_writes: bool = False, wait_ms: int | None = None, timeout: float = DEFAULT_TIMEOUT,
+                      concurrency: int = 64, token: str | None = None, token_provider: TokenGetter | None = None,
+                      token_file: str | Path | None = None, scheme: Scheme = "auto") -> AsyncClient:
+        """``with_mirrors`` for MirrorSet ``namespace/name`` through the Kubernetes API: its status
+        (``activeShardSet``, ``shards``), its members' pods, the partition map of its source, and the members'
+        CAs (``NAME-ca`` ConfigMaps, all trusted) unless ``ca=`` is given. The credential must be accepted by
+        every member (a token with each member's audience: ``token_provider``, or ``token``)."""
+        api = api_client or discovery.kube_client(kubeconfig, context)
+        status = discovery.MirrorSetStatus(name, namespace, api_client=api)
+        members = status.members()
+        source = ca_file_source(ca) if ca is not None else partial(discovery.members_ca, api, members)
+        transport = Transport(
+            Credentials.default(token=token, token_provider=token_provider, token_file=token_file),
+            default_scheme=scheme, concurrency=concurrency, ca_source=source,
+            ca_hint=f"verified against {ca if ca is not None else 'the members NAME-ca ConfigMaps'}")
+        routing = MirrorRouting(status, discovery.MemberPods(members, api_client=api, port=port),
+                                read_your_writes=read_your_writes, wait_ms=wait_ms)
+        src_ns, src_name = members[0].split("/", 1)
+        return cls.with_mirrors(routing, discovery.ConfigMapMap(src_name, src_ns, api_client=api), timeout=timeout,
+                                concurrency=concurrency, transport=transport)
+
+    @property
+    def mirror_routing(self) -> MirrorRouting | None:
+        """The MirrorSet view and read-your-writes marks of a ``with_mirrors`` client (None for a ShardSet)."""
+        return self._mirrors
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -292,6 +353,8 @@ class AsyncClient:
             if not (ok_404 and status == 404):
                 self._raise_for(status, payload, f"{self._service}{path}", table, key)
             return status, payload
+        if self._mirrors is not None:
+            return await self._mirror_keyed(self._mirrors, method, table, key, headers, body, ok_404)
         pmap = await self.partition_map()
         shard, epoch = pmap.shard_of(table, key), pmap.epoch
         for attempt in (0, 1):
@@ -315,6 +378,91 @@ class AsyncClient:
             return status, payload
         raise AssertionError("unreachable")  # pragma: no cover
 
+    # --- MirrorSet routing (with_mirrors) ------------------------------------------------------------
+
+    async def _mirror_keyed(self, routing: MirrorRouting, method: str, table: str, key: str,
+                            headers: dict[str, str], body: bytes | None, ok_404: bool) -> tuple[int, bytes]:
+        shard = (await self.partition_map()).shard_of(table, key)
+        path = block_path(table, key)
+        if method == "GET":
+            status, payload, url = await self._mirror_read(routing, shard, path)
+        else:
+            status, payload, url = await self._mirror_write(routing, shard, method, path, headers, body)
+        if not (ok_404 and status == 404):
+            self._raise_for(status, payload, url, table, key)
+        if method != "GET":
+            routing.marks.note(shard, _error_body(payload))
+        return status, payload
+
+    async def _mirror_write(self, routing: MirrorRouting, shard: int, method: str, path: str,
+                            headers: dict[str, str], body: bytes | None) -> tuple[int, bytes, str]:
+        """Send a write to the active primary; refused before commit by a node that is not (any more) the active
+        primary, or unreachable (nothing sent), re-resolve and send again, until the call's timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        view = await routing.view()
+        target, attempt = view.active, 0
+        while True:
+            attempt += 1
+            left = max(deadline - loop.time(), 0.001)
+            ep = routing.endpoint(target, shard)
+            try:
+                status, payload = await self.transport.request(
+                    method, ep, path, headers=headers | {TIMEOUT_HEADER: f"{left:.3f}"}, body=body, timeout=left)
+                refused = mdecide.write_refusal(status, _error_body(payload))
+                unreachable: Unreachable | None = None
+            except Unreachable as exc:
+                status, payload, refused, unreachable = 503, b"", "unreachable", exc
+                await routing.book.refresh(target)
+            observed = time.monotonic()
+            if refused is None:
+                return status, payload, f"{ep}{path}"
+            pause = mdecide.backoff(attempt)
+            if attempt >= mdecide.MAX_WRITE_ATTEMPTS or loop.time() + pause >= deadline:
+                if unreachable is not None:
+                    raise unreachable
+                return status, payload, f"{ep}{path}"
+            await asyncio.sleep(pause)
+            view = await routing.refresh(observed)
+            target = mdecide.next_write_target(view, target, _error_body(payload))
+
+    async def _mirror_read(self, routing: MirrorRouting, shard: int, path: str) -> tuple[int, bytes, str]:
+        """Read from the active; on a connection failure or a 5xx from the shard's healthy mirror copies."""
+        view = await routing.view()
+        failed: tuple[int, bytes, str] | None = None
+        error: Unavailable | None = None
+        for shard_set in [view.active, *view.read_fallbacks(shard)]:
+            mirror = shard_set != view.active
+            headers = routing.marks.headers(shard, routing.wait_ms) if mirror and routing.read_your_writes else {}
+            try:
+                ep = routing.endpoint(shard_set, shard)
+                status, payload = await self.transport.request("GET", ep, path, headers=headers,
+                                                               timeout=self.timeout)
+            except Unavailable as exc:
+                error = error or exc
+                continue
+            if mdecide.read_failed(status):
+                failed = failed or (status, payload, f"{ep}{path}")
+                continue
+            if mirror and mdecide.read_needs_primary(status, _error_body(payload)):
+                return await self._read_primary(routing, shard, path)
+            if mirror:
+                self.mirror_fallbacks += 1
+                with contextlib.suppress(Unavailable):  # the answer stands even if the status cannot be read
+                    await routing.refresh_if_older(mdecide.STATUS_MAX_AGE)  # has the MirrorSet failed over?
+            return status, payload, f"{ep}{path}"
+        if failed is not None:
+            return failed
+        assert error is not None  # the loop tried at least the active
+        raise error
+
+    async def _read_primary(self, routing: MirrorRouting, shard: int, path: str) -> tuple[int, bytes, str]:
+        """A mirror had not applied our last write: read from the primary the MirrorSet names now."""
+        view = await routing.refresh(time.monotonic())
+        ep = routing.endpoint(view.active, shard)
+        status, payload = await self.transport.request("GET", ep, path, timeout=self.timeout)
+        return status, payload, f"{ep}{path}"
+
     # --- public API ------------------------------------------------------------------------------
 
     async def put(self, table: str, key: str, value: bytes) -> dict[str, Any]:
@@ -337,7 +485,8 @@ class AsyncClient:
     async def batch_get(self, table: str, keys: Iterable[str]) -> dict[str, bytes | None]:
         """Fetch many keys (one ``blocks:batchGet`` per owning shard); missing keys map to None."""
         unique = list(dict.fromkeys(keys))
-        if self._service is not None:
+        if self._service is not None or self._mirrors is not None:
+            # A MirrorSet client reads key by key too: each read may go on to a mirror copy.
             # Through the client Service only keyed routes are forwarded, so fetch key by key.
             return await self._gather_gets(table, unique)
         pmap = await self.partition_map()
@@ -398,6 +547,8 @@ class AsyncClient:
         if self._service is not None:
             raise ScanUnsupported("a scan must reach every shard: give the shards' URLs (endpoints), "
                                   "not only the client Service URL")
+        if self._mirrors is not None:
+            await self._mirrors.view()  # scans go to the active ShardSet
         pmap = await self.partition_map()
         owners = sorted({p.shard for p in pmap.partitions})
         sources = [self._scan_shard(s, table, prefix, page) for s in owners]

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 import aiohttp
 from chronoshard.shardnode.client.errors import MapUnavailable, Unavailable, Unreachable
+from chronoshard.shardnode.client.mirrors import MirrorView
 from chronoshard.shardnode.client.transport import Endpoint, Transport
 from chronoshard.shardnode.keyspace.partitioning import PartitionMap
 
@@ -244,3 +245,78 @@ class FirstOf:
             except MapUnavailable as exc:
                 errors.append(str(exc))
         raise MapUnavailable("; ".join(errors))
+
+
+# --- MirrorSets (AsyncClient.for_mirrorset) ---------------------------------------------------------------
+
+MIRRORSET_GROUP, MIRRORSET_VERSION, MIRRORSET_PLURAL = "chronoshard.io", "v1alpha1", "mirrorsets"
+
+
+class MirrorSetStatus:
+    """A MirrorSet's status read through the Kubernetes API (``activeShardSet``, ``shards``)."""
+
+    def __init__(self, name: str, namespace: str, *, api_client: Any) -> None:
+        self.name, self.namespace, self._api = name, namespace, api_client
+        self.where = f"MirrorSet {namespace}/{name}"
+
+    def read(self) -> dict[str, Any]:
+        """The object (blocking); Unavailable if it cannot be read."""
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            obj = client.CustomObjectsApi(self._api).get_namespaced_custom_object(
+                MIRRORSET_GROUP, MIRRORSET_VERSION, self.namespace, MIRRORSET_PLURAL, self.name)
+        except ApiException as exc:
+            raise Unavailable(self.where, f"HTTP {exc.status} {exc.reason}") from None
+        if not isinstance(obj, dict):
+            raise Unavailable(self.where, "the API answered something other than a JSON object")
+        return obj
+
+    def members(self) -> list[str]:
+        """Every member as ``namespace/name`` from the spec (blocking): the source first, then the mirrors."""
+        obj = self.read()
+        spec = obj.get("spec") or {}
+        out = [f"{self.namespace}/{(spec.get('sourceRef') or {}).get('name')}"]
+        out += [f"{m.get('namespace') or self.namespace}/{(m.get('shardSetRef') or {}).get('name')}"
+                for m in spec.get("mirrors") or []]
+        return out
+
+    async def fetch(self) -> MirrorView:
+        """The status now as a ``MirrorView`` (the blocking read runs in a thread)."""
+        obj = await asyncio.to_thread(self.read)
+        return MirrorView.from_status(obj.get("status") or {}, self.where)
+
+
+class MemberPods:
+    """Each member ShardSet's pods (``ShardSetPods``), listed when first needed and again on ``refresh``."""
+
+    def __init__(self, members: Sequence[str], *, api_client: Any, port: int = CACHE_PORT) -> None:
+        self._api, self.port = api_client, port
+        self.members = list(members)
+        self._pods: dict[str, ShardSetPods] = {}
+
+    def _of(self, shard_set: str) -> ShardSetPods:
+        pods = self._pods.get(shard_set)
+        if pods is None:
+            ns, name = shard_set.split("/", 1)
+            # A blocking list, once per member; the status only names members, which for_mirrorset lists first.
+            pods = self._pods[shard_set] = ShardSetPods(name, ns, api_client=self._api, port=self.port)
+        return pods
+
+    def endpoint(self, shard_set: str, shard: int) -> Endpoint:
+        """Shard ``shard``'s Ready pod of ``shard_set``; Unreachable if it has none."""
+        return self._of(shard_set).endpoint(shard)
+
+    async def refresh(self, shard_set: str) -> None:
+        """List that member's pods again."""
+        if shard_set in self._pods:
+            await self._pods[shard_set].refresh()
+        else:
+            await asyncio.to_thread(self._of, shard_set)
+
+
+def members_ca(api_client: Any, members: Sequence[str]) -> str | None:
+    """The PEM text of every member's ``NAME-ca`` ConfigMap, concatenated (None if none has one)."""
+    pems = [shardset_ca(api_client, m.split("/", 1)[1], m.split("/", 1)[0]) for m in members]
+    return "\n".join(p for p in pems if p) or None

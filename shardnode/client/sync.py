@@ -12,14 +12,15 @@ A private loop (rather than ``asyncio.run`` per call) keeps one connection pool 
 life (so one TLS handshake per connection, not per request) and lets it be used from any thread, including
 inside programs that already run a loop. Credentials and TLS take the same arguments as ``AsyncClient``
 (``token=``, ``token_provider=``, ``token_file=``, ``ca=``, ``scheme=``); ``Client.for_shardset(name, ns)``
-finds the map, the pods and the CA through the Kubernetes API.
+finds the map, the pods and the CA through the Kubernetes API; ``Client.for_mirrorset(name, ns)`` routes by a
+MirrorSet (``AsyncClient.with_mirrors``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from types import TracebackType
@@ -75,6 +76,24 @@ class Client:
         """Blocking twin of ``AsyncClient.for_shardset`` (same keyword arguments)."""
         client = cls.__new__(cls)
         client._start(partial(AsyncClient.for_shardset, name, namespace, **kwargs))
+        return client
+
+    @classmethod
+    def for_mirrorset(cls, name: str, namespace: str, **kwargs: Any) -> Client:
+        """Blocking twin of ``AsyncClient.for_mirrorset``: writes to the MirrorSet's active ShardSet, reads going
+        on to a healthy mirror copy (same keyword arguments, e.g. ``read_your_writes=True``)."""
+        client = cls.__new__(cls)
+        client._start(partial(AsyncClient.for_mirrorset, name, namespace, **kwargs))
+        return client
+
+    @classmethod
+    def for_mirror_status(cls, status: Mapping[str, Any] | Callable[[], Mapping[str, Any]],
+                          endpoints: Mapping[str, Sequence[str | Endpoint]] | Callable[[str, int], str | Endpoint],
+                          maps: MapProvider | PartitionMap, **kwargs: Any) -> Client:
+        """Blocking twin of ``AsyncClient.for_mirror_status`` (a callable ``status`` is called on the client's
+        loop thread)."""
+        client = cls.__new__(cls)
+        client._start(partial(AsyncClient.for_mirror_status, status, endpoints, maps, **kwargs))
         return client
 
     def _start(self, build: Callable[[], AsyncClient]) -> None:
