@@ -622,9 +622,10 @@ def routes() -> list[Route]:
     """The node's own routes (the scaffold adds the probes, metrics, openapi and partitions)."""
     blocks = block_routes(get=get_block_h, put=put_block, delete=delete_block, batch_get=batch_get_blocks, scan=scan)
     return [*blocks,
-            # Frames and the change log are the cache's internal feed: the pods' (and operator's) only.
-            Route("GET", TABLE_PATH + "/frames/{key}", get_frame, Access.ADMIN),
-            Route("POST", TABLE_PATH + "/frames:batchGet", batch_get_frames, Access.ADMIN),
+            # Frames are the cache's internal feed, and a rejoining mirror's rewind reads the primary's current ones:
+            # pods, operator and replicas (a replica holds the same keys), never users.
+            Route("GET", TABLE_PATH + "/frames/{key}", get_frame, Access.REPLICATION),
+            Route("POST", TABLE_PATH + "/frames:batchGet", batch_get_frames, Access.REPLICATION),
             Route("GET", "/v1/keys", keys, Access.ADMIN),
             Route("POST", "/v1/rewrap", rewrap_start, Access.ADMIN),
             Route("GET", "/v1/rewrap", rewrap_status, Access.ADMIN),

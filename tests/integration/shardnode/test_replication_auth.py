@@ -34,11 +34,17 @@ NS_A, NS_B = "ns-a", "ns-b"
 class PeeredShard(SecureShard):
     """A secure one-shard node whose security.json lists ``replicas`` and which reads peer CAs from ``peers``."""
 
-    def __init__(self, root: Path, kubeconfig: Path, replicas: list[str]) -> None:
-        super().__init__(root, NS_A, "orders-a", kubeconfig)
+    def __init__(self, root: Path, kubeconfig: Path, replicas: list[str], namespace: str = NS_A,
+                 name: str = "orders-a") -> None:
+        super().__init__(root, namespace, name, kubeconfig)
         self.peers = root / "replication"
-        doc = {**security_json(NS_A, "orders-a"), "replicaIdentities": replicas}
+        doc = {**security_json(namespace, name), "replicaIdentities": replicas}
         (root / "security.json").write_text(json.dumps(doc))
+
+    def pod_context(self, trust: bytes | None = None) -> ssl.SSLContext:
+        """A client presenting this ShardSet's pod certificate, trusting its CA (and ``trust``)."""
+        pair = certs.issue_shard_certificate(self.ca_pair, self.namespace, self.name, 1, [], tls_files.now())
+        return context_for(self.root, pair, self.ca_pair.cert + (trust or b""))
 
     def _flags(self) -> list[str]:
         return [*super()._flags(), "--replication-dir", str(self.peers)]
@@ -84,7 +90,8 @@ def handshake_refused(url: str, ctx: ssl.SSLContext) -> bool:
     return False
 
 
-REPLICATION = ["/v1/changes?after=0", "/v1/status", "/v1/consumers"]
+REPLICATION = ["/v1/changes?after=0", "/v1/status", "/v1/consumers", "/v1/replication", "/v1/digest", "/v1/health",
+               "/v1/health/history"]
 
 
 def test_a_peer_pod_certificate_is_a_replica_and_nothing_more(kubeconfig, tmp_path):
@@ -107,13 +114,18 @@ def test_a_peer_pod_certificate_is_a_replica_and_nothing_more(kubeconfig, tmp_pa
         # Data and ADMIN routes: the certificate is genuine, but a replica may not (403, no review).
         for method, path, body in (("PUT", "/v1/tables/t/blocks/k", b"x"), ("GET", "/v1/tables/t/blocks/k", None),
                                    ("GET", "/v1/keys", None), ("POST", "/v1/rewrap", b"{}"),
-                                   ("GET", "/v1/tables/t/frames/k", None)):
+                                   ("PUT", "/v1/replication", b'{"term": 9, "role": "fenced"}'),
+                                   ("POST", "/v1/verify", b"{}")):
             status, doc = call(url + path, peer, method, body)
             assert (status, doc.get("error")) == (403, "forbidden"), (method, path, doc)
         # A's own pod certificate still writes (its CA stays the one that names the pods).
         own = context_for(tmp_path, certs.issue_shard_certificate(shard.ca_pair, NS_A, "orders-a", 1, [],
                                                                   tls_files.now()), shard.ca_pair.cert)
         assert call(url + "/v1/tables/t/blocks/k", own, "PUT", b"x")[0] == 200
+        # Frames (ciphertext, for a rejoining mirror's rewind) are replication routes too.
+        assert call(url + "/v1/tables/t/frames/k", peer)[0] == 200
+        status, doc = call(url + "/v1/tables/t/frames:batchGet", peer, "POST", b'{"keys": ["k"]}')
+        assert status == 200 and doc["frames"][0]["found"]
         # B's CA issuing a certificate in A's pods' or the operator's name: never more than a stranger (401).
         for cn in (certs.pod_identity(NS_A, "orders-a"), "chronoshard:operator", "someone"):
             forged = context_for(tmp_path, certs.issue(ca_b, cn, tls_files.now(), certs.SERVING_LIFETIME),
@@ -179,3 +191,37 @@ def test_the_mirror_dials_its_source_with_the_peer_bundle(tmp_path):
 
     assert not handshake(alone)
     assert handshake(bundled)
+
+
+def test_a_mirror_of_another_shardset_streams_over_tls_as_a_replica(kubeconfig, tmp_path):
+    """End to end: ShardSet B's node mirrors ShardSet A's node over TLS, each trusting the other's CA through its
+    peers-ca.crt and listing the other's pod identity; a sync write on A is answered once B acknowledged it."""
+    a = PeeredShard(tmp_path / "a", kubeconfig, [certs.pod_identity(NS_B, "orders-b")])
+    b = PeeredShard(tmp_path / "b", kubeconfig, [certs.pod_identity(NS_A, "orders-a")], NS_B, "orders-b")
+    tls_files.publish(a.peers, {"peers-ca.crt": b.ca_pair.cert})
+    tls_files.publish(b.peers, {"peers-ca.crt": a.ca_pair.cert})
+    slot = "mirror.ns-b.orders-b"
+    try:
+        a.start(cache=False)
+        b.start(cache=False)
+        op_a, op_b = a.operator_ssl_context(), b.operator_ssl_context()
+        mirror = {"term": 1, "role": "mirror", "mode": "sync", "consumer": slot,
+                  "source": {"url": a.node_url, "shardSet": f"{NS_A}/orders-a"}}
+        assert call(b.node_url + "/v1/replication", op_b, "PUT", json.dumps(mirror).encode())[0] == 200
+        wait_for(lambda: any(s["name"] == slot for s in call(a.node_url + "/v1/consumers", op_a)[1]["consumers"]),
+                 what="B's slot on A (registered with B's pod certificate)")
+        doc = {"term": 1, "role": "primary", "mode": "sync", "mirrors": [slot], "syncTimeoutSeconds": 30}
+        assert call(a.node_url + "/v1/replication", op_a, "PUT", json.dumps(doc).encode())[0] == 200
+        status, written = call(a.node_url + "/v1/tables/t/blocks/k", a.pod_context(), "PUT", b"replicated")
+        assert status == 200, written
+        state = call(b.node_url + "/v1/replication", op_b)[1]
+        assert state["appliedLsn"] >= written["lsn"] and state["state"] == "streaming", state
+        # A let B's pod in as a replica (and nothing was refused to it), with no certificate or key text logged.
+        metrics = a.metrics(a.node_url)
+        assert [line for line in metrics.splitlines() if 'reason="replica"' in line and 'result="allowed"' in line
+                and not line.endswith(" 0.0")], metrics
+        assert 'reason="replica_only"' not in metrics and 'reason="invalid"' not in metrics
+        assert "BEGIN" not in a.logs() + b.logs()
+    finally:
+        b.stop()
+        a.stop()

@@ -72,12 +72,13 @@ def test_block_routes_and_admin_routes(tmp_path):
     assert node[("PUT", t + "/blocks/{key}")] is Access.DATA_UPDATE
     assert node[("DELETE", t + "/blocks/{key}")] is Access.DATA_DELETE
     assert node[("GET", "/v1/partitions")] is Access.PARTITIONS
-    for route in (("POST", "/v1/rewrap"), ("POST", "/v1/verify"), ("GET", "/v1/keys"), ("GET", t + "/frames/{key}")):
+    for route in (("POST", "/v1/rewrap"), ("POST", "/v1/verify"), ("GET", "/v1/keys")):
         assert node[route] is Access.ADMIN
     # The change stream and status are for the pods, the operator and peer replicas (docs/mirroring.md).
     for route in (("GET", "/v1/changes"), ("GET", "/v1/consumers"), ("PUT", "/v1/consumers/{name}"),
                   ("GET", "/v1/consumers/{name}"), ("DELETE", "/v1/consumers/{name}"),
-                  ("POST", "/v1/consumers/{name}/ack"), ("GET", "/v1/snapshot"), ("GET", "/v1/status")):
+                  ("POST", "/v1/consumers/{name}/ack"), ("GET", "/v1/snapshot"), ("GET", "/v1/status"),
+                  ("GET", t + "/frames/{key}"), ("POST", t + "/frames:batchGet")):
         assert node[route] is Access.REPLICATION
 
 
