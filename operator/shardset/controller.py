@@ -322,16 +322,17 @@ def reconcile(owner: Mapping[str, Any]) -> ReconcileResult:
     # The certificate names every shard and the pod IPs seen, before the StatefulSet brings new pods.
     pod_ips = [(p.get("status") or {}).get("podIP") or "" for p in shard_pods(ns, name).values()]
     tlsassets.ensure_tls(owner, spec, shards, pod_ips, result.events, problems)
-    tlsassets.ensure_access(owner, spec)
+    # A MirrorSet member's pods accept the other members' pods on the replication routes (docs/mirroring.md).
+    membership = mirror_membership(ns, name)
+    PEERS.remember(ns, name, membership)
+    peers = membership.peers(ns, name)
+    tlsassets.ensure_access(owner, spec, [(p.namespace, p.name) for p in peers])
 
     # The oldest valid PrefetchPolicy naming this ShardSet turns prefetching on; the others report a Conflict.
     prefetch = policy_in_force(ns, name)
     # Likewise the oldest valid ShadowPolicy adds the shadow container and shadow.json.
     shadow = shadow_policy_in_force(ns, name).spec
-    # A MirrorSet member's pods accept the other members' pods on the replication routes (docs/mirroring.md).
-    membership = mirror_membership(ns, name)
-    PEERS.remember(ns, name, membership)
-    replicas = tuple(pod_identity(p.namespace, p.name) for p in membership.peers(ns, name))
+    replicas = tuple(pod_identity(p.namespace, p.name) for p in peers)
     APPLIED.apply(manifests.config_map(owner, spec, prefetch=prefetch.spec,
                                        operator_identities=tlsassets.operator_identities(), shadow=shadow,
                                        replica_identities=replicas))

@@ -270,10 +270,11 @@ def _port(number: int) -> dict[str, Any]:
     return {"port": number, "protocol": "TCP"}
 
 
-def network_policy(owner: Mapping[str, Any], spec: ShardSetSpec, operator_peer: Mapping[str, Any]
-                   ) -> dict[str, Any]:
+def network_policy(owner: Mapping[str, Any], spec: ShardSetSpec, operator_peer: Mapping[str, Any],
+                   replica_peers: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
     """The NetworkPolicy: every port from the ShardSet's own pods and the operator, the cache and shadow ports from
-    ``spec.access.clients``, every port (each serves /metrics) from ``spec.access.monitoring``."""
+    ``spec.access.clients``, every port (each serves /metrics) from ``spec.access.monitoring``, and the node port
+    from the pods of ``replica_peers`` (the other members of its MirrorSet: ``(namespace, name)``)."""
     name, ns = owner["metadata"]["name"], owner["metadata"]["namespace"]
     own = {"podSelector": {"matchLabels": naming.selector_labels(name)}}
     every_port = [_port(p) for p in (NODE_PORT, CACHE_PORT, PREDICTOR_PORT, SHADOW_PORT)]
@@ -284,6 +285,12 @@ def network_policy(owner: Mapping[str, Any], spec: ShardSetSpec, operator_peer: 
                         "ports": [_port(CACHE_PORT), _port(SHADOW_PORT)]})
     if spec.access.monitoring:
         ingress.append({"from": [dict(p) for p in spec.access.monitoring], "ports": every_port})
+    if replica_peers:
+        # Whichever member is primary, the others' nodes stream from its node (and only the node port).
+        ingress.append({"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": pns}},
+                                  "podSelector": {"matchLabels": naming.selector_labels(pname)}}
+                                 for pns, pname in replica_peers],
+                        "ports": [_port(NODE_PORT)]})
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import logging
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -180,11 +180,13 @@ def operator_identities() -> tuple[str, ...]:
     return satoken.identities()
 
 
-def ensure_access(owner: Mapping[str, Any], spec: ShardSetSpec) -> None:
-    """The pods' ServiceAccount, its system:auth-delegator binding and the NetworkPolicy."""
+def ensure_access(owner: Mapping[str, Any], spec: ShardSetSpec,
+                  replica_peers: Sequence[tuple[str, str]] = ()) -> None:
+    """The pods' ServiceAccount, its system:auth-delegator binding and the NetworkPolicy (which also lets the
+    other MirrorSet members' pods, ``replica_peers``, reach the node)."""
     APPLIED.apply(manifests.service_account(owner))
     kube.apply(manifests.cluster_role_binding(owner))  # cluster-scoped, not watched: always sent
-    APPLIED.apply(manifests.network_policy(owner, spec, operator_peer()))
+    APPLIED.apply(manifests.network_policy(owner, spec, operator_peer(), replica_peers))
 
 
 def delete_cluster_role_binding(namespace: str, name: str) -> None:

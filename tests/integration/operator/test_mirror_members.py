@@ -132,6 +132,19 @@ def test_members_trust_each_other_for_replication_and_may_hold_leases(operator_r
         assert [(s.kind, s.name, s.namespace) for s in binding.subjects] == [
             ("ServiceAccount", f"{name}-shard", ns)]
 
+    # The NetworkPolicy lets the other member's pods reach the node port (whichever member is primary).
+    net = client.NetworkingV1Api(k8s_client)
+
+    def peer_rule() -> Any:
+        rules = net.read_namespaced_network_policy("src", ns_a).spec.ingress
+        return next((r for r in rules if any(p.namespace_selector for p in r._from or [])
+                     and any((p.pod_selector.match_labels or {}).get("app.kubernetes.io/instance") == "mir"
+                             for p in r._from if p.pod_selector)), None)
+
+    rule = wait_for(peer_rule, what="src's NetworkPolicy admitting mir's pods")
+    assert [p.port for p in rule.ports] == [7400]
+    assert rule._from[0].namespace_selector.match_labels == {"kubernetes.io/metadata.name": ns_b}
+
     # The pods' ServiceAccount may now hold a Lease in its namespace, and nothing more.
     authz = client.AuthorizationV1Api(k8s_client)
 
@@ -157,6 +170,7 @@ def test_members_trust_each_other_for_replication_and_may_hold_leases(operator_r
     assert "replicaIdentities" not in _security(apis, ns_a, "alone")
     assert _read(apis["core"].read_namespaced_config_map, "alone-replication", ns_a) is None
     assert _read(rbac.read_namespaced_role, "alone-lease", ns_a) is None
+    assert len(net.read_namespaced_network_policy("alone", ns_a).spec.ingress) == 2  # own pods, clients
 
 
 def _degraded_reasons(apis, ns: str, name: str) -> dict[str, str]:
@@ -190,7 +204,9 @@ def test_a_second_mirrorset_is_reported_and_leaving_removes_every_replication_ch
                 and "replicaIdentities" not in (_security(apis, ns, "src") or {})
                 and _read(apis["core"].read_namespaced_config_map, "src-replication", ns) is None
                 and _read(rbac.read_namespaced_role, "src-lease", ns) is None
-                and _read(rbac.read_namespaced_role_binding, "src-lease", ns) is None)
+                and _read(rbac.read_namespaced_role_binding, "src-lease", ns) is None
+                and len(client.NetworkingV1Api(k8s_client).read_namespaced_network_policy("src", ns).spec.ingress)
+                == 2)  # own pods and the operator, clients: no member's pods any more
 
     wait_for(left, what="src back to a ShardSet in no MirrorSet")
     sts, _ = _node(apis, ns, "src")

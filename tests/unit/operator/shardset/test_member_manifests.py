@@ -70,3 +70,17 @@ def test_lease_role_allows_only_leases_and_binds_the_pods_service_account():
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "orders-shard", "namespace": "shop"}]
     for obj in (role, binding):
         assert obj["metadata"]["ownerReferences"][0]["uid"] == "1234-uid"
+
+
+def test_network_policy_lets_the_other_members_pods_reach_the_node_port_only():
+    operator_peer = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "chronoshard-system"}}}
+    alone = manifests.network_policy(OWNER, SPEC, operator_peer)
+    member = manifests.network_policy(OWNER, SPEC, operator_peer, [("west", "orders-b"), ("shop", "orders-c")])
+    assert member["spec"]["ingress"][:-1] == alone["spec"]["ingress"]
+    peers = member["spec"]["ingress"][-1]
+    assert peers["ports"] == [{"port": 7400, "protocol": "TCP"}]
+    assert peers["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}},
+         "podSelector": {"matchLabels": {"app.kubernetes.io/name": "chronoshard", "app.kubernetes.io/instance": name,
+                                         "app.kubernetes.io/component": "shard"}}}
+        for ns, name in (("west", "orders-b"), ("shop", "orders-c"))]
