@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import importlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -22,16 +21,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
+from kubernetes.client.exceptions import ApiException
 
 from .. import kube, naming
-from ..conditions import set_condition
+from ..conditions import get_condition, set_condition
 from ..loop import namespace_of, post_events, run_object_loop
 from ..metrics import count_mirrorset_operation, set_mirrorset_copy
 from ..shardpods import shard_pods
 from ..spec.common import SpecError
 from ..spec.mirrorset import FAILBACK_ANNOTATION, SWITCHOVER_ANNOTATION, MirrorSetSpec, parse_mirrorset
 from ..triggers import TRIGGERS
-from . import leases, plan, probe
+from . import assets, leases, plan, probe
 from . import status as status_
 from .health import HEALTHY, UNAVAILABLE, CopyHealth, Sample, Thresholds, classify, promotable
 from .plan import FAILBACK, FAILOVER, SWITCHOVER, Member, Settings, Step
@@ -76,6 +76,7 @@ class View:
     events: list[tuple[str, str, str]] = field(default_factory=list)
     consistent_at: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
     manual_hint: str | None = None
+    key_problems: list[str] = field(default_factory=list)
     sync_degraded: list[int] = field(default_factory=list)
     delay: float = 10.0
 
@@ -281,16 +282,17 @@ def _consistent(v: View, mismatched: list[str]) -> None:
 
 async def _copy_keys(v: View) -> None:
     """Keep every member's keyring and KEK equal to the active member's (operator/mirrorset/assets.py)."""
-    try:  # assets.py is written beside this controller by the keys-in-step work
-        assets = importlib.import_module(f"{__package__}.assets")
-    except ImportError:  # pragma: no cover - before that module exists
-        return
-    copy = getattr(assets, "copy_keys", None)
-    if copy is None:  # pragma: no cover
-        return
     active = v.active
     others = [(m.namespace, m.name) for m in v.members if m.key != active.key]
-    await asyncio.to_thread(copy, (active.namespace, active.name), others)
+    try:
+        sync = await asyncio.to_thread(assets.copy_keys, (active.namespace, active.name), others)
+    except ApiException as exc:
+        if exc.status != 409:  # 409: a Secret changed under the copy; the next pass copies again
+            raise
+        return
+    if sync.copied:
+        v.event("KeysCopied", f"keyring/KEK of {active.key} copied into {', '.join(sync.copied)}")
+    v.key_problems = list(sync.problems)
 
 
 # ---- starting an operation -----------------------------------------------------------------------------------
@@ -347,7 +349,7 @@ def _react(v: View) -> bool:
     target = _failover_target(v, failed)
     if target is None:
         v.manual_hint = f"primary shard(s) {failed} of {active.key} unavailable and no healthy mirror to promote"
-        degraded = next((c for c in v.status.get("conditions") or [] if c.get("type") == "Degraded"), {})
+        degraded = get_condition(v.status.get("conditions"), "Degraded") or {}
         if v.manual_hint not in str(degraded.get("message")):  # once, not every pass
             v.event("NoFailoverTarget", v.manual_hint, warning=True)
         return False
@@ -706,7 +708,9 @@ def _build(v: View) -> None:
     phase = status_.phase_of(op, rows, bool(v.sync_degraded))
     v.status["phase"] = phase
     v.status["conditions"] = status_.conditions(v.status, v.gen, phase=phase, active=active, rows=rows,
-                                                sync_degraded=v.sync_degraded, manual_hint=v.manual_hint)
+                                                sync_degraded=v.sync_degraded,
+                                                manual_hint="; ".join(filter(None, [v.manual_hint, *v.key_problems]))
+                                                or None)
     if not any(c.get("type") == "Consistent" for c in v.status["conditions"]):
         v.status["conditions"] = set_condition(v.status["conditions"], "Consistent", "Unknown", "NotChecked",
                                                "no consistency check yet", v.gen)
