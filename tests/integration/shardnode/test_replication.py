@@ -358,3 +358,29 @@ def test_two_mirrors_held_at_the_same_lsn_agree_while_the_source_writes_on(tmp_p
         assert state(b.url)["appliedLsn"] > at  # the hold was lifted
     finally:
         c.stop()
+
+
+def test_rejoin_whose_log_no_longer_reaches_the_divergence_re_seeds(tmp_path, keyring):
+    a = start(tmp_path, keyring, "a", {"changeLogRetain": 5, "changeLogMaxRetain": 10, "trimIntervalSeconds": 0.2})
+    b = start(tmp_path, keyring, "b")
+    try:
+        role(b.url, mirror_of(a))
+        for i in range(5):
+            put(a.url, f"k{i}", b"v1")
+        caught_up(b, a)
+        diverge = role(b.url, {"term": 2, "role": "primary", "mode": "async", "mirrors": ["mirror.ns.a"],
+                               "lsnFloor": last_lsn(a.url)})["promotedAtLsn"]
+        for i in range(40):
+            put(a.url, f"lost{i}", b"x")  # A, cut off, writes on; its retention trims past the divergence
+        # Down to changeLogRetain (the old mirror's slot, behind, holds nothing): no later trim changes what is held.
+        wait_for(lambda: http_json("GET", a.url + "/v1/status")[1]["changeLog"]["entries"] == 5,
+                 what="A's log to be trimmed past the divergence point")
+        held = [c[0] for c in change_lsns(a.url)]
+        role(a.url, mirror_of(b, term=3, consumer="mirror.ns.a", diverge=diverge, shardset="ns/b"))
+        st = caught_up(a, b)
+        assert st["seeds"] == 1 and st["discardedLsns"] == held  # what the log still held past the divergence
+        digests_equal(b, a)
+        assert http("GET", f"{a.url}/v1/tables/t/blocks/lost39")[0] == 404
+    finally:
+        b.stop()
+        a.stop()
