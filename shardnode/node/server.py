@@ -149,6 +149,7 @@ class Node:
                                              self.lease.describe]
         self.health = health.HealthMonitor(cfg.data_dir, self.replication.describe,
                                            lambda: self.replication.role.doc.get("healthSampleSeconds"))
+        self.metrics.registry.register(health.SourceCollector(self.source, self.lease))
         self._peer_session: aiohttp.ClientSession | None = None
 
     # ---- lifecycle ---------------------------------------------------------------------------

@@ -15,16 +15,21 @@ import logging
 import math
 import os
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from chronoshard.shardnode.auth.policy import Access
 from chronoshard.shardnode.serving.http_common import ApiError, float_query, int_query
 from chronoshard.shardnode.serving.scaffold import Route
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from .healthstore import HealthStore
+
+if TYPE_CHECKING:
+    from .lease import LeaseKeeper
+    from .source import SourceGates
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +197,36 @@ class HealthMonitor:
                 if request.method in ("PUT", "DELETE") and path.startswith(BLOCK_WRITE_PREFIX) and status < 300:
                     self.latencies.append((self.clock() - started) * 1000)
         return middleware
+
+
+# ---- metrics ----------------------------------------------------------------------------------------------
+class SourceCollector:
+    """The primary's write gates and Lease at scrape time: sync timeouts, lag refusals, whether writes are held,
+    the most caught-up listed mirror's lag, whether the Lease allows writes (absent without a Lease)."""
+
+    def __init__(self, source: SourceGates, lease: LeaseKeeper) -> None:
+        self.source, self.lease = source, lease
+
+    def describe(self) -> list[Metric]:
+        """Names only (registering reads no state)."""
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        """Current values."""
+        s = self.source
+        yield CounterMetricFamily("chronoshard_node_sync_timeouts", "Sync writes no mirror acknowledged in time "
+                                  "(503 sync_timeout, committed)", value=s.sync_timeouts)
+        yield CounterMetricFamily("chronoshard_node_mirror_lag_refusals", "Writes refused after holding for the "
+                                  "mirrors' lag (503 mirror_lag)", value=s.lag_refusals)
+        yield GaugeMetricFamily("chronoshard_node_writes_held", "1 while new writes wait for the mirrors' lag",
+                                value=1 if s.lagging else 0)
+        if s.lag is not None:
+            yield GaugeMetricFamily("chronoshard_node_mirror_lag_seconds", "Lag of the most caught-up listed "
+                                    "mirror slot", value=s.lag)
+        lease = self.lease.describe()["lease"]
+        if lease is not None:
+            yield GaugeMetricFamily("chronoshard_node_lease_held", "1 while the primary Lease allows writes",
+                                    value=1 if lease["held"] else 0)
 
 
 # ---- routes -----------------------------------------------------------------------------------------------

@@ -102,6 +102,7 @@ def test_the_primary_holds_its_lease_and_is_fenced_by_a_takeover(world: World, p
     wait_for(lambda: write(url)[0] == 200, what="writes under the held Lease")
     view = lease_view(url)
     assert view["held"] and not view["selfFenced"] and view["name"] == LEASE
+    assert "chronoshard_node_lease_held 1.0" in http("GET", url + "/metrics")[1].decode()
     first = held.spec.renew_time
     wait_for(lambda: lease(world).spec.renew_time != first, what="a renewal (every duration/3)")
 
@@ -115,6 +116,7 @@ def test_the_primary_holds_its_lease_and_is_fenced_by_a_takeover(world: World, p
     assert not view["held"] and view["selfFenced"]
     assert http_json("GET", url + "/v1/replication")[1]["writes"] == {"accepting": False, "reason": "lease_lost"}
     assert lease(world).spec.holder_identity == FENCED  # not taken back
+    assert "chronoshard_node_lease_held 0.0" in http("GET", url + "/metrics")[1].decode()
     assert write(url) == (503, "lease_lost")
 
     # A role document of a newer term (made primary again): the fence of term 1 no longer binds it.

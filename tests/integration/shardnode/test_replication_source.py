@@ -62,6 +62,12 @@ class Background:
         return self.result
 
 
+def metrics(url: str) -> str:
+    status, body = http("GET", url + "/metrics")
+    assert status == 200
+    return body.decode()
+
+
 def last_lsn(url: str) -> int:
     return int(http_json("GET", url + "/v1/status")[1]["lastLsn"])
 
@@ -110,6 +116,7 @@ def test_a_sync_write_no_mirror_acks_is_503_but_committed(source: Proc):
     stream(url, "unregister", MIRROR)
     status, body = put(url, "b")
     assert (status, body["error"]) == (503, "sync_timeout")
+    assert "chronoshard_node_sync_timeouts_total 2.0" in metrics(url)
     # Once the mirror's slot is back and acks, sync writes are answered again.
     stream(url, "register", MIRROR)
     set_role(url, primary(mode="sync", syncTimeoutSeconds=60))
@@ -130,6 +137,8 @@ def test_async_writes_are_held_while_the_mirror_lags(source: Proc):
              what="the lag to exceed maxLagSeconds")
     status, refused = put(url, "b")
     assert (status, refused["error"]) == (503, "mirror_lag") and refused["lagSeconds"] > 0.3
+    scraped = metrics(url)
+    assert "chronoshard_node_mirror_lag_refusals_total 1.0" in scraped and "chronoshard_node_writes_held 1.0" in scraped
     # A held write goes through once the mirror catches up (a longer hold, same term: the settings apply).
     set_role(url, primary(mode="async", maxLagSeconds=0.3, holdTimeoutSeconds=60))
     pending = Background(put, url, "c")
