@@ -111,6 +111,8 @@ class Replicator:
                 self._failed(describe(exc), exc)
             except sqlite3.Error as exc:
                 self._failed(f"store: {type(exc).__name__}", exc)
+            except (ValueError, KeyError, TypeError) as exc:  # an answer not as documented: retried, never fatal
+                self._failed(f"bad answer from the source: {type(exc).__name__}", exc)
             await self._sleep(backoff)
             backoff = min(backoff * 2, st.settings.max_backoff_seconds)
 

@@ -132,6 +132,8 @@ class ReplicationState:
         if doc is not None:
             self.role = Role(doc)
         self.applied, self.seeding, self.discarded = cur or 0, seeding, discarded
+        if self.role.role == FENCED:
+            self.state = "stopped"
         if self.role.role == MIRROR:
             self._start_replicator()
 
@@ -247,6 +249,9 @@ class ReplicationState:
         await self._stop_replicator()
         store = self._store()
         was_mirror = self.role.role == MIRROR
+        if was_mirror and await store.read(apply.seeding):
+            self._start_replicator()  # half a copy is no primary: finish the seed first
+            raise ApiError(409, "mirror_seeding", "this mirror is being seeded; promote a caught-up mirror")
 
         def job(conn: sqlite3.Connection) -> tuple[int, int]:
             applied = (apply.cursor(conn) or 0) if was_mirror else apply.last_lsn(conn)

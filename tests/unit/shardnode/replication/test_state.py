@@ -2,6 +2,7 @@
 
 import asyncio
 
+import aiohttp
 import pytest
 from chronoshard.shardnode.node.store import put_in_txn
 from chronoshard.shardnode.node.verify import Digest
@@ -97,3 +98,21 @@ async def test_promotion_of_a_fenced_node_continues_above_the_floor(rs):
     _, body = await state.set_role(parse_role({"term": 2, "role": "primary", "lsnFloor": 9}))
     assert (body["promotedAtLsn"], body["lastLsn"], body["changed"]) == (1, 9, True)
     assert (await store.put("t", "k2", b"v")).lsn == 10
+
+
+async def test_a_mirror_half_way_through_a_seed_is_not_promoted(rs):
+    state, store = rs
+    await store.write(lambda c: apply.seed_begin(c, 5, 10))  # as a crash mid-seed leaves it
+    mirror = parse_role({"term": 1, "role": "mirror", "source": {"url": "http://127.0.0.1:9"}, "consumer": "m"})
+    await store.write(lambda c: apply.set_meta(c, apply.ROLE_META, mirror.doc))
+    async with aiohttp.ClientSession() as session:
+        await state.start(store, session)  # the replicator dials a closed port and backs off
+        assert state.seeding
+        with pytest.raises(ApiError) as e:
+            await state.set_role(parse_role({"term": 2, "role": "primary"}))
+        assert (e.value.status, e.value.code) == (409, "mirror_seeding")
+        assert state.role.role == "mirror" and state.replicator is not None
+        with pytest.raises(ApiError) as e:
+            await store.put("t", "k", b"v")
+        assert e.value.code == "not_primary"
+        await state.stop()
