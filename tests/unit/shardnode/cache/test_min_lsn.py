@@ -3,9 +3,10 @@ only once the cache's change-log tail has seen that LSN, else it reads through t
 node's refusals (409 lsn_not_reached, 503 mirror_seeding / not_primary, with Retry-After) reach the client
 unchanged.
 
-The first tests use the real node. The node's read-your-writes refusals are the replication work's (A1): until that
-node answers them, the pass-through is checked against a small stand-in node on a real port that answers exactly
-the contract's bodies and records what the cache sent it.
+The first tests use the real node. The refusals a real node gives only in passing (fenced, lease_lost, mirror_lag,
+sync_timeout, mirror_seeding) are checked against a small stand-in node on a real port that answers exactly the
+contract's bodies and records what the cache sent it; the real mirror node's 409 and not_primary through a real
+cache process are tests/integration/client/test_cache_min_lsn.py.
 """
 
 import base64
