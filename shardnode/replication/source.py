@@ -87,6 +87,9 @@ class SlotAcks:
     def __init__(self) -> None:
         self.slots: dict[str, tuple[int, str]] = {}
         self._changed = asyncio.Event()
+        # Each update or drop gets the next version: a read begun before it must not overwrite it.
+        self.version = 0
+        self._touched: dict[str, int] = {}
 
     def changed(self) -> asyncio.Event:
         """The event the next change sets (take it before checking, so a change in between still wakes)."""
@@ -98,22 +101,31 @@ class SlotAcks:
 
     def update(self, slot: Mapping[str, Any]) -> None:
         """One slot's API form (``name``, ``ackedLsn``, ``state``) after a register or an ack."""
-        self.slots[str(slot["name"])] = (int(slot["ackedLsn"]), str(slot["state"]))
+        name = str(slot["name"])
+        self.slots[name] = (int(slot["ackedLsn"]), str(slot["state"]))
+        self._touch(name)
         self._wake()
 
     def drop(self, name: str) -> None:
         """A slot was deleted."""
+        self._touch(name)
         if self.slots.pop(name, None) is not None:
             self._wake()
 
-    def replace(self, slots: Iterable[Mapping[str, Any]]) -> None:
-        """Every slot as read from the store (catches what only the store changed: a slot put behind)."""
+    def _touch(self, name: str) -> None:
+        self.version += 1
+        self._touched[name] = self.version
+
+    def replace(self, slots: Iterable[Mapping[str, Any]], read_from: int) -> None:
+        """Every slot as read from the store by a read begun at ``version`` ``read_from`` (catches what only the
+        store changed: a slot put behind, a slot a promotion made); what the handlers told since is newer."""
         fresh = {str(s["name"]): (int(s["ackedLsn"]), str(s["state"])) for s in slots}
-        # An ack answered while the read ran may be newer than the read: never move an acknowledgement back.
-        for name, (lsn, state) in fresh.items():
-            old = self.slots.get(name)
-            if old is not None and old[0] > lsn:
-                fresh[name] = (old[0], state)
+        for name, at in self._touched.items():
+            if at > read_from:  # registered, acked (a reset may move it back) or dropped during the read
+                fresh.pop(name, None)
+                if name in self.slots:
+                    fresh[name] = self.slots[name]
+        self._touched = {n: at for n, at in self._touched.items() if at > read_from}
         if fresh != self.slots:
             self.slots = fresh
             self._wake()
@@ -139,8 +151,9 @@ class SourceGates:
     async def refresh(self) -> None:
         """One pass: re-read the slots, recompute the lag and whether writes wait."""
         policy = write_policy(self.role())
+        read_from = self.acks.version
         slots = await self.read_slots()
-        self.acks.replace(slots)
+        self.acks.replace(slots, read_from)
         mirrors = set(policy.mirrors) if policy else set()
         self.mirror_slots = [s for s in slots if s["name"] in mirrors]
         self.lag = smallest_lag(slots, mirrors)

@@ -56,18 +56,32 @@ def test_smallest_lag_and_holding():
     assert not holding(write_policy(primary(mode="sync", maxLagSeconds=2)), 100.0)
 
 
-def test_slot_acks_never_move_back_and_wake_on_change():
+def test_slot_acks_keep_what_the_handlers_told_during_a_read_and_wake_on_change():
     acks = SlotAcks()
     first = acks.changed()
     acks.update(slot(acked=5))
     assert first.is_set() and acks.slots[MIRROR] == (5, "active")
-    acks.replace([slot(acked=3, state="behind")])  # a read older than the last ack: keeps 5, takes the state
-    assert acks.slots[MIRROR] == (5, "behind")
+    # A read begun before that ack answered (it saw 3): the ack is newer and stays.
+    acks.replace([slot(acked=3), slot("made-by-promotion", acked=1)], read_from=0)
+    assert acks.slots == {MIRROR: (5, "active"), "made-by-promotion": (1, "active")}
+    # A read begun after it is the truth: a trim put the slot behind.
+    before = acks.version
     same = acks.changed()
-    acks.replace([slot(acked=3, state="behind")])
-    assert not same.is_set()
+    acks.replace([slot(acked=5, state="behind"), slot("made-by-promotion", acked=1)], read_from=before)
+    assert acks.slots[MIRROR] == (5, "behind") and same.is_set()
+    # A reset (re-seed) moves an ack back: a stale read with the old, higher ack must not bring it back.
+    stale_from = acks.version
+    acks.update(slot(acked=2))
+    acks.replace([slot(acked=5), slot("made-by-promotion", acked=1)], read_from=stale_from)
+    assert acks.slots[MIRROR] == (2, "active")
+    # Dropped during a read: stays dropped.
+    stale_from = acks.version
     acks.drop(MIRROR)
-    assert same.is_set() and acks.slots == {}
+    acks.replace([slot(acked=2), slot("made-by-promotion", acked=1)], read_from=stale_from)
+    assert acks.slots == {"made-by-promotion": (1, "active")}
+    quiet = acks.changed()
+    acks.replace([slot("made-by-promotion", acked=1)], read_from=acks.version)
+    assert not quiet.is_set()
 
 
 async def test_sync_wait_returns_on_the_mirrors_ack():
