@@ -556,6 +556,7 @@ async def keys(request: web.Request) -> web.Response:
 async def rewrap_start(request: web.Request) -> web.Response:
     """POST /v1/rewrap: start (or resume) re-encrypting every block onto the primary version."""
     node = node_of(request)
+    node.replication.check_role()  # a mirror's rewraps stream from its source (a local one would take its LSNs)
     doc = await json_body(request, required=False)
     batch = doc.get("batchSize", node.cfg.rewrap_batch_size)
     if not isinstance(batch, int) or isinstance(batch, bool) or not 1 <= batch <= 10000:

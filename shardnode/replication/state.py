@@ -161,7 +161,7 @@ class ReplicationState:
     # ---- checks the block handlers call -------------------------------------------------------------
     def check_writable(self) -> None:
         """Refuse a client write with 503 unless this node is an active primary (the role, then every gate)."""
-        self.store_guard()
+        self.check_role()
         for gate in self.write_gates:
             gate()
 
@@ -288,8 +288,13 @@ class ReplicationState:
         self._start_replicator()
 
     def store_guard(self) -> None:
-        """The role's refusal (503 not_primary / fenced, Retry-After: 1); also run by the store in the step that
-        queues a client write, so a demotion's drain job comes after every write let through."""
+        """Run by the store in the step that queues a client write: a demotion's drain job then comes after every
+        write let through."""
+        self.check_role()
+
+    def check_role(self) -> None:
+        """The role's refusal of anything that writes blocks on its own (503 not_primary / fenced, Retry-After: 1):
+        a mirror's blocks and LSNs come from its source only."""
         reason = write_refusal(self.role)
         if reason is not None:
             raise ApiError(503, reason, f"this node is {self.role.role} (term {self.role.term}); write to the primary",

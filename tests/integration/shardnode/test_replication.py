@@ -153,6 +153,8 @@ def test_seed_then_stream_and_the_digests_agree(pair):
     assert answer.value.headers["Retry-After"] == "1"
     assert status == 503 and refused["error"] == "not_primary" and refused["primaryShardSet"] == "ns/a"
     assert refused["term"] == 1 and refused["role"] == "mirror"
+    status, body = http_json("POST", b.url + "/v1/rewrap", {})  # its rewraps come from the source's stream
+    assert status == 503 and body["error"] == "not_primary"
 
 
 def test_the_same_role_again_is_idempotent_and_a_lower_term_is_refused(pair):
