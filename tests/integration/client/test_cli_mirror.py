@@ -23,7 +23,8 @@ from chronoshard.shardnode.client.cli import main
 from chronoshard.shardnode.client.cli_mirror import FAILBACK_ANNOTATION, SWITCHOVER_ANNOTATION
 from kubernetes import client
 
-pytestmark = pytest.mark.integration
+# The MirrorSet status is written here: no MirrorSet controller may run beside.
+pytestmark = [pytest.mark.integration, pytest.mark.without_operator]
 
 GROUP, VERSION, PLURAL = "chronoshard.io", "v1alpha1", "mirrorsets"
 T0 = "2026-12-07T10:00:00Z"

@@ -20,7 +20,8 @@ from tests.integration.shardnode.procs import BIN, INSECURE, Proc, free_port, ht
 from tests.support.kubelet_dir import write_keyring
 from tests.support.waiting import wait_for
 
-pytestmark = pytest.mark.integration
+# The MirrorSet status is written here: no MirrorSet controller may run beside.
+pytestmark = [pytest.mark.integration, pytest.mark.without_operator]
 
 GROUP, VERSION = "chronoshard.io", "v1alpha1"
 
