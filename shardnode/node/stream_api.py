@@ -175,8 +175,14 @@ def read_page(conn: sqlite3.Connection, after: int, limit: int, tables: tuple[st
         nxt = max(after, last)  # every entry up to `last` was looked at; none further matched the filter
     else:
         nxt = entries[-1].lsn if entries else after
+    # The log went back past the reader (a mirror rewound to a divergence point or re-seeded): what it saw after
+    # `last` may have been replaced by other changes with the same LSNs, so it resumes from `last`, resynchronised.
+    went_back = last < after
+    if went_back:
+        nxt = last
     # gap: entries after `after` were trimmed before this reader got them; it must resynchronise.
-    gap = first > after + 1 or (first == 0 and last > after) or (slot is not None and slot.state == consumers.BEHIND)
+    gap = (first > after + 1 or (first == 0 and last > after) or went_back
+           or (slot is not None and slot.state == consumers.BEHIND))
     return Page(entries, nxt, last, first, gap)
 
 

@@ -270,6 +270,7 @@ def test_rejoin_rewinds_what_the_new_primary_never_had(pair):
     lost = [put(a.url, "k1", b"lost"), put(a.url, "only-on-a", b"lost"), put(a.url, "k2", b"lost")]
     http("DELETE", f"{a.url}/v1/tables/t/blocks/k5")
     lost.append(last_lsn(a.url))
+    old_last = lost[-1]
     put(b.url, "k1", b"on b")
     put(b.url, "k9", b"on b")
     rejoined = role(a.url, mirror_of(b, term=3, consumer="mirror.ns.a", diverge=diverge, shardset="ns/b"))
@@ -281,6 +282,9 @@ def test_rejoin_rewinds_what_the_new_primary_never_had(pair):
     assert http("GET", f"{a.url}/v1/tables/t/blocks/only-on-a")[0] == 404
     assert http("GET", f"{a.url}/v1/tables/t/blocks/k5")[0] == 200
     assert http("GET", f"{a.url}/v1/tables/t/blocks/k1")[1] == b"on b"
+    # A reader of A's own log (its cache) that had read past the divergence is told to resynchronise from there.
+    page = http_json("GET", f"{a.url}/v1/changes?after={old_last}")[1]
+    assert old_last > page["lastLsn"] and page["gap"] is True and page["next"] == page["lastLsn"]
 
 
 def test_read_your_writes(pair):
