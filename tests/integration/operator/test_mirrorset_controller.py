@@ -329,3 +329,67 @@ async def test_async_failover_reports_the_lost_writes_and_the_rejoined_old_prima
     wait_for(lambda: role(c.url("orders-a"))["appliedLsn"] >= body["lsn"], what="the old primary to follow")
     assert value(c.url("orders-a"), "after") == b"from b"
     assert value(c.url("orders-a"), "lost2") is None and value(c.url("orders-a"), "k3") == b"kept 3"
+
+
+async def test_a_switchover_whose_target_does_not_catch_up_aborts_and_the_old_primary_writes_again(cluster):
+    c = cluster({**BASE_SPEC, "failover": {"policy": "manual", "switchoverTimeout": "2s", "leaseDuration": "3s"}})
+    await c.one_pass()
+    wait_for(lambda: writable(c.url("orders-a")), what="the primary to acquire its Lease")
+    assert put(c.url("orders-a"), "before", b"1")[0] == 200
+    wait_for(lambda: caught_up(c, "orders-a", "orders-b"), what="the mirror to apply the first write")
+
+    target = c.nodes["orders-b"].p
+    assert target is not None
+    os.kill(target.pid, signal.SIGSTOP)  # the target answers nothing and applies nothing
+    try:
+        c.annotate("chronoshard.io/switchover-to", f"{c.ns}/orders-b")
+        done = await c.passes_until(lambda s: (s.get("lastOperation") or {}).get("outcome") is not None,
+                                    "the switchover to end")
+    finally:
+        os.kill(target.pid, signal.SIGCONT)
+    last = done["lastOperation"]
+    assert (last["kind"], last["outcome"], last["term"]) == ("switchover", "Aborted", 3), last
+    assert "within switchoverTimeout" in last["message"]
+    assert (done["term"], done["activeShardSet"]) == (3, f"{c.ns}/orders-a")
+    assert done.get("lostWrites", []) == [] and done.get("failovers", 0) == 0
+    assert "Fenced" in c.reasons() and "OperationAborted" in c.reasons() and "Promoted" not in c.reasons()
+    a = role(c.url("orders-a"))
+    assert (a["role"], a["term"]) == ("primary", 3)
+    wait_for(lambda: writable(c.url("orders-a")), what="the old primary to take writes again")
+    status, body = put(c.url("orders-a"), "after", b"2")
+    assert status == 200, body
+
+    # The next passes give the mirror term 3; it follows the same primary and gets the write.
+    await c.passes_until(lambda s: s["phase"] == "Replicating" and role(c.url("orders-b"))["term"] == 3,
+                         "the mirror at term 3")
+    wait_for(lambda: role(c.url("orders-b"))["appliedLsn"] >= body["lsn"], what="the mirror to follow")
+    assert value(c.url("orders-b"), "after") == b"2"
+
+
+async def test_manual_policy_never_fails_over_but_a_switchover_request_promotes_past_a_dead_primary(cluster):
+    c = cluster({**BASE_SPEC, "failover": {"policy": "manual", "leaseDuration": "3s"}})
+    await c.one_pass()
+    wait_for(lambda: writable(c.url("orders-a")), what="the primary to acquire its Lease")
+    status, body = put(c.url("orders-a"), "k", b"v")
+    assert status == 200, body
+    wait_for(lambda: caught_up(c, "orders-a", "orders-b"), what="the mirror to apply the write")
+    c.nodes["orders-a"].kill()
+
+    stuck = await c.passes_until(
+        lambda s: any(x["health"] == "unavailable" for x in s["shards"][0]["copies"]), "the primary unavailable")
+    for _ in range(3):
+        stuck = await c.one_pass()
+    assert (stuck["term"], stuck["phase"], stuck.get("failovers", 0)) == (1, "Degraded", 0)
+    assert "operation" not in c.body()["status"] and "FailoverStarted" not in c.reasons()
+    degraded = next(x for x in stuck["conditions"] if x["type"] == "Degraded")
+    assert "failover policy is manual" in degraded["message"]
+    assert "chronoshard.io/switchover-to" in degraded["message"]
+
+    c.annotate("chronoshard.io/switchover-to", "orders-b")
+    done = await c.passes_until(lambda s: (s.get("lastOperation") or {}).get("outcome") is not None,
+                                "the switchover to finish")
+    assert (done["lastOperation"]["outcome"], done["activeShardSet"], done["term"]) == (
+        "Succeeded", f"{c.ns}/orders-b", 2)
+    assert "WaitingForLease" in c.reasons() and "Verifying" in c.reasons()
+    wait_for(lambda: writable(c.url("orders-b")), what="the new primary to acquire its Lease")
+    assert value(c.url("orders-b"), "k") == b"v"
