@@ -112,17 +112,23 @@ def check_failback(obj: Mapping[str, Any]) -> str:
 
 def request_outcome(obj: Mapping[str, Any], kind: str, value: str,
                     before: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """The finished operation that answers our request, or None while it is not done.
+    """The answer to our request, or None while it is not done.
 
-    Done: the controller recorded our value as handled (``lastSwitchoverRequest``/``lastFailbackRequest``), no
-    operation is in progress, and ``lastOperation`` is a new one (not ``before``, the one seen before asking).
+    The controller records the value it handled (``lastSwitchoverRequest``/``lastFailbackRequest``) in the same
+    status write that starts the operation. So, once our value is recorded and no operation is in progress: a new
+    ``lastOperation`` (not ``before``, the one seen before asking) is the operation's outcome, and an unchanged one
+    means the controller refused the request (outcome ``Refused``; its events say why).
     """
     st = obj.get("status") or {}
     handled = st.get("lastSwitchoverRequest" if kind == "switchover" else "lastFailbackRequest")
-    last = st.get("lastOperation")
-    if handled != value or st.get("operation") or not last or last == before:
+    if handled != value or st.get("operation"):
         return None
-    return dict(last)
+    last = st.get("lastOperation")
+    if last and last != before:
+        return dict(last)
+    return {"kind": kind, "outcome": "Refused",
+            "message": "the MirrorSet controller took the request but started no operation; its events say why "
+                       "(kubectl describe mirrorset)"}
 
 
 def failback_token(now: datetime | None = None) -> str:
@@ -311,6 +317,8 @@ def _report(obj: Mapping[str, Any], done: Mapping[str, Any] | None, kind: str, a
     elif done is None:
         out.write(f"not finished within {args.wait_timeout:g}s; the {kind} goes on (chronoshard mirror status "
                   f"{args.name})\n" + render(summary(obj), table))
+    elif done.get("outcome") == "Refused":
+        out.write(f"{kind} Refused: {done['message']}\n")
     else:
         out.write(f"{kind} {done.get('outcome')}: {done.get('from')} -> {done.get('to')}, term {done.get('term')}"
                   + (f" ({done['message']})" if done.get("message") else "") + "\n")

@@ -182,6 +182,9 @@ class StandInController:
 
     def _finish(self, st: dict[str, Any], kind: str, target: str, handled: dict[str, str]) -> None:
         self.handled.append((kind, target))
+        if self.outcome == "Refused":  # as the controller refuses: the value recorded, no operation started
+            write_status(self.api, self.ns, handled)
+            return
         done = self.outcome == "Succeeded"
         term = st["term"] + 1 if done else st["term"]
         last = {"kind": kind, "from": st["activeShardSet"], "to": target, "term": term, "startedAt": T0,
@@ -220,11 +223,15 @@ def test_an_aborted_switchover_exits_1_and_an_unanswered_one_4(control_plane, na
         code, out = cli(control_plane, namespace, "mirror", "switchover", "orders", "--to",
                         f"{other_namespace}/orders-c", "--wait")
     assert code == 1 and "switchover Aborted" in out and "not caught up" in out
-    # No controller: the request is recorded, the wait runs out (exit 4) and says the switchover goes on.
+    with StandInController(mirrorset, namespace, other_namespace, outcome="Refused"):
+        code, out = cli(control_plane, namespace, "mirror", "switchover", "orders", "--to", "orders-b", "--wait")
+    assert code == 1 and "switchover Refused: the MirrorSet controller took the request but started no" in out
+    # No controller: the request is recorded, the wait runs out (exit 4) and says the switchover goes on. (orders-b
+    # was the value handled last, so it is asked for by its other spelling.)
     code, out = cli(control_plane, namespace, "mirror", "switchover", "orders", "--to", "orders-b", "--wait",
                     "--timeout", "1")
     assert code == 4 and "not finished within 1s" in out
-    assert _annotations(mirrorset, namespace)[SWITCHOVER_ANNOTATION] == "orders-b"
+    assert _annotations(mirrorset, namespace)[SWITCHOVER_ANNOTATION] == f"{namespace}/orders-b"
     # Without --wait the command only asks.
     write_status(mirrorset, namespace, status(namespace, other_namespace, term=4, active=f"{namespace}/orders-b"))
     code, out = cli(control_plane, namespace, "mirror", "failback", "orders")

@@ -73,8 +73,10 @@ def test_failback_needs_another_active_and_no_operation():
 def test_request_outcome_waits_for_the_value_no_operation_and_a_new_last_operation():
     before = {"kind": "failover", "outcome": "Succeeded", "term": 3}
     done = {"kind": "switchover", "outcome": "Aborted", "term": 3}
-    obj = mirrorset({"lastSwitchoverRequest": "orders-b", "lastOperation": before})
-    assert request_outcome(obj, "switchover", "orders-b", before) is None  # handled, but no new operation yet
+    asked = mirrorset({"lastSwitchoverRequest": "orders-a", "lastOperation": before})
+    assert request_outcome(asked, "switchover", "orders-b", before) is None  # not taken yet
+    refused = mirrorset({"lastSwitchoverRequest": "orders-b", "lastOperation": before})
+    assert request_outcome(refused, "switchover", "orders-b", before)["outcome"] == "Refused"  # taken, not started
     running = mirrorset({"lastSwitchoverRequest": "orders-b", "operation": {"kind": "switchover"},
                          "lastOperation": done})
     assert request_outcome(running, "switchover", "orders-b", before) is None
