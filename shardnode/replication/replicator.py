@@ -172,6 +172,8 @@ class Replicator:
                 raise Reseed("the source cannot start the slot at the cursor") from None
             raise
         self._registered = True
+        self._contact(self.state.source.last_lsn)
+        self.state.state, self.state.error = "streaming", None  # the slot holds the log from the cursor on
 
     async def _apply(self, page: ChangePage) -> None:
         st = self.state
