@@ -22,6 +22,7 @@ from chronoshard.shardnode.keys.provider import EmbeddedKeyProvider, KeyCache, k
 from chronoshard.shardnode.replication import api as replication_api
 from chronoshard.shardnode.replication import health
 from chronoshard.shardnode.replication.lease import LeaseKeeper
+from chronoshard.shardnode.replication.metrics import MirrorCollector
 from chronoshard.shardnode.replication.source import SourceGates
 from chronoshard.shardnode.replication.state import ReplicationState
 from chronoshard.shardnode.serving import keywait, tls
@@ -150,6 +151,7 @@ class Node:
         self.health = health.HealthMonitor(cfg.data_dir, self.replication.describe,
                                            lambda: self.replication.role.doc.get("healthSampleSeconds"))
         self.metrics.registry.register(health.SourceCollector(self.source, self.lease))
+        self.metrics.registry.register(MirrorCollector(self.replication))
         self._peer_session: aiohttp.ClientSession | None = None
 
     # ---- lifecycle ---------------------------------------------------------------------------

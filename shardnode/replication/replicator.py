@@ -119,6 +119,7 @@ class Replicator:
     def _failed(self, reason: str, exc: BaseException) -> None:
         st = self.state
         st.state, st.error = "error", reason
+        st.errors += 1
         if isinstance(exc, ChangeStreamError):
             st.source.reachable = exc.status != 503 or exc.body.get("error") != "node_unavailable"
             if exc.status == 404:

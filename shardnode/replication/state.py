@@ -99,6 +99,7 @@ class ReplicationState:
         self.state = "idle"
         self.error: str | None = None
         self.seeds = 0
+        self.errors = 0  # replicator failures since the process started (each retried)
         self.seeding = False
         self.applied = 0  # the cursor (mirror)
         self.promoted_at: int | None = None
@@ -330,13 +331,14 @@ class ReplicationState:
         applied = self.applied if self.role.role == MIRROR else last
         body = self.describe_role() | {
             "appliedLsn": applied, "lastLsn": last, "seeds": self.seeds, "seeding": self.seeding,
-            "source": self._describe_source(applied), "discardedLsns": self.discarded,
+            "source": self.describe_source(applied), "discardedLsns": self.discarded,
             "writes": self.writes(), "lease": None, "mirrors": []}
         for extra in self.describe_extras:
             body |= extra()
         return body
 
-    def _describe_source(self, applied: int) -> dict[str, Any] | None:
+    def describe_source(self, applied: int) -> dict[str, Any] | None:
+        """``source`` of ``GET /v1/replication`` (None unless a mirror)."""
         r = self.role
         if r.role != MIRROR:
             return None

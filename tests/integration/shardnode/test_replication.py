@@ -231,6 +231,12 @@ def test_a_slot_that_fell_behind_re_seeds(tmp_path, keyring):
         st = caught_up(b, a)
         assert st["seeds"] == 1
         digests_equal(a, b)
+        metrics = http("GET", b.url + "/metrics")[1].decode()
+        for line in ("chronoshard_node_replication_seeds_total 1.0",
+                     'chronoshard_node_replication_role{role="mirror"} 1.0',
+                     'chronoshard_node_replication_state{state="streaming"} 1.0',
+                     f"chronoshard_node_replication_applied_lsn {float(st['appliedLsn'])}"):
+            assert line in metrics, line
     finally:
         b.stop()
         a.stop()
