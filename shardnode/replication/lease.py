@@ -36,6 +36,7 @@ MICROTIME = "%Y-%m-%dT%H:%M:%S.%fZ"
 FENCED_HOLDER_PREFIX = "chronoshard-operator/fenced-term-"
 TIMEOUT_S = 5.0
 ROLE_POLL_SECONDS = 0.25  # how soon a new role document (a promotion) gets its first renewal
+RETRY_SECONDS = 1.0  # after a failed renewal (sooner than duration/3 when that is longer): the grace is short
 
 
 @dataclass(frozen=True)
@@ -283,14 +284,16 @@ class LeaseKeeper:
                 doc = None
             elif role.doc != doc or self.clock() >= next_at:
                 doc = role.doc
-                next_at = self.clock() + spec.interval
-                await self._pass(spec, role)
+                started = self.clock()
+                ok = await self._pass(spec, role)
+                next_at = started + (spec.interval if ok else min(spec.interval, RETRY_SECONDS))
             await asyncio.sleep(min(ROLE_POLL_SECONDS, spec.interval) if spec else ROLE_POLL_SECONDS)
 
-    async def _pass(self, spec: LeaseSpec, role: Role) -> None:
+    async def _pass(self, spec: LeaseSpec, role: Role) -> bool:
         try:
             await self.renew_once(spec, role)
             self.status.errors = 0
+            return True
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # LeaseError, or no API server connection at all
@@ -298,6 +301,7 @@ class LeaseKeeper:
             if self.status.errors == 1 or self.status.errors % 20 == 0:
                 log.warning("lease %s/%s not renewed (%s)", spec.namespace, spec.name,
                             exc if isinstance(exc, LeaseError) else type(exc).__name__)
+            return False
 
     async def close(self) -> None:
         """Close the API session."""
