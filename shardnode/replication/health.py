@@ -165,9 +165,12 @@ class HealthMonitor:
         """Store a sample every interval until cancelled (a failed one is logged; the next one is tried)."""
         last = self.clock()
         while True:
-            await asyncio.sleep(1.0 if (self.interval() or SAMPLE_SECONDS) >= 1 else 0.1)
-            if self.clock() - last < (self.interval() or SAMPLE_SECONDS):
-                continue  # the interval is read each time: a new role document's healthSampleSeconds applies
+            # Re-read at least every second: a new role document's healthSampleSeconds applies from the next one.
+            interval = self.interval() or SAMPLE_SECONDS
+            due = last + interval - self.clock()
+            if due > 0:
+                await asyncio.sleep(min(due, 1.0))
+                continue
             last = self.clock()
             try:
                 await self.record()
