@@ -252,6 +252,7 @@ async def consistency_check(v: View, force: bool = False) -> None:
     active = v.active
     prim = await probe.digests(v.pods[active.key], {i: None for i in range(v.shards) if v.reachable(active, i)})
     mismatched: list[str] = []
+    compared = 0
     for m in v.members:
         if m.key == active.key:
             continue
@@ -261,6 +262,7 @@ async def consistency_check(v: View, force: bool = False) -> None:
         repairs: dict[int, list[str]] = {}
         for i, ans in answers.items():
             diff = plan.differing_buckets(prim[i].body, ans.body) if ans.ok else None
+            compared += diff is not None
             if diff == []:
                 v.consistent_at[(m.key, i)] = {"lsn": at[i], "time": _now_text()}
             elif diff:
@@ -268,6 +270,9 @@ async def consistency_check(v: View, force: bool = False) -> None:
                 mismatched.append(f"{m.key}[{i}]: {len(diff)} bucket(s) differ at LSN {at[i]}")
         if repairs:
             await probe.repair(v.pods[m.key], repairs)
+    if not compared:  # no copy could be compared (none following yet, an LSN passed): nothing to say; next pass
+        _LAST_CHECK.pop(v.uid, None)
+        return
     _consistent(v, mismatched)
 
 

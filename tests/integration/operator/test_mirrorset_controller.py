@@ -13,6 +13,7 @@ import json
 import os
 import random
 import signal
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -393,3 +394,44 @@ async def test_manual_policy_never_fails_over_but_a_switchover_request_promotes_
     assert "WaitingForLease" in c.reasons() and "Verifying" in c.reasons()
     wait_for(lambda: writable(c.url("orders-b")), what="the new primary to acquire its Lease")
     assert value(c.url("orders-b"), "k") == b"v"
+
+
+async def test_a_corrupted_mirror_fails_verification_the_switchover_aborts_and_the_repair_restores_it(
+        cluster, tmp_path):
+    c = cluster({**BASE_SPEC, "failover": {"policy": "manual", "leaseDuration": "3s"},
+                 "consistency": {"interval": "1s"}})
+    await c.one_pass()
+    wait_for(lambda: writable(c.url("orders-a")), what="the primary to acquire its Lease")
+    for i in range(40):
+        assert put(c.url("orders-a"), f"k{i}", os.urandom(24))[0] == 200
+    wait_for(lambda: caught_up(c, "orders-a", "orders-b"), what="the mirror to apply every write")
+    clean = await c.passes_until(lambda s: _condition(s, "Consistent")["status"] == "True", "a clean check")
+    assert {x["shardSet"]: x for x in clean["shards"][0]["copies"]}[f"{c.ns}/orders-b"]["consistentAt"]["lsn"] > 0
+
+    # k7 on the mirror gets k1's frame behind the node's back (stopped, straight into its SQLite file).
+    c.nodes["orders-b"].stop()
+    db = sqlite3.connect(tmp_path / "orders-b" / "data" / "blocks.sqlite3")
+    with db:
+        frame, checksum = db.execute("SELECT frame, checksum FROM blocks WHERE key = 'k1'").fetchone()
+        db.execute("UPDATE blocks SET frame = ?, checksum = ? WHERE key = 'k7'", (frame, checksum))
+    db.close()
+    c.nodes["orders-b"].start()
+    wait_for(lambda: caught_up(c, "orders-a", "orders-b"), what="the mirror back")
+
+    c.annotate("chronoshard.io/switchover-to", "orders-b")
+    done = await c.passes_until(lambda s: (s.get("lastOperation") or {}).get("outcome") is not None,
+                                "the switchover to end")
+    assert (done["lastOperation"]["outcome"], done["term"], done["activeShardSet"]) == (
+        "Aborted", 3, f"{c.ns}/orders-a")
+    assert "digest mismatch" in done["lastOperation"]["message"]
+    assert _condition(done, "Consistent")["status"] == "False" and "Promoted" not in c.reasons()
+    wait_for(lambda: writable(c.url("orders-a")), what="the old primary to take writes again")
+
+    # The target's differing bucket was repaired; the next consistency checks find the copies equal.
+    repaired = await c.passes_until(lambda s: _condition(s, "Consistent")["status"] == "True", "a clean check")
+    assert repaired["term"] == 3
+    wait_for(lambda: value(c.url("orders-b"), "k7") == value(c.url("orders-a"), "k7"), what="k7 repaired")
+
+
+def _condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next((x for x in status.get("conditions") or [] if x["type"] == type_), {})
