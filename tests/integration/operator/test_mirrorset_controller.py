@@ -435,3 +435,31 @@ async def test_a_corrupted_mirror_fails_verification_the_switchover_aborts_and_t
 
 def _condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
     return next((x for x in status.get("conditions") or [] if x["type"] == type_), {})
+
+
+async def test_automatic_failback_once_the_restarted_source_has_caught_up(cluster):
+    c = cluster({**BASE_SPEC, "failover": {"policy": "automatic", "failback": "automatic", "leaseDuration": "3s"}})
+    await c.one_pass()
+    wait_for(lambda: writable(c.url("orders-a")), what="the primary to acquire its Lease")
+    assert put(c.url("orders-a"), "before", b"a")[0] == 200
+    wait_for(lambda: caught_up(c, "orders-a", "orders-b"), what="the mirror to apply the write")
+    c.nodes["orders-a"].kill()
+    over = await c.passes_until(lambda s: (s.get("lastOperation") or {}).get("kind") == "failover",
+                                "the failover")
+    assert over["activeShardSet"] == f"{c.ns}/orders-b"
+    wait_for(lambda: writable(c.url("orders-b")), what="the new primary to acquire its Lease")
+    status, body = put(c.url("orders-b"), "during", b"b")
+    assert status == 200, body
+
+    c.nodes["orders-a"].start()
+    back = await c.passes_until(lambda s: (s.get("lastOperation") or {}).get("kind") == "failback",
+                                "the automatic failback")
+    last = back["lastOperation"]
+    assert (last["outcome"], last["from"], last["to"], last["term"]) == (
+        "Succeeded", f"{c.ns}/orders-b", f"{c.ns}/orders-a", 3), last
+    assert (back["term"], back["activeShardSet"], back["failovers"]) == (3, f"{c.ns}/orders-a", 1)
+    assert "FailbackStarted" in c.reasons() and "FailedBack" in c.reasons()
+    wait_for(lambda: writable(c.url("orders-a")), what="the source to acquire its Lease again")
+    assert value(c.url("orders-a"), "during") == b"b" and value(c.url("orders-a"), "before") == b"a"
+    b = role(c.url("orders-b"))
+    assert (b["role"], b["term"], b["source"]["shardSet"]) == ("mirror", 3, f"{c.ns}/orders-a")
