@@ -463,3 +463,27 @@ async def test_automatic_failback_once_the_restarted_source_has_caught_up(cluste
     assert value(c.url("orders-a"), "during") == b"b" and value(c.url("orders-a"), "before") == b"a"
     b = role(c.url("orders-b"))
     assert (b["role"], b["term"], b["source"]["shardSet"]) == ("mirror", 3, f"{c.ns}/orders-a")
+
+
+async def test_sync_mode_runs_a_primary_async_while_no_mirror_copy_is_healthy(cluster):
+    c = cluster({**BASE_SPEC, "replication": {"mode": "sync", "syncTimeout": "5s"}})
+    await c.one_pass()
+    wait_for(lambda: writable(c.url("orders-a")), what="the primary to acquire its Lease")
+    assert role(c.url("orders-a"))["mode"] == "sync"
+    status, body = put(c.url("orders-a"), "acked", b"on both")  # answered once the mirror acknowledged it
+    assert status == 200, body
+    assert role(c.url("orders-b"))["appliedLsn"] >= body["lsn"]
+
+    c.nodes["orders-b"].kill()
+    degraded = await c.passes_until(lambda s: _condition(s, "SyncDegraded").get("status") == "True",
+                                    "SyncDegraded")
+    assert "[0]" in _condition(degraded, "SyncDegraded")["message"] and degraded["phase"] == "Degraded"
+    assert role(c.url("orders-a"))["mode"] == "async"
+    status, body = put(c.url("orders-a"), "alone", b"no mirror")  # not held for syncTimeout
+    assert status == 200, body
+
+    c.nodes["orders-b"].start()
+    back = await c.passes_until(lambda s: _condition(s, "SyncDegraded").get("status") == "False"
+                                and role(c.url("orders-a"))["mode"] == "sync", "sync again")
+    assert back["term"] == 1
+    wait_for(lambda: role(c.url("orders-b"))["appliedLsn"] >= body["lsn"], what="the mirror to catch up")

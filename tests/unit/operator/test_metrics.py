@@ -76,3 +76,25 @@ def test_server_binds_only_the_given_address() -> None:
     with socket.socket() as s, pytest.raises(OSError):
         s.settimeout(2)
         s.connect(("127.0.0.2", port))
+
+
+def test_mirrorset_copy_health_is_one_state_at_a_time_and_lag_is_kept(scrape) -> None:
+    labels = {("namespace", "ns"), ("mirrorset", "orders"), ("shardset", "ns/orders-b"), ("shard", "0")}
+    metrics.set_mirrorset_copy("ns", "orders", "ns/orders-b", 0, "degraded", 7.5)
+    metrics.set_mirrorset_copy("ns", "orders", "ns/orders-b", 0, "unavailable", None)
+    got = scrape()
+    states = {s: got[("chronoshard_mirrorset_copy_health", frozenset(labels | {("state", s)}))]
+              for s in metrics.MIRROR_HEALTH_STATES}
+    assert states == {"healthy": 0, "degraded": 0, "unavailable": 1, "unknown": 0}
+    assert got[("chronoshard_mirrorset_lag_seconds", frozenset(labels))] == 7.5  # no new figure: the last one
+
+
+def test_mirrorset_operations_count_by_kind_and_outcome_with_held_seconds(scrape) -> None:
+    key = ("chronoshard_mirrorset_failovers_total", frozenset({("namespace", "ns"), ("mirrorset", "orders"),
+                                                               ("kind", "failover"), ("outcome", "Succeeded")}))
+    held = ("chronoshard_mirrorset_held_seconds_sum", frozenset({("kind", "failover")}))
+    before = scrape()
+    metrics.count_mirrorset_operation("ns", "orders", "failover", "Succeeded", 4.25)
+    after = scrape()
+    assert after[key] - before.get(key, 0) == 1
+    assert after[held] - before.get(held, 0) == pytest.approx(4.25)
