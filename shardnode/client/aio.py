@@ -405,8 +405,10 @@ class AsyncClient:
         while True:
             attempt += 1
             left = max(deadline - loop.time(), 0.001)
-            ep = routing.endpoint(target, shard)
+            where: Endpoint | str = f"shard {shard} of {target}"
             try:
+                # A member with no Ready pod for the shard is unreachable too (a failover moves the primary).
+                where = ep = routing.endpoint(target, shard)
                 status, payload = await self.transport.request(
                     method, ep, path, headers=headers | {TIMEOUT_HEADER: f"{left:.3f}"}, body=body, timeout=left)
                 refused = mdecide.write_refusal(status, _error_body(payload))
@@ -416,12 +418,12 @@ class AsyncClient:
                 await routing.book.refresh(target)
             observed = time.monotonic()
             if refused is None:
-                return status, payload, f"{ep}{path}"
+                return status, payload, f"{where}{path}"
             pause = mdecide.backoff(attempt)
             if attempt >= mdecide.MAX_WRITE_ATTEMPTS or loop.time() + pause >= deadline:
                 if unreachable is not None:
                     raise unreachable
-                return status, payload, f"{ep}{path}"
+                return status, payload, f"{where}{path}"
             await asyncio.sleep(pause)
             view = await routing.refresh(observed)
             target = mdecide.next_write_target(view, target, _error_body(payload))

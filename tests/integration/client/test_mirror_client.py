@@ -171,3 +171,20 @@ def test_the_blocking_client_routes_by_the_mirrorset_too(pair):
         wait_for(lambda: applied(b.url) >= ack["lsn"], what="B to apply the write")
         a.kill()
         assert c.get("t", "k") == b"v" and c.aio.mirror_fallbacks == 1
+
+
+def test_a_write_to_a_member_without_an_address_re_resolves(pair):
+    a, b = pair
+    calls = []
+
+    def st() -> dict[str, Any]:
+        calls.append(1)
+        # First the status names a member whose pods are gone (no address known), then A.
+        return status(1, "ns/gone" if len(calls) == 1 else A, [(A, "primary", "healthy")])
+
+    async def scenario() -> None:
+        async with AsyncClient.for_mirror_status(st, {A: [a.url]}, initial_map(1), scheme="http") as c:
+            ack = await c.put("t", "k", b"v")
+            assert ack["lsn"] > 0 and len(calls) == 2
+
+    asyncio.run(scenario())
