@@ -396,3 +396,22 @@ def test_rejoin_whose_log_no_longer_reaches_the_divergence_re_seeds(tmp_path, ke
     finally:
         b.stop()
         a.stop()
+
+
+def test_a_seed_cut_by_a_crash_is_done_again_on_restart(tmp_path, pair):
+    a, b = pair
+    for i in range(30):
+        put(a.url, f"k{i}", os.urandom(40))
+    role(b.url, mirror_of(a))
+    caught_up(b, a)
+    b.kill()
+    # What kill -9 half way through a seed leaves: the marker set, only part of the blocks written.
+    db = sqlite3.connect(tmp_path / "b" / "data" / "blocks.sqlite3")
+    with db:
+        db.execute("INSERT INTO meta (name, value) VALUES ('replication_seeding', '{\"lsn\": 30}')")
+        db.execute("DELETE FROM blocks WHERE key > 'k2'")
+    db.close()
+    b.start()
+    st = caught_up(b, a)
+    assert st["seeds"] == 1 and st["seeding"] is False  # seeded again, not streamed on over half a copy
+    digests_equal(a, b)
