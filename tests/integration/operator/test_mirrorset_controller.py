@@ -112,6 +112,11 @@ class Cluster:
         self.events.extend(events)
         return status
 
+    async def crashed_pass(self) -> None:
+        """A pass whose status write never happened (the operator died after acting): its actions stand, the
+        status does not move, so the next pass repeats the step."""
+        await controller.step(self.body())
+
     async def passes_until(self, done: Any, what: str, timeout: float = 60.0) -> dict[str, Any]:
         seen: list[dict[str, Any]] = []
 
@@ -487,3 +492,31 @@ async def test_sync_mode_runs_a_primary_async_while_no_mirror_copy_is_healthy(cl
                                 and role(c.url("orders-a"))["mode"] == "sync", "sync again")
     assert back["term"] == 1
     wait_for(lambda: role(c.url("orders-b"))["appliedLsn"] >= body["lsn"], what="the mirror to catch up")
+
+
+async def test_every_step_of_a_switchover_survives_a_crash_before_its_status_write(cluster):
+    c = cluster({**BASE_SPEC, "failover": {"policy": "manual", "leaseDuration": "3s"}})
+    await c.one_pass()
+    wait_for(lambda: writable(c.url("orders-a")), what="the primary to acquire its Lease")
+    acked = {f"k{i}": b"v%d" % i for i in range(20)}
+    for k, v in acked.items():
+        assert put(c.url("orders-a"), k, v)[0] == 200
+    wait_for(lambda: caught_up(c, "orders-a", "orders-b"), what="the mirror to apply every write")
+    c.annotate("chronoshard.io/switchover-to", "orders-b")
+
+    steps: list[str] = []
+
+    async def crash_then_pass() -> dict[str, Any] | None:
+        await c.crashed_pass()  # acts (fences, promotes, ...) and "dies" before writing the status
+        status = await c.one_pass()  # the restarted operator: the same step again, from the status
+        steps.append(str((status.get("operation") or {}).get("step")))
+        return status if (status.get("lastOperation") or {}).get("outcome") else None
+
+    done = await wait_for_async(crash_then_pass, 60.0, interval=0.2, what="the switchover through crashes")
+    last = done["lastOperation"]
+    assert (last["outcome"], last["term"], done["activeShardSet"]) == ("Succeeded", 2, f"{c.ns}/orders-b"), last
+    assert done.get("lostWrites", []) == []
+    assert {"CatchingUp", "Verifying"} <= set(steps), steps
+    assert (role(c.url("orders-b"))["role"], role(c.url("orders-a"))["role"]) == ("primary", "mirror")
+    wait_for(lambda: writable(c.url("orders-b")), what="the new primary to acquire its Lease")
+    assert {k: value(c.url("orders-b"), k) for k in acked} == acked
