@@ -53,9 +53,7 @@ async def fetch_current(client: ChangeStreamClient, keys: Sequence[tuple[str, st
     out: dict[tuple[str, str], apply.PrimaryBlock | None] = {}
     for table, names in by_table.items():
         for i in range(0, len(names), BATCH_KEYS):
-            url = client.base / "v1" / "tables" / table / "frames:batchGet"
-            _, doc = await client._json("POST", url, json={"keys": names[i:i + BATCH_KEYS]})
-            for entry in doc["frames"]:
+            for entry in await client.batch_frames(table, names[i:i + BATCH_KEYS]):
                 out[(table, str(entry["key"]))] = parse_frame(table, entry)
     return out
 

@@ -203,6 +203,14 @@ class ChangeStreamClient:
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise _unreachable(exc) from None
 
+    # ---- frames ----------------------------------------------------------------------------------------------
+    async def batch_frames(self, table: str, keys: Sequence[str]) -> list[dict[str, Any]]:
+        """The stored frames of ``keys`` (``POST /v1/tables/{t}/frames:batchGet``, at most 1000), as the node
+        answers them: ``{"key", "found", "keyVersion", "lsn", "checksum" (hex), "frame" (base64)}``."""
+        url = self._url("v1", "tables", table, "frames:batchGet")
+        _, doc = await self._json("POST", url, json={"keys": list(keys)})
+        return list(doc["frames"])
+
     # ---- conditional writes --------------------------------------------------------------------------
     async def put_if(self, table: str, key: str, value: bytes, if_lsn: int,
                      on_behalf_of: str | None = None) -> int | None:
