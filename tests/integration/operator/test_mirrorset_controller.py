@@ -58,32 +58,39 @@ def _node(tmp: Path, name: str, ip: str, keyring: Path, kubeconfig: Path) -> Pro
     return proc
 
 
-def _pod(k8s_client: Any, ns: str, shardset: str, ip: str) -> None:
-    """Shard 0's pod of ``shardset`` as the API server shows a running one: the node container (plain HTTP), its
-    IP, Ready."""
+def _pod(k8s_client: Any, ns: str, shardset: str, ip: str, shard: int = 0) -> None:
+    """Shard ``shard``'s pod of ``shardset`` as the API server shows a running one: the node container (plain
+    HTTP), its IP, Ready."""
     core = client.CoreV1Api(k8s_client)
     core.create_namespaced_pod(ns, client.V1Pod(
-        metadata=client.V1ObjectMeta(name=f"{shardset}-0", labels=naming.selector_labels(shardset)),
+        metadata=client.V1ObjectMeta(name=f"{shardset}-{shard}", labels=naming.selector_labels(shardset)),
         spec=client.V1PodSpec(containers=[client.V1Container(name="node", image="x", command=["chronoshard-node"])])))
-    core.patch_namespaced_pod_status(f"{shardset}-0", ns, {"status": {
+    core.patch_namespaced_pod_status(f"{shardset}-{shard}", ns, {"status": {
         "podIP": ip, "podIPs": [{"ip": ip}],
         "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}})
 
 
 class Cluster:
-    """Two one-shard member ShardSets a (source) and b (mirror), each with its node process and pod."""
+    """Two member ShardSets a (source) and b (mirror) of ``shards`` shards, each shard a node process and a pod;
+    nodes are named ``orders-a`` (shard 0) and ``orders-a/1`` (shard 1) and so on."""
 
-    def __init__(self, k8s_client: Any, api: Any, ns: str, tmp: Path, kubeconfig: Path, spec: dict[str, Any]):
+    def __init__(self, k8s_client: Any, api: Any, ns: str, tmp: Path, kubeconfig: Path, spec: dict[str, Any],
+                 shards: int = 1):
         self.api, self.ns = api, ns
         keyring = tmp / "keyring"  # the same key material on both (the controller's key copy keeps it so)
         write_keyring(keyring, 1, {1: ("primary", os.urandom(32))})
-        self.ips = {"orders-a": _ip(), "orders-b": _ip()}
-        while self.ips["orders-b"] == self.ips["orders-a"]:
-            self.ips["orders-b"] = _ip()
-        self.nodes = {n: _node(tmp, n, ip, keyring, kubeconfig) for n, ip in self.ips.items()}
-        for name in self.nodes:
-            create_custom(k8s_client, ns, "shardsets", name, {"shards": 1}, "ShardSet")
-            _pod(k8s_client, ns, name, self.ips[name])
+        names = [n if i == 0 else f"{n}/{i}" for n in ("orders-a", "orders-b") for i in range(shards)]
+        self.ips: dict[str, str] = {}
+        for n in names:
+            while (ip := _ip()) in self.ips.values():
+                pass
+            self.ips[n] = ip
+        self.nodes = {n: _node(tmp, n.replace("/", "-"), ip, keyring, kubeconfig) for n, ip in self.ips.items()}
+        for name in ("orders-a", "orders-b"):
+            create_custom(k8s_client, ns, "shardsets", name, {"shards": shards}, "ShardSet")
+        for n, ip in self.ips.items():
+            shardset, _, index = n.partition("/")
+            _pod(k8s_client, ns, shardset, ip, int(index or 0))
         create_custom(k8s_client, ns, "mirrorsets", "orders", {
             "sourceRef": {"name": "orders-a"}, "mirrors": [{"shardSetRef": {"name": "orders-b"}, "zone": "z-b"}],
             **spec}, "MirrorSet")
@@ -171,8 +178,8 @@ def caught_up(c: Cluster, primary: str, mirror: str) -> bool:
 def cluster(k8s_client, api, namespace, tmp_path, control_plane) -> Iterator[Any]:
     made: list[Cluster] = []
 
-    def make(spec: dict[str, Any]) -> Cluster:
-        c = Cluster(k8s_client, api, namespace, tmp_path, Path(control_plane.kubeconfig), spec)
+    def make(spec: dict[str, Any], shards: int = 1) -> Cluster:
+        c = Cluster(k8s_client, api, namespace, tmp_path, Path(control_plane.kubeconfig), spec, shards)
         made.append(c)
         return c.start()
 
@@ -520,3 +527,33 @@ async def test_every_step_of_a_switchover_survives_a_crash_before_its_status_wri
     assert (role(c.url("orders-b"))["role"], role(c.url("orders-a"))["role"]) == ("primary", "mirror")
     wait_for(lambda: writable(c.url("orders-b")), what="the new primary to acquire its Lease")
     assert {k: value(c.url("orders-b"), k) for k in acked} == acked
+
+
+async def test_one_dead_shard_moves_the_whole_mirrorset_the_live_shard_with_its_demotion_token(cluster):
+    c = cluster(BASE_SPEC, shards=2)
+    await c.one_pass()
+    for shard in ("orders-a", "orders-a/1"):
+        wait_for(lambda shard=shard: writable(c.url(shard)), what=f"{shard} to acquire its Lease")
+    for i in range(10):
+        for shard in ("orders-a", "orders-a/1"):
+            assert put(c.url(shard), f"{shard.replace('/', '_')}-k{i}", b"v%d" % i)[0] == 200
+    wait_for(lambda: caught_up(c, "orders-a", "orders-b") and caught_up(c, "orders-a/1", "orders-b/1"),
+             what="both mirror shards to apply every write")
+    await c.passes_until(lambda s: s["phase"] == "Replicating", "phase Replicating")
+
+    c.nodes["orders-a/1"].kill()  # shard 1 dies; shard 0 of orders-a is alive and is switched over with it
+    done = await c.passes_until(lambda s: (s.get("lastOperation") or {}).get("outcome") is not None,
+                                "the failover")
+    assert (done["lastOperation"]["kind"], done["activeShardSet"], done["term"]) == (
+        "failover", f"{c.ns}/orders-b", 2)
+    assert done.get("lostWrites", []) == []
+    assert [r["primary"] for r in done["shards"]] == [f"{c.ns}/orders-b"] * 2
+    fenced = [m for _, r, m in c.events if r == "Fenced"]
+    assert len(fenced) == 1 and fenced[0].startswith(f"{c.ns}/orders-a[0] fenced at term 2"), fenced
+    assert "WaitingForLease" in c.reasons()
+    assert [role(c.url(n))["role"] for n in ("orders-b", "orders-b/1", "orders-a")] == ["primary", "primary",
+                                                                                      "mirror"]
+    assert role(c.url("orders-a"))["source"]["shardSet"] == f"{c.ns}/orders-b"
+    for i in range(10):
+        assert value(c.url("orders-b"), f"orders-a-k{i}") == b"v%d" % i
+        assert value(c.url("orders-b/1"), f"orders-a_1-k{i}") == b"v%d" % i
