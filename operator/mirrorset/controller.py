@@ -684,6 +684,11 @@ async def step(body: Mapping[str, Any]) -> tuple[dict[str, Any], list[tuple[str,
                         status_.FAILED), [], 30.0
     v = View(body, spec, members, shards, dict(body.get("status") or {}), settings_of(spec),
              delay=spec.health.probe_interval.total_seconds())
+    active = (body.get("status") or {}).get("activeShardSet")
+    if active and plan.find_member(members, active) is None:
+        # Its nodes may still be primaries: making another member primary now could leave two writable copies.
+        return _invalid(body, "ActiveMemberRemoved", f"the active ShardSet {active} is no longer a member; put it "
+                        "back in the spec (then switch over) before removing it", status_.FAILED), [], 30.0
     v.status["observedGeneration"] = v.gen
     if not v.term:  # the first pass: term 1, the source active
         v.status.update(term=1, activeShardSet=v.source.key, activeSource=v.source.name)

@@ -557,3 +557,20 @@ async def test_one_dead_shard_moves_the_whole_mirrorset_the_live_shard_with_its_
     for i in range(10):
         assert value(c.url("orders-b"), f"orders-a-k{i}") == b"v%d" % i
         assert value(c.url("orders-b/1"), f"orders-a_1-k{i}") == b"v%d" % i
+
+
+async def test_a_spec_that_drops_the_active_member_is_refused_and_nothing_is_told_to_any_node(k8s_client, api,
+                                                                                               namespace):
+    for name in ("orders-a", "orders-c"):
+        create_custom(k8s_client, namespace, "shardsets", name, {"shards": 1}, "ShardSet")
+    create_custom(k8s_client, namespace, "mirrorsets", "orders", {
+        "sourceRef": {"name": "orders-a"}, "mirrors": [{"shardSetRef": {"name": "orders-c"}}]}, "MirrorSet")
+    # As if orders-b had been active (after a failover) and was then taken out of the spec.
+    api.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, "mirrorsets", "orders", {
+        "status": {"term": 4, "activeShardSet": f"{namespace}/orders-b", "activeSource": "orders-b"}})
+    body = api.get_namespaced_custom_object(GROUP, VERSION, namespace, "mirrorsets", "orders")
+    status, events, _ = await controller.step(body)
+    assert (status["phase"], status["term"], status["activeShardSet"]) == ("Failed", 4, f"{namespace}/orders-b")
+    ready = next(x for x in status["conditions"] if x["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "ActiveMemberRemoved")
+    assert events == [] and "shards" not in status
