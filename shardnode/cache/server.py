@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 PASS_HEADERS = ("X-Chronoshard-Forwarded", "X-Chronoshard-Routed")
 # Read-your-writes (docs/mirroring.md): the LSN a read needs, and how long the node may wait for it.
 MIN_LSN_HEADER, WAIT_MS_HEADER = "X-Chronoshard-Min-Lsn", "X-Chronoshard-Wait-Ms"
+MIN_TERM_HEADER = "X-Chronoshard-Min-Term"
 MAX_LSN, MAX_WAIT_MS = 2**63 - 1, 10_000
 MAX_HINTS = 1000
 # Blocks one read-ahead range may add after its first (the predictor's ranges are at most 32 blocks in all).
@@ -288,9 +289,15 @@ def read_consistency(request: web.Request) -> tuple[int | None, dict[str, str]]:
     (the Min-LSN and ``X-Chronoshard-Wait-Ms``); 400 if either is not a whole number in range."""
     min_lsn = _lsn_header(request, MIN_LSN_HEADER, MAX_LSN)
     wait = _lsn_header(request, WAIT_MS_HEADER, MAX_WAIT_MS)
+    term = _lsn_header(request, MIN_TERM_HEADER, MAX_LSN)
     if min_lsn is None:
         return None, {}  # the wait only means something with a Min-LSN: the node waits for nothing else
-    return int(min_lsn), {MIN_LSN_HEADER: min_lsn} | ({WAIT_MS_HEADER: wait} if wait is not None else {})
+    headers = {MIN_LSN_HEADER: min_lsn} | ({WAIT_MS_HEADER: wait} if wait is not None else {})
+    if term is not None:
+        # The cache cannot tell which term its node's LSNs belong to (a failover may have reused them): the node
+        # decides, so memory answers nothing for this read.
+        return MAX_LSN, headers | {MIN_TERM_HEADER: term}
+    return int(min_lsn), headers
 
 
 def decrypt_error(exc: DecryptError) -> ApiError:

@@ -12,6 +12,7 @@ from typing import Any
 from chronoshard.shardnode.client.errors import Unavailable
 
 MIN_LSN_HEADER = "X-Chronoshard-Min-Lsn"
+MIN_TERM_HEADER = "X-Chronoshard-Min-Term"
 WAIT_MS_HEADER = "X-Chronoshard-Wait-Ms"
 # Refusals a node gives *before* committing (the write was not made): sending it again to the primary the
 # MirrorSet names now is no duplicate. sync_timeout is not here: that write is committed on the old primary.
@@ -105,15 +106,19 @@ def read_failed(status: int) -> bool:
 
 
 class WriteMarks:
-    """Read-your-writes bookkeeping: per shard the highest LSN of this client's acknowledged writes. Mirrors keep
-    the source's LSNs, so the mark means the same on every copy."""
+    """Read-your-writes bookkeeping: per shard the highest LSN of this client's acknowledged writes and the term
+    that acknowledged it. Mirrors keep the source's LSNs; the term tells a copy whether its LSNs are the ones that
+    write was given (after a failover an old primary may hold other writes under the same numbers)."""
 
     def __init__(self) -> None:
         self._lsn: dict[int, int] = {}
+        self._term: dict[int, int] = {}
 
     def note(self, shard: int, ack: Mapping[str, Any]) -> None:
-        """Remember the LSN of an acknowledged write (its answer's ``lsn``)."""
-        lsn = ack.get("lsn")
+        """Remember the LSN (and term) of an acknowledged write (its answer's ``lsn`` and ``term``)."""
+        lsn, term = ack.get("lsn"), ack.get("term")
+        if isinstance(term, int) and not isinstance(term, bool) and term > self._term.get(shard, -1):
+            self._term[shard] = term
         if isinstance(lsn, int) and not isinstance(lsn, bool) and lsn > self._lsn.get(shard, 0):
             self._lsn[shard] = lsn
 
@@ -126,4 +131,6 @@ class WriteMarks:
         mark = self._lsn.get(shard)
         if mark is None:
             return {}
-        return {MIN_LSN_HEADER: str(mark)} | ({WAIT_MS_HEADER: str(wait_ms)} if wait_ms is not None else {})
+        term = self._term.get(shard)
+        return ({MIN_LSN_HEADER: str(mark)} | ({WAIT_MS_HEADER: str(wait_ms)} if wait_ms is not None else {})
+                | ({MIN_TERM_HEADER: str(term)} if term is not None else {}))

@@ -393,6 +393,7 @@ async def put_block(request: web.Request) -> web.Response:
     X-Chronoshard-If-Lsn only if the block is at that LSN (412 otherwise)."""
     node = node_of(request)
     node.replication.check_writable()  # 503 unless an active primary
+    term = node.replication.role.term  # the write belongs to this term's LSNs (read-your-writes: Min-Term)
     await node.source.wait_writable()  # async mode: held while the mirrors lag too far (503 mirror_lag)
     table, key = table_param(request), key_param(request)
     expected = stream_api.if_lsn(request)
@@ -401,8 +402,8 @@ async def put_block(request: web.Request) -> web.Response:
     node.metrics.writes.labels("put").inc()
     node.metrics.bytes_written.inc(len(body))
     await node.source.wait_acked(res.lsn)  # sync mode: until a mirror acked it (503 sync_timeout)
-    return web.json_response({"table": table, "key": key, "lsn": res.lsn, "keyVersion": res.key_version,
-                              "size": len(body)})
+    return web.json_response({"table": table, "key": key, "lsn": res.lsn, "term": term,
+                              "keyVersion": res.key_version, "size": len(body)})
 
 
 async def get_block_h(request: web.Request) -> web.Response:
@@ -429,6 +430,7 @@ async def delete_block(request: web.Request) -> web.Response:
     """DELETE /v1/tables/{table}/blocks/{key} (conditional with X-Chronoshard-If-Lsn, as PUT)."""
     node = node_of(request)
     node.replication.check_writable()  # 503 unless an active primary
+    term = node.replication.role.term
     await node.source.wait_writable()
     table, key = table_param(request), key_param(request)
     expected = stream_api.if_lsn(request)
@@ -440,7 +442,7 @@ async def delete_block(request: web.Request) -> web.Response:
         raise ApiError(404, "not_found", f"no block {table}/{key}")
     node.metrics.writes.labels("delete").inc()
     await node.source.wait_acked(res.lsn)
-    return web.json_response({"table": table, "key": key, "lsn": res.lsn})
+    return web.json_response({"table": table, "key": key, "lsn": res.lsn, "term": term})
 
 
 async def batch_get_blocks(request: web.Request) -> web.Response:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from chronoshard.shardnode.serving.http_common import ApiError
 
 from . import apply
-from .role import DEFAULT, FENCED, MAX_LSN, MIRROR, Change, Role, transition, write_refusal
+from .role import DEFAULT, FENCED, MAX_LSN, MIRROR, PRIMARY, Change, Role, transition, write_refusal
 
 if TYPE_CHECKING:
     import aiohttp
@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 MIN_LSN_HEADER = "X-Chronoshard-Min-Lsn"
+MIN_TERM_HEADER = "X-Chronoshard-Min-Term"
 WAIT_MS_HEADER = "X-Chronoshard-Wait-Ms"
 DEFAULT_WAIT_MS, MAX_WAIT_MS = 2000, 10000
 _DIGITS = re.compile(r"[0-9]+")
@@ -188,6 +189,11 @@ class ReplicationState:
         wanted = _lsn_header(headers.get(MIN_LSN_HEADER))
         if wanted is None:
             return
+        min_term = _term_header(headers.get(MIN_TERM_HEADER))
+        if min_term is not None and not self.on_timeline_of(min_term):
+            raise ApiError(409, "lsn_not_reached", f"this node is {self.role.role} at term {self.role.term} and "
+                           f"cannot vouch for writes acknowledged at term {min_term}; read from the primary",
+                           appliedLsn=await self.applied_lsn(), term=self.role.term)
         wait_ms = _wait_header(headers.get(WAIT_MS_HEADER))
         # Only a mirror's applied LSN moves by itself; a primary's last LSN already covers every write it acked.
         applied = await self.wait_applied(wanted, wait_ms / 1000 if self.role.role == MIRROR else 0.0)
@@ -196,6 +202,14 @@ class ReplicationState:
                            appliedLsn=applied)
         if self.seeding:  # a re-seed began while waiting
             raise ApiError(503, "mirror_seeding", "this mirror is being seeded; read from the primary")
+
+    def on_timeline_of(self, term: int) -> bool:
+        """True if this node's LSNs continue those of the primary of ``term``: a primary of that term or later, or
+        a mirror of such a primary that has finished its rewind or seed. An LSN alone is not enough across a
+        failover: an old primary (or a mirror still rewinding it) may hold other writes under the same LSNs."""
+        if self.role.term < term:
+            return False
+        return self.role.role == PRIMARY or (self.role.role == MIRROR and self.state == "streaming")
 
     async def applied_lsn(self) -> int:
         """The LSN reads reflect: the cursor of a mirror, the last LSN of a primary or fenced node."""
@@ -355,6 +369,14 @@ def _lsn_header(raw: str | None) -> int | None:
         return None
     if not _DIGITS.fullmatch(raw) or len(raw) > 19 or int(raw) > MAX_LSN:
         raise ApiError(400, "invalid_header", f"{MIN_LSN_HEADER} must be one decimal LSN")
+    return int(raw)
+
+
+def _term_header(raw: str | None) -> int | None:
+    if raw is None:
+        return None
+    if not _DIGITS.fullmatch(raw) or len(raw) > 19 or int(raw) > MAX_LSN:
+        raise ApiError(400, "invalid_header", f"{MIN_TERM_HEADER} must be one decimal term")
     return int(raw)
 
 

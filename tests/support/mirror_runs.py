@@ -197,10 +197,13 @@ async def _read_primary(session: aiohttp.ClientSession, clients: Clients, key: s
     return True
 
 
-async def _read_mirror(session: aiohttp.ClientSession, clients: Clients, key: str, min_lsn: int) -> None:
-    """A read-your-writes read from the mirror; on lsn_not_reached the primary answers instead."""
+async def _read_mirror(session: aiohttp.ClientSession, clients: Clients, key: str, min_lsn: int,
+                       term: int) -> None:
+    """A read-your-writes read from the mirror (the write's LSN and term); on lsn_not_reached the primary
+    answers instead."""
     start = time.monotonic()
-    headers = {"X-Chronoshard-Min-Lsn": str(min_lsn), "X-Chronoshard-Wait-Ms": "500"}
+    headers = {"X-Chronoshard-Min-Lsn": str(min_lsn), "X-Chronoshard-Min-Term": str(term),
+               "X-Chronoshard-Wait-Ms": "500"}
     try:
         status, body = await _request(session, "GET", f"{clients.mirror.url}/v1/tables/{TABLE}/blocks/{key}",
                                       headers=headers)
@@ -215,7 +218,7 @@ async def _read_mirror(session: aiohttp.ClientSession, clients: Clients, key: st
 async def writer(session: aiohttp.ClientSession, clients: Clients, key: str, rng: random.Random) -> None:
     """Sequential writes of ``key``; after an unanswered or refused write, read the key back from the primary
     (as a client does before going on) until that read succeeds."""
-    seq, last_lsn, unsure = 0, 0, False
+    seq, unsure = 0, False
     while not clients.stop:
         if unsure:
             if not await _read_primary(session, clients, key):
@@ -230,10 +233,11 @@ async def writer(session: aiohttp.ClientSession, clients: Clients, key: str, rng
         except (aiohttp.ClientError, TimeoutError):
             status, body = 0, b""
         if status == 200:
-            last_lsn = int(json.loads(body)["lsn"])
+            ack = json.loads(body)
+            last_lsn = int(ack["lsn"])
             clients.writes.append(Write(key, seq, start, time.monotonic(), "ok", last_lsn))
             if rng.random() < 0.3:
-                await _read_mirror(session, clients, key, last_lsn)
+                await _read_mirror(session, clients, key, last_lsn, int(ack["term"]))
         else:
             clients.writes.append(Write(key, seq, start, time.monotonic(), "unknown"))
             unsure = True

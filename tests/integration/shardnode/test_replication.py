@@ -415,3 +415,31 @@ def test_a_seed_cut_by_a_crash_is_done_again_on_restart(tmp_path, pair):
     st = caught_up(b, a)
     assert st["seeds"] == 1 and st["seeding"] is False  # seeded again, not streamed on over half a copy
     digests_equal(a, b)
+
+
+def test_read_your_writes_across_a_failover_needs_the_term(pair):
+    """An old primary that kept writing after the mirror's promotion holds other writes under the new primary's
+    LSNs: with the write's term it refuses to vouch for them (409), and a mirror of the new term answers once
+    its rewind is done."""
+    a, b = pair
+    role(b.url, mirror_of(a))
+    for i in range(5):
+        put(a.url, f"k{i}", b"v1")
+    caught_up(b, a)
+    promoted = role(b.url, {"term": 2, "role": "primary", "mode": "async", "mirrors": ["mirror.ns.a"],
+                            "lsnFloor": last_lsn(a.url)})
+    for i in range(5):
+        put(a.url, f"old-{i}", b"never acknowledged in sync mode")  # A, not yet fenced, runs ahead
+    status, raw = http("PUT", f"{b.url}/v1/tables/t/blocks/ryw", b"on b")
+    ack = json.loads(raw)
+    assert status == 200 and ack["term"] == 2 and ack["lsn"] <= last_lsn(a.url)
+    headers = {"X-Chronoshard-Min-Lsn": str(ack["lsn"]), "X-Chronoshard-Min-Term": "2", "X-Chronoshard-Wait-Ms": "100"}
+    status, raw = http_headers("GET", f"{a.url}/v1/tables/t/blocks/ryw", headers)
+    assert status == 409 and json.loads(raw)["error"] == "lsn_not_reached"
+    # Without the term the old primary's LSN alone would have let a stale read through.
+    bare = {k: v for k, v in headers.items() if k != "X-Chronoshard-Min-Term"}
+    assert http_headers("GET", f"{a.url}/v1/tables/t/blocks/ryw", bare)[0] == 404
+    role(a.url, mirror_of(b, term=2, consumer="mirror.ns.a", diverge=promoted["promotedAtLsn"], shardset="ns/b"))
+    caught_up(a, b)
+    headers["X-Chronoshard-Wait-Ms"] = "5000"
+    assert http_headers("GET", f"{a.url}/v1/tables/t/blocks/ryw", headers) == (200, b"on b")

@@ -131,3 +131,18 @@ async def test_node_refusals_of_writes_pass_through_with_retry_after(stand_in, r
         r = await s.request(method, f"{cache}/v1/tables/t/blocks/k", data=b"v" if method == "PUT" else None)
         assert r.status == 503 and r.headers["Retry-After"] == "1"
         assert json.loads(await r.read()) == body
+
+
+async def test_a_read_with_a_min_term_always_goes_to_the_node(tmp_path):
+    """The cache cannot tell which term its node's LSNs belong to: with X-Chronoshard-Min-Term the node decides,
+    even when memory has seen the LSN."""
+    async with node_and_cache(tmp_path) as (node, cache, s, _, capp):
+        ack = await (await s.put(f"{cache}/v1/tables/t/blocks/k", data=b"v")).json()
+        assert ack["term"] == 0  # a node outside any MirrorSet: term 0
+        bc = capp[CACHE].bc
+        await wait_for_async(lambda: bc.seen_lsn >= ack["lsn"], what="the tail to pass the write's LSN")
+        await s.get(f"{cache}/v1/tables/t/blocks/k")  # in memory now
+        r = await s.get(f"{cache}/v1/tables/t/blocks/k", headers={MIN: str(ack["lsn"]), "X-Chronoshard-Min-Term": "0"})
+        assert await r.read() == b"v" and r.headers["X-Chronoshard-Cache"] == "miss"
+        r = await s.get(f"{cache}/v1/tables/t/blocks/k", headers={MIN: str(ack["lsn"]), "X-Chronoshard-Min-Term": "1"})
+        assert r.status == 409 and (await r.json())["error"] == "lsn_not_reached"

@@ -80,6 +80,9 @@ def test_write_marks_keep_the_highest_acknowledged_lsn_per_shard():
     assert marks.min_lsn(0) == 12 and marks.min_lsn(1) is None
     assert marks.headers(0, 500) == {"X-Chronoshard-Min-Lsn": "12", "X-Chronoshard-Wait-Ms": "500"}
     assert marks.headers(0, None) == {"X-Chronoshard-Min-Lsn": "12"}
+    marks.note(0, {"lsn": 40, "term": 3})  # after a failover: the new primary's LSNs and term
+    marks.note(0, {"lsn": 38, "term": 2})
+    assert marks.headers(0, None) == {"X-Chronoshard-Min-Lsn": "40", "X-Chronoshard-Min-Term": "3"}
 
 
 async def test_concurrent_refreshes_after_one_refusal_read_the_status_once():
