@@ -1,6 +1,6 @@
 """Health of one copy of one shard (pure): healthy, degraded or unavailable, with short reasons.
 
-A copy is *unavailable* when its pod is gone or not ready, or after ``failureThreshold`` consecutive failed probes;
+A copy is *unavailable* after ``failureThreshold`` consecutive failed probes (no answer, or its pod gone or not ready);
 *degraded* when its latency, error rate or capacity is over its threshold, its replication lags more than maxLag
 or its replication state is ``error``; otherwise *healthy*. A single failed probe below the threshold counts as
 degraded (the copy may be fine; one more pass will tell).
@@ -106,17 +106,16 @@ def degradations(s: Sample, t: Thresholds, own_only: bool = False) -> list[str]:
 def classify(s: Sample, previous_failures: int, t: Thresholds, was_unavailable: bool = False) -> CopyHealth:
     """The copy's health from this probe and the failures before it.
 
-    ``was_unavailable``: the last status said unavailable (after an operator restart the in-memory count is gone;
-    a copy that still fails stays unavailable instead of counting up again)."""
-    if not s.pod_exists:
-        return CopyHealth(UNAVAILABLE, ("pod missing",), previous_failures + 1)
-    failures = 0 if s.reachable else previous_failures + 1
-    if not s.pod_ready:
-        return CopyHealth(UNAVAILABLE, ("pod not ready",), failures)
-    if not s.reachable:
-        why = f"probe failed: {s.error or 'no answer'}"
-        if failures >= t.failure_threshold or was_unavailable:
-            return CopyHealth(UNAVAILABLE, (why, f"{failures} consecutive failed probes"), failures)
-        return CopyHealth(DEGRADED, (why,), failures)
-    reasons = degradations(s, t)
-    return CopyHealth(DEGRADED if reasons else HEALTHY, tuple(reasons), 0)
+    A missing or unready pod counts as a failed probe, like no answer: a pod restarted by a rolling update is
+    back within ``failureThreshold`` probes and must not cause a failover. ``was_unavailable``: the last status
+    said unavailable (after an operator restart the in-memory count is gone; a copy that still fails stays
+    unavailable instead of counting up again)."""
+    if s.pod_exists and s.pod_ready and s.reachable:
+        reasons = degradations(s, t)
+        return CopyHealth(DEGRADED if reasons else HEALTHY, tuple(reasons), 0)
+    failures = previous_failures + 1
+    why = ("pod missing" if not s.pod_exists else "pod not ready" if not s.pod_ready
+           else f"probe failed: {s.error or 'no answer'}")
+    if failures >= t.failure_threshold or was_unavailable:
+        return CopyHealth(UNAVAILABLE, (why, f"{failures} consecutive failed probes"), failures)
+    return CopyHealth(DEGRADED, (why,), failures)

@@ -55,10 +55,15 @@ def test_a_copy_the_status_called_unavailable_stays_so_after_a_restart():
     assert classify(failing, 0, T, was_unavailable=False).health == DEGRADED
 
 
-def test_missing_or_unready_pod_is_unavailable_at_once():
-    assert classify(sample(pod_exists=False, replication=None), 0, T).reasons == ("pod missing",)
-    verdict = classify(sample(pod_ready=False), 0, T)
-    assert (verdict.health, verdict.reasons) == (UNAVAILABLE, ("pod not ready",))
+def test_a_missing_or_unready_pod_counts_as_a_failed_probe():
+    # A rolling update restarts a pod: within failureThreshold probes it is only degraded (no failover).
+    first = classify(sample(pod_ready=False), 0, T)
+    assert (first.health, first.reasons, first.failures) == (DEGRADED, ("pod not ready",), 1)
+    gone = classify(sample(pod_exists=False, replication=None), first.failures, T)
+    assert (gone.health, gone.reasons) == (DEGRADED, ("pod missing",))
+    third = classify(sample(pod_ready=False), gone.failures, T)
+    assert (third.health, third.reasons) == (UNAVAILABLE, ("pod not ready", "3 consecutive failed probes"))
+    assert classify(sample(), third.failures, T).health == HEALTHY
 
 
 def test_a_mirror_of_a_dead_primary_is_still_promotable_but_not_a_slow_or_unready_one():
