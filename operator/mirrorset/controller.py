@@ -637,21 +637,23 @@ _STEPS: dict[str, Callable[[View, Op], Awaitable[None]]] = {
 async def advance(v: View) -> None:
     """Run the recorded step of the operation in progress (one step per pass: each is written before the next)."""
     doc = dict(v.status["operation"])
-    frm = plan.find_member(v.members, doc.get("from"))
+    frm = plan.find_member(v.members, doc.get("from")) or v.active  # step() refuses a spec without the active
     to = plan.find_member(v.members, doc.get("to"))
     v.status["operation"] = doc
     v.delay = OPERATION_SECONDS
-    if frm is None or to is None:
-        v.status["operation"] = None
-        v.event("OperationAborted", f"{doc.get('kind')}: {doc.get('from')} or {doc.get('to')} is no longer a "
-                                    "member", warning=True)
-        return
     handler = _STEPS.get(str(doc.get("step")))
-    if handler is None:
-        v.event("OperationAborted", f"unknown step {doc.get('step')!r}", warning=True)
-        v.status["operation"] = None
+    op = Op(doc, frm, to or Member(*(str(doc.get("to") or "/").split("/", 1))))
+    if to is None or handler is None:
+        await abort(v, op, f"{doc.get('to')} is no longer a member" if to is None
+                    else f"unknown step {doc.get('step')!r}")
         return
-    await handler(v, Op(doc, frm, to))
+    lost = [i for i in range(v.shards) if v.verdicts.get((to.key, i), CopyHealth(UNAVAILABLE)).health == UNAVAILABLE]
+    if lost and not op.promoted:
+        # Nothing promoted yet: give the old primaries their writes back; a failover then starts over (next term)
+        # towards another member if one can be promoted.
+        await abort(v, op, f"the target {to.key} became unavailable (shard(s) {lost}) before its promotion")
+        return
+    await handler(v, op)
 
 
 # ---- one pass ------------------------------------------------------------------------------------------------

@@ -75,25 +75,25 @@ class Cluster:
     nodes are named ``orders-a`` (shard 0) and ``orders-a/1`` (shard 1) and so on."""
 
     def __init__(self, k8s_client: Any, api: Any, ns: str, tmp: Path, kubeconfig: Path, spec: dict[str, Any],
-                 shards: int = 1):
+                 shards: int = 1, members: tuple[str, ...] = ("orders-a", "orders-b")):
         self.api, self.ns = api, ns
         keyring = tmp / "keyring"  # the same key material on both (the controller's key copy keeps it so)
         write_keyring(keyring, 1, {1: ("primary", os.urandom(32))})
-        names = [n if i == 0 else f"{n}/{i}" for n in ("orders-a", "orders-b") for i in range(shards)]
+        names = [n if i == 0 else f"{n}/{i}" for n in members for i in range(shards)]
         self.ips: dict[str, str] = {}
         for n in names:
             while (ip := _ip()) in self.ips.values():
                 pass
             self.ips[n] = ip
         self.nodes = {n: _node(tmp, n.replace("/", "-"), ip, keyring, kubeconfig) for n, ip in self.ips.items()}
-        for name in ("orders-a", "orders-b"):
+        for name in members:
             create_custom(k8s_client, ns, "shardsets", name, {"shards": shards}, "ShardSet")
         for n, ip in self.ips.items():
             shardset, _, index = n.partition("/")
             _pod(k8s_client, ns, shardset, ip, int(index or 0))
         create_custom(k8s_client, ns, "mirrorsets", "orders", {
-            "sourceRef": {"name": "orders-a"}, "mirrors": [{"shardSetRef": {"name": "orders-b"}, "zone": "z-b"}],
-            **spec}, "MirrorSet")
+            "sourceRef": {"name": members[0]},
+            "mirrors": [{"shardSetRef": {"name": m}, "zone": f"z-{m[-1]}"} for m in members[1:]], **spec}, "MirrorSet")
         self.events: list[tuple[str, str, str]] = []
 
     def start(self) -> Cluster:
@@ -178,8 +178,8 @@ def caught_up(c: Cluster, primary: str, mirror: str) -> bool:
 def cluster(k8s_client, api, namespace, tmp_path, control_plane) -> Iterator[Any]:
     made: list[Cluster] = []
 
-    def make(spec: dict[str, Any], shards: int = 1) -> Cluster:
-        c = Cluster(k8s_client, api, namespace, tmp_path, Path(control_plane.kubeconfig), spec, shards)
+    def make(spec: dict[str, Any], shards: int = 1, members: tuple[str, ...] = ("orders-a", "orders-b")) -> Cluster:
+        c = Cluster(k8s_client, api, namespace, tmp_path, Path(control_plane.kubeconfig), spec, shards, members)
         made.append(c)
         return c.start()
 
@@ -345,7 +345,9 @@ async def test_async_failover_reports_the_lost_writes_and_the_rejoined_old_prima
 
 
 async def test_a_switchover_whose_target_does_not_catch_up_aborts_and_the_old_primary_writes_again(cluster):
-    c = cluster({**BASE_SPEC, "failover": {"policy": "manual", "switchoverTimeout": "2s", "leaseDuration": "3s"}})
+    # failureThreshold high: the target stays "degraded" (not unavailable, which aborts at once) until the timeout.
+    c = cluster({**BASE_SPEC, "health": {**BASE_SPEC["health"], "failureThreshold": 50},
+                 "failover": {"policy": "manual", "switchoverTimeout": "2s", "leaseDuration": "3s"}})
     await c.one_pass()
     wait_for(lambda: writable(c.url("orders-a")), what="the primary to acquire its Lease")
     assert put(c.url("orders-a"), "before", b"1")[0] == 200
@@ -574,3 +576,30 @@ async def test_a_spec_that_drops_the_active_member_is_refused_and_nothing_is_tol
     ready = next(x for x in status["conditions"] if x["type"] == "Ready")
     assert (ready["status"], ready["reason"]) == ("False", "ActiveMemberRemoved")
     assert events == [] and "shards" not in status
+
+
+async def test_a_failover_whose_target_dies_before_its_promotion_starts_over_towards_the_other_mirror(cluster):
+    c = cluster({**BASE_SPEC, "failover": {"policy": "automatic", "leaseDuration": "6s"}},
+                members=("orders-a", "orders-b", "orders-c"))
+    await c.one_pass()
+    wait_for(lambda: writable(c.url("orders-a")), what="the primary to acquire its Lease")
+    status, body = put(c.url("orders-a"), "k", b"v")
+    assert status == 200, body
+    wait_for(lambda: caught_up(c, "orders-a", "orders-b") and caught_up(c, "orders-a", "orders-c"),
+             what="both mirrors to apply the write")
+    c.nodes["orders-a"].kill()
+    # Both mirrors are equally caught up: the first listed (orders-b) is the target; it dies while the operator
+    # waits for the dead primary's Lease.
+    waiting = await c.passes_until(lambda s: (s.get("operation") or {}).get("step") == "WaitingForLease",
+                                   "the failover waiting for the Lease")
+    assert waiting["operation"]["to"] == f"{c.ns}/orders-b"
+    c.nodes["orders-b"].kill()
+    done = await c.passes_until(lambda s: (s.get("lastOperation") or {}).get("outcome") == "Succeeded",
+                                "a failover towards orders-c")
+    assert (done["activeShardSet"], done["term"], done["failovers"]) == (f"{c.ns}/orders-c", 4, 1)
+    aborted = [m for _, r, m in c.events if r == "OperationAborted"]
+    assert len(aborted) == 1 and f"the target {c.ns}/orders-b became unavailable" in aborted[0], aborted
+    c_role = role(c.url("orders-c"))
+    assert (c_role["role"], c_role["term"]) == ("primary", 4)
+    wait_for(lambda: writable(c.url("orders-c")), what="orders-c to acquire its Lease")
+    assert value(c.url("orders-c"), "k") == b"v"
