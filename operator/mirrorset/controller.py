@@ -47,6 +47,9 @@ log = logging.getLogger(__name__)
 _FAILURES: dict[tuple[str, str, int], int] = {}
 _SOURCE_OK: dict[str, int] = {}
 _LAST_CHECK: dict[str, float] = {}
+# The steady-state role document last applied to each node (uid, member, shard): a document is PUT when it differs
+# from this or from what the node reports (after a restart of the operator: once, idempotently).
+_APPLIED: dict[tuple[str, str, int], dict[str, Any]] = {}
 
 CLOCK: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)  # noqa: E731 - tests may replace it
 
@@ -211,13 +214,14 @@ async def apply_roles(v: View) -> None:
                for i in range(v.shards)}
     docs = plan.role_documents(v.term, active, v.members, v.shards, addresses, v.settings, ok, diverge)
     for m in v.members:
-        mine = {i: d for (key, i), d in docs.items()
-                if key == m.key and v.reachable(m, i) and plan.needs_put(d, v.rep(m, i))}
+        mine = {i: d for (key, i), d in docs.items() if key == m.key and v.reachable(m, i) and (
+            plan.needs_put(d, v.rep(m, i)) or _APPLIED.get((v.uid, m.key, i)) != d)}
         if not mine:
             continue
         answers = await probe.put_roles(v.pods[m.key], mine)
         for i, ans in answers.items():
             if ans.ok:
+                _APPLIED[(v.uid, m.key, i)] = mine[i]
                 v.event("RoleApplied", f"{m.key}[{i}]: {mine[i]['role']} at term {v.term}")
             elif ans.status:
                 v.event("RoleRefused", f"{m.key}[{i}] refused its {mine[i]['role']} document at term {v.term}: "
@@ -792,5 +796,7 @@ def mirrorset_deleted(uid: str, **_: Any) -> None:
     """Forget the in-memory counters of a deleted MirrorSet."""
     for key in [k for k in _FAILURES if k[0] == uid]:
         _FAILURES.pop(key, None)
+    for applied in [k for k in _APPLIED if k[0] == uid]:
+        _APPLIED.pop(applied, None)
     _SOURCE_OK.pop(uid, None)
     _LAST_CHECK.pop(uid, None)

@@ -283,16 +283,14 @@ def differing_buckets(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) 
 
 
 def needs_put(doc: Mapping[str, Any], report: Mapping[str, Any] | None) -> bool:
-    """Whether a node's ``GET /v1/replication`` differs from the role document it should have (a PUT is
-    idempotent; skipping the ones that change nothing keeps a pass cheap)."""
+    """Whether a node's ``GET /v1/replication`` shows another role than the document it should have (term, role,
+    mode, a mirror's source URL). A primary's report lists only the mirror slots that exist, so its ``mirrors``
+    cannot be compared: the controller also remembers the documents it applied."""
     if report is None:
         return True
     if report.get("term") != doc["term"] or report.get("role") != doc["role"]:
         return True
-    if doc["role"] == "primary":
-        consumers = sorted(str(m.get("consumer")) for m in report.get("mirrors") or [] if isinstance(m, Mapping))
-        return report.get("mode") != doc["mode"] or consumers != sorted(doc["mirrors"])
     if doc["role"] == "mirror":
         return report.get("mode") != doc["mode"] or ((report.get("source") or {}).get("url")
                                                      != doc["source"]["url"])
-    return False
+    return doc["role"] == "primary" and report.get("mode") != doc["mode"]

@@ -216,6 +216,9 @@ async def test_first_pass_roles_and_a_switchover_by_annotation_loses_nothing(clu
     assert steady["mirrors"][0]["healthy"] is True
     ready = next(x for x in steady["conditions"] if x["type"] == "Ready")
     assert ready["status"] == "True", steady["conditions"]
+    before = len(c.events)
+    await c.one_pass()
+    assert "RoleApplied" not in c.reasons()[before:]  # nothing changed: no node is told anything again
 
     c.annotate("chronoshard.io/switchover-to", "orders-b")
     done = await c.passes_until(lambda s: (s.get("lastOperation") or {}).get("outcome") is not None,
