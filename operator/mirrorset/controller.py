@@ -530,7 +530,9 @@ async def _promoting(v: View, op: Op) -> None:
         if rep.get("role") == "primary" and rep.get("term") == op.term:  # promoted before a restart
             op.promoted[str(i)] = int(rep.get("promotedAtLsn") or rep.get("appliedLsn") or 0)
             continue
-        sync = any(v.healthy(m, i) for m in others if m.key != op.frm.key)
+        # sync from the start when some other copy will follow at once (the fenced old primary rejoins in this
+        # pass): an async window right after the promotion could acknowledge writes no mirror holds.
+        sync = any(v.healthy(m, i) for m in others)
         floor = plan.lsn_floor(i, op.doc, {i: v.last_lsn(op.frm, i)})
         docs[i] = plan.primary_document(op.term, op.to, i, [m for m in others], v.settings, sync, floor)
     if docs:

@@ -505,6 +505,15 @@ async def test_sync_mode_runs_a_primary_async_while_no_mirror_copy_is_healthy(cl
     assert back["term"] == 1
     wait_for(lambda: role(c.url("orders-b"))["appliedLsn"] >= body["lsn"], what="the mirror to catch up")
 
+    # A switchover promotes in sync mode at once: the fenced old primary follows in the same pass.
+    c.annotate("chronoshard.io/switchover-to", "orders-b")
+    await c.passes_until(lambda s: (s.get("lastOperation") or {}).get("outcome") == "Succeeded", "the switchover")
+    assert role(c.url("orders-b"))["mode"] == "sync"
+    wait_for(lambda: writable(c.url("orders-b")), what="the new primary to acquire its Lease")
+    status, body = put(c.url("orders-b"), "after", b"acked by a")
+    assert status == 200, body
+    assert role(c.url("orders-a"))["appliedLsn"] >= body["lsn"]
+
 
 async def test_every_step_of_a_switchover_survives_a_crash_before_its_status_write(cluster):
     c = cluster({**BASE_SPEC, "failover": {"policy": "manual", "leaseDuration": "3s"}})
