@@ -40,6 +40,9 @@ HISTORY_LIMIT, MAX_HISTORY_LIMIT = 1000, 10_000
 # Not the node's work: the kubelet's probes, scrapes, and the health routes (a monitor would count itself).
 UNCOUNTED = ("/healthz", "/readyz", "/metrics", "/v1/health")
 BLOCK_WRITE_PREFIX = "/v1/tables/"
+# Refusals that are a mirror's or a fenced node's role, not trouble: a client still writing to the old primary
+# after a switchover must not make it look unhealthy (and so worsen the failover decisions).
+ROLE_REFUSALS = ("not_primary", "fenced", "mirror_seeding")
 
 
 # ---- pure -------------------------------------------------------------------------------------------------
@@ -194,6 +197,8 @@ class HealthMonitor:
                 return resp
             except Exception as exc:  # ApiError, HTTPException: the status they will be answered with
                 status = int(getattr(exc, "status", 500))
+                if getattr(exc, "code", None) in ROLE_REFUSALS:
+                    status = 421  # answered 503, but the node is doing its job: not an error of this node
                 raise
             finally:
                 self.requests.observe(status)

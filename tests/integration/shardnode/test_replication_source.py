@@ -214,3 +214,20 @@ def test_sync_writes_with_a_real_mirror_and_without_it(tmp_path: Path):
     finally:
         b.stop()
         a.stop()
+
+
+def test_role_refusals_are_not_counted_as_the_nodes_errors(tmp_path: Path):
+    """A fenced old primary that clients still write to is doing its job: its 503 fenced answers must not make its
+    health look bad (the MirrorSet's health monitor reads errorRate)."""
+    proc = node(tmp_path, keyring_dir(tmp_path)).start()
+    try:
+        url = proc.url
+        set_role(url, primary(mode="async"))
+        assert put(url, "a")[0] == 200
+        set_role(url, {"term": 2, "role": "fenced", "primaryShardSet": "ns/b"})
+        for key in ("b", "c", "d"):
+            assert put(url, key)[0] == 503
+        requests = http_json("GET", url + "/v1/health")[1]["requests"]
+        assert requests["total"] >= 4 and requests["errors"] == 0, requests
+    finally:
+        proc.stop()
