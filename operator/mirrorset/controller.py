@@ -178,7 +178,8 @@ def _pods(members: list[Member]) -> dict[str, dict[int, dict[str, Any]]]:
 async def observe(v: View) -> None:
     """Probe every member's nodes and classify every copy."""
     v.pods = await asyncio.to_thread(_pods, v.members)
-    sampled = await asyncio.gather(*(probe.sample_member(m, v.pods[m.key], v.shards) for m in v.members))
+    timeout = probe.probe_timeout(v.spec.health.probe_interval.total_seconds())
+    sampled = await asyncio.gather(*(probe.sample_member(m, v.pods[m.key], v.shards, timeout) for m in v.members))
     previous = status_.previous_copies(v.body.get("status") or {})
     thresholds = thresholds_of(v.spec)
     for samples in sampled:

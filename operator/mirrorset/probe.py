@@ -21,6 +21,14 @@ from .health import Sample
 from .plan import Address, Member
 
 TIMEOUT = aiohttp.ClientTimeout(total=5.0)
+# A health probe gets no more than the probe interval (within these bounds): a frozen node accepts connections
+# and never answers, and every second spent waiting on it is a second more of failover.
+PROBE_TIMEOUT_MIN, PROBE_TIMEOUT_MAX = 0.5, 5.0
+
+
+def probe_timeout(probe_interval_seconds: float) -> float:
+    """How long one health probe may take: the probe interval, between 0.5 s and 5 s."""
+    return min(PROBE_TIMEOUT_MAX, max(PROBE_TIMEOUT_MIN, probe_interval_seconds))
 # A digest at an LSN may wait on the mirror up to its waitSeconds: the client waits a little longer.
 DIGEST_WAIT_SECONDS = 10.0
 
@@ -81,22 +89,31 @@ async def _call(session: aiohttp.ClientSession, method: str, pod: Mapping[str, A
         return Answer(error=type(exc).__name__)
 
 
-async def _sample(session: aiohttp.ClientSession, member: Member, shard: int, pod: Mapping[str, Any] | None
-                  ) -> Sample:
+async def _sample(session: aiohttp.ClientSession, member: Member, shard: int, pod: Mapping[str, Any] | None,
+                  timeout: aiohttp.ClientTimeout) -> Sample:
     if pod is None:
         return Sample(member.key, shard, pod_exists=False, pod_ready=False, error="no pod")
-    started = time.monotonic()
-    health = await _call(session, "GET", pod, shard, "/v1/health")
-    latency = (time.monotonic() - started) * 1000.0
-    rep = await _call(session, "GET", pod, shard, "/v1/replication")
+
+    async def health_call() -> tuple[Answer, float]:
+        started = time.monotonic()
+        answer = await _call(session, "GET", pod, shard, "/v1/health", timeout=timeout)
+        return answer, (time.monotonic() - started) * 1000.0
+
+    # Both at once: a node that does not answer costs one timeout per pass, not two.
+    (health, latency), rep = await asyncio.gather(
+        health_call(), _call(session, "GET", pod, shard, "/v1/replication", timeout=timeout))
     return Sample(member.key, shard, True, pod_ready(pod), rep.body if rep.ok else None,
                   health.body if health.ok else None, latency if health.ok else None, rep.error)
 
 
-async def sample_member(member: Member, pods: Mapping[int, Mapping[str, Any]], shards: int) -> list[Sample]:
-    """One sample per shard of a member (a shard without a pod is sampled as missing)."""
-    async with await podtls.session(pods, TIMEOUT) as session:
-        return list(await asyncio.gather(*(_sample(session, member, i, pods.get(i)) for i in range(shards))))
+async def sample_member(member: Member, pods: Mapping[int, Mapping[str, Any]], shards: int,
+                        timeout_seconds: float = PROBE_TIMEOUT_MAX) -> list[Sample]:
+    """One sample per shard of a member (a shard without a pod is sampled as missing), each call bounded by
+    ``timeout_seconds``."""
+    timeout = aiohttp.ClientTimeout(total=timeout_seconds)
+    async with await podtls.session(pods, timeout) as session:
+        return list(await asyncio.gather(*(_sample(session, member, i, pods.get(i), timeout)
+                                           for i in range(shards))))
 
 
 async def put_roles(pods: Mapping[int, Mapping[str, Any]], docs: Mapping[int, Mapping[str, Any]]
