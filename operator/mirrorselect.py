@@ -49,6 +49,15 @@ class MirrorMembership:
         me = MemberRef(namespace, shardset)
         return tuple(m for m in self.members if m != me)
 
+    def zone(self, namespace: str, shardset: str) -> str | None:
+        """The topology zone the MirrorSet places ``namespace/shardset`` in (a mirror's ``zone``; None otherwise)."""
+        if self.spec is None or self.namespace is None:
+            return None
+        for m in self.spec.mirrors:
+            if MemberRef(self.spec.mirror_namespace(m, self.namespace), m.shardset) == MemberRef(namespace, shardset):
+                return m.zone
+        return None
+
     def follows(self, namespace: str, shardset: str) -> bool:
         """True when ``namespace/shardset`` is a member but not the active one (its nodes are mirrors)."""
         me = MemberRef(namespace, shardset)

@@ -348,7 +348,8 @@ def reconcile(owner: Mapping[str, Any]) -> ReconcileResult:
         sts = live_sts
     else:
         effective = spec if shards == spec.shards else _with_shards(spec, shards)
-        desired_sts = manifests.statefulset(owner, effective, shadow, replication=membership.is_member)
+        desired_sts = manifests.statefulset(owner, effective, shadow, replication=membership.is_member,
+                                            zone=membership.zone(ns, name))
         _keep_immutable_claims(desired_sts, live_sts, problems)
         # Skipped when unchanged: the live StatefulSet just read is then what the apply would have returned.
         sts = APPLIED.apply(desired_sts, always=live_sts is None) or live_sts

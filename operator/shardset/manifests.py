@@ -522,11 +522,14 @@ def _add_shadow_volumes(pod_spec: dict[str, Any], spec: ShardSetSpec, shadow: Sh
         pod_spec["initContainers"] = [bootstrap_container(spec)]
 
 
+ZONE_LABEL = "topology.kubernetes.io/zone"
+
+
 def statefulset(owner: Mapping[str, Any], spec: ShardSetSpec, shadow: ShadowPolicySpec | None = None,
-                replication: bool = False) -> dict[str, Any]:
+                replication: bool = False, zone: str | None = None) -> dict[str, Any]:
     """The StatefulSet: one pod per shard, a PVC per shard kept when the ShardSet is deleted or scaled down;
     ``shadow``: the ShadowPolicy in force, which adds the shadow container; ``replication``: a MirrorSet member
-    (the node mounts ``<name>-replication``)."""
+    (the node mounts ``<name>-replication``); ``zone``: the MirrorSet places this mirror's pods in that zone."""
     name, ns = owner["metadata"]["name"], owner["metadata"]["namespace"]
     template = spec.pod_template or {}
     pod_labels = {**(template.get("labels") or {}), **naming.common_labels(name, "shard")}
@@ -564,6 +567,11 @@ def statefulset(owner: Mapping[str, Any], spec: ShardSetSpec, shadow: ShadowPoli
         # kubelet refreshes the mounted files (the node rereads them), rather than waiting in ContainerCreating.
         pod_spec["volumes"].append({"name": REPLICATION_VOLUME, "configMap": {
             "name": naming.replication_config_map_name(name), "optional": True}})
+    if zone is not None:
+        # A mirror in the source's zone would not survive the zone's loss: placing it is what `zone` is for.
+        pod_spec["affinity"] = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [{"matchExpressions": [
+                {"key": ZONE_LABEL, "operator": "In", "values": [zone]}]}]}}}
     if template.get("nodeSelector"):
         pod_spec["nodeSelector"] = dict(template["nodeSelector"])
     if template.get("tolerations"):

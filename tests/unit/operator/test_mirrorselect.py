@@ -74,3 +74,12 @@ def test_peer_registry_knows_who_trusts_whom_and_forgets_a_shardset_that_left():
     reg.remember("west", "orders-b", MirrorMembership())
     assert reg.trusting("shop", "orders") == ()
     assert reg.members_of("shop", "m") == (MemberRef("shop", "orders"),)
+
+
+def test_a_mirrors_zone_places_only_that_mirror():
+    body = obj("m", "2026-12-01T00:00:00Z", mirrors=(("orders-b", "west"),))
+    body["spec"]["mirrors"][0]["zone"] = "zone-b"
+    sel = select_mirrorset([body], "west", "orders-b")
+    assert sel.zone("west", "orders-b") == "zone-b"
+    assert sel.zone("shop", "orders") is None  # the source has no zone in the spec
+    assert MirrorMembership().zone("west", "orders-b") is None

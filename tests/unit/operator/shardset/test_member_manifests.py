@@ -41,6 +41,14 @@ def test_a_shardset_in_no_mirrorset_has_exactly_todays_pod():
     assert "--replication-dir" not in pod["containers"][0]["command"]
 
 
+def test_a_mirror_with_a_zone_is_required_to_run_there():
+    pod = manifests.statefulset(OWNER, SPEC, replication=True, zone="zone-b")["spec"]["template"]["spec"]
+    terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert terms == [{"matchExpressions": [{"key": "topology.kubernetes.io/zone", "operator": "In",
+                                            "values": ["zone-b"]}]}]
+    assert "affinity" not in _pod(True)
+
+
 def test_security_json_lists_replica_identities_only_for_a_member():
     member = json.loads(manifests.config_map(OWNER, SPEC, replica_identities=PEERS)["data"]["security.json"])
     assert member["replicaIdentities"] == list(PEERS)
