@@ -218,11 +218,13 @@ def requested_target(annotations: Mapping[str, str], status: Mapping[str, Any], 
                      source: Member) -> tuple[str, str, Member | None, str | None] | None:
     """A new switchover or failback request from the annotations: (kind, value, target, error), or None.
 
-    Each annotation value is handled once (status.lastSwitchoverRequest / lastFailbackRequest record it)."""
+    Each annotation value is handled once (status.lastSwitchoverRequest / lastFailbackRequest record it); a
+    switchover value is the target, optionally followed by ``@<anything>`` so the same target can be asked again."""
     value = annotations.get(SWITCHOVER_ANNOTATION)
     if value and value != status.get("lastSwitchoverRequest"):
-        target = find_member(members, value)
-        return SWITCHOVER, value, target, None if target else f"{value!r} is not a member of this MirrorSet"
+        named = value.split("@", 1)[0]
+        target = find_member(members, named)
+        return SWITCHOVER, value, target, None if target else f"{named!r} is not a member of this MirrorSet"
     value = annotations.get(FAILBACK_ANNOTATION)
     if value and value != status.get("lastFailbackRequest"):
         return FAILBACK, value, source, None

@@ -74,26 +74,11 @@ def check_switchover(obj: Mapping[str, Any], target: str) -> str:
     return full
 
 
-def switchover_value(obj: Mapping[str, Any], target: str) -> str:
-    """The annotation value asking for a switchover to ``target`` (checked by ``check_switchover``).
-
-    The controller handles a value once (it records it in ``lastSwitchoverRequest``), so asking again for a
-    member that was asked for last time (b, failback, b) needs another spelling of it: ``name`` and
-    ``namespace/name`` name the same member of the MirrorSet's own namespace. A member in another namespace has
-    only one spelling; MirrorRefused then.
-    """
-    full = check_switchover(obj, target)
-    ns = obj["metadata"].get("namespace") or ""
-    st = obj.get("status") or {}
-    # Only the value the controller handled last is ignored; an annotation still waiting is simply asked again.
-    used = st.get("lastSwitchoverRequest")
-    spellings = [target, full, full.split("/", 1)[1]] if full.startswith(f"{ns}/") else [full]
-    for value in spellings:
-        if value != used:
-            return value
-    raise MirrorRefused(f"the last switchover asked for was to {full} (status.lastSwitchoverRequest), and a member "
-                        "of another namespace has no other spelling, so the controller would take the request as "
-                        "already handled: ask for a switchover to another member first")
+def switchover_value(obj: Mapping[str, Any], target: str, now: datetime | None = None) -> str:
+    """The annotation value asking for a switchover to ``target`` (checked by ``check_switchover``):
+    ``namespace/name@<time>``. The controller handles a value once (``lastSwitchoverRequest``) and reads only the
+    part before ``@``, so every request is new, even for the member asked for last time."""
+    return f"{check_switchover(obj, target)}@{failback_token(now)}"
 
 
 def check_failback(obj: Mapping[str, Any]) -> str:

@@ -175,7 +175,8 @@ class StandInController:
             ann, st = obj["metadata"].get("annotations") or {}, obj.get("status") or {}
             want, fb = ann.get(SWITCHOVER_ANNOTATION), ann.get(FAILBACK_ANNOTATION)
             if want and want != st.get("lastSwitchoverRequest"):
-                target = want if "/" in want else f"{self.ns}/{want}"
+                named = want.split("@", 1)[0]  # as the controller reads it
+                target = named if "/" in named else f"{self.ns}/{named}"
                 self._finish(st, "switchover", target, {"lastSwitchoverRequest": want})
             elif fb and fb != st.get("lastFailbackRequest"):
                 self._finish(st, "failback", f"{self.ns}/orders-a", {"lastFailbackRequest": fb})
@@ -202,17 +203,19 @@ def test_switchover_then_failback_with_wait(control_plane, namespace, other_name
         assert code == 0, capsys.readouterr().err
         assert f"requested: switchover of MirrorSet {namespace}/orders to {namespace}/orders-b" in out
         assert f"switchover Succeeded: {namespace}/orders-a -> {namespace}/orders-b, term 4 (done)" in out
-        assert _annotations(mirrorset, namespace)[SWITCHOVER_ANNOTATION] == "orders-b"
+        first = _annotations(mirrorset, namespace)[SWITCHOVER_ANNOTATION]
+        assert first.startswith(f"{namespace}/orders-b@")
         code, out = cli(control_plane, namespace, "mirror", "failback", "orders", "--wait", "-o", "json")
         doc = json.loads(out)
         assert code == 0 and doc["outcome"] == "Succeeded" and doc["status"]["activeShardSet"] == \
             f"{namespace}/orders-a"
         token = _annotations(mirrorset, namespace)[FAILBACK_ANNOTATION]
         assert doc["status"]["lastFailbackRequest"] == token
-        # The same member again: the controller handled "orders-b" last, so it is asked for as ns/name.
+        # The same member again: a new value (another time after the @), the same target.
         code, out = cli(control_plane, namespace, "mirror", "switchover", "orders", "--to", "orders-b", "--wait")
         assert code == 0 and "term 6" in out
-        assert _annotations(mirrorset, namespace)[SWITCHOVER_ANNOTATION] == f"{namespace}/orders-b"
+        again = _annotations(mirrorset, namespace)[SWITCHOVER_ANNOTATION]
+        assert again != first and again.startswith(f"{namespace}/orders-b@")
         assert ctl.handled == [("switchover", f"{namespace}/orders-b"), ("failback", f"{namespace}/orders-a"),
                                ("switchover", f"{namespace}/orders-b")]
 
@@ -226,12 +229,11 @@ def test_an_aborted_switchover_exits_1_and_an_unanswered_one_4(control_plane, na
     with StandInController(mirrorset, namespace, other_namespace, outcome="Refused"):
         code, out = cli(control_plane, namespace, "mirror", "switchover", "orders", "--to", "orders-b", "--wait")
     assert code == 1 and "switchover Refused: the MirrorSet controller took the request but started no" in out
-    # No controller: the request is recorded, the wait runs out (exit 4) and says the switchover goes on. (orders-b
-    # was the value handled last, so it is asked for by its other spelling.)
+    # No controller: the request is recorded, the wait runs out (exit 4) and says the switchover goes on.
     code, out = cli(control_plane, namespace, "mirror", "switchover", "orders", "--to", "orders-b", "--wait",
                     "--timeout", "1")
     assert code == 4 and "not finished within 1s" in out
-    assert _annotations(mirrorset, namespace)[SWITCHOVER_ANNOTATION] == f"{namespace}/orders-b"
+    assert _annotations(mirrorset, namespace)[SWITCHOVER_ANNOTATION].startswith(f"{namespace}/orders-b@")
     # Without --wait the command only asks.
     write_status(mirrorset, namespace, status(namespace, other_namespace, term=4, active=f"{namespace}/orders-b"))
     code, out = cli(control_plane, namespace, "mirror", "failback", "orders")

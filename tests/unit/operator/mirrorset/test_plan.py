@@ -93,6 +93,12 @@ def test_annotations_are_handled_once_per_value():
     assert plan.requested_target({"chronoshard.io/switchover-to": "orders-c"}, {}, [A, C], A)[2] == C
     assert plan.requested_target({"chronoshard.io/failback": "1"}, {"lastFailbackRequest": "0"}, members, A) == (
         "failback", "1", A, None)
+    # "@<anything>" after the target makes a new request for the same member
+    again = {"chronoshard.io/switchover-to": "ns-b/orders-b@2026-12-07T15:00:00Z"}
+    assert plan.requested_target(again, {"lastSwitchoverRequest": "ns-b/orders-b"}, members, A) == (
+        "switchover", "ns-b/orders-b@2026-12-07T15:00:00Z", B, None)
+    assert "'nope' is not a member" in plan.requested_target(
+        {"chronoshard.io/switchover-to": "nope@1"}, {}, members, A)[3]
 
 
 def test_automatic_failback_after_three_good_passes_only_when_configured():

@@ -29,23 +29,15 @@ def test_members_are_qualified_source_first():
     assert members(mirrorset()) == ["ns-a/orders-a", "ns-a/orders-b", "ns-c/orders-c"]
 
 
-def test_switchover_value_spells_a_member_again_differently_when_it_was_asked_for_last():
-    assert switchover_value(mirrorset(), "orders-b") == "orders-b"
-    assert switchover_value(mirrorset(), "ns-a/orders-b") == "ns-a/orders-b"
-    asked = mirrorset({"activeShardSet": "ns-a/orders-a", "lastSwitchoverRequest": "orders-b"},
-                      {SWITCHOVER_ANNOTATION: "orders-b"})
-    assert switchover_value(asked, "orders-b") == "ns-a/orders-b"
-    # A request not handled yet is the same request: asked again as it is.
-    pending = mirrorset({"activeShardSet": "ns-a/orders-a", "lastSwitchoverRequest": "orders-b"},
-                        {SWITCHOVER_ANNOTATION: "ns-a/orders-b"})
-    assert switchover_value(pending, "ns-a/orders-b") == "ns-a/orders-b"
-    handled = mirrorset({"activeShardSet": "ns-a/orders-a", "lastSwitchoverRequest": "ns-a/orders-b"})
-    assert switchover_value(handled, "ns-a/orders-b") == "orders-b"
-    # A member of another namespace has one spelling only.
-    assert switchover_value(mirrorset(), "ns-c/orders-c") == "ns-c/orders-c"
-    again = mirrorset({"activeShardSet": "ns-a/orders-a", "lastSwitchoverRequest": "ns-c/orders-c"})
-    with pytest.raises(MirrorRefused, match="no other spelling"):
-        switchover_value(again, "ns-c/orders-c")
+def test_switchover_values_name_the_member_and_are_new_each_time():
+    at = datetime(2026, 12, 7, 15, 0, 0, 123456, tzinfo=UTC)
+    assert switchover_value(mirrorset(), "orders-b", at) == "ns-a/orders-b@2026-12-07T15:00:00.123456Z"
+    assert switchover_value(mirrorset(), "ns-c/orders-c", at) == "ns-c/orders-c@2026-12-07T15:00:00.123456Z"
+    # The member asked for last time can be asked for again: the value differs, the target is the same.
+    asked = mirrorset({"activeShardSet": "ns-a/orders-a",
+                       "lastSwitchoverRequest": "ns-c/orders-c@2026-12-07T15:00:00.123456Z"})
+    later = datetime(2026, 12, 7, 15, 1, tzinfo=UTC)
+    assert switchover_value(asked, "ns-c/orders-c", later) != asked["status"]["lastSwitchoverRequest"]
 
 
 @pytest.mark.parametrize("target, status, message", [
