@@ -5,7 +5,6 @@ from datetime import UTC, datetime
 import pytest
 from chronoshard.shardnode.client.cli import format_table, parser
 from chronoshard.shardnode.client.cli_mirror import (
-    SWITCHOVER_ANNOTATION,
     MirrorRefused,
     check_failback,
     failback_token,
