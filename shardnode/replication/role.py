@@ -216,15 +216,10 @@ class Change(enum.Enum):
     FOLLOW = "follow"  # -> mirror (first time, rejoin, a new source): stream, rewinding past divergeLsn first
 
 
-def _same_except(a: dict[str, Any], b: dict[str, Any], path: tuple[str, str]) -> bool:
-    """True if ``a`` and ``b`` differ only in ``a[path[0]][path[1]]``."""
-    outer, inner = path
-    if set(a) != set(b) or any(a[k] != b[k] for k in a if k != outer):
-        return False
-    x, y = a.get(outer), b.get(outer)
-    if not isinstance(x, dict) or not isinstance(y, dict) or set(x) != set(y):
-        return False
-    return all(x[k] == y[k] for k in x if k != inner)
+def _same_source(a: Role, b: Role) -> bool:
+    """Two mirror documents of one term following the same primary through the same slot (they may differ in the
+    source's address, the mode, the sampling and divergeLsn, which only matters when following begins)."""
+    return a.source_shardset == b.source_shardset and a.consumer == b.consumer
 
 
 def _follows_fence(fenced: Role, mirror: Role) -> bool:
@@ -242,8 +237,8 @@ def transition(current: Role, new: Role) -> Change:
     if new.term == current.term:
         if current.role == PRIMARY and new.role == PRIMARY:
             return Change.UPDATE  # mirrors or timeouts changed
-        if current.role == MIRROR and new.role == MIRROR and _same_except(current.doc, new.doc, ("source", "url")):
-            return Change.UPDATE  # the source's pod moved
+        if current.role == MIRROR and new.role == MIRROR and _same_source(current, new):
+            return Change.UPDATE  # the source's pod moved, or the mode or sampling changed: the stream goes on
         if current.role == FENCED and new.role == MIRROR and _follows_fence(current, new):
             return Change.FOLLOW  # a switchover's last step: the fenced old primary follows the new one, same term
         raise TermConflict(new.term)

@@ -76,6 +76,8 @@ def test_same_term_primary_settings_and_moved_source_apply():
     other = {**MIRROR["source"], "shardSet": "ns-a/other"}
     with pytest.raises(TermConflict):
         transition(role(MIRROR), role(MIRROR, source=other))
+    # Same source and slot: the mode, the sampling or divergeLsn may change (the rewind already happened).
+    assert transition(role(MIRROR), role(MIRROR, mode="async", divergeLsn=9, healthSampleSeconds=5)) is Change.UPDATE
 
 
 def test_higher_term_transitions():
