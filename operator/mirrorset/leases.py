@@ -15,20 +15,11 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 
 from .. import kube
+from .plan import parse_time
 
 API_VERSION = "coordination.k8s.io/v1"
 KIND = "Lease"
 FENCED_HOLDER_PREFIX = "chronoshard-operator/fenced-term-"
-
-
-def _parse(value: Any) -> dt.datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        t = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
 
 
 def micro_time(t: dt.datetime) -> str:
@@ -48,7 +39,7 @@ def expired(lease: Mapping[str, Any] | None, now: dt.datetime) -> bool:
     holder = spec.get("holderIdentity")
     if not holder or str(holder).startswith(FENCED_HOLDER_PREFIX):
         return True
-    renewed = _parse(spec.get("renewTime") or spec.get("acquireTime"))
+    renewed = parse_time(spec.get("renewTime") or spec.get("acquireTime"))
     duration = spec.get("leaseDurationSeconds")
     if renewed is None or not isinstance(duration, int) or isinstance(duration, bool):
         return True
@@ -60,7 +51,7 @@ def seconds_left(lease: Mapping[str, Any] | None, now: dt.datetime) -> float:
     if expired(lease, now):
         return 0.0
     spec = (lease or {}).get("spec") or {}
-    renewed = _parse(spec.get("renewTime") or spec.get("acquireTime"))
+    renewed = parse_time(spec.get("renewTime") or spec.get("acquireTime"))
     assert renewed is not None
     return max(0.0, (renewed + dt.timedelta(seconds=int(spec["leaseDurationSeconds"])) - now).total_seconds())
 

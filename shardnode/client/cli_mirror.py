@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import IO, Any
 
-from chronoshard.shardnode.client.errors import ChronoshardError, Unavailable
+from chronoshard.shardnode.client.errors import ChronoshardError, Unavailable, api_message
 
 GROUP, VERSION, PLURAL = "chronoshard.io", "v1alpha1", "mirrorsets"
 COMMANDS = ("mirror",)
@@ -213,7 +213,7 @@ class MirrorSets:
                                        "installed?)") from None
             if exc.status == 409:
                 return None
-            message = _api_message(exc)
+            message = api_message(exc)
             if exc.status in (400, 422):
                 raise MirrorRefused(f"MirrorSet {self.namespace}/{name}: {message}") from None
             raise Unavailable(f"kubernetes API ({self.namespace})", f"HTTP {exc.status}: {message}") from None
@@ -255,13 +255,6 @@ class MirrorSets:
             if done is not None or time.monotonic() >= deadline:
                 return obj, done
             time.sleep(POLL)
-
-
-def _api_message(exc: Any) -> str:
-    try:
-        return str(json.loads(exc.body).get("message") or exc.reason)
-    except (TypeError, ValueError, AttributeError):
-        return str(exc.reason)
 
 
 # --- the commands ----------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import IO, Any
 
-from chronoshard.shardnode.client.errors import ChronoshardError, Unavailable
+from chronoshard.shardnode.client.errors import ChronoshardError, Unavailable, api_message
 
 GROUP, VERSION, PLURAL = "chronoshard.io", "v1alpha1", "reversions"
 COMMANDS = ("restore", "approve")
@@ -125,7 +125,7 @@ class Reversions:
             if exc.status == 404:
                 raise ReversionMissing(f"Reversion {self.namespace}/{what} not found (is the Reversion CRD "
                                        "installed?)") from None
-            message = _api_message(exc)
+            message = api_message(exc)
             if exc.status in (400, 409, 422):
                 raise ReversionRefused(f"Reversion {self.namespace}/{what}: {message}") from None
             raise Unavailable(f"kubernetes API ({self.namespace})", f"HTTP {exc.status}: {message}") from None
@@ -169,13 +169,6 @@ class Reversions:
             if (obj.get("status") or {}).get("phase") in phases or time.monotonic() >= deadline:
                 return obj
             time.sleep(POLL)
-
-
-def _api_message(exc: Any) -> str:
-    try:
-        return str(json.loads(exc.body).get("message") or exc.reason)
-    except (TypeError, ValueError, AttributeError):
-        return str(exc.reason)
 
 
 def restore(revs: Reversions, args: argparse.Namespace, out: IO[str], table: Table) -> int:

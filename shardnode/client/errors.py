@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 
 class ChronoshardError(Exception):
     """Base class of every client error."""
@@ -82,3 +85,11 @@ class MapUnavailable(ChronoshardError):
 
 class ScanUnsupported(ChronoshardError):
     """A scan was asked of a client that only knows the client Service URL."""
+
+
+def api_message(exc: Any) -> str:
+    """The API server's message of an ApiException (its reason when the body has none)."""
+    try:
+        return str(json.loads(exc.body).get("message") or exc.reason)
+    except (TypeError, ValueError, AttributeError):
+        return str(exc.reason)
