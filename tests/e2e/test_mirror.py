@@ -25,6 +25,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,8 +105,10 @@ def multi_audience_token(cluster: LocalCluster, account: str) -> str:
     return str(client.CoreV1Api(api).create_namespaced_service_account_token(account, NS, body).status.token)
 
 
-@pytest.fixture(scope="module")
-def env() -> Iterator[Env]:
+@contextmanager
+def mirror_env(mirrorset: dict[str, Any] = MIRRORSET) -> Iterator[Env]:
+    """A local cluster with the operator, both member ShardSets ready and ``mirrorset`` streaming; torn down
+    (purged unless CHRONOSHARD_KEEP_E2E) on exit. Also used by tests/bench/bench_mirror_failover.py."""
     state = Path(tempfile.mkdtemp(prefix="chronoshard-mirror-e2e-"))
     cluster = start_cluster(state, "--no-operator")
     operator = Operator(cluster.kubeconfig, state)
@@ -116,7 +119,7 @@ def env() -> Iterator[Env]:
         for name in (SRC, DST):
             wait_for(lambda n=name: len([p for p in cluster.pods(NS, f"app.kubernetes.io/instance={n}")
                                          if is_ready(p)]) == 2, timeout=300, interval=0.5, what=f"{name}'s pods ready")
-        cluster.apply(MIRRORSET)
+        cluster.apply(mirrorset)
         data_client_args(cluster, NS, SRC, [TABLE])  # the ServiceAccount and its Role on the table
         ca_dir = Path(tempfile.mkdtemp(prefix="members-ca-"))
         env = Env(cluster, operator, multi_audience_token(cluster, "e2e-data"), ca_dir)
@@ -131,6 +134,12 @@ def env() -> Iterator[Env]:
         dev(state, "down")
         if not os.environ.get("CHRONOSHARD_KEEP_E2E"):
             dev(state, "down", "--purge")
+
+
+@pytest.fixture(scope="module")
+def env() -> Iterator[Env]:
+    with mirror_env() as e:
+        yield e
 
 
 # ---- the application ---------------------------------------------------------------------------------
