@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import re
 import time
 from collections.abc import Iterator
@@ -36,6 +37,7 @@ from . import views
 from .access import data_attributes, reversion_attributes
 from .kube import KubeError
 from .middleware import COOKIE, SESSION, SESSION_PATH
+from .proxyauth import PROXY_IDENTITY
 from .sessions import Session
 from .state import CONSOLE, Console
 
@@ -141,16 +143,27 @@ def _session_doc(session: Session) -> dict[str, Any]:
     return {"user": session.user, "groups": list(session.groups), "csrfToken": session.csrf}
 
 
-async def sign_in(request: web.Request) -> web.StreamResponse:
-    """POST /api/v1/session {"token"}: a TokenReview of the token, then a session cookie."""
-    if request.content_type != "application/json":
-        # A cross-site HTML form cannot send JSON: no signing a victim's browser in as someone else.
-        raise ApiError(415, "unsupported_media_type", "send the token as application/json")
+def _start_session(request: web.Request, user: str, groups: tuple[str, ...], token: str, *,
+                   proxied: bool = False) -> web.StreamResponse:
+    console = _console(request)
+    console.sessions.delete(request.cookies.get(COOKIE))  # a new id on every sign-in: no session fixation
+    sid, session = console.sessions.create(user, groups, token, proxied=proxied)
+    log.info("signed in: %s%s", session.user, " (auth proxy)" if proxied else "")
+    resp = web.json_response(_session_doc(session))
+    resp.set_cookie(COOKIE, sid, httponly=True, samesite="Strict", path="/", secure=console.secure_cookie,
+                    max_age=int(console.sessions.ttl))
+    return resp
+
+
+async def _reviewed(request: web.Request) -> tuple[str, tuple[str, ...], str]:
+    """The user, groups and token of the body's token, by TokenReview; 400/401 for a missing or refused one."""
     doc = await json_body(request)
     token = doc.get("token")
-    if not isinstance(token, str) or not token.strip():
-        raise ApiError(400, "invalid_body", 'the body must be {"token": "<a Kubernetes bearer token>"}')
     console = _console(request)
+    if not isinstance(token, str) or not token.strip():
+        if console.proxy is not None:
+            raise ApiError(401, "unauthenticated", "no token, and the request did not come through the auth proxy")
+        raise ApiError(400, "invalid_body", 'the body must be {"token": "<a Kubernetes bearer token>"}')
     try:
         token = parse_bearer(f"Bearer {token.strip()}")
         status = await console.api.token_review(token, None)
@@ -162,14 +175,30 @@ async def sign_in(request: web.Request) -> web.StreamResponse:
     if not status.get("authenticated") or not user.get("username"):
         log.info("sign-in refused: the TokenReview did not authenticate the token")
         raise ApiError(401, "unauthenticated", "the Kubernetes API did not accept this token")
-    console.sessions.delete(request.cookies.get(COOKIE))  # a new id on every sign-in: no session fixation
-    sid, session = console.sessions.create(str(user["username"]),
-                                           tuple(str(g) for g in user.get("groups") or ()), token)
-    log.info("signed in: %s", session.user)
-    resp = web.json_response(_session_doc(session))
-    resp.set_cookie(COOKIE, sid, httponly=True, samesite="Strict", path="/", secure=console.secure_cookie,
-                    max_age=int(console.sessions.ttl))
-    return resp
+    return str(user["username"]), tuple(str(g) for g in user.get("groups") or ()), token
+
+
+async def sign_in(request: web.Request) -> web.StreamResponse:
+    """POST /api/v1/session: the auth proxy's user, else {"token"} by TokenReview; then a session cookie.
+    Failed token sign-ins are limited per client address (429 with Retry-After, no TokenReview asked)."""
+    if request.content_type != "application/json":
+        # A cross-site HTML form cannot send JSON: no signing a victim's browser in as someone else.
+        raise ApiError(415, "unsupported_media_type", "send the token as application/json")
+    proxied = request.get(PROXY_IDENTITY)
+    if proxied is not None:
+        return _start_session(request, proxied.user, proxied.groups, "", proxied=True)
+    limiter, address = _console(request).limiter, request.remote or "unknown"
+    wait = limiter.retry_after(address)
+    if wait is not None:
+        raise ApiError(429, "too_many_failures", "too many failed sign-ins from this address; try again later"
+                       ).with_headers(Retry_After=str(math.ceil(wait)))
+    try:
+        user, groups, token = await _reviewed(request)
+    except ApiError as exc:
+        if exc.status in (400, 401):
+            limiter.failed(address)
+        raise
+    return _start_session(request, user, groups, token)
 
 
 async def whoami(request: web.Request) -> web.StreamResponse:
@@ -190,7 +219,7 @@ async def sign_out(request: web.Request) -> web.StreamResponse:
 async def _optional_list(request: web.Request, plural: str, namespace: str | None) -> list[dict[str, Any]]:
     """A list the user may not be allowed to read: empty then (the view shows what RBAC lets them see)."""
     try:
-        return await _console(request).kube.list(_session(request).token, plural, namespace)
+        return await _console(request).kube.list(_session(request), plural, namespace)
     except KubeError as exc:
         if exc.status in (403, 404):
             return []
@@ -207,9 +236,8 @@ async def list_shardsets(request: web.Request) -> web.StreamResponse:
     ns = request.query.get("namespace") or None
     if ns is not None and not NAME_RE.fullmatch(ns):
         raise ApiError(400, "invalid_parameter", "namespace must be a Kubernetes namespace name")
-    token = _session(request).token
     try:
-        shardsets = await _console(request).kube.list(token, "shardsets", ns)
+        shardsets = await _console(request).kube.list(_session(request), "shardsets", ns)
     except KubeError as exc:
         raise kube_error(exc, "listing shardsets") from None
     rotations, policies = await asyncio.gather(_optional_list(request, "keyrotations", ns),
@@ -231,7 +259,7 @@ async def get_shardset(request: web.Request) -> web.StreamResponse:
     """GET /api/v1/namespaces/{ns}/shardsets/{name}."""
     ns, name = _name(request, "ns"), _name(request, "name")
     try:
-        shardset = await _console(request).kube.get(_session(request).token, "shardsets", ns, name)
+        shardset = await _console(request).kube.get(_session(request), "shardsets", ns, name)
     except KubeError as exc:
         raise kube_error(exc, f"ShardSet {ns}/{name}") from None
     rotations, policy, reversions = await asyncio.gather(
@@ -250,7 +278,7 @@ async def get_reversion(request: web.Request) -> web.StreamResponse:
     """GET /api/v1/namespaces/{ns}/reversions/{name}."""
     ns, name = _name(request, "ns"), _name(request, "name")
     try:
-        obj = await _console(request).kube.get(_session(request).token, "reversions", ns, name)
+        obj = await _console(request).kube.get(_session(request), "reversions", ns, name)
     except KubeError as exc:
         raise kube_error(exc, f"Reversion {ns}/{name}") from None
     return web.json_response(await _reversion_doc(request, ns, obj))
@@ -265,7 +293,7 @@ async def approve(request: web.Request) -> web.StreamResponse:
         raise ApiError(400, "invalid_body", 'the body must be {"digest": "<the plan digest shown>"}')
     session, kube = _session(request), _console(request).kube
     try:
-        obj = await kube.get(session.token, "reversions", ns, name)
+        obj = await kube.get(session, "reversions", ns, name)
     except KubeError as exc:
         raise kube_error(exc, f"Reversion {ns}/{name}") from None
     status = obj.get("status") or {}
@@ -276,7 +304,7 @@ async def approve(request: web.Request) -> web.StreamResponse:
         raise ApiError(409, "not_awaiting_approval", f"the Reversion is {status.get('phase')!r}, not "
                        "AwaitingApproval")
     try:
-        patched = await kube.approve(session.token, ns, name, digest)
+        patched = await kube.approve(session, ns, name, digest)
     except KubeError as exc:
         log.info("approval refused by Kubernetes: %s on reversion %s/%s (HTTP %s)", session.user, ns, name,
                  exc.status)

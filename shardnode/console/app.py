@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from .api import ROUTES
 from .middleware import headers_middleware, session_middleware
+from .proxyauth import proxy_middleware
 from .state import CONSOLE, Console
 
 STATIC = "static"
@@ -56,7 +57,9 @@ def create_app(console: Console, *, static_root: Path | None = None,
     registry = registry if registry is not None else CollectorRegistry()
     requests = Counter("chronoshard_console_requests", "Console requests by route and status",
                        ["route", "status"], registry=registry)
-    app = web.Application(middlewares=[headers_middleware, error_middleware(requests), session_middleware],
+    # The proxy's headers are judged (and stripped) before the session check, which compares them.
+    proxy = [proxy_middleware(console.proxy)] if console.proxy is not None else []
+    app = web.Application(middlewares=[headers_middleware, error_middleware(requests), *proxy, session_middleware],
                           client_max_size=64 * 1024)
     app[CONSOLE] = console
     app.on_startup.append(console.start)

@@ -24,6 +24,8 @@ from chronoshard.shardnode.serving.http_common import setup_logging
 from .access import UserAccess
 from .app import create_app
 from .kube import UserKube, user_ssl_context
+from .proxyauth import GROUP_HEADER, USER_HEADER, load_settings
+from .ratelimit import FAILURES_PER_MINUTE, FailureLimiter
 from .sessions import MAX_SESSIONS, SESSION_SECONDS, SessionStore
 from .shards import ServiceAccountRef, ShardClients
 from .state import Console
@@ -52,6 +54,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--shadow-port", type=int, default=SHADOW_PORT, help="the shards' shadow port")
     p.add_argument("--session-hours", type=float, default=SESSION_SECONDS / 3600)
     p.add_argument("--max-sessions", type=int, default=MAX_SESSIONS)
+    p.add_argument("--auth-proxy-ca", default=None, help="PEM CA of the auth proxy's client certificates: enables "
+                   "sign-in by the proxy's user/group headers (needs --tls-dir)")
+    p.add_argument("--auth-proxy-allowed-names", default="", help="comma-separated CNs the proxy's certificate "
+                   "may have (default: any CN the CA signed)")
+    p.add_argument("--auth-proxy-user-header", default=USER_HEADER)
+    p.add_argument("--auth-proxy-group-header", default=GROUP_HEADER, help="repeated: one group each")
+    p.add_argument("--sign-in-failures-per-minute", type=int, default=FAILURES_PER_MINUTE,
+                   help="failed sign-ins allowed per client address a minute before 429")
     p.add_argument("--log-level", default=env("CHRONOSHARD_LOG_LEVEL", "INFO"))
     return p
 
@@ -76,10 +86,17 @@ def build_console(args: argparse.Namespace) -> Console:
                          "ServiceAccount; found none in-cluster)")
     connection = load_connection(args.kubeconfig)
     api = ApiServer(connection)
+    proxy = None
+    if args.auth_proxy_ca is not None:
+        proxy = load_settings(args.auth_proxy_ca, args.auth_proxy_allowed_names, args.auth_proxy_user_header,
+                              args.auth_proxy_group_header)
+    # Impersonation (the console's own connection) only exists in auth-proxy mode.
+    kube = UserKube(connection.host, user_ssl_context(connection), connection if proxy is not None else None)
     return Console(sessions=SessionStore(ttl=args.session_hours * 3600, size=args.max_sessions), api=api,
-                   access=UserAccess(api), kube=UserKube(connection.host, user_ssl_context(connection)),
+                   access=UserAccess(api), kube=kube,
                    shards=ShardClients(kube_client(args.kubeconfig), account, port=args.shadow_port),
-                   secure_cookie=args.tls_dir is not None)
+                   secure_cookie=args.tls_dir is not None,
+                   limiter=FailureLimiter(limit=args.sign_in_failures_per_minute), proxy=proxy)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -90,10 +107,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         p.error("refusing to serve sign-in over plain HTTP: pass --tls-dir, or --insecure for local use")
     if args.tls_dir is not None and args.insecure:
         p.error("--insecure contradicts --tls-dir")
+    if args.auth_proxy_ca is not None and args.tls_dir is None:
+        p.error("--auth-proxy-ca needs --tls-dir: the proxy is known by its TLS client certificate")
     setup_logging(args.log_level)
     console = build_console(args)
     app = create_app(console)
     ssl_context = tls.install(app, args.tls_dir) if args.tls_dir is not None else None
+    if ssl_context is not None and args.auth_proxy_ca is not None:
+        # The handshake then accepts the proxy's certificate; proxyauth checks it was the proxy CA that issued it.
+        ssl_context.load_verify_locations(cafile=args.auth_proxy_ca)
+        log.info("auth-proxy sign-in on: headers %s/%s from certificates of %s", args.auth_proxy_user_header,
+                 args.auth_proxy_group_header, args.auth_proxy_ca)
     if ssl_context is None:
         log.warning("serving the console over plain HTTP (--insecure): tokens and cookies travel in clear")
     log.info("console on %s:%d as ServiceAccount %s/%s", args.host, args.port, console.shards.account.namespace,

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from chronoshard.shardnode.serving.http_common import ApiError
 
+from .proxyauth import PROXY_IDENTITY, ProxyIdentity
 from .sessions import Session
 from .state import CONSOLE
 
@@ -49,6 +50,9 @@ async def session_middleware(request: web.Request, handler: Handler) -> web.Stre
         session = request.app[CONSOLE].sessions.get(request.cookies.get(COOKIE))
         if session is None:
             raise ApiError(401, "unauthenticated", "sign in first (POST /api/v1/session with a Kubernetes token)")
+        if session.proxied and request.get(PROXY_IDENTITY) != ProxyIdentity(session.user, session.groups):
+            # A proxied session is only as good as the proxy's word on this very request.
+            raise ApiError(401, "unauthenticated", "the auth proxy no longer names this session's user")
         if needs_csrf(request.method, request.path) and not session.csrf_matches(request.headers.get(CSRF_HEADER)):
             raise ApiError(403, "csrf", f"missing or wrong {CSRF_HEADER} header (GET /api/v1/session gives it)")
         request[SESSION] = session

@@ -16,13 +16,15 @@ MAX_SESSIONS = 10_000
 
 @dataclass(frozen=True)
 class Session:
-    """One signed-in user; ``token`` is their Kubernetes bearer token (never logged, never shown)."""
+    """One signed-in user; ``token`` is their Kubernetes bearer token (never logged, never shown); ``proxied``:
+    signed in by the auth proxy (no token: the console impersonates them, and only while the proxy names them)."""
 
     user: str
     groups: tuple[str, ...]
     token: str = field(repr=False)
     csrf: str = field(repr=False)
     expires: float  # on the store's clock
+    proxied: bool = False
 
     def csrf_matches(self, sent: str | None) -> bool:
         """The header's value equals this session's CSRF token (compared in constant time)."""
@@ -39,10 +41,11 @@ class SessionStore:
         self.ttl, self.size, self.clock = ttl, size, clock
         self._sessions: OrderedDict[str, Session] = OrderedDict()
 
-    def create(self, user: str, groups: tuple[str, ...], token: str) -> tuple[str, Session]:
-        """A new session for a reviewed token; its id and the session."""
+    def create(self, user: str, groups: tuple[str, ...], token: str, *, proxied: bool = False
+               ) -> tuple[str, Session]:
+        """A new session for a reviewed token (or a proxied user); its id and the session."""
         sid = secrets.token_urlsafe(32)
-        session = Session(user, groups, token, secrets.token_urlsafe(32), self.clock() + self.ttl)
+        session = Session(user, groups, token, secrets.token_urlsafe(32), self.clock() + self.ttl, proxied)
         self._sessions[sid] = session
         self._drop_expired()
         while len(self._sessions) > self.size:

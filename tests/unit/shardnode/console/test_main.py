@@ -38,3 +38,9 @@ def test_plain_http_needs_insecure_and_insecure_contradicts_tls(argv, says, caps
     with pytest.raises(SystemExit) as exc:
         main(["--service-account", "ops/console", *argv])
     assert exc.value.code == 2 and says in capsys.readouterr().err
+
+
+def test_the_auth_proxy_needs_tls(capsys, tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        main(["--service-account", "ops/console", "--insecure", "--auth-proxy-ca", str(tmp_path / "ca.crt")])
+    assert exc.value.code == 2 and "--auth-proxy-ca needs --tls-dir" in capsys.readouterr().err
