@@ -4,7 +4,7 @@ tokens of itself only; HTTPS from a TLS Secret, or plain HTTP (port-forward only
 
 from __future__ import annotations
 
-from .helpers import by_kind, render
+from .helpers import CHART, by_kind, helm, render
 
 
 def _console(docs: list[dict], kind: str) -> list[dict]:
@@ -67,3 +67,31 @@ def test_with_network_policies_the_console_reaches_only_the_api_dns_and_the_shad
     shard_rule = policy["spec"]["egress"][-1]
     assert [p["port"] for p in shard_rule["ports"]] == [7403]
     assert shard_rule["to"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "shard"
+
+
+def test_the_auth_proxy_mounts_its_ca_passes_the_flags_and_only_then_may_impersonate() -> None:
+    docs = render("--set", "console.enabled=true", "--set", "console.tlsSecretName=console-tls",
+                  "--set", "console.authProxy.enabled=true", "--set", "console.authProxy.caConfigMap=front-proxy-ca",
+                  "--set", "console.authProxy.allowedNames={front-proxy,aggregator}")
+    (deploy,) = _console(docs, "Deployment")
+    pod = deploy["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert {"--auth-proxy-ca=/etc/chronoshard/console-proxy-ca/ca.crt",
+            "--auth-proxy-allowed-names=front-proxy,aggregator", "--auth-proxy-user-header=X-Remote-User",
+            "--auth-proxy-group-header=X-Remote-Group"} <= set(container["args"])
+    assert {"name": "proxy-ca", "configMap": {"name": "front-proxy-ca"}} in pod["volumes"]
+    assert {"name": "proxy-ca", "mountPath": "/etc/chronoshard/console-proxy-ca", "readOnly": True} in \
+        container["volumeMounts"]
+    (role,) = _console(docs, "ClusterRole")
+    assert {"apiGroups": [""], "resources": ["users", "groups"], "verbs": ["impersonate"]} in role["rules"]
+    # Without the mode: no impersonation right, no flag.
+    (role,) = _console(render("--set", "console.enabled=true", "--set", "console.tlsSecretName=console-tls"),
+                       "ClusterRole")
+    assert not [r for r in role["rules"] if "impersonate" in r["verbs"]]
+
+
+def test_the_auth_proxy_is_refused_without_tls_or_a_ca() -> None:
+    for extra in (["--set", "console.authProxy.caConfigMap=ca"], ["--set", "console.tlsSecretName=console-tls"]):
+        out = helm("template", "cs", str(CHART), "--set", "console.enabled=true",
+                   "--set", "console.authProxy.enabled=true", *extra, check=False)
+        assert out.returncode != 0 and "console.authProxy needs" in out.stderr
