@@ -18,7 +18,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,7 @@ class World:
     certs: dict[str, tuple[Path, Path]]  # name -> (cert, key) of client certificates
     tokens: dict[str, str]
     custom: client.CustomObjectsApi
+    secrets: list[str] = field(default_factory=list)  # every credential text used, for the log check
 
 
 def _write_pair(root: Path, name: str, pair: certs.KeyPair) -> tuple[Path, Path]:
@@ -129,8 +130,9 @@ def world(control_plane, k8s_client, tmp_path_factory) -> Iterator[World]:
              "unknown-ca": certs.issue(stranger_ca, "front-proxy", tls_files.now(), hour, server=False)}
     client_certs = {name: _write_pair(root, name, pair) for name, pair in pairs.items()}
     kubeconfig = root / "console-kubeconfig"
+    console_token = rbac.token(core, ns, "console", None, 3600)
     kubeconfig.write_text(yaml.safe_dump(kubeconfig_document(
-        control_plane.server, rbac.token(core, ns, "console", None, 3600), control_plane.ca_pem, user="console")))
+        control_plane.server, console_token, control_plane.ca_pem, user="console")))
     port = free_port()
     log = open(root / "console.log", "ab")  # the process writes it until the end
     proc = subprocess.Popen([
@@ -141,9 +143,9 @@ def world(control_plane, k8s_client, tmp_path_factory) -> Iterator[World]:
     url = f"https://127.0.0.1:{port}"
     try:
         asyncio.run(_ready(url, root / "tls" / "ca.crt"))
-        yield World(ns, url, root, root / "tls" / "ca.crt", client_certs,
-                    {u: rbac.token(core, ns, u, None) for u in ("reader", "stranger")},
-                    client.CustomObjectsApi(k8s_client))
+        tokens = {u: rbac.token(core, ns, u, None) for u in ("reader", "stranger")}
+        yield World(ns, url, root, root / "tls" / "ca.crt", client_certs, tokens, client.CustomObjectsApi(k8s_client),
+                    [*tokens.values(), console_token, *(p.key.decode() for p in pairs.values())])
     finally:
         proc.terminate()
         proc.wait(15)
@@ -182,6 +184,7 @@ class Client:
         status, doc, _ = await self.call("POST", "/api/v1/session", {"token": token} if token else {}, **who)
         if status == 200:
             self.csrf = doc["csrfToken"]
+            self.world.secrets.extend([self.csrf, *(c.value for c in self.session.cookie_jar)])
         return status, doc
 
 
@@ -264,3 +267,11 @@ async def test_failed_sign_ins_are_limited_per_address_and_successes_do_not_coun
         # ...while another address still signs in.
         status, doc = await other.sign_in(world.tokens["reader"])
         assert status == 200 and doc["user"] == f"system:serviceaccount:{world.namespace}:reader", doc
+
+
+async def test_no_credential_is_in_the_console_log(world):
+    # Run last (file order): every token, cookie, CSRF token and client key used above is in world.secrets.
+    log = (world.root / "console.log").read_text(errors="replace")
+    assert "signed in: alice (auth proxy)" in log and "signed in: system:serviceaccount:" in log
+    leaked = [i for i, s in enumerate(world.secrets) if s and s in log]
+    assert not leaked, f"credentials {leaked} of {len(world.secrets)} appear in the console's log"
