@@ -9,6 +9,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 from chronoshard.operator import certs
+from chronoshard.shardnode.console.app import create_app
+from chronoshard.shardnode.console.middleware import COOKIE
 from chronoshard.shardnode.console.proxyauth import (
     PROXY_IDENTITY,
     ProxyIdentity,
@@ -22,6 +24,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from tests.support import tls_files
 from tests.support.servers import serve
+from tests.unit.shardnode.console.test_app import console
 
 
 def der(pair: certs.KeyPair) -> bytes:
@@ -84,3 +87,19 @@ async def test_headers_without_the_proxys_certificate_are_stripped_and_no_identi
         async with s.get(url + "/", headers=headers) as r:
             assert r.status == 200
     assert seen == [([], [], None)]
+
+
+async def test_a_proxied_sessions_cookie_without_the_proxy_is_no_session(tmp_path, cas):
+    c = console()
+    c.proxy = settings(tmp_path, cas[0])
+    proxied, _ = c.sessions.create("alice", ("ops",), "", proxied=True)
+    by_token, _ = c.sessions.create("bob", (), "a-token")
+    (tmp_path / "site").mkdir()
+    async with serve(create_app(c, static_root=tmp_path / "site")) as url, aiohttp.ClientSession() as s:
+        for sid, status in ((proxied, 401), (by_token, 200)):
+            headers = [("X-Remote-User", "alice"), ("X-Remote-Group", "ops")]
+            async with s.get(url + "/api/v1/session", headers=headers, cookies={COOKIE: sid}) as r:
+                assert r.status == status, await r.text()
+        # Without the proxy, a sign-in without a token is no identity either (and not a bad request).
+        async with s.post(url + "/api/v1/session", json={}, headers=headers) as r:
+            assert r.status == 401 and (await r.json())["error"] == "unauthenticated"
