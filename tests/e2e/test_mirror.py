@@ -16,6 +16,7 @@ step; their histories are checked with tests/support/histories.py. Steps, in ord
 from __future__ import annotations
 
 import asyncio
+import bisect
 import json
 import os
 import signal
@@ -224,9 +225,15 @@ def longest_gap(writes: list[Write], after: float) -> float:
     unavailability: a writer of a shard that failed over waits; the other shards' writers may not)."""
     by_key: dict[str, list[float]] = {}
     for w in writes:
-        if w.outcome == "ok" and w.end >= after:
+        if w.outcome == "ok":
             by_key.setdefault(w.key, []).append(w.end)
-    gaps = [b - a for ends in by_key.values() for a, b in zip(sorted(ends), sorted(ends)[1:], strict=False)]
+    gaps: list[float] = []
+    for ends in by_key.values():
+        ends.sort()
+        # From the key's last acknowledgement before ``after``: a writer blocked by the fault has no acknowledgement
+        # between the fault and its recovery, so its gap starts before ``after``.
+        kept = ends[max(bisect.bisect_left(ends, after) - 1, 0):]
+        gaps.extend(b - a for a, b in zip(kept, kept[1:], strict=False))
     return max(gaps, default=0.0)
 
 
