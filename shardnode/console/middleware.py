@@ -49,7 +49,9 @@ async def session_middleware(request: web.Request, handler: Handler) -> web.Stre
     if needs_session(request.method, request.path):
         session = request.app[CONSOLE].sessions.get(request.cookies.get(COOKIE))
         if session is None:
-            raise ApiError(401, "unauthenticated", "sign in first (POST /api/v1/session with a Kubernetes token)")
+            # authProxy: the request came through the trusted auth proxy, so the page signs in with POST {} itself.
+            raise ApiError(401, "unauthenticated", "sign in first (POST /api/v1/session with a Kubernetes token)",
+                           authProxy=request.get(PROXY_IDENTITY) is not None)
         if session.proxied and request.get(PROXY_IDENTITY) != ProxyIdentity(session.user, session.groups):
             # A proxied session is only as good as the proxy's word on this very request.
             raise ApiError(401, "unauthenticated", "the auth proxy no longer names this session's user")
