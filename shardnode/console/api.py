@@ -240,13 +240,15 @@ async def list_shardsets(request: web.Request) -> web.StreamResponse:
         shardsets = await _console(request).kube.list(_session(request), "shardsets", ns)
     except KubeError as exc:
         raise kube_error(exc, "listing shardsets") from None
-    rotations, policies = await asyncio.gather(_optional_list(request, "keyrotations", ns),
-                                               _optional_list(request, "shadowpolicies", ns))
+    rotations, policies, mirrorsets = await asyncio.gather(_optional_list(request, "keyrotations", ns),
+                                                           _optional_list(request, "shadowpolicies", ns),
+                                                           _mirrorsets(request, ns))
     items = []
     for s in sorted(shardsets, key=lambda o: (o["metadata"].get("namespace", ""), o["metadata"]["name"])):
         sns, name = s["metadata"].get("namespace"), s["metadata"]["name"]
         mine = _by_shardset(policies, sns, name)
-        items.append(views.shardset_view(s, _by_shardset(rotations, sns, name), mine[0] if mine else None))
+        items.append({**views.shardset_view(s, _by_shardset(rotations, sns, name), mine[0] if mine else None),
+                      "mirrorSet": views.mirrorset_of(mirrorsets, str(sns), name)})
     return web.json_response({"items": items})
 
 
@@ -262,11 +264,41 @@ async def get_shardset(request: web.Request) -> web.StreamResponse:
         shardset = await _console(request).kube.get(_session(request), "shardsets", ns, name)
     except KubeError as exc:
         raise kube_error(exc, f"ShardSet {ns}/{name}") from None
-    rotations, policy, reversions = await asyncio.gather(
+    rotations, policy, reversions, mirrorsets = await asyncio.gather(
         _optional_list(request, "keyrotations", ns), _policy(request, ns, name),
-        _optional_list(request, "reversions", ns))
-    return web.json_response(views.shardset_detail(shardset, _by_shardset(rotations, ns, name), policy,
-                                                   _by_shardset(reversions, ns, name)))
+        _optional_list(request, "reversions", ns), _mirrorsets(request, ns))
+    return web.json_response({**views.shardset_detail(shardset, _by_shardset(rotations, ns, name), policy,
+                                                      _by_shardset(reversions, ns, name)),
+                              "mirrorSet": views.mirrorset_of(mirrorsets, ns, name)})
+
+
+async def _mirrorsets(request: web.Request, ns: str | None) -> list[dict[str, Any]]:
+    """The MirrorSets the user may read that could name a ShardSet of ``ns``: a mirror's MirrorSet may live in
+    another namespace, so every namespace's when the user may list them there, else ``ns``'s own."""
+    every = await _optional_list(request, "mirrorsets", None)
+    if every or ns is None:
+        return every
+    return await _optional_list(request, "mirrorsets", ns)
+
+
+async def list_mirrorsets(request: web.Request) -> web.StreamResponse:
+    """GET /api/v1/mirrorsets[?namespace=]: the MirrorSets the user may list, summarised (none without RBAC)."""
+    ns = request.query.get("namespace") or None
+    if ns is not None and not NAME_RE.fullmatch(ns):
+        raise ApiError(400, "invalid_parameter", "namespace must be a Kubernetes namespace name")
+    objs = await _optional_list(request, "mirrorsets", ns)
+    objs.sort(key=lambda o: (str(o["metadata"].get("namespace", "")), str(o["metadata"].get("name"))))
+    return web.json_response({"items": [views.mirrorset_summary(o) for o in objs]})
+
+
+async def get_mirrorset(request: web.Request) -> web.StreamResponse:
+    """GET /api/v1/namespaces/{ns}/mirrorsets/{name}: the status shaped for the MirrorSet page."""
+    ns, name = _name(request, "ns"), _name(request, "name")
+    try:
+        obj = await _console(request).kube.get(_session(request), "mirrorsets", ns, name)
+    except KubeError as exc:
+        raise kube_error(exc, f"MirrorSet {ns}/{name}") from None
+    return web.json_response(views.mirrorset_view(obj))
 
 
 async def _reversion_doc(request: web.Request, ns: str, obj: dict[str, Any]) -> dict[str, Any]:
@@ -472,6 +504,8 @@ ROUTES: list[tuple[str, str, Any]] = [
     ("GET", TABLE_PATH + "/keys/{key}/value/raw", value_raw),
     ("GET", TABLE_PATH + "/state", state),
     ("GET", TABLE_PATH + "/diff", diff),
+    ("GET", API + "/mirrorsets", list_mirrorsets),
+    ("GET", API + "/namespaces/{ns}/mirrorsets/{name}", get_mirrorset),
     ("GET", API + "/namespaces/{ns}/reversions/{name}", get_reversion),
     ("POST", API + "/namespaces/{ns}/reversions/{name}/approve", approve),
 ]

@@ -190,3 +190,80 @@ def point(text: str, name: str) -> str:
     except ValueError:
         raise ValueError(f"{name} must be RFC 3339 (2026-11-30T09:00:00Z) or unix seconds") from None
     return text
+
+
+# ---- MirrorSets (docs/mirroring.md) ----------------------------------------------------------------------
+def mirrorset_members(obj: Obj) -> list[str]:
+    """``namespace/name`` of every member ShardSet: the source first, then the mirrors in spec order (a mirror
+    without a namespace is in the MirrorSet's)."""
+    ns, spec = _meta(obj).get("namespace"), _spec(obj)
+    source = (spec.get("sourceRef") or {}).get("name")
+    out = [f"{ns}/{source}"] if isinstance(source, str) else []
+    for m in spec.get("mirrors") or []:
+        if isinstance(m, Mapping) and isinstance((m.get("shardSetRef") or {}).get("name"), str):
+            out.append(f"{m.get('namespace') or ns}/{m['shardSetRef']['name']}")
+    return out
+
+
+def _condition(st: Obj, kind: str) -> Obj | None:
+    return next((c for c in st.get("conditions") or [] if isinstance(c, Mapping) and c.get("type") == kind), None)
+
+
+def mirrorset_summary(obj: Obj) -> dict[str, Any]:
+    """One MirrorSet in a list: members, term, active member, phase, mode, the operation's kind and step, whether
+    writes were lost and not all confirmed."""
+    st = _status(obj)
+    op = st.get("operation") or {}
+    lost = [w for w in st.get("lostWrites") or [] if isinstance(w, Mapping)]
+    ready = _condition(st, "Ready")
+    return {"namespace": _meta(obj).get("namespace"), "name": _meta(obj).get("name"),
+            "members": mirrorset_members(obj), "term": st.get("term"), "activeShardSet": st.get("activeShardSet"),
+            "phase": st.get("phase", "Pending"), "mode": (_spec(obj).get("replication") or {}).get("mode"),
+            "ready": ready.get("status") if ready is not None else None,
+            "operation": {"kind": op.get("kind"), "step": op.get("step")} if op else None,
+            "lostWrites": len(lost), "unconfirmedLostWrites": sum(1 for w in lost if not w.get("confirmed"))}
+
+
+def _copy_row(c: Obj) -> dict[str, Any]:
+    keys = ("shardSet", "role", "health", "state", "appliedLSN", "lastLSN", "lagLSN", "lagSeconds", "latencyMs",
+            "errorRate", "capacity", "restarts", "consistentAt")
+    row = {k: c.get(k) for k in keys}
+    row["reasons"] = [str(r) for r in c.get("reasons") or []]
+    row["role"], row["health"] = row["role"] or "unknown", row["health"] or "unknown"
+    return row
+
+
+def mirrorset_view(obj: Obj) -> dict[str, Any]:
+    """A MirrorSet as the console's page shows it: the summary, conditions, per-shard copies (members in spec
+    order), the operation in progress, the last one and the lost writes (oldest first)."""
+    st = _status(obj)
+    order = {m: i for i, m in enumerate(mirrorset_members(obj))}
+    shards = []
+    for s in sorted((s for s in st.get("shards") or [] if isinstance(s, Mapping)), key=lambda s: _num(s.get("shard"))):
+        copies = [_copy_row(c) for c in s.get("copies") or [] if isinstance(c, Mapping)]
+        copies.sort(key=lambda c: (c["role"] != "primary", order.get(str(c["shardSet"]), len(order))))
+        shards.append({"shard": s.get("shard"), "primary": s.get("primary"), "copies": copies})
+    lost = sorted((dict(w) for w in st.get("lostWrites") or [] if isinstance(w, Mapping)),
+                  key=lambda w: (_num(w.get("term")), _num(w.get("shard"))))
+    for w in lost:
+        w["confirmed"] = bool(w.get("confirmed"))
+    op = st.get("operation")
+    return {**mirrorset_summary(obj), "spec": dict(_spec(obj)), "conditions": list(st.get("conditions") or []),
+            "shards": shards, "operation": dict(op) if isinstance(op, Mapping) and op else None,
+            "lastOperation": st.get("lastOperation") or None, "lostWrites": lost,
+            "failovers": st.get("failovers"), "lastFailoverTime": st.get("lastFailoverTime"),
+            "mirrors": list(st.get("mirrors") or [])}
+
+
+def mirrorset_of(mirrorsets: Iterable[Obj], namespace: str, shardset: str) -> dict[str, Any] | None:
+    """The MirrorSet ``namespace/shardset`` belongs to (as its source or a mirror) and its role there, or None."""
+    key = f"{namespace}/{shardset}"
+    for m in sorted(mirrorsets, key=lambda m: (str(_meta(m).get("namespace")), str(_meta(m).get("name")))):
+        members = mirrorset_members(m)
+        if key in members:
+            st = _status(m)
+            return {"namespace": _meta(m).get("namespace"), "name": _meta(m).get("name"),
+                    "role": "source" if members[0] == key else "mirror",
+                    "active": st.get("activeShardSet") == key, "phase": st.get("phase", "Pending"),
+                    "term": st.get("term")}
+    return None
