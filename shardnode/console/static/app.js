@@ -238,6 +238,7 @@
     status("");
     const { parts: p, params } = parseHash();
     // #/ns/NS/shardsets/NAME[/tables/T/(timeline|incidents/SHARD/ID|keys/KEY|diff|state)] | #/ns/NS/reversions/N
+    // | #/ns/NS/mirrorsets/N
     if (p.length === 0) return viewShardSets(params);
     if (p[0] === "ns" && p[2] === "shardsets" && p.length === 4) return viewShardSet(p[1], p[3]);
     if (p[0] === "ns" && p[2] === "shardsets" && p[4] === "tables") {
@@ -249,6 +250,7 @@
       if (p[6] === "state") return viewState(ns, name, t, params);
     }
     if (p[0] === "ns" && p[2] === "reversions" && p.length === 4) return viewReversion(p[1], p[3]);
+    if (p[0] === "ns" && p[2] === "mirrorsets" && p.length === 4) return viewMirrorSet(p[1], p[3]);
     crumbs([["ShardSets", "/"]]);
     mount("Not found", h("p", {}, "No such view. "), link("/", "Back to the ShardSets"));
   }
@@ -308,7 +310,7 @@
         throw e;
       }
       return table("ShardSets you can see", ["Namespace", "Name", "Shards ready", "Phase", "Tables", "Key versions",
-        "Rotations", "Shadow policy"], data.items.map((s) => [
+        "Rotations", "Shadow policy", "MirrorSet"], data.items.map((s) => [
         s.namespace,
         link(route("ns", s.namespace, "shardsets", s.name), s.name),
         readyText(s),
@@ -317,6 +319,7 @@
         keyVersionsText(s.keyVersions),
         (s.rotations || []).map((r) => r.name + " (" + r.phase + ")").join(", ") || "—",
         s.shadowPolicy || "—",
+        mirrorSetLink(s.mirrorSet),
       ]), "No ShardSets, or none you may list.");
     }));
   }
@@ -334,7 +337,7 @@
       return h("div", {},
         dl([["Phase", s.phase || "—"], ["Shards ready", readyText(s)],
           ["Key versions", keyVersionsText(s.keyVersions)], ["Shadow policy", s.shadowPolicy || "none"],
-          ["Detector", detectorText(s.detector)]]),
+          ["MirrorSet", mirrorSetLink(s.mirrorSet)], ["Detector", detectorText(s.detector)]]),
         section("Tables", table("Tables and their views", ["Table", "Views"], tables.map((t) => [t, h("span", {
           class: "actions" },
         link(route("ns", ns, "shardsets", name, "tables", t, "timeline"), "Timeline", { "aria-label": "Timeline of " + t }),
@@ -356,8 +359,80 @@
             h("code", {}, (r.digest || "").slice(0, 12) || "—"), jsonText(r.keys), progressText(r.progress),
             incidentLink(ns, name, r.incident)]), "No Reversions.")),
         section("Mirrors and forecast splits", h("p", { class: "placeholder" },
-          "Mirror health and failover state: coming with MirrorSet. Forecast splits and their woven snapshots: " +
-          "coming with WeavePlan.")));
+          "Mirror health and failover state: on the MirrorSet's page (above). Forecast splits and their woven " +
+          "snapshots: coming with WeavePlan.")));
+    }));
+  }
+
+  // The MirrorSet a ShardSet belongs to ({namespace, name, role, active}) as a link to its page; "none" when it
+  // belongs to none the user may read.
+  function mirrorSetLink(m) {
+    if (!m || !m.name) return "none";
+    return h("span", {}, link(route("ns", m.namespace, "mirrorsets", m.name), m.namespace + "/" + m.name,
+      { "aria-label": "MirrorSet " + m.namespace + "/" + m.name }),
+    " (" + m.role + (m.active ? ", active" : "") + ")");
+  }
+
+  // A health or state as text with a class for its colour: the word carries the meaning, the colour only helps.
+  function badge(kind, value) {
+    const v = value === null || value === undefined || value === "" ? "unknown" : String(value);
+    return h("span", { class: kind + " " + kind + "-" + v.toLowerCase().replace(/[^a-z0-9]+/g, "-") }, v);
+  }
+
+  function operationRows(op) {
+    return [["Kind", op.kind || "—"], ["Step", badge("step", op.step)], ["Term", jsonText(op.term)],
+      ["From", op.from || "—"], ["To", op.to || "—"], ["Reason", op.reason || "—"],
+      ["Started", fmtTime(op.startedAt)]];
+  }
+
+  function copiesTable(shard) {
+    return table("Shard " + jsonText(shard.shard) + ": copies (primary " + (shard.primary || "unknown") + ")",
+      ["ShardSet", "Role", "Health", "Replication state", "Applied LSN", "Lag"],
+      (shard.copies || []).map((c) => [c.shardSet || "—", c.role,
+        h("span", {}, badge("health", c.health), (c.reasons || []).length ? ": " + c.reasons.join("; ") : ""),
+        c.state || "—", jsonText(c.appliedLSN),
+        c.lagSeconds === null || c.lagSeconds === undefined ? "—" : fmtNum(c.lagSeconds, 2) + " s" +
+          (c.lagLSN ? " (" + c.lagLSN + " changes)" : "")]), "No copies reported.");
+  }
+
+  // Read-only: a switchover is a CLI/kubectl action (it needs a request annotation the controller handles once).
+  function viewMirrorSet(ns, mname) {
+    crumbs([["ShardSets", "/"], ["MirrorSet " + ns + "/" + mname, route("ns", ns, "mirrorsets", mname)]]);
+    mount("MirrorSet " + ns + "/" + mname, part(async () => {
+      const m = await api("GET", "/namespaces/" + enc(ns) + "/mirrorsets/" + enc(mname));
+      const memberLink = (key) => {
+        const [mns, name] = String(key || "").split("/");
+        return name ? link(route("ns", mns, "shardsets", name), key) : jsonText(key);
+      };
+      const last = m.lastOperation;
+      return h("div", {},
+        dl([["Term", jsonText(m.term)], ["Active member", m.activeShardSet ? memberLink(m.activeShardSet) : "—"],
+          ["Phase", badge("phase", m.phase)], ["Mode", m.mode || "—"],
+          ["Members", h("span", {}, (m.members || []).map((k, i) => [i ? ", " : "", memberLink(k),
+            i === 0 ? " (source)" : ""]))],
+          ["Failovers", jsonText(m.failovers)]]),
+        section("Conditions", table("Conditions", ["Type", "Status", "Reason", "Message", "Since"],
+          (m.conditions || []).map((c) => [c.type, c.status, c.reason || "", c.message || "",
+            c.lastTransitionTime || ""]), "No conditions yet.")),
+        section("Copies", (m.shards || []).length ? (m.shards || []).map(copiesTable)
+          : h("p", { class: "empty" }, "No shard reported yet.")),
+        section("Operation in progress", m.operation ? dl(operationRows(m.operation))
+          : h("p", { class: "empty" }, "None.")),
+        section("Last operation", last ? dl([["Kind", last.kind || "—"], ["Outcome", badge("outcome", last.outcome)],
+          ["Term", jsonText(last.term)], ["From", last.from || "—"], ["To", last.to || "—"],
+          ["Writes held", last.heldSeconds === null || last.heldSeconds === undefined ? "—"
+            : fmtNum(last.heldSeconds, 1) + " s"],
+          ["Started", fmtTime(last.startedAt)], ["Finished", fmtTime(last.finishedAt)],
+          ["Message", last.message || "—"]]) : h("p", { class: "empty" }, "None yet.")),
+        section("Lost writes", table("Writes an async failover lost", ["Shard", "Old primary", "LSNs", "Count",
+          "Confirmed", "Term", "Time"], (m.lostWrites || []).map((w) => [jsonText(w.shard), w.shardSet || "—",
+          "after " + jsonText(w.fromLSN) + " up to " + jsonText(w.toLSN), jsonText(w.count),
+          badge("confirmed", w.confirmed ? "confirmed" : "not confirmed"), jsonText(w.term), fmtTime(w.time)]),
+        "No lost writes.")),
+        section("Switching over", h("p", {}, "This page is read-only. To move the primary role run ",
+          h("code", {}, "kubectl chronoshard -n " + ns + " mirror switchover " + mname + " --to <member> --wait"),
+          " (or ", h("code", {}, "mirror failback " + mname + " --wait"), ") as a user allowed to patch the " +
+          "MirrorSet.")));
     }));
   }
 
