@@ -29,7 +29,7 @@ def test_sync_counts_every_loss_and_async_only_losses_outside_the_reported_range
     assert (len(report.lost), len(report.stale)) == (2, 1)
     assert violations("sync", report, {0: (11, 12)}) == 3
     assert violations("async", report, {0: (11, 12)}) == 0  # reported by lostWrites: the stale read is excused too
-    assert violations("async", report, {0: (12, 12)}) == 1  # LSN 11 lost but not reported (the read only missed seq 3, which was)
+    assert violations("async", report, {0: (12, 12)}) == 1  # LSN 11 lost, not reported (seq 3 was)
     assert violations("async", report, {1: (11, 12)}) == 3  # another shard's range accounts for nothing
 
 
