@@ -174,7 +174,7 @@ class Replicator:
             raise
         self._registered = True
         self._contact(self.state.source.last_lsn)
-        self.state.state, self.state.error = "streaming", None  # the slot holds the log from the cursor on
+        self.state.mark_streaming()  # the slot holds the log from the cursor on
 
     async def _apply(self, page: ChangePage) -> None:
         st = self.state
@@ -191,7 +191,7 @@ class Replicator:
                     st.source.last_applied_time = changes[-1].time
         if st.applied > 0:
             await self.client().ack(self.consumer, min(st.applied, page.last_lsn))
-        st.state, st.error = "streaming", None
+        st.mark_streaming()
 
     async def _wait_hold(self) -> None:
         event = self.state.hold_changed
@@ -221,7 +221,7 @@ class Replicator:
         st.applied, st.seeding, st.seeds = first, False, st.seeds + 1
         self._contact(first)
         await client.ack(self.consumer, first)
-        st.state, st.error = "streaming", None
+        st.mark_streaming()
         log.info("replicator: seeded from the source's snapshot at LSN %d", first)
 
     async def _clear(self, lsn: int) -> None:

@@ -102,6 +102,9 @@ class ReplicationState:
         self.seeds = 0
         self.errors = 0  # replicator failures since the process started (each retried)
         self.seeding = False
+        # True once the replicator streams under the role in force (its rewind or seed done): only then are a
+        # mirror's LSNs those of its primary's term, even while its source is unreachable afterwards.
+        self.streamed = False
         self.applied = 0  # the cursor (mirror)
         self.promoted_at: int | None = None
         self.discarded: list[int] | None = None
@@ -203,13 +206,18 @@ class ReplicationState:
         if self.seeding:  # a re-seed began while waiting
             raise ApiError(503, "mirror_seeding", "this mirror is being seeded; read from the primary")
 
+    def mark_streaming(self) -> None:
+        """The replicator streams under the role in force (after its rewind or seed): reads may trust its LSNs."""
+        self.state, self.error, self.streamed = "streaming", None, True
+
     def on_timeline_of(self, term: int) -> bool:
         """True if this node's LSNs continue those of the primary of ``term``: a primary of that term or later, or
-        a mirror of such a primary that has finished its rewind or seed. An LSN alone is not enough across a
+        a mirror of such a primary that has finished its rewind or seed (``streamed``; its source may have died
+        since: that is when a mirror is read). An LSN alone is not enough across a
         failover: an old primary (or a mirror still rewinding it) may hold other writes under the same LSNs."""
         if self.role.term < term:
             return False
-        return self.role.role == PRIMARY or (self.role.role == MIRROR and self.state == "streaming")
+        return self.role.role == PRIMARY or (self.role.role == MIRROR and self.streamed)
 
     async def applied_lsn(self) -> int:
         """The LSN reads reflect: the cursor of a mirror, the last LSN of a primary or fenced node."""
@@ -298,6 +306,7 @@ class ReplicationState:
 
     async def _follow(self, new: Role) -> None:
         await self._stop_replicator()
+        self.streamed = False
         await self._store_role(new)
         self.promoted_at = None
         self._start_replicator()

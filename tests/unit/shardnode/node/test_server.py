@@ -26,13 +26,13 @@ async def _json(resp):
 async def test_put_get_delete_and_headers(env):
     node, _, s, _, _ = env
     r = await s.put(f"{node}/v1/tables/users/blocks/alice", data=b"\x00\x01payload")
-    assert r.status == 200 and (await r.json()) == {"table": "users", "key": "alice", "lsn": 1, "keyVersion": 1,
-                                                     "size": 9}
+    assert r.status == 200 and (await r.json()) == {"table": "users", "key": "alice", "lsn": 1, "term": 0,
+                                                     "keyVersion": 1, "size": 9}
     r = await s.get(f"{node}/v1/tables/users/blocks/alice")
     assert r.status == 200 and await r.read() == b"\x00\x01payload"
     assert r.headers["X-Chronoshard-Key-Version"] == "1" and r.headers["X-Chronoshard-Lsn"] == "1"
     r = await s.delete(f"{node}/v1/tables/users/blocks/alice")
-    assert (await r.json())["lsn"] == 2
+    assert (await r.json()) == {"table": "users", "key": "alice", "lsn": 2, "term": 0}
     r = await s.get(f"{node}/v1/tables/users/blocks/alice")
     assert r.status == 404 and (await _json(r))["error"] == "not_found"
 

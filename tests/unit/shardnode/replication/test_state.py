@@ -116,3 +116,18 @@ async def test_a_mirror_half_way_through_a_seed_is_not_promoted(rs):
             await store.put("t", "k", b"v")
         assert e.value.code == "not_primary"
         await state.stop()
+
+
+def test_only_a_primary_of_the_term_or_a_mirror_streaming_under_it_vouches_for_its_lsns():
+    state = ReplicationState(asyncio.Event, Digest)
+    state.role = parse_role({"term": 3, "role": "primary"})
+    assert state.on_timeline_of(3) and state.on_timeline_of(0) and not state.on_timeline_of(4)
+    state.role = parse_role({"term": 4, "role": "mirror", "source": {"url": "http://x:1", "shardSet": "ns/a"},
+                             "consumer": "m"})
+    assert not state.on_timeline_of(4)  # rewinding or seeding: its LSNs may still be the old primary's
+    state.mark_streaming()
+    assert state.on_timeline_of(4) and state.state == "streaming"
+    state.state = "error"  # its source died afterwards: exactly when a mirror is read, still vouched for
+    assert state.on_timeline_of(4) and not state.on_timeline_of(5)
+    state.role = parse_role({"term": 5, "role": "fenced"})
+    assert not state.on_timeline_of(5)
