@@ -25,7 +25,9 @@ CREATE TABLE IF NOT EXISTS changes (
     size INTEGER NOT NULL,
     frame BLOB,                             -- the new frame (put/rewrap) while consumers exist, else NULL
     checksum BLOB,                          -- XXH3-128 of the plaintext, with the frame
-    identity TEXT                           -- who made the change (auth/writer.py); NULL: rewrap, no auth
+    identity TEXT,                          -- who made the change (auth/writer.py); NULL: rewrap, no auth
+    origin TEXT NOT NULL DEFAULT 'write'    -- write: a client's write or our rewrap; move_in: a block moved in
+        CHECK (origin IN ('write', 'move_in', 'purge'))  -- by a reshard; purge: a moved-away block deleted
 );
 CREATE TABLE IF NOT EXISTS changelog_state (
     id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -36,7 +38,9 @@ INSERT OR IGNORE INTO changelog_state (id, frame_bytes, frames_from) VALUES (1, 
 """
 
 OPS = ("put", "delete", "rewrap")
-_COLS = "lsn, time, tbl, key, op, key_version, size, identity"
+ORIGINS = ("write", "move_in", "purge")  # docs/resharding.md: why a row was logged
+WRITE, MOVE_IN, PURGE = ORIGINS
+_COLS = "lsn, time, tbl, key, op, key_version, size, identity, origin"
 
 
 @dataclass(frozen=True)
@@ -54,29 +58,35 @@ class Change:
     frame: bytes | None = None
     checksum: bytes | None = None
     identity: str | None = None
+    origin: str = WRITE
 
     def to_json(self) -> dict[str, Any]:
         """JSON form used by `GET /v1/changes` (without frames)."""
         return {"lsn": self.lsn, "time": self.time, "table": self.table, "key": self.key, "op": self.op,
-                "keyVersion": self.key_version, "size": self.size, "identity": self.identity}
+                "keyVersion": self.key_version, "size": self.size, "identity": self.identity, "origin": self.origin}
+
+
+_ADDED_COLUMNS = (("frame", "BLOB"), ("checksum", "BLOB"), ("identity", "TEXT"),
+                  ("origin", "TEXT NOT NULL DEFAULT 'write' CHECK (origin IN ('write', 'move_in', 'purge'))"))
 
 
 def migrate(conn: sqlite3.Connection) -> None:
-    """Bring a database made before frames or identities were logged up to SCHEMA (ADD COLUMN is instant in
-    SQLite; older rows read NULL)."""
+    """Bring a database made before frames, identities or origins were logged up to SCHEMA (ADD COLUMN is instant
+    in SQLite; older rows read NULL, or 'write' for the origin: every row before resharding was a write)."""
     have = {row[1] for row in conn.execute("PRAGMA table_info(changes)")}
-    for column, kind in (("frame", "BLOB"), ("checksum", "BLOB"), ("identity", "TEXT")):
+    for column, kind in _ADDED_COLUMNS:
         if column not in have:
             conn.execute(f"ALTER TABLE changes ADD COLUMN {column} {kind}")
 
 
 def append(conn: sqlite3.Connection, table: str, key: str, op: str, key_version: int | None, size: int,
-           frame: bytes | None = None, checksum: bytes | None = None, identity: str | None = None) -> int:
+           frame: bytes | None = None, checksum: bytes | None = None, identity: str | None = None,
+           origin: str = WRITE) -> int:
     """Append one entry inside the caller's transaction; return its LSN."""
     cur = conn.execute(
-        "INSERT INTO changes (time, tbl, key, op, key_version, size, frame, checksum, identity) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (time.time(), table, key, op, key_version, size, frame, checksum, identity),
+        "INSERT INTO changes (time, tbl, key, op, key_version, size, frame, checksum, identity, origin) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (time.time(), table, key, op, key_version, size, frame, checksum, identity, origin),
     )
     if frame is not None:
         add_frame_bytes(conn, len(frame))
@@ -120,10 +130,10 @@ def iter_changes(conn: sqlite3.Connection, after: int, limit: int, *, tables: tu
     cur = conn.execute(f"SELECT {cols} FROM changes WHERE {where} ORDER BY lsn LIMIT ?",
                        (*args, *(tables or ()), limit))
     for row in cur:
-        lsn, t, tbl, key, op, version, size, identity = row[:8]
-        frame, cs = row[8:] if frames else (None, None)
+        lsn, t, tbl, key, op, version, size, identity, origin = row[:9]
+        frame, cs = row[9:] if frames else (None, None)
         yield Change(lsn, t, tbl, key, op, version, size, None if frame is None else bytes(frame),
-                     None if cs is None else bytes(cs), identity)
+                     None if cs is None else bytes(cs), identity, origin)
 
 
 def last_lsn(conn: sqlite3.Connection) -> int:

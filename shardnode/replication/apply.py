@@ -88,9 +88,10 @@ def _upsert(conn: sqlite3.Connection, table: str, key: str, version: int, size: 
 
 def _log(conn: sqlite3.Connection, c: StreamChange, frames: bool) -> None:
     frame, checksum = (c.frame, c.checksum) if frames else (None, None)
-    conn.execute("INSERT INTO changes (lsn, time, tbl, key, op, key_version, size, frame, checksum, identity) "
-                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                 (c.lsn, c.time, c.table, c.key, c.op, c.key_version, c.size, frame, checksum, c.identity))
+    conn.execute("INSERT INTO changes (lsn, time, tbl, key, op, key_version, size, frame, checksum, identity, "
+                 "origin) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 (c.lsn, c.time, c.table, c.key, c.op, c.key_version, c.size, frame, checksum, c.identity,
+                  c.origin))
     if frame is not None:
         conn.execute("UPDATE changelog_state SET frame_bytes = frame_bytes + ? WHERE id = 1", (len(frame),))
 

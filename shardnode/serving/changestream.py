@@ -31,7 +31,9 @@ class ChangeStreamError(Exception):
 @dataclass(frozen=True)
 class StreamChange:
     """One change-log entry; ``frame``/``checksum`` for puts and rewraps recorded while a slot existed;
-    ``identity`` the user the node recorded as making it (None: a rewrap, no authentication, or an older node)."""
+    ``identity`` the user the node recorded as making it (None: a rewrap, no authentication, or an older node);
+    ``origin`` why it was logged: ``write``, ``move_in`` (a reshard moved the block in) or ``purge`` (a moved-away
+    block deleted) — docs/resharding.md; an older node sends none: ``write``."""
 
     lsn: int
     time: float
@@ -43,6 +45,7 @@ class StreamChange:
     frame: bytes | None
     checksum: bytes | None
     identity: str | None = None
+    origin: str = "write"
 
 
 @dataclass(frozen=True)
@@ -80,7 +83,8 @@ def _text(value: Any) -> str | None:
 def parse_change(doc: dict[str, Any]) -> StreamChange:
     """A change entry from its JSON form."""
     return StreamChange(doc["lsn"], doc["time"], doc["table"], doc["key"], doc["op"], doc["keyVersion"], doc["size"],
-                        _bytes(doc.get("frame")), _bytes(doc.get("checksum")), _text(doc.get("identity")))
+                        _bytes(doc.get("frame")), _bytes(doc.get("checksum")), _text(doc.get("identity")),
+                        _text(doc.get("origin")) or "write")
 
 
 def parse_snapshot_block(doc: dict[str, Any]) -> SnapshotBlock:
