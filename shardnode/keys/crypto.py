@@ -16,6 +16,8 @@ __all__ = ["IntegrityError", "MissingKeyVersion", "checksum", "open_block", "sea
 CHECKSUM_SIZE = 16
 _U32 = struct.Struct(">I")
 _xxh3_128 = xxhash.xxh3_128_digest  # checksum() without its Python frame, for open_block
+_LEAD_HEADER, _LEAD, _BODY = frames.LEAD_HEADER, frames.LEAD, frames.HEADER_SIZE
+_MIN_FRAME, _VIEW_FROM = frames.MIN_FRAME_SIZE, frames.VIEW_FROM
 
 
 class IntegrityError(ValueError):
@@ -64,12 +66,17 @@ def open_block(keyring: Keyring, table: str, key: str, data: bytes, expected_che
     ``unwrap=False``: KeyNotHeld instead of unwrapping a wrapped version's table key that is not in memory.
     ``aad_extra``: the same bytes the frame was sealed with (seal_block).
     """
-    # The hot path of every cache miss: at 4 KiB each Python call here costs about 5% of the decrypt itself,
-    # hence one lookup for the AEAD and the AAD prefix and the AAD's key part built inline (tests/bench).
-    try:
-        version, nonce, ciphertext = frames.split(data)
-    except frames.FrameError as exc:
-        raise IntegrityError("frame", f"stored frame is malformed: {exc}") from None
+    # The hot path of every cache miss. At 4 KiB each Python call here costs about 5% of the decrypt itself, so
+    # the header is parsed inline (frames.split's checks, one compare), the AEAD and the AAD prefix come from one
+    # lookup and the AAD's key part is built inline (tests/bench/bench_node_crypto.py, docs/data-plane.md).
+    size = len(data)
+    if size < _MIN_FRAME:
+        raise IntegrityError("frame", f"stored frame is malformed: {frames.problem(data)}")
+    lead, version, nonce = _LEAD_HEADER.unpack_from(data)
+    if lead != _LEAD or version == 0:
+        raise IntegrityError("frame", f"stored frame is malformed: {frames.problem(data)}")
+    # Small frames: one slice (a copy as cheap as making a view); large ones: a view, no copy of the ciphertext.
+    ciphertext = data[_BODY:] if size <= _VIEW_FROM else memoryview(data)[_BODY:]
     aead, aad = keyring.opener(version, table, unwrap)
     k = key.encode()
     aad += _U32.pack(len(k)) + k  # frames.aad_suffix(key)

@@ -61,6 +61,7 @@ class TableKeys(Protocol):
 
     def get(self, table: str, version: int, unwrap: bool = True) -> bytes: ...
     def aead(self, table: str, version: int, unwrap: bool = True) -> AESGCM: ...
+    def held_aead(self, table: str, version: int) -> AESGCM | None: ...
     def check(self, version: int, blob: bytes | None = None) -> None: ...
     def adopt(self, blobs: dict[int, bytes]) -> None: ...
 
@@ -125,17 +126,21 @@ class Keyring:
 
     def opener(self, version: int, table: str, unwrap: bool = True) -> tuple[AESGCM, bytes]:
         """``aead(version, table)`` and the AAD prefix of that table's frames (frames.aad_prefix), in one lookup."""
-        cached = self._openers.get((version, table))  # raw versions only: wrapped ones never enter it
+        ident = (version, table)
+        cached = self._openers.get(ident)  # raw versions only: wrapped ones never enter it
         if cached is not None:
             return cached
         table_keys = self._table_keys  # never None when there are wrapped versions (__init__ checks)
         if version in self.wrapped and table_keys is not None:
-            try:
-                # The key cache holds the AEAD with its table key, so it alone bounds how many live in memory.
-                aead = table_keys.aead(table, version, unwrap=unwrap)
-            except KeyUnavailable as exc:
-                raise KeyVersionUnavailable(version, str(exc)) from None
-            prefix = self._prefixes.get((version, table))
+            # The key cache holds the AEAD with its table key, so it alone bounds how many live in memory; a held
+            # key is the hot path (no lock, no unwrap), the rest may unwrap.
+            aead = table_keys.held_aead(table, version)
+            if aead is None:
+                try:
+                    aead = table_keys.aead(table, version, unwrap=unwrap)
+                except KeyUnavailable as exc:
+                    raise KeyVersionUnavailable(version, str(exc)) from None
+            prefix = self._prefixes.get(ident)
             if prefix is None:
                 prefix = self._remember(self._prefixes, (version, table), frames.aad_prefix(version, table))
             return aead, prefix

@@ -122,3 +122,31 @@ def test_large_and_small_blocks_open_and_every_corruption_is_caught(size):
     with pytest.raises(IntegrityError) as exc:
         open_block(ring, "t", "k", frame, checksum(plain + b"x"), aad_extra=b"lsn")
     assert exc.value.reason == "checksum"
+
+
+def test_open_block_refuses_each_malformed_header_as_split_does():
+    """open_block parses the header inline: the same refusals, with the same reasons, as frames.split."""
+    ring = _ring()
+    frame, cs, _ = seal_block(ring, "t", "k", b"data")
+    cases = {
+        "frame too short": frame[: frames.MIN_FRAME_SIZE - 1],
+        "bad frame magic": b"XS" + frame[2:],
+        "unsupported frame format version 2": frame[:2] + b"\x02" + frame[3:],
+        "key version 0 is invalid": frame[:3] + bytes(4) + frame[7:],
+    }
+    for message, bad in cases.items():
+        with pytest.raises(IntegrityError, match=message) as exc:
+            open_block(ring, "t", "k", bad, cs)
+        assert exc.value.reason == "frame"
+        with pytest.raises(frames.FrameError, match=message):
+            frames.split(bad)
+
+
+@pytest.mark.parametrize("kind", [bytes, bytearray, memoryview])
+def test_open_block_takes_any_buffer_and_returns_bytes(kind):
+    ring = _ring()
+    for size in (10, frames.VIEW_FROM + 100):  # one below the view threshold (a slice), one above (a view)
+        plain = os.urandom(size)
+        frame, cs, _ = seal_block(ring, "t", "k", plain)
+        out = open_block(ring, "t", "k", kind(frame), cs)
+        assert out == plain and type(out) is bytes

@@ -242,3 +242,39 @@ def test_embedded_check_unwraps_the_version_key_without_keeping_it(tmp_path: Pat
     slow = FixedLatencyProvider(p, 0.0)
     slow.check(1)
     assert slow.calls == 0
+
+
+def test_held_aead_is_the_lock_free_hit_path_and_every_hit_is_counted() -> None:
+    from chronoshard.shardnode.keys.provider import READ_BUFFER
+
+    prov = CountingProvider()
+    kc = KeyCache(prov, capacity=4)
+    assert kc.held_aead("a", 1) is None and prov.calls == [] and kc.misses == 0  # never unwraps, not a miss
+    aead = kc.aead("a", 1)
+    reads = 3 * READ_BUFFER + 5
+    assert all(kc.held_aead("a", 1) is aead for _ in range(reads))
+    assert len(kc._reads) < READ_BUFFER  # drained into the policy as it filled, not kept
+    assert kc.hits == reads and kc.stats()["hits"] == reads and prov.calls == [("a", 1)]
+
+
+def test_buffered_hits_reach_the_policy_before_it_chooses_a_victim() -> None:
+    """A key read only through the lock-free path still counts as used when an eviction is decided."""
+    prov = CountingProvider()
+    kc = KeyCache(prov, capacity=3)
+    kc.get("a", 1)
+    kc.get("b", 1)
+    assert kc.prefetch("p", 1, score=0.9) is True
+    kc.held_aead("p", 1)  # buffered: the prefetched key is used
+    assert kc.prefetch_used == 1
+    kc.held_aead("p", 1)
+    assert kc.prefetch_used == 1 and kc.hits == 2  # used once, hit twice
+
+
+def test_a_hot_key_read_lock_free_outlives_cold_ones() -> None:
+    kc = KeyCache(CountingProvider(), capacity=4)
+    kc.get("hot", 1)
+    for i in range(40):
+        for _ in range(20):
+            assert kc.held_aead("hot", 1) is not None
+        kc.get(f"cold-{i}", 1)  # a stream of keys read once each: the hot one must stay
+    assert ("hot", 1) in kc
