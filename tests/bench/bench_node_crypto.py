@@ -8,6 +8,11 @@ The third column is the same hot path on a KEK-wrapped keyring with the table ke
 (the cache's path for every block fetched from the node once the key is warm). A last line times the slow
 path, an embedded unwrap (read `kek.key` and the blob, AES-GCM unwrap, HKDF), beside deriving a raw version's
 table key (HKDF alone).
+
+Two more columns say what limits the ratio, measured in the same run: "decrypt+XXH3" is the raw decrypt of the
+same split ciphertexts followed by the checksum the format requires (docs/block-format.md), nothing else; "floor"
+is the least any verifying path does with a stored frame: take its body (a slice, or a view above
+frames.VIEW_FROM), decrypt with an AEAD and an AAD already at hand, hash and compare, in a bare loop.
 """
 
 from __future__ import annotations
@@ -16,8 +21,11 @@ import argparse
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import xxhash
 from chronoshard.shardnode.keys import frames
 from chronoshard.shardnode.keys.crypto import open_block, seal_block
 from chronoshard.shardnode.keys.keyring import Keyring, KeyVersion, derive_table_key
@@ -61,7 +69,8 @@ def run(size: int, blocks: int, rounds: int) -> dict[str, float]:
         return _measure(ring, wrapped, size, blocks, rounds)
 
 
-def _measure(ring: Keyring, wrapped: Keyring, size: int, blocks: int, rounds: int) -> dict[str, float]:
+def _frames(ring: Keyring, size: int, blocks: int) -> tuple[list[Any], list[Any], list[Any]]:
+    """Sealed blocks as (key, frame, checksum), their split parts for the baseline, and the floor's inputs."""
     items = []
     for i in range(blocks):
         key = f"block-{i}"
@@ -69,9 +78,19 @@ def _measure(ring: Keyring, wrapped: Keyring, size: int, blocks: int, rounds: in
         frame, cs, _ = seal_block(ring, "bench", key, os.urandom(size), version=1 + i % 2)
         items.append((key, frame, cs))
     raw = []
-    for key, frame, _ in items:
+    floor_items = []
+    for key, frame, cs in items:
         f = frames.decode(frame)
-        raw.append((ring.aead(f.key_version, "bench"), f.nonce, f.ciphertext, frames.associated_data(f, "bench", key)))
+        aead, aad = ring.aead(f.key_version, "bench"), frames.associated_data(f, "bench", key)
+        raw.append((aead, f.nonce, f.ciphertext, aad))
+        floor_items.append((aead, f.nonce, frame, aad, cs))
+    return items, raw, floor_items
+
+
+def _loops(ring: Keyring, wrapped: Keyring, size: int, blocks: int) -> list[Callable[[], None]]:
+    """The timed loops over the same frames: raw decrypt, open_block, wrapped open_block, decrypt+XXH3, floor."""
+    items, raw, floor_items = _frames(ring, size, blocks)
+    xxh3, body, view_from = xxhash.xxh3_128_digest, frames.HEADER_SIZE, frames.VIEW_FROM
 
     def baseline() -> None:
         for aead, nonce, ct, aad in raw:
@@ -85,11 +104,25 @@ def _measure(ring: Keyring, wrapped: Keyring, size: int, blocks: int, rounds: in
         for key, frame, cs in items:
             open_block(wrapped, "bench", key, frame, cs)
 
-    t_raw, t_hot, t_wrap = best_of(rounds, baseline, hot_path, wrapped_path)
+    def with_checksum() -> None:
+        for aead, nonce, ct, aad in raw:
+            xxh3(aead.decrypt(nonce, ct, aad))
+
+    def floor() -> None:
+        for aead, nonce, frame, aad, cs in floor_items:
+            ct = frame[body:] if len(frame) <= view_from else memoryview(frame)[body:]
+            if xxh3(aead.decrypt(nonce, ct, aad)) != cs:
+                raise AssertionError("checksum")
+
+    return [baseline, hot_path, wrapped_path, with_checksum, floor]
+
+
+def _measure(ring: Keyring, wrapped: Keyring, size: int, blocks: int, rounds: int) -> dict[str, float]:
+    t_raw, t_hot, t_wrap, t_sum, t_floor = best_of(rounds, *_loops(ring, wrapped, size, blocks))
     mb = size * blocks / 1e6
     return {"raw_mbps": mb / t_raw, "hot_mbps": mb / t_hot, "raw_ops": blocks / t_raw, "hot_ops": blocks / t_hot,
             "ratio": t_raw / t_hot, "wrap_ops": blocks / t_wrap, "wrap_ratio": t_raw / t_wrap,
-            "wrap_vs_hot": t_hot / t_wrap}
+            "wrap_vs_hot": t_hot / t_wrap, "sum_ratio": t_raw / t_sum, "floor_ratio": t_raw / t_floor}
 
 
 def unwrap_cost(tables: int, rounds: int) -> tuple[float, float]:
@@ -122,13 +155,14 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=9)
     args = ap.parse_args()
     print(f"{'block':>7} | {'raw AESGCM.decrypt':>22} | {'open_block (decrypt+verify)':>28} | ratio | "
-          f"{'wrapped, key held':>17} | ratio | wrapped ÷ raw keyring")
+          f"{'wrapped, key held':>17} | ratio | wrapped ÷ raw keyring | decrypt+XXH3 | floor")
     for size in (4096, 65536):
         blocks = args.blocks if size == 4096 else max(100, args.blocks // 8)
         r = run(size, blocks, args.rounds)
         print(f"{size // 1024:>5}Ki | {r['raw_mbps']:8.0f} MB/s {r['raw_ops']:8.0f}/s | "
               f"{r['hot_mbps']:12.0f} MB/s {r['hot_ops']:8.0f}/s | {r['ratio']:.2f}  | "
-              f"{r['wrap_ops']:15.0f}/s | {r['wrap_ratio']:.2f}  | {r['wrap_vs_hot']:.2f}")
+              f"{r['wrap_ops']:15.0f}/s | {r['wrap_ratio']:.2f}  | {r['wrap_vs_hot']:20.2f} | "
+              f"{r['sum_ratio']:12.2f} | {r['floor_ratio']:5.2f}")
     unwrap, derive = unwrap_cost(500, args.rounds)
     print(f"table key: embedded unwrap {unwrap * 1e6:.1f} µs, raw-version HKDF {derive * 1e6:.1f} µs "
           f"(unwrap ÷ derive {unwrap / derive:.1f}×)")
