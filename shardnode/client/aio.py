@@ -10,9 +10,11 @@ Example::
         value = await c.get("users", "alice")
 
 Every keyed request carries ``X-Chronoshard-Routed: <epoch>``: a shard that does not own the key (or
-runs another map epoch) answers 421 instead of forwarding, the client refreshes its map and retries
-once at the right shard. ``AsyncClient.via_service(url)`` instead sends everything to one address
-(the ShardSet's client Service) and lets the caches forward.
+runs another map epoch) answers 421 instead of forwarding, the client refreshes its map (from its map source,
+else from the refusing shard's ``GET /v1/partitions``) and sends the request again at the owner; during a
+partition move's cutover (docs/resharding.md) it keeps trying with short growing pauses, a bounded number of times
+within its timeout, so the application sees no error. ``AsyncClient.via_service(url)`` instead sends everything
+to one address (the ShardSet's client Service) and lets the caches forward.
 
 Credentials are sent by default (``credentials.Credentials.default``: ``token=``/``token_provider=``,
 ``$CHRONOSHARD_TOKEN``, the projected token file); TLS is verified against ``ca=`` (a PEM file) and endpoints
@@ -67,6 +69,11 @@ RESTART_WAIT = 30.0
 RESTART_POLL = (0.2, 1.0)  # first and longest pause between attempts
 SCAN_PAGE = 500
 BATCH_KEYS = 500  # below the node's 1000-key batch limit
+# A keyed request refused with 421 is sent again within the client's timeout, at most this many times in all: during
+# a partition move's cutover the source and the target may each refuse it for a moment, and a shard that gets the
+# new map late refuses a client that already has it (docs/resharding.md).
+MISDIRECTED_ATTEMPTS = 40
+MISDIRECTED_PAUSE = 0.02  # the first pause when a refusal taught nothing new; doubled each time
 
 
 @dataclass(frozen=True)
@@ -147,8 +154,9 @@ class AsyncClient:
         ``Unreachable``; ``rediscover``: called before each new attempt, so the endpoints can follow a replaced
         pod to its new address (``ShardSetPods.refresh``).
 
-        ``lagging_shard_wait``: before retrying at a shard that refused us under an *older* epoch than
-        ours (it has not reloaded the mounted map yet; nodes check once a second), wait this long.
+        ``lagging_shard_wait``: the longest pause before retrying at a shard that refused us under an *older*
+        epoch than ours (it has not reloaded the mounted map yet; nodes check once a second) or that names
+        another owner under our epoch; pauses start at 20 ms and double.
         ``token``/``token_provider``/``token_file``: see ``Credentials.default``; ``ca``: the PEM file the
         shards' certificates are verified against; ``scheme``: for endpoints given without one. ``transport``
         replaces all of these (and ``session``) with one already built. ``mirrors``: route by a MirrorSet
@@ -179,6 +187,7 @@ class AsyncClient:
         self._map: PartitionMap | None = None
         self._map_lock = asyncio.Lock()
         self.map_refreshes = 0  # how many times the map was fetched (observable in tests and metrics)
+        self.misdirected_retries = 0  # keyed requests sent again after a 421 (tests, metrics)
 
     @classmethod
     def via_service(cls, url: str | Endpoint, *, maps: MapProvider | None = None,
@@ -356,27 +365,66 @@ class AsyncClient:
         if self._mirrors is not None:
             return await self._mirror_keyed(self._mirrors, method, table, key, headers, body, ok_404)
         pmap = await self.partition_map()
-        shard, epoch = pmap.shard_of(table, key), pmap.epoch
-        for attempt in (0, 1):
-            ep, status, payload = await self._send_shard(shard, method, path, headers | {ROUTED_HEADER: str(epoch)},
-                                                         body)
-            if status == 421 and attempt == 0:
-                doc = _error_body(payload)
-                theirs = doc.get("epoch") if isinstance(doc.get("epoch"), int) else None
-                pmap = await self.refresh_map(min_epoch=theirs)
-                shard, epoch = pmap.shard_of(table, key), pmap.epoch
-                if theirs is not None and epoch < theirs and isinstance(doc.get("owner"), int):
-                    # Our map sources still lag behind the shard that refused us: act on its newer
-                    # word for this one retry (and say so with its epoch).
-                    shard, epoch = doc["owner"], theirs
-                elif theirs is not None and theirs < epoch:
-                    # The shard lags behind our map; give it time to reload before the one retry.
-                    await asyncio.sleep(self.lagging_shard_wait)
+        route = (pmap.shard_of(table, key), pmap.epoch)
+        deadline = asyncio.get_running_loop().time() + self.timeout
+        for attempt in range(MISDIRECTED_ATTEMPTS):
+            ep, status, payload = await self._send_shard(route[0], method, path,
+                                                         headers | {ROUTED_HEADER: str(route[1])}, body)
+            last = attempt == MISDIRECTED_ATTEMPTS - 1 or asyncio.get_running_loop().time() >= deadline
+            if status == 421 and not last:
+                # Refused before anything was done (a fence-held write too): sending it again is safe.
+                route = await self._follow_misdirected(ep, table, key, route, _error_body(payload), attempt,
+                                                       deadline)
                 continue
             if not (ok_404 and status == 404):
                 self._raise_for(status, payload, f"{ep}{path}", table, key)
             return status, payload
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _follow_misdirected(self, ep: Endpoint, table: str, key: str, route: tuple[int, int],
+                                  doc: dict[str, Any], attempt: int, deadline: float) -> tuple[int, int]:
+        """Where to send a refused keyed request next, as (shard, epoch), after a pause when the refusal taught us
+        nothing new (a shard behind our map, or two shards each naming the other during a cutover)."""
+        theirs = doc.get("epoch") if isinstance(doc.get("epoch"), int) else None
+        owner = doc.get("owner") if isinstance(doc.get("owner"), int) else None
+        self.misdirected_retries += 1
+        if theirs is not None and theirs > route[1]:
+            # A newer map exists: our sources, else the shard that refused us (a pushed map reaches the nodes
+            # before the ConfigMap), else its word for the owner under its epoch.
+            pmap = await self.refresh_map(min_epoch=theirs)
+            if pmap.epoch < theirs:
+                pmap = await self._adopt(await self._map_of(ep)) or pmap
+            if pmap.epoch >= theirs:
+                return pmap.shard_of(table, key), pmap.epoch
+            return (owner if owner is not None else route[0]), theirs
+        # The shard runs our epoch or an older one: it names a different owner (a cutover in progress, or a map
+        # of the same epoch we took on its word) or has not received our map yet. Wait a little, growing.
+        pause = min(MISDIRECTED_PAUSE * 2 ** attempt, self.lagging_shard_wait,
+                    max(deadline - asyncio.get_running_loop().time(), 0.0))
+        await asyncio.sleep(pause)
+        if theirs is not None and theirs == route[1] and owner is not None:
+            return owner, route[1]
+        if self._map is not None and self._map.epoch > route[1]:
+            return self._map.shard_of(table, key), self._map.epoch  # another request learnt a newer map meanwhile
+        return route
+
+    async def _map_of(self, ep: Endpoint) -> PartitionMap | None:
+        """``GET /v1/partitions`` of one shard (None if it does not answer with a map)."""
+        try:
+            status, payload = await self.transport.request("GET", ep, "/v1/partitions", timeout=self.timeout)
+            return PartitionMap.from_json(payload) if status == 200 else None
+        except (Unavailable, ValueError):
+            return None
+
+    async def _adopt(self, pmap: PartitionMap | None) -> PartitionMap | None:
+        """Use ``pmap`` if it is newer than the map in use; returns the map in use afterwards (None: none given)."""
+        if pmap is None:
+            return None
+        async with self._map_lock:
+            if self._map is None or pmap.epoch > self._map.epoch:
+                self._map = pmap
+                self.map_refreshes += 1
+            return self._map
 
     # --- MirrorSet routing (with_mirrors) ------------------------------------------------------------
 
@@ -553,7 +601,7 @@ class AsyncClient:
             await self._mirrors.view()  # scans go to the active ShardSet
         pmap = await self.partition_map()
         owners = sorted({p.shard for p in pmap.partitions})
-        sources = [self._scan_shard(s, table, prefix, page) for s in owners]
+        sources = [self._scan_shard(s, table, prefix, page, pmap) for s in owners]
         count = 0
         # Each shard scans in key order; a k-way merge keeps the whole result in order with one page
         # per shard in memory.
@@ -563,7 +611,8 @@ class AsyncClient:
             yield info
             count += 1
 
-    async def _scan_shard(self, shard: int, table: str, prefix: str, page: int) -> AsyncIterator[BlockInfo]:
+    async def _scan_shard(self, shard: int, table: str, prefix: str, page: int,
+                          pmap: PartitionMap) -> AsyncIterator[BlockInfo]:
         path = f"/v1/tables/{quote(table, safe='')}/blocks"
         # Keys sort as strings, so every key with the prefix comes after the largest key below it;
         # the node has no prefix filter, so start the scan just before the prefix and stop past it.
@@ -580,6 +629,10 @@ class AsyncClient:
                 if prefix and not b["key"].startswith(prefix):
                     if b["key"] > prefix:
                         return
+                    continue
+                if pmap.shard_of(table, b["key"]) != shard:
+                    # Blocks of a range being moved in, or moved away and not purged yet (docs/resharding.md):
+                    # the owner under our map lists them, so they are not listed twice.
                     continue
                 yield BlockInfo(b["key"], b.get("size"), shard,
                                 {k: v for k, v in b.items() if k not in ("key", "size")})

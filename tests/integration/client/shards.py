@@ -80,12 +80,14 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -
 
 
 class ShardNodes:
-    """N ``chronoshard-node`` processes sharing one keyring and one partition-map volume."""
+    """N ``chronoshard-node`` processes sharing one keyring and one partition-map volume (``own_maps``: one
+    map volume per shard, so a test can hand a new map to one shard before another, as a cutover does)."""
 
-    def __init__(self, root: Path, pmap: PartitionMap, count: int | None = None) -> None:
+    def __init__(self, root: Path, pmap: PartitionMap, count: int | None = None, *, own_maps: bool = False) -> None:
         self.root = root
         self.keyring = root / "keyring"
         self.partitions = root / "partitions"
+        self.own_maps, self._latest = own_maps, pmap
         write_keyring(self.keyring)
         self.publish_map(pmap)
         self.procs: list[subprocess.Popen[bytes]] = []
@@ -93,9 +95,20 @@ class ShardNodes:
         for _ in range(count if count is not None else pmap.shards):
             self.add()
 
-    def publish_map(self, pmap: PartitionMap) -> None:
-        """What the operator does: update the partition ConfigMap (kubelet swaps the volume)."""
-        publish(self.partitions, {"map.json": pmap.to_json().encode()})
+    def publish_map(self, pmap: PartitionMap, shards: list[int] | None = None) -> None:
+        """What the operator does: update the partition ConfigMap (kubelet swaps the volume); with ``own_maps``
+        only the volumes of ``shards`` (default: every shard started)."""
+        if shards is None:
+            self._latest = pmap  # what a shard started later mounts
+        if not self.own_maps:
+            publish(self.partitions, {"map.json": pmap.to_json().encode()})
+            return
+        for i in range(len(getattr(self, "procs", []))) if shards is None else shards:
+            publish(self.map_volume(i), {"map.json": pmap.to_json().encode()})
+
+    def map_volume(self, shard: int) -> Path:
+        """The partition-map volume shard ``shard``'s node (and cache) mounts."""
+        return self.partitions / f"shard-{shard}" if self.own_maps else self.partitions
 
     def add(self) -> str:
         """Start the next shard's node; returns its URL once ready."""
@@ -103,11 +116,13 @@ class ShardNodes:
         port = free_port()
         data = self.root / f"data-{i}"
         data.mkdir()
+        if self.own_maps:
+            publish(self.map_volume(i), {"map.json": self._latest.to_json().encode()})
         with open(self.root / f"node-{i}.log", "wb") as log:
             proc = subprocess.Popen(
                 [str(BIN / "chronoshard-node"), "--insecure", "--host", "127.0.0.1", "--port", str(port),
                  "--data-dir", str(data), "--keyring-dir", str(self.keyring),
-                 "--partition-map", str(self.partitions / "map.json"), "--shard-index", str(i),
+                 "--partition-map", str(self.map_volume(i) / "map.json"), "--shard-index", str(i),
                  "--log-level", "WARNING"],
                 stdout=log, stderr=subprocess.STDOUT,
             )
@@ -135,7 +150,7 @@ class ShardCaches:
                 self.procs.append(subprocess.Popen(
                     [str(BIN / "chronoshard-cache"), "--insecure", "--host", "127.0.0.1", "--port", str(port),
                      "--node-url", node_url, "--keyring-dir", str(nodes.keyring),
-                     "--partition-map", str(nodes.partitions / "map.json"), "--shard-index", str(i),
+                     "--partition-map", str(nodes.map_volume(i) / "map.json"), "--shard-index", str(i),
                      "--log-level", "WARNING"],
                     stdout=log, stderr=subprocess.STDOUT, env=env))
         for url, proc in zip(self.urls, self.procs, strict=True):
