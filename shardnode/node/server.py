@@ -25,6 +25,7 @@ from chronoshard.shardnode.replication.lease import LeaseKeeper
 from chronoshard.shardnode.replication.metrics import MirrorCollector
 from chronoshard.shardnode.replication.source import SourceGates
 from chronoshard.shardnode.replication.state import ReplicationState
+from chronoshard.shardnode.resharding import source_api as reshard_source
 from chronoshard.shardnode.serving import keywait, tls
 from chronoshard.shardnode.serving.http_common import (
     ApiError,
@@ -142,6 +143,12 @@ class Node:
         self.closing = False
         # The MirrorSet role (docs/mirroring.md): write/read checks, the mirror's replicator, the role routes.
         self.replication = ReplicationState(self.changed, Digest)
+        # A move's source side (docs/resharding.md): pushed maps kept in the store, fences around client writes,
+        # purge and range stats.
+        part = cfg.partitioning
+        self.reshard_source = reshard_source.SourceSide(part.source if part else None,
+                                                        part.shard_index if part else None,
+                                                        lambda: self.db, self.replication.check_writable)
         # The primary's side (docs/mirroring.md): sync wait and lag hold, the Lease, the health samples.
         self.source = SourceGates(lambda: self.replication.role, self._read_slots)
         self.lease = LeaseKeeper(lambda: self.replication.role)
@@ -172,6 +179,7 @@ class Node:
         await self.replication.start(self.store, self._peer_session)
         await self.health.start()
         await self.source.refresh()  # the slots' acks in memory before the first client write
+        await self.reshard_source.start()  # the persisted pushed map in force before the first request
         for name, job in (("mirror-lag", self.source.run()), ("lease", self.lease.run()),
                           ("health-samples", self.health.run())):
             self._tasks.append(asyncio.create_task(job, name=name))
@@ -398,7 +406,8 @@ async def put_block(request: web.Request) -> web.Response:
     table, key = table_param(request), key_param(request)
     expected = stream_api.if_lsn(request)
     body = await read_block_body(request, node.cfg.max_block_bytes)
-    res = await put_holding_while_compromised(node, table, key, body, expected, writer_identity(request))
+    async with node.reshard_source.gate.admit(table, key):  # held by a cutover's fence; 421 once moved away
+        res = await put_holding_while_compromised(node, table, key, body, expected, writer_identity(request))
     node.metrics.writes.labels("put").inc()
     node.metrics.bytes_written.inc(len(body))
     await node.source.wait_acked(res.lsn)  # sync mode: until a mirror acked it (503 sync_timeout)
@@ -435,7 +444,8 @@ async def delete_block(request: web.Request) -> web.Response:
     table, key = table_param(request), key_param(request)
     expected = stream_api.if_lsn(request)
     try:
-        res = await node.db.delete(table, key, if_lsn=expected, identity=writer_identity(request))
+        async with node.reshard_source.gate.admit(table, key):  # as a put
+            res = await node.db.delete(table, key, if_lsn=expected, identity=writer_identity(request))
     except PreconditionFailed as exc:
         raise precondition_failed(exc) from None
     if res is None:
@@ -639,7 +649,8 @@ def routes() -> list[Route]:
             Route("GET", "/v1/verify", verify_status, Access.ADMIN),
             *stream_api.routes(node_of),
             *health.routes(lambda request: node_of(request).health),
-            *replication_api.routes(lambda request: node_of(request).replication)]
+            *replication_api.routes(lambda request: node_of(request).replication),
+            *reshard_source.routes(lambda request: node_of(request).reshard_source)]
 
 
 def foreground_middleware(gauge: ForegroundGauge) -> Any:

@@ -5,7 +5,10 @@ Three pieces, all driven by the mounted partition map (``map.json``, format in d
 * ``PartitionMapSource`` reads the map from the mounted ConfigMap (kubelet's ``..data`` symlink
   layout), reloads it when it changes (checked at most once per ``min_interval`` seconds, on access,
   so no background task is needed), keeps the last good map when a new one does not parse or goes
-  back in epoch, and reports that error (``load_error``, metrics, log).
+  back in epoch, and reports that error (``load_error``, metrics, log). A map pushed with ``PUT /v1/partitions``
+  (``push_handler``, docs/resharding.md) is in force when its epoch is higher than the file's; the node persists
+  it before answering, a cache keeps it in memory (a restarted cache reads the ConfigMap, which the operator
+  updates right after its pushes).
 * ``ownership_middleware(source, shard_index)`` answers HTTP 421
   ``{"error": "misdirected", "message", "owner", "epoch"}`` for any request whose route has
   ``{table}`` and ``{key}`` match-info (``/v1/tables/{table}/blocks/{key}``, frames, ...) when the key
@@ -32,19 +35,22 @@ Handlers that take many keys (batch get, scan) check each key with ``source.owne
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import aiohttp
 from aiohttp import web
 from chronoshard.shardnode.auth.writer import ON_BEHALF_HEADER, on_behalf_headers
 from chronoshard.shardnode.keyspace.partitioning import PartitionMap, keyspace_id
 from prometheus_client import Counter, Gauge
+from prometheus_client.core import GaugeMetricFamily
 from yarl import URL
 
 from . import tls
@@ -128,28 +134,73 @@ def misdirected_response(m: Misdirection) -> web.Response:
     return web.json_response(m.body(), status=421, headers={EPOCH_HEADER: str(m.epoch)})
 
 
+PushOutcome = Literal["accepted", "same"]
+
+
+class MapConflict(ValueError):
+    """A pushed map refused (409): its epoch is below the one in force, or equal with other content."""
+
+    def __init__(self, message: str, epoch: int | None) -> None:
+        super().__init__(message)
+        self.epoch = epoch
+
+
+def push_decision(in_force: PartitionMap | None, pushed: PartitionMap) -> PushOutcome:
+    """Whether a pushed map is taken (docs/resharding.md, ``PUT /v1/partitions``): a higher epoch than the map in
+    force is accepted, the same map again is a no-op; MapConflict for a lower epoch or the same with other content."""
+    if in_force is None or pushed.epoch > in_force.epoch:
+        return "accepted"
+    if pushed == in_force:
+        return "same"
+    if pushed.epoch == in_force.epoch:
+        raise MapConflict(f"epoch {pushed.epoch} is in force with other content", in_force.epoch)
+    raise MapConflict(f"epoch {pushed.epoch} is older than the map in force (epoch {in_force.epoch})",
+                      in_force.epoch)
+
+
+def in_force(mounted: PartitionMap | None, pushed: PartitionMap | None) -> PartitionMap | None:
+    """The map in force: the higher-epoch one of the mounted file and the last pushed map (the file wins a tie)."""
+    if pushed is None or (mounted is not None and mounted.epoch >= pushed.epoch):
+        return mounted
+    return pushed
+
+
 class PartitionMapSource:
-    """The partition map from a mounted file, hot-reloaded on change; the last good map wins on errors."""
+    """The partition map in force: the mounted file (hot-reloaded on change; the last good map wins on errors) or
+    the map pushed with ``PUT /v1/partitions``, whichever has the higher epoch (docs/resharding.md).
+
+    ``persist`` (set by the node) stores a pushed map before it is taken, so a restarted node never falls back to an
+    older mounted map (``adopt_pushed`` loads it at start-up); a cache keeps it in memory only. ``listeners`` are
+    called when the map in force changes (held writes re-check their owner)."""
 
     def __init__(self, path: str | os.PathLike[str], *, min_interval: float = 1.0) -> None:
         self.path = Path(path)
         self.min_interval = min_interval
         self.load_error: str | None = None
+        self._file_map: PartitionMap | None = None
+        self._pushed: PartitionMap | None = None
         self._map: PartitionMap | None = None
         self._fingerprint: tuple[object, ...] | None = None
         self._checked_at = float("-inf")
+        self.persist: Callable[[PartitionMap], Awaitable[None]] | None = None
+        self.listeners: list[Callable[[], None]] = []
+        self._push_lock: asyncio.Lock | None = None
         self.reload()
 
     @classmethod
     def from_map(cls, pmap: PartitionMap) -> PartitionMapSource:
-        """A fixed in-memory source (tests, tools); ``reload`` never changes it."""
+        """A fixed in-memory source (tests, tools); ``reload`` never changes it (a push still may)."""
         src = cls.__new__(cls)
         src.path = Path("/nonexistent")
         src.min_interval = float("inf")
         src.load_error = None
-        src._map = pmap
+        src._file_map = src._map = pmap
+        src._pushed = None
         src._fingerprint = ("fixed",)
         src._checked_at = float("inf")
+        src.persist = None
+        src.listeners = []
+        src._push_lock = None
         return src
 
     def _snapshot(self) -> tuple[Path, tuple[object, ...]]:
@@ -165,7 +216,7 @@ class PartitionMapSource:
         return file, (str(file), st.st_ino, st.st_mtime_ns, st.st_size)
 
     def reload(self) -> bool:
-        """Re-read the file if it changed; True if a new map was adopted. Errors keep the old map."""
+        """Re-read the file if it changed; True if the map in force changed. Errors keep the old map."""
         self._checked_at = time.monotonic()
         try:
             file, fingerprint = self._snapshot()
@@ -177,15 +228,50 @@ class PartitionMapSource:
         except ValueError as exc:
             return self._fail(str(exc))
         self._fingerprint = fingerprint
-        if self._map is not None and new.epoch < self._map.epoch:
-            return self._fail(f"partition map epoch went back from {self._map.epoch} to {new.epoch}; ignored")
+        if self._file_map is not None and new.epoch < self._file_map.epoch:
+            return self._fail(f"partition map epoch went back from {self._file_map.epoch} to {new.epoch}; ignored")
+        self._file_map = new
+        self.load_error = None
+        return self._refresh()
+
+    def _refresh(self) -> bool:
+        """Recompute the map in force; tell the listeners when it changed."""
+        new = in_force(self._file_map, self._pushed)
         changed = new != self._map
         self._map = new
-        self.load_error = None
-        MAP_EPOCH.set(new.epoch)
-        if changed:
-            log.info("partition map loaded: epoch %d, %d shards", new.epoch, new.shards)
+        if new is not None:
+            MAP_EPOCH.set(new.epoch)
+        if changed and new is not None:
+            log.info("partition map in force: epoch %d, %d shards (%s)", new.epoch, new.shards,
+                     "pushed" if new is self._pushed else "mounted file")
+            for listener in self.listeners:
+                listener()
         return changed
+
+    async def push(self, pmap: PartitionMap) -> PushOutcome:
+        """Take a pushed map (persisted first when ``persist`` is set); MapConflict when it is refused."""
+        if self._push_lock is None:
+            self._push_lock = asyncio.Lock()  # made on the serving loop, not at construction
+        async with self._push_lock:  # one push at a time: the decision and the persist see the same map in force
+            self.maybe_reload()
+            outcome = push_decision(self._map, pmap)
+            if outcome == "accepted":
+                if self.persist is not None:
+                    await self.persist(pmap)
+                self._pushed = pmap
+                self._refresh()
+            return outcome
+
+    def adopt_pushed(self, pmap: PartitionMap | None) -> None:
+        """At start-up: the map last pushed and persisted (None: none was)."""
+        if pmap is not None and (self._pushed is None or pmap.epoch > self._pushed.epoch):
+            self._pushed = pmap
+            self._refresh()
+
+    @property
+    def pushed(self) -> PartitionMap | None:
+        """The last pushed map (None: none), in force or not."""
+        return self._pushed
 
     def _fail(self, message: str) -> bool:
         if message != self.load_error:
@@ -235,6 +321,19 @@ class PartitionMapSource:
             "shards": self._map.shards if self._map else None,
             "loadError": self.load_error,
         }
+
+
+class MapEpochCollector:
+    """``chronoshard_partition_map_epoch`` in a process's own registry: the epoch of the map in force (pushed or
+    mounted), read at scrape time (0: none loaded)."""
+
+    def __init__(self, source: PartitionMapSource) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        """The one sample."""
+        yield GaugeMetricFamily("chronoshard_partition_map_epoch", "Epoch of the partition map in force (pushed "
+                                "or mounted; 0: none loaded)", value=self.source.epoch or 0)
 
 
 class PeerURLs:
@@ -397,6 +496,25 @@ def partitions_handler(source: PartitionMapSource) -> Handler:
                 status=503,
             )
         return web.json_response(pmap.to_dict() | {"loadError": source.load_error})
+
+    return handler
+
+
+def push_handler(source: PartitionMapSource) -> Handler:
+    """Handler for ``PUT /v1/partitions`` (docs/resharding.md): a higher epoch is taken (200 ``accepted``), the map
+    in force again is a no-op (200 ``same``), a lower epoch or the same epoch with other content is 409."""
+
+    async def handler(request: web.Request) -> web.Response:
+        try:
+            pmap = PartitionMap.from_json(await request.read())
+        except (ValueError, UnicodeDecodeError) as exc:
+            return web.json_response({"error": "invalid_body", "message": f"not a partition map: {exc}"}, status=400)
+        try:
+            outcome = await source.push(pmap)
+        except MapConflict as exc:
+            return web.json_response({"error": "epoch_conflict", "message": str(exc), "epoch": exc.epoch},
+                                     status=409)
+        return web.json_response({"epoch": pmap.epoch, "outcome": outcome})
 
     return handler
 

@@ -44,12 +44,14 @@ from .http_common import (
     setup_logging,
 )
 from .routing import (
+    MapEpochCollector,
     PartitionMapSource,
     PeerURLs,
     forward_session_ctx,
     ownership_middleware,
     partition_setup,
     partitions_handler,
+    push_handler,
 )
 
 log = logging.getLogger("chronoshard.serving")
@@ -182,6 +184,7 @@ def _standard_routes(probes: Probes, openapi: str | None, partitioning: Partitio
         routes.append(Route("GET", "/openapi.json", openapi_handler(openapi), Access.PUBLIC))
     if partitioning is not None:
         routes.append(Route("GET", "/v1/partitions", partitions_handler(partitioning.source), Access.PARTITIONS))
+        routes.append(Route("PUT", "/v1/partitions", push_handler(partitioning.source), Access.ADMIN))
     return routes
 
 
@@ -241,6 +244,8 @@ def create_server_app(service: S, probes: Probes, routes: Sequence[Route], *, ke
     if key is not None:
         app[key] = service
     app[_REGISTRY] = probes.registry
+    if partitioning is not None:  # the map in force, pushed or mounted, in the process's own metrics
+        probes.registry.register(MapEpochCollector(partitioning.source))
     app[_AUTH_SLOT] = 2 if json_errors else 1  # after the error and deadline middlewares
     app.on_startup.append(_warn_if_open)
     app.on_startup.append(service.start)

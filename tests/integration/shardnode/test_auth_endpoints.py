@@ -252,6 +252,16 @@ NODE_ENDPOINTS = [
     Endpoint("PUT", "/v1/replication", Access.ADMIN, body={"term": 0, "role": "primary"}),
     Endpoint("GET", "/v1/digest", Access.REPLICATION),
     Endpoint("POST", "/v1/replication/repair", Access.ADMIN, body={"buckets": ["0a"]}, ok=409),
+    # A move's source side (docs/resharding.md): the map in force pushed again is a no-op; the node owns the whole
+    # keyspace under it, so a purge reaches the handler and is refused (409 owned).
+    Endpoint("PUT", "/v1/partitions", Access.ADMIN, body=initial_map(1).to_json().encode()),
+    Endpoint("PUT", "/v1/fences/{name}", Access.ADMIN, "/v1/fences/f",
+             {"ranges": [["0000000000000000", "0000000000000000"]], "holdSeconds": 1}),
+    Endpoint("GET", "/v1/fences", Access.ADMIN),
+    Endpoint("DELETE", "/v1/fences/{name}", Access.ADMIN, "/v1/fences/f"),
+    Endpoint("POST", "/v1/ranges:purge", Access.ADMIN, body={"ranges": [["0000000000000000", "ffffffffffffffff"]],
+                                                             "epoch": 1}, ok=409),
+    Endpoint("GET", "/v1/ranges/stats", Access.ADMIN, "/v1/ranges/stats?keyspace=0000000000000000-ffffffffffffffff"),
 ]
 CACHE_ENDPOINTS = [
     *BLOCK_ENDPOINTS, *STANDARD,
@@ -263,6 +273,7 @@ CACHE_ENDPOINTS = [
     Endpoint("GET", "/v1/access-log", Access.ADMIN),
     Endpoint("GET", "/v1/keys", Access.ADMIN),
     Endpoint("GET", "/v1/cache", Access.ADMIN),
+    Endpoint("PUT", "/v1/partitions", Access.ADMIN, body=initial_map(1).to_json().encode()),
 ]
 PREDICTOR_ENDPOINTS = [
     *STANDARD, Endpoint("GET", "/v1/status", Access.ADMIN),
