@@ -14,6 +14,7 @@ from . import kube
 from .keyrotation import controller as keyrotation_controller  # noqa: F401 - registers handlers
 from .mirrorset import controller as mirrorset_controller  # noqa: F401 - registers handlers
 from .prefetchpolicy import controller as prefetchpolicy_controller  # noqa: F401 - registers handlers
+from .reshard import controller as reshard_controller  # noqa: F401 - registers handlers
 from .reversion import controller as reversion_controller  # noqa: F401 - registers handlers
 from .settings import RUNTIME
 from .shadowpolicy import controller as shadowpolicy_controller  # noqa: F401 - registers handlers

@@ -39,6 +39,7 @@ _KINDS: dict[tuple[str, str], tuple[str, str]] = {
     (f"{GROUP}/{VERSION}", "MirrorSet"): (f"/apis/{GROUP}/{VERSION}", "mirrorsets"),
     (f"{GROUP}/{VERSION}", "WeavePlan"): (f"/apis/{GROUP}/{VERSION}", "weaveplans"),
     (f"{GROUP}/{VERSION}", "Reversion"): (f"/apis/{GROUP}/{VERSION}", "reversions"),
+    (f"{GROUP}/{VERSION}", "Reshard"): (f"/apis/{GROUP}/{VERSION}", "reshards"),
 }
 
 # Cluster-scoped kinds (no namespace in their path).

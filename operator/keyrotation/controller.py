@@ -45,6 +45,7 @@ from ..metrics import observe_phase, record_error, record_rotation
 from ..mirrorlookup import mirror_membership
 from ..mirrorselect import MirrorMembership
 from ..podcontract import NODE, SHADOW
+from ..reshardlookup import reshard_moving
 from ..shardpods import member_pods, shard_pods
 from ..spec.common import SpecError
 from ..spec.keyrotation import KeyRotationSpec, parse_keyrotation
@@ -407,6 +408,11 @@ async def _rewrapping(r: Rotation) -> Step:
         st.phase(Phase.TRANSITION, f"Every block is on key version {r.to_v}; transition period ends "
                                    f"{st.status['transitionEndTime']}")
         return st
+    # A move copies frames as stored: a rewrap must not race it (docs/resharding.md); it starts once the move ends.
+    mover = await asyncio.to_thread(reshard_moving, r.ns, r.shardset)
+    if mover is not None:
+        return r.waiting("WaitingForReshard", f"Reshard {mover!r} is moving a partition of ShardSet {r.shardset!r}; "
+                                              "the rewrap starts when the move is done")
     # Only processes that still hold old data: asking a finished node again would start a fresh (empty)
     # run and overwrite the record of the one that did the work. Shadows rewrap their history the same way.
     batch, pause = (BATCH_URGENT, PAUSE_URGENT) if r.urgent else (BATCH_NORMAL, PAUSE_NORMAL)

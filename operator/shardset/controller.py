@@ -27,7 +27,7 @@ import kopf
 from chronoshard.shardnode.keyspace import partitioning
 from kubernetes.client.exceptions import ApiException
 
-from .. import kube, naming
+from .. import kube, naming, reshardplan
 from ..conditions import conditions_equal_ignoring_time
 from ..keyring import (
     KeyringManifest,
@@ -201,23 +201,84 @@ def _ensure_partition_map(owner: Mapping[str, Any], spec: ShardSetSpec, result: 
     name, ns = owner["metadata"]["name"], owner["metadata"]["namespace"]
     cm_name = naming.partitions_config_map_name(name)
     existing = kube.get("v1", "ConfigMap", ns, cm_name)
+    version = None
     if existing is None or PARTITION_MAP_FILE not in (existing.get("data") or {}):
         pmap = partitioning.initial_map(spec.shards)
         result.events.append(("Normal", "PartitionMapCreated",
                               f"Partition map epoch {pmap.epoch}: {spec.shards} equal range(s), one per shard"))
     else:
         current = partitioning.PartitionMap.from_json(existing["data"][PARTITION_MAP_FILE])
-        try:
-            pmap = partitioning.rescale(current, spec.shards)
-        except partitioning.StrandedPartitionsError as exc:
-            problems.append(("ScaleDownRefused", f"{exc}. The ShardSet keeps {current.shards} shard(s); "
-                                                 "move the partitions first or restore spec.shards"))
-            pmap = current
+        version = existing["metadata"].get("resourceVersion")
+        pmap = _rebalance(owner, spec, current, problems) if spec.rebalance else _rescale(spec, current, problems)
         if pmap.epoch != current.epoch:
             result.events.append(("Normal", "PartitionMapUpdated",
                                   f"Partition map epoch {pmap.epoch}: {pmap.shards} shard(s)"))
-    APPLIED.apply(manifests.partitions_config_map(owner, pmap.to_json()))
+    manifest = manifests.partitions_config_map(owner, pmap.to_json())
+    if version:
+        # A Reshard writes this map at every cutover: the apply is conditional on the version just read, so this
+        # pass never puts back an older epoch (a 409 means the map moved on: the change wakes the next pass).
+        manifest["metadata"]["resourceVersion"] = version
+    try:
+        APPLIED.apply(manifest)
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+        result.delay = 1.0
+    if spec.rebalance and version:
+        _ensure_rebalance(owner, spec, pmap, problems)
     return pmap
+
+
+def _rescale(spec: ShardSetSpec, current: partitioning.PartitionMap, problems: list[tuple[str, str]]
+             ) -> partitioning.PartitionMap:
+    """Without rebalance: new shards own nothing; a scale-down stranding partitions is refused."""
+    try:
+        return partitioning.rescale(current, spec.shards)
+    except partitioning.StrandedPartitionsError as exc:
+        problems.append(("ScaleDownRefused", f"{exc}. The ShardSet keeps {current.shards} shard(s); "
+                                             "move the partitions first or restore spec.shards"))
+        return current
+
+
+def _rebalance(owner: Mapping[str, Any], spec: ShardSetSpec, current: partitioning.PartitionMap,
+               problems: list[tuple[str, str]]) -> partitioning.PartitionMap:
+    """With rebalance: scale-up adds the (empty) shards at once; a scale-down keeps the old count until a Reshard
+    moved every partition off the shards being removed."""
+    if spec.shards >= current.shards or not [s for s in partitioning.owning_shards(current) if s >= spec.shards]:
+        return partitioning.rescale(current, spec.shards)
+    problems.append(("ScaleDownWaitingForReshard",
+                     f"shards {spec.shards}..{current.shards - 1} still own partitions: the ShardSet keeps "
+                     f"{current.shards} shard(s) until a Reshard has moved them onto the other shards"))
+    return current
+
+
+def _ensure_rebalance(owner: Mapping[str, Any], spec: ShardSetSpec, pmap: partitioning.PartitionMap,
+                      problems: list[tuple[str, str]]) -> None:
+    """Create ``<name>-rebalance-<epoch>`` when the map is not balanced over spec.shards and no Reshard of this
+    ShardSet is in progress; a failed one is reported, not retried with the same map."""
+    if reshardplan.balanced(pmap, spec.shards):
+        return
+    name, ns = owner["metadata"]["name"], owner["metadata"]["namespace"]
+    try:
+        reshards = [r for r in kube.list_objects(naming.API_VERSION, "Reshard", ns)
+                    if ((r.get("spec") or {}).get("shardSetRef") or {}).get("name") == name]
+    except ApiException as exc:
+        if exc.status == 404:  # the Reshard CRD is not installed
+            problems.append(("RebalanceUnavailable", "spec.partitioning.rebalance needs the Reshard CRD"))
+            return
+        raise
+    wanted = manifests.rebalance_reshard_name(name, pmap.epoch)
+    if any((r.get("status") or {}).get("phase") not in ("Completed", "Failed", "RolledBack") for r in reshards):
+        return  # one layout change at a time: look again when it ends (the map it writes wakes this ShardSet)
+    mine = next((r for r in reshards if r["metadata"]["name"] == wanted), None)
+    if mine is not None:
+        problems.append(("RebalanceFailed", f"Reshard {wanted} ended {mine['status'].get('phase')}; the keyspace "
+                                            "is not balanced (delete the Reshard to plan again)"))
+        return
+    steps = reshardplan.rebalance_steps(pmap, min(spec.shards, pmap.shards))
+    if steps:
+        kube.create(manifests.rebalance_reshard(owner, pmap.epoch, steps))
+        log.info("ShardSet %s/%s: created Reshard %s (%d step(s))", ns, name, wanted, len(steps))
 
 
 def _keep_immutable_claims(desired: dict[str, Any], live: Mapping[str, Any] | None,

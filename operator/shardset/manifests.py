@@ -56,6 +56,7 @@ from ..podcontract import (
     shadow_config,
 )
 from ..spec.prefetchpolicy import PrefetchPolicySpec
+from ..spec.reshard import ReshardStep, step_to_spec
 from ..spec.shadowpolicy import ShadowPolicySpec
 from ..spec.shardset import ShardSetSpec
 
@@ -165,6 +166,22 @@ def partitions_config_map(owner: Mapping[str, Any], map_json: str) -> dict[str, 
         "kind": "ConfigMap",
         "metadata": _meta(naming.partitions_config_map_name(name), ns, owner, "partitions"),
         "data": {PARTITION_MAP_FILE: map_json},
+    }
+
+
+def rebalance_reshard_name(shardset: str, epoch: int) -> str:
+    """The Reshard a rebalance on scale creates for the map of ``epoch`` (docs/resharding.md)."""
+    return f"{shardset}-rebalance-{epoch}"
+
+
+def rebalance_reshard(owner: Mapping[str, Any], epoch: int, steps: Sequence[ReshardStep]) -> dict[str, Any]:
+    """The Reshard (owned by the ShardSet) whose steps spread the keyspace evenly over ``spec.shards``."""
+    name, ns = owner["metadata"]["name"], owner["metadata"]["namespace"]
+    return {
+        "apiVersion": naming.API_VERSION,
+        "kind": "Reshard",
+        "metadata": _meta(rebalance_reshard_name(name, epoch), ns, owner, "rebalance"),
+        "spec": {"shardSetRef": {"name": name}, "steps": [step_to_spec(s) for s in steps]},
     }
 
 

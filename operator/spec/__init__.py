@@ -11,6 +11,7 @@ from chronoshard.operator.spec.common import SpecError, parse_cpu_millis, parse_
 from chronoshard.operator.spec.keyrotation import KeyRotationSpec, parse_keyrotation
 from chronoshard.operator.spec.mirrorset import MirrorSetSpec, parse_mirrorset
 from chronoshard.operator.spec.prefetchpolicy import PrefetchPolicySpec, parse_prefetchpolicy
+from chronoshard.operator.spec.reshard import ReshardSpec, parse_reshard
 from chronoshard.operator.spec.reversion import ReversionSpec, parse_reversion
 from chronoshard.operator.spec.shadowpolicy import ShadowPolicySpec, parse_shadowpolicy
 from chronoshard.operator.spec.shardset import ShardSetSpec, parse_shardset
@@ -24,6 +25,7 @@ PARSERS: dict[str, Callable[[Mapping[str, Any] | None], object]] = {
     "MirrorSet": parse_mirrorset,
     "WeavePlan": parse_weaveplan,
     "Reversion": parse_reversion,
+    "Reshard": parse_reshard,
 }
 
 __all__ = [
@@ -31,6 +33,7 @@ __all__ = [
     "KeyRotationSpec",
     "MirrorSetSpec",
     "PrefetchPolicySpec",
+    "ReshardSpec",
     "ReversionSpec",
     "ShadowPolicySpec",
     "ShardSetSpec",
@@ -42,6 +45,7 @@ __all__ = [
     "parse_mirrorset",
     "parse_prefetchpolicy",
     "parse_quantity",
+    "parse_reshard",
     "parse_reversion",
     "parse_shadowpolicy",
     "parse_shardset",

@@ -99,6 +99,7 @@ class ShardSetSpec:
     issuer_ref: IssuerRef | None = None  # spec.tls.issuerRef: cert-manager instead of the operator's CA
     access: Access = field(default_factory=Access)
     from_shadow: FromShadow | None = None  # spec.bootstrap.fromShadow
+    rebalance: bool = False  # spec.partitioning.rebalance (docs/resharding.md)
 
 
 def parse_shardset(spec: Mapping[str, Any] | None) -> ShardSetSpec:
@@ -130,6 +131,9 @@ def parse_shardset(spec: Mapping[str, Any] | None) -> ShardSetSpec:
     issuer_ref = _tls(f.obj("tls"))
     access = _access(f.obj("access"))
     from_shadow = _bootstrap(f.maybe_obj("bootstrap"), key_encryption)
+    partitioning = f.obj("partitioning")
+    rebalance = partitioning.boolean("rebalance", default=False)
+    partitioning.done()
     f.done()
 
     return ShardSetSpec(
@@ -151,6 +155,7 @@ def parse_shardset(spec: Mapping[str, Any] | None) -> ShardSetSpec:
         issuer_ref=issuer_ref,
         access=access,
         from_shadow=from_shadow,
+        rebalance=rebalance,
     )
 
 

@@ -24,11 +24,12 @@ ShardSet sets ``spec.access.acceptKubeconfigTokens``).
 ``history``/``at``/``diff``, ``anomalies show`` and ``whatif`` go to the shadow beside each shard's cache (same pod
 IP, port 7403), routed by the same map: with ``--shardset`` to the pods, with ``--endpoints`` to each given host at
 port 7403, or to ``--shadow-endpoints URL,...`` (by shard index) as given. ``restore``, ``approve``,
-``anomalies`` (the list) and ``mirror status|switchover|failback`` (``cli_mirror``) only talk to the Kubernetes API.
+``anomalies`` (the list), ``mirror status|switchover|failback`` (``cli_mirror``) and ``split``, ``move``, ``merge``,
+``reshard status`` (``cli_reshard``: Reshard objects, docs/resharding.md) only talk to the Kubernetes API.
 
-Exit codes: 0 ok, 1 error (``whatif``: the batch would alarm; ``mirror --wait``: the operation was aborted), 2
-usage, 3 block or object not found, 4 shard or API unavailable (``mirror --wait``: not finished in time), 5 refused
-(401/403).
+Exit codes: 0 ok, 1 error (``whatif``: the batch would alarm; ``mirror --wait``: the operation was aborted;
+``split|move|merge --wait``: the Reshard failed or rolled back), 2 usage, 3 block or object not found, 4 shard or
+API unavailable (``mirror``/``split|move|merge --wait``: not finished in time), 5 refused (401/403).
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ from chronoshard.shardnode.client import (
     cli_anomalies,
     cli_history,
     cli_mirror,
+    cli_reshard,
     cli_reversion,
     discovery,
 )
@@ -359,6 +361,9 @@ async def run(args: argparse.Namespace, out: IO[str], stdin: IO[bytes], bout: IO
     if args.command in cli_mirror.COMMANDS:
         sets = cli_mirror.MirrorSets(kube_api(args), default_namespace(args))
         return await asyncio.to_thread(cli_mirror.run, sets, args, out, format_table)
+    if args.command in cli_reshard.COMMANDS:
+        reshards = cli_reshard.Reshards(kube_api(args), default_namespace(args))
+        return await asyncio.to_thread(cli_reshard.run, reshards, args, out, format_table)
     if args.command in cli_anomalies.COMMANDS:
         cli_anomalies.check(args)
         if args.command == "anomalies" and args.id is None:
@@ -490,6 +495,7 @@ def parser(prog: str | None = None) -> argparse.ArgumentParser:
     cli_reversion.add_parsers(sub)
     cli_anomalies.add_parsers(sub)
     cli_mirror.add_parsers(sub)
+    cli_reshard.add_parsers(sub)
     for name in (*cli_history.COMMANDS, *cli_reversion.COMMANDS, *cli_anomalies.COMMANDS):
         _command_flags(sub.choices[name])
     return p
@@ -509,7 +515,8 @@ def main(argv: Sequence[str] | None = None, *, out: IO[str] | None = None, stdin
     except (Unauthenticated, Forbidden) as exc:
         err.write(f"chronoshard: refused: {exc}\n")
         code = EXIT_REFUSED
-    except (NotFound, NotFoundError, cli_reversion.ReversionMissing, cli_mirror.MirrorSetMissing) as exc:
+    except (NotFound, NotFoundError, cli_reversion.ReversionMissing, cli_mirror.MirrorSetMissing,
+            cli_reshard.ReshardMissing) as exc:
         err.write(f"chronoshard: {exc}\n")
         code = EXIT_NOT_FOUND
     except (Unavailable, MapUnavailable) as exc:

@@ -17,7 +17,7 @@ SAMPLES_DIR = CRDS_DIR / "samples"
 INVALID_DIR = REPO / "tests" / "data" / "invalid"
 GROUP = "chronoshard.io"
 VERSION = "v1alpha1"
-KINDS = ("ShardSet", "KeyRotation", "PrefetchPolicy", "ShadowPolicy", "MirrorSet", "WeavePlan", "Reversion")
+KINDS = ("ShardSet", "KeyRotation", "PrefetchPolicy", "ShadowPolicy", "MirrorSet", "WeavePlan", "Reversion", "Reshard")
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,7 @@ _STRINGS_BY_PATTERN = {
     r"^(@(yearly|annually|monthly|weekly|daily|hourly)|([0-9*/,?A-Za-z-]+ ){4}[0-9*/,?A-Za-z-]+)$": "@daily",
     r"^https?://[^\s/?#]+(/[^\s?#]*)?$": "http://a",  # an object-storage endpoint
     r"^[a-z0-9][a-z0-9.-]*[a-z0-9]$": "abc",  # a bucket (at least 3 characters)
+    r"^[0-9a-f]{16}$": "8000000000000000",  # a keyspace id
 }
 
 
@@ -104,7 +105,10 @@ def maximal(schema: dict[str, Any], name: str = "x") -> Any:
             return {"k": maximal(schema["additionalProperties"])}
         return {key: maximal(sub, key) for key, sub in schema.get("properties", {}).items()}
     if kind == "array":
-        return [maximal(schema.get("items", {}), name)]
+        items = schema.get("items", {})
+        if items.get("type") == "integer" and schema.get("minItems", 1) > 1:  # distinct: a set of ids
+            return [items.get("minimum", 0) + i for i in range(schema["minItems"])]
+        return [maximal(items, name)]
     return _maximal_scalar(kind, schema, name)
 
 
@@ -129,9 +133,18 @@ def _maximal_scalar(kind: str | None, schema: dict[str, Any], name: str) -> Any:
 EXCLUSIVE: dict[str, tuple[tuple[str, ...], ...]] = {"Reversion": (("keys", "range"), ("incident",))}
 
 
+# Array fields whose items hold exactly one of their properties (a CEL rule): each variant's list holds one item
+# with one of them, so the variants together set every field.
+ONE_OF_ITEMS: dict[str, str] = {"Reshard": "steps"}
+
+
 def maximal_specs(kind: str) -> list[dict[str, Any]]:
-    """Specs of `kind` that together set every field of the CRD: one, or one per group of EXCLUSIVE fields."""
+    """Specs of `kind` that together set every field of the CRD: one, or one per group of EXCLUSIVE fields (or
+    per property of a ONE_OF_ITEMS list's items)."""
     full = maximal(spec_schema(kind))
+    if kind in ONE_OF_ITEMS:
+        field = ONE_OF_ITEMS[kind]
+        return [{**full, field: [{key: value}]} for key, value in full[field][0].items()]
     groups = EXCLUSIVE.get(kind)
     if not groups:
         return [full]
@@ -212,6 +225,12 @@ def mutations(kind: str) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
+def _at(spec: dict[str, Any], keys: list[Any]) -> Any:
+    for key in keys:
+        spec = spec[key]
+    return spec
+
+
 def _mutations_of(schema: dict[str, Any], base: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """Mutations of the fields ``base`` sets (top-level fields it leaves out are another variant's)."""
     import copy
@@ -230,6 +249,8 @@ def _mutations_of(schema: dict[str, Any], base: dict[str, Any]) -> list[tuple[st
         for name, sub in schema.get("properties", {}).items():
             if not keys and name not in base:
                 continue
+            if keys and isinstance(keys[-1], int) and name not in _at(base, keys):
+                continue  # a ONE_OF_ITEMS item: the property another variant sets
             path, field = [*keys, name], f"{dotted}.{name}"
             out.extend((field, put(path, bad)) for bad in _bad_values(sub))
             if sub.get("type") == "object" and sub.get("properties"):

@@ -8,16 +8,21 @@
 # Our custom resources: Kopf lists and watches them and patches metadata (finalizer, bookkeeping
 # annotations) and status. The operator never updates or deletes a user's objects (it creates Reversions below).
 - apiGroups: [chronoshard.io]
-  resources: [shardsets, keyrotations, prefetchpolicies, shadowpolicies, mirrorsets, weaveplans, reversions]
+  resources: [shardsets, keyrotations, prefetchpolicies, shadowpolicies, mirrorsets, weaveplans, reversions, reshards]
   verbs: [list, watch, patch]
 - apiGroups: [chronoshard.io]
-  resources: [shardsets/status, keyrotations/status, prefetchpolicies/status, shadowpolicies/status, mirrorsets/status, weaveplans/status, reversions/status]
+  resources: [shardsets/status, keyrotations/status, prefetchpolicies/status, shadowpolicies/status, mirrorsets/status, weaveplans/status, reversions/status, reshards/status]
   verbs: [patch]
 # A ShadowPolicy proposes a Reversion for a severe anomaly incident (docs/reversion.md): the one object of a
 # user's kind the operator creates; it never updates or deletes one.
 - apiGroups: [chronoshard.io]
   resources: [reversions]
   verbs: [create]
+# A ShardSet with spec.partitioning.rebalance creates the Reshard <shardset>-rebalance-<epoch> on a scale
+# (docs/resharding.md), and reads it to know whether it completed; it never updates or deletes one.
+- apiGroups: [chronoshard.io]
+  resources: [reshards]
+  verbs: [create, get]
 # A KeyRotation reads the ShardSet it rotates.
 - apiGroups: [chronoshard.io]
   resources: [shardsets]

@@ -41,7 +41,7 @@ SA_USER = f"system:serviceaccount:{RELEASE_NS}:{RELEASE}-chronoshard"
 
 # Rules the chart grants that the audited run below may not exercise, each with the reason it exists.
 # A rule that is neither used nor listed here fails test_every_rule_is_used_or_deliberately_extra.
-OTHER_KINDS = ["keyrotations", "shadowpolicies", "mirrorsets", "weaveplans", "reversions"]
+OTHER_KINDS = ["keyrotations", "shadowpolicies", "mirrorsets", "weaveplans", "reversions", "reshards"]
 DELIBERATE_EXTRA: dict[tuple[str, str, str], str] = {
     **{(verb, "chronoshard.io", kind): "controller of this kind: watched and patched once its handlers are "
        "registered (the samples of every kind are applied below, so a registered one is exercised)"
@@ -50,6 +50,9 @@ DELIBERATE_EXTRA: dict[tuple[str, str, str], str] = {
     ("get", "chronoshard.io", "shardsets"): "a KeyRotation reads its ShardSet when a rotation runs",
     ("create", "chronoshard.io", "reversions"): "a ShadowPolicy proposes a Reversion for a closed anomaly incident "
     "at or above its severityThreshold (none happens in this run)",
+    ("create", "chronoshard.io", "reshards"): "a ShardSet with spec.partitioning.rebalance creates its rebalance "
+    "Reshard on a scale (none happens in this run)",
+    ("get", "chronoshard.io", "reshards"): "a ShardSet with spec.partitioning.rebalance reads its rebalance Reshard",
     ("patch", "", "secrets"): "a KeyRotation adds and retires key versions in the keyring Secret",
     ("list", "", "pods"): "a KeyRotation lists a ShardSet's pods to ask each node for its key versions",
     ("create", "cert-manager.io", "certificates"): "a ShardSet with spec.tls.issuerRef (cert-manager)",

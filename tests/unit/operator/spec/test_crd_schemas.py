@@ -36,7 +36,7 @@ def _walk(schema: dict[str, Any], path: str) -> Iterator[tuple[str, dict[str, An
         yield from _walk(schema["additionalProperties"], f"{path}{{}}")
 
 
-def test_seven_crds_one_file_each():
+def test_one_crd_file_per_kind():
     assert sorted(load_crds()) == sorted(KINDS)
 
 
