@@ -1,0 +1,219 @@
+"""The Reshard controller's passes against the real API server and real `chronoshard-node` processes standing in for
+a ShardSet's pods (each node on a pod-like loopback IP at port 7400, a Ready Pod object with that IP, as in
+test_mirrorset_controller.py). Passes are driven by hand (``controller.step`` + ``write_status``), as the daemon
+runs them, so a test can stop between any two and start a "new operator" from the status alone.
+
+Covered: the spec's immutability (CEL), a split at the median the node reports then a merge (map changes pushed to
+every node, the ConfigMap's epoch going up one per step), one Reshard at a time per ShardSet, a failing step, the
+map ConfigMap never going back in epoch, and (with the node's move endpoints) a move under a writer, a rollback
+when the target refuses, and an operator restart in the middle of a move."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from chronoshard.operator import kube, naming
+from chronoshard.operator.podcontract import NODE_PORT, PARTITION_MAP_FILE
+from chronoshard.operator.reshard import controller
+from chronoshard.shardnode.keyspace.partitioning import PartitionMap, initial_map, keyspace_id
+from kubernetes import client
+
+from tests.integration.shardnode.procs import BIN, INSECURE, Proc, http, http_json
+from tests.support.kubelet_dir import write_keyring
+from tests.support.shadowstub import GROUP, VERSION, create_custom
+
+pytestmark = [pytest.mark.integration, pytest.mark.without_operator]
+
+TABLE = "orders"
+
+
+@pytest.fixture()
+def api(k8s_client):
+    previous = kube._api
+    kube.set_api_client(k8s_client)
+    yield client.CustomObjectsApi(k8s_client)
+    kube.set_api_client(previous)
+
+
+def _ip(taken: set[str]) -> str:
+    while True:
+        ip = f"127.{random.randrange(1, 250)}.{random.randrange(1, 250)}.{random.randrange(2, 250)}"
+        if ip not in taken:
+            return ip
+
+
+class Shards:
+    """ShardSet ``orders`` of ``n`` shards: a node process and a Ready pod per shard, the map ConfigMap and the
+    mounted map file (initial_map(n))."""
+
+    def __init__(self, k8s_client: Any, ns: str, tmp: Path, n: int = 2, name: str = "orders") -> None:
+        self.k8s, self.ns, self.name = k8s_client, ns, name
+        self.core = client.CoreV1Api(k8s_client)
+        self.custom = client.CustomObjectsApi(k8s_client)
+        keyring = tmp / "keyring"
+        write_keyring(keyring, 1, {1: ("primary", os.urandom(32))})
+        self.map0 = initial_map(n)
+        map_file = tmp / "map.json"
+        map_file.write_text(self.map0.to_json())
+        create_custom(k8s_client, ns, "shardsets", name, {"shards": n}, "ShardSet")
+        self.core.create_namespaced_config_map(ns, client.V1ConfigMap(
+            metadata=client.V1ObjectMeta(name=naming.partitions_config_map_name(name)),
+            data={PARTITION_MAP_FILE: self.map0.to_json()}))
+        taken: set[str] = set()
+        self.urls: dict[int, str] = {}
+        self.nodes: dict[int, Proc] = {}
+        for shard in range(n):
+            ip = _ip(taken)
+            taken.add(ip)
+            root = tmp / f"node-{shard}"
+            root.mkdir()
+            argv = [str(BIN / "chronoshard-node"), "--host", ip, "--port", str(NODE_PORT), "--data-dir",
+                    str(root / "data"), "--keyring-dir", str(keyring), "--partition-map", str(map_file),
+                    "--shard-index", str(shard), *INSECURE]
+            self.nodes[shard] = Proc(argv, NODE_PORT, root / "node.log", dict(os.environ))
+            self.urls[shard] = self.nodes[shard].url = f"http://{ip}:{NODE_PORT}"
+            self._pod(shard, ip)
+
+    def _pod(self, shard: int, ip: str) -> None:
+        pod = f"{self.name}-{shard}"
+        self.core.create_namespaced_pod(self.ns, client.V1Pod(
+            metadata=client.V1ObjectMeta(name=pod, labels=naming.selector_labels(self.name)),
+            spec=client.V1PodSpec(containers=[client.V1Container(name="node", image="x",
+                                                                 command=["chronoshard-node"])])))
+        self.core.patch_namespaced_pod_status(pod, self.ns, {"status": {
+            "podIP": ip, "podIPs": [{"ip": ip}],
+            "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}})
+
+    def start(self) -> Shards:
+        for proc in self.nodes.values():
+            proc.start()
+        return self
+
+    def stop(self) -> None:
+        for proc in self.nodes.values():
+            proc.stop()
+
+    def cm_map(self) -> PartitionMap:
+        cm = self.core.read_namespaced_config_map(naming.partitions_config_map_name(self.name), self.ns)
+        return PartitionMap.from_json(cm.data[PARTITION_MAP_FILE])
+
+    def node_epoch(self, shard: int) -> int:
+        status, doc = http_json("GET", self.urls[shard] + "/v1/partitions")
+        assert status == 200, doc
+        return int(doc["epoch"])
+
+    def put(self, key: str, value: bytes) -> int:
+        shard = self.cm_map().owner_of(keyspace_id(TABLE, key)).shard
+        status, _ = http("PUT", f"{self.urls[shard]}/v1/tables/{TABLE}/blocks/{key}", value)
+        return status
+
+    def reshard(self, name: str, steps: list[dict[str, Any]], **spec: Any) -> None:
+        create_custom(self.k8s, self.ns, "reshards", name, {"shardSetRef": {"name": self.name}, "steps": steps,
+                                                             **spec}, "Reshard")
+
+    def body(self, name: str) -> dict[str, Any]:
+        return dict(self.custom.get_namespaced_custom_object(GROUP, VERSION, self.ns, "reshards", name))
+
+
+@pytest.fixture()
+def shards(k8s_client, api, namespace, tmp_path) -> Iterator[Shards]:
+    s = Shards(k8s_client, namespace, tmp_path).start()
+    yield s
+    s.stop()
+
+
+async def one_pass(s: Shards, name: str, events: list[tuple[str, str, str]] | None = None) -> dict[str, Any]:
+    """One controller pass on the live object, its status written as the daemon writes it."""
+    body = s.body(name)
+    result = await controller.step(body)
+    await asyncio.to_thread(controller.write_status, body, result.status)
+    if events is not None:
+        events.extend(result.events)
+    return result.status
+
+
+async def run_until(s: Shards, name: str, phases: set[str], passes: int = 200,
+                    events: list[tuple[str, str, str]] | None = None) -> dict[str, Any]:
+    """Passes until the Reshard's phase is one of ``phases`` (bounded by a pass count, not a clock)."""
+    for _ in range(passes):
+        status = await one_pass(s, name, events)
+        if status.get("phase") in phases:
+            return status
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"Reshard {name} did not reach {phases}: {json.dumps(status)[:2000]}")
+
+
+def test_shardset_ref_and_steps_are_immutable(api, namespace):
+    create_custom(api.api_client, namespace, "reshards", "fixed",
+                  {"shardSetRef": {"name": "orders"}, "steps": [{"split": {"partition": 0}}]}, "Reshard")
+    for patch in ({"spec": {"steps": [{"split": {"partition": 1}}]}}, {"spec": {"shardSetRef": {"name": "x"}}}):
+        with pytest.raises(client.ApiException) as err:
+            api.patch_namespaced_custom_object(GROUP, VERSION, namespace, "reshards", "fixed", patch)
+        assert err.value.status == 422 and "immutable" in err.value.body
+    api.patch_namespaced_custom_object(GROUP, VERSION, namespace, "reshards", "fixed",
+                                       {"spec": {"gracePeriod": "1m"}})  # the rest may change
+
+
+async def test_split_at_the_median_then_merge_changes_the_map_on_every_node(shards):
+    keys = [f"k{i}" for i in range(400)]
+    on_zero = [k for k in keys if shards.map0.owner_of(keyspace_id(TABLE, k)).shard == 0]
+    for k in on_zero:
+        assert shards.put(k, b"v-" + k.encode()) == 200
+    p0 = shards.map0.partitions_of(0)[0]
+    status, stats = http_json("GET", f"{shards.urls[0]}/v1/ranges/stats?keyspace={p0.start:016x}-{p0.end:016x}")
+    assert status == 200 and stats["blocks"] == len(on_zero)
+    shards.reshard("cut", [{"split": {"partition": 0}}, {"merge": {"partitions": [0, 2]}}])
+    events: list[tuple[str, str, str]] = []
+    done = await run_until(shards, "cut", {"Completed", "Failed"}, events=events)
+    assert done["phase"] == "Completed", done
+    split, merge = done["steps"]
+    assert split["splitAt"] == stats["medianKeyspaceId"] and split["partitions"] == [0, 2] and split["epoch"] == 2
+    assert merge["partitions"] == [0] and merge["epoch"] == 3 and done["epoch"] == 3 and done["startEpoch"] == 1
+    final = shards.cm_map()
+    assert final.epoch == 3 and final.partitions == shards.map0.partitions  # split then merged back
+    assert [shards.node_epoch(s) for s in (0, 1)] == [3, 3]
+    assert [r for _, r, _ in events].count("StepCompleted") == 2 and ("Normal", "Started") == events[0][:2]
+    # The blocks did not move: every key still reads on shard 0.
+    for k in on_zero[:20]:
+        assert http("GET", f"{shards.urls[0]}/v1/tables/{TABLE}/blocks/{k}")[0] == 200
+
+
+async def test_one_reshard_at_a_time_and_a_step_that_cannot_apply_fails(shards):
+    shards.reshard("first", [{"split": {"partition": 1, "at": "c000000000000000"}}])
+    shards.reshard("second", [{"merge": {"partitions": [0, 1]}}])  # different shards: cannot apply
+    await asyncio.sleep(1.1)  # creationTimestamp has second precision: "second" is strictly younger
+    waiting = await one_pass(shards, "second")
+    assert waiting.get("phase", "Pending") == "Pending"
+    cond = next(c for c in waiting["conditions"] if c["type"] == "Progressing")
+    assert cond["reason"] == "WaitingForReshard" and "first" in cond["message"]
+    assert (await run_until(shards, "first", {"Completed"}))["epoch"] == 2
+    failed = await run_until(shards, "second", {"Completed", "Failed"})
+    assert failed["phase"] == "Failed" and failed["steps"][0]["phase"] == "Failed"
+    assert "different shards" in failed["steps"][0]["message"]
+    assert shards.cm_map().epoch == 2  # nothing changed by the failed step
+
+
+def test_the_map_configmap_never_goes_back_in_epoch(shards, api):
+    """The ShardSet controller's write is a server-side apply conditional on the resourceVersion it read: one read
+    before a Reshard's write is refused, not applied over it."""
+    cm_name = naming.partitions_config_map_name("orders")
+    stale = kube.get("v1", "ConfigMap", shards.ns, cm_name)
+    newer = PartitionMap(2, 2, shards.map0.partitions)
+    assert controller._write_map(shards.ns, "orders", newer) is None
+    manifest = {"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": cm_name, "namespace": shards.ns,
+                             "resourceVersion": stale["metadata"]["resourceVersion"]},
+                "data": {PARTITION_MAP_FILE: shards.map0.to_json()}}
+    with pytest.raises(client.ApiException) as err:
+        kube.apply(manifest)
+    assert err.value.status == 409
+    assert shards.cm_map().epoch == 2
+    # The Reshard side refuses to lower it too.
+    assert controller._write_map(shards.ns, "orders", shards.map0) is None and shards.cm_map().epoch == 2
