@@ -26,6 +26,8 @@ from chronoshard.shardnode.replication.metrics import MirrorCollector
 from chronoshard.shardnode.replication.source import SourceGates
 from chronoshard.shardnode.replication.state import ReplicationState
 from chronoshard.shardnode.resharding import source_api as reshard_source
+from chronoshard.shardnode.resharding import target_api as reshard_target
+from chronoshard.shardnode.resharding.puller import PullSettings
 from chronoshard.shardnode.serving import keywait, tls
 from chronoshard.shardnode.serving.http_common import (
     ApiError,
@@ -91,6 +93,8 @@ class NodeConfig:
     compromised_write_hold_seconds: float = 20.0
     kek_dir: Path | None = None  # the mounted KEK Secret (kek.key); needed for wrapped key versions
     key_cache_size: int = 1024  # unwrapped table keys held (wrapped versions only)
+    move_copy_chunk: int = 500  # a move's snapshot blocks imported per transaction (docs/resharding.md)
+    move_batch: int = 500  # a move's streamed changes read per page
 
     def apply(self, settings: dict[str, Any]) -> None:
         """Overlay settings from node.json (unknown keys ignored, wrong types logged and ignored)."""
@@ -105,7 +109,8 @@ class NodeConfig:
                                 ("changeLogMaxRetainBytes", "change_log_max_retain_bytes", int),
                                 ("maxResponseBytes", "max_response_bytes", int),
                                 ("trimIntervalSeconds", "trim_interval_seconds", (int, float)),
-                                ("compromisedWriteHoldSeconds", "compromised_write_hold_seconds", (int, float))):
+                                ("compromisedWriteHoldSeconds", "compromised_write_hold_seconds", (int, float)),
+                                ("moveCopyChunk", "move_copy_chunk", int), ("moveBatch", "move_batch", int)):
             if name in settings:
                 value = settings[name]
                 # a pause may be 0 (full speed); every other setting must be positive
@@ -143,6 +148,11 @@ class Node:
         self.closing = False
         # The MirrorSet role (docs/mirroring.md): write/read checks, the mirror's replicator, the role routes.
         self.replication = ReplicationState(self.changed, Digest)
+        # A move's target side (docs/resharding.md): the pullers of moves into this shard, their routes.
+        self.moves = reshard_target.MoveManager(cfg.partitioning.source if cfg.partitioning else None,
+                                                cfg.partitioning.shard_index if cfg.partitioning else None,
+                                                lambda: self.db, self.replication.check_writable,
+                                                PullSettings(chunk=cfg.move_copy_chunk, batch=cfg.move_batch))
         # A move's source side (docs/resharding.md): pushed maps kept in the store, fences around client writes,
         # purge and range stats.
         part = cfg.partitioning
@@ -177,6 +187,7 @@ class Node:
         self.store.write_guards.append(self.replication.store_guard)
         self._peer_session = aiohttp.ClientSession(connector=tls.connector(app, limit=16))
         await self.replication.start(self.store, self._peer_session)
+        await self.moves.start(self._peer_session)  # every persisted move resumes from its cursor
         await self.health.start()
         await self.source.refresh()  # the slots' acks in memory before the first client write
         await self.reshard_source.start()  # the persisted pushed map in force before the first request
@@ -203,6 +214,7 @@ class Node:
         for task in self._tasks:
             task.cancel()
         await self.replication.stop()
+        await self.moves.stop()
         await self.lease.close()
         await self.health.close()
         if self._peer_session is not None:
@@ -243,6 +255,7 @@ class Node:
             self.rewrap.pause = self.cfg.rewrap_pause_seconds
         if self.key_cache is not None:
             self.key_cache.resize(self.cfg.key_cache_size)
+        self.moves.settings.chunk, self.moves.settings.batch = self.cfg.move_copy_chunk, self.cfg.move_batch
 
     def loaded_generation(self) -> int | None:
         """The generation of the keyring in use (None before one loaded)."""
@@ -650,6 +663,7 @@ def routes() -> list[Route]:
             *stream_api.routes(node_of),
             *health.routes(lambda request: node_of(request).health),
             *replication_api.routes(lambda request: node_of(request).replication),
+            *reshard_target.routes(lambda request: node_of(request).moves),
             *reshard_source.routes(lambda request: node_of(request).reshard_source)]
 
 

@@ -262,6 +262,17 @@ NODE_ENDPOINTS = [
     Endpoint("POST", "/v1/ranges:purge", Access.ADMIN, body={"ranges": [["0000000000000000", "ffffffffffffffff"]],
                                                              "epoch": 1}, ok=409),
     Endpoint("GET", "/v1/ranges/stats", Access.ADMIN, "/v1/ranges/stats?keyspace=0000000000000000-ffffffffffffffff"),
+    # A move's target side: this node has no partition map, so it owns every range and takes no move (409 owned,
+    # past the guard); no move exists to show (404), and closing one that does not exist is idempotent (200).
+    Endpoint("PUT", "/v1/moves/{name}", Access.ADMIN, "/v1/moves/m",
+             {"source": {"url": "https://127.0.0.1:1", "shard": 0}, "partition": 1,
+              "ranges": [["8000000000000000", "ffffffffffffffff"]]}, ok=409),
+    Endpoint("GET", "/v1/moves", Access.ADMIN),
+    Endpoint("GET", "/v1/moves/{name}", Access.ADMIN, "/v1/moves/m", ok=404),
+    Endpoint("DELETE", "/v1/moves/{name}", Access.ADMIN, "/v1/moves/m"),
+    Endpoint("GET", "/v1/moves/{name}/digest", Access.ADMIN, "/v1/moves/m/digest?sourceLsn=1", ok=404),
+    Endpoint("GET", "/v1/ranges/digest", Access.REPLICATION,
+             "/v1/ranges/digest?keyspace=0000000000000000-ffffffffffffffff"),
 ]
 CACHE_ENDPOINTS = [
     *BLOCK_ENDPOINTS, *STANDARD,

@@ -1,0 +1,276 @@
+"""The target's move puller (docs/resharding.md, "How a move works", steps 1-2): one background task per move,
+resumed at start-up for every move persisted in the store.
+
+Copying: register the slot ``move.<name>`` on the source afresh (the source keeps its log, with frames, from
+there), clear the ranges here (leftovers of an earlier discarded or interrupted copy), stream the source's
+keyspace-limited snapshot (taken after the registration, so the tail misses nothing) and import it in chunks.
+Catching up: tail the source's change stream from the snapshot LSN through the slot, apply the changes of the
+ranges in source-LSN order with the cursor in the same transaction (exactly once), then acknowledge the slot. A
+slot the source lost or let fall behind, or a log that no longer reaches the cursor, restarts the copy. Errors back
+off (doubling, capped); a refusal that retrying cannot fix (400/401/403 from the source) fails the move.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import aiohttp
+from chronoshard.shardnode.replication.apply import FrameMissing
+from chronoshard.shardnode.replication.replicator import describe, held_prefix
+from chronoshard.shardnode.replication.state import StoreLike, close_stream
+from chronoshard.shardnode.serving.changestream import ChangeStreamClient, ChangeStreamError, SnapshotBlock
+
+from . import moves_sql as sql
+from .moves import CATCHING_UP, COPYING, FAILED, MoveSpec, lag_seconds, slot_name, wanted
+
+log = logging.getLogger(__name__)
+
+SOURCE_ERRORS = (ChangeStreamError, aiohttp.ClientError, TimeoutError, OSError)
+FATAL_STATUSES = (400, 401, 403)  # the source refuses what we ask: retrying does not help
+
+
+@dataclass
+class PullSettings:
+    """Batching, long-poll and backoff of every move's puller (one object the node's settings update in place)."""
+
+    chunk: int = 500  # snapshot blocks per import transaction
+    batch: int = 500  # changes per page
+    wait_seconds: float = 5.0  # long-poll of the change stream
+    timeout_seconds: float = 30.0
+    backoff_seconds: float = 0.5
+    max_backoff_seconds: float = 10.0
+    clear_chunk: int = 1000  # leftover blocks deleted per transaction
+
+
+class Recopy(Exception):
+    """The stream cannot continue from the cursor: copy the ranges again from a snapshot."""
+
+
+class Failed(Exception):
+    """The source refuses the move for good."""
+
+
+class Puller:
+    """Pulls one move until cancelled; ``applied`` (the cursor), progress and the last error in memory for GET."""
+
+    def __init__(self, name: str, spec: MoveSpec, store: StoreLike, session: aiohttp.ClientSession,
+                 settings: PullSettings, row: sql.MoveRow) -> None:
+        self.name, self.spec, self.store, self.session, self.settings = name, spec, store, session, settings
+        self.phase, self.applied, self.snapshot_lsn = row.phase, row.source_lsn, row.snapshot_lsn
+        self.copied, self.total, self.error = row.copied, row.total, row.error
+        self.last_applied_time = row.last_applied_time
+        self.source_last_lsn: int | None = None
+        self.registered = False
+        self.copies = 0
+        self.apply_lock = asyncio.Lock()
+        self.holds: dict[int, int] = {}  # source LSN -> digest requests holding the apply there
+        self.applied_changed = asyncio.Event()
+        self.hold_changed = asyncio.Event()
+
+    # ---- what GET shows ------------------------------------------------------------------------------
+    def describe(self, now: float | None = None) -> dict[str, object]:
+        """The ``GET /v1/moves/{name}`` body."""
+        now = time.time() if now is None else now
+        caught_up = (self.applied is not None and self.source_last_lsn is not None
+                     and self.applied >= self.source_last_lsn)
+        lag = lag_seconds(caught_up, self.last_applied_time, now) if self.phase == CATCHING_UP else None
+        return {"name": self.name, "phase": self.phase, "snapshotLsn": self.snapshot_lsn, "sourceLsn": self.applied,
+                "copiedBlocks": self.copied, "totalBlocks": self.total, "lagSeconds": lag, "error": self.error,
+                "source": self.spec.to_doc()["source"], "partition": self.spec.partition,
+                "ranges": self.spec.to_doc()["ranges"], "copies": self.copies}
+
+    def client(self) -> ChangeStreamClient:
+        """The source's change stream, over the node's peer session (its TLS client identity)."""
+        return ChangeStreamClient(self.spec.source_url, self.session, server_hostname=self.spec.server_name,
+                                  timeout=self.settings.timeout_seconds)
+
+    @property
+    def slot(self) -> str:
+        """The consumer slot's name on the source."""
+        return slot_name(self.name)
+
+    # ---- holds (digest at a source LSN) ---------------------------------------------------------------
+    def hold_limit(self) -> int | None:
+        """The lowest source LSN a digest holds the apply at (None: no hold)."""
+        return min(self.holds) if self.holds else None
+
+    def add_hold(self, lsn: int) -> None:
+        """Apply nothing past ``lsn`` until released."""
+        self.holds[lsn] = self.holds.get(lsn, 0) + 1
+
+    def release_hold(self, lsn: int) -> None:
+        """Drop one hold at ``lsn``."""
+        n = self.holds.get(lsn, 0) - 1
+        if n <= 0:
+            self.holds.pop(lsn, None)
+        else:
+            self.holds[lsn] = n
+        self.hold_changed.set()
+
+    async def wait_applied(self, lsn: int, seconds: float) -> int | None:
+        """Wait (at most ``seconds``) until the cursor is at least ``lsn``; returns the cursor."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while self.applied is None or self.applied < lsn:
+            remaining = deadline - loop.time()
+            if remaining <= 0 or self.phase == FAILED:
+                break
+            self.applied_changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.applied_changed.wait(), min(remaining, 0.5))
+        return self.applied
+
+    def _set_applied(self, lsn: int | None) -> None:
+        self.applied = lsn
+        self.applied_changed.set()
+
+    # ---- the loop ------------------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Pull until cancelled or failed."""
+        backoff = self.settings.backoff_seconds
+        while self.phase != FAILED:
+            try:
+                if self.phase == COPYING:
+                    await self._copy()
+                else:
+                    await self._step()
+                backoff = self.settings.backoff_seconds
+                continue
+            except (Recopy, FrameMissing) as exc:
+                log.warning("move %s: %s; copying again", self.name, exc)
+                self.phase = COPYING
+                continue
+            except Failed as exc:
+                await self._fail(str(exc))
+                return
+            except SOURCE_ERRORS as exc:
+                self._failed_attempt(exc)
+            except sqlite3.Error as exc:
+                self.error = f"store: {type(exc).__name__}"
+            except (ValueError, KeyError, TypeError) as exc:  # an answer not as documented: retried
+                self.error = f"bad answer from the source: {type(exc).__name__}"
+            log.warning("move %s: %s", self.name, self.error)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, self.settings.max_backoff_seconds)
+
+    def _failed_attempt(self, exc: BaseException) -> None:
+        self.error = describe(exc)  # type and status, never a body the source sent
+        if isinstance(exc, ChangeStreamError):
+            if exc.status in FATAL_STATUSES:
+                raise Failed(self.error) from None
+            if exc.status == 404:
+                self.registered = False  # the source lost the slot (a new volume, a deleted slot)
+
+    async def _fail(self, error: str) -> None:
+        self.phase, self.error = FAILED, error
+        self.applied_changed.set()
+        with contextlib.suppress(sqlite3.Error):
+            await self.store.write(lambda c: sql.set_failed(c, self.name, error))
+        log.warning("move %s failed: %s", self.name, error)
+
+    # ---- copying -------------------------------------------------------------------------------------
+    async def _copy(self) -> None:
+        client = self.client()
+        # A fresh registration point: the snapshot below is taken after it, so the catch-up misses nothing.
+        await client.register(self.slot, reset=True)
+        self.registered = True
+        total = await self._estimate(client)
+        async with self.apply_lock:
+            await self.store.write(lambda c: sql.begin_copy(c, self.name, total))
+            self._set_applied(None)
+            self.phase, self.copied, self.total, self.snapshot_lsn = COPYING, 0, total, None
+            self.last_applied_time, self.error = None, None
+            await self._clear()
+            blocks = client.snapshot(keyspace=list(self.spec.ranges))
+            try:
+                first = await anext(blocks)
+                if not isinstance(first, int):
+                    raise ChangeStreamError(502, {"error": "bad_snapshot", "message": "no snapshot LSN first"})
+                await self._fill(blocks)
+            finally:
+                await close_stream(blocks)
+            await self.store.write(lambda c: sql.finish_copy(c, self.name, first))
+            self.phase, self.snapshot_lsn, self.total, self.error = CATCHING_UP, first, self.copied, None
+            self.copies += 1
+            self._set_applied(first)
+        await client.ack(self.slot, first)
+        log.info("move %s: copied %d blocks from the source's snapshot at LSN %d", self.name, self.copied, first)
+
+    async def _estimate(self, client: ChangeStreamClient) -> int | None:
+        """The source's block count of the ranges (GET /v1/ranges/stats) for progress; None if it cannot say."""
+        ranges = ",".join(f"{lo:016x}-{hi:016x}" for lo, hi in self.spec.ranges)
+        try:
+            _, doc = await client._json("GET", client._url("v1", "ranges", "stats").with_query({"keyspace": ranges}))
+            return int(doc["blocks"])
+        except (ChangeStreamError, KeyError, TypeError, ValueError):
+            return None
+
+    async def _clear(self) -> None:
+        n = self.settings.clear_chunk
+        while await self.store.write(lambda c: sql.clear_batch(c, self.spec.ranges, n)) > 0:
+            pass
+
+    async def _fill(self, blocks: AsyncIterator[int | SnapshotBlock]) -> None:
+        chunk: list[SnapshotBlock] = []
+        size = self.settings.chunk
+        async for item in blocks:
+            if isinstance(item, SnapshotBlock):
+                chunk.append(item)
+                if len(chunk) >= size:
+                    batch, chunk = chunk, []
+                    self.copied = await self.store.write(
+                        lambda c, b=batch: sql.import_blocks(c, self.name, b))  # type: ignore[misc]
+        if chunk:
+            self.copied = await self.store.write(lambda c: sql.import_blocks(c, self.name, chunk))
+
+    # ---- catching up ---------------------------------------------------------------------------------
+    async def _register(self, client: ChangeStreamClient, at: int) -> None:
+        """Keep the slot; Recopy if the source cannot hold the log from the cursor for it."""
+        try:
+            slot = await client.register(self.slot, start_lsn=at)
+        except ChangeStreamError as exc:
+            if exc.status == 409:
+                raise Recopy("the source cannot start the slot at the cursor") from None
+            raise
+        if slot.get("state") == "behind" or int(slot.get("ackedLsn") or 0) > at:
+            raise Recopy("the source's slot no longer holds the log from the cursor")
+        self.registered = True
+
+    async def _step(self) -> None:
+        at = self.applied
+        if at is None:
+            raise Recopy("no cursor")
+        client = self.client()
+        if not self.registered:
+            await self._register(client, at)
+        page = await client.changes(at, limit=self.settings.batch, wait=self.settings.wait_seconds,
+                                    consumer=self.slot)
+        self.source_last_lsn = page.last_lsn
+        if page.gap or page.last_lsn < at:
+            raise Recopy("the source no longer holds the changes after the cursor" if page.gap
+                         else "the source's log ends before the cursor")
+        async with self.apply_lock:
+            hold = self.hold_limit()
+            if hold is not None and at >= hold:
+                self.hold_changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.hold_changed.wait(), 1.0)
+                return
+            changes, through = held_prefix(wanted(page.changes, self.spec.ranges), page.next, hold)
+            if changes or through > at:
+                applied = await self.store.write(lambda c: sql.apply_changes(c, self.name, changes, through))
+                if changes:
+                    self.last_applied_time = changes[-1].time
+                self._set_applied(applied)
+        self.error = None
+        if self.applied:
+            await client.ack(self.slot, min(self.applied, page.last_lsn))
+
+
+Starter = Callable[[Puller], None]

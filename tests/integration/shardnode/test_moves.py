@@ -1,0 +1,265 @@
+"""A partition move's target side between real `chronoshard-node` processes (docs/resharding.md): the target pulls
+the upper half of the keyspace from the source under a concurrent writer, survives SIGKILL of the source and of the
+target mid-copy and mid-catch-up, and ends with a content digest equal to the source's at the same LSN (exactly
+once); a discard leaves no block of the range; the 409 cases; leftovers of an earlier move are cleared."""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from chronoshard.shardnode.keyspace.partitioning import Partition, PartitionMap, keyspace_id
+
+from tests.integration.shardnode.procs import Proc, http, http_json, node
+from tests.support.kubelet_dir import write_keyring
+from tests.support.stores import open_store, ring
+from tests.support.waiting import wait_for
+
+HALF = 1 << 63
+TOP = (1 << 64) - 1
+UPPER = ("8000000000000000", "ffffffffffffffff")
+KEYSPACE = f"{UPPER[0]}-{UPPER[1]}"
+
+
+def two_shard_map(upper_shard: int, epoch: int = 1) -> PartitionMap:
+    """Partition 0 (lower half) on shard 0, partition 1 (upper half) on ``upper_shard``."""
+    return PartitionMap(epoch, 2, (Partition(0, 0, HALF - 1, 0), Partition(1, HALF, TOP, upper_shard)))
+
+
+@pytest.fixture
+def keyring(tmp_path: Path) -> Path:
+    d = tmp_path / "keyring"
+    write_keyring(d, 1, {1: ("primary", bytes([1]) * 32)})  # the key tests.support.stores.ring(1, (1,)) uses
+    return d
+
+
+def shard_node(tmp: Path, keyring: Path, name: str, index: int, config: dict[str, Any] | None = None) -> Proc:
+    """A node of shard ``index`` with a map volume of its own (partition 1 still on shard 0)."""
+    d = tmp / name
+    d.mkdir(exist_ok=True)
+    (d / "map.json").write_text(two_shard_map(0).to_json())
+    p = node(d, keyring, config=config)
+    p.argv += ["--partition-map", str(d / "map.json"), "--shard-index", str(index)]
+    return p
+
+
+def prefill(data_dir: Path, n: int, size: int = 256) -> None:
+    """``n`` blocks written through the real store into a node's data directory before the node starts."""
+    store, _ = open_store(data_dir, ring(1, (1,)))
+    try:
+        from chronoshard.shardnode.node.store import put_in_txn
+
+        for start in range(0, n, 1000):
+            def job(c: Any, start: int = start) -> None:
+                for i in range(start, min(n, start + 1000)):
+                    put_in_txn(c, store.current_keyring(), "t", f"pre{i}", os.urandom(size))
+            store.submit(job).result()
+    finally:
+        store.close()
+
+
+def move_body(src: Proc) -> dict[str, Any]:
+    return {"source": {"url": src.url, "shard": 0}, "partition": 1, "ranges": [list(UPPER)]}
+
+
+def move(url: str, name: str = "m1") -> dict[str, Any]:
+    status, body = http_json("GET", f"{url}/v1/moves/{name}")
+    assert status == 200, body
+    return body
+
+
+def last_lsn(url: str) -> int:
+    status, body = http_json("GET", url + "/v1/status")
+    assert status == 200, body
+    return int(body["lastLsn"])
+
+
+def caught_up(target: Proc, src: Proc, name: str = "m1") -> dict[str, Any]:
+    want = last_lsn(src.url)
+    return wait_for(lambda: (lambda m: m if m["phase"] == "catching_up" and m["sourceLsn"] >= want else None)(
+        move(target.url, name)), timeout=60, what=f"the move to apply source LSN {want}")
+
+
+def digests_agree(src: Proc, target: Proc, name: str = "m1") -> dict[str, Any]:
+    """The source's digest at its LSN X equals the target's at source LSN X (retried when the target had already
+    gone past X: the writer may still be writing)."""
+    def attempt() -> dict[str, Any] | None:
+        status, d_src = http_json("GET", f"{src.url}/v1/ranges/digest?keyspace={KEYSPACE}")
+        assert status == 200, d_src
+        status, d_dst = http_json("GET", f"{target.url}/v1/moves/{name}/digest?sourceLsn={d_src['lsn']}"
+                                         "&waitSeconds=20")
+        if status == 409 and d_dst["error"] == "lsn_passed":
+            return None
+        assert status == 200, d_dst
+        assert d_dst["sourceLsn"] == d_src["lsn"]
+        assert (d_dst["blocks"], d_dst["digest"], d_dst["buckets"]) == (d_src["blocks"], d_src["digest"],
+                                                                        d_src["buckets"])
+        return d_src
+    return wait_for(attempt, timeout=60, what="a digest of the target at the source's LSN")
+
+
+class Writer:
+    """Writes and deletes random keys on the source until stopped, through kills (errors are counted)."""
+
+    def __init__(self, url: str) -> None:
+        self.url, self.stop_flag, self.ok, self.errors = url, threading.Event(), 0, 0
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        rnd = random.Random(7)
+        while not self.stop_flag.is_set():
+            key = f"w{rnd.randrange(400)}"
+            try:
+                if rnd.random() < 0.2:
+                    status, _ = http("DELETE", f"{self.url}/v1/tables/t/blocks/{key}", timeout=5)
+                else:
+                    status, _ = http("PUT", f"{self.url}/v1/tables/t/blocks/{key}", os.urandom(200), timeout=5)
+                self.ok += status in (200, 404)
+            except OSError:
+                self.errors += 1
+                time.sleep(0.05)
+
+    def __enter__(self) -> Writer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_flag.set()
+        self.thread.join(10)
+
+
+def copying_midway(target: Proc) -> dict[str, Any]:
+    """The target importing a snapshot (blocks copied, no error since this copy began)."""
+    return wait_for(lambda: (lambda m: m if m["phase"] == "copying" and 0 < m["copiedBlocks"] and m["error"] is None
+                             else None)(move(target.url)), timeout=60, interval=0.005, what="the target copying")
+
+
+def test_a_move_survives_kills_of_either_side_and_ends_with_equal_digests(tmp_path, keyring):
+    src = shard_node(tmp_path, keyring, "src", 0)
+    target = shard_node(tmp_path, keyring, "dst", 1, config={"moveCopyChunk": 10, "moveBatch": 50})
+    prefill(tmp_path / "src" / "data", 8000)
+    src.start()
+    target.start()
+    try:
+        with Writer(src.url) as writer:
+            status, body = http_json("PUT", f"{target.url}/v1/moves/m1", move_body(src))
+            assert status == 201, body
+            assert body["phase"] == "copying"
+            # The source dies mid-copy: the snapshot stream is cut, the target copies again once it is back.
+            midway = copying_midway(target)
+            assert midway["copiedBlocks"] < 4000
+            src.kill()
+            src.start()
+            # The target dies mid-copy: it resumes the persisted move at start-up, copying again.
+            copying_midway(target)
+            target.kill()
+            target.start()
+            assert move(target.url)["phase"] in ("copying", "catching_up")
+            m = caught_up(target, src)
+            assert m["copiedBlocks"] == m["totalBlocks"] > 3000 and m["snapshotLsn"] is not None
+            # Mid-catch-up (the writer keeps writing): the target, then the source, die and come back.
+            target.kill()
+            target.start()
+            assert move(target.url)["phase"] == "catching_up"  # resumed from its stored cursor, no new copy
+            src.kill()
+            src.start()
+            wait_for(lambda: writer.ok > 200, what="writes after the restarts")
+            digests_agree(src, target)  # under the writer
+        caught_up(target, src)
+        d = digests_agree(src, target)
+        assert d["blocks"] > 3000
+        # The moved-in blocks reached the target's change log under its own LSNs with origin move_in.
+        status, page = http_json("GET", f"{target.url}/v1/changes?after=0&limit=1000")
+        assert status == 200 and {c["origin"] for c in page["changes"]} <= {"move_in", "purge"}
+        assert any(c["origin"] == "move_in" for c in page["changes"])
+        # The target never took a block outside the range.
+        status, lower = http_json("GET", f"{target.url}/v1/ranges/digest?keyspace=0000000000000000-7fffffffffffffff")
+        assert status == 200 and lower["blocks"] == 0
+        # The slot is held on the source while the move is open.
+        assert http_json("GET", f"{src.url}/v1/consumers/move.m1")[0] == 200
+        # Closing the move keeps the data and drops the slot.
+        status, closed = http_json("DELETE", f"{target.url}/v1/moves/m1")
+        assert status == 200 and closed["slotDropped"] and closed["discardedBlocks"] == 0
+        assert http_json("GET", f"{src.url}/v1/consumers/move.m1")[0] == 404
+        assert http_json("GET", f"{target.url}/v1/moves/m1")[0] == 404
+        status, kept = http_json("GET", f"{target.url}/v1/ranges/digest?keyspace={KEYSPACE}")
+        assert kept["digest"] == d["digest"] or kept["blocks"] == d["blocks"]
+    finally:
+        target.stop()
+        src.stop()
+
+
+def test_discard_removes_every_moved_block_and_conflicts_are_409(tmp_path, keyring):
+    src = shard_node(tmp_path, keyring, "src", 0)
+    target = shard_node(tmp_path, keyring, "dst", 1)
+    prefill(tmp_path / "src" / "data", 600)
+    src.start()
+    target.start()
+    try:
+        body = move_body(src)
+        # The target owns partition 0: moving any part of it here is refused.
+        owned = {**body, "partition": 0, "ranges": [["0000000000000000", "8000000000000000"]]}
+        target_map = two_shard_map(0)
+        (tmp_path / "dst" / "map.json").write_text(
+            PartitionMap(1, 2, (Partition(0, 0, HALF - 1, 1), Partition(1, HALF, TOP, 0))).to_json())
+        wait_for(lambda: http_json("GET", f"{target.url}/v1/partitions")[1]["partitions"][0]["shard"] == 1,
+                 what="the target to load its map")
+        status, err = http_json("PUT", f"{target.url}/v1/moves/m0", owned)
+        assert (status, err["error"]) == (409, "owned")
+        (tmp_path / "dst" / "map.json").write_text(target_map.to_json())
+        wait_for(lambda: http_json("GET", f"{target.url}/v1/partitions")[1]["partitions"][0]["shard"] == 0,
+                 what="the target to load its map back")
+        assert http_json("PUT", f"{target.url}/v1/moves/m1", body)[0] == 201
+        assert http_json("PUT", f"{target.url}/v1/moves/m1", body)[0] == 200  # the same body: resumed, unchanged
+        status, err = http_json("PUT", f"{target.url}/v1/moves/m1", {**body, "partition": 7})
+        assert (status, err["error"]) == (409, "move_conflict")
+        status, err = http_json("PUT", f"{target.url}/v1/moves/m2", body)  # another move of the same range
+        assert (status, err["error"]) == (409, "move_overlap")
+        assert http_json("PUT", f"{target.url}/v1/moves/-bad", body)[0] == 400
+        assert http_json("PUT", f"{target.url}/v1/moves/m3", {"source": {}})[0] == 400
+        caught_up(target, src)
+        d = digests_agree(src, target)
+        assert d["blocks"] > 200
+        # A digest at an LSN the target has passed.
+        for i in range(3):
+            http("PUT", f"{src.url}/v1/tables/t/blocks/late{i}", b"x")
+        caught_up(target, src)
+        status, err = http_json("GET", f"{target.url}/v1/moves/m1/digest?sourceLsn={d['lsn']}")
+        assert (status, err["error"]) == (409, "lsn_passed")
+        status, listed = http_json("GET", f"{target.url}/v1/moves")
+        assert status == 200 and [m["name"] for m in listed["moves"]] == ["m1"]
+        # Rollback: the imported blocks go (logged as purges for the target's own consumers), the slot too.
+        status, gone = http_json("DELETE", f"{target.url}/v1/moves/m1?discard=true")
+        assert status == 200 and gone["discardedBlocks"] == d["blocks"] + sum(
+            1 for i in range(3) if keyspace_id("t", f"late{i}") >= HALF)
+        status, empty = http_json("GET", f"{target.url}/v1/ranges/digest?keyspace={KEYSPACE}")
+        assert empty["blocks"] == 0
+        assert http_json("GET", f"{src.url}/v1/consumers/move.m1")[0] == 404
+        assert http_json("DELETE", f"{target.url}/v1/moves/m1?discard=true")[0] == 200  # idempotent
+        status, page = http_json("GET", f"{target.url}/v1/changes?after=0&limit=1000&tables=t")
+        assert page["changes"][-1]["origin"] == "purge"
+        # The same range again, after the source deleted some keys: nothing deleted on the source comes back.
+        deleted = [f"pre{i}" for i in range(0, 600, 3) if keyspace_id("t", f"pre{i}") >= HALF]
+        assert http_json("PUT", f"{target.url}/v1/moves/m1", body)[0] == 201
+        caught_up(target, src)
+        for k in deleted:
+            assert http("DELETE", f"{src.url}/v1/tables/t/blocks/{k}")[0] == 200
+        caught_up(target, src)
+        assert digests_agree(src, target)["blocks"] == d["blocks"] + 3 - len(deleted) - sum(
+            1 for i in range(3) if keyspace_id("t", f"late{i}") < HALF)
+        # Closed without discard, then moved again: the copy clears the leftovers first.
+        assert http_json("DELETE", f"{target.url}/v1/moves/m1")[1]["discardedBlocks"] == 0
+        more = [f"pre{i}" for i in range(1, 600, 3) if keyspace_id("t", f"pre{i}") >= HALF]
+        for k in more:
+            assert http("DELETE", f"{src.url}/v1/tables/t/blocks/{k}")[0] == 200
+        assert http_json("PUT", f"{target.url}/v1/moves/m4", body)[0] == 201
+        caught_up(target, src, "m4")
+        digests_agree(src, target, "m4")
+    finally:
+        target.stop()
+        src.stop()
