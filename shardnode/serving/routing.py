@@ -49,12 +49,13 @@ import aiohttp
 from aiohttp import web
 from chronoshard.shardnode.auth.writer import ON_BEHALF_HEADER, on_behalf_headers
 from chronoshard.shardnode.keyspace.partitioning import PartitionMap, keyspace_id
+from multidict import CIMultiDict
 from prometheus_client import Counter, Gauge
 from prometheus_client.core import GaugeMetricFamily
-from yarl import URL
 
 from . import tls
 from .deadlines import onward_headers
+from .peer_http import PeerError, PeerPool
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +85,8 @@ _POD_ORDINAL = re.compile(r"^(?P<shardset>.+)-(?P<ordinal>\d+)$")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-# Where an app that forwards keeps its one pooled ClientSession (see forward_session_ctx).
-FORWARD_SESSION = web.AppKey("chronoshard_forward_session", aiohttp.ClientSession)
+# Where an app that forwards keeps its one pool of peer connections (see forward_session_ctx).
+FORWARD_SESSION = web.AppKey("chronoshard_forward_session", PeerPool)
 # The forwarding pool: connections to a peer stay open between requests (no handshake per request); at most
 # FORWARD_CONNECTIONS_PER_PEER are open to one peer at once (a forward beyond them waits for one to come free,
 # within its timeout). Idle ones are closed after FORWARD_KEEPALIVE_SECONDS, before aiohttp's server closes its
@@ -396,6 +397,8 @@ _HOP_HEADERS = frozenset(
 )
 # ... nor the writer a caller claims: the forward names its own (see ``forward``).
 _NOT_COPIED = _HOP_HEADERS | {ON_BEHALF_HEADER.lower()}
+# The owner's answer keeps its Content-Encoding: its body is passed on as it came.
+_ANSWER_NOT_COPIED = _HOP_HEADERS - {"content-encoding"}
 
 
 async def forward(
@@ -403,7 +406,7 @@ async def forward(
     owner_url: str,
     epoch: int,
     *,
-    session: aiohttp.ClientSession,
+    session: PeerPool,
     timeout: aiohttp.ClientTimeout = DEFAULT_FORWARD_TIMEOUT,
 ) -> web.Response:
     """Send ``request`` once to ``owner_url`` (same method, path, query, body) marked as forwarded, over
@@ -417,21 +420,20 @@ async def forward(
     headers.update(on_behalf_headers(request))
     headers.update(onward_headers(request))  # what is left of the caller's deadline, not what it started with
     body = await request.read()
-    # raw_path_qs keeps percent-encoding (a key may contain "/" or spaces), so the owner sees the same URL.
-    url = URL(owner_url.rstrip("/") + request.rel_url.raw_path_qs, encoded=True)
     try:
-        async with session.request(request.method, url, data=body or None, headers=headers, timeout=timeout,
-                                   allow_redirects=False) as resp:
-            payload = await resp.read()
-            out_headers = {k: v for k, v in resp.headers.items() if k.lower() not in _HOP_HEADERS}
-            (FORWARDED_OK if resp.status != 421 else FORWARDED_REFUSED).inc()
-            return web.Response(status=resp.status, body=payload, headers=out_headers)
-    except (aiohttp.ClientError, TimeoutError) as exc:
+        # raw_path_qs keeps percent-encoding (a key may contain "/" or spaces), so the owner sees the same URL.
+        resp = await session.request(request.method, owner_url.rstrip("/"), request.rel_url.raw_path_qs, headers,
+                                     body, timeout.total)
+    except (PeerError, ValueError, TimeoutError) as exc:
         FORWARDED_UNAVAILABLE.inc()
         return web.json_response(
             {"error": "unavailable", "message": f"owner at {owner_url} unreachable: {type(exc).__name__}"},
             status=503,
         )
+    (FORWARDED_OK if resp.status != 421 else FORWARDED_REFUSED).inc()
+    # The body is passed on as the owner sent it (not decompressed), so its Content-Encoding goes with it.
+    out_headers = CIMultiDict((k, v) for k, v in resp.headers.items() if k.lower() not in _ANSWER_NOT_COPIED)
+    return web.Response(status=resp.status, body=resp.body, headers=out_headers)
 
 
 def _table_key(request: web.Request) -> tuple[str, str] | None:
@@ -519,13 +521,12 @@ def push_handler(source: PartitionMapSource) -> Handler:
     return handler
 
 
-def forward_session(app: web.Application) -> aiohttp.ClientSession:
-    """The pooled session for forwarded requests: persistent, bounded connections to each peer (presenting the
-    pod's certificate and reusing TLS connections when TLS is installed), and no cookie jar, so nothing one
-    caller's answer set is ever sent along with another caller's request."""
-    connector = tls.connector(app, limit=FORWARD_CONNECTIONS, limit_per_host=FORWARD_CONNECTIONS_PER_PEER,
-                              keepalive_timeout=FORWARD_KEEPALIVE_SECONDS)
-    return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
+def forward_session(app: web.Application) -> PeerPool:
+    """The pooled connections for forwarded requests: persistent, bounded connections to each peer (presenting the
+    pod's certificate and reusing TLS connections when TLS is installed); no cookie jar, so nothing one caller's
+    answer set is ever sent along with another caller's request."""
+    return PeerPool(ssl=app.get(tls.CLIENT_SSL), limit=FORWARD_CONNECTIONS, limit_per_peer=FORWARD_CONNECTIONS_PER_PEER,
+                    keepalive=FORWARD_KEEPALIVE_SECONDS)
 
 
 async def forward_session_ctx(app: web.Application) -> AsyncIterator[None]:

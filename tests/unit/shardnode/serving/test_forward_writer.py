@@ -10,6 +10,7 @@ from chronoshard.shardnode.auth.config import parse_security_config
 from chronoshard.shardnode.auth.identity import Identity
 from chronoshard.shardnode.auth.policy import Access
 from chronoshard.shardnode.auth.writer import ON_BEHALF_HEADER
+from chronoshard.shardnode.serving.peer_http import PeerPool
 from chronoshard.shardnode.serving.routing import forward
 from chronoshard.shardnode.serving.scaffold import Probes, Route, create_server_app, secure_app
 from prometheus_client import CollectorRegistry
@@ -44,8 +45,11 @@ def forwarding_app(owner: list[str], secured: bool) -> web.Application:
     from kubernetes import client
 
     async def fwd(request: web.Request) -> web.StreamResponse:
-        async with aiohttp.ClientSession() as session:
-            return await forward(request, owner[0], 1, session=session)
+        pool = PeerPool()
+        try:
+            return await forward(request, owner[0], 1, session=pool)
+        finally:
+            await pool.close()
 
     app = create_server_app(Svc(), Probes(CollectorRegistry(), lambda: {"ready": True}),
                             [Route("PUT", "/v1/fwd", fwd, Access.ADMIN)])

@@ -424,3 +424,23 @@ def test_partition_setup_from_flags_or_pod_name(tmp_path, monkeypatch):
     monkeypatch.delenv("POD_NAME")
     with pytest.raises(SystemExit, match="--shard-index or POD_NAME"):
         partition_setup(str(map_file), None)
+
+
+async def test_a_compressed_answer_is_forwarded_as_the_owner_sent_it():
+    # The forward passes the owner's body on untouched, so its Content-Encoding must go with it.
+    async def peer_get(request: web.Request) -> web.Response:
+        resp = web.Response(body=b"block " * 1000, headers={"X-Twice": "a"})
+        resp.headers.add("X-Twice", "b")
+        resp.enable_compression()
+        return resp
+
+    m, peer, front = await _forwarding_pair(peer_get)
+    try:
+        url = f"http://127.0.0.1:{front.port}/v1/tables/t/blocks/{key_for_shard(m, 1)}"
+        async with aiohttp.ClientSession() as s, s.get(url, headers={"Accept-Encoding": "gzip"}) as r:
+            assert r.status == 200 and r.headers["Content-Encoding"] == "gzip"
+            assert await r.read() == b"block " * 1000  # decompressed by the caller, as sent by the owner
+            assert r.headers.getall("X-Twice") == ["a", "b"]
+    finally:
+        await front.close()
+        await peer.close()
