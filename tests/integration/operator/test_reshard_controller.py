@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from chronoshard.operator import kube, naming
 from chronoshard.operator.podcontract import NODE_PORT, PARTITION_MAP_FILE
@@ -217,3 +218,131 @@ def test_the_map_configmap_never_goes_back_in_epoch(shards, api):
     assert shards.cm_map().epoch == 2
     # The Reshard side refuses to lower it too.
     assert controller._write_map(shards.ns, "orders", shards.map0) is None and shards.cm_map().epoch == 2
+
+
+class Writer:
+    """Writes keys ``w0..w{keys-1}`` over and over to their owners by the map it started with, following 421s to
+    the owner named; remembers the last value acknowledged per key and every write that failed."""
+
+    def __init__(self, s: Shards, keys: int = 200) -> None:
+        self.s, self.keys = s, keys
+        self.acked: dict[str, bytes] = {}
+        self.failures: list[str] = []
+        self.redirects = 0
+        self.stop = asyncio.Event()
+
+    async def _put(self, session: aiohttp.ClientSession, key: str, value: bytes) -> None:
+        shard = self.s.map0.owner_of(keyspace_id(TABLE, key)).shard
+        for _ in range(100):
+            async with session.put(f"{self.s.urls[shard]}/v1/tables/{TABLE}/blocks/{key}", data=value) as resp:
+                if resp.status == 200:
+                    self.acked[key] = value
+                    return
+                if resp.status == 421:
+                    shard = int((await resp.json())["owner"])
+                    self.redirects += 1
+                    continue
+                self.failures.append(f"{key}: HTTP {resp.status} {await resp.text()}")
+                return
+        self.failures.append(f"{key}: redirected 100 times")
+
+    async def run(self) -> None:
+        i = 0
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+            while not self.stop.is_set():
+                await asyncio.gather(*(self._put(session, f"w{(i + j) % self.keys}", f"{i + j}".encode())
+                                       for j in range(4)))
+                i += 4
+
+    def check(self, final: PartitionMap) -> None:
+        """Every acknowledged write reads back, with its last value, from the owner under ``final``."""
+        assert not self.failures, self.failures[:5]
+        for key, value in self.acked.items():
+            owner = final.owner_of(keyspace_id(TABLE, key)).shard
+            status, body = http("GET", f"{self.s.urls[owner]}/v1/tables/{TABLE}/blocks/{key}")
+            assert (status, body) == (200, value), (key, owner, status)
+
+
+def _blocks(s: Shards, shard: int, start: int, end: int) -> int:
+    status, stats = http_json("GET", f"{s.urls[shard]}/v1/ranges/stats?keyspace={start:016x}-{end:016x}")
+    assert status == 200, stats
+    return int(stats["blocks"])
+
+
+async def test_a_move_under_a_writer_loses_no_acknowledged_write(shards):
+    writer = Writer(shards)
+    task = asyncio.create_task(writer.run())
+    try:
+        while len(writer.acked) < 100:  # some data on both shards before the move
+            await asyncio.sleep(0.05)
+        shards.reshard("grow", [{"split": {"partition": 0, "at": "4000000000000000"}},
+                                {"move": {"partition": 2, "toShard": 1}}], gracePeriod="0s")
+        events: list[tuple[str, str, str]] = []
+        done = await run_until(shards, "grow", {"Completed", "Failed", "RolledBack"}, passes=600, events=events)
+    finally:
+        writer.stop.set()
+        await task
+    assert done["phase"] == "Completed", done
+    move = done["steps"][1]
+    assert (move["phase"], move["partition"], move["fromShard"], move["toShard"]) == ("Completed", 2, 0, 1)
+    assert move["verified"]["matched"] is True and move["cutoverAttempts"] >= 1 and move["pausedMs"] is not None
+    assert move["epoch"] == 3 and move["purgedBlocks"] >= 0
+    final = shards.cm_map()
+    assert final.epoch == 3 and final.owner_of(0x4000000000000000).shard == 1
+    assert [shards.node_epoch(s) for s in (0, 1)] == [3, 3]
+    writer.check(final)
+    # The source deleted the moved range (grace period 0s), the target holds it; no key on two owners.
+    assert _blocks(shards, 0, 0x4000000000000000, 0x7FFFFFFFFFFFFFFF) == 0
+    assert _blocks(shards, 1, 0x4000000000000000, 0x7FFFFFFFFFFFFFFF) > 0
+    reasons = [r for _, r, _ in events]
+    assert {"Copying", "Verified", "StepCompleted", "Purged"} <= set(reasons)
+
+
+async def test_a_move_the_target_refuses_rolls_back(shards):
+    for i in range(50):
+        shards.put(f"r{i}", b"x")
+    p1 = shards.map0.partitions_of(1)[0]
+    # Another move of the same range already runs on the target: ours is refused (409 move_overlap).
+    status, body = http_json("PUT", f"{shards.urls[0]}/v1/moves/other", {
+        "source": {"url": shards.urls[1], "shard": 1}, "partition": 1,
+        "ranges": [[f"{p1.start:016x}", f"{p1.end:016x}"]]})
+    assert status in (200, 201), body
+    try:
+        shards.reshard("refused", [{"move": {"partition": 1, "toShard": 0}}])
+        events: list[tuple[str, str, str]] = []
+        done = await run_until(shards, "refused", {"Completed", "Failed", "RolledBack"}, events=events)
+    finally:
+        http("DELETE", f"{shards.urls[0]}/v1/moves/other?discard=true")
+    assert done["phase"] == "RolledBack", done
+    assert done["steps"][0]["phase"] == "Failed" and "MoveRefused" in done["steps"][0]["message"]
+    assert shards.cm_map() == shards.map0 and [shards.node_epoch(s) for s in (0, 1)] == [1, 1]
+    assert any(t == "Warning" and r == "MoveRefused" for t, r, _ in events)
+    status, moves = http_json("GET", f"{shards.urls[0]}/v1/moves")
+    assert status == 200 and not [m for m in moves.get("moves", []) if m.get("name") == "refused.0"]
+
+
+async def test_an_operator_stopped_after_the_source_took_the_map_finishes_the_move(shards):
+    """Crash mid-cutover: the source already has the new map, the status still says CuttingOver. The next operator
+    must see (from the source's GET /v1/partitions) that the move happened: no rollback, no second fence."""
+    for i in range(100):
+        shards.put(f"c{i}", b"v" + str(i).encode())
+    shards.reshard("crash", [{"move": {"partition": 1, "toShard": 0}}], gracePeriod="0s")
+    for _ in range(300):
+        status = await one_pass(shards, "crash")
+        row = (status.get("steps") or [{}])[0]
+        if row.get("phase") == "CuttingOver":
+            break
+        await asyncio.sleep(0.05)
+    assert row.get("phase") == "CuttingOver", status
+    # What the stopped operator had done: fence, catch-up, the new map on the source; then it died.
+    from chronoshard.operator import reshardplan
+    new_map = reshardplan.move(shards.map0, 1, 0).pmap
+    code, body = http_json("PUT", f"{shards.urls[1]}/v1/partitions", new_map.to_dict())
+    assert code == 200, body
+    done = await run_until(shards, "crash", {"Completed", "Failed", "RolledBack"})
+    assert done["phase"] == "Completed", done
+    row = done["steps"][0]
+    assert row["cutoverAttempts"] == 0 and row["epoch"] == 2  # no new cutover: the one that happened counted
+    assert shards.cm_map() == new_map and [shards.node_epoch(s) for s in (0, 1)] == [2, 2]
+    for i in range(100):
+        assert http("GET", f"{shards.urls[0]}/v1/tables/{TABLE}/blocks/c{i}") == (200, b"v" + str(i).encode())
