@@ -187,10 +187,11 @@ class Node:
         self.store.write_guards.append(self.replication.store_guard)
         self._peer_session = aiohttp.ClientSession(connector=tls.connector(app, limit=16))
         await self.replication.start(self.store, self._peer_session)
-        await self.moves.start(self._peer_session)  # every persisted move resumes from its cursor
         await self.health.start()
         await self.source.refresh()  # the slots' acks in memory before the first client write
         await self.reshard_source.start()  # the persisted pushed map in force before the first request
+        # Every persisted move resumes from its cursor, under the map in force (a pushed one included).
+        await self.moves.start(self._peer_session)
         for name, job in (("mirror-lag", self.source.run()), ("lease", self.lease.run()),
                           ("health-samples", self.health.run())):
             self._tasks.append(asyncio.create_task(job, name=name))

@@ -87,12 +87,13 @@ def wanted(changes: Iterable[StreamChange], ranges: Sequence[Range]) -> list[Str
     return [c for c in changes if c.origin != PURGE and in_ranges(keyspace_id(c.table, c.key), ranges)]
 
 
-def lag_seconds(caught_up: bool, last_applied_time: float | None, now: float) -> float:
-    """How far the target is behind the source: 0 once it has applied everything the source had logged at the
-    last contact, else the age of the newest source change it has applied (None applied yet: 0)."""
-    if caught_up or last_applied_time is None:
+def lag_seconds(caught_up: bool, read_time: float | None, now: float) -> float | None:
+    """How far the target is behind the source: 0 once it has applied everything the source had logged when last
+    asked, else the age of the newest source change it has read (about the oldest it has not applied; None
+    before it read one)."""
+    if caught_up:
         return 0.0
-    return max(0.0, now - last_applied_time)
+    return None if read_time is None else max(0.0, now - read_time)
 
 
 # ---- content digest -----------------------------------------------------------------------------------------

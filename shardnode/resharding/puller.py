@@ -25,6 +25,7 @@ from chronoshard.shardnode.replication.apply import FrameMissing
 from chronoshard.shardnode.replication.replicator import describe, held_prefix
 from chronoshard.shardnode.replication.state import StoreLike, close_stream
 from chronoshard.shardnode.serving.changestream import ChangeStreamClient, ChangeStreamError, SnapshotBlock
+from yarl import URL
 
 from . import moves_sql as sql
 from .moves import CATCHING_UP, COPYING, FAILED, MoveSpec, lag_seconds, slot_name, wanted
@@ -60,12 +61,14 @@ class Puller:
     """Pulls one move until cancelled; ``applied`` (the cursor), progress and the last error in memory for GET."""
 
     def __init__(self, name: str, spec: MoveSpec, store: StoreLike, session: aiohttp.ClientSession,
-                 settings: PullSettings, row: sql.MoveRow) -> None:
+                 settings: PullSettings, row: sql.MoveRow, owns: Callable[[], bool] = lambda: False) -> None:
         self.name, self.spec, self.store, self.session, self.settings = name, spec, store, session, settings
+        self.owns = owns  # True once the map in force gives this node part of the ranges (the cutover happened)
         self.phase, self.applied, self.snapshot_lsn = row.phase, row.source_lsn, row.snapshot_lsn
         self.copied, self.total, self.error = row.copied, row.total, row.error
         self.last_applied_time = row.last_applied_time
         self.source_last_lsn: int | None = None
+        self.read_time: float | None = None  # the source's commit time of the newest change read (any range)
         self.registered = False
         self.copies = 0
         self.apply_lock = asyncio.Lock()
@@ -79,7 +82,7 @@ class Puller:
         now = time.time() if now is None else now
         caught_up = (self.applied is not None and self.source_last_lsn is not None
                      and self.applied >= self.source_last_lsn)
-        lag = lag_seconds(caught_up, self.last_applied_time, now) if self.phase == CATCHING_UP else None
+        lag = lag_seconds(caught_up, self.read_time, now) if self.phase == CATCHING_UP else None
         return {"name": self.name, "phase": self.phase, "snapshotLsn": self.snapshot_lsn, "sourceLsn": self.applied,
                 "copiedBlocks": self.copied, "totalBlocks": self.total, "lagSeconds": lag, "error": self.error,
                 "source": self.spec.to_doc()["source"], "partition": self.spec.partition,
@@ -135,6 +138,11 @@ class Puller:
         """Pull until cancelled or failed."""
         backoff = self.settings.backoff_seconds
         while self.phase != FAILED:
+            if self.phase == COPYING and self.owns():
+                # A copy clears the ranges first: after the cutover that would destroy the writes taken here since.
+                self.error = "this node owns the ranges now: nothing is copied again"
+                await asyncio.sleep(self.settings.max_backoff_seconds)
+                continue
             try:
                 if self.phase == COPYING:
                     await self._copy()
@@ -180,7 +188,7 @@ class Puller:
         # A fresh registration point: the snapshot below is taken after it, so the catch-up misses nothing.
         await client.register(self.slot, reset=True)
         self.registered = True
-        total = await self._estimate(client)
+        total = await self._estimate()
         async with self.apply_lock:
             await self.store.write(lambda c: sql.begin_copy(c, self.name, total))
             self._set_applied(None)
@@ -202,13 +210,19 @@ class Puller:
         await client.ack(self.slot, first)
         log.info("move %s: copied %d blocks from the source's snapshot at LSN %d", self.name, self.copied, first)
 
-    async def _estimate(self, client: ChangeStreamClient) -> int | None:
+    async def _estimate(self) -> int | None:
         """The source's block count of the ranges (GET /v1/ranges/stats) for progress; None if it cannot say."""
-        ranges = ",".join(f"{lo:016x}-{hi:016x}" for lo, hi in self.spec.ranges)
+        url = URL(self.spec.source_url) / "v1" / "ranges" / "stats"
+        query = {"keyspace": ",".join(f"{lo:016x}-{hi:016x}" for lo, hi in self.spec.ranges)}
+        kw: dict[str, object] = {"timeout": aiohttp.ClientTimeout(total=self.settings.timeout_seconds)}
+        if self.spec.server_name is not None:
+            kw["server_hostname"] = self.spec.server_name
         try:
-            _, doc = await client._json("GET", client._url("v1", "ranges", "stats").with_query({"keyspace": ranges}))
-            return int(doc["blocks"])
-        except (ChangeStreamError, KeyError, TypeError, ValueError):
+            async with self.session.get(url.with_query(query), **kw) as resp:  # type: ignore[arg-type]
+                if resp.status != 200:
+                    return None
+                return int((await resp.json(content_type=None))["blocks"])
+        except (aiohttp.ClientError, TimeoutError, KeyError, TypeError, ValueError):
             return None
 
     async def _clear(self) -> None:
@@ -252,6 +266,8 @@ class Puller:
         page = await client.changes(at, limit=self.settings.batch, wait=self.settings.wait_seconds,
                                     consumer=self.slot)
         self.source_last_lsn = page.last_lsn
+        if page.changes:
+            self.read_time = page.changes[-1].time
         if page.gap or page.last_lsn < at:
             raise Recopy("the source no longer holds the changes after the cursor" if page.gap
                          else "the source's log ends before the cursor")

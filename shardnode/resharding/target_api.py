@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 MAX_LSN = 2**63 - 1
 DROP_TIMEOUT_SECONDS = 5.0
+DROP_ATTEMPTS = 360  # an hour at the puller's longest backoff
 
 
 class MoveManager:
@@ -45,6 +46,7 @@ class MoveManager:
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.session: aiohttp.ClientSession | None = None
         self.lock = asyncio.Lock()  # PUT and DELETE of moves one at a time
+        self.drops: set[asyncio.Task[None]] = set()  # slots on sources still to drop (the source was unreachable)
 
     async def start(self, session: aiohttp.ClientSession) -> None:
         """With the store open: the moves table exists, every persisted move resumes."""
@@ -52,13 +54,14 @@ class MoveManager:
         store = self.store()
         await store.write(sql.ensure_schema)
         for row in await store.read(sql.load_all):
-            self._run(Puller(row.name, row.spec, store, session, self.settings, row))
+            self._run(Puller(row.name, row.spec, store, session, self.settings, row, self._owns_fn(row.spec)))
+            log.info("move %s: resumed (%s)", row.name, row.phase)
 
     async def stop(self) -> None:
         """Cancel every puller (each resumes from its stored cursor at the next start)."""
-        for task in self.tasks.values():
+        for task in [*self.tasks.values(), *self.drops]:
             task.cancel()
-        for task in list(self.tasks.values()):
+        for task in [*self.tasks.values(), *self.drops]:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self.tasks.clear()
@@ -67,6 +70,13 @@ class MoveManager:
         self.pullers[puller.name] = puller
         if puller.phase != FAILED:
             self.tasks[puller.name] = asyncio.create_task(puller.run(), name=f"move-{puller.name}")
+
+    def _owns_fn(self, spec: MoveSpec) -> Callable[[], bool]:
+        """Whether the map in force gives this node any part of the move's ranges (then it copies no more)."""
+        def owns() -> bool:
+            pmap = self.source.map if self.source is not None else None
+            return pmap is not None and self.shard is not None and bool(owned_overlap(pmap, self.shard, spec.ranges))
+        return owns
 
     def _owned(self, ranges: tuple[Range, ...]) -> None:
         """409 if this node owns any part of ``ranges`` under the map in force."""
@@ -103,7 +113,7 @@ class MoveManager:
             row = await store.write(lambda c: sql.create(c, name, spec))
             if row is None:  # cannot happen while the lock is held and memory mirrors the table
                 raise ApiError(409, "move_conflict", f"move {name} exists")
-            puller = Puller(name, spec, store, self.session, self.settings, row)
+            puller = Puller(name, spec, store, self.session, self.settings, row, self._owns_fn(spec))
             self._run(puller)
             log.info("move %s: started (partition %d from shard %d)", name, spec.partition, spec.source_shard)
             return 201, puller.describe()
@@ -134,6 +144,10 @@ class MoveManager:
             await store.write(lambda c: sql.remove(c, name))
             self.pullers.pop(name, None)
             dropped = await self._drop_slot(puller) if puller is not None else True
+            if puller is not None and not dropped:
+                task = asyncio.create_task(self._drop_later(puller), name=f"move-{name}-drop")
+                self.drops.add(task)
+                task.add_done_callback(self.drops.discard)
             if puller is not None:
                 log.info("move %s: closed (discard=%s, %d blocks removed)", name, discard, removed)
             return {"name": name, "deleted": puller is not None, "discardedBlocks": removed, "slotDropped": dropped}
@@ -153,6 +167,13 @@ class MoveManager:
             log.warning("move %s: the source's slot was not dropped: %s", puller.name, exc.status)
             return False
         return True
+
+    async def _drop_later(self, puller: Puller) -> None:
+        """Keep trying to drop a closed move's slot (a slot holds the source's log) while this process runs."""
+        for _ in range(DROP_ATTEMPTS):
+            await asyncio.sleep(self.settings.max_backoff_seconds)
+            if puller.name in self.pullers or await self._drop_slot(puller):
+                return  # dropped, or a new move of that name holds the slot again
 
     async def digest(self, name: str, at: int, wait_seconds: float) -> dict[str, Any]:
         """The move's ranges' digest with exactly source LSN ``at`` applied: the puller is held at ``at`` until

@@ -263,3 +263,38 @@ def test_discard_removes_every_moved_block_and_conflicts_are_409(tmp_path, keyri
     finally:
         target.stop()
         src.stop()
+
+
+def test_after_the_cutover_a_lost_slot_never_clears_the_range(tmp_path, keyring):
+    """Once the target owns the range (the map moved it), a copy again would first clear the range and lose the
+    writes the target took since: a slot that fell behind then stops the pulling instead."""
+    src = shard_node(tmp_path, keyring, "src", 0,
+                     config={"changeLogRetain": 5, "changeLogMaxRetain": 20, "trimIntervalSeconds": 0.2})
+    target = shard_node(tmp_path, keyring, "dst", 1)
+    prefill(tmp_path / "src" / "data", 200)
+    src.start()
+    target.start()
+    try:
+        assert http_json("PUT", f"{target.url}/v1/moves/m1", move_body(src))[0] == 201
+        caught_up(target, src)
+        moved = two_shard_map(1, epoch=2).to_json().encode()
+        for p in (src, target):  # the cutover's push: the source first, then the target
+            assert http("PUT", f"{p.url}/v1/partitions", moved)[0] == 200
+        upper = next(f"new{i}" for i in range(100) if keyspace_id("t", f"new{i}") >= HALF)
+        assert http("PUT", f"{target.url}/v1/tables/t/blocks/{upper}", b"taken after the cutover")[0] == 200
+        before = http_json("GET", f"{target.url}/v1/ranges/digest?keyspace={KEYSPACE}")[1]
+        target.kill()
+        lower = [f"low{i}" for i in range(300) if keyspace_id("t", f"low{i}") < HALF][:60]
+        for k in lower:  # the source's log moves on and is trimmed past the slot's ack: the slot falls behind
+            assert http("PUT", f"{src.url}/v1/tables/t/blocks/{k}", b"x")[0] == 200
+        wait_for(lambda: http_json("GET", f"{src.url}/v1/consumers/move.m1")[1]["state"] == "behind",
+                 what="the move's slot to fall behind")
+        target.start()
+        m = wait_for(lambda: (lambda b: b if b["error"] and "owns" in b["error"] else None)(move(target.url)),
+                     what="the target to refuse copying into a range it owns")
+        assert m["copiedBlocks"] > 0
+        assert http("GET", f"{target.url}/v1/tables/t/blocks/{upper}") == (200, b"taken after the cutover")
+        assert http_json("GET", f"{target.url}/v1/ranges/digest?keyspace={KEYSPACE}")[1]["digest"] == before["digest"]
+    finally:
+        target.stop()
+        src.stop()

@@ -69,7 +69,7 @@ def test_wanted_keeps_the_ranges_changes_but_not_purges():
 
 def test_lag():
     assert lag_seconds(True, 10.0, 20.0) == 0.0
-    assert lag_seconds(False, None, 20.0) == 0.0
+    assert lag_seconds(False, None, 20.0) is None  # unknown until a change was read: never "ready to verify"
     assert lag_seconds(False, 15.0, 20.0) == 5.0
 
 
