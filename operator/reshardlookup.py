@@ -23,6 +23,8 @@ def moving(reshards: Iterable[Mapping[str, Any]], shardset: str) -> str | None:
     cutting over or rolling back; None when there is none."""
     for r in reshards:
         status = r.get("status") or {}
+        if r["metadata"].get("deletionTimestamp"):
+            continue  # being deleted: its move is rolled back
         if ((r.get("spec") or {}).get("shardSetRef") or {}).get("name") != shardset or status.get("phase") != "Running":
             continue
         current = status.get("currentStep")
@@ -35,6 +37,25 @@ def reshard_moving(namespace: str, shardset: str) -> str | None:
     """``moving`` over the Reshards of ``namespace`` ([] without the Reshard CRD)."""
     try:
         return moving(kube.list_objects(naming.API_VERSION, "Reshard", namespace), shardset)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def running(reshards: Iterable[Mapping[str, Any]], shardset: str) -> str | None:
+    """The name of a Running Reshard of ``shardset`` (it pushes maps: a rescale of the map waits for it)."""
+    for r in reshards:
+        if (((r.get("spec") or {}).get("shardSetRef") or {}).get("name") == shardset and not
+                r["metadata"].get("deletionTimestamp") and (r.get("status") or {}).get("phase") == "Running"):
+            return str(r["metadata"]["name"])
+    return None
+
+
+def reshard_running(namespace: str, shardset: str) -> str | None:
+    """``running`` over the Reshards of ``namespace`` (None without the Reshard CRD)."""
+    try:
+        return running(kube.list_objects(naming.API_VERSION, "Reshard", namespace), shardset)
     except ApiException as exc:
         if exc.status == 404:
             return None

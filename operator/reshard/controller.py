@@ -670,13 +670,20 @@ async def reshard_loop(name: str, namespace: str | None, body: kopf.Body, stoppe
 
 
 @kopf.on.event(naming.GROUP, naming.VERSION, PLURAL)
-def reshard_changed(name: str, namespace: str | None, body: kopf.Body, **_: Any) -> None:
-    """Another Reshard of the same ShardSet finishing lets a waiting one go: wake them all."""
+async def reshard_changed(name: str, namespace: str | None, body: kopf.Body, **_: Any) -> None:
+    """A Reshard ending lets a waiting one of the same ShardSet go, and the ShardSet rescale or plan: wake them."""
     phase = plan.parse_phase((body.get("status") or {}).get("phase"))
     if phase in plan.TERMINAL:
         ns = namespace_of(KIND, name, namespace)
-        for other in kube.list_objects(naming.API_VERSION, KIND, ns):
+        for other in await asyncio.to_thread(kube.list_objects, naming.API_VERSION, KIND, ns):
             TRIGGERS.fire(KIND, ns, other["metadata"]["name"])
+        _wake_shardset(ns, body)
+
+
+def _wake_shardset(ns: str, body: Mapping[str, Any]) -> None:
+    shardset = ((body.get("spec") or {}).get("shardSetRef") or {}).get("name")
+    if shardset:
+        TRIGGERS.fire("ShardSet", ns, str(shardset))
 
 
 @kopf.on.delete(naming.GROUP, naming.VERSION, PLURAL, optional=False)
@@ -684,6 +691,7 @@ async def reshard_deleted(name: str, namespace: str | None, body: kopf.Body, **_
     """A Running Reshard deleted before its move cut over: roll the move back (best-effort)."""
     ns = namespace_of(KIND, name, namespace)
     status = body.get("status") or {}
+    _wake_shardset(ns, body)  # a scale it held back may go now
     if plan.parse_phase(status.get("phase")) is not Phase.RUNNING:
         return
     try:

@@ -44,6 +44,7 @@ from ..mirrorlookup import PEERS, mirror_membership
 from ..mirrorselect import MemberRef, MirrorMembership, members_of
 from ..podcontract import CA_CERT_FILE, PARTITION_MAP_FILE, pod_identity
 from ..prefetchlookup import policy_in_force
+from ..reshardlookup import reshard_running
 from ..settings import RUNTIME
 from ..shadowlookup import shadow_policy_in_force
 from ..shardpods import shard_pods
@@ -209,7 +210,17 @@ def _ensure_partition_map(owner: Mapping[str, Any], spec: ShardSetSpec, result: 
     else:
         current = partitioning.PartitionMap.from_json(existing["data"][PARTITION_MAP_FILE])
         version = existing["metadata"].get("resourceVersion")
-        pmap = _rebalance(owner, spec, current, problems) if spec.rebalance else _rescale(spec, current, problems)
+        mover = reshard_running(ns, name) if spec.shards != current.shards else None
+        if mover is not None:
+            # The Reshard pushes maps of the next epochs: a rescale now would make a second map of one epoch.
+            reason = "ScaleDownWaitingForReshard" if spec.shards < current.shards else "ScaleWaitingForReshard"
+            problems.append((reason, f"Reshard {mover} is changing the partition map; the ShardSet keeps "
+                                     f"{current.shards} shard(s) until it ends"))
+            pmap = current
+        elif spec.rebalance:
+            pmap = _rebalance(owner, spec, current, problems)
+        else:
+            pmap = _rescale(spec, current, problems)
         if pmap.epoch != current.epoch:
             result.events.append(("Normal", "PartitionMapUpdated",
                                   f"Partition map epoch {pmap.epoch}: {pmap.shards} shard(s)"))

@@ -66,9 +66,40 @@ def test_scale_down_waits_for_the_reshard_that_empties_the_removed_shards(operat
                      and c["status"] == "True" and st.get("observedGeneration") == 2), None)
 
     cond = wait_for(waiting, what="ScaleDownWaitingForReshard")
-    assert "2..2" in cond["message"]
+    assert "3 shard(s)" in cond["message"]
     reshard = wait_for(lambda: _get(apis, namespace, "reshards", "shrink-rebalance-1"), what="rebalance Reshard")
     steps = list(parse_reshard(reshard["spec"]).steps)
     end = reshardplan.simulate(initial_map(3), steps)
     assert not end.partitions_of(2) and reshardplan.balanced(end, 2)
     assert apis["apps"].read_namespaced_stateful_set("shrink", namespace).spec.replicas == 3  # kept until done
+
+
+def test_a_scale_waits_for_a_running_reshard(operator_runner, apis, namespace):
+    """A Reshard pushes maps of the next epochs: a rescale meanwhile would make a second map of one epoch. The
+    ShardSet keeps its shard count until the Reshard ends (here: deleted)."""
+    ss = _shardset("busy", 2)
+    ss["spec"].pop("partitioning")
+    apis["custom"].create_namespaced_custom_object(GROUP, VERSION, namespace, "shardsets", ss)
+    wait_for(lambda: (_get(apis, namespace, "shardsets", "busy") or {}).get("status", {}).get("partitionMap"),
+             what="first map")
+    apis["custom"].create_namespaced_custom_object(GROUP, VERSION, namespace, "reshards", {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "Reshard", "metadata": {"name": "busy-move"},
+        "spec": {"shardSetRef": {"name": "busy"}, "steps": [{"move": {"partition": 0, "toShard": 1}}]}})
+    # No pod ever gets an IP here: the move stays in its first phase, the Reshard Running.
+    wait_for(lambda: ((_get(apis, namespace, "reshards", "busy-move") or {}).get("status") or {}).get("phase")
+             == "Running", what="Reshard running")
+    apis["custom"].patch_namespaced_custom_object(GROUP, VERSION, namespace, "shardsets", "busy",
+                                                  {"spec": {"shards": 3}})
+
+    def held() -> dict[str, Any] | None:
+        st = (_get(apis, namespace, "shardsets", "busy") or {}).get("status") or {}
+        return next((c for c in st.get("conditions", []) if c["reason"] == "ScaleWaitingForReshard"
+                     and st.get("observedGeneration") == 2), None)
+
+    assert "busy-move" in wait_for(held, what="ScaleWaitingForReshard")["message"]
+    assert apis["apps"].read_namespaced_stateful_set("busy", namespace).spec.replicas == 2
+    apis["custom"].delete_namespaced_custom_object(GROUP, VERSION, namespace, "reshards", "busy-move")
+    wait_for(lambda: apis["apps"].read_namespaced_stateful_set("busy", namespace).spec.replicas == 3,
+             what="the scale once the Reshard is gone")
+    pmap = (_get(apis, namespace, "shardsets", "busy") or {})["status"]["partitionMap"]
+    assert pmap["epoch"] == 2

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from chronoshard.operator.reshard import plan
 from chronoshard.operator.reshard.plan import Phase, StepPhase
-from chronoshard.operator.reshardlookup import moving
+from chronoshard.operator.reshardlookup import moving, running
 from chronoshard.shardnode.keyspace.partitioning import Partition
 
 
@@ -82,3 +82,11 @@ def test_a_rotation_in_progress_holds_a_move_and_a_moving_reshard_holds_a_rewrap
     assert moving([copying], "orders") == "m"
     assert moving([waiting], "orders") is None  # a move waiting for the rotation does not hold it: no deadlock
     assert moving([copying], "other") is None
+
+
+def test_a_running_reshard_holds_a_rescale_unless_it_is_being_deleted():
+    r = _reshard("m", "t", "Running")
+    assert running([r], "orders") == "m" and running([r], "other") is None
+    assert running([_reshard("p", "t", "Pending")], "orders") is None
+    r["metadata"]["deletionTimestamp"] = "2026-12-07T10:00:00Z"
+    assert running([r], "orders") is None
