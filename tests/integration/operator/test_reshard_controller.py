@@ -346,3 +346,35 @@ async def test_an_operator_stopped_after_the_source_took_the_map_finishes_the_mo
     assert shards.cm_map() == new_map and [shards.node_epoch(s) for s in (0, 1)] == [2, 2]
     for i in range(100):
         assert http("GET", f"{shards.urls[0]}/v1/tables/{TABLE}/blocks/c{i}") == (200, b"v" + str(i).encode())
+
+
+async def test_a_move_waits_for_a_key_rotation_in_progress(shards, api):
+    create_custom(shards.k8s, shards.ns, "keyrotations", "rot", {"shardSetRef": {"name": "orders"},
+                                                                  "trigger": "now"}, "KeyRotation")
+    api.patch_namespaced_custom_object_status(GROUP, VERSION, shards.ns, "keyrotations", "rot",
+                                              {"status": {"phase": "Distributing"}})
+    shards.reshard("after-rotation", [{"move": {"partition": 1, "toShard": 0}}], gracePeriod="0s")
+    await one_pass(shards, "after-rotation")  # Pending -> Running
+    status = await one_pass(shards, "after-rotation")
+    assert status["phase"] == "Running" and status["steps"][0]["phase"] == "Pending"
+    cond = next(c for c in status["conditions"] if c["type"] == "Progressing")
+    assert cond["reason"] == "WaitingForKeyRotation" and "rot" in cond["message"]
+    status, moves = http_json("GET", f"{shards.urls[0]}/v1/moves")
+    assert status == 200 and not moves.get("moves")  # nothing started on the target
+    api.patch_namespaced_custom_object_status(GROUP, VERSION, shards.ns, "keyrotations", "rot",
+                                              {"status": {"phase": "Completed"}})
+    assert (await run_until(shards, "after-rotation", {"Completed", "Failed", "RolledBack"}))["phase"] == "Completed"
+
+
+async def test_a_mirror_shardsets_map_follows_its_source(shards):
+    create_custom(shards.k8s, shards.ns, "shardsets", "orders-m", {"shards": 2}, "ShardSet")
+    shards.core.create_namespaced_config_map(shards.ns, client.V1ConfigMap(
+        metadata=client.V1ObjectMeta(name=naming.partitions_config_map_name("orders-m")),
+        data={PARTITION_MAP_FILE: shards.map0.to_json()}))
+    create_custom(shards.k8s, shards.ns, "mirrorsets", "orders", {
+        "sourceRef": {"name": "orders"}, "mirrors": [{"shardSetRef": {"name": "orders-m"}}]}, "MirrorSet")
+    shards.reshard("cut", [{"split": {"partition": 1}}])
+    assert (await run_until(shards, "cut", {"Completed", "Failed"}))["phase"] == "Completed"
+    cm = shards.core.read_namespaced_config_map(naming.partitions_config_map_name("orders-m"), shards.ns)
+    assert PartitionMap.from_json(cm.data[PARTITION_MAP_FILE]) == shards.cm_map()
+    assert shards.cm_map().epoch == 2
