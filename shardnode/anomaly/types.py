@@ -16,6 +16,8 @@ PUT, DELETE, REWRAP = "put", "delete", "rewrap"
 # How a change came about, so our own maintenance is never an anomaly: an ordinary client write, a key rotation's
 # rewrap, or a write of a Reversion run (made by the shadow's own identity).
 CLIENT, ROTATION, REVERSION = "client", "rotation", "reversion"
+# A reshard moved the block in or away (docs/resharding.md): its value did not change, it is not a client's change.
+MOVE = "move"
 
 HIST_BINS = 16  # byte histogram bins (byte >> 4): enough to tell text, binary and ciphertext apart
 

@@ -176,7 +176,8 @@ def _middlewares(requests: Counter | None, json_errors: bool,
     return middlewares
 
 
-def _standard_routes(probes: Probes, openapi: str | None, partitioning: Partitioning | None) -> list[Route]:
+def _standard_routes(probes: Probes, openapi: str | None, partitioning: Partitioning | None,
+                     pushed_maps: bool = True) -> list[Route]:
     routes = [Route("GET", "/healthz", healthz, Access.PUBLIC),
               Route("GET", "/readyz", readyz_handler(probes.readiness), Access.PUBLIC),
               Route("GET", "/metrics", metrics_handler(probes), Access.METRICS)]
@@ -184,7 +185,8 @@ def _standard_routes(probes: Probes, openapi: str | None, partitioning: Partitio
         routes.append(Route("GET", "/openapi.json", openapi_handler(openapi), Access.PUBLIC))
     if partitioning is not None:
         routes.append(Route("GET", "/v1/partitions", partitions_handler(partitioning.source), Access.PARTITIONS))
-        routes.append(Route("PUT", "/v1/partitions", push_handler(partitioning.source), Access.ADMIN))
+        if pushed_maps:
+            routes.append(Route("PUT", "/v1/partitions", push_handler(partitioning.source), Access.ADMIN))
     return routes
 
 
@@ -229,14 +231,16 @@ async def _warn_if_open(app: web.Application) -> None:
 def create_server_app(service: S, probes: Probes, routes: Sequence[Route], *, key: web.AppKey[S] | None = None,
                       requests: Counter | None = None, openapi: str | None = None,
                       partitioning: Partitioning | None = None, max_block_bytes: int | None = None,
-                      json_errors: bool = True, allow_head: bool = False) -> web.Application:
+                      json_errors: bool = True, allow_head: bool = False, pushed_maps: bool = True
+                      ) -> web.Application:
     """Build a shard-pod server: ``routes`` plus the standard ones, the shared middlewares and ``service``'s
     lifecycle hooks; the handlers find ``service`` under ``app[key]``.
 
     ``requests`` counts requests by route and status; ``openapi`` names the package whose openapi.yaml
     ``/openapi.json`` serves; ``max_block_bytes`` sizes the body limit for block uploads; ``json_errors=False``
     and ``allow_head=True`` keep aiohttp's own error pages and HEAD routes (the predictor's API, which
-    predates the scaffold).
+    predates the scaffold); ``pushed_maps=False``: no ``PUT /v1/partitions`` (only node and cache take pushed maps,
+    docs/resharding.md; the others follow the mounted file).
     """
     client_max_size = 1024**2 if max_block_bytes is None else max_block_bytes + BODY_ENVELOPE_BYTES
     app = web.Application(middlewares=_middlewares(requests, json_errors, partitioning),
@@ -253,7 +257,7 @@ def create_server_app(service: S, probes: Probes, routes: Sequence[Route], *, ke
     app.on_cleanup.append(service.stop)
     if partitioning is not None and partitioning.peers is not None:
         app.cleanup_ctx.append(forward_session_ctx)  # one pooled session for forwarded requests
-    _add_routes(app, [*routes, *_standard_routes(probes, openapi, partitioning)], allow_head)
+    _add_routes(app, [*routes, *_standard_routes(probes, openapi, partitioning, pushed_maps)], allow_head)
     return app
 
 

@@ -51,7 +51,7 @@ __all__ = ["ApplyError", "ColdSegment", "DiffEntry", "HistoryStore", "NoKeyring"
 log = logging.getLogger(__name__)
 
 SEED_CHUNK = 512  # snapshot blocks sealed between inserts (the whole seed is still one transaction)
-_ROW = "lsn, time, op, tier, segment, key_version, size, frame, checksum, identity, profile"
+_ROW = "lsn, time, op, tier, segment, key_version, size, frame, checksum, identity, profile, origin"
 # Called with each committed apply batch's observations, in LSN order, on the thread that applied it.
 Observer = Callable[[list[ChangeObservation]], None]
 
@@ -119,10 +119,11 @@ class _NewVersion:
     checksum: bytes | None = None
     identity: str | None = None
     profile: bytes | None = None  # encode_profile of the plaintext (None for a delete)
+    origin: str | None = None  # timetravel.MOVED_IN / MOVED_AWAY for a reshard's change, else None
 
     def params(self) -> tuple[Any, ...]:
         return (self.table, self.key, self.lsn, self.time, self.op, HOT, self.key_version, self.size,
-                self.stored_size, self.checksum, self.frame, self.identity, self.profile)
+                self.stored_size, self.checksum, self.frame, self.identity, self.profile, self.origin)
 
 
 @dataclass(frozen=True)
@@ -136,7 +137,7 @@ class _Sealed:
 
 
 _INSERT = ("INSERT OR IGNORE INTO frames (tbl, key, lsn, time, op, tier, key_version, size, stored_size, checksum, "
-           "frame, identity, profile) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+           "frame, identity, profile, origin) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
 
 class HistoryStore:
@@ -277,15 +278,18 @@ class HistoryStore:
 
     def _prepare(self, ring: Keyring | None, c: ChangeLike) -> _NewVersion:
         identity = getattr(c, "identity", None)
+        # A reshard's change (the node's origin move_in or purge): kept as such, never scored as a client's.
+        moved = timetravel.STORED_ORIGIN.get(getattr(c, "origin", None) or "")
         if c.op == DELETE:
-            return _NewVersion(c.table, c.key, c.lsn, c.time, DELETE, None, 0, None, None, None, identity)
+            return _NewVersion(c.table, c.key, c.lsn, c.time, DELETE, None, 0, None, None, None, identity,
+                               origin=moved)
         if c.op not in (PUT, REWRAP):
             raise ApplyError(c.lsn, f"unknown op {c.op!r}")
         if ring is None:
             raise NoKeyring("no keyring is loaded")
         s = self._seal(ring, c.table, c.key, c.lsn, c.frame, c.checksum)
         return _NewVersion(c.table, c.key, c.lsn, c.time, c.op, s.key_version, s.size, s.stored_size, s.frame,
-                           s.checksum, identity, s.profile)
+                           s.checksum, identity, s.profile, moved)
 
     def _observations(self, conn: sqlite3.Connection, rows: Sequence[_NewVersion]) -> list[ChangeObservation]:
         """Each row's observation over the key's previous version: an earlier row of the batch, else the last
@@ -296,7 +300,7 @@ class HistoryStore:
             k = (r.table, r.key)
             prev = latest[k] if k in latest else _prev_version(conn, self.segments, r.table, r.key, r.lsn)
             profile = profile_of(r.profile)  # once: the next change of the key in the batch reuses it
-            out.append(observation(r.lsn, r.time, r.table, r.key, r.op, r.size, r.identity, profile, prev))
+            out.append(observation(r.lsn, r.time, r.table, r.key, r.op, r.size, r.identity, profile, prev, r.origin))
             latest[k] = PrevVersion(r.lsn, r.op, r.size, profile)
         return out
 
@@ -312,15 +316,15 @@ class HistoryStore:
         with self.read() as conn:
             rows: list[tuple[Any, ...]] = []
             for table in self.tables(conn):
-                rows += conn.execute("SELECT tbl, key, lsn, time, op, size, identity, profile FROM frames "
+                rows += conn.execute("SELECT tbl, key, lsn, time, op, size, identity, profile, origin FROM frames "
                                      "WHERE tbl = ? AND lsn > ? AND op != ? ORDER BY lsn LIMIT ?",
                                      (table, after_lsn, SEED, limit)).fetchall()
             rows.sort(key=lambda r: r[2])
             out = []
-            for tbl, key, lsn, t, op, size, identity, profile in rows[:limit]:
+            for tbl, key, lsn, t, op, size, identity, profile, moved in rows[:limit]:
                 prev = _prev_version(conn, self.segments, tbl, key, lsn)
                 out.append(observation(lsn, t, tbl, key, op, 0 if size is None else int(size), identity,
-                                       profile_of(None if profile is None else bytes(profile)), prev))
+                                       profile_of(None if profile is None else bytes(profile)), prev, moved))
             return out
 
     def apply(self, changes: Sequence[ChangeLike], through: int | None = None) -> int:
@@ -485,7 +489,7 @@ class HistoryStore:
     def _version(self, conn: sqlite3.Connection, table: str, key: str, row: tuple[Any, ...], values: bool,
                  exact: bool | None) -> Version:
         """A stored row as a Version; ``exact`` None: exact when nothing around it was compacted away (hot)."""
-        lsn, t, op, tier, segment, kv, size, frame, cs, identity, profile = row
+        lsn, t, op, tier, segment, kv, size, frame, cs, identity, profile, moved = row
         if size is None:  # a compacted row: its metadata is in its segment
             size = self.segments.row(conn, int(segment), table, key, int(lsn)).size
         value = None
@@ -493,7 +497,8 @@ class HistoryStore:
             value = open_version(self.current_keyring(), table, key, int(lsn), bytes(frame), self.compressor)
         exact = tier == HOT if exact is None else exact
         return Version(table, key, int(lsn), float(t), op, int(size), kv, value, exact,
-                       None if cs is None else bytes(cs), identity, None if profile is None else bytes(profile))
+                       None if cs is None else bytes(cs), identity, None if profile is None else bytes(profile),
+                       moved)
 
     def value_at(self, table: str, key: str, *, lsn: int | None = None, time: float | None = None,
                  values: bool = True) -> Version | None:
@@ -504,6 +509,14 @@ class HistoryStore:
             if row is None or row[2] == DELETE:
                 return None
             return self._version(conn, table, key, row, values, point.exact)
+
+    def moved_away_at(self, table: str, key: str, *, lsn: int | None = None, time: float | None = None) -> int | None:
+        """The LSN at which a reshard moved the key off this shard when that is its last version at the point
+        (default: now), else None (docs/resharding.md: absent here, not deleted)."""
+        with self.read() as conn:
+            point = self._resolve(conn, lsn, time)
+            row = _latest(conn, table, key, point.lsn)
+            return int(row[0]) if row is not None and row[-1] == timetravel.MOVED_AWAY else None
 
     def history(self, table: str, key: str, *, after_lsn: int = 0, limit: int = 100,
                 values: bool = True) -> list[Version]:

@@ -7,7 +7,9 @@ Layout (docs/shadow-store.md, "Storage"):
   (NULL for a delete), ``checksum`` the plaintext's XXH3-128 (diffs compare content without decrypting),
   ``size``/``stored_size`` only for hot rows (a compacted row's are in its segment), ``identity`` the user the node
   recorded for the change (NULL for seeds, rewraps and changes from nodes that record none), ``profile`` the
-  plaintext's 17-byte byte profile (anomaly/profile.py, ``encode_profile``; NULL for a delete).
+  plaintext's 17-byte byte profile (anomaly/profile.py, ``encode_profile``; NULL for a delete), ``origin`` why a
+  reshard logged it (docs/resharding.md): ``move`` a put of a block moved in, ``moved_away`` a delete of one moved
+  to another shard (NULL: an ordinary change).
 - ``segments``: the metadata of every compacted (warm/cold) version, B1's columnar encoding, one blob per segment;
   each frames row of a compacted tier names its segment.
 - ``snapshots`` + ``snapshot_entries``: per snapshot (boundary, LSN, kind, base) the per-key pointers to versions.
@@ -43,6 +45,7 @@ CREATE TABLE IF NOT EXISTS frames (
     frame BLOB,
     identity TEXT,
     profile BLOB,
+    origin TEXT,
     PRIMARY KEY (tbl, key, lsn)
 );
 CREATE INDEX IF NOT EXISTS frames_time ON frames (time, lsn);
@@ -115,7 +118,7 @@ def set_meta(conn: sqlite3.Connection, name: str, value: Any) -> None:
 
 # Columns added after the first release: (name, type). ADD COLUMN on an existing file, so the schema version stays 1
 # (older code names its columns in every statement and never sees these).
-ADDED_FRAME_COLUMNS = (("identity", "TEXT"), ("profile", "BLOB"))
+ADDED_FRAME_COLUMNS = (("identity", "TEXT"), ("profile", "BLOB"), ("origin", "TEXT"))
 
 
 def migrate(conn: sqlite3.Connection) -> None:

@@ -12,6 +12,7 @@ from chronoshard.shardnode.anomaly.types import (
     CLIENT,
     DELETE,
     HIST_BINS,
+    MOVE,
     REVERSION,
     REWRAP,
     ROTATION,
@@ -70,8 +71,11 @@ def prev_version(lsn: int, op: str, size: int | None, stored: bytes | None) -> P
     return PrevVersion(lsn, op, size, profile_of(stored))
 
 
-def origin_of(op: str, identity: str | None) -> str:
-    """ROTATION for a rewrap, REVERSION for a write a Reversion made, else CLIENT."""
+def origin_of(op: str, identity: str | None, moved: str | None = None) -> str:
+    """MOVE for a block a reshard moved in or away (``moved``: the version's stored move origin), ROTATION for a
+    rewrap, REVERSION for a write a Reversion made, else CLIENT."""
+    if moved is not None:
+        return MOVE
     if op == REWRAP:
         return ROTATION
     if identity is not None and identity.startswith(REVERSION_IDENTITY_PREFIX):
@@ -80,7 +84,7 @@ def origin_of(op: str, identity: str | None) -> str:
 
 
 def observation(lsn: int, time: float, table: str, key: str, op: str, size: int, identity: str | None,
-                profile: ByteProfile | None, prev: PrevVersion | None) -> ChangeObservation:
+                profile: ByteProfile | None, prev: PrevVersion | None, moved: str | None = None) -> ChangeObservation:
     """The observation of one change over ``prev`` (None: the history holds no earlier version of the key).
     ``prev_lsn`` is the previous version's LSN whatever its op (a delete too); ``existed`` says if it was live."""
     existed = prev is not None and prev.live
@@ -89,5 +93,5 @@ def observation(lsn: int, time: float, table: str, key: str, op: str, size: int,
         prev_size=prev.size if prev is not None and existed else None,
         existed=existed, identity=identity, profile=profile,
         prev_profile=prev.profile if prev is not None and existed else None,
-        origin=origin_of(op, identity),
+        origin=origin_of(op, identity, moved),
         prev_lsn=None if prev is None else prev.lsn)

@@ -267,7 +267,7 @@ def b64(value: bytes | None) -> str | None:
 def version_json(v: Version) -> dict[str, Any]:
     """One version in a history answer."""
     return {"lsn": v.lsn, "time": v.time, "op": v.op, "size": v.size, "keyVersion": v.key_version,
-            "value": b64(v.value), "exact": v.exact, "identity": v.identity}
+            "value": b64(v.value), "exact": v.exact, "identity": v.identity, "origin": v.origin}
 
 
 # ---- time travel -----------------------------------------------------------------------------------
@@ -287,6 +287,11 @@ async def at(request: web.Request) -> web.Response:
     table, key = table_param(request), key_param(request)
     point = query.point(request)
     v = await sh.read(sh.store.value_at, table, key, lsn=point.lsn, time=point.time)
+    if v is None:
+        moved = await sh.read(sh.store.moved_away_at, table, key, lsn=point.lsn, time=point.time)
+        if moved is not None:  # not deleted: a reshard moved it to another shard (docs/resharding.md)
+            raise ApiError(404, "moved_away", f"{table}/{key} was moved to another shard at LSN {moved}; its "
+                           "history before that stays here", lsn=moved)
     if v is None or v.deleted:
         raise ApiError(404, "not_found", f"no block {table}/{key} at that point")
     return web.json_response({"key": key, "lsn": v.lsn, "time": v.time, "op": v.op, "size": v.size,
@@ -454,7 +459,7 @@ def create_app(cfg: ShadowConfig) -> web.Application:
     probes = Probes(sh.metrics.registry, sh.readiness, sh.refresh_gauges)
     anomaly = AnomalyRoutes(shadow_of, cfg.partitioning, writer_identity)
     return create_server_app(sh, probes, [*routes(), *anomaly.routes()], key=SHADOW, requests=sh.metrics.requests,
-                             openapi="shadow", partitioning=cfg.partitioning)
+                             openapi="shadow", partitioning=cfg.partitioning, pushed_maps=False)
 
 
 __all__ = ["SHADOW", "Shadow", "ShadowConfig", "create_app"]

@@ -8,6 +8,12 @@ from dataclasses import dataclass
 from .tiers import COLD_BUCKET_SECONDS, DELETE, floor_to
 
 CREATED, CHANGED, DELETED = "created", "changed", "deleted"
+# A version a reshard logged (docs/resharding.md): a block moved in (a put of an unchanged value) or moved away
+# (a delete on this shard only). Stored in the history's ``frames.origin``.
+MOVED_IN, MOVED_AWAY = "move", "moved_away"
+MOVED_IN_CHANGE = "moved_in"  # a diff line of a key a reshard moved in
+# The node change log's origins (shardnode/node/changelog.py) and what the history stores for each.
+STORED_ORIGIN = {"move_in": MOVED_IN, "purge": MOVED_AWAY}
 
 
 @dataclass(frozen=True)
@@ -27,11 +33,17 @@ class Version:
     checksum: bytes | None = None  # XXH3-128 of the plaintext (the node's checksum); None for a delete
     identity: str | None = None  # who the node recorded as making the change (None: seed, rewrap, or unknown)
     profile: bytes | None = None  # the plaintext's stored byte profile (anomaly/profile.py); None for a delete
+    origin: str | None = None  # MOVED_IN / MOVED_AWAY for a reshard's versions (docs/resharding.md), else None
 
     @property
     def deleted(self) -> bool:
-        """True for a delete (a tombstone)."""
+        """True for a delete (a tombstone), a moved-away key's too: it is no longer on this shard."""
         return self.op == DELETE
+
+    @property
+    def moved_away(self) -> bool:
+        """True where the key left this shard in a reshard (not deleted: it lives on another shard)."""
+        return self.origin == MOVED_AWAY
 
 
 @dataclass(frozen=True)
@@ -101,15 +113,16 @@ def lookup_time(t: float, ex: Exactness) -> tuple[float, bool]:
 
 def classify(before: Version | None, after: Version | None) -> str | None:
     """How a key's state moved between two points: created, deleted, changed (other content: the plaintext
-    checksums differ, so a rewrap or a write of the same bytes is no change), or None."""
+    checksums differ, so a rewrap or a write of the same bytes is no change), or None; a key a reshard moved in or
+    away (its last version there says so) is ``moved_in`` / ``moved_away``, not created or deleted."""
     live_before = before is not None and not before.deleted
     live_after = after is not None and not after.deleted
     if before is not None and after is not None and live_before and live_after:
         return CHANGED if before.checksum != after.checksum else None
     if live_after:
-        return CREATED
+        return MOVED_IN_CHANGE if after is not None and after.origin == MOVED_IN else CREATED
     if live_before:
-        return DELETED
+        return MOVED_AWAY if after is not None and after.moved_away else DELETED
     return None
 
 
