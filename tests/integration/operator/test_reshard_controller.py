@@ -378,3 +378,23 @@ async def test_a_mirror_shardsets_map_follows_its_source(shards):
     cm = shards.core.read_namespaced_config_map(naming.partitions_config_map_name("orders-m"), shards.ns)
     assert PartitionMap.from_json(cm.data[PARTITION_MAP_FILE]) == shards.cm_map()
     assert shards.cm_map().epoch == 2
+
+
+async def test_deleting_a_running_reshard_rolls_its_move_back(shards):
+    for i in range(100):
+        shards.put(f"d{i}", b"x")
+    p1 = shards.map0.partitions_of(1)[0]
+    shards.reshard("gone", [{"move": {"partition": 1, "toShard": 0}}])
+    for _ in range(300):
+        status = await one_pass(shards, "gone")
+        if (status.get("steps") or [{}])[0].get("phase") in ("CatchingUp", "Verifying"):
+            break
+        await asyncio.sleep(0.05)
+    assert status["steps"][0]["phase"] in ("CatchingUp", "Verifying"), status
+    assert _blocks(shards, 0, p1.start, p1.end) > 0  # the target imported the range
+    # What Kopf calls when the Reshard is deleted (its finalizer holds the object until this returns).
+    await controller.reshard_deleted(name="gone", namespace=shards.ns, body=shards.body("gone"))
+    status, moves = http_json("GET", f"{shards.urls[0]}/v1/moves")
+    assert status == 200 and not [m for m in moves.get("moves", []) if m.get("name") == "gone.0"]
+    assert _blocks(shards, 0, p1.start, p1.end) == 0  # discarded
+    assert _blocks(shards, 1, p1.start, p1.end) > 0 and shards.cm_map() == shards.map0  # the source kept it all
