@@ -24,6 +24,10 @@ shared, so one pass each would compare two different moments) and the median pri
 * every get forwarded, spread: each get sent to the cache after its owner's, so every get takes exactly
   one extra hop and each cache takes a third of the load, as the baseline's do. This is the per-request
   price of a forward without the load concentration.
+
+Beside the rates, the CPU time each get cost, summed over every process of the set-up (this client, the
+caches, the nodes; from /proc and getrusage), and direct ÷ forwarded of it: what the rate ratio tends to when
+the processes are CPU-bound, and a figure other work on a shared machine does not move much, as it does the rates.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import argparse
 import asyncio
 import csv
 import os
+import resource
 import shutil
 import tempfile
 import time
@@ -94,6 +99,7 @@ class Figures:
     ops: int
     seconds: float
     latencies: list[float]
+    cpu: float = 0.0  # CPU seconds of every process of the set-up while it ran (0: not measured)
 
     @property
     def rate(self) -> float:
@@ -102,6 +108,20 @@ class Figures:
     def pct(self, q: float) -> float:
         s = sorted(self.latencies)
         return s[min(len(s) - 1, int(q * len(s)))] * 1000
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """CPU time (user + system) so far of this process and of ``pids`` (Linux /proc)."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    total = me.ru_utime + me.ru_stime
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime
+    return total
 
 
 def median(values: list[float]) -> float:
@@ -139,7 +159,7 @@ async def measure(client: AsyncClient, w: Workload, args: argparse.Namespace,
 
 
 async def forwarding_rounds(pmap: PartitionMap, urls: list[str], w: Workload, args: argparse.Namespace,
-                            table: str) -> dict[str, list[Figures]]:
+                            table: str, pids: list[int]) -> dict[str, list[Figures]]:
     """Gets of ``table`` (already written) per set-up, the set-ups alternated round by round."""
     direct = AsyncClient(pmap, urls)
     via = [AsyncClient.via_service(u) for u in urls]
@@ -153,8 +173,10 @@ async def forwarding_rounds(pmap: PartitionMap, urls: list[str], w: Workload, ar
     try:
         for _ in range(args.rounds):
             for name, get in setups.items():
-                out[name].append(await drive([lambda k=k, get=get: get(k) for k in w.gets], args.concurrency,
-                                             args.budget))
+                before = cpu_seconds(pids)
+                figs = await drive([lambda k=k, get=get: get(k) for k in w.gets], args.concurrency, args.budget)
+                figs.cpu = cpu_seconds(pids) - before
+                out[name].append(figs)
     finally:
         for c in (direct, *via):
             await c.close()
@@ -166,14 +188,18 @@ def print_forwarding(rounds: dict[str, list[Figures]]) -> None:
     base = rounds[names[0]]
     print(f"\nGET through a forwarding cache ÷ direct to the owner (same caches and keys, {len(base)} rounds "
           "alternated, median; goal: >= 0.7 and p99 <= 2x)")
-    print(f"{'set-up':28} {'get/s':>7} {'÷ direct':>8} {'p50 ms':>7} {'p99 ms':>7} {'p99 ×':>6}  per round ÷ direct")
+    print(f"{'set-up':28} {'get/s':>7} {'÷ direct':>8} {'p50 ms':>7} {'p99 ms':>7} {'p99 ×':>6} "
+          f"{'CPU µs/get':>10} {'direct ÷':>8}  per round ÷ direct")
     for name in names:
         figs = rounds[name]
         ratios = [f.rate / b.rate for f, b in zip(figs, base, strict=True)]
         p99s = [f.pct(0.99) / b.pct(0.99) for f, b in zip(figs, base, strict=True)]
+        cpu = [f.cpu / f.ops for f in figs]
+        cpu_ratios = [b.cpu / b.ops / (f.cpu / f.ops) for f, b in zip(figs, base, strict=True)]
         print(f"{name:28} {median([f.rate for f in figs]):7.0f} {median(ratios):8.2f} "
               f"{median([f.pct(0.5) for f in figs]):7.2f} {median([f.pct(0.99) for f in figs]):7.2f} "
-              f"{median(p99s):6.2f}  " + " ".join(f"{r:.2f}" for r in ratios))
+              f"{median(p99s):6.2f} {median(cpu) * 1e6:10.0f} {median(cpu_ratios):8.2f}  "
+              + " ".join(f"{r:.2f}" for r in ratios))
 
 
 async def main_async(args: argparse.Namespace) -> None:
@@ -203,7 +229,8 @@ async def main_async(args: argparse.Namespace) -> None:
                     rows.append(("3 shards, via one cache", *await measure(c, w, args, "bench3")))
                 finally:
                     await c.close()
-                forwarding = await forwarding_rounds(initial_map(3), caches.urls, w, args, "bench3") \
+                pids = [p.pid for p in (*caches.procs, *three.procs)]
+                forwarding = await forwarding_rounds(initial_map(3), caches.urls, w, args, "bench3", pids) \
                     if args.rounds else {}
             finally:
                 caches.stop()
