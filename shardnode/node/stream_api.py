@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 from chronoshard.shardnode.auth.policy import Access
+from chronoshard.shardnode.keyspace.partitioning import keyspace_id
 from chronoshard.shardnode.serving.http_common import (
     TABLE_RE,
     ApiError,
@@ -147,31 +148,43 @@ class Page:
     gap: bool
 
 
+def _in_ranges(e: changelog.Change, ranges: tuple[tuple[int, int], ...]) -> bool:
+    kid = keyspace_id(e.table, e.key)
+    return any(lo <= kid <= hi for lo, hi in ranges)
+
+
 def read_page(conn: sqlite3.Connection, after: int, limit: int, tables: tuple[str, ...] | None, frames: bool,
-              budget: int, consumer: str | None) -> Page:
+              budget: int, consumer: str | None, keyspace: tuple[tuple[int, int], ...] | None = None) -> Page:
     """Entries after ``after`` (at least one, then only while their frames fit ``budget``) with the log's
-    bounds; ``consumer``: gap is also true while that slot is behind."""
+    bounds; ``consumer``: gap is also true while that slot is behind; ``keyspace``: only entries of keys in these
+    inclusive ranges, of at most ``limit`` entries looked at (a move's catch-up, docs/resharding.md)."""
     conn.execute("BEGIN")
     try:
         entries: list[changelog.Change] = []
-        total, full = 0, False
+        total, full, looked, looked_to = 0, False, 0, after
         for e in changelog.iter_changes(conn, after, limit, tables=tables, frames=frames):
+            looked += 1
+            if keyspace is not None and not _in_ranges(e, keyspace):
+                looked_to = e.lsn
+                continue
             size = len(e.frame or b"")
             if entries and total + size > budget:
                 full = True
                 break
             total += size
             entries.append(e)
+            looked_to = e.lsn
         last, first = changelog.last_lsn(conn), changelog.first_lsn(conn)
         slot = consumers.get(conn, consumer) if consumer is not None else None
     finally:
         conn.execute("COMMIT")
     if consumer is not None and slot is None:
         raise consumers.UnknownConsumer(consumer)
-    full = full or len(entries) == limit
     if full:
         nxt = entries[-1].lsn
-    elif tables:
+    elif looked == limit:
+        nxt = looked_to  # every entry up to it was looked at (with keyspace=, some were left out)
+    elif tables or keyspace is not None:
         nxt = max(after, last)  # every entry up to `last` was looked at; none further matched the filter
     else:
         nxt = entries[-1].lsn if entries else after
@@ -199,7 +212,7 @@ def change_json(e: changelog.Change, frames: bool) -> dict[str, Any]:
 
 
 def changes_handler(host_of: Callable[[web.Request], StreamHost]) -> Callable[[web.Request], Any]:
-    """GET /v1/changes?after=&limit=&wait=&frames=&tables=&consumer=: entries after an LSN, long-polling."""
+    """GET /v1/changes?after=&limit=&wait=&frames=&tables=&keyspace=&consumer=: entries after an LSN, long-polling."""
 
     async def changes(request: web.Request) -> web.Response:
         host = host_of(request)
@@ -208,6 +221,7 @@ def changes_handler(host_of: Callable[[web.Request], StreamHost]) -> Callable[[w
         wait = float_query(request, "wait", 0.0, 0.0, 30.0)
         frames = bool_query(request, "frames")
         tables = tables_query(request)
+        keyspace = keyspace_query(request)
         consumer = request.query.get("consumer")
         if consumer is not None:
             check_name(consumer)
@@ -218,7 +232,8 @@ def changes_handler(host_of: Callable[[web.Request], StreamHost]) -> Callable[[w
             # Take the event before reading: a commit between the read and the wait then still wakes us.
             changed = host.changed()
             try:
-                page = await host.db.read(lambda c: read_page(c, after, limit, tables, frames, budget, consumer))
+                page = await host.db.read(lambda c: read_page(c, after, limit, tables, frames, budget, consumer,
+                                                              keyspace))
             except consumers.UnknownConsumer as exc:
                 raise _slot_errors(exc) from None
             remaining = deadline - loop.time()

@@ -264,7 +264,7 @@ class Puller:
         if not self.registered:
             await self._register(client, at)
         page = await client.changes(at, limit=self.settings.batch, wait=self.settings.wait_seconds,
-                                    consumer=self.slot)
+                                    consumer=self.slot, keyspace=self.spec.ranges)
         self.source_last_lsn = page.last_lsn
         if page.changes:
             self.read_time = page.changes[-1].time
