@@ -41,4 +41,7 @@ echo "[test] static checks: ruff, layering, mypy"
 bash hack/lint.sh
 
 echo "[test] pytest"
-exec .venv/bin/pytest -q -p no:cacheprovider "$@"
+# Two workers (pytest-xdist): most tests wait on servers and processes more than they compute. --dist loadgroup
+# hands out the units of tests/support/scheduling.py: all e2e tests to one worker, one at a time as before, while
+# the other takes the unit and integration tests file by file. `-n 0` in the arguments runs all in this process.
+exec .venv/bin/pytest -q -p no:cacheprovider -n 2 --dist loadgroup "$@"

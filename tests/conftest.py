@@ -7,19 +7,46 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from tests.support.scheduling import WITHOUT_OPERATOR
 
 REPO = Path(__file__).resolve().parent.parent
 CRDS = REPO / "crds"
 _SESSION = {"operator_started": False}
+E2E = REPO / "tests" / "e2e"
 
 
+def _run_rank(item: pytest.Item, parallel: bool) -> int:
+    if item.get_closest_marker("without_operator") is not None:
+        return 0
+    return 1 if parallel and item.path.is_relative_to(E2E) else 2
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the xdist_group marks added here
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests marked ``without_operator`` run first: they drive a controller's passes by hand, and the session's
     in-process operator (once a test starts it, it runs to the end of the session, in every namespace) would
-    drive the same objects beside them."""
-    items.sort(key=lambda item: item.get_closest_marker("without_operator") is None)  # stable: order kept
+    drive the same objects beside them. On xdist workers (hack/test.sh) the e2e tests come next, the longest
+    unit, so one worker starts on them while the other takes the rest (tests/support/scheduling.py)."""
+    parallel = bool(os.environ.get("PYTEST_XDIST_WORKER"))
+    for item in items:
+        if item.get_closest_marker("without_operator") is not None:
+            item.add_marker(pytest.mark.xdist_group(WITHOUT_OPERATOR))
+    items.sort(key=lambda item: _run_rank(item, parallel))  # stable: the collection order within each rank
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: no error when it is not loaded (`-p no:xdist`)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Under ``--dist loadgroup`` the units of tests/support/scheduling.py: one worker per unit at a time, the
+    ``without_operator`` tests before any in-process operator of that worker, e2e tests one at a time."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from tests.support.scheduling import SuiteScheduling
+
+    return SuiteScheduling(config, log)
 
 
 @pytest.fixture(autouse=True)
