@@ -448,6 +448,11 @@ async def _move_cutting_over(t: Target, st: Step, row: dict[str, Any], spec_step
     """Fence, catch up, new map source first; or, after a crash, notice the source already has it."""
     p = _move_partition(t, row, spec_step)
     source_map = await probe.get_map(t.pods, p.shard)
+    if not source_map.ok and p.shard != spec_step.to_shard:
+        # Unknown whether the source already took the new map: neither a new cutover nor a rollback (which would
+        # discard the target's copy) may run on a guess.
+        st.row(row)
+        return st.wait("NodeUnavailable", f"cannot read the source's map: {source_map.error}")
     if p.shard == spec_step.to_shard or plan.owns(source_map.body if source_map.ok else None, p.id,
                                                   spec_step.to_shard, t.pmap.epoch + 1):
         # The map moved it already (we stopped after pushing it): finish the push, never roll back.
@@ -513,15 +518,20 @@ async def _cutover(t: Target, p: Partition, to_shard: int, name: str, new_map: P
 async def _after_cutover(t: Target, st: Step, row: dict[str, Any], spec_step: MoveStep, p: Partition,
                          new_map: PartitionMap, paused_ms: float | None) -> Step:
     """The source has the new map: push it everywhere, write it, close the move; the purge waits for the grace."""
-    await probe.put_map_everywhere(t.pods, new_map.to_dict())
+    if paused_ms is not None:
+        row["pausedMs"] = round(paused_ms, 1)
+    target = await probe.put_map(t.pods, spec_step.to_shard, new_map.to_dict())
+    if not target.ok and target.status != 409:  # 409: it already runs this map's successor
+        st.row(row)
+        return st.wait("TargetMapPending", f"the source has map epoch {new_map.epoch}, the target not yet: "
+                                           f"{target.error}", POLL_SECONDS)
+    await probe.put_map_everywhere(t.pods, new_map.to_dict(), skip_nodes=frozenset({spec_step.to_shard}))
     problem = await _publish(t, new_map)
     if problem:
         st.row(row)
         return st.wait("MapWriteFailed", problem)
     name = plan.move_name(t.name, int(row["index"]))
     await probe.call(t.pods, spec_step.to_shard, "DELETE", probe.move_path(name))  # keeps the data; retried below
-    if paused_ms is not None:
-        row["pausedMs"] = round(paused_ms, 1)
     row.update(phase=StepPhase.CLEANUP.value, epoch=new_map.epoch, cutoverAt=row.get("cutoverAt") or now_rfc3339(),
                rangeStart=format_id(p.start), rangeEnd=format_id(p.end))
     st.status["epoch"] = new_map.epoch
