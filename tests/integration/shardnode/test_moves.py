@@ -133,6 +133,33 @@ class Writer:
         self.thread.join(10)
 
 
+def all_changes(url: str, query: str = "") -> list[dict[str, Any]]:
+    """Every entry of a node's change log (``query``: more filters), paging on ``next``."""
+    out: list[dict[str, Any]] = []
+    after = 0
+    while True:
+        status, page = http_json("GET", f"{url}/v1/changes?after={after}&limit=1000{query}")
+        assert status == 200, page
+        out += page["changes"]
+        if page["next"] <= after or page["next"] >= page["lastLsn"]:
+            return out
+        after = page["next"]
+
+
+def applied_once(src: Proc, target: Proc, name: str = "m1") -> int:
+    """Exactly once, in the target's log: after the last copy's clear, one move_in row per block of the snapshot
+    plus one per change of the range the source logged after the snapshot - a change applied twice (a page
+    replayed after a crash) would add a row."""
+    m = move(target.url, name)
+    rows = all_changes(target.url)
+    last_clear = max((i for i, r in enumerate(rows) if r["origin"] == "purge"), default=-1)
+    since = rows[last_clear + 1:]
+    assert {r["origin"] for r in since} == {"move_in"}
+    streamed = [c for c in all_changes(src.url, f"&keyspace={KEYSPACE}") if c["lsn"] > m["snapshotLsn"]]
+    assert len(since) == m["copiedBlocks"] + len(streamed)
+    return len(streamed)
+
+
 def copying_midway(target: Proc) -> dict[str, Any]:
     """The target importing a snapshot (blocks copied, no error since this copy began)."""
     return wait_for(lambda: (lambda m: m if m["phase"] == "copying" and 0 < m["copiedBlocks"] and m["error"] is None
@@ -173,6 +200,7 @@ def test_a_move_survives_kills_of_either_side_and_ends_with_equal_digests(tmp_pa
         caught_up(target, src)
         d = digests_agree(src, target)
         assert d["blocks"] > 3000
+        assert applied_once(src, target) > 20  # changes streamed after the snapshot, through both kills
         # The moved-in blocks reached the target's change log under its own LSNs with origin move_in.
         status, page = http_json("GET", f"{target.url}/v1/changes?after=0&limit=1000")
         assert status == 200 and {c["origin"] for c in page["changes"]} <= {"move_in", "purge"}
