@@ -63,6 +63,18 @@ KEYSPACE = f"{UPPER[0]}-{UPPER[1]}"
 RAW_CHUNK = 500  # the mover's snapshot chunk (shardnode/resharding/puller.py PullSettings.chunk)
 TRACE = Path("cache/cloudPhysicsIO/cloudPhysicsIO.csv")
 POLL = 0.005
+VERIFY_LAG_SECONDS = 1.0  # the operator verifies once the target's lag is at most this (operator/reshard/plan.py)
+DEADLINE = [float("inf")]  # the run's time limit (monotonic), checked by every polling loop
+
+
+def say(text: str) -> None:
+    """A progress line (the figures come at the end)."""
+    print(f"{time.strftime('%H:%M:%S')} {text}", flush=True)
+
+
+def check_deadline(what: str) -> None:
+    if time.monotonic() >= DEADLINE[0]:
+        raise TimeoutError(f"time limit reached while {what}")
 
 
 def layout(epoch: int, upper_on: int) -> PartitionMap:
@@ -211,10 +223,15 @@ async def copy_phase(session: aiohttp.ClientSession, src: Proc, dst: Proc, src_s
         _, m = await call(session, "GET", f"{dst.url}/v1/moves/{name}")
         if m.get("phase") == "failed":
             raise RuntimeError(f"move {name} failed: {m.get('error')}")
-        if m.get("phase") == "catching_up" and m.get("totalBlocks") is not None:
+        if m.get("phase") == "catching_up" and m.get("totalBlocks") is not None and not r.copy_s:
             r.copy_s, r.blocks = time.monotonic() - started, int(m["totalBlocks"])
+            say(f"{name}: {r.blocks} blocks copied in {r.copy_s:.2f} s")
+        lag = m.get("lagSeconds")
+        if r.copy_s and isinstance(lag, int | float) and lag <= VERIFY_LAG_SECONDS:
+            # Caught up as the operator wants it before verifying.
             r.copy_window = (started, time.monotonic())
             return
+        check_deadline(f"copying {name}: {m}")
         await asyncio.sleep(POLL)
 
 
@@ -227,10 +244,12 @@ async def verify_phase(session: aiohttp.ClientSession, src: Proc, dst: Proc, nam
         status, b = await call(session, "GET", f"{dst.url}/v1/moves/{name}/digest?sourceLsn={a['lsn']}"
                                                "&waitSeconds=20", ok=(200, 409))
         if status == 409 and b.get("error") == "lsn_passed":
+            check_deadline(f"verifying {name}")
             continue
         if status != 200 or (a["blocks"], a["digest"]) != (b["blocks"], b["digest"]):
             raise RuntimeError(f"move {name}: digests differ: source {a}, target {b}")
         r.verify_s = time.monotonic() - started
+        say(f"{name}: digests of {a['blocks']} blocks matched in {r.verify_s:.2f} s ({r.verify_attempts} attempt(s))")
         return
 
 
@@ -244,12 +263,14 @@ async def cutover(session: aiohttp.ClientSession, src: Proc, dst: Proc, name: st
             _, m = await call(session, "GET", f"{dst.url}/v1/moves/{name}")
             if int(m.get("sourceLsn") or 0) >= int(fence["fenceLsn"]):
                 break
+            check_deadline(f"cutting over {name}: fence LSN {fence['fenceLsn']}, target {m}")
             await asyncio.sleep(POLL)
         for proc in (src, dst):
             await call(session, "PUT", f"{proc.url}/v1/partitions", new_map.to_dict())
     finally:
         await call(session, "DELETE", f"{src.url}/v1/fences/{name}", ok=(200, 204, 404))
         r.fence_window = (started, time.monotonic())
+        say(f"{name}: cut over, fenced {(r.fence_window[1] - started) * 1000:.0f} ms")
 
 
 async def one_round(session: aiohttp.ClientSession, procs: list[Proc], tmp: Path, i: int, epoch: int) -> Round:
@@ -262,6 +283,7 @@ async def one_round(session: aiohttp.ClientSession, procs: list[Proc], tmp: Path
     with ProcessPoolExecutor(max_workers=1) as pool:
         r.raw_blocks, r.raw_rate = await asyncio.get_running_loop().run_in_executor(
             pool, raw_copy_rate, tmp / f"shard-{src_shard}" / "data" / "blocks.sqlite3", tmp / "raw-copy.sqlite3")
+    say(f"{name}: shard {src_shard} -> {dst_shard}; raw scan+write {r.raw_blocks} blocks at {r.raw_rate:.0f}/s")
     await copy_phase(session, src, dst, src_shard, name, r)
     await verify_phase(session, src, dst, name, r)
     await cutover(session, src, dst, name, layout(epoch + 1, dst_shard), r)
@@ -338,11 +360,13 @@ async def main_async(args: argparse.Namespace) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-reshard-"))
     procs = start_nodes(tmp)
     deadline = time.monotonic() + args.time_limit
+    DEADLINE[0] = deadline
     try:
         urls = [p.url for p in procs]
         async with AsyncClient(NodeMap(urls), urls, concurrency=64, timeout=30) as client, \
                 aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
             await fill(client, trace)
+            say("filled")
             load = Load(client, trace)
             reads, writes = cycle(trace.reads), cycle(trace.writes)
             tasks = [asyncio.create_task(load.reader(reads)) for _ in range(args.readers)]
@@ -358,6 +382,8 @@ async def main_async(args: argparse.Namespace) -> None:
                     await asyncio.sleep(args.quiet_seconds)
                     quiet.append((q0, time.monotonic()))
                     rounds.append(await one_round(session, procs, tmp, i, 1 + i))
+            except TimeoutError as exc:
+                print(f"stopped: {exc}")
             finally:
                 load.stop.set()
                 await asyncio.gather(*tasks)
