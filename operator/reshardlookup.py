@@ -44,10 +44,13 @@ def reshard_moving(namespace: str, shardset: str) -> str | None:
 
 
 def running(reshards: Iterable[Mapping[str, Any]], shardset: str) -> str | None:
-    """The name of a Running Reshard of ``shardset`` (it pushes maps: a rescale of the map waits for it)."""
+    """The name of a Running Reshard of ``shardset`` with steps left (it pushes maps: a rescale of the map waits
+    for it); one whose steps are all done only purges moved ranges and changes no map."""
     for r in reshards:
+        status = r.get("status") or {}
         if (((r.get("spec") or {}).get("shardSetRef") or {}).get("name") == shardset and not
-                r["metadata"].get("deletionTimestamp") and (r.get("status") or {}).get("phase") == "Running"):
+                r["metadata"].get("deletionTimestamp") and status.get("phase") == "Running"
+                and int(status.get("currentStep") or 0) < len((r.get("spec") or {}).get("steps") or [])):
             return str(r["metadata"]["name"])
     return None
 

@@ -547,6 +547,12 @@ async def _purge_due(t: Target, st: Step) -> None:
         elapsed = (now - datetime.fromisoformat(str(row["cutoverAt"]).replace("Z", "+00:00"))).total_seconds()
         if plan.grace_left(elapsed, t.spec.grace_period.total_seconds()) > 0:
             continue
+        if int(row["fromShard"]) >= t.pmap.shards:
+            # A scale-down removed the source shard: its volume is kept (Retain), and a range moved onto a shard of
+            # that index later clears what it held first. Nothing to purge here.
+            row.update(phase=StepPhase.COMPLETED.value, message=f"shard {row['fromShard']} was removed; not purged")
+            st.row(row)
+            continue
         name = plan.move_name(t.name, int(row["index"]))
         closed = await probe.call(t.pods, int(row["toShard"]), "DELETE", probe.move_path(name))
         if not closed.ok and closed.status != 404:

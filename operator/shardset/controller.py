@@ -288,7 +288,7 @@ def _ensure_rebalance(owner: Mapping[str, Any], spec: ShardSetSpec, pmap: partit
         return
     steps = reshardplan.rebalance_steps(pmap, min(spec.shards, pmap.shards))
     if steps:
-        kube.create(manifests.rebalance_reshard(owner, pmap.epoch, steps))
+        kube.create(manifests.rebalance_reshard(owner, pmap.epoch, steps, spec.rebalance_grace_period))
         log.info("ShardSet %s/%s: created Reshard %s (%d step(s))", ns, name, wanted, len(steps))
 
 

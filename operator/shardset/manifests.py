@@ -174,14 +174,16 @@ def rebalance_reshard_name(shardset: str, epoch: int) -> str:
     return f"{shardset}-rebalance-{epoch}"
 
 
-def rebalance_reshard(owner: Mapping[str, Any], epoch: int, steps: Sequence[ReshardStep]) -> dict[str, Any]:
+def rebalance_reshard(owner: Mapping[str, Any], epoch: int, steps: Sequence[ReshardStep],
+                      grace_period: str = "5m") -> dict[str, Any]:
     """The Reshard (owned by the ShardSet) whose steps spread the keyspace evenly over ``spec.shards``."""
     name, ns = owner["metadata"]["name"], owner["metadata"]["namespace"]
     return {
         "apiVersion": naming.API_VERSION,
         "kind": "Reshard",
         "metadata": _meta(rebalance_reshard_name(name, epoch), ns, owner, "rebalance"),
-        "spec": {"shardSetRef": {"name": name}, "steps": [step_to_spec(s) for s in steps]},
+        "spec": {"shardSetRef": {"name": name}, "steps": [step_to_spec(s) for s in steps],
+                 "gracePeriod": grace_period},
     }
 
 

@@ -100,6 +100,7 @@ class ShardSetSpec:
     access: Access = field(default_factory=Access)
     from_shadow: FromShadow | None = None  # spec.bootstrap.fromShadow
     rebalance: bool = False  # spec.partitioning.rebalance (docs/resharding.md)
+    rebalance_grace_period: str = "5m"  # spec.partitioning.gracePeriod, as written (it goes into the Reshard)
 
 
 def parse_shardset(spec: Mapping[str, Any] | None) -> ShardSetSpec:
@@ -133,6 +134,8 @@ def parse_shardset(spec: Mapping[str, Any] | None) -> ShardSetSpec:
     from_shadow = _bootstrap(f.maybe_obj("bootstrap"), key_encryption)
     partitioning = f.obj("partitioning")
     rebalance = partitioning.boolean("rebalance", default=False)
+    partitioning.duration("gracePeriod", default="5m")  # validated; kept as written for the rebalance Reshard
+    grace = str(partitioning.data.get("gracePeriod") or "5m")
     partitioning.done()
     f.done()
 
@@ -156,6 +159,7 @@ def parse_shardset(spec: Mapping[str, Any] | None) -> ShardSetSpec:
         access=access,
         from_shadow=from_shadow,
         rebalance=rebalance,
+        rebalance_grace_period=grace,
     )
 
 

@@ -35,7 +35,9 @@ def _get(apis, ns: str, plural: str, name: str) -> dict[str, Any] | None:
 
 
 def test_scale_up_two_to_three_creates_the_rebalance_reshard(operator_runner, apis, namespace):
-    apis["custom"].create_namespaced_custom_object(GROUP, VERSION, namespace, "shardsets", _shardset("grow", 2))
+    ss = _shardset("grow", 2)
+    ss["spec"]["partitioning"]["gracePeriod"] = "30s"
+    apis["custom"].create_namespaced_custom_object(GROUP, VERSION, namespace, "shardsets", ss)
     wait_for(lambda: (_get(apis, namespace, "shardsets", "grow") or {}).get("status", {}).get("partitionMap"),
              what="first map")
     assert _get(apis, namespace, "reshards", "grow-rebalance-1") is None  # balanced from the start: nothing to do
@@ -45,6 +47,7 @@ def test_scale_up_two_to_three_creates_the_rebalance_reshard(operator_runner, ap
     owner = reshard["metadata"]["ownerReferences"][0]
     assert (owner["kind"], owner["name"]) == ("ShardSet", "grow")
     spec = parse_reshard(reshard["spec"])
+    assert reshard["spec"]["gracePeriod"] == "30s"  # the ShardSet's spec.partitioning.gracePeriod
     grown = rescale(initial_map(2), 3)
     assert list(spec.steps) == reshardplan.rebalance_steps(grown, 3)
     assert reshardplan.balanced(reshardplan.simulate(grown, list(spec.steps)), 3)

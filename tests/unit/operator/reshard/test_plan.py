@@ -86,7 +86,11 @@ def test_a_rotation_in_progress_holds_a_move_and_a_moving_reshard_holds_a_rewrap
 
 def test_a_running_reshard_holds_a_rescale_unless_it_is_being_deleted():
     r = _reshard("m", "t", "Running")
+    r["spec"]["steps"] = [{"split": {"partition": 0}}]
     assert running([r], "orders") == "m" and running([r], "other") is None
+    r["status"]["currentStep"] = 1  # every step done, only purges left: no more map changes
+    assert running([r], "orders") is None
+    r["status"]["currentStep"] = 0
     assert running([_reshard("p", "t", "Pending")], "orders") is None
     r["metadata"]["deletionTimestamp"] = "2026-12-07T10:00:00Z"
     assert running([r], "orders") is None
