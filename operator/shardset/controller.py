@@ -235,6 +235,7 @@ def _ensure_partition_map(owner: Mapping[str, Any], spec: ShardSetSpec, result: 
         if exc.status != 409:
             raise
         result.delay = 1.0
+        return pmap  # not written: plan nothing on it
     if spec.rebalance and version:
         _ensure_rebalance(owner, spec, pmap, problems)
     return pmap
