@@ -203,6 +203,7 @@ def _ensure_partition_map(owner: Mapping[str, Any], spec: ShardSetSpec, result: 
     cm_name = naming.partitions_config_map_name(name)
     existing = kube.get("v1", "ConfigMap", ns, cm_name)
     version = None
+    current: partitioning.PartitionMap | None = None
     if existing is None or PARTITION_MAP_FILE not in (existing.get("data") or {}):
         pmap = partitioning.initial_map(spec.shards)
         result.events.append(("Normal", "PartitionMapCreated",
@@ -235,7 +236,7 @@ def _ensure_partition_map(owner: Mapping[str, Any], spec: ShardSetSpec, result: 
         if exc.status != 409:
             raise
         result.delay = 1.0
-        return pmap  # not written: plan nothing on it
+        return current or pmap  # not written: the map in force is still the one read; plan nothing on it
     if spec.rebalance and version:
         _ensure_rebalance(owner, spec, pmap, problems)
     return pmap
