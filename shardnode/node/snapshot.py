@@ -57,15 +57,18 @@ def _where(tables: tuple[str, ...] | None, ranges: Ranges | None) -> tuple[str, 
 def snapshot_lines(conn: sqlite3.Connection, tables: tuple[str, ...] | None,
                    ranges: Ranges | None = None) -> Generator[bytes, None, None]:
     """The NDJSON lines of one snapshot: ``{"lsn": S}``, one line per block (table, key order), the end line;
-    ``ranges``: only blocks whose keyspace id is in one of them (a mirror's repair)."""
+    ``ranges``: only blocks whose keyspace id is in one of them (a mirror's repair, a move), in keyspace order."""
     where, args = _where(tables, ranges)
     conn.execute("BEGIN")
     try:
         # The first read fixes the transaction's snapshot: S and the blocks below are the same state.
         yield json.dumps({"lsn": changelog.last_lsn(conn)}).encode() + b"\n"
         n = 0
+        # A keyspace-limited snapshot (a move, a repair) follows the keyspace index: ordered by table and key,
+        # SQLite would sort every frame of the ranges in a temporary B-tree before the first line.
+        order = "keyspace, tbl, key" if ranges else "tbl, key"
         rows = conn.execute(f"SELECT tbl, key, key_version, size, checksum, frame, lsn FROM blocks {where} "
-                            "ORDER BY tbl, key", args)
+                            f"ORDER BY {order}", args)
         for tbl, key, version, size, cs, frame, lsn in rows:
             n += 1
             yield json.dumps({"table": tbl, "key": key, "keyVersion": version, "size": size,

@@ -231,17 +231,32 @@ class Puller:
             pass
 
     async def _fill(self, blocks: AsyncIterator[int | SnapshotBlock]) -> None:
+        """Import the snapshot in chunks, one transaction each, in order; the next chunk is read off the stream
+        while the store writes the last one (the stream and the writer overlap instead of taking turns)."""
         chunk: list[SnapshotBlock] = []
         size = self.settings.chunk
-        async for item in blocks:
-            if isinstance(item, SnapshotBlock):
-                chunk.append(item)
-                if len(chunk) >= size:
-                    batch, chunk = chunk, []
-                    self.copied = await self.store.write(
-                        lambda c, b=batch: sql.import_blocks(c, self.name, b))  # type: ignore[misc]
-        if chunk:
-            self.copied = await self.store.write(lambda c: sql.import_blocks(c, self.name, chunk))
+        pending: asyncio.Task[int] | None = None
+
+        async def flush(batch: list[SnapshotBlock]) -> asyncio.Task[int]:
+            if pending is not None:
+                self.copied = await pending
+            return asyncio.create_task(self.store.write(lambda c: sql.import_blocks(c, self.name, batch)))
+
+        try:
+            async for item in blocks:
+                if isinstance(item, SnapshotBlock):
+                    chunk.append(item)
+                    if len(chunk) >= size:
+                        pending = await flush(chunk)
+                        chunk = []
+            if chunk:
+                pending = await flush(chunk)
+            if pending is not None:
+                self.copied = await pending
+                pending = None
+        finally:
+            if pending is not None and not pending.done():
+                pending.cancel()  # cut short: the next copy clears whatever of it committed
 
     # ---- catching up ---------------------------------------------------------------------------------
     async def _register(self, client: ChangeStreamClient, at: int) -> None:
