@@ -57,6 +57,15 @@ def _operations(name: str) -> list[pytest.param]:
             if mode is schemathesis.GenerationMode.POSITIVE or _has_inputs(name, op.path, op.method)]
 
 
+def lift_fences(base: str, session: requests.Session, path: str) -> None:
+    """After fuzzing a fence route: a generated fence holds writes to its ranges for up to 60 s (the cache in front
+    of this node included), so lift every one before the next operation's cases."""
+    if not path.startswith("/v1/fences"):
+        return
+    for fence in session.get(base + "/v1/fences", timeout=10).json()["fences"]:
+        session.delete(f"{base}/v1/fences/{fence['name']}", timeout=10)
+
+
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fuzz")
@@ -90,7 +99,10 @@ def test_operation_conforms(servers, name, operation, mode):
         no_long_poll(case)
         case.call_and_validate(base_url=base, session=session, checks=CHECKS, timeout=30)
 
-    run()
+    try:
+        run()
+    finally:
+        lift_fences(base, session, operation.path)
 
 
 # ---- with authentication on --------------------------------------------------------------------------------
@@ -172,7 +184,10 @@ def test_with_credentials_operation_conforms(secured, name, operation, mode):
         response = case.call_and_validate(base_url=base, session=session, checks=CHECKS, timeout=30)
         assert response.status_code not in (401, 403), response.text  # the credential got every request in
 
-    run()
+    try:
+        run()
+    finally:
+        lift_fences(base, session, operation.path)
 
 
 def test_no_credential_in_the_process_logs(secured):
