@@ -35,6 +35,7 @@ CREATE TABLE IF NOT EXISTS moves (
     phase TEXT NOT NULL CHECK (phase IN ('copying', 'catching_up', 'failed')),
     snapshot_lsn INTEGER,              -- the source LSN of the snapshot copied (NULL while copying)
     source_lsn INTEGER,                -- the cursor: the source LSN applied through (NULL while copying)
+    last_change_lsn INTEGER,           -- the source LSN of the newest change of the ranges applied (or the snapshot)
     copied INTEGER NOT NULL,           -- blocks imported from the snapshot
     total INTEGER,                     -- blocks in the snapshot (the source's estimate until it is copied)
     last_applied_time REAL,            -- the source's commit time of the newest change applied
@@ -71,6 +72,8 @@ def ensure_schema(conn: sqlite3.Connection) -> None:
     """Create the moves table of an older store file (one statement: executescript would commit the writer's
     transaction)."""
     conn.execute(SCHEMA)
+    if "last_change_lsn" not in {r[1] for r in conn.execute("PRAGMA table_info(moves)")}:
+        conn.execute("ALTER TABLE moves ADD COLUMN last_change_lsn INTEGER")
 
 
 def load_all(conn: sqlite3.Connection) -> list[MoveRow]:
@@ -105,8 +108,9 @@ def set_failed(conn: sqlite3.Connection, name: str, error: str) -> None:
 # ---- copying ------------------------------------------------------------------------------------------------------
 def begin_copy(conn: sqlite3.Connection, name: str, total: int | None) -> None:
     """(Re)start the copy: no cursor, nothing copied (the caller then clears the ranges)."""
-    conn.execute("UPDATE moves SET phase = 'copying', snapshot_lsn = NULL, source_lsn = NULL, copied = 0, total = ?, "
-                 "last_applied_time = NULL, error = NULL, updated = ? WHERE name = ?", (total, time.time(), name))
+    conn.execute("UPDATE moves SET phase = 'copying', snapshot_lsn = NULL, source_lsn = NULL, last_change_lsn = NULL, "
+                 "copied = 0, total = ?, last_applied_time = NULL, error = NULL, updated = ? WHERE name = ?",
+                 (total, time.time(), name))
 
 
 def clear_batch(conn: sqlite3.Connection, ranges: Sequence[Range], limit: int) -> int:
@@ -151,8 +155,9 @@ def import_blocks(conn: sqlite3.Connection, name: str, blocks: Iterable[Snapshot
 
 def finish_copy(conn: sqlite3.Connection, name: str, snapshot_lsn: int) -> None:
     """The snapshot is in: catch up from its LSN (the cursor), with the exact block count as the total."""
-    conn.execute("UPDATE moves SET phase = 'catching_up', snapshot_lsn = ?, source_lsn = ?, total = copied, "
-                 "updated = ? WHERE name = ?", (snapshot_lsn, snapshot_lsn, time.time(), name))
+    conn.execute("UPDATE moves SET phase = 'catching_up', snapshot_lsn = ?, source_lsn = ?, last_change_lsn = ?, "
+                 "total = copied, updated = ? WHERE name = ?", (snapshot_lsn, snapshot_lsn, snapshot_lsn, time.time(),
+                                                               name))
 
 
 # ---- catching up -----------------------------------------------------------------------------------------------
@@ -176,14 +181,16 @@ def apply_changes(conn: sqlite3.Connection, name: str, changes: Sequence[StreamC
         raise LookupError(f"move {name} is not catching up")
     at, frames, now = int(row[0]), frames_recorded(conn), time.time()
     newest: float | None = None
+    changed: int | None = None
     for c in changes:
         if c.lsn <= at:
             continue
         _apply_one(conn, c, now, frames)
-        at, newest = c.lsn, c.time
+        at, newest, changed = c.lsn, c.time, c.lsn
     at = max(at, through)
-    conn.execute("UPDATE moves SET source_lsn = ?, last_applied_time = coalesce(?, last_applied_time), updated = ? "
-                 "WHERE name = ?", (at, newest, now, name))
+    conn.execute("UPDATE moves SET source_lsn = ?, last_change_lsn = coalesce(?, last_change_lsn), "
+                 "last_applied_time = coalesce(?, last_applied_time), updated = ? WHERE name = ?",
+                 (at, changed, newest, now, name))
     return at
 
 
@@ -217,14 +224,17 @@ def range_digest(conn: sqlite3.Connection, ranges: Sequence[Range]) -> dict[str,
 
 def move_digest(conn: sqlite3.Connection, name: str, ranges: Sequence[Range], at: int,
                 started: Callable[[], None]) -> dict[str, Any] | int | None:
-    """The move's ranges' digest with its cursor at exactly source LSN ``at``, from one read transaction: the
-    digest, or the cursor when it is elsewhere (None: the move is not catching up). ``started`` runs once the
-    cursor is read, which fixes what the transaction sees (a puller held at ``at`` may then go on)."""
+    """The move's ranges' digest as of source LSN ``at``, from one read transaction: the digest when the ranges'
+    content here is the source's at ``at`` - the cursor has reached ``at`` and no change of the ranges after ``at``
+    was applied (the newest one applied is at or before it) - else the cursor (None: not catching up).
+    ``started`` runs once the cursor is read, which fixes what the transaction sees (a held puller may go on)."""
     conn.execute("BEGIN")
     try:
-        applied = cursor(conn, name)
+        row = conn.execute("SELECT source_lsn, last_change_lsn FROM moves WHERE name = ?", (name,)).fetchone()
         started()
-        if applied is None or applied != at:
+        applied = None if row is None or row[0] is None else int(row[0])
+        changed = applied if row is None or row[1] is None else int(row[1])
+        if applied is None or changed is None or not changed <= at <= applied:
             return applied
         return {"sourceLsn": at} | _digest_blocks(conn, ranges)
     finally:

@@ -253,9 +253,17 @@ def test_discard_removes_every_moved_block_and_conflicts_are_409(tmp_path, keyri
         caught_up(target, src)
         d = digests_agree(src, target)
         assert d["blocks"] > 200
-        # A digest at an LSN the target has passed.
-        for i in range(3):
-            http("PUT", f"{src.url}/v1/tables/t/blocks/late{i}", b"x")
+        # Writes outside the range move the cursor on without changing the range: the digest at the earlier LSN is
+        # still answered. One write inside it, and that LSN has passed.
+        lower = [k for k in (f"low{i}" for i in range(50)) if keyspace_id("t", k) < HALF][:3]
+        for k in lower:
+            assert http("PUT", f"{src.url}/v1/tables/t/blocks/{k}", b"x")[0] == 200
+        caught_up(target, src)
+        status, same = http_json("GET", f"{target.url}/v1/moves/m1/digest?sourceLsn={d['lsn']}")
+        assert status == 200 and (same["digest"], same["sourceLsn"]) == (d["digest"], d["lsn"])
+        late = [k for k in (f"late{i}" for i in range(50)) if keyspace_id("t", k) >= HALF][:3]
+        for k in late:
+            assert http("PUT", f"{src.url}/v1/tables/t/blocks/{k}", b"x")[0] == 200
         caught_up(target, src)
         status, err = http_json("GET", f"{target.url}/v1/moves/m1/digest?sourceLsn={d['lsn']}")
         assert (status, err["error"]) == (409, "lsn_passed")
@@ -263,8 +271,7 @@ def test_discard_removes_every_moved_block_and_conflicts_are_409(tmp_path, keyri
         assert status == 200 and [m["name"] for m in listed["moves"]] == ["m1"]
         # Rollback: the imported blocks go (logged as purges for the target's own consumers), the slot too.
         status, gone = http_json("DELETE", f"{target.url}/v1/moves/m1?discard=true")
-        assert status == 200 and gone["discardedBlocks"] == d["blocks"] + sum(
-            1 for i in range(3) if keyspace_id("t", f"late{i}") >= HALF)
+        assert status == 200 and gone["discardedBlocks"] == d["blocks"] + len(late)
         status, empty = http_json("GET", f"{target.url}/v1/ranges/digest?keyspace={KEYSPACE}")
         assert empty["blocks"] == 0
         assert http_json("GET", f"{src.url}/v1/consumers/move.m1")[0] == 404
@@ -278,8 +285,7 @@ def test_discard_removes_every_moved_block_and_conflicts_are_409(tmp_path, keyri
         for k in deleted:
             assert http("DELETE", f"{src.url}/v1/tables/t/blocks/{k}")[0] == 200
         caught_up(target, src)
-        assert digests_agree(src, target)["blocks"] == d["blocks"] + 3 - len(deleted) - sum(
-            1 for i in range(3) if keyspace_id("t", f"late{i}") < HALF)
+        assert digests_agree(src, target)["blocks"] == d["blocks"] + len(late) - len(deleted)
         # Closed without discard, then moved again: the copy clears the leftovers first.
         assert http_json("DELETE", f"{target.url}/v1/moves/m1")[1]["discardedBlocks"] == 0
         more = [f"pre{i}" for i in range(1, 600, 3) if keyspace_id("t", f"pre{i}") >= HALF]

@@ -153,7 +153,12 @@ def test_import_then_catch_up_exactly_once(stores):
     # Digest at exactly the cursor, else the cursor.
     d = reading(dst, lambda c: sql.move_digest(c, "m", spec.ranges, 21, lambda: None))
     assert d["sourceLsn"] == 21 and d["blocks"] == 3
-    assert reading(dst, lambda c: sql.move_digest(c, "m", spec.ranges, 20, lambda: None)) == 21
+    assert reading(dst, lambda c: sql.move_digest(c, "m", spec.ranges, 20, lambda: None)) == 21  # a change at 21
+    # Pages with nothing of the ranges move the cursor on: the content is the source's at any LSN from the newest
+    # change applied (21) to the cursor.
+    assert dst.submit(lambda c: sql.apply_changes(c, "m", [], 30)).result() == 30
+    assert reading(dst, lambda c: sql.move_digest(c, "m", spec.ranges, 25, lambda: None))["blocks"] == 3
+    assert reading(dst, lambda c: sql.move_digest(c, "m", spec.ranges, 31, lambda: None)) == 30  # not reached
     # Discard: every block of the range goes, logged as purges; the move row goes.
     assert dst.submit(lambda c: sql.clear_batch(c, spec.ranges, 2)).result() == 2
     assert dst.submit(lambda c: sql.clear_batch(c, spec.ranges, 2)).result() == 1
