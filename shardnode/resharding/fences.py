@@ -135,6 +135,15 @@ class FenceGate:
         # each of them. Writes admitted later are held, so none in the ranges can commit between here and F.
         return await self.last_lsn() if self.last_lsn is not None else 0
 
+    def renew(self, name: str) -> bool:
+        """Restart a standing fence's lapse clock (False: it does not stand); a map push conditioned on it calls this
+        right before the map is stored, so the fence holds until the map is in force."""
+        fence = next((f for f in self.active() if f.name == name), None)
+        if fence is None:
+            return False
+        self.fences[name] = Fence(name, fence.ranges, fence.hold_seconds, time.monotonic() + fence.hold_seconds)
+        return True
+
     def lift(self, name: str) -> bool:
         """Remove a fence (False: there was none); its held writes go on, or get 421 under the map in force."""
         gone = self.fences.pop(name, None) is not None

@@ -54,6 +54,7 @@ class SourceSide:
             await store.write(lambda c: sql.store_pushed_map(c, pmap))
 
         self.source.persist = persist
+        self.source.fence_renew = self.gate.renew
 
     # ---- purge ----
     def owned(self, ranges: tuple[Range, ...], epoch: int) -> None:

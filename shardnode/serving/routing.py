@@ -138,6 +138,10 @@ def misdirected_response(m: Misdirection) -> web.Response:
 PushOutcome = Literal["accepted", "same"]
 
 
+class FenceGone(RuntimeError):
+    """A push conditioned on a fence (``?fence=<name>``) whose fence no longer stands (409 ``fence_gone``)."""
+
+
 class MapConflict(ValueError):
     """A pushed map refused (409): its epoch is below the one in force, or equal with other content."""
 
@@ -184,6 +188,8 @@ class PartitionMapSource:
         self._fingerprint: tuple[object, ...] | None = None
         self._checked_at = float("-inf")
         self.persist: Callable[[PartitionMap], Awaitable[None]] | None = None
+        # Set by the node: renew the named fence if it stands, else False (a push with ?fence=<name>).
+        self.fence_renew: Callable[[str], bool] | None = None
         self.listeners: list[Callable[[], None]] = []
         self._push_lock: asyncio.Lock | None = None
         self.reload()
@@ -200,6 +206,7 @@ class PartitionMapSource:
         src._fingerprint = ("fixed",)
         src._checked_at = float("inf")
         src.persist = None
+        src.fence_renew = None
         src.listeners = []
         src._push_lock = None
         return src
@@ -249,14 +256,18 @@ class PartitionMapSource:
                 listener()
         return changed
 
-    async def push(self, pmap: PartitionMap) -> PushOutcome:
-        """Take a pushed map (persisted first when ``persist`` is set); MapConflict when it is refused."""
+    async def push(self, pmap: PartitionMap, fence: str | None = None) -> PushOutcome:
+        """Take a pushed map (persisted first when ``persist`` is set); MapConflict when it is refused. With
+        ``fence``, a map not yet in force is taken only while that fence stands (renewed first, so it cannot lapse
+        while the map is stored), else FenceGone: a source gives a range away only while its writes are held."""
         if self._push_lock is None:
             self._push_lock = asyncio.Lock()  # made on the serving loop, not at construction
         async with self._push_lock:  # one push at a time: the decision and the persist see the same map in force
             self.maybe_reload()
             outcome = push_decision(self._map, pmap)
             if outcome == "accepted":
+                if fence is not None and (self.fence_renew is None or not self.fence_renew(fence)):
+                    raise FenceGone(f"fence {fence!r} does not stand here (lifted, lapsed, or never put)")
                 if self.persist is not None:
                     await self.persist(pmap)
                 self._pushed = pmap
@@ -503,18 +514,23 @@ def partitions_handler(source: PartitionMapSource) -> Handler:
 
 
 def push_handler(source: PartitionMapSource) -> Handler:
-    """Handler for ``PUT /v1/partitions`` (docs/resharding.md): a higher epoch is taken (200 ``accepted``), the map
-    in force again is a no-op (200 ``same``), a lower epoch or the same epoch with other content is 409."""
+    """Handler for ``PUT /v1/partitions[?fence=<name>]`` (docs/resharding.md): a higher epoch is taken (200
+    ``accepted``), the map in force again is a no-op (200 ``same``), a lower epoch or the same epoch with other content
+    is 409 ``epoch_conflict``; with ``fence``, a new map is taken only while that fence stands (409 ``fence_gone``)."""
 
     async def handler(request: web.Request) -> web.Response:
         try:
             pmap = PartitionMap.from_json(await request.read())
         except (ValueError, UnicodeDecodeError) as exc:
             return web.json_response({"error": "invalid_body", "message": f"not a partition map: {exc}"}, status=400)
+        fence = request.query.get("fence")
         try:
-            outcome = await source.push(pmap)
+            outcome = await source.push(pmap, fence)
         except MapConflict as exc:
             return web.json_response({"error": "epoch_conflict", "message": str(exc), "epoch": exc.epoch},
+                                     status=409)
+        except FenceGone as exc:
+            return web.json_response({"error": "fence_gone", "message": str(exc), "epoch": source.epoch},
                                      status=409)
         return web.json_response({"epoch": pmap.epoch, "outcome": outcome})
 

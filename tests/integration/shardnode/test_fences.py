@@ -114,8 +114,8 @@ def test_fence_holds_writes_covers_every_ack_then_421_after_the_push(source):
     other = keys_in(1, 1)[0]
     assert put(n, other, b"x")[0] == 421  # not ours at all: refused at once, not held
 
-    status, body = http("PUT", n.url + "/v1/partitions", moved_away().to_json().encode())
-    assert status == 200, body
+    status, body = http("PUT", n.url + "/v1/partitions?fence=move-a", moved_away().to_json().encode())
+    assert status == 200, body  # taken while the fence stands
     writer.join(30)
     assert not writer.is_alive()
     assert writer.refused and writer.refused[0]["error"] == "misdirected"
@@ -124,6 +124,9 @@ def test_fence_holds_writes_covers_every_ack_then_421_after_the_push(source):
     assert changes_after(n, f) == []  # the held write was stored nowhere
     assert http_json("DELETE", f"{n.url}/v1/fences/move-a")[1] == {"name": "move-a", "removed": True}
     assert http_json("DELETE", f"{n.url}/v1/fences/move-a")[1]["removed"] is False  # idempotent
+    # The same map again after the fence went is a no-op, condition or not (an operator retrying its push).
+    status, body = http("PUT", n.url + "/v1/partitions?fence=move-a", moved_away().to_json().encode())
+    assert (status, json.loads(body)["outcome"]) == (200, "same")
 
 
 def test_lifted_fence_lets_held_writes_through(source):
@@ -158,3 +161,17 @@ def test_fence_validation(source):
         status, body = http_json("PUT", f"{n.url}/v1/fences/f", doc)
         assert status == 400, (doc, body)
     assert http_json("PUT", f"{n.url}/v1/fences/bad%20name", {"ranges": RANGE0})[0] == 400
+
+
+def test_a_push_conditioned_on_a_lapsed_fence_is_refused(source):
+    n = source
+    key = keys_in(0, 1)[0]
+    f = fence(n, "lapses", hold=0.3)
+    wait_for(lambda: http_json("GET", n.url + "/v1/fences")[1]["fences"] == [], what="the fence to lapse")
+    status, body = http_json("PUT", n.url + "/v1/partitions?fence=lapses", moved_away().to_dict())
+    assert status == 409 and body["error"] == "fence_gone" and body["epoch"] == 1
+    assert http_json("GET", n.url + "/v1/partitions")[1]["epoch"] == 1  # the range was not given away
+    status, body = put(n, key, b"after the lapse")  # writes went on after the lapse: the cutover must be retried
+    assert status == 200 and body["lsn"] > f
+    status, body = http_json("PUT", n.url + "/v1/partitions?fence=never-put", moved_away().to_dict())
+    assert status == 409 and body["error"] == "fence_gone"

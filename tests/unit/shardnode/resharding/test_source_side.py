@@ -18,7 +18,13 @@ from chronoshard.shardnode.resharding.fences import (
     parse_ranges,
 )
 from chronoshard.shardnode.serving.http_common import ApiError
-from chronoshard.shardnode.serving.routing import MapConflict, PartitionMapSource, in_force, push_decision
+from chronoshard.shardnode.serving.routing import (
+    FenceGone,
+    MapConflict,
+    PartitionMapSource,
+    in_force,
+    push_decision,
+)
 
 BASE = initial_map(2)
 P0, P1 = BASE.partitions
@@ -190,3 +196,24 @@ async def test_fence_lapses_and_only_its_ranges_are_held():
     assert gate.held_total == 0
     assert await w.write(key_in(P0)) == 2  # held until the fence lapsed
     assert gate.held_total == 1 and gate.active() == [] and gate.describe() == []
+
+
+async def test_a_push_conditioned_on_a_fence_needs_it_standing_and_renews_it():
+    gate, _, src = gate_for(BASE)
+    assert src is not None
+    src.fence_renew = gate.renew
+    with pytest.raises(FenceGone):
+        await src.push(moved(2, 1), fence="cutover")  # never put
+    assert src.require() == BASE
+    await gate.put("cutover", [(P0.start, P0.end)], 0.2)
+    before = gate.fences["cutover"].expires
+    await asyncio.sleep(0.05)
+    assert await src.push(moved(2, 1), fence="cutover") == "accepted"
+    assert gate.fences["cutover"].expires > before  # renewed before the map was stored
+    gate.lift("cutover")
+    assert await src.push(moved(2, 1), fence="cutover") == "same"  # already in force: no condition
+    await gate.put("short", [(P0.start, P0.end)], 0.01)
+    await until(lambda: gate.active() == [])
+    with pytest.raises(FenceGone):
+        await src.push(moved(3, 0), fence="short")
+    assert src.require() == moved(2, 1)
