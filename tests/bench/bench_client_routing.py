@@ -26,8 +26,10 @@ shared, so one pass each would compare two different moments) and the median pri
   price of a forward without the load concentration.
 
 Beside the rates, the CPU time each get cost, summed over every process of the set-up (this client, the
-caches, the nodes; from /proc and getrusage), and direct ÷ forwarded of it: what the rate ratio tends to when
-the processes are CPU-bound, and a figure other work on a shared machine does not move much, as it does the rates.
+caches, the nodes; from /proc and getrusage) net of what they spend idle (their background work, measured for
+``IDLE_SECONDS`` with no requests in the same run, times the phase's duration), and direct ÷ forwarded of it: what
+the rate ratio tends to when the processes are CPU-bound, and a figure other work on a shared machine moves less
+than the rates.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from chronoshard.shardnode.keyspace.partitioning import PartitionMap, initial_ma
 from tests.integration.client.shards import ShardCaches, ShardNodes
 
 MAX_VALUE = 16 * 1024
+IDLE_SECONDS = 5.0
 TABLE = "bench"
 
 
@@ -170,12 +173,16 @@ async def forwarding_rounds(pmap: PartitionMap, urls: list[str], w: Workload, ar
         "every get forwarded, spread": lambda k: via[(owner[k] + 1) % len(urls)].get(table, k),
     }
     out: dict[str, list[Figures]] = {name: [] for name in setups}
+    before, t0 = cpu_seconds(pids), time.perf_counter()
+    await asyncio.sleep(IDLE_SECONDS)
+    idle = (cpu_seconds(pids) - before) / (time.perf_counter() - t0)  # CPU seconds per second with no requests
+    print(f"idle background of the set-up's processes: {idle * 100:.1f}% of a core (subtracted from CPU per get)")
     try:
         for _ in range(args.rounds):
             for name, get in setups.items():
                 before = cpu_seconds(pids)
                 figs = await drive([lambda k=k, get=get: get(k) for k in w.gets], args.concurrency, args.budget)
-                figs.cpu = cpu_seconds(pids) - before
+                figs.cpu = cpu_seconds(pids) - before - idle * figs.seconds
                 out[name].append(figs)
     finally:
         for c in (direct, *via):
