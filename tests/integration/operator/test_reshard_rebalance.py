@@ -104,5 +104,5 @@ def test_a_scale_waits_for_a_running_reshard(operator_runner, apis, namespace):
     apis["custom"].delete_namespaced_custom_object(GROUP, VERSION, namespace, "reshards", "busy-move")
     wait_for(lambda: apis["apps"].read_namespaced_stateful_set("busy", namespace).spec.replicas == 3,
              what="the scale once the Reshard is gone")
-    pmap = (_get(apis, namespace, "shardsets", "busy") or {})["status"]["partitionMap"]
-    assert pmap["epoch"] == 2
+    wait_for(lambda: (_get(apis, namespace, "shardsets", "busy") or {})["status"]["partitionMap"]["epoch"] == 2,
+             what="the rescaled map in the status")
