@@ -46,6 +46,7 @@ class LocalCluster:
     state_dir: Path
     kubeconfig: Path
     bin_dir: Path
+    console_port: int | None = None  # the recovery console's, when `up` started it (with the operator)
 
     def kubectl(self, *args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess:
         proc = subprocess.run(
@@ -211,10 +212,15 @@ def _identity_tls(cluster: LocalCluster, namespace: str, shardset: str, identity
 
 
 def start_cluster(state: Path, *extra: str, env: dict[str, str] | None = None) -> LocalCluster:
-    up = dev(state, "up", "--backoff-base", "1", *extra, env=env)
+    """``chronoshard-dev up`` in ``state``; the recovery console (when started) on a free port, not the default
+    7410, which another cluster on the machine (a parallel worker, another checkout's tests) may hold."""
+    console_port = None if "--no-operator" in extra or "--no-console" in extra else free_port()
+    port_args = [] if console_port is None else ["--console-port", str(console_port)]
+    up = dev(state, "up", "--backoff-base", "1", *port_args, *extra, env=env)
     assert up.returncode == 0, f"chronoshard-dev up failed:\n{up.stdout}\n{up.stderr}"
     info = json.loads((state / "dev.json").read_text())["controlplane"]
-    return LocalCluster(state_dir=state, kubeconfig=Path(info["kubeconfig"]), bin_dir=Path(info["bin_dir"]))
+    return LocalCluster(state_dir=state, kubeconfig=Path(info["kubeconfig"]), bin_dir=Path(info["bin_dir"]),
+                        console_port=console_port)
 
 
 @pytest.fixture(scope="session")
