@@ -267,8 +267,9 @@ async def cutover(session: aiohttp.ClientSession, src: Proc, dst: Proc, name: st
                 break
             check_deadline(f"cutting over {name}: fence LSN {fence['fenceLsn']}, target {m}")
             await asyncio.sleep(POLL)
-        for proc in (src, dst):
-            await call(session, "PUT", f"{proc.url}/v1/partitions", new_map.to_dict())
+        # The source takes the map only while our fence stands (else 409 fence_gone: the cutover would be retried).
+        await call(session, "PUT", f"{src.url}/v1/partitions?fence={name}", new_map.to_dict())
+        await call(session, "PUT", f"{dst.url}/v1/partitions", new_map.to_dict())
     finally:
         await call(session, "DELETE", f"{src.url}/v1/fences/{name}", ok=(200, 204, 404))
         r.fence_window = (started, time.monotonic())
