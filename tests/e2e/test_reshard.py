@@ -10,8 +10,9 @@ Afterwards: every acknowledged write is readable with its last value and no read
 serves it, and every key is held by exactly its owner (each node scanned; the Reshards complete only after the
 sources purged what they moved away, so nothing is left behind).
 
-The rebalance Reshards get ``gracePeriod: 2s`` (patched when the operator creates them; the default 5 m would
-outlast the test). ``reshard_env``, ``App`` and ``Chaos`` are also used by tests/bench/bench_reshard_faults.py.
+The rebalance Reshards get ``gracePeriod: 2s`` from the ShardSet's ``spec.partitioning.gracePeriod`` (the default
+5 m would outlast the test). ``reshard_env``, ``App`` and ``Chaos`` are also used by
+tests/bench/bench_reshard_faults.py.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ STEP_TIMEOUT = 100.0  # one rebalance Reshard, kills included
 
 def shardset(shards: int, rebalance: bool = True) -> dict[str, Any]:
     return {"apiVersion": "chronoshard.io/v1alpha1", "kind": "ShardSet", "metadata": {"name": NAME, "namespace": NS},
-            "spec": {"shards": shards, "cache": {"size": "8Mi"}, "partitioning": {"rebalance": rebalance}}}
+            "spec": {"shards": shards, "cache": {"size": "8Mi"},
+                     "partitioning": {"rebalance": rebalance, "gracePeriod": GRACE}}}
 
 
 @dataclass
@@ -288,16 +290,14 @@ class Chaos(threading.Thread):
 
 # ---- driving the scale --------------------------------------------------------------------------------
 def scale(env: Env, shards: int, names: list[str]) -> str:
-    """Set spec.shards; wait for the operator's new rebalance Reshard, give it a short grace period, append its
-    name to ``names`` (the Chaos thread reads it) and return it."""
+    """Set spec.shards; wait for the operator's new rebalance Reshard, append its name to ``names`` (the Chaos thread
+    reads it) and return it."""
     before = {r["metadata"]["name"] for r in env.reshards()}
     env.cluster.kubectl("patch", "shardset", NAME, "-n", NS, "--type", "merge", "-p",
                         json.dumps({"spec": {"shards": shards}}))
     name = str(wait_for(lambda: next((r["metadata"]["name"] for r in env.reshards()
                                       if r["metadata"]["name"] not in before), None),
                         timeout=60, interval=0.2, what=f"the rebalance Reshard for {shards} shards"))
-    env.cluster.kubectl("patch", "reshard", name, "-n", NS, "--type", "merge", "-p",
-                        json.dumps({"spec": {"gracePeriod": GRACE}}))
     names.append(name)
     return name
 
