@@ -503,7 +503,9 @@ async def _cutover(t: Target, p: Partition, to_shard: int, name: str, new_map: P
                 return Cutover(None, f"the target did not apply through fence LSN {fence_lsn} within "
                                      f"{t.spec.cutover_timeout}")
             await asyncio.sleep(CUTOVER_POLL_SECONDS)
-        pushed = await probe.put_map(t.pods, p.shard, new_map.to_dict())
+        # Conditional on the fence: one that lapsed (or a source restarted) since F may have let writes commit
+        # above F, which the target has not applied; then the source keeps the range and the cutover is retried.
+        pushed = await probe.put_map(t.pods, p.shard, new_map.to_dict(), fence=name)
         if not pushed.ok:
             check = await probe.get_map(t.pods, p.shard)
             if not plan.owns(check.body if check.ok else None, p.id, to_shard, new_map.epoch):

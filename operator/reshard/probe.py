@@ -99,9 +99,12 @@ def fence_path(name: str) -> str:
     return f"/v1/fences/{quote(name, safe='')}"
 
 
-async def put_map(pods: Pods, shard: int, doc: Mapping[str, Any], role: str = NODE) -> Answer:
-    """``PUT /v1/partitions`` on one process (a node persists it before answering)."""
-    return await call(pods, shard, "PUT", "/v1/partitions", role=role, doc=dict(doc))
+async def put_map(pods: Pods, shard: int, doc: Mapping[str, Any], role: str = NODE, fence: str | None = None
+                  ) -> Answer:
+    """``PUT /v1/partitions`` on one process (a node persists it before answering); with ``fence``, the source
+    takes it only while that fence still stands (409 ``fence_gone`` otherwise: writes may have passed F)."""
+    params = {"fence": fence} if fence else None
+    return await call(pods, shard, "PUT", "/v1/partitions", role=role, doc=dict(doc), params=params)
 
 
 async def put_map_everywhere(pods: Pods, doc: Mapping[str, Any], skip_nodes: frozenset[int] = frozenset()
