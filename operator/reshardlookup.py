@@ -28,7 +28,8 @@ def moving(reshards: Iterable[Mapping[str, Any]], shardset: str) -> str | None:
         if ((r.get("spec") or {}).get("shardSetRef") or {}).get("name") != shardset or status.get("phase") != "Running":
             continue
         current = status.get("currentStep")
-        if any(row.get("index") == current and row.get("phase") in MOVING_PHASES for row in status.get("steps") or []):
+        if any(row.get("index") == current and row.get("type") == "move" and row.get("phase") in MOVING_PHASES
+               for row in status.get("steps") or []):  # a split's or merge's CuttingOver moves no data
             return str(r["metadata"]["name"])
     return None
 

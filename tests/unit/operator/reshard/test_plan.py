@@ -76,9 +76,11 @@ def test_a_rotation_in_progress_holds_a_move_and_a_moving_reshard_holds_a_rewrap
     idle = {"metadata": {"name": "k"}, "status": {"phase": "Waiting"}}
     busy = {"metadata": {"name": "k2"}, "status": {"phase": "Distributing"}}
     assert plan.rotation_in_progress([idle]) is None and plan.rotation_in_progress([idle, busy]) == "k2"
-    copying = _reshard("m", "t", "Running", steps=[{"index": 0, "phase": "Completed"},
-                                                   {"index": 1, "phase": "Copying"}], current=1)
-    waiting = _reshard("w", "t", "Running", steps=[{"index": 0, "phase": "Pending"}])
+    copying = _reshard("m", "t", "Running", steps=[{"index": 0, "type": "split", "phase": "Completed"},
+                                                   {"index": 1, "type": "move", "phase": "Copying"}], current=1)
+    waiting = _reshard("w", "t", "Running", steps=[{"index": 0, "type": "move", "phase": "Pending"}])
+    splitting = _reshard("s", "t", "Running", steps=[{"index": 0, "type": "split", "phase": "CuttingOver"}])
+    assert moving([splitting], "orders") is None  # a map change moves no data
     assert moving([copying], "orders") == "m"
     assert moving([waiting], "orders") is None  # a move waiting for the rotation does not hold it: no deadlock
     assert moving([copying], "other") is None
