@@ -53,8 +53,9 @@ class Proc:
         self.url = f"http://127.0.0.1:{port}"
         self.p: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 20) -> Proc:
-        """Start and wait until /readyz answers 200 (public, so this works with authentication on too)."""
+    def start(self, timeout: float = 60) -> Proc:
+        """Start and wait until /readyz answers 200 (public, so this works with authentication on too).
+        ``timeout`` only bounds a hung start: with both cores busy a cold start (imports) took over 20 s."""
         with open(self.log_path, "ab") as log:
             self.p = subprocess.Popen(self.argv, stdout=log, stderr=log,
                                       env=None if self.env is None else dict(self.env))
