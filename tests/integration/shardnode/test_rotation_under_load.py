@@ -10,7 +10,7 @@ import aiohttp
 
 from tests.integration.shardnode.procs import cache, http_json, node, run_verify
 from tests.support.kubelet_dir import write_keyring
-from tests.support.waiting import wait_for
+from tests.support.waiting import wait_for, wait_for_async
 
 K1, K2 = os.urandom(32), os.urandom(32)
 
@@ -27,6 +27,7 @@ def test_rotation_with_zero_failed_requests(tmp_path):
     procs = [c, n]
     failures: list[str] = []
     latest: dict[str, bytes] = {}
+    puts = [0]  # acknowledged PUTs so far
     stop = asyncio.Event()
 
     async def client(i: int, s: aiohttp.ClientSession) -> None:
@@ -39,6 +40,7 @@ def test_rotation_with_zero_failed_requests(tmp_path):
                     failures.append(f"PUT {key}: {r.status} {await r.text()}")
                 else:
                     latest[key] = val
+                    puts[0] += 1
             async with s.get(f"{c.url}/v1/tables/rot/blocks/{key}") as r:
                 body = await r.read()
                 if r.status != 200 or body != latest.get(key):
@@ -63,7 +65,11 @@ def test_rotation_with_zero_failed_requests(tmp_path):
         assert set(counts) == {"2"}, counts
         write_keyring(keyring, 4, {2: ("primary", K2)})
         await asyncio.to_thread(wait_for, lambda: _all_report(urls, 4))
-        await asyncio.sleep(0.5)  # keep the load running on the final keyring for a moment
+        # Keep the load running on the final keyring until it has written every key (on a loaded machine the
+        # whole rotation could pass before the clients got round all 160).
+        final = puts[0]
+        await wait_for_async(lambda: puts[0] >= final + 20 and len(latest) == 160, timeout=50,
+                             what="writes on the final keyring and every key written")
         return done
 
     async def scenario() -> dict:
