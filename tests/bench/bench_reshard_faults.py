@@ -66,7 +66,7 @@ def one_run(env: Env, run: int, kind: str, phase: str, partition: int, to: int) 
         chaos.stop()
         h = app.stop()
     report = check(h.writes, h.reads, final_state(env, app.keys))
-    check_layout(env, 3)
+    check_layout(env, 3, every_shard_owns=False)  # moves by hand leave a shard without a partition
     row = obj["status"]["steps"][0]
     return {"run": run, "kill": kind, "phase": phase, "landed": plan[0].step is not None, "ok": report.ok,
             "history": report.summary(), "failedReads": len(h.failed_reads), "failedWrites": len(h.failed_writes),
