@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
 import kopf
 from chronoshard.shardnode.keyspace.partitioning import Partition, PartitionMap, format_id
 from kubernetes.client.exceptions import ApiException
@@ -487,8 +488,14 @@ class Cutover:
 async def _cutover(t: Target, p: Partition, to_shard: int, name: str, new_map: PartitionMap) -> Cutover:
     """Fence the range on the source, wait (within cutoverTimeout) for the target to apply through the fence LSN,
     push the new map to the source, then lift the fence. Lifts the fence on every way out."""
+    async with await probe.session(t.pods) as session:
+        return await _fenced(t, p, to_shard, name, new_map, session)
+
+
+async def _fenced(t: Target, p: Partition, to_shard: int, name: str, new_map: PartitionMap,
+                  session: aiohttp.ClientSession) -> Cutover:
     started = time.monotonic()
-    fence = await probe.call(t.pods, p.shard, "PUT", probe.fence_path(name),
+    fence = await probe.call(t.pods, p.shard, "PUT", probe.fence_path(name), session=session,
                              doc={"ranges": plan.ranges_of(p), "holdSeconds": plan.FENCE_HOLD_SECONDS})
     try:
         if not fence.ok or fence.body is None or not isinstance(fence.body.get("fenceLsn"), int):
@@ -496,7 +503,7 @@ async def _cutover(t: Target, p: Partition, to_shard: int, name: str, new_map: P
         fence_lsn = int(fence.body["fenceLsn"])
         deadline = started + t.spec.cutover_timeout.total_seconds()
         while True:
-            report = await probe.call(t.pods, to_shard, "GET", probe.move_path(name))
+            report = await probe.call(t.pods, to_shard, "GET", probe.move_path(name), session=session)
             if report.ok and plan.cutover_caught_up(report.body or {}, fence_lsn):
                 break
             if time.monotonic() >= deadline:
@@ -505,16 +512,16 @@ async def _cutover(t: Target, p: Partition, to_shard: int, name: str, new_map: P
             await asyncio.sleep(CUTOVER_POLL_SECONDS)
         # Conditional on the fence: one that lapsed (or a source restarted) since F may have let writes commit
         # above F, which the target has not applied; then the source keeps the range and the cutover is retried.
-        pushed = await probe.put_map(t.pods, p.shard, new_map.to_dict(), fence=name)
+        pushed = await probe.put_map(t.pods, p.shard, new_map.to_dict(), fence=name, session=session)
         if not pushed.ok:
             check = await probe.get_map(t.pods, p.shard)
             if not plan.owns(check.body if check.ok else None, p.id, to_shard, new_map.epoch):
                 return Cutover(None, f"the source did not take the new map: {pushed.error}")
         # The target next: until it has the map, writes the source now redirects there would bounce back.
-        await probe.put_map(t.pods, to_shard, new_map.to_dict())
+        await probe.put_map(t.pods, to_shard, new_map.to_dict(), session=session)
         return Cutover((time.monotonic() - started) * 1000.0)
     finally:
-        await probe.call(t.pods, p.shard, "DELETE", probe.fence_path(name))
+        await probe.call(t.pods, p.shard, "DELETE", probe.fence_path(name), session=session)
 
 
 async def _after_cutover(t: Target, st: Step, row: dict[str, Any], spec_step: MoveStep, p: Partition,

@@ -8,7 +8,7 @@ are answers with a short reason, never exceptions, and never carry a body beyond
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -54,26 +54,39 @@ def _describe(status: int, body: Mapping[str, Any] | None) -> str:
 
 async def call(pods: Pods, shard: int, method: str, path: str, *, role: str = NODE,
                params: Mapping[str, str] | None = None, doc: Any = None,
-               timeout: aiohttp.ClientTimeout = TIMEOUT) -> Answer:
-    """One request to ``role`` of shard ``shard``'s pod."""
+               timeout: aiohttp.ClientTimeout = TIMEOUT, session: aiohttp.ClientSession | None = None) -> Answer:
+    """One request to ``role`` of shard ``shard``'s pod (on ``session`` when given: a cutover's polls reuse one
+    connection instead of a TLS handshake each)."""
     pod = pods.get(shard)
     at = podtls.endpoint(pod, shard, role, path) if pod else None
     if at is None:
         return Answer(error=f"shard {shard}: " + ("pod has no IP" if pod else "no pod"))
     try:
-        async with await podtls.session({shard: pod} if pod else {}, timeout) as session, \
-                session.request(method, at.url, server_hostname=at.server_hostname, params=params,
-                                json=doc) as resp:
-            try:
-                body = await resp.json(content_type=None)
-            except ValueError:
-                body = None
-            body = body if isinstance(body, Mapping) else None
-            if resp.status >= 300:
-                return Answer(resp.status, body, f"shard {shard} {role}: {_describe(resp.status, body)}")
-            return Answer(resp.status, body)
+        if session is not None:
+            return await _request(session, shard, role, method, at, params, doc, timeout)
+        async with await podtls.session({shard: pod} if pod else {}, timeout) as own:
+            return await _request(own, shard, role, method, at, params, doc, timeout)
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
         return Answer(error=f"shard {shard} {role}: {type(exc).__name__}")
+
+
+async def _request(session: aiohttp.ClientSession, shard: int, role: str, method: str, at: podtls.Endpoint,
+                   params: Mapping[str, str] | None, doc: Any, timeout: aiohttp.ClientTimeout) -> Answer:
+    async with session.request(method, at.url, server_hostname=at.server_hostname, params=params, json=doc,
+                               timeout=timeout) as resp:
+        try:
+            body = await resp.json(content_type=None)
+        except ValueError:
+            body = None
+        body = body if isinstance(body, Mapping) else None
+        if resp.status >= 300:
+            return Answer(resp.status, body, f"shard {shard} {role}: {_describe(resp.status, body)}")
+        return Answer(resp.status, body)
+
+
+def session(pods: Pods) -> Awaitable[aiohttp.ClientSession]:
+    """A session for many calls to one ShardSet's pods (awaited, then used as ``async with``)."""
+    return podtls.session(pods, TIMEOUT)
 
 
 def source_address(pods: Pods, namespace: str, shardset: str, shard: int) -> dict[str, Any] | None:
@@ -99,12 +112,12 @@ def fence_path(name: str) -> str:
     return f"/v1/fences/{quote(name, safe='')}"
 
 
-async def put_map(pods: Pods, shard: int, doc: Mapping[str, Any], role: str = NODE, fence: str | None = None
-                  ) -> Answer:
+async def put_map(pods: Pods, shard: int, doc: Mapping[str, Any], role: str = NODE, fence: str | None = None,
+                  session: aiohttp.ClientSession | None = None) -> Answer:
     """``PUT /v1/partitions`` on one process (a node persists it before answering); with ``fence``, the source
     takes it only while that fence still stands (409 ``fence_gone`` otherwise: writes may have passed F)."""
     params = {"fence": fence} if fence else None
-    return await call(pods, shard, "PUT", "/v1/partitions", role=role, doc=dict(doc), params=params)
+    return await call(pods, shard, "PUT", "/v1/partitions", role=role, doc=dict(doc), params=params, session=session)
 
 
 async def put_map_everywhere(pods: Pods, doc: Mapping[str, Any], skip_nodes: frozenset[int] = frozenset()
