@@ -177,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
     for pname, make in patterns:
         results = {name: Result() for name, _ in configs}
         gen_s = 0.0
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             t0 = time.perf_counter()
             stream = generate(
                 make(seed), seed=seed, time_factor=args.time_factor, train_hours=args.train_hours,
@@ -243,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(DEFAULT_DATA), help="the CloudPhysics CSV (writes are replayed)")
     ap.add_argument("--pattern", choices=("trace", "synthetic", "both"), default="both")
-    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--seeds", type=int, default=3, help="how many seeds")
+    ap.add_argument("--first-seed", type=int, default=0, help="the first seed (held-out seeds: 3 and on)")
     ap.add_argument("--time-factor", type=float, default=1.0, help="stretch (>1) or compress (<1) the trace's time")
     ap.add_argument("--train-hours", type=float, default=8.0)
     ap.add_argument("--test-hours", type=float, default=24.0)
