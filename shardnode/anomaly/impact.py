@@ -10,6 +10,9 @@ follow each other closely, so an incident that began late in an unflagged window
 bad change. A value that already looked like ciphertext (compressed media) shows encryption only by its byte
 histogram turning uniform (a chi-square test). When nothing but the pace of one usual writer stood out (a plain
 burst), only its changes where its pace is far above its usual one count: its ordinary writes around stay out.
+Then a culprit's changes that nothing in their bytes marks (its deletes, the overwrites of a plain burst) are
+weighed one by one (``_weigh``): the attack's excess pace at the change's time over the culprit's usual pace, times
+how much likelier the change's own traits are for the attack than for ordinary work.
 """
 
 from __future__ import annotations
