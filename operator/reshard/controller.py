@@ -423,6 +423,12 @@ async def _move_verifying(t: Target, st: Step, row: dict[str, Any], spec_step: M
     """The source's range digest at LSN X against the target's at source LSN X."""
     p = _move_partition(t, row, spec_step)
     name = plan.move_name(t.name, int(row["index"]))
+    # The target stops first, then the source digests at its X (at or above the target's cursor), then the target
+    # applies through exactly X: asked the other way round, under steady writes the target had always passed X.
+    held = await probe.call(t.pods, spec_step.to_shard, "PUT", probe.move_path(name) + "/hold",
+                            params={"seconds": str(probe.HOLD_SECONDS)})
+    if not held.ok:
+        return st.wait("NodeUnavailable", str(held.error))
     source = await probe.call(t.pods, p.shard, "GET", "/v1/ranges/digest", params={"keyspace": plan.keyspace_param(p)},
                               timeout=probe.DIGEST_TIMEOUT)
     if not source.ok or source.body is None:

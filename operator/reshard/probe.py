@@ -21,6 +21,8 @@ from ..podcontract import CACHE, NODE, pod_dns_name
 TIMEOUT = aiohttp.ClientTimeout(total=10.0)
 # A digest at a source LSN waits on the target until it has applied that far.
 DIGEST_TIMEOUT = aiohttp.ClientTimeout(total=60.0)
+# The target's pre-hold outlasts the source's digest (bounded by DIGEST_TIMEOUT); a crashed operator's hold lapses.
+HOLD_SECONDS = 60
 Pods = Mapping[int, Mapping[str, Any]]
 
 

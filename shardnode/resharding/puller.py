@@ -73,6 +73,10 @@ class Puller:
         self.copies = 0
         self.apply_lock = asyncio.Lock()
         self.holds: dict[int, int] = {}  # source LSN -> digest requests holding the apply there
+        # The verification's first step: the apply stops where it is, so the source's digest LSN, taken after,
+        # cannot be passed before the digest request holds there (under steady writes it always was).
+        self.pre_hold: int | None = None
+        self._pre_hold_timer: asyncio.TimerHandle | None = None
         self.applied_changed = asyncio.Event()
         self.hold_changed = asyncio.Event()
 
@@ -100,8 +104,26 @@ class Puller:
 
     # ---- holds (digest at a source LSN) ---------------------------------------------------------------
     def hold_limit(self) -> int | None:
-        """The lowest source LSN a digest holds the apply at (None: no hold)."""
-        return min(self.holds) if self.holds else None
+        """The lowest source LSN a digest (or the verification's pre-hold) holds the apply at (None: no hold)."""
+        limits = [*self.holds, *([self.pre_hold] if self.pre_hold is not None else [])]
+        return min(limits) if limits else None
+
+    async def hold_here(self, seconds: float) -> int | None:
+        """Stop the apply at the cursor for at most ``seconds`` (until a digest takes over); returns the cursor."""
+        async with self.apply_lock:  # between two pages: the cursor cannot move under the hold
+            self.drop_pre_hold()
+            self.pre_hold = self.applied if self.applied is not None else 0
+            self._pre_hold_timer = asyncio.get_running_loop().call_later(seconds, self.drop_pre_hold)
+            return self.applied
+
+    def drop_pre_hold(self) -> None:
+        """End the pre-hold (a digest now holds the apply, or its time ran out)."""
+        if self._pre_hold_timer is not None:
+            self._pre_hold_timer.cancel()
+            self._pre_hold_timer = None
+        if self.pre_hold is not None:
+            self.pre_hold = None
+            self.hold_changed.set()
 
     def add_hold(self, lsn: int) -> None:
         """Apply nothing past ``lsn`` until released."""

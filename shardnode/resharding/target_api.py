@@ -175,6 +175,12 @@ class MoveManager:
             if puller.name in self.pullers or await self._drop_slot(puller):
                 return  # dropped, or a new move of that name holds the slot again
 
+    async def hold(self, name: str, seconds: float) -> dict[str, Any]:
+        """Stop the move's apply where it is (verification, step 1): the source's digest LSN taken next is at or
+        above the cursor, so the digest request at that LSN can always be answered."""
+        puller = self.get(name)
+        return {"name": name, "sourceLsn": await puller.hold_here(seconds), "holdSeconds": seconds}
+
     async def digest(self, name: str, at: int, wait_seconds: float) -> dict[str, Any]:
         """The move's ranges' digest with exactly source LSN ``at`` applied: the puller is held at ``at`` until
         the read transaction has begun. 409 lsn_passed / lsn_not_reached otherwise."""
@@ -182,6 +188,7 @@ class MoveManager:
         loop = asyncio.get_running_loop()
         released = threading.Event()
         puller.add_hold(at)
+        puller.drop_pre_hold()  # the pre-hold kept the cursor at or below ``at``: the apply may go on to exactly it
 
         def release() -> None:
             if not released.is_set():
@@ -263,12 +270,17 @@ def handlers(manager_of: ManagerOf) -> dict[str, Callable[[web.Request], Any]]:
         wait = float_query(request, "waitSeconds", 10.0, 0.0, 60.0)
         return web.json_response(await manager_of(request).digest(name, at, wait))
 
+    async def hold(request: web.Request) -> web.Response:
+        name = _name(request)
+        seconds = float_query(request, "seconds", 30.0, 0.1, 120.0)
+        return web.json_response(await manager_of(request).hold(name, seconds))
+
     async def ranges_digest(request: web.Request) -> web.Response:
         ranges = keyspace_ranges(request)
         return web.json_response(await manager_of(request).store().read(lambda c: sql.range_digest(c, ranges)))
 
     return {"put": put, "get_one": get_one, "get_all": get_all, "delete": delete, "digest": digest,
-            "ranges_digest": ranges_digest}
+            "hold": hold, "ranges_digest": ranges_digest}
 
 
 def routes(manager_of: ManagerOf) -> list[Route]:
@@ -278,5 +290,6 @@ def routes(manager_of: ManagerOf) -> list[Route]:
             Route("PUT", "/v1/moves/{name}", h["put"], Access.ADMIN),
             Route("GET", "/v1/moves/{name}", h["get_one"], Access.ADMIN),
             Route("DELETE", "/v1/moves/{name}", h["delete"], Access.ADMIN),
+            Route("PUT", "/v1/moves/{name}/hold", h["hold"], Access.ADMIN),
             Route("GET", "/v1/moves/{name}/digest", h["digest"], Access.ADMIN),
             Route("GET", "/v1/ranges/digest", h["ranges_digest"], Access.REPLICATION)]

@@ -237,11 +237,13 @@ async def copy_phase(session: aiohttp.ClientSession, src: Proc, dst: Proc, src_s
 
 
 async def verify_phase(session: aiohttp.ClientSession, src: Proc, dst: Proc, name: str, r: Round) -> None:
-    """The source's digest at its LSN X, the target's at source LSN X; again while the target was past X."""
+    """The target holds at its cursor, the source digests at its LSN X, the target digests at source LSN X (as the
+    operator does); again if the target was past X anyway."""
     started = time.monotonic()
     while True:
         r.verify_attempts += 1
         attempt = time.monotonic()
+        await call(session, "PUT", f"{dst.url}/v1/moves/{name}/hold?seconds=60")
         _, a = await call(session, "GET", f"{src.url}/v1/ranges/digest?keyspace={KEYSPACE}")
         status, b = await call(session, "GET", f"{dst.url}/v1/moves/{name}/digest?sourceLsn={a['lsn']}"
                                                "&waitSeconds=20", ok=(200, 409))

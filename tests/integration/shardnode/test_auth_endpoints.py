@@ -271,6 +271,7 @@ NODE_ENDPOINTS = [
     Endpoint("GET", "/v1/moves/{name}", Access.ADMIN, "/v1/moves/m", ok=404),
     Endpoint("DELETE", "/v1/moves/{name}", Access.ADMIN, "/v1/moves/m"),
     Endpoint("GET", "/v1/moves/{name}/digest", Access.ADMIN, "/v1/moves/m/digest?sourceLsn=1", ok=404),
+    Endpoint("PUT", "/v1/moves/{name}/hold", Access.ADMIN, "/v1/moves/m/hold?seconds=1", ok=404),
     Endpoint("GET", "/v1/ranges/digest", Access.REPLICATION,
              "/v1/ranges/digest?keyspace=0000000000000000-ffffffffffffffff"),
 ]

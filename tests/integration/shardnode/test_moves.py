@@ -332,3 +332,48 @@ def test_after_the_cutover_a_lost_slot_never_clears_the_range(tmp_path, keyring)
     finally:
         target.stop()
         src.stop()
+
+
+def test_held_first_a_digest_at_the_sources_lsn_is_never_passed_under_steady_writes(tmp_path, keyring):
+    """Verification as the operator runs it - the target holds at its cursor, the source digests at its X, the
+    target digests at exactly X - answers on the first attempt every time while a writer keeps writing into the
+    moving range (asked without the hold first, the target had nearly always passed X: 409 lsn_passed)."""
+    src = shard_node(tmp_path, keyring, "src", 0)
+    target = shard_node(tmp_path, keyring, "dst", 1)
+    prefill(tmp_path / "src" / "data", 2000)
+    src.start()
+    target.start()
+    try:
+        with Writer(src.url) as writer:
+            status, body = http_json("PUT", f"{target.url}/v1/moves/m1", move_body(src))
+            assert status == 201, body
+            caught_up(target, src)
+            for round_ in range(5):
+                before = writer.ok
+                status, held = http_json("PUT", f"{target.url}/v1/moves/m1/hold?seconds=30")
+                assert status == 200, held
+                wait_for(lambda before=before: writer.ok > before + 20, what="writes into the range while held")
+                status, d_src = http_json("GET", f"{src.url}/v1/ranges/digest?keyspace={KEYSPACE}")
+                assert status == 200, d_src
+                assert d_src["lsn"] >= held["sourceLsn"]
+                # More writes into the range before the target is asked: without the hold it would apply them.
+                after = writer.ok
+                wait_for(lambda after=after: writer.ok > after + 20, what="writes into the range after X")
+                status, d_dst = http_json("GET", f"{target.url}/v1/moves/m1/digest?sourceLsn={d_src['lsn']}"
+                                                 "&waitSeconds=20")
+                assert status == 200, (round_, d_dst)
+                assert (d_dst["sourceLsn"], d_dst["blocks"], d_dst["digest"]) == (d_src["lsn"], d_src["blocks"],
+                                                                                  d_src["digest"])
+            # The digest took the hold over and let it go: the target catches up again.
+            caught_up(target, src)
+        # A hold nobody takes over lapses on its own.
+        status, held = http_json("PUT", f"{target.url}/v1/moves/m1/hold?seconds=0.5")
+        assert status == 200, held
+        for i in range(20):
+            http("PUT", f"{src.url}/v1/tables/t/blocks/late{i}", b"x", timeout=5)
+        caught_up(target, src)
+        status, missing = http_json("PUT", f"{target.url}/v1/moves/nope/hold")
+        assert status == 404, missing
+    finally:
+        target.stop()
+        src.stop()
