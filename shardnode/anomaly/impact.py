@@ -10,9 +10,6 @@ follow each other closely, so an incident that began late in an unflagged window
 bad change. A value that already looked like ciphertext (compressed media) shows encryption only by its byte
 histogram turning uniform (a chi-square test). When nothing but the pace of one usual writer stood out (a plain
 burst), only its changes where its pace is far above its usual one count: its ordinary writes around stay out.
-Then a culprit's changes that nothing in their bytes marks (its deletes, the overwrites of a plain burst) are
-weighed one by one (``_weigh``): the attack's excess pace at the change's time over the culprit's usual pace, times
-how much likelier the change's own traits are for the attack than for ordinary work.
 """
 
 from __future__ import annotations
@@ -20,7 +17,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from .calibration import binom_sf
@@ -197,18 +194,6 @@ class _Matcher:
             elif self.suspicious(o):
                 author[o.lsn] = o.identity
 
-    def weak(self, o: ChangeObservation) -> bool:
-        """``o`` is of the kind this incident's evidence cannot tell from ordinary work on its own (a delete, an
-        overwrite of ciphertext-like bytes, any destructive change of a plain burst): it is weighed instead."""
-        if o.lsn in self.repairs:
-            return False
-        e = self.ev[o.lsn]
-        if self.mode == "weak":
-            return e.destructive
-        if self.mode != "strong" or (self.content and e.content) or (self.resize and e.resize):
-            return False
-        return (self.delete and e.delete) or (self.content and e.opaque)
-
     def belongs(self, o: ChangeObservation) -> bool:
         return self.suspicious(o) and (not self.culprit[0] or o.identity == self.culprit[1])
 
@@ -269,23 +254,16 @@ def poisson_isf(mu: float, p: float) -> int:
     return k
 
 
-def usual_pace(
-    obs: Sequence[ChangeObservation],
-    identity: str | None,
-    start: float,
-    span: float,
-    which: Callable[[ChangeObservation], bool] | None = None,
-) -> float | None:
-    """``identity``'s usual destructive changes (those ``which`` accepts, if given) per second before ``start``:
-    the median over the margin's windows (robust to a burst that began in the margin); None without three whole
-    margin windows."""
+def usual_pace(obs: Sequence[ChangeObservation], identity: str | None, start: float, span: float) -> float | None:
+    """``identity``'s usual destructive changes per second before ``start``: the median over the margin's windows
+    (robust to a burst that began in the margin); None without a whole margin window."""
     first = min((o.time for o in obs), default=start)
     n = int((start - first) // span)
     if n < 3:
         return None
     counts = [0] * n
     for o in obs:
-        if o.time < start and o.identity == identity and o.existed and (which is None or which(o)):
+        if o.time < start and o.identity == identity and o.existed:
             i = int((start - o.time) // span)
             if i < n:
                 counts[i] += 1
@@ -312,132 +290,6 @@ def _burst(culprit: Sequence[ChangeObservation], start: float, end: float, pace:
     while hi + 1 < len(times) and dense[hi + 1]:
         hi += 1
     return list(culprit[lo : hi + 1])
-
-
-# -- weighing the changes no single profile can tell ------------------------------------------------------------
-# Some of an incident's changes look like ordinary ones: a delete, an overwrite of a value that already looked like
-# ciphertext, any overwrite in a plain rate burst. Such a change of the culprit joins when the posterior odds that
-# it is the attack's reach 1: the attack's excess pace at its time over the culprit's usual pace of such changes
-# (the prior), times how much likelier its own traits are among the attack's changes than among ordinary ones
-# (naive Bayes): how long ago its key was last written (an attacker sweeps keys whatever their age, ordinary work
-# rewrites the keys it uses) and whether it kept the value's size exactly.
-AGE_BINS = 12  # log2 seconds since the key's previous version: 1 s .. ~1 h, then "before the observations"
-SMOOTHING = 1.0  # Laplace pseudo-count per trait value
-
-
-def age_bin(o: ChangeObservation, first_lsn: int, lsn_times: Sequence[tuple[int, float]]) -> int:
-    """How long before ``o`` its key was last written, as a bin: 0 no previous version, 1.. log2 seconds
-    (capped), AGE_BINS + 1 before the first observation (``lsn_times``: observed (LSN, time), in LSN order)."""
-    if o.prev_lsn is None:
-        return 0
-    if o.prev_lsn < first_lsn:
-        return AGE_BINS + 1
-    i = bisect.bisect_right(lsn_times, (o.prev_lsn, math.inf)) - 1
-    age = max(0.0, o.time - lsn_times[max(i, 0)][1])
-    return 1 + min(int(math.log2(1.0 + age)), AGE_BINS - 1)
-
-
-def traits(o: ChangeObservation, first_lsn: int, lsn_times: Sequence[tuple[int, float]]) -> tuple[int, bool]:
-    """The per-change traits the weighing compares: the age bin of the key's previous version and whether the
-    value's size was kept exactly."""
-    return age_bin(o, first_lsn, lsn_times), o.op == PUT and o.size == o.prev_size
-
-
-def likelihood_ratio(
-    x: tuple[int, bool], attack: Sequence[Mapping[object, float]], usual: Sequence[Mapping[object, float]]
-) -> float:
-    """P(traits | attack) / P(traits | ordinary), each trait independent (naive Bayes), from per-trait counts
-    (``attack[i]``/``usual[i]``: counts of trait i's values; fractional counts allowed), Laplace-smoothed."""
-    ratio = 1.0
-    for value, a, u in zip(x, attack, usual, strict=True):
-        values = len(set(a) | set(u) | {value})
-        pa = (a.get(value, 0.0) + SMOOTHING) / (sum(a.values()) + SMOOTHING * values)
-        pu = (u.get(value, 0.0) + SMOOTHING) / (sum(u.values()) + SMOOTHING * values)
-        ratio *= pa / pu
-    return ratio
-
-
-def trait_counts(xs: Iterable[tuple[int, bool]]) -> list[Counter[object]]:
-    """Per-trait counts of ``xs``."""
-    out: list[Counter[object]] = [Counter(), Counter()]
-    for x in xs:
-        for i, v in enumerate(x):
-            out[i][v] += 1
-    return out
-
-
-def deconvolved(
-    mixed: Sequence[Mapping[object, float]], usual: Sequence[Mapping[object, float]], expected: float
-) -> list[dict[object, float]]:
-    """The attack's trait counts in a mix of attack and ordinary changes: the mix's counts less ``expected``
-    ordinary changes spread as the ordinary ones' traits are (never below 0)."""
-    out: list[dict[object, float]] = []
-    for m, u in zip(mixed, usual, strict=True):
-        total = sum(u.values())
-        c: dict[object, float] = {}
-        for v, n in m.items():
-            left = n - (expected * u.get(v, 0) / total if total else 0.0)
-            if left > 0:
-                c[v] = left
-        out.append(c)
-    return out
-
-
-def excess_pace(times: Sequence[float], t: float, usual: float, span: tuple[float, float], whole: float) -> float:
-    """The attack's pace (changes per second) at ``t`` beyond ``usual``: the larger of the local one (within
-    BURST_SPAN either side, when more than ``usual`` explains at BURST_P) and ``whole`` (the incident's mean excess,
-    inside ``span`` only)."""
-    n = bisect.bisect_right(times, t + BURST_SPAN) - bisect.bisect_left(times, t - BURST_SPAN)
-    mu = usual * 2 * BURST_SPAN
-    local = (n - mu) / (2 * BURST_SPAN) if n >= poisson_isf(max(mu, 1e-3), BURST_P) else 0.0
-    return max(local, whole if span[0] <= t <= span[1] else 0.0)
-
-
-def _weigh(
-    selected: list[ChangeObservation], obs: Sequence[ChangeObservation], match: _Matcher, start: float, span: float
-) -> list[ChangeObservation] | None:
-    """The culprit's incident with its weakly evidenced changes weighed (see ``excess_pace``, ``likelihood_ratio``):
-    ``selected``'s strongly evidenced changes and the culprit's weak ones whose posterior odds reach 1. None when
-    the culprit's usual pace is unknown (no whole margin windows before ``start``)."""
-    culprit = match.culprit[1]
-    own = [o for o in obs if o.identity == culprit and match.ev[o.lsn].destructive and o.lsn not in match.repairs]
-    usual_all = usual_pace(obs, culprit, start, span, lambda o: match.ev[o.lsn].destructive)
-    usual_weak = usual_pace(obs, culprit, start, span, match.weak)
-    if usual_all is None or usual_weak is None or not selected:
-        return None
-    usual_weak = max(usual_weak, 0.5 / span)  # a class the culprit never showed in the margin: half one per window
-    strong = [o for o in selected if not match.weak(o)]
-    if strong:  # the attack shows in its bytes: its opaque changes are left to _add_opaque (see docs/anomalies.md)
-        return None
-    lo, hi = selected[0].time, selected[-1].time
-    length = max(hi - lo, 2 * BURST_SPAN)
-    times = [o.time for o in own]
-    n_all = bisect.bisect_right(times, hi) - bisect.bisect_left(times, lo)
-    excess_all = n_all - usual_all * length
-    whole = excess_all / length if n_all >= poisson_isf(max(usual_all * length, 1e-3), BURST_P) else 0.0
-    candidates = [o for o in own if match.weak(o)]
-    in_span = [o for o in candidates if lo <= o.time <= hi]
-    share = min(1.0, max(0.0, (len(in_span) - usual_weak * length) / max(excess_all, 1.0)))
-    by_lsn = sorted((o.lsn, o.time) for o in obs)
-    first = by_lsn[0][0]
-    near = (lo - 2 * BURST_SPAN, hi + 2 * BURST_SPAN)
-    usual = trait_counts(
-        traits(o, first, by_lsn)
-        for o in obs
-        if match.weak(o) and (o.identity != culprit or not near[0] <= o.time <= near[1])
-    )
-    mixed = trait_counts(traits(o, first, by_lsn) for o in in_span)
-    attack = deconvolved(mixed, usual, usual_weak * length)
-    keep = [
-        o
-        for o in candidates
-        if share
-        * excess_pace(times, o.time, usual_all, (lo, hi), whole)
-        / usual_weak
-        * likelihood_ratio(traits(o, first, by_lsn), attack, usual)
-        >= 1.0
-    ]
-    return sorted({o.lsn: o for o in [*strong, *keep]}.values(), key=lambda o: (o.time, o.lsn))
 
 
 def _what(drivers: Sequence[Driver]) -> set[str]:
@@ -506,8 +358,7 @@ def analyse(
     pace = usual_pace(obs, match.culprit[1], start, span) if match.mode == "weak" and match.culprit[0] else None
     burst = _burst([o for o in obs if match.belongs(o)], start, end, pace) if pace is not None else []
     selected = burst or _extend(selected, obs, start, end, match, 2 * span)
-    weighed = _weigh(selected, obs, match, start, span) if match.culprit[0] else None
-    selected = weighed if weighed else _add_opaque(selected, obs, match)
+    selected = _add_opaque(selected, obs, match)
     mode = match.mode
     return _incident(table, scored, obs, selected, ev, drivers, mode, table_keys, before_lsn)
 
