@@ -276,13 +276,17 @@ def test_rolling_update_to_tls_without_a_failed_request(cluster: LocalCluster) -
         load.preload()
         assert client.aio.transport.fallbacks >= 1  # auto found plain pods
         load.start()
-        time.sleep(3)
+        # The load runs before the roll begins (its failures, if any, are asserted below).
+        wait_for(lambda: load.writes >= 20 or load.failures, timeout=60, interval=0.1,
+                 what="the load's first writes before the roll")
         # Step 2: this version's operator takes over and the StatefulSet rolls pod after pod.
         before, began = load.writes, time.monotonic()
         operator.start()
         wait_for(lambda: rollout_done(cluster), timeout=360, interval=1, what="the roll to TLS completed")
         during, took = load.writes - before, time.monotonic() - began
-        time.sleep(5)  # some load on the fully rolled ShardSet
+        rolled = load.writes  # some load on the fully rolled ShardSet:
+        wait_for(lambda: load.writes >= rolled + 20 or load.failures, timeout=60, interval=0.1,
+                 what="writes to the fully rolled ShardSet")
     finally:
         load.stop()
         operator.stop()
