@@ -13,6 +13,8 @@ admission control in CockroachDB steer background work by foreground signals:
   duty shrinks by ``backoff``, within it grows by ``duty_step``, never under ``min_duty``.
 
 ``next_pace`` is pure; ``ForegroundGauge`` is the node's only mutable state for it (updated on the event loop).
+``Pacer`` applies the same steering to other background work in chunks (a move's snapshot on the source, its
+import on the target: docs/resharding.md#pacing), with a fixed pause instead when one is configured.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["ForegroundGauge", "ForegroundSample", "Pace", "PaceSettings", "next_pace"]
+__all__ = ["ForegroundGauge", "ForegroundSample", "Pace", "PaceSettings", "Pacer", "next_pace"]
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,8 @@ def next_pace(prev: Pace, fg: ForegroundSample, batch_seconds: float, blocks: in
             duty = min(1.0, duty + s.duty_step)
     per_block = batch_seconds / blocks if blocks > 0 else 0.0
     batch = max_batch if per_block <= 0 else int(s.busy_batch_seconds / per_block)
-    batch = max(s.min_batch, min(max_batch, batch))
+    # The floor never exceeds the work's own batch (a snapshot paces whole chunks: max_batch 1).
+    batch = min(max_batch, max(s.min_batch, batch))
     # The pause that makes this batch's share of wall time ``duty``, for a batch of the new size.
     expected = per_block * batch
     pause = min(s.max_pause, expected * (1.0 - duty) / duty)
@@ -98,6 +101,7 @@ class ForegroundGauge:
         # The lowest window mean seen: the reference when a rewrap runs from start-up, before any baseline.
         self.floor: float | None = None
         self.rewrap_running = False
+        self.background = 0  # other paced work running (Pacer.running): the baseline holds still meanwhile too
         self._window_start = clock()
         self._window_sum = 0.0
         self._window_n = 0
@@ -117,7 +121,7 @@ class ForegroundGauge:
         latency = now - started
         self._window_sum += latency
         self._window_n += 1
-        if not self.rewrap_running:
+        if not self.rewrap_running and not self.background:
             b = self.baseline
             self.baseline = latency if b is None else b + self.BASELINE_WEIGHT * (latency - b)
 
@@ -132,3 +136,41 @@ class ForegroundGauge:
                 self.floor = latency if self.floor is None else min(self.floor, latency)
             self._window_start, self._window_sum, self._window_n = now, 0.0, 0
         return ForegroundSample(busy, latency, self.baseline if self.baseline is not None else self.floor)
+
+
+class Pacer:
+    """Paces one kind of chunked background work by a node's ``ForegroundGauge`` (event loop only).
+
+    ``pause``: None adapts (``next_pace``); a number is a fixed pause after every chunk (0: full speed).
+    ``on_pause`` is told every pause taken (the node counts them in a metric).
+    """
+
+    def __init__(self, gauge: ForegroundGauge, pause: float | None = None,
+                 on_pause: Callable[[float], None] = lambda _s: None) -> None:
+        self.gauge, self.pause, self.on_pause = gauge, pause, on_pause
+
+    def running(self) -> _Running:
+        """A context manager for one run of the work (the gauge's baseline holds still while any runs)."""
+        return _Running(self.gauge)
+
+    def next(self, prev: Pace | None, seconds: float, units: int, max_batch: int) -> Pace:
+        """The pace after a chunk of ``units`` that took ``seconds``; ``prev`` is the last one (None at first)."""
+        if self.pause is not None:
+            pace = Pace(max_batch, self.pause, 1.0, False)
+        else:
+            start = prev or Pace(max_batch, 0.0, 1.0, False)
+            pace = next_pace(start, self.gauge.sample(), seconds, units, max_batch, self.gauge.settings)
+        if pace.pause > 0:
+            self.on_pause(pace.pause)
+        return pace
+
+
+class _Running:
+    def __init__(self, gauge: ForegroundGauge) -> None:
+        self.gauge = gauge
+
+    def __enter__(self) -> None:
+        self.gauge.background += 1
+
+    def __exit__(self, *exc: object) -> None:
+        self.gauge.background -= 1

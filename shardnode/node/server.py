@@ -49,9 +49,10 @@ from chronoshard.shardnode.serving.scaffold import (
     create_server_app,
 )
 from chronoshard.shardnode.serving.settings_watch import SettingsWatcher
+from prometheus_client import Counter
 
 from . import changelog, consumers, rewrap, stream_api
-from .pacing import ForegroundGauge
+from .pacing import ForegroundGauge, Pacer
 from .store import (
     NoKeyring,
     PreconditionFailed,
@@ -95,11 +96,15 @@ class NodeConfig:
     key_cache_size: int = 1024  # unwrapped table keys held (wrapped versions only)
     move_copy_chunk: int = 500  # a move's snapshot blocks imported per transaction (docs/resharding.md)
     move_batch: int = 500  # a move's streamed changes read per page
+    # A move's copy (the source's snapshot, the target's import): None adapts to the clients (docs/resharding.md
+    # #pacing), a number is a fixed pause after every chunk (0: full speed).
+    move_pause_seconds: float | None = None
 
     def apply(self, settings: dict[str, Any]) -> None:
         """Overlay settings from node.json (unknown keys ignored, wrong types logged and ignored)."""
-        if "rewrapPauseSeconds" in settings and settings["rewrapPauseSeconds"] is None:
-            self.rewrap_pause_seconds = None  # back to adaptive pacing
+        for name, attr in (("rewrapPauseSeconds", "rewrap_pause_seconds"), ("movePauseSeconds", "move_pause_seconds")):
+            if name in settings and settings[name] is None:
+                setattr(self, attr, None)  # back to adaptive pacing
         for name, attr, typ in (("maxBlockBytes", "max_block_bytes", int),
                                 ("keyringPollSeconds", "keyring_poll_seconds", (int, float)),
                                 ("rewrapBatchSize", "rewrap_batch_size", int),
@@ -110,12 +115,13 @@ class NodeConfig:
                                 ("maxResponseBytes", "max_response_bytes", int),
                                 ("trimIntervalSeconds", "trim_interval_seconds", (int, float)),
                                 ("compromisedWriteHoldSeconds", "compromised_write_hold_seconds", (int, float)),
-                                ("moveCopyChunk", "move_copy_chunk", int), ("moveBatch", "move_batch", int)):
+                                ("moveCopyChunk", "move_copy_chunk", int), ("moveBatch", "move_batch", int),
+                                ("movePauseSeconds", "move_pause_seconds", (int, float))):
             if name in settings:
                 value = settings[name]
                 # a pause may be 0 (full speed); every other setting must be positive
                 number = isinstance(value, typ) and not isinstance(value, bool)
-                if number and (value >= 0 if attr == "rewrap_pause_seconds" else value > 0):
+                if number and (value >= 0 if attr.endswith("_pause_seconds") else value > 0):
                     setattr(self, attr, value)
                 else:
                     log.error("config %s=%r ignored: must be a positive number", name, value)
@@ -139,7 +145,12 @@ class Node:
         self.settings = SettingsWatcher(cfg.settings_path, self._apply_settings, self.metrics.settings.observe)
         self.store: Store | None = None
         self.rewrap: rewrap.RewrapRunner | None = None
-        self.foreground = ForegroundGauge()  # client traffic, which adaptive rewrap pacing yields to
+        self.foreground = ForegroundGauge()  # client traffic, which adaptive rewrap and move pacing yield to
+        # A move's copy yields to the clients on both ends: the source's snapshot, the target's import.
+        pauses = Counter("chronoshard_node_move_copy_pauses", "Pauses a move's copy took for the node's clients",
+                         ["side"], registry=self.metrics.registry)
+        self.snapshot_pacer_ = Pacer(self.foreground, cfg.move_pause_seconds, lambda _s: pauses.labels("source").inc())
+        self.import_pacer = Pacer(self.foreground, cfg.move_pause_seconds, lambda _s: pauses.labels("target").inc())
         # The verify thread checks `closing` between blocks, so a shutdown ends a long scan.
         self.verify = VerifyRunner(should_stop=lambda: self.closing)
         self.verify.on_report.append(self._verify_done)
@@ -152,7 +163,8 @@ class Node:
         self.moves = reshard_target.MoveManager(cfg.partitioning.source if cfg.partitioning else None,
                                                 cfg.partitioning.shard_index if cfg.partitioning else None,
                                                 lambda: self.db, self.replication.check_writable,
-                                                PullSettings(chunk=cfg.move_copy_chunk, batch=cfg.move_batch))
+                                                PullSettings(chunk=cfg.move_copy_chunk, batch=cfg.move_batch,
+                                                             pacer=self.import_pacer))
         # A move's source side (docs/resharding.md): pushed maps kept in the store, fences around client writes,
         # purge and range stats.
         part = cfg.partitioning
@@ -257,6 +269,7 @@ class Node:
         if self.key_cache is not None:
             self.key_cache.resize(self.cfg.key_cache_size)
         self.moves.settings.chunk, self.moves.settings.batch = self.cfg.move_copy_chunk, self.cfg.move_batch
+        self.snapshot_pacer_.pause = self.import_pacer.pause = self.cfg.move_pause_seconds
 
     def loaded_generation(self) -> int | None:
         """The generation of the keyring in use (None before one loaded)."""
@@ -270,6 +283,10 @@ class Node:
     def response_budget(self) -> int:
         """Bytes of blocks or frames one answer may carry."""
         return self.cfg.max_response_bytes
+
+    def snapshot_pacer(self) -> Pacer:
+        """What paces a move's snapshot served by this node (its clients' foreground)."""
+        return self.snapshot_pacer_
 
     def slot_changed(self, name: str, slot: dict[str, Any] | None) -> None:
         """A consumer slot was registered, acked or deleted: keep the sync wait's copy (and wake its writes)."""

@@ -4,6 +4,8 @@ A dedicated thread (with its own connection, so the reader pool stays free) runs
 chunks of lines to the event loop through a small bounded queue: the table is never held in memory whole and a
 slow client slows the reader instead of filling memory. In WAL mode the open read transaction pins its
 snapshot, so writes go on meanwhile (they just cannot be checkpointed past it until the stream ends).
+With a ``Pacer`` (a move's keyspace-limited snapshot) the thread asks it after every chunk for a pause: none
+while the node's clients are idle, a duty cycle steered by their latency while they are not (pacing.py).
 """
 
 from __future__ import annotations
@@ -11,15 +13,18 @@ from __future__ import annotations
 import asyncio
 import base64
 import concurrent.futures
+import contextlib
 import json
 import logging
 import sqlite3
 import threading
-from collections.abc import AsyncGenerator, Generator
+import time
+from collections.abc import AsyncGenerator, Coroutine, Generator
 from pathlib import Path
 from typing import Any
 
 from . import changelog
+from .pacing import Pace, Pacer
 from .store import KEYSPACE_OFFSET, connect
 
 log = logging.getLogger(__name__)
@@ -27,6 +32,7 @@ log = logging.getLogger(__name__)
 CHUNK_BYTES = 256 << 10  # lines handed over together
 QUEUE_CHUNKS = 8  # chunks in flight between the thread and the response
 _DONE = object()
+_GONE = object()  # what _call returns once the consumer went away
 
 
 class SnapshotFailed(Exception):
@@ -82,10 +88,13 @@ class _Producer(threading.Thread):
     """Runs the read transaction and puts chunks (then _DONE, or the exception) on the loop's queue."""
 
     def __init__(self, path: Path, tables: tuple[str, ...] | None, loop: asyncio.AbstractEventLoop,
-                 queue: asyncio.Queue[Any], cancel: threading.Event, ranges: Ranges | None = None) -> None:
+                 queue: asyncio.Queue[Any], cancel: threading.Event, ranges: Ranges | None = None,
+                 pacer: Pacer | None = None) -> None:
         super().__init__(name="snapshot-reader", daemon=True)
         self.path, self.tables, self.loop, self.queue, self.cancel = path, tables, loop, queue, cancel
-        self.ranges = ranges
+        self.ranges, self.pacer = ranges, pacer
+        self.pace: Pace | None = None
+        self.pauses = 0  # pauses taken (the pacing's effect, for tests and logs)
 
     def run(self) -> None:
         try:
@@ -106,52 +115,79 @@ class _Producer(threading.Thread):
         try:
             buf: list[bytes] = []
             size = 0
+            started = time.monotonic()
             for line in lines:
                 buf.append(line)
                 size += len(line)
                 if size >= CHUNK_BYTES:
-                    if not self._put(b"".join(buf)):
+                    took = time.monotonic() - started  # reading and encoding only: not the wait for the client
+                    if not self._put(b"".join(buf)) or not self._rest(took):
                         return
                     buf, size = [], 0
+                    started = time.monotonic()
             if buf and not self._put(b"".join(buf)):
                 return
             self._put(_DONE)
         finally:
             lines.close()  # ends the read transaction even when the client went away
 
+    def _rest(self, took: float) -> bool:
+        """Pause as the pacer says after a chunk that took ``took`` seconds; False once the consumer is gone."""
+        if self.pacer is None:
+            return True
+        pacer, prev = self.pacer, self.pace
+
+        async def ask() -> Pace:  # the gauge lives on the event loop
+            return pacer.next(prev, took, 1, 1)
+
+        pace = self._call(ask())
+        if pace is _GONE:
+            return False
+        self.pace = pace
+        if pace.pause > 0:
+            self.pauses += 1
+            return not self.cancel.wait(pace.pause)
+        return True
+
     def _put(self, item: Any) -> bool:
         """Block until the queue takes ``item``; False once the consumer is gone."""
+        return self._call(self.queue.put(item)) is not _GONE
+
+    def _call(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        """Run ``coro`` on the loop and return its result; _GONE once the consumer is gone."""
         try:
-            fut = asyncio.run_coroutine_threadsafe(self.queue.put(item), self.loop)
+            fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
         except RuntimeError:  # the loop is closed
-            return False
+            coro.close()
+            return _GONE
         while True:
             try:
-                fut.result(timeout=0.25)
-                return True
+                return fut.result(timeout=0.25)
             except concurrent.futures.TimeoutError:
                 if self.cancel.is_set():
                     fut.cancel()
-                    return False
+                    return _GONE
             except concurrent.futures.CancelledError:
-                return False
+                return _GONE
 
 
-async def snapshot_chunks(path: Path, tables: tuple[str, ...] | None,
-                          ranges: Ranges | None = None) -> AsyncGenerator[bytes, None]:
+async def snapshot_chunks(path: Path, tables: tuple[str, ...] | None, ranges: Ranges | None = None,
+                          pacer: Pacer | None = None) -> AsyncGenerator[bytes, None]:
     """The snapshot's NDJSON in chunks; SnapshotFailed if the read transaction fails. Closing the iterator early
-    (the client hung up) stops the thread and ends its transaction."""
+    (the client hung up) stops the thread and ends its transaction. ``pacer``: pause between chunks as it says."""
     queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=QUEUE_CHUNKS)
     cancel = threading.Event()
-    producer = _Producer(path, tables, asyncio.get_running_loop(), queue, cancel, ranges)
+    producer = _Producer(path, tables, asyncio.get_running_loop(), queue, cancel, ranges, pacer)
     producer.start()
+    running = pacer.running() if pacer is not None else contextlib.nullcontext()
     try:
-        while True:
-            item = await queue.get()
-            if item is _DONE:
-                return
-            if isinstance(item, SnapshotFailed):
-                raise item
-            yield item
+        with running:
+            while True:
+                item = await queue.get()
+                if item is _DONE:
+                    return
+                if isinstance(item, SnapshotFailed):
+                    raise item
+                yield item
     finally:
         cancel.set()

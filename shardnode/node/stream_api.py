@@ -27,6 +27,7 @@ from chronoshard.shardnode.serving.scaffold import Route
 from prometheus_client import CollectorRegistry, Gauge
 
 from . import changelog, consumers
+from .pacing import Pacer
 from .snapshot import SnapshotFailed, snapshot_chunks
 from .store import Store, block_count
 
@@ -55,6 +56,9 @@ class StreamHost(Protocol):
 
     def slot_changed(self, name: str, slot: dict[str, Any] | None) -> None:
         """A slot was registered or acked (its API form) or deleted (None): the sync wait's in-memory copy."""
+
+    def snapshot_pacer(self) -> Pacer | None:
+        """What paces a keyspace-limited snapshot (a move's copy) by the node's clients; None: full speed."""
 
 
 # ---- parsing ---------------------------------------------------------------------------------------
@@ -354,7 +358,10 @@ def snapshot_handler(host_of: Callable[[web.Request], StreamHost]) -> Callable[[
     async def snapshot(request: web.Request) -> web.StreamResponse:
         host = host_of(request)
         tables = tables_query(request)
-        chunks = snapshot_chunks(host.db.path, tables, keyspace_query(request))
+        ranges = keyspace_query(request)
+        # Only keyspace-limited snapshots (a move's copy, a mirror's range repair) yield to the clients: a full one
+        # seeds a mirror, which holds its reads and the set's redundancy until it ends.
+        chunks = snapshot_chunks(host.db.path, tables, ranges, host.snapshot_pacer() if ranges else None)
         try:
             try:
                 first = await anext(chunks)

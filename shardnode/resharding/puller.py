@@ -18,7 +18,9 @@ import logging
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import aiohttp
 from chronoshard.shardnode.replication.apply import FrameMissing
@@ -36,6 +38,29 @@ SOURCE_ERRORS = (ChangeStreamError, aiohttp.ClientError, TimeoutError, OSError)
 FATAL_STATUSES = (400, 401, 403)  # the source refuses what we ask: retrying does not help
 
 
+class ImportPace(Protocol):
+    """The next import chunk's size and the pause before it."""
+
+    @property
+    def batch(self) -> int:
+        """Blocks in the next chunk."""
+
+    @property
+    def pause(self) -> float:
+        """Seconds to wait before importing it."""
+
+
+class ImportPacer(Protocol):
+    """The node's pacing of background work by its clients (shardnode/node/pacing.py ``Pacer``; this package
+    sits below the node, so it names only what it uses)."""
+
+    def running(self) -> AbstractContextManager[None]:
+        """Held while the import runs."""
+
+    def next(self, prev: Any, seconds: float, units: int, max_batch: int) -> ImportPace:
+        """The pace after a chunk of ``units`` blocks that took ``seconds``; ``prev``: what it returned last."""
+
+
 @dataclass
 class PullSettings:
     """Batching, long-poll and backoff of every move's puller (one object the node's settings update in place)."""
@@ -47,6 +72,8 @@ class PullSettings:
     backoff_seconds: float = 0.5
     max_backoff_seconds: float = 10.0
     clear_chunk: int = 1000  # leftover blocks deleted per transaction
+    # Paces the import by this node's own clients (docs/resharding.md#pacing); None: full speed.
+    pacer: ImportPacer | None = None
 
 
 class Recopy(Exception):
@@ -254,31 +281,23 @@ class Puller:
 
     async def _fill(self, blocks: AsyncIterator[int | SnapshotBlock]) -> None:
         """Import the snapshot in chunks, one transaction each, in order; the next chunk is read off the stream
-        while the store writes the last one (the stream and the writer overlap instead of taking turns)."""
-        chunk: list[SnapshotBlock] = []
-        size = self.settings.chunk
-        pending: asyncio.Task[int] | None = None
-
-        async def flush(batch: list[SnapshotBlock]) -> asyncio.Task[int]:
-            if pending is not None:
-                self.copied = await pending
-            return asyncio.create_task(self.store.write(lambda c: sql.import_blocks(c, self.name, batch)))
-
+        while the store writes the last one (the stream and the writer overlap instead of taking turns). With a
+        pacer the chunks shrink and pause while this node's clients are active (docs/resharding.md#pacing)."""
+        importer = _Importer(self)
         try:
-            async for item in blocks:
-                if isinstance(item, SnapshotBlock):
-                    chunk.append(item)
-                    if len(chunk) >= size:
-                        pending = await flush(chunk)
-                        chunk = []
-            if chunk:
-                pending = await flush(chunk)
-            if pending is not None:
-                self.copied = await pending
-                pending = None
+            with self.settings.pacer.running() if self.settings.pacer is not None else contextlib.nullcontext():
+                chunk: list[SnapshotBlock] = []
+                async for item in blocks:
+                    if isinstance(item, SnapshotBlock):
+                        chunk.append(item)
+                        if len(chunk) >= importer.batch():
+                            await importer.start(chunk)
+                            chunk = []
+                if chunk:
+                    await importer.start(chunk)
+                await importer.settle()
         finally:
-            if pending is not None and not pending.done():
-                pending.cancel()  # cut short: the next copy clears whatever of it committed
+            importer.cancel()
 
     # ---- catching up ---------------------------------------------------------------------------------
     async def _register(self, client: ChangeStreamClient, at: int) -> None:
@@ -327,3 +346,47 @@ class Puller:
 
 
 Starter = Callable[[Puller], None]
+
+
+class _Importer:
+    """One copy's import transactions: one in flight while the next chunk is read, paced by the settings' pacer."""
+
+    def __init__(self, puller: Puller) -> None:
+        self.puller = puller
+        self.pace: ImportPace | None = None
+        self.pending: asyncio.Task[tuple[int, float]] | None = None
+        self.size = 0  # blocks in the pending chunk
+
+    def batch(self) -> int:
+        """Blocks in the next chunk: the configured chunk, or the pacer's smaller one while clients are active."""
+        return self.pace.batch if self.pace is not None else self.puller.settings.chunk
+
+    async def start(self, chunk: list[SnapshotBlock]) -> None:
+        """Wait for the previous chunk (and the pause after it), then start importing ``chunk``."""
+        await self.settle()
+        self.size = len(chunk)
+        self.pending = asyncio.create_task(self._import(chunk))
+
+    async def settle(self) -> None:
+        """Wait for the pending chunk's commit, then pause as the pacer says."""
+        if self.pending is None:
+            return
+        p, pending = self.puller, self.pending
+        self.pending = None
+        p.copied, took = await pending
+        pacer = p.settings.pacer
+        if pacer is not None:
+            self.pace = pacer.next(self.pace, took, self.size, p.settings.chunk)
+            if self.pace.pause > 0:
+                await asyncio.sleep(self.pace.pause)
+
+    def cancel(self) -> None:
+        """Cut short: the next copy clears whatever of the pending chunk committed."""
+        if self.pending is not None and not self.pending.done():
+            self.pending.cancel()
+
+    async def _import(self, chunk: list[SnapshotBlock]) -> tuple[int, float]:
+        started = time.monotonic()
+        p = self.puller
+        copied = await p.store.write(lambda c: sql.import_blocks(c, p.name, chunk))
+        return copied, time.monotonic() - started

@@ -1,7 +1,7 @@
 """Adaptive rewrap pacing: full speed when idle, bounded batches and a duty cycle steered by foreground latency."""
 
 import pytest
-from chronoshard.shardnode.node.pacing import ForegroundGauge, ForegroundSample, Pace, PaceSettings, next_pace
+from chronoshard.shardnode.node.pacing import ForegroundGauge, ForegroundSample, Pace, Pacer, PaceSettings, next_pace
 
 S = PaceSettings()
 IDLE = Pace(256, 0.0, 1.0, False)
@@ -113,3 +113,37 @@ def test_gauge_without_a_baseline_uses_the_lowest_window_mean():
         g.sample()
     s = g.sample()
     assert s.baseline == pytest.approx(0.003)
+
+
+def test_a_work_batch_under_the_floor_stays_its_own_size():
+    # A snapshot paces whole chunks (max_batch 1): the floor never makes the pause 16 chunks long.
+    p = next_pace(IDLE, ForegroundSample(True, None, None), 0.01, 1, 1)
+    assert p.batch == 1 and p.pause == pytest.approx(0.01)
+
+
+def test_pacer_adapts_to_the_gauge_counts_its_pauses_and_a_fixed_pause_overrides():
+    clock = Clock()
+    g = ForegroundGauge(clock=clock)
+    taken: list[float] = []
+    pacer = Pacer(g, None, taken.append)
+    idle = pacer.next(None, 0.01, 100, 500)
+    assert idle == Pace(500, 0.0, 1.0, False) and taken == []  # no client: full chunks, no pause
+    g.begin()  # a client request in flight
+    busy = pacer.next(idle, 0.01, 100, 500)
+    assert busy.busy and busy.batch == 250 and busy.pause > 0 and taken == [busy.pause]
+    pacer.pause = 0.0  # movePauseSeconds: 0: full speed whatever the clients do
+    assert pacer.next(busy, 0.01, 100, 500) == Pace(500, 0.0, 1.0, False) and len(taken) == 1
+    pacer.pause = 0.05
+    assert pacer.next(None, 0.01, 100, 500).pause == 0.05 and taken[-1] == 0.05
+
+
+def test_the_baseline_holds_still_while_paced_work_runs():
+    clock = Clock()
+    g = ForegroundGauge(clock=clock)
+    request(g, clock, 0.002)
+    with Pacer(g).running():
+        assert g.background == 1
+        request(g, clock, 0.050)
+    assert g.background == 0 and g.baseline == pytest.approx(0.002)
+    request(g, clock, 0.050)
+    assert g.baseline > 0.002

@@ -50,3 +50,14 @@ def test_a_null_rewrap_pause_goes_back_to_adaptive_pacing(tmp_path):
     assert cfg.rewrap_pause_seconds == 0.5
     cfg.apply({"rewrapPauseSeconds": None})
     assert cfg.rewrap_pause_seconds is None
+
+
+def test_the_move_pause_is_adaptive_unless_set_and_may_be_zero(tmp_path):
+    cfg = NodeConfig(tmp_path, tmp_path)
+    assert cfg.move_pause_seconds is None
+    cfg.apply({"movePauseSeconds": 0})
+    assert cfg.move_pause_seconds == 0
+    cfg.apply({"movePauseSeconds": -1})
+    assert cfg.move_pause_seconds == 0
+    cfg.apply({"movePauseSeconds": None})
+    assert cfg.move_pause_seconds is None
