@@ -8,6 +8,7 @@ and retried after a short delay.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -84,3 +85,22 @@ def post_events(body: Any, events: list[tuple[str, str, str]]) -> None:
     """Post ``(type, reason, message)`` events on ``body`` through Kopf."""
     for type_, reason, message in events:
         (kopf.warn if type_ == "Warning" else kopf.info)(body, reason=reason, message=message)
+
+
+StatusKey = Callable[[Mapping[str, Any]], Any]
+
+
+async def until_seen(body: kopf.Body, status: Mapping[str, Any], key: StatusKey, timeout: float = 5.0) -> None:
+    """Wait (at most ``timeout``) until Kopf's live body shows the status we just wrote, compared by ``key``.
+
+    The body lags until our write's watch event arrives; a pass woken before that would start from the status before
+    it and repeat a step that is not idempotent across phases (a rotation picking the next version twice, a
+    Reversion planning again, a Reshard repeating its step's last phase).
+    """
+    want = key(status)
+    deadline = asyncio.get_running_loop().time() + timeout
+    while key(body.get("status") or {}) != want:
+        if asyncio.get_running_loop().time() > deadline:
+            log.warning("status write not seen in the watch after %ss; continuing", timeout)
+            return
+        await asyncio.sleep(0.05)

@@ -40,7 +40,7 @@ from ..keyring import (
     retire,
     versions_not_unwrapping,
 )
-from ..loop import namespace_of, post_events, run_object_loop
+from ..loop import namespace_of, post_events, run_object_loop, until_seen
 from ..metrics import observe_phase, record_error, record_rotation
 from ..mirrorlookup import mirror_membership
 from ..mirrorselect import MirrorMembership
@@ -649,22 +649,8 @@ def write_status(body: Mapping[str, Any], status: Mapping[str, Any]) -> bool:
     return True
 
 
-async def until_seen(body: kopf.Body, status: Mapping[str, Any], timeout: float = 5.0) -> None:
-    """Wait until Kopf's live body shows the phase we just wrote (it lags until our write's watch event arrives).
-
-    Without this, a pass woken right after a write could start from the stale status and repeat a step that
-    is not idempotent across phases (starting the same rotation twice would pick the next version number twice).
-    """
-    want = (status.get("phase"), status.get("phaseTime"), status.get("toVersion"))
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        live = body.get("status") or {}
-        if (live.get("phase"), live.get("phaseTime"), live.get("toVersion")) == want:
-            return
-        if asyncio.get_running_loop().time() > deadline:
-            log.warning("status write not seen in the watch after %ss; continuing", timeout)
-            return
-        await asyncio.sleep(0.05)
+def _seen_key(s: Mapping[str, Any]) -> tuple[Any, ...]:
+    return s.get("phase"), s.get("phaseTime"), s.get("toVersion")
 
 
 @kopf.daemon(naming.GROUP, naming.VERSION, PLURAL, cancellation_timeout=10.0)
@@ -680,7 +666,7 @@ async def keyrotation_loop(name: str, namespace: str | None, body: kopf.Body, st
             kopf.warn(body, reason="KeyringInvalid", message=str(exc))
             return "invalid", 10.0
         if await asyncio.to_thread(write_status, snap, result.status):
-            await until_seen(body, result.status)
+            await until_seen(body, result.status, _seen_key)
         post_events(body, result.events)
         return "success", result.delay
 

@@ -30,7 +30,7 @@ from kubernetes.client.exceptions import ApiException
 
 from .. import kube, naming, reshardplan
 from ..conditions import now_rfc3339, set_condition
-from ..loop import namespace_of, post_events, run_object_loop
+from ..loop import namespace_of, post_events, run_object_loop, until_seen
 from ..mirrorlookup import list_mirrorsets
 from ..podcontract import PARTITION_MAP_FILE
 from ..shardpods import shard_pods
@@ -668,21 +668,8 @@ def write_status(body: Mapping[str, Any], status: Mapping[str, Any]) -> bool:
     return kube.patch_status(naming.API_VERSION, KIND, meta["namespace"], meta["name"], patch)
 
 
-async def until_seen(body: kopf.Body, status: Mapping[str, Any], timeout: float = 5.0) -> None:
-    """Wait until Kopf's live body shows the phase and step we just wrote, so the next pass does not start from the
-    status before it (which would repeat the step's last phase)."""
-    def key(s: Mapping[str, Any]) -> tuple[Any, ...]:
-        return s.get("phase"), s.get("currentStep"), [(r.get("index"), r.get("phase")) for r in s.get("steps") or []]
-
-    want = key(status)
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        if key(body.get("status") or {}) == want:
-            return
-        if asyncio.get_running_loop().time() > deadline:
-            log.warning("Reshard status write not seen in the watch after %ss; continuing", timeout)
-            return
-        await asyncio.sleep(0.05)
+def _seen_key(s: Mapping[str, Any]) -> tuple[Any, ...]:
+    return s.get("phase"), s.get("currentStep"), [(r.get("index"), r.get("phase")) for r in s.get("steps") or []]
 
 
 @kopf.daemon(naming.GROUP, naming.VERSION, PLURAL, cancellation_timeout=10.0)
@@ -693,7 +680,7 @@ async def reshard_loop(name: str, namespace: str | None, body: kopf.Body, stoppe
     async def one_pass(snap: dict[str, Any]) -> tuple[str, float]:
         result = await step(snap)
         if await asyncio.to_thread(write_status, snap, result.status):
-            await until_seen(body, result.status)
+            await until_seen(body, result.status, _seen_key)
         post_events(body, result.events)
         return "success", result.delay
 

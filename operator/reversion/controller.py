@@ -23,7 +23,7 @@ import kopf
 
 from .. import kube, naming
 from ..conditions import now_rfc3339, set_condition
-from ..loop import namespace_of, post_events, run_object_loop
+from ..loop import namespace_of, post_events, run_object_loop, until_seen
 from ..reversionlookup import reversion_policy
 from ..shardpods import shard_pods
 from ..spec.common import SpecError
@@ -288,19 +288,8 @@ def write_status(body: Mapping[str, Any], status: Mapping[str, Any]) -> bool:
     return True
 
 
-async def until_seen(body: kopf.Body, status: Mapping[str, Any], timeout: float = 5.0) -> None:
-    """Wait until Kopf's live body shows the phase and digest we just wrote, so the next pass does not start
-    from the status before it (which would plan or approve again)."""
-    want = (status.get("phase"), status.get("digest"), status.get("approvedDigest"))
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        live = body.get("status") or {}
-        if (live.get("phase"), live.get("digest"), live.get("approvedDigest")) == want:
-            return
-        if asyncio.get_running_loop().time() > deadline:
-            log.warning("status write not seen in the watch after %ss; continuing", timeout)
-            return
-        await asyncio.sleep(0.05)
+def _seen_key(s: Mapping[str, Any]) -> tuple[Any, ...]:
+    return s.get("phase"), s.get("digest"), s.get("approvedDigest")
 
 
 @kopf.daemon(naming.GROUP, naming.VERSION, PLURAL, cancellation_timeout=10.0)
@@ -311,7 +300,7 @@ async def reversion_loop(name: str, namespace: str | None, body: kopf.Body, stop
     async def one_pass(snap: dict[str, Any]) -> tuple[str, float]:
         result = await step(snap)
         if await asyncio.to_thread(write_status, snap, result.status):
-            await until_seen(body, result.status)
+            await until_seen(body, result.status, _seen_key)
         post_events(body, result.events)
         return "success", result.delay
 
