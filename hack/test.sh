@@ -41,7 +41,9 @@ echo "[test] static checks: ruff, layering, mypy"
 bash hack/lint.sh
 
 echo "[test] pytest"
-# Two workers (pytest-xdist): most tests wait on servers and processes more than they compute. --dist loadgroup
-# hands out the units of tests/support/scheduling.py: all e2e tests to one worker, one at a time as before, while
-# the other takes the unit and integration tests file by file. `-n 0` in the arguments runs all in this process.
-exec .venv/bin/pytest -q -p no:cacheprovider -n 2 --dist loadgroup "$@"
+# One process. Two workers (pytest-xdist: `bash hack/test.sh -n 2 --dist loadgroup`, units in
+# tests/support/scheduling.py: the e2e tests on one worker, the rest file by file on the other) take about 20 minutes
+# instead of about 30, but in the first fresh-clone run that way the MirrorSet e2e never saw its copies healthy within
+# 300 s while the other worker ran integration tests beside it (it passes alone, 57 s): the health monitor judges
+# latency, which the second worker's load moves. Serial until that interference is understood.
+exec .venv/bin/pytest -q -p no:cacheprovider "$@"
