@@ -1,0 +1,1 @@
+"""The token service (docs/tokens.md): issues, registers, refreshes and revokes tiered access tokens."""
