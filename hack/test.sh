@@ -46,4 +46,5 @@ echo "[test] pytest"
 # instead of about 30, but in the first fresh-clone run that way the MirrorSet e2e never saw its copies healthy within
 # 300 s while the other worker ran integration tests beside it (it passes alone, 57 s): the health monitor judges
 # latency, which the second worker's load moves. Serial until that interference is understood.
-exec .venv/bin/pytest -q -p no:cacheprovider "$@"
+# --durations: every log names the 40 slowest setups, calls and teardowns, where time goes first.
+exec .venv/bin/pytest -q -p no:cacheprovider --durations=40 "$@"
