@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 RECONCILES = Counter(
@@ -145,3 +147,64 @@ def count_mirrorset_operation(namespace: str, mirrorset: str, kind: str, outcome
     """Count one finished failover/switchover/failback and how long writes were held."""
     MIRROR_OPERATIONS.labels(namespace=namespace, mirrorset=mirrorset, kind=kind, outcome=outcome).inc()
     MIRROR_HELD_SECONDS.labels(kind=kind).observe(held_seconds)
+
+
+RESHARD_STEPS = Counter(
+    "chronoshard_reshard_steps_total",
+    "Reshard steps that ended, by ShardSet, step type (split, move, merge) and end phase (Completed, Failed)",
+    ["namespace", "shardset", "type", "phase"],
+)
+RESHARDS = Counter(
+    "chronoshard_reshards_total",
+    "Reshards that ended, by ShardSet and end phase (Completed, Failed, RolledBack)",
+    ["namespace", "shardset", "phase"],
+)
+RESHARD_CUTOVER_PAUSE = Histogram(
+    "chronoshard_reshard_cutover_pause_seconds",
+    "The write pause of each move's successful cutover (fence to new map on the source)",
+    ["namespace", "shardset"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5),
+)
+RESHARD_MOVE_BLOCKS = Gauge(
+    "chronoshard_reshard_move_blocks",
+    "The running move's blocks: copied so far, and total in the snapshot being copied",
+    ["namespace", "reshard", "kind"],
+)
+RESHARD_MOVE_LAG = Gauge(
+    "chronoshard_reshard_move_lag_seconds",
+    "How far the running move's target is behind its source (0 once caught up)",
+    ["namespace", "reshard"],
+)
+
+
+def record_reshard(namespace: str, reshard: str, shardset: str, steps_ended: Sequence[tuple[str, str]],
+                   pauses_ms: Sequence[float], finished: str | None,
+                   move_progress: tuple[int, int, float | None] | None) -> None:
+    """Count what one Reshard status write changed (operator/reshard/plan.py ``transitions``)."""
+    for step_type, phase in steps_ended:
+        RESHARD_STEPS.labels(namespace=namespace, shardset=shardset, type=step_type, phase=phase).inc()
+    for ms in pauses_ms:
+        RESHARD_CUTOVER_PAUSE.labels(namespace=namespace, shardset=shardset).observe(ms / 1000.0)
+    if finished:
+        RESHARDS.labels(namespace=namespace, shardset=shardset, phase=finished).inc()
+    if move_progress is not None:
+        copied, total, lag = move_progress
+        RESHARD_MOVE_BLOCKS.labels(namespace=namespace, reshard=reshard, kind="copied").set(copied)
+        RESHARD_MOVE_BLOCKS.labels(namespace=namespace, reshard=reshard, kind="total").set(total)
+        if lag is not None:
+            RESHARD_MOVE_LAG.labels(namespace=namespace, reshard=reshard).set(lag)
+    elif finished or steps_ended:
+        forget_reshard_move(namespace, reshard)
+
+
+def forget_reshard_move(namespace: str, reshard: str) -> None:
+    """Drop a Reshard's move gauges (no move running, or the Reshard is gone)."""
+    for kind in ("copied", "total"):
+        try:
+            RESHARD_MOVE_BLOCKS.remove(namespace, reshard, kind)
+        except KeyError:
+            pass
+    try:
+        RESHARD_MOVE_LAG.remove(namespace, reshard)
+    except KeyError:
+        pass

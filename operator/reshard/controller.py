@@ -28,7 +28,7 @@ import kopf
 from chronoshard.shardnode.keyspace.partitioning import Partition, PartitionMap, format_id
 from kubernetes.client.exceptions import ApiException
 
-from .. import kube, naming, reshardplan
+from .. import kube, metrics, naming, reshardplan
 from ..conditions import now_rfc3339, set_condition
 from ..loop import namespace_of, post_events, run_object_loop, until_seen
 from ..mirrorlookup import list_mirrorsets
@@ -672,6 +672,15 @@ def _seen_key(s: Mapping[str, Any]) -> tuple[Any, ...]:
     return s.get("phase"), s.get("currentStep"), [(r.get("index"), r.get("phase")) for r in s.get("steps") or []]
 
 
+def _record_metrics(body: Mapping[str, Any], status: Mapping[str, Any]) -> None:
+    """Count what a written status changed: ended steps, cutover pauses, the end, the running move's progress."""
+    meta = body.get("metadata") or {}
+    shardset = str(((body.get("spec") or {}).get("shardSetRef") or {}).get("name") or "")
+    change = plan.transitions(body.get("status") or {}, status)
+    metrics.record_reshard(str(meta.get("namespace")), str(meta.get("name")), shardset, change.steps_ended,
+                           change.cutover_pauses_ms, change.finished, change.move_progress)
+
+
 @kopf.daemon(naming.GROUP, naming.VERSION, PLURAL, cancellation_timeout=10.0)
 async def reshard_loop(name: str, namespace: str | None, body: kopf.Body, stopped: kopf.DaemonStopped,
                        **_: Any) -> None:
@@ -680,6 +689,7 @@ async def reshard_loop(name: str, namespace: str | None, body: kopf.Body, stoppe
     async def one_pass(snap: dict[str, Any]) -> tuple[str, float]:
         result = await step(snap)
         if await asyncio.to_thread(write_status, snap, result.status):
+            _record_metrics(snap, result.status)
             await until_seen(body, result.status, _seen_key)
         post_events(body, result.events)
         return "success", result.delay
@@ -709,6 +719,7 @@ async def reshard_deleted(name: str, namespace: str | None, body: kopf.Body, **_
     """A Running Reshard deleted before its move cut over: roll the move back (best-effort)."""
     ns = namespace_of(KIND, name, namespace)
     status = body.get("status") or {}
+    metrics.forget_reshard_move(ns, name)
     _wake_shardset(ns, body)  # a scale it held back may go now
     if plan.parse_phase(status.get("phase")) is not Phase.RUNNING:
         return

@@ -194,3 +194,46 @@ def owns(partitions_doc: Mapping[str, Any] | None, pid: int, shard: int, epoch: 
 def grace_left(elapsed_seconds: float, grace_seconds: float) -> float:
     """Seconds until the source may purge the moved range (0 when it may now)."""
     return max(0.0, grace_seconds - elapsed_seconds)
+
+
+# ---- what a written status changed (for the metrics) -------------------------------------------------------
+
+@dataclass(frozen=True)
+class Transitions:
+    """What one status write changed: steps that ended, cutover pauses newly recorded, the Reshard's end, and the
+    running move's progress (``None`` when no move step is copying, catching up or verifying)."""
+
+    steps_ended: tuple[tuple[str, str], ...]  # (step type, end phase: Completed | Failed)
+    cutover_pauses_ms: tuple[float, ...]
+    finished: str | None  # the terminal phase newly reached
+    move_progress: tuple[int, int, float | None] | None  # copiedBlocks, totalBlocks, lagSeconds
+
+
+_STEP_ENDS = frozenset({StepPhase.COMPLETED, StepPhase.FAILED})
+_MOVING = frozenset({StepPhase.COPYING, StepPhase.CATCHING_UP, StepPhase.VERIFYING})
+
+
+def _rows(status: Mapping[str, Any]) -> dict[int, Mapping[str, Any]]:
+    return {int(r["index"]): r for r in status.get("steps") or [] if isinstance(r, Mapping) and "index" in r}
+
+
+def transitions(old: Mapping[str, Any], new: Mapping[str, Any]) -> Transitions:
+    """Compare the status before and after a write; each change is reported once, in the write that made it."""
+    before, after = _rows(old), _rows(new)
+    ended: list[tuple[str, str]] = []
+    pauses: list[float] = []
+    progress: tuple[int, int, float | None] | None = None
+    for index, row in sorted(after.items()):
+        prev = before.get(index, {})
+        phase = parse_step_phase(row.get("phase"))
+        if phase in _STEP_ENDS and parse_step_phase(prev.get("phase")) != phase:
+            ended.append((str(row.get("type") or "unknown"), phase.value))
+        if row.get("pausedMs") is not None and prev.get("pausedMs") is None:
+            pauses.append(float(row["pausedMs"]))
+        if phase in _MOVING:
+            lag = row.get("lagSeconds")
+            progress = (int(row.get("copiedBlocks") or 0), int(row.get("totalBlocks") or 0),
+                        None if lag is None else float(lag))
+    phase_now, phase_then = parse_phase(new.get("phase")), parse_phase(old.get("phase"))
+    finished = phase_now.value if phase_now in TERMINAL and phase_then != phase_now else None
+    return Transitions(tuple(ended), tuple(pauses), finished, progress)

@@ -98,3 +98,25 @@ def test_mirrorset_operations_count_by_kind_and_outcome_with_held_seconds(scrape
     after = scrape()
     assert after[key] - before.get(key, 0) == 1
     assert after[held] - before.get(held, 0) == pytest.approx(4.25)
+
+
+def test_reshard_counts_steps_pauses_ends_and_tracks_the_running_move(scrape) -> None:
+    step_key = ("chronoshard_reshard_steps_total",
+                frozenset({("namespace", "ns"), ("shardset", "orders"), ("type", "move"), ("phase", "Completed")}))
+    end_key = ("chronoshard_reshards_total",
+               frozenset({("namespace", "ns"), ("shardset", "orders"), ("phase", "Completed")}))
+    pause_key = ("chronoshard_reshard_cutover_pause_seconds_count",
+                 frozenset({("namespace", "ns"), ("shardset", "orders")}))
+    copied = ("chronoshard_reshard_move_blocks", frozenset({("namespace", "ns"), ("reshard", "grow"),
+                                                             ("kind", "copied")}))
+    before = scrape()
+    metrics.record_reshard("ns", "grow", "orders", [], [], None, (120, 250, 0.4))
+    mid = scrape()
+    assert mid[copied] == 120
+    assert mid[("chronoshard_reshard_move_lag_seconds", frozenset({("namespace", "ns"), ("reshard", "grow")}))] == 0.4
+    metrics.record_reshard("ns", "grow", "orders", [("move", "Completed")], [310.0], "Completed", None)
+    after = scrape()
+    assert after[step_key] - before.get(step_key, 0) == 1
+    assert after[end_key] - before.get(end_key, 0) == 1
+    assert after[pause_key] - before.get(pause_key, 0) == 1
+    assert copied not in after  # the move ended: its gauges are gone, not left at the last value

@@ -96,3 +96,28 @@ def test_a_running_reshard_holds_a_rescale_unless_it_is_being_deleted():
     assert running([_reshard("p", "t", "Pending")], "orders") is None
     r["metadata"]["deletionTimestamp"] = "2026-12-07T10:00:00Z"
     assert running([r], "orders") is None
+
+
+def test_transitions_report_each_change_once() -> None:
+    old = {"phase": "Running", "steps": [
+        {"index": 0, "type": "split", "phase": "Pending"},
+        {"index": 1, "type": "move", "phase": "CuttingOver"}]}
+    new = {"phase": "Running", "steps": [
+        {"index": 0, "type": "split", "phase": "Completed"},
+        {"index": 1, "type": "move", "phase": "Cleanup", "pausedMs": 210.5}]}
+    t = plan.transitions(old, new)
+    assert t.steps_ended == (("split", "Completed"),)
+    assert t.cutover_pauses_ms == (210.5,)
+    assert t.finished is None and t.move_progress is None
+    again = plan.transitions(new, new)  # the same status written twice counts nothing twice
+    assert again.steps_ended == () and again.cutover_pauses_ms == () and again.finished is None
+
+
+def test_transitions_see_the_end_and_the_running_move() -> None:
+    moving = {"phase": "Running", "steps": [{"index": 0, "type": "move", "phase": "Copying", "copiedBlocks": 10,
+                                              "totalBlocks": 40, "lagSeconds": None}]}
+    assert plan.transitions({}, moving).move_progress == (10, 40, None)
+    failed = {"phase": "Failed", "steps": [{"index": 0, "type": "move", "phase": "Failed"}]}
+    t = plan.transitions(moving, failed)
+    assert t.finished == "Failed" and t.steps_ended == (("move", "Failed"),) and t.move_progress is None
+    assert plan.transitions(failed, failed).finished is None
