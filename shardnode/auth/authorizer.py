@@ -46,6 +46,8 @@ class Authorizer:
         if access is Access.PUBLIC or identity.kind == "pod":
             # The ShardSet's own pods hold the same keys: nothing a route guards is more than they have.
             return Decision(True, "public" if access is Access.PUBLIC else "pod")
+        if identity.kind == "tiered":  # decided by the tiered-token authenticator (scope and tier), never here
+            return Decision(False, "tiered_token_not_allowed", "no tiered-token verifier on this server")
         if identity.kind == "replica":
             # A peer member's pod: the replication routes and nothing else (no review can widen that).
             if access is Access.REPLICATION:
@@ -54,6 +56,8 @@ class Authorizer:
         if identity.via == "client-certificate" and identity.kind != "operator":
             return Decision(False, "unknown_certificate",
                             f"the client certificate names {identity.user!r}, neither the pods nor the operator")
+        if access is Access.AUTHENTICATED:  # a known caller (a replica or an unknown certificate is not)
+            return Decision(True, "authenticated")
         if identity.kind == "operator" and access in _OPERATOR_ACCESS:
             return Decision(True, "operator")
         attrs = review_attributes(access, table=table, shard_set=self.cfg.name)

@@ -28,6 +28,9 @@ class Access(enum.Enum):
     # The change stream, status, replication state, digests and health (docs/mirroring.md): pod, operator, or a
     # `replica` identity (a peer MirrorSet member's pod certificate listed in replicaIdentities); users never.
     REPLICATION = "replication"
+    # Any authenticated caller, no review (the token service's request, keys and risk routes, docs/tokens.md):
+    # what such a route gives away is decided by the handler (issuance reviews the requested scope itself).
+    AUTHENTICATED = "authenticated"
 
 
 DATA_VERBS = {Access.DATA_GET: "get", Access.DATA_LIST: "list", Access.DATA_UPDATE: "update",

@@ -61,3 +61,13 @@ def test_own_authorities_tell_own_certificates_from_a_peers():
     # A CA added later (the ShardSet's CA replaced): its certificates are own ones from then on.
     own.add_pem(peer_ca.cert + own_ca.cert)
     assert own.issued(der(theirs.cert)) and len(own.cas) == 2
+
+
+async def test_authenticated_routes_take_any_known_caller_but_not_a_replica_or_unknown_certificate():
+    az = authorizer()
+    sa = Identity("system:serviceaccount:shop:app", (), "serviceaccount", "token")
+    assert (await az.authorize(sa, Access.AUTHENTICATED, None)).reason == "authenticated"
+    assert not (await az.authorize(Identity(PEER, (), "replica", "client-certificate"),
+                                   Access.AUTHENTICATED, None)).allowed
+    stranger = Identity("someone", (), "user", "client-certificate")
+    assert (await az.authorize(stranger, Access.AUTHENTICATED, None)).reason == "unknown_certificate"
