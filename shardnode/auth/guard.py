@@ -25,6 +25,7 @@ from .config import SecurityConfig
 from .identity import AuthUnavailable, Identity, Unauthenticated
 from .metrics import AuthMetrics
 from .policy import Access
+from .tiered import TieredTokenAuthenticator
 from .writer import IDENTITY_KEY
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -36,13 +37,14 @@ MISSING = Unauthenticated("missing", "no credential: send 'Authorization: Bearer
 
 def unauthenticated_response(exc: Unauthenticated) -> web.Response:
     """401 with the fixed body (the message names what was wrong, never the credential)."""
-    return web.json_response({"error": "unauthenticated", "message": exc.message}, status=401,
+    return web.json_response({"error": "unauthenticated", "reason": exc.reason, "message": exc.message}, status=401,
                              headers={"WWW-Authenticate": "Bearer"})
 
 
 def forbidden_response(decision: Decision) -> web.Response:
     """403 with the fixed body."""
-    return web.json_response({"error": "forbidden", "message": decision.message}, status=403)
+    return web.json_response({"error": "forbidden", "reason": decision.reason, "message": decision.message},
+                             status=403)
 
 
 def unavailable_response(exc: AuthUnavailable) -> web.Response:
@@ -59,6 +61,8 @@ class Guard:
                  authenticators: Sequence[Authenticator] = ()) -> None:
         self.cfg, self.api = cfg, api
         self.metrics = AuthMetrics(registry, server)
+        # The extra authenticator that authorizes its own identities (the tiered tokens: scope and tier, offline).
+        self.tiered = next((a for a in authenticators if isinstance(a, TieredTokenAuthenticator)), None)
         self.chain = AuthenticatorChain([*authenticators, ClientCertificateAuthenticator(cfg),
                                          BearerTokenAuthenticator(cfg, api, self.metrics)])
         self.authorizer = Authorizer(cfg, api, self.metrics)
@@ -86,8 +90,12 @@ class Guard:
             if identity is None:
                 raise MISSING
             # A path or method no route serves gets its 404/405 once the caller is known.
-            decision = await self.authorizer.authorize(identity, access, table) if matched \
-                else Decision(True, "unmatched")
+            if not matched:
+                decision = Decision(True, "unmatched")
+            elif identity.kind == "tiered" and self.tiered is not None:
+                decision = self.tiered.authorize(request, access, table, request.match_info.get("key"))
+            else:
+                decision = await self.authorizer.authorize(identity, access, table)
         except Unauthenticated as exc:
             self.metrics.decision("unauthenticated", exc.reason)
             return identity, unauthenticated_response(exc)

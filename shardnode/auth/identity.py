@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-IdentityKind = Literal["serviceaccount", "user", "pod", "operator", "replica"]
+IdentityKind = Literal["serviceaccount", "user", "pod", "operator", "replica", "tiered"]
 
 
 @dataclass(frozen=True)

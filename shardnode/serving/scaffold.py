@@ -31,6 +31,13 @@ from chronoshard.shardnode.auth.authenticators import Authenticator
 from chronoshard.shardnode.auth.config import SecurityConfig, SecurityConfigError, load_security_config
 from chronoshard.shardnode.auth.guard import Guard
 from chronoshard.shardnode.auth.policy import Access
+from chronoshard.shardnode.auth.tiered import (
+    TOKENS_FILE,
+    RevocationSet,
+    TieredTokenAuthenticator,
+    TokensFile,
+    parse_revocations,
+)
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 
 from . import tls
@@ -65,6 +72,8 @@ ROUTE_POLICIES: web.AppKey[dict[tuple[str, str], Access | None]] = web.AppKey("c
 GUARD = web.AppKey("chronoshard_guard", Guard)
 _REGISTRY = web.AppKey("chronoshard_registry", CollectorRegistry)
 _AUTH_SLOT = web.AppKey("chronoshard_auth_slot", int)  # where in the middlewares the auth one goes
+# The tiered tokens revoked before their exp (docs/tokens.md): pushed by the token service, checked per request.
+REVOCATIONS = web.AppKey("chronoshard_revocations", RevocationSet)
 
 
 class Service(Protocol):
@@ -248,6 +257,7 @@ def create_server_app(service: S, probes: Probes, routes: Sequence[Route], *, ke
     if key is not None:
         app[key] = service
     app[_REGISTRY] = probes.registry
+    app[REVOCATIONS] = RevocationSet()
     if partitioning is not None:  # the map in force, pushed or mounted, in the process's own metrics
         probes.registry.register(MapEpochCollector(partitioning.source))
     app[_AUTH_SLOT] = 2 if json_errors else 1  # after the error and deadline middlewares
@@ -381,7 +391,37 @@ def secure_from_flags(app: web.Application, security: ProcessSecurity) -> None:
         raise SystemExit(2) from None
     if security.tls_dir is None:
         log.warning("authentication is on but TLS is not (no --tls-dir): credentials travel in plain text")
-    secure_app(app, cfg, ApiServer(connection), security.server)
+    secure_app(app, cfg, ApiServer(connection), security.server,
+               authenticators=[tiered_authenticator(app, security.config.parent / TOKENS_FILE, cfg)])
+
+
+def tiered_authenticator(app: web.Application, tokens_json: Path, cfg: SecurityConfig) -> TieredTokenAuthenticator:
+    """The tiered-token verifier of a server: keys from ``tokens_json`` (beside security.json in the mounted config
+    ConfigMap; re-read when it changes, none while it is absent), the app's revocation set."""
+    return TieredTokenAuthenticator(TokensFile(tokens_json), f"{cfg.namespace}/{cfg.name}", app[REVOCATIONS])
+
+
+async def put_revocations(request: web.Request) -> web.StreamResponse:
+    """PUT /v1/tokens/revocations {"revocations": [{"tokenId", "expiresAt"}]}: refused at once from now on."""
+    try:
+        items = parse_revocations(await request.json())
+    except ValueError as exc:
+        return web.json_response({"error": "invalid_body", "message": str(exc)}, status=400)
+    revoked = request.app[REVOCATIONS]
+    kept = sum(revoked.add(jti, exp) for jti, exp in items)
+    return web.json_response({"accepted": len(items), "kept": kept, "revoked": len(revoked)})
+
+
+async def get_revocations(request: web.Request) -> web.StreamResponse:
+    """GET /v1/tokens/revocations: the revoked token ids still in force."""
+    return web.json_response({"revocations": request.app[REVOCATIONS].entries()})
+
+
+def revocation_routes() -> list[Route]:
+    """The tiered tokens' revocation routes of node and cache (ADMIN: pod, operator, or the token service's identity
+    listed in operatorIdentities)."""
+    return [Route("PUT", "/v1/tokens/revocations", put_revocations, Access.ADMIN),
+            Route("GET", "/v1/tokens/revocations", get_revocations, Access.ADMIN)]
 
 
 def run(app: web.Application, host: str, port: int, *, security: ProcessSecurity,
