@@ -51,7 +51,7 @@ from chronoshard.shardnode.serving.scaffold import (
 from chronoshard.shardnode.serving.settings_watch import SettingsWatcher
 from prometheus_client import Counter
 
-from . import changelog, consumers, rewrap, stream_api
+from . import changelog, consumers, partition_stats, rewrap, stream_api
 from .pacing import ForegroundGauge, Pacer
 from .store import (
     NoKeyring,
@@ -146,6 +146,7 @@ class Node:
         self.store: Store | None = None
         self.rewrap: rewrap.RewrapRunner | None = None
         self.foreground = ForegroundGauge()  # client traffic, which adaptive rewrap and move pacing yield to
+        self.partition_counts = partition_stats.PartitionCounters(cfg.partitioning)  # GET /v1/partitions/stats
         # A move's copy yields to the clients on both ends: the source's snapshot, the target's import.
         pauses = Counter("chronoshard_node_move_copy_pauses", "Pauses a move's copy took for the node's clients",
                          ["side"], registry=self.metrics.registry)
@@ -685,6 +686,11 @@ def routes() -> list[Route]:
             *reshard_source.routes(lambda request: node_of(request).reshard_source)]
 
 
+def partition_routes(node: Node) -> list[Route]:
+    """GET /v1/partitions/stats (docs/weaving.md): this node's partitions' size and load."""
+    return partition_stats.routes(node.partition_counts, lambda fn: node.db.read(fn))
+
+
 def foreground_middleware(gauge: ForegroundGauge) -> Any:
     """Report block and frame requests (the clients' and the cache's reads and writes) to the pacing gauge."""
     @web.middleware
@@ -706,9 +712,11 @@ def create_app(cfg: NodeConfig) -> web.Application:
     """Build the node application (the store opens on startup, closes on cleanup)."""
     node = Node(cfg)
     probes = Probes(node.metrics.registry, node.readiness, node.refresh_gauges)
-    app = create_server_app(node, probes, routes(), key=NODE, requests=node.metrics.requests, openapi="node",
+    app = create_server_app(node, probes, [*routes(), *partition_routes(node)], key=NODE,
+                            requests=node.metrics.requests, openapi="node",
                             partitioning=cfg.partitioning, max_block_bytes=cfg.max_block_bytes)
     app.middlewares.append(foreground_middleware(node.foreground))
+    app.middlewares.append(partition_stats.counting_middleware(node.partition_counts))
     app.middlewares.append(node.health.middleware())  # the answers and write latencies of GET /v1/health
     return app
 

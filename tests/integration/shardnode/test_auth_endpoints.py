@@ -262,6 +262,7 @@ NODE_ENDPOINTS = [
     Endpoint("POST", "/v1/ranges:purge", Access.ADMIN, body={"ranges": [["0000000000000000", "ffffffffffffffff"]],
                                                              "epoch": 1}, ok=409),
     Endpoint("GET", "/v1/ranges/stats", Access.ADMIN, "/v1/ranges/stats?keyspace=0000000000000000-ffffffffffffffff"),
+    Endpoint("GET", "/v1/partitions/stats", Access.ADMIN),  # the WeavePlan's sampling (docs/weaving.md)
     # A move's target side: this node has no partition map, so it owns every range and takes no move (409 owned,
     # past the guard); no move exists to show (404), and closing one that does not exist is idempotent (200).
     Endpoint("PUT", "/v1/moves/{name}", Access.ADMIN, "/v1/moves/m",
