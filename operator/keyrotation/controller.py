@@ -28,7 +28,7 @@ from typing import Any
 import kopf
 from kubernetes.client.exceptions import ApiException
 
-from .. import kube, naming
+from .. import datalock, kube, naming
 from ..conditions import set_condition
 from ..keyring import (
     KeyringManifest,
@@ -402,6 +402,7 @@ async def _rewrapping(r: Rotation) -> Step:
     st.status["initialOldBlocks"] = initial
     _record_shards(st, r.reports, r.expected, r.to_v)
     if done.ready:
+        await asyncio.to_thread(datalock.give_back, r.ns, r.shardset, KIND, r.body["metadata"]["name"])
         period = dt.timedelta(0) if r.urgent else r.spec.transition_period
         promoted_at = plan.parse_time(st.status.get("promotionTime")) or now()
         st.status["transitionEndTime"] = plan.format_time(promoted_at + period)
@@ -413,6 +414,10 @@ async def _rewrapping(r: Rotation) -> Step:
     if mover is not None:
         return r.waiting("WaitingForReshard", f"Reshard {mover!r} is moving a partition of ShardSet {r.shardset!r}; "
                                               "the rewrap starts when the move is done")
+    holder = await asyncio.to_thread(datalock.take, r.ns, r.shardset, KIND, r.body["metadata"]["name"])
+    if holder is not None:  # a move that started between the check above and now: the lock decides
+        return r.waiting("WaitingForReshard", f"{holder} holds ShardSet {r.shardset!r}'s data-operation lock; "
+                                              "the rewrap starts when it gives it back")
     # Only processes that still hold old data: asking a finished node again would start a fresh (empty)
     # run and overwrite the record of the one that did the work. Shadows rewrap their history the same way.
     batch, pause = (BATCH_URGENT, PAUSE_URGENT) if r.urgent else (BATCH_NORMAL, PAUSE_NORMAL)

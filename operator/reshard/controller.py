@@ -28,7 +28,7 @@ import kopf
 from chronoshard.shardnode.keyspace.partitioning import Partition, PartitionMap, format_id
 from kubernetes.client.exceptions import ApiException
 
-from .. import kube, metrics, naming, reshardplan
+from .. import datalock, kube, metrics, naming, reshardplan
 from ..conditions import now_rfc3339, set_condition
 from ..loop import namespace_of, post_events, run_object_loop, until_seen
 from ..mirrorlookup import list_mirrorsets
@@ -363,6 +363,11 @@ async def _move_pending(t: Target, st: Step, row: dict[str, Any], spec_step: Mov
     source = probe.source_address(t.pods, t.namespace, t.spec.shardset, p.shard)
     if source is None or spec_step.to_shard not in t.pods:
         return st.wait("ShardPodsMissing", f"no reachable pod for shard {p.shard} or {spec_step.to_shard}")
+    holder = await asyncio.to_thread(datalock.take, t.namespace, t.spec.shardset, KIND, t.name)
+    if holder is not None:  # a rotation that started between the check above and now: the lock decides
+        st.row(row)
+        return st.wait("WaitingForKeyRotation", f"{holder} holds ShardSet {t.spec.shardset!r}'s data-operation lock; "
+                                                "a move waits for it")
     doc = {"source": source, "partition": p.id, "ranges": plan.ranges_of(p)}
     name = plan.move_name(t.name, int(row["index"]))
     answer = await probe.call(t.pods, spec_step.to_shard, "PUT", probe.move_path(name), doc=doc)
@@ -547,6 +552,7 @@ async def _after_cutover(t: Target, st: Step, row: dict[str, Any], spec_step: Mo
         return st.wait("MapWriteFailed", problem)
     name = plan.move_name(t.name, int(row["index"]))
     await probe.call(t.pods, spec_step.to_shard, "DELETE", probe.move_path(name))  # keeps the data; retried below
+    await asyncio.to_thread(datalock.give_back, t.namespace, t.spec.shardset, KIND, t.name)  # no data moves now
     row.update(phase=StepPhase.CLEANUP.value, epoch=new_map.epoch, cutoverAt=row.get("cutoverAt") or now_rfc3339(),
                rangeStart=format_id(p.start), rangeEnd=format_id(p.end))
     st.status["epoch"] = new_map.epoch

@@ -51,6 +51,7 @@ from ..shardpods import shard_pods
 from ..spec.common import SpecError
 from ..spec.mirrorset import parse_mirrorset
 from ..spec.shardset import ShardSetSpec, parse_shardset
+from ..tokenlookup import member_tokens
 from ..triggers import TRIGGERS
 from . import manifests, tlsassets
 from .applied import APPLIED
@@ -407,9 +408,13 @@ def reconcile(owner: Mapping[str, Any]) -> ReconcileResult:
     # Likewise the oldest valid ShadowPolicy adds the shadow container and shadow.json.
     shadow = shadow_policy_in_force(ns, name).spec
     replicas = tuple(pod_identity(p.namespace, p.name) for p in peers)
+    # A MirrorSet member's pods verify its token service's tokens and accept its revocation pushes (docs/tokens.md).
+    tokens = member_tokens(ns, name, membership) if membership.is_member else None
     APPLIED.apply(manifests.config_map(owner, spec, prefetch=prefetch.spec,
-                                       operator_identities=tlsassets.operator_identities(), shadow=shadow,
-                                       replica_identities=replicas))
+                                       operator_identities=tlsassets.operator_identities()
+                                       + ((tokens.identity,) if tokens else ()), shadow=shadow,
+                                       replica_identities=replicas,
+                                       tokens_json=tokens.tokens_json if tokens else None))
     APPLIED.apply(manifests.headless_service(owner))
     APPLIED.apply(manifests.client_service(owner))
     APPLIED.apply(manifests.pod_disruption_budget(owner, spec))

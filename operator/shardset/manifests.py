@@ -61,6 +61,8 @@ from ..spec.shadowpolicy import ShadowPolicySpec
 from ..spec.shardset import ShardSetSpec
 
 AUTH_DELEGATOR = "system:auth-delegator"
+# The MirrorSet token service's public keys in a member's config (docs/tokens.md; nodes and caches read it).
+TOKENS_CONFIG_FILE = "tokens.json"
 # Cluster-scoped children carry their ShardSet's namespace as a label (no ownerReference can point at it).
 NAMESPACE_LABEL = "chronoshard.io/shardset-namespace"
 
@@ -96,11 +98,13 @@ def _dump(settings: Mapping[str, Any]) -> str:
 
 def config_map(owner: Mapping[str, Any], spec: ShardSetSpec, prefetch: PrefetchPolicySpec | None = None,
                operator_identities: tuple[str, ...] | None = None,
-               shadow: ShadowPolicySpec | None = None, replica_identities: tuple[str, ...] = ()) -> dict[str, Any]:
+               shadow: ShadowPolicySpec | None = None, replica_identities: tuple[str, ...] = (),
+               tokens_json: str | None = None) -> dict[str, Any]:
     """The ConfigMap ``<name>-config`` (node.json, cache.json, predictor.json, security.json, and shadow.json /
     bootstrap.json when a ShadowPolicy is in force / the spec bootstraps); ``prefetch`` and ``shadow``: the
     policies in force; ``operator_identities``: whom the pods treat as the operator (default its certificate CN);
-    ``replica_identities``: the other MirrorSet members' pod identities (none outside a MirrorSet)."""
+    ``replica_identities``: the other MirrorSet members' pod identities (none outside a MirrorSet);
+    ``tokens_json``: the MirrorSet token service's public keys (docs/tokens.md), absent outside a MirrorSet."""
     name, ns = owner["metadata"]["name"], owner["metadata"]["namespace"]
     security = (security_config(ns, name, spec, replica_identities=replica_identities)
                 if operator_identities is None
@@ -115,6 +119,8 @@ def config_map(owner: Mapping[str, Any], spec: ShardSetSpec, prefetch: PrefetchP
         data[SHADOW_CONFIG_FILE] = _dump(shadow_config(shadow, ns, name))
     if spec.from_shadow is not None:
         data[BOOTSTRAP_CONFIG_FILE] = _dump(bootstrap_config(ns, spec, spec.from_shadow))
+    if tokens_json is not None:
+        data[TOKENS_CONFIG_FILE] = tokens_json
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
