@@ -19,6 +19,7 @@ from .reversion import controller as reversion_controller  # noqa: F401 - regist
 from .settings import RUNTIME
 from .shadowpolicy import controller as shadowpolicy_controller  # noqa: F401 - registers handlers
 from .shardset import controller as shardset_controller  # noqa: F401 - registers handlers
+from .tokens import controller as tokens_controller  # noqa: F401 - registers handlers
 
 log = logging.getLogger(__name__)
 

@@ -132,3 +132,28 @@ def owner_reference(owner: Mapping[str, Any]) -> dict[str, Any]:
         "controller": True,
         "blockOwnerDeletion": True,
     }
+
+
+# A MirrorSet's token service (docs/tokens.md): named here because its controller, the MirrorSet controller's risk
+# probe and the ShardSet controller's tokens.json all need the names, and no controller imports another.
+TOKEN_SERVICE_PORT = 7405
+
+
+def token_service_name(mirrorset: str) -> str:
+    """``<ms>-tokens``: the token service's StatefulSet, Service, ServiceAccount and ConfigMap."""
+    return f"{mirrorset}-tokens"
+
+
+def token_ca_name(mirrorset: str) -> str:
+    """``<ms>-tokens-ca``: the token service's CA Secret (certificate and key) and public CA ConfigMap."""
+    return f"{mirrorset}-tokens-ca"
+
+
+def token_service_host(namespace: str, mirrorset: str) -> str:
+    """The token service's Service DNS name (a SAN of its certificate)."""
+    return f"{token_service_name(mirrorset)}.{namespace}.svc"
+
+
+def token_service_identity(namespace: str, mirrorset: str) -> str:
+    """The token service's Kubernetes user name (its ServiceAccount)."""
+    return f"system:serviceaccount:{namespace}:{token_service_name(mirrorset)}"

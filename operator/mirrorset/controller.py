@@ -23,7 +23,7 @@ from typing import Any
 import kopf
 from kubernetes.client.exceptions import ApiException
 
-from .. import kube, naming
+from .. import kube, naming, tokenlookup
 from ..conditions import get_condition, set_condition
 from ..loop import namespace_of, post_events, run_object_loop
 from ..metrics import count_mirrorset_operation, set_mirrorset_copy
@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 _FAILURES: dict[tuple[str, str, int], int] = {}
 _SOURCE_OK: dict[str, int] = {}
 _LAST_CHECK: dict[str, float] = {}
+# Consecutive risk probes the active member was above the threshold (predictive switchover), per uid.
+_RISK_ABOVE: dict[str, int] = {}
 # The steady-state role document last applied to each node (uid, member, shard): a document is PUT when it differs
 # from this or from what the node reports (after a restart of the operator: once, idempotently).
 _APPLIED: dict[tuple[str, str, int], dict[str, Any]] = {}
@@ -81,6 +83,7 @@ class View:
     manual_hint: str | None = None
     key_problems: list[str] = field(default_factory=list)
     sync_degraded: list[int] = field(default_factory=list)
+    risk: Mapping[str, Any] | None = None  # the token service's GET /v1/risk this pass (None: not reached)
     delay: float = 10.0
 
     @property
@@ -368,6 +371,41 @@ def _react(v: View) -> bool:
     return True
 
 
+async def read_risk(v: View) -> None:
+    """Read the token service's ``GET /v1/risk`` and count the probes the active member was above the threshold
+    (docs/tokens.md, "Predictive issuance")."""
+    ns, name = v.body["metadata"]["namespace"], v.body["metadata"]["name"]
+    v.risk = await tokenlookup.read_risk(ns, name)
+    active = plan.member_risks(v.risk).get(v.active.key) if v.risk is not None else None
+    _RISK_ABOVE[v.uid] = plan.risk_count(active, v.spec.prediction.unavailability_threshold,
+                                         _RISK_ABOVE.get(v.uid, 0))
+
+
+def _predict(v: View) -> bool:
+    """With ``failover.policy: predictive``, start a planned switchover away from an active member predicted to
+    become unavailable (above the threshold for two consecutive probes). True when it started."""
+    above = _RISK_ABOVE.get(v.uid, 0)
+    if not plan.predictive_switchover_due(v.spec.failover_policy, above, bool(v.status.get("operation"))):
+        return False
+    threshold, thresholds = v.spec.prediction.unavailability_threshold, thresholds_of(v.spec)
+    risks = plan.member_risks(v.risk)
+    candidates = [plan.Candidate(m, all(promotable(v.samples[(m.key, i)], thresholds) for i in range(v.shards)),
+                                 int(v.rep(m, 0).get("appliedLsn") or 0))
+                  for m in v.members if m.key != v.active.key]
+    target = plan.predictive_target(candidates, risks, threshold, v.active.zone)
+    active_risk = risks.get(v.active.key, 0.0)
+    if target is None:
+        v.manual_hint = (f"{v.active.key} is predicted to become unavailable (risk {active_risk:.2f} > {threshold}) "
+                         "but no healthy member below the threshold can take over")
+        return False
+    _RISK_ABOVE[v.uid] = 0
+    v.event("PredictiveSwitchover", f"{v.active.key}: unavailability risk {active_risk:.2f} above {threshold} for "
+                                    f"{above} consecutive probes; switching over to {target.key}", warning=True)
+    start(v, SWITCHOVER, target, f"predicted unavailability of {v.active.key} (risk {active_risk:.2f} > "
+                                 f"{threshold} for {above} probes)")
+    return True
+
+
 def _failback_due(v: View) -> bool:
     """Count the passes the original source was healthy (and so caught up); start an automatic failback."""
     source, active = v.source, v.active
@@ -386,7 +424,7 @@ def _failback_due(v: View) -> bool:
 
 async def steady(v: View) -> None:
     """No operation: requests, reactive failover and failback first; else roles, keys, lost writes, consistency."""
-    if _request(v) or _react(v) or _failback_due(v):
+    if _request(v) or _react(v) or _predict(v) or _failback_due(v):
         return
     await apply_roles(v)
     await _copy_keys(v)
@@ -703,6 +741,7 @@ async def step(body: Mapping[str, Any]) -> tuple[dict[str, Any], list[tuple[str,
         v.status.update(term=1, activeShardSet=v.source.key, activeSource=v.source.name)
         v.event("Initialized", f"term 1: {v.source.key} is active, {len(members) - 1} mirror member(s)")
     await observe(v)
+    await read_risk(v)
     if v.status.get("operation"):
         await advance(v)
     else:
@@ -723,6 +762,7 @@ def _build(v: View) -> None:
                 c["consistentAt"] = at
     v.status["shards"] = rows
     v.status["mirrors"] = status_.mirror_summaries(v.members, active, rows)
+    _risk_fields(v, rows)
     op = v.status.get("operation")
     phase = status_.phase_of(op, rows, bool(v.sync_degraded))
     v.status["phase"] = phase
@@ -739,10 +779,37 @@ def _build(v: View) -> None:
             set_mirrorset_copy(ns, name, c["shardSet"], r["shard"], c["health"], c.get("lagSeconds"))
 
 
+def _risk_fields(v: View, rows: list[dict[str, Any]]) -> None:
+    """The token service's risk in the status: the active member's (``sourceUnavailabilityRisk`` and
+    ``unavailabilityRisk``), each mirror's and each copy's; absent while the service is not reached."""
+    members = plan.member_risks(v.risk)
+    copies = plan.copy_risks(v.risk)
+    for r in rows:
+        for c in r["copies"]:
+            p = copies.get((c["shardSet"], r["shard"]))
+            if p is not None:
+                c["unavailabilityRisk"] = round(p, 4)
+    for m in v.status["mirrors"]:
+        p = members.get(f"{m['namespace']}/{m['name']}")
+        if p is not None:
+            m["unavailabilityRisk"] = round(p, 4)
+    active = members.get(v.active.key)
+    v.status["sourceUnavailabilityRisk"] = None if active is None else round(active, 4)
+    v.status["unavailabilityRisk"] = None if v.risk is None else {
+        "store": v.active.key, "risk": round(active, 4) if active is not None else None,
+        "threshold": v.spec.prediction.unavailability_threshold,
+        "consecutiveAbove": _RISK_ABOVE.get(v.uid, 0)}
+
+
+# Written by the token service's controller (operator/tokens/), never by this one: a pass started from an older
+# snapshot must not put an old value back.
+_NOT_OURS = ("tokenService",)
+
+
 def write_status(body: Mapping[str, Any], status: Mapping[str, Any]) -> bool:
     """Replace the MirrorSet's status (fields absent or None are removed); True if written."""
-    old = body.get("status") or {}
-    new = {k: v for k, v in status.items() if v is not None}
+    old = {k: v for k, v in (body.get("status") or {}).items() if k not in _NOT_OURS}
+    new = {k: v for k, v in status.items() if v is not None and k not in _NOT_OURS}
     if new == old:
         return False
     patch = {**{k: None for k in old if k not in new}, **new}
@@ -803,3 +870,4 @@ def mirrorset_deleted(uid: str, **_: Any) -> None:
         _APPLIED.pop(applied, None)
     _SOURCE_OK.pop(uid, None)
     _LAST_CHECK.pop(uid, None)
+    _RISK_ABOVE.pop(uid, None)

@@ -296,3 +296,74 @@ def needs_put(doc: Mapping[str, Any], report: Mapping[str, Any] | None) -> bool:
         return report.get("mode") != doc["mode"] or ((report.get("source") or {}).get("url")
                                                      != doc["source"]["url"])
     return doc["role"] == "primary" and report.get("mode") != doc["mode"]
+
+
+# ---- predictive switchover (docs/tokens.md, "Predictive issuance") ------------------------------------------
+
+# Consecutive risk probes above the threshold before a predictive switchover starts: one high reading could be
+# a single noisy sample; two in a row are a trend the model saw twice.
+PREDICTIVE_PROBES = 2
+
+
+def _shortest(risk: Any) -> float | None:
+    """The probability of the shortest window of a ``{"<seconds>": p}`` map (None without a usable entry)."""
+    if not isinstance(risk, Mapping):
+        return None
+    best: tuple[float, float] | None = None
+    for window, p in risk.items():
+        try:
+            seconds = float(window)
+        except (TypeError, ValueError):
+            continue
+        if isinstance(p, int | float) and not isinstance(p, bool) and 0.0 <= p <= 1.0 and (
+                best is None or seconds < best[0]):
+            best = (seconds, float(p))
+    return None if best is None else best[1]
+
+
+def member_risks(doc: Mapping[str, Any] | None) -> dict[str, float]:
+    """Each member's risk for the shortest window from the token service's ``GET /v1/risk`` (``store`` →
+    probability); members without a readable risk are left out."""
+    out: dict[str, float] = {}
+    for m in (doc or {}).get("members") or []:
+        if isinstance(m, Mapping) and isinstance(m.get("store"), str):
+            p = _shortest(m.get("risk"))
+            if p is not None:
+                out[m["store"]] = p
+    return out
+
+
+def copy_risks(doc: Mapping[str, Any] | None) -> dict[tuple[str, int], float]:
+    """Each copy's risk for the shortest window (``(store, shard)`` → probability), from the members'
+    ``copies: [{"shard", "risk"}]``; a member that reports no copies gives each of its shards nothing."""
+    out: dict[tuple[str, int], float] = {}
+    for m in (doc or {}).get("members") or []:
+        if not isinstance(m, Mapping) or not isinstance(m.get("store"), str):
+            continue
+        for c in m.get("copies") or []:
+            if isinstance(c, Mapping) and isinstance(c.get("shard"), int):
+                p = _shortest(c.get("risk"))
+                if p is not None:
+                    out[(m["store"], c["shard"])] = p
+    return out
+
+
+def risk_count(active_risk: float | None, threshold: float, above_before: int) -> int:
+    """Consecutive probes the active member's risk was above ``threshold``: a probe without a reading (service
+    unreachable) or below it starts the count over."""
+    if active_risk is None or active_risk <= threshold:
+        return 0
+    return above_before + 1
+
+
+def predictive_switchover_due(policy: str, above: int, operation_running: bool) -> bool:
+    """Start a planned switchover now: policy ``predictive``, no operation in progress, and the active member's
+    risk above the threshold for ``PREDICTIVE_PROBES`` consecutive probes."""
+    return policy == "predictive" and not operation_running and above >= PREDICTIVE_PROBES
+
+
+def predictive_target(candidates: Iterable[Candidate], risks: Mapping[str, float], threshold: float,
+                      active_zone: str | None) -> Member | None:
+    """The member a predictive switchover moves to: a healthy one whose own risk is not above the threshold
+    (moving to a member predicted to fail gains nothing), the most caught-up first (``choose_target``)."""
+    return choose_target([c for c in candidates if risks.get(c.member.key, 0.0) <= threshold], active_zone)
