@@ -224,7 +224,8 @@ def reconcile(body: Mapping[str, Any]) -> Pass:
     published = manifests.tokens_json(p.namespace, p.name, public, refs[0][0] + "/" + refs[0][1],
                                       [f"{ns}/{n}" for ns, n in refs])
     kube.apply(manifests.config_map(p.body, manifests.service_config(p.body, spec, members, body.get("status") or {}),
-                                    manifests.security_config(p.namespace, p.name, identities), members_ca,
+                                    manifests.security_config(p.namespace, p.name, identities, members),
+                                    members_ca,
                                     published))
     kube.apply(manifests.service(p.body))
     kube.apply(manifests.statefulset(p.body, image[0], image[1], members))

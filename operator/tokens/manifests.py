@@ -28,6 +28,7 @@ from ..podcontract import (
     TLS_KEY_FILE,
     audience,
     pod_dns_name,
+    pod_identity,
 )
 from ..spec.mirrorset import MirrorSetSpec
 from .keys import PREVIOUS_FILE, SIGNING_FILE
@@ -193,16 +194,18 @@ def _member_token_file(m: MemberPods) -> str:
     return f"{MEMBER_TOKENS_MOUNT}/{m.namespace}.{m.name}/token"
 
 
-def _member_config(m: MemberPods) -> dict[str, Any]:
+def _member_config(m: MemberPods, role: str) -> dict[str, Any]:
     shards = []
     for i in sorted(m.ips):
         ip = m.ips[i]
-        host = (f"[{ip}]" if ip and ":" in ip else ip)
-        shards.append({"shard": i, "serverName": pod_dns_name(m.namespace, m.name, i),
-                       "nodeUrl": f"https://{host}:{NODE_PORT}" if ip else None,
-                       "cacheUrl": f"https://{host}:{CACHE_PORT}" if ip else None})
-    return {"store": m.store, "audience": audience(m.namespace, m.name), "tokenFile": _member_token_file(m),
-            "shards": shards}
+        if not ip:  # no IP yet: left out, the file is rewritten when the pod has one
+            continue
+        host = f"[{ip}]" if ":" in ip else ip
+        shards.append({"index": i, "serverName": pod_dns_name(m.namespace, m.name, i),
+                       "node": f"https://{host}:{NODE_PORT}", "cache": f"https://{host}:{CACHE_PORT}"})
+    # audience/tokenFile: the projected ServiceAccount token the service presents to this member's pods.
+    return {"store": m.store, "role": role, "audience": audience(m.namespace, m.name),
+            "tokenFile": _member_token_file(m), "shards": shards}
 
 
 def service_config(owner: Mapping[str, Any], spec: MirrorSetSpec, members: Sequence[MemberPods],
@@ -213,37 +216,37 @@ def service_config(owner: Mapping[str, Any], spec: MirrorSetSpec, members: Seque
     ms, ns = owner["metadata"]["name"], owner["metadata"]["namespace"]
     op = status.get("operation") or None
     return {
-        "mirrorSet": {"namespace": ns, "name": ms},
-        "issuer": issuer(ns, ms),
-        "audience": AUDIENCE,
+        "mirrorSet": f"{ns}/{ms}",
         "activeStore": status.get("activeShardSet") or (members[0].store if members else None),
         "term": int(status.get("term") or 0),
         "operation": ({"kind": op.get("kind"), "from": op.get("from"), "to": op.get("to"), "step": op.get("step"),
                        "term": op.get("term")} if isinstance(op, Mapping) else None),
-        "members": [_member_config(m) for m in members],
-        "membersCAFile": f"{CONFIG_MOUNT}/{MEMBERS_CA_FILE}",
-        "ttlSeconds": {"valid": _seconds(spec.tokens.valid_ttl), "temporary": _seconds(spec.tokens.temporary_ttl),
-                       "provisional": _seconds(spec.tokens.provisional_ttl)},
-        "prediction": {"windowsSeconds": [_seconds(w) for w in spec.prediction.windows],
+        "members": [_member_config(m, "source" if i == 0 else "mirror") for i, m in enumerate(members)],
+        "tokens": {"validTTL": _seconds(spec.tokens.valid_ttl), "temporaryTTL": _seconds(spec.tokens.temporary_ttl),
+                   "provisionalTTL": _seconds(spec.tokens.provisional_ttl)},
+        "prediction": {"windows": [_seconds(w) for w in spec.prediction.windows],
                        "unavailabilityThreshold": spec.prediction.unavailability_threshold,
                        "model": spec.prediction.model},
-        "health": {"probeIntervalSeconds": _seconds(spec.health.probe_interval),
-                   "latencyThresholdMs": spec.health.latency_threshold_ms,
-                   "errorRateThreshold": spec.health.error_rate_threshold,
-                   "capacityThreshold": spec.health.capacity_threshold,
+        "health": {"probeInterval": _seconds(spec.health.probe_interval),
                    "failureThreshold": spec.health.failure_threshold},
         "failoverPolicy": spec.failover_policy,
     }
 
 
-def security_config(namespace: str, mirrorset: str, operator_identities: Sequence[str]) -> dict[str, Any]:
+def security_config(namespace: str, mirrorset: str, operator_identities: Sequence[str],
+                    members: Sequence[MemberPods] = ()) -> dict[str, Any]:
     """The service's ``security.json`` (the same shape as a ShardSet's: docs/security.md): callers authenticate
-    with their ServiceAccount tokens (kubeconfig tokens accepted: services use their default token)."""
-    return {"shardSet": {"namespace": namespace, "name": service_name(mirrorset)},
-            "audience": audience(namespace, service_name(mirrorset)),
-            "podIdentity": certificate_identity(namespace, mirrorset),
-            "operatorIdentities": list(operator_identities),
-            "acceptKubeconfigTokens": True, "cacheTTLSeconds": 10, "cacheSize": 10000}
+    with their ServiceAccount tokens (kubeconfig tokens accepted: services use their default token); the members'
+    pod identities are ``replicaIdentities`` (their nodes and caches pull ``GET /v1/revocations``)."""
+    doc: dict[str, Any] = {"shardSet": {"namespace": namespace, "name": service_name(mirrorset)},
+                           "audience": audience(namespace, service_name(mirrorset)),
+                           "podIdentity": certificate_identity(namespace, mirrorset),
+                           "operatorIdentities": list(operator_identities),
+                           "acceptKubeconfigTokens": True, "cacheTTLSeconds": 10, "cacheSize": 10000}
+    replicas = [pod_identity(m.namespace, m.name) for m in members]
+    if replicas:
+        doc["replicaIdentities"] = replicas
+    return doc
 
 
 def tokens_json(namespace: str, mirrorset: str, public_keys: Sequence[Mapping[str, str]], store: str,
@@ -290,7 +293,8 @@ def _container(image: str, pull_policy: str) -> dict[str, Any]:
         "command": ["chronoshard-tokens", "--host", "$(POD_IP)", "--port", str(PORT),
                     "--config", f"{CONFIG_MOUNT}/{SERVICE_CONFIG_FILE}", "--data-dir", DATA_MOUNT,
                     "--signing-dir", SIGNING_MOUNT, "--tls-dir", TLS_MOUNT,
-                    "--security-config", f"{CONFIG_MOUNT}/{SECURITY_CONFIG_FILE}"],
+                    "--security-config", f"{CONFIG_MOUNT}/{SECURITY_CONFIG_FILE}",
+                    "--members-ca", f"{CONFIG_MOUNT}/{MEMBERS_CA_FILE}"],
         "env": [{"name": n, "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": p}}}
                 for n, p in (("POD_NAME", "metadata.name"), ("POD_NAMESPACE", "metadata.namespace"),
                              ("POD_IP", "status.podIP"))] + [{"name": "PYTHONUNBUFFERED", "value": "1"}],

@@ -66,18 +66,33 @@ def test_service_config_lists_each_members_nodes_and_caches_from_its_pods():
               "operation": {"kind": "switchover", "from": "shop/orders", "to": "dr/orders", "step": "Fencing",
                             "term": 4, "tokens": {"0": 5}}}
     cfg = manifests.service_config(OWNER, SPEC, MEMBERS, status)
-    assert cfg["issuer"] == "chronoshard-tokens:shop/orders-ms" and cfg["activeStore"] == "shop/orders"
+    assert cfg["mirrorSet"] == "shop/orders-ms" and cfg["activeStore"] == "shop/orders"
     assert cfg["operation"] == {"kind": "switchover", "from": "shop/orders", "to": "dr/orders", "step": "Fencing",
                                 "term": 4}
     shop, dr = cfg["members"]
-    assert shop["store"] == "shop/orders" and shop["audience"] == "chronoshard.io/shop/orders"
-    assert shop["shards"][0] == {"shard": 0, "serverName": "orders-0.orders-headless.shop.svc",
-                                 "nodeUrl": "https://10.0.0.5:7400", "cacheUrl": "https://10.0.0.5:7401"}
-    assert shop["shards"][1]["nodeUrl"] is None
-    assert dr["shards"][0]["nodeUrl"] == "https://[fd00::7]:7400"
-    assert cfg["ttlSeconds"] == {"valid": 1800, "temporary": 300, "provisional": 900}
-    assert cfg["prediction"]["unavailabilityThreshold"] == 0.6
+    assert (shop["store"], shop["role"], dr["role"]) == ("shop/orders", "source", "mirror")
+    assert shop["audience"] == "chronoshard.io/shop/orders"
+    assert shop["tokenFile"] == "/var/run/secrets/chronoshard/members/shop.orders/token"
+    # shard 1 has no IP yet: left out until the pod has one
+    assert shop["shards"] == [{"index": 0, "serverName": "orders-0.orders-headless.shop.svc",
+                               "node": "https://10.0.0.5:7400", "cache": "https://10.0.0.5:7401"}]
+    assert dr["shards"][0]["node"] == "https://[fd00::7]:7400"
+    assert cfg["tokens"] == {"validTTL": 1800, "temporaryTTL": 300, "provisionalTTL": 900}
+    assert cfg["prediction"] == {"windows": [300, 900, 1800], "unavailabilityThreshold": 0.6,
+                                 "model": "gradient-boosting"}
     assert manifests.service_config(OWNER, SPEC, MEMBERS, {})["operation"] is None
+
+
+def test_service_config_parses_as_the_token_service_reads_it():
+    from chronoshard.shardnode.tokens.config import parse_service_config
+
+    status = {"activeShardSet": "dr/orders", "operation": {"kind": "failover", "from": "dr/orders",
+                                                           "to": "shop/orders", "term": 5}}
+    cfg = parse_service_config(manifests.service_config(OWNER, SPEC, MEMBERS, status))
+    assert cfg.mirror_set == "shop/orders-ms" and cfg.active_store == "dr/orders"
+    assert cfg.operation is not None and cfg.operation.target == "shop/orders" and cfg.operation.term == 5
+    assert [c.copy_id for c in cfg.copies()] == ["shop/orders#0", "dr/orders#0"]
+    assert (cfg.valid_ttl, cfg.threshold, cfg.windows) == (1800.0, 0.6, (300.0, 900.0, 1800.0))
 
 
 def test_tokens_json_shape_and_per_member_store():
@@ -112,6 +127,7 @@ def test_statefulset_one_replica_volume_probes_and_the_signing_key_only_here():
 def test_security_json_parses_as_the_guard_reads_it():
     from chronoshard.shardnode.auth.config import parse_security_config
 
-    cfg = parse_security_config(manifests.security_config("shop", "orders-ms", ["chronoshard:operator"]))
+    cfg = parse_security_config(manifests.security_config("shop", "orders-ms", ["chronoshard:operator"], MEMBERS))
     assert cfg.name == "orders-ms-tokens" and cfg.accept_kubeconfig_tokens
     assert cfg.operator_identities == ("chronoshard:operator",)
+    assert cfg.replica_identities == ("chronoshard:shardset:shop:orders", "chronoshard:shardset:dr:orders")
