@@ -20,6 +20,7 @@ from .settings import RUNTIME
 from .shadowpolicy import controller as shadowpolicy_controller  # noqa: F401 - registers handlers
 from .shardset import controller as shardset_controller  # noqa: F401 - registers handlers
 from .tokens import controller as tokens_controller  # noqa: F401 - registers handlers
+from .weaveplan import controller as weaveplan_controller  # noqa: F401 - registers handlers
 
 log = logging.getLogger(__name__)
 

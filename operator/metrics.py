@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
@@ -206,5 +207,59 @@ def forget_reshard_move(namespace: str, reshard: str) -> None:
             pass
     try:
         RESHARD_MOVE_LAG.remove(namespace, reshard)
+    except KeyError:
+        pass
+
+
+WEAVEPLAN_SPLIT_PROBABILITY = Gauge(
+    "chronoshard_weaveplan_split_probability",
+    "A WeavePlan's forecast probability that the partition splits within the prediction window",
+    ["namespace", "weaveplan", "partition"],
+)
+WEAVEPLAN_PARTITION_BYTES = Gauge(
+    "chronoshard_weaveplan_partition_bytes", "A partition's stored bytes as its shard's weaver last sampled them",
+    ["namespace", "weaveplan", "partition"],
+)
+WEAVEPLAN_PARTITION_LOAD = Gauge(
+    "chronoshard_weaveplan_partition_load_rps", "A partition's recent reads plus writes per second",
+    ["namespace", "weaveplan", "partition"],
+)
+WEAVEPLAN_WEAVES = Gauge(
+    "chronoshard_weaveplan_weaves", "Weaves (predicted splits being woven) over all shards of a WeavePlan",
+    ["namespace", "weaveplan"],
+)
+_WEAVEPLAN_PARTITIONS: dict[tuple[str, str], set[str]] = {}
+
+
+def set_weaveplan(namespace: str, plan: str, partitions: Sequence[Mapping[str, Any]], weaves: int) -> None:
+    """A WeavePlan's per-partition gauges from its status rows; partitions no longer reported are dropped."""
+    seen: set[str] = set()
+    for row in partitions:
+        pid = str(row.get("id"))
+        seen.add(pid)
+        probability = float((row.get("forecast") or {}).get("probability") or 0.0)
+        WEAVEPLAN_SPLIT_PROBABILITY.labels(namespace, plan, pid).set(probability)
+        WEAVEPLAN_PARTITION_BYTES.labels(namespace, plan, pid).set(float(row.get("bytes") or 0))
+        WEAVEPLAN_PARTITION_LOAD.labels(namespace, plan, pid).set(float(row.get("loadRps") or 0.0))
+    for pid in _WEAVEPLAN_PARTITIONS.get((namespace, plan), set()) - seen:
+        _remove_partition(namespace, plan, pid)
+    _WEAVEPLAN_PARTITIONS[(namespace, plan)] = seen
+    WEAVEPLAN_WEAVES.labels(namespace, plan).set(weaves)
+
+
+def _remove_partition(namespace: str, plan: str, pid: str) -> None:
+    for gauge in (WEAVEPLAN_SPLIT_PROBABILITY, WEAVEPLAN_PARTITION_BYTES, WEAVEPLAN_PARTITION_LOAD):
+        try:
+            gauge.remove(namespace, plan, pid)
+        except KeyError:
+            pass
+
+
+def forget_weaveplan(namespace: str, plan: str) -> None:
+    """Drop a deleted WeavePlan's gauges."""
+    for pid in _WEAVEPLAN_PARTITIONS.pop((namespace, plan), set()):
+        _remove_partition(namespace, plan, pid)
+    try:
+        WEAVEPLAN_WEAVES.remove(namespace, plan)
     except KeyError:
         pass

@@ -14,6 +14,7 @@ from .prefetchconfig import predictor_config as policy_predictor_config
 from .spec.prefetchpolicy import PrefetchPolicySpec
 from .spec.shadowpolicy import ColdStorage, ShadowPolicySpec
 from .spec.shardset import FromShadow, ShardSetSpec
+from .spec.weaveplan import WeavePlanSpec
 
 # The containers of a shard pod; each container's port is named like the container. ``shadow`` runs only while a
 # ShadowPolicy targets the ShardSet; ``bootstrap`` is an init container, only with spec.bootstrap.fromShadow.
@@ -21,6 +22,8 @@ NODE = "node"
 CACHE = "cache"
 PREDICTOR = "predictor"
 SHADOW = "shadow"
+# ``weaver`` runs only while a WeavePlan targets the ShardSet (docs/weaving.md); its resources are the defaults.
+WEAVER = "weaver"
 BOOTSTRAP = "bootstrap"
 CONTAINERS = (NODE, CACHE, PREDICTOR, SHADOW)  # shadow: only with a ShadowPolicy
 
@@ -28,7 +31,8 @@ NODE_PORT = 7400
 CACHE_PORT = 7401
 PREDICTOR_PORT = 7402
 SHADOW_PORT = 7403
-PORTS = {NODE: NODE_PORT, CACHE: CACHE_PORT, PREDICTOR: PREDICTOR_PORT, SHADOW: SHADOW_PORT}
+WEAVER_PORT = 7404
+PORTS = {NODE: NODE_PORT, CACHE: CACHE_PORT, PREDICTOR: PREDICTOR_PORT, SHADOW: SHADOW_PORT, WEAVER: WEAVER_PORT}
 
 RUN_AS_USER = 65532
 
@@ -59,6 +63,7 @@ NODE_CONFIG_FILE = "node.json"
 CACHE_CONFIG_FILE = "cache.json"
 PREDICTOR_CONFIG_FILE = "predictor.json"
 SHADOW_CONFIG_FILE = "shadow.json"
+WEAVE_CONFIG_FILE = "weave.json"
 BOOTSTRAP_CONFIG_FILE = "bootstrap.json"
 # The name under which the shadow registers its change-stream slot on the node.
 SHADOW_CONSUMER = "shadow"
@@ -180,6 +185,26 @@ def shadow_config(policy: ShadowPolicySpec, namespace: str = "", shardset: str |
             "trainingWindowSeconds": policy.anomaly.training_window.total_seconds(),
             "intervalSeconds": policy.anomaly.interval.total_seconds(),
         },
+    }
+
+
+def weave_config(plan: WeavePlanSpec, namespace: str, name: str) -> dict[str, Any]:
+    """Settings of the ``weaver`` process (weave.json, docs/weaving.md) from the WeavePlan ``namespace/name``."""
+    return {
+        "plan": f"{namespace}/{name}",
+        "mode": plan.mode,
+        "predictionWindowSeconds": _seconds(plan.prediction_window),
+        "confidenceThreshold": plan.confidence_threshold,
+        "split": {
+            "sizeBytes": plan.split_size_threshold_bytes,
+            "loadRps": plan.split_load_threshold,
+            "sustainedSeconds": _seconds(plan.sustained_for),
+            "minPartitionBytes": plan.min_partition_size_bytes,
+        },
+        "intervalSeconds": _seconds(plan.interval),
+        "sampleIntervalSeconds": _seconds(plan.sample_interval),
+        "model": plan.model,
+        "retention": {"maxSnapshots": plan.max_snapshots, "maxAgeSeconds": _seconds(plan.max_age)},
     }
 
 

@@ -53,6 +53,7 @@ from ..spec.mirrorset import parse_mirrorset
 from ..spec.shardset import ShardSetSpec, parse_shardset
 from ..tokenlookup import member_tokens
 from ..triggers import TRIGGERS
+from ..weavelookup import weave_plan_in_force
 from . import manifests, tlsassets
 from .applied import APPLIED
 from .secrets import adopt, create_once
@@ -407,13 +408,15 @@ def reconcile(owner: Mapping[str, Any]) -> ReconcileResult:
     prefetch = policy_in_force(ns, name)
     # Likewise the oldest valid ShadowPolicy adds the shadow container and shadow.json.
     shadow = shadow_policy_in_force(ns, name).spec
+    # And the oldest valid WeavePlan adds the weaver container and weave.json (docs/weaving.md).
+    weave = weave_plan_in_force(ns, name)
     replicas = tuple(pod_identity(p.namespace, p.name) for p in peers)
     # A MirrorSet member's pods verify its token service's tokens and accept its revocation pushes (docs/tokens.md).
     tokens = member_tokens(ns, name, membership) if membership.is_member else None
     APPLIED.apply(manifests.config_map(owner, spec, prefetch=prefetch.spec,
                                        operator_identities=tlsassets.operator_identities()
                                        + ((tokens.identity,) if tokens else ()), shadow=shadow,
-                                       replica_identities=replicas,
+                                       replica_identities=replicas, weave=weave,
                                        tokens_json=tokens.tokens_json if tokens else None))
     APPLIED.apply(manifests.headless_service(owner))
     APPLIED.apply(manifests.client_service(owner))
@@ -428,7 +431,7 @@ def reconcile(owner: Mapping[str, Any]) -> ReconcileResult:
     else:
         effective = spec if shards == spec.shards else _with_shards(spec, shards)
         desired_sts = manifests.statefulset(owner, effective, shadow, replication=membership.is_member,
-                                            zone=membership.zone(ns, name))
+                                            zone=membership.zone(ns, name), weave=weave)
         _keep_immutable_claims(desired_sts, live_sts, problems)
         # Skipped when unchanged: the live StatefulSet just read is then what the apply would have returned.
         sts = APPLIED.apply(desired_sts, always=live_sts is None) or live_sts

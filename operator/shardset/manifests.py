@@ -47,6 +47,9 @@ from ..podcontract import (
     TLS_DIR_FLAG,
     TLS_KEY_FILE,
     TLS_MOUNT,
+    WEAVE_CONFIG_FILE,
+    WEAVER,
+    WEAVER_PORT,
     bootstrap_config,
     cache_config,
     node_config,
@@ -54,11 +57,13 @@ from ..podcontract import (
     predictor_config,
     security_config,
     shadow_config,
+    weave_config,
 )
 from ..spec.prefetchpolicy import PrefetchPolicySpec
 from ..spec.reshard import ReshardStep, step_to_spec
 from ..spec.shadowpolicy import ShadowPolicySpec
 from ..spec.shardset import ShardSetSpec
+from ..weaveselect import WeaveSelection
 
 AUTH_DELEGATOR = "system:auth-delegator"
 # The MirrorSet token service's public keys in a member's config (docs/tokens.md; nodes and caches read it).
@@ -72,6 +77,7 @@ DEFAULT_RESOURCES: dict[str, dict[str, dict[str, str]]] = {
     CACHE: {"requests": {"cpu": "100m", "memory": "128Mi"}},
     PREDICTOR: {"requests": {"cpu": "50m", "memory": "128Mi"}},
     SHADOW: {"requests": {"cpu": "100m", "memory": "128Mi"}},
+    WEAVER: {"requests": {"cpu": "50m", "memory": "128Mi"}},
     BOOTSTRAP: {"requests": {"cpu": "100m", "memory": "128Mi"}},
 }
 # Volumes of the object-storage credentials: the ShadowPolicy's (shadow container) and the bootstrap's.
@@ -99,12 +105,13 @@ def _dump(settings: Mapping[str, Any]) -> str:
 def config_map(owner: Mapping[str, Any], spec: ShardSetSpec, prefetch: PrefetchPolicySpec | None = None,
                operator_identities: tuple[str, ...] | None = None,
                shadow: ShadowPolicySpec | None = None, replica_identities: tuple[str, ...] = (),
-               tokens_json: str | None = None) -> dict[str, Any]:
+               weave: WeaveSelection | None = None, tokens_json: str | None = None) -> dict[str, Any]:
     """The ConfigMap ``<name>-config`` (node.json, cache.json, predictor.json, security.json, and shadow.json /
     bootstrap.json when a ShadowPolicy is in force / the spec bootstraps); ``prefetch`` and ``shadow``: the
     policies in force; ``operator_identities``: whom the pods treat as the operator (default its certificate CN);
-    ``replica_identities``: the other MirrorSet members' pod identities (none outside a MirrorSet);
-    ``tokens_json``: the MirrorSet token service's public keys (docs/tokens.md), absent outside a MirrorSet."""
+    ``replica_identities``: the other MirrorSet members' pod identities (none outside a MirrorSet); ``weave``: the
+    WeavePlan in force, which adds weave.json; ``tokens_json``: the MirrorSet token service's public keys
+    (docs/tokens.md), absent outside a MirrorSet."""
     name, ns = owner["metadata"]["name"], owner["metadata"]["namespace"]
     security = (security_config(ns, name, spec, replica_identities=replica_identities)
                 if operator_identities is None
@@ -117,6 +124,8 @@ def config_map(owner: Mapping[str, Any], spec: ShardSetSpec, prefetch: PrefetchP
     }
     if shadow is not None:
         data[SHADOW_CONFIG_FILE] = _dump(shadow_config(shadow, ns, name))
+    if weave is not None and weave.name is not None and weave.spec is not None:
+        data[WEAVE_CONFIG_FILE] = _dump(weave_config(weave.spec, ns, weave.name))
     if spec.from_shadow is not None:
         data[BOOTSTRAP_CONFIG_FILE] = _dump(bootstrap_config(ns, spec, spec.from_shadow))
     if tokens_json is not None:
@@ -302,12 +311,13 @@ def network_policy(owner: Mapping[str, Any], spec: ShardSetSpec, operator_peer: 
     from the pods of ``replica_peers`` (the other members of its MirrorSet: ``(namespace, name)``)."""
     name, ns = owner["metadata"]["name"], owner["metadata"]["namespace"]
     own = {"podSelector": {"matchLabels": naming.selector_labels(name)}}
-    every_port = [_port(p) for p in (NODE_PORT, CACHE_PORT, PREDICTOR_PORT, SHADOW_PORT)]
+    every_port = [_port(p) for p in (NODE_PORT, CACHE_PORT, PREDICTOR_PORT, SHADOW_PORT, WEAVER_PORT)]
     ingress: list[dict[str, Any]] = [{"from": [own, dict(operator_peer)], "ports": every_port}]
     if spec.access.clients:
-        # Clients read blocks at the cache and history at the shadow (when a ShadowPolicy runs one).
+        # Clients read blocks at the cache, history at the shadow (when a ShadowPolicy runs one) and woven
+        # snapshots at the weaver (when a WeavePlan runs one).
         ingress.append({"from": [dict(p) for p in spec.access.clients],
-                        "ports": [_port(CACHE_PORT), _port(SHADOW_PORT)]})
+                        "ports": [_port(CACHE_PORT), _port(SHADOW_PORT), _port(WEAVER_PORT)]})
     if spec.access.monitoring:
         ingress.append({"from": [dict(p) for p in spec.access.monitoring], "ports": every_port})
     if replica_peers:
@@ -332,6 +342,8 @@ def _service_ports() -> list[dict[str, Any]]:
         {"name": PREDICTOR, "port": PREDICTOR_PORT, "targetPort": PREDICTOR, "protocol": "TCP"},
         # Served only while a ShadowPolicy gives the pods a shadow container; the CLI reads history here.
         {"name": SHADOW, "port": SHADOW_PORT, "targetPort": SHADOW, "protocol": "TCP"},
+        # Likewise while a WeavePlan gives them a weaver; the CLI lists woven snapshots here.
+        {"name": WEAVER, "port": WEAVER_PORT, "targetPort": WEAVER, "protocol": "TCP"},
     ]
 
 
@@ -438,10 +450,10 @@ def _container(
 
 
 def containers(spec: ShardSetSpec, shadow: ShadowPolicySpec | None = None,
-               replication: bool = False) -> list[dict[str, Any]]:
+               replication: bool = False, weave: WeaveSelection | None = None) -> list[dict[str, Any]]:
     """The ``node``, ``cache`` and ``predictor`` containers, and ``shadow`` while a ShadowPolicy is in force
     (commands per docs/interfaces.md); ``replication``: the ShardSet is a MirrorSet member, so the node gets its
-    replication directory (the other members' CAs)."""
+    replication directory (the other members' CAs); ``weave``: the WeavePlan in force adds ``weaver``."""
     keyring = {"name": "keyring", "mountPath": KEYRING_MOUNT, "readOnly": True}
     partitions = {"name": "partitions", "mountPath": PARTITIONS_MOUNT, "readOnly": True}
     config = {"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True}
@@ -485,8 +497,10 @@ def containers(spec: ShardSetSpec, shadow: ShadowPolicySpec | None = None,
         ],
         PREDICTOR_PORT, spec, [data, config, tls, tmp],
     )
+    weaver = ([_weaver_container(spec, [data, keyring, *kek_mounts, partitions, config, tls, tmp],
+                                 [*kek_args, *secure])] if weave is not None and weave.spec is not None else [])
     if shadow is None:
-        return [node, cache, predictor]
+        return [node, cache, predictor, *weaver]
     # The shadow reads the node's change stream like the cache does (same keys, TLS and pod identity) and keeps
     # its history beside the node's blocks on the data volume.
     objectstore = ([{"name": OBJECTSTORE_VOLUME, "mountPath": OBJECTSTORE_MOUNT, "readOnly": True}]
@@ -502,7 +516,22 @@ def containers(spec: ShardSetSpec, shadow: ShadowPolicySpec | None = None,
         ],
         SHADOW_PORT, spec, [data, keyring, *kek_mounts, partitions, config, tls, tmp, *objectstore],
     )
-    return [node, cache, predictor, shadow_container]
+    return [node, cache, predictor, shadow_container, *weaver]
+
+
+def _weaver_container(spec: ShardSetSpec, mounts: list[dict[str, Any]], extra: list[str]) -> dict[str, Any]:
+    """The ``weaver`` (docs/weaving.md): the shadow's keys, TLS and pod identity; it samples its node, reads the
+    shadow's history file on the shard volume read-only and keeps ``weave.sqlite3`` beside it."""
+    return _container(
+        WEAVER,
+        [
+            "chronoshard-weaver", "--host", "$(POD_IP)", "--port", str(WEAVER_PORT),
+            "--node-url", f"https://$(POD_IP):{NODE_PORT}", "--data-dir", DATA_MOUNT,
+            "--keyring-dir", KEYRING_MOUNT, "--partition-map", f"{PARTITIONS_MOUNT}/{PARTITION_MAP_FILE}",
+            "--settings", f"{CONFIG_MOUNT}/{WEAVE_CONFIG_FILE}", *extra,
+        ],
+        WEAVER_PORT, spec, mounts,
+    )
 
 
 def bootstrap_container(spec: ShardSetSpec) -> dict[str, Any]:
@@ -551,10 +580,12 @@ ZONE_LABEL = "topology.kubernetes.io/zone"
 
 
 def statefulset(owner: Mapping[str, Any], spec: ShardSetSpec, shadow: ShadowPolicySpec | None = None,
-                replication: bool = False, zone: str | None = None) -> dict[str, Any]:
+                replication: bool = False, zone: str | None = None,
+                weave: WeaveSelection | None = None) -> dict[str, Any]:
     """The StatefulSet: one pod per shard, a PVC per shard kept when the ShardSet is deleted or scaled down;
     ``shadow``: the ShadowPolicy in force, which adds the shadow container; ``replication``: a MirrorSet member
-    (the node mounts ``<name>-replication``); ``zone``: the MirrorSet places this mirror's pods in that zone."""
+    (the node mounts ``<name>-replication``); ``zone``: the MirrorSet places this mirror's pods in that zone;
+    ``weave``: the WeavePlan in force, which adds the weaver container."""
     name, ns = owner["metadata"]["name"], owner["metadata"]["namespace"]
     template = spec.pod_template or {}
     pod_labels = {**(template.get("labels") or {}), **naming.common_labels(name, "shard")}
@@ -571,7 +602,7 @@ def statefulset(owner: Mapping[str, Any], spec: ShardSetSpec, shadow: ShadowPoli
             "fsGroup": RUN_AS_USER,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "containers": containers(spec, shadow, replication),
+        "containers": containers(spec, shadow, replication, weave),
         "volumes": [
             {
                 "name": "keyring",

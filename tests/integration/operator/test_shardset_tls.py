@@ -110,11 +110,11 @@ def test_own_ca_certificate_access_and_pod_spec(operator_runner, apis, k8s_clien
     own, operator = rules[0][0]
     assert own["pod_selector"]["match_labels"]["app.kubernetes.io/instance"] == "tls"
     assert operator["pod_selector"]["match_labels"] == {"app.kubernetes.io/name": "chronoshard-operator"}
-    assert rules[0][1] == [7400, 7401, 7402, 7403]
+    assert rules[0][1] == [7400, 7401, 7402, 7403, 7404]
     assert rules[1] == ([{"pod_selector": {"match_labels": {"app": "shop"}, "match_expressions": None},
-                          "namespace_selector": None, "ip_block": None}], [7401, 7403])
+                          "namespace_selector": None, "ip_block": None}], [7401, 7403, 7404])
     assert rules[2][0][0]["namespace_selector"]["match_labels"] == {"team": "obs"} and rules[2][1] == \
-        [7400, 7401, 7402, 7403]
+        [7400, 7401, 7402, 7403, 7404]
 
     pod = sts.spec.template.spec
     assert pod.service_account_name == "tls-shard" and pod.automount_service_account_token is True

@@ -276,7 +276,7 @@ def test_readme_access_example_lets_in_the_app_and_prometheus_only() -> None:
     policy = manifests.network_policy(owner, spec, operator_peer)
     by_ports = {tuple(p["port"] for p in rule["ports"]): rule["from"] for rule in policy["spec"]["ingress"]}
     every = tuple(sorted(PORTS.values()))
-    clients = (PORTS["cache"], PORTS["shadow"])
+    clients = (PORTS["cache"], PORTS["shadow"], PORTS["weaver"])
     assert set(by_ports) == {every, clients} and len(policy["spec"]["ingress"]) == 3
     app = doc["spec"]["access"]["clients"]
     assert by_ports[clients] == app

@@ -6,6 +6,8 @@ from chronoshard.operator import podcontract
 from chronoshard.operator.shardset import manifests
 from chronoshard.operator.spec.shadowpolicy import parse_shadowpolicy
 from chronoshard.operator.spec.shardset import CONTAINERS, parse_shardset
+from chronoshard.operator.spec.weaveplan import parse_weaveplan
+from chronoshard.operator.weaveselect import WeaveSelection
 
 OWNER = {"apiVersion": "chronoshard.io/v1alpha1", "kind": "ShardSet",
          "metadata": {"name": "orders", "namespace": "shop", "uid": "u-1"}}
@@ -17,9 +19,11 @@ def test_the_crd_resources_name_the_pod_containers():
 
 def test_every_container_listens_on_its_contract_port():
     shadow = parse_shadowpolicy({"shardSetRef": {"name": "orders"}})
-    containers = manifests.containers(parse_shardset({"shards": 1}), shadow)
+    weave = WeaveSelection("growth", parse_weaveplan({"shardSetRef": {"name": "orders"}}))
+    containers = manifests.containers(parse_shardset({"shards": 1}), shadow, weave=weave)
     assert {c["name"]: c["ports"][0]["containerPort"] for c in containers} == podcontract.PORTS
     assert podcontract.PORTS[podcontract.SHADOW] == 7403
+    assert podcontract.PORTS[podcontract.WEAVER] == 7404
 
 
 def test_the_config_map_carries_one_file_per_process():

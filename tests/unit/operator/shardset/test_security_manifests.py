@@ -92,7 +92,8 @@ def test_network_policy_defaults_clients_to_the_namespace():
                                            "app.kubernetes.io/instance": "orders",
                                            "app.kubernetes.io/component": "shard"}}}
     assert policy["spec"]["podSelector"] == own["podSelector"] and policy["spec"]["policyTypes"] == ["Ingress"]
-    assert _rules(policy) == [([own, OPERATOR_PEER], [7400, 7401, 7402, 7403]), ([{"podSelector": {}}], [7401, 7403])]
+    assert _rules(policy) == [([own, OPERATOR_PEER], [7400, 7401, 7402, 7403, 7404]),
+                              ([{"podSelector": {}}], [7401, 7403, 7404])]
 
 
 def test_network_policy_with_clients_and_monitoring():
@@ -101,7 +102,7 @@ def test_network_policy_with_clients_and_monitoring():
     policy = manifests.network_policy(OWNER, spec(access={"clients": clients, "monitoring": monitoring}),
                                       OPERATOR_PEER)
     rules = _rules(policy)
-    assert rules[1:] == [(clients, [7401, 7403]), (monitoring, [7400, 7401, 7402, 7403])]
+    assert rules[1:] == [(clients, [7401, 7403, 7404]), (monitoring, [7400, 7401, 7402, 7403, 7404])]
     none = manifests.network_policy(OWNER, spec(access={"clients": []}), OPERATOR_PEER)
     assert len(_rules(none)) == 1  # only the ShardSet's own pods and the operator
 

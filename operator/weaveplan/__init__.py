@@ -1,0 +1,1 @@
+"""The WeavePlan controller (docs/weaving.md)."""
