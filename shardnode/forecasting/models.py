@@ -112,13 +112,13 @@ def exponential_smoothing(y: np.ndarray, h: int, rng: np.random.Generator, growt
 
 
 def arima(y: np.ndarray, h: int, rng: np.random.Generator, growth: bool, season: int) -> Paths:
-    """ARIMA by statsmodels: (1,1,0) with drift for a growth series, (1,1,1) for a load series."""
+    """ARIMA by statsmodels: (1,1,0) with drift for a growth series, (1,1,1) with drift for a load series."""
     from statsmodels.tsa.arima.model import ARIMA  # type: ignore[import-untyped]
 
     if growth:
         res = ARIMA(y, order=(1, 1, 0), trend="t").fit()
     else:
-        res = ARIMA(y, order=(1, 1, 1)).fit()
+        res = ARIMA(y, order=(1, 1, 1), trend="t").fit()
     return Paths(np.asarray(res.forecast(h), dtype=float), _simulate(res, h, rng))
 
 

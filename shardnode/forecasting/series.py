@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 from chronoshard.shardnode.forecasting.types import PartitionSample
 
-MAX_HISTORY_STEPS = 240  # the models see at most this many recent grid points (keeps one call cheap)
+MAX_HISTORY_STEPS = 320  # the models see at most this many recent grid points: cheap, and a day at 5 min
 MAX_HORIZON_STEPS = 60  # the window is cut into at most this many forecast steps
 
 
@@ -37,15 +37,15 @@ def choose_step(times: np.ndarray, window_seconds: float) -> float:
     return max(dt, window_seconds / MAX_HORIZON_STEPS, 1e-3)
 
 
-def to_grid(samples: Sequence[PartitionSample], step: float) -> Grid:
-    """The samples on a regular grid ending at the last sample (at most MAX_HISTORY_STEPS + 1 points)."""
+def to_grid(samples: Sequence[PartitionSample], step: float, max_steps: int = MAX_HISTORY_STEPS) -> Grid:
+    """The samples on a regular grid ending at the last sample (at most ``max_steps`` + 1 points)."""
     ordered = sorted(samples, key=lambda s: s.time)
     t = np.array([s.time for s in ordered], dtype=float)
     size = np.array([s.bytes for s in ordered], dtype=float)
     requests = unreset(np.array([s.writes for s in ordered], dtype=float)) + unreset(
         np.array([s.reads for s in ordered], dtype=float)
     )
-    n = min(int(math.floor((t[-1] - t[0]) / step + 1e-9)), MAX_HISTORY_STEPS)
+    n = min(int(math.floor((t[-1] - t[0]) / step + 1e-9)), max_steps)
     times = t[-1] - step * np.arange(n, -1, -1, dtype=float)
     grid_bytes = np.interp(times, t, size)
     cum = np.interp(times, t, requests)
