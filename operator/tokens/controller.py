@@ -51,6 +51,7 @@ class Pass:
     events: list[tuple[str, str, str]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     key_ids: list[str] = field(default_factory=list)
+    rotation: str | None = None  # the rotation request the signing Secret says was handled
 
     @property
     def namespace(self) -> str:
@@ -115,6 +116,7 @@ def ensure_signing(p: Pass, spec: MirrorSetSpec) -> list[dict[str, str]]:
         return []
     old = keys.public_raw(previous) if previous else None
     request = (p.body["metadata"].get("annotations") or {}).get(manifests.ROTATE_ANNOTATION)
+    p.rotation = (secret["metadata"].get("annotations") or {}).get(manifests.ROTATED_REQUEST_ANNOTATION)
     step = plan.rotation_step(request, secret["metadata"].get("annotations") or {}, previous is not None, CLOCK(),
                               spec.tokens.valid_ttl)
     if step == plan.ROTATE and request and signing:
@@ -127,6 +129,7 @@ def ensure_signing(p: Pass, spec: MirrorSetSpec) -> list[dict[str, str]]:
                                        f"({manifests.ROTATE_ANNOTATION}={request}); the old public key stays "
                                        "published for validTTL")
             old, current = current, new_pub
+            p.rotation = request
     elif step == plan.DROP_PREVIOUS and old is not None:
         if _patch_signing(p, secret, {keys.PREVIOUS_FILE: None}):
             p.event("TokenKeyRetired", f"previous signing key {keys.key_id(old)} no longer published")
@@ -246,6 +249,8 @@ async def step(body: Mapping[str, Any]) -> tuple[dict[str, Any], list[tuple[str,
     risk = await tokenlookup.read_risk(p.namespace, p.name) if ready else None
     url = f"https://{naming.token_service_host(p.namespace, p.name)}:{naming.TOKEN_SERVICE_PORT}"
     status = plan.token_service_status(ready, url, p.key_ids, risk, "; ".join(p.problems) or None)
+    if p.rotation is not None:
+        status["rotationRequest"] = p.rotation
     return status, p.events
 
 
@@ -261,6 +266,7 @@ async def token_service_loop(name: str, namespace: str | None, body: kopf.Body, 
     ns = namespace_of("MirrorSet", name, namespace)
 
     async def one_pass(snap: dict[str, Any]) -> tuple[str, float]:
+        snap["kind"] = "MirrorSet"  # the loop's snapshot carries the loop's key; owner references need the kind
         status, events = await step(snap)
         if (snap.get("status") or {}).get("tokenService") != _without_none(status):
             # A merge patch keeps keys it does not name: name the ones to drop (a resolved message) as null.
@@ -273,6 +279,15 @@ async def token_service_loop(name: str, namespace: str | None, body: kopf.Body, 
             MISSING_SECONDS if "message" in status else PASS_SECONDS)
 
     await run_object_loop(LOOP_KIND, ns, name, body, stopped, one_pass)
+
+
+@kopf.on.event(naming.GROUP, naming.VERSION, PLURAL, id="token_service_changed")
+def token_service_changed(name: str, namespace: str | None, body: kopf.Body, **_: Any) -> None:
+    """Wake the loop on a new rotation request (annotations do not bump the generation)."""
+    request = (body["metadata"].get("annotations") or {}).get(manifests.ROTATE_ANNOTATION)
+    handled = ((body.get("status") or {}).get("tokenService") or {}).get("rotationRequest")
+    if request is not None and request != handled:
+        TRIGGERS.fire(LOOP_KIND, namespace or "", name)
 
 
 @kopf.on.delete(naming.GROUP, naming.VERSION, PLURAL, id="token_service_deleted", optional=True)
