@@ -11,7 +11,9 @@ period and retire the compromised version as soon as no block uses it.
 
 Pods that run a ``shadow`` container (a ShadowPolicy) are rotated with it: the shadow is waited for like the node
 and cache, its history is rewrapped with the same batches (threat rotations included), and no version is retired
-while any shadow still reports history versions under it.
+while any shadow still reports history versions under it. Pods that run a ``weaver`` (a WeavePlan) likewise: the
+weaver is waited for, its rewrap (``keep``: the new version) drops the woven rows of other versions, rebuilt from
+the rewrapped history, and no version is retired while a weaver still reports woven rows under it.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from ..loop import namespace_of, post_events, run_object_loop, until_seen
 from ..metrics import observe_phase, record_error, record_rotation
 from ..mirrorlookup import mirror_membership
 from ..mirrorselect import MirrorMembership
-from ..podcontract import NODE, SHADOW
+from ..podcontract import NODE, SHADOW, WEAVER
 from ..reshardlookup import reshard_moving
 from ..shardpods import member_pods, shard_pods
 from ..spec.common import SpecError
@@ -425,8 +427,13 @@ async def _rewrapping(r: Rotation) -> Step:
     errors = await probe.start_rewrap({s: p for s, p in r.pods.items() if counts.get(s, 1) > 0}, batch, pause)
     shadow_errors = await probe.start_rewrap({s: p for s, p in r.pods.items() if history.get(s, 0) > 0},
                                              batch, PAUSE_URGENT if r.urgent else PAUSE_NORMAL_SHADOW, role=SHADOW)
+    # Weavers drop their woven rows of other versions and rebuild them from the rewrapped history.
+    woven = plan.old_data(r.reports, r.to_v, WEAVER)
+    weaver_errors = await probe.start_rewrap({s: p for s, p in r.pods.items() if woven.get(s, 0) > 0},
+                                             batch, None, role=WEAVER, keep=r.to_v)
     failed = [f"shard {s}: {e}" for s, e in errors.items() if e]
     failed += [f"shard {s} shadow: {e}" for s, e in shadow_errors.items() if e]
+    failed += [f"shard {s} weaver: {e}" for s, e in weaver_errors.items() if e]
     return r.waiting("Rewrapping", done.message + (f"; cannot start rewrap on {', '.join(failed)}" if failed else ""))
 
 

@@ -13,6 +13,10 @@ A shard pod that runs a ``shadow`` container (a ShadowPolicy targets the ShardSe
 table keys: its history is sealed under them. It is waited for like the node and cache at every step, its history
 is rewrapped like the node's blocks, and a version is retired only when neither the node nor the shadow of any
 shard still holds data under it.
+
+A pod that runs a ``weaver`` container (a WeavePlan) holds woven snapshots sealed under table keys
+(docs/weaving.md): it is an optional key holder the same way, its rewrap drops the woven rows of other versions
+(rebuilt from the rewrapped history), and a version is retired only when no woven snapshot still needs it.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from typing import Any
 
 from croniter import croniter
 
-from ..podcontract import CACHE, NODE, SHADOW
+from ..podcontract import CACHE, NODE, SHADOW, WEAVER
 
 
 class Phase(StrEnum):
@@ -57,11 +61,13 @@ def parse_phase(text: str | None) -> Phase | None:
         return None
 
 
-# The processes that hold table keys and answer ``GET /v1/keys``; the shadow only in pods that run one.
+# The processes that hold table keys and answer ``GET /v1/keys``; the shadow and the weaver only in pods that run
+# one.
 ROLES = (NODE, CACHE)
-OPTIONAL_ROLES = (SHADOW,)
-# The processes whose ``GET /v1/keys`` counts data per key version (node: blocks; shadow: history versions).
-DATA_ROLES = (NODE, SHADOW)
+OPTIONAL_ROLES = (SHADOW, WEAVER)
+# The processes whose ``GET /v1/keys`` counts data per key version (node: blocks; shadow: history versions;
+# weaver: woven rows).
+DATA_ROLES = (NODE, SHADOW, WEAVER)
 # The processes of a MirrorSet's mirror member a rotation of the active member waits for: the node, which stores
 # the blocks sealed with the copied keyring (docs/mirroring.md, "Keys").
 MEMBER_ROLES = (NODE,)
@@ -166,7 +172,7 @@ def old_blocks(reports: Sequence[ProcessReport], shards: int, keep: int) -> tupl
     """Node blocks per shard on any version other than ``keep``; ready when every shard's node, and its shadow if
     it runs one, reports zero (a version the history still needs must not be retired)."""
     counts = {role: old_data(reports, keep, role) for role in DATA_ROLES}
-    what = {NODE: "block(s)", SHADOW: "history version(s)"}
+    what = {NODE: "block(s)", SHADOW: "history version(s)", WEAVER: "woven row(s)"}
     readiness = _check(
         reports, shards, DATA_ROLES,
         lambda r: counts[r.role].get(r.shard, 0) == 0,

@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 
 from .. import podtls
-from ..podcontract import NODE, SHADOW
+from ..podcontract import NODE, SHADOW, WEAVER
 from .plan import ROLES, ProcessReport
 
 TIMEOUT_SECONDS = 5.0
@@ -63,9 +63,10 @@ async def _get_keys(session: aiohttp.ClientSession, shard: int, role: str, pod: 
 
 
 def roles_of(pod: Mapping[str, Any]) -> tuple[str, ...]:
-    """The key-holding processes of a pod: node and cache, and the shadow when the pod spec has that container."""
+    """The key-holding processes of a pod: node and cache, and the shadow and the weaver when the pod spec has
+    that container."""
     names = {c.get("name") for c in (pod.get("spec") or {}).get("containers") or []}
-    return ROLES + ((SHADOW,) if SHADOW in names else ())
+    return ROLES + tuple(r for r in (SHADOW, WEAVER) if r in names)
 
 
 async def collect_reports(pods: Mapping[int, Mapping[str, Any]], wait: ReportWait | None = None,
@@ -84,10 +85,12 @@ async def collect_reports(pods: Mapping[int, Mapping[str, Any]], wait: ReportWai
 
 
 async def start_rewrap(pods: Mapping[int, Mapping[str, Any]], batch_size: int, pause_seconds: float | None,
-                       role: str = NODE) -> dict[int, str | None]:
+                       role: str = NODE, keep: int | None = None) -> dict[int, str | None]:
     """Start (or resume) the rewrap on ``role`` (the node, or the shadow's history) of every pod given; returns
     an error per shard that could not be asked. ``pause_seconds`` None leaves the pace to the process."""
     body: dict[str, Any] = {"batchSize": batch_size}
+    if keep is not None:  # the weaver drops the woven rows of every other version (docs/weaving.md)
+        body["keep"] = keep
     if pause_seconds is not None:
         body["pauseSeconds"] = pause_seconds
 

@@ -101,9 +101,9 @@ def weave_row(shard: int, raw: Mapping[str, Any]) -> dict[str, Any] | None:
     wid, pid = raw.get("id"), _int(raw.get("partition"))
     if not isinstance(wid, str) or pid is None:
         return None
-    window = raw.get("window")
+    window = raw.get("window")  # the weaver's seconds (or already a duration)
     if not isinstance(window, str):
-        window = duration_text(_num(raw.get("windowSeconds")))
+        window = duration_text(_num(window, _num(raw.get("windowSeconds"))))
     split_key = raw.get("splitKey")
     if isinstance(split_key, int) and not isinstance(split_key, bool):
         split_key = f"{split_key:016x}"
@@ -171,6 +171,8 @@ def aggregate(reports: Iterable[WeaverReport]) -> Aggregate:
         if t is not None:
             times.append(t)
         problems += [f"shard {report.shard}: {e}" for e in report.body.get("errors") or [] if isinstance(e, str)]
+        if isinstance(report.body.get("configError"), str):
+            problems.append(f"shard {report.shard}: weave.json: {report.body['configError']}")
     partitions.sort(key=lambda r: (-probability(r), r["id"]))
     far = "9999-12-31T23:59:59Z"
     weaves.sort(key=lambda w: (w["predictedTime"] or far, w["partition"], w["id"]))

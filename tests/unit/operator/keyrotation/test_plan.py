@@ -162,3 +162,26 @@ def test_old_history_and_old_blocks_are_both_named():
     ready, _ = plan.old_blocks(reports, 1, keep=2)
     assert ready.waiting == ("shard 0 node: 2 block(s) still on an old key version",
                              "shard 0 shadow: 9 history version(s) still on an old key version")
+
+
+def test_weavers_are_waited_for_like_shadows_where_the_pod_runs_one():
+    # Shard 1 runs a weaver (a WeavePlan) whose keyring is stale: it holds up the load, promotion and drop.
+    reports = full() + [rep(1, "weaver", gen=4, versions=(1,), primary=1)]
+    assert plan.loaded(reports, 3, 2, 5).waiting == (
+        "shard 1 weaver: has keyring generation 4, needs 5 with version 2",)
+    assert plan.promoted(reports, 3, 2, 5).waiting == ("shard 1 weaver: primary is still version 1",)
+    holding = full(versions=(2,)) + [rep(1, "weaver", versions=(1, 2))]
+    assert plan.dropped(holding, 3, [1], 5).waiting == ("shard 1 weaver: still holds version(s) [1]",)
+    assert plan.loaded(full() + [rep(1, "weaver")], 3, 2, 5).ready
+    unreachable = full() + [rep(0, "weaver", reachable=False)]
+    assert "shard 0 weaver: unreachable" in plan.loaded(unreachable, 3, 2, 5).message
+
+
+def test_a_version_a_woven_snapshot_still_needs_is_not_retired():
+    reports = full(blocks={2: 10}) + [rep(0, "shadow", blocks={2: 3}), rep(0, "weaver", blocks={1: 4, 2: 1})]
+    ready, counts = plan.old_blocks(reports, 3, keep=2)
+    assert ready.waiting == ("shard 0 weaver: 4 woven row(s) still on an old key version",)
+    assert counts == {0: 0, 1: 0, 2: 0}
+    assert plan.old_data(reports, 2, "weaver") == {0: 4}
+    done = full(blocks={2: 10}) + [rep(0, "weaver", blocks={2: 5})]
+    assert plan.old_blocks(done, 3, keep=2)[0].ready

@@ -20,7 +20,7 @@ def test_rows_from_every_shard_largest_forecast_first_times_as_rfc3339():
     agg = aggregate([
         WeaverReport(1, shard_body(part(3, 8192, 0.9), weaves=[{
             "id": "w-3-1", "partition": 3, "splitKey": 0xa3f0000000000000, "confidence": 0.9,
-            "predictedTime": "2026-12-08T10:00:00Z", "windowSeconds": 86400, "snapshots": 2, "sourceSnapshot": 7,
+            "predictedTime": "2026-12-08T10:00:00Z", "window": 86400, "snapshots": 2, "sourceSnapshot": 7,
             "sourceLsn": 99, "bytes": 1000}], forecast_time=1_765_000_000.0)),
         WeaverReport(0, shard_body(part(0, 4096, 0.1), part(1, 4096, 0.5), forecast_time="2025-12-06T05:46:41Z")),
     ])
@@ -40,8 +40,9 @@ def test_rows_from_every_shard_largest_forecast_first_times_as_rfc3339():
 
 def test_missing_shards_and_weaver_errors_are_problems_and_no_shadow_anywhere_is_seen():
     agg = aggregate([WeaverReport(0, error="HTTP 503"),
-                     WeaverReport(1, shard_body(part(1, 1, 0.2), shadow=False, errors=["node unreachable"]))])
-    assert agg.problems == ["shard 0: HTTP 503", "shard 1: node unreachable"]
+                     WeaverReport(1, {**shard_body(part(1, 1, 0.2), shadow=False, errors=["node unreachable"]),
+                                      "configError": "not JSON"})])
+    assert agg.problems == ["shard 0: HTTP 503", "shard 1: node unreachable", "shard 1: weave.json: not JSON"]
     assert agg.reporting == 1 and not agg.shadow
     assert "lastForecastTime" not in agg.fields()
 
