@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
 import math
 from collections.abc import Callable
@@ -15,7 +16,8 @@ from typing import Any, TypeVar
 import aiohttp
 from aiohttp import web
 from chronoshard.shardnode.auth.policy import Access
-from chronoshard.shardnode.auth.writer import on_behalf_headers
+from chronoshard.shardnode.auth.tiered import IDEMPOTENCY_HEADER, QUEUE_HEADER, must_queue
+from chronoshard.shardnode.auth.writer import on_behalf_headers, request_identity
 from chronoshard.shardnode.eviction import make_policy
 from chronoshard.shardnode.keys.keyring import KeyringWatcher
 from chronoshard.shardnode.keys.provider import (
@@ -42,7 +44,14 @@ from chronoshard.shardnode.serving.http_common import (
     table_param,
 )
 from chronoshard.shardnode.serving.metrics import CacheMetrics
-from chronoshard.shardnode.serving.scaffold import Partitioning, Probes, Route, block_routes, create_server_app
+from chronoshard.shardnode.serving.scaffold import (
+    Partitioning,
+    Probes,
+    Route,
+    block_routes,
+    create_server_app,
+    revocation_routes,
+)
 from chronoshard.shardnode.serving.settings_watch import SettingsWatcher
 from prometheus_client import Counter
 
@@ -53,7 +62,7 @@ from .node_client import NodeClient, UpstreamError
 log = logging.getLogger(__name__)
 
 # Routing headers a client sends are passed on to the node with writes (see routing.py).
-PASS_HEADERS = ("X-Chronoshard-Forwarded", "X-Chronoshard-Routed")
+PASS_HEADERS = ("X-Chronoshard-Forwarded", "X-Chronoshard-Routed", IDEMPOTENCY_HEADER)
 # Read-your-writes (docs/mirroring.md): the LSN a read needs, and how long the node may wait for it.
 MIN_LSN_HEADER, WAIT_MS_HEADER = "X-Chronoshard-Min-Lsn", "X-Chronoshard-Wait-Ms"
 MIN_TERM_HEADER = "X-Chronoshard-Min-Term"
@@ -331,11 +340,30 @@ async def get_block(request: web.Request) -> web.StreamResponse:
                         headers={"X-Chronoshard-Cache": "hit" if hit else "miss"})
 
 
+async def queued_write(request: web.Request, owner: str, body: bytes | None) -> web.StreamResponse:
+    """A write made with a temporary tiered token: passed to the owning node, which queues it (202); the cached
+    copy is left alone (nothing is written yet)."""
+    st = state(request)
+    table, key = table_param(request), key_param(request)
+    headers = {**routing_headers(request), QUEUE_HEADER: owner}
+    if body is not None:
+        headers["Content-Type"] = "application/octet-stream"
+    try:
+        status, answer, _ = await st.bc.node.request(request.method, st.bc.node.url("v1", "tables", table, "blocks",
+                                                                                    key), data=body, headers=headers)
+    except UpstreamError as exc:
+        return upstream(exc)
+    return web.Response(body=answer, status=status, content_type="application/json")
+
+
 async def put_block(request: web.Request) -> web.StreamResponse:
     """PUT a block through to the node; the cached copy becomes the acknowledged value."""
     st = state(request)
     table, key = table_param(request), key_param(request)
     body = await read_block_body(request, st.cfg.max_block_bytes)
+    owner = must_queue(request)
+    if owner is not None:
+        return await queued_write(request, owner, body)
     try:
         return web.json_response(await st.bc.put(table, key, body, routing_headers(request)))
     except UpstreamError as exc:
@@ -346,6 +374,9 @@ async def delete_block(request: web.Request) -> web.StreamResponse:
     """DELETE a block through to the node and drop the cached copy."""
     st = state(request)
     table, key = table_param(request), key_param(request)
+    owner = must_queue(request)
+    if owner is not None:
+        return await queued_write(request, owner, None)
     try:
         return web.json_response(await st.bc.delete(table, key, routing_headers(request)))
     except UpstreamError as exc:
@@ -536,6 +567,21 @@ async def stats(request: web.Request) -> web.StreamResponse:
                               "keyCache": {"wrapped": bool(ring is not None and ring.wrapped), **key_stats}})
 
 
+async def queue_entry(request: web.Request) -> web.StreamResponse:
+    """GET /v1/queue/{id}: asked of the node (as the pod), shown only to the token subject that queued it."""
+    st = state(request)
+    wid = request.match_info["id"]
+    try:
+        _, answer, _ = await st.bc.node.request("GET", st.bc.node.url("v1", "queue", wid))
+    except UpstreamError as exc:
+        return upstream(exc)
+    entry = dict(json.loads(answer))
+    caller = request_identity(request)
+    if caller is not None and caller.kind != "pod" and caller.user != entry.get("owner"):
+        raise ApiError(404, "not_found", f"no queued write {wid} of yours")
+    return web.json_response({k: entry.get(k) for k in ("id", "state", "lsn", "error", "position")})
+
+
 def routes() -> list[Route]:
     """The cache's own routes (the scaffold adds the probes, metrics, openapi and partitions)."""
     blocks = block_routes(get=get_block, put=put_block, delete=delete_block, batch_get=batch_get, scan=scan)
@@ -544,7 +590,9 @@ def routes() -> list[Route]:
             Route("POST", "/v1/prefetch/keys", prefetch_keys, Access.ADMIN),
             Route("GET", "/v1/access-log", access_log, Access.ADMIN),
             Route("GET", "/v1/keys", keys, Access.ADMIN),
-            Route("GET", "/v1/cache", stats, Access.ADMIN)]
+            Route("GET", "/v1/cache", stats, Access.ADMIN),
+            Route("GET", "/v1/queue/{id}", queue_entry, Access.DATA_GET),
+            *revocation_routes()]
 
 
 def create_app(cfg: CacheConfig) -> web.Application:

@@ -15,8 +15,9 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 from chronoshard.shardnode.auth.policy import Access
-from chronoshard.shardnode.auth.writer import writer_identity
-from chronoshard.shardnode.keys.crypto import CompromisedVersion, IntegrityError, open_block
+from chronoshard.shardnode.auth.tiered import idempotency_key, must_queue
+from chronoshard.shardnode.auth.writer import request_identity, writer_identity
+from chronoshard.shardnode.keys.crypto import CompromisedVersion, IntegrityError, open_block, seal_block
 from chronoshard.shardnode.keys.keyring import KeyringWatcher, MissingKeyVersion
 from chronoshard.shardnode.keys.provider import EmbeddedKeyProvider, KeyCache, key_cache_size_setting
 from chronoshard.shardnode.replication import api as replication_api
@@ -47,11 +48,13 @@ from chronoshard.shardnode.serving.scaffold import (
     Route,
     block_routes,
     create_server_app,
+    revocation_routes,
 )
 from chronoshard.shardnode.serving.settings_watch import SettingsWatcher
 from prometheus_client import Counter
 
-from . import changelog, consumers, partition_stats, rewrap, stream_api
+from . import changelog, consumers, idempotency, partition_stats, rewrap, stream_api, writequeue
+from .idempotency import Replayed
 from .pacing import ForegroundGauge, Pacer
 from .store import (
     NoKeyring,
@@ -99,6 +102,8 @@ class NodeConfig:
     # A move's copy (the source's snapshot, the target's import): None adapts to the clients (docs/resharding.md
     # #pacing), a number is a fixed pause after every chunk (0: full speed).
     move_pause_seconds: float | None = None
+    # Fault injection for tests only: a pause between a queued write's apply and its record (0 in production).
+    queue_record_pause_seconds: float = 0.0
 
     def apply(self, settings: dict[str, Any]) -> None:
         """Overlay settings from node.json (unknown keys ignored, wrong types logged and ignored)."""
@@ -116,7 +121,8 @@ class NodeConfig:
                                 ("trimIntervalSeconds", "trim_interval_seconds", (int, float)),
                                 ("compromisedWriteHoldSeconds", "compromised_write_hold_seconds", (int, float)),
                                 ("moveCopyChunk", "move_copy_chunk", int), ("moveBatch", "move_batch", int),
-                                ("movePauseSeconds", "move_pause_seconds", (int, float))):
+                                ("movePauseSeconds", "move_pause_seconds", (int, float)),
+                                ("queueRecordPauseSeconds", "queue_record_pause_seconds", (int, float))):
             if name in settings:
                 value = settings[name]
                 # a pause may be 0 (full speed); every other setting must be positive
@@ -183,6 +189,9 @@ class Node:
         self.metrics.registry.register(health.SourceCollector(self.source, self.lease))
         self.metrics.registry.register(MirrorCollector(self.replication))
         self._peer_session: aiohttp.ClientSession | None = None
+        # Writes made with temporary tiered tokens (docs/tokens.md): kept in queue.sqlite3, applied by the drainer.
+        self.queue: writequeue.WriteQueue | None = None
+        self.drainer: writequeue.Drainer | None = None
 
     # ---- lifecycle ---------------------------------------------------------------------------
     async def start(self, app: web.Application) -> None:
@@ -205,6 +214,10 @@ class Node:
         await self.reshard_source.start()  # the persisted pushed map in force before the first request
         # Every persisted move resumes from its cursor, under the map in force (a pushed one included).
         await self.moves.start(self._peer_session)
+        self.queue = await asyncio.to_thread(writequeue.WriteQueue, self.cfg.data_dir)
+        drainer = self.drainer = writequeue.Drainer(self.queue, lambda entry: apply_queued(self, entry),
+                                                    record_delay=lambda: self.cfg.queue_record_pause_seconds)
+        self._tasks.append(asyncio.create_task(drainer.run(), name="queue-drainer"))
         for name, job in (("mirror-lag", self.source.run()), ("lease", self.lease.run()),
                           ("health-samples", self.health.run())):
             self._tasks.append(asyncio.create_task(job, name=name))
@@ -238,6 +251,8 @@ class Node:
         await self.verify.stop()
         if self.store:
             await asyncio.to_thread(self.store.close)
+        if self.queue is not None:
+            await asyncio.to_thread(self.queue.close)
 
     async def _trim_loop(self) -> None:
         while True:
@@ -261,6 +276,9 @@ class Node:
             if res.deleted:
                 self.metrics.changelog_trimmed.inc(res.deleted)
             if not res.more:
+                await self.db.write(lambda conn: idempotency.trim(conn, time.time()))
+                if self.queue is not None:
+                    await asyncio.to_thread(self.queue.trim, time.time())
                 return total
 
     def _apply_settings(self, doc: dict[str, Any]) -> None:
@@ -345,6 +363,13 @@ class Node:
         return self.store
 
     @property
+    def write_queue(self) -> writequeue.WriteQueue:
+        """The queue of writes made with temporary tokens (503 before start-up finished)."""
+        if self.queue is None:
+            raise ApiError(503, "not_ready", "the write queue is not open yet")
+        return self.queue
+
+    @property
     def rewrapper(self) -> rewrap.RewrapRunner:
         """The rewrap runner (503 before start-up finished)."""
         if self.rewrap is None:
@@ -405,12 +430,16 @@ def precondition_failed(exc: PreconditionFailed) -> ApiError:
 
 
 async def put_holding_while_compromised(node: Node, table: str, key: str, body: bytes,
-                                        if_lsn: int | None = None, identity: str | None = None) -> WriteResult:
+                                        if_lsn: int | None = None, identity: str | None = None,
+                                        once: str | None = None) -> WriteResult | Replayed:
     """Store a block; while a threat rotation has marked the primary compromised, hold the write until the new
-    primary is loaded (the keyring watcher swaps it in), then answer 503 if that takes too long."""
+    primary is loaded (the keyring watcher swaps it in), then answer 503 if that takes too long. ``once``: the
+    scoped idempotency key (the write is made at most once under it; a repeat gets the recorded answer)."""
     deadline = asyncio.get_running_loop().time() + node.cfg.compromised_write_hold_seconds
     while True:
         try:
+            if once is not None:
+                return await node.db.put_once(table, key, body, once, if_lsn=if_lsn, identity=identity)
             return await node.db.put(table, key, body, if_lsn=if_lsn, identity=identity)
         except PreconditionFailed as exc:
             raise precondition_failed(exc) from None
@@ -428,23 +457,47 @@ async def put_holding_while_compromised(node: Node, table: str, key: str, body: 
             await asyncio.sleep(0.1)
 
 
+def request_idempotency_key(request: web.Request) -> str | None:
+    """The request's Idempotency-Key (400 when malformed)."""
+    try:
+        return idempotency_key(request)
+    except ValueError as exc:
+        raise ApiError(400, "invalid_idempotency_key", str(exc)) from None
+
+
 async def put_block(request: web.Request) -> web.Response:
     """PUT /v1/tables/{table}/blocks/{key}: store the raw body, acknowledged after it is durable; with
-    X-Chronoshard-If-Lsn only if the block is at that LSN (412 otherwise)."""
+    X-Chronoshard-If-Lsn only if the block is at that LSN (412 otherwise); with Idempotency-Key at most once; with
+    a temporary tiered token queued (202, docs/tokens.md)."""
     node = node_of(request)
+    table, key = table_param(request), key_param(request)
+    ikey, owner = request_idempotency_key(request), must_queue(request)
+    if owner is None:
+        node.replication.check_writable()  # 503 unless an active primary (before the body is read)
+    expected = stream_api.if_lsn(request)
+    body = await read_block_body(request, node.cfg.max_block_bytes)
+    if owner is not None:
+        return await queue_write(node, request, owner, "PUT", table, key, body, ikey, expected)
+    status, answer = await write_put(node, table, key, body, expected, writer_identity(request), ikey)
+    return web.json_response(answer, status=status)
+
+
+async def write_put(node: Node, table: str, key: str, body: bytes, expected: int | None, writer: str | None,
+                    ikey: str | None) -> tuple[int, dict[str, Any]]:
+    """A client put on this primary (the handler's and the queue drainer's): status and JSON answer."""
     node.replication.check_writable()  # 503 unless an active primary
     term = node.replication.role.term  # the write belongs to this term's LSNs (read-your-writes: Min-Term)
     await node.source.wait_writable()  # async mode: held while the mirrors lag too far (503 mirror_lag)
-    table, key = table_param(request), key_param(request)
-    expected = stream_api.if_lsn(request)
-    body = await read_block_body(request, node.cfg.max_block_bytes)
+    once = None if ikey is None else idempotency.scoped(writer, ikey)
     async with node.reshard_source.gate.admit(table, key):  # held by a cutover's fence; 421 once moved away
-        res = await put_holding_while_compromised(node, table, key, body, expected, writer_identity(request))
+        res = await put_holding_while_compromised(node, table, key, body, expected, writer, once)
+    if isinstance(res, Replayed):  # made before under this key: its answer, nothing written again
+        return res.status, {**res.body, "term": term, "replayed": True}
     node.metrics.writes.labels("put").inc()
     node.metrics.bytes_written.inc(len(body))
     await node.source.wait_acked(res.lsn)  # sync mode: until a mirror acked it (503 sync_timeout)
-    return web.json_response({"table": table, "key": key, "lsn": res.lsn, "term": term,
-                              "keyVersion": res.key_version, "size": len(body)})
+    return 200, {"table": table, "key": key, "lsn": res.lsn, "term": term, "keyVersion": res.key_version,
+                 "size": len(body)}
 
 
 async def get_block_h(request: web.Request) -> web.Response:
@@ -468,23 +521,137 @@ async def get_block_h(request: web.Request) -> web.Response:
 
 
 async def delete_block(request: web.Request) -> web.Response:
-    """DELETE /v1/tables/{table}/blocks/{key} (conditional with X-Chronoshard-If-Lsn, as PUT)."""
+    """DELETE /v1/tables/{table}/blocks/{key} (conditional with X-Chronoshard-If-Lsn, Idempotency-Key and queued
+    with a temporary tiered token, as PUT)."""
     node = node_of(request)
+    table, key = table_param(request), key_param(request)
+    ikey, owner = request_idempotency_key(request), must_queue(request)
+    expected = stream_api.if_lsn(request)
+    if owner is not None:
+        return await queue_write(node, request, owner, "DELETE", table, key, None, ikey, expected)
+    status, answer = await write_delete(node, table, key, expected, writer_identity(request), ikey)
+    return web.json_response(answer, status=status)
+
+
+async def write_delete(node: Node, table: str, key: str, expected: int | None, writer: str | None,
+                       ikey: str | None) -> tuple[int, dict[str, Any]]:
+    """A client delete on this primary (the handler's and the queue drainer's): status and JSON answer."""
     node.replication.check_writable()  # 503 unless an active primary
     term = node.replication.role.term
     await node.source.wait_writable()
-    table, key = table_param(request), key_param(request)
-    expected = stream_api.if_lsn(request)
     try:
         async with node.reshard_source.gate.admit(table, key):  # as a put
-            res = await node.db.delete(table, key, if_lsn=expected, identity=writer_identity(request))
+            if ikey is None:
+                res: WriteResult | Replayed | None = await node.db.delete(table, key, if_lsn=expected,
+                                                                          identity=writer)
+            else:
+                res = await node.db.delete_once(table, key, idempotency.scoped(writer, ikey), if_lsn=expected,
+                                                identity=writer)
     except PreconditionFailed as exc:
         raise precondition_failed(exc) from None
+    if isinstance(res, Replayed):
+        return res.status, {**res.body, "replayed": True}
     if res is None:
         raise ApiError(404, "not_found", f"no block {table}/{key}")
     node.metrics.writes.labels("delete").inc()
     await node.source.wait_acked(res.lsn)
-    return web.json_response({"table": table, "key": key, "lsn": res.lsn, "term": term})
+    return 200, {"table": table, "key": key, "lsn": res.lsn, "term": term}
+
+
+# ---- queued writes (temporary tiered tokens, docs/tokens.md) ---------------------------------------------
+async def queue_write(node: Node, request: web.Request, owner: str, method: str, table: str, key: str,
+                      body: bytes | None, ikey: str | None, expected: int | None) -> web.Response:
+    """Keep the write in queue.sqlite3 (a PUT's body sealed under the table's primary key) and answer 202 once it
+    is durable there; the drainer applies it."""
+    queue = node.write_queue
+    frame = checksum = None
+    if body is not None:
+        ring = node.keys.keyring
+        if ring is None:
+            raise ApiError(503, "no_keyring", "no keyring is loaded; cannot seal the queued write")
+        try:
+            frame, checksum, _ = await asyncio.to_thread(seal_block, ring, table, key, body)
+        except (MissingKeyVersion, CompromisedVersion) as exc:
+            raise ApiError(503, "key_unavailable", f"cannot seal the queued write now: {exc}") from None
+    wid, position = await asyncio.to_thread(
+        lambda: queue.enqueue(owner=owner, writer=writer_identity(request), method=method, table=table, key=key,
+                              idem=ikey, if_lsn=expected, frame=frame, checksum=checksum))
+    if node.drainer is not None:
+        node.drainer.wake.set()
+    return web.json_response({"queued": wid, "position": position}, status=202)
+
+
+async def apply_queued(node: Node, entry: writequeue.QueuedWrite) -> writequeue.Applied:
+    """Apply one queued write with its Idempotency-Key: here when this node is the primary, else on the primary
+    its role document names (a mirror's source)."""
+    body = None
+    if entry.method == "PUT":
+        ring = node.keys.keyring
+        if ring is None or entry.frame is None or entry.checksum is None:
+            return writequeue.Applied(503, {"error": "no_keyring", "message": "no keyring loaded"})
+        try:
+            body = await asyncio.to_thread(open_block, ring, entry.table, entry.key, entry.frame, entry.checksum)
+        except MissingKeyVersion as exc:
+            return writequeue.Applied(503, {"error": "key_version_missing", "message": str(exc)})
+        except IntegrityError as exc:
+            return writequeue.Applied(422, {"error": "integrity_error", "message": str(exc)})
+    role = node.replication.role
+    if role.role == "primary":
+        try:
+            if body is not None:
+                status, answer = await write_put(node, entry.table, entry.key, body, entry.if_lsn, entry.writer,
+                                                 entry.idem)
+            else:
+                status, answer = await write_delete(node, entry.table, entry.key, entry.if_lsn, entry.writer,
+                                                    entry.idem)
+        except ApiError as exc:
+            return writequeue.Applied(exc.status, {"error": exc.code, "message": exc.message})
+        return writequeue.Applied(status, answer)
+    return await apply_remote(node, entry, body)
+
+
+async def apply_remote(node: Node, entry: writequeue.QueuedWrite, body: bytes | None) -> writequeue.Applied:
+    """Send a queued write to the primary this mirror follows; a refused credential (401/403) is retried, not
+    failed: the write then waits for this node's promotion or for the primary to accept it."""
+    role, session = node.replication.role, node._peer_session
+    url = role.source_url
+    if url is None or session is None:
+        return writequeue.Applied(503, {"error": "no_primary", "message": f"this node is {role.role} and names "
+                                        "no primary to apply queued writes to"})
+    headers = {"Idempotency-Key": entry.idem, **({} if entry.writer is None
+                                                  else {"X-Chronoshard-On-Behalf-Of": entry.writer})}
+    if entry.if_lsn is not None:
+        headers["X-Chronoshard-If-Lsn"] = str(entry.if_lsn)
+    target = f"{url.rstrip('/')}/v1/tables/{entry.table}/blocks/{entry.key}"
+    try:
+        async with session.request(entry.method, target, data=body, headers=headers,
+                                   server_hostname=role.server_name,
+                                   timeout=aiohttp.ClientTimeout(total=30)) as resp:
+            answer = await resp.json(content_type=None) if resp.content_length != 0 else {}
+            status = 503 if resp.status in (401, 403) else resp.status
+            return writequeue.Applied(status, answer if isinstance(answer, dict) else {})
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        return writequeue.Applied(0, {"error": "unreachable", "message": type(exc).__name__})
+
+
+async def queue_entry(request: web.Request) -> web.Response:
+    """GET /v1/queue/{id}: a queued write's state (the token's subject that queued it, or the pod)."""
+    node = node_of(request)
+    wid = request.match_info["id"]
+    entry = await asyncio.to_thread(node.write_queue.describe, wid)
+    caller = request_identity(request)
+    if entry is None or (caller is not None and caller.kind != "pod" and caller.user != entry["owner"]):
+        raise ApiError(404, "not_found", f"no queued write {wid} of yours")  # another's entry is not shown
+    # The pod (a cache) also gets the owner, to show the entry to its own caller only.
+    shown = ("id", "state", "lsn", "error", "position") + (("owner",) if caller is not None and caller.kind == "pod"
+                                                           else ())
+    return web.json_response({k: entry[k] for k in shown})
+
+
+async def queue_listing(request: web.Request) -> web.Response:
+    """GET /v1/queue: counts per state and the entries still queued (no bodies)."""
+    limit = int_query(request, "limit", 100, 1, 1000)
+    return web.json_response(await asyncio.to_thread(node_of(request).write_queue.listing, limit))
 
 
 async def batch_get_blocks(request: web.Request) -> web.Response:
@@ -679,6 +846,9 @@ def routes() -> list[Route]:
             Route("GET", "/v1/rewrap", rewrap_status, Access.ADMIN),
             Route("POST", "/v1/verify", verify_start, Access.ADMIN),
             Route("GET", "/v1/verify", verify_status, Access.ADMIN),
+            Route("GET", "/v1/queue/{id}", queue_entry, Access.DATA_GET),
+            Route("GET", "/v1/queue", queue_listing, Access.ADMIN),
+            *revocation_routes(),
             *stream_api.routes(node_of),
             *health.routes(lambda request: node_of(request).health),
             *replication_api.routes(lambda request: node_of(request).replication),

@@ -11,6 +11,7 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,8 @@ from chronoshard.shardnode.keys.crypto import CompromisedVersion, seal_block
 from chronoshard.shardnode.keys.keyring import KeyNotHeld, Keyring, MissingKeyVersion
 from chronoshard.shardnode.keyspace.partitioning import keyspace_id
 
-from . import changelog, consumers
+from . import changelog, consumers, idempotency
+from .idempotency import Replayed
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +49,7 @@ CREATE TABLE IF NOT EXISTS blocks (
 CREATE INDEX IF NOT EXISTS blocks_keyspace ON blocks (keyspace, tbl, key);
 CREATE INDEX IF NOT EXISTS blocks_version ON blocks (key_version);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
-""" + changelog.SCHEMA + consumers.SCHEMA
+""" + changelog.SCHEMA + consumers.SCHEMA + idempotency.SCHEMA
 
 
 # A queued write: what to run in the transaction, the claim that decides between the writer beginning it and its
@@ -369,6 +371,44 @@ class Store:
         """Delete durably; None if the block did not exist; ``if_lsn`` and ``identity`` as for ``put``."""
         self._check_guards()
         return await self.write(lambda c: delete_in_txn(c, table, key, if_lsn=if_lsn, identity=identity))
+
+    async def put_once(self, table: str, key: str, plaintext: bytes, idempotency_key: str, if_lsn: int | None = None,
+                       identity: str | None = None) -> WriteResult | Replayed:
+        """``put`` exactly once per ``idempotency_key`` (scoped by the caller: idempotency.scoped): the key and the
+        answer are recorded in the write's own transaction; a repeat gets the recorded answer, nothing written."""
+        self._check_guards()
+        sealed = self.seal_ahead(table, key, plaintext)
+
+        def job(c: sqlite3.Connection) -> WriteResult | Replayed:
+            prior = idempotency.recorded(c, idempotency_key)  # before the condition: a retry must not meet 412
+            if prior is not None:
+                return prior
+            res = put_in_txn(c, self.current_keyring(), table, key, plaintext, frames=self.frames_enabled,
+                             if_lsn=if_lsn, sealed=sealed, identity=identity)
+            idempotency.record(c, idempotency_key, 200, {"table": table, "key": key, "lsn": res.lsn,
+                                                         "keyVersion": res.key_version, "size": len(plaintext)},
+                               time.time())
+            return res
+
+        return await self.write(job)
+
+    async def delete_once(self, table: str, key: str, idempotency_key: str, if_lsn: int | None = None,
+                          identity: str | None = None) -> WriteResult | Replayed | None:
+        """``delete`` exactly once per ``idempotency_key``, as ``put_once`` (a delete of a missing block is
+        recorded as its 404)."""
+        self._check_guards()
+
+        def job(c: sqlite3.Connection) -> WriteResult | Replayed | None:
+            prior = idempotency.recorded(c, idempotency_key)
+            if prior is not None:
+                return prior
+            res = delete_in_txn(c, table, key, if_lsn=if_lsn, identity=identity)
+            body = ({"error": "not_found", "message": f"no block {table}/{key}"} if res is None
+                    else {"table": table, "key": key, "lsn": res.lsn})
+            idempotency.record(c, idempotency_key, 404 if res is None else 200, body, time.time())
+            return res
+
+        return await self.write(job)
 
     def _check_guards(self) -> None:
         for guard in self.write_guards:

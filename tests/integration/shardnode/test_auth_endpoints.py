@@ -40,6 +40,9 @@ from chronoshard.shardnode.serving.routing import PartitionMapSource
 from chronoshard.shardnode.serving.scaffold import Partitioning, route_policies, secure_app
 from chronoshard.shardnode.shadow.server import SHADOW
 from chronoshard.shardnode.shadow.server import create_app as create_shadow
+from chronoshard.shardnode.weave.api import WEAVER
+from chronoshard.shardnode.weave.config import WeaverConfig
+from chronoshard.shardnode.weave.server import create_app as create_weaver
 from kubernetes import client
 from prometheus_client import CollectorRegistry
 
@@ -182,6 +185,18 @@ async def shadow_server(env: Env, tmp: Path) -> AsyncIterator[Server]:
 
 
 @contextlib.asynccontextmanager
+async def weaver_server(env: Env, tmp: Path) -> AsyncIterator[Server]:
+    # The node it samples is an open, in-process one; no shadow history: the weaver's front door is what is tested.
+    kdir = keyring_dir(tmp)
+    async with serve(create_node(NodeConfig(data_dir=tmp / "data", keyring_dir=kdir))) as node_url:
+        app = create_weaver(WeaverConfig(node_url=node_url, data_dir=tmp / "weave", keyring_dir=kdir,
+                                         partitioning=partitioning(tmp)))
+        async with secured(app, env, app[WEAVER].metrics.registry, "weaver") as srv:
+            srv.node_url = node_url
+            yield srv
+
+
+@contextlib.asynccontextmanager
 async def predictor_server(env: Env, tmp: Path) -> AsyncIterator[Server]:
     kdir = keyring_dir(tmp)
     async with serve(create_node(NodeConfig(data_dir=tmp / "data", keyring_dir=kdir))) as node_url, \
@@ -202,6 +217,9 @@ class Endpoint:
     path: str = ""
     body: Any = None
     ok: int = 200
+    # A data route without a table (GET /v1/queue/{id}): only tiered tokens and the pods reach it; an RBAC-allowed
+    # token is refused like a stranger's (admin_only). Tiered tokens: tests/integration/shardnode/test_tiered_tokens.py
+    tiered_only: bool = False
 
     @property
     def url_path(self) -> str:
@@ -263,6 +281,12 @@ NODE_ENDPOINTS = [
                                                              "epoch": 1}, ok=409),
     Endpoint("GET", "/v1/ranges/stats", Access.ADMIN, "/v1/ranges/stats?keyspace=0000000000000000-ffffffffffffffff"),
     Endpoint("GET", "/v1/partitions/stats", Access.ADMIN),  # the WeavePlan's sampling (docs/weaving.md)
+    # Tiered tokens (docs/tokens.md): queued writes (an unknown id is 404 past the guard) and revocations.
+    Endpoint("GET", "/v1/queue/{id}", Access.DATA_GET, "/v1/queue/nope", ok=404, tiered_only=True),
+    Endpoint("GET", "/v1/queue", Access.ADMIN),
+    Endpoint("PUT", "/v1/tokens/revocations", Access.ADMIN,
+             body={"revocations": [{"tokenId": "j1", "expiresAt": 4_000_000_000}]}),
+    Endpoint("GET", "/v1/tokens/revocations", Access.ADMIN),
     # A move's target side: this node has no partition map, so it owns every range and takes no move (409 owned,
     # past the guard); no move exists to show (404), and closing one that does not exist is idempotent (200).
     Endpoint("PUT", "/v1/moves/{name}", Access.ADMIN, "/v1/moves/m",
@@ -287,6 +311,10 @@ CACHE_ENDPOINTS = [
     Endpoint("GET", "/v1/keys", Access.ADMIN),
     Endpoint("GET", "/v1/cache", Access.ADMIN),
     Endpoint("PUT", "/v1/partitions", Access.ADMIN, body=initial_map(1).to_json().encode()),
+    Endpoint("GET", "/v1/queue/{id}", Access.DATA_GET, "/v1/queue/nope", ok=404, tiered_only=True),
+    Endpoint("PUT", "/v1/tokens/revocations", Access.ADMIN,
+             body={"revocations": [{"tokenId": "j1", "expiresAt": 4_000_000_000}]}),
+    Endpoint("GET", "/v1/tokens/revocations", Access.ADMIN),
 ]
 PREDICTOR_ENDPOINTS = [
     *STANDARD, Endpoint("GET", "/v1/status", Access.ADMIN),
@@ -317,8 +345,22 @@ SHADOW_ENDPOINTS = [
     Endpoint("POST", T + "/whatif", Access.DATA_GET, "/v1/tables/t/whatif",
              {"changes": [{"op": "delete", "key": "k"}]}),
 ]
+WEAVER_ENDPOINTS = [  # docs/weaving.md; no woven snapshot 1 exists: an allowed caller reaches the handler (404)
+    *STANDARD,
+    Endpoint("GET", "/openapi.json", Access.PUBLIC),
+    Endpoint("GET", "/v1/partitions", Access.PARTITIONS),
+    Endpoint("GET", "/v1/status", Access.ADMIN),
+    Endpoint("GET", "/v1/partitions/{id}/history", Access.ADMIN, "/v1/partitions/0/history"),
+    Endpoint("GET", "/v1/woven", Access.DATA_LIST),
+    Endpoint("GET", "/v1/woven/{id}", Access.DATA_LIST, "/v1/woven/1", ok=404),
+    Endpoint("GET", "/v1/woven/{id}/state", Access.DATA_LIST, "/v1/woven/1/state", ok=404),
+    Endpoint("GET", "/v1/keys", Access.ADMIN),
+    Endpoint("POST", "/v1/rewrap", Access.ADMIN, body={"keep": 1}, ok=202),
+    Endpoint("GET", "/v1/rewrap", Access.ADMIN),
+]
 SERVERS = {"node": (node_server, NODE_ENDPOINTS), "cache": (cache_server, CACHE_ENDPOINTS),
-           "predictor": (predictor_server, PREDICTOR_ENDPOINTS), "shadow": (shadow_server, SHADOW_ENDPOINTS)}
+           "predictor": (predictor_server, PREDICTOR_ENDPOINTS), "shadow": (shadow_server, SHADOW_ENDPOINTS),
+           "weaver": (weaver_server, WEAVER_ENDPOINTS)}
 
 
 def headers(env: Env, case: str) -> dict[str, str]:
@@ -389,7 +431,7 @@ async def check_matrix(srv: Server, env: Env, ep: Endpoint) -> None:
         if ep.access is Access.PUBLIC:
             assert status == 200, (case, status, body)
             continue
-        expected = 401 if case in UNAUTHENTICATED else 403 if case == "forbidden" else ep.ok
+        expected = 401 if case in UNAUTHENTICATED else 403 if case == "forbidden" or ep.tiered_only else ep.ok
         assert status == expected, (str(ep), case, status, body)
         if ep.method == "HEAD":
             continue
@@ -403,6 +445,9 @@ async def check_matrix(srv: Server, env: Env, ep: Endpoint) -> None:
         return
     for reason in UNAUTHENTICATED.values():
         assert decisions(srv, "unauthenticated", reason) == 1, (str(ep), reason)
+    if ep.tiered_only:
+        assert decisions(srv, "forbidden", "admin_only") == 2
+        return
     denied = "admin_only" if ep.access in ADMIN_LIKE else "rbac"
     assert decisions(srv, "forbidden", denied) == 1
     assert decisions(srv, "allowed", "operator" if ep.access in ADMIN_LIKE else "rbac") >= 1
@@ -412,12 +457,13 @@ def _cases(server: str) -> list[Any]:
     return [pytest.param(server, ep, id=f"{server}:{ep}") for ep in SERVERS[server][1]]
 
 
-@pytest.mark.parametrize("server, ep", _cases("node") + _cases("cache") + _cases("predictor") + _cases("shadow"))
+@pytest.mark.parametrize("server, ep", _cases("node") + _cases("cache") + _cases("predictor") + _cases("shadow")
+                         + _cases("weaver"))
 async def test_endpoint_refuses_and_allows(env, tmp_path, caplog, server, ep):
     caplog.set_level(logging.DEBUG)
     factory = SERVERS[server][0]
     async with factory(env, tmp_path) as srv:
-        if server != "predictor":
+        if server not in ("predictor", "weaver"):  # the weaver has no blocks: nothing to seed
             await seed(srv, env)
         await check_matrix(srv, env, ep)
     for record in caplog.records:
