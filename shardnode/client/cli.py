@@ -67,6 +67,7 @@ from chronoshard.shardnode.client import (
     cli_mirror,
     cli_reshard,
     cli_reversion,
+    cli_tiered,
     discovery,
 )
 from chronoshard.shardnode.client.cli_tokens import ServiceAccountToken, kubeconfig_token
@@ -358,6 +359,8 @@ async def run(args: argparse.Namespace, out: IO[str], stdin: IO[bytes], bout: IO
         return 0
     if args.command in cli_reversion.COMMANDS:
         return await reversion_command(args, out, stdin)
+    if args.command in cli_tiered.COMMANDS:
+        return await cli_tiered.run(args, lambda: kube_api(args), default_namespace(args), out, format_table)
     if args.command in cli_mirror.COMMANDS:
         sets = cli_mirror.MirrorSets(kube_api(args), default_namespace(args))
         return await asyncio.to_thread(cli_mirror.run, sets, args, out, format_table)
@@ -496,6 +499,7 @@ def parser(prog: str | None = None) -> argparse.ArgumentParser:
     cli_anomalies.add_parsers(sub)
     cli_mirror.add_parsers(sub)
     cli_reshard.add_parsers(sub)
+    cli_tiered.add_parsers(sub)
     for name in (*cli_history.COMMANDS, *cli_reversion.COMMANDS, *cli_anomalies.COMMANDS):
         _command_flags(sub.choices[name])
     return p
@@ -516,7 +520,7 @@ def main(argv: Sequence[str] | None = None, *, out: IO[str] | None = None, stdin
         err.write(f"chronoshard: refused: {exc}\n")
         code = EXIT_REFUSED
     except (NotFound, NotFoundError, cli_reversion.ReversionMissing, cli_mirror.MirrorSetMissing,
-            cli_reshard.ReshardMissing) as exc:
+            cli_reshard.ReshardMissing, cli_tiered.TokenServiceMissing) as exc:
         err.write(f"chronoshard: {exc}\n")
         code = EXIT_NOT_FOUND
     except (Unavailable, MapUnavailable) as exc:

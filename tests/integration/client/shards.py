@@ -66,7 +66,9 @@ def write_keyring(volume: Path) -> None:
     publish(volume, {"keyring.json": manifest, "v1.key": secrets.token_bytes(32)})
 
 
-def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    """Until ``url``/readyz answers 200; ``timeout`` only bounds a hung start (several cold starts at once on
+    two busy cores took over 20 s)."""
     def ready() -> bool:
         if proc.poll() is not None:
             raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
@@ -92,8 +94,10 @@ class ShardNodes:
         self.publish_map(pmap)
         self.procs: list[subprocess.Popen[bytes]] = []
         self.urls: list[str] = []
-        for _ in range(count if count is not None else pmap.shards):
-            self.add()
+        # Every node started before any is waited for: a cold start is mostly imports, which overlap.
+        started = [self._spawn() for _ in range(count if count is not None else pmap.shards)]
+        for url, proc in started:
+            wait_ready(url, proc)
 
     def publish_map(self, pmap: PartitionMap, shards: list[int] | None = None) -> None:
         """What the operator does: update the partition ConfigMap (kubelet swaps the volume); with ``own_maps``
@@ -112,6 +116,12 @@ class ShardNodes:
 
     def add(self) -> str:
         """Start the next shard's node; returns its URL once ready."""
+        url, proc = self._spawn()
+        wait_ready(url, proc)
+        return url
+
+    def _spawn(self) -> tuple[str, subprocess.Popen[bytes]]:
+        """Start the next shard's node (not waited for); its URL and process."""
         i = len(self.procs)
         port = free_port()
         data = self.root / f"data-{i}"
@@ -129,8 +139,7 @@ class ShardNodes:
         url = f"http://127.0.0.1:{port}"
         self.procs.append(proc)
         self.urls.append(url)
-        wait_ready(url, proc)
-        return url
+        return url, proc
 
     def stop(self) -> None:
         stop_all(self.procs)

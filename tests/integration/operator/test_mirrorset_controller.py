@@ -97,8 +97,10 @@ class Cluster:
         self.events: list[tuple[str, str, str]] = []
 
     def start(self) -> Cluster:
+        for n in self.nodes.values():  # all launched, then all waited for: the cold starts overlap
+            n.launch()
         for n in self.nodes.values():
-            n.start()
+            n.wait_ready()
         return self
 
     def stop(self) -> None:

@@ -93,8 +93,10 @@ class Shards:
             "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}})
 
     def start(self) -> Shards:
+        for proc in self.nodes.values():  # all launched, then all waited for: the cold starts overlap
+            proc.launch()
         for proc in self.nodes.values():
-            proc.start()
+            proc.wait_ready()
         return self
 
     def stop(self) -> None:

@@ -56,9 +56,18 @@ class Proc:
     def start(self, timeout: float = 60) -> Proc:
         """Start and wait until /readyz answers 200 (public, so this works with authentication on too).
         ``timeout`` only bounds a hung start: with both cores busy a cold start (imports) took over 20 s."""
+        return self.launch().wait_ready(timeout)
+
+    def launch(self) -> Proc:
+        """Start the process without waiting for it (``wait_ready`` next): several cold starts overlap."""
         with open(self.log_path, "ab") as log:
             self.p = subprocess.Popen(self.argv, stdout=log, stderr=log,
                                       env=None if self.env is None else dict(self.env))
+        return self
+
+    def wait_ready(self, timeout: float = 60) -> Proc:
+        """Wait until the launched process's /readyz answers 200 (``timeout`` as for ``start``)."""
+        assert self.p is not None, "launch() first"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.p.poll() is not None:

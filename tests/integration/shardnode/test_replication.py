@@ -29,9 +29,13 @@ def keyring(tmp_path):
     return d
 
 
-def start(tmp: Path, keyring: Path, name: str, config: dict[str, Any] | None = None) -> Proc:
+def launch(tmp: Path, keyring: Path, name: str, config: dict[str, Any] | None = None) -> Proc:
     (tmp / name).mkdir(exist_ok=True)
-    return node(tmp / name, keyring, config=config).start()
+    return node(tmp / name, keyring, config=config).launch()
+
+
+def start(tmp: Path, keyring: Path, name: str, config: dict[str, Any] | None = None) -> Proc:
+    return launch(tmp, keyring, name, config).wait_ready()
 
 
 def role(url: str, doc: dict[str, Any]) -> dict[str, Any]:
@@ -122,8 +126,9 @@ class Writer(threading.Thread):
 @pytest.fixture
 def pair(tmp_path, keyring):
     """Source node A (term-0 primary) and node B, not yet a mirror."""
-    a = start(tmp_path, keyring, "a")
-    b = start(tmp_path, keyring, "b")
+    a, b = launch(tmp_path, keyring, "a"), launch(tmp_path, keyring, "b")  # both cold starts at once
+    a.wait_ready()
+    b.wait_ready()
     yield a, b
     b.stop()
     a.stop()
@@ -216,8 +221,9 @@ def test_kill_9_of_the_source_and_the_mirror_resumes(tmp_path, keyring, pair):
 
 
 def test_a_slot_that_fell_behind_re_seeds(tmp_path, keyring):
-    a = start(tmp_path, keyring, "a", {"changeLogRetain": 5, "changeLogMaxRetain": 20, "trimIntervalSeconds": 0.2})
+    a = launch(tmp_path, keyring, "a", {"changeLogRetain": 5, "changeLogMaxRetain": 20, "trimIntervalSeconds": 0.2})
     b = start(tmp_path, keyring, "b")
+    a.wait_ready()
     try:
         role(b.url, mirror_of(a))
         put(a.url, "first", b"1")
@@ -373,8 +379,9 @@ def test_two_mirrors_held_at_the_same_lsn_agree_while_the_source_writes_on(tmp_p
 
 
 def test_rejoin_whose_log_no_longer_reaches_the_divergence_re_seeds(tmp_path, keyring):
-    a = start(tmp_path, keyring, "a", {"changeLogRetain": 5, "changeLogMaxRetain": 10, "trimIntervalSeconds": 0.2})
+    a = launch(tmp_path, keyring, "a", {"changeLogRetain": 5, "changeLogMaxRetain": 10, "trimIntervalSeconds": 0.2})
     b = start(tmp_path, keyring, "b")
+    a.wait_ready()
     try:
         role(b.url, mirror_of(a))
         for i in range(5):
