@@ -34,8 +34,9 @@ def public_raw(private_pem: bytes) -> bytes | None:
 
 
 def key_id(public: bytes) -> str:
-    """The key id (``kid``) of a raw public key: derived from it, so no state is needed to name a key."""
-    return "k" + hashlib.sha256(public).hexdigest()[:15]
+    """The key id (``kid``) of a raw public key, as the service and the nodes derive it
+    (shardnode/auth/tokenformat.key_id: the first 8 hex digits of its sha256), so no state names a key."""
+    return hashlib.sha256(public).hexdigest()[:8]
 
 
 def public_entry(public: bytes) -> dict[str, str]:

@@ -28,6 +28,10 @@ def test_signing_key_is_ed25519_and_its_kid_is_derived_from_the_public_key():
     assert base64.b64decode(entry["publicKey"]) == raw and entry["kid"] == keys.key_id(raw)
     assert keys.key_id(keys.public_raw(keys.new_signing_key()) or b"") != entry["kid"]
     assert keys.public_raw(b"not a key") is None
+    # the kid the service signs with and the nodes look keys up by
+    from chronoshard.shardnode.auth.tokenformat import key_id
+
+    assert entry["kid"] == key_id(Ed25519PublicKey.from_public_bytes(raw))
 
 
 def test_every_namespaced_child_is_owned_by_the_mirrorset():
