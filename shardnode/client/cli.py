@@ -68,12 +68,14 @@ from chronoshard.shardnode.client import (
     cli_reshard,
     cli_reversion,
     cli_tiered,
+    cli_weave,
     discovery,
 )
 from chronoshard.shardnode.client.cli_tokens import ServiceAccountToken, kubeconfig_token
 from chronoshard.shardnode.client.credentials import audience, fixed_source, standard_sources
 from chronoshard.shardnode.client.history import SHADOW_PORT, HistoryClient, shadow_endpoint
 from chronoshard.shardnode.client.transport import ca_file_source
+from chronoshard.shardnode.client.weave import WEAVER_PORT, WeaveClient, weaver_endpoint
 from chronoshard.shardnode.keyspace.partitioning import PartitionMap
 
 GROUP, VERSION = "chronoshard.io", "v1alpha1"
@@ -328,6 +330,41 @@ def history_client(args: argparse.Namespace, tr: Transport) -> HistoryClient:
                      "Service (--url) reaches caches only")
 
 
+def weave_client(args: argparse.Namespace, tr: Transport, shardset: str, shards: int) -> WeaveClient:
+    """The client of ``weave ls``/``weave state``: the weavers beside the shards of the plan's ShardSet (port 7404
+    of --endpoints' hosts, of --pod-url-template's, or of the pods)."""
+    if args.endpoints:
+        eps = [weaver_endpoint(Endpoint.parse(u)) for u in split_urls(args.endpoints)]
+        return WeaveClient(_by_index(eps), len(eps), transport=tr, timeout=args.timeout)
+    ns = default_namespace(args)
+    if args.pod_url_template:
+        template = args.pod_url_template
+
+        def endpoint(shard: int) -> Endpoint:
+            return weaver_endpoint(Endpoint.parse(template.format(shardset=shardset, shard=shard, namespace=ns)))
+
+        return WeaveClient(endpoint, shards, transport=tr, timeout=args.timeout)
+    pods = ShardSetPods(shardset, ns, api_client=kube_api(args), port=WEAVER_PORT)
+    return WeaveClient(pods.endpoint, shards, transport=tr, timeout=args.timeout, rediscover=pods.refresh)
+
+
+async def weave_command(args: argparse.Namespace, out: IO[str]) -> int:
+    """``weave status|whatif`` (the API only) and ``weave ls|state`` (the plan's ShardSet's weavers)."""
+    plans = cli_weave.WeavePlans(kube_api(args), default_namespace(args))
+    transports: list[Transport] = []
+
+    def factory(shardset: str, shards: int) -> WeaveClient:
+        args.shardset = args.shardset or shardset  # its CA and token audience
+        transports.append(transport(args))
+        return weave_client(args, transports[-1], shardset, shards)
+
+    try:
+        return await cli_weave.run(args, plans, factory, out, format_table, asyncio.to_thread)
+    finally:
+        for tr in transports:
+            await tr.close()
+
+
 async def reversion_command(args: argparse.Namespace, out: IO[str], stdin: IO[bytes]) -> int:
     """``restore``/``approve`` through the Kubernetes API (blocking calls, in a thread)."""
     if args.command == "restore" and not args.shardset:
@@ -350,6 +387,18 @@ def read_value(args: argparse.Namespace, stdin: IO[bytes]) -> bytes:
     return stdin.read()
 
 
+async def kube_command(args: argparse.Namespace, out: IO[str]) -> int:
+    """``mirror``, ``split|move|merge|reshard`` and ``weave``: MirrorSets, Reshards and WeavePlans through the
+    Kubernetes API (``weave ls|state`` also reach the weavers)."""
+    if args.command in cli_mirror.COMMANDS:
+        sets = cli_mirror.MirrorSets(kube_api(args), default_namespace(args))
+        return await asyncio.to_thread(cli_mirror.run, sets, args, out, format_table)
+    if args.command in cli_reshard.COMMANDS:
+        reshards = cli_reshard.Reshards(kube_api(args), default_namespace(args))
+        return await asyncio.to_thread(cli_reshard.run, reshards, args, out, format_table)
+    return await weave_command(args, out)
+
+
 async def run(args: argparse.Namespace, out: IO[str], stdin: IO[bytes], bout: IO[bytes]) -> int:
     """Execute one parsed command; returns the exit code."""
     as_json = args.output == "json"
@@ -361,12 +410,8 @@ async def run(args: argparse.Namespace, out: IO[str], stdin: IO[bytes], bout: IO
         return await reversion_command(args, out, stdin)
     if args.command in cli_tiered.COMMANDS:
         return await cli_tiered.run(args, lambda: kube_api(args), default_namespace(args), out, format_table)
-    if args.command in cli_mirror.COMMANDS:
-        sets = cli_mirror.MirrorSets(kube_api(args), default_namespace(args))
-        return await asyncio.to_thread(cli_mirror.run, sets, args, out, format_table)
-    if args.command in cli_reshard.COMMANDS:
-        reshards = cli_reshard.Reshards(kube_api(args), default_namespace(args))
-        return await asyncio.to_thread(cli_reshard.run, reshards, args, out, format_table)
+    if args.command in (*cli_mirror.COMMANDS, *cli_reshard.COMMANDS, *cli_weave.COMMANDS):
+        return await kube_command(args, out)
     if args.command in cli_anomalies.COMMANDS:
         cli_anomalies.check(args)
         if args.command == "anomalies" and args.id is None:
@@ -499,6 +544,7 @@ def parser(prog: str | None = None) -> argparse.ArgumentParser:
     cli_anomalies.add_parsers(sub)
     cli_mirror.add_parsers(sub)
     cli_reshard.add_parsers(sub)
+    cli_weave.add_parsers(sub)
     cli_tiered.add_parsers(sub)
     for name in (*cli_history.COMMANDS, *cli_reversion.COMMANDS, *cli_anomalies.COMMANDS):
         _command_flags(sub.choices[name])
@@ -513,14 +559,14 @@ def main(argv: Sequence[str] | None = None, *, out: IO[str] | None = None, stdin
     err = sys.stderr
     try:
         code = asyncio.run(run(args, out, stdin or sys.stdin.buffer, bout or sys.stdout.buffer))
-    except (UsageError, cli_anomalies.AnomalyUsage) as exc:
+    except (UsageError, cli_anomalies.AnomalyUsage, cli_weave.WeaveUsage) as exc:
         err.write(f"chronoshard: {exc}\n")
         code = EXIT_USAGE
     except (Unauthenticated, Forbidden) as exc:
         err.write(f"chronoshard: refused: {exc}\n")
         code = EXIT_REFUSED
     except (NotFound, NotFoundError, cli_reversion.ReversionMissing, cli_mirror.MirrorSetMissing,
-            cli_reshard.ReshardMissing, cli_tiered.TokenServiceMissing) as exc:
+            cli_reshard.ReshardMissing, cli_tiered.TokenServiceMissing, cli_weave.WeavePlanMissing) as exc:
         err.write(f"chronoshard: {exc}\n")
         code = EXIT_NOT_FOUND
     except (Unavailable, MapUnavailable) as exc:
