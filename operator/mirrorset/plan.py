@@ -335,17 +335,28 @@ def member_risks(doc: Mapping[str, Any] | None) -> dict[str, float]:
 
 def copy_risks(doc: Mapping[str, Any] | None) -> dict[tuple[str, int], float]:
     """Each copy's risk for the shortest window (``(store, shard)`` → probability), from the members'
-    ``copies: [{"shard", "risk"}]``; a member that reports no copies gives each of its shards nothing."""
+    ``copies: [{"copy": "<store>#<shard>" | "shard": n, "risk"}]``; a member without copies gives nothing."""
     out: dict[tuple[str, int], float] = {}
     for m in (doc or {}).get("members") or []:
         if not isinstance(m, Mapping) or not isinstance(m.get("store"), str):
             continue
         for c in m.get("copies") or []:
-            if isinstance(c, Mapping) and isinstance(c.get("shard"), int):
-                p = _shortest(c.get("risk"))
-                if p is not None:
-                    out[(m["store"], c["shard"])] = p
+            shard = _copy_shard(c, m["store"]) if isinstance(c, Mapping) else None
+            p = _shortest(c.get("risk")) if shard is not None else None
+            if shard is not None and p is not None:
+                out[(m["store"], shard)] = p
     return out
+
+
+def _copy_shard(copy: Mapping[str, Any], store: str) -> int | None:
+    """A copy's shard index: ``shard``, or the index in its id ``<store>#<index>`` (the service's name for it)."""
+    shard = copy.get("shard")
+    if isinstance(shard, int) and not isinstance(shard, bool):
+        return shard
+    cid = copy.get("copy")
+    if isinstance(cid, str) and cid.startswith(f"{store}#") and cid[len(store) + 1:].isdigit():
+        return int(cid[len(store) + 1:])
+    return None
 
 
 def risk_count(active_risk: float | None, threshold: float, above_before: int) -> int:

@@ -36,6 +36,11 @@ def test_copy_risks_per_store_and_shard():
              "copies": [{"shard": 0, "risk": {"300": 0.8, "900": 0.9}}, {"shard": "1", "risk": {"300": 0.1}},
                         {"shard": 2, "risk": None}]})
     assert plan.copy_risks(d) == {("shop/orders", 0): 0.8}
+    # the service names copies <store>#<index>
+    d = doc({"store": "shop/orders", "copies": [{"copy": "shop/orders#1", "risk": {"300": 0.6}},
+                                                 {"copy": "dr/orders#0", "risk": {"300": 0.6}},
+                                                 {"copy": "shop/orders#x", "risk": {"300": 0.6}}]})
+    assert plan.copy_risks(d) == {("shop/orders", 1): 0.6}
 
 
 @pytest.mark.parametrize(("risk", "before", "after"), [
