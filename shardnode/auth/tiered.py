@@ -165,10 +165,15 @@ def authorize(claims: tokenformat.Claims, access: Access | None, table: str | No
 
 def tier_rule(claims: tokenformat.Claims, serving: str, members: Iterable[str], access: Access | None) -> Decision:
     """The tier rules on the serving ShardSet ``serving`` (``namespace/name``): valid and provisional only where
-    ``store`` names; temporary on any member (reads there, writes queued: reason ``queue``)."""
+    ``store`` names; temporary on any member of ``members`` (tokens.json; reads there, writes queued: reason
+    ``queue``) when its ``store`` is a member too."""
     if claims.tier == "temporary":
-        if serving != claims.store and serving not in tuple(members):
-            return Decision(False, "wrong_store", f"this ShardSet ({serving}) is not a member of {claims.ms}")
+        known = set(members)
+        # Any member of the token's MirrorSet, the token's store among them (without a member list: its store).
+        inside = serving in known and claims.store in known if known else serving == claims.store
+        if not inside:
+            return Decision(False, "wrong_store", f"a temporary token of {claims.ms} for {claims.store} does not "
+                            f"work on {serving}")
         return Decision(True, "queue" if access in WRITE_ACCESS else "tiered")
     if serving != claims.store:
         return Decision(False, "wrong_store",

@@ -65,6 +65,7 @@ TIER_RULES = [
     ("temporary", "shop/orders", "dr/orders", Access.DATA_UPDATE, True, "queue"),
     ("temporary", "shop/orders", "shop/orders", Access.DATA_DELETE, True, "queue"),
     ("temporary", "shop/orders", "elsewhere/orders", Access.DATA_GET, False, "wrong_store"),
+    ("temporary", "elsewhere/orders", "shop/orders", Access.DATA_GET, False, "wrong_store"),
 ]
 
 
@@ -73,6 +74,11 @@ def test_tier_rules(tier, store, serving, access, allowed, reason):
     lsn = {"0": 5} if tier == "provisional" else None
     d = tiered.tier_rule(claims(tier=tier, store=store, lsn=lsn), serving, MEMBERS, access)
     assert (d.allowed, d.reason) == (allowed, reason)
+
+
+def test_temporary_without_a_member_list_only_on_its_store():
+    assert tiered.tier_rule(claims(tier="temporary"), "shop/orders", (), Access.DATA_GET).allowed
+    assert tiered.tier_rule(claims(tier="temporary"), "dr/orders", (), Access.DATA_GET).reason == "wrong_store"
 
 
 # ---- the revocation set -----------------------------------------------------------------------------------
