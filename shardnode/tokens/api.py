@@ -101,6 +101,7 @@ async def token_status(request: web.Request) -> web.StreamResponse:
         new = svc.registry.get(_jti(row.replacement))
         if new is not None and new.state == "active" and now < new.expires_at:
             replacement = token_body(row.replacement, new)
+            svc.registry.mark_delivered(new.token_id)
     return web.json_response({
         "tokenId": row.token_id, "state": row.state_at(now), "tier": row.tier, "store": row.store,
         "service": row.service, "scope": row.scope, "issuedAt": row.issued_at, "expiresAt": row.expires_at,

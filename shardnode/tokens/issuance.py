@@ -122,7 +122,7 @@ class ScopeReviewer:
 
 
 def mint(cfg: ServiceConfig, keys: KeySet, service: str, scope: Mapping[str, Any] | tokenformat.Scope,
-         place: Placement, now: float, lsn: dict[str, int] | None) -> tuple[str, TokenRow]:
+         place: Placement, now: float, lsn: dict[str, int] | None, *, delivered: bool = True) -> tuple[str, TokenRow]:
     """Sign a token of ``place`` for ``service`` and the registry row that records it."""
     if not isinstance(scope, tokenformat.Scope):
         scope = tokenformat.Scope.from_json(dict(scope))
@@ -134,8 +134,8 @@ def mint(cfg: ServiceConfig, keys: KeySet, service: str, scope: Mapping[str, Any
         lsn=(lsn or {}) if place.tier == "provisional" else None)
     token = tokenformat.encode(claims, keys.private, keys.kid)
     row = TokenRow(token_id=claims.jti, service=service, scope=scope.to_json(), tier=place.tier, store=place.store,
-                   issued_at=float(issued), expires_at=float(expires), state="active", superseded_by=None,
-                   kid=keys.kid, lsn=claims.lsn)
+                   issued_at=now, expires_at=float(expires), state="active", superseded_by=None,
+                   kid=keys.kid, lsn=claims.lsn, delivered=delivered)
     return token, row
 
 

@@ -15,40 +15,40 @@ RECENT_SECONDS = 3600.0
 
 @dataclass(frozen=True)
 class HeldToken:
-    """One registry row as the decision needs it; ``replacement`` is the placement of its pre-issued successor."""
+    """One registry row as the decision needs it; ``replacement`` is the placement of its pre-issued successor;
+    ``delivered``: its holder has it (requested or refreshed, or a pre-issued one handed out by a status check)."""
 
     token_id: str
     service: str
-    scope_key: str  # the scope as canonical JSON: one line per (service, scope)
+    scope_key: str  # the scope as canonical JSON
     tier: str
     store: str
     state: str
     issued_at: float
     expires_at: float
     replacement: Placement | None = None
-
-
-def latest_per_holder(tokens: Sequence[HeldToken]) -> list[HeldToken]:
-    """The newest token of each (service, scope), whatever its state."""
-    newest: dict[tuple[str, str], HeldToken] = {}
-    for tok in tokens:
-        key = (tok.service, tok.scope_key)
-        seen = newest.get(key)
-        if seen is None or (tok.issued_at, tok.token_id) > (seen.issued_at, seen.token_id):
-            newest[key] = tok
-    return list(newest.values())
+    delivered: bool = True
 
 
 def needs_replacement(tok: HeldToken, target: Placement, now: float) -> bool:
-    """Whether ``tok`` (its holder's newest) should get a pre-issued token of ``target``."""
+    """Whether ``tok`` should get a pre-issued token of ``target``."""
+    if not tok.delivered:
+        return False  # nobody holds it: a successor of an unclaimed pre-issue would only pile up
     if tok.state not in ("active", "expired") or now - tok.expires_at > RECENT_SECONDS:
-        return False  # revoked tokens get nothing; expired long ago: the service stopped using the store
+        return False  # revoked or superseded tokens get nothing; expired long ago: the service stopped using it
     if tok.tier == target.tier and tok.store == target.store:
         return False
     return tok.replacement != target
 
 
 def pre_issues(tokens: Sequence[HeldToken], target: Placement, now: float) -> list[HeldToken]:
-    """The tokens to pre-issue a ``target`` replacement for: each holder's newest whose placement differs."""
-    return sorted((t for t in latest_per_holder(tokens) if needs_replacement(t, target, now)),
-                  key=lambda t: t.token_id)
+    """The tokens to pre-issue a ``target`` replacement for: every held token whose placement differs (each pod
+    of a service holds its own token, under the same service and scope)."""
+    return sorted((t for t in tokens if needs_replacement(t, target, now)), key=lambda t: t.token_id)
+
+
+def stale_replacements(tokens: Sequence[HeldToken], target: Placement) -> list[HeldToken]:
+    """Tokens whose own placement is ``target`` again but that still offer a replacement made for another one (the
+    store recovered before the holder swapped): the offer is withdrawn."""
+    return sorted((t for t in tokens if t.replacement is not None and t.replacement != target
+                   and t.tier == target.tier and t.store == target.store), key=lambda t: t.token_id)

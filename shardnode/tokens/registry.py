@@ -23,7 +23,8 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS tokens (
   token_id TEXT PRIMARY KEY, service TEXT NOT NULL, scope TEXT NOT NULL, tier TEXT NOT NULL, store TEXT NOT NULL,
   issued_at REAL NOT NULL, expires_at REAL NOT NULL, state TEXT NOT NULL, superseded_by TEXT,
-  kid TEXT NOT NULL, lsn TEXT, replacement TEXT, replacement_tier TEXT, replacement_store TEXT, revoked_at REAL
+  kid TEXT NOT NULL, lsn TEXT, replacement TEXT, replacement_tier TEXT, replacement_store TEXT, revoked_at REAL,
+  delivered INTEGER NOT NULL DEFAULT 1
 );
 CREATE INDEX IF NOT EXISTS tokens_service ON tokens(service, issued_at);
 CREATE INDEX IF NOT EXISTS tokens_store ON tokens(store, issued_at);
@@ -53,6 +54,7 @@ class TokenRow:
     replacement_tier: str | None = None
     replacement_store: str | None = None
     revoked_at: float | None = None
+    delivered: bool = True  # pre-issued tokens: False until a status check hands them out
 
     def state_at(self, now: float) -> str:
         """The state as reported: an active row past its expiry is ``expired``."""
@@ -67,18 +69,18 @@ class TokenRow:
         repl = (Placement(self.replacement_tier, self.replacement_store)
                 if self.replacement_tier and self.replacement_store else None)
         return HeldToken(self.token_id, self.service, self.scope_key(), self.tier, self.store, self.state_at(now),
-                         self.issued_at, self.expires_at, repl)
+                         self.issued_at, self.expires_at, repl, self.delivered)
 
 
 _COLUMNS = ("token_id, service, scope, tier, store, issued_at, expires_at, state, superseded_by, kid, lsn, "
-            "replacement, replacement_tier, replacement_store, revoked_at")
+            "replacement, replacement_tier, replacement_store, revoked_at, delivered")
 
 
 def _row(r: Sequence[Any]) -> TokenRow:
     return TokenRow(token_id=r[0], service=r[1], scope=json.loads(r[2]), tier=r[3], store=r[4], issued_at=r[5],
                     expires_at=r[6], state=r[7], superseded_by=r[8], kid=r[9],
                     lsn=json.loads(r[10]) if r[10] else None, replacement=r[11], replacement_tier=r[12],
-                    replacement_store=r[13], revoked_at=r[14])
+                    replacement_store=r[13], revoked_at=r[14], delivered=bool(r[15]))
 
 
 class Registry:
@@ -98,11 +100,11 @@ class Registry:
     def insert(self, row: TokenRow) -> None:
         """Record a newly issued token."""
         self.db.execute(
-            f"INSERT INTO tokens ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            f"INSERT INTO tokens ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (row.token_id, row.service, json.dumps(row.scope, sort_keys=True), row.tier, row.store, row.issued_at,
              row.expires_at, row.state, row.superseded_by, row.kid,
              json.dumps(row.lsn) if row.lsn is not None else None, row.replacement, row.replacement_tier,
-             row.replacement_store, row.revoked_at))
+             row.replacement_store, row.revoked_at, int(row.delivered)))
 
     def get(self, token_id: str) -> TokenRow | None:
         """One row."""
@@ -118,6 +120,15 @@ class Registry:
         """A pre-issued successor for ``token_id`` (TokenStatusCheck hands it out)."""
         self.db.execute("UPDATE tokens SET replacement = ?, replacement_tier = ?, replacement_store = ? "
                         "WHERE token_id = ?", (token, tier, store, token_id))
+
+    def clear_replacement(self, token_id: str) -> None:
+        """Withdraw a pre-issued successor (the token's own tier is right again); the successor itself just expires."""
+        self.db.execute("UPDATE tokens SET replacement = NULL, replacement_tier = NULL, replacement_store = NULL "
+                        "WHERE token_id = ?", (token_id,))
+
+    def mark_delivered(self, token_id: str) -> None:
+        """A pre-issued token was handed to its holder."""
+        self.db.execute("UPDATE tokens SET delivered = 1 WHERE token_id = ? AND delivered = 0", (token_id,))
 
     def revoke(self, token_id: str, now: float) -> TokenRow | None:
         """Mark revoked and append to the revocation list (once); the row, or None when unknown."""

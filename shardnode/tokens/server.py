@@ -214,6 +214,8 @@ class TokenService:
     async def pre_issue(self, cfg: ServiceConfig, now: float) -> int:
         """Pre-issue replacements for every holder whose tier the store no longer matches (docs/tokens.md)."""
         held = [r.held(now) for r in self.registry.recent(now - predictive.RECENT_SECONDS)]
+        for tok in predictive.stale_replacements(held, self.target(cfg, None)):
+            self.registry.clear_replacement(tok.token_id)
         done = 0
         for tok in predictive.pre_issues(held, self.target(cfg, None), now):
             place = self.target(cfg, tok.tier)
@@ -222,7 +224,8 @@ class TokenService:
             row = self.registry.get(tok.token_id)
             if row is None:
                 continue
-            token, new = mint(cfg, self.signing.keys, row.service, row.scope, place, now, self.lsn(cfg, place.store))
+            token, new = mint(cfg, self.signing.keys, row.service, row.scope, place, now, self.lsn(cfg, place.store),
+                              delivered=False)
             self.registry.insert(new)
             self.registry.set_replacement(row.token_id, token, place.tier, place.store)
             self.metrics.issued.labels(place.tier, "preissue").inc()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from chronoshard.shardnode.tokens.predictive import RECENT_SECONDS, HeldToken, pre_issues
+from chronoshard.shardnode.tokens.predictive import RECENT_SECONDS, HeldToken, pre_issues, stale_replacements
 from chronoshard.shardnode.tokens.tiers import Placement
 
 NOW = 10_000.0
@@ -10,8 +10,8 @@ TEMP = Placement("temporary", "shop/orders")
 
 
 def tok(tid, service="a", tier="valid", state="active", issued=NOW - 60, expires=NOW + 600, scope="s",
-        replacement=None):
-    return HeldToken(tid, service, scope, tier, "shop/orders", state, issued, expires, replacement)
+        replacement=None, delivered=True):
+    return HeldToken(tid, service, scope, tier, "shop/orders", state, issued, expires, replacement, delivered)
 
 
 def ids(tokens):
@@ -23,9 +23,16 @@ def test_valid_holders_get_a_temporary_one_each():
     assert ids(pre_issues(held, TEMP, NOW)) == ["1", "2"]
 
 
-def test_only_the_newest_token_of_a_holder():
-    held = [tok("old", "a", issued=NOW - 500), tok("new", "a", issued=NOW - 10), tok("x", "a", scope="other")]
-    assert ids(pre_issues(held, TEMP, NOW)) == ["new", "x"]
+def test_every_held_token_of_a_service_each_pod_its_own_but_not_unclaimed_pre_issues():
+    held = [tok("pod1", "a"), tok("pod2", "a"), tok("unclaimed", "a", delivered=False),
+            tok("superseded", "a", state="superseded")]
+    assert ids(pre_issues(held, TEMP, NOW)) == ["pod1", "pod2"]
+
+
+def test_a_replacement_for_another_tier_is_withdrawn_when_the_token_fits_again():
+    held = [tok("1", replacement=TEMP), tok("2"), tok("3", tier="temporary", replacement=TEMP)]
+    assert ids(stale_replacements(held, Placement("valid", "shop/orders"))) == ["1"]
+    assert stale_replacements(held, TEMP) == []
 
 
 def test_nothing_twice_and_a_changed_target_replaces_again():
