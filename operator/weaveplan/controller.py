@@ -100,6 +100,8 @@ def observe(body: Mapping[str, Any]) -> Observation:
     shards = (shardset_obj.get("spec") or {}).get("shards")
     obs.expected = shards if isinstance(shards, int) and shards > 0 else 0
     obs.shadow_policy = shadow_policy_in_force(ns, spec.shardset).name
+    grace = ((shardset_obj.get("spec") or {}).get("partitioning") or {}).get("gracePeriod")
+    obs.grace_period = grace if isinstance(grace, str) else None
     obs.pmap = _partition_map(ns, spec.shardset)
     obs.reshards = _reshards(ns)
     if obs.config_applied:
@@ -164,7 +166,7 @@ async def step(body: Mapping[str, Any], now: datetime | None = None) -> tuple[di
                        pauses_from_reshards(obs.reshards, spec.shardset))
         if obs.pmap is not None and agg.reporting:
             decision = decide(body["metadata"]["name"], spec, agg.weaves, agg.partitions, obs.pmap, obs.reshards,
-                              [str(r.get("reshard")) for r in splits], now or datetime.now(UTC))
+                              [str(r.get("reshard")) for r in splits], now or datetime.now(UTC), obs.grace_period)
         if decision.create is not None:
             made = await asyncio.to_thread(create_reshard, body, decision.create)
         splits = split_rows(splits, decision, made, now_rfc3339(), obs.reshards)

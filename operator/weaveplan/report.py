@@ -39,6 +39,7 @@ class Observation:
     pods: dict[int, dict[str, Any]] = field(default_factory=dict)
     pmap: PartitionMap | None = None
     reshards: list[dict[str, Any]] = field(default_factory=list)
+    grace_period: str | None = None  # the ShardSet's spec.partitioning.gracePeriod, as written
 
 
 def keep_silent_shards(agg: Aggregate, old: Mapping[str, Any], reporting: set[int]) -> Aggregate:

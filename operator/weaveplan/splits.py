@@ -104,8 +104,9 @@ def _split_key(weave: Mapping[str, Any], pmap: PartitionMap) -> int | None:
 
 def decide(plan: str, spec: WeavePlanSpec, weaves: Sequence[Mapping[str, Any]],
            partitions: Sequence[Mapping[str, Any]], pmap: PartitionMap, reshards: Sequence[Mapping[str, Any]],
-           created: Iterable[str], now: datetime) -> SplitDecision:
-    """The one split to start now, if any (``created``: the Reshard names this plan made already)."""
+           created: Iterable[str], now: datetime, grace_period: str | None = None) -> SplitDecision:
+    """The one split to start now, if any (``created``: the Reshard names this plan made already;
+    ``grace_period``: the ShardSet's spec.partitioning.gracePeriod, given to the Reshard as a rebalance's is)."""
     if spec.mode != "split":
         return SplitDecision()
     made = set(created)
@@ -130,11 +131,13 @@ def decide(plan: str, spec: WeavePlanSpec, weaves: Sequence[Mapping[str, Any]],
     if busy is not None:
         return SplitDecision(waiting_for=busy, skips=skips)
     weave, key = due[0]
-    return SplitDecision(create=_reshard(plan, spec, weave, key, by_id[int(weave["partition"])], partitions, pmap),
-                         skips=skips)
+    create = _reshard(plan, spec, weave, key, partitions, pmap)
+    if grace_period is not None:
+        create["spec"]["gracePeriod"] = grace_period
+    return SplitDecision(create=create, skips=skips)
 
 
-def _reshard(plan: str, spec: WeavePlanSpec, weave: Mapping[str, Any], key: int, part: Mapping[str, Any],
+def _reshard(plan: str, spec: WeavePlanSpec, weave: Mapping[str, Any], key: int,
              partitions: Sequence[Mapping[str, Any]], pmap: PartitionMap) -> dict[str, Any]:
     pid = int(weave["partition"])
     own = next(p.shard for p in pmap.partitions if p.id == pid)

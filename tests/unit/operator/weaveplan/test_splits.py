@@ -42,6 +42,12 @@ def test_due_creates_the_split_and_moves_the_upper_half_to_the_least_loaded_shar
     assert d.reason == "SplitStarted"
 
 
+def test_the_shardsets_grace_period_goes_into_the_reshard():
+    d = decide("growth", spec(), [weave()], PARTS, PMAP, [], [], NOW, grace_period="2s")
+    assert d.create is not None and d.create["spec"]["gracePeriod"] == "2s"
+    assert "gracePeriod" not in run().create["spec"]
+
+
 def test_stay_placement_splits_without_a_move():
     d = run(spec(split={"placement": "stay"}))
     assert d.create is not None and d.create["spec"]["steps"] == [{"split": {"partition": 0, "at": "4000000000000000"}}]
