@@ -284,3 +284,41 @@ def _restart_node(member: SecureShard) -> None:
     proc = member._spawn([str(BIN / "chronoshard-node"), "--port", str(member.node_port), "--data-dir",
                           str(member.root / "data"), *common], "node.log")
     member.wait_ready(member.node_url, proc)
+
+
+def test_a_failover_in_the_config_gives_provisional_tokens_with_the_targets_watermark_then_valid_ones(world):
+    w = world
+    wait_tier(w, "valid")
+    status, held = request(w)
+    assert status == 201 and held["tier"] == "valid"
+    m, svc = w["member"], w["svc"]
+    ns = m.namespace
+    # A second member (a stand-in: the same node answers for it) and the MirrorSet's operation towards it.
+    members = [{"store": f"{ns}/orders", "role": "source", "shards": [{"index": 0, "node": m.node_url,
+                                                                       "cache": m.cache_url}]},
+               {"store": f"{ns}/orders-dr", "role": "mirror", "shards": [{"index": 0, "node": m.node_url}]}]
+    svc.write_config(members=members, operation={"kind": "failover", "from": f"{ns}/orders",
+                                                 "to": f"{ns}/orders-dr", "term": 2})
+    try:
+        wait_tier(w, "provisional")
+        status, body = request(w)
+        assert status == 201 and body["tier"] == "provisional" and body["store"] == f"{ns}/orders-dr"
+        _, health = call(m.node_url + "/v1/health", w["op"])
+        assert body["lsn"]["0"] <= health["replication"]["appliedLsn"] and set(body["lsn"]) == {"0"}
+
+        def provisional_offered() -> dict[str, Any] | None:
+            _, st = call(svc.url + f"/v1/tokens/{held['tokenId']}", w["ctx"], token=w["app"])
+            repl = st["replacement"]
+            return repl if repl and repl["tier"] == "provisional" else None
+
+        assert wait_for(provisional_offered, 60, interval=0.2, what="a pre-issued provisional token")["store"] == \
+            f"{ns}/orders-dr"
+        # promoted: the target is the active member, no operation
+        svc.write_config(members=members, activeStore=f"{ns}/orders-dr")
+        wait_tier(w, "valid")
+        status, refreshed = call(svc.url + f"/v1/tokens/{body['tokenId']}/refresh", w["ctx"], "POST", token=w["app"])
+        assert status == 200 and refreshed["tier"] == "valid" and refreshed["store"] == f"{ns}/orders-dr"
+        assert refreshed["action"] == "upgrade"
+    finally:
+        svc.write_config()
+    wait_tier(w, "valid")
