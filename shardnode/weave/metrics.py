@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from chronoshard.shardnode.serving.metrics import KeyringMetrics, SettingsMetrics
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 
 class WeaverMetrics:
@@ -11,6 +11,8 @@ class WeaverMetrics:
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
+        # process_cpu_seconds_total and friends: the weaver's CPU share is one of the figures.
+        ProcessCollector(registry=r)
         self.keyring = KeyringMetrics(r, "weaver")
         self.settings = SettingsMetrics(r, "weaver")
         self.requests = Counter("chronoshard_weaver_requests", "HTTP requests by route and status",

@@ -4,7 +4,7 @@ and drops."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 BUCKETS = 256  # a weave continues while its split key stays in the same 1/256 of the partition's range
@@ -54,6 +54,12 @@ def continues(active: ActiveWeave | None, start: int, end: int, key: int) -> boo
     a new weave starts and the old one is superseded."""
     return (active is not None and (active.start, active.end) == (start, end)
             and same_bucket(start, end, active.split_key, key))
+
+
+def realized(lower: tuple[int, int], upper: tuple[int, int], owned: Iterable[tuple[int, ...]]) -> bool:
+    """Whether the predicted split happened: a partition of the map in force has one half's range exactly."""
+    ranges = set(owned)
+    return lower in ranges or upper in ranges
 
 
 def stale(below_since: float | None, now: float, interval: float) -> bool:

@@ -181,9 +181,17 @@ class Runner:
 
     # ---- weaving ------------------------------------------------------------------------------------------
     async def weave_pass(self, now: float, s: WeaveSettings) -> None:
-        """For every forecast at or above the threshold: its weave (continued or new) gets the next point."""
-        active = {w.partition: w for w in await self.in_worker(self.store.weaves, ACTIVE)}
+        """For every forecast at or above the threshold: its weave (continued or new) gets the next point. A weave
+        whose split happened (a partition's range now equals one of its halves) is kept and extended whatever the
+        forecasts say: it is the base a restore of the new partitions looks for."""
         parts = {int(p["id"]): p for p in (self.stats or {}).get("partitions", [])}
+        owned = {tuple(parse_id(x) for x in r) for p in parts.values() for r in p.get("ranges", [])}
+        active: dict[int, Weave] = {}
+        for w in await self.in_worker(self.store.weaves, ACTIVE):
+            if retention.realized(w.lower, w.upper, owned):
+                await self.in_worker(self.next_point, w, s, now)
+            else:
+                active[w.partition] = w
         for pid, fc in self.forecasts.items():
             w = active.get(pid)
             if fc.probability < s.confidence_threshold:

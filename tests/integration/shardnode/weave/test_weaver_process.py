@@ -271,11 +271,27 @@ def test_the_weaver_weaves_the_halves_the_shadow_holds(kubeconfig, tmp_path):
         assert {p["kind"] for p in points_of(shard, 0)} == {"full"}
         check_halves_equal_the_shadow(shard, 0)
 
+        # The split happens (a new map: partition 0 cut at the weave's split key, the upper half is partition 2):
+        # the weave is kept and extended, not dropped, and the new partitions are sampled.
+        weave = next(w for w in shard.weaver("/v1/status")["weaves"] if w["partition"] == 0)
+        at = parse_id(weave["splitKey"])
+        split = PartitionMap(2, 1, (Partition(0, 0, at - 1, 0), Partition(2, at, HALF - 1, 0),
+                                    Partition(1, HALF, TOP, 0)))
+        (tmp_path / "map.next").write_text(split.to_json())
+        (tmp_path / "map.next").replace(tmp_path / "map.json")
+        newest = max(p["lsn"] for p in points_of(shard, 0))
+        wait_for(lambda: {p["id"] for p in shard.weaver("/v1/status")["partitions"]} == {0, 1, 2},
+                 timeout=60, what="the weaver to sample the split partitions")
+        wait_for(lambda: any(p["weave"] == weave["id"] and p["lsn"] > newest
+                             for p in shard.weaver("/v1/woven?confidenceThreshold=0")["woven"]),
+                 timeout=120, what="a new point of the realized weave")
+        assert weave["id"] in {w["id"] for w in shard.weaver("/v1/status")["weaves"]}
+
         # Without credentials: refused by the authentication layer.
         for path in ("/v1/status", "/v1/woven", "/v1/keys"):
             assert call(shard.url("weaver") + path, shard.anonymous)[0] == 401
         metrics = call(shard.url("weaver") + "/metrics", shard.operator)[1].decode()
-        assert "chronoshard_weaver_woven_bytes" in metrics
+        assert "chronoshard_weaver_woven_bytes" in metrics and "process_cpu_seconds_total" in metrics
         assert 'chronoshard_weaver_split_probability{partition="0"} 1.0' in metrics
     finally:
         ticker.halt.set()

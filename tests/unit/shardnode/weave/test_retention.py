@@ -69,3 +69,10 @@ def test_a_full_survivor_needs_no_materializing():
     pts = _points([1.0, 2.0, 3.0], ["full", "differential", "full"])
     plan = r.plan_retention(pts, 1, 1e9, 10.0)
     assert plan.drop == (1, 2, 4, 5) and plan.materialize == ()
+
+
+def test_a_weave_is_realized_once_a_partition_has_a_half_s_range():
+    lower, upper = (0, 49), (50, 99)
+    assert not r.realized(lower, upper, [(0, 99)])
+    assert r.realized(lower, upper, [(0, 49), (100, 200)])  # the lower half kept the id, the upper moved away
+    assert r.realized(lower, upper, [(50, 99)])
