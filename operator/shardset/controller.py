@@ -402,7 +402,9 @@ def reconcile(owner: Mapping[str, Any]) -> ReconcileResult:
     membership = mirror_membership(ns, name)
     PEERS.remember(ns, name, membership)
     peers = membership.peers(ns, name)
-    tlsassets.ensure_access(owner, spec, [(p.namespace, p.name) for p in peers])
+    tokens_at = ((membership.namespace, membership.name)
+                 if membership.is_member and membership.namespace and membership.name else None)
+    tlsassets.ensure_access(owner, spec, [(p.namespace, p.name) for p in peers], tokens_at)
 
     # The oldest valid PrefetchPolicy naming this ShardSet turns prefetching on; the others report a Conflict.
     prefetch = policy_in_force(ns, name)

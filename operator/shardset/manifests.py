@@ -305,10 +305,12 @@ def _port(number: int) -> dict[str, Any]:
 
 
 def network_policy(owner: Mapping[str, Any], spec: ShardSetSpec, operator_peer: Mapping[str, Any],
-                   replica_peers: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
+                   replica_peers: Sequence[tuple[str, str]] = (),
+                   token_service: tuple[str, str] | None = None) -> dict[str, Any]:
     """The NetworkPolicy: every port from the ShardSet's own pods and the operator, the cache and shadow ports from
-    ``spec.access.clients``, every port (each serves /metrics) from ``spec.access.monitoring``, and the node port
-    from the pods of ``replica_peers`` (the other members of its MirrorSet: ``(namespace, name)``)."""
+    ``spec.access.clients``, every port (each serves /metrics) from ``spec.access.monitoring``, the node port
+    from the pods of ``replica_peers`` (the other members of its MirrorSet: ``(namespace, name)``), and the node and
+    cache ports from its MirrorSet's token service (``(namespace, mirrorset)``: health samples, revocations)."""
     name, ns = owner["metadata"]["name"], owner["metadata"]["namespace"]
     own = {"podSelector": {"matchLabels": naming.selector_labels(name)}}
     every_port = [_port(p) for p in (NODE_PORT, CACHE_PORT, PREDICTOR_PORT, SHADOW_PORT, WEAVER_PORT)]
@@ -326,6 +328,14 @@ def network_policy(owner: Mapping[str, Any], spec: ShardSetSpec, operator_peer: 
                                   "podSelector": {"matchLabels": naming.selector_labels(pname)}}
                                  for pns, pname in replica_peers],
                         "ports": [_port(NODE_PORT)]})
+    if token_service is not None:
+        tns, ms = token_service
+        ingress.append({"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": tns}},
+                                  "podSelector": {"matchLabels": {
+                                      "app.kubernetes.io/name": "chronoshard",
+                                      "app.kubernetes.io/instance": naming.token_service_name(ms),
+                                      "app.kubernetes.io/component": "tokens"}}}],
+                        "ports": [_port(NODE_PORT), _port(CACHE_PORT)]})
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",

@@ -181,12 +181,14 @@ def operator_identities() -> tuple[str, ...]:
 
 
 def ensure_access(owner: Mapping[str, Any], spec: ShardSetSpec,
-                  replica_peers: Sequence[tuple[str, str]] = ()) -> None:
+                  replica_peers: Sequence[tuple[str, str]] = (),
+                  token_service: tuple[str, str] | None = None) -> None:
     """The pods' ServiceAccount, its system:auth-delegator binding and the NetworkPolicy (which also lets the
-    other MirrorSet members' pods, ``replica_peers``, reach the node)."""
+    other MirrorSet members' pods, ``replica_peers``, reach the node, and the MirrorSet's token service the node
+    and cache)."""
     APPLIED.apply(manifests.service_account(owner))
     kube.apply(manifests.cluster_role_binding(owner))  # cluster-scoped, not watched: always sent
-    APPLIED.apply(manifests.network_policy(owner, spec, operator_peer(), replica_peers))
+    APPLIED.apply(manifests.network_policy(owner, spec, operator_peer(), replica_peers, token_service))
 
 
 def delete_cluster_role_binding(namespace: str, name: str) -> None:

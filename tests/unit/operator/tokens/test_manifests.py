@@ -135,3 +135,22 @@ def test_security_json_parses_as_the_guard_reads_it():
     assert cfg.name == "orders-ms-tokens" and cfg.accept_kubeconfig_tokens
     assert cfg.operator_identities == ("chronoshard:operator",)
     assert cfg.replica_identities == ("chronoshard:shardset:shop:orders", "chronoshard:shardset:dr:orders")
+
+
+def test_members_network_policy_admits_the_token_service_to_node_and_cache():
+    from chronoshard.operator.shardset import manifests as shard_manifests
+    from chronoshard.operator.spec.shardset import parse_shardset
+    from chronoshard.operator.tokens.manifests import selector_labels
+
+    owner = {"apiVersion": "chronoshard.io/v1alpha1", "kind": "ShardSet",
+             "metadata": {"name": "orders", "namespace": "dr", "uid": "u-2"}}
+    spec = parse_shardset({"shards": 1})
+    peer = {"namespaceSelector": {}}
+    without = shard_manifests.network_policy(owner, spec, peer, [("shop", "orders")])
+    member = shard_manifests.network_policy(owner, spec, peer, [("shop", "orders")], ("shop", "orders-ms"))
+    assert member["spec"]["ingress"][:-1] == without["spec"]["ingress"]
+    rule = member["spec"]["ingress"][-1]
+    assert rule["ports"] == [{"port": 7400, "protocol": "TCP"}, {"port": 7401, "protocol": "TCP"}]
+    # the selector is exactly the token service pod's labels (operator/tokens/manifests.py)
+    assert rule["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "shop"}},
+                             "podSelector": {"matchLabels": selector_labels("orders-ms")}}]
