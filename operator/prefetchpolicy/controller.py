@@ -24,6 +24,7 @@ from ..podcontract import PREDICTOR_CONFIG_FILE
 from ..prefetchconfig import predictor_config
 from ..prefetchlookup import policy_in_force
 from ..prefetchselect import Selection
+from ..settings import poll_seconds
 from ..shardpods import shard_pods
 from ..spec.common import SpecError
 from ..spec.prefetchpolicy import parse_prefetchpolicy
@@ -197,7 +198,8 @@ async def prefetchpolicy_loop(name: str, namespace: str | None, body: kopf.Body,
             (kopf.info if ready["status"] == "True" else kopf.warn)(
                 body, reason=ready["reason"], message=ready["message"])
             last_reason = ready["reason"]
-        delay = PENDING_SECONDS if ready["reason"] in ("ConfigPending", "ConfigNotLoaded") else POLL_SECONDS
+        pending = ready["reason"] in ("ConfigPending", "ConfigNotLoaded")
+        delay = PENDING_SECONDS if pending else poll_seconds(POLL_SECONDS)
         return ("success" if status["phase"] == "Active" else status["phase"].lower()), delay
 
     await run_object_loop(KIND, namespace_of(KIND, name, namespace), name, body, stopped, one_pass)

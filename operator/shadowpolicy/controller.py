@@ -29,6 +29,7 @@ from .. import kube, metrics, naming
 from ..conditions import conditions_equal_ignoring_time, get_condition, now_rfc3339, set_condition
 from ..loop import namespace_of, post_events, run_object_loop
 from ..podcontract import SHADOW_CONFIG_FILE, shadow_config
+from ..settings import poll_seconds
 from ..shadowlookup import shadow_policy_in_force
 from ..shadowselect import ShadowSelection
 from ..shardpods import shard_pods
@@ -277,7 +278,7 @@ async def shadowpolicy_loop(name: str, namespace: str | None, body: kopf.Body, s
         await asyncio.to_thread(write_status, snap, status)
         post_events(body, transitions(snap.get("status") or {}, status) + incident_events)
         ready = get_condition(status["conditions"], "Ready") or {}
-        delay = PENDING_SECONDS if ready.get("reason") in PENDING_REASONS else POLL_SECONDS
+        delay = PENDING_SECONDS if ready.get("reason") in PENDING_REASONS else poll_seconds(POLL_SECONDS)
         return ("success" if status["phase"] == "Active" else str(status["phase"]).lower()), delay
 
     await run_object_loop(KIND, namespace_of(KIND, name, namespace), name, body, stopped, one_pass)
