@@ -51,7 +51,7 @@ def keep_silent_shards(agg: Aggregate, old: Mapping[str, Any], reporting: set[in
     far = "9999-12-31T23:59:59Z"
     weaves.sort(key=lambda w: (w.get("predictedTime") or far, w["partition"], w["id"]))
     return Aggregate(parts, weaves, agg.last_forecast_time or old.get("lastForecastTime"), agg.reporting,
-                     agg.shadow, agg.problems)
+                     agg.shadow, agg.problems, agg.warnings)
 
 
 def split_rows(old: Sequence[Mapping[str, Any]], decision: SplitDecision, made: bool, now: str,
@@ -167,7 +167,9 @@ def build_status(body: Mapping[str, Any], obs: Observation, agg: Aggregate, what
     elif agg.problems:
         conds.set("Ready", False, "WeaverErrors", "; ".join(agg.problems[:5]))
     else:
-        conds.set("Ready", True, "WeaversReporting", f"all {obs.expected} shard weaver(s) report")
+        # A weaver's recent errors (its node not up yet, a pass that failed) are shown, not a failure of the plan.
+        recent = f"; recent weaver errors: {'; '.join(agg.warnings[-3:])}" if agg.warnings else ""
+        conds.set("Ready", True, "WeaversReporting", f"all {obs.expected} shard weaver(s) report{recent}")
     if agg.last_forecast_time:
         conds.set("Forecasting", True, "Forecasting", f"last forecast {agg.last_forecast_time}")
     else:

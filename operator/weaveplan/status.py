@@ -8,7 +8,7 @@ unix seconds or RFC 3339; the status always carries RFC 3339.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -130,7 +130,8 @@ class Aggregate:
     last_forecast_time: str | None
     reporting: int
     shadow: bool  # every reporting weaver sees the shadow's history
-    problems: list[str]  # "shard N: ..." for each shard that did not answer or reported errors
+    problems: list[str]  # "shard N: ..." for each shard that did not answer or cannot read its weave.json
+    warnings: list[str] = field(default_factory=list)  # "shard N: ..." the weavers' recent errors (transient)
 
     def fields(self) -> dict[str, Any]:
         """The status fields these rows fill."""
@@ -157,6 +158,7 @@ def aggregate(reports: Iterable[WeaverReport]) -> Aggregate:
     weaves: list[dict[str, Any]] = []
     times: list[datetime] = []
     problems: list[str] = []
+    warnings: list[str] = []
     reporting, shadow = 0, True
     for report in sorted(reports, key=lambda r: r.shard):
         if report.body is None:
@@ -170,7 +172,7 @@ def aggregate(reports: Iterable[WeaverReport]) -> Aggregate:
         t = parse_time(report.body.get("lastForecastTime"))
         if t is not None:
             times.append(t)
-        problems += [f"shard {report.shard}: {e}" for e in report.body.get("errors") or [] if isinstance(e, str)]
+        warnings += [f"shard {report.shard}: {e}" for e in report.body.get("errors") or [] if isinstance(e, str)]
         if isinstance(report.body.get("configError"), str):
             problems.append(f"shard {report.shard}: weave.json: {report.body['configError']}")
     partitions.sort(key=lambda r: (-probability(r), r["id"]))
@@ -178,7 +180,7 @@ def aggregate(reports: Iterable[WeaverReport]) -> Aggregate:
     weaves.sort(key=lambda w: (w["predictedTime"] or far, w["partition"], w["id"]))
     newest = rfc3339(max(times).timestamp()) if times else None
     return Aggregate(partitions[:MAX_ROWS], weaves[:MAX_ROWS], newest, reporting, shadow and reporting > 0,
-                     problems)
+                     problems, warnings)
 
 
 def above(partitions: Sequence[Mapping[str, Any]], threshold: float) -> set[int]:

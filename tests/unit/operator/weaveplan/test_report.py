@@ -51,6 +51,15 @@ def test_weaving_plan_reports_rows_and_conditions():
     assert cond(status, "Splitting") == ("False", "ModeNotSplit")
 
 
+def test_recent_weaver_errors_are_shown_a_config_error_is_not_ready():
+    body = {"partitions": [], "weaves": [], "shadow": True, "errors": ["21:00 sample: node refused"]}
+    status = build_status(BODY, obs(), aggregate([WeaverReport(0, body)]), [], SplitDecision(), [], NOW)
+    ready = get_condition(status["conditions"], "Ready")
+    assert ready["status"] == "True" and "node refused" in ready["message"]
+    broken = aggregate([WeaverReport(0, {**body, "configError": "bad JSON"})])
+    assert cond(build_status(BODY, obs(), broken, [], SplitDecision(), [], NOW), "Ready") == ("False", "WeaverErrors")
+
+
 def test_without_a_shadow_policy_the_plan_forecasts_only():
     status = build_status(BODY, obs(shadow_policy=None), report(weaves=False), [], SplitDecision(), [], NOW)
     assert status["phase"] == "Forecasting"

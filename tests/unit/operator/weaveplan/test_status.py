@@ -42,7 +42,8 @@ def test_missing_shards_and_weaver_errors_are_problems_and_no_shadow_anywhere_is
     agg = aggregate([WeaverReport(0, error="HTTP 503"),
                      WeaverReport(1, {**shard_body(part(1, 1, 0.2), shadow=False, errors=["node unreachable"]),
                                       "configError": "not JSON"})])
-    assert agg.problems == ["shard 0: HTTP 503", "shard 1: node unreachable", "shard 1: weave.json: not JSON"]
+    assert agg.problems == ["shard 0: HTTP 503", "shard 1: weave.json: not JSON"]
+    assert agg.warnings == ["shard 1: node unreachable"]
     assert agg.reporting == 1 and not agg.shadow
     assert "lastForecastTime" not in agg.fields()
 
