@@ -85,6 +85,7 @@ class TokenService:
         self._last_prune = 0.0
         self._last_fit = 0.0
         self._fitting = False
+        self._placements: tuple[Placement, ...] = ()  # the placements the last pre-issue scan acted on
 
     # ---- lifecycle ----
     async def start(self, app: web.Application) -> None:
@@ -212,7 +213,14 @@ class TokenService:
         return out
 
     async def pre_issue(self, cfg: ServiceConfig, now: float) -> int:
-        """Pre-issue replacements for every holder whose tier the store no longer matches (docs/tokens.md)."""
+        """Pre-issue replacements for every holder whose tier the store no longer matches (docs/tokens.md).
+
+        The registry is scanned only when a placement changed: tokens issued or refreshed since then already have
+        the placement in force, so a scan per sample would only cost (it reads every token of the last hour)."""
+        marks = tuple(self.target(cfg, tier) for tier in (None, "valid", "temporary", "provisional"))
+        if marks == self._placements:
+            return 0
+        self._placements = marks
         held = [r.held(now) for r in self.registry.recent(now - predictive.RECENT_SECONDS)]
         for tok in predictive.stale_replacements(held, self.target(cfg, None)):
             self.registry.clear_replacement(tok.token_id)
