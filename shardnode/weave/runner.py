@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 MAX_SAMPLES = 2000  # the forecast's budget (shardnode/forecasting: <= 50 ms per partition at this size)
 MIN_CALIBRATION_PAIRS = 10
 MAX_BACKTESTS = 40  # forecasts one recalibration of one partition may run
+CALIBRATE_EVERY = 6  # passes between two recalibrations of one partition
 MAX_ERRORS = 10
 REWRAP_META = "rewrap"
 FetchJson = Callable[[str], Awaitable[dict[str, Any]]]
@@ -105,7 +106,7 @@ class Runner:
             if now >= next_sample:
                 next_sample = now + s.sample_interval_seconds
                 await self.guarded("sample", self.sample)
-            if now >= next_pass:
+            if now >= next_pass and self.stats is not None:  # the first pass right after the first sample
                 next_pass = now + s.interval_seconds
                 await self.guarded("forecast", self.interval_pass)
             next_sample = min(next_sample, now + s.sample_interval_seconds)
@@ -147,7 +148,10 @@ class Runner:
             self.metrics.probability.labels(str(pid)).set(fc.probability)
         if s.weaving and self.shadow_present():
             await self.guarded("weave", lambda: self.weave_pass(now, s))
-        await self.guarded("calibrate", lambda: self.in_worker(self.recalibrate, parts, s))
+        # Each partition is recalibrated every CALIBRATE_EVERY passes (spread over the passes): the backtests are
+        # the pass's most expensive part, and a calibrator moves slowly.
+        due = [p for p in parts if (p + self.passes) % CALIBRATE_EVERY == 0]
+        await self.guarded("calibrate", lambda: self.in_worker(self.recalibrate, due, s))
         await self.in_worker(self.refresh_gauges)
         self.passes += 1
 
