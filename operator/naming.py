@@ -157,3 +157,8 @@ def token_service_host(namespace: str, mirrorset: str) -> str:
 def token_service_identity(namespace: str, mirrorset: str) -> str:
     """The token service's Kubernetes user name (its ServiceAccount)."""
     return f"system:serviceaccount:{namespace}:{token_service_name(mirrorset)}"
+
+
+def token_service_cert_identity(namespace: str, mirrorset: str) -> str:
+    """The CN of the token service's certificate (its client identity towards the members' pods)."""
+    return f"chronoshard:tokens:{namespace}:{mirrorset}"

@@ -44,7 +44,8 @@ class MemberTokens:
     """What a member's config gets: ``tokens.json`` text and the service identity to trust as an operator."""
 
     tokens_json: str
-    identity: str
+    identities: tuple[str, ...]  # its ServiceAccount's user name and its certificate's CN
+    ca_pem: str = ""  # the service's CA: its client certificate is its operator identity towards the pods
 
 
 def member_document(published: str, namespace: str, shardset: str) -> str | None:
@@ -72,7 +73,11 @@ def member_tokens(namespace: str, shardset: str, membership: MirrorMembership | 
     doc = member_document(published, namespace, shardset)
     if doc is None:
         return None
-    return MemberTokens(doc, naming.token_service_identity(membership.namespace, membership.name))
+    ca = kube.get("v1", "ConfigMap", membership.namespace, naming.token_ca_name(membership.name))
+    ca_pem = str(((ca or {}).get("data") or {}).get(CA_CERT_FILE) or "")
+    ns, ms = membership.namespace, membership.name
+    return MemberTokens(doc, (naming.token_service_identity(ns, ms), naming.token_service_cert_identity(ns, ms)),
+                        ca_pem)
 
 
 def _decode(secret: Mapping[str, Any] | None, key: str) -> bytes | None:

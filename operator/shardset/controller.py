@@ -397,10 +397,13 @@ def reconcile(owner: Mapping[str, Any]) -> ReconcileResult:
     shards = pmap.shards  # a refused scale-down keeps the map's (and so the StatefulSet's) shard count
     # The certificate names every shard and the pod IPs seen, before the StatefulSet brings new pods.
     pod_ips = [(p.get("status") or {}).get("podIP") or "" for p in shard_pods(ns, name).values()]
-    tlsassets.ensure_tls(owner, spec, shards, pod_ips, result.events, problems)
-    # A MirrorSet member's pods accept the other members' pods on the replication routes (docs/mirroring.md).
+    # A MirrorSet member's pods accept the other members' pods on the replication routes (docs/mirroring.md),
+    # and its token service as the operator: they trust its CA, verify its tokens (docs/tokens.md).
     membership = mirror_membership(ns, name)
     PEERS.remember(ns, name, membership)
+    tokens = member_tokens(ns, name, membership) if membership.is_member else None
+    tlsassets.ensure_tls(owner, spec, shards, pod_ips, result.events, problems,
+                         tokens.ca_pem.encode() if tokens else b"")
     peers = membership.peers(ns, name)
     tokens_at = ((membership.namespace, membership.name)
                  if membership.is_member and membership.namespace and membership.name else None)
@@ -414,10 +417,9 @@ def reconcile(owner: Mapping[str, Any]) -> ReconcileResult:
     weave = weave_plan_in_force(ns, name)
     replicas = tuple(pod_identity(p.namespace, p.name) for p in peers)
     # A MirrorSet member's pods verify its token service's tokens and accept its revocation pushes (docs/tokens.md).
-    tokens = member_tokens(ns, name, membership) if membership.is_member else None
     APPLIED.apply(manifests.config_map(owner, spec, prefetch=prefetch.spec,
                                        operator_identities=tlsassets.operator_identities()
-                                       + ((tokens.identity,) if tokens else ()), shadow=shadow,
+                                       + (tokens.identities if tokens else ()), shadow=shadow,
                                        replica_identities=replicas, weave=weave,
                                        tokens_json=tokens.tokens_json if tokens else None))
     APPLIED.apply(manifests.headless_service(owner))

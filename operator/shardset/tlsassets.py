@@ -87,13 +87,21 @@ def _renewal(secret: Mapping[str, Any] | None, ca: certs.KeyPair, dns: list[str]
         return "none was issued yet"
     if not certs.key_matches(cert, key):
         return "its key does not match"
-    if not certs.issued_by(cert, ca.cert) or _decode(secret, CA_CERT_FILE) != ca.cert:
+    if not certs.issued_by(cert, ca.cert) or not (_decode(secret, CA_CERT_FILE) or b"").startswith(ca.cert):
         return "it is not from the ShardSet's CA"
     return certs.renewal_reason(cert, clock(), dns_names=dns, ip_addresses=ips)
 
 
+def trust_bundle(ca_cert: bytes, extra_cas: bytes = b"") -> bytes:
+    """The pods' ``ca.crt``: the ShardSet's CA first, then CAs its pods also trust as their own (a MirrorSet's token
+    service CA: its certificate is the operator identity it calls the nodes with; docs/tokens.md)."""
+    if not extra_cas:
+        return ca_cert
+    return ca_cert + (b"" if ca_cert.endswith(b"\n") else b"\n") + extra_cas
+
+
 def _own_ca(owner: Mapping[str, Any], shards: int, pod_ips: Iterable[str], events: Events,
-            problems: Problems) -> TLSState:
+            problems: Problems, extra_cas: bytes = b"") -> TLSState:
     name, ns = owner["metadata"]["name"], owner["metadata"]["namespace"]
     ca = _ensure_ca(owner, events, problems)
     if ca is None:
@@ -109,13 +117,18 @@ def _own_ca(owner: Mapping[str, Any], shards: int, pod_ips: Iterable[str], event
         except ValueError as exc:  # e.g. a CN past 64 characters
             problems.append(("CertificateInvalid", f"cannot issue the pods' certificate: {exc}"))
             return TLSState(ca.cert)
-        kube.apply(manifests.tls_secret(owner, pair.cert, pair.key, ca.cert))
+        kube.apply(manifests.tls_secret(owner, pair.cert, pair.key, trust_bundle(ca.cert, extra_cas)))
         first = reason == "none was issued yet"
         until = _not_after(pair.cert)
         events.append(("Normal", "CertificateIssued" if first else "CertificateRenewed",
                        f"Issued Secret {secret_name} for {shards} shard(s), valid until {until}"
                        + ("" if first else f" (renewed: {reason})")))
         return TLSState(ca.cert, until)
+    bundle = trust_bundle(ca.cert, extra_cas)
+    if _decode(live, CA_CERT_FILE) != bundle:
+        # Only the trusted CAs changed (a token service came or went): same certificate, new ca.crt.
+        kube.apply(manifests.tls_secret(owner, _decode(live, TLS_CERT_FILE) or b"", _decode(live, TLS_KEY_FILE) or b"",
+                                        bundle))
     return TLSState(ca.cert, _not_after(_decode(live, TLS_CERT_FILE) or b""))
 
 
@@ -155,10 +168,11 @@ def _cert_manager(owner: Mapping[str, Any], spec: ShardSetSpec, shards: int, pod
 
 
 def ensure_tls(owner: Mapping[str, Any], spec: ShardSetSpec, shards: int, pod_ips: Iterable[str],
-               events: Events, problems: Problems) -> TLSState:
-    """Bring the TLS children to the wished state; the public CA ConfigMap follows the CA in use."""
+               events: Events, problems: Problems, extra_cas: bytes = b"") -> TLSState:
+    """Bring the TLS children to the wished state; the public CA ConfigMap follows the CA in use. ``extra_cas``:
+    CAs the pods also trust as their own (with the operator's own CA only; not under cert-manager)."""
     if spec.issuer_ref is None:
-        state = _own_ca(owner, shards, pod_ips, events, problems)
+        state = _own_ca(owner, shards, pod_ips, events, problems, extra_cas)
     else:
         state = _cert_manager(owner, spec, shards, pod_ips, problems)
     if state.ca_cert is not None:

@@ -89,9 +89,7 @@ def service_url(namespace: str, mirrorset: str) -> str:
     return f"https://{service_host(namespace, mirrorset)}:{PORT}"
 
 
-def certificate_identity(namespace: str, mirrorset: str) -> str:
-    """The CN of the service's certificate (its podIdentity in its own security.json)."""
-    return f"chronoshard:tokens:{namespace}:{mirrorset}"
+certificate_identity = naming.token_service_cert_identity
 
 
 def issuer(namespace: str, mirrorset: str) -> str:

@@ -116,8 +116,14 @@ def test_token_service_children_tokens_json_rotation_and_delete(operator_runner,
         assert [k["publicKey"] for k in doc["keys"]] == [first]
         assert doc["members"] == [f"{ns_a}/src", f"{ns_b}/mir"]
         security = json.loads(_config(apis, ns, name)["security.json"])
-        assert f"system:serviceaccount:{ns_a}:orders-tokens" in security["operatorIdentities"]
+        assert {f"system:serviceaccount:{ns_a}:orders-tokens", f"chronoshard:tokens:{ns_a}:orders"} <= set(
+            security["operatorIdentities"])
         assert "PRIVATE KEY" not in _config(apis, ns, name)["tokens.json"]
+        # The pods trust the service's CA as their own (its certificate is its operator identity), after theirs.
+        own = core.read_namespaced_config_map(f"{name}-ca", ns).data["ca.crt"]
+        tokens_ca = core.read_namespaced_config_map("orders-tokens-ca", ns_a).data["ca.crt"]
+        wait_for(lambda ns=ns, name=name, own=own: base64.b64decode(core.read_namespaced_secret(
+            f"{name}-tls", ns).data["ca.crt"]).decode() == own + tokens_ca, what=f"{name}'s ca.crt bundle")
     status = wait_for(lambda: (_ms(apis, ns_a).get("status") or {}).get("tokenService"), what="status.tokenService")
     assert status["ready"] is False and status["url"] == f"https://orders-tokens.{ns_a}.svc:7405"
     kid = status["keyIds"][0]
@@ -145,5 +151,8 @@ def test_token_service_children_tokens_json_rotation_and_delete(operator_runner,
                  what=f"{name}'s tokens.json removed")
         security = json.loads(_config(apis, ns, name)["security.json"])
         assert f"system:serviceaccount:{ns_a}:orders-tokens" not in security["operatorIdentities"]
+        own = core.read_namespaced_config_map(f"{name}-ca", ns).data["ca.crt"]
+        wait_for(lambda ns=ns, name=name, own=own: base64.b64decode(core.read_namespaced_secret(
+            f"{name}-tls", ns).data["ca.crt"]).decode() == own, what=f"{name}'s ca.crt back to its own CA")
     wait_for(lambda: _read(rbac.read_cluster_role_binding, f"chronoshard:tokens:{ns_a}:orders") is None,
              what="the binding removed")
