@@ -33,6 +33,7 @@ from chronoshard.shardnode.client.errors import (
 from chronoshard.shardnode.client.mirrorrouting import MirrorRouting, StaticEndpoints, StaticMirrorSet
 from chronoshard.shardnode.client.mirrors import MirrorView
 from chronoshard.shardnode.client.sync import Client
+from chronoshard.shardnode.client.tiered import Queued, TieredTokenSource, TokenServiceError, TokenStatus
 from chronoshard.shardnode.client.transport import Endpoint, Transport
 
 __all__ = [
@@ -54,14 +55,18 @@ __all__ = [
     "Misdirected",
     "NodeMap",
     "NotFound",
+    "Queued",
     "RequestRejected",
     "ScanUnsupported",
     "ShardSetPods",
     "StaticEndpoints",
     "StaticMap",
     "StaticMirrorSet",
+    "TieredTokenSource",
     "TokenFile",
+    "TokenServiceError",
     "TokenSource",
+    "TokenStatus",
     "Transport",
     "Unauthenticated",
     "Unavailable",

@@ -30,6 +30,7 @@ import contextlib
 import heapq
 import json
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -41,7 +42,7 @@ from urllib.parse import quote
 import aiohttp
 from chronoshard.shardnode.client import discovery
 from chronoshard.shardnode.client import mirrors as mdecide
-from chronoshard.shardnode.client.credentials import Credentials, TokenGetter, audience
+from chronoshard.shardnode.client.credentials import Credentials, TokenGetter, TokenSource, audience
 from chronoshard.shardnode.client.discovery import MapProvider, NodeMap, StaticMap
 from chronoshard.shardnode.client.errors import (
     Forbidden,
@@ -55,6 +56,7 @@ from chronoshard.shardnode.client.errors import (
     Unreachable,
 )
 from chronoshard.shardnode.client.mirrorrouting import MirrorRouting, StaticEndpoints, StaticMirrorSet
+from chronoshard.shardnode.client.tiered import Queued, TieredTokenSource, TokenStatus
 from chronoshard.shardnode.client.transport import Endpoint, Scheme, Transport, ca_file_source
 from chronoshard.shardnode.keyspace.partitioning import PartitionMap
 
@@ -146,6 +148,7 @@ class AsyncClient:
         restart_wait: float = RESTART_WAIT,
         rediscover: Callable[[], Awaitable[None]] | None = None,
         mirrors: MirrorRouting | None = None,
+        tiered: TieredTokenSource | None = None,
     ) -> None:
         """``endpoints``: per shard (a list indexed by shard, or a function shard -> URL or ``Endpoint``).
 
@@ -160,7 +163,9 @@ class AsyncClient:
         ``token``/``token_provider``/``token_file``: see ``Credentials.default``; ``ca``: the PEM file the
         shards' certificates are verified against; ``scheme``: for endpoints given without one. ``transport``
         replaces all of these (and ``session``) with one already built. ``mirrors``: route by a MirrorSet
-        (``with_mirrors``, ``for_mirrorset``).
+        (``with_mirrors``, ``for_mirrorset``). ``tiered``: the bearer token is that tiered token source's (instead
+        of ``token``/``token_provider``), every write carries an ``Idempotency-Key`` and a queued write answers
+        ``Queued`` (docs/tokens.md).
         """
         self._provider: MapProvider = StaticMap(maps) if isinstance(maps, PartitionMap) else maps
         if callable(endpoints):
@@ -177,8 +182,12 @@ class AsyncClient:
         self.restart_wait, self._rediscover = restart_wait, rediscover
         self.restart_waits = 0  # attempts that found their shard unreachable and waited (tests, metrics)
         self._concurrency = concurrency
+        self.tiered = tiered
+        self._queued: dict[str, tuple[str, str]] = {}  # queued write id -> (table, key): where to ask about it
+        credentials = (Credentials([TokenSource(tiered.label, tiered)]) if tiered is not None
+                       else Credentials.default(token=token, token_provider=token_provider, token_file=token_file))
         self.transport = transport or Transport(
-            Credentials.default(token=token, token_provider=token_provider, token_file=token_file),
+            credentials,
             default_scheme=scheme, concurrency=concurrency, session=session,
             ca_source=ca_file_source(ca) if ca is not None else None,
             ca_hint=f"verified against {ca}" if ca else "no ca= given: verified against the system's CAs")
@@ -188,6 +197,7 @@ class AsyncClient:
         self._map_lock = asyncio.Lock()
         self.map_refreshes = 0  # how many times the map was fetched (observable in tests and metrics)
         self.misdirected_retries = 0  # keyed requests sent again after a 421 (tests, metrics)
+        self.last_queued: Queued | None = None  # the last delete answered 202 (a put returns its Queued)
 
     @classmethod
     def via_service(cls, url: str | Endpoint, *, maps: MapProvider | None = None,
@@ -317,6 +327,8 @@ class AsyncClient:
         return str(self._endpoint(shard))
 
     def _raise_for(self, status: int, payload: bytes, url: str, table: str, key: str | None) -> None:
+        if self.tiered is not None:
+            self.tiered.refused(status)  # 401/403/503: the token's status is checked before the next request
         raise_for(status, payload, url, table, key, self.transport.credentials)
 
     # --- one keyed request with the 421 retry --------------------------------------------------
@@ -357,6 +369,8 @@ class AsyncClient:
         headers = {"Content-Type": "application/octet-stream"} if body is not None else {}
         if method in ("PUT", "DELETE"):
             headers[TIMEOUT_HEADER] = f"{self.timeout:g}"
+            if self.tiered is not None:  # a queued write is applied exactly once under this key
+                headers["Idempotency-Key"] = uuid.uuid4().hex
         if self._service is not None:
             status, payload = await self._send(method, self._service, path, headers, body)
             if not (ok_404 and status == 404):
@@ -516,10 +530,39 @@ class AsyncClient:
     # --- public API ------------------------------------------------------------------------------
 
     async def put(self, table: str, key: str, value: bytes) -> dict[str, Any]:
-        """Store ``value`` under ``(table, key)``; returns the node's JSON acknowledgement."""
+        """Store ``value`` under ``(table, key)``; returns the node's JSON acknowledgement, or ``Queued`` (a dict
+        too) when a temporary tiered token's write was queued (``queued(id)`` asks how it went)."""
         if not isinstance(value, bytes | bytearray | memoryview):
             raise TypeError(f"value must be bytes, not {type(value).__name__}")
-        _, payload = await self._keyed("PUT", table, key, bytes(value))
+        status, payload = await self._keyed("PUT", table, key, bytes(value))
+        return self._answer(status, payload, table, key)
+
+    def _answer(self, status: int, payload: bytes, table: str, key: str) -> dict[str, Any]:
+        doc = _error_body(payload)
+        if status == 202 and "queued" in doc:
+            self._queued[str(doc["queued"])] = (table, key)
+            return Queued(doc)
+        return doc
+
+    @property
+    def token_status(self) -> TokenStatus | None:
+        """The tiered token held now (tier, store, expiresAt); None without a tiered source or before the first."""
+        return self.tiered.status if self.tiered is not None else None
+
+    async def queued(self, write_id: str) -> dict[str, Any]:
+        """A queued write's state ``{"id", "state": queued|applied|failed, "lsn", "error", "position"}``, asked of
+        the shard that queued it (a write this client queued)."""
+        if write_id not in self._queued:
+            raise KeyError(f"no write {write_id} was queued by this client")
+        table, key = self._queued[write_id]
+        path = f"/v1/queue/{quote(write_id, safe='')}"
+        if self._service is not None:
+            ep = self._service
+            status, payload = await self._send("GET", ep, path, {}, None)
+        else:
+            shard = (await self.partition_map()).shard_of(table, key)
+            ep, status, payload = await self._send_shard(shard, "GET", path, {}, None)
+        self._raise_for(status, payload, f"{ep}{path}", table, key)
         return _error_body(payload)
 
     async def get(self, table: str, key: str) -> bytes:
@@ -528,8 +571,12 @@ class AsyncClient:
         return payload
 
     async def delete(self, table: str, key: str, *, missing_ok: bool = False) -> bool:
-        """Delete a block; True if it existed. NotFound unless ``missing_ok``."""
-        status, _ = await self._keyed("DELETE", table, key, ok_404=missing_ok)
+        """Delete a block; True if it existed (or the delete was queued: ``last_queued`` has it). NotFound unless
+        ``missing_ok``."""
+        status, payload = await self._keyed("DELETE", table, key, ok_404=missing_ok)
+        if status == 202:
+            answer = self._answer(status, payload, table, key)
+            self.last_queued = answer if isinstance(answer, Queued) else None
         return status != 404
 
     async def batch_get(self, table: str, keys: Iterable[str]) -> dict[str, bytes | None]:

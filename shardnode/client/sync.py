@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 from chronoshard.shardnode.client.aio import DEFAULT_TIMEOUT, AsyncClient, BlockInfo
 from chronoshard.shardnode.client.credentials import TokenGetter
 from chronoshard.shardnode.client.discovery import MapProvider
+from chronoshard.shardnode.client.tiered import TieredTokenSource, TokenStatus
 from chronoshard.shardnode.client.transport import Endpoint, Scheme
 from chronoshard.shardnode.keyspace.partitioning import PartitionMap
 
@@ -51,15 +52,17 @@ class Client:
         token_file: str | Path | None = None,
         ca: str | Path | None = None,
         scheme: Scheme = "auto",
+        tiered: TieredTokenSource | None = None,
     ) -> None:
-        """``maps`` + ``endpoints`` (direct routing) or ``service_url`` (one address; caches forward).
+        """``maps`` + ``endpoints`` (direct routing) or ``service_url`` (one address; caches forward); ``tiered``:
+        a MirrorSet's tiered tokens instead of a Kubernetes token (docs/tokens.md).
 
         ``token_provider`` is called on the client's own loop thread (a plain function or a coroutine function).
         """
         if (service_url is None) == (endpoints is None):
             raise ValueError("give either endpoints (direct routing) or service_url")
         security: dict[str, Any] = {"token": token, "token_provider": token_provider, "token_file": token_file,
-                                    "ca": ca, "scheme": scheme}
+                                    "ca": ca, "scheme": scheme, "tiered": tiered}
         build: Callable[[], AsyncClient]
         if service_url is not None:
             build = partial(AsyncClient.via_service, service_url,
@@ -143,6 +146,15 @@ class Client:
     def put(self, table: str, key: str, value: bytes) -> dict[str, Any]:
         """Store a block; returns the node's acknowledgement."""
         return self._run(self._aio.put(table, key, value))
+
+    def queued(self, write_id: str) -> dict[str, Any]:
+        """A queued write's state (a ``Queued`` answer's id; see ``AsyncClient.queued``)."""
+        return self._run(self._aio.queued(write_id))
+
+    @property
+    def token_status(self) -> TokenStatus | None:
+        """The tiered token held now (tier, store, expiresAt), if any."""
+        return self._aio.token_status
 
     def get(self, table: str, key: str) -> bytes:
         """A block's bytes; NotFound if missing."""
