@@ -162,21 +162,26 @@ class TokenService:
         for s in samples:
             self.histories.add(s)
         self.sampled += 1
-        self.update_risk(cfg, time.time())
+        now = time.time()
+        # Off the event loop: requests keep being answered while the copies' risks are computed.
+        self.update_risk(cfg, now, await asyncio.to_thread(self.predict_all, cfg, now))
         await self.pre_issue(cfg, time.time())
         drop_targets(self.pusher, targets(cfg))
         self._housekeeping(cfg)
 
     def points(self, copy_id: str) -> list[HealthPoint]:
         """A copy's recent samples as the model's points."""
-        from chronoshard.shardnode.unavailability.types import point_from_health
+        return self.histories.points(copy_id, PREDICT_SAMPLES)
 
-        return [point_from_health(s.doc, s.time, s.up) for s in self.histories.samples(copy_id)[-PREDICT_SAMPLES:]]
+    def predict_all(self, cfg: ServiceConfig, now: float) -> dict[str, Risk]:
+        """Every copy's risk (run in a worker thread: milliseconds of numpy per copy)."""
+        return {c.copy_id: self.engine.predict(self.points(c.copy_id), now) for c in cfg.copies()}
 
-    def update_risk(self, cfg: ServiceConfig, now: float) -> None:
+    def update_risk(self, cfg: ServiceConfig, now: float, predicted: Mapping[str, Risk] | None = None) -> None:
         """Every member's risk from its copies', the calm counters, the gauges."""
+        predicted = self.predict_all(cfg, now) if predicted is None else predicted
         for member in cfg.members:
-            copies = {c.copy_id: self.engine.predict(self.points(c.copy_id), now) for c in member.shards}
+            copies = {c.copy_id: predicted[c.copy_id] for c in member.shards if c.copy_id in predicted}
             risk = combine(copies, cfg.windows)
             healthy = store_healthy(cfg, self.histories, member.store)
             self.risks[member.store] = MemberRisk(member.store, risk, copies, healthy)
