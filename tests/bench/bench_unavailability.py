@@ -14,7 +14,8 @@ threshold within the hour before it (after the previous outage); lead >= 5 min i
 NAB: each series is one copy; its value is a "load" signal, robust-standardised on the training part (median and
 MAD) and given to the model as the p99 write latency, ``100 + 50 z`` ms; an outage runs from each labelled anomaly
 point to the end of its NAB window (NAB's windows open well before the failure, so their start is not a failure).
-Training: the first 60% of each series' time; test: the rest.
+Training: the first 60% of each series' time; test: the rest; then each series tested by a model of the other
+two. The NAB models' windows are 15, 30 and 60 min (5-min rows: see ``NAB_WINDOWS``).
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ NAB_SERIES = ("realKnownCause/machine_temperature_system_failure.csv",
               "realKnownCause/ec2_request_latency_system_failure.csv",
               "realAWSCloudwatch/rds_cpu_utilization_cc0c53.csv")
 NAB_TRAIN = 0.6
+# NAB's rows are 5 min apart: a 5-min window would hold one positive row per outage, too few to learn from, so the
+# NAB models predict 15, 30 and 60 min (15 min is the one scored, as for the corpus).
+NAB_WINDOWS = (900.0, 1800.0, 3600.0)
 
 
 @dataclass
@@ -262,7 +266,7 @@ def run_nab(data: Path, kinds: Sequence[str], rules_every: int) -> None:
           f"{sum(len(outage_spans(columns(h).time, columns(h).up)) for h in train)}/"
           f"{sum(len(outage_spans(columns(h).time, columns(h).up)) for h in test)}")
     for kind in kinds:
-        model = UnavailabilityModel(seed=0, kind=kind)
+        model = UnavailabilityModel(NAB_WINDOWS, seed=0, kind=kind)
         report = model.fit(train)
         print(f"  {kind}: trained {report.trained} ({report.reason or report.calibration}), positives "
               f"{report.positives}")
@@ -272,6 +276,18 @@ def run_nab(data: Path, kinds: Sequence[str], rules_every: int) -> None:
     show("baseline: last value past a threshold", score(test, [baseline_risk(h) for h in test]))
     rr = [rules_risk(h, 1) for h in test]
     show("rule fallback", score(test, [r for r, _ in rr], [e for _, e in rr]))
+    whole = [a + b for a, b in zip(train, test, strict=True)]
+    print("  leave one series out (train on the other two whole series, test on this one):")
+    for kind in kinds:
+        risks = []
+        for i in range(len(whole)):
+            model = UnavailabilityModel(NAB_WINDOWS, seed=0, kind=kind)
+            report = model.fit([h for j, h in enumerate(whole) if j != i])
+            print(f"    {kind} without {Path(NAB_SERIES[i]).stem}: trained {report.trained}, "
+                  f"positives {report.positives}, calibration {report.calibration or report.reason}")
+            risks.append(model_risk(model, whole[i]))
+        show(f"model ({kind})", score(whole, risks))
+    show("baseline: last value past a threshold", score(whole, [baseline_risk(h) for h in whole]))
 
 
 # ---- cost -----------------------------------------------------------------------------------------------------------

@@ -68,7 +68,11 @@ def test_gradient_boosting_round_trips_too(test_copy: list[HealthPoint]) -> None
     m = UnavailabilityModel(kind="gradient-boosting")
     assert m.fit([precursor_history(s, hours=3.0) for s in range(2)]).trained
     back = UnavailabilityModel.from_bytes(m.to_bytes())
-    assert np.allclose(back.risk_series(test_copy), m.risk_series(test_copy))
+    series = back.risk_series(test_copy)
+    assert np.allclose(series, m.risk_series(test_copy))
+    for i in range(100, len(test_copy), 211):  # predict's one-row tree walk equals the vectorised one
+        p = back.predict(test_copy, test_copy[i].time).probabilities
+        assert [p[w] for w in back.windows] == pytest.approx(series[:, i].tolist(), abs=1e-9)
 
 
 def _tampered(raw: bytes, change) -> bytes:
