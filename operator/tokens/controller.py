@@ -41,6 +41,14 @@ log = logging.getLogger(__name__)
 CLOCK: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)  # noqa: E731 - tests may replace it
 # The published tokens.json each MirrorSet's members last got (uid → text): a change wakes them.
 _PUBLISHED: dict[str, str] = {}
+# The active member and operation each MirrorSet's tokens-service.json was last rendered with (uid → marker): a
+# change (a failover starting, a promotion) wakes the loop, so the service issues provisional tokens at once.
+_RENDERED: dict[str, tuple[Any, ...]] = {}
+
+
+def _operation_marker(status: Mapping[str, Any]) -> tuple[Any, ...]:
+    op = status.get("operation") or {}
+    return status.get("activeShardSet"), status.get("term"), op.get("kind"), op.get("to"), op.get("term")
 
 
 @dataclass
@@ -226,6 +234,7 @@ def reconcile(body: Mapping[str, Any]) -> Pass:
     kube.apply(manifests.cluster_role_binding(p.body))
     published = manifests.tokens_json(p.namespace, p.name, public, refs[0][0] + "/" + refs[0][1],
                                       [f"{ns}/{n}" for ns, n in refs])
+    _RENDERED[str(body["metadata"].get("uid") or p.name)] = _operation_marker(body.get("status") or {})
     kube.apply(manifests.config_map(p.body, manifests.service_config(p.body, spec, members, body.get("status") or {}),
                                     manifests.security_config(p.namespace, p.name, identities, members),
                                     members_ca,
@@ -283,10 +292,14 @@ async def token_service_loop(name: str, namespace: str | None, body: kopf.Body, 
 
 @kopf.on.event(naming.GROUP, naming.VERSION, PLURAL, id="token_service_changed")
 def token_service_changed(name: str, namespace: str | None, body: kopf.Body, **_: Any) -> None:
-    """Wake the loop on a new rotation request (annotations do not bump the generation)."""
+    """Wake the loop on a new rotation request (annotations do not bump the generation) and when the active member
+    or the operation changed since the service's settings were rendered."""
     request = (body["metadata"].get("annotations") or {}).get(manifests.ROTATE_ANNOTATION)
-    handled = ((body.get("status") or {}).get("tokenService") or {}).get("rotationRequest")
-    if request is not None and request != handled:
+    status = body.get("status") or {}
+    handled = (status.get("tokenService") or {}).get("rotationRequest")
+    uid = str(body["metadata"].get("uid") or name)
+    moved = uid in _RENDERED and _RENDERED[uid] != _operation_marker(status)
+    if (request is not None and request != handled) or moved:
         TRIGGERS.fire(LOOP_KIND, namespace or "", name)
 
 
@@ -302,6 +315,7 @@ def token_service_deleted(name: str, namespace: str | None, uid: str, body: kopf
         log.warning("MirrorSet %s/%s deleted: cannot remove its token service binding: %s", ns, name,
                     kube.api_error_message(exc))
     _PUBLISHED.pop(uid, None)
+    _RENDERED.pop(uid, None)
     tokenlookup.forget(ns, name)
     try:
         spec = parse_mirrorset(body.get("spec") or {})
