@@ -9,8 +9,9 @@ Frames are the shadow's sealed history frames as stored: nothing here decrypts.
 
 from __future__ import annotations
 
+import bisect
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import NamedTuple
 
 import zstandard
@@ -101,3 +102,65 @@ def encode_pages(rows: Sequence[Row]) -> list[bytes]:
 def decode_page(data: bytes) -> list[Row]:
     """A page's rows."""
     return list(unpack_rows(zstandard.ZstdDecompressor().decompress(data)))
+
+
+def _key(r: Row) -> tuple[str, str]:
+    return (r.tbl, r.key)
+
+
+def _versions(rows: Iterable[Row], sign: int, into: dict[int, int]) -> None:
+    for r in rows:
+        if r.key_version is not None:
+            into[r.key_version] = into.get(r.key_version, 0) + sign
+
+
+def fold(full_pages: Sequence[bytes], diff: Sequence[Row]) -> tuple[list[bytes], int, dict[int, int]]:
+    """A full point's pages with a differential applied (a delete removes its key): only the pages the changed keys
+    fall in are decoded and re-encoded, the others are kept as they are. Returns the new pages, the change in row
+    count and the change in rows per key version."""
+    if not full_pages:
+        rows = [r for r in diff if r.op != "delete"]
+        delta: dict[int, int] = {}
+        _versions(rows, 1, delta)
+        return encode_pages(rows), len(rows), delta
+    # A page's first key places the changes; decoding every page for it would defeat the purpose, so only the
+    # first row is read, from a streaming decompression of the page's start.
+    firsts = [_key(_first_row(page)) for page in full_pages]
+    touched: dict[int, list[Row]] = {}
+    for r in diff:
+        i = max(bisect.bisect_right(firsts, _key(r)) - 1, 0)
+        touched.setdefault(i, []).append(r)
+    out: list[bytes] = []
+    count = 0
+    versions: dict[int, int] = {}
+    for i, page in enumerate(full_pages):
+        changes = touched.get(i)
+        if changes is None:
+            out.append(page)
+            continue
+        old = decode_page(page)
+        merged = {_key(r): r for r in old}
+        for r in changes:
+            if r.op == "delete":
+                merged.pop(_key(r), None)
+            else:
+                merged[_key(r)] = r
+        new = [merged[k] for k in sorted(merged)]
+        _versions(old, -1, versions)
+        _versions(new, 1, versions)
+        count += len(new) - len(old)
+        out += encode_pages(new)
+    return out, count, {v: n for v, n in versions.items() if n}
+
+
+def _first_row(page: bytes) -> Row:
+    reader = zstandard.ZstdDecompressor().stream_reader(page)
+    head = reader.read(1 << 16)
+    while True:
+        try:
+            return next(unpack_rows(head))
+        except (ValueError, StopIteration):
+            more = reader.read(1 << 16)
+            if not more:
+                raise ValueError("woven page is empty or damaged") from None
+            head += more

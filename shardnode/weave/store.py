@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .pages import Row, decode_page, encode_pages
+from .pages import Row, decode_page, encode_pages, fold
 
 DB_NAME = "weave.sqlite3"
 SCHEMA_VERSION = 1
@@ -288,9 +288,10 @@ class WeaveStore:
 
     def apply_retention(self, materialize: Sequence[int], drop: Sequence[int]) -> None:
         """Turn each point of ``materialize`` into a full one holding its whole state, then delete ``drop``, in one
-        transaction (the states are read first, while the points they depend on still exist)."""
-        merged = {m: sorted(self.state(m).values(), key=lambda r: (r.tbl, r.key)) for m in materialize}
-        encoded = {m: (encode_pages(rows), _version_rows(rows), len(rows)) for m, rows in merged.items()}
+        transaction (the states are read first, while the points they depend on still exist). The usual case — a
+        differential right after its full base, which goes — folds the differential into the base's pages, so only
+        the pages its keys fall in are rewritten."""
+        encoded = {m: self._materialized(m) for m in materialize}
         with self.tx() as c:
             for m, (pages, versions, n) in encoded.items():
                 c.execute("DELETE FROM woven_pages WHERE woven = ?", (m,))
@@ -298,10 +299,27 @@ class WeaveStore:
                 c.executemany("INSERT INTO woven_pages (woven, page, data) VALUES (?, ?, ?)",
                               [(m, i, p) for i, p in enumerate(pages)])
                 c.executemany("INSERT INTO woven_versions (woven, key_version, rows) VALUES (?, ?, ?)",
-                              [(m, v, k) for v, k in versions.items()])
+                              [(m, v, k) for v, k in versions.items() if k])
                 c.execute("UPDATE woven SET kind = ?, base = NULL, rows = ?, bytes = ? WHERE id = ?",
                           (FULL, n, sum(len(p) for p in pages), m))
             _delete_points(c, drop)
+
+    def _materialized(self, point_id: int) -> tuple[list[bytes], dict[int, int], int]:
+        """A point's whole state as pages, rows per key version and row count."""
+        chain = self.chain(point_id)
+        if len(chain) == 2:
+            base = chain[0]
+            with self.tx() as c:
+                pages = [bytes(d) for (d,) in c.execute("SELECT data FROM woven_pages WHERE woven = ? ORDER BY page",
+                                                        (base.id,))]
+                versions = {int(v): int(n) for v, n in c.execute(
+                    "SELECT key_version, rows FROM woven_versions WHERE woven = ?", (base.id,))}
+            folded, delta, changed = fold(pages, self.point_rows(point_id))
+            for v, n in changed.items():
+                versions[v] = versions.get(v, 0) + n
+            return folded, versions, base.rows + delta
+        rows = sorted(self.state(point_id).values(), key=lambda r: (r.tbl, r.key))
+        return encode_pages(rows), _version_rows(rows), len(rows)
 
     def delete_points(self, ids: Sequence[int]) -> None:
         """Delete points and their pages."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from chronoshard.shardnode.keyspace.partitioning import keyspace_id
 from chronoshard.shardnode.weave import weaving
+from chronoshard.shardnode.weave.pages import Row
 from chronoshard.shardnode.weave.store import LOWER, UPPER, WeaveStore
 
 from tests.support.shadow_history import delete, open_history, put
@@ -91,3 +92,22 @@ def test_woven_state_is_full_plus_differentials(tmp_path):
     assert after == whole and {p.id for p in store.points()} == {p.id for p in diffs}
     assert store.version_counts() == {1: len(whole)}
     store.close()
+
+
+def test_retention_over_a_longer_chain_rebuilds_the_state(tmp_path):
+    store = WeaveStore(tmp_path / "weave.sqlite3")
+    (a,) = store.add_points([("w", LOWER, 1.0, 1, "full", None, 1, [row("a", 1), row("b", 1)])])
+    (b,) = store.add_points([("w", LOWER, 2.0, 2, "differential", a.id, 2, [row("a", 2, "delete"), row("c", 2)])])
+    (c,) = store.add_points([("w", LOWER, 3.0, 3, "differential", b.id, 3, [row("d", 3)])])
+    before = store.state(c.id)
+    store.apply_retention([c.id], [a.id, b.id])
+    assert store.chain(c.id) == [store.point(c.id)] and store.point(c.id).kind == "full"
+    assert store.state(c.id) == before and sorted(k for _, k in before) == ["b", "c", "d"]
+    assert store.version_counts() == {1: 3} and store.point(c.id).rows == 3
+    store.close()
+
+
+def row(key: str, lsn: int, op: str = "put") -> Row:
+    """A woven row of table t (a delete has no version, checksum or frame)."""
+    live = op != "delete"
+    return Row("t", key, lsn, 1.0, op, 1 if live else None, b"c" if live else None, b"f" if live else None)
