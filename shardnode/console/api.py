@@ -264,12 +264,13 @@ async def get_shardset(request: web.Request) -> web.StreamResponse:
         shardset = await _console(request).kube.get(_session(request), "shardsets", ns, name)
     except KubeError as exc:
         raise kube_error(exc, f"ShardSet {ns}/{name}") from None
-    rotations, policy, reversions, mirrorsets = await asyncio.gather(
+    rotations, policy, reversions, mirrorsets, plans = await asyncio.gather(
         _optional_list(request, "keyrotations", ns), _policy(request, ns, name),
-        _optional_list(request, "reversions", ns), _mirrorsets(request, ns))
+        _optional_list(request, "reversions", ns), _mirrorsets(request, ns), _optional_list(request, "weaveplans", ns))
     return web.json_response({**views.shardset_detail(shardset, _by_shardset(rotations, ns, name), policy,
                                                       _by_shardset(reversions, ns, name)),
-                              "mirrorSet": views.mirrorset_of(mirrorsets, ns, name)})
+                              "mirrorSet": views.mirrorset_of(mirrorsets, ns, name),
+                              "weavePlan": views.weaveplan_of(plans, name)})
 
 
 async def _mirrorsets(request: web.Request, ns: str | None) -> list[dict[str, Any]]:

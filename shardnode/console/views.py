@@ -267,3 +267,22 @@ def mirrorset_of(mirrorsets: Iterable[Obj], namespace: str, shardset: str) -> di
                     "active": st.get("activeShardSet") == key, "phase": st.get("phase", "Pending"),
                     "term": st.get("term")}
     return None
+
+
+def weaveplan_of(plans: Iterable[Obj], shardset: str) -> dict[str, Any] | None:
+    """The WeavePlan in force for ``shardset`` (the oldest naming it, as the operator picks) shaped for the
+    ShardSet page: phase, mode, the partitions most likely to split, the what-if reports and the splits made."""
+    mine = [p for p in plans if refers_to(p, shardset) and not _meta(p).get("deletionTimestamp")]
+    if not mine:
+        return None
+    plan = min(mine, key=lambda p: (str(_meta(p).get("creationTimestamp") or ""), str(_meta(p).get("name"))))
+    st, spec = _status(plan), _spec(plan)
+    parts = [{"id": r.get("id"), "shard": r.get("shard"), "bytes": r.get("bytes"), "loadRps": r.get("loadRps"),
+              "probability": (r.get("forecast") or {}).get("probability"),
+              "predictedTime": (r.get("forecast") or {}).get("predictedTime")}
+             for r in st.get("partitions") or [] if isinstance(r, Mapping)]
+    return {"name": _meta(plan).get("name"), "phase": st.get("phase", "Pending"), "mode": spec.get("mode", "weave"),
+            "confidenceThreshold": spec.get("confidenceThreshold", 0.75),
+            "lastForecastTime": st.get("lastForecastTime"), "partitions": parts[:5],
+            "whatIf": [dict(w) for w in st.get("whatIf") or [] if isinstance(w, Mapping)],
+            "splits": [dict(s) for s in st.get("splits") or [] if isinstance(s, Mapping)]}

@@ -358,10 +358,40 @@
           (s.reversions || []).map((r) => [link(route("ns", ns, "reversions", r.name), r.name), r.phase || "—",
             h("code", {}, (r.digest || "").slice(0, 12) || "—"), jsonText(r.keys), progressText(r.progress),
             incidentLink(ns, name, r.incident)]), "No Reversions.")),
-        section("Mirrors and forecast splits", h("p", { class: "placeholder" },
-          "Mirror health and failover state: on the MirrorSet's page (above). Forecast splits and their woven " +
-          "snapshots: coming with WeavePlan.")));
+        weaveSection(s.weavePlan));
     }));
+  }
+
+  // The WeavePlan in force ({name, phase, mode, partitions, whatIf, splits}): the partitions most likely to split,
+  // and for each predicted split what it would do to the shards before anyone says yes (docs/weaving.md).
+  function weaveSection(w) {
+    if (!w) {
+      return section("Forecast splits", h("p", { class: "empty" },
+        "No WeavePlan forecasts this ShardSet's splits (or none you may read)."));
+    }
+    const parts = table("Partitions most likely to split", ["Partition", "Shard", "Size", "Load", "P(split)",
+      "Predicted"], (w.partitions || []).map((p) => [jsonText(p.id), jsonText(p.shard), fmtBytes(p.bytes),
+      fmtNum(p.loadRps, 1) + " /s", fmtNum(p.probability, 2), fmtTime(p.predictedTime)]), "No forecast yet.");
+    const reports = (w.whatIf || []).map((r) => {
+      const f = r.forecast || {}, place = r.placement || {}, size = f.sizeAtWindowEnd || {};
+      return h("div", { class: "whatif" },
+        h("p", {}, "Partition " + jsonText(r.partition) + " split at " + (r.splitKey || "—") + ": probability " +
+          fmtNum(f.probability, 2) + " by " + fmtTime(f.predictedTime) + "; size at the window's end " +
+          fmtBytes(size.point) + " (80%: " + fmtBytes(size.low) + " to " + fmtBytes(size.high) + ")."),
+        h("p", {}, "Lower half on shard " + jsonText(place.lowerHalfShard) + ", upper half on shard " +
+          jsonText(place.upperHalfShard) + "; " + fmtBytes(r.bytesToMove) + " to move, expected cutover pause " +
+          fmtNum(r.expectedCutoverPauseMs, 0) + " ms."),
+        table("What-if: partition " + jsonText(r.partition) + " split", ["Shard", "Bytes before", "Bytes after",
+          "Load before", "Load after"], (r.shards || []).map((s) => [jsonText(s.shard), fmtBytes(s.bytesBefore),
+          fmtBytes(s.bytesAfter), fmtNum(s.loadBefore, 1) + " /s", fmtNum(s.loadAfter, 1) + " /s"]), "No shards."));
+    });
+    return section("Forecast splits",
+      dl([["WeavePlan", w.name || "—"], ["Phase", w.phase || "—"], ["Mode", w.mode || "—"],
+        ["Last forecast", fmtTime(w.lastForecastTime)]]),
+      parts,
+      reports.length ? reports : h("p", { class: "empty" }, "No predicted split above the plan's confidence threshold."),
+      table("Splits this plan started", ["Reshard", "Partition", "Split key", "Phase"], (w.splits || []).map((s) => [
+        s.reshard || "—", jsonText(s.partition), s.splitKey || "—", s.phase || "—"]), "No splits started."));
   }
 
   // The MirrorSet a ShardSet belongs to ({namespace, name, role, active}) as a link to its page; "none" when it
