@@ -167,6 +167,7 @@ class TokenService:
         self.update_risk(cfg, now, await asyncio.to_thread(self.predict_all, cfg, now))
         await self.pre_issue(cfg, time.time())
         drop_targets(self.pusher, targets(cfg))
+        await asyncio.to_thread(self.registry.checkpoint)
         self._housekeeping(cfg)
 
     def points(self, copy_id: str) -> list[HealthPoint]:

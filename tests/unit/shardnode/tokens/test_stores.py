@@ -33,6 +33,8 @@ def test_registry_survives_a_reopen(tmp_path):
     reg.supersede("a", "b")
     reg.set_replacement("b", "tok.en.x", "valid", "shop/orders")
     reg.revoke("b", NOW + 1)
+    reg.checkpoint()  # the WAL moved into the database file (no automatic checkpoints)
+    assert (tmp_path / "tokens.sqlite3-wal").stat().st_size > 0
     reg.close()
     reg = Registry(path)
     a, b = reg.get("a"), reg.get("b")
