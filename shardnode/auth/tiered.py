@@ -57,6 +57,8 @@ class TokensConfig:
     keys: Mapping[str, Ed25519PublicKey]
     store: str
     members: tuple[str, ...]
+    service_url: str | None = None  # the token service (its revocations are pulled from there)
+    service_server_name: str | None = None
 
 
 def parse_tokens_config(doc: Any) -> TokensConfig:
@@ -78,7 +80,13 @@ def parse_tokens_config(doc: Any) -> TokensConfig:
     if not isinstance(members, list) or not all(isinstance(m, str) for m in members):
         raise TokensConfigError("members must be a list of namespace/name strings")
     store = doc.get("store") or ""
-    return TokensConfig(issuer, ms, keys, str(store), tuple(members))
+    service = doc.get("service") or {}
+    if not isinstance(service, dict):
+        raise TokensConfigError("service must be an object {url, serverName}")
+    url, server_name = service.get("url"), service.get("serverName")
+    return TokensConfig(issuer, ms, keys, str(store), tuple(members),
+                        url if isinstance(url, str) and url else None,
+                        server_name if isinstance(server_name, str) and server_name else None)
 
 
 class RevocationSet:

@@ -50,6 +50,7 @@ from .http_common import (
     load_json_config,
     setup_logging,
 )
+from .revocation_pull import RevocationPuller
 from .routing import (
     MapEpochCollector,
     PartitionMapSource,
@@ -391,8 +392,11 @@ def secure_from_flags(app: web.Application, security: ProcessSecurity) -> None:
         raise SystemExit(2) from None
     if security.tls_dir is None:
         log.warning("authentication is on but TLS is not (no --tls-dir): credentials travel in plain text")
-    secure_app(app, cfg, ApiServer(connection), security.server,
-               authenticators=[tiered_authenticator(app, security.config.parent / TOKENS_FILE, cfg)])
+    tiered = tiered_authenticator(app, security.config.parent / TOKENS_FILE, cfg)
+    secure_app(app, cfg, ApiServer(connection), security.server, authenticators=[tiered])
+    puller = RevocationPuller(tiered.tokens, app[REVOCATIONS])  # the pushes' back-up (docs/tokens.md)
+    app.on_startup.append(puller.start)
+    app.on_cleanup.append(puller.stop)
 
 
 def tiered_authenticator(app: web.Application, tokens_json: Path, cfg: SecurityConfig) -> TieredTokenAuthenticator:
