@@ -122,8 +122,8 @@ def test_token_service_children_tokens_json_rotation_and_delete(operator_runner,
         # The pods trust the service's CA as their own (its certificate is its operator identity), after theirs.
         own = core.read_namespaced_config_map(f"{name}-ca", ns).data["ca.crt"]
         tokens_ca = core.read_namespaced_config_map("orders-tokens-ca", ns_a).data["ca.crt"]
-        wait_for(lambda ns=ns, name=name, own=own: base64.b64decode(core.read_namespaced_secret(
-            f"{name}-tls", ns).data["ca.crt"]).decode() == own + tokens_ca, what=f"{name}'s ca.crt bundle")
+        wait_for(lambda ns=ns, name=name, want=own + tokens_ca: base64.b64decode(core.read_namespaced_secret(
+            f"{name}-tls", ns).data["ca.crt"]).decode() == want, what=f"{name}'s ca.crt bundle")
     status = wait_for(lambda: (_ms(apis, ns_a).get("status") or {}).get("tokenService"), what="status.tokenService")
     assert status["ready"] is False and status["url"] == f"https://orders-tokens.{ns_a}.svc:7405"
     kid = status["keyIds"][0]
