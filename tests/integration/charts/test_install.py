@@ -185,9 +185,9 @@ def test_chart_operator_reconciles_the_sample_shardset(audited_plane, reconciled
             assert [o["uid"] for o in owners] == [reconciled_sample["metadata"]["uid"]]
     sts = _get(audited_plane, "statefulset", "orders", *ns)
     assert sts["spec"]["replicas"] == 3
-    # node, cache and predictor always; shadow because the sample ShadowPolicy targets this ShardSet.
+    # node, cache and predictor always; shadow and weaver because the sample ShadowPolicy and WeavePlan target it.
     assert [c["name"] for c in sts["spec"]["template"]["spec"]["containers"]] == [
-        "node", "cache", "predictor", "shadow"]
+        "node", "cache", "predictor", "shadow", "weaver"]
 
 
 def test_gitops_second_server_side_apply_is_a_no_op(audited_plane, reconciled_sample) -> None:
