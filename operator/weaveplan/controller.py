@@ -160,7 +160,7 @@ async def step(body: Mapping[str, Any], now: datetime | None = None) -> tuple[di
     splits = list(old.get("splits") or [])
     if spec is not None and obs.config_applied and obs.expected:
         reports = await probe.collect(obs.pods, obs.expected)
-        agg = keep_silent_shards(aggregate(reports), old, {r.shard for r in reports if r.body is not None})
+        agg = keep_silent_shards(aggregate(reports), old, {r.shard for r in reports if r.body is None})
         shards = obs.pmap.shards if obs.pmap is not None else obs.expected
         rows = what_if(agg.weaves, agg.partitions, shards, spec.placement,
                        pauses_from_reshards(obs.reshards, spec.shardset))

@@ -42,11 +42,12 @@ class Observation:
     grace_period: str | None = None  # the ShardSet's spec.partitioning.gracePeriod, as written
 
 
-def keep_silent_shards(agg: Aggregate, old: Mapping[str, Any], reporting: set[int]) -> Aggregate:
-    """The rows of shards that did not answer this pass kept from the previous status, so a weaver's restart
-    neither empties the report nor announces its weaves as dropped."""
-    parts = agg.partitions + [p for p in old.get("partitions") or [] if p.get("shard") not in reporting]
-    weaves = agg.weaves + [w for w in old.get("weaves") or [] if w.get("shard") not in reporting]
+def keep_silent_shards(agg: Aggregate, old: Mapping[str, Any], silent: set[int]) -> Aggregate:
+    """The rows of the shards asked that did not answer this pass (``silent``) kept from the previous status, so a
+    weaver's restart neither empties the report nor announces its weaves as dropped (a shard no longer asked, after
+    a scale-down, keeps none)."""
+    parts = agg.partitions + [p for p in old.get("partitions") or [] if p.get("shard") in silent]
+    weaves = agg.weaves + [w for w in old.get("weaves") or [] if w.get("shard") in silent]
     parts.sort(key=lambda r: (-probability(r), r["id"]))
     far = "9999-12-31T23:59:59Z"
     weaves.sort(key=lambda w: (w.get("predictedTime") or far, w["partition"], w["id"]))

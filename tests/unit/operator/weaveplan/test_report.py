@@ -113,8 +113,10 @@ def test_split_rows_record_the_created_reshard_and_follow_its_phase():
 def test_silent_shards_keep_their_rows():
     old = {"partitions": [{"id": 5, "shard": 1, "forecast": {"probability": 0.5}}],
            "weaves": [{"id": "w-5", "partition": 5, "shard": 1}], "lastForecastTime": "2026-01-01T00:00:00Z"}
-    agg = keep_silent_shards(report(), old, {0})
+    agg = keep_silent_shards(report(), old, {1})
     assert [p["id"] for p in agg.partitions] == [0, 5] and {w["id"] for w in agg.weaves} == {"w-0-1", "w-5"}
+    gone = keep_silent_shards(report(), old, set())  # shard 1 no longer asked (scaled down): nothing kept
+    assert [p["id"] for p in gone.partitions] == [0] and [w["id"] for w in gone.weaves] == ["w-0-1"]
 
 
 def test_events_for_forecast_woven_dropped_scheduled_and_started():
