@@ -73,10 +73,10 @@ class HealthStore:
         """Every copy with samples."""
         return [r[0] for r in self.db.execute("SELECT DISTINCT copy FROM samples")]
 
-    def load(self, copy_id: str, since: float = 0.0) -> list[Sample]:
-        """A copy's samples after ``since``, oldest first."""
+    def load(self, copy_id: str, since: float | None = None) -> list[Sample]:
+        """A copy's samples after ``since`` (None: all), oldest first."""
         rows = self.db.execute("SELECT time, up, doc FROM samples WHERE copy = ? AND time > ? ORDER BY time",
-                               (copy_id, since)).fetchall()
+                               (copy_id, float("-inf") if since is None else since)).fetchall()
         return [Sample(copy_id, float(t), bool(u), json.loads(d)) for t, u, d in rows]
 
     def span(self) -> float:

@@ -260,13 +260,21 @@ class TokenService:
             self._fitting = True
             self.tasks.append(asyncio.create_task(self._fit()))
 
-    async def _fit(self) -> None:
+    def _train(self) -> None:
+        """Read every copy's kept samples (on a connection of this thread) and fit: seconds of work for 7 days of
+        samples, all of it off the event loop."""
         from chronoshard.shardnode.unavailability.types import point_from_health
 
+        store = HealthStore(self.settings.data_dir / "risk.sqlite3")
         try:
-            histories = [[point_from_health(s.doc, s.time, s.up) for s in self.health.load(c)]
-                         for c in self.health.copies()]
-            await asyncio.to_thread(self.engine.fit, histories)
+            histories = [[point_from_health(s.doc, s.time, s.up) for s in store.load(c)] for c in store.copies()]
+        finally:
+            store.close()
+        self.engine.fit(histories)
+
+    async def _fit(self) -> None:
+        try:
+            await asyncio.to_thread(self._train)
         except Exception:
             log.exception("model training failed; the previous model or the rules stay in force")
         finally:

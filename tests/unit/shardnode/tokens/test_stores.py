@@ -183,3 +183,31 @@ def test_backoff_doubles_to_a_cap():
         b = next_backoff(b)
         seen.append(b)
     assert seen[:3] == [0.5, 1.0, 2.0] and seen[-1] == BACKOFF_MAX
+
+
+def test_the_service_trains_from_its_kept_history_off_the_loop(tmp_path):
+    from chronoshard.shardnode.tokens.health import HealthStore, Sample
+    from chronoshard.shardnode.tokens.server import Settings, TokenService
+
+    (tmp_path / "signing").mkdir()
+    (tmp_path / "signing" / "signing.pem").write_bytes(signing.pem(Ed25519PrivateKey.generate()))
+    (tmp_path / "c.json").write_text(json.dumps({**GOOD, "prediction": {"model": "logistic-regression"}}))
+    svc = TokenService(Settings(tmp_path / "c.json", tmp_path / "signing", tmp_path / "d"))
+    store = HealthStore(tmp_path / "d" / "risk.sqlite3")
+    samples, t = [], 0.0
+    for cycle in range(12):  # a p99 that climbs before each outage
+        for i in range(300):
+            doc = {"restarts": cycle, "writeLatencyMs": {"p50": 2.0, "p99": 5.0 + (i * 20.0 if i > 200 else 0.0)},
+                   "requests": {"errorRate": 0.0}, "capacity": {"usedBytes": 5, "totalBytes": 10}}
+            samples.append(Sample("shop/orders#0", t, True, doc))
+            t += 10
+        for _ in range(12):
+            samples.append(Sample("shop/orders#0", t, False, {}))
+            t += 10
+    store.add(samples)
+    store.close()
+    svc._train()
+    assert svc.engine.state.trained and svc.engine.state.samples == len(samples)
+    assert (tmp_path / "d" / risk.MODEL_FILE).exists()
+    svc.registry.close()
+    svc.health.close()
