@@ -27,6 +27,9 @@ from tests.support.s3 import s3_server  # noqa: F401  (SeaweedFS for the disaste
 from tests.support.waiting import wait_for
 
 PROBE_SERVER = Path(__file__).resolve().parent / "probe_server.py"
+# Every operator of the e2e tests (the one `chronoshard-dev up` starts, and ``Operator``) reports a policy's shard
+# figures every second instead of every 10 s (operator/settings.py's test seam): the tests wait on those figures.
+OPERATOR_ENV = {"CHRONOSHARD_TEST_POLL_SECONDS": "1"}
 
 
 def dev(state: Path, *args: str, timeout: float = 300, env: dict[str, str] | None = None
@@ -37,6 +40,12 @@ def dev(state: Path, *args: str, timeout: float = 300, env: dict[str, str] | Non
         capture_output=True, text=True, timeout=timeout, check=False,
         env=None if env is None else {**os.environ, **env},
     )
+
+
+def down(state: Path) -> subprocess.CompletedProcess:
+    """``chronoshard-dev down``, purging the state dir in the same call unless $CHRONOSHARD_KEEP_E2E is set (one
+    process start instead of a ``down`` and then a ``down --purge``)."""
+    return dev(state, "down", *(() if os.environ.get("CHRONOSHARD_KEEP_E2E") else ("--purge",)))
 
 
 @dataclass
@@ -86,7 +95,7 @@ class Operator:
         self.metrics_port = free_port()
 
     def start(self) -> None:
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig),
+        env = {**os.environ, **OPERATOR_ENV, "KUBECONFIG": str(self.kubeconfig),
                "CHRONOSHARD_CLOCK_OFFSET_FILE": str(self.clock_file)}
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
@@ -216,7 +225,7 @@ def start_cluster(state: Path, *extra: str, env: dict[str, str] | None = None) -
     7410, which another cluster on the machine (a parallel worker, another checkout's tests) may hold."""
     console_port = None if "--no-operator" in extra or "--no-console" in extra else free_port()
     port_args = [] if console_port is None else ["--console-port", str(console_port)]
-    up = dev(state, "up", "--backoff-base", "1", *port_args, *extra, env=env)
+    up = dev(state, "up", "--backoff-base", "1", *port_args, *extra, env={**OPERATOR_ENV, **(env or {})})
     assert up.returncode == 0, f"chronoshard-dev up failed:\n{up.stdout}\n{up.stderr}"
     info = json.loads((state / "dev.json").read_text())["controlplane"]
     return LocalCluster(state_dir=state, kubeconfig=Path(info["kubeconfig"]), bin_dir=Path(info["bin_dir"]),
@@ -231,11 +240,9 @@ def local_cluster() -> Iterator[LocalCluster]:
     try:
         yield cluster
     finally:
-        down = dev(state, "down")
-        if down.returncode != 0:
-            raise AssertionError(f"chronoshard-dev down failed:\n{down.stdout}\n{down.stderr}")
-        if not os.environ.get("CHRONOSHARD_KEEP_E2E"):
-            dev(state, "down", "--purge")
+        stopped = down(state)
+        if stopped.returncode != 0:
+            raise AssertionError(f"chronoshard-dev down failed:\n{stopped.stdout}\n{stopped.stderr}")
 
 
 @pytest.fixture()
@@ -284,7 +291,6 @@ def shadowed_shardset(prefix: str, namespace: str, name: str, policy: str,
         yield ShadowedShardSet(cluster, operator, state)
     finally:
         operator.stop()
-        dev(state, "down")
+        down(state)
         if not os.environ.get("CHRONOSHARD_KEEP_E2E"):
-            dev(state, "down", "--purge")
             shutil.rmtree(state, ignore_errors=True)  # the purge leaves what a test wrote there (its logs)

@@ -25,7 +25,7 @@ import yaml
 from tests.support.waiting import wait_for
 from tests.unit.charts.helpers import CHART, tools_bin
 
-from .conftest import LocalCluster, dev, http_get, is_ready, start_cluster
+from .conftest import LocalCluster, down, http_get, is_ready, start_cluster
 
 pytestmark = pytest.mark.e2e
 
@@ -65,11 +65,10 @@ def cluster() -> Iterator[LocalCluster]:
     try:
         yield start_cluster(state, "--no-operator")
     finally:
-        down = dev(state, "down")
+        stopped = down(state)
         if not os.environ.get("CHRONOSHARD_KEEP_E2E"):
-            dev(state, "down", "--purge")
             shutil.rmtree(state, ignore_errors=True)
-        assert down.returncode == 0, f"chronoshard-dev down failed:\n{down.stdout}\n{down.stderr}"
+        assert stopped.returncode == 0, f"chronoshard-dev down failed:\n{stopped.stdout}\n{stopped.stderr}"
 
 
 def _namespace(cluster: LocalCluster) -> str:

@@ -32,7 +32,7 @@ from tests.e2e.conftest import (
     LocalCluster,
     Operator,
     data_client_args,
-    dev,
+    down,
     http_get,
     is_ready,
     pod_tls,
@@ -156,9 +156,7 @@ def env() -> Iterator[Env]:
         yield e
     finally:
         operator.stop()
-        dev(state, "down")
-        if not os.environ.get("CHRONOSHARD_KEEP_E2E"):
-            dev(state, "down", "--purge")
+        down(state)
 
 
 @pytest.fixture(scope="module")

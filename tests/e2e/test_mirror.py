@@ -33,7 +33,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import LocalCluster, Operator, data_client_args, dev, is_ready, start_cluster
+from tests.e2e.conftest import LocalCluster, Operator, data_client_args, down, is_ready, start_cluster
 from tests.support.histories import Read, Write, check, seq_of, value_of
 from tests.support.waiting import wait_for
 
@@ -132,9 +132,7 @@ def mirror_env(mirrorset: dict[str, Any] = MIRRORSET) -> Iterator[Env]:
         yield env
     finally:
         operator.stop()
-        dev(state, "down")
-        if not os.environ.get("CHRONOSHARD_KEEP_E2E"):
-            dev(state, "down", "--purge")
+        down(state)
 
 
 @pytest.fixture(scope="module")

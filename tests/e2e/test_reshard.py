@@ -36,7 +36,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import LocalCluster, Operator, data_client_args, dev, is_ready, pod_tls, start_cluster
+from tests.e2e.conftest import LocalCluster, Operator, data_client_args, down, is_ready, pod_tls, start_cluster
 from tests.support.histories import Read, Write, check, seq_of, value_of
 from tests.support.waiting import wait_for
 
@@ -116,9 +116,7 @@ def reshard_env(rebalance: bool = True) -> Iterator[Env]:
         yield env
     finally:
         operator.stop()
-        dev(state, "down")
-        if not os.environ.get("CHRONOSHARD_KEEP_E2E"):
-            dev(state, "down", "--purge")
+        down(state)
 
 
 # ---- the application ---------------------------------------------------------------------------------

@@ -11,7 +11,6 @@ housekeeping see the writes as two hours old: compacted to cold and exported on 
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from chronoshard.shardnode.client import Client, Endpoint
 from chronoshard.shardnode.client.discovery import pod_dns_name
 from chronoshard.shardnode.keyspace.partitioning import PartitionMap
 
-from tests.e2e.conftest import LocalCluster, Operator, data_client_args, dev, is_ready, pod_tls, start_cluster
+from tests.e2e.conftest import LocalCluster, Operator, data_client_args, down, is_ready, pod_tls, start_cluster
 from tests.support.s3 import S3Server
 from tests.support.waiting import wait_for
 
@@ -73,9 +72,7 @@ def env() -> Iterator[Env]:
         yield Env(cluster, clock)
     finally:
         operator.stop()
-        dev(state, "down")
-        if not os.environ.get("CHRONOSHARD_KEEP_E2E"):
-            dev(state, "down", "--purge")
+        down(state)
 
 
 def _cold_storage(s3: S3Server) -> dict[str, Any]:

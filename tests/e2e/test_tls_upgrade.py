@@ -40,7 +40,7 @@ from chronoshard.shardnode.client.cli_tokens import ServiceAccountToken
 from chronoshard.shardnode.client.credentials import audience
 from kubernetes import config
 
-from tests.e2e.conftest import LocalCluster, dev, is_ready, start_cluster
+from tests.e2e.conftest import LocalCluster, down, is_ready, start_cluster
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -226,9 +226,7 @@ def cluster() -> Iterator[LocalCluster]:
     try:
         yield c
     finally:
-        dev(state, "down")
-        if not os.environ.get("CHRONOSHARD_KEEP_E2E"):
-            dev(state, "down", "--purge")
+        down(state)
 
 
 def shard_pods(cluster: LocalCluster) -> list[dict[str, Any]]:
