@@ -154,8 +154,20 @@ class TokenService:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), interval)
 
+    def _engine_for(self, cfg: ServiceConfig) -> None:
+        """A new engine (and the saved model, if it fits) when the config's windows, model kind or outage length
+        changed, or the first config arrived after the start."""
+        e = self.engine
+        if (tuple(cfg.windows), cfg.model, cfg.failure_threshold) == (tuple(e.windows), e.kind, e.down_after):
+            return
+        self.engine = RiskEngine(self.settings.data_dir, cfg.windows, cfg.model, lambda: self.signing.keys.model_key(),
+                                 cfg.failure_threshold)
+        self.engine.load()
+        self._last_fit = 0.0  # train for the new settings at the next round with enough history
+
     async def sample_once(self, cfg: ServiceConfig) -> None:
         """Probe every copy once, store, update the risks, pre-issue what the new tier asks for."""
+        self._engine_for(cfg)
         timeout = min(5.0, max(0.5, cfg.probe_interval))
         samples = await asyncio.gather(*(probe(self.peers, c, timeout) for c in cfg.copies()))
         self.health.add(samples)

@@ -211,3 +211,20 @@ def test_the_service_trains_from_its_kept_history_off_the_loop(tmp_path):
     assert (tmp_path / "d" / risk.MODEL_FILE).exists()
     svc.registry.close()
     svc.health.close()
+
+
+def test_a_config_arriving_after_the_start_or_changing_the_model_makes_a_new_engine(tmp_path):
+    from chronoshard.shardnode.tokens.server import Settings, TokenService
+
+    (tmp_path / "signing").mkdir()
+    (tmp_path / "signing" / "signing.pem").write_bytes(signing.pem(Ed25519PrivateKey.generate()))
+    svc = TokenService(Settings(tmp_path / "absent.json", tmp_path / "signing", tmp_path / "d"))
+    assert svc.engine.kind == "rules"  # no config yet
+    cfg = cfgmod.parse_service_config({**GOOD, "prediction": {"model": "logistic-regression", "windows": [60, 600]}})
+    svc._engine_for(cfg)
+    assert (svc.engine.kind, svc.engine.windows) == ("logistic-regression", (60.0, 600.0))
+    same = svc.engine
+    svc._engine_for(cfg)
+    assert svc.engine is same
+    svc.registry.close()
+    svc.health.close()
