@@ -120,3 +120,25 @@ def test_reshard_counts_steps_pauses_ends_and_tracks_the_running_move(scrape) ->
     assert after[end_key] - before.get(end_key, 0) == 1
     assert after[pause_key] - before.get(pause_key, 0) == 1
     assert copied not in after  # the move ended: its gauges are gone, not left at the last value
+
+
+def test_weaveplan_gauges_follow_the_status_rows_and_go_with_the_plan(scrape) -> None:
+    def labels(pid: str) -> frozenset:
+        return frozenset({("namespace", "shop"), ("weaveplan", "growth"), ("partition", pid)})
+
+    rows = [{"id": 2, "bytes": 4096, "loadRps": 12.5, "forecast": {"probability": 0.83}},
+            {"id": 3, "bytes": 10, "loadRps": 0.0}]
+    metrics.set_weaveplan("shop", "growth", rows, 1)
+    got = scrape()
+    assert got[("chronoshard_weaveplan_split_probability", labels("2"))] == 0.83
+    assert got[("chronoshard_weaveplan_split_probability", labels("3"))] == 0.0
+    assert got[("chronoshard_weaveplan_partition_bytes", labels("2"))] == 4096
+    assert got[("chronoshard_weaveplan_partition_load_rps", labels("2"))] == 12.5
+    weaves = ("chronoshard_weaveplan_weaves", frozenset({("namespace", "shop"), ("weaveplan", "growth")}))
+    assert got[weaves] == 1
+    metrics.set_weaveplan("shop", "growth", rows[:1], 0)  # partition 3 no longer reported (split, merged away)
+    got = scrape()
+    assert ("chronoshard_weaveplan_partition_bytes", labels("3")) not in got and got[weaves] == 0
+    metrics.forget_weaveplan("shop", "growth")
+    got = scrape()
+    assert ("chronoshard_weaveplan_split_probability", labels("2")) not in got and weaves not in got
