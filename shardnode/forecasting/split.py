@@ -8,6 +8,7 @@ then mapped by a Calibrator fitted on the partition's own backtest (``backtest_p
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -198,15 +199,17 @@ def backtest_pairs(
     ordered = sorted(samples, key=lambda s: s.time)
     if len(ordered) < MIN_SAMPLES + 1:
         return []
+    times = [s.time for s in ordered]
+    # the truth on one grid over the whole history (what the forecast would have been judged against)
+    truth = to_grid(ordered, choose_step(np.array(times), window_seconds), max_steps=10**9)
     pairs: list[tuple[float, bool]] = []
-    t = ordered[MIN_SAMPLES - 1].time
-    end = ordered[-1].time - window_seconds
-    while t <= end:
-        fc = forecast_split(ordered, t, window_seconds, thresholds, model)
+    t = times[MIN_SAMPLES - 1]
+    while t <= times[-1] - window_seconds:
+        fc = forecast_split(ordered[: bisect_right(times, t)], t, window_seconds, thresholds, model)
         if fc.samples >= MIN_SAMPLES and not (fc.probability == 1.0 and fc.predicted_time is not None
                                               and fc.predicted_time <= t):
-            step = choose_step(np.array([s.time for s in ordered if s.time <= t]), window_seconds)
-            grid = to_grid([s for s in ordered if s.time <= t + window_seconds], step)
-            pairs.append((fc.probability, first_observed(grid, t, thresholds) is not None))
+            upto = truth.times <= t + window_seconds + 1e-6
+            seen = Grid(truth.times[upto], truth.bytes[upto], truth.load[upto], truth.step)
+            pairs.append((fc.probability, first_observed(seen, t, thresholds) is not None))
         t += step_seconds
     return pairs
