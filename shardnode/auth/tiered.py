@@ -154,13 +154,17 @@ def parse_revocations(doc: Any) -> list[tuple[str, float]]:
 
 # ---- authorization and tier rules (pure) ---------------------------------------------------------------
 def authorize(claims: tokenformat.Claims, access: Access | None, table: str | None, key: str | None) -> Decision:
-    """The rule for a tiered token: a data route whose verb, table and key its scope names; nothing else."""
+    """The rule for a tiered token: a data route whose verb, table and key its scope names, or the partition map
+    (``GET /v1/partitions``, to route); nothing else."""
     if access is None:
         return Decision(False, "no_policy", "this route declares no access policy and is refused")
+    if access is Access.PARTITIONS:  # the partition map: what a client needs to route its data requests
+        return Decision(True, "tiered")
     verb = DATA_VERBS.get(access)
     if verb is None:
         return Decision(False, "tiered_token_not_allowed",
-                        "tiered tokens are for data routes only (not admin, replication, metrics or partitions)")
+                        "tiered tokens are for data routes and the partition map only (not admin, replication or "
+                        "metrics)")
     scope = claims.scope
     if verb not in scope.verbs:
         return Decision(False, "scope", f"the token's scope does not allow {verb!r}")

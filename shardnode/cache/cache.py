@@ -408,8 +408,10 @@ class BlockCache:
             if not self._writing[bid]:
                 del self._writing[bid]
         self._raise_floor(bid, int(result["lsn"]))
-        if self._writing[bid]:
-            self.invalidate(bid)  # another write to this key is in flight: its order is unknown here
+        if self._writing[bid] or result.get("replayed"):
+            # another write to this key is in flight: its order is unknown here; or the node answered from its
+            # idempotency record (docs/tokens.md): this body was not written, the block may hold another since
+            self.invalidate(bid)
         else:
             self.install(bid, Entry(body, int(result["keyVersion"]), int(result["lsn"])))
         return result

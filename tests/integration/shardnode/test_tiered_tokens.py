@@ -131,11 +131,12 @@ def test_valid_provisional_and_temporary_tokens(shard):
     assert call(block(shard.cache_url), ctx, token=temporary) == (200, b"v2")
     status, body = call(block(shard.cache_url), ctx, token=shard.token("temporary", store="elsewhere/x"))
     assert (status, body["reason"]) == (403, "wrong_store")
-    # scope: verbs, tables; and no admin, replication or metrics route with a tiered token
+    # scope: verbs, tables; the partition map; and no admin, replication or metrics route with a tiered token
     status, body = call(block(shard.cache_url), ctx, "DELETE", token=shard.token(verbs=("get",)))
     assert (status, body["reason"]) == (403, "scope")
     status, body = call(f"{shard.cache_url}/v1/tables/other/blocks/k", ctx, token=valid)
     assert (status, body["reason"]) == (403, "scope")
+    assert call(f"{shard.cache_url}/v1/partitions", ctx, token=valid)[0] == 200  # the map, to route
     for url, path in ((shard.node_url, "/v1/keys"), (shard.node_url, "/v1/changes"), (shard.cache_url, "/metrics"),
                       (shard.node_url, "/v1/queue"), (shard.node_url, "/v1/tokens/revocations")):
         status, body = call(url + path, ctx, token=valid)
@@ -171,6 +172,12 @@ def test_a_temporary_write_is_queued_then_applied_and_reported(shard):
     assert status == 200 and "replayed" not in first
     status, again = call(block(shard.node_url), ctx, "PUT", b"other", shard.token(), {"Idempotency-Key": "w-2"})
     assert (status, again["replayed"], again["lsn"]) == (200, True, first["lsn"])
+    # through the cache too: the replayed answer does not make the cache serve the body that was not written
+    wait_for(lambda: call(block(shard.cache_url), ctx, token=shard.token()) == (200, b"direct"),
+             what="the cache to follow the node's direct writes")
+    status, again = call(block(shard.cache_url), ctx, "PUT", b"other", shard.token(), {"Idempotency-Key": "w-2"})
+    assert (status, again["replayed"]) == (200, True)
+    assert call(block(shard.cache_url), ctx, token=shard.token()) == (200, b"direct")
 
 
 def test_expired_revoked_and_tampered_tokens_get_401_with_their_reason(shard):

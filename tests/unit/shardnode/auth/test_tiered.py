@@ -41,7 +41,7 @@ RULES = [
     (Access.ADMIN, None, None, tf.Scope(("get", "list", "update", "delete")), False, "tiered_token_not_allowed"),
     (Access.REPLICATION, None, None, tf.Scope(("get",)), False, "tiered_token_not_allowed"),
     (Access.METRICS, None, None, tf.Scope(("get",)), False, "tiered_token_not_allowed"),
-    (Access.PARTITIONS, None, None, tf.Scope(("get",)), False, "tiered_token_not_allowed"),
+    (Access.PARTITIONS, None, None, tf.Scope(("get",)), True, "tiered"),  # the map, to route
     (None, "orders", "k", tf.Scope(("get",)), False, "no_policy"),
 ]
 
