@@ -20,6 +20,7 @@ LATENCY_TIMEOUT_MS = 5000.0  # a p99 at which clients and probes time out
 LATENCY_HIGH_MS = 1000.0
 ERROR_CRASH, ERROR_HIGH, ERROR_SOME = 0.5, 0.1, 0.05
 LAG_CUTOFF_S, LAG_HIGH_S = 300.0, 60.0
+LOOKBACK = 960.0
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,8 @@ def _level_trend(x: np.ndarray, t: np.ndarray, w: float) -> tuple[float | None, 
 
 def read_now(history: Sequence[HealthPoint], now: float) -> Now | None:
     """The rules' inputs from the samples taken up to ``now`` (None without any)."""
-    pts = sorted((p for p in history if p.time <= now), key=lambda p: p.time)
+    # The rules look back 15 min; a minute more gives the first restart in it the counter value before it.
+    pts = sorted((p for p in history if now - LOOKBACK < p.time <= now), key=lambda p: p.time)
     if not pts:
         return None
     t = _series(pts, lambda p: p.time)
