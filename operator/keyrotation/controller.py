@@ -392,6 +392,10 @@ async def _awaiting_promotion(r: Rotation) -> Step:
     return r.st
 
 
+def _name(r: Rotation) -> str:
+    return str((r.body.get("metadata") or {}).get("name") or "")
+
+
 async def _rewrapping(r: Rotation) -> Step:
     """Re-encrypt old blocks on every shard that still has some; then start the transition period."""
     st = r.st
@@ -404,7 +408,9 @@ async def _rewrapping(r: Rotation) -> Step:
     st.status["initialOldBlocks"] = initial
     _record_shards(st, r.reports, r.expected, r.to_v)
     if done.ready:
-        await asyncio.to_thread(datalock.give_back, r.ns, r.shardset, KIND, r.body["metadata"]["name"])
+        if st.status.get("dataLock"):  # rewrapped: a move may go now
+            await asyncio.to_thread(datalock.give_back, r.ns, r.shardset, KIND, _name(r))
+            st.status.pop("dataLock")
         period = dt.timedelta(0) if r.urgent else r.spec.transition_period
         promoted_at = plan.parse_time(st.status.get("promotionTime")) or now()
         st.status["transitionEndTime"] = plan.format_time(promoted_at + period)
@@ -416,10 +422,11 @@ async def _rewrapping(r: Rotation) -> Step:
     if mover is not None:
         return r.waiting("WaitingForReshard", f"Reshard {mover!r} is moving a partition of ShardSet {r.shardset!r}; "
                                               "the rewrap starts when the move is done")
-    holder = await asyncio.to_thread(datalock.take, r.ns, r.shardset, KIND, r.body["metadata"]["name"])
+    holder = await asyncio.to_thread(datalock.take, r.ns, r.shardset, KIND, _name(r))
     if holder is not None:  # a move that started between the check above and now: the lock decides
         return r.waiting("WaitingForReshard", f"{holder} holds ShardSet {r.shardset!r}'s data-operation lock; "
                                               "the rewrap starts when it gives it back")
+    st.status["dataLock"] = datalock.lease_name(r.shardset)
     # Only processes that still hold old data: asking a finished node again would start a fresh (empty)
     # run and overwrite the record of the one that did the work. Shadows rewrap their history the same way.
     batch, pause = (BATCH_URGENT, PAUSE_URGENT) if r.urgent else (BATCH_NORMAL, PAUSE_NORMAL)

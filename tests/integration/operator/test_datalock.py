@@ -107,3 +107,14 @@ async def test_the_rewrap_waits_for_a_reshard_holding_the_lock_before_its_status
     went = await _rewrapping(rotation2)
     assert next(c for c in went.status["conditions"] if c["type"] == "Ready")["reason"] == "Rewrapping"
     assert _holder(namespace) == "KeyRotation/rot"
+    assert went.status["dataLock"] == datalock.lease_name("orders")  # the status says what it holds
+    # Every block rewrapped: the rotation gives the lock back as it enters its transition period.
+    done_reports = [ProcessReport(0, "node", True, 5, 2, frozenset({1, 2}), {2: 8}),
+                    ProcessReport(0, "cache", True, 5, 2, frozenset({1, 2}))]
+    st3 = Step({**went.status})
+    rotation3 = Rotation({"metadata": {"namespace": namespace, "name": "rot"}},
+                         KeyRotationSpec("orders", trigger="t", transition_period=timedelta(0)), st3, 1, {},
+                         None, 1, 2, 1, reports=done_reports, target=5)  # type: ignore[arg-type]
+    after = await _rewrapping(rotation3)
+    assert after.status["phase"] == "Transition" and "dataLock" not in after.status
+    assert _holder(namespace) is None
