@@ -24,6 +24,7 @@ from chronoshard.shardnode.serving.changestream import ChangeStreamClient, Chang
 from chronoshard.shardnode.serving.http_common import ApiError
 from yarl import URL
 
+from . import wovenbase
 from .anomalystore import AnomalyStore
 from .capture import NODE_ERRORS, Capture, describe
 from .history import HistoryStore
@@ -97,6 +98,8 @@ class Planner:
     max_blocks: int | None
     anomalies: AnomalyStore | None = None
     shard_index: int | None = None  # None: a shadow outside a ShardSet answers for every shard
+    # A partition id -> its keyspace ranges under the map in force (None: no such partition).
+    partition_ranges: Callable[[int], list[wovenbase.Range] | None] | None = None
 
     def point(self, req: PlanRequest, plan_lsn: int) -> Point:
         """The point as an LSN the history knows; 400 when it is ahead of the history."""
@@ -149,12 +152,40 @@ class Planner:
                 items.append(item)
         return items, excluded
 
+    def partition_items(self, partition: int, tables: list[str], plan_lsn: int,
+                        point: Point) -> tuple[list[PlanItem], wovenbase.Base]:
+        """A partition's keys back to the point: both states from a woven snapshot of the split half when one
+        matches the partition's range (weave.sqlite3 beside the history), else from the shadow's snapshots; the
+        base the point's state was read from."""
+        ranges = self.partition_ranges(partition) if self.partition_ranges is not None else None
+        if not ranges:
+            raise ApiError(400, "unknown_partition", f"partition {partition} is not in the map in force")
+        weave = self.history.path.with_name(wovenbase.WEAVE_DB)
+        with self.history.read() as conn:
+            _, now = wovenbase.state_at(conn, weave, ranges, plan_lsn)
+            base, then = wovenbase.state_at(conn, weave, ranges, point.lsn)
+        wanted = set(tables)
+        items: list[PlanItem] = []
+        for table, key in sorted(set(now) | set(then)):
+            a, b = now.get((table, key)), then.get((table, key))
+            if table not in wanted or a == b:
+                continue
+            # Only the keys whose version differs are read (and opened, to compare content).
+            item = item_for(None if a is None else self.history.value_at(table, key, lsn=a),
+                            None if b is None else self.history.value_at(table, key, lsn=b))
+            if item is not None:
+                items.append(item)
+        return items, base
+
     def make(self, req: PlanRequest, tables: list[str], store: PlanStore) -> StoredPlan:
         """Compute and store the plan (refused when it exceeds ``reversion.maxBlocks``)."""
         plan_lsn = self.history.cursor()
         point = self.point(req, plan_lsn)
         excluded = 0
-        if req.incident is not None:
+        base: wovenbase.Base | None = None
+        if req.partition is not None:
+            items, base = self.partition_items(req.partition, sorted(tables), plan_lsn, point)
+        elif req.incident is not None:
             items, excluded = self.incident_items(req.incident, plan_lsn, req.overwrite_later)
         else:
             items = list(self.items(req, sorted(tables), plan_lsn, point))
@@ -165,7 +196,8 @@ class Planner:
         for item in items:
             digester.add(item)
         counts = replace(count(items), excluded=excluded)
-        store.create(req.name, req.to_json(), digester.hexdigest(point), plan_lsn, point, counts, items)
+        store.create(req.name, req.to_json(), digester.hexdigest(point), plan_lsn, point, counts, items,
+                     None if base is None else base.to_json())
         stored = store.get(req.name)
         assert stored is not None
         return stored
@@ -180,7 +212,8 @@ def plan_json(plan: StoredPlan, later_writes: int, sample: list[PlanItem]) -> di
             "overwriteLater": bool(plan.request.get("overwriteLater")), "request": plan.request,
             "sample": [i.to_json() for i in sample], "phase": plan.phase, "done": plan.done,
             "skipped": plan.skipped, "remaining": remaining, "created": plan.created, "started": plan.started,
-            "finished": plan.finished, "lastError": plan.last_error}
+            "finished": plan.finished, "lastError": plan.last_error,
+            **({"base": plan.base} if plan.base is not None else {})}
 
 
 class Reversions:
@@ -189,8 +222,10 @@ class Reversions:
     def __init__(self, history: HistoryStore, store: PlanStore, stream: ChangeStreamClient, capture: Capture,
                  session: aiohttp.ClientSession, node_url: str, pool: Executor, metrics: ShadowMetrics, *,
                  server_hostname: str | None = None, max_blocks: Callable[[], int | None] = lambda: None,
-                 anomalies: AnomalyStore | None = None, shard_index: int | None = None) -> None:
+                 anomalies: AnomalyStore | None = None, shard_index: int | None = None,
+                 partition_ranges: Callable[[int], list[wovenbase.Range] | None] | None = None) -> None:
         self.history, self.store, self.stream, self.capture = history, store, stream, capture
+        self.partition_ranges = partition_ranges
         self.anomalies, self.shard_index = anomalies, shard_index
         self.session, self.node, self.pool, self.metrics = session, URL(node_url), pool, metrics
         self.server_hostname = server_hostname
@@ -213,7 +248,8 @@ class Reversions:
                     raise ApiError(409, "plan_exists", f"reversion {req.name} exists with another request; "
                                    "delete it first")
                 return await self.describe(req.name), False
-            planner = Planner(self.history, self.max_blocks(), self.anomalies, self.shard_index)
+            planner = Planner(self.history, self.max_blocks(), self.anomalies, self.shard_index,
+                              self.partition_ranges)
             await self._thread(planner.make, req, tables, self.store)
         return await self.describe(req.name), True
 

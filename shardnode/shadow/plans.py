@@ -81,6 +81,7 @@ class StoredPlan:
     started: float | None
     finished: float | None
     last_error: str | None
+    base: dict[str, Any] | None = None  # a partition plan's base: {kind: woven|snapshot|none, id, time, lsn}
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,9 @@ class PlanStore:
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.executescript(SCHEMA)
+        # Files made before partition plans have no base column: added in place (NULL for their plans).
+        if "base" not in {r[1] for r in self._conn.execute("PRAGMA table_info(reversion_plans)")}:
+            self._conn.execute("ALTER TABLE reversion_plans ADD COLUMN base TEXT")
         self.any_active = self._count_active() > 0
 
     def close(self) -> None:
@@ -115,16 +119,16 @@ class PlanStore:
 
     # ---- plans ---------------------------------------------------------------------------------
     def create(self, name: str, request: dict[str, Any], digest: str, plan_lsn: int, point: Point,
-               counts: PlanCounts, items: Iterable[PlanItem]) -> None:
+               counts: PlanCounts, items: Iterable[PlanItem], base: dict[str, Any] | None = None) -> None:
         """Store a new plan and its items in one transaction."""
         with self._lock:
             c = self._conn
             c.execute("BEGIN IMMEDIATE")
             try:
                 c.execute("INSERT INTO reversion_plans (name, request, digest, plan_lsn, point_lsn, point_time, "
-                          "counts, created, phase) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'planned')",
+                          "counts, created, phase, base) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'planned', ?)",
                           (name, json.dumps(request, sort_keys=True), digest, plan_lsn, point.lsn, point.time,
-                           json.dumps(counts.to_json()), time.time()))
+                           json.dumps(counts.to_json()), time.time(), None if base is None else json.dumps(base)))
                 c.executemany("INSERT INTO reversion_items (name, seq, tbl, key, action, expected_lsn, target_lsn, "
                               "size) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                               ((name, seq, i.table, i.key, i.action, i.expected_lsn, i.target_lsn, i.size)
@@ -140,15 +144,15 @@ class PlanStore:
         with self._lock:
             row = self._conn.execute(
                 "SELECT name, request, digest, plan_lsn, point_lsn, point_time, counts, created, phase, cursor, "
-                "inflight, done, skipped, conflicts, started, finished, last_error FROM reversion_plans "
+                "inflight, done, skipped, conflicts, started, finished, last_error, base FROM reversion_plans "
                 "WHERE name = ?", (name,)).fetchone()
         if row is None:
             return None
         (name, request, digest, plan_lsn, point_lsn, point_time, counts, created, phase, cursor, inflight, done,
-         skipped, conflicts, started, finished, last_error) = row
+         skipped, conflicts, started, finished, last_error, base) = row
         return StoredPlan(name, json.loads(request), digest, plan_lsn, Point(point_lsn, point_time),
                           PlanCounts(**json.loads(counts)), created, phase, cursor, inflight, done, skipped,
-                          conflicts, started, finished, last_error)
+                          conflicts, started, finished, last_error, None if base is None else json.loads(base))
 
     def names(self, phases: Sequence[str] | None = None) -> list[str]:
         """Plan names (in a phase of ``phases`` when given)."""

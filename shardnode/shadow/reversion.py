@@ -188,7 +188,7 @@ def digest(items: Iterable[PlanItem], point: Point) -> str:
 
 # ---- the plan request (pure validation) -------------------------------------------------------------
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,252}")
-REQUEST_FIELDS = {"name", "tables", "keys", "range", "time", "lsn", "overwriteLater", "incident"}
+REQUEST_FIELDS = {"name", "tables", "keys", "range", "time", "lsn", "overwriteLater", "incident", "partition"}
 MAX_KEYS = 10_000
 LSN_RE = re.compile(r"[0-9]{1,19}")
 
@@ -219,16 +219,19 @@ class PlanRequest:
     time: float | None
     overwrite_later: bool
     incident: IncidentRef | None = None
+    partition: int | None = None  # every key of that partition's ranges under the map in force
 
     def to_json(self) -> dict[str, Any]:
-        """The normalised body (what a second POST of the same name is compared with; ``incident`` only when
-        given, so plans stored before it existed compare as before)."""
+        """The normalised body (what a second POST of the same name is compared with; ``incident`` and
+        ``partition`` only when given, so plans stored before them compare as before)."""
         body = {"name": self.name, "tables": list(self.tables) if self.tables is not None else None,
                 "keys": list(self.keys) if self.keys is not None else None,
                 "range": None if self.start is None and self.end is None else {"start": self.start, "end": self.end},
                 "lsn": self.lsn, "time": self.time, "overwriteLater": self.overwrite_later}
         if self.incident is not None:
             body["incident"] = self.incident.to_json()
+        if self.partition is not None:
+            body["partition"] = self.partition
         return body
 
 
@@ -297,6 +300,14 @@ def _incident(raw: Any) -> IncidentRef | None:
     return IncidentRef(shard, table, ident)
 
 
+def _partition(raw: Any) -> int | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, int) or isinstance(raw, bool) or raw < 0:
+        raise _bad("partition must be a non-negative integer (a partition id)")
+    return raw
+
+
 def parse_plan_request(doc: dict[str, Any]) -> PlanRequest:
     """The checked plan request; ApiError 400 naming what is wrong."""
     unknown = set(doc) - REQUEST_FIELDS
@@ -321,4 +332,7 @@ def parse_plan_request(doc: dict[str, Any]) -> PlanRequest:
         if tables is not None and tables != (incident.table,):
             raise _bad("an incident plan covers the incident's table only")
         tables = (incident.table,)
-    return PlanRequest(name, tables, keys, start, end, lsn, at_time, overwrite, incident)
+    partition = _partition(doc.get("partition"))
+    if partition is not None and (keys is not None or start is not None or end is not None or incident is not None):
+        raise _bad("a partition plan takes its keys from the partition's ranges: give no keys, range or incident")
+    return PlanRequest(name, tables, keys, start, end, lsn, at_time, overwrite, incident, partition)

@@ -21,6 +21,7 @@ from chronoshard.shardnode.auth.writer import writer_identity
 from chronoshard.shardnode.keys.crypto import IntegrityError
 from chronoshard.shardnode.keys.keyring import KeyringWatcher, MissingKeyVersion
 from chronoshard.shardnode.keys.provider import EmbeddedKeyProvider, KeyCache
+from chronoshard.shardnode.keyspace.partitioning import KEYSPACE_MAX, KEYSPACE_MIN
 from chronoshard.shardnode.serving import keywait, tls
 from chronoshard.shardnode.serving.changestream import ChangeStreamClient
 from chronoshard.shardnode.serving.http_common import ApiError, json_body, key_param, table_param
@@ -114,7 +115,8 @@ class Shadow:
                                      max_blocks=lambda: self.cfg.settings.reversion.max_blocks,
                                      anomalies=self.anomalies,
                                      shard_index=(self.cfg.partitioning.shard_index
-                                                  if self.cfg.partitioning is not None else None))
+                                                  if self.cfg.partitioning is not None else None),
+                                     partition_ranges=self._partition_ranges)
         self.rewrap = RewrapRunner(self.history, lambda: self.keys.keyring)
         self.maintenance = Maintenance(self.cfg, self.history, executor=self.write_pool)
         self._tasks += [asyncio.create_task(self.keys.run(self.cfg.keyring_poll_seconds), name="keyring-watch"),
@@ -173,6 +175,14 @@ class Shadow:
         if known is None or now - known[0] > KEY_COUNT_SECONDS:
             known = self._key_counts[table] = (now, self.store.key_count(table))
         return known[1]
+
+    def _partition_ranges(self, partition: int) -> list[tuple[int, int]] | None:
+        """A partition's ranges under the map in force; without a map, partition 0 is the whole keyspace."""
+        if self.cfg.partitioning is None:
+            return [(KEYSPACE_MIN, KEYSPACE_MAX)] if partition == 0 else None
+        pmap = self.cfg.partitioning.source.map
+        found = [(p.start, p.end) for p in (pmap.partitions if pmap is not None else ()) if p.id == partition]
+        return found or None
 
     def _current(self, table: str, key: str) -> PrevVersion | None:
         """The key's current version as the what-if compares against (None: absent)."""
