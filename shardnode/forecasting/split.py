@@ -29,7 +29,7 @@ from chronoshard.shardnode.forecasting.types import Interval, PartitionSample, S
 
 MODELS = ("auto", "linear", "exponential-smoothing", "arima")
 BASELINES = ("naive", "seasonal-naive", "drift")  # for the benchmark; not offered to users
-AUTO_MODEL = "linear"  # chosen by tests/bench/bench_weave_forecast.py (docs/weaving.md#the-split-forecast)
+AUTO_MODEL = "arima"  # chosen by tests/bench/bench_weave_forecast.py (docs/weaving.md#the-split-forecast)
 MIN_SAMPLES = 8  # fewer and neither a trend nor a spread can be estimated
 SEED = 20  # fixed: the same samples give the same forecast
 

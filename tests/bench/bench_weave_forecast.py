@@ -1,8 +1,10 @@
 """The split forecast (docs/weaving.md#the-split-forecast) rolled forward over growth and load series derived from
 real traces, every model beside the baselines (naive, seasonal-naive, drift), in the same run.
 
-    python -m tests.bench.bench_weave_forecast --data /work/shared/data [--ranges 32] [--window-min 45]
-                                                [--lead-min 30] [--models linear,arima,...]
+    python -m tests.bench.bench_weave_forecast --data /work/shared/data [--ranges 16] [--window-min 45]
+        [--lead-min 30] [--every-min 6] [--every-coarse-min 480] [--models linear,arima,...]
+
+(about 4 min on 2 shared cores; run it with OPENBLAS_NUM_THREADS=1, as the weaver should)
 
 ``--data`` is searched recursively for
 - block-I/O traces, CSV with the columns ``time, op, size, lbn`` (``op`` 2a/2b/8a = write, anything else a read):
@@ -430,12 +432,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Run the benchmark and print its tables."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, required=True)
-    ap.add_argument("--ranges", type=int, default=32)
+    ap.add_argument("--ranges", type=int, default=16)
     ap.add_argument("--segment-days", type=float, default=4.0)
     ap.add_argument("--window-min", type=float, default=45.0)
     ap.add_argument("--lead-min", type=float, default=30.0)
-    ap.add_argument("--every-min", type=float, default=3.0, help="forecast cadence for samples <= 1 min apart")
-    ap.add_argument("--every-coarse-min", type=float, default=120.0, help="forecast cadence for coarser samples")
+    ap.add_argument("--every-min", type=float, default=6.0, help="forecast cadence for samples <= 1 min apart")
+    ap.add_argument("--every-coarse-min", type=float, default=480.0, help="forecast cadence for coarser samples")
     ap.add_argument("--models", default=",".join([m for m in MODELS if m != "auto"] + list(BASELINES)))
     args = ap.parse_args(argv)
     # one BLAS thread: the models' matrices are tiny, and on a shared machine threads only wait for each other
