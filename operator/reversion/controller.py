@@ -175,8 +175,10 @@ async def _planning(t: Target, st: Step) -> Step:
         return st.wait("Planned", "BadPlanAnswer", str(exc))
     digest = plan.overall_digest(plans)
     st.status.update(plan=summary, digest=digest, shortDigest=digest[:plan.SHORT_DIGEST])
+    base = summary.get("base")
+    based = f"; base {base['kind']} (shard {base['shard']}, LSN {base['lsn']})" if base else ""
     st.condition("Planned", True, "Planned", f"{summary['keys']} key(s) on {t.shards} shard(s), digest "
-                                             f"{digest[:plan.SHORT_DIGEST]}")
+                                             f"{digest[:plan.SHORT_DIGEST]}{based}")
     st.status["progress"] = {"summary": f"0/{summary['keys']}", "done": 0, "skipped": 0, "conflicts": 0,
                              "remaining": summary["keys"]}
     st.move(Event.PLANNED, f"Planned {summary['keys']} key(s) (restore {summary['restore']}, create "

@@ -95,6 +95,9 @@ def plan_request(namespace: str, name: str, spec: ReversionSpec) -> dict[str, An
     if spec.incident is not None:
         # Every shard gets it; only the shadow of incident.shard plans keys (the others answer an empty plan).
         body["incident"] = {"shard": spec.incident.shard, "table": spec.incident.table, "id": spec.incident.id}
+    if spec.partition is not None:
+        # Every shard plans the keys of the partition's ranges its history holds (and says which base it used).
+        body["partition"] = spec.partition
     return body
 
 
@@ -109,6 +112,9 @@ def selection_problem(spec: ReversionSpec) -> str | None:
         return "give spec.keys or spec.range, not both (the shadows select by one of them)"
     if spec.incident is not None and (spec.keys is not None or spec.key_range is not None):
         return "spec.incident selects the keys itself; it cannot be given with keys or range"
+    if spec.partition is not None and (spec.keys is not None or spec.key_range is not None
+                                       or spec.incident is not None):
+        return "spec.partition selects the keys itself; it cannot be given with keys, range or incident"
     return None
 
 
@@ -127,6 +133,7 @@ class ShardPlan:
     delete: int
     bytes: int
     conflicts: int
+    base: dict[str, Any] | None = None  # a partition plan's base on this shard: {kind, id, time, lsn}
 
     @property
     def keys(self) -> int:
@@ -137,7 +144,8 @@ class ShardPlan:
         """The shard's row in ``status.plan.perShard``."""
         return {"shard": self.shard, "name": self.name, "digest": self.digest, "planLsn": self.plan_lsn,
                 "pointLsn": self.point_lsn, "restore": self.restore, "create": self.create, "delete": self.delete,
-                "bytes": self.bytes, "conflicts": self.conflicts}
+                "bytes": self.bytes, "conflicts": self.conflicts,
+                **({"base": self.base} if self.base is not None else {})}
 
 
 def _int(doc: Mapping[str, Any], key: str) -> int:
@@ -161,7 +169,30 @@ def shard_plan_from_json(shard: int, doc: Mapping[str, Any]) -> ShardPlan:
         point_time=float(point_time) if isinstance(point_time, int | float) and not isinstance(point_time, bool)
         else None,
         restore=_int(doc, "restore"), create=_int(doc, "create"), delete=_int(doc, "delete"),
-        bytes=_int(doc, "bytes"), conflicts=_int(doc, "conflicts"))
+        bytes=_int(doc, "bytes"), conflicts=_int(doc, "conflicts"), base=_base(doc.get("base")))
+
+
+BASE_KINDS = ("woven", "snapshot", "none")
+
+
+def _base(raw: Any) -> dict[str, Any] | None:
+    """A shadow's ``base`` answer, kept to its known fields; ValueError if malformed (None: not a partition plan)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping) or raw.get("kind") not in BASE_KINDS:
+        raise ValueError(f"base must be an object with kind in {BASE_KINDS}, got {raw!r}")
+    ident, t = raw.get("id"), raw.get("time")
+    return {"kind": raw["kind"], "id": ident if isinstance(ident, int) and not isinstance(ident, bool) else None,
+            "time": float(t) if isinstance(t, int | float) and not isinstance(t, bool) else None,
+            "lsn": _int(raw, "lsn")}
+
+
+def overall_base(plans: Sequence[ShardPlan]) -> dict[str, Any] | None:
+    """``status.plan.base``: the first shard's (by index) woven base, else shard 0's; None for other plans."""
+    ordered = [p for p in sorted(plans, key=lambda p: p.shard) if p.base is not None]
+    woven = [p for p in ordered if p.base is not None and p.base["kind"] == "woven"]
+    chosen = woven[0] if woven else (ordered[0] if ordered else None)
+    return None if chosen is None or chosen.base is None else {**chosen.base, "shard": chosen.shard}
 
 
 def overall_digest(plans: Sequence[ShardPlan]) -> str:
@@ -176,8 +207,9 @@ def combine(plans: Sequence[ShardPlan], shards: int) -> dict[str, Any]:
         raise ValueError(f"need one plan per shard 0..{shards - 1}, got shards {sorted(p.shard for p in plans)}")
     ordered = sorted(plans, key=lambda p: p.shard)
     total = {k: sum(getattr(p, k) for p in ordered) for k in ("restore", "create", "delete", "bytes", "conflicts")}
+    base = overall_base(ordered)
     return {"keys": total["restore"] + total["create"] + total["delete"], **total,
-            "perShard": [p.to_status() for p in ordered]}
+            **({"base": base} if base is not None else {}), "perShard": [p.to_status() for p in ordered]}
 
 
 def plans_from_status(plan: Mapping[str, Any] | None) -> list[ShardPlan]:
@@ -188,7 +220,7 @@ def plans_from_status(plan: Mapping[str, Any] | None) -> list[ShardPlan]:
             shard=int(row["shard"]), name=str(row.get("name", "")), digest=str(row.get("digest", "")),
             plan_lsn=int(row.get("planLsn", 0)), point_lsn=int(row.get("pointLsn", 0)), point_time=None,
             restore=int(row.get("restore", 0)), create=int(row.get("create", 0)), delete=int(row.get("delete", 0)),
-            bytes=int(row.get("bytes", 0)), conflicts=int(row.get("conflicts", 0))))
+            bytes=int(row.get("bytes", 0)), conflicts=int(row.get("conflicts", 0)), base=row.get("base")))
     return out
 
 

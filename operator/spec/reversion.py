@@ -16,6 +16,7 @@ MAX_KEY_LENGTH = 256
 DIGEST_MAX_LENGTH = 64
 MAX_INCIDENT_ID_LENGTH = 320
 MAX_SHARD = 255
+MAX_PARTITION = 2**31 - 1  # the CRD's int32
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class ReversionSpec:
     overwrite_later_writes: bool = False
     approve: str | None = None
     incident: IncidentRef | None = None
+    partition: int | None = None  # every key of that partition's ranges (alone)
 
 
 def parse_reversion(spec: Mapping[str, Any] | None) -> ReversionSpec:
@@ -64,12 +66,17 @@ def parse_reversion(spec: Mapping[str, Any] | None) -> ReversionSpec:
     approve = f.string("approve", max_length=DIGEST_MAX_LENGTH)
     incident_fields = f.maybe_obj("incident")
     incident = _incident(incident_fields) if incident_fields is not None else None
+    partition = f.integer("partition", minimum=0, maximum=MAX_PARTITION)
     f.done()
     if incident is not None and (keys is not None or key_range is not None):
         # The CRD's CEL rule (fieldPath .incident) refuses the same.
         raise SpecError("spec.incident", "incident selects the keys itself; it cannot be given with keys or range")
+    if partition is not None and (keys is not None or key_range is not None or incident is not None):
+        # The CRD's CEL rule (fieldPath .partition) refuses the same.
+        raise SpecError("spec.partition", "partition selects the keys itself (its ranges); it cannot be given with "
+                        "keys, range or incident")
     return ReversionSpec(shardset=shardset, point_in_time=point, tables=tables, keys=keys, key_range=key_range,
-                         overwrite_later_writes=overwrite, approve=approve, incident=incident)
+                         overwrite_later_writes=overwrite, approve=approve, incident=incident, partition=partition)
 
 
 def _incident(f: Fields) -> IncidentRef:

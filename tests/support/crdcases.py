@@ -130,7 +130,7 @@ def _maximal_scalar(kind: str | None, schema: dict[str, Any], name: str) -> Any:
 
 # Top-level spec fields no valid spec sets together (a CEL rule refuses the pair): each group in turn is the one
 # a maximal spec keeps, the others are left out.
-EXCLUSIVE: dict[str, tuple[tuple[str, ...], ...]] = {"Reversion": (("keys", "range"), ("incident",))}
+EXCLUSIVE: dict[str, tuple[tuple[str, ...], ...]] = {"Reversion": (("keys", "range"), ("incident",), ("partition",))}
 
 
 # Array fields whose items hold exactly one of their properties (a CEL rule): each variant's list holds one item

@@ -136,3 +136,24 @@ def test_plan_request_of_an_incident_sends_it_to_every_shard():
     assert body["incident"] == {"shard": 1, "table": "orders", "id": "orders.8812"}
     assert "keys" not in body and "range" not in body
     assert plan.selection_problem(spec) is None
+
+
+def test_plan_request_of_a_partition_sends_it_to_every_shard_and_status_shows_the_bases():
+    spec = parse_reversion({"shardSetRef": {"name": "o"}, "pointInTime": "2026-11-30T00:00:00Z", "partition": 4})
+    body = plan.plan_request("prod", "r", spec)
+    assert body["partition"] == 4 and "keys" not in body and "range" not in body and "incident" not in body
+    assert plan.selection_problem(spec) is None
+    snap = {"kind": "snapshot", "id": 9, "time": 60.0, "lsn": 40}
+    woven = {"kind": "woven", "id": 3, "time": 120.0, "lsn": 77}
+    plans = [plan.shard_plan_from_json(0, {**_answer(0), "base": snap}),
+             plan.shard_plan_from_json(1, {**_answer(1), "base": woven}),
+             plan.shard_plan_from_json(2, {**_answer(2), "base": {**woven, "id": 5}})]
+    summary = plan.combine(plans, 3)
+    assert summary["base"] == {**woven, "shard": 1}  # the first shard that used a woven snapshot
+    assert [r["base"]["kind"] for r in summary["perShard"]] == ["snapshot", "woven", "woven"]
+    assert [p.base for p in plan.plans_from_status(summary)] == [snap, woven, {**woven, "id": 5}]
+    only_snapshots = plan.combine([plan.shard_plan_from_json(i, {**_answer(i), "base": snap}) for i in range(3)], 3)
+    assert only_snapshots["base"] == {**snap, "shard": 0}
+    assert "base" not in plan.combine([plan.shard_plan_from_json(i, _answer(i)) for i in range(3)], 3)
+    with pytest.raises(ValueError, match="base"):
+        plan.shard_plan_from_json(0, {**_answer(0), "base": {"kind": "guess", "lsn": 1}})

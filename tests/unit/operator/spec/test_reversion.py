@@ -98,3 +98,26 @@ def test_bad_incident_fields_are_refused(incident, field):
     with pytest.raises(SpecError) as err:
         parse_reversion({**REF, "incident": incident})
     assert err.value.field_path == field
+
+
+def test_partition_selects_the_keys_of_one_partition_alone():
+    spec = parse_reversion({**REF, "partition": 3})
+    assert spec.partition == 3 and (spec.keys, spec.key_range, spec.incident) == (None, None, None)
+    assert parse_reversion(REF).partition is None
+
+
+@pytest.mark.parametrize("patch", [{"keys": ["a"]}, {"range": {"start": "a", "end": "b"}},
+                                   {"incident": {"shard": 0, "table": "t", "id": "t.1"}}])
+def test_partition_with_keys_range_or_incident_is_refused(patch):
+    with pytest.raises(SpecError) as err:
+        parse_reversion({**REF, **patch, "partition": 1})
+    assert err.value.field_path in ("spec.partition", "spec.incident")
+    if "incident" not in patch:
+        assert err.value.field_path == "spec.partition"
+
+
+@pytest.mark.parametrize("bad", [-1, "1", True, 1.5, 2**31])
+def test_bad_partition_is_refused(bad):
+    with pytest.raises(SpecError) as err:
+        parse_reversion({**REF, "partition": bad})
+    assert err.value.field_path == "spec.partition"
