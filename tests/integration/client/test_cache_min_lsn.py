@@ -39,10 +39,10 @@ def test_a_cache_before_a_mirror_passes_its_refusals_through(tmp_path: Path):
     write_keyring(keyring, 1, {1: ("primary", os.urandom(32))})
     procs = []
     try:
-        for name in ("a", "b"):
+        for name in ("a", "b"):  # both launched, then both waited for: the cold starts overlap
             (tmp_path / name).mkdir()
-            procs.append(node(tmp_path / name, keyring).start())
-        a, b = procs
+            procs.append(node(tmp_path / name, keyring).launch())
+        a, b = (p.wait_ready() for p in procs)
         assert http_json("PUT", b.url + "/v1/replication", {
             "term": 1, "role": "mirror", "mode": "async", "source": {"url": a.url, "shardSet": "ns/a"},
             "consumer": "mirror.ns.b", "divergeLsn": None})[0] == 200

@@ -54,10 +54,10 @@ def pair(tmp_path: Path):
     keyring = tmp_path / "keyring"
     write_keyring(keyring, 1, {1: ("primary", os.urandom(32))})
     procs = []
-    for name in ("a", "b"):
+    for name in ("a", "b"):  # both launched, then both waited for: the cold starts overlap
         (tmp_path / name).mkdir()
-        procs.append(node(tmp_path / name, keyring).start())
-    a, b = procs
+        procs.append(node(tmp_path / name, keyring).launch())
+    a, b = (p.wait_ready() for p in procs)
     role(a.url, primary(1))
     role(b.url, mirror_of(a, 1))
     yield a, b
