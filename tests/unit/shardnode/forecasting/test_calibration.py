@@ -72,3 +72,14 @@ def test_json_round_trip() -> None:
 def test_pool_adjacent_violators() -> None:
     out = pool_adjacent_violators(np.array([1.0, 3, 2, 4, 0]), np.ones(5))
     assert out.tolist() == [1.0, 2.25, 2.25, 2.25, 2.25]  # (3, 2) pool to 2.5, (4, 0) to 2, then all four
+
+
+def test_platt_on_separable_pairs_stays_finite() -> None:
+    # every forecast above 0.3 came true, every one below did not: the slope would run off to infinity unchecked
+    p = [0.01, 0.05, 0.1, 0.2, 0.4, 0.6, 0.9, 0.99] * 5
+    cal = Calibrator()
+    cal.fit(p, [x > 0.3 for x in p])
+    assert cal.method == "platt"
+    out = [cal.apply(x) for x in (0.0, 0.05, 0.5, 0.99, 1.0)]
+    assert all(0.0 <= v <= 1.0 for v in out)
+    assert out[1] < 0.2 and out[3] > 0.8
