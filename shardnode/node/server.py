@@ -628,8 +628,11 @@ async def apply_remote(node: Node, entry: writequeue.QueuedWrite, body: bytes | 
                                    server_hostname=role.server_name,
                                    timeout=aiohttp.ClientTimeout(total=30)) as resp:
             answer = await resp.json(content_type=None) if resp.content_length != 0 else {}
-            status = 503 if resp.status in (401, 403) else resp.status
-            return writequeue.Applied(status, answer if isinstance(answer, dict) else {})
+            answer = answer if isinstance(answer, dict) else {}
+            if resp.status in (401, 403):  # retried (503), its refusal kept in the entry's error
+                return writequeue.Applied(503, {"error": answer.get("error", "refused"), "message": f"the primary "
+                                                f"answered {resp.status}: {answer.get('message', '')}"})
+            return writequeue.Applied(resp.status, answer)
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
         return writequeue.Applied(0, {"error": "unreachable", "message": type(exc).__name__})
 
