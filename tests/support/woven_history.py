@@ -37,7 +37,8 @@ class Built:
     weave_cpu: float = 0.0
 
 
-def _weave_point(store: WeaveStore, shadow_path: Path, last: dict[str, int], prev_lsn: int | None) -> int | None:
+def _weave_point(store: WeaveStore, shadow_path: Path, last: dict[str, int], prev_lsn: int | None,
+                 ranges: dict[str, tuple[int, int]]) -> int | None:
     """Weave the newest shadow snapshot if it is newer than the previous point (the runner's step)."""
     conn = weaving.open_shadow(shadow_path)
     try:
@@ -45,27 +46,31 @@ def _weave_point(store: WeaveStore, shadow_path: Path, last: dict[str, int], pre
         if snap is None or (prev_lsn is not None and snap.lsn <= prev_lsn):
             return prev_lsn
         if prev_lsn is None:
-            rows, kind = weaving.full_rows(conn, snap.id, RANGES), FULL
+            rows, kind = weaving.full_rows(conn, snap.id, ranges), FULL
         else:
-            rows, kind = weaving.diff_rows(conn, prev_lsn, snap.lsn, RANGES), DIFFERENTIAL
+            rows, kind = weaving.diff_rows(conn, prev_lsn, snap.lsn, ranges), DIFFERENTIAL
     finally:
         conn.close()
     points = store.add_points([("w-0-1", half, snap.boundary, snap.lsn, kind, last.get(half), snap.id, rows[half])
-                               for half in RANGES])
+                               for half in ranges])
     last.update({p.half: p.id for p in points})
     return snap.lsn
 
 
 def build(tmp: Path, *, keys: int, steps: int, per_step: int, interval: float = 60.0, full_every: int = 10,
           tables: Sequence[str] = ("t", "u"), value_bytes: int = 64, delete_share: float = 0.05,
-          weave_from_step: int = 0, seed: int = 1, sizes: Sequence[int] | None = None) -> Built:
+          weave_from_step: int = 0, seed: int = 1, sizes: Sequence[int] | None = None,
+          ranges: dict[str, tuple[int, int]] | None = None) -> Built:
     """A history of ``steps`` intervals with ``per_step`` changes each over ``keys`` keys per table (random puts,
     some deletes), snapshots with the shadow's defaults, and the weave of the split at 2^63 from ``weave_from_step``.
-    ``sizes``: value sizes to draw from (a trace's request sizes) instead of ``value_bytes``."""
+    ``sizes``: value sizes to draw from (a trace's request sizes) instead of ``value_bytes``; ``ranges``: the
+    halves woven (default: the whole keyspace split at 2^63)."""
+    halves = RANGES if ranges is None else ranges
     rnd = random.Random(seed)
     h, _ = open_history(tmp / "shadow.sqlite3")
     store = WeaveStore(tmp / "weave.sqlite3")
-    store.add_weave(Weave("w-0-1", 0, SPLIT, RANGES[LOWER], RANGES[UPPER], 0.9, None, 86400.0, T0, "active"))
+    store.add_weave(Weave("w-0-1", 0, halves[UPPER][0], halves[LOWER], halves[UPPER], 0.9, None, 86400.0, T0,
+                          "active"))
     built = Built(h, tmp / "weave.sqlite3", 0)
     last: dict[str, int] = {}
     prev: int | None = None
@@ -89,7 +94,7 @@ def build(tmp: Path, *, keys: int, steps: int, per_step: int, interval: float = 
             built.snapshot_lsns.append(snap.lsn)
         if step >= weave_from_step:
             c0 = time.process_time()
-            prev = _weave_point(store, h.path, last, prev)
+            prev = _weave_point(store, h.path, last, prev, halves)
             built.weave_cpu += time.process_time() - c0
     store.close()
     built.last_lsn = lsn
