@@ -101,6 +101,12 @@ def cache_get(env: Env, shardset: str, key: str, token: str) -> tuple[int, Any]:
                    _ctx(member_ca(env)), f"{shardset}-0.{shardset}-headless.{NS}.svc")
 
 
+def cache_get_path(env: Env, shardset: str, path: str, token: str) -> tuple[int, Any]:
+    pod = env.pod(shardset, 0)
+    return request("GET", f"https://{pod['status']['podIP']}:7401{path}", token, _ctx(member_ca(env)),
+                   f"{shardset}-0.{shardset}-headless.{NS}.svc")
+
+
 def sa_token_for_service(env: Env) -> str:
     from chronoshard.shardnode.client.credentials import audience
     from kubernetes import client, config
@@ -155,10 +161,13 @@ def test_tiered_tokens_through_a_failover():
                 return fresh if code == 201 and fresh["tier"] in ("temporary", "provisional") else None
 
             held = wait_for(replacement, timeout=90, interval=0.5, what="a temporary or provisional token")
+            queued_ids: list[str] = []
             if held["tier"] == "temporary":
-                # A write with it is queued on a healthy copy (the mirror), not applied there.
-                code, queued = cache_put(env, DST, keys["k-queued"], b"q1", held["token"])
-                assert code == 202 and queued.get("queued"), (code, queued)
+                # Writes with it are queued on a healthy copy (the mirror), not applied there: three to one key.
+                for value in (b"q1", b"q2", b"q3"):
+                    code, queued = cache_put(env, DST, keys["k-queued"], value, held["token"])
+                    assert code == 202 and queued.get("queued"), (code, queued)
+                    queued_ids.append(queued["queued"])
             # The operator fails over: the mirror is promoted.
             wait_for(lambda: env.status().get("activeShardSet") == f"{NS}/{DST}" and not env.status().get("operation"),
                      timeout=120, interval=1, what="the failover to the mirror")
@@ -168,9 +177,15 @@ def test_tiered_tokens_through_a_failover():
                 what="a valid token for the promoted member")
             assert final["store"] == f"{NS}/{DST}"
             if held["tier"] == "temporary":
-                # The queued write landed exactly once on the new primary.
-                assert wait_for(lambda: cache_get(env, DST, keys["k-queued"], final["token"])[1] == b"q1", timeout=60,
-                                interval=1, what="the queued write applied")
+                # The queued writes landed on the new primary exactly once each, in the order they were queued.
+                def applied() -> Any:
+                    rows = [cache_get_path(env, DST, f"/v1/queue/{q}", final["token"]) for q in queued_ids]
+                    return rows if all(c == 200 and r.get("state") == "applied" for c, r in rows) else None
+
+                rows = wait_for(applied, timeout=90, interval=1, what="the queued writes applied")
+                lsns = [r[1]["lsn"] for r in rows]
+                assert lsns == sorted(lsns) and len(set(lsns)) == 3, rows
+                assert cache_get(env, DST, keys["k-queued"], final["token"]) == (200, b"q3")
             code, _ = cache_put(env, DST, keys["k-after"], b"a1", final["token"])
             assert code in (200, 201)
             # The old valid token named the old store: refused on the new primary.
