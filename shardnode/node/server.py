@@ -765,6 +765,11 @@ async def keys(request: web.Request) -> web.Response:
                        lambda: node.rewrap is not None and node.rewrap.running, lambda: node.closing)
     body = node.keys.describe()
     counts = await node.db.read(version_counts)
+    if node.queue is not None:  # queued writes' sealed bodies need their versions too (docs/tokens.md)
+        queued = await asyncio.to_thread(node.queue.version_counts)
+        for v, n in queued.items():
+            counts[v] = counts.get(v, 0) + n
+        body["queuedWrites"] = {str(v): n for v, n in sorted(queued.items())}
     body["blocks"] = {str(v): n for v, n in sorted(counts.items())}
     return web.json_response(body)
 

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from chronoshard.shardnode.keys.frames import peek_key_version
+
 from .store import connect
 
 log = logging.getLogger(__name__)
@@ -161,6 +163,18 @@ class WriteQueue:
         self._tx(lambda c: c.execute("UPDATE writes SET state = ?, lsn = ?, error = ?, frame = NULL, "
                                      "checksum = NULL, done_at = ? WHERE id = ?",
                                      (state, lsn, error, time.time(), wid)))
+
+    def version_counts(self) -> dict[int, int]:
+        """Queued bodies per key version: they need their version like a block does, so ``GET /v1/keys`` counts
+        them and a KeyRotation retires no version a queued write was sealed under (docs/tokens.md)."""
+        with self._lock:
+            frames = [bytes(f) for (f,) in self._conn.execute(
+                "SELECT frame FROM writes WHERE state = 'queued' AND frame IS NOT NULL")]
+        counts: dict[int, int] = {}
+        for frame in frames:
+            version = peek_key_version(frame)
+            counts[version] = counts.get(version, 0) + 1
+        return counts
 
     def attempted(self, wid: str, error: str | None) -> None:
         """Count a retried attempt and keep its error (shown while the entry stays queued)."""

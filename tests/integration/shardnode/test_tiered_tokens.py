@@ -239,6 +239,11 @@ def test_queued_writes_apply_exactly_once_in_order_across_a_sigkill(kubeconfig, 
         # the first write is applied (visible in the store) but its entry is not recorded yet
         wait_for(lambda: [c["key"] for c in changes(shard)] == ["k0"], what="the first queued write to be applied")
         assert call(f"{shard.node_url}/v1/queue/{ids[0]}", shard.pod_ctx)[1]["state"] == "queued"
+        # Three sealed bodies wait in the queue (one applied, unrecorded): a rotation must count them as holders of
+        # their key version, beside the one block in the store.
+        keys = call(f"{shard.node_url}/v1/keys", shard.pod_ctx)[1]
+        version = next(iter(keys["queuedWrites"]))
+        assert keys["queuedWrites"] == {version: 3} and keys["blocks"][version] == 4, keys
         shard.procs[0].kill()  # SIGKILL between the apply and the record
         shard.procs[0].wait()
         shard.procs.clear()
@@ -261,5 +266,6 @@ def test_queued_writes_apply_exactly_once_in_order_across_a_sigkill(kubeconfig, 
         assert recorded == [f"queue-{w}" for w in ids]
         with sqlite3.connect(f"file:{shard.root / 'data' / 'queue.sqlite3'}?mode=ro", uri=True) as db:
             assert db.execute("SELECT count(*) FROM writes WHERE frame IS NOT NULL").fetchone()[0] == 0
+        assert call(f"{shard.node_url}/v1/keys", shard.pod_ctx)[1]["queuedWrites"] == {}  # drained: nothing held
     finally:
         shard.stop()

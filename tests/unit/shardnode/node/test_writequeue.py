@@ -131,3 +131,18 @@ def test_writes_from_threads_get_distinct_positions(tmp_path):
     got = asyncio.run(many())
     assert sorted(pos for _, pos in got) == list(range(1, 21))
     q.close()
+
+
+def test_queued_bodies_are_counted_per_key_version_until_applied(tmp_path):
+    q = WriteQueue(tmp_path)
+    enqueue(q, "a")  # sealed under version 1
+    frame, cs, _ = seal_block(ring(2, (1, 2)), "t", "b", b"w")  # after a rotation's promotion: version 2
+    second, _ = q.enqueue(owner="alice", writer="alice", method="PUT", table="t", key="b", idem=None, if_lsn=None,
+                          frame=frame, checksum=cs)
+    enqueue(q, "c", "DELETE")  # a delete has no body: it needs no key
+    assert q.version_counts() == {1: 1, 2: 1}
+    q.finish(q.head().id, "applied", 3, None)  # applied: its body is gone, version 1 is no longer needed
+    assert q.version_counts() == {2: 1}
+    q.finish(second, "failed", None, "403 forbidden")
+    assert q.version_counts() == {}
+    q.close()
