@@ -19,11 +19,11 @@ from chronoshard.shardnode.serving.scaffold import Route
 
 from .pages import Row
 from .runner import Runner
+from .sampler import growth_per_hour, load_rps
 from .store import ACTIVE, Point, Weave, WeaveStore
 
 T = TypeVar("T")
 MAX_LIMIT = 1000
-HOUR = 3600.0
 
 
 class WeaverState(Protocol):
@@ -60,23 +60,6 @@ def forecast_json(fc: SplitForecast) -> dict[str, Any]:
     return {"probability": fc.probability, "predictedTime": fc.predicted_time, "reason": fc.reason,
             "model": fc.model, "samples": fc.samples, "sizeAtWindowEnd": _interval(fc.size_at_window_end),
             "loadAtWindowEnd": _interval(fc.load_at_window_end), "explanation": fc.explanation}
-
-
-def load_rps(rows: list[tuple[float, int, int, int, int]]) -> float:
-    """Requests per second between the last two samples (a counter drop is a restart: no rate yet)."""
-    if len(rows) < 2:
-        return 0.0
-    (t0, _, _, w0, r0), (t1, _, _, w1, r1) = rows[-2], rows[-1]
-    if t1 <= t0 or w1 < w0 or r1 < r0:
-        return 0.0
-    return ((w1 - w0) + (r1 - r0)) / (t1 - t0)
-
-
-def growth_per_hour(rows: list[tuple[float, int, int, int, int]]) -> float:
-    """Bytes per hour over the samples held (first to last)."""
-    if len(rows) < 2 or rows[-1][0] <= rows[0][0]:
-        return 0.0
-    return (rows[-1][1] - rows[0][1]) / (rows[-1][0] - rows[0][0]) * HOUR
 
 
 def weave_json(w: Weave, points: list[Point]) -> dict[str, Any]:

@@ -91,11 +91,18 @@ class RetentionPlan:
     drop: tuple[int, ...]
 
 
+def trimmed_to(max_snapshots: int) -> int:
+    """How many points a weave keeps after going over ``max_snapshots``: about half of it, so the O(state) rewrite
+    of the first survivor into a full point is paid once every ``max_snapshots // 2 + 1`` points, not at every one."""
+    return max(1, max_snapshots - max_snapshots // 2)
+
+
 def plan_retention(points: Sequence[PointRef], max_snapshots: int, max_age: float, now: float) -> RetentionPlan:
     """Keep at most ``max_snapshots`` points (a point: both halves at one time) of a weave and none older than
-    ``max_age``; the oldest go first, and the first survivor of each half becomes full if it was a differential."""
+    ``max_age``: over the limit the oldest go down to ``trimmed_to(max_snapshots)``, and the first survivor of each
+    half becomes full if it was a differential."""
     times = sorted({p.point_time for p in points})
-    excess = max(0, len(times) - max_snapshots)
+    excess = len(times) - trimmed_to(max_snapshots) if len(times) > max_snapshots else 0
     old = sum(1 for t in times if t < now - max_age)
     gone = set(times[:max(excess, old)])
     if not gone:

@@ -16,7 +16,7 @@ from typing import Any
 
 from chronoshard.shardnode.forecasting.calibration import Calibrator
 from chronoshard.shardnode.forecasting.split import backtest_pairs, forecast_split
-from chronoshard.shardnode.forecasting.types import PartitionSample, SplitForecast, SplitThresholds
+from chronoshard.shardnode.forecasting.types import SplitForecast
 from chronoshard.shardnode.keyspace.partitioning import format_id, parse_id
 from chronoshard.shardnode.shadow.historydb import DB_NAME as SHADOW_DB
 
@@ -24,6 +24,7 @@ from . import retention, weaving
 from .config import WeaverConfig, WeaveSettings
 from .metrics import WeaverMetrics
 from .pages import Row
+from .sampler import sample_rows, thresholds, to_samples
 from .store import ACTIVE, DIFFERENTIAL, DROPPED, FULL, LOWER, SUPERSEDED, UPPER, Weave, WeaveStore
 
 log = logging.getLogger(__name__)
@@ -35,23 +36,6 @@ CALIBRATE_EVERY = 6  # passes between two recalibrations of one partition
 MAX_ERRORS = 10
 REWRAP_META = "rewrap"
 FetchJson = Callable[[str], Awaitable[dict[str, Any]]]
-
-
-def to_samples(rows: list[tuple[float, int, int, int, int]]) -> list[PartitionSample]:
-    """Stored sample rows as the forecast's samples."""
-    return [PartitionSample(time=t, bytes=b, blocks=n, writes=w, reads=r) for t, b, n, w, r in rows]
-
-
-def thresholds(s: WeaveSettings) -> SplitThresholds:
-    """weave.json's split settings as the forecast's thresholds."""
-    return SplitThresholds(s.split.size_bytes, s.split.load_rps, s.split.sustained_seconds,
-                           s.split.min_partition_bytes)
-
-
-def sample_rows(body: dict[str, Any]) -> list[tuple[int, int, int, int, int]]:
-    """``GET /v1/partitions/stats`` as (partition, bytes, blocks, writes, reads) rows."""
-    return [(int(p["id"]), int(p["bytes"]), int(p["blocks"]), int(p["writes"]), int(p["reads"]))
-            for p in body.get("partitions", [])]
 
 
 def stale_rows(rows: list[Row], keep: int | None) -> bool:
@@ -150,7 +134,7 @@ class Runner:
             await self.guarded("weave", lambda: self.weave_pass(now, s))
         # Each partition is recalibrated every CALIBRATE_EVERY passes (spread over the passes): the backtests are
         # the pass's most expensive part, and a calibrator moves slowly.
-        due = [p for p in parts if (p + self.passes) % CALIBRATE_EVERY == 0]
+        due = [p for p in parts if (p + self.passes) % CALIBRATE_EVERY == CALIBRATE_EVERY - 1]  # not at the first
         await self.guarded("calibrate", lambda: self.in_worker(self.recalibrate, due, s))
         await self.in_worker(self.refresh_gauges)
         self.passes += 1

@@ -50,10 +50,12 @@ def _points(times, kinds=None):
 
 
 def test_retention_keeps_max_snapshots_and_materializes_the_first_survivor():
-    pts = _points([1.0, 2.0, 3.0, 4.0])
-    plan = r.plan_retention(pts, 2, 1e9, 10.0)
-    assert plan.drop == (1, 2, 5, 6)
-    assert plan.materialize == (3, 7)  # the differentials at t=3 become full points
+    pts = _points([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert r.plan_retention(pts, 5, 1e9, 10.0) == r.RetentionPlan((), ())  # at the limit: nothing to do
+    plan = r.plan_retention(_points([1.0, 2.0, 3.0, 4.0, 5.0, 6.0]), 5, 1e9, 10.0)
+    assert r.trimmed_to(5) == 3 and r.trimmed_to(10) == 5 and r.trimmed_to(1) == 1 and r.trimmed_to(2) == 1
+    assert plan.drop == (1, 2, 3, 7, 8, 9)  # over the limit: down to 3 points
+    assert plan.materialize == (4, 10)  # the differentials at t=4 become full points
 
 
 def test_retention_by_age_and_nothing_to_do():
@@ -67,7 +69,7 @@ def test_retention_by_age_and_nothing_to_do():
 
 def test_a_full_survivor_needs_no_materializing():
     pts = _points([1.0, 2.0, 3.0], ["full", "differential", "full"])
-    plan = r.plan_retention(pts, 1, 1e9, 10.0)
+    plan = r.plan_retention(pts, 2, 1e9, 10.0)
     assert plan.drop == (1, 2, 4, 5) and plan.materialize == ()
 
 
