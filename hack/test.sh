@@ -45,6 +45,7 @@ echo "[test] pytest"
 # tests/support/scheduling.py: the e2e tests on one worker, the rest file by file on the other) take about 20 minutes
 # instead of about 30, but in the first fresh-clone run that way the MirrorSet e2e never saw its copies healthy within
 # 300 s while the other worker ran integration tests beside it (it passes alone, 57 s): the health monitor judges
-# latency, which the second worker's load moves. Serial until that interference is understood.
+# latency, which the second worker's load moves (its probes passed the 250 ms default threshold under load; the e2e
+# MirrorSet now allows 5000 ms, as the integration tests do - not yet confirmed by a two-worker run). Serial until then.
 # --durations: every log names the 40 slowest setups, calls and teardowns, where time goes first.
 exec .venv/bin/pytest -q -p no:cacheprovider --durations=40 "$@"
