@@ -116,6 +116,16 @@ def _pod_ip(namespace: str, mirrorset: str) -> str | None:
 
 async def read_risk(namespace: str, mirrorset: str) -> dict[str, Any] | None:
     """The token service's ``GET /v1/risk`` (None: no pod, no CA, no answer or not a JSON object)."""
+    return await read_service(namespace, mirrorset, "/v1/risk")
+
+
+async def read_status(namespace: str, mirrorset: str) -> dict[str, Any] | None:
+    """The token service's ``GET /v1/status`` (admin: the operator is one; None as ``read_risk``)."""
+    return await read_service(namespace, mirrorset, "/v1/status")
+
+
+async def read_service(namespace: str, mirrorset: str, path: str) -> dict[str, Any] | None:
+    """One GET of the token service (None: no pod, no CA, no answer or not a JSON object)."""
     try:
         ip, ctx = await asyncio.to_thread(lambda: (_pod_ip(namespace, mirrorset), context_for(namespace, mirrorset)))
     except (ApiException, HTTPError, OSError, ValueError):  # an API error only means: no risk this pass
@@ -123,7 +133,7 @@ async def read_risk(namespace: str, mirrorset: str) -> dict[str, Any] | None:
     if ip is None or ctx is None:
         return None
     host = f"[{ip}]" if ":" in ip else ip
-    url = f"https://{host}:{naming.TOKEN_SERVICE_PORT}/v1/risk"
+    url = f"https://{host}:{naming.TOKEN_SERVICE_PORT}{path}"
     try:
         async with aiohttp.ClientSession(timeout=RISK_TIMEOUT, connector=aiohttp.TCPConnector(ssl=ctx)) as s, \
                 s.get(url, server_hostname=naming.token_service_host(namespace, mirrorset)) as resp:

@@ -803,7 +803,7 @@ def _risk_fields(v: View, rows: list[dict[str, Any]]) -> None:
 
 # Written by the token service's controller (operator/tokens/), never by this one: a pass started from an older
 # snapshot must not put an old value back.
-_NOT_OURS = ("tokenService",)
+_NOT_OURS = ("tokenService", "tokensIssued")
 
 
 def write_status(body: Mapping[str, Any], status: Mapping[str, Any]) -> bool:

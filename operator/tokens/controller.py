@@ -251,16 +251,17 @@ def _ready(namespace: str, mirrorset: str) -> bool:
     return int(((sts or {}).get("status") or {}).get("readyReplicas") or 0) >= 1
 
 
-async def step(body: Mapping[str, Any]) -> tuple[dict[str, Any], list[tuple[str, str, str]]]:
-    """One pass: (``status.tokenService``, events)."""
+async def step(body: Mapping[str, Any]) -> tuple[dict[str, Any], list[tuple[str, str, str]], dict[str, int] | None]:
+    """One pass: (``status.tokenService``, events, ``status.tokensIssued`` or None when not known)."""
     p = await asyncio.to_thread(reconcile, body)
     ready = await asyncio.to_thread(_ready, p.namespace, p.name)
     risk = await tokenlookup.read_risk(p.namespace, p.name) if ready else None
+    issued = plan.tokens_issued(await tokenlookup.read_status(p.namespace, p.name)) if ready else None
     url = f"https://{naming.token_service_host(p.namespace, p.name)}:{naming.TOKEN_SERVICE_PORT}"
     status = plan.token_service_status(ready, url, p.key_ids, risk, "; ".join(p.problems) or None)
     if p.rotation is not None:
         status["rotationRequest"] = p.rotation
-    return status, p.events
+    return status, p.events, issued
 
 
 def _without_none(doc: Mapping[str, Any]) -> dict[str, Any]:
@@ -276,13 +277,17 @@ async def token_service_loop(name: str, namespace: str | None, body: kopf.Body, 
 
     async def one_pass(snap: dict[str, Any]) -> tuple[str, float]:
         snap["kind"] = "MirrorSet"  # the loop's snapshot carries the loop's key; owner references need the kind
-        status, events = await step(snap)
-        if (snap.get("status") or {}).get("tokenService") != _without_none(status):
+        status, events, issued = await step(snap)
+        old = snap.get("status") or {}
+        if old.get("tokenService") != _without_none(status) or (issued is not None
+                                                                 and old.get("tokensIssued") != issued):
             # A merge patch keeps keys it does not name: name the ones to drop (a resolved message) as null.
-            patch = {**status, "message": status.get("message"),
-                     "model": {**status["model"], "source": status["model"].get("source")}}
-            await asyncio.to_thread(kube.patch_status, naming.API_VERSION, "MirrorSet", ns, name,
-                                    {"tokenService": patch})
+            patch: dict[str, Any] = {"tokenService": {**status, "message": status.get("message"),
+                                                      "model": {**status["model"],
+                                                                "source": status["model"].get("source")}}}
+            if issued is not None:
+                patch["tokensIssued"] = issued
+            await asyncio.to_thread(kube.patch_status, naming.API_VERSION, "MirrorSet", ns, name, patch)
         post_events(body, events)
         return ("success" if status["ready"] and "message" not in status else "degraded"), (
             MISSING_SECONDS if "message" in status else PASS_SECONDS)

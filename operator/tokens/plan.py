@@ -56,6 +56,16 @@ def rotation_annotations(request: str, now: dt.datetime) -> dict[str, str]:
     return {ROTATED_REQUEST_ANNOTATION: request, ROTATED_AT_ANNOTATION: format_time(now)}
 
 
+def tokens_issued(service_status: Mapping[str, Any] | None) -> dict[str, int] | None:
+    """``status.tokensIssued`` from the service's ``GET /v1/status``: the registry's tokens per tier (rows are
+    pruned a day after they expire); None when the service did not answer."""
+    tiers = ((service_status or {}).get("tokens") or {}).get("tier") if service_status is not None else None
+    if not isinstance(tiers, Mapping):
+        return None
+    return {t: int(n) if isinstance(n, int) and not isinstance(n, bool) else 0
+            for t in ("temporary", "provisional", "valid") for n in [tiers.get(t, 0)]}
+
+
 def token_service_status(ready: bool, url: str, key_ids: list[str], risk: Mapping[str, Any] | None,
                          message: str | None = None) -> dict[str, Any]:
     """``status.tokenService``: whether the service's pod is ready, its URL, the published key ids, and the

@@ -191,6 +191,10 @@ def test_tiered_tokens_through_a_failover():
             # The old valid token named the old store: refused on the new primary.
             code, body = cache_put(env, DST, keys["k-old"], b"x", valid)
             assert code == 403, body
+            # The MirrorSet's status counts the registry's tokens per tier.
+            issued_counts = wait_for(lambda: (lambda t: t if t.get("valid", 0) >= 2 else None)(
+                env.status().get("tokensIssued") or {}), timeout=60, interval=1, what="status.tokensIssued")
+            assert issued_counts["temporary"] + issued_counts["provisional"] >= 1, issued_counts
         finally:
             os.kill(node, signal.SIGCONT)
 

@@ -49,3 +49,10 @@ def test_status_reports_model_source_over_members():
     assert plan.token_service_status(True, "u", [], mixed)["model"] == {"trained": False, "source": "mixed"}
     st = plan.token_service_status(False, "u", [], None, "ShardSet a/x does not exist")
     assert st["model"] == {"trained": False, "source": None} and st["message"] == "ShardSet a/x does not exist"
+
+
+def test_tokens_issued_from_the_service_status():
+    assert plan.tokens_issued(None) is None and plan.tokens_issued({}) is None
+    doc = {"tokens": {"tier": {"valid": 3, "temporary": 2, "weird": 9}, "state": {"active": 5}}}
+    assert plan.tokens_issued(doc) == {"temporary": 2, "provisional": 0, "valid": 3}
+    assert plan.tokens_issued({"tokens": {"tier": {"valid": "x"}}}) == {"temporary": 0, "provisional": 0, "valid": 0}
