@@ -18,7 +18,7 @@ import zstandard
 
 PAGE_ROWS = 512  # rows per page: a state read decompresses whole pages
 PAGE_RAW_BYTES = 1 << 20  # or fewer, once the packed rows reach this
-LEVEL = 3
+LEVEL = 1  # the frames are ciphertext: a higher level buys little and costs every rewrite
 NONE_LEN = 0xFFFFFFFF
 _U32 = struct.Struct(">I")
 _FIXED = struct.Struct(">qd")

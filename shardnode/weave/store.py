@@ -305,21 +305,23 @@ class WeaveStore:
             _delete_points(c, drop)
 
     def _materialized(self, point_id: int) -> tuple[list[bytes], dict[int, int], int]:
-        """A point's whole state as pages, rows per key version and row count."""
+        """A point's whole state as pages, rows per key version and row count: the differentials of its chain merged
+        (the newest row of each key wins, a delete included) and folded into the full base's pages."""
         chain = self.chain(point_id)
-        if len(chain) == 2:
-            base = chain[0]
-            with self.tx() as c:
-                pages = [bytes(d) for (d,) in c.execute("SELECT data FROM woven_pages WHERE woven = ? ORDER BY page",
-                                                        (base.id,))]
-                versions = {int(v): int(n) for v, n in c.execute(
-                    "SELECT key_version, rows FROM woven_versions WHERE woven = ?", (base.id,))}
-            folded, delta, changed = fold(pages, self.point_rows(point_id))
-            for v, n in changed.items():
-                versions[v] = versions.get(v, 0) + n
-            return folded, versions, base.rows + delta
-        rows = sorted(self.state(point_id).values(), key=lambda r: (r.tbl, r.key))
-        return encode_pages(rows), _version_rows(rows), len(rows)
+        base = chain[0]
+        changes: dict[tuple[str, str], Row] = {}
+        for p in chain[1:]:
+            for r in self.point_rows(p.id):
+                changes[(r.tbl, r.key)] = r
+        with self.tx() as c:
+            pages = [bytes(d) for (d,) in c.execute("SELECT data FROM woven_pages WHERE woven = ? ORDER BY page",
+                                                    (base.id,))]
+            versions = {int(v): int(n) for v, n in c.execute(
+                "SELECT key_version, rows FROM woven_versions WHERE woven = ?", (base.id,))}
+        folded, delta, changed = fold(pages, [changes[k] for k in sorted(changes)])
+        for v, n in changed.items():
+            versions[v] = versions.get(v, 0) + n
+        return folded, versions, base.rows + delta
 
     def delete_points(self, ids: Sequence[int]) -> None:
         """Delete points and their pages."""

@@ -94,7 +94,7 @@ def test_woven_state_is_full_plus_differentials(tmp_path):
     store.close()
 
 
-def test_retention_over_a_longer_chain_rebuilds_the_state(tmp_path):
+def test_retention_over_a_longer_chain_keeps_the_state(tmp_path):
     store = WeaveStore(tmp_path / "weave.sqlite3")
     (a,) = store.add_points([("w", LOWER, 1.0, 1, "full", None, 1, [row("a", 1), row("b", 1)])])
     (b,) = store.add_points([("w", LOWER, 2.0, 2, "differential", a.id, 2, [row("a", 2, "delete"), row("c", 2)])])
