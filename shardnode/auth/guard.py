@@ -26,11 +26,13 @@ from .identity import AuthUnavailable, Identity, Unauthenticated
 from .metrics import AuthMetrics
 from .policy import Access
 from .tiered import TieredTokenAuthenticator
-from .writer import IDENTITY_KEY
+from .writer import IDENTITY_KEY, is_queued_apply
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # (method, route template) -> the route's access rule; None = declared without one (refused).
 PolicyTable = Mapping[tuple[str, str], Access | None]
+# The block writes a replica may make when it applies a queued write (writer.is_queued_apply).
+QUEUED_APPLY_ACCESS = frozenset({Access.DATA_UPDATE, Access.DATA_DELETE})
 MISSING = Unauthenticated("missing", "no credential: send 'Authorization: Bearer <token>' with a token for this "
                           "ShardSet's audience, or a client certificate")
 
@@ -94,6 +96,10 @@ class Guard:
                 decision = Decision(True, "unmatched")
             elif identity.kind == "tiered" and self.tiered is not None:
                 decision = self.tiered.authorize(request, access, table, request.match_info.get("key"))
+            elif access in QUEUED_APPLY_ACCESS and is_queued_apply(identity, request.headers):
+                # A peer member's node applies a write it queued: the tiered token was checked (scope, tier)
+                # where it was queued; the peer holds the same keys and replicates every block already.
+                decision = Decision(True, "replica_queued")
             else:
                 decision = await self.authorizer.authorize(identity, access, table)
         except Unauthenticated as exc:

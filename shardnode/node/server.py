@@ -16,7 +16,7 @@ import aiohttp
 from aiohttp import web
 from chronoshard.shardnode.auth.policy import Access
 from chronoshard.shardnode.auth.tiered import idempotency_key, must_queue
-from chronoshard.shardnode.auth.writer import request_identity, writer_identity
+from chronoshard.shardnode.auth.writer import QUEUED_APPLY_HEADER, request_identity, writer_identity
 from chronoshard.shardnode.keys.crypto import CompromisedVersion, IntegrityError, open_block, seal_block
 from chronoshard.shardnode.keys.keyring import KeyringWatcher, MissingKeyVersion
 from chronoshard.shardnode.keys.provider import EmbeddedKeyProvider, KeyCache, key_cache_size_setting
@@ -611,15 +611,15 @@ async def apply_queued(node: Node, entry: writequeue.QueuedWrite) -> writequeue.
 
 
 async def apply_remote(node: Node, entry: writequeue.QueuedWrite, body: bytes | None) -> writequeue.Applied:
-    """Send a queued write to the primary this mirror follows; a refused credential (401/403) is retried, not
-    failed: the write then waits for this node's promotion or for the primary to accept it."""
+    """Send a queued write to the primary this mirror follows, as a queued apply (the primary lets a peer member
+    make it: auth/writer.py ``is_queued_apply``); a refused credential (401/403) is retried, not failed."""
     role, session = node.replication.role, node._peer_session
     url = role.source_url
     if url is None or session is None:
         return writequeue.Applied(503, {"error": "no_primary", "message": f"this node is {role.role} and names "
                                         "no primary to apply queued writes to"})
-    headers = {"Idempotency-Key": entry.idem, **({} if entry.writer is None
-                                                  else {"X-Chronoshard-On-Behalf-Of": entry.writer})}
+    headers = {"Idempotency-Key": entry.idem, QUEUED_APPLY_HEADER: entry.id,
+               **({} if entry.writer is None else {"X-Chronoshard-On-Behalf-Of": entry.writer})}
     if entry.if_lsn is not None:
         headers["X-Chronoshard-If-Lsn"] = str(entry.if_lsn)
     target = f"{url.rstrip('/')}/v1/tables/{entry.table}/blocks/{entry.key}"

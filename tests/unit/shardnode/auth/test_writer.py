@@ -13,6 +13,7 @@ from chronoshard.shardnode.auth.policy import Access
 from chronoshard.shardnode.auth.writer import (
     MAX_ON_BEHALF_CHARS,
     ON_BEHALF_HEADER,
+    QUEUED_APPLY_HEADER,
     effective_writer,
     on_behalf_headers,
     request_identity,
@@ -27,6 +28,7 @@ CFG = parse_security_config(security_doc("shop"))
 POD = Identity(CFG.pod_identity, (), "pod", "client-certificate")
 OPERATOR = Identity("chronoshard:operator", (), "operator", "client-certificate")
 USER = Identity("system:serviceaccount:shop:app", ("system:serviceaccounts",), "serviceaccount", "token")
+REPLICA = Identity("chronoshard:pod:dr:orders", (), "replica", "client-certificate")  # a peer member's pod
 
 
 @pytest.mark.parametrize("identity, header, writer", [
@@ -49,7 +51,7 @@ class HeaderIdentity:
     """Authenticates the identity named by the test header X-Test-As (pod, operator), as a certificate would."""
 
     async def authenticate(self, request: web.Request) -> Identity | None:
-        return {"pod": POD, "operator": OPERATOR}.get(request.headers.get("X-Test-As", ""))
+        return {"pod": POD, "operator": OPERATOR, "replica": REPLICA}.get(request.headers.get("X-Test-As", ""))
 
 
 class Svc:
@@ -69,7 +71,8 @@ def app_with(secured: bool) -> web.Application:
 
     registry = CollectorRegistry()
     app = create_server_app(Svc(), Probes(registry, lambda: {"ready": True}),
-                            [Route("GET", "/v1/whoami", whoami, Access.ADMIN)])
+                            [Route("GET", "/v1/whoami", whoami, Access.ADMIN),
+                             Route("PUT", "/v1/tables/{table}/blocks/{key}", whoami, Access.DATA_UPDATE)])
     if secured:  # an API server nobody listens on: pod and operator are decided without one
         api = ApiServer(ApiServerConnection("https://127.0.0.1:9", False, client.Configuration()))
         secure_app(app, CFG, api, "test", authenticators=[HeaderIdentity()])
@@ -85,3 +88,17 @@ async def test_the_guard_hands_the_caller_to_handlers():
     async with TestClient(TestServer(app_with(False))) as c:
         r = await c.get("/v1/whoami", headers={ON_BEHALF_HEADER: "alice"})
         assert await r.json() == {"caller": None, "writer": None, "onward": {}}
+
+
+async def test_a_replica_writes_only_a_queued_apply_and_for_the_user_it_names():
+    apply = {"X-Test-As": "replica", QUEUED_APPLY_HEADER: "w-1", "Idempotency-Key": "queue-w-1",
+             ON_BEHALF_HEADER: "system:serviceaccount:shop:app"}
+    async with TestClient(TestServer(app_with(True))) as c:
+        r = await c.put("/v1/tables/t/blocks/k", headers=apply, data=b"v")
+        assert r.status == 200
+        assert (await r.json())["writer"] == "system:serviceaccount:shop:app"  # the token's user, not the peer pod
+        for missing in (QUEUED_APPLY_HEADER, "Idempotency-Key"):  # without either it is a replica's own write
+            r = await c.put("/v1/tables/t/blocks/k", headers={k: v for k, v in apply.items() if k != missing})
+            assert r.status == 403 and (await r.json())["reason"] == "replica_only"
+        r = await c.get("/v1/whoami", headers=apply)  # not a block write: the header opens nothing else
+        assert r.status == 403
