@@ -103,7 +103,7 @@ async def test_keys_and_rewrap_answer_in_the_nodes_shapes(tmp_path):
         await p.wait_caught_up()
         status, node_keys = await _node_get(p, "/v1/keys")
         status, keys = await p.get("/v1/keys")
-        assert status == 200 and set(keys) == set(node_keys)
+        assert status == 200 and set(keys) == set(node_keys) - {"queuedWrites"}  # the node alone queues writes
         assert keys["blocks"] == {"1": 2} and keys["primary"] == node_keys["primary"] == 1
         status, rewrap = await p.get("/v1/rewrap")
         status, node_rewrap = await _node_get(p, "/v1/rewrap")
