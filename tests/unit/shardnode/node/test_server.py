@@ -96,7 +96,7 @@ async def test_keys_report_counts_and_never_key_material(env):
     text = await (await s.get(f"{node}/v1/keys")).text()
     body = json.loads(text)
     assert body == {"generation": 1, "primary": 1, "versions": [{"id": 1, "state": "primary"}],
-                    "loadError": None, "blocks": {"1": 1}, "compromised": [], "wrapped": []}
+                    "loadError": None, "blocks": {"1": 1}, "compromised": [], "wrapped": [], "queuedWrites": {}}
     metrics = await (await s.get(f"{node}/metrics")).text()
     for secret in (KEY1, KEY2):
         assert secret.hex() not in text + metrics and base64.b64encode(secret).decode() not in text + metrics
