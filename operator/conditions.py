@@ -67,3 +67,15 @@ def conditions_equal_ignoring_time(a: Iterable[Mapping[str, Any]], b: Iterable[M
         )
 
     return strip(a) == strip(b)
+
+
+def status_changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """Whether writing ``new`` over ``old`` changes anything but ``lastUpdateTime`` and conditions' transition times
+    (a policy's status loop then skips the write)."""
+
+    def strip(s: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in s.items() if k not in ("conditions", "lastUpdateTime")}
+
+    if strip(old) != strip(new):
+        return True
+    return not conditions_equal_ignoring_time(old.get("conditions") or [], new.get("conditions") or [])

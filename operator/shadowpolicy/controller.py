@@ -26,7 +26,7 @@ from typing import Any
 import kopf
 
 from .. import kube, metrics, naming
-from ..conditions import conditions_equal_ignoring_time, get_condition, now_rfc3339, set_condition
+from ..conditions import get_condition, now_rfc3339, set_condition, status_changed
 from ..loop import namespace_of, post_events, run_object_loop
 from ..podcontract import SHADOW_CONFIG_FILE, shadow_config
 from ..settings import poll_seconds
@@ -180,17 +180,10 @@ def build_status(body: Mapping[str, Any], obs: Observation, samples: list[ShardS
     return status
 
 
-def _changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
-    strip = lambda s: {k: v for k, v in s.items() if k not in ("conditions", "lastUpdateTime")}  # noqa: E731
-    if strip(old) != strip(new):
-        return True
-    return not conditions_equal_ignoring_time(old.get("conditions") or [], new.get("conditions") or [])
-
-
 def write_status(body: Mapping[str, Any], status: dict[str, Any]) -> bool:
     """Replace the status when it changed (figures left out of ``status`` are removed); True if written."""
     old = body.get("status") or {}
-    if not _changed(old, status):
+    if not status_changed(old, status):
         return False
     if any(k in status for k in FIGURES):
         status = {**status, "lastUpdateTime": now_rfc3339()}

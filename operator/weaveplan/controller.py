@@ -23,7 +23,7 @@ from chronoshard.shardnode.keyspace.partitioning import PartitionMap
 from kubernetes.client.exceptions import ApiException
 
 from .. import kube, metrics, naming
-from ..conditions import conditions_equal_ignoring_time, get_condition, now_rfc3339
+from ..conditions import get_condition, now_rfc3339, status_changed
 from ..loop import namespace_of, post_events, run_object_loop
 from ..podcontract import PARTITION_MAP_FILE, WEAVE_CONFIG_FILE, weave_config
 from ..shadowlookup import shadow_policy_in_force
@@ -129,17 +129,10 @@ def create_reshard(body: Mapping[str, Any], create: Mapping[str, Any]) -> bool:
     return True
 
 
-def _changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
-    strip = lambda s: {k: v for k, v in s.items() if k not in ("conditions", "lastUpdateTime")}  # noqa: E731
-    if strip(old) != strip(new):
-        return True
-    return not conditions_equal_ignoring_time(old.get("conditions") or [], new.get("conditions") or [])
-
-
 def write_status(body: Mapping[str, Any], status: dict[str, Any]) -> bool:
     """Replace the status when it changed (fields left out of ``status`` are removed); True if written."""
     old = body.get("status") or {}
-    if not _changed(old, status):
+    if not status_changed(old, status):
         return False
     patch = {**{k: None for k in old if k not in status}, **status}
     meta = body["metadata"]

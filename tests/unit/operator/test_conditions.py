@@ -20,3 +20,15 @@ def test_equality_ignores_only_time():
     b = set_condition([], "Ready", True, "R", "m", 1, now="t9")
     assert conditions_equal_ignoring_time(a, b)
     assert not conditions_equal_ignoring_time(a, set_condition([], "Ready", True, "R", "other", 1, now="t1"))
+
+
+def test_status_changed_ignores_update_time_and_transition_times_only():
+    from chronoshard.operator.conditions import status_changed
+
+    cond = {"type": "Ready", "status": "True", "reason": "Ok", "message": "", "lastTransitionTime": "t1"}
+    old = {"phase": "Idle", "lastUpdateTime": "a", "conditions": [cond]}
+    assert not status_changed(old, {"phase": "Idle", "lastUpdateTime": "b",
+                                    "conditions": [{**cond, "lastTransitionTime": "t2"}]})
+    assert status_changed(old, {"phase": "Weaving", "conditions": [cond]})
+    assert status_changed(old, {"phase": "Idle", "conditions": [{**cond, "status": "False"}]})
+    assert status_changed(old, {"phase": "Idle", "conditions": [cond], "weaves": []})  # a new field is a change
