@@ -1,9 +1,11 @@
-"""Find a ShardSet's shard pods by shard index (API I/O only); the probes of every controller ask these pods."""
+"""Find a ShardSet's shard pods by shard index, and read what their config ConfigMap carries (API I/O only); the
+probes of every controller ask these pods."""
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from . import kube, naming
@@ -27,3 +29,15 @@ def member_pods(members: Iterable[tuple[str, str]]) -> dict[str, dict[int, dict[
     ``namespace/name``: a key rotation of the active member also asks their nodes."""
     return {f"{ns}/{name}": shard_pods(ns, name) for ns, name in members}
 
+
+
+def config_file_applied(namespace: str, shardset: str, filename: str, wanted: Mapping[str, Any]) -> bool:
+    """True when the ShardSet's config ConfigMap carries exactly ``wanted`` as ``filename`` (a policy's json)."""
+    cm = kube.get("v1", "ConfigMap", namespace, naming.config_map_name(shardset))
+    raw = ((cm or {}).get("data") or {}).get(filename)
+    if raw is None:
+        return False
+    try:
+        return bool(json.loads(raw) == wanted)
+    except ValueError:
+        return False

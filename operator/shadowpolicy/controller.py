@@ -17,7 +17,6 @@ the policy: deleting the policy keeps the record of what was reverted.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ from ..podcontract import SHADOW_CONFIG_FILE, shadow_config
 from ..settings import poll_seconds
 from ..shadowlookup import shadow_policy_in_force
 from ..shadowselect import ShadowSelection
-from ..shardpods import shard_pods
+from ..shardpods import config_file_applied, shard_pods
 from ..spec.common import SpecError
 from ..spec.shadowpolicy import ShadowPolicySpec, parse_shadowpolicy
 from ..triggers import TRIGGERS
@@ -66,18 +65,6 @@ class Observation:
     pods: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
-def _config_applied(ns: str, shardset: str, wanted: Mapping[str, Any]) -> bool:
-    """True when the ShardSet's config ConfigMap carries exactly this policy's shadow.json."""
-    cm = kube.get("v1", "ConfigMap", ns, naming.config_map_name(shardset))
-    raw = ((cm or {}).get("data") or {}).get(SHADOW_CONFIG_FILE)
-    if raw is None:
-        return False
-    try:
-        return bool(json.loads(raw) == wanted)
-    except ValueError:
-        return False
-
-
 def observe(body: Mapping[str, Any]) -> Observation:
     """Parse the spec and read the ShardSet, the competing policies, the ConfigMap, the credentials Secret and the
     pods (blocking)."""
@@ -96,7 +83,8 @@ def observe(body: Mapping[str, Any]) -> Observation:
     obs.selection = shadow_policy_in_force(ns, spec.shardset)
     if obs.selection.name != meta["name"]:
         return obs
-    obs.config_applied = _config_applied(ns, spec.shardset, shadow_config(spec, ns, spec.shardset))
+    obs.config_applied = config_file_applied(ns, spec.shardset, SHADOW_CONFIG_FILE,
+                                             shadow_config(spec, ns, spec.shardset))
     if spec.cold_storage is not None:
         obs.cold_secret_missing = kube.get("v1", "Secret", ns, spec.cold_storage.credentials_secret) is None
     shards = (obs.shardset_obj.get("spec") or {}).get("shards")

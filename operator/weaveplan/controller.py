@@ -12,7 +12,6 @@ The Reshards it creates are owned by the plan (deleting the plan deletes their r
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -27,7 +26,7 @@ from ..conditions import get_condition, now_rfc3339, status_changed
 from ..loop import namespace_of, post_events, run_object_loop
 from ..podcontract import PARTITION_MAP_FILE, WEAVE_CONFIG_FILE, weave_config
 from ..shadowlookup import shadow_policy_in_force
-from ..shardpods import shard_pods
+from ..shardpods import config_file_applied, shard_pods
 from ..spec.common import SpecError
 from ..spec.weaveplan import parse_weaveplan
 from ..triggers import TRIGGERS
@@ -44,18 +43,6 @@ PENDING_SECONDS = 2.0
 PENDING_REASONS = ("ConfigPending", "WeaversNotReporting")
 
 log = logging.getLogger(__name__)
-
-
-def _config_applied(ns: str, shardset: str, wanted: Mapping[str, Any]) -> bool:
-    """True when the ShardSet's config ConfigMap carries exactly this plan's weave.json."""
-    cm = kube.get("v1", "ConfigMap", ns, naming.config_map_name(shardset))
-    raw = ((cm or {}).get("data") or {}).get(WEAVE_CONFIG_FILE)
-    if raw is None:
-        return False
-    try:
-        return bool(json.loads(raw) == wanted)
-    except ValueError:
-        return False
 
 
 def _partition_map(ns: str, shardset: str) -> PartitionMap | None:
@@ -96,7 +83,7 @@ def observe(body: Mapping[str, Any]) -> Observation:
     obs.selection = weave_plan_in_force(ns, spec.shardset)
     if obs.selection.name != name:
         return obs
-    obs.config_applied = _config_applied(ns, spec.shardset, weave_config(spec, ns, name))
+    obs.config_applied = config_file_applied(ns, spec.shardset, WEAVE_CONFIG_FILE, weave_config(spec, ns, name))
     shards = (shardset_obj.get("spec") or {}).get("shards")
     obs.expected = shards if isinstance(shards, int) and shards > 0 else 0
     obs.shadow_policy = shadow_policy_in_force(ns, spec.shardset).name
